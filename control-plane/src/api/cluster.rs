@@ -1,0 +1,147 @@
+//! The `Cluster` gRPC service that berthctl calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::convert::spec_from_request;
+use berth_proto::model::{validate_name, InvalidField};
+use berth_proto::pb::cluster::cluster_client::ClusterClient;
+use berth_proto::pb::cluster::cluster_server::Cluster;
+use berth_proto::pb::cluster::*;
+use tonic::{Request, Response, Status};
+
+use crate::node::{LeaderOp, Node};
+use crate::state::{Command, Query, QueryReply, Response as Applied};
+
+#[derive(Debug, Clone)]
+pub struct ClusterApi {
+    pub node: Arc<Node>,
+}
+
+/// Marks a request that a server passed on, so it is not passed on again.
+const FORWARDED: &str = "berth-forwarded";
+
+fn invalid(e: InvalidField) -> Status {
+    Status::invalid_argument(format!("invalid service spec: {e}"))
+}
+
+fn name_arg(name: &str) -> Result<(), Status> {
+    validate_name(name).map_err(invalid)
+}
+
+impl ClusterApi {
+    async fn write_service(&self, cmd: Command) -> Result<(Service, String), Status> {
+        match self.node.write(cmd).await? {
+            Applied::Service { service, outcome } => Ok((service.into(), outcome.to_string())),
+            Applied::Rejected(r) => Err(r.into()),
+            other => Err(Status::internal(format!("unexpected state machine reply {other:?}"))),
+        }
+    }
+
+    /// This server's own view of Raft.
+    async fn local_status(&self) -> ClusterStatusReply {
+        let m = self.node.metrics();
+        let committed = self.node.raft.with_raft_state(|st| st.committed.map(|l| l.index)).await.ok().flatten();
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| Member {
+                id: *id,
+                address: n.addr.clone(),
+                role: match () {
+                    _ if m.current_leader == Some(*id) => "leader",
+                    _ if voters.contains(id) => "follower",
+                    _ => "learner",
+                }
+                .into(),
+                matched_index: m.replication.as_ref().and_then(|r| r.get(id).copied().flatten()).map(|l| l.index),
+            })
+            .collect();
+        ClusterStatusReply {
+            answered_by: m.id,
+            leader_id: m.current_leader,
+            term: m.current_term,
+            commit_index: committed,
+            applied_index: m.last_applied.map(|l| l.index),
+            last_log_index: m.last_log_index,
+            snapshot_index: m.snapshot.map(|l| l.index),
+            members,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterApi {
+    async fn create_service(&self, req: Request<CreateServiceRequest>) -> Result<Response<ServiceReply>, Status> {
+        let spec = spec_from_request(req.into_inner().spec).map_err(invalid)?;
+        let (service, _) = self.write_service(Command::CreateService(spec)).await?;
+        Ok(Response::new(ServiceReply { service: Some(service) }))
+    }
+
+    async fn update_service(&self, req: Request<UpdateServiceRequest>) -> Result<Response<ServiceReply>, Status> {
+        let spec = spec_from_request(req.into_inner().spec).map_err(invalid)?;
+        let (service, _) = self.write_service(Command::UpdateService(spec)).await?;
+        Ok(Response::new(ServiceReply { service: Some(service) }))
+    }
+
+    async fn apply_service(&self, req: Request<ApplyServiceRequest>) -> Result<Response<ApplyServiceReply>, Status> {
+        let spec = spec_from_request(req.into_inner().spec).map_err(invalid)?;
+        let (service, outcome) = self.write_service(Command::ApplyService(spec)).await?;
+        Ok(Response::new(ApplyServiceReply { service: Some(service), outcome }))
+    }
+
+    async fn delete_service(&self, req: Request<DeleteServiceRequest>) -> Result<Response<DeleteServiceReply>, Status> {
+        let name = req.into_inner().name;
+        name_arg(&name)?;
+        match self.node.write(Command::DeleteService { name }).await? {
+            Applied::Deleted => Ok(Response::new(DeleteServiceReply {})),
+            Applied::Rejected(r) => Err(r.into()),
+            other => Err(Status::internal(format!("unexpected state machine reply {other:?}"))),
+        }
+    }
+
+    async fn get_service(&self, req: Request<GetServiceRequest>) -> Result<Response<ServiceReply>, Status> {
+        let name = req.into_inner().name;
+        name_arg(&name)?;
+        match self.node.read(Query::GetService(name.clone())).await? {
+            QueryReply::Service(Some(s)) => Ok(Response::new(ServiceReply { service: Some(s.into()) })),
+            QueryReply::Service(None) => Err(crate::state::Rejection::NotFound(name).into()),
+            other => Err(Status::internal(format!("unexpected query reply {other:?}"))),
+        }
+    }
+
+    async fn list_services(&self, _: Request<ListServicesRequest>) -> Result<Response<ListServicesReply>, Status> {
+        match self.node.read(Query::ListServices).await? {
+            QueryReply::Services(list) => {
+                Ok(Response::new(ListServicesReply { services: list.into_iter().map(Into::into).collect() }))
+            }
+            other => Err(Status::internal(format!("unexpected query reply {other:?}"))),
+        }
+    }
+
+    async fn cluster_status(&self, req: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatusReply>, Status> {
+        // The leader knows roles and replication progress; ask it (one hop at
+        // most), else answer for ourselves.
+        let m = self.node.metrics();
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        if let Some(leader) = m.current_leader.filter(|l| *l != self.node.id && !forwarded) {
+            if let Some(node) = m.membership_config.membership().get_node(&leader) {
+                if let Ok(channel) = self.node.peers.channel(&node.addr) {
+                    let mut req = Request::new(ClusterStatusRequest {});
+                    req.set_timeout(Duration::from_secs(2));
+                    req.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+                    if let Ok(reply) = ClusterClient::new(channel).cluster_status(req).await {
+                        return Ok(reply);
+                    }
+                }
+            }
+        }
+        Ok(Response::new(self.local_status().await))
+    }
+
+    async fn remove_member(&self, req: Request<RemoveMemberRequest>) -> Result<Response<RemoveMemberReply>, Status> {
+        self.node.run(LeaderOp::Remove { id: req.into_inner().id }).await?;
+        Ok(Response::new(RemoveMemberReply {}))
+    }
+}

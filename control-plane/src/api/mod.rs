@@ -1,0 +1,40 @@
+//! gRPC services: thin translations between protobuf and `Node`.
+//!
+//! Handlers convert requests into domain types (rejecting bad input with
+//! INVALID_ARGUMENT naming the field), hand them to `Node`, and map the
+//! outcome to a reply or a status whose message says what to do next.
+
+mod cluster;
+mod raft;
+
+pub use cluster::ClusterApi;
+pub use raft::RaftApi;
+use tonic::Status;
+
+use crate::node::OpError;
+use crate::state::Rejection;
+
+impl From<OpError> for Status {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::Unavailable(m) => Status::unavailable(m),
+            OpError::NotFound(m) => Status::not_found(m),
+            OpError::FailedPrecondition(m) => Status::failed_precondition(m),
+            OpError::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+impl From<Rejection> for Status {
+    fn from(r: Rejection) -> Self {
+        match &r {
+            Rejection::NotFound(name) => {
+                Status::not_found(format!("{r}; `berthctl service ls` lists the services (create it with `berthctl service create {name} --image IMAGE`)"))
+            }
+            Rejection::AlreadyExists(name) => Status::already_exists(format!(
+                "{r}; change it with `berthctl apply -f SPEC` or remove it with `berthctl service rm {name}`"
+            )),
+            Rejection::Invalid(field) => Status::invalid_argument(format!("invalid service spec: {field}")),
+        }
+    }
+}

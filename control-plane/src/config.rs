@@ -1,0 +1,246 @@
+//! Server settings from flags, environment variables and an optional TOML
+//! file (in that order of precedence), and the identity kept in the data dir.
+//!
+//! The identity (id, addresses, how it joined) is written once, at first
+//! start, so a restart needs nothing but `--data-dir`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use crate::store::NodeId;
+
+#[derive(Debug, Clone, Default, Parser, Deserialize)]
+#[command(name = "berth-server", version, about = "berth's Raft-replicated control plane")]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Args {
+    /// TOML file with any of these settings (flags and environment win)
+    #[arg(long, env = "BERTH_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Directory for the Raft log, state and identity
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to serve gRPC on (default 127.0.0.1:7400)
+    #[arg(long, env = "BERTH_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address other servers and clients reach this one at (default: --listen)
+    #[arg(long, env = "BERTH_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Start a new cluster with this server as its only member
+    #[arg(long, env = "BERTH_BOOTSTRAP", conflicts_with = "join")]
+    #[serde(default)]
+    pub bootstrap: bool,
+    /// Join the cluster that the server at this address belongs to
+    #[arg(long, env = "BERTH_JOIN")]
+    pub join: Option<String>,
+    /// Leader heartbeat period in milliseconds (default 100)
+    #[arg(long, env = "BERTH_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Minimum election timeout in milliseconds; the maximum is twice it (default 500)
+    #[arg(long, env = "BERTH_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
+    /// Take a snapshot after this many log entries (default 10000)
+    #[arg(long, env = "BERTH_SNAPSHOT_LOGS")]
+    pub snapshot_logs: Option<u64>,
+    /// Log entries kept behind a snapshot for slow followers (default 1000)
+    #[arg(long, env = "BERTH_KEEP_LOGS")]
+    pub keep_logs: Option<u64>,
+    /// How long a request may wait for a leader and a quorum, in milliseconds (default 5000)
+    #[arg(long, env = "BERTH_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+}
+
+/// Settings after merging flags, environment, file and defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Unset: the identity's address on restart, else 127.0.0.1:7400.
+    pub listen: Option<SocketAddr>,
+    pub advertise: Option<String>,
+    pub bootstrap: bool,
+    pub join: Option<String>,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    pub snapshot_logs: u64,
+    pub keep_logs: u64,
+    pub request_timeout: Duration,
+}
+
+impl Args {
+    /// Fills what flags and environment left open from the config file, then defaults.
+    pub fn resolve(self) -> Result<Config> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<Args>(&text).with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => Args::default(),
+        };
+        let data_dir = self.data_dir.or(file.data_dir).context("--data-dir is required (or BERTH_DATA_DIR, or data-dir in the config file)")?;
+        let ms = |a: Option<u64>, b: Option<u64>, d: u64| Duration::from_millis(a.or(b).unwrap_or(d));
+        let cfg = Config {
+            data_dir,
+            listen: self.listen.or(file.listen),
+            advertise: self.advertise.or(file.advertise),
+            bootstrap: self.bootstrap || file.bootstrap,
+            join: self.join.or(file.join),
+            heartbeat: ms(self.heartbeat_ms, file.heartbeat_ms, 100),
+            election_timeout: ms(self.election_timeout_ms, file.election_timeout_ms, 500),
+            snapshot_logs: self.snapshot_logs.or(file.snapshot_logs).unwrap_or(10_000),
+            keep_logs: self.keep_logs.or(file.keep_logs).unwrap_or(1_000),
+            request_timeout: ms(self.request_timeout_ms, file.request_timeout_ms, 5_000),
+        };
+        if cfg.bootstrap && cfg.join.is_some() {
+            bail!("--bootstrap and --join exclude each other: bootstrap the first server, join the others");
+        }
+        if cfg.heartbeat.is_zero() || cfg.election_timeout <= cfg.heartbeat * 2 {
+            bail!(
+                "election timeout ({:?}) must be more than twice the heartbeat ({:?})",
+                cfg.election_timeout,
+                cfg.heartbeat
+            );
+        }
+        if cfg.snapshot_logs == 0 {
+            bail!("--snapshot-logs must be at least 1");
+        }
+        Ok(cfg)
+    }
+}
+
+impl Config {
+    /// Where to listen and what to advertise. A restarted server keeps the
+    /// address it is known by in the membership; it may listen elsewhere.
+    pub fn addresses(&self, identity: Option<&Identity>) -> Result<(SocketAddr, String)> {
+        let listen = self
+            .listen
+            .or(identity.map(|i| i.listen))
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400)));
+        if let Some(i) = identity {
+            if self.advertise.as_ref().is_some_and(|a| *a != i.advertise) {
+                bail!(
+                    "this data dir belongs to server {} advertised as {}; its address cannot change \
+                     (remove it with `berthctl cluster remove {}` and join again with a new data dir)",
+                    i.id,
+                    i.advertise,
+                    i.id
+                );
+            }
+            return Ok((listen, i.advertise.clone()));
+        }
+        let advertise = match &self.advertise {
+            Some(a) => a.clone(),
+            None if listen.ip().is_unspecified() => {
+                bail!("--listen {listen} is not an address others can reach: set --advertise to this server's address")
+            }
+            None => listen.to_string(),
+        };
+        Ok((listen, advertise))
+    }
+
+    pub fn raft_config(&self) -> Result<openraft::Config> {
+        let election = self.election_timeout.as_millis() as u64;
+        let config = openraft::Config {
+            cluster_name: "berth".into(),
+            heartbeat_interval: self.heartbeat.as_millis() as u64,
+            election_timeout_min: election,
+            election_timeout_max: election * 2,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            max_in_snapshot_log_to_keep: self.keep_logs,
+            ..Default::default()
+        };
+        Ok(config.validate()?)
+    }
+}
+
+/// Who this server is, written at first start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    pub id: NodeId,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    /// This server created the cluster.
+    pub bootstrap: bool,
+    /// The address it joined through, while its promotion to voter is unfinished.
+    pub pending_promotion: Option<String>,
+}
+
+const IDENTITY: &str = "identity.json";
+
+impl Identity {
+    pub fn load(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(IDENTITY);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("corrupt {}", path.display()))?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Writes atomically and durably (temp file, fsync, rename).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        use std::io::Write;
+        let tmp = dir.join(format!("{IDENTITY}.tmp"));
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(self)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(IDENTITY))?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("berth.toml");
+        std::fs::write(&file, "data-dir = \"/var/lib/berth\"\nlisten = \"127.0.0.1:9000\"\nheartbeat-ms = 50\n").expect("write");
+        let args = Args::parse_from(["berth-server", "--config", file.to_str().expect("utf8"), "--listen", "127.0.0.1:9100"]);
+        let cfg = args.resolve().expect("valid");
+        let (listen, advertise) = cfg.addresses(None).expect("addresses");
+        assert_eq!(listen.port(), 9100);
+        assert_eq!(advertise, "127.0.0.1:9100");
+        assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/berth"));
+        assert_eq!(cfg.heartbeat, Duration::from_millis(50));
+        assert_eq!(cfg.election_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn unknown_keys_in_file_are_rejected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("berth.toml");
+        std::fs::write(&file, "data-dir = \"/x\"\nlisten_addr = \"1\"\n").expect("write");
+        let err = Args::parse_from(["berth-server", "--config", file.to_str().expect("utf8")]).resolve();
+        assert!(format!("{:#}", err.expect_err("must fail")).contains("listen_addr"));
+    }
+
+    #[test]
+    fn unspecified_listen_needs_advertise() {
+        let cfg = Args::parse_from(["berth-server", "--data-dir", "/x", "--listen", "0.0.0.0:7400"]).resolve();
+        let err = cfg.expect("valid").addresses(None);
+        assert!(err.expect_err("must fail").to_string().contains("--advertise"));
+    }
+
+    #[test]
+    fn identity_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(Identity::load(dir.path()).expect("load"), None);
+        let id = Identity {
+            id: 3,
+            listen: "127.0.0.1:1".parse().expect("addr"),
+            advertise: "127.0.0.1:1".into(),
+            bootstrap: false,
+            pending_promotion: Some("127.0.0.1:2".into()),
+        };
+        id.save(dir.path()).expect("save");
+        assert_eq!(Identity::load(dir.path()).expect("load"), Some(id));
+    }
+}

@@ -1,0 +1,19 @@
+//! berth-server: the Raft-replicated control plane.
+//!
+//! ```text
+//!   berthctl ──gRPC Cluster──▶ api::cluster ──▶ node::Node ──client_write──▶ openraft
+//!                                                  │  (not leader: forward over gRPC Raft.Write)
+//!   other servers ◀──gRPC Raft── network ◀──────────┘
+//!   openraft ──▶ store::LogStore (sled, fsync) ──▶ store::StateMachineStore ──▶ state::apply
+//! ```
+//!
+//! `state` is pure; `store` persists it; `node` owns the Raft handle and the
+//! rules for forwarding, deadlines and membership; `api` maps gRPC to `node`.
+
+pub mod api;
+pub mod config;
+pub mod network;
+pub mod node;
+pub mod server;
+pub mod state;
+pub mod store;

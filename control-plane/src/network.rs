@@ -1,0 +1,154 @@
+//! Server-to-server gRPC clients: openraft's network, and the channel cache
+//! that forwarding shares with it.
+//!
+//! Raft messages are JSON inside `pb::raft::Payload`; a remote Raft error
+//! comes back inside the payload as `Result::Err`, a transport failure as a
+//! gRPC status, which becomes `Unreachable` so openraft backs off.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_proto::pb::raft::raft_client::RaftClient;
+use berth_proto::pb::raft::Payload;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::store::{NodeId, TypeConfig};
+
+/// Largest gRPC message between servers (snapshot chunks are far smaller).
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+/// Lazily connected channels to other servers, one per address.
+#[derive(Debug, Clone, Default)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Peers {
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::Status> {
+        let mut map = self.channels.lock().map_err(|_| tonic::Status::internal("peer cache poisoned"))?;
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| tonic::Status::invalid_argument(format!("bad server address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        map.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    pub fn raft(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::Status> {
+        Ok(RaftClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Result<Payload, tonic::Status> {
+    serde_json::to_vec(v)
+        .map(|json| Payload { json })
+        .map_err(|e| tonic::Status::internal(format!("cannot encode message: {e}")))
+}
+
+pub fn decode<T: DeserializeOwned>(p: &Payload) -> Result<T, tonic::Status> {
+    serde_json::from_slice(&p.json).map_err(|e| tonic::Status::invalid_argument(format!("malformed payload: {e}")))
+}
+
+/// openraft's network: makes one client per target server.
+#[derive(Debug, Clone, Default)]
+pub struct Network {
+    pub peers: Peers,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient { target, client: self.peers.raft(&node.addr) }
+    }
+}
+
+#[derive(Debug)]
+pub struct PeerClient {
+    target: NodeId,
+    client: Result<RaftClient<Channel>, tonic::Status>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = self.client.as_mut().map_err(|s| RPCError::Unreachable(Unreachable::new(s)))?;
+        let mut request = tonic::Request::new(encode(req).map_err(|s| RPCError::Network(NetworkError::new(&s)))?);
+        request.set_timeout(option.hard_ttl());
+        let reply = match rpc {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        let payload = reply.map_err(|s| RPCError::Unreachable(Unreachable::new(&s)))?.into_inner();
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            decode(&payload).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.call(Rpc::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        // A dead peer is retried quickly enough that a restarted server catches up at once.
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}

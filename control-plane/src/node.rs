@@ -1,0 +1,273 @@
+//! A server's Raft member and the rules for getting work to the leader.
+//!
+//! Everything that must happen on the leader is a `LeaderOp`. `Node::run`
+//! tries it here; a follower forwards it to the leader it knows over
+//! `Raft.Forward`, and the leader only ever runs it locally, so a request
+//! hops at most once. Until a deadline (`request_timeout`) a request waits
+//! out elections and leader changes; after it, the client gets a clear
+//! "unavailable" instead of a hang.
+//!
+//! ```text
+//!   run(op) ──▶ here(op) ── Done ──▶ reply
+//!                 │ NotLeader ──▶ forward to leader ──▶ its here(op)
+//!                 │ Retry(why) ──▶ sleep, again, until the deadline
+//! ```
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, RaftMetrics};
+use serde::{Deserialize, Serialize};
+use tokio::time::{timeout_at, Instant};
+
+use crate::network::{decode, encode, Peers};
+use crate::state::{query, Command, Query, QueryReply, Response};
+use crate::store::{Applied, NodeId, Raft};
+
+/// Pause between attempts while a leader is being elected or a learner catches up.
+const RETRY: Duration = Duration::from_millis(50);
+/// A learner within this many entries of the leader is close enough to vote.
+const CAUGHT_UP: u64 = 200;
+
+/// Work that only the leader may do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LeaderOp {
+    Write(Command),
+    Read(Query),
+    /// Admit a server at this address as a learner.
+    Join { addr: String },
+    /// Make a caught-up learner a voter.
+    Promote { id: NodeId },
+    /// Take a server out of the membership.
+    Remove { id: NodeId },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LeaderReply {
+    Write(Response),
+    Read(QueryReply),
+    Joined { id: NodeId },
+    Done,
+}
+
+/// What one attempt of an op came to; also the answer of `Raft.Forward`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Step {
+    Done(Result<LeaderReply, OpError>),
+    NotLeader,
+    Retry(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum OpError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub struct Node {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub applied: Arc<RwLock<Applied>>,
+    pub peers: Peers,
+    pub request_timeout: Duration,
+    /// Serializes id allocation for joins on this leader.
+    join_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    pub fn new(id: NodeId, raft: Raft, applied: Arc<RwLock<Applied>>, peers: Peers, request_timeout: Duration) -> Self {
+        Self { id, raft, applied, peers, request_timeout, join_lock: tokio::sync::Mutex::new(()) }
+    }
+
+    pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    pub async fn write(&self, cmd: Command) -> Result<Response, OpError> {
+        match self.run(LeaderOp::Write(cmd)).await? {
+            LeaderReply::Write(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn read(&self, q: Query) -> Result<QueryReply, OpError> {
+        match self.run(LeaderOp::Read(q)).await? {
+            LeaderReply::Read(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Runs `op` on the leader, wherever it is, within the request deadline.
+    pub async fn run(&self, op: LeaderOp) -> Result<LeaderReply, OpError> {
+        let deadline = Instant::now() + self.request_timeout;
+        let mut why = String::from("no leader is known");
+        loop {
+            let step = match timeout_at(deadline, self.here(&op)).await {
+                Err(_) => break,
+                Ok(Step::NotLeader) => match self.metrics().current_leader {
+                    Some(leader) if leader != self.id => match timeout_at(deadline, self.forward(leader, &op)).await {
+                        Err(_) => break,
+                        Ok(step) => step,
+                    },
+                    _ => Step::Retry("no leader is elected yet".into()),
+                },
+                Ok(step) => step,
+            };
+            match step {
+                Step::Done(result) => return result,
+                Step::NotLeader => why = "the leader changed while the request was forwarded".into(),
+                Step::Retry(reason) => why = reason,
+            }
+            if Instant::now() + RETRY >= deadline {
+                break;
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+        Err(OpError::Unavailable(format!(
+            "the cluster did not complete the request within {:.1}s ({why}); a majority of servers must be running \
+             and reachable: check them with `berthctl cluster status`",
+            self.request_timeout.as_secs_f64()
+        )))
+    }
+
+    async fn forward(&self, leader: NodeId, op: &LeaderOp) -> Step {
+        let Some(addr) = self.metrics().membership_config.membership().get_node(&leader).map(|n| n.addr.clone()) else {
+            return Step::Retry(format!("leader {leader} has no known address"));
+        };
+        let result = async {
+            let mut client = self.peers.raft(&addr)?;
+            let reply = client.forward(encode(op)?).await?;
+            decode::<Step>(reply.get_ref())
+        };
+        match result.await {
+            Ok(step) => step,
+            Err(status) => Step::Retry(format!("leader {leader} at {addr} is unreachable: {}", status.message())),
+        }
+    }
+
+    /// One attempt at `op` on this server.
+    pub async fn here(&self, op: &LeaderOp) -> Step {
+        match op {
+            LeaderOp::Write(cmd) => match self.raft.client_write(cmd.clone()).await {
+                Ok(r) => Step::Done(Ok(LeaderReply::Write(r.data))),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Step::NotLeader,
+                Err(e) => fatal(e),
+            },
+            LeaderOp::Read(q) => match self.raft.ensure_linearizable().await {
+                Ok(_) => match self.applied.read() {
+                    Ok(a) => Step::Done(Ok(LeaderReply::Read(query(&a.state, q)))),
+                    Err(_) => Step::Done(Err(OpError::Internal("state lock poisoned".into()))),
+                },
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Step::NotLeader,
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Step::Retry(e.to_string()),
+                Err(e) => fatal(e),
+            },
+            LeaderOp::Join { addr } => self.join(addr).await,
+            LeaderOp::Promote { id } => self.promote(*id).await,
+            LeaderOp::Remove { id } => self.remove(*id).await,
+        }
+    }
+
+    async fn join(&self, addr: &str) -> Step {
+        if self.metrics().current_leader != Some(self.id) {
+            return Step::NotLeader;
+        }
+        let _guard = self.join_lock.lock().await;
+        let membership = self.metrics().membership_config.clone();
+        // A server that died before finishing its join comes back at the same address.
+        if let Some((id, _)) = membership.membership().nodes().find(|(_, n)| n.addr == addr) {
+            return Step::Done(Ok(LeaderReply::Joined { id: *id }));
+        }
+        let id = membership.membership().nodes().map(|(id, _)| *id).max().unwrap_or(0) + 1;
+        match self.raft.add_learner(id, BasicNode::new(addr), false).await {
+            Ok(_) => Step::Done(Ok(LeaderReply::Joined { id })),
+            Err(e) => membership_error(e),
+        }
+    }
+
+    async fn promote(&self, id: NodeId) -> Step {
+        let m = self.metrics();
+        if m.current_leader != Some(self.id) {
+            return Step::NotLeader;
+        }
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().any(|v| v == id) {
+            return Step::Done(Ok(LeaderReply::Done));
+        }
+        if membership.get_node(&id).is_none() {
+            return Step::Done(Err(OpError::NotFound(format!("server {id} is not a member; it has to join first"))));
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let matched = m.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).map(|l| l.index);
+        if matched.is_none_or(|x| x + CAUGHT_UP < last) {
+            return Step::Retry(format!("server {id} is catching up (at {} of {last})", matched.unwrap_or(0)));
+        }
+        match self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true).await {
+            Ok(_) => Step::Done(Ok(LeaderReply::Done)),
+            Err(e) => membership_error(e),
+        }
+    }
+
+    async fn remove(&self, id: NodeId) -> Step {
+        let m = self.metrics();
+        if m.current_leader != Some(self.id) {
+            return Step::NotLeader;
+        }
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Step::Done(Err(OpError::NotFound(format!(
+                "no server with id {id}; `berthctl cluster status` lists the members"
+            ))));
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let change = if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Step::Done(Err(OpError::FailedPrecondition(format!(
+                    "server {id} is the only voter; removing it would leave no cluster"
+                ))));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        match self.raft.change_membership(change, false).await {
+            Ok(_) => Step::Done(Ok(LeaderReply::Done)),
+            Err(e) => membership_error(e),
+        }
+    }
+}
+
+fn unexpected(r: LeaderReply) -> OpError {
+    OpError::Internal(format!("unexpected reply from the leader: {r:?}"))
+}
+
+fn fatal<E: std::error::Error>(e: RaftError<NodeId, E>) -> Step {
+    Step::Done(Err(OpError::Unavailable(format!("this server's Raft stopped: {e}"))))
+}
+
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Step {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Step::NotLeader,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(p))) => {
+            Step::Retry(format!("another membership change is in progress: {p}"))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Step::Done(Err(OpError::FailedPrecondition(e.to_string())))
+        }
+        e => fatal(e),
+    }
+}

@@ -1,0 +1,161 @@
+//! Starting and stopping one berth-server.
+//!
+//! First start: `--bootstrap` makes server 1 of a new cluster; `--join ADDR`
+//! asks the cluster's leader (found through ADDR) for an id and a learner
+//! slot, then this server asks to be promoted to voter once it has caught up.
+//! The identity is saved before Raft starts, so any later start needs only
+//! the data dir, and an unfinished promotion is resumed.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use berth_proto::pb::cluster::cluster_client::ClusterClient;
+use berth_proto::pb::cluster::cluster_server::ClusterServer;
+use berth_proto::pb::cluster::ClusterStatusRequest;
+use berth_proto::pb::raft::raft_server::RaftServer;
+use openraft::BasicNode;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::api::{ClusterApi, RaftApi};
+use crate::config::{Config, Identity};
+use crate::network::{decode, encode, Network, Peers, MAX_MESSAGE};
+use crate::node::{LeaderOp, LeaderReply, Node, Step};
+use crate::store::{self, NodeId, Raft};
+
+/// How long a first start keeps trying to reach the cluster it joins.
+const JOIN_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Runs the server until `shutdown` resolves, then stops cleanly.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    let saved = Identity::load(&cfg.data_dir)?;
+    let (listen, advertise) = cfg.addresses(saved.as_ref())?;
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let peers = Peers::default();
+    let identity = match saved {
+        Some(i) => {
+            if cfg.bootstrap || cfg.join.is_some() {
+                info!(id = i.id, "data dir already holds server {}; --bootstrap/--join ignored", i.id);
+            }
+            i
+        }
+        None => first_start(&cfg, listen, &advertise, &peers).await?,
+    };
+    let id = identity.id;
+
+    let (log, sm) = store::open(&cfg.data_dir)?;
+    let applied = sm.applied();
+    let network = Network { peers: peers.clone() };
+    let raft = Raft::new(id, Arc::new(cfg.raft_config()?), network, log, sm).await.context("cannot start Raft")?;
+    let node = Arc::new(Node::new(id, raft.clone(), applied, peers, cfg.request_timeout));
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            ClusterServer::new(ClusterApi { node: node.clone() })
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            RaftServer::new(RaftApi { node: node.clone() })
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), async {
+            let _ = stop_rx.await;
+        });
+    let server = tokio::spawn(server);
+
+    if identity.bootstrap && !raft.is_initialized().await? {
+        raft.initialize(BTreeMap::from([(id, BasicNode::new(&advertise))])).await.context("cannot bootstrap the cluster")?;
+        info!(id, "bootstrapped a new cluster");
+    }
+    if identity.pending_promotion.is_some() {
+        tokio::spawn(finish_promotion(node.clone(), identity.clone(), cfg.data_dir.clone()));
+    }
+    info!(id, %listen, %advertise, "berth-server serving");
+
+    shutdown.await;
+    info!(id, "shutting down");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => warn!("gRPC server ended with an error: {e}"),
+        Err(_) => warn!("gRPC server did not stop within 5s"),
+        _ => {}
+    }
+    raft.shutdown().await.map_err(|e| anyhow!("raft shutdown: {e}"))?;
+    info!(id, "stopped");
+    Ok(())
+}
+
+/// Creates the identity of a server that has never run: bootstrap or join.
+async fn first_start(cfg: &Config, listen: SocketAddr, advertise: &str, peers: &Peers) -> Result<Identity> {
+    let (id, pending_promotion) = if cfg.bootstrap {
+        (1, None)
+    } else if let Some(via) = &cfg.join {
+        (join(peers, via, advertise).await?, Some(via.clone()))
+    } else {
+        bail!(
+            "{} holds no cluster state: start with --bootstrap to create a cluster, or --join ADDR to join one",
+            cfg.data_dir.display()
+        );
+    };
+    let identity = Identity { id, listen, advertise: advertise.to_string(), bootstrap: cfg.bootstrap, pending_promotion };
+    identity.save(&cfg.data_dir)?;
+    info!(id, "identity saved in {}", cfg.data_dir.display());
+    Ok(identity)
+}
+
+/// Finds the leader through `via` and asks it to admit `advertise` as a learner.
+async fn join(peers: &Peers, via: &str, advertise: &str) -> Result<NodeId> {
+    let deadline = Instant::now() + JOIN_PATIENCE;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match try_join(peers, via, advertise).await {
+            Ok(Some(id)) => {
+                info!(id, via, "admitted to the cluster as a learner");
+                return Ok(id);
+            }
+            Ok(None) => last = "no leader yet".into(),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!("cannot join the cluster through {via} within {JOIN_PATIENCE:?}: {last}")
+}
+
+async fn try_join(peers: &Peers, via: &str, advertise: &str) -> Result<Option<NodeId>> {
+    let status = ClusterClient::new(peers.channel(via)?).cluster_status(ClusterStatusRequest {}).await?.into_inner();
+    let Some(leader) = status.members.iter().find(|m| Some(m.id) == status.leader_id) else { return Ok(None) };
+    let reply = peers.raft(&leader.address)?.forward(encode(&LeaderOp::Join { addr: advertise.to_string() })?).await?;
+    match decode::<Step>(reply.get_ref())? {
+        Step::Done(Ok(LeaderReply::Joined { id })) => Ok(Some(id)),
+        Step::Done(Ok(other)) => bail!("unexpected join reply {other:?}"),
+        Step::Done(Err(e)) => Err(e.into()),
+        Step::NotLeader | Step::Retry(_) => Ok(None),
+    }
+}
+
+/// Keeps asking the leader to make this learner a voter until it has.
+async fn finish_promotion(node: Arc<Node>, mut identity: Identity, dir: std::path::PathBuf) {
+    loop {
+        match node.run(LeaderOp::Promote { id: identity.id }).await {
+            Ok(_) => {
+                identity.pending_promotion = None;
+                match identity.save(&dir) {
+                    Ok(()) => info!(id = identity.id, "promoted to voter"),
+                    Err(e) => warn!("promoted, but cannot record it: {e:#}"),
+                }
+                return;
+            }
+            Err(e) => info!(id = identity.id, "waiting to be promoted: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

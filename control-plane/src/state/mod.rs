@@ -1,0 +1,94 @@
+//! The replicated state and the one way to change it.
+//!
+//! ```text
+//!   Command ──apply(&mut State, &Command)──▶ Response     (every server, same order)
+//!   Query   ──query(&State, &Query)────────▶ QueryReply   (leader, after a read barrier)
+//! ```
+//!
+//! Both are pure functions over plain data: no IO, no clock, no randomness,
+//! so every server that applies the same log reaches the same state. Storage
+//! (`crate::store`) wraps them; API handlers only validate and submit.
+
+mod apply;
+mod query;
+
+use std::collections::BTreeMap;
+
+use berth_proto::model::{InvalidField, Service, ServiceSpec};
+use serde::{Deserialize, Serialize};
+
+pub use apply::apply;
+pub use query::{query, Query, QueryReply};
+
+/// Everything the cluster agrees on. Services for now; nodes, tasks and IPAM join later.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub services: BTreeMap<String, Service>,
+}
+
+/// Every mutation of cluster state is one of these, carried by one Raft log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Precondition: no service of that name exists.
+    CreateService(ServiceSpec),
+    /// Precondition: the service exists. A spec equal to the stored one changes nothing.
+    UpdateService(ServiceSpec),
+    /// Create or update, whichever applies: idempotent.
+    ApplyService(ServiceSpec),
+    /// Precondition: the service exists.
+    DeleteService { name: String },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// Raft's own entries (blank, membership) carry no command.
+    #[default]
+    Empty,
+    Service { service: Service, outcome: Outcome },
+    Deleted,
+    Rejected(Rejection),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// Why a command changed nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("service {0:?} not found")]
+    NotFound(String),
+    #[error("service {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("invalid spec: {0}")]
+    Invalid(InvalidField),
+}
+
+/// The part of the state a command may change, so storage persists only that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    Service(String),
+}
+
+impl Command {
+    pub fn key(&self) -> Key {
+        match self {
+            Self::CreateService(s) | Self::UpdateService(s) | Self::ApplyService(s) => Key::Service(s.name.clone()),
+            Self::DeleteService { name } => Key::Service(name.clone()),
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::Unchanged => "unchanged",
+        })
+    }
+}

@@ -1,0 +1,172 @@
+//! The Raft log and vote, in sled, with group-committed fsync.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogId, RaftLogReader, StorageError, StorageIOError, Vote};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::{flush, read_err, write_err, Entry, LogId, NodeId, TypeConfig};
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const LAST_PURGED: &[u8] = b"last_purged";
+
+/// The log store; cloning it gives another handle on the same trees (the log reader).
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    flusher: Option<mpsc::UnboundedSender<LogFlushed<TypeConfig>>>,
+}
+
+impl LogStore {
+    pub(super) fn open(db: sled::Db) -> Result<Self, sled::Error> {
+        Ok(Self { log: db.open_tree("log")?, meta: db.open_tree("meta")?, db, flusher: None })
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
+        let Some(v) = self.meta.get(key).map_err(read_err)? else { return Ok(None) };
+        serde_json::from_slice(&v).map(Some).map_err(read_err)
+    }
+
+    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError<NodeId>> {
+        let v = serde_json::to_vec(value).map_err(write_err)?;
+        self.meta.insert(key, v).map_err(write_err)?;
+        Ok(())
+    }
+
+    /// The flusher: waits for queued appends, fsyncs once for all of them,
+    /// then reports each durable, in order.
+    fn flusher(&mut self) -> &mpsc::UnboundedSender<LogFlushed<TypeConfig>> {
+        self.flusher.get_or_insert_with(|| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<LogFlushed<TypeConfig>>();
+            let db = self.db.clone();
+            tokio::spawn(async move {
+                while let Some(first) = rx.recv().await {
+                    let mut waiting = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        waiting.push(more);
+                    }
+                    let result = flush(&db).await;
+                    for cb in waiting {
+                        cb.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
+                    }
+                }
+            });
+            tx
+        })
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn decode_entry(v: &[u8]) -> Result<Entry, StorageError<NodeId>> {
+    serde_json::from_slice(v).map_err(read_err)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        use std::ops::Bound::*;
+        let start = match range.start_bound() {
+            Included(i) => *i,
+            Excluded(i) => i.saturating_add(1),
+            Unbounded => 0,
+        };
+        let iter = match range.end_bound() {
+            Included(i) => self.log.range(index_key(start)..=index_key(*i)),
+            Excluded(i) => self.log.range(index_key(start)..index_key(*i)),
+            Unbounded => self.log.range(index_key(start)..),
+        };
+        iter.map(|kv| decode_entry(&kv.map_err(read_err)?.1)).collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let last_purged_log_id: Option<LogId> = self.get_meta(LAST_PURGED)?;
+        let last = match self.log.last().map_err(read_err)? {
+            Some((_, v)) => Some(*decode_entry(&v)?.get_log_id()),
+            None => None,
+        };
+        // Entries at or below the purge point may survive a crash mid-purge; they do not count.
+        let last_log_id = match (last, last_purged_log_id) {
+            (Some(l), Some(p)) if l.index <= p.index => Some(p),
+            (Some(l), _) => Some(l),
+            (None, p) => p,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.put_meta(VOTE, vote)?;
+        flush(&self.db).await.map_err(|e| StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.get_meta(VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<NodeId>> {
+        // Not flushed: losing it only means re-applying later, never applying uncommitted entries.
+        self.put_meta(COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<NodeId>> {
+        Ok(self.get_meta::<Option<LogId>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for e in entries {
+            batch.insert(&index_key(e.get_log_id().index), serde_json::to_vec(&e).map_err(write_err)?);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        if let Err(mpsc::error::SendError(cb)) = self.flusher().send(callback) {
+            cb.log_io_completed(Err(io::Error::other("log flusher stopped")));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
+        let mut batch = sled::Batch::default();
+        for kv in self.log.range(index_key(log_id.index)..) {
+            batch.remove(kv.map_err(read_err)?.0);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        flush(&self.db).await.map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
+        // Record the purge point first: a crash part way leaves extra entries, never a hole.
+        self.put_meta(LAST_PURGED, &log_id)?;
+        let mut batch = sled::Batch::default();
+        for kv in self.log.range(..=index_key(log_id.index)) {
+            batch.remove(kv.map_err(read_err)?.0);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,152 @@
+//! Conversions between wire types and the domain model.
+//!
+//! Into the model: `TryFrom`, checking every field and naming the first bad
+//! one. Out of the model: `From`, which cannot fail.
+
+use crate::model::{self, InvalidField, PortSpec, Protocol, Resources, RestartPolicy};
+use crate::pb::cluster as pb;
+
+/// The largest CPU request accepted: far above any host, low enough that
+/// the millicpu count cannot overflow.
+const MAX_CPUS: f64 = 1_000_000.0;
+
+impl TryFrom<pb::ServiceSpec> for model::ServiceSpec {
+    type Error = InvalidField;
+
+    fn try_from(p: pb::ServiceSpec) -> Result<Self, Self::Error> {
+        let replicas = u32::try_from(p.replicas)
+            .ok()
+            .filter(|r| *r <= model::MAX_REPLICAS)
+            .ok_or_else(|| {
+                InvalidField::new("replicas", p.replicas, format!("an integer from 0 to {}", model::MAX_REPLICAS))
+            })?;
+        let res = p.resources.unwrap_or_default();
+        if !(res.cpus.is_finite() && (0.0..=MAX_CPUS).contains(&res.cpus)) {
+            return Err(InvalidField::new("resources.cpus", res.cpus, "a number of CPUs >= 0, such as 0.5"));
+        }
+        let memory_bytes = u64::try_from(res.memory_bytes)
+            .map_err(|_| InvalidField::new("resources.memory", res.memory_bytes, "a size >= 0, such as 64Mi"))?;
+        let ports = p.ports.iter().enumerate().map(|(i, port)| port_from_pb(i, port)).collect::<Result<_, _>>()?;
+        let restart = RestartPolicy::parse(&p.restart)
+            .ok_or_else(|| InvalidField::new("restart", &p.restart, "one of always, on-failure, never"))?;
+        let spec = model::ServiceSpec {
+            name: p.name,
+            image: p.image,
+            command: p.command,
+            env: p.env.into_iter().collect(),
+            replicas,
+            resources: Resources { cpu_millis: (res.cpus * 1000.0).round() as u64, memory_bytes },
+            ports,
+            restart,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+fn port_from_pb(i: usize, p: &pb::PortSpec) -> Result<PortSpec, InvalidField> {
+    let port = |field: &str, v: i64| {
+        u16::try_from(v)
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| InvalidField::new(format!("ports[{i}].{field}"), v, "a port from 1 to 65535"))
+    };
+    let published = if p.published == 0 { None } else { Some(port("published", p.published)?) };
+    let target = port("target", p.target)?;
+    let protocol = Protocol::parse(&p.protocol)
+        .ok_or_else(|| InvalidField::new(format!("ports[{i}].protocol"), &p.protocol, "tcp or udp"))?;
+    Ok(PortSpec { published, target, protocol })
+}
+
+impl From<model::ServiceSpec> for pb::ServiceSpec {
+    fn from(s: model::ServiceSpec) -> Self {
+        Self {
+            name: s.name,
+            image: s.image,
+            command: s.command,
+            env: s.env.into_iter().collect(),
+            replicas: i64::from(s.replicas),
+            resources: Some(pb::Resources {
+                cpus: s.resources.cpu_millis as f64 / 1000.0,
+                memory_bytes: i64::try_from(s.resources.memory_bytes).unwrap_or(i64::MAX),
+            }),
+            ports: s
+                .ports
+                .into_iter()
+                .map(|p| pb::PortSpec {
+                    published: p.published.map_or(0, i64::from),
+                    target: i64::from(p.target),
+                    protocol: p.protocol.to_string(),
+                })
+                .collect(),
+            restart: s.restart.to_string(),
+        }
+    }
+}
+
+impl From<model::Service> for pb::Service {
+    fn from(s: model::Service) -> Self {
+        Self { spec: Some(s.spec.into()), version: s.version }
+    }
+}
+
+impl TryFrom<pb::Service> for model::Service {
+    type Error = InvalidField;
+
+    fn try_from(s: pb::Service) -> Result<Self, Self::Error> {
+        let spec = s.spec.ok_or_else(|| InvalidField::new("spec", "", "a service spec"))?;
+        Ok(Self { spec: spec.try_into()?, version: s.version })
+    }
+}
+
+/// Extracts and converts the spec of a request, naming a missing one.
+pub fn spec_from_request(spec: Option<pb::ServiceSpec>) -> Result<model::ServiceSpec, InvalidField> {
+    spec.ok_or_else(|| InvalidField::new("spec", "", "a service spec"))?.try_into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire() -> pb::ServiceSpec {
+        pb::ServiceSpec {
+            name: "web".into(),
+            image: "busybox".into(),
+            replicas: 2,
+            resources: Some(pb::Resources { cpus: 0.25, memory_bytes: 1 << 20 }),
+            ports: vec![pb::PortSpec { published: 8080, target: 80, protocol: String::new() }],
+            ..Default::default()
+        }
+    }
+
+    fn field(p: pb::ServiceSpec) -> String {
+        model::ServiceSpec::try_from(p).expect_err("should be rejected").field
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = model::ServiceSpec::try_from(wire()).expect("valid");
+        assert_eq!(m.resources.cpu_millis, 250);
+        assert_eq!(m.ports[0].protocol, Protocol::Tcp);
+        let back = pb::ServiceSpec::from(m.clone());
+        assert_eq!(model::ServiceSpec::try_from(back).expect("valid"), m);
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_named() {
+        assert_eq!(field(pb::ServiceSpec { replicas: -1, ..wire() }), "replicas");
+        assert_eq!(field(pb::ServiceSpec { replicas: 1 << 40, ..wire() }), "replicas");
+        let res = |cpus, memory_bytes| Some(pb::Resources { cpus, memory_bytes });
+        assert_eq!(field(pb::ServiceSpec { resources: res(-0.5, 0), ..wire() }), "resources.cpus");
+        assert_eq!(field(pb::ServiceSpec { resources: res(f64::NAN, 0), ..wire() }), "resources.cpus");
+        assert_eq!(field(pb::ServiceSpec { resources: res(1.0, -5), ..wire() }), "resources.memory");
+        let port = |published, target, protocol: &str| {
+            vec![pb::PortSpec { published, target, protocol: protocol.into() }]
+        };
+        assert_eq!(field(pb::ServiceSpec { ports: port(70000, 80, ""), ..wire() }), "ports[0].published");
+        assert_eq!(field(pb::ServiceSpec { ports: port(-1, 80, ""), ..wire() }), "ports[0].published");
+        assert_eq!(field(pb::ServiceSpec { ports: port(80, 0, ""), ..wire() }), "ports[0].target");
+        assert_eq!(field(pb::ServiceSpec { ports: port(80, 80, "sctp"), ..wire() }), "ports[0].protocol");
+        assert_eq!(field(pb::ServiceSpec { restart: "sometimes".into(), ..wire() }), "restart");
+    }
+}

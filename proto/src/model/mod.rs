@@ -1,0 +1,12 @@
+//! The domain model: plain, validated data shared by the server, the agent
+//! and the command line. Nothing here knows about protobuf or Raft.
+
+mod invalid;
+mod quantity;
+mod reference;
+mod service;
+
+pub use invalid::InvalidField;
+pub use quantity::{format_memory, parse_cpus, parse_memory};
+pub use reference::validate_image;
+pub use service::{validate_name, PortSpec, MAX_REPLICAS, Protocol, Resources, RestartPolicy, Service, ServiceSpec};

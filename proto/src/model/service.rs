@@ -1,0 +1,229 @@
+//! Services: what a person declares. A service's spec is validated once, at
+//! the edge, by `ServiceSpec::validate`; everything past it may assume a
+//! valid spec.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{validate_image, InvalidField};
+
+/// A declared service: its spec and how many times the spec changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub spec: ServiceSpec,
+    /// 1 at creation, +1 for every update that changes the spec.
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub image: String,
+    /// Replaces the image's Cmd when not empty.
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub replicas: u32,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+}
+
+/// Requested resources; zero means "no request, no limit".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    /// The port every node answers on; `None` when only the target is declared.
+    pub published: Option<u16>,
+    pub target: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// The most replicas one service may ask for; a guard against typos.
+pub const MAX_REPLICAS: u32 = 10_000;
+
+impl Protocol {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "" | "tcp" => Some(Self::Tcp),
+            "udp" => Some(Self::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+impl RestartPolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "" | "always" => Some(Self::Always),
+            "on-failure" => Some(Self::OnFailure),
+            "never" => Some(Self::Never),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Always => "always",
+            Self::OnFailure => "on-failure",
+            Self::Never => "never",
+        })
+    }
+}
+
+/// A service name is a DNS label (RFC 1123): it becomes a DNS name later.
+pub fn validate_name(name: &str) -> Result<(), InvalidField> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidField::new(
+            "name",
+            name,
+            "a DNS label: 1 to 63 lowercase letters, digits or '-', not starting or ending with '-'",
+        ))
+    }
+}
+
+impl ServiceSpec {
+    /// Checks every field; the first one that is wrong is named.
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        validate_name(&self.name)?;
+        validate_image(&self.image).map_err(|why| {
+            InvalidField::new("image", &self.image, format!("an image reference like registry:5000/repo/name:tag (it {why})"))
+        })?;
+        if self.replicas > MAX_REPLICAS {
+            return Err(InvalidField::new("replicas", self.replicas, format!("an integer from 0 to {MAX_REPLICAS}")));
+        }
+        if self.command.iter().any(|a| a.contains('\0')) {
+            return Err(InvalidField::new("command", format!("{:?}", self.command), "arguments without NUL bytes"));
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(InvalidField::new(format!("env.{k}"), k, "a variable name that is not empty and has no '=' or NUL"));
+            }
+            if v.contains('\0') {
+                return Err(InvalidField::new(format!("env.{k}"), v, "a value without NUL bytes"));
+            }
+        }
+        let mut published = BTreeSet::new();
+        let mut targets = BTreeSet::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.target == 0 {
+                return Err(InvalidField::new(format!("ports[{i}].target"), 0, "a port from 1 to 65535"));
+            }
+            if p.published == Some(0) {
+                return Err(InvalidField::new(format!("ports[{i}].published"), 0, "a port from 1 to 65535"));
+            }
+            if !targets.insert((p.target, p.protocol)) {
+                return Err(InvalidField::new(
+                    format!("ports[{i}].target"),
+                    format!("{}/{}", p.target, p.protocol),
+                    "a target port declared once per protocol",
+                ));
+            }
+            if let Some(pp) = p.published {
+                if !published.insert((pp, p.protocol)) {
+                    return Err(InvalidField::new(
+                        format!("ports[{i}].published"),
+                        format!("{pp}/{}", p.protocol),
+                        "a published port used once per protocol",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn spec() -> ServiceSpec {
+        ServiceSpec {
+            name: "web".into(),
+            image: "busybox:1.36".into(),
+            command: vec!["httpd".into(), "-f".into()],
+            env: BTreeMap::from([("A".into(), "1".into())]),
+            replicas: 3,
+            resources: Resources { cpu_millis: 500, memory_bytes: 64 << 20 },
+            ports: vec![PortSpec { published: Some(8080), target: 80, protocol: Protocol::Tcp }],
+            restart: RestartPolicy::Always,
+        }
+    }
+
+    fn field_of(s: ServiceSpec) -> String {
+        s.validate().expect_err("should be invalid").field
+    }
+
+    #[test]
+    fn valid_spec_passes() {
+        assert_eq!(spec().validate(), Ok(()));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        assert_eq!(field_of(ServiceSpec { name: "Web".into(), ..spec() }), "name");
+        assert_eq!(field_of(ServiceSpec { name: "-web".into(), ..spec() }), "name");
+        assert_eq!(field_of(ServiceSpec { name: "a".repeat(64), ..spec() }), "name");
+        assert_eq!(field_of(ServiceSpec { image: "Bad Image".into(), ..spec() }), "image");
+        assert_eq!(field_of(ServiceSpec { replicas: MAX_REPLICAS + 1, ..spec() }), "replicas");
+        assert_eq!(field_of(ServiceSpec { env: BTreeMap::from([("A=B".into(), "x".into())]), ..spec() }), "env.A=B");
+        let dup = PortSpec { published: Some(8080), target: 81, protocol: Protocol::Tcp };
+        assert_eq!(field_of(ServiceSpec { ports: vec![spec().ports[0], dup], ..spec() }), "ports[1].published");
+        let dup_target = PortSpec { published: None, target: 80, protocol: Protocol::Tcp };
+        assert_eq!(field_of(ServiceSpec { ports: vec![spec().ports[0], dup_target], ..spec() }), "ports[1].target");
+        let zero = PortSpec { published: None, target: 0, protocol: Protocol::Tcp };
+        assert_eq!(field_of(ServiceSpec { ports: vec![zero], ..spec() }), "ports[0].target");
+    }
+
+    #[test]
+    fn same_port_on_two_protocols_is_fine() {
+        let udp = PortSpec { published: Some(8080), target: 80, protocol: Protocol::Udp };
+        assert_eq!(ServiceSpec { ports: vec![spec().ports[0], udp], ..spec() }.validate(), Ok(()));
+    }
+}
