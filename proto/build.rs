@@ -2,10 +2,8 @@
 //! build needs no system protoc.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
-    tonic_build::configure().compile_protos(
-        &["proto/cluster.proto", "proto/raft.proto", "proto/agent.proto"],
-        &["proto"],
-    )?;
+    tonic_build::configure()
+        .compile_protos(&["proto/cluster.proto", "proto/raft.proto", "proto/agent.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

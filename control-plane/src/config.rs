@@ -76,12 +76,16 @@ impl Args {
     pub fn resolve(self) -> Result<Config> {
         let file = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
                 toml::from_str::<Args>(&text).with_context(|| format!("invalid config file {}", path.display()))?
             }
             None => Args::default(),
         };
-        let data_dir = self.data_dir.or(file.data_dir).context("--data-dir is required (or BERTH_DATA_DIR, or data-dir in the config file)")?;
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .context("--data-dir is required (or BERTH_DATA_DIR, or data-dir in the config file)")?;
         let ms = |a: Option<u64>, b: Option<u64>, d: u64| Duration::from_millis(a.or(b).unwrap_or(d));
         let cfg = Config {
             data_dir,
@@ -116,10 +120,8 @@ impl Config {
     /// Where to listen and what to advertise. A restarted server keeps the
     /// address it is known by in the membership; it may listen elsewhere.
     pub fn addresses(&self, identity: Option<&Identity>) -> Result<(SocketAddr, String)> {
-        let listen = self
-            .listen
-            .or(identity.map(|i| i.listen))
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400)));
+        let listen =
+            self.listen.or(identity.map(|i| i.listen)).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400)));
         if let Some(i) = identity {
             if self.advertise.as_ref().is_some_and(|a| *a != i.advertise) {
                 bail!(
@@ -175,7 +177,9 @@ impl Identity {
     pub fn load(dir: &Path) -> Result<Option<Self>> {
         let path = dir.join(IDENTITY);
         match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("corrupt {}", path.display()))?)),
+            Ok(bytes) => {
+                Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("corrupt {}", path.display()))?))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
@@ -202,8 +206,10 @@ mod tests {
     fn flags_win_over_file_and_file_over_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("berth.toml");
-        std::fs::write(&file, "data-dir = \"/var/lib/berth\"\nlisten = \"127.0.0.1:9000\"\nheartbeat-ms = 50\n").expect("write");
-        let args = Args::parse_from(["berth-server", "--config", file.to_str().expect("utf8"), "--listen", "127.0.0.1:9100"]);
+        std::fs::write(&file, "data-dir = \"/var/lib/berth\"\nlisten = \"127.0.0.1:9000\"\nheartbeat-ms = 50\n")
+            .expect("write");
+        let args =
+            Args::parse_from(["berth-server", "--config", file.to_str().expect("utf8"), "--listen", "127.0.0.1:9100"]);
         let cfg = args.resolve().expect("valid");
         let (listen, advertise) = cfg.addresses(None).expect("addresses");
         assert_eq!(listen.port(), 9100);

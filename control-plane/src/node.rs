@@ -37,11 +37,17 @@ pub enum LeaderOp {
     Write(Command),
     Read(Query),
     /// Admit a server at this address as a learner.
-    Join { addr: String },
+    Join {
+        addr: String,
+    },
     /// Make a caught-up learner a voter.
-    Promote { id: NodeId },
+    Promote {
+        id: NodeId,
+    },
     /// Take a server out of the membership.
-    Remove { id: NodeId },
+    Remove {
+        id: NodeId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,17 +110,26 @@ impl Node {
         }
     }
 
-    pub async fn read(&self, q: Query) -> Result<QueryReply, OpError> {
+    /// A linearizable read through the leader, or with `stale` this server's applied state.
+    pub async fn read(&self, q: Query, stale: bool) -> Result<QueryReply, OpError> {
+        if stale {
+            return self.read_local(&q);
+        }
         match self.run(LeaderOp::Read(q)).await? {
             LeaderReply::Read(r) => Ok(r),
             other => Err(unexpected(other)),
         }
     }
 
+    fn read_local(&self, q: &Query) -> Result<QueryReply, OpError> {
+        let applied = self.applied.read().map_err(|_| OpError::Internal("state lock poisoned".into()))?;
+        Ok(query(&applied.state, q))
+    }
+
     /// Runs `op` on the leader, wherever it is, within the request deadline.
     pub async fn run(&self, op: LeaderOp) -> Result<LeaderReply, OpError> {
         let deadline = Instant::now() + self.request_timeout;
-        let mut why = String::from("no leader is known");
+        let mut why = String::from("no quorum of servers answered");
         loop {
             let step = match timeout_at(deadline, self.here(&op)).await {
                 Err(_) => break,
@@ -168,10 +183,7 @@ impl Node {
                 Err(e) => fatal(e),
             },
             LeaderOp::Read(q) => match self.raft.ensure_linearizable().await {
-                Ok(_) => match self.applied.read() {
-                    Ok(a) => Step::Done(Ok(LeaderReply::Read(query(&a.state, q)))),
-                    Err(_) => Step::Done(Err(OpError::Internal("state lock poisoned".into()))),
-                },
+                Ok(_) => Step::Done(self.read_local(q).map(LeaderReply::Read)),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Step::NotLeader,
                 Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Step::Retry(e.to_string()),
                 Err(e) => fatal(e),

@@ -67,13 +67,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), async {
-            let _ = stop_rx.await;
-        });
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async {
+                let _ = stop_rx.await;
+            },
+        );
     let server = tokio::spawn(server);
 
     if identity.bootstrap && !raft.is_initialized().await? {
-        raft.initialize(BTreeMap::from([(id, BasicNode::new(&advertise))])).await.context("cannot bootstrap the cluster")?;
+        raft.initialize(BTreeMap::from([(id, BasicNode::new(&advertise))]))
+            .await
+            .context("cannot bootstrap the cluster")?;
         info!(id, "bootstrapped a new cluster");
     }
     if identity.pending_promotion.is_some() {
@@ -106,7 +111,8 @@ async fn first_start(cfg: &Config, listen: SocketAddr, advertise: &str, peers: &
             cfg.data_dir.display()
         );
     };
-    let identity = Identity { id, listen, advertise: advertise.to_string(), bootstrap: cfg.bootstrap, pending_promotion };
+    let identity =
+        Identity { id, listen, advertise: advertise.to_string(), bootstrap: cfg.bootstrap, pending_promotion };
     identity.save(&cfg.data_dir)?;
     info!(id, "identity saved in {}", cfg.data_dir.display());
     Ok(identity)
@@ -131,8 +137,13 @@ async fn join(peers: &Peers, via: &str, advertise: &str) -> Result<NodeId> {
 }
 
 async fn try_join(peers: &Peers, via: &str, advertise: &str) -> Result<Option<NodeId>> {
-    let status = ClusterClient::new(peers.channel(via)?).cluster_status(ClusterStatusRequest {}).await?.into_inner();
-    let Some(leader) = status.members.iter().find(|m| Some(m.id) == status.leader_id) else { return Ok(None) };
+    let status = ClusterClient::new(peers.channel(via)?)
+        .cluster_status(ClusterStatusRequest { local: false })
+        .await?
+        .into_inner();
+    let Some(leader) = status.members.iter().find(|m| Some(m.id) == status.leader_id) else {
+        return Ok(None);
+    };
     let reply = peers.raft(&leader.address)?.forward(encode(&LeaderOp::Join { addr: advertise.to_string() })?).await?;
     match decode::<Step>(reply.get_ref())? {
         Step::Done(Ok(LeaderReply::Joined { id })) => Ok(Some(id)),

@@ -1,1 +1,214 @@
-fn main() {}
+//! berthctl: declare services and look at the cluster.
+
+mod client;
+mod output;
+mod spec;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use berth_proto::model::Service;
+use berth_proto::pb::cluster as pb;
+use clap::{Parser, Subcommand};
+
+use client::Client;
+use output::Format;
+
+#[derive(Debug, Parser)]
+#[command(name = "berthctl", version, about = "Drive a berth cluster")]
+struct Cli {
+    /// A server to talk to (repeatable); the next is tried when one is down
+    #[arg(
+        long = "server",
+        short = 's',
+        global = true,
+        env = "BERTH_SERVER",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7400"
+    )]
+    servers: Vec<String>,
+    /// Output format of read commands
+    #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
+    output: Format,
+    /// Seconds to wait for one server before trying the next
+    #[arg(long, global = true, default_value = "8")]
+    timeout: f64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Services: create, list, inspect, remove
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Create or update the services in a YAML spec file (idempotent)
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: String,
+    },
+    /// The Raft cluster of servers
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCmd {
+    /// Create a service
+    Create {
+        name: String,
+        #[arg(long)]
+        image: String,
+        #[arg(long, default_value = "1", allow_negative_numbers = true)]
+        replicas: i64,
+        /// KEY=VALUE (repeatable)
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        /// Fractional CPUs, such as 0.5
+        #[arg(long, allow_negative_numbers = true)]
+        cpus: Option<f64>,
+        /// Memory, such as 64Mi or 1G
+        #[arg(long)]
+        memory: Option<String>,
+        /// PUBLISHED:TARGET[/udp] (repeatable)
+        #[arg(long = "publish", short = 'p')]
+        publish: Vec<String>,
+        /// always, on-failure or never
+        #[arg(long, default_value = "always")]
+        restart: String,
+        /// The command and its arguments, after `--`
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// List services
+    #[command(alias = "list")]
+    Ls {
+        /// Answer from the contacted server's state, without the leader (may be behind)
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Show one service
+    Inspect {
+        name: String,
+        /// Answer from the contacted server's state, without the leader (may be behind)
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Remove a service
+    #[command(alias = "remove")]
+    Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCmd {
+    /// Members, roles, leader, term, commit and applied index
+    Status {
+        /// The contacted server's own view instead of the leader's
+        #[arg(long)]
+        local: bool,
+    },
+    /// Remove a server from the cluster by id
+    Remove { id: u64 },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berthctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn to_model(s: Option<pb::Service>) -> Result<Service> {
+    s.context("the server sent no service")?.try_into().context("the server sent an invalid service")
+}
+
+async fn run(cli: Cli) -> Result<String> {
+    anyhow::ensure!(cli.timeout.is_finite() && cli.timeout > 0.0, "--timeout must be a positive number of seconds");
+    let client = Client::new(cli.servers, Duration::from_secs_f64(cli.timeout))?;
+    let fmt = cli.output;
+    match cli.command {
+        Command::Service(ServiceCmd::Create {
+            name,
+            image,
+            replicas,
+            env,
+            cpus,
+            memory,
+            publish,
+            restart,
+            command,
+        }) => {
+            let spec = pb::ServiceSpec {
+                name,
+                image,
+                command,
+                env: env.iter().map(|e| spec::parse_env(e)).collect::<Result<_>>()?,
+                replicas,
+                resources: Some(pb::Resources {
+                    cpus: cpus.unwrap_or(0.0),
+                    memory_bytes: memory.as_deref().map(spec::memory).transpose().context("--memory")?.unwrap_or(0),
+                }),
+                ports: publish.iter().map(|p| spec::parse_publish(p)).collect::<Result<_>>().context("--publish")?,
+                restart,
+            };
+            let name = spec.name.clone();
+            let req = pb::CreateServiceRequest { spec: Some(spec) };
+            let reply = client.call("create service", async |mut c| c.create_service(req.clone()).await).await?;
+            let svc = to_model(reply.service)?;
+            Ok(format!("service {name} created (version {})\n", svc.version))
+        }
+        Command::Service(ServiceCmd::Ls { stale }) => {
+            let req = pb::ListServicesRequest { stale };
+            let reply = client.call("list services", async |mut c| c.list_services(req).await).await?;
+            let list = reply.services.into_iter().map(|s| to_model(Some(s))).collect::<Result<Vec<_>>>()?;
+            Ok(output::services(&list, fmt))
+        }
+        Command::Service(ServiceCmd::Inspect { name, stale }) => {
+            let req = pb::GetServiceRequest { name, stale };
+            let reply = client.call("inspect service", async |mut c| c.get_service(req.clone()).await).await?;
+            Ok(output::service(&to_model(reply.service)?, fmt))
+        }
+        Command::Service(ServiceCmd::Rm { name }) => {
+            let req = pb::DeleteServiceRequest { name: name.clone() };
+            client.call("remove service", async |mut c| c.delete_service(req.clone()).await).await?;
+            Ok(format!("service {name} removed\n"))
+        }
+        Command::Apply { file } => {
+            let text = if file == "-" {
+                std::io::read_to_string(std::io::stdin()).context("cannot read the spec from stdin")?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {file}"))?
+            };
+            let specs = spec::parse_file(&text).with_context(|| format!("invalid spec file {file}"))?;
+            let mut out = String::new();
+            for spec in specs {
+                let name = spec.name.clone();
+                let req = pb::ApplyServiceRequest { spec: Some(spec) };
+                let reply = client
+                    .call(&format!("apply service {name}"), async |mut c| c.apply_service(req.clone()).await)
+                    .await?;
+                let svc = to_model(reply.service)?;
+                out.push_str(&format!("service {name} {} (version {})\n", reply.outcome, svc.version));
+            }
+            Ok(out)
+        }
+        Command::Cluster(ClusterCmd::Status { local }) => {
+            let req = pb::ClusterStatusRequest { local };
+            let reply = client.call("cluster status", async |mut c| c.cluster_status(req).await).await?;
+            Ok(output::cluster_status(&reply, fmt))
+        }
+        Command::Cluster(ClusterCmd::Remove { id }) => {
+            client.call("remove server", async |mut c| c.remove_member(pb::RemoveMemberRequest { id }).await).await?;
+            Ok(format!("server {id} removed from the cluster\n"))
+        }
+    }
+}

@@ -14,12 +14,9 @@ impl TryFrom<pb::ServiceSpec> for model::ServiceSpec {
     type Error = InvalidField;
 
     fn try_from(p: pb::ServiceSpec) -> Result<Self, Self::Error> {
-        let replicas = u32::try_from(p.replicas)
-            .ok()
-            .filter(|r| *r <= model::MAX_REPLICAS)
-            .ok_or_else(|| {
-                InvalidField::new("replicas", p.replicas, format!("an integer from 0 to {}", model::MAX_REPLICAS))
-            })?;
+        let replicas = u32::try_from(p.replicas).ok().filter(|r| *r <= model::MAX_REPLICAS).ok_or_else(|| {
+            InvalidField::new("replicas", p.replicas, format!("an integer from 0 to {}", model::MAX_REPLICAS))
+        })?;
         let res = p.resources.unwrap_or_default();
         if !(res.cpus.is_finite() && (0.0..=MAX_CPUS).contains(&res.cpus)) {
             return Err(InvalidField::new("resources.cpus", res.cpus, "a number of CPUs >= 0, such as 0.5"));
@@ -140,9 +137,8 @@ mod tests {
         assert_eq!(field(pb::ServiceSpec { resources: res(-0.5, 0), ..wire() }), "resources.cpus");
         assert_eq!(field(pb::ServiceSpec { resources: res(f64::NAN, 0), ..wire() }), "resources.cpus");
         assert_eq!(field(pb::ServiceSpec { resources: res(1.0, -5), ..wire() }), "resources.memory");
-        let port = |published, target, protocol: &str| {
-            vec![pb::PortSpec { published, target, protocol: protocol.into() }]
-        };
+        let port =
+            |published, target, protocol: &str| vec![pb::PortSpec { published, target, protocol: protocol.into() }];
         assert_eq!(field(pb::ServiceSpec { ports: port(70000, 80, ""), ..wire() }), "ports[0].published");
         assert_eq!(field(pb::ServiceSpec { ports: port(-1, 80, ""), ..wire() }), "ports[0].published");
         assert_eq!(field(pb::ServiceSpec { ports: port(80, 0, ""), ..wire() }), "ports[0].target");

@@ -1,1 +1,304 @@
+//! Test harness: real berth-server processes on loopback, each with its own
+//! data dir, and helpers to drive, kill, freeze and restart them.
+//!
+//! Clusters are serialized within a test binary (one at a time) so that
+//! timing-sensitive Raft elections are not starved on a small machine.
 
+// A test harness: failing loudly on broken preconditions is its job.
+#![allow(clippy::panic, clippy::expect_used)]
+
+pub mod etcd;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use berth_proto::pb::cluster::cluster_client::ClusterClient;
+use berth_proto::pb::cluster::*;
+use tonic::transport::{Channel, Endpoint};
+
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Path of a workspace binary (built by `cargo build --workspace --bins`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/test-xxxx -> target/<profile>/<name>
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+pub fn client(addr: &str) -> ClusterClient<Channel> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .map(|e| e.connect_timeout(Duration::from_secs(1)).timeout(Duration::from_secs(10)).connect_lazy())
+        .unwrap_or_else(|e| panic!("bad address {addr}: {e}"));
+    ClusterClient::new(channel)
+}
+
+/// One berth-server process.
+#[derive(Debug)]
+pub struct Server {
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    /// Settings passed at every start (as a service unit would).
+    settings: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn spawn(&mut self, first_start: &[String]) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(bin("berth-server"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.settings)
+            .args(first_start)
+            .env("BERTH_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start berth-server")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Restarts a stopped server with its data dir and settings (no bootstrap/join/listen).
+    pub fn restart(&mut self) -> Result<()> {
+        if self.is_running() {
+            bail!("server {} is still running", self.addr);
+        }
+        self.spawn(&[])
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns its exit status.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("not running")?;
+        signal(c.id(), "TERM")?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = c.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                bail!("server {} did not stop within 15s of SIGTERM", self.addr);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn freeze(&self) -> Result<()> {
+        signal(self.pid().context("not running")?, "STOP")
+    }
+
+    pub fn thaw(&self) -> Result<()> {
+        signal(self.pid().context("not running")?, "CONT")
+    }
+
+    pub fn client(&self) -> ClusterClient<Channel> {
+        client(&self.addr)
+    }
+
+    /// This server's own view of Raft.
+    pub async fn local_status(&self) -> Result<ClusterStatusReply> {
+        Ok(self.client().cluster_status(ClusterStatusRequest { local: true }).await?.into_inner())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> Result<()> {
+    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status()?.success();
+    if ok {
+        Ok(())
+    } else {
+        bail!("kill -{sig} {pid} failed")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = signal(pid, "CONT");
+        }
+        self.kill9();
+    }
+}
+
+/// A cluster of berth-server processes on loopback.
+#[derive(Debug)]
+pub struct Cluster {
+    pub servers: Vec<Server>,
+    pub dir: tempfile::TempDir,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    /// Bootstraps server 0, joins the rest, and waits until all are voters.
+    pub async fn start(n: usize, extra: &[&str]) -> Result<Self> {
+        let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::Builder::new().prefix("berth-test-").tempdir()?;
+        let mut cluster = Cluster { servers: Vec::new(), dir, _turn: turn };
+        for i in 0..n {
+            cluster.add_server(i == 0, extra)?;
+            if i == 0 {
+                cluster.wait_for_voters(1).await?;
+            }
+        }
+        cluster.wait_for_voters(n).await?;
+        Ok(cluster)
+    }
+
+    /// Starts one more server: the bootstrap one, or one joining through server 0.
+    pub fn add_server(&mut self, bootstrap: bool, extra: &[&str]) -> Result<usize> {
+        let i = self.servers.len();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut server = Server {
+            addr: addr.clone(),
+            data_dir: self.dir.path().join(format!("server-{i}")),
+            log: self.dir.path().join(format!("server-{i}.log")),
+            settings: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        let mut args = vec!["--listen".to_string(), addr];
+        if bootstrap {
+            args.push("--bootstrap".into());
+        } else {
+            args.push("--join".into());
+            args.push(self.servers[0].addr.clone());
+        }
+        server.spawn(&args)?;
+        self.servers.push(server);
+        Ok(i)
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.servers.iter().map(|s| s.addr.clone()).collect()
+    }
+
+    /// The cluster status as the first answering running server reports it.
+    pub async fn status(&mut self) -> Result<ClusterStatusReply> {
+        let mut last = anyhow!("no server is running");
+        for s in &mut self.servers {
+            if !s.is_running() {
+                continue;
+            }
+            let mut c = s.client();
+            let mut req = tonic::Request::new(ClusterStatusRequest { local: false });
+            req.set_timeout(Duration::from_secs(3));
+            match c.cluster_status(req).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(e) => last = anyhow!("{}: {e}", s.addr),
+            }
+        }
+        Err(last)
+    }
+
+    /// Index in `servers` of the current leader, once one is elected.
+    pub async fn leader(&mut self) -> Result<usize> {
+        wait_for(Duration::from_secs(20), "a leader", async || {
+            let st = self.status().await.ok()?;
+            let leader = st.members.iter().find(|m| Some(m.id) == st.leader_id)?;
+            let i = self.servers.iter().position(|s| s.addr == leader.address)?;
+            self.servers[i].is_running().then_some(i)
+        })
+        .await
+    }
+
+    pub async fn wait_for_voters(&mut self, n: usize) -> Result<()> {
+        wait_for(Duration::from_secs(60), &format!("{n} voters"), async || {
+            let st = self.status().await.ok()?;
+            let voters = st.members.iter().filter(|m| m.role != "learner").count();
+            (voters == n && st.leader_id.is_some()).then_some(())
+        })
+        .await
+    }
+
+    /// Waits until every running server has applied everything the leader committed.
+    pub async fn wait_converged(&mut self) -> Result<u64> {
+        wait_for(Duration::from_secs(60), "all servers to apply the leader's log", async || {
+            let commit = self.status().await.ok()?.commit_index?;
+            for s in &mut self.servers {
+                if s.is_running() {
+                    let st = s.local_status().await.ok()?;
+                    if st.applied_index? < commit {
+                        return None;
+                    }
+                }
+            }
+            Some(commit)
+        })
+        .await
+    }
+
+    /// Lists services from one server's own applied state.
+    pub async fn local_services(&self, i: usize) -> Result<Vec<String>> {
+        let reply = self.servers[i].client().list_services(ListServicesRequest { stale: true }).await?.into_inner();
+        Ok(reply.services.into_iter().filter_map(|s| s.spec.map(|s| s.name)).collect())
+    }
+
+    /// Every server's log, for a failing test's message.
+    pub fn logs(&self) -> String {
+        self.servers.iter().map(|s| format!("==== {} ====\n{}", s.addr, s.log_text())).collect()
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `limit` (a hang guard, not a performance bound).
+pub async fn wait_for<T>(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A minimal valid spec.
+pub fn spec(name: &str) -> ServiceSpec {
+    ServiceSpec { name: name.into(), image: "busybox:1.36".into(), replicas: 1, ..Default::default() }
+}
+
+/// Runs berthctl with `args`; returns (exit success, stdout, stderr).
+pub fn berthctl(servers: &[String], args: &[&str]) -> Result<(bool, String, String)> {
+    let out = Command::new(bin("berthctl"))
+        .env("BERTH_SERVER", servers.join(","))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
+    Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into()))
+}

@@ -102,17 +102,17 @@ impl Cluster for ClusterApi {
     }
 
     async fn get_service(&self, req: Request<GetServiceRequest>) -> Result<Response<ServiceReply>, Status> {
-        let name = req.into_inner().name;
+        let GetServiceRequest { name, stale } = req.into_inner();
         name_arg(&name)?;
-        match self.node.read(Query::GetService(name.clone())).await? {
+        match self.node.read(Query::GetService(name.clone()), stale).await? {
             QueryReply::Service(Some(s)) => Ok(Response::new(ServiceReply { service: Some(s.into()) })),
             QueryReply::Service(None) => Err(crate::state::Rejection::NotFound(name).into()),
             other => Err(Status::internal(format!("unexpected query reply {other:?}"))),
         }
     }
 
-    async fn list_services(&self, _: Request<ListServicesRequest>) -> Result<Response<ListServicesReply>, Status> {
-        match self.node.read(Query::ListServices).await? {
+    async fn list_services(&self, req: Request<ListServicesRequest>) -> Result<Response<ListServicesReply>, Status> {
+        match self.node.read(Query::ListServices, req.get_ref().stale).await? {
             QueryReply::Services(list) => {
                 Ok(Response::new(ListServicesReply { services: list.into_iter().map(Into::into).collect() }))
             }
@@ -124,11 +124,11 @@ impl Cluster for ClusterApi {
         // The leader knows roles and replication progress; ask it (one hop at
         // most), else answer for ourselves.
         let m = self.node.metrics();
-        let forwarded = req.metadata().contains_key(FORWARDED);
+        let forwarded = req.metadata().contains_key(FORWARDED) || req.get_ref().local;
         if let Some(leader) = m.current_leader.filter(|l| *l != self.node.id && !forwarded) {
             if let Some(node) = m.membership_config.membership().get_node(&leader) {
                 if let Ok(channel) = self.node.peers.channel(&node.addr) {
-                    let mut req = Request::new(ClusterStatusRequest {});
+                    let mut req = Request::new(ClusterStatusRequest { local: false });
                     req.set_timeout(Duration::from_secs(2));
                     req.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
                     if let Ok(reply) = ClusterClient::new(channel).cluster_status(req).await {

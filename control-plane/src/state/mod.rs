@@ -45,7 +45,10 @@ pub enum Response {
     /// Raft's own entries (blank, membership) carry no command.
     #[default]
     Empty,
-    Service { service: Service, outcome: Outcome },
+    Service {
+        service: Service,
+        outcome: Outcome,
+    },
     Deleted,
     Rejected(Rejection),
 }

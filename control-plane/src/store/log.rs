@@ -31,7 +31,9 @@ impl LogStore {
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
-        let Some(v) = self.meta.get(key).map_err(read_err)? else { return Ok(None) };
+        let Some(v) = self.meta.get(key).map_err(read_err)? else {
+            return Ok(None);
+        };
         serde_json::from_slice(&v).map(Some).map_err(read_err)
     }
 
@@ -55,7 +57,9 @@ impl LogStore {
                     }
                     let result = flush(&db).await;
                     for cb in waiting {
-                        cb.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
+                        cb.log_io_completed(
+                            result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())),
+                        );
                     }
                 }
             });

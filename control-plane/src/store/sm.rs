@@ -62,17 +62,21 @@ impl StateMachineStore {
         self.applied.clone()
     }
 
-    fn snapshot_data(&self) -> Result<Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>, StorageError<NodeId>> {
+    fn stored_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let (Some(meta), Some(data)) =
             (self.snap.get(SNAP_META).map_err(read_err)?, self.snap.get(SNAP_DATA).map_err(read_err)?)
         else {
             return Ok(None);
         };
         let meta = serde_json::from_slice(&meta).map_err(read_err)?;
-        Ok(Some((meta, data.to_vec())))
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data.to_vec())) }))
     }
 
-    async fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, data: &[u8]) -> Result<(), StorageError<NodeId>> {
+    async fn save_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        data: &[u8],
+    ) -> Result<(), StorageError<NodeId>> {
         let mut batch = sled::Batch::default();
         batch.insert(SNAP_META, serde_json::to_vec(meta).map_err(write_err)?);
         batch.insert(SNAP_DATA, data);
@@ -173,8 +177,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let mut incoming: Applied = serde_json::from_slice(&data)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let mut incoming: Applied =
+            serde_json::from_slice(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         incoming.last_applied = meta.last_log_id;
         incoming.membership = meta.last_membership.clone();
         // Replace the whole tree in one atomic batch: old keys out, new keys in.
@@ -193,6 +197,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self.snapshot_data()?.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        self.stored_snapshot()
     }
 }

@@ -9,4 +9,4 @@ mod service;
 pub use invalid::InvalidField;
 pub use quantity::{format_memory, parse_cpus, parse_memory};
 pub use reference::validate_image;
-pub use service::{validate_name, PortSpec, MAX_REPLICAS, Protocol, Resources, RestartPolicy, Service, ServiceSpec};
+pub use service::{validate_name, PortSpec, Protocol, Resources, RestartPolicy, Service, ServiceSpec, MAX_REPLICAS};

@@ -33,7 +33,7 @@ pub fn parse_memory(s: &str) -> Option<u64> {
 /// Formats bytes the way `parse_memory` reads them, exactly where possible.
 pub fn format_memory(bytes: u64) -> String {
     for (unit, size) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }

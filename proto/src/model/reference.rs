@@ -108,10 +108,8 @@ fn check_path_component(p: &str) -> Result<(), String> {
 
 fn check_tag(t: &str) -> Result<(), String> {
     let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let ok = !t.is_empty()
-        && t.len() <= 128
-        && t.starts_with(word)
-        && t.chars().all(|c| word(c) || c == '.' || c == '-');
+    let ok =
+        !t.is_empty() && t.len() <= 128 && t.starts_with(word) && t.chars().all(|c| word(c) || c == '.' || c == '-');
     if ok {
         Ok(())
     } else {
@@ -121,9 +119,11 @@ fn check_tag(t: &str) -> Result<(), String> {
 
 fn check_digest(d: &str) -> Result<(), String> {
     let bad = || Err(format!("has an invalid digest {d:?} (expected algorithm:hex, e.g. sha256:<64 hex digits>)"));
-    let Some((alg, hex)) = d.split_once(':') else { return bad() };
-    let alg_ok = !alg.is_empty()
-        && alg.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+._-".contains(c));
+    let Some((alg, hex)) = d.split_once(':') else {
+        return bad();
+    };
+    let alg_ok =
+        !alg.is_empty() && alg.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+._-".contains(c));
     let hex_ok = hex.len() >= 32 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
     let len_ok = match alg {
         "sha256" => hex.len() == 64,

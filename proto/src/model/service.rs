@@ -133,7 +133,11 @@ impl ServiceSpec {
     pub fn validate(&self) -> Result<(), InvalidField> {
         validate_name(&self.name)?;
         validate_image(&self.image).map_err(|why| {
-            InvalidField::new("image", &self.image, format!("an image reference like registry:5000/repo/name:tag (it {why})"))
+            InvalidField::new(
+                "image",
+                &self.image,
+                format!("an image reference like registry:5000/repo/name:tag (it {why})"),
+            )
         })?;
         if self.replicas > MAX_REPLICAS {
             return Err(InvalidField::new("replicas", self.replicas, format!("an integer from 0 to {MAX_REPLICAS}")));
@@ -143,7 +147,11 @@ impl ServiceSpec {
         }
         for (k, v) in &self.env {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
-                return Err(InvalidField::new(format!("env.{k}"), k, "a variable name that is not empty and has no '=' or NUL"));
+                return Err(InvalidField::new(
+                    format!("env.{k}"),
+                    k,
+                    "a variable name that is not empty and has no '=' or NUL",
+                ));
             }
             if v.contains('\0') {
                 return Err(InvalidField::new(format!("env.{k}"), v, "a value without NUL bytes"));

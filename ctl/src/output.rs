@@ -1,0 +1,174 @@
+//! Output for people (aligned tables) and for scripts (`-o json`).
+
+use std::fmt::Write;
+
+use berth_proto::model::{format_memory, Service};
+use berth_proto::pb::cluster as pb;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// Left-aligned columns separated by three spaces, header first.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                let _ = write!(l, "{cell:<w$}   ");
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn ports(s: &Service) -> String {
+    let list: Vec<String> = s
+        .spec
+        .ports
+        .iter()
+        .map(|p| match p.published {
+            Some(pp) => format!("{pp}:{}/{}", p.target, p.protocol),
+            None => format!("{}/{}", p.target, p.protocol),
+        })
+        .collect();
+    if list.is_empty() {
+        "-".into()
+    } else {
+        list.join(",")
+    }
+}
+
+pub fn services(list: &[Service], format: Format) -> String {
+    match format {
+        Format::Json => pretty(&json!(list)),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.spec.name.clone(),
+                        s.spec.image.clone(),
+                        s.spec.replicas.to_string(),
+                        ports(s),
+                        s.version.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "IMAGE", "REPLICAS", "PORTS", "VERSION"], &rows)
+        }
+    }
+}
+
+pub fn service(s: &Service, format: Format) -> String {
+    if format == Format::Json {
+        return pretty(&json!(s));
+    }
+    let spec = &s.spec;
+    let mut out = String::new();
+    let mut kv = |k: &str, v: String| {
+        let _ = writeln!(out, "{:<11}{v}", format!("{k}:"));
+    };
+    kv("Name", spec.name.clone());
+    kv("Version", s.version.to_string());
+    kv("Image", spec.image.clone());
+    kv("Command", if spec.command.is_empty() { "(image default)".into() } else { shell_words(&spec.command) });
+    kv("Replicas", spec.replicas.to_string());
+    kv("Restart", spec.restart.to_string());
+    let cpus = if spec.resources.cpu_millis == 0 {
+        "-".into()
+    } else {
+        format!("{}", spec.resources.cpu_millis as f64 / 1000.0)
+    };
+    let mem = if spec.resources.memory_bytes == 0 { "-".into() } else { format_memory(spec.resources.memory_bytes) };
+    kv("Resources", format!("cpus {cpus}, memory {mem}"));
+    kv("Ports", ports(s));
+    if spec.env.is_empty() {
+        kv("Env", "-".into());
+    } else {
+        let _ = writeln!(out, "Env:");
+        for (k, v) in &spec.env {
+            let _ = writeln!(out, "  {k}={v}");
+        }
+    }
+    out
+}
+
+fn shell_words(args: &[String]) -> String {
+    args.iter()
+        .map(|a| if a.is_empty() || a.contains(char::is_whitespace) { format!("{a:?}") } else { a.clone() })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn cluster_status(s: &pb::ClusterStatusReply, format: Format) -> String {
+    let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    if format == Format::Json {
+        let members: Vec<Value> = s
+            .members
+            .iter()
+            .map(|m| json!({"id": m.id, "address": m.address, "role": m.role, "matched_index": m.matched_index}))
+            .collect();
+        return pretty(&json!({
+            "answered_by": s.answered_by,
+            "leader_id": s.leader_id,
+            "term": s.term,
+            "commit_index": s.commit_index,
+            "applied_index": s.applied_index,
+            "last_log_index": s.last_log_index,
+            "snapshot_index": s.snapshot_index,
+            "members": members,
+        }));
+    }
+    let mut out = format!(
+        "Leader: {}   Term: {}   Commit: {}   Applied: {}   Last log: {}   Snapshot: {}\n\n",
+        s.leader_id.map_or_else(|| "none".to_string(), |l| l.to_string()),
+        s.term,
+        opt(s.commit_index),
+        opt(s.applied_index),
+        opt(s.last_log_index),
+        opt(s.snapshot_index),
+    );
+    let rows: Vec<Vec<String>> = s
+        .members
+        .iter()
+        .map(|m| vec![m.id.to_string(), m.address.clone(), m.role.clone(), opt(m.matched_index)])
+        .collect();
+    out.push_str(&table(&["ID", "ADDRESS", "ROLE", "MATCHED"], &rows));
+    out
+}
+
+fn pretty(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["A", "LONGER"], &[vec!["xxxx".into(), "1".into()], vec!["y".into(), "2".into()]]);
+        assert_eq!(t, "A      LONGER\nxxxx   1\ny      2\n");
+    }
+}

@@ -1,0 +1,188 @@
+//! Service specs as people write them: `berthctl service create` flags and
+//! `berthctl apply -f` YAML files, turned into wire specs.
+//!
+//! Parsing here is about form (unknown keys, unreadable numbers); the
+//! server validates values and names the field it rejects, so the rules
+//! live in one place.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Context, Result};
+use berth_proto::model::parse_memory;
+use berth_proto::pb::cluster as pb;
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+/// One service in a spec file. Unknown keys are an error, not ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecFile {
+    name: String,
+    image: String,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default = "one")]
+    replicas: i64,
+    #[serde(default)]
+    resources: ResourcesFile,
+    #[serde(default)]
+    ports: Vec<Value>,
+    #[serde(default)]
+    restart: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourcesFile {
+    #[serde(default)]
+    cpus: f64,
+    #[serde(default)]
+    memory: Option<Value>,
+}
+
+fn one() -> i64 {
+    1
+}
+
+/// Parses every YAML document in `text` (separated by `---`) as a service.
+pub fn parse_file(text: &str) -> Result<Vec<pb::ServiceSpec>> {
+    let mut specs = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = Value::deserialize(doc).with_context(|| format!("document {}", i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        let file: SpecFile = serde_yaml_ng::from_value(value).with_context(|| format!("document {}", i + 1))?;
+        specs.push(file.into_wire().with_context(|| format!("document {}", i + 1))?);
+    }
+    if specs.is_empty() {
+        bail!("the file holds no service spec");
+    }
+    Ok(specs)
+}
+
+impl SpecFile {
+    fn into_wire(self) -> Result<pb::ServiceSpec> {
+        let memory_bytes = match self.resources.memory {
+            None => 0,
+            Some(Value::Number(n)) => {
+                n.as_i64().ok_or_else(|| anyhow!("resources.memory: {n} is not a whole number of bytes"))?
+            }
+            Some(Value::String(s)) => memory(&s).context("resources.memory")?,
+            Some(other) => bail!("resources.memory: expected a size such as 64Mi, got {other:?}"),
+        };
+        let ports = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, v)| port_value(v).with_context(|| format!("ports[{i}]")))
+            .collect::<Result<_>>()?;
+        Ok(pb::ServiceSpec {
+            name: self.name,
+            image: self.image,
+            command: self.command,
+            env: self.env.into_iter().collect(),
+            replicas: self.replicas,
+            resources: Some(pb::Resources { cpus: self.resources.cpus, memory_bytes }),
+            ports,
+            restart: self.restart,
+        })
+    }
+}
+
+fn port_value(v: &Value) -> Result<pb::PortSpec> {
+    match v {
+        Value::String(s) => parse_publish(s),
+        Value::Number(n) => Ok(pb::PortSpec { target: n.as_i64().unwrap_or(-1), ..Default::default() }),
+        Value::Mapping(m) => {
+            let mut port = pb::PortSpec::default();
+            for (k, v) in m {
+                let key = k.as_str().unwrap_or_default();
+                let num = || v.as_i64().ok_or_else(|| anyhow!("{key}: expected a port number, got {v:?}"));
+                match key {
+                    "published" => port.published = num()?,
+                    "target" => port.target = num()?,
+                    "protocol" => {
+                        port.protocol = v.as_str().ok_or_else(|| anyhow!("protocol: expected tcp or udp"))?.into()
+                    }
+                    other => bail!("unknown field `{other}`, expected one of `published`, `target`, `protocol`"),
+                }
+            }
+            Ok(port)
+        }
+        other => {
+            bail!("expected \"PUBLISHED:TARGET[/udp]\" or a mapping with target, published and protocol; got {other:?}")
+        }
+    }
+}
+
+/// Parses `PUBLISHED:TARGET[/PROTOCOL]` or `TARGET[/PROTOCOL]`.
+pub fn parse_publish(s: &str) -> Result<pb::PortSpec> {
+    let (ports, protocol) = s.split_once('/').unwrap_or((s, ""));
+    let num = |p: &str| p.trim().parse::<i64>().map_err(|_| anyhow!("{s:?}: {p:?} is not a port number"));
+    let (published, target) = match ports.split_once(':') {
+        Some((p, t)) => (num(p)?, num(t)?),
+        None => (0, num(ports)?),
+    };
+    Ok(pb::PortSpec { published, target, protocol: protocol.to_string() })
+}
+
+/// Parses a memory size such as `64Mi`, naming the expected form on failure.
+pub fn memory(s: &str) -> Result<i64> {
+    parse_memory(s).and_then(|b| i64::try_from(b).ok()).ok_or_else(|| {
+        anyhow!("{s:?} is not a size: expected bytes or a number with Ki, Mi, Gi, K, M or G, such as 64Mi")
+    })
+}
+
+/// Parses `KEY=VALUE`.
+pub fn parse_env(s: &str) -> Result<(String, String)> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| anyhow!("--env {s:?}: expected KEY=VALUE"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_spec_file() {
+        let specs = parse_file(
+            "name: web\nimage: busybox:1.36\ncommand: [httpd, -f]\nreplicas: 3\nenv: {A: \"1\"}\n\
+             resources: {cpus: 0.5, memory: 64Mi}\nports: [\"8080:80\", {target: 53, protocol: udp}]\nrestart: on-failure\n\
+             ---\nname: db\nimage: busybox\n",
+        )
+        .expect("valid");
+        assert_eq!(specs.len(), 2);
+        let web = &specs[0];
+        assert_eq!(web.replicas, 3);
+        assert_eq!(web.resources.as_ref().map(|r| r.memory_bytes), Some(64 << 20));
+        assert_eq!(web.ports[0], pb::PortSpec { published: 8080, target: 80, protocol: String::new() });
+        assert_eq!(web.ports[1], pb::PortSpec { published: 0, target: 53, protocol: "udp".into() });
+        assert_eq!(specs[1].replicas, 1, "replicas default to 1");
+    }
+
+    fn err(text: &str) -> String {
+        format!("{:#}", parse_file(text).expect_err("must be rejected"))
+    }
+
+    #[test]
+    fn unknown_and_malformed_fields_are_named() {
+        assert!(err("name: web\nimage: x\nreplica: 3\n").contains("replica"));
+        assert!(err("name: web\nimage: x\nresources: {cpu: 1}\n").contains("cpu"));
+        assert!(err("name: web\nimage: x\nresources: {memory: 12Zi}\n").contains("resources.memory"));
+        assert!(err("name: web\nimage: x\nports: [\"80:x\"]\n").contains("ports[0]"));
+        assert!(err("name: web\nimage: x\nports: [{target: 80, host: 1}]\n").contains("host"));
+        assert!(err("image: x\n").contains("name"));
+        assert!(err("").contains("no service"));
+    }
+
+    #[test]
+    fn publish_flag() {
+        assert_eq!(parse_publish("8080:80/udp").expect("ok").protocol, "udp");
+        assert_eq!(parse_publish("80").expect("ok").published, 0);
+        assert!(parse_publish("a:80").is_err());
+    }
+}

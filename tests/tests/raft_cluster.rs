@@ -1,0 +1,337 @@
+//! End-to-end tests of the control plane: real berth-server processes on
+//! loopback, driven over gRPC and through berthctl.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use berth_proto::pb::cluster::*;
+use berth_tests::{berthctl, client, spec, wait_for, Cluster};
+use tonic::Code;
+
+/// Bootstrap plus two joins; a write through any server reads back through every server.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_through_any_server_read_back_everywhere() -> Result<()> {
+    let mut cluster = Cluster::start(3, &[]).await?;
+    let st = cluster.status().await?;
+    ensure!(st.members.len() == 3, "three members: {st:?}");
+    ensure!(st.members.iter().filter(|m| m.role == "leader").count() == 1, "one leader: {st:?}");
+
+    for (i, s) in cluster.servers.iter().enumerate() {
+        let req = CreateServiceRequest { spec: Some(spec(&format!("svc-{i}"))) };
+        s.client().create_service(req).await?;
+    }
+    for s in &cluster.servers {
+        for i in 0..3 {
+            let reply = s.client().get_service(GetServiceRequest { name: format!("svc-{i}"), stale: false }).await?;
+            ensure!(reply.into_inner().service.and_then(|s| s.spec).is_some_and(|s| s.name == format!("svc-{i}")));
+        }
+    }
+    cluster.wait_converged().await?;
+    for i in 0..3 {
+        let local = cluster.local_services(i).await?;
+        ensure!(local == ["svc-0", "svc-1", "svc-2"], "server {i} holds {local:?}");
+    }
+
+    // berthctl against the same cluster: create, apply (idempotent), json, rm, cluster remove.
+    let addrs = cluster.addrs();
+    let (ok, out, err) = berthctl(
+        &addrs,
+        &[
+            "service",
+            "create",
+            "web",
+            "--image",
+            "busybox",
+            "--replicas",
+            "2",
+            "--env",
+            "A=1",
+            "--memory",
+            "64Mi",
+            "--cpus",
+            "0.5",
+            "--publish",
+            "8080:80",
+            "--",
+            "httpd",
+            "-f",
+        ],
+    )?;
+    ensure!(ok && out.contains("web created"), "create: {out} {err}");
+    let (ok, out, _) = berthctl(&addrs, &["service", "ls"])?;
+    ensure!(
+        ok && out.lines().next().is_some_and(|h| h.starts_with("NAME")) && out.contains("8080:80/tcp"),
+        "ls: {out}"
+    );
+    let (ok, out, _) = berthctl(&addrs, &["service", "inspect", "web", "-o", "json"])?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    ensure!(
+        ok && json["spec"]["resources"]["memory_bytes"] == 64 << 20 && json["spec"]["command"][0] == "httpd",
+        "{out}"
+    );
+
+    let file = cluster.dir.path().join("web.yaml");
+    std::fs::write(&file, "name: web\nimage: busybox\nreplicas: 2\ncommand: [httpd, -f]\nenv: {A: \"1\"}\nresources: {cpus: 0.5, memory: 64Mi}\nports: [\"8080:80\"]\n")?;
+    let f = file.to_str().unwrap_or_default();
+    let (ok, out, err) = berthctl(&addrs, &["apply", "-f", f])?;
+    ensure!(ok && out.contains("web unchanged (version 1)"), "apply same spec: {out} {err}");
+    std::fs::write(&file, "name: web\nimage: busybox\nreplicas: 5\n---\nname: api\nimage: busybox\n")?;
+    let (ok, out, _) = berthctl(&addrs, &["apply", "-f", f])?;
+    ensure!(ok && out.contains("web updated (version 2)") && out.contains("api created (version 1)"), "apply: {out}");
+    let (ok, out, _) = berthctl(&addrs, &["apply", "-f", f])?;
+    ensure!(ok && out.contains("web unchanged") && out.contains("api unchanged"), "re-apply: {out}");
+
+    let (ok, out, _) = berthctl(&addrs, &["service", "rm", "api"])?;
+    ensure!(ok && out.contains("removed"), "rm: {out}");
+    let (ok, _, err) = berthctl(&addrs, &["service", "inspect", "api"])?;
+    ensure!(!ok && err.contains("not found"), "inspect after rm: {err}");
+
+    let (ok, out, _) = berthctl(&addrs, &["cluster", "status", "-o", "json"])?;
+    let st: serde_json::Value = serde_json::from_str(&out)?;
+    ensure!(ok && st["members"].as_array().map(Vec::len) == Some(3), "{out}");
+    let (ok, out, _) = berthctl(&addrs, &["cluster", "status"])?;
+    ensure!(ok && out.contains("Leader:") && out.contains("ROLE"), "{out}");
+
+    // Remove a follower: the cluster goes on with two voters.
+    let leader = cluster.leader().await?;
+    let follower = (leader + 1) % 3;
+    let st = cluster.status().await?;
+    let id = st.members.iter().find(|m| m.address == cluster.servers[follower].addr).map(|m| m.id).unwrap_or_default();
+    let (ok, out, err) = berthctl(&addrs, &["cluster", "remove", &id.to_string()])?;
+    ensure!(ok, "cluster remove: {out} {err}");
+    cluster.servers[follower].kill9();
+    let st = cluster.status().await?;
+    ensure!(st.members.len() == 2 && st.members.iter().all(|m| m.id != id), "after remove: {st:?}");
+    let (ok, _, err) = berthctl(&addrs, &["service", "create", "after-remove", "--image", "busybox"])?;
+    ensure!(ok, "write after removing a member: {err}");
+    let (ok, _, err) = berthctl(&addrs, &["cluster", "remove", "99"])?;
+    ensure!(!ok && err.contains("no server with id 99"), "{err}");
+    Ok(())
+}
+
+/// Kill -9 the leader while clients write; nothing acknowledged is lost, and the killed server catches up.
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_kills_lose_no_acknowledged_write() -> Result<()> {
+    let mut cluster = Cluster::start(3, &["--snapshot-logs", "200"]).await?;
+    let addrs = cluster.addrs();
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (addrs, acked, stop) = (addrs.clone(), acked.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = format!("w{w}-{n}");
+                n += 1;
+                // Each write goes to the next server in turn; failures are simply not acknowledged.
+                let addr = &addrs[n % addrs.len()];
+                let req = CreateServiceRequest { spec: Some(spec(&name)) };
+                if client(addr).create_service(req).await.is_ok() {
+                    acked.lock().map(|mut a| a.insert(name)).ok();
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let leader = cluster.leader().await?;
+        let before = acked.lock().map(|a| a.len()).unwrap_or(0);
+        cluster.servers[leader].kill9();
+        let new_leader = cluster.leader().await?;
+        ensure!(new_leader != leader, "round {round}: a new leader takes over");
+        wait_for(Duration::from_secs(30), "writes to resume", async || {
+            (acked.lock().map(|a| a.len()).unwrap_or(0) > before).then_some(())
+        })
+        .await?;
+        cluster.servers[leader].restart()?;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await?;
+    }
+    cluster.wait_converged().await?;
+    let acked = acked.lock().map(|a| a.clone()).unwrap_or_default();
+    ensure!(acked.len() > 50, "the writers made progress: {}", acked.len());
+    for i in 0..3 {
+        let held: BTreeSet<String> = cluster.local_services(i).await?.into_iter().collect();
+        let lost: Vec<_> = acked.difference(&held).collect();
+        ensure!(lost.is_empty(), "server {i} lost {} acknowledged writes: {lost:?}\n{}", lost.len(), cluster.logs());
+    }
+    Ok(())
+}
+
+/// Stop every server, start them with only their data dirs: state intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn whole_cluster_restart_keeps_state() -> Result<()> {
+    let mut cluster = Cluster::start(3, &[]).await?;
+    for i in 0..20 {
+        cluster.servers[i % 3]
+            .client()
+            .create_service(CreateServiceRequest { spec: Some(spec(&format!("keep-{i:02}"))) })
+            .await?;
+    }
+    for s in &mut cluster.servers {
+        let status = s.stop()?;
+        ensure!(status.success(), "SIGTERM gives a clean exit: {status}");
+    }
+    for s in &mut cluster.servers {
+        s.restart()?;
+    }
+    cluster.leader().await?;
+    let reply = cluster.servers[1].client().list_services(ListServicesRequest { stale: false }).await?.into_inner();
+    ensure!(reply.services.len() == 20, "20 services after restart, got {}", reply.services.len());
+    cluster.servers[2].client().create_service(CreateServiceRequest { spec: Some(spec("after-restart")) }).await?;
+    cluster.wait_converged().await?;
+    for i in 0..3 {
+        ensure!(cluster.local_services(i).await?.len() == 21, "server {i} has every service");
+    }
+    Ok(())
+}
+
+/// A member that joins after the log was compacted catches up from a snapshot.
+#[tokio::test(flavor = "multi_thread")]
+async fn late_member_catches_up_from_snapshot() -> Result<()> {
+    let opts = ["--snapshot-logs", "20", "--keep-logs", "0"];
+    let mut cluster = Cluster::start(2, &opts).await?;
+    for i in 0..60 {
+        cluster.servers[0]
+            .client()
+            .create_service(CreateServiceRequest { spec: Some(spec(&format!("s{i:02}"))) })
+            .await?;
+    }
+    let st = cluster.servers[0].local_status().await?;
+    ensure!(st.snapshot_index.is_some(), "the leader took a snapshot: {st:?}");
+    let late = cluster.add_server(false, &opts)?;
+    cluster.wait_for_voters(3).await?;
+    cluster.wait_converged().await?;
+    let st = cluster.servers[late].local_status().await?;
+    ensure!(st.snapshot_index.is_some_and(|i| i >= 20), "the late member installed a snapshot: {st:?}");
+    ensure!(cluster.local_services(late).await?.len() == 60, "the late member holds all 60 services");
+    // And it keeps up afterwards.
+    cluster.servers[late].client().create_service(CreateServiceRequest { spec: Some(spec("fresh")) }).await?;
+    cluster.wait_converged().await?;
+    ensure!(cluster.local_services(late).await?.contains(&"fresh".to_string()));
+    Ok(())
+}
+
+/// Two of three servers frozen: writes fail with a clear error, then succeed after SIGCONT.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_quorum_fails_clearly_then_recovers() -> Result<()> {
+    let mut cluster = Cluster::start(3, &["--request-timeout-ms", "3000"]).await?;
+    let leader = cluster.leader().await?;
+    // Freeze the leader and one follower; talk to the survivor.
+    let other = (leader + 1) % 3;
+    let survivor = (leader + 2) % 3;
+    cluster.servers[leader].freeze()?;
+    cluster.servers[other].freeze()?;
+    let started = std::time::Instant::now();
+    let err = cluster.servers[survivor]
+        .client()
+        .create_service(CreateServiceRequest { spec: Some(spec("no-quorum")) })
+        .await
+        .expect_err("no quorum, no write");
+    ensure!(started.elapsed() < Duration::from_secs(30), "the error comes back instead of hanging");
+    ensure!(err.code() == Code::Unavailable && err.message().contains("majority"), "clear error: {err:?}");
+    let addrs = cluster.addrs();
+    let (ok, _, msg) = berthctl(&[addrs[survivor].clone()], &["service", "create", "still-no", "--image", "busybox"])?;
+    ensure!(!ok && msg.contains("majority"), "berthctl says what is wrong: {msg}");
+
+    cluster.servers[leader].thaw()?;
+    cluster.servers[other].thaw()?;
+    wait_for(Duration::from_secs(30), "writes to succeed again", async || {
+        let req = CreateServiceRequest { spec: Some(spec("quorum-back")) };
+        match cluster.servers[survivor].client().create_service(req).await {
+            Ok(_) => Some(()),
+            Err(e) if e.code() == Code::AlreadyExists => Some(()),
+            Err(_) => None,
+        }
+    })
+    .await?;
+    let names =
+        cluster.servers[survivor].client().list_services(ListServicesRequest { stale: false }).await?.into_inner();
+    ensure!(
+        names.services.iter().all(|s| s.spec.as_ref().is_some_and(|s| s.name == "quorum-back")),
+        "only the later write exists"
+    );
+    Ok(())
+}
+
+/// Every invalid field is rejected by name and changes nothing; garbage on the port harms nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_rejected_and_harmless() -> Result<()> {
+    let mut cluster = Cluster::start(3, &[]).await?;
+    let mut c = cluster.servers[1].client();
+    let res = |cpus, memory_bytes| Some(Resources { cpus, memory_bytes });
+    let port = |published, target, protocol: &str| vec![PortSpec { published, target, protocol: protocol.into() }];
+    let cases: Vec<(&str, ServiceSpec)> = vec![
+        ("name", ServiceSpec { name: "Bad_Name".into(), ..spec("x") }),
+        ("name", ServiceSpec { name: String::new(), ..spec("x") }),
+        ("image", ServiceSpec { image: "UPPER/case".into(), ..spec("x") }),
+        ("image", ServiceSpec { image: String::new(), ..spec("x") }),
+        ("replicas", ServiceSpec { replicas: -1, ..spec("x") }),
+        ("resources.cpus", ServiceSpec { resources: res(-1.0, 0), ..spec("x") }),
+        ("resources.memory", ServiceSpec { resources: res(0.0, -1), ..spec("x") }),
+        ("ports[0].published", ServiceSpec { ports: port(65536, 80, ""), ..spec("x") }),
+        ("ports[0].target", ServiceSpec { ports: port(80, 0, ""), ..spec("x") }),
+        ("ports[0].protocol", ServiceSpec { ports: port(80, 80, "icmp"), ..spec("x") }),
+        ("ports[1].published", ServiceSpec { ports: [port(80, 80, ""), port(80, 81, "")].concat(), ..spec("x") }),
+        ("restart", ServiceSpec { restart: "sometimes".into(), ..spec("x") }),
+        ("env.", ServiceSpec { env: [(String::new(), "v".into())].into(), ..spec("x") }),
+    ];
+    for (field, bad) in cases {
+        let err = c.create_service(CreateServiceRequest { spec: Some(bad.clone()) }).await.expect_err("rejected");
+        ensure!(err.code() == Code::InvalidArgument, "{field}: {err:?}");
+        ensure!(err.message().contains(field), "{field} is named in {:?}", err.message());
+        let err = c.apply_service(ApplyServiceRequest { spec: Some(bad) }).await.expect_err("rejected");
+        ensure!(err.code() == Code::InvalidArgument, "{field} via apply: {err:?}");
+    }
+    let err = c.create_service(CreateServiceRequest { spec: None }).await.expect_err("rejected");
+    ensure!(err.code() == Code::InvalidArgument && err.message().contains("spec"), "{err:?}");
+    let err = c.delete_service(DeleteServiceRequest { name: "../etc".into() }).await.expect_err("rejected");
+    ensure!(err.code() == Code::InvalidArgument && err.message().contains("name"), "{err:?}");
+    let list = c.list_services(ListServicesRequest { stale: false }).await?.into_inner();
+    ensure!(list.services.is_empty(), "nothing was created: {:?}", list.services);
+
+    // A spec file with an unknown field: berthctl names it and writes nothing.
+    let file = cluster.dir.path().join("bad.yaml");
+    std::fs::write(&file, "name: web\nimage: busybox\nreplica: 3\n")?;
+    let (ok, _, err) = berthctl(&cluster.addrs(), &["apply", "-f", file.to_str().unwrap_or_default()])?;
+    ensure!(!ok && err.contains("replica"), "unknown field named: {err}");
+    let (ok, _, err) =
+        berthctl(&cluster.addrs(), &["service", "create", "web", "--image", "busybox", "--memory", "lots"])?;
+    ensure!(!ok && err.contains("--memory"), "bad flag named: {err}");
+
+    // Random bytes, a truncated HTTP/2 preface and an oversized frame header at every server's port.
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for s in &cluster.servers {
+        for n in 0..20 {
+            let mut stream = std::net::TcpStream::connect(&s.addr)?;
+            stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+            let mut junk: Vec<u8> = match n % 3 {
+                0 => (0..rng.gen_range(1..65536)).map(|_| rng.gen()).collect(),
+                1 => b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+                _ => [&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..], &[0xff, 0xff, 0xff, 0x00, 0x00, 0, 0, 0, 1]].concat(),
+            };
+            junk.extend((0..rng.gen_range(0..512)).map(|_| rng.gen::<u8>()));
+            let _ = stream.write_all(&junk);
+        }
+    }
+    for s in &cluster.servers {
+        let st = s.local_status().await?;
+        ensure!(st.leader_id.is_some(), "{} still works after garbage", s.addr);
+    }
+    c.create_service(CreateServiceRequest { spec: Some(spec("after-garbage")) }).await?;
+    ensure!(cluster.status().await?.members.len() == 3);
+    for s in &mut cluster.servers {
+        ensure!(s.is_running(), "{} survived", s.addr);
+    }
+    Ok(())
+}
