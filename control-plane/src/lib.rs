@@ -8,9 +8,11 @@
 //! ```
 //!
 //! `state` is pure; `store` persists it; `node` owns the Raft handle and the
-//! rules for forwarding, deadlines and membership; `api` maps gRPC to `node`.
+//! rules for forwarding, deadlines and membership; `batcher` groups the
+//! leader's concurrent writes into one entry; `api` maps gRPC to `node`.
 
 pub mod api;
+pub mod batcher;
 pub mod config;
 pub mod network;
 pub mod node;

@@ -22,8 +22,9 @@ use openraft::{BasicNode, ChangeMembers, RaftMetrics};
 use serde::{Deserialize, Serialize};
 use tokio::time::{timeout_at, Instant};
 
+use crate::batcher::Batcher;
 use crate::network::{decode, encode, Peers};
-use crate::state::{query, Command, Query, QueryReply, Response};
+use crate::state::{query, Command, Proposal, Query, QueryReply, Response};
 use crate::store::{Applied, NodeId, Raft};
 
 /// Pause between attempts while a leader is being elected or a learner catches up.
@@ -34,7 +35,10 @@ const CAUGHT_UP: u64 = 200;
 /// Work that only the leader may do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum LeaderOp {
+    /// One write; the server batches it with others (see `batcher`).
     Write(Command),
+    /// A follower's batch of writes, proposed by the leader as one entry.
+    Propose(Vec<Command>),
     Read(Query),
     /// Admit a server at this address as a learner.
     Join {
@@ -53,6 +57,7 @@ pub enum LeaderOp {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum LeaderReply {
     Write(Response),
+    Proposed(Vec<Response>),
     Read(QueryReply),
     Joined { id: NodeId },
     Done,
@@ -84,6 +89,7 @@ pub struct Node {
     pub applied: Arc<RwLock<Applied>>,
     pub peers: Peers,
     pub request_timeout: Duration,
+    batcher: Batcher,
     /// Serializes id allocation for joins on this leader.
     join_lock: tokio::sync::Mutex<()>,
 }
@@ -96,7 +102,8 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     pub fn new(id: NodeId, raft: Raft, applied: Arc<RwLock<Applied>>, peers: Peers, request_timeout: Duration) -> Self {
-        Self { id, raft, applied, peers, request_timeout, join_lock: tokio::sync::Mutex::new(()) }
+        let batcher = Batcher::spawn(id, raft.clone(), peers.clone(), request_timeout);
+        Self { id, raft, applied, peers, request_timeout, batcher, join_lock: tokio::sync::Mutex::new(()) }
     }
 
     pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
@@ -153,35 +160,21 @@ impl Node {
             tokio::time::sleep(RETRY).await;
         }
         Err(OpError::Unavailable(format!(
-            "the cluster did not complete the request within {:.1}s ({why}); a majority of servers must be running \
-             and reachable: check them with `berthctl cluster status`",
+            "the cluster did not confirm the request within {:.1}s ({why}), so it may or may not take effect; \
+             a majority of servers must be running and reachable: check them with `berthctl cluster status`",
             self.request_timeout.as_secs_f64()
         )))
     }
 
     async fn forward(&self, leader: NodeId, op: &LeaderOp) -> Step {
-        let Some(addr) = self.metrics().membership_config.membership().get_node(&leader).map(|n| n.addr.clone()) else {
-            return Step::Retry(format!("leader {leader} has no known address"));
-        };
-        let result = async {
-            let mut client = self.peers.raft(&addr)?;
-            let reply = client.forward(encode(op)?).await?;
-            decode::<Step>(reply.get_ref())
-        };
-        match result.await {
-            Ok(step) => step,
-            Err(status) => Step::Retry(format!("leader {leader} at {addr} is unreachable: {}", status.message())),
-        }
+        forward(&self.raft, &self.peers, leader, op).await
     }
 
     /// One attempt at `op` on this server.
     pub async fn here(&self, op: &LeaderOp) -> Step {
         match op {
-            LeaderOp::Write(cmd) => match self.raft.client_write(cmd.clone()).await {
-                Ok(r) => Step::Done(Ok(LeaderReply::Write(r.data))),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Step::NotLeader,
-                Err(e) => fatal(e),
-            },
+            LeaderOp::Write(cmd) => self.batcher.write(cmd.clone()).await,
+            LeaderOp::Propose(commands) => propose_here(&self.raft, commands.clone()).await,
             LeaderOp::Read(q) => match self.raft.ensure_linearizable().await {
                 Ok(_) => Step::Done(self.read_local(q).map(LeaderReply::Read)),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Step::NotLeader,
@@ -200,8 +193,17 @@ impl Node {
         }
         let _guard = self.join_lock.lock().await;
         let membership = self.metrics().membership_config.clone();
-        // A server that died before finishing its join comes back at the same address.
         if let Some((id, _)) = membership.membership().nodes().find(|(_, n)| n.addr == addr) {
+            // A learner there died before finishing its join and comes back
+            // with no state: it may have its id again. A voter may not: an
+            // empty server voting as one that had acknowledged entries could
+            // lose them.
+            if membership.membership().voter_ids().any(|v| v == *id) {
+                return Step::Done(Err(OpError::FailedPrecondition(format!(
+                    "{addr} already belongs to voting server {id}; restart that server with its data dir, \
+                     or remove it first with `berthctl cluster remove {id}`"
+                ))));
+            }
             return Step::Done(Ok(LeaderReply::Joined { id: *id }));
         }
         let id = membership.membership().nodes().map(|(id, _)| *id).max().unwrap_or(0) + 1;
@@ -260,6 +262,37 @@ impl Node {
             Ok(_) => Step::Done(Ok(LeaderReply::Done)),
             Err(e) => membership_error(e),
         }
+    }
+}
+
+/// Sends `op` to `leader` over `Raft.Forward`; its answer, or `Retry` if it cannot be reached.
+pub(crate) async fn forward(raft: &Raft, peers: &Peers, leader: NodeId, op: &LeaderOp) -> Step {
+    let addr = raft.metrics().borrow().membership_config.membership().get_node(&leader).map(|n| n.addr.clone());
+    let Some(addr) = addr else {
+        return Step::Retry(format!("leader {leader} has no known address"));
+    };
+    let result = async {
+        let mut client = peers.raft(&addr)?;
+        let reply = client.forward(encode(op)?).await?;
+        decode::<Step>(reply.get_ref())
+    };
+    match result.await {
+        Ok(step) => step,
+        Err(status) => Step::Retry(format!("leader {leader} at {addr} is unreachable: {}", status.message())),
+    }
+}
+
+/// Proposes `commands` as one entry if this server leads; never forwards.
+pub(crate) async fn propose_here(raft: &Raft, commands: Vec<Command>) -> Step {
+    let n = commands.len();
+    match raft.client_write(Proposal(commands)).await {
+        Ok(r) if r.data.len() == n => Step::Done(Ok(LeaderReply::Proposed(r.data))),
+        Ok(r) => Step::Done(Err(OpError::Internal(format!(
+            "state machine gave {} responses for {n} commands",
+            r.data.len()
+        )))),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Step::NotLeader,
+        Err(e) => fatal(e),
     }
 }
 

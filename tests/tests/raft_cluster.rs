@@ -257,8 +257,8 @@ async fn no_quorum_fails_clearly_then_recovers() -> Result<()> {
     let names =
         cluster.servers[survivor].client().list_services(ListServicesRequest { stale: false }).await?.into_inner();
     ensure!(
-        names.services.iter().all(|s| s.spec.as_ref().is_some_and(|s| s.name == "quorum-back")),
-        "only the later write exists"
+        names.services.iter().any(|s| s.spec.as_ref().is_some_and(|s| s.name == "quorum-back")),
+        "the confirmed write is there (an unconfirmed one may or may not land): {names:?}"
     );
     Ok(())
 }

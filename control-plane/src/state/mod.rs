@@ -5,7 +5,8 @@
 //!   Query   ──query(&State, &Query)────────▶ QueryReply   (leader, after a read barrier)
 //! ```
 //!
-//! Both are pure functions over plain data: no IO, no clock, no randomness,
+//! The Raft log carries `Proposal`s, each a list of commands applied one by
+//! one. Both are pure functions over plain data: no IO, no clock, no randomness,
 //! so every server that applies the same log reaches the same state. Storage
 //! (`crate::store`) wraps them; API handlers only validate and submit.
 
@@ -39,16 +40,17 @@ pub enum Command {
     DeleteService { name: String },
 }
 
+/// What one Raft log entry carries: the commands of concurrent clients,
+/// grouped by the leader so that one entry, one replication round and one
+/// fsync serve them all. Each is applied on its own, in order, with its own
+/// response, exactly as if it had its own entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal(pub Vec<Command>);
+
 /// What applying a command did.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    /// Raft's own entries (blank, membership) carry no command.
-    #[default]
-    Empty,
-    Service {
-        service: Service,
-        outcome: Outcome,
-    },
+    Service { service: Service, outcome: Outcome },
     Deleted,
     Rejected(Rejection),
 }

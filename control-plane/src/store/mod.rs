@@ -29,13 +29,14 @@ use openraft::{BasicNode, StorageError, StorageIOError};
 pub use log::LogStore;
 pub use sm::{Applied, StateMachineStore};
 
-use crate::state::{Command, Response};
+use crate::state::{Proposal, Response};
 
 openraft::declare_raft_types!(
-    /// The Raft type configuration of berth: commands in, responses out.
+    /// The Raft type configuration of berth: a proposal (a list of commands)
+    /// per entry in, one response per command out.
     pub TypeConfig:
-        D = Command,
-        R = Response,
+        D = Proposal,
+        R = Vec<Response>,
         SnapshotData = Cursor<Vec<u8>>,
 );
 
@@ -65,10 +66,7 @@ pub(crate) fn write_err(e: impl std::error::Error + 'static) -> StorageError<Nod
     StorageIOError::write(&e).into()
 }
 
-/// Flushes sled on a blocking thread (fsync must not stall the async runtime).
+/// Flushes sled on its own IO thread pool (fsync must not stall the async runtime).
 pub(crate) async fn flush(db: &sled::Db) -> Result<(), io::Error> {
-    let db = db.clone();
-    tokio::task::spawn_blocking(move || db.flush().map(|_| ()).map_err(io::Error::other))
-        .await
-        .map_err(io::Error::other)?
+    db.flush_async().await.map(|_| ()).map_err(io::Error::other)
 }

@@ -9,7 +9,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageError, St
 use serde::{Deserialize, Serialize};
 
 use super::{flush, read_err, write_err, Entry, LogId, Membership, NodeId, TypeConfig};
-use crate::state::{apply, Key, Response, State};
+use crate::state::{apply, Key, Proposal, Response, State};
 
 const APPLIED: &[u8] = b"meta/applied";
 const MEMBERSHIP: &[u8] = b"meta/membership";
@@ -132,7 +132,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((a.last_applied, a.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Response>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -143,19 +143,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut a = self.applied.write().map_err(|_| lock_err())?;
             for entry in entries {
                 a.last_applied = Some(entry.log_id);
-                let reply = match entry.payload {
-                    EntryPayload::Blank => Response::Empty,
-                    EntryPayload::Membership(m) => {
-                        a.membership = StoredMembership::new(Some(entry.log_id), m);
-                        Response::Empty
+                let mut entry_replies = Vec::new();
+                match entry.payload {
+                    EntryPayload::Blank => {}
+                    EntryPayload::Membership(m) => a.membership = StoredMembership::new(Some(entry.log_id), m),
+                    EntryPayload::Normal(Proposal(commands)) => {
+                        for cmd in commands {
+                            entry_replies.push(apply(&mut a.state, &cmd));
+                            write_key(&mut batch, &a.state, &cmd.key()).map_err(write_err)?;
+                        }
                     }
-                    EntryPayload::Normal(cmd) => {
-                        let reply = apply(&mut a.state, &cmd);
-                        write_key(&mut batch, &a.state, &cmd.key()).map_err(write_err)?;
-                        reply
-                    }
-                };
-                replies.push(reply);
+                }
+                replies.push(entry_replies);
             }
             write_pointers(&mut batch, &a).map_err(write_err)?;
         }

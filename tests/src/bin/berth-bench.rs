@@ -1,0 +1,293 @@
+//! berth-bench: write throughput, latency and failover of a 3-server berth
+//! cluster, with etcd under the same load from the same generator, side by side.
+//!
+//! Run it through `bench/raft.sh`, which builds release binaries and installs etcd.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use berth_proto::pb::cluster::cluster_client::ClusterClient;
+use berth_proto::pb::cluster::CreateServiceRequest;
+use berth_tests::etcd::{self, pb as etcdpb, EtcdCluster};
+use berth_tests::{client, spec, wait_for, Cluster};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Concurrent clients for the throughput run
+    #[arg(long, default_value = "64")]
+    clients: usize,
+    /// Seconds of load for the throughput run
+    #[arg(long, default_value = "15")]
+    seconds: u64,
+    /// Leader kills for berth (failover times and the loss check)
+    #[arg(long, default_value = "20")]
+    kills: usize,
+    /// Leader kills for etcd
+    #[arg(long, default_value = "5")]
+    etcd_kills: usize,
+    /// Clients writing during the failover runs
+    #[arg(long, default_value = "8")]
+    failover_clients: usize,
+    /// Run berth only
+    #[arg(long)]
+    skip_etcd: bool,
+}
+
+/// One write: client number and a sequence number unique to it, acknowledged or not out.
+type WriteFn = Arc<dyn Fn(usize, u64) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+#[derive(Debug, Default)]
+struct Stats {
+    ops: usize,
+    errors: usize,
+    secs: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Runs `clients` closed-loop writers for `secs` and collects latencies of acknowledged writes.
+async fn load(clients: usize, secs: u64, first_seq: u64, write: WriteFn) -> Stats {
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (stop, errors, write) = (stop.clone(), errors.clone(), write.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut seq = first_seq;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    if write(c, seq).await {
+                        lat.push(t.elapsed());
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    seq += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)));
+    Stats {
+        ops: all.len(),
+        errors: errors.load(Ordering::Relaxed) as usize,
+        secs,
+        p50_ms: pct(0.50).map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        p99_ms: pct(0.99).map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+    }
+}
+
+/// Background writers for failover runs: after `mark`, they note when the
+/// first write that *started* after the mark is acknowledged, so a write that
+/// was already committed before a kill does not count as recovery.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    mark: Arc<Mutex<(Instant, Option<Instant>)>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn start(clients: usize, first_seq: u64, write: WriteFn) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mark = Arc::new(Mutex::new((Instant::now(), None)));
+        let tasks = (0..clients)
+            .map(|c| {
+                let (stop, mark, write) = (stop.clone(), mark.clone(), write.clone());
+                tokio::spawn(async move {
+                    let mut seq = first_seq;
+                    while !stop.load(Ordering::Relaxed) {
+                        seq += 1;
+                        let started = Instant::now();
+                        if write(c, seq).await {
+                            if let Ok(mut m) = mark.lock() {
+                                if started > m.0 && m.1.is_none() {
+                                    m.1 = Some(Instant::now());
+                                }
+                            }
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { stop, mark, tasks }
+    }
+
+    /// Runs `kill`, then waits for the first acknowledged write started after it.
+    async fn time_recovery(&self, kill: impl FnOnce()) -> Result<Duration> {
+        let killed_at = Instant::now();
+        if let Ok(mut m) = self.mark.lock() {
+            *m = (killed_at, None);
+        }
+        kill();
+        wait_for(Duration::from_secs(60), "a write after the kill", async || {
+            let m = self.mark.lock().ok()?;
+            m.1.map(|t| t - killed_at)
+        })
+        .await
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn berth_writer(addrs: &[String], acked: Arc<Mutex<Vec<String>>>) -> WriteFn {
+    let clients: Vec<ClusterClient<_>> = addrs.iter().map(|a| client(a)).collect();
+    Arc::new(move |c, seq| {
+        let name = format!("c{c}-{seq}");
+        // Client c starts at server c % n and moves on after a failure.
+        let mut cl = if std::env::var("BENCH_LEADER_ONLY").is_ok() {
+            clients[0].clone()
+        } else {
+            clients[(c + seq as usize) % clients.len()].clone()
+        };
+        let acked = acked.clone();
+        Box::pin(async move {
+            let ok = cl.create_service(CreateServiceRequest { spec: Some(spec(&name)) }).await.is_ok();
+            if ok {
+                acked.lock().map(|mut a| a.push(name)).ok();
+            }
+            ok
+        })
+    })
+}
+
+fn etcd_writer(addrs: &[String]) -> Result<WriteFn> {
+    let clients: Vec<_> =
+        addrs.iter().map(|a| etcd::channel(a).map(etcdpb::kv_client::KvClient::new)).collect::<Result<_>>()?;
+    // The same bytes berth stores for a service, as the value.
+    let value = serde_json::to_vec(&serde_json::json!({
+        "name": "c0-0", "image": "busybox:1.36", "command": [], "env": {}, "replicas": 1,
+        "resources": {"cpu_millis": 0, "memory_bytes": 0}, "ports": [], "restart": "always"
+    }))?;
+    Ok(Arc::new(move |c, seq| {
+        let mut cl = clients[(c + seq as usize) % clients.len()].clone();
+        let req = etcdpb::PutRequest {
+            key: format!("svc/c{c}-{seq}").into_bytes(),
+            value: value.clone(),
+            ..Default::default()
+        };
+        Box::pin(async move { cl.put(req).await.is_ok() })
+    }))
+}
+
+async fn bench_berth(args: &Args) -> Result<(Stats, Vec<Duration>, usize)> {
+    let mut cluster = Cluster::start(3, &[]).await?;
+    let addrs = cluster.addrs();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    load(args.clients, 1, 0, berth_writer(&addrs, acked.clone())).await; // warm up
+    let stats = load(args.clients, args.seconds, 1 << 40, berth_writer(&addrs, acked.clone())).await;
+    eprintln!("berth throughput: {stats:?}");
+
+    let writers = Writers::start(args.failover_clients, 1 << 50, berth_writer(&addrs, acked.clone()));
+    let mut failovers = Vec::new();
+    for round in 0..args.kills {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let leader = cluster.leader().await?;
+        let took = writers.time_recovery(|| cluster.servers[leader].kill9()).await?;
+        eprintln!("berth kill {round}: next acknowledged write after {took:?}");
+        failovers.push(took);
+        cluster.servers[leader].restart()?;
+        cluster.wait_converged().await?;
+    }
+    writers.stop().await;
+    cluster.wait_converged().await?;
+    let acked = acked.lock().map(|a| a.clone()).unwrap_or_default();
+    let mut lost = 0;
+    for i in 0..3 {
+        let held: std::collections::HashSet<String> = cluster.local_services(i).await?.into_iter().collect();
+        lost = lost.max(acked.iter().filter(|n| !held.contains(*n)).count());
+    }
+    eprintln!("berth: {} acknowledged writes checked on every server, {lost} lost", acked.len());
+    Ok((stats, failovers, lost))
+}
+
+async fn bench_etcd(args: &Args) -> Result<(Stats, Vec<Duration>)> {
+    let mut cluster = EtcdCluster::start(3).await.context("etcd cluster")?;
+    let addrs: Vec<String> = cluster.members.iter().map(|m| m.client_addr.clone()).collect();
+    load(args.clients, 1, 0, etcd_writer(&addrs)?).await;
+    let stats = load(args.clients, args.seconds, 1 << 40, etcd_writer(&addrs)?).await;
+    eprintln!("etcd throughput: {stats:?}");
+    let writers = Writers::start(args.failover_clients, 1 << 50, etcd_writer(&addrs)?);
+    let mut failovers = Vec::new();
+    for round in 0..args.etcd_kills {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let leader = cluster.leader().await?;
+        let took = writers.time_recovery(|| cluster.members[leader].kill9()).await?;
+        eprintln!("etcd kill {round}: next acknowledged write after {took:?}");
+        failovers.push(took);
+        cluster.members[leader].restart()?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    writers.stop().await;
+    Ok((stats, failovers))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    ensure!(args.clients > 0 && args.seconds > 0, "--clients and --seconds must be positive");
+    let (b, b_fail, lost) = bench_berth(&args).await?;
+    let b_med = median(b_fail.clone());
+    let tput = |s: &Stats| s.ops as f64 / s.secs;
+    println!(
+        "| metric ({} clients, {}s, 3 servers, loopback) | berth | etcd | berth/etcd |",
+        args.clients, args.seconds
+    );
+    println!("|---|---|---|---|");
+    let etcd = if args.skip_etcd { None } else { Some(bench_etcd(&args).await?) };
+    let ratio = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}", a / b));
+    let cell = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.1}{unit}"));
+    let e = etcd.as_ref().map(|(s, _)| s);
+    println!("| writes/s | {:.0} | {} | {} |", tput(&b), cell(e.map(tput), ""), ratio(tput(&b), e.map(tput)));
+    println!(
+        "| p50 latency | {:.2}ms | {} | {} |",
+        b.p50_ms,
+        cell(e.map(|s| s.p50_ms), "ms"),
+        ratio(b.p50_ms, e.map(|s| s.p50_ms))
+    );
+    println!(
+        "| p99 latency | {:.2}ms | {} | {} |",
+        b.p99_ms,
+        cell(e.map(|s| s.p99_ms), "ms"),
+        ratio(b.p99_ms, e.map(|s| s.p99_ms))
+    );
+    println!("| failed writes during run | {} | {} | |", b.errors, e.map_or("-".into(), |s| s.errors.to_string()));
+    let e_med = etcd.as_ref().map(|(_, f)| median(f.clone()).as_secs_f64() * 1000.0);
+    println!(
+        "| failover median (kill -9 leader -> next ack) | {:.0}ms (n={}) | {} (n={}) | {} |",
+        b_med.as_secs_f64() * 1000.0,
+        b_fail.len(),
+        cell(e_med, "ms"),
+        etcd.as_ref().map_or(0, |(_, f)| f.len()),
+        ratio(b_med.as_secs_f64() * 1000.0, e_med)
+    );
+    println!("| failover max | {:.0}ms | | |", b_fail.iter().max().copied().unwrap_or_default().as_secs_f64() * 1000.0);
+    println!("| acknowledged writes lost over {} leader kills | {lost} | | |", b_fail.len());
+    Ok(())
+}
