@@ -41,7 +41,8 @@ pub struct Args {
     /// Leader heartbeat period in milliseconds (default 100)
     #[arg(long, env = "BERTH_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
-    /// Minimum election timeout in milliseconds; the maximum is twice it (default 500)
+    /// Minimum election timeout in milliseconds; the maximum is twice it (default 300).
+    /// A follower that hears no leader for max + a random timeout in [min, max] stands for election
     #[arg(long, env = "BERTH_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
     /// Take a snapshot after this many log entries (default 10000)
@@ -94,7 +95,7 @@ impl Args {
             bootstrap: self.bootstrap || file.bootstrap,
             join: self.join.or(file.join),
             heartbeat: ms(self.heartbeat_ms, file.heartbeat_ms, 100),
-            election_timeout: ms(self.election_timeout_ms, file.election_timeout_ms, 500),
+            election_timeout: ms(self.election_timeout_ms, file.election_timeout_ms, 300),
             snapshot_logs: self.snapshot_logs.or(file.snapshot_logs).unwrap_or(10_000),
             keep_logs: self.keep_logs.or(file.keep_logs).unwrap_or(1_000),
             request_timeout: ms(self.request_timeout_ms, file.request_timeout_ms, 5_000),
@@ -216,7 +217,7 @@ mod tests {
         assert_eq!(advertise, "127.0.0.1:9100");
         assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/berth"));
         assert_eq!(cfg.heartbeat, Duration::from_millis(50));
-        assert_eq!(cfg.election_timeout, Duration::from_millis(500));
+        assert_eq!(cfg.election_timeout, Duration::from_millis(300));
     }
 
     #[test]

@@ -34,7 +34,8 @@ impl Client {
             .connect_timeout(Duration::from_secs(2))
             .timeout(self.timeout)
             .connect_lazy();
-        Ok(ClusterClient::new(channel))
+        // A list of every service may be large.
+        Ok(ClusterClient::new(channel).max_decoding_message_size(64 << 20))
     }
 
     /// Calls `f` on each server in turn until one answers.

@@ -43,8 +43,11 @@ pub fn client(addr: &str) -> ClusterClient<Channel> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .map(|e| e.connect_timeout(Duration::from_secs(1)).timeout(Duration::from_secs(10)).connect_lazy())
         .unwrap_or_else(|e| panic!("bad address {addr}: {e}"));
-    ClusterClient::new(channel)
+    ClusterClient::new(channel).max_decoding_message_size(MAX_MESSAGE)
 }
+
+/// Replies (a list of every service) may be large.
+pub const MAX_MESSAGE: usize = 64 << 20;
 
 /// One berth-server process.
 #[derive(Debug)]

@@ -73,21 +73,6 @@ pub enum Rejection {
     Invalid(InvalidField),
 }
 
-/// The part of the state a command may change, so storage persists only that.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Key {
-    Service(String),
-}
-
-impl Command {
-    pub fn key(&self) -> Key {
-        match self {
-            Self::CreateService(s) | Self::UpdateService(s) | Self::ApplyService(s) => Key::Service(s.name.clone()),
-            Self::DeleteService { name } => Key::Service(name.clone()),
-        }
-    }
-}
-
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

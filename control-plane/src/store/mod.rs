@@ -5,18 +5,16 @@
 //!   data-dir/raft.sled
 //!     tree "log"   index (u64 BE) -> Entry (JSON)        LogStore
 //!     tree "meta"  vote, committed, last purged           LogStore
-//!     tree "sm"    applied, membership, svc/<name>        StateMachineStore
-//!     tree "snap"  the current snapshot (meta + data)     StateMachineStore
+//!     tree "snap"  the last snapshot (meta + data)        StateMachineStore
 //! ```
 //!
 //! Durability: sled writes reach disk only on `flush`. A log append is
 //! reported durable to openraft only after a flush that covers it (group
 //! commit: one fsync for every append queued meanwhile), and the vote is
-//! flushed before `save_vote` returns. State-machine writes are not flushed
-//! on apply; sled recovers a prefix of its writes, so after a crash the
-//! state machine is at an older applied index and openraft re-applies the
-//! committed log from there. Building or installing a snapshot flushes, so
-//! the log is only purged below a durable state.
+//! flushed before `save_vote` returns. The state machine lives in memory
+//! and is persisted as snapshots: building or installing one flushes before
+//! openraft may purge the log below it, and at start the state is the last
+//! snapshot with the committed log re-applied after it.
 
 mod log;
 mod sm;
@@ -45,6 +43,7 @@ pub type Raft = openraft::Raft<TypeConfig>;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;
 pub type Membership = openraft::StoredMembership<NodeId, BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BasicNode>;
 
 /// Opens (or creates) the store under `dir`.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), io::Error> {
