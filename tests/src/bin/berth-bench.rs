@@ -36,6 +36,9 @@ struct Args {
     /// Run berth only
     #[arg(long)]
     skip_etcd: bool,
+    /// Extra berth-server flag (repeatable), e.g. --server-arg=--heartbeat-ms=50
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
 }
 
 /// One write: client number and a sequence number unique to it, acknowledged or not out.
@@ -197,7 +200,8 @@ fn etcd_writer(addrs: &[String]) -> Result<WriteFn> {
 }
 
 async fn bench_berth(args: &Args) -> Result<(Stats, Vec<Duration>, usize)> {
-    let mut cluster = Cluster::start(3, &[]).await?;
+    let extra: Vec<&str> = args.server_args.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::start(3, &extra).await?;
     let addrs = cluster.addrs();
     let acked = Arc::new(Mutex::new(Vec::new()));
     load(args.clients, 1, 0, berth_writer(&addrs, acked.clone())).await; // warm up
