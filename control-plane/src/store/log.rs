@@ -49,20 +49,23 @@ impl LogStore {
         self.flusher.get_or_insert_with(|| {
             let (tx, mut rx) = mpsc::unbounded_channel::<LogFlushed<TypeConfig>>();
             let db = self.db.clone();
-            tokio::spawn(async move {
-                while let Some(first) = rx.recv().await {
+            // A thread of its own: sled's flush blocks, and running it here
+            // saves a hand-off to a pool per flush.
+            let spawned = std::thread::Builder::new().name("log-flusher".into()).spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
                     let mut waiting = vec![first];
                     while let Ok(more) = rx.try_recv() {
                         waiting.push(more);
                     }
-                    let result = flush(&db).await;
+                    let result = db.flush().map(|_| ());
                     for cb in waiting {
-                        cb.log_io_completed(
-                            result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())),
-                        );
+                        cb.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string())));
                     }
                 }
             });
+            if let Err(e) = spawned {
+                tracing::error!("cannot start the log flusher thread: {e}");
+            }
             tx
         })
     }

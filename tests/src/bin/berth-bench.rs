@@ -21,9 +21,12 @@ struct Args {
     /// Concurrent clients for the throughput run
     #[arg(long, default_value = "64")]
     clients: usize,
-    /// Seconds of load for the throughput run
-    #[arg(long, default_value = "15")]
+    /// Seconds of load in each throughput round
+    #[arg(long, default_value = "10")]
     seconds: u64,
+    /// Throughput rounds, alternating berth and etcd; medians are reported
+    #[arg(long, default_value = "3")]
+    rounds: usize,
     /// Leader kills for berth (failover times and the loss check)
     #[arg(long, default_value = "20")]
     kills: usize,
@@ -33,6 +36,12 @@ struct Args {
     /// Clients writing during the failover runs
     #[arg(long, default_value = "8")]
     failover_clients: usize,
+    /// During failover runs, a write not answered within this many ms is
+    /// abandoned and retried on the next server, as a client with a deadline
+    /// would (without it, writes stuck on a follower that waits for the dead
+    /// leader, as etcd's do for 7 s, would measure the client, not the cluster)
+    #[arg(long, default_value = "500")]
+    failover_deadline_ms: u64,
     /// Run berth only
     #[arg(long)]
     skip_etcd: bool,
@@ -105,7 +114,7 @@ struct Writers {
 }
 
 impl Writers {
-    fn start(clients: usize, first_seq: u64, write: WriteFn) -> Self {
+    fn start(clients: usize, first_seq: u64, deadline: Duration, write: WriteFn) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let mark = Arc::new(Mutex::new((Instant::now(), None)));
         let tasks = (0..clients)
@@ -116,7 +125,7 @@ impl Writers {
                     while !stop.load(Ordering::Relaxed) {
                         seq += 1;
                         let started = Instant::now();
-                        if write(c, seq).await {
+                        if tokio::time::timeout(deadline, write(c, seq)).await.unwrap_or(false) {
                             if let Ok(mut m) = mark.lock() {
                                 if started > m.0 && m.1.is_none() {
                                     m.1 = Some(Instant::now());
@@ -199,16 +208,15 @@ fn etcd_writer(addrs: &[String]) -> Result<WriteFn> {
     }))
 }
 
-async fn bench_berth(args: &Args) -> Result<(Stats, Vec<Duration>, usize)> {
-    let extra: Vec<&str> = args.server_args.iter().map(String::as_str).collect();
-    let mut cluster = Cluster::start(3, &extra).await?;
+/// Kills the berth leader `kills` times under `failover_clients` writers;
+/// returns the recovery times and how many acknowledged writes any server lacks.
+async fn berth_failovers(
+    args: &Args,
+    cluster: &mut Cluster,
+    acked: Arc<Mutex<Vec<String>>>,
+) -> Result<(Vec<Duration>, usize)> {
     let addrs = cluster.addrs();
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    load(args.clients, 1, 0, berth_writer(&addrs, acked.clone())).await; // warm up
-    let stats = load(args.clients, args.seconds, 1 << 40, berth_writer(&addrs, acked.clone())).await;
-    eprintln!("berth throughput: {stats:?}");
-
-    let writers = Writers::start(args.failover_clients, 1 << 50, berth_writer(&addrs, acked.clone()));
+    let writers = Writers::start(args.failover_clients, 1 << 50, deadline(args), berth_writer(&addrs, acked.clone()));
     let mut failovers = Vec::new();
     for round in 0..args.kills {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -223,21 +231,17 @@ async fn bench_berth(args: &Args) -> Result<(Stats, Vec<Duration>, usize)> {
     cluster.wait_converged().await?;
     let acked = acked.lock().map(|a| a.clone()).unwrap_or_default();
     let mut lost = 0;
-    for i in 0..3 {
+    for i in 0..cluster.servers.len() {
         let held: std::collections::HashSet<String> = cluster.local_services(i).await?.into_iter().collect();
         lost = lost.max(acked.iter().filter(|n| !held.contains(*n)).count());
     }
     eprintln!("berth: {} acknowledged writes checked on every server, {lost} lost", acked.len());
-    Ok((stats, failovers, lost))
+    Ok((failovers, lost))
 }
 
-async fn bench_etcd(args: &Args) -> Result<(Stats, Vec<Duration>)> {
-    let mut cluster = EtcdCluster::start(3).await.context("etcd cluster")?;
+async fn etcd_failovers(args: &Args, cluster: &mut EtcdCluster) -> Result<Vec<Duration>> {
     let addrs: Vec<String> = cluster.members.iter().map(|m| m.client_addr.clone()).collect();
-    load(args.clients, 1, 0, etcd_writer(&addrs)?).await;
-    let stats = load(args.clients, args.seconds, 1 << 40, etcd_writer(&addrs)?).await;
-    eprintln!("etcd throughput: {stats:?}");
-    let writers = Writers::start(args.failover_clients, 1 << 50, etcd_writer(&addrs)?);
+    let writers = Writers::start(args.failover_clients, 1 << 50, deadline(args), etcd_writer(&addrs)?);
     let mut failovers = Vec::new();
     for round in 0..args.etcd_kills {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -246,52 +250,107 @@ async fn bench_etcd(args: &Args) -> Result<(Stats, Vec<Duration>)> {
         eprintln!("etcd kill {round}: next acknowledged write after {took:?}");
         failovers.push(took);
         cluster.members[leader].restart()?;
+        cluster.leader().await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     writers.stop().await;
-    Ok((stats, failovers))
+    Ok(failovers)
+}
+
+fn deadline(args: &Args) -> Duration {
+    Duration::from_millis(args.failover_deadline_ms)
+}
+
+/// The median of one figure over the rounds.
+fn mid(rounds: &[Stats], f: impl Fn(&Stats) -> f64) -> f64 {
+    let mut v: Vec<f64> = rounds.iter().map(f).collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn tput(s: &Stats) -> f64 {
+    s.ops as f64 / s.secs
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    ensure!(args.clients > 0 && args.seconds > 0, "--clients and --seconds must be positive");
-    let (b, b_fail, lost) = bench_berth(&args).await?;
-    let b_med = median(b_fail.clone());
-    let tput = |s: &Stats| s.ops as f64 / s.secs;
+    ensure!(
+        args.clients > 0 && args.seconds > 0 && args.rounds > 0,
+        "--clients, --seconds and --rounds must be positive"
+    );
+
+    // Both clusters run at once; the load alternates between them, round by
+    // round, so that both see the same machine.
+    let extra: Vec<&str> = args.server_args.iter().map(String::as_str).collect();
+    let mut berth = Cluster::start(3, &extra).await?;
+    let mut etcd = if args.skip_etcd { None } else { Some(EtcdCluster::start(3).await.context("etcd cluster")?) };
+    let berth_addrs = berth.addrs();
+    let etcd_addrs: Vec<String> = etcd.iter().flat_map(|c| c.members.iter().map(|m| m.client_addr.clone())).collect();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let (mut b, mut e) = (Vec::new(), Vec::new());
+    for round in 0..=args.rounds {
+        // Round 0 warms up and is not counted.
+        let secs = if round == 0 { 1 } else { args.seconds };
+        let seq = (round as u64) << 40;
+        let s = load(args.clients, secs, seq, berth_writer(&berth_addrs, acked.clone())).await;
+        eprintln!("berth round {round}: {s:?}");
+        if round > 0 {
+            b.push(s);
+        }
+        if etcd.is_some() {
+            let s = load(args.clients, secs, seq, etcd_writer(&etcd_addrs)?).await;
+            eprintln!("etcd round {round}: {s:?}");
+            if round > 0 {
+                e.push(s);
+            }
+        }
+    }
+    let (b_fail, lost) = berth_failovers(&args, &mut berth, acked).await?;
+    drop(berth);
+    let e_fail = match etcd.as_mut() {
+        Some(c) => etcd_failovers(&args, c).await?,
+        None => Vec::new(),
+    };
+
+    let has_etcd = !e.is_empty();
+    let row = |name: &str, unit: &str, bv: f64, ev: f64| {
+        if has_etcd {
+            println!("| {name} | {bv:.1}{unit} | {ev:.1}{unit} | {:.2} |", bv / ev);
+        } else {
+            println!("| {name} | {bv:.1}{unit} | - | - |");
+        }
+    };
     println!(
-        "| metric ({} clients, {}s, 3 servers, loopback) | berth | etcd | berth/etcd |",
-        args.clients, args.seconds
+        "| median of {} rounds: {} clients, {}s each, 3 servers on loopback | berth | etcd | berth/etcd |",
+        args.rounds, args.clients, args.seconds
     );
     println!("|---|---|---|---|");
-    let etcd = if args.skip_etcd { None } else { Some(bench_etcd(&args).await?) };
-    let ratio = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}", a / b));
-    let cell = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.1}{unit}"));
-    let e = etcd.as_ref().map(|(s, _)| s);
-    println!("| writes/s | {:.0} | {} | {} |", tput(&b), cell(e.map(tput), ""), ratio(tput(&b), e.map(tput)));
-    println!(
-        "| p50 latency | {:.2}ms | {} | {} |",
-        b.p50_ms,
-        cell(e.map(|s| s.p50_ms), "ms"),
-        ratio(b.p50_ms, e.map(|s| s.p50_ms))
-    );
-    println!(
-        "| p99 latency | {:.2}ms | {} | {} |",
-        b.p99_ms,
-        cell(e.map(|s| s.p99_ms), "ms"),
-        ratio(b.p99_ms, e.map(|s| s.p99_ms))
-    );
-    println!("| failed writes during run | {} | {} | |", b.errors, e.map_or("-".into(), |s| s.errors.to_string()));
-    let e_med = etcd.as_ref().map(|(_, f)| median(f.clone()).as_secs_f64() * 1000.0);
-    println!(
-        "| failover median (kill -9 leader -> next ack) | {:.0}ms (n={}) | {} (n={}) | {} |",
-        b_med.as_secs_f64() * 1000.0,
-        b_fail.len(),
-        cell(e_med, "ms"),
-        etcd.as_ref().map_or(0, |(_, f)| f.len()),
-        ratio(b_med.as_secs_f64() * 1000.0, e_med)
-    );
-    println!("| failover max | {:.0}ms | | |", b_fail.iter().max().copied().unwrap_or_default().as_secs_f64() * 1000.0);
+    row("writes/s", "", mid(&b, tput), mid(&e, tput));
+    row("p50 latency", "ms", mid(&b, |s| s.p50_ms), mid(&e, |s| s.p50_ms));
+    row("p99 latency", "ms", mid(&b, |s| s.p99_ms), mid(&e, |s| s.p99_ms));
+    let errors = |v: &[Stats]| v.iter().map(|s| s.errors).sum::<usize>();
+    println!("| failed writes during the rounds | {} | {} | |", errors(&b), errors(&e));
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (bm, em) = (ms(median(b_fail.clone())), ms(median(e_fail.clone())));
+    if e_fail.is_empty() {
+        println!("| failover median (kill -9 leader -> next ack) | {bm:.0}ms (n={}) | - | - |", b_fail.len());
+    } else {
+        println!(
+            "| failover median (kill -9 leader -> next ack) | {bm:.0}ms (n={}) | {em:.0}ms (n={}) | {:.2} |",
+            b_fail.len(),
+            e_fail.len(),
+            bm / em
+        );
+    }
+    let max = |v: &[Duration]| v.iter().max().copied().map_or(0.0, ms);
+    println!("| failover max | {:.0}ms | {:.0}ms | |", max(&b_fail), max(&e_fail));
     println!("| acknowledged writes lost over {} leader kills | {lost} | | |", b_fail.len());
+    let all: Vec<String> = b
+        .iter()
+        .zip(e.iter().map(Some).chain(std::iter::repeat(None)))
+        .map(|(b, e)| format!("{:.0}/{}", tput(b), e.map_or("-".into(), |e| format!("{:.0}", tput(e)))))
+        .collect();
+    println!("\nwrites/s per round (berth/etcd): {}", all.join(", "));
     Ok(())
 }
