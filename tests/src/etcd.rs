@@ -1,14 +1,13 @@
 //! A three-member etcd cluster on loopback (Debian's etcd-server), for
 //! running the same load against etcd and berth side by side.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{free_port, wait_for};
+use crate::{free_port, wait_for, Process};
 
 /// The generated etcd v3 client (only the RPCs the benchmark uses).
 #[allow(missing_debug_implementations, clippy::all)]
@@ -20,8 +19,7 @@ pub mod pb {
 pub struct EtcdMember {
     pub client_addr: String,
     args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
+    process: Process,
 }
 
 #[derive(Debug)]
@@ -39,37 +37,19 @@ pub fn channel(addr: &str) -> Result<Channel> {
 
 impl EtcdMember {
     fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new("etcd")
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("cannot start etcd (Debian package etcd-server)")?;
-        self.child = Some(child);
-        Ok(())
+        self.process.start(Command::new("etcd").args(&self.args)).context("etcd comes with Debian's etcd-server")
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill9();
     }
 
     pub fn restart(&mut self) -> Result<()> {
         self.spawn()
     }
 
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-}
-
-impl Drop for EtcdMember {
-    fn drop(&mut self) {
-        self.kill9();
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
     }
 }
 
@@ -99,21 +79,20 @@ impl EtcdCluster {
             let mut m = EtcdMember {
                 client_addr: format!("127.0.0.1:{client}"),
                 args,
-                log: dir.path().join(format!("e{i}.log")),
-                child: None,
+                process: Process::new(dir.path().join(format!("e{i}.log"))),
             };
             m.spawn()?;
             members.push(m);
         }
-        let cluster = Self { members, _dir: dir };
+        let mut cluster = Self { members, _dir: dir };
         cluster.leader().await?;
         Ok(cluster)
     }
 
     /// Index of the member that leads, once there is one.
-    pub async fn leader(&self) -> Result<usize> {
+    pub async fn leader(&mut self) -> Result<usize> {
         wait_for(Duration::from_secs(30), "an etcd leader", async || {
-            for (i, m) in self.members.iter().enumerate() {
+            for (i, m) in self.members.iter_mut().enumerate() {
                 if !m.is_running() {
                     continue;
                 }

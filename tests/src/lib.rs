@@ -8,9 +8,12 @@
 #![allow(clippy::panic, clippy::expect_used)]
 
 pub mod etcd;
+mod process;
+
+pub use process::Process;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -54,28 +57,21 @@ pub const MAX_MESSAGE: usize = 64 << 20;
 pub struct Server {
     pub addr: String,
     pub data_dir: PathBuf,
-    pub log: PathBuf,
     /// Settings passed at every start (as a service unit would).
     settings: Vec<String>,
-    child: Option<Child>,
+    process: Process,
 }
 
 impl Server {
     fn spawn(&mut self, first_start: &[String]) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(bin("berth-server"))
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(&self.settings)
-            .args(first_start)
-            .env("BERTH_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("cannot start berth-server")?;
-        self.child = Some(child);
-        Ok(())
+        self.process.start(
+            Command::new(bin("berth-server"))
+                .arg("--data-dir")
+                .arg(&self.data_dir)
+                .args(&self.settings)
+                .args(first_start)
+                .env("BERTH_LOG", "info,openraft=warn"),
+        )
     }
 
     /// Restarts a stopped server with its data dir and settings (no bootstrap/join/listen).
@@ -87,44 +83,24 @@ impl Server {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.process.is_running()
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill9();
     }
 
     /// SIGTERM and wait for a clean exit; returns its exit status.
     pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
-        let mut c = self.child.take().context("not running")?;
-        signal(c.id(), "TERM")?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = c.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                bail!("server {} did not stop within 15s of SIGTERM", self.addr);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.process.stop(Duration::from_secs(15)).with_context(|| format!("server {}", self.addr))
     }
 
     pub fn freeze(&self) -> Result<()> {
-        signal(self.pid().context("not running")?, "STOP")
+        self.process.signal("STOP")
     }
 
     pub fn thaw(&self) -> Result<()> {
-        signal(self.pid().context("not running")?, "CONT")
+        self.process.signal("CONT")
     }
 
     pub fn client(&self) -> ClusterClient<Channel> {
@@ -137,25 +113,7 @@ impl Server {
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-fn signal(pid: u32, sig: &str) -> Result<()> {
-    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status()?.success();
-    if ok {
-        Ok(())
-    } else {
-        bail!("kill -{sig} {pid} failed")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(pid) = self.pid() {
-            let _ = signal(pid, "CONT");
-        }
-        self.kill9();
+        self.process.log_text()
     }
 }
 
@@ -190,9 +148,8 @@ impl Cluster {
         let mut server = Server {
             addr: addr.clone(),
             data_dir: self.dir.path().join(format!("server-{i}")),
-            log: self.dir.path().join(format!("server-{i}.log")),
             settings: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
+            process: Process::new(self.dir.path().join(format!("server-{i}.log"))),
         };
         let mut args = vec!["--listen".to_string(), addr];
         if bootstrap {
