@@ -160,6 +160,7 @@ async fn run(cli: Cli) -> Result<String> {
                 ports: publish.iter().map(|p| spec::parse_publish(p)).collect::<Result<_>>().context("--publish")?,
                 restart,
             };
+            spec::check(&spec)?;
             let name = spec.name.clone();
             let req = pb::CreateServiceRequest { spec: Some(spec) };
             let reply = client.call("create service", async |mut c| c.create_service(req.clone()).await).await?;

@@ -46,7 +46,9 @@ fn one() -> i64 {
     1
 }
 
-/// Parses every YAML document in `text` (separated by `---`) as a service.
+/// Parses every YAML document in `text` (separated by `---`) as a service,
+/// and checks every spec the way the server will, so that a bad document
+/// stops the whole file before anything is written.
 pub fn parse_file(text: &str) -> Result<Vec<pb::ServiceSpec>> {
     let mut specs = Vec::new();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
@@ -55,7 +57,9 @@ pub fn parse_file(text: &str) -> Result<Vec<pb::ServiceSpec>> {
             continue;
         }
         let file: SpecFile = serde_yaml_ng::from_value(value).with_context(|| format!("document {}", i + 1))?;
-        specs.push(file.into_wire().with_context(|| format!("document {}", i + 1))?);
+        let spec = file.into_wire().with_context(|| format!("document {}", i + 1))?;
+        check(&spec).with_context(|| format!("document {} (service {:?})", i + 1, spec.name))?;
+        specs.push(spec);
     }
     if specs.is_empty() {
         bail!("the file holds no service spec");
@@ -118,6 +122,13 @@ fn port_value(v: &Value) -> Result<pb::PortSpec> {
     }
 }
 
+/// Validates a wire spec with the server's own rules (`berth_proto::convert`).
+pub fn check(spec: &pb::ServiceSpec) -> Result<()> {
+    berth_proto::model::ServiceSpec::try_from(spec.clone())
+        .map(|_| ())
+        .map_err(|e| anyhow!("invalid service spec: {e}"))
+}
+
 /// Parses `PUBLISHED:TARGET[/PROTOCOL]` or `TARGET[/PROTOCOL]`.
 pub fn parse_publish(s: &str) -> Result<pb::PortSpec> {
     let (ports, protocol) = s.split_once('/').unwrap_or((s, ""));
@@ -177,6 +188,8 @@ mod tests {
         assert!(err("name: web\nimage: x\nports: [{target: 80, host: 1}]\n").contains("host"));
         assert!(err("image: x\n").contains("name"));
         assert!(err("").contains("no service"));
+        let second_bad = err("name: ok\nimage: busybox\n---\nname: bad\nimage: busybox\nreplicas: -2\n");
+        assert!(second_bad.contains("document 2") && second_bad.contains("replicas"), "{second_bad}");
     }
 
     #[test]

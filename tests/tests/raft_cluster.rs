@@ -307,6 +307,12 @@ async fn bad_input_is_rejected_and_harmless() -> Result<()> {
     let (ok, _, err) =
         berthctl(&cluster.addrs(), &["service", "create", "web", "--image", "busybox", "--memory", "lots"])?;
     ensure!(!ok && err.contains("--memory"), "bad flag named: {err}");
+    // A file whose second service is invalid writes neither.
+    std::fs::write(&file, "name: first\nimage: busybox\n---\nname: second\nimage: busybox\nports: [\"80:99999\"]\n")?;
+    let (ok, _, err) = berthctl(&cluster.addrs(), &["apply", "-f", file.to_str().unwrap_or_default()])?;
+    ensure!(!ok && err.contains("document 2") && err.contains("ports[0].target"), "{err}");
+    let list = c.list_services(ListServicesRequest { stale: false }).await?.into_inner();
+    ensure!(list.services.is_empty(), "a rejected file changes nothing: {:?}", list.services);
 
     // Random bytes, a truncated HTTP/2 preface and an oversized frame header at every server's port.
     use rand::{Rng, SeedableRng};
