@@ -1,0 +1,70 @@
+//! Images: pulling them from a registry or an OCI layout, and the
+//! content-addressed layer store every container on the node shares.
+//!
+//! ```text
+//! ImageRef ──Source::resolve──▶ manifest + config ──▶ for each layer:
+//!     Store::ensure_layer ─lock(layer)─▶ Source::layer (digest checked)
+//!                         ─unpack (diff id checked)─▶ layers/sha256/<hex>/
+//! Store::record ──▶ images.json (reference → manifest, config, layers)
+//! ```
+
+mod config;
+mod reference;
+mod registries;
+mod source;
+mod store;
+mod unpack;
+
+pub use config::ImageConfig;
+pub use reference::{BadReference, ImageRef};
+pub use registries::Registries;
+pub use store::{Image, Store};
+pub use unpack::{unpack, UnpackError, Unpacked};
+
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Reference(#[from] BadReference),
+    #[error("registry error for {reference}: {message}")]
+    Registry { reference: String, message: String },
+    #[error("digest mismatch: expected {expected}, got {actual} (corrupted or tampered blob)")]
+    Digest { expected: String, actual: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("invalid image: {0}")]
+    BadImage(String),
+    #[error("unpacking layer {layer}: {source}")]
+    Unpack { layer: String, source: UnpackError },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("image {0:?} is not in the local store; pull it first")]
+    NotPulled(String),
+    #[error("image {image} is used by container {container}; remove the container first")]
+    InUse { image: String, container: String },
+}
+
+impl PullError {
+    fn registry(reference: &oci_client::Reference, err: oci_client::errors::OciDistributionError) -> Self {
+        use std::error::Error;
+        let mut message = err.to_string();
+        let mut cause = err.source();
+        while let Some(c) = cause {
+            message = format!("{message}: {c}");
+            cause = c.source();
+        }
+        if let oci_client::errors::OciDistributionError::DigestError(e) = &err {
+            message = format!("{e} (corrupted or tampered blob)");
+        }
+        Self::Registry { reference: reference.whole(), message }
+    }
+
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io { path: path.display().to_string(), source }
+    }
+
+    fn join(err: tokio::task::JoinError) -> Self {
+        Self::Io { path: "blocking task".into(), source: std::io::Error::other(err) }
+    }
+}

@@ -1,0 +1,109 @@
+//! Which registries need credentials and which may be reached over plain
+//! HTTP, read from the operator's TOML file:
+//!
+//! ```toml
+//! [[registry]]
+//! host = "127.0.0.1:5000"
+//! insecure = true          # plain HTTP; only for registries listed here
+//! username = "ci"
+//! password = "secret"
+//! ```
+//!
+//! Registries not listed are reached over HTTPS, anonymously. Basic
+//! credentials are also what the bearer-token flow exchanges for a token.
+
+use std::path::Path;
+
+use oci_client::client::ClientProtocol;
+use oci_client::secrets::RegistryAuth;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registries {
+    #[serde(default, rename = "registry")]
+    pub registries: Vec<Registry>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    pub host: String,
+    #[serde(default)]
+    pub insecure: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("host", &self.host)
+            .field("insecure", &self.insecure)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registries {
+    /// Reads the file; a missing file means no special registries.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(format!("reading registry config {}: {e}", path.display())),
+        };
+        let parsed: Self = toml::from_str(&text).map_err(|e| format!("registry config {}: {e}", path.display()))?;
+        for r in &parsed.registries {
+            if r.username.is_some() != r.password.is_some() {
+                return Err(format!(
+                    "registry config {}: registry {:?} needs both username and password, or neither",
+                    path.display(),
+                    r.host
+                ));
+            }
+        }
+        Ok(parsed)
+    }
+
+    pub fn protocol(&self) -> ClientProtocol {
+        ClientProtocol::HttpsExcept(self.registries.iter().filter(|r| r.insecure).map(|r| r.host.clone()).collect())
+    }
+
+    pub fn auth(&self, host: &str) -> RegistryAuth {
+        match self.registries.iter().find(|r| r.host == host) {
+            Some(Registry { username: Some(u), password: Some(p), .. }) => RegistryAuth::Basic(u.clone(), p.clone()),
+            _ => RegistryAuth::Anonymous,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Registries, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registries.toml");
+        std::fs::write(&path, text).unwrap();
+        Registries::load(&path)
+    }
+
+    #[test]
+    fn insecure_hosts_and_credentials_are_read() {
+        let r = load("[[registry]]\nhost = \"127.0.0.1:5000\"\ninsecure = true\nusername = \"u\"\npassword = \"p\"\n")
+            .unwrap();
+        assert_eq!(r.protocol(), ClientProtocol::HttpsExcept(vec!["127.0.0.1:5000".into()]));
+        assert!(matches!(r.auth("127.0.0.1:5000"), RegistryAuth::Basic(u, p) if u == "u" && p == "p"));
+        assert!(matches!(r.auth("docker.io"), RegistryAuth::Anonymous));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        assert!(load("[[registry]]\nhost = \"h\"\nusername = \"u\"\n")
+            .unwrap_err()
+            .contains("both username and password"));
+        assert!(load("[[registry]]\nhost = \"h\"\ninsecur = true\n").unwrap_err().contains("insecur"));
+        assert!(Registries::load(Path::new("/nonexistent/registries.toml")).unwrap().registries.is_empty());
+    }
+}
