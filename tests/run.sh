@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib/setup.sh
 
-ensure_packages kill:procps gcc:gcc
+# Agent tests: a real registry, and static busybox as the payload of test images.
+ensure_packages kill:procps gcc:gcc docker-registry:docker-registry busybox:busybox-static
 ensure_rust
 
 cargo fmt --all -- --check

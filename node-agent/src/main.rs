@@ -1,15 +1,94 @@
-//! berth-agent: the node agent. It will pull images, run containers, and
-//! carry the overlay network and DNS for its host; until the runtime lands
-//! it only identifies itself, so scripts can already locate the binary.
+//! berth-agent: the node agent's command line. Today it runs containers on
+//! this host, like `docker run`, and manages its image store; joining a
+//! cluster comes with the scheduling work.
 
-use clap::Parser;
+mod cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "berth-agent", version, about = "berth's node agent (runtime not built yet)")]
-struct Args {}
+#[command(name = "berth-agent", version, about = "berth's node agent: images and containers on this host")]
+pub struct Args {
+    /// Where images and containers live.
+    #[arg(long, env = "BERTH_AGENT_DATA_DIR", default_value = "/var/lib/berth-agent", global = true)]
+    pub data_dir: PathBuf,
+    /// Registry credentials and insecure (plain HTTP) registries, TOML.
+    #[arg(long, env = "BERTH_REGISTRIES", default_value = "/etc/berth/registries.toml", global = true)]
+    pub registries: PathBuf,
+    /// Parent cgroup of this agent's containers.
+    #[arg(long, env = "BERTH_CGROUP_PARENT", default_value = "berth", global = true)]
+    pub cgroup_parent: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
 
-fn main() -> std::process::ExitCode {
-    Args::parse();
-    eprintln!("berth-agent: the container runtime is not part of this build yet; see docs/architecture.md");
-    std::process::ExitCode::FAILURE
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a container in the foreground (or detached with -d).
+    Run(cmd::run::RunArgs),
+    /// List containers.
+    Ps {
+        #[arg(short, long, value_enum, default_value_t = cmd::Output::Table)]
+        output: cmd::Output,
+    },
+    /// Print a container's logs.
+    Logs {
+        name: String,
+        #[arg(long)]
+        tail: Option<usize>,
+        /// Keep printing new lines until the container exits.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Stop a container: SIGTERM, then SIGKILL after the grace period.
+    Stop {
+        names: Vec<String>,
+        /// Seconds to wait before SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+    },
+    /// Send a signal to a container.
+    Kill {
+        name: String,
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+    },
+    /// Remove containers.
+    Rm {
+        names: Vec<String>,
+        /// Kill running containers first.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Manage the image store.
+    #[command(subcommand)]
+    Image(cmd::images::ImageCommand),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+                .unwrap_or_else(|_| "warn,libcgroups=error,libcontainer=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth-agent: cannot start the async runtime: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    match runtime.block_on(cmd::dispatch(args)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("berth-agent: {e:#}");
+            ExitCode::from(125)
+        }
+    }
 }

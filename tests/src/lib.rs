@@ -7,8 +7,11 @@
 // A test harness: failing loudly on broken preconditions is its job.
 #![allow(clippy::panic, clippy::expect_used)]
 
+pub mod agent;
 pub mod etcd;
-mod process;
+pub mod oci;
+pub mod process;
+pub mod registry;
 
 pub use process::Process;
 

@@ -25,8 +25,8 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
-    #[error(transparent)]
-    Reference(#[from] BadReference),
+    #[error("{0}")]
+    Reference(BadReference),
     #[error("registry error for {reference}: {message}")]
     Registry { reference: String, message: String },
     #[error("digest mismatch: expected {expected}, got {actual} (corrupted or tampered blob)")]
@@ -35,14 +35,20 @@ pub enum PullError {
     NotFound(String),
     #[error("invalid image: {0}")]
     BadImage(String),
-    #[error("unpacking layer {layer}: {source}")]
-    Unpack { layer: String, source: UnpackError },
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("unpacking layer {layer}: {error}")]
+    Unpack { layer: String, error: UnpackError },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("image {0:?} is not in the local store; pull it first")]
     NotPulled(String),
     #[error("image {image} is used by container {container}; remove the container first")]
     InUse { image: String, container: String },
+}
+
+impl From<BadReference> for PullError {
+    fn from(e: BadReference) -> Self {
+        Self::Reference(e)
+    }
 }
 
 impl PullError {
@@ -61,10 +67,10 @@ impl PullError {
     }
 
     fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.display().to_string(), source }
+        Self::Io { path: path.display().to_string(), error: source }
     }
 
     fn join(err: tokio::task::JoinError) -> Self {
-        Self::Io { path: "blocking task".into(), source: std::io::Error::other(err) }
+        Self::Io { path: "blocking task".into(), error: std::io::Error::other(err) }
     }
 }

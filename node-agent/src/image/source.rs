@@ -41,6 +41,8 @@ impl Source {
     pub fn new(image: &ImageRef, registries: &Registries) -> Self {
         match image {
             ImageRef::Registry(reference) => {
+                // reqwest is built without a crypto provider; ring is ours.
+                let _ = rustls::crypto::ring::default_provider().install_default();
                 let config = ClientConfig {
                     protocol: registries.protocol(),
                     platform_resolver: Some(Box::new(current_platform_resolver)),

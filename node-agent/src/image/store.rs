@@ -172,7 +172,7 @@ impl Store {
             fs::create_dir(&target).map_err(|e| PullError::io(&target, e))?;
             let file = File::open(&blob).map_err(|e| PullError::io(&blob, e))?;
             let unpacked =
-                unpack(file, &target).map_err(|source| PullError::Unpack { layer: digest.clone(), source })?;
+                unpack(file, &target).map_err(|source| PullError::Unpack { layer: digest.clone(), error: source })?;
             if unpacked.diff_id != diff_id {
                 return Err(PullError::Digest { expected: diff_id, actual: unpacked.diff_id });
             }

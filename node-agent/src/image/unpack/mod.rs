@@ -30,10 +30,10 @@ const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 pub enum UnpackError {
     #[error("layer entry {0:?} escapes the layer directory")]
     Escape(String),
-    #[error("layer entry {path:?}: {source}")]
-    Entry { path: String, source: io::Error },
+    #[error("layer entry {path:?}: {error}")]
+    Entry { path: String, error: io::Error },
     #[error("layer is not a readable tar stream: {0}")]
-    Read(#[source] io::Error),
+    Read(io::Error),
 }
 
 /// What unpacking read: the digest of the uncompressed tar (the image
@@ -96,7 +96,7 @@ fn unpack_tar(tar: impl Read, dest: &Path) -> Result<usize, UnpackError> {
         let display = String::from_utf8_lossy(&raw).into_owned();
         let rel =
             relative_path(Path::new(OsStr::from_bytes(&raw))).ok_or_else(|| UnpackError::Escape(display.clone()))?;
-        let err = |source| UnpackError::Entry { path: display.clone(), source };
+        let err = |error| UnpackError::Entry { path: display.clone(), error };
         match rel.file_name().map(OsStr::as_bytes) {
             Some(name) if name == OPAQUE_MARKER.as_bytes() => mark_opaque(dest, &rel).map_err(err)?,
             Some(name) if name.starts_with(WHITEOUT_PREFIX.as_bytes()) => {

@@ -1,0 +1,61 @@
+//! One file per group of commands; each works on the local image store and
+//! container directories and returns the process exit code.
+
+pub mod containers;
+pub mod images;
+pub mod run;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use berth_node_agent::image::{Registries, Store};
+use berth_node_agent::runtime::Runtime;
+
+use crate::{Args, Command};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// What every command works on, opened from the global flags.
+pub struct Node {
+    pub store: Store,
+    pub runtime: Runtime,
+    pub registries: Registries,
+    pub cgroup_parent: String,
+}
+
+impl Node {
+    fn open(args: &Args) -> anyhow::Result<Self> {
+        let store = Store::open(&args.data_dir.join("images"))?;
+        let runtime = Runtime::open(&args.data_dir.join("containers"), shim_path()?)?;
+        let registries = Registries::load(&args.registries).map_err(anyhow::Error::msg)?;
+        Ok(Self { store, runtime, registries, cgroup_parent: args.cgroup_parent.clone() })
+    }
+}
+
+/// berth-shim: `BERTH_SHIM`, or beside this binary.
+fn shim_path() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("BERTH_SHIM") {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe().context("locating berth-agent")?;
+    let shim = exe.with_file_name("berth-shim");
+    anyhow::ensure!(shim.exists(), "berth-shim is not installed beside {} (or set BERTH_SHIM)", exe.display());
+    Ok(shim)
+}
+
+pub async fn dispatch(args: Args) -> anyhow::Result<u8> {
+    let node = Node::open(&args)?;
+    match args.command {
+        Command::Run(run) => run::run(&node, run).await,
+        Command::Ps { output } => containers::ps(&node, output),
+        Command::Logs { name, tail, follow } => containers::logs(&node, &name, tail, follow).await,
+        Command::Stop { names, time } => containers::stop(&node, &names, time).await,
+        Command::Kill { name, signal } => containers::kill(&node, &name, &signal),
+        Command::Rm { names, force } => containers::rm(&node, &names, force).await,
+        Command::Image(command) => images::run(&node, command).await,
+    }
+}

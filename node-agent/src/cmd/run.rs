@@ -1,0 +1,194 @@
+//! `berth-agent run`: pull if needed, create, start, and (in the
+//! foreground) print the container's output until it exits, returning its
+//! exit code. Ctrl-C stops the container.
+
+use std::hash::{BuildHasher, Hasher};
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use berth_node_agent::image::{ImageRef, PullError};
+use berth_node_agent::runtime::logs::{Follower, Stream};
+use berth_node_agent::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode};
+use berth_proto::model::{parse_cpus, parse_memory};
+
+use super::Node;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Start it and print its name instead of waiting.
+    #[arg(short, long)]
+    pub detach: bool,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Memory limit, e.g. 64Mi or 1G.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// CPU limit in CPUs, e.g. 0.5.
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Most processes the container may have at once.
+    #[arg(long)]
+    pub pids: Option<u64>,
+    /// KEY=VALUE, repeatable.
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    #[arg(long, value_enum, default_value_t = Network::None)]
+    pub network: Network,
+    /// Replace the image's entrypoint.
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Rotate the log file when it would pass this size (e.g. 10Mi).
+    #[arg(long, default_value = "10Mi")]
+    pub log_max_size: String,
+    /// Rotated log files to keep.
+    #[arg(long, default_value_t = 2)]
+    pub log_max_files: u32,
+    /// Seconds between SIGTERM and SIGKILL when stopping on Ctrl-C.
+    #[arg(long, default_value_t = 10)]
+    pub stop_timeout: u64,
+    pub image: String,
+    /// Command and arguments (replacing the image's Cmd).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Network {
+    /// Its own network namespace with only loopback.
+    None,
+    /// The host's network.
+    Host,
+}
+
+pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
+    let limits = limits(&args)?;
+    for var in &args.env {
+        if !var.contains('=') || var.starts_with('=') {
+            bail!("--env {var:?} is not KEY=VALUE");
+        }
+    }
+    let name = match args.name.clone() {
+        Some(name) => name,
+        None => format!("c{:012x}", std::collections::hash_map::RandomState::new().build_hasher().finish() >> 16),
+    };
+    berth_node_agent::runtime::validate_name(&name)?;
+    let reference: ImageRef = args.image.parse()?;
+    let image = match node.store.get(&reference) {
+        Ok(image) => image,
+        Err(PullError::NotPulled(_)) => {
+            node.store.pull(&reference, &node.registries).await.with_context(|| format!("pulling {reference}"))?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let config = ContainerConfig {
+        name: name.clone(),
+        image: reference.to_string(),
+        image_digest: image.digest.clone(),
+        layers: node.store.layer_dirs(&image)?,
+        layer_digests: image.layers.clone(),
+        image_config: image.config,
+        command: args.command.clone(),
+        entrypoint: args.entrypoint.clone().map(|e| vec![e]),
+        env: args.env.clone(),
+        limits,
+        network: match args.network {
+            Network::None => NetworkMode::None,
+            Network::Host => NetworkMode::Host,
+        },
+        cgroup_parent: node.cgroup_parent.clone(),
+        log: LogPolicy {
+            max_bytes: parse_memory(&args.log_max_size)
+                .filter(|b| *b >= 1024)
+                .with_context(|| format!("--log-max-size {:?} is not a size of at least 1Ki", args.log_max_size))?,
+            max_files: args.log_max_files,
+        },
+        created_at_ms: record::now_ms(),
+    };
+    node.runtime.create(&config)?;
+    if let Err(e) = node.runtime.start(&name).await {
+        if args.rm {
+            let _ = node.runtime.remove(&name, true).await;
+        }
+        return Err(e.into());
+    }
+    if args.detach {
+        println!("{name}");
+        return Ok(0);
+    }
+    let code = foreground(node, &name, Duration::from_secs(args.stop_timeout)).await?;
+    if args.rm {
+        node.runtime.remove(&name, true).await?;
+    }
+    Ok(code)
+}
+
+fn limits(args: &RunArgs) -> anyhow::Result<Limits> {
+    let memory_bytes = match &args.memory {
+        Some(m) => Some(parse_memory(m).filter(|b| *b > 0).with_context(|| {
+            format!("--memory {m:?} is not a size; expected a positive number with an optional unit (64Mi, 1G)")
+        })?),
+        None => None,
+    };
+    let cpu_millis = match &args.cpus {
+        Some(c) => Some(
+            parse_cpus(c)
+                .filter(|c| *c > 0.0)
+                .map(|c| (c * 1000.0).round() as u64)
+                .with_context(|| format!("--cpus {c:?} is not a positive number of CPUs (e.g. 0.5)"))?,
+        ),
+        None => None,
+    };
+    if args.pids == Some(0) {
+        bail!("--pids 0 would not let the container start; expected at least 1");
+    }
+    Ok(Limits { memory_bytes, cpu_millis, pids: args.pids })
+}
+
+/// Prints the container's output until it exits; Ctrl-C stops it.
+pub async fn foreground(node: &Node, name: &str, grace: Duration) -> anyhow::Result<u8> {
+    let dir = node.runtime.dir(name);
+    let mut follower = Follower::from_start(&dir);
+    let mut stopping = false;
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        print_lines(&mut follower)?;
+        tokio::select! {
+            exited = node.runtime.wait_for(name, Duration::from_millis(20)) => {
+                if let Some(exited) = exited? {
+                    print_lines(&mut follower)?;
+                    if exited.oom_killed {
+                        eprintln!("berth-agent: container {name} was killed for running out of memory");
+                    }
+                    return Ok(exited.code.clamp(0, 255) as u8);
+                }
+            }
+            _ = &mut ctrl_c, if !stopping => {
+                stopping = true;
+                let runtime = node.runtime.clone();
+                let name = name.to_owned();
+                tokio::spawn(async move { runtime.stop(&name, grace).await });
+            }
+        }
+    }
+}
+
+fn print_lines(follower: &mut Follower) -> anyhow::Result<()> {
+    let lines = follower.poll()?;
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    for line in lines {
+        let sink: &mut dyn Write = if line.stream == Stream::Stdout { &mut out } else { &mut err };
+        sink.write_all(line.text.as_bytes())?;
+        if line.full {
+            sink.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! A container's root filesystem: the image's layer directories stacked
+//! read-only under a per-container writable layer with overlayfs.
+//!
+//! ```text
+//! DIR/rootfs  = overlay(lower = layer N : … : layer 1, upper = DIR/upper, work = DIR/work)
+//! ```
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+/// Overlay mount options; lower layers are listed top first.
+pub fn overlay_options(layers: &[PathBuf], upper: &Path, work: &Path) -> String {
+    let lower: Vec<String> = layers.iter().rev().map(|p| p.display().to_string()).collect();
+    format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), upper.display(), work.display())
+}
+
+/// Mounts the container's root at `DIR/rootfs` and returns that path.
+pub fn mount_rootfs(dir: &Path, layers: &[PathBuf]) -> io::Result<PathBuf> {
+    let (rootfs, upper, work) = (dir.join("rootfs"), dir.join("upper"), dir.join("work"));
+    for d in [&rootfs, &upper, &work] {
+        fs::create_dir_all(d)?;
+    }
+    let mut layers = layers.to_vec();
+    if layers.is_empty() {
+        // overlayfs needs a lower layer; an image without layers gets an empty one.
+        let empty = dir.join("empty");
+        fs::create_dir_all(&empty)?;
+        layers.push(empty);
+    }
+    for layer in &layers {
+        if !layer.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("layer {} is missing from the image store; pull the image again", layer.display()),
+            ));
+        }
+    }
+    let options = overlay_options(&layers, &upper, &work);
+    mount(Some("overlay"), &rootfs, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
+        .map_err(|e| io::Error::other(format!("mounting the overlay root at {}: {e}", rootfs.display())))?;
+    Ok(rootfs)
+}
+
+/// Unmounts `DIR/rootfs` if it is mounted.
+pub fn unmount_rootfs(dir: &Path) -> io::Result<()> {
+    let rootfs = dir.join("rootfs");
+    if is_mounted(&rootfs) {
+        umount2(&rootfs, MntFlags::MNT_DETACH).map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let target = path.display().to_string();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+}
+
+/// Finds the executable the container will run, inside `rootfs`, the way
+/// execvp would: a name with a '/' as is, otherwise along PATH. Symlinks
+/// are followed within the rootfs. Returns why not when it is missing.
+pub fn find_executable(rootfs: &Path, arg0: &str, path_var: &str) -> Result<(), String> {
+    let candidates: Vec<String> = if arg0.contains('/') {
+        vec![arg0.to_owned()]
+    } else {
+        path_var.split(':').filter(|d| !d.is_empty()).map(|d| format!("{}/{arg0}", d.trim_end_matches('/'))).collect()
+    };
+    for candidate in &candidates {
+        if let Some(real) = resolve_in(rootfs, candidate) {
+            if real.is_file() {
+                return Ok(());
+            }
+        }
+    }
+    Err(if arg0.contains('/') {
+        format!("executable {arg0:?} not found in the image")
+    } else {
+        format!("executable {arg0:?} not found in the image's PATH ({path_var})")
+    })
+}
+
+/// `path` (absolute inside the container) resolved to a host path under
+/// `rootfs`, following symlinks without leaving it.
+fn resolve_in(rootfs: &Path, path: &str) -> Option<PathBuf> {
+    let mut parts: Vec<String> = path.split('/').filter(|p| !p.is_empty()).map(str::to_owned).rev().collect();
+    let mut resolved: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(part) = parts.pop() {
+        match part.as_str() {
+            "." => continue,
+            ".." => {
+                resolved.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let host = rootfs.join(resolved.iter().collect::<PathBuf>()).join(&part);
+        match fs::read_link(&host) {
+            Ok(target) => {
+                hops += 1;
+                if hops > 40 {
+                    return None;
+                }
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    resolved.clear();
+                }
+                parts.extend(target.split('/').filter(|p| !p.is_empty()).map(str::to_owned).rev());
+            }
+            Err(_) => resolved.push(part),
+        }
+    }
+    Some(rootfs.join(resolved.iter().collect::<PathBuf>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn lower_layers_are_listed_top_first() {
+        let opts = overlay_options(&["/l/1".into(), "/l/2".into()], Path::new("/c/upper"), Path::new("/c/work"));
+        assert_eq!(opts, "lowerdir=/l/2:/l/1,upperdir=/c/upper,workdir=/c/work");
+    }
+
+    #[test]
+    fn executables_are_found_through_symlinks_that_stay_inside() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("bin")).unwrap();
+        fs::create_dir_all(r.join("usr/bin")).unwrap();
+        fs::write(r.join("bin/busybox"), b"").unwrap();
+        symlink("/bin/busybox", r.join("bin/sh")).unwrap();
+        symlink("../../bin/busybox", r.join("usr/bin/env")).unwrap();
+        symlink("/etc/passwd", r.join("bin/escape")).unwrap();
+        assert_eq!(find_executable(r, "sh", "/usr/bin:/bin"), Ok(()));
+        assert_eq!(find_executable(r, "/bin/sh", ""), Ok(()));
+        assert_eq!(find_executable(r, "env", "/usr/bin"), Ok(()));
+        assert!(find_executable(r, "escape", "/bin").is_err(), "a symlink is resolved in the rootfs, not the host");
+        let err = find_executable(r, "nope", "/bin").unwrap_err();
+        assert!(err.contains("\"nope\"") && err.contains("/bin"), "{err}");
+    }
+}

@@ -1,0 +1,246 @@
+//! The OCI runtime spec of a container, as a pure function of what to run
+//! (its [`ContainerConfig`]) and the image's `/etc/passwd` and `/etc/group`.
+//!
+//! Defaults follow Docker's: its capability set, no_new_privs, runc's
+//! masked and read-only paths, private PID/mount/UTS/IPC/cgroup namespaces
+//! and a private network namespace unless the host's is asked for.
+//! Seccomp is off: libcontainer is built without libseccomp.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
+
+use super::record::{ContainerConfig, NetworkMode};
+
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// CPU quota period: 100 ms, as Docker and Kubernetes use.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// Docker's default capability set.
+pub const DEFAULT_CAPS: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("no command to run: the image has no Entrypoint or Cmd and none was given")]
+    NoCommand,
+    #[error("user {0:?} is not in the image's /etc/passwd")]
+    UnknownUser(String),
+    #[error("group {0:?} is not in the image's /etc/group")]
+    UnknownGroup(String),
+    #[error("building the runtime spec: {0}")]
+    Build(String),
+}
+
+/// Files the container sees at `/etc/hostname`, `/etc/hosts`,
+/// `/etc/resolv.conf`, bind-mounted from the container's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcFiles {
+    pub hostname: PathBuf,
+    pub hosts: PathBuf,
+    pub resolv_conf: PathBuf,
+}
+
+pub fn build(
+    config: &ContainerConfig,
+    passwd: &str,
+    group: &str,
+    rootfs: PathBuf,
+    etc: &EtcFiles,
+) -> Result<Spec, SpecError> {
+    let image = &config.image_config;
+    let args = command(config)?;
+    let user = resolve_user(&image.user, passwd, group)?;
+    let env = environment(config, user.home.as_deref());
+    let caps: HashSet<Capability> = DEFAULT_CAPS.into_iter().collect();
+    let err = |e: oci_spec::OciSpecError| SpecError::Build(e.to_string());
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
+        .build()
+        .map_err(err)?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(args)
+        .env(env)
+        .cwd(if image.working_dir.is_empty() { "/".to_owned() } else { image.working_dir.clone() })
+        .user(UserBuilder::default().uid(user.uid).gid(user.gid).additional_gids(user.groups).build().map_err(err)?)
+        .capabilities(capabilities)
+        .no_new_privileges(true)
+        .build()
+        .map_err(err)?;
+
+    let mut resources = LinuxResourcesBuilder::default();
+    let limits = config.limits;
+    if let Some(bytes) = limits.memory_bytes {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        resources = resources.memory(LinuxMemoryBuilder::default().limit(bytes).build().map_err(err)?);
+    }
+    if let Some(millis) = limits.cpu_millis {
+        let quota = i64::try_from(millis * CPU_PERIOD_US / 1000).unwrap_or(i64::MAX).max(1000);
+        resources = resources.cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).build().map_err(err)?);
+    }
+    if let Some(pids) = limits.pids {
+        let pids = i64::try_from(pids).unwrap_or(i64::MAX);
+        resources = resources.pids(LinuxPidsBuilder::default().limit(pids).build().map_err(err)?);
+    }
+    let mut linux = Spec::default().linux().clone().unwrap_or_default();
+    let namespaces = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|ns| !(config.network == NetworkMode::Host && ns.typ() == LinuxNamespaceType::Network))
+        .collect::<Vec<_>>();
+    linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources.build().map_err(err)?)
+        .cgroups_path(PathBuf::from(format!("/{}/{}", config.cgroup_parent.trim_matches('/'), config.name)))
+        .masked_paths(linux.masked_paths().clone().unwrap_or_default())
+        .readonly_paths(linux.readonly_paths().clone().unwrap_or_default())
+        .build()
+        .map_err(err)?;
+
+    let mut mounts: Vec<Mount> = Spec::default().mounts().clone().unwrap_or_default();
+    for (source, destination) in
+        [(&etc.hostname, "/etc/hostname"), (&etc.hosts, "/etc/hosts"), (&etc.resolv_conf, "/etc/resolv.conf")]
+    {
+        mounts.push(
+            MountBuilder::default()
+                .destination(destination)
+                .typ("bind")
+                .source(source)
+                .options(vec!["rbind".to_owned(), "rprivate".to_owned()])
+                .build()
+                .map_err(err)?,
+        );
+    }
+
+    let mut spec = Spec::default();
+    spec.set_hostname(Some(hostname(&config.name)))
+        .set_process(Some(process))
+        .set_root(Some(RootBuilder::default().path(rootfs).readonly(false).build().map_err(err)?))
+        .set_mounts(Some(mounts))
+        .set_linux(Some(linux));
+    Ok(spec)
+}
+
+/// Docker's rule: the entrypoint (given, or the image's) followed by the
+/// command (given, or the image's Cmd unless the entrypoint was replaced).
+pub fn command(config: &ContainerConfig) -> Result<Vec<String>, SpecError> {
+    let image = &config.image_config;
+    let entrypoint = config.entrypoint.clone().unwrap_or_else(|| image.entrypoint.clone());
+    let cmd = match (&config.command, &config.entrypoint) {
+        (given, _) if !given.is_empty() => given.clone(),
+        (_, Some(_)) => Vec::new(),
+        (_, None) => image.cmd.clone(),
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(SpecError::NoCommand);
+    }
+    Ok(args)
+}
+
+/// The image's environment, then the given one over it (by key), with
+/// PATH, HOSTNAME and HOME filled in when missing.
+pub fn environment(config: &ContainerConfig, home: Option<&str>) -> Vec<String> {
+    let mut env: Vec<String> = Vec::new();
+    for var in config.image_config.env.iter().chain(&config.env) {
+        let key = var.split('=').next().unwrap_or_default();
+        env.retain(|v| v.split('=').next() != Some(key));
+        env.push(var.clone());
+    }
+    let has = |env: &[String], key: &str| env.iter().any(|v| v.split('=').next() == Some(key));
+    if !has(&env, "PATH") {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !has(&env, "HOSTNAME") {
+        env.push(format!("HOSTNAME={}", hostname(&config.name)));
+    }
+    if !has(&env, "HOME") {
+        env.push(format!("HOME={}", home.unwrap_or("/root")));
+    }
+    env
+}
+
+fn hostname(name: &str) -> String {
+    name.chars().take(63).collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: Option<String>,
+}
+
+/// Resolves an image's `User` (`""`, `name`, `uid`, `name:group`,
+/// `uid:gid`) against the image's own passwd and group files.
+pub fn resolve_user(spec: &str, passwd: &str, group: &str) -> Result<User, SpecError> {
+    let (user, grp) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let user = if user.is_empty() { "0" } else { user };
+    let entry = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 7 && (f[0] == user || f[2] == user));
+    let (uid, mut gid, name, home) = match (&entry, user.parse::<u32>()) {
+        (Some(f), _) => (
+            f[2].parse().map_err(|_| SpecError::UnknownUser(user.to_owned()))?,
+            f[3].parse().unwrap_or(0),
+            Some(f[0]),
+            Some(f[5].to_owned()),
+        ),
+        (None, Ok(uid)) => (uid, 0, None, None),
+        (None, Err(_)) => return Err(SpecError::UnknownUser(user.to_owned())),
+    };
+    let groups: Vec<Vec<&str>> =
+        group.lines().map(|l| l.split(':').collect::<Vec<_>>()).filter(|f| f.len() >= 4).collect();
+    if let Some(g) = grp.filter(|g| !g.is_empty()) {
+        gid = match (groups.iter().find(|f| f[0] == g || f[2] == g), g.parse::<u32>()) {
+            (Some(f), _) => f[2].parse().map_err(|_| SpecError::UnknownGroup(g.to_owned()))?,
+            (None, Ok(gid)) => gid,
+            (None, Err(_)) => return Err(SpecError::UnknownGroup(g.to_owned())),
+        };
+    }
+    let mut extra: Vec<u32> = match name {
+        Some(name) => groups
+            .iter()
+            .filter(|f| f[3].split(',').any(|m| m == name))
+            .filter_map(|f| f[2].parse().ok())
+            .filter(|g| *g != gid)
+            .collect(),
+        None => Vec::new(),
+    };
+    extra.sort_unstable();
+    extra.dedup();
+    Ok(User { uid, gid, groups: extra, home })
+}
+
+#[cfg(test)]
+mod tests;

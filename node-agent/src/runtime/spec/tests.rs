@@ -1,0 +1,114 @@
+use super::*;
+use crate::image::ImageConfig;
+use crate::runtime::record::{Limits, LogPolicy};
+
+fn config() -> ContainerConfig {
+    ContainerConfig {
+        name: "web-1".into(),
+        image: "reg/app:v1".into(),
+        image_digest: "sha256:00".into(),
+        image_config: ImageConfig {
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["serve".into()],
+            env: vec!["PATH=/bin".into(), "MODE=image".into()],
+            working_dir: "/srv".into(),
+            user: String::new(),
+            exposed_ports: vec![],
+            diff_ids: vec![],
+        },
+        layers: vec![],
+        layer_digests: vec![],
+        command: vec![],
+        entrypoint: None,
+        env: vec![],
+        limits: Limits::default(),
+        network: NetworkMode::None,
+        cgroup_parent: "berth".into(),
+        log: LogPolicy::default(),
+        created_at_ms: 0,
+    }
+}
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/www:/bin/false\n";
+const GROUP: &str = "root:x:0:\nwww:x:33:\nlogs:x:40:www,other\nadm:x:4:www\n";
+
+#[test]
+fn command_follows_docker_rules() {
+    let mut c = config();
+    assert_eq!(command(&c).unwrap(), ["/entry", "serve"]);
+    c.command = vec!["debug".into()];
+    assert_eq!(command(&c).unwrap(), ["/entry", "debug"], "a command replaces Cmd and keeps Entrypoint");
+    c.command.clear();
+    c.entrypoint = Some(vec!["/bin/sh".into()]);
+    assert_eq!(command(&c).unwrap(), ["/bin/sh"], "a new entrypoint drops the image's Cmd");
+    c.entrypoint = Some(vec![]);
+    assert_eq!(command(&c), Err(SpecError::NoCommand));
+}
+
+#[test]
+fn given_environment_overrides_the_image_by_key() {
+    let mut c = config();
+    c.env = vec!["MODE=given".into(), "EXTRA=1".into()];
+    let env = environment(&c, Some("/var/www"));
+    assert_eq!(env, ["PATH=/bin", "MODE=given", "EXTRA=1", "HOSTNAME=web-1", "HOME=/var/www"]);
+    c.image_config.env.clear();
+    assert!(environment(&c, None).contains(&format!("PATH={DEFAULT_PATH}")));
+}
+
+#[test]
+fn users_resolve_by_name_or_number() {
+    let root = resolve_user("", PASSWD, GROUP).unwrap();
+    assert_eq!((root.uid, root.gid, root.home.as_deref()), (0, 0, Some("/root")));
+    let www = resolve_user("www", PASSWD, GROUP).unwrap();
+    assert_eq!(www, User { uid: 33, gid: 33, groups: vec![4, 40], home: Some("/var/www".into()) });
+    assert_eq!(resolve_user("33:logs", PASSWD, GROUP).unwrap().gid, 40);
+    assert_eq!(
+        resolve_user("1234:5678", PASSWD, GROUP).unwrap(),
+        User { uid: 1234, gid: 5678, groups: vec![], home: None }
+    );
+    assert_eq!(resolve_user("nobody", PASSWD, GROUP), Err(SpecError::UnknownUser("nobody".into())));
+    assert_eq!(resolve_user("www:staff", PASSWD, GROUP), Err(SpecError::UnknownGroup("staff".into())));
+}
+
+fn etc() -> EtcFiles {
+    EtcFiles { hostname: "/c/hostname".into(), hosts: "/c/hosts".into(), resolv_conf: "/c/resolv.conf".into() }
+}
+
+#[test]
+fn spec_carries_limits_namespaces_and_hardening() {
+    let mut c = config();
+    c.limits = Limits { memory_bytes: Some(64 << 20), cpu_millis: Some(500), pids: Some(20) };
+    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc()).unwrap();
+    let linux = spec.linux().as_ref().unwrap();
+    let res = linux.resources().as_ref().unwrap();
+    assert_eq!(res.memory().as_ref().unwrap().limit(), Some(64 << 20));
+    assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(50_000));
+    assert_eq!(res.cpu().as_ref().unwrap().period(), Some(100_000));
+    assert_eq!(res.pids().as_ref().unwrap().limit(), 20);
+    assert_eq!(linux.cgroups_path().as_deref(), Some(std::path::Path::new("/berth/web-1")));
+    let ns: Vec<_> = linux.namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
+    for t in [LinuxNamespaceType::Pid, LinuxNamespaceType::Mount, LinuxNamespaceType::Uts, LinuxNamespaceType::Ipc] {
+        assert!(ns.contains(&t), "{t:?}");
+    }
+    assert!(ns.contains(&LinuxNamespaceType::Network));
+    assert!(linux.masked_paths().as_ref().unwrap().iter().any(|p| p == "/proc/kcore"));
+    let process = spec.process().as_ref().unwrap();
+    assert_eq!(process.no_new_privileges(), Some(true));
+    let caps = process.capabilities().as_ref().unwrap();
+    assert_eq!(caps.bounding().as_ref().unwrap().len(), 14);
+    assert!(!caps.bounding().as_ref().unwrap().contains(&Capability::SysAdmin));
+    assert_eq!(process.cwd(), std::path::Path::new("/srv"));
+    assert_eq!(spec.hostname().as_deref(), Some("web-1"));
+    let dests: Vec<_> = spec.mounts().as_ref().unwrap().iter().map(|m| m.destination().clone()).collect();
+    assert!(dests.contains(&"/etc/resolv.conf".into()) && dests.contains(&"/sys".into()));
+}
+
+#[test]
+fn host_network_drops_only_the_network_namespace() {
+    let mut c = config();
+    c.network = NetworkMode::Host;
+    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc()).unwrap();
+    let ns: Vec<_> = spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
+    assert!(!ns.contains(&LinuxNamespaceType::Network));
+    assert!(ns.contains(&LinuxNamespaceType::Pid));
+}

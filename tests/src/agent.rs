@@ -1,0 +1,117 @@
+//! A berth-agent on this host with its own data dir and cgroup parent,
+//! driven through its command line. Dropping it force-removes every
+//! container it made, so a failing test leaves no process, mount, cgroup
+//! or directory behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::registry::Registry;
+
+#[derive(Debug)]
+pub struct Agent {
+    pub data: tempfile::TempDir,
+    pub cgroup_parent: String,
+    registries: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Ran {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Agent {
+    /// An agent that may pull over plain HTTP from `registry`.
+    pub fn new(registry: Option<&Registry>) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let registries = data.path().join("registries.toml");
+        let text =
+            registry.map(|r| format!("[[registry]]\nhost = \"{}\"\ninsecure = true\n", r.addr)).unwrap_or_default();
+        std::fs::write(&registries, text).expect("write registries.toml");
+        let unique =
+            data.path().file_name().and_then(|n| n.to_str()).unwrap_or("x").trim_start_matches('.').to_lowercase();
+        Self { data, cgroup_parent: format!("berth-test-{unique}"), registries }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(crate::bin("berth-agent"));
+        cmd.args(args)
+            .env("BERTH_AGENT_DATA_DIR", self.data.path())
+            .env("BERTH_REGISTRIES", &self.registries)
+            .env("BERTH_CGROUP_PARENT", &self.cgroup_parent)
+            .env("BERTH_SHIM", crate::bin("berth-shim"));
+        cmd
+    }
+
+    /// Runs berth-agent to completion.
+    pub fn run(&self, args: &[&str]) -> Ran {
+        self.command(args).output().expect("run berth-agent").into()
+    }
+
+    /// Runs berth-agent and insists it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let ran = self.run(args);
+        assert_eq!(ran.code, 0, "berth-agent {args:?} failed: {}{}", ran.stdout, ran.stderr);
+        ran.stdout
+    }
+
+    pub fn container_dir(&self, name: &str) -> PathBuf {
+        self.data.path().join("containers").join(name)
+    }
+
+    pub fn layers_dir(&self) -> PathBuf {
+        self.data.path().join("images/layers/sha256")
+    }
+
+    /// `ps -o json` as values.
+    pub fn ps(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["ps", "-o", "json"])).expect("ps json")
+    }
+
+    pub fn ps_one(&self, name: &str) -> serde_json::Value {
+        self.ps().into_iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no container {name}"))
+    }
+
+    /// Cgroup directories of this agent's parent that exist now.
+    pub fn cgroup_dirs(&self, name: &str) -> Vec<PathBuf> {
+        cgroup_roots().into_iter().map(|r| r.join(&self.cgroup_parent).join(name)).filter(|p| p.exists()).collect()
+    }
+}
+
+/// Every hierarchy a container cgroup could live under.
+pub fn cgroup_roots() -> Vec<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup");
+    let mut roots = vec![base.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(base) {
+        roots.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir() && !p.is_symlink()));
+    }
+    roots
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(out) = self.command(&["ps", "-o", "json"]).output() {
+            let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            for c in list {
+                if let Some(name) = c["name"].as_str() {
+                    let _ = self.command(&["rm", "-f", name]).output();
+                }
+            }
+        }
+        for root in cgroup_roots() {
+            let _ = std::fs::remove_dir(root.join(&self.cgroup_parent));
+        }
+    }
+}

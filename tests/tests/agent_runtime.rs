@@ -1,0 +1,355 @@
+//! berth-agent against the real kernel and a real registry: images built
+//! here from Debian's busybox-static, pushed to docker-registry on
+//! loopback, run as containers in namespaces and cgroups. Needs root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use berth_tests::agent::Agent;
+use berth_tests::oci::{blob, Compression, Image, Tar};
+use berth_tests::registry::Registry;
+
+async fn registry_with_busybox() -> (Registry, String) {
+    let registry = Registry::start().await.unwrap();
+    Image::busybox().unwrap().push(&registry.addr, "busybox", "v1").await.unwrap();
+    let image = format!("{}/busybox:v1", registry.addr);
+    (registry, image)
+}
+
+/// Lines of stdout, trimmed.
+fn lines(s: &str) -> Vec<&str> {
+    s.lines().map(str::trim).collect()
+}
+
+#[tokio::test]
+async fn a_container_is_isolated_from_the_host_and_from_its_siblings() {
+    let (registry, image) = registry_with_busybox().await;
+    let agent = Agent::new(Some(&registry));
+    // PID 1 is the container's own process; host processes are invisible.
+    let out = agent.ok(&[
+        "run",
+        "--rm",
+        "--name",
+        "iso",
+        &image,
+        "sh",
+        "-c",
+        "echo $$; ls /proc | grep -c '^[0-9]'; hostname",
+    ]);
+    let got = lines(&out);
+    assert_eq!(got[0], "1", "{out}");
+    let visible: usize = got[1].parse().unwrap();
+    assert!(visible <= 4, "the container sees {visible} processes: {out}");
+    assert_eq!(got[2], "iso");
+
+    // Docker's capability set, nothing more (CapEff of root with it).
+    let out = agent.ok(&[
+        "run",
+        "--rm",
+        &image,
+        "sh",
+        "-c",
+        "grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status",
+    ]);
+    assert!(out.contains("00000000a80425fb"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+
+    // The image's user is honoured.
+    let out = agent.ok(&["run", "--rm", "--entrypoint", "id", &image]);
+    assert!(out.starts_with("uid=0(root)"), "{out}");
+
+    // A write in one container is seen neither by a sibling nor in the layer store.
+    agent.ok(&["run", "--name", "writer", &image, "sh", "-c", "echo mine > /etc/marker && cat /etc/marker"]);
+    let sibling = agent.run(&["run", "--rm", &image, "cat", "/etc/marker"]);
+    assert_ne!(sibling.code, 0, "the sibling saw the write: {}", sibling.stdout);
+    let in_store =
+        std::process::Command::new("find").arg(agent.layers_dir()).args(["-name", "marker"]).output().unwrap();
+    assert!(in_store.stdout.is_empty(), "the write reached the layer store");
+    assert!(agent.container_dir("writer").join("upper/etc/marker").exists());
+
+    // /sys is read-only and masked paths are hidden.
+    let out = agent.run(&["run", "--rm", &image, "sh", "-c", "touch /sys/x; cat /proc/kcore | wc -c"]);
+    assert!(out.stderr.contains("Read-only file system"), "{}", out.stderr);
+    assert!(lines(&out.stdout).contains(&"0"), "{}", out.stdout);
+}
+
+#[tokio::test]
+async fn limits_are_enforced_and_an_oom_kill_is_reported() {
+    let (registry, image) = registry_with_busybox().await;
+    let agent = Agent::new(Some(&registry));
+    // Doubling a string until the 16 MiB limit ends it.
+    let ran = agent.run(&[
+        "run",
+        "--name",
+        "hog",
+        "--memory",
+        "16Mi",
+        &image,
+        "sh",
+        "-c",
+        "x=0123456789; while true; do x=$x$x; done",
+    ]);
+    assert_eq!(ran.code, 137, "{}{}", ran.stdout, ran.stderr);
+    assert!(ran.stderr.contains("out of memory"), "{}", ran.stderr);
+    let hog = agent.ps_one("hog");
+    assert_eq!(hog["oom_killed"], true, "{hog}");
+    assert_eq!(hog["exit_code"], 137);
+
+    // A fork bomb stops at the pids limit; the same script fits under a higher one.
+    let bomb = "for i in $(seq 30); do sleep 1 & done; wait; echo survived";
+    let ran = agent.run(&["run", "--rm", "--pids", "10", &image, "sh", "-c", bomb]);
+    assert!(ran.stderr.contains("can't fork"), "{ran:?}");
+    assert!(!ran.stdout.contains("survived"), "{ran:?}");
+    let ran = agent.run(&["run", "--rm", "--pids", "100", &image, "sh", "-c", bomb]);
+    assert_eq!((ran.code, ran.stdout.trim()), (0, "survived"), "{ran:?}");
+
+    // A CPU quota lands in the cgroup while the container runs.
+    let name = agent.ok(&["run", "-d", "--name", "quota", "--cpus", "0.5", &image, "sleep", "60"]);
+    assert_eq!(name.trim(), "quota");
+    let dirs = agent.cgroup_dirs("quota");
+    let quota = dirs
+        .iter()
+        .find_map(|d| {
+            std::fs::read_to_string(d.join("cpu.cfs_quota_us"))
+                .ok()
+                .or_else(|| std::fs::read_to_string(d.join("cpu.max")).ok())
+        })
+        .expect("a cpu cgroup for the container");
+    assert!(quota.starts_with("50000"), "{quota}");
+}
+
+#[tokio::test]
+async fn lifecycle_exit_codes_stop_kill_logs_and_no_leftovers() {
+    let (registry, image) = registry_with_busybox().await;
+    let agent = Agent::new(Some(&registry));
+    assert_eq!(agent.run(&["run", "--rm", &image, "sh", "-c", "exit 3"]).code, 3);
+
+    // Stop with grace: the container's TERM handler runs.
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "polite",
+        &image,
+        "sh",
+        "-c",
+        "trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done",
+    ]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = agent.ok(&["stop", "-t", "10", "polite"]);
+    assert!(out.contains("exited with 0"), "{out}");
+    assert!(agent.ok(&["logs", "polite"]).contains("bye"));
+
+    // PID 1 ignores SIGTERM by default: SIGKILL after the grace period.
+    agent.ok(&["run", "-d", "--name", "stubborn", &image, "sleep", "1000"]);
+    let out = agent.ok(&["stop", "-t", "1", "stubborn"]);
+    assert!(out.contains("exited with 137"), "{out}");
+
+    agent.ok(&["run", "-d", "--name", "victim", &image, "sleep", "1000"]);
+    agent.ok(&["kill", "victim"]);
+    berth_tests::wait_for(Duration::from_secs(20), "victim to exit", async || {
+        (agent.ps_one("victim")["state"] == "exited").then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(agent.ps_one("victim")["exit_code"], 137);
+
+    // Removal leaves no process, mount, cgroup or directory.
+    agent.ok(&["run", "-d", "--name", "gone", &image, "sleep", "1000"]);
+    let pid = agent.ps_one("gone")["pid"].as_i64().unwrap();
+    assert!(!agent.cgroup_dirs("gone").is_empty());
+    let rm = agent.run(&["rm", "gone"]);
+    assert_ne!(rm.code, 0);
+    assert!(rm.stderr.contains("is running"), "{}", rm.stderr);
+    agent.ok(&["rm", "-f", "gone"]);
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the process survived");
+    assert!(agent.cgroup_dirs("gone").is_empty(), "the cgroup survived");
+    assert!(!agent.container_dir("gone").exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(agent.container_dir("gone").to_str().unwrap()));
+    // The shims are gone too: nothing holds the data dir.
+    let shims = std::process::Command::new("pgrep")
+        .args(["-f", &agent.container_dir("gone").display().to_string()])
+        .output()
+        .unwrap();
+    assert!(shims.stdout.is_empty(), "a shim survived");
+}
+
+#[tokio::test]
+async fn containers_outlive_the_agent_process() {
+    let (registry, image) = registry_with_busybox().await;
+    let agent = Agent::new(Some(&registry));
+    agent.ok(&["image", "pull", &image]);
+    let mut foreground = agent
+        .command(&["run", "--name", "survivor", &image, "sh", "-c", "while true; do echo tick; sleep 0.2; done"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    berth_tests::wait_for(Duration::from_secs(20), "the container to run", async || {
+        agent.ps().iter().any(|c| c["name"] == "survivor" && c["state"] == "running").then_some(())
+    })
+    .await
+    .unwrap();
+    foreground.kill().unwrap(); // SIGKILL to the agent
+    foreground.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = agent.ps_one("survivor");
+    assert_eq!(c["state"], "running", "{c}");
+    let before = agent.ok(&["logs", "survivor"]).lines().count();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(agent.ok(&["logs", "survivor"]).lines().count() > before, "the shim stopped logging");
+    agent.ok(&["stop", "-t", "1", "survivor"]);
+}
+
+#[tokio::test]
+async fn layers_whiteouts_opaque_dirs_and_image_config_are_honoured() {
+    let registry = Registry::start().await.unwrap();
+    let base = Tar::busybox()
+        .unwrap()
+        .dir("data/")
+        .file("data/a", 0o644, b"a")
+        .file("data/b", 0o644, b"b")
+        .file("etc/old", 0o644, b"old");
+    let top = Tar::default()
+        .dir("etc/")
+        .file("etc/.wh.old", 0o644, b"")
+        .dir("data/")
+        .file("data/.wh..wh..opq", 0o644, b"")
+        .file("data/c", 0o644, b"c");
+    let mut image = Image::new(vec![
+        blob(base.finish().unwrap(), Compression::Gzip).unwrap(),
+        blob(top.finish().unwrap(), Compression::Zstd).unwrap(),
+    ]);
+    image.config = serde_json::json!({
+        "Entrypoint": ["sh", "-c"],
+        "Cmd": ["echo $GREETING from $(pwd) as $(id -un); ls /data; ls /etc"],
+        "Env": ["PATH=/bin", "GREETING=hello"],
+        "WorkingDir": "/home/app",
+        "User": "app",
+    });
+    image.push(&registry.addr, "layered", "v1").await.unwrap();
+    let agent = Agent::new(Some(&registry));
+    let out = agent.ok(&["run", "--rm", &format!("{}/layered:v1", registry.addr)]);
+    let got = lines(&out);
+    assert_eq!(got[0], "hello from /home/app as app", "{out}");
+    assert_eq!(got[1], "c", "the opaque directory hides the lower layer's files: {out}");
+    assert!(!got.contains(&"old"), "the whiteout hides /etc/old: {out}");
+    // Given env overrides the image's.
+    let out = agent.ok(&["run", "--rm", "-e", "GREETING=hi", &format!("{}/layered:v1", registry.addr)]);
+    assert!(out.starts_with("hi from"), "{out}");
+    assert_eq!(std::fs::read_dir(agent.layers_dir()).unwrap().count(), 2, "each layer unpacked once");
+
+    // The same image from an OCI layout directory.
+    let layout = tempfile::tempdir().unwrap();
+    image.write_layout(layout.path(), "v1").unwrap();
+    let out = agent.ok(&["run", "--rm", &format!("oci:{}:v1", layout.path().display())]);
+    assert!(out.starts_with("hello from"), "{out}");
+    let listed = agent.ok(&["image", "ls"]);
+    assert!(listed.contains("layered:v1") && listed.contains("oci:"), "{listed}");
+}
+
+#[tokio::test]
+async fn concurrent_pulls_share_the_work() {
+    let (registry, image) = registry_with_busybox().await;
+    let agent = Agent::new(Some(&registry));
+    let pulls: Vec<_> = (0..6).map(|_| agent.command(&["image", "pull", &image]).output()).collect();
+    for p in pulls {
+        let p = p.unwrap();
+        assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    }
+    assert_eq!(std::fs::read_dir(agent.layers_dir()).unwrap().count(), 1);
+    // Unused layers are pruned; layers of an image in use are not.
+    agent.ok(&["run", "--name", "keeper", &image, "true"]);
+    assert!(agent.run(&["image", "rm", &image]).stderr.contains("used by container keeper"));
+    agent.ok(&["image", "prune"]);
+    assert_eq!(std::fs::read_dir(agent.layers_dir()).unwrap().count(), 1, "a used layer was pruned");
+    agent.ok(&["rm", "keeper"]);
+    agent.ok(&["image", "rm", &image]);
+    assert!(agent.run(&["image", "rm", &image]).stderr.contains("not in the local store"));
+    let pruned = agent.ok(&["image", "prune"]);
+    assert!(pruned.contains("deleted sha256:"), "{pruned}");
+    assert_eq!(std::fs::read_dir(agent.layers_dir()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn bad_images_and_bad_input_fail_with_one_clear_line() {
+    let (registry, image) = registry_with_busybox().await;
+    let agent = Agent::new(Some(&registry));
+    let fails = |args: &[&str], needle: &str| {
+        let ran = agent.run(args);
+        assert_ne!(ran.code, 0, "{args:?} succeeded");
+        assert!(ran.stderr.contains(needle), "{args:?}: expected {needle:?} in {:?}", ran.stderr);
+    };
+    fails(&["run", "--rm", &format!("{}/nothing:v1", registry.addr), "true"], "nothing");
+    fails(&["run", "--rm", "127.0.0.1:1/busybox:v1", "true"], "127.0.0.1:1");
+    fails(&["run", "--rm", "Bad Ref", "true"], "\"Bad Ref\"");
+    fails(&["run", "--rm", &image, "no-such-command"], "\"no-such-command\" not found");
+    fails(&["run", "--rm", "--memory", "lots", &image, "true"], "--memory \"lots\"");
+    fails(&["run", "--rm", "--name", "Bad_Name!", &image, "true"], "\"Bad_Name!\"");
+    fails(&["logs", "nobody"], "no container named \"nobody\"");
+
+    // A corrupted blob in the registry: refused by digest.
+    let busybox = Image::busybox().unwrap();
+    busybox.push(&registry.addr, "corrupt", "v1").await.unwrap();
+    let layer = &busybox.layers[0];
+    let file = registry.blob_file(&berth_tests::oci::sha256(&layer.data));
+    let mut data = std::fs::read(&file).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    std::fs::write(&file, data).unwrap();
+    let fresh = Agent::new(Some(&registry));
+    let ran = fresh.run(&["image", "pull", &format!("{}/corrupt:v1", registry.addr)]);
+    assert_ne!(ran.code, 0);
+    assert!(ran.stderr.to_lowercase().contains("digest"), "{}", ran.stderr);
+    assert_eq!(std::fs::read_dir(fresh.layers_dir()).unwrap().count(), 0, "a bad layer was kept");
+
+    // Layers that try to escape their directory are refused.
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().to_str().unwrap().to_owned();
+    for (repo, tar) in [
+        ("dotdot", Tar::busybox().unwrap().raw_file("../../escaped", b"x")),
+        ("symlink", Tar::busybox().unwrap().symlink("link", &target).file("link/escaped", 0o644, b"x")),
+    ] {
+        Image::new(vec![blob(tar.finish().unwrap(), Compression::Gzip).unwrap()])
+            .push(&registry.addr, repo, "v1")
+            .await
+            .unwrap();
+        let ran = fresh.run(&["image", "pull", &format!("{}/{repo}:v1", registry.addr)]);
+        assert_ne!(ran.code, 0, "{repo} was accepted");
+        assert!(ran.stderr.contains("escape") || ran.stderr.contains("outside"), "{repo}: {}", ran.stderr);
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "{repo} wrote outside");
+    }
+}
+
+#[tokio::test]
+async fn logs_are_captured_across_rotation() {
+    let (registry, image) = registry_with_busybox().await;
+    let agent = Agent::new(Some(&registry));
+    agent.ok(&[
+        "run",
+        "--name",
+        "chatty",
+        "--log-max-size",
+        "4096",
+        "--log-max-files",
+        "2",
+        &image,
+        "sh",
+        "-c",
+        "seq 1 2000",
+    ]);
+    let dir = agent.container_dir("chatty");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("container.log"))
+        .collect();
+    assert_eq!(files.len(), 3, "live file plus two rotated");
+    let logs = agent.ok(&["logs", "chatty"]);
+    let numbers: Vec<u32> = logs.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(*numbers.last().unwrap(), 2000);
+    let first = numbers[0];
+    assert_eq!(numbers, (first..=2000).collect::<Vec<_>>(), "kept lines are contiguous");
+    assert_eq!(agent.ok(&["logs", "--tail", "3", "chatty"]), "1998\n1999\n2000\n");
+}
