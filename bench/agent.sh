@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Node agent benchmark, side by side with runc (Debian package runc):
+#  1. start latency with the image cached: `berth-agent run --rm IMAGE true`
+#     versus `runc run` of an equivalent bundle, median of N each;
+#  2. 100 containers started concurrently (sleep): time until all run;
+#  3. memory: peak RSS of the agent command, RSS/PSS of each shim.
+# Usage: bench/agent.sh [RUNS]   (as root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. deploy/lib/setup.sh
+ensure_packages runc:runc busybox:busybox-static
+ensure_rust
+[ -x /usr/bin/time ] || ensure_packages gnu-time-missing:time
+runs=${1:-20}
+cargo build --release -p berth-node-agent -p berth-tests --bins >&2
+bin=$PWD/target/release
+work=$(mktemp -d /tmp/berth-bench.XXXXXX)
+export BERTH_AGENT_DATA_DIR=$work/agent BERTH_SHIM=$bin/berth-shim BERTH_CGROUP_PARENT=berth-bench
+cleanup() {
+  for n in $("$bin/berth-agent" ps -o json 2>/dev/null | grep -o '"name": "[^"]*"' | cut -d'"' -f4); do
+    "$bin/berth-agent" rm -f "$n" >/dev/null 2>&1 || true
+  done
+  runc delete -f bench-runc >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+image=$("$bin/berth-image" "$work/layout" bench)
+"$bin/berth-agent" image pull "$image" >/dev/null
+"$bin/berth-agent" run --rm "$image" true   # warm caches
+
+# A runc bundle with the same root filesystem (the unpacked layer).
+mkdir -p "$work/bundle/rootfs"
+cp -a "$work"/agent/images/layers/sha256/*/. "$work/bundle/rootfs/"
+(cd "$work/bundle" && runc spec && sed -i 's/"sh"/"true"/; s/"terminal": true/"terminal": false/' config.json)
+
+ms() { date +%s%N; }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+berth=() runc_t=()
+for ((i = 0; i < runs; i++)); do
+  t0=$(ms); "$bin/berth-agent" run --rm "$image" true; t1=$(ms)
+  berth+=($(((t1 - t0) / 1000)))
+  t0=$(ms); runc run --bundle "$work/bundle" bench-runc >/dev/null; t1=$(ms)
+  runc_t+=($(((t1 - t0) / 1000)))
+done
+b=$(printf '%s\n' "${berth[@]}" | median); r=$(printf '%s\n' "${runc_t[@]}" | median)
+echo "start latency (median of $runs, us): berth-agent run --rm $b, runc run $r, ratio $(awk -v b="$b" -v r="$r" 'BEGIN{printf "%.2f", b/r}')"
+
+# 100 containers at once.
+t0=$(ms)
+seq 1 100 | xargs -P 100 -I{} "$bin/berth-agent" run -d --name s{} "$image" sleep 600 >/dev/null
+while [ "$("$bin/berth-agent" ps -o json | grep -c '"state": "running"')" -lt 100 ]; do sleep 0.01; done
+t1=$(ms)
+echo "100 concurrent starts until all running: $(((t1 - t0) / 1000000)) ms"
+peak=$( { /usr/bin/time -f %M "$bin/berth-agent" run -d --name s101 "$image" sleep 600 >/dev/null; } 2>&1 | tail -1)
+ps_peak=$( { /usr/bin/time -f %M "$bin/berth-agent" ps >/dev/null; } 2>&1 | tail -1)
+echo "berth-agent peak RSS: run -d ${peak} KiB, ps with 101 containers ${ps_peak} KiB"
+rss=0 pss=0 n=0
+for pid in $(pgrep -f "$bin/berth-shim"); do
+  rss=$((rss + $(awk '/^VmRSS/ {print $2}' /proc/$pid/status)))
+  pss=$((pss + $(awk '/^Pss:/ {print $2}' /proc/$pid/smaps_rollup)))
+  n=$((n + 1))
+done
+echo "shims: $n, mean RSS $((rss / n)) KiB, mean PSS $((pss / n)) KiB"
