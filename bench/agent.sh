@@ -21,6 +21,7 @@ cleanup() {
     "$bin/berth-agent" rm -f "$n" >/dev/null 2>&1 || true
   done
   runc delete -f bench-runc >/dev/null 2>&1 || true
+  rmdir /sys/fs/cgroup/*/berth-bench /sys/fs/cgroup/berth-bench 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
