@@ -3,7 +3,7 @@
 #  1. start latency with the image cached: `berth-agent run --rm IMAGE true`
 #     versus `runc run` of an equivalent bundle, median of N each;
 #  2. 100 containers started concurrently (sleep): time until all run;
-#  3. memory: peak RSS of the agent command, RSS/PSS of each shim.
+#  3. memory: peak RSS of the agent command, RSS/PSS/private of each shim.
 # Usage: bench/agent.sh [RUNS]   (as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,14 +15,16 @@ runs=${1:-20}
 cargo build --release -p berth-node-agent -p berth-tests --bins >&2
 bin=$PWD/target/release
 work=$(mktemp -d /tmp/berth-bench.XXXXXX)
-export BERTH_AGENT_DATA_DIR=$work/agent BERTH_SHIM=$bin/berth-shim BERTH_CGROUP_PARENT=berth-bench
+# Data on disk, runtime state on tmpfs under /run, as a real agent keeps them.
+export BERTH_AGENT_DATA_DIR=$work/agent BERTH_AGENT_RUN_DIR=/run/berth-bench BERTH_SHIM=$bin/berth-shim \
+  BERTH_CGROUP_PARENT=berth-bench
 cleanup() {
   for n in $("$bin/berth-agent" ps -o json 2>/dev/null | grep -o '"name": "[^"]*"' | cut -d'"' -f4); do
     "$bin/berth-agent" rm -f "$n" >/dev/null 2>&1 || true
   done
   runc delete -f bench-runc >/dev/null 2>&1 || true
   rmdir /sys/fs/cgroup/*/berth-bench /sys/fs/cgroup/berth-bench 2>/dev/null || true
-  rm -rf "$work"
+  rm -rf "$work" /run/berth-bench
 }
 trap cleanup EXIT
 
@@ -56,10 +58,14 @@ echo "100 concurrent starts until all running: $(((t1 - t0) / 1000000)) ms"
 peak=$( { /usr/bin/time -f %M "$bin/berth-agent" run -d --name s101 "$image" sleep 600 >/dev/null; } 2>&1 | tail -1)
 ps_peak=$( { /usr/bin/time -f %M "$bin/berth-agent" ps >/dev/null; } 2>&1 | tail -1)
 echo "berth-agent peak RSS: run -d ${peak} KiB, ps with 101 containers ${ps_peak} KiB"
-rss=0 pss=0 n=0
-for pid in $(pgrep -f "$bin/berth-shim"); do
-  rss=$((rss + $(awk '/^VmRSS/ {print $2}' /proc/$pid/status)))
+# Each shim has exec'd into berth-monitor by now (same pid). RSS counts
+# shared library pages in full; PSS shares them out; private is the shim's own.
+rss=0 pss=0 priv=0 max=0 n=0
+for pid in $(pgrep -f "$bin/berth-monitor"); do
+  r=$(awk '/^VmRSS/ {print $2}' /proc/$pid/status)
+  rss=$((rss + r)); ((r > max)) && max=$r
   pss=$((pss + $(awk '/^Pss:/ {print $2}' /proc/$pid/smaps_rollup)))
+  priv=$((priv + $(awk '/^Private_(Clean|Dirty):/ {s += $2} END {print s}' /proc/$pid/smaps_rollup)))
   n=$((n + 1))
 done
-echo "shims: $n, mean RSS $((rss / n)) KiB, mean PSS $((pss / n)) KiB"
+echo "shims: $n, RSS mean $((rss / n)) KiB max $max KiB, PSS mean $((pss / n)) KiB, private mean $((priv / n)) KiB"

@@ -5,3 +5,16 @@
 //! - [`runtime`]: containers, each run by its own shim process.
 pub mod image;
 pub mod runtime;
+
+/// An error and its causes on one line, `outer: cause: root cause`: the
+/// form a single-line report needs when the error crosses a process or a
+/// string boundary.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        out = format!("{out}: {c}");
+        cause = c.source();
+    }
+    out
+}

@@ -15,6 +15,10 @@ pub struct Args {
     /// Where images and containers live.
     #[arg(long, env = "BERTH_AGENT_DATA_DIR", default_value = "/var/lib/berth-agent", global = true)]
     pub data_dir: PathBuf,
+    /// What matters only while containers run (runtime specs, rootfs
+    /// mount points); best on tmpfs.
+    #[arg(long, env = "BERTH_AGENT_RUN_DIR", default_value = "/run/berth-agent", global = true)]
+    pub run_dir: PathBuf,
     /// Registry credentials and insecure (plain HTTP) registries, TOML.
     #[arg(long, env = "BERTH_REGISTRIES", default_value = "/etc/berth/registries.toml", global = true)]
     pub registries: PathBuf,
@@ -77,7 +81,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // One thread: a command does little at once, and starts faster without
+    // a worker pool (blocking work still goes to tokio's blocking threads).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("berth-agent: cannot start the async runtime: {e}");

@@ -6,12 +6,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::registry::Registry;
+use crate::registry::{Auth, Registry, PASSWORD, USER};
 
 #[derive(Debug)]
 pub struct Agent {
     pub data: tempfile::TempDir,
     pub cgroup_parent: String,
+    /// The berth-shim binary it runs (the workspace's, unless a test swaps it).
+    pub shim: PathBuf,
     registries: PathBuf,
 }
 
@@ -33,25 +35,37 @@ impl From<Output> for Ran {
 }
 
 impl Agent {
-    /// An agent that may pull over plain HTTP from `registry`.
+    /// An agent that may pull over plain HTTP from `registry`, with its
+    /// account when it needs one.
     pub fn new(registry: Option<&Registry>) -> Self {
+        let text = registry.map(|r| {
+            let mut text = format!("[[registry]]\nhost = \"{}\"\ninsecure = true\n", r.addr);
+            if r.auth != Auth::Anonymous {
+                text += &format!("username = \"{USER}\"\npassword = \"{PASSWORD}\"\n");
+            }
+            text
+        });
+        Self::with_registries(&text.unwrap_or_default())
+    }
+
+    /// An agent with this registries.toml.
+    pub fn with_registries(text: &str) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
         let registries = data.path().join("registries.toml");
-        let text =
-            registry.map(|r| format!("[[registry]]\nhost = \"{}\"\ninsecure = true\n", r.addr)).unwrap_or_default();
         std::fs::write(&registries, text).expect("write registries.toml");
         let unique =
             data.path().file_name().and_then(|n| n.to_str()).unwrap_or("x").trim_start_matches('.').to_lowercase();
-        Self { data, cgroup_parent: format!("berth-test-{unique}"), registries }
+        Self { data, cgroup_parent: format!("berth-test-{unique}"), shim: crate::bin("berth-shim"), registries }
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(crate::bin("berth-agent"));
         cmd.args(args)
             .env("BERTH_AGENT_DATA_DIR", self.data.path())
+            .env("BERTH_AGENT_RUN_DIR", self.data.path().join("run"))
             .env("BERTH_REGISTRIES", &self.registries)
             .env("BERTH_CGROUP_PARENT", &self.cgroup_parent)
-            .env("BERTH_SHIM", crate::bin("berth-shim"));
+            .env("BERTH_SHIM", &self.shim);
         cmd
     }
 
@@ -69,6 +83,11 @@ impl Agent {
 
     pub fn container_dir(&self, name: &str) -> PathBuf {
         self.data.path().join("containers").join(name)
+    }
+
+    /// Where the container's runtime state lives while it runs.
+    pub fn run_dir(&self, name: &str) -> PathBuf {
+        self.data.path().join("run/containers").join(name)
     }
 
     pub fn layers_dir(&self) -> PathBuf {

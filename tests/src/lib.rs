@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod oci;
 pub mod process;
 pub mod registry;
+pub mod token;
 
 pub use process::Process;
 

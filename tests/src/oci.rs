@@ -105,6 +105,16 @@ impl Tar {
     }
 }
 
+/// This host's architecture as OCI platforms name it (Go's names): the
+/// busybox in test images is the host's own.
+pub fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
 pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
@@ -129,13 +139,19 @@ pub fn blob(tar: Vec<u8>, compression: Compression) -> Result<Blob> {
 #[derive(Debug, Clone)]
 pub struct Image {
     pub layers: Vec<Blob>,
+    /// The platform's architecture, as Go names it (amd64, arm64).
+    pub architecture: String,
     /// The `config` section of the image config (Entrypoint, Cmd, Env, …).
     pub config: serde_json::Value,
 }
 
 impl Image {
     pub fn new(layers: Vec<Blob>) -> Self {
-        Self { layers, config: serde_json::json!({ "Env": ["PATH=/bin"], "Cmd": ["sh"] }) }
+        Self {
+            layers,
+            architecture: host_architecture().into(),
+            config: serde_json::json!({ "Env": ["PATH=/bin"], "Cmd": ["sh"] }),
+        }
     }
 
     /// One gzip layer of busybox.
@@ -146,7 +162,7 @@ impl Image {
     pub fn config_blob(&self) -> Vec<u8> {
         let diff_ids: Vec<&str> = self.layers.iter().map(|l| l.diff_id.as_str()).collect();
         serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64",
+            "architecture": self.architecture,
             "os": "linux",
             "config": self.config,
             "rootfs": { "type": "layers", "diff_ids": diff_ids },
@@ -154,17 +170,28 @@ impl Image {
         .unwrap_or_default()
     }
 
+    /// The OCI image manifest.
     pub fn manifest(&self) -> Vec<u8> {
+        self.manifest_in(Format::Oci)
+    }
+
+    pub fn manifest_in(&self, format: Format) -> Vec<u8> {
         let config = self.config_blob();
         let layers: Vec<_> = self
             .layers
             .iter()
-            .map(|l| serde_json::json!({ "mediaType": l.media_type, "digest": sha256(&l.data), "size": l.data.len() }))
+            .map(|l| {
+                let media_type = match (format, l.media_type.as_str()) {
+                    (Format::Docker, "application/vnd.oci.image.layer.v1.tar+gzip") => DOCKER_LAYER,
+                    (_, other) => other,
+                };
+                serde_json::json!({ "mediaType": media_type, "digest": sha256(&l.data), "size": l.data.len() })
+            })
             .collect();
         serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len() },
+            "mediaType": format.manifest_type(),
+            "config": { "mediaType": format.config_type(), "digest": sha256(&config), "size": config.len() },
             "layers": layers,
         }))
         .unwrap_or_default()
@@ -194,20 +221,125 @@ impl Image {
         Ok(())
     }
 
-    /// Pushes to a plain-HTTP registry as `registry/repo:tag`.
+    /// Pushes to a plain-HTTP registry as `registry/repo:tag`, with an OCI manifest.
     pub async fn push(&self, registry: &str, repo: &str, tag: &str) -> Result<()> {
-        use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+        Push::anonymous(registry, repo).image(self, tag, Format::Oci).await.map(|_| ())
+    }
+}
+
+/// The two manifest formats registries serve: OCI, and Docker's schema 2
+/// (with its manifest list for indexes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Oci,
+    Docker,
+}
+
+const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+impl Format {
+    fn manifest_type(self) -> &'static str {
+        match self {
+            Self::Oci => "application/vnd.oci.image.manifest.v1+json",
+            Self::Docker => "application/vnd.docker.distribution.manifest.v2+json",
+        }
+    }
+
+    fn config_type(self) -> &'static str {
+        match self {
+            Self::Oci => "application/vnd.oci.image.config.v1+json",
+            Self::Docker => "application/vnd.docker.container.image.v1+json",
+        }
+    }
+
+    fn index_type(self) -> &'static str {
+        match self {
+            Self::Oci => "application/vnd.oci.image.index.v1+json",
+            Self::Docker => "application/vnd.docker.distribution.manifest.list.v2+json",
+        }
+    }
+}
+
+/// Pushes blobs and manifests to one repository of a plain-HTTP registry,
+/// as `docker push` would, with or without credentials.
+pub struct Push {
+    client: oci_client::Client,
+    registry: String,
+    repo: String,
+    auth: oci_client::secrets::RegistryAuth,
+}
+
+impl std::fmt::Debug for Push {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Push({}/{})", self.registry, self.repo)
+    }
+}
+
+impl Push {
+    pub fn anonymous(registry: &str, repo: &str) -> Self {
+        Self::new(registry, repo, oci_client::secrets::RegistryAuth::Anonymous)
+    }
+
+    pub fn with_password(registry: &str, repo: &str, user: &str, password: &str) -> Self {
+        Self::new(registry, repo, oci_client::secrets::RegistryAuth::Basic(user.into(), password.into()))
+    }
+
+    fn new(registry: &str, repo: &str, auth: oci_client::secrets::RegistryAuth) -> Self {
+        use oci_client::client::{ClientConfig, ClientProtocol};
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = oci_client::Client::new(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() });
-        let reference: oci_client::Reference = format!("{registry}/{repo}:{tag}").parse()?;
-        let layers: Vec<ImageLayer> =
-            self.layers.iter().map(|l| ImageLayer::new(l.data.clone(), l.media_type.clone(), None)).collect();
-        let config = Config::new(self.config_blob(), "application/vnd.oci.image.config.v1+json".into(), None);
-        let manifest: oci_client::manifest::OciImageManifest = serde_json::from_slice(&self.manifest())?;
-        client
-            .push(&reference, &layers, config, &oci_client::secrets::RegistryAuth::Anonymous, Some(manifest))
+        Self { client, registry: registry.into(), repo: repo.into(), auth }
+    }
+
+    /// Pushes the image's blobs and its manifest, tagged `tag` (a tag, or
+    /// `@sha256:…` to push by digest only). Returns the manifest's digest
+    /// and size.
+    pub async fn image(&self, image: &Image, tag: &str, format: Format) -> Result<(String, usize)> {
+        let reference = self.reference(tag)?;
+        self.client
+            .auth(&reference, &self.auth, oci_client::RegistryOperation::Push)
             .await
-            .with_context(|| format!("pushing {reference}"))?;
-        Ok(())
+            .with_context(|| format!("logging in to {}", self.registry))?;
+        let mut blobs = vec![image.config_blob()];
+        blobs.extend(image.layers.iter().map(|l| l.data.clone()));
+        for data in blobs {
+            let digest = sha256(&data);
+            self.client.push_blob(&reference, data, &digest).await.with_context(|| format!("pushing blob {digest}"))?;
+        }
+        let manifest = image.manifest_in(format);
+        self.manifest(tag, manifest, format.manifest_type()).await
+    }
+
+    /// Pushes each image by digest and then an index over them, tagged
+    /// `tag`, with each image's architecture as its platform.
+    pub async fn index(&self, images: &[&Image], tag: &str, format: Format) -> Result<(String, usize)> {
+        let mut manifests = Vec::new();
+        for image in images {
+            let digest = sha256(&image.manifest_in(format));
+            let (digest, size) = self.image(image, &format!("@{digest}"), format).await?;
+            manifests.push(serde_json::json!({
+                "mediaType": format.manifest_type(),
+                "digest": digest,
+                "size": size,
+                "platform": { "architecture": image.architecture, "os": "linux" },
+            }));
+        }
+        let index = serde_json::json!({ "schemaVersion": 2, "mediaType": format.index_type(), "manifests": manifests });
+        self.manifest(tag, serde_json::to_vec(&index)?, format.index_type()).await
+    }
+
+    async fn manifest(&self, tag: &str, body: Vec<u8>, media_type: &str) -> Result<(String, usize)> {
+        let reference = self.reference(tag)?;
+        let (digest, size) = (sha256(&body), body.len());
+        self.client
+            .push_manifest_raw(&reference, body, http::HeaderValue::from_str(media_type)?)
+            .await
+            .with_context(|| format!("pushing the manifest of {reference}"))?;
+        Ok((digest, size))
+    }
+
+    fn reference(&self, tag: &str) -> Result<oci_client::Reference> {
+        let sep = if tag.starts_with('@') { "" } else { ":" };
+        Ok(format!("{}/{}{sep}{tag}", self.registry, self.repo).parse()?)
     }
 }

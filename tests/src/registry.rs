@@ -1,5 +1,7 @@
 //! Debian's docker-registry (the CNCF distribution registry), started on
-//! loopback with its storage in a temp dir the test can reach into.
+//! loopback with its storage in a temp dir the test can reach into; open,
+//! or behind a password (htpasswd, HTTP basic auth) or a bearer-token
+//! server (see [`crate::token`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,24 +9,66 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::process::Process;
+use crate::token::{self, TokenServer};
+
+/// The account of registries that need one.
+pub const USER: &str = "tester";
+pub const PASSWORD: &str = "berth-test-password";
+/// bcrypt of PASSWORD (cost 5), as htpasswd files hold it.
+const PASSWORD_BCRYPT: &str = "$2a$05$ULnk7r4ZhDcRLEjRlDzEG.9I6FxQrskPg/8t3zBrGwEcY4LA9kA2y";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    Anonymous,
+    /// HTTP basic auth against an htpasswd file.
+    Basic,
+    /// Bearer tokens from a token server that checks the password.
+    Token,
+}
 
 #[derive(Debug)]
 pub struct Registry {
     pub addr: String,
     pub storage: PathBuf,
+    pub auth: Auth,
+    _token_server: Option<TokenServer>,
     _dir: tempfile::TempDir,
     _process: Process,
 }
 
 impl Registry {
     pub async fn start() -> Result<Self> {
+        Self::start_with(Auth::Anonymous).await
+    }
+
+    pub async fn start_with(auth: Auth) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let storage = dir.path().join("storage");
         let addr = format!("127.0.0.1:{}", crate::free_port());
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             storage.display()
         );
+        let mut token_server = None;
+        match auth {
+            Auth::Anonymous => {}
+            Auth::Basic => {
+                let htpasswd = dir.path().join("htpasswd");
+                std::fs::write(&htpasswd, format!("{USER}:{PASSWORD_BCRYPT}\n"))?;
+                config += &format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n", htpasswd.display());
+            }
+            Auth::Token => {
+                let server = TokenServer::start(dir.path(), USER, PASSWORD)?;
+                config += &format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    server.realm,
+                    token::SERVICE,
+                    token::ISSUER,
+                    dir.path().join("token-cert.pem").display()
+                );
+                token_server = Some(server);
+            }
+        }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config)?;
         let mut process = Process::new(dir.path().join("registry.log"));
@@ -37,7 +81,7 @@ impl Registry {
         })
         .await
         .with_context(|| format!("registry at {url}"))?;
-        Ok(Self { addr, storage, _dir: dir, _process: process })
+        Ok(Self { addr, storage, auth, _token_server: token_server, _dir: dir, _process: process })
     }
 
     /// The file holding a blob's bytes in the registry's storage.

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use berth_tests::agent::Agent;
-use berth_tests::oci::{blob, Compression, Image, Tar};
-use berth_tests::registry::Registry;
+use berth_tests::oci::{blob, host_architecture, Compression, Format, Image, Push, Tar};
+use berth_tests::registry::{Auth, Registry, PASSWORD, USER};
 
 async fn registry_with_busybox() -> (Registry, String) {
     let registry = Registry::start().await.unwrap();
@@ -124,6 +124,12 @@ async fn lifecycle_exit_codes_stop_kill_logs_and_no_leftovers() {
     let (registry, image) = registry_with_busybox().await;
     let agent = Agent::new(Some(&registry));
     assert_eq!(agent.run(&["run", "--rm", &image, "sh", "-c", "exit 3"]).code, 3);
+    // An exited container keeps its data (record, logs) and nothing else.
+    assert_eq!(agent.run(&["run", "--name", "done", &image, "sh", "-c", "exit 4"]).code, 4);
+    assert!(agent.container_dir("done").join("exit.json").exists());
+    assert!(!agent.run_dir("done").exists(), "runtime state outlived the container");
+    assert!(agent.cgroup_dirs("done").is_empty());
+    agent.ok(&["rm", "done"]);
 
     // Stop with grace: the container's TERM handler runs.
     agent.ok(&[
@@ -165,9 +171,9 @@ async fn lifecycle_exit_codes_stop_kill_logs_and_no_leftovers() {
     agent.ok(&["rm", "-f", "gone"]);
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the process survived");
     assert!(agent.cgroup_dirs("gone").is_empty(), "the cgroup survived");
-    assert!(!agent.container_dir("gone").exists());
+    assert!(!agent.container_dir("gone").exists() && !agent.run_dir("gone").exists());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(agent.container_dir("gone").to_str().unwrap()));
+    assert!(!mounts.contains(agent.run_dir("gone").to_str().unwrap()), "the rootfs is still mounted");
     // The shims are gone too: nothing holds the data dir.
     let shims = std::process::Command::new("pgrep")
         .args(["-f", &agent.container_dir("gone").display().to_string()])
@@ -352,4 +358,77 @@ async fn logs_are_captured_across_rotation() {
     let first = numbers[0];
     assert_eq!(numbers, (first..=2000).collect::<Vec<_>>(), "kept lines are contiguous");
     assert_eq!(agent.ok(&["logs", "--tail", "3", "chatty"]), "1998\n1999\n2000\n");
+}
+
+/// An image whose /platform file names the architecture it claims.
+fn marked(architecture: &str) -> Image {
+    let tar = Tar::busybox().unwrap().file("platform", 0o644, architecture.as_bytes());
+    let mut image = Image::new(vec![blob(tar.finish().unwrap(), Compression::Gzip).unwrap()]);
+    image.architecture = architecture.into();
+    image
+}
+
+#[tokio::test]
+async fn docker_manifests_and_multi_platform_indexes_are_pulled() {
+    let registry = Registry::start().await.unwrap();
+    let agent = Agent::new(Some(&registry));
+    let host = marked(host_architecture());
+    // Listed first, so taking the first entry would pick it.
+    let other = marked("s390x");
+    for format in [Format::Oci, Format::Docker] {
+        let push = Push::anonymous(&registry.addr, "multi");
+        let tag = format!("{format:?}").to_lowercase();
+        push.index(&[&other, &host], &tag, format).await.unwrap();
+        let out = agent.ok(&["run", "--rm", &format!("{}/multi:{tag}", registry.addr), "cat", "/platform"]);
+        assert_eq!(out.trim(), host_architecture(), "{format:?} index");
+    }
+    // A Docker schema 2 manifest on its own.
+    Push::anonymous(&registry.addr, "docker").image(&host, "v1", Format::Docker).await.unwrap();
+    let out = agent.ok(&["run", "--rm", &format!("{}/docker:v1", registry.addr), "cat", "/platform"]);
+    assert_eq!(out.trim(), host_architecture());
+    // An index with no image for this host.
+    Push::anonymous(&registry.addr, "foreign").index(&[&other], "v1", Format::Oci).await.unwrap();
+    let ran = agent.run(&["image", "pull", &format!("{}/foreign:v1", registry.addr)]);
+    assert_ne!(ran.code, 0);
+    assert!(ran.stderr.contains(&format!("linux/{}", host_architecture())), "{}", ran.stderr);
+}
+
+#[tokio::test]
+async fn registries_with_basic_or_bearer_token_auth_need_the_configured_account() {
+    for auth in [Auth::Basic, Auth::Token] {
+        let registry = Registry::start_with(auth).await.unwrap();
+        Push::with_password(&registry.addr, "private", USER, PASSWORD)
+            .image(&Image::busybox().unwrap(), "v1", Format::Oci)
+            .await
+            .unwrap();
+        let image = format!("{}/private:v1", registry.addr);
+        let insecure = format!("[[registry]]\nhost = \"{}\"\ninsecure = true\n", registry.addr);
+        for (who, registries) in [
+            ("anonymous", insecure.clone()),
+            ("wrong password", format!("{insecure}username = \"{USER}\"\npassword = \"nope\"\n")),
+        ] {
+            let ran = Agent::with_registries(&registries).run(&["image", "pull", &image]);
+            assert_ne!(ran.code, 0, "{auth:?}: {who} pulled");
+            let err = ran.stderr.to_lowercase();
+            assert!(err.contains("unauthorized") && err.contains("registries file"), "{auth:?} {who}: {}", ran.stderr);
+            assert_eq!(ran.stderr.trim().lines().count(), 1, "{}", ran.stderr);
+        }
+        let ran = Agent::new(Some(&registry)).run(&["run", "--rm", &image, "echo", "in"]);
+        assert_eq!((ran.code, ran.stdout.trim()), (0, "in"), "{auth:?} with the account: {}", ran.stderr);
+    }
+}
+
+#[tokio::test]
+async fn a_shim_whose_monitor_is_missing_supervises_the_container_itself() {
+    let (registry, image) = registry_with_busybox().await;
+    let mut agent = Agent::new(Some(&registry));
+    // A shim with no berth-monitor beside it.
+    let alone = tempfile::tempdir().unwrap();
+    agent.shim = alone.path().join("berth-shim");
+    std::fs::copy(berth_tests::bin("berth-shim"), &agent.shim).unwrap();
+    let ran = agent.run(&["run", "--name", "solo", &image, "sh", "-c", "echo out; exit 6"]);
+    assert_eq!((ran.code, ran.stdout.trim()), (6, "out"), "{}", ran.stderr);
+    let shim_log = std::fs::read_to_string(agent.container_dir("solo").join("shim.log")).unwrap();
+    assert!(shim_log.contains("supervising without the monitor"), "{shim_log}");
+    assert!(!agent.run_dir("solo").exists() && agent.cgroup_dirs("solo").is_empty());
 }

@@ -4,12 +4,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use berth_node_agent::runtime::cgroup::Cgroups;
-use berth_node_agent::runtime::logs::{self, Follower, Stream};
+use berth_node_agent::runtime::logs::{self, Follower};
 use berth_node_agent::runtime::{Container, Status};
 use berth_proto::model::format_memory;
+use nix::sys::signal::Signal;
 use serde_json::json;
 
-use super::{Node, Output};
+use super::{print_lines, Node, Output};
 
 pub fn ps(node: &Node, output: Output) -> anyhow::Result<u8> {
     let containers = node.runtime.list()?;
@@ -24,7 +25,7 @@ pub fn ps(node: &Node, output: Output) -> anyhow::Result<u8> {
             for c in &containers {
                 let (pid, cpu, mem) = match &c.status {
                     Status::Running(s) => {
-                        let u = cgroups.usage(&c.cgroup_path());
+                        let u = cgroups.usage(&c.config.cgroup_path());
                         (s.pid.to_string(), format!("{:.2}s", u.cpu_ns as f64 / 1e9), format_memory(u.memory_bytes))
                     }
                     _ => ("-".into(), "-".into(), "-".into()),
@@ -50,13 +51,7 @@ fn to_json(c: &Container, cgroups: &Cgroups) -> serde_json::Value {
         "image": c.config.image,
         "image_digest": c.config.image_digest,
         "command": c.config.command,
-        "state": match &c.status {
-            Status::Created => "created",
-            Status::Running(_) => "running",
-            Status::Exited(e) if e.error.is_some() => "failed",
-            Status::Exited(_) => "exited",
-            Status::Lost => "lost",
-        },
+        "state": c.status.state(),
         "created_at_ms": c.config.created_at_ms,
         "limits": {
             "memory_bytes": c.config.limits.memory_bytes,
@@ -66,7 +61,7 @@ fn to_json(c: &Container, cgroups: &Cgroups) -> serde_json::Value {
     });
     match &c.status {
         Status::Running(s) => {
-            let u = cgroups.usage(&c.cgroup_path());
+            let u = cgroups.usage(&c.config.cgroup_path());
             v["pid"] = json!(s.pid);
             v["started_at_ms"] = json!(s.started_at_ms);
             v["cpu_ns"] = json!(u.cpu_ns);
@@ -87,26 +82,17 @@ fn to_json(c: &Container, cgroups: &Cgroups) -> serde_json::Value {
 pub async fn logs(node: &Node, name: &str, tail: Option<usize>, follow: bool) -> anyhow::Result<u8> {
     let container = node.runtime.get(name)?;
     let mut follower = Follower::from_end(&container.dir)?;
-    print(logs::read(&container.dir, tail)?);
+    let _ = print_lines(logs::read(&container.dir, tail)?);
     if follow {
         loop {
             let done = node.runtime.wait_for(name, Duration::from_millis(100)).await?.is_some();
-            print(follower.poll()?);
+            let _ = print_lines(follower.poll()?);
             if done {
                 break;
             }
         }
     }
     Ok(0)
-}
-
-fn print(lines: Vec<logs::LogLine>) {
-    use std::io::Write;
-    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
-    for line in lines {
-        let sink: &mut dyn Write = if line.stream == Stream::Stdout { &mut out } else { &mut err };
-        let _ = write!(sink, "{}{}", line.text, if line.full { "\n" } else { "" });
-    }
 }
 
 pub async fn stop(node: &Node, names: &[String], grace: u64) -> anyhow::Result<u8> {
@@ -121,30 +107,20 @@ pub async fn stop(node: &Node, names: &[String], grace: u64) -> anyhow::Result<u
 }
 
 pub fn kill(node: &Node, name: &str, signal: &str) -> anyhow::Result<u8> {
-    let number = parse_signal(signal)
+    let sig = parse_signal(signal)
         .with_context(|| format!("signal {signal:?} is not known; expected a name like TERM or KILL, or a number"))?;
-    node.runtime.kill(name, number, number == libc::SIGKILL)?;
+    node.runtime.kill(name, sig, sig == Signal::SIGKILL)?;
     Ok(0)
 }
 
-fn parse_signal(s: &str) -> Option<i32> {
+/// `TERM`, `SIGTERM`, `term` or `15`.
+fn parse_signal(s: &str) -> Option<Signal> {
     if let Ok(n) = s.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
+        return Signal::try_from(n).ok();
     }
     let name = s.to_ascii_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    let table = [
-        ("HUP", libc::SIGHUP),
-        ("INT", libc::SIGINT),
-        ("QUIT", libc::SIGQUIT),
-        ("KILL", libc::SIGKILL),
-        ("USR1", libc::SIGUSR1),
-        ("USR2", libc::SIGUSR2),
-        ("TERM", libc::SIGTERM),
-        ("STOP", libc::SIGSTOP),
-        ("CONT", libc::SIGCONT),
-    ];
-    table.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    let name = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
+    name.parse().ok()
 }
 
 pub async fn rm(node: &Node, names: &[String], force: bool) -> anyhow::Result<u8> {
@@ -156,4 +132,19 @@ pub async fn rm(node: &Node, names: &[String], force: bool) -> anyhow::Result<u8
         println!("{name}");
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name_or_number() {
+        for s in ["TERM", "sigterm", "SIGTERM", "15"] {
+            assert_eq!(parse_signal(s), Some(Signal::SIGTERM), "{s}");
+        }
+        assert_eq!(parse_signal("kill"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("NOPE"), None);
+        assert_eq!(parse_signal("0"), None);
+    }
 }

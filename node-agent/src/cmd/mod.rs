@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use berth_node_agent::image::{Registries, Store};
+use berth_node_agent::runtime::logs::{LogLine, Stream};
 use berth_node_agent::runtime::Runtime;
 
 use crate::{Args, Command};
@@ -30,7 +31,7 @@ pub struct Node {
 impl Node {
     fn open(args: &Args) -> anyhow::Result<Self> {
         let store = Store::open(&args.data_dir.join("images"))?;
-        let runtime = Runtime::open(&args.data_dir.join("containers"), shim_path()?)?;
+        let runtime = Runtime::open(&args.data_dir.join("containers"), &args.run_dir.join("containers"), shim_path()?)?;
         let registries = Registries::load(&args.registries).map_err(anyhow::Error::msg)?;
         Ok(Self { store, runtime, registries, cgroup_parent: args.cgroup_parent.clone() })
     }
@@ -58,4 +59,22 @@ pub async fn dispatch(args: Args) -> anyhow::Result<u8> {
         Command::Rm { names, force } => containers::rm(&node, &names, force).await,
         Command::Image(command) => images::run(&node, command).await,
     }
+}
+
+/// Container output to our stdout and stderr, each line to the stream it
+/// came from; a partial line gets no newline.
+pub fn print_lines(lines: Vec<LogLine>) -> std::io::Result<()> {
+    use std::io::Write;
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    for line in lines {
+        let sink: &mut dyn Write = if line.stream == Stream::Stdout { &mut out } else { &mut err };
+        sink.write_all(line.text.as_bytes())?;
+        if line.full {
+            sink.write_all(b"\n")?;
+        }
+    }
+    out.flush()
 }

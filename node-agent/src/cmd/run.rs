@@ -3,16 +3,15 @@
 //! exit code. Ctrl-C stops the container.
 
 use std::hash::{BuildHasher, Hasher};
-use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use berth_node_agent::image::{ImageRef, PullError};
-use berth_node_agent::runtime::logs::{Follower, Stream};
-use berth_node_agent::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode};
+use berth_node_agent::runtime::logs::Follower;
+use berth_node_agent::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode, Shim};
 use berth_proto::model::{parse_cpus, parse_memory};
 
-use super::Node;
+use super::{print_lines, Node};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -109,17 +108,20 @@ pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
         created_at_ms: record::now_ms(),
     };
     node.runtime.create(&config)?;
-    if let Err(e) = node.runtime.start(&name).await {
-        if args.rm {
-            let _ = node.runtime.remove(&name, true).await;
+    let shim = match node.runtime.start(&name).await {
+        Ok(shim) => shim,
+        Err(e) => {
+            if args.rm {
+                let _ = node.runtime.remove(&name, true).await;
+            }
+            return Err(e.into());
         }
-        return Err(e.into());
-    }
+    };
     if args.detach {
         println!("{name}");
         return Ok(0);
     }
-    let code = foreground(node, &name, Duration::from_secs(args.stop_timeout)).await?;
+    let code = foreground(node, &name, shim, Duration::from_secs(args.stop_timeout)).await?;
     if args.rm {
         node.runtime.remove(&name, true).await?;
     }
@@ -148,24 +150,20 @@ fn limits(args: &RunArgs) -> anyhow::Result<Limits> {
     Ok(Limits { memory_bytes, cpu_millis, pids: args.pids })
 }
 
-/// Prints the container's output until it exits; Ctrl-C stops it.
-pub async fn foreground(node: &Node, name: &str, grace: Duration) -> anyhow::Result<u8> {
+/// Prints the container's output until it exits; Ctrl-C stops it. The end
+/// is the shim's exit (it writes the exit record just before), so nothing
+/// polls for it.
+pub async fn foreground(node: &Node, name: &str, mut shim: Shim, grace: Duration) -> anyhow::Result<u8> {
     let dir = node.runtime.dir(name);
     let mut follower = Follower::from_start(&dir);
     let mut stopping = false;
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut exited = std::pin::pin!(shim.exited());
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
     loop {
-        print_lines(&mut follower)?;
         tokio::select! {
-            exited = node.runtime.wait_for(name, Duration::from_millis(20)) => {
-                if let Some(exited) = exited? {
-                    print_lines(&mut follower)?;
-                    if exited.oom_killed {
-                        eprintln!("berth-agent: container {name} was killed for running out of memory");
-                    }
-                    return Ok(exited.code.clamp(0, 255) as u8);
-                }
-            }
+            _ = &mut exited => break,
+            _ = tick.tick() => print_lines(follower.poll()?)?,
             _ = &mut ctrl_c, if !stopping => {
                 stopping = true;
                 let runtime = node.runtime.clone();
@@ -174,21 +172,10 @@ pub async fn foreground(node: &Node, name: &str, grace: Duration) -> anyhow::Res
             }
         }
     }
-}
-
-fn print_lines(follower: &mut Follower) -> anyhow::Result<()> {
-    let lines = follower.poll()?;
-    if lines.is_empty() {
-        return Ok(());
+    print_lines(follower.poll()?)?;
+    let exited = node.runtime.wait(name).await?;
+    if exited.oom_killed {
+        eprintln!("berth-agent: container {name} was killed for running out of memory");
     }
-    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
-    for line in lines {
-        let sink: &mut dyn Write = if line.stream == Stream::Stdout { &mut out } else { &mut err };
-        sink.write_all(line.text.as_bytes())?;
-        if line.full {
-            sink.write_all(b"\n")?;
-        }
-    }
-    out.flush()?;
-    Ok(())
+    Ok(exited.code.clamp(0, 255) as u8)
 }

@@ -53,16 +53,18 @@ impl From<BadReference> for PullError {
 
 impl PullError {
     fn registry(reference: &oci_client::Reference, err: oci_client::errors::OciDistributionError) -> Self {
-        use std::error::Error;
-        let mut message = err.to_string();
-        let mut cause = err.source();
-        while let Some(c) = cause {
-            message = format!("{message}: {c}");
-            cause = c.source();
-        }
-        if let oci_client::errors::OciDistributionError::DigestError(e) = &err {
-            message = format!("{e} (corrupted or tampered blob)");
-        }
+        use oci_client::errors::OciDistributionError as E;
+        let message = match &err {
+            E::DigestError(e) => format!("{e} (corrupted or tampered blob)"),
+            E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => format!(
+                "{} (unauthorized: give the registry's username and password in the registries file)",
+                crate::error_chain(&err)
+            ),
+            E::ImageManifestNotFoundError(_) => {
+                format!("{} (this host is {})", crate::error_chain(&err), source::host_platform())
+            }
+            _ => crate::error_chain(&err),
+        };
         Self::Registry { reference: reference.whole(), message }
     }
 

@@ -196,6 +196,12 @@ fn resolve_layout(dir: &Path, tag: Option<&str>) -> Result<Resolved, PullError> 
     Ok(Resolved { manifest, digest, config })
 }
 
+/// This host's platform as image indexes name it (Go's names: amd64, arm64).
 pub fn host_platform() -> String {
-    format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH)
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    format!("{}/{arch}", std::env::consts::OS)
 }

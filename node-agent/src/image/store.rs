@@ -57,11 +57,9 @@ impl Store {
     pub async fn pull(&self, image: &ImageRef, registries: &Registries) -> Result<Image, PullError> {
         let source = Source::new(image, registries);
         let resolved = source.resolve().await?;
-        if sha256_of(&resolved.config) != resolved.manifest.config.digest {
-            return Err(PullError::Digest {
-                expected: resolved.manifest.config.digest.clone(),
-                actual: sha256_of(&resolved.config),
-            });
+        let config_digest = sha256_of(&resolved.config);
+        if config_digest != resolved.manifest.config.digest {
+            return Err(PullError::Digest { expected: resolved.manifest.config.digest.clone(), actual: config_digest });
         }
         let config = ImageConfig::parse(&resolved.config)
             .map_err(|e| PullError::BadImage(format!("config {}: {e}", resolved.manifest.config.digest)))?;

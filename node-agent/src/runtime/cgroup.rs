@@ -1,6 +1,7 @@
-//! Reading a container's cgroup: memory and CPU usage, and whether the
-//! kernel's OOM killer struck. libcontainer creates the cgroup and applies
-//! limits; this only reads, from whichever hierarchy the host runs.
+//! A container's cgroup after libcontainer made it: memory and CPU usage,
+//! whether the kernel's OOM killer struck, and removal once it is empty.
+//! libcontainer creates the cgroup and applies limits; this is the part a
+//! monitor needs without linking libcontainer.
 //!
 //! | what      | cgroup v1 (legacy/hybrid)                  | cgroup v2                  |
 //! |-----------|--------------------------------------------|----------------------------|
@@ -33,15 +34,35 @@ pub struct Usage {
 }
 
 impl Cgroups {
-    /// The host's hierarchy: v2 only when it is unified; hybrid hosts keep
-    /// their controllers on v1, as libcgroups also decides.
+    /// The host's hierarchy: v2 only when /sys/fs/cgroup itself is cgroup2
+    /// (unified); hybrid hosts keep their controllers on v1, as libcgroups
+    /// also decides.
     pub fn detect() -> Self {
         let root = PathBuf::from("/sys/fs/cgroup");
-        let version = match libcgroups::common::get_cgroup_setup() {
-            Ok(libcgroups::common::CgroupSetup::Unified) => Version::V2,
-            _ => Version::V1,
+        let unified = nix::sys::statfs::statfs(&root)
+            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+        Self { root, version: if unified { Version::V2 } else { Version::V1 } }
+    }
+
+    /// Removes the (empty) cgroup at `path` from every hierarchy that has
+    /// it; one that is already gone is not an error.
+    pub fn remove(&self, path: &str) -> std::io::Result<()> {
+        let rel = path.trim_start_matches('/');
+        let dirs: Vec<PathBuf> = match self.version {
+            Version::V2 => vec![self.root.join(rel)],
+            // v1 mounts one hierarchy per controller (or group of them)
+            // under the root; aliases such as cpu -> cpu,cpuacct repeat one.
+            Version::V1 => fs::read_dir(&self.root)?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .map(|p| p.join(rel))
+                .collect(),
         };
-        Self { root, version }
+        for dir in dirs {
+            remove_dir(&dir)?;
+        }
+        Ok(())
     }
 
     /// Usage of the cgroup at `path` (as in the runtime spec, `/parent/name`);
@@ -62,6 +83,23 @@ impl Cgroups {
                     oom_kills: read_key(&dir.join("memory.events"), "oom_kill"),
                 }
             }
+        }
+    }
+}
+
+/// rmdir, retried briefly: the kernel may still be releasing the last
+/// task of a cgroup when its owner has been reaped.
+fn remove_dir(dir: &Path) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -109,5 +147,35 @@ mod tests {
         let cg = Cgroups { root: r.to_path_buf(), version: Version::V2 };
         assert_eq!(cg.usage("/berth/c1"), Usage { memory_bytes: 8192, cpu_ns: 250_000, oom_kills: 1 });
         assert_eq!(cg.usage("/berth/gone"), Usage::default());
+    }
+
+    #[test]
+    fn removal_covers_every_v1_hierarchy_and_tolerates_gone_ones() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for hierarchy in ["memory", "cpu,cpuacct", "pids"] {
+            fs::create_dir_all(r.join(hierarchy).join("berth/c1")).unwrap();
+        }
+        fs::create_dir_all(r.join("freezer/berth")).unwrap();
+        std::os::unix::fs::symlink("cpu,cpuacct", r.join("cpu")).unwrap();
+        let cg = Cgroups { root: r.to_path_buf(), version: Version::V1 };
+        cg.remove("/berth/c1").unwrap();
+        for hierarchy in ["memory", "cpu,cpuacct", "pids", "freezer"] {
+            assert!(!r.join(hierarchy).join("berth/c1").exists(), "{hierarchy}");
+            assert!(r.join(hierarchy).join("berth").is_dir(), "the parent stays in {hierarchy}");
+        }
+        cg.remove("/berth/c1").unwrap();
+    }
+
+    #[test]
+    fn removal_refuses_a_cgroup_that_is_not_empty() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("berth/c1/child")).unwrap();
+        let cg = Cgroups { root: r.to_path_buf(), version: Version::V2 };
+        assert!(cg.remove("/berth/c1").is_err());
+        fs::remove_dir(r.join("berth/c1/child")).unwrap();
+        cg.remove("/berth/c1").unwrap();
+        assert!(!r.join("berth/c1").exists());
     }
 }

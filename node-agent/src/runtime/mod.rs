@@ -2,10 +2,11 @@
 //! each, found again from their directories after an agent restart.
 //!
 //! ```text
-//! ROOT/<name>/config.json ── Runtime::start ──▶ berth-shim ROOT/<name>
+//! ROOT/<name>/config.json ── Runtime::start ──▶ berth-shim ROOT/<name> RUN/<name>
 //!            /started.json ◀── shim          ──▶ container (namespaces, cgroup, overlay)
-//!            /exit.json    ◀── shim, last
-//!            /container.log[.N]
+//!            /exit.json    ◀── shim (by then exec'd into berth-monitor), last
+//!            /container.log[.N], upper/, work/
+//! RUN/<name>/bundle/, etc/, runtime/, rootfs   (tmpfs; gone once it exits)
 //! ```
 //!
 //! The agent keeps no container state in memory: a container's status is
@@ -13,6 +14,7 @@
 
 pub mod cgroup;
 pub mod logs;
+pub mod monitor;
 pub mod record;
 pub mod rootfs;
 pub mod shim;
@@ -24,10 +26,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use libcontainer::container::Container as Lc;
-use libcontainer::signal::Signal;
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-pub use record::{ContainerConfig, Exited, Limits, LogPolicy, NetworkMode, Started};
+pub use record::{ContainerConfig, Dirs, Exited, Limits, LogPolicy, NetworkMode, Started};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -64,14 +66,23 @@ pub enum Status {
 }
 
 impl Status {
+    /// One word: created, running, exited, failed (could not run) or lost.
+    pub fn state(&self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Running(_) => "running",
+            Self::Exited(e) if e.error.is_some() => "failed",
+            Self::Exited(_) => "exited",
+            Self::Lost => "lost",
+        }
+    }
+
+    /// The state with the exit code and OOM kill, for people.
     pub fn label(&self) -> String {
         match self {
-            Self::Created => "created".into(),
-            Self::Running(_) => "running".into(),
-            Self::Exited(e) if e.error.is_some() => "failed".into(),
-            Self::Exited(e) if e.oom_killed => format!("exited ({}, oom-killed)", e.code),
-            Self::Exited(e) => format!("exited ({})", e.code),
-            Self::Lost => "lost".into(),
+            Self::Exited(e) if e.error.is_none() && e.oom_killed => format!("exited ({}, oom-killed)", e.code),
+            Self::Exited(e) if e.error.is_none() => format!("exited ({})", e.code),
+            other => other.state().into(),
         }
     }
 }
@@ -80,18 +91,31 @@ impl Status {
 pub struct Container {
     pub config: ContainerConfig,
     pub status: Status,
+    /// The data directory (config, records, logs).
     pub dir: PathBuf,
 }
 
-impl Container {
-    pub fn cgroup_path(&self) -> String {
-        format!("/{}/{}", self.config.cgroup_parent.trim_matches('/'), self.config.name)
+/// A shim this agent started. Dropping it is fine: tokio reaps the process
+/// when it exits, and the container runs on either way.
+#[derive(Debug)]
+pub struct Shim {
+    /// The container's init process.
+    pub pid: i32,
+    child: tokio::process::Child,
+}
+
+impl Shim {
+    /// Returns once the shim has exited, which it does just after writing
+    /// the exit record (or on dying without one: see [`Status::Lost`]).
+    pub async fn exited(&mut self) {
+        let _ = self.child.wait().await;
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Runtime {
     root: PathBuf,
+    run_root: PathBuf,
     shim: PathBuf,
 }
 
@@ -108,14 +132,22 @@ pub fn validate_name(name: &str) -> Result<(), RuntimeError> {
 }
 
 impl Runtime {
-    /// `root` holds one directory per container; `shim` is the berth-shim binary.
-    pub fn open(root: &Path, shim: PathBuf) -> Result<Self, RuntimeError> {
-        fs::create_dir_all(root).map_err(io_err(root))?;
-        Ok(Self { root: root.to_path_buf(), shim })
+    /// `root` (on disk) and `run_root` (under /run) hold one directory per
+    /// container (see [`Dirs`]); `shim` is the berth-shim binary.
+    pub fn open(root: &Path, run_root: &Path, shim: PathBuf) -> Result<Self, RuntimeError> {
+        for dir in [root, run_root] {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        Ok(Self { root: root.to_path_buf(), run_root: run_root.to_path_buf(), shim })
     }
 
+    /// The container's data directory.
     pub fn dir(&self, name: &str) -> PathBuf {
         self.root.join(name)
+    }
+
+    pub fn dirs(&self, name: &str) -> Dirs {
+        Dirs { data: self.root.join(name), run: self.run_root.join(name) }
     }
 
     /// Records a new container; the name must be free.
@@ -128,28 +160,30 @@ impl Runtime {
             }
             other => other.map_err(io_err(&dir))?,
         }
-        record::write(&dir, record::CONFIG, config).map_err(io_err(&dir))?;
+        record::write_durable(&dir, record::CONFIG, config).map_err(io_err(&dir))?;
         Ok(Container { config: config.clone(), status: Status::Created, dir })
     }
 
-    /// Starts the container's shim and waits for its report. Returns the
-    /// container's pid. A container that ran before starts afresh.
-    pub async fn start(&self, name: &str) -> Result<i32, RuntimeError> {
+    /// Starts the container's shim and waits for its report. A container
+    /// that ran before starts afresh.
+    pub async fn start(&self, name: &str) -> Result<Shim, RuntimeError> {
         let container = self.get(name)?;
+        let dirs = self.dirs(name);
         match container.status {
             Status::Running(_) => return Err(RuntimeError::Running(name.to_owned())),
-            Status::Lost => shim::cleanup(&container.dir, None),
+            Status::Lost => shim::cleanup(&dirs, None),
             Status::Created | Status::Exited(_) => {}
         }
-        let dir = container.dir;
         for stale in [record::STARTED, record::EXITED] {
-            let _ = fs::remove_file(dir.join(stale));
+            let _ = fs::remove_file(dirs.data.join(stale));
         }
-        let _ = fs::remove_dir_all(dir.join("runtime"));
-        let shim_log = dir.join("shim.log");
+        rootfs::remove_run_dir(&dirs).map_err(io_err(&dirs.run))?;
+        fs::create_dir_all(&dirs.run).map_err(io_err(&dirs.run))?;
+        let shim_log = dirs.data.join("shim.log");
         let log = fs::File::create(&shim_log).map_err(io_err(&shim_log))?;
         let mut child = tokio::process::Command::new(&self.shim)
-            .arg(&dir)
+            .arg(&dirs.data)
+            .arg(&dirs.run)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -170,12 +204,10 @@ impl Runtime {
             Err(_) => Err(fail("the shim did not report within 120 s".into())),
             Ok(Err(e)) => Err(fail(format!("reading the shim's report: {e}"))),
             Ok(Ok(_)) => {
-                // A shim that ran to its end already is reaped here; one
-                // still supervising is reaped by tokio when it exits.
-                let _ = child.try_wait();
                 let line = line.trim_end();
                 if let Some(pid) = line.strip_prefix("ok ") {
-                    pid.parse().map_err(|_| fail(format!("the shim reported {line:?}")))
+                    let pid = pid.parse().map_err(|_| fail(format!("the shim reported {line:?}")))?;
+                    Ok(Shim { pid, child })
                 } else if let Some(message) = line.strip_prefix("error ") {
                     Err(fail(message.to_owned()))
                 } else {
@@ -215,26 +247,25 @@ impl Runtime {
 
     /// Sends a signal to the container's init process, or with `all` to
     /// every process in its cgroup.
-    pub fn kill(&self, name: &str, signal: i32, all: bool) -> Result<(), RuntimeError> {
+    pub fn kill(&self, name: &str, signal: Signal, all: bool) -> Result<(), RuntimeError> {
         let container = self.get(name)?;
         if !matches!(container.status, Status::Running(_)) {
             return Err(RuntimeError::Other { name: name.into(), message: "is not running".into() });
         }
         let other = |message: String| RuntimeError::Other { name: name.into(), message };
-        let sig = Signal::try_from(signal).map_err(|e| other(format!("signal {signal}: {e}")))?;
-        let mut lc = Lc::load(container.dir.join("runtime").join(name)).map_err(|e| other(format!("loading: {e}")))?;
-        lc.kill(sig, all).map_err(|e| other(format!("sending signal {signal}: {e}")))
+        let mut lc = Lc::load(self.dirs(name).libcontainer().join(name)).map_err(|e| other(format!("loading: {e}")))?;
+        lc.kill(signal, all).map_err(|e| other(format!("sending {signal}: {e}")))
     }
 
     /// SIGTERM, then SIGKILL to every process after `grace`; returns once
     /// the shim has recorded the exit.
     pub async fn stop(&self, name: &str, grace: Duration) -> Result<Exited, RuntimeError> {
         if let Status::Running(_) = self.get(name)?.status {
-            let _ = self.kill(name, libc::SIGTERM, false);
+            let _ = self.kill(name, Signal::SIGTERM, false);
             if let Some(exited) = self.wait_for(name, grace).await? {
                 return Ok(exited);
             }
-            let _ = self.kill(name, libc::SIGKILL, true);
+            let _ = self.kill(name, Signal::SIGKILL, true);
         }
         self.wait(name).await
     }
@@ -273,15 +304,15 @@ impl Runtime {
         match container.status {
             Status::Running(_) if !force => return Err(RuntimeError::Running(name.to_owned())),
             Status::Running(_) => {
-                let _ = self.kill(name, libc::SIGKILL, true);
+                let _ = self.kill(name, Signal::SIGKILL, true);
                 self.wait(name).await?;
             }
-            Status::Lost => shim::cleanup(&container.dir, None),
+            Status::Lost => shim::cleanup(&self.dirs(name), None),
             Status::Created | Status::Exited(_) => {}
         }
-        // Never delete through a live mount.
-        rootfs::unmount_rootfs(&container.dir).map_err(io_err(&container.dir))?;
-        fs::remove_dir_all(&container.dir).map_err(io_err(&container.dir))
+        let dirs = self.dirs(name);
+        rootfs::remove_run_dir(&dirs).map_err(io_err(&dirs.run))?;
+        fs::remove_dir_all(&dirs.data).map_err(io_err(&dirs.data))
     }
 }
 

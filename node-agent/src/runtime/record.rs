@@ -2,11 +2,14 @@
 //! file each, so that either can die and the other still knows the truth:
 //!
 //! ```text
-//! containers/<name>/config.json   agent: what to run (written once)
+//! containers/<name>/config.json   agent: what to run (written once, fsync'd)
 //! containers/<name>/started.json  shim: its pid, the container's pid
 //! containers/<name>/exit.json     shim: exit code, signal, OOM; written last,
 //!                                 after the cgroup and mount are gone
 //! ```
+//!
+//! started.json and exit.json describe processes, which a host crash ends
+//! anyway, so they are written atomically but not fsync'd.
 
 use std::fs;
 use std::io;
@@ -38,6 +41,18 @@ pub struct ContainerConfig {
     pub cgroup_parent: String,
     pub log: LogPolicy,
     pub created_at_ms: u64,
+}
+
+impl ContainerConfig {
+    /// The container's cgroup, as the runtime spec names it: `/<parent>/<name>`.
+    pub fn cgroup_path(&self) -> String {
+        format!("/{}/{}", self.cgroup_parent.trim_matches('/'), self.name)
+    }
+
+    /// The container's hostname: its name, cut to a DNS label's 63 bytes.
+    pub fn hostname(&self) -> String {
+        self.name.chars().take(63).collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +107,28 @@ pub struct Exited {
     pub error: Option<String>,
 }
 
+/// Where a container's files live. `data` is on disk and outlives the
+/// host: config, records, logs, the writable layer. `run` is under /run
+/// (tmpfs) and matters only while the container runs: the runtime spec,
+/// its /etc files, libcontainer's state, the rootfs mount point. Keeping
+/// the short-lived files off the disk saves a start several milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dirs {
+    pub data: PathBuf,
+    pub run: PathBuf,
+}
+
+impl Dirs {
+    /// libcontainer's state directory.
+    pub fn libcontainer(&self) -> PathBuf {
+        self.run.join("runtime")
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.run.join("rootfs")
+    }
+}
+
 pub const CONFIG: &str = "config.json";
 pub const STARTED: &str = "started.json";
 pub const EXITED: &str = "exit.json";
@@ -104,13 +141,24 @@ pub fn read<T: DeserializeOwned>(dir: &Path, name: &str) -> io::Result<Option<T>
     }
 }
 
-/// Writes atomically (temp file, fsync, rename): a reader sees all or nothing.
+/// Writes atomically (temp file, rename): a reader sees all or nothing.
 pub fn write<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
+    write_file(dir, name, value, false)
+}
+
+/// As [`write`], and on disk before it returns.
+pub fn write_durable<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
+    write_file(dir, name, value, true)
+}
+
+fn write_file<T: Serialize>(dir: &Path, name: &str, value: &T, sync: bool) -> io::Result<()> {
     use std::io::Write;
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut file = fs::File::create(&tmp)?;
     file.write_all(&serde_json::to_vec_pretty(value).map_err(io::Error::from)?)?;
-    file.sync_all()?;
+    if sync {
+        file.sync_all()?;
+    }
     fs::rename(&tmp, dir.join(name))
 }
 

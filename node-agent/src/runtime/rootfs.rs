@@ -2,8 +2,11 @@
 //! read-only under a per-container writable layer with overlayfs.
 //!
 //! ```text
-//! DIR/rootfs  = overlay(lower = layer N : … : layer 1, upper = DIR/upper, work = DIR/work)
+//! RUN/rootfs  = overlay(lower = layer N : … : layer 1, upper = DATA/upper, work = DATA/work)
 //! ```
+//!
+//! The writable layer is on disk with the container's data; the mount
+//! point is in its run directory (see [`super::record::Dirs`]).
 
 use std::fs;
 use std::io;
@@ -11,22 +14,24 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use super::record::Dirs;
+
 /// Overlay mount options; lower layers are listed top first.
 pub fn overlay_options(layers: &[PathBuf], upper: &Path, work: &Path) -> String {
     let lower: Vec<String> = layers.iter().rev().map(|p| p.display().to_string()).collect();
     format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), upper.display(), work.display())
 }
 
-/// Mounts the container's root at `DIR/rootfs` and returns that path.
-pub fn mount_rootfs(dir: &Path, layers: &[PathBuf]) -> io::Result<PathBuf> {
-    let (rootfs, upper, work) = (dir.join("rootfs"), dir.join("upper"), dir.join("work"));
+/// Mounts the container's root at `RUN/rootfs` and returns that path.
+pub fn mount_rootfs(dirs: &Dirs, layers: &[PathBuf]) -> io::Result<PathBuf> {
+    let (rootfs, upper, work) = (dirs.rootfs(), dirs.data.join("upper"), dirs.data.join("work"));
     for d in [&rootfs, &upper, &work] {
         fs::create_dir_all(d)?;
     }
     let mut layers = layers.to_vec();
     if layers.is_empty() {
         // overlayfs needs a lower layer; an image without layers gets an empty one.
-        let empty = dir.join("empty");
+        let empty = dirs.data.join("empty");
         fs::create_dir_all(&empty)?;
         layers.push(empty);
     }
@@ -44,13 +49,23 @@ pub fn mount_rootfs(dir: &Path, layers: &[PathBuf]) -> io::Result<PathBuf> {
     Ok(rootfs)
 }
 
-/// Unmounts `DIR/rootfs` if it is mounted.
-pub fn unmount_rootfs(dir: &Path) -> io::Result<()> {
-    let rootfs = dir.join("rootfs");
+/// Unmounts `RUN/rootfs` if it is mounted.
+pub fn unmount_rootfs(dirs: &Dirs) -> io::Result<()> {
+    let rootfs = dirs.rootfs();
     if is_mounted(&rootfs) {
         umount2(&rootfs, MntFlags::MNT_DETACH).map_err(io::Error::from)?;
     }
     Ok(())
+}
+
+/// Unmounts the rootfs, then removes the run directory; never deletes
+/// through a live mount.
+pub fn remove_run_dir(dirs: &Dirs) -> io::Result<()> {
+    unmount_rootfs(dirs)?;
+    match fs::remove_dir_all(&dirs.run) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 pub fn is_mounted(path: &Path) -> bool {

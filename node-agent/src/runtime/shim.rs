@@ -1,59 +1,63 @@
-//! The shim: one small single-threaded process per container, its parent
-//! for life, in the manner of conmon and containerd's shims.
+//! The shim: one single-threaded process per container, its parent for
+//! life, in the manner of conmon and containerd's shims.
 //!
 //! ```text
-//! agent ──spawn──▶ berth-shim DIR ──libcontainer (clone)──▶ container init
-//!   ▲  "ok PID" / "error …" on stdout │ poll stdout/stderr pipes ─▶ DIR/container.log
-//!   └──────────────────────────────── │ waitpid ─▶ cgroup OOM count ─▶ delete cgroup,
-//!                                     │            unmount rootfs ─▶ DIR/exit.json
+//! agent ──spawn──▶ berth-shim DATA RUN ──libcontainer (clone)──▶ container init
+//!   ▲  "ok PID" / "error …" on stdout │
+//!   └──────────────────────────────── │ exec (same pid, children, pipes)
+//!                                     ▼
+//!                              berth-monitor: pipes ─▶ DATA/container.log,
+//!                              waitpid ─▶ OOM count ─▶ release ─▶ DATA/exit.json
 //! ```
 //!
 //! The shim runs in its own session, so the agent can die or restart while
 //! the container runs on. libcontainer forks, so it is only ever called
-//! here, never from the multi-threaded agent.
+//! here, never from the multi-threaded agent. Once the container runs the
+//! shim execs the small monitor (see [`super::monitor`]).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::signal::{signal, SigHandler, Signal};
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::Pid;
 
-use super::cgroup::Cgroups;
-use super::logs::{LogWriter, Stream};
-use super::record::{self, ContainerConfig, Exited, NetworkMode, Started};
+use super::monitor::{self, Watched};
+use super::record::{self, ContainerConfig, Dirs, Exited, NetworkMode, Started};
 use super::{rootfs, spec};
 
-/// Runs the container in `dir` to its end. Reports on stdout first
-/// (`ok PID` once it runs, or `error MESSAGE`), then supervises.
-pub fn main(dir: &Path) -> i32 {
+/// Runs the container to its end. Reports on stdout first (`ok PID` once
+/// it runs, or `error MESSAGE`), then supervises.
+pub fn main(dirs: &Dirs) -> i32 {
     let _ = nix::unistd::setsid();
     // The container inherits ignored signals through exec (and a shell
     // cannot trap a signal ignored at its start), so every signal keeps its
     // default until the container exists; Rust ignores SIGPIPE at startup.
-    let _ = set_disposition(Signal::SIGPIPE, SigHandler::SigDfl);
+    let _ = set_default(Signal::SIGPIPE);
     let mut report = io::stdout();
-    let started = start(dir);
+    let started = start(dirs);
     for sig in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGPIPE, Signal::SIGTERM] {
-        let _ = set_disposition(sig, SigHandler::SigIgn);
+        let _ = monitor::ignore(sig);
     }
     match started {
-        Ok(running) => {
-            let _ = writeln!(report, "ok {}", running.pid);
+        Ok((config, watched)) => {
+            let _ = writeln!(report, "ok {}", watched.pid);
             let _ = report.flush();
             // The agent may be gone by now; our stdout must not hold it.
             let _ = redirect_stdout_to_null();
-            supervise(dir, running)
+            let error = exec_monitor(dirs, &watched);
+            eprintln!("berth-shim: {error}; supervising without the monitor");
+            monitor::supervise(dirs, &config, watched);
+            0
         }
         Err(message) => {
-            cleanup(dir, None);
+            cleanup(dirs, None);
             let exited = Exited {
                 code: 125,
                 signal: None,
@@ -61,7 +65,7 @@ pub fn main(dir: &Path) -> i32 {
                 finished_at_ms: record::now_ms(),
                 error: Some(message.clone()),
             };
-            let _ = record::write(dir, record::EXITED, &exited);
+            let _ = record::write(&dirs.data, record::EXITED, &exited);
             let _ = writeln!(report, "error {message}");
             1
         }
@@ -69,9 +73,9 @@ pub fn main(dir: &Path) -> i32 {
 }
 
 #[allow(unsafe_code)]
-fn set_disposition(sig: Signal, how: SigHandler) -> nix::Result<SigHandler> {
-    // SAFETY: SIG_IGN and SIG_DFL install no handler code.
-    unsafe { signal(sig, how) }
+fn set_default(sig: Signal) -> nix::Result<SigHandler> {
+    // SAFETY: SIG_DFL installs no handler code.
+    unsafe { signal(sig, SigHandler::SigDfl) }
 }
 
 fn redirect_stdout_to_null() -> io::Result<()> {
@@ -79,20 +83,32 @@ fn redirect_stdout_to_null() -> io::Result<()> {
     nix::unistd::dup2(null.as_raw_fd(), 1).map(|_| ()).map_err(io::Error::from)
 }
 
-struct Running {
-    config: ContainerConfig,
-    container: Container,
-    pid: i32,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
+/// Replaces this process with `berth-monitor` (beside this binary), handing
+/// over the output pipes; returns only if that fails.
+fn exec_monitor(dirs: &Dirs, watched: &Watched) -> String {
+    for fd in [&watched.stdout, &watched.stderr] {
+        if let Err(e) = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty())) {
+            return format!("keeping the output pipes open across exec: {e}");
+        }
+    }
+    let monitor = match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name("berth-monitor"),
+        Err(e) => return format!("finding this binary: {e}"),
+    };
+    let error = std::process::Command::new(&monitor)
+        .arg(&dirs.data)
+        .arg(&dirs.run)
+        .arg(watched.pid.to_string())
+        .arg(watched.stdout.as_raw_fd().to_string())
+        .arg(watched.stderr.as_raw_fd().to_string())
+        .exec();
+    format!("running {}: {error}", monitor.display())
 }
 
-fn start(dir: &Path) -> Result<Running, String> {
-    let config: ContainerConfig = record::read(dir, record::CONFIG)
-        .map_err(|e| format!("reading {}: {e}", dir.join(record::CONFIG).display()))?
-        .ok_or_else(|| format!("{} is missing", dir.join(record::CONFIG).display()))?;
-    let etc = write_etc_files(dir, &config).map_err(|e| format!("writing /etc files: {e}"))?;
-    let rootfs = rootfs::mount_rootfs(dir, &config.layers).map_err(|e| e.to_string())?;
+fn start(dirs: &Dirs) -> Result<(ContainerConfig, Watched), String> {
+    let config = monitor::read_config(&dirs.data)?;
+    let etc = write_etc_files(&dirs.run, &config).map_err(|e| format!("writing /etc files: {e}"))?;
+    let rootfs = rootfs::mount_rootfs(dirs, &config.layers).map_err(|e| e.to_string())?;
     let read_etc = |name: &str| fs::read_to_string(rootfs.join("etc").join(name)).unwrap_or_default();
     let spec = spec::build(&config, &read_etc("passwd"), &read_etc("group"), rootfs.clone(), &etc)
         .map_err(|e| e.to_string())?;
@@ -101,7 +117,7 @@ fn start(dir: &Path) -> Result<Running, String> {
         process.env().iter().flatten().find_map(|v| v.strip_prefix("PATH=")).unwrap_or(spec::DEFAULT_PATH).to_owned();
     let arg0 = process.args().iter().flatten().next().ok_or(spec::SpecError::NoCommand.to_string())?;
     rootfs::find_executable(&rootfs, arg0, &path_var)?;
-    let bundle = dir.join("bundle");
+    let bundle = dirs.run.join("bundle");
     fs::create_dir_all(&bundle).map_err(|e| format!("creating {}: {e}", bundle.display()))?;
     spec.save(bundle.join("config.json")).map_err(|e| format!("writing the runtime spec: {e}"))?;
 
@@ -109,7 +125,7 @@ fn start(dir: &Path) -> Result<Running, String> {
     let (err_r, err_w) = pipe()?;
     let null = File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
     let mut container = ContainerBuilder::new(config.name.clone(), SyscallType::Linux)
-        .with_root_path(dir.join("runtime"))
+        .with_root_path(dirs.libcontainer())
         .map_err(|e| format!("libcontainer root: {e}"))?
         .with_executor(DefaultExecutor {})
         .with_stdin(null)
@@ -119,8 +135,8 @@ fn start(dir: &Path) -> Result<Running, String> {
         .with_systemd(false)
         .with_detach(true)
         .build()
-        .map_err(|e| format!("creating the container: {}", chain(&e)))?;
-    container.start().map_err(|e| format!("starting the container: {}", chain(&e)))?;
+        .map_err(|e| format!("creating the container: {}", crate::error_chain(&e)))?;
+    container.start().map_err(|e| format!("starting the container: {}", crate::error_chain(&e)))?;
     let pid = container.pid().ok_or("the container has no pid")?.as_raw();
     let me = std::process::id() as i32;
     let started = Started {
@@ -129,105 +145,38 @@ fn start(dir: &Path) -> Result<Running, String> {
         pid,
         started_at_ms: record::now_ms(),
     };
-    record::write(dir, record::STARTED, &started).map_err(|e| format!("writing {}: {e}", record::STARTED))?;
-    Ok(Running { config, container, pid, stdout: out_r, stderr: err_r })
+    record::write(&dirs.data, record::STARTED, &started).map_err(|e| format!("writing {}: {e}", record::STARTED))?;
+    Ok((config, Watched { pid, stdout: out_r, stderr: err_r }))
 }
 
-fn supervise(dir: &Path, mut running: Running) -> i32 {
-    let mut log = LogWriter::open(dir, running.config.log).ok();
-    copy_output(&mut log, &running.stdout, &running.stderr);
-    let status = loop {
-        match waitpid(Pid::from_raw(running.pid), None) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => break other,
-        }
-    };
-    let (code, signal) = match status {
-        Ok(WaitStatus::Exited(_, code)) => (code, None),
-        Ok(WaitStatus::Signaled(_, sig, _)) => (128 + sig as i32, Some(sig as i32)),
-        _ => (255, None),
-    };
-    let cgroup = format!("/{}/{}", running.config.cgroup_parent.trim_matches('/'), running.config.name);
-    let oom_killed = Cgroups::detect().usage(&cgroup).oom_kills > 0;
-    cleanup(dir, Some(&mut running.container));
-    let exited = Exited { code, signal, oom_killed, finished_at_ms: record::now_ms(), error: None };
-    let _ = record::write(dir, record::EXITED, &exited);
-    0
-}
-
-/// Copies both pipes into the log until both reach end of file, which
-/// happens when every process of the container's PID namespace is gone.
-fn copy_output(log: &mut Option<LogWriter>, stdout: &OwnedFd, stderr: &OwnedFd) {
-    let mut open = [true, true];
-    let mut buf = vec![0u8; 64 * 1024];
-    let streams = [Stream::Stdout, Stream::Stderr];
-    let fds = [stdout, stderr];
-    while open.iter().any(|o| *o) {
-        let mut polled: Vec<(usize, PollFd)> =
-            (0..2).filter(|&i| open[i]).map(|i| (i, PollFd::new(fds[i].as_fd(), PollFlags::POLLIN))).collect();
-        let mut pfds: Vec<PollFd> = polled.iter().map(|(_, p)| *p).collect();
-        match poll(&mut pfds, PollTimeout::NONE) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return,
-            Ok(_) => {}
-        }
-        for ((i, _), p) in polled.iter_mut().zip(&pfds) {
-            if p.revents().is_some_and(|r| !r.is_empty()) {
-                match nix::unistd::read(fds[*i].as_raw_fd(), &mut buf) {
-                    Ok(0) | Err(_) => {
-                        open[*i] = false;
-                        if let Some(l) = log.as_mut() {
-                            let _ = l.finish(streams[*i]);
-                        }
-                    }
-                    Ok(n) => {
-                        if let Some(l) = log.as_mut() {
-                            let _ = l.write(streams[*i], &buf[..n]);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Releases what the container held on the host: its cgroup and
-/// libcontainer state (through libcontainer), and the rootfs mount.
-pub fn cleanup(dir: &Path, container: Option<&mut Container>) {
+/// Releases what the container held on the host: its processes, cgroup
+/// and libcontainer state (through libcontainer), the rootfs mount and the
+/// run directory. For a container that failed to start or whose shim died.
+pub fn cleanup(dirs: &Dirs, container: Option<&mut Container>) {
     match container {
         Some(c) => {
             let _ = c.delete(true);
         }
         None => {
-            if let Some(name) = fs::read_dir(dir.join("runtime")).ok().and_then(|mut d| d.next()).and_then(|e| e.ok()) {
+            if let Some(name) = fs::read_dir(dirs.libcontainer()).ok().and_then(|mut d| d.next()).and_then(|e| e.ok()) {
                 if let Ok(mut c) = Container::load(name.path()) {
                     let _ = c.delete(true);
                 }
             }
         }
     }
-    let _ = rootfs::unmount_rootfs(dir);
+    let _ = rootfs::remove_run_dir(dirs);
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("creating a pipe: {e}"))
 }
 
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        out = format!("{out}: {c}");
-        cause = c.source();
-    }
-    out
-}
-
 /// `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf` for the container.
-fn write_etc_files(dir: &Path, config: &ContainerConfig) -> io::Result<spec::EtcFiles> {
-    let etc = dir.join("etc");
+fn write_etc_files(run: &Path, config: &ContainerConfig) -> io::Result<spec::EtcFiles> {
+    let etc = run.join("etc");
     fs::create_dir_all(&etc)?;
-    let host: String = config.name.chars().take(63).collect();
+    let host = config.hostname();
     let files = spec::EtcFiles {
         hostname: etc.join("hostname"),
         hosts: etc.join("hosts"),

@@ -79,7 +79,7 @@ pub fn unpack(blob: impl Read, dest: &Path) -> Result<Unpacked, UnpackError> {
     let entries = unpack_tar(&mut hashed, dest)?;
     // The tar's end-of-archive padding counts for the diff id too.
     io::copy(&mut hashed, &mut io::sink()).map_err(UnpackError::Read)?;
-    Ok(Unpacked { diff_id: format!("sha256:{}", hex::encode(hashed.hasher.finalize())), entries })
+    Ok(Unpacked { diff_id: super::source::digest_string(hashed.hasher.finalize()), entries })
 }
 
 fn unpack_tar(tar: impl Read, dest: &Path) -> Result<usize, UnpackError> {

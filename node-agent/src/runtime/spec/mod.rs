@@ -116,7 +116,7 @@ pub fn build(
     linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources.build().map_err(err)?)
-        .cgroups_path(PathBuf::from(format!("/{}/{}", config.cgroup_parent.trim_matches('/'), config.name)))
+        .cgroups_path(PathBuf::from(config.cgroup_path()))
         .masked_paths(linux.masked_paths().clone().unwrap_or_default())
         .readonly_paths(linux.readonly_paths().clone().unwrap_or_default())
         .build()
@@ -138,7 +138,7 @@ pub fn build(
     }
 
     let mut spec = Spec::default();
-    spec.set_hostname(Some(hostname(&config.name)))
+    spec.set_hostname(Some(config.hostname()))
         .set_process(Some(process))
         .set_root(Some(RootBuilder::default().path(rootfs).readonly(false).build().map_err(err)?))
         .set_mounts(Some(mounts))
@@ -177,16 +177,12 @@ pub fn environment(config: &ContainerConfig, home: Option<&str>) -> Vec<String> 
         env.push(format!("PATH={DEFAULT_PATH}"));
     }
     if !has(&env, "HOSTNAME") {
-        env.push(format!("HOSTNAME={}", hostname(&config.name)));
+        env.push(format!("HOSTNAME={}", config.hostname()));
     }
     if !has(&env, "HOME") {
         env.push(format!("HOME={}", home.unwrap_or("/root")));
     }
     env
-}
-
-fn hostname(name: &str) -> String {
-    name.chars().take(63).collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -112,3 +112,50 @@ fn host_network_drops_only_the_network_namespace() {
     assert!(!ns.contains(&LinuxNamespaceType::Network));
     assert!(ns.contains(&LinuxNamespaceType::Pid));
 }
+
+/// This host runs cgroup v1, so the v2 path is exercised on a temp-dir
+/// hierarchy laid out as the kernel lays out cgroup2: the spec's limits,
+/// applied by libcgroups' v2 manager as libcontainer does, land in the
+/// files the kernel reads; our reader and remover work on the same tree.
+#[test]
+fn limits_reach_cgroup_v2_files() {
+    use libcgroups::common::{CgroupManager, ControllerOpt};
+
+    use crate::runtime::cgroup::{Cgroups, Version};
+
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::write(r.join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+    let leaf = r.join("berth/web-1");
+    std::fs::create_dir_all(&leaf).unwrap();
+    for dir in [r, &r.join("berth")] {
+        std::fs::write(dir.join("cgroup.subtree_control"), "").unwrap();
+    }
+    for file in ["cgroup.procs", "cpu.max", "memory.max", "memory.swap.max", "pids.max"] {
+        std::fs::write(leaf.join(file), "").unwrap();
+    }
+    let mut c = config();
+    c.limits = Limits { memory_bytes: Some(64 << 20), cpu_millis: Some(500), pids: Some(20) };
+    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc()).unwrap();
+    let linux = spec.linux().as_ref().unwrap();
+    let cgroup = linux.cgroups_path().as_ref().unwrap();
+    let manager = libcgroups::v2::manager::Manager::new(r.to_path_buf(), cgroup.clone()).unwrap();
+    manager.add_task(nix::unistd::Pid::from_raw(4242)).unwrap();
+    let resources = linux.resources().as_ref().unwrap();
+    let opt = ControllerOpt { resources, disable_oom_killer: false, oom_score_adj: None, freezer_state: None };
+    manager.apply(&opt).unwrap();
+    let read = |file: &str| std::fs::read_to_string(leaf.join(file)).unwrap();
+    assert_eq!(read("memory.max"), "67108864");
+    assert_eq!(read("cpu.max"), "50000 100000");
+    assert_eq!(read("pids.max"), "20");
+    assert_eq!(read("cgroup.procs"), "4242");
+
+    let cgroups = Cgroups { root: r.to_path_buf(), version: Version::V2 };
+    std::fs::write(leaf.join("memory.events"), "oom 1\noom_kill 1\n").unwrap();
+    assert_eq!(cgroups.usage(&c.cgroup_path()).oom_kills, 1);
+    for entry in std::fs::read_dir(&leaf).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap(); // the kernel's files vanish with the cgroup
+    }
+    cgroups.remove(&c.cgroup_path()).unwrap();
+    assert!(!leaf.exists() && r.join("berth").exists());
+}
