@@ -12,9 +12,6 @@
 //! The agent keeps no container state in memory: a container's status is
 //! read from its directory and from whether its shim still lives.
 
-pub mod cgroup;
-pub mod logs;
-pub mod monitor;
 pub mod record;
 pub mod rootfs;
 pub mod shim;
@@ -29,6 +26,7 @@ use libcontainer::container::Container as Lc;
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+pub use berth_monitor::{cgroup, logs};
 pub use record::{ContainerConfig, Dirs, Exited, Limits, LogPolicy, NetworkMode, Started};
 
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +175,7 @@ impl Runtime {
         for stale in [record::STARTED, record::EXITED] {
             let _ = fs::remove_file(dirs.data.join(stale));
         }
-        rootfs::remove_run_dir(&dirs).map_err(io_err(&dirs.run))?;
+        berth_monitor::remove_run_dir(&dirs).map_err(io_err(&dirs.run))?;
         fs::create_dir_all(&dirs.run).map_err(io_err(&dirs.run))?;
         let shim_log = dirs.data.join("shim.log");
         let log = fs::File::create(&shim_log).map_err(io_err(&shim_log))?;
@@ -311,7 +309,7 @@ impl Runtime {
             Status::Created | Status::Exited(_) => {}
         }
         let dirs = self.dirs(name);
-        rootfs::remove_run_dir(&dirs).map_err(io_err(&dirs.run))?;
+        berth_monitor::remove_run_dir(&dirs).map_err(io_err(&dirs.run))?;
         fs::remove_dir_all(&dirs.data).map_err(io_err(&dirs.data))
     }
 }

@@ -12,7 +12,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, MsFlags};
 
 use super::record::Dirs;
 
@@ -47,31 +47,6 @@ pub fn mount_rootfs(dirs: &Dirs, layers: &[PathBuf]) -> io::Result<PathBuf> {
     mount(Some("overlay"), &rootfs, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
         .map_err(|e| io::Error::other(format!("mounting the overlay root at {}: {e}", rootfs.display())))?;
     Ok(rootfs)
-}
-
-/// Unmounts `RUN/rootfs` if it is mounted.
-pub fn unmount_rootfs(dirs: &Dirs) -> io::Result<()> {
-    let rootfs = dirs.rootfs();
-    if is_mounted(&rootfs) {
-        umount2(&rootfs, MntFlags::MNT_DETACH).map_err(io::Error::from)?;
-    }
-    Ok(())
-}
-
-/// Unmounts the rootfs, then removes the run directory; never deletes
-/// through a live mount.
-pub fn remove_run_dir(dirs: &Dirs) -> io::Result<()> {
-    unmount_rootfs(dirs)?;
-    match fs::remove_dir_all(&dirs.run) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let target = path.display().to_string();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(target.as_str()))
 }
 
 /// Finds the executable the container will run, inside `rootfs`, the way

@@ -28,7 +28,8 @@ use libcontainer::workload::default::DefaultExecutor;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::signal::{signal, SigHandler, Signal};
 
-use super::monitor::{self, Watched};
+use berth_monitor::{Watch, Watched};
+
 use super::record::{self, ContainerConfig, Dirs, Exited, NetworkMode, Started};
 use super::{rootfs, spec};
 
@@ -43,17 +44,17 @@ pub fn main(dirs: &Dirs) -> i32 {
     let mut report = io::stdout();
     let started = start(dirs);
     for sig in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGPIPE, Signal::SIGTERM] {
-        let _ = monitor::ignore(sig);
+        let _ = berth_monitor::ignore(sig);
     }
     match started {
-        Ok((config, watched)) => {
+        Ok((watch, watched)) => {
             let _ = writeln!(report, "ok {}", watched.pid);
             let _ = report.flush();
             // The agent may be gone by now; our stdout must not hold it.
             let _ = redirect_stdout_to_null();
-            let error = exec_monitor(dirs, &watched);
+            let error = exec_monitor(&watch, &watched);
             eprintln!("berth-shim: {error}; supervising without the monitor");
-            monitor::supervise(dirs, &config, watched);
+            berth_monitor::supervise(&watch, watched);
             0
         }
         Err(message) => {
@@ -83,30 +84,29 @@ fn redirect_stdout_to_null() -> io::Result<()> {
     nix::unistd::dup2(null.as_raw_fd(), 1).map(|_| ()).map_err(io::Error::from)
 }
 
-/// Replaces this process with `berth-monitor` (beside this binary), handing
-/// over the output pipes; returns only if that fails.
-fn exec_monitor(dirs: &Dirs, watched: &Watched) -> String {
+/// Replaces this process with `berth-monitor` (`BERTH_MONITOR`, or beside
+/// this binary), handing over the output pipes; returns only if that fails.
+fn exec_monitor(watch: &Watch, watched: &Watched) -> String {
     for fd in [&watched.stdout, &watched.stderr] {
         if let Err(e) = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty())) {
             return format!("keeping the output pipes open across exec: {e}");
         }
     }
-    let monitor = match std::env::current_exe() {
-        Ok(exe) => exe.with_file_name("berth-monitor"),
-        Err(e) => return format!("finding this binary: {e}"),
+    let monitor = match (std::env::var_os("BERTH_MONITOR"), std::env::current_exe()) {
+        (Some(path), _) => path.into(),
+        (None, Ok(exe)) => exe.with_file_name("berth-monitor"),
+        (None, Err(e)) => return format!("finding this binary: {e}"),
     };
-    let error = std::process::Command::new(&monitor)
-        .arg(&dirs.data)
-        .arg(&dirs.run)
-        .arg(watched.pid.to_string())
-        .arg(watched.stdout.as_raw_fd().to_string())
-        .arg(watched.stderr.as_raw_fd().to_string())
-        .exec();
+    let args = watch.args(watched.pid, watched.stdout.as_raw_fd(), watched.stderr.as_raw_fd());
+    let error = std::process::Command::new(&monitor).args(args).exec();
     format!("running {}: {error}", monitor.display())
 }
 
-fn start(dirs: &Dirs) -> Result<(ContainerConfig, Watched), String> {
-    let config = monitor::read_config(&dirs.data)?;
+fn start(dirs: &Dirs) -> Result<(Watch, Watched), String> {
+    let path = dirs.data.join(record::CONFIG);
+    let config: ContainerConfig = record::read(&dirs.data, record::CONFIG)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?
+        .ok_or_else(|| format!("{} is missing", path.display()))?;
     let etc = write_etc_files(&dirs.run, &config).map_err(|e| format!("writing /etc files: {e}"))?;
     let rootfs = rootfs::mount_rootfs(dirs, &config.layers).map_err(|e| e.to_string())?;
     let read_etc = |name: &str| fs::read_to_string(rootfs.join("etc").join(name)).unwrap_or_default();
@@ -146,7 +146,8 @@ fn start(dirs: &Dirs) -> Result<(ContainerConfig, Watched), String> {
         started_at_ms: record::now_ms(),
     };
     record::write(&dirs.data, record::STARTED, &started).map_err(|e| format!("writing {}: {e}", record::STARTED))?;
-    Ok((config, Watched { pid, stdout: out_r, stderr: err_r }))
+    let watch = Watch { dirs: dirs.clone(), cgroup: config.cgroup_path(), log: config.log };
+    Ok((watch, Watched { pid, stdout: out_r, stderr: err_r }))
 }
 
 /// Releases what the container held on the host: its processes, cgroup
@@ -165,7 +166,7 @@ pub fn cleanup(dirs: &Dirs, container: Option<&mut Container>) {
             }
         }
     }
-    let _ = rootfs::remove_run_dir(dirs);
+    let _ = berth_monitor::remove_run_dir(dirs);
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), String> {

@@ -14,7 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::record::LogPolicy;
+use crate::record::LogPolicy;
 
 pub const LOG_FILE: &str = "container.log";
 /// Longest piece written as one line; longer lines are split with `P`.
