@@ -432,3 +432,25 @@ async fn a_shim_whose_monitor_is_missing_supervises_the_container_itself() {
     assert!(shim_log.contains("supervising without the monitor"), "{shim_log}");
     assert!(!agent.run_dir("solo").exists() && agent.cgroup_dirs("solo").is_empty());
 }
+
+#[tokio::test]
+async fn ctrl_c_stops_a_foreground_container_with_grace() {
+    use std::io::BufRead;
+    let (registry, image) = registry_with_busybox().await;
+    let agent = Agent::new(Some(&registry));
+    let script = "trap 'echo got-term; exit 7' TERM; echo ready; while true; do sleep 0.1; done";
+    let mut child = agent
+        .command(&["run", "--name", "fg", "--stop-timeout", "20", &image, "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(rest, ["got-term"], "the container's TERM handler ran");
+    assert_eq!(status.code(), Some(7), "the container's exit code is the command's");
+    assert_eq!(agent.ps_one("fg")["state"], "exited");
+}
