@@ -38,6 +38,7 @@ async fn proposals_apply_per_command_and_reopen_from_snapshot() -> anyhow::Resul
         resources: Default::default(),
         ports: vec![],
         restart: Default::default(),
+        constraints: vec![],
     };
     let entry = |index, commands| Entry::<TypeConfig> {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),

@@ -77,6 +77,9 @@ enum ServiceCmd {
         /// always, on-failure or never
         #[arg(long, default_value = "always")]
         restart: String,
+        /// Where tasks may run: node.name == X, node.labels.KEY != Y (repeatable)
+        #[arg(long = "constraint")]
+        constraints: Vec<String>,
         /// The command and its arguments, after `--`
         #[arg(last = true)]
         command: Vec<String>,
@@ -145,6 +148,7 @@ async fn run(cli: Cli) -> Result<String> {
             memory,
             publish,
             restart,
+            constraints,
             command,
         }) => {
             let spec = pb::ServiceSpec {
@@ -159,6 +163,7 @@ async fn run(cli: Cli) -> Result<String> {
                 }),
                 ports: publish.iter().map(|p| spec::parse_publish(p)).collect::<Result<_>>().context("--publish")?,
                 restart,
+                constraints,
             };
             spec::check(&spec)?;
             let name = spec.name.clone();

@@ -93,6 +93,9 @@ pub fn service(s: &Service, format: Format) -> String {
     kv("Command", if spec.command.is_empty() { "(image default)".into() } else { shell_words(&spec.command) });
     kv("Replicas", spec.replicas.to_string());
     kv("Restart", spec.restart.to_string());
+    if !spec.constraints.is_empty() {
+        kv("Constraints", spec.constraints.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+    }
     let cpus = if spec.resources.cpu_millis == 0 {
         "-".into()
     } else {

@@ -31,6 +31,9 @@ struct SpecFile {
     ports: Vec<Value>,
     #[serde(default)]
     restart: String,
+    /// `node.labels.zone == a`, `node.name != x`.
+    #[serde(default)]
+    constraints: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +95,7 @@ impl SpecFile {
             resources: Some(pb::Resources { cpus: self.resources.cpus, memory_bytes }),
             ports,
             restart: self.restart,
+            constraints: self.constraints,
         })
     }
 }
@@ -163,12 +167,14 @@ mod tests {
         let specs = parse_file(
             "name: web\nimage: busybox:1.36\ncommand: [httpd, -f]\nreplicas: 3\nenv: {A: \"1\"}\n\
              resources: {cpus: 0.5, memory: 64Mi}\nports: [\"8080:80\", {target: 53, protocol: udp}]\nrestart: on-failure\n\
+             constraints: [\"node.labels.zone == a\"]\n\
              ---\nname: db\nimage: busybox\n",
         )
         .expect("valid");
         assert_eq!(specs.len(), 2);
         let web = &specs[0];
         assert_eq!(web.replicas, 3);
+        assert_eq!(web.constraints, ["node.labels.zone == a"]);
         assert_eq!(web.resources.as_ref().map(|r| r.memory_bytes), Some(64 << 20));
         assert_eq!(web.ports[0], pb::PortSpec { published: 8080, target: 80, protocol: String::new() });
         assert_eq!(web.ports[1], pb::PortSpec { published: 0, target: 53, protocol: "udp".into() });

@@ -26,6 +26,12 @@ impl TryFrom<pb::ServiceSpec> for model::ServiceSpec {
         let ports = p.ports.iter().enumerate().map(|(i, port)| port_from_pb(i, port)).collect::<Result<_, _>>()?;
         let restart = RestartPolicy::parse(&p.restart)
             .ok_or_else(|| InvalidField::new("restart", &p.restart, "one of always, on-failure, never"))?;
+        let constraints = p
+            .constraints
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.parse().map_err(|e| InvalidField { field: format!("constraints[{i}]"), ..e }))
+            .collect::<Result<_, _>>()?;
         let spec = model::ServiceSpec {
             name: p.name,
             image: p.image,
@@ -35,6 +41,7 @@ impl TryFrom<pb::ServiceSpec> for model::ServiceSpec {
             resources: Resources { cpu_millis: (res.cpus * 1000.0).round() as u64, memory_bytes },
             ports,
             restart,
+            constraints,
         };
         spec.validate()?;
         Ok(spec)
@@ -77,6 +84,7 @@ impl From<model::ServiceSpec> for pb::ServiceSpec {
                 })
                 .collect(),
             restart: s.restart.to_string(),
+            constraints: s.constraints.iter().map(ToString::to_string).collect(),
         }
     }
 }
@@ -144,5 +152,7 @@ mod tests {
         assert_eq!(field(pb::ServiceSpec { ports: port(80, 0, ""), ..wire() }), "ports[0].target");
         assert_eq!(field(pb::ServiceSpec { ports: port(80, 80, "sctp"), ..wire() }), "ports[0].protocol");
         assert_eq!(field(pb::ServiceSpec { restart: "sometimes".into(), ..wire() }), "restart");
+        let constraints = vec!["node.name == a".into(), "zone = b".into()];
+        assert_eq!(field(pb::ServiceSpec { constraints, ..wire() }), "constraints[1]");
     }
 }

@@ -56,6 +56,7 @@ mod tests {
             resources: Default::default(),
             ports: vec![],
             restart: RestartPolicy::Always,
+            constraints: vec![],
         }
     }
 

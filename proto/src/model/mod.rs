@@ -1,11 +1,13 @@
 //! The domain model: plain, validated data shared by the server, the agent
 //! and the command line. Nothing here knows about protobuf or Raft.
 
+mod constraint;
 mod invalid;
 mod quantity;
 mod reference;
 mod service;
 
+pub use constraint::{Constraint, ConstraintKey};
 pub use invalid::InvalidField;
 pub use quantity::{format_memory, parse_cpus, parse_memory};
 pub use reference::validate_image;

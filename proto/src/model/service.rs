@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{validate_image, InvalidField};
+use super::{validate_image, Constraint, InvalidField};
 
 /// A declared service: its spec and how many times the spec changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +33,9 @@ pub struct ServiceSpec {
     pub ports: Vec<PortSpec>,
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// Where its tasks may run; every one must hold.
+    #[serde(default)]
+    pub constraints: Vec<Constraint>,
 }
 
 /// Requested resources; zero means "no request, no limit".
@@ -201,6 +204,7 @@ mod tests {
             resources: Resources { cpu_millis: 500, memory_bytes: 64 << 20 },
             ports: vec![PortSpec { published: Some(8080), target: 80, protocol: Protocol::Tcp }],
             restart: RestartPolicy::Always,
+            constraints: vec!["node.labels.zone == a".parse().unwrap()],
         }
     }
 
