@@ -9,13 +9,15 @@
 //!
 //! `state` is pure; `store` persists it; `node` owns the Raft handle and the
 //! rules for forwarding, deadlines and membership; `batcher` groups the
-//! leader's concurrent writes into one entry; `api` maps gRPC to `node`.
+//! leader's concurrent writes into one entry; `api` maps gRPC to `node`;
+//! `scheduler` is the pure placement function the leader's reconciler calls.
 
 pub mod api;
 pub mod batcher;
 pub mod config;
 pub mod network;
 pub mod node;
+pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod store;

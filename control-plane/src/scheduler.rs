@@ -1,0 +1,266 @@
+//! The scheduler: which node each pending task goes to. A pure function of
+//! the nodes (with what they already carry) and the tasks to place, so it
+//! is deterministic for the same input and testable without a cluster; the
+//! reconciler feeds it and commits what it decides.
+//!
+//! ```text
+//! filter: ready and active ─▶ constraints hold ─▶ CPU and memory fit what is unallocated
+//! score:  fewest tasks of this service on the node (spread)
+//!         ─▶ least allocated (dominant share of CPU or memory in use)
+//!         ─▶ node order (ties)
+//! ```
+//!
+//! Tasks of one shape (service, requests, constraints) are placed together:
+//! the nodes that could take one are found once and kept in a heap ordered
+//! by score, so placing k tasks on n nodes costs O(n + k log n) per shape,
+//! not O(k n). A service with no task anywhere yet takes the first k
+//! fitting nodes of a standing least-allocated order instead, which is what
+//! the heap would give and usually costs only a few steps.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+
+use berth_proto::model::{format_memory, Constraint, Resources};
+
+/// A node as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Ready and active (not drained): may take new tasks.
+    pub schedulable: bool,
+    pub capacity: Resources,
+    /// Requests of the tasks it already carries.
+    pub allocated: Resources,
+    /// How many tasks of each service it already carries.
+    pub tasks: BTreeMap<String, u32>,
+}
+
+/// A task to place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub task: String,
+    pub service: String,
+    pub resources: Resources,
+    pub constraints: Vec<Constraint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Place {
+        task: String,
+        node: String,
+    },
+    /// No node can take it now; the reason is for people (`service ps`).
+    Unplaced {
+        task: String,
+        reason: String,
+    },
+}
+
+/// Places `requests` in order; every request gets one decision, in order
+/// of shape first appearance and then request order.
+pub fn schedule(nodes: &[NodeView], requests: &[Request]) -> Vec<Decision> {
+    let mut shapes: Vec<(&Request, Vec<&Request>)> = Vec::new();
+    let mut index: HashMap<(&str, Resources, &[Constraint]), usize> = HashMap::new();
+    for r in requests {
+        let key = (r.service.as_str(), r.resources, r.constraints.as_slice());
+        match index.get(&key) {
+            Some(&i) => shapes[i].1.push(r),
+            None => {
+                index.insert(key, shapes.len());
+                shapes.push((r, vec![r]));
+            }
+        }
+    }
+    let mut placer = Placer::new(nodes);
+    let mut decisions = Vec::with_capacity(requests.len());
+    for (shape, tasks) in shapes {
+        placer.place_shape(shape, &tasks, &mut decisions);
+    }
+    decisions
+}
+
+/// Heap key: fewest of this service first, then least allocated, then node order.
+type Key = Reverse<(u32, u64, usize)>;
+
+/// The nodes as placement goes on, with indexes kept in step.
+struct Placer {
+    nodes: Vec<NodeView>,
+    /// Dominant share in use, per node.
+    loads: Vec<u64>,
+    /// Schedulable nodes by (load, index): least allocated first.
+    order: BTreeSet<(u64, usize)>,
+    /// Tasks per service per node, so scoring needs no lookup by name.
+    spread: HashMap<String, HashMap<usize, u32>>,
+    /// A buffer for the heap, kept across shapes.
+    scratch: Vec<Key>,
+}
+
+impl Placer {
+    fn new(nodes: &[NodeView]) -> Self {
+        let nodes = nodes.to_vec();
+        let loads: Vec<u64> = nodes.iter().map(load).collect();
+        let order = nodes.iter().enumerate().filter(|(_, n)| n.schedulable).map(|(i, _)| (loads[i], i)).collect();
+        let mut spread: HashMap<String, HashMap<usize, u32>> = HashMap::new();
+        for (i, node) in nodes.iter().enumerate() {
+            for (service, &count) in &node.tasks {
+                spread.entry(service.clone()).or_default().insert(i, count);
+            }
+        }
+        Self { scratch: Vec::with_capacity(nodes.len()), nodes, loads, order, spread }
+    }
+
+    fn place_shape(&mut self, shape: &Request, tasks: &[&Request], out: &mut Vec<Decision>) {
+        if let Some(chosen) = self.first_fits(shape, tasks.len()) {
+            for (task, i) in tasks.iter().zip(chosen) {
+                self.place(i, shape, task, out);
+            }
+        } else {
+            self.place_by_heap(shape, tasks, out);
+        }
+    }
+
+    /// The quick way, for a service with no task anywhere yet: the heap
+    /// would hand out the least allocated fitting nodes one each, in order,
+    /// so walk the nodes by load and take the first `k` that fit. None when
+    /// the service has tasks already or fewer than `k` nodes fit.
+    fn first_fits(&self, shape: &Request, k: usize) -> Option<Vec<usize>> {
+        if self.spread.get(&shape.service).is_some_and(|c| !c.is_empty()) {
+            return None;
+        }
+        let chosen: Vec<usize> =
+            self.order.iter().map(|&(_, i)| i).filter(|&i| refusal(&self.nodes[i], shape).is_none()).take(k).collect();
+        (chosen.len() == k).then_some(chosen)
+    }
+
+    /// The general way: every fitting node in a heap by key.
+    fn place_by_heap(&mut self, shape: &Request, tasks: &[&Request], out: &mut Vec<Decision>) {
+        let mut refused = Refusals::default();
+        let mut keys = std::mem::take(&mut self.scratch);
+        keys.clear();
+        for (i, node) in self.nodes.iter().enumerate() {
+            match refusal(node, shape) {
+                None => keys.push(self.key(&shape.service, i)),
+                Some(why) => refused.count(why),
+            }
+        }
+        let mut heap = BinaryHeap::from(keys);
+        for task in tasks {
+            let Some(Reverse((_, _, i))) = heap.pop() else {
+                out.push(Decision::Unplaced {
+                    task: task.task.clone(),
+                    reason: refused.explain(shape, self.nodes.len()),
+                });
+                continue;
+            };
+            self.place(i, shape, task, out);
+            match refusal(&self.nodes[i], shape) {
+                None => heap.push(self.key(&shape.service, i)),
+                Some(why) => refused.count(why),
+            }
+        }
+        self.scratch = heap.into_vec();
+    }
+
+    fn key(&self, service: &str, i: usize) -> Key {
+        let count = self.spread.get(service).and_then(|c| c.get(&i)).copied().unwrap_or(0);
+        Reverse((count, self.loads[i], i))
+    }
+
+    fn place(&mut self, i: usize, shape: &Request, task: &Request, out: &mut Vec<Decision>) {
+        let node = &mut self.nodes[i];
+        node.allocated.cpu_millis += shape.resources.cpu_millis;
+        node.allocated.memory_bytes += shape.resources.memory_bytes;
+        *node.tasks.entry(shape.service.clone()).or_default() += 1;
+        *self.spread.entry(shape.service.clone()).or_default().entry(i).or_default() += 1;
+        let before = self.loads[i];
+        self.loads[i] = load(node);
+        if self.order.remove(&(before, i)) {
+            self.order.insert((self.loads[i], i));
+        }
+        out.push(Decision::Place { task: task.task.clone(), node: node.id.clone() });
+    }
+}
+
+/// The node's dominant share (per 10,000) of CPU or memory in use: the
+/// resource it would run out of first.
+fn load(node: &NodeView) -> u64 {
+    let share = |used: u64, cap: u64| used.saturating_mul(10_000).checked_div(cap).unwrap_or(0);
+    share(node.allocated.cpu_millis, node.capacity.cpu_millis)
+        .max(share(node.allocated.memory_bytes, node.capacity.memory_bytes))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    Unschedulable,
+    Constraint(usize),
+    Cpu,
+    Memory,
+}
+
+fn refusal(node: &NodeView, shape: &Request) -> Option<Why> {
+    if !node.schedulable {
+        return Some(Why::Unschedulable);
+    }
+    if let Some(i) = shape.constraints.iter().position(|c| !c.allows(&node.name, &node.labels)) {
+        return Some(Why::Constraint(i));
+    }
+    let free = |cap: u64, used: u64| cap.saturating_sub(used);
+    if shape.resources.cpu_millis > free(node.capacity.cpu_millis, node.allocated.cpu_millis) {
+        return Some(Why::Cpu);
+    }
+    if shape.resources.memory_bytes > free(node.capacity.memory_bytes, node.allocated.memory_bytes) {
+        return Some(Why::Memory);
+    }
+    None
+}
+
+/// Why nodes turned a shape down, counted for one line of explanation.
+#[derive(Debug, Default)]
+struct Refusals {
+    unschedulable: usize,
+    constraint: BTreeMap<usize, usize>,
+    cpu: usize,
+    memory: usize,
+}
+
+impl Refusals {
+    fn count(&mut self, why: Why) {
+        match why {
+            Why::Unschedulable => self.unschedulable += 1,
+            Why::Constraint(i) => *self.constraint.entry(i).or_default() += 1,
+            Why::Cpu => self.cpu += 1,
+            Why::Memory => self.memory += 1,
+        }
+    }
+
+    fn explain(&self, shape: &Request, nodes: usize) -> String {
+        if nodes == 0 {
+            return "no nodes in the cluster".into();
+        }
+        let mut parts = Vec::new();
+        let n = |k: usize| if k == 1 { "1 node".to_owned() } else { format!("{k} nodes") };
+        if self.unschedulable > 0 {
+            parts.push(format!("{} not ready or drained", n(self.unschedulable)));
+        }
+        for (&i, &k) in &self.constraint {
+            parts.push(format!("{} fail {}", n(k), shape.constraints[i]));
+        }
+        if self.cpu > 0 {
+            parts.push(format!("{} lack CPU (needs {})", n(self.cpu), shape.resources.cpu_millis as f64 / 1000.0));
+        }
+        if self.memory > 0 {
+            parts.push(format!(
+                "{} lack memory (needs {})",
+                n(self.memory),
+                format_memory(shape.resources.memory_bytes)
+            ));
+        }
+        format!("no node fits: {}", parts.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests;
