@@ -10,13 +10,15 @@
 //! `state` is pure; `store` persists it; `node` owns the Raft handle and the
 //! rules for forwarding, deadlines and membership; `batcher` groups the
 //! leader's concurrent writes into one entry; `api` maps gRPC to `node`;
-//! `scheduler` is the pure placement function the leader's reconciler calls.
+//! `reconciler` (what tasks should change) and `scheduler` (where tasks go)
+//! are the pure functions the leader runs to keep tasks in line with services.
 
 pub mod api;
 pub mod batcher;
 pub mod config;
 pub mod network;
 pub mod node;
+pub mod reconciler;
 pub mod scheduler;
 pub mod server;
 pub mod state;

@@ -35,6 +35,10 @@ impl From<Rejection> for Status {
                 "{r}; change it with `berthctl apply -f SPEC` or remove it with `berthctl service rm {name}`"
             )),
             Rejection::Invalid(field) => Status::invalid_argument(format!("invalid service spec: {field}")),
+            Rejection::NodeNotFound(_) => {
+                Status::not_found(format!("{r}; `berthctl node ls` lists the nodes"))
+            }
+            Rejection::NodeInUse { .. } => Status::failed_precondition(r.to_string()),
         }
     }
 }

@@ -1,8 +1,8 @@
 //! `apply`: the state machine's transition function.
 
-use berth_proto::model::Service;
+use berth_proto::model::{Desired, NodeStatus, Service, Task, TaskState};
 
-use super::{Command, Outcome, Rejection, Response, State};
+use super::{Command, Outcome, Rejection, Response, State, TaskChange};
 
 /// Applies one command. Deterministic: the same state and command give the
 /// same result on every server. A rejected command leaves the state as it was.
@@ -37,6 +37,101 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
             Some(_) => Response::Deleted,
             None => Response::Rejected(Rejection::NotFound(name.clone())),
         },
+        Command::RegisterNode(node) => {
+            let mut node = node.clone();
+            if let Some(known) = state.nodes.get(&node.id) {
+                node.availability = known.availability;
+            }
+            node.status = NodeStatus::Ready;
+            state.nodes.insert(node.id.clone(), node.clone());
+            Response::Node(node)
+        }
+        Command::SetNodeStatus { id, status } => match state.nodes.get_mut(id) {
+            Some(node) => {
+                node.status = *status;
+                Response::Node(node.clone())
+            }
+            None => Response::Rejected(Rejection::NodeNotFound(id.clone())),
+        },
+        Command::SetAvailability { id, availability } => match state.nodes.get_mut(id) {
+            Some(node) => {
+                node.availability = *availability;
+                Response::Node(node.clone())
+            }
+            None => Response::Rejected(Rejection::NodeNotFound(id.clone())),
+        },
+        Command::RemoveNode { id } => remove_node(state, id),
+        Command::Reconcile(changes) => {
+            let applied = changes.iter().filter(|c| apply_change(state, c)).count();
+            Response::Reconciled { applied }
+        }
+    }
+}
+
+fn remove_node(state: &mut State, id: &str) -> Response {
+    let Some(node) = state.nodes.get(id) else {
+        return Response::Rejected(Rejection::NodeNotFound(id.to_owned()));
+    };
+    let in_use = |why: &str| Response::Rejected(Rejection::NodeInUse { id: id.to_owned(), why: why.to_owned() });
+    if node.schedulable() {
+        return in_use("is ready and active: drain it first, or wait until it is down");
+    }
+    let on_node = |t: &Task| t.node.as_deref() == Some(id);
+    if node.status == NodeStatus::Ready && state.tasks.values().any(|t| on_node(t) && t.desired == Desired::Running) {
+        return in_use("still runs tasks; wait until they have moved");
+    }
+    state.nodes.remove(id);
+    state.tasks.retain(|_, t| !on_node(t));
+    Response::Deleted
+}
+
+/// Applies one reconciler decision if it still makes sense; says whether it did.
+fn apply_change(state: &mut State, change: &TaskChange) -> bool {
+    match change {
+        TaskChange::Create(task) => {
+            if state.tasks.contains_key(&task.id) || !state.services.contains_key(&task.service) {
+                return false;
+            }
+            let slot = format!("{}.{}", task.service, task.slot);
+            let last = state.generations.entry(slot).or_default();
+            *last = (*last).max(task.generation);
+            state.tasks.insert(task.id.clone(), task.clone());
+            true
+        }
+        TaskChange::Assign { id, node } => {
+            let schedulable = state.nodes.get(node).is_some_and(|n| n.schedulable());
+            match state.tasks.get_mut(id) {
+                Some(t) if schedulable && t.desired == Desired::Running && t.node.is_none() => {
+                    t.node = Some(node.clone());
+                    t.state = TaskState::Assigned;
+                    t.message.clear();
+                    true
+                }
+                _ => false,
+            }
+        }
+        TaskChange::Unplaced { id, reason } => match state.tasks.get_mut(id) {
+            Some(t) if t.node.is_none() && t.desired == Desired::Running => {
+                t.message = reason.clone();
+                true
+            }
+            _ => false,
+        },
+        TaskChange::Shutdown { id, reason } => match state.tasks.get_mut(id) {
+            Some(t) if t.desired == Desired::Running => {
+                t.desired = Desired::Shutdown;
+                t.message = reason.clone();
+                if t.node.is_none() {
+                    t.state = TaskState::Shutdown;
+                }
+                true
+            }
+            _ => false,
+        },
+        TaskChange::Remove { id } => {
+            let stopped = state.tasks.get(id).is_some_and(|t| t.desired == Desired::Shutdown);
+            stopped && state.tasks.remove(id).is_some()
+        }
     }
 }
 
@@ -58,6 +153,74 @@ mod tests {
             restart: RestartPolicy::Always,
             constraints: vec![],
         }
+    }
+
+    fn node(id: &str) -> berth_proto::model::Node {
+        berth_proto::model::Node {
+            id: id.into(),
+            name: id.into(),
+            address: "198.18.0.1:7500".into(),
+            labels: Default::default(),
+            capacity: Default::default(),
+            status: NodeStatus::Down,
+            availability: Default::default(),
+        }
+    }
+
+    #[test]
+    fn nodes_register_drain_and_leave_only_when_idle() {
+        use berth_proto::model::Availability;
+        let mut s = State::default();
+        assert!(
+            matches!(apply(&mut s, &Command::RegisterNode(node("n1"))), Response::Node(n) if n.status == NodeStatus::Ready)
+        );
+        let drain = Command::SetAvailability { id: "n1".into(), availability: Availability::Drain };
+        apply(&mut s, &drain);
+        // A restart re-registers: still drained.
+        apply(&mut s, &Command::RegisterNode(node("n1")));
+        assert_eq!(s.nodes["n1"].availability, Availability::Drain);
+
+        apply(&mut s, &Command::CreateService(spec("web", 1)));
+        let mut t = Task::new("web", 1, 1, 1);
+        t.node = Some("n1".into());
+        s.tasks.insert(t.id.clone(), t);
+        let r = apply(&mut s, &Command::RemoveNode { id: "n1".into() });
+        assert!(matches!(r, Response::Rejected(Rejection::NodeInUse { .. })), "{r:?}");
+        apply(&mut s, &Command::SetNodeStatus { id: "n1".into(), status: NodeStatus::Down });
+        assert_eq!(apply(&mut s, &Command::RemoveNode { id: "n1".into() }), Response::Deleted);
+        assert!(s.nodes.is_empty() && s.tasks.is_empty(), "its tasks went with it");
+        assert_eq!(
+            apply(&mut s, &Command::RemoveNode { id: "n1".into() }),
+            Response::Rejected(Rejection::NodeNotFound("n1".into()))
+        );
+    }
+
+    #[test]
+    fn task_changes_apply_only_while_they_make_sense() {
+        let mut s = State::default();
+        apply(&mut s, &Command::CreateService(spec("web", 1)));
+        apply(&mut s, &Command::RegisterNode(node("n1")));
+        let t = Task::new("web", 1, 3, 1);
+        let changes = vec![
+            TaskChange::Create(t.clone()),
+            TaskChange::Create(t.clone()),
+            TaskChange::Create(Task::new("gone", 1, 1, 1)),
+            TaskChange::Assign { id: t.id.clone(), node: "nowhere".into() },
+            TaskChange::Assign { id: t.id.clone(), node: "n1".into() },
+            TaskChange::Unplaced { id: t.id.clone(), reason: "late".into() },
+            TaskChange::Remove { id: t.id.clone() },
+        ];
+        assert_eq!(apply(&mut s, &Command::Reconcile(changes)), Response::Reconciled { applied: 2 });
+        assert_eq!(s.tasks[&t.id].node.as_deref(), Some("n1"));
+        assert_eq!(s.tasks[&t.id].state, TaskState::Assigned);
+        assert_eq!(s.generations["web.1"], 3);
+        let stop = vec![
+            TaskChange::Shutdown { id: t.id.clone(), reason: "scaled down".into() },
+            TaskChange::Remove { id: t.id.clone() },
+        ];
+        assert_eq!(apply(&mut s, &Command::Reconcile(stop)), Response::Reconciled { applied: 2 });
+        assert!(s.tasks.is_empty());
+        assert_eq!(s.generations["web.1"], 3, "generations outlive their tasks");
     }
 
     fn outcome(r: Response) -> (u64, Outcome) {

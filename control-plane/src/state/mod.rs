@@ -15,16 +15,24 @@ mod query;
 
 use std::collections::BTreeMap;
 
-use berth_proto::model::{InvalidField, Service, ServiceSpec};
+use berth_proto::model::{Availability, InvalidField, Node, NodeStatus, Service, ServiceSpec, Task};
 use serde::{Deserialize, Serialize};
 
 pub use apply::apply;
 pub use query::{query, Query, QueryReply};
 
-/// Everything the cluster agrees on. Services for now; nodes, tasks and IPAM join later.
+/// Everything the cluster agrees on: services, nodes and tasks; IPAM joins later.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub services: BTreeMap<String, Service>,
+    #[serde(default)]
+    pub nodes: BTreeMap<String, Node>,
+    #[serde(default)]
+    pub tasks: BTreeMap<String, Task>,
+    /// The last generation used per slot (`SERVICE.SLOT`), so a replaced
+    /// task's successor never reuses an id, even after the old one is gone.
+    #[serde(default)]
+    pub generations: BTreeMap<String, u32>,
 }
 
 /// Every mutation of cluster state is one of these, carried by one Raft log entry.
@@ -37,7 +45,46 @@ pub enum Command {
     /// Create or update, whichever applies: idempotent.
     ApplyService(ServiceSpec),
     /// Precondition: the service exists.
-    DeleteService { name: String },
+    DeleteService {
+        name: String,
+    },
+    /// A node joins, or rejoins with its id: name, address, labels and
+    /// capacity are replaced, status becomes ready, availability is kept.
+    RegisterNode(Node),
+    /// A liveness transition, decided by the leader from heartbeats.
+    SetNodeStatus {
+        id: String,
+        status: NodeStatus,
+    },
+    SetAvailability {
+        id: String,
+        availability: Availability,
+    },
+    /// Precondition: the node is down or drained and runs no task that
+    /// should be running.
+    RemoveNode {
+        id: String,
+    },
+    /// The reconciler's decisions, applied in order. Each is checked again
+    /// against the state it meets and skipped if it no longer applies (the
+    /// state may have moved since the leader decided); the reconciler runs
+    /// again anyway.
+    Reconcile(Vec<TaskChange>),
+}
+
+/// One decision of the reconciler about one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskChange {
+    /// A new task for a slot (its id must be unused).
+    Create(Task),
+    /// Placed on a node that may take tasks.
+    Assign { id: String, node: String },
+    /// Stays pending; the reason is shown in `service ps`.
+    Unplaced { id: String, reason: String },
+    /// Should stop: desired state becomes shutdown.
+    Shutdown { id: String, reason: String },
+    /// Forgotten: stopped, or on a node that is gone.
+    Remove { id: String },
 }
 
 /// What one Raft log entry carries: the commands of concurrent clients,
@@ -50,8 +97,16 @@ pub struct Proposal(pub Vec<Command>);
 /// What applying a command did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    Service { service: Service, outcome: Outcome },
+    Service {
+        service: Service,
+        outcome: Outcome,
+    },
     Deleted,
+    Node(Node),
+    /// How many of a `Reconcile`'s changes applied.
+    Reconciled {
+        applied: usize,
+    },
     Rejected(Rejection),
 }
 
@@ -71,6 +126,10 @@ pub enum Rejection {
     AlreadyExists(String),
     #[error("invalid spec: {0}")]
     Invalid(InvalidField),
+    #[error("node {0:?} not found")]
+    NodeNotFound(String),
+    #[error("node {id:?} {why}")]
+    NodeInUse { id: String, why: String },
 }
 
 impl std::fmt::Display for Outcome {

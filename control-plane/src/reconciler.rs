@@ -1,0 +1,178 @@
+//! The reconciler: what should change so that tasks match services. A pure
+//! function of the replicated state; the leader runs it after changes and
+//! on a timer, and commits its answer as one `Command::Reconcile`.
+//!
+//! ```text
+//! tasks on down/drained nodes, of removed services ─▶ Shutdown
+//! each slot 1..=replicas without a live task       ─▶ Create (next generation)
+//! slots above replicas                             ─▶ Shutdown (scaled down)
+//! one slot at a time whose task runs an old spec   ─▶ Create its successor; the
+//!                                                     old one stops once it runs
+//! live tasks not placed                            ─▶ scheduler ─▶ Assign | Unplaced
+//! stopped tasks, or ones on nodes that are gone    ─▶ Remove
+//! ```
+//!
+//! Running it twice without anything happening in between gives nothing
+//! the second time: at rest it is silent.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use berth_proto::model::{Desired, NodeStatus, Resources, Task, TaskState};
+
+use crate::scheduler::{self, Decision, NodeView, Request};
+use crate::state::{State, TaskChange};
+
+pub fn reconcile(state: &State) -> Vec<TaskChange> {
+    let mut plan = Plan::default();
+
+    // Tasks that cannot go on where they are.
+    for t in state.tasks.values().filter(|t| t.desired == Desired::Running) {
+        let node = t.node.as_ref().map(|id| (id, state.nodes.get(id)));
+        match (state.services.contains_key(&t.service), node) {
+            (false, _) => plan.stop(t, "service removed".into()),
+            (true, Some((id, None))) => plan.stop(t, format!("node {id} was removed")),
+            (true, Some((_, Some(n)))) if n.status == NodeStatus::Down => {
+                plan.stop(t, format!("node {} is down", n.name))
+            }
+            (true, Some((_, Some(n)))) if !n.schedulable() => plan.stop(t, format!("node {} is drained", n.name)),
+            _ => {}
+        }
+    }
+
+    // Live tasks by service and slot, oldest generation first.
+    let mut live: BTreeMap<&str, BTreeMap<u32, Vec<&Task>>> = BTreeMap::new();
+    for t in state.tasks.values() {
+        if t.desired == Desired::Running && !plan.stopping.contains(t.id.as_str()) {
+            live.entry(&t.service).or_default().entry(t.slot).or_default().push(t);
+        }
+    }
+    for slots in live.values_mut().flat_map(|s| s.values_mut()) {
+        slots.sort_by_key(|t| t.generation);
+    }
+
+    let mut created: Vec<Task> = Vec::new();
+    for (name, service) in &state.services {
+        let slots = live.remove(name.as_str()).unwrap_or_default();
+        let next = |slot: u32| state.generations.get(&format!("{name}.{slot}")).copied().unwrap_or(0) + 1;
+        let mut updating = false;
+        let mut outdated = None;
+        for slot in 1..=service.spec.replicas {
+            let Some((newest, older)) = slots.get(&slot).and_then(|tasks| tasks.split_last()) else {
+                created.push(Task::new(name, slot, next(slot), service.version));
+                continue;
+            };
+            if !older.is_empty() {
+                // A successor exists: the old ones stop once it runs.
+                if newest.state == TaskState::Running {
+                    for old in older {
+                        plan.stop(old, format!("replaced by {}", newest.id));
+                    }
+                } else {
+                    updating = true;
+                }
+            } else if newest.version < service.version && outdated.is_none() {
+                outdated = Some(slot);
+            }
+        }
+        // Rolling update: one slot at a time, its successor first.
+        if let (false, Some(slot)) = (updating, outdated) {
+            created.push(Task::new(name, slot, next(slot), service.version));
+        }
+        for tasks in slots.range(service.spec.replicas + 1..).map(|(_, t)| t) {
+            for t in tasks {
+                plan.stop(t, "scaled down".into());
+            }
+        }
+    }
+    let Plan { mut changes, stopping } = plan;
+    changes.extend(created.iter().cloned().map(TaskChange::Create));
+    changes.extend(place(state, &stopping, &created));
+
+    // Forget what has stopped, or can no longer tell us it has.
+    for t in state.tasks.values().filter(|t| t.desired == Desired::Shutdown) {
+        let node_gone =
+            t.node.as_ref().is_none_or(|id| state.nodes.get(id).is_none_or(|n| n.status == NodeStatus::Down));
+        let ended = matches!(t.state, TaskState::Shutdown | TaskState::Exited | TaskState::Failed);
+        if ended || node_gone {
+            changes.push(TaskChange::Remove { id: t.id.clone() });
+        }
+    }
+    changes
+}
+
+#[derive(Default)]
+struct Plan<'a> {
+    changes: Vec<TaskChange>,
+    /// Tasks told to stop in this pass.
+    stopping: BTreeSet<&'a str>,
+}
+
+impl<'a> Plan<'a> {
+    fn stop(&mut self, t: &'a Task, reason: String) {
+        if self.stopping.insert(t.id.as_str()) {
+            self.changes.push(TaskChange::Shutdown { id: t.id.clone(), reason });
+        }
+    }
+}
+
+/// Runs the scheduler over every live task without a node (old and new).
+fn place(state: &State, stopping: &BTreeSet<&str>, created: &[Task]) -> Vec<TaskChange> {
+    let mut nodes: BTreeMap<&str, NodeView> = state
+        .nodes
+        .values()
+        .map(|n| {
+            let view = NodeView {
+                id: n.id.clone(),
+                name: n.name.clone(),
+                labels: n.labels.clone(),
+                schedulable: n.schedulable(),
+                capacity: n.capacity,
+                allocated: Resources::default(),
+                tasks: BTreeMap::new(),
+            };
+            (n.id.as_str(), view)
+        })
+        .collect();
+    let mut pending: Vec<&Task> = created.iter().collect();
+    for t in state.tasks.values().filter(|t| t.desired == Desired::Running && !stopping.contains(t.id.as_str())) {
+        let (Some(id), Some(service)) = (&t.node, state.services.get(&t.service)) else {
+            if t.node.is_none() {
+                pending.push(t);
+            }
+            continue;
+        };
+        if let Some(view) = nodes.get_mut(id.as_str()) {
+            view.allocated.cpu_millis += service.spec.resources.cpu_millis;
+            view.allocated.memory_bytes += service.spec.resources.memory_bytes;
+            *view.tasks.entry(t.service.clone()).or_default() += 1;
+        }
+    }
+    pending.sort_by(|a, b| (&a.service, a.slot, a.generation).cmp(&(&b.service, b.slot, b.generation)));
+    let requests: Vec<Request> = pending
+        .iter()
+        .filter_map(|t| {
+            let spec = &state.services.get(&t.service)?.spec;
+            Some(Request {
+                task: t.id.clone(),
+                service: t.service.clone(),
+                resources: spec.resources,
+                constraints: spec.constraints.clone(),
+            })
+        })
+        .collect();
+    let nodes: Vec<NodeView> = nodes.into_values().collect();
+    scheduler::schedule(&nodes, &requests)
+        .into_iter()
+        .filter_map(|d| match d {
+            Decision::Place { task, node } => Some(TaskChange::Assign { id: task, node }),
+            // Said once: an unchanged reason is not written again.
+            Decision::Unplaced { task, reason } => {
+                let known = state.tasks.get(&task).is_some_and(|t| t.message == reason);
+                (!known).then_some(TaskChange::Unplaced { id: task, reason })
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

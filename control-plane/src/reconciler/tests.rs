@@ -1,0 +1,218 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use berth_proto::model::{Availability, Node, NodeStatus, RestartPolicy, Service, ServiceSpec};
+use proptest::prelude::*;
+
+use super::*;
+use crate::state::{apply, Command};
+
+fn spec(name: &str, replicas: u32) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        image: "busybox".into(),
+        command: vec![],
+        env: Default::default(),
+        replicas,
+        resources: Default::default(),
+        ports: vec![],
+        restart: RestartPolicy::Always,
+        constraints: vec![],
+    }
+}
+
+fn node(id: &str) -> Node {
+    Node {
+        id: id.into(),
+        name: id.into(),
+        address: String::new(),
+        labels: Default::default(),
+        capacity: Resources { cpu_millis: 4000, memory_bytes: 8 << 30 },
+        status: NodeStatus::Ready,
+        availability: Availability::Active,
+    }
+}
+
+fn cluster(nodes: &[&str], services: &[(&str, u32)]) -> State {
+    let mut s = State::default();
+    for n in nodes {
+        apply(&mut s, &Command::RegisterNode(node(n)));
+    }
+    for (name, replicas) in services {
+        apply(&mut s, &Command::CreateService(spec(name, *replicas)));
+    }
+    s
+}
+
+/// What agents would report after a moment: placed tasks run, tasks told
+/// to stop have stopped (on nodes that are up). Says whether any did.
+fn agents_act(s: &mut State) -> bool {
+    let mut acted = false;
+    for t in s.tasks.values_mut() {
+        let up = t.node.as_ref().is_some_and(|n| s.nodes.get(n).is_some_and(|n| n.status == NodeStatus::Ready));
+        let next = match (t.desired, t.state) {
+            (Desired::Running, TaskState::Assigned) if up => TaskState::Running,
+            (Desired::Shutdown, TaskState::Running | TaskState::Assigned) if up => TaskState::Shutdown,
+            _ => continue,
+        };
+        t.state = next;
+        acted = true;
+    }
+    acted
+}
+
+/// Lets agents act and the reconciler answer until neither has anything
+/// left to do.
+fn settle(s: &mut State) {
+    for _ in 0..50 {
+        let acted = agents_act(s);
+        let changes = reconcile(s);
+        if changes.is_empty() && !acted {
+            return;
+        }
+        apply(s, &Command::Reconcile(changes));
+    }
+    panic!("no rest after 50 rounds: {:#?}", s.tasks);
+}
+
+/// Running tasks per service, by slot.
+fn running(s: &State, service: &str) -> Vec<(u32, String)> {
+    s.tasks
+        .values()
+        .filter(|t| t.service == service && t.desired == Desired::Running && t.state == TaskState::Running)
+        .map(|t| (t.slot, t.node.clone().unwrap()))
+        .collect()
+}
+
+#[test]
+fn replicas_are_created_spread_and_then_left_alone() {
+    let mut s = cluster(&["a", "b", "c"], &[("web", 5)]);
+    settle(&mut s);
+    let tasks = running(&s, "web");
+    assert_eq!(tasks.iter().map(|(slot, _)| *slot).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    let per_node: BTreeMap<&str, usize> = tasks.iter().fold(BTreeMap::new(), |mut m, (_, n)| {
+        *m.entry(n.as_str()).or_default() += 1;
+        m
+    });
+    assert_eq!(per_node.values().copied().collect::<Vec<_>>(), [2, 2, 1]);
+    assert!(reconcile(&s).is_empty(), "silent at rest");
+    assert_eq!(s.tasks.keys().cloned().collect::<Vec<_>>(), ["web.1.1", "web.2.1", "web.3.1", "web.4.1", "web.5.1"]);
+}
+
+#[test]
+fn scaling_down_stops_the_highest_slots_and_removal_stops_all() {
+    let mut s = cluster(&["a", "b"], &[("web", 4)]);
+    settle(&mut s);
+    apply(&mut s, &Command::UpdateService(spec("web", 2)));
+    settle(&mut s);
+    assert_eq!(running(&s, "web").iter().map(|(slot, _)| *slot).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(s.tasks.len(), 2, "stopped tasks are forgotten");
+    apply(&mut s, &Command::DeleteService { name: "web".into() });
+    settle(&mut s);
+    assert!(s.tasks.is_empty());
+}
+
+#[test]
+fn tasks_of_a_down_or_drained_node_move_and_come_back_once() {
+    let mut s = cluster(&["a", "b"], &[("web", 4)]);
+    settle(&mut s);
+    apply(&mut s, &Command::SetNodeStatus { id: "a".into(), status: NodeStatus::Down });
+    settle(&mut s);
+    let tasks = running(&s, "web");
+    assert_eq!(tasks.len(), 4);
+    assert!(tasks.iter().all(|(_, n)| n == "b"), "{tasks:?}");
+    assert!(s.tasks.keys().any(|id| id.ends_with(".2")), "replacements take the next generation");
+    // a comes back: nothing moves back, nothing runs twice.
+    apply(&mut s, &Command::RegisterNode(node("a")));
+    settle(&mut s);
+    assert_eq!(running(&s, "web").len(), 4);
+    assert_eq!(s.tasks.len(), 4);
+
+    apply(&mut s, &Command::SetAvailability { id: "b".into(), availability: Availability::Drain });
+    settle(&mut s);
+    assert!(running(&s, "web").iter().all(|(_, n)| n == "a"));
+}
+
+#[test]
+fn a_changed_spec_rolls_one_slot_at_a_time_successor_first() {
+    let mut s = cluster(&["a", "b"], &[("web", 3)]);
+    settle(&mut s);
+    let mut changed = spec("web", 3);
+    changed.image = "busybox:2".into();
+    apply(&mut s, &Command::UpdateService(changed));
+    // Round by round: never fewer than 3 running, never two slots in flight.
+    for _ in 0..20 {
+        let changes = reconcile(&s);
+        if changes.is_empty() {
+            break;
+        }
+        let creates = changes.iter().filter(|c| matches!(c, TaskChange::Create(_))).count();
+        assert!(creates <= 1, "{changes:?}");
+        apply(&mut s, &Command::Reconcile(changes));
+        assert!(running(&s, "web").len() >= 3, "{:#?}", s.tasks);
+        agents_act(&mut s);
+    }
+    assert!(s.tasks.values().all(|t| t.version == 2 && t.generation == 2), "{:#?}", s.tasks);
+    assert_eq!(running(&s, "web").len(), 3);
+}
+
+#[test]
+fn a_task_that_fits_nowhere_says_why_once() {
+    let mut s = cluster(&["a"], &[]);
+    let mut big = spec("big", 1);
+    big.resources.memory_bytes = 64 << 30;
+    apply(&mut s, &Command::CreateService(big));
+    settle(&mut s);
+    let t = &s.tasks["big.1.1"];
+    assert_eq!(t.state, TaskState::Pending);
+    assert_eq!(t.message, "no node fits: 1 node lack memory (needs 64Gi)");
+    assert!(reconcile(&s).is_empty(), "the same reason is not written again");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Whatever happens to nodes and services, once the cluster settles every
+    /// service has exactly its replicas running, one per slot, none on a node
+    /// that may not take tasks.
+    #[test]
+    fn the_cluster_settles_at_exactly_the_replicas(
+        nodes in 1usize..6,
+        services in prop::collection::vec(0u32..8, 1..5),
+        events in prop::collection::vec((0usize..6, 0u8..4, 0usize..5, 0u32..8), 0..12),
+    ) {
+        let names: Vec<String> = (0..nodes).map(|i| format!("n{i}")).collect();
+        let node_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let svc: Vec<(String, u32)> = services.iter().enumerate().map(|(i, r)| (format!("s{i}"), *r)).collect();
+        let svc_refs: Vec<(&str, u32)> = svc.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+        let mut s = cluster(&node_refs, &svc_refs);
+        settle(&mut s);
+        for (n, what, sv, replicas) in events {
+            let id = names[n % nodes].clone();
+            let cmd = match what {
+                0 => Command::SetNodeStatus { id, status: NodeStatus::Down },
+                1 => Command::RegisterNode(node(&id)),
+                2 => Command::SetAvailability { id, availability: Availability::Active },
+                _ => Command::UpdateService(spec(&svc[sv % svc.len()].0, replicas)),
+            };
+            apply(&mut s, &cmd);
+            // Sometimes the cluster settles between events, sometimes not.
+            if n % 2 == 0 {
+                settle(&mut s);
+            } else {
+                let changes = reconcile(&s);
+                apply(&mut s, &Command::Reconcile(changes));
+            }
+        }
+        settle(&mut s);
+        let any_ready = s.nodes.values().any(Node::schedulable);
+        for Service { spec, .. } in s.services.values() {
+            let slots: Vec<u32> = running(&s, &spec.name).iter().map(|(slot, _)| *slot).collect();
+            let want: Vec<u32> = if any_ready { (1..=spec.replicas).collect() } else { vec![] };
+            prop_assert_eq!(&slots, &want, "{}", spec.name);
+            for (_, n) in running(&s, &spec.name) {
+                prop_assert!(s.nodes[&n].schedulable());
+            }
+        }
+        prop_assert!(reconcile(&s).is_empty());
+    }
+}

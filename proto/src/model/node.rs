@@ -1,0 +1,66 @@
+//! Nodes: hosts that run an agent. The leader tracks their liveness from
+//! heartbeats in memory and records only transitions (ready <-> down).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::Resources;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Chosen by the cluster at first registration; kept in the agent's data dir.
+    pub id: String,
+    pub name: String,
+    /// Where the agent answers (host:port).
+    pub address: String,
+    pub labels: BTreeMap<String, String>,
+    /// What the node offers to tasks.
+    pub capacity: Resources,
+    pub status: NodeStatus,
+    pub availability: Availability,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    Ready,
+    /// No heartbeat within the timeout; its tasks are placed elsewhere.
+    Down,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    /// Takes new tasks.
+    #[default]
+    Active,
+    /// Takes none, and its tasks move elsewhere.
+    Drain,
+}
+
+impl Node {
+    /// Ready and active: the scheduler may place tasks here.
+    pub fn schedulable(&self) -> bool {
+        self.status == NodeStatus::Ready && self.availability == Availability::Active
+    }
+}
+
+impl fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ready => "ready",
+            Self::Down => "down",
+        })
+    }
+}
+
+impl fmt::Display for Availability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Active => "active",
+            Self::Drain => "drain",
+        })
+    }
+}

@@ -1,0 +1,100 @@
+//! Tasks: one replica slot of a service, bound to a spec version and, once
+//! placed, to a node. The leader decides what a task should be doing
+//! (`desired`); the node's agent reports what it is doing (`state`).
+//!
+//! A slot keeps its number for the life of the service; when its task is
+//! replaced (node lost, drained, spec changed) the new task takes the next
+//! generation: `web.2.1` is replaced by `web.2.2`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// `SERVICE.SLOT.GENERATION`.
+    pub id: String,
+    pub service: String,
+    /// 1-based, like Swarm's `web.1`.
+    pub slot: u32,
+    pub generation: u32,
+    /// The service spec version this task runs.
+    pub version: u64,
+    /// The node's id once placed.
+    pub node: Option<String>,
+    pub desired: Desired,
+    pub state: TaskState,
+    /// Why it is pending, or the last error, for people.
+    pub message: String,
+    pub exit_code: Option<i32>,
+    pub restarts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    Running,
+    Shutdown,
+}
+
+/// What the task is doing, as last known to the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Not placed yet.
+    Pending,
+    /// Placed; its agent has not reported it running yet.
+    Assigned,
+    Running,
+    /// Its container exited; the agent may restart it.
+    Exited,
+    /// Could not run (image, command, resources); see the message.
+    Failed,
+    /// Stopped on purpose.
+    Shutdown,
+}
+
+impl Task {
+    pub fn id_for(service: &str, slot: u32, generation: u32) -> String {
+        format!("{service}.{slot}.{generation}")
+    }
+
+    /// A new task for a slot, not placed yet.
+    pub fn new(service: &str, slot: u32, generation: u32, version: u64) -> Self {
+        Self {
+            id: Self::id_for(service, slot, generation),
+            service: service.to_owned(),
+            slot,
+            generation,
+            version,
+            node: None,
+            desired: Desired::Running,
+            state: TaskState::Pending,
+            message: String::new(),
+            exit_code: None,
+            restarts: 0,
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Pending => "pending",
+            Self::Assigned => "assigned",
+            Self::Running => "running",
+            Self::Exited => "exited",
+            Self::Failed => "failed",
+            Self::Shutdown => "shutdown",
+        })
+    }
+}
+
+impl fmt::Display for Desired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Running => "running",
+            Self::Shutdown => "shutdown",
+        })
+    }
+}
