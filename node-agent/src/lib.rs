@@ -3,8 +3,10 @@
 //! - [`image`]: pulls from registries and OCI layouts into a shared,
 //!   content-addressed layer store.
 //! - [`runtime`]: containers, each run by its own shim process.
+//! - [`tasks`]: what to do about the tasks the cluster places here.
 pub mod image;
 pub mod runtime;
+pub mod tasks;
 
 /// An error and its causes on one line, `outer: cause: root cause`: the
 /// form a single-line report needs when the error crosses a process or a

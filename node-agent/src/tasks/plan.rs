@@ -1,0 +1,165 @@
+//! What the agent should do about its node's tasks: a pure function of
+//! what the control plane wants here and what containers this node has.
+//! The agent runs it after every change it sees and acts on the result.
+//!
+//! ```text
+//! wanted, no container                  ─▶ Start
+//! wanted, running                       ─▶ nothing
+//! wanted, exited, policy says restart   ─▶ Restart at finish + backoff
+//! wanted, exited, policy says no        ─▶ nothing (reported as exited)
+//! wanted, created                       ─▶ Restart now
+//! wanted, lost (its shim died)          ─▶ Restart now, unless the policy is never
+//! not wanted, running                   ─▶ Stop (grace, then remove)
+//! not wanted, anything else             ─▶ Remove
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use berth_proto::model::RestartPolicy;
+
+use super::restart;
+use crate::runtime::Status;
+
+/// A task the control plane wants running on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    /// The task id, which is also its container's name.
+    pub task: String,
+    pub restart: RestartPolicy,
+}
+
+/// A container this node has for a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Have {
+    pub task: String,
+    pub status: Status,
+    /// How long its last run lasted, once it has exited.
+    pub ran_for: Duration,
+    /// Restarts in a row so far (see [`restart`]).
+    pub streak: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create and start a container for the task.
+    Start { task: String },
+    /// Start the task's container afresh once the clock reads `at_ms`,
+    /// recording `streak` restarts in a row.
+    Restart { task: String, at_ms: u64, streak: u32 },
+    /// Stop it (SIGTERM, grace, SIGKILL) and remove it: no longer ours.
+    Stop { task: String },
+    /// Remove a container that no longer runs and is no longer ours.
+    Remove { task: String },
+}
+
+pub fn plan(want: &[Want], have: &[Have], now_ms: u64) -> Vec<Action> {
+    let have_by_task: BTreeMap<&str, &Have> = have.iter().map(|h| (h.task.as_str(), h)).collect();
+    let wanted: BTreeMap<&str, &Want> = want.iter().map(|w| (w.task.as_str(), w)).collect();
+    let mut actions = Vec::new();
+    for (task, w) in &wanted {
+        let task = (*task).to_owned();
+        match have_by_task.get(task.as_str()).map(|h| (&h.status, *h)) {
+            None => actions.push(Action::Start { task }),
+            Some((Status::Running(_), _)) => {}
+            Some((Status::Exited(exit), h)) => {
+                if restart::wanted(w.restart, exit) {
+                    let streak = restart::streak_after(h.streak, h.ran_for);
+                    let wait = restart::delay(streak.saturating_sub(1));
+                    let at_ms = exit.finished_at_ms.saturating_add(wait.as_millis() as u64);
+                    actions.push(Action::Restart { task, at_ms, streak });
+                }
+            }
+            // Never started (the agent stopped halfway): start it.
+            Some((Status::Created, h)) => actions.push(Action::Restart { task, at_ms: now_ms, streak: h.streak }),
+            // Its shim died, so how it ended is unknown: a failure.
+            Some((Status::Lost, h)) if w.restart != RestartPolicy::Never => {
+                actions.push(Action::Restart { task, at_ms: now_ms, streak: h.streak.saturating_add(1) })
+            }
+            Some((Status::Lost, _)) => {}
+        }
+    }
+    for h in have.iter().filter(|h| !wanted.contains_key(h.task.as_str())) {
+        let task = h.task.clone();
+        actions.push(match h.status {
+            Status::Running(_) => Action::Stop { task },
+            _ => Action::Remove { task },
+        });
+    }
+    actions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{Exited, Started};
+
+    fn want(task: &str, restart: RestartPolicy) -> Want {
+        Want { task: task.into(), restart }
+    }
+
+    fn running(task: &str) -> Have {
+        let started = Started { shim_pid: 1, shim_start: 1, pid: 2, started_at_ms: 0 };
+        Have { task: task.into(), status: Status::Running(started), ran_for: Duration::ZERO, streak: 0 }
+    }
+
+    fn exited(task: &str, code: i32, finished_at_ms: u64, ran_for_ms: u64, streak: u32) -> Have {
+        let exit = Exited { code, signal: None, oom_killed: false, finished_at_ms, error: None };
+        Have { task: task.into(), status: Status::Exited(exit), ran_for: Duration::from_millis(ran_for_ms), streak }
+    }
+
+    #[test]
+    fn missing_tasks_start_and_foreign_containers_go() {
+        let actions = plan(
+            &[want("web.1.1", RestartPolicy::Always), want("web.2.1", RestartPolicy::Always)],
+            &[running("web.1.1"), running("old.1.1"), exited("gone.1.1", 0, 0, 0, 0)],
+            1000,
+        );
+        assert_eq!(
+            actions,
+            [
+                Action::Start { task: "web.2.1".into() },
+                Action::Stop { task: "old.1.1".into() },
+                Action::Remove { task: "gone.1.1".into() },
+            ]
+        );
+        assert!(plan(&[want("web.1.1", RestartPolicy::Always)], &[running("web.1.1")], 5).is_empty(), "at rest");
+    }
+
+    #[test]
+    fn exits_restart_by_policy_with_backoff() {
+        let w = [want("a.1.1", RestartPolicy::Always)];
+        // First quick exit: at once. Then 100 ms, 200 ms after the exit.
+        for (streak, at) in [(0, 5000), (1, 5100), (2, 5200), (3, 5400)] {
+            let actions = plan(&w, &[exited("a.1.1", 1, 5000, 50, streak)], 5000);
+            assert_eq!(actions, [Action::Restart { task: "a.1.1".into(), at_ms: at, streak: streak + 1 }]);
+        }
+        // A steady run starts the count over: at once again.
+        let actions = plan(&w, &[exited("a.1.1", 1, 9000, 60_000, 7)], 9000);
+        assert_eq!(actions, [Action::Restart { task: "a.1.1".into(), at_ms: 9000, streak: 0 }]);
+        // on-failure leaves a clean exit alone; never leaves any.
+        assert!(plan(&[want("a.1.1", RestartPolicy::OnFailure)], &[exited("a.1.1", 0, 1, 1, 0)], 2).is_empty());
+        assert!(plan(&[want("a.1.1", RestartPolicy::Never)], &[exited("a.1.1", 9, 1, 1, 0)], 2).is_empty());
+        assert_eq!(
+            plan(&[want("a.1.1", RestartPolicy::OnFailure)], &[exited("a.1.1", 9, 1, 1, 0)], 2),
+            [Action::Restart { task: "a.1.1".into(), at_ms: 1, streak: 1 }]
+        );
+    }
+
+    #[test]
+    fn lost_or_never_started_containers_restart_now() {
+        let mut lost = running("a.1.1");
+        lost.status = Status::Lost;
+        lost.streak = 2;
+        assert_eq!(
+            plan(&[want("a.1.1", RestartPolicy::OnFailure)], std::slice::from_ref(&lost), 77),
+            [Action::Restart { task: "a.1.1".into(), at_ms: 77, streak: 3 }]
+        );
+        assert!(plan(&[want("a.1.1", RestartPolicy::Never)], &[lost.clone()], 77).is_empty());
+        lost.status = Status::Created;
+        assert_eq!(
+            plan(&[want("a.1.1", RestartPolicy::Never)], &[lost], 77),
+            [Action::Restart { task: "a.1.1".into(), at_ms: 77, streak: 2 }]
+        );
+    }
+}
