@@ -54,29 +54,43 @@ pub fn reconcile(state: &State) -> Vec<TaskChange> {
     for (name, service) in &state.services {
         let slots = live.remove(name.as_str()).unwrap_or_default();
         let next = |slot: u32| state.generations.get(&format!("{name}.{slot}")).copied().unwrap_or(0) + 1;
+        let current = state.template(service);
         let mut updating = false;
         let mut outdated = None;
         for slot in 1..=service.spec.replicas {
             let Some((newest, older)) = slots.get(&slot).and_then(|tasks| tasks.split_last()) else {
-                created.push(Task::new(name, slot, next(slot), service.version));
+                created.push(Task::new(name, slot, next(slot), current, service.spec.resources));
                 continue;
             };
             if !older.is_empty() {
-                // A successor exists: the old ones stop once it runs.
-                if newest.state == TaskState::Running {
-                    for old in older {
+                // A successor exists. The old ones go once it runs, or at
+                // once if they do not run themselves (they serve no one).
+                // A successor that fits nowhere stalls the update with its
+                // reason shown, and the old task keeps serving, as Swarm's
+                // start-first updates do.
+                for old in older {
+                    if newest.state == TaskState::Running || old.state != TaskState::Running {
                         plan.stop(old, format!("replaced by {}", newest.id));
                     }
-                } else {
-                    updating = true;
                 }
-            } else if newest.version < service.version && outdated.is_none() {
+                // One made for a spec that has changed again is dropped, so
+                // a fixed spec can roll out past one that never ran.
+                if newest.version < current {
+                    plan.stop(newest, "superseded by a newer spec".into());
+                }
+                updating |= newest.state != TaskState::Running;
+            } else if newest.version < current && newest.state != TaskState::Running {
+                // It serves no one: replaced now, outside the one-at-a-time
+                // rollout.
+                plan.stop(newest, "superseded by a newer spec".into());
+                created.push(Task::new(name, slot, next(slot), current, service.spec.resources));
+            } else if newest.version < current && outdated.is_none() {
                 outdated = Some(slot);
             }
         }
         // Rolling update: one slot at a time, its successor first.
         if let (false, Some(slot)) = (updating, outdated) {
-            created.push(Task::new(name, slot, next(slot), service.version));
+            created.push(Task::new(name, slot, next(slot), current, service.spec.resources));
         }
         for tasks in slots.range(service.spec.replicas + 1..).map(|(_, t)| t) {
             for t in tasks {
@@ -134,17 +148,19 @@ fn place(state: &State, stopping: &BTreeSet<&str>, created: &[Task]) -> Vec<Task
         })
         .collect();
     let mut pending: Vec<&Task> = created.iter().collect();
-    for t in state.tasks.values().filter(|t| t.desired == Desired::Running && !stopping.contains(t.id.as_str())) {
-        let (Some(id), Some(service)) = (&t.node, state.services.get(&t.service)) else {
-            if t.node.is_none() {
-                pending.push(t);
+    for t in state.tasks.values() {
+        let live = t.desired == Desired::Running && !stopping.contains(t.id.as_str());
+        if live && t.node.is_none() {
+            pending.push(t);
+        }
+        // Tasks told to stop still hold their share until they have stopped.
+        let Some(id) = &t.node else { continue };
+        if let Some(view) = nodes.get_mut(id.as_str()).filter(|_| t.holds_resources()) {
+            view.allocated.cpu_millis += t.resources.cpu_millis;
+            view.allocated.memory_bytes += t.resources.memory_bytes;
+            if live {
+                *view.tasks.entry(t.service.clone()).or_default() += 1;
             }
-            continue;
-        };
-        if let Some(view) = nodes.get_mut(id.as_str()) {
-            view.allocated.cpu_millis += service.spec.resources.cpu_millis;
-            view.allocated.memory_bytes += service.spec.resources.memory_bytes;
-            *view.tasks.entry(t.service.clone()).or_default() += 1;
         }
     }
     pending.sort_by(|a, b| (&a.service, a.slot, a.generation).cmp(&(&b.service, b.slot, b.generation)));
@@ -155,7 +171,7 @@ fn place(state: &State, stopping: &BTreeSet<&str>, created: &[Task]) -> Vec<Task
             Some(Request {
                 task: t.id.clone(),
                 service: t.service.clone(),
-                resources: spec.resources,
+                resources: t.resources,
                 constraints: spec.constraints.clone(),
             })
         })

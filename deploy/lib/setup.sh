@@ -33,14 +33,20 @@ ensure_rust() {
 # there: one runs per container, and static it maps no shared libraries
 # (RSS 2.3 -> 1.5 MB). The static build has its own --target directory so
 # that it never invalidates the ordinary build.
+#
+# Callers use `bin=$(build_release)`: set -e does not reach into a command
+# substitution, so every step checks itself.
 build_release() {
-  cargo build --release --workspace --bins >&2
+  cargo build --release --workspace --bins >&2 || return 1
   local host flags out=target/berth
   host=$(rustc -vV | sed -n 's/^host: //p')
+  [ -n "$host" ] || { echo "build_release: cannot tell the host target from rustc -vV" >&2; return 1; }
   flags="CARGO_TARGET_$(echo "$host" | tr 'a-z-' 'A-Z_')_RUSTFLAGS"
-  env "$flags=-C target-feature=+crt-static" cargo build --release -p berth-monitor --target "$host" >&2
-  mkdir -p "$out"
-  find target/release -maxdepth 1 -type f -perm -u+x -name 'berth*' -exec cp -f {} "$out/" \;
-  cp -f "target/$host/release/berth-monitor" "$out/"
+  # RUSTFLAGS would override the per-target flags, so it is cleared here.
+  env -u RUSTFLAGS "$flags=-C target-feature=+crt-static" \
+    cargo build --release -p berth-monitor --target "$host" >&2 || return 1
+  mkdir -p "$out" || return 1
+  find target/release -maxdepth 1 -type f -perm -u+x -name 'berth*' -exec cp -f {} "$out/" \; || return 1
+  cp -f "target/$host/release/berth-monitor" "$out/" || return 1
   echo "$PWD/$out"
 }

@@ -1,6 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use berth_proto::model::{Availability, Node, NodeStatus, RestartPolicy, Service, ServiceSpec};
+use std::collections::BTreeSet;
+
+use berth_proto::model::{Availability, Node, NodeStatus, RestartPolicy, ServiceSpec};
 use proptest::prelude::*;
 
 use super::*;
@@ -168,6 +170,54 @@ fn a_task_that_fits_nowhere_says_why_once() {
     assert!(reconcile(&s).is_empty(), "the same reason is not written again");
 }
 
+#[test]
+fn a_rollout_stuck_on_a_spec_that_cannot_run_gives_way_to_a_fixed_one() {
+    let mut s = cluster(&["a"], &[("web", 2)]);
+    settle(&mut s);
+    let mut huge = spec("web", 2);
+    huge.resources.memory_bytes = 1 << 40;
+    apply(&mut s, &Command::UpdateService(huge));
+    settle(&mut s);
+    assert_eq!(running(&s, "web").len(), 2, "the old tasks keep serving");
+    assert!(s.tasks.values().any(|t| t.version == 2 && t.message.starts_with("no node fits")));
+    let mut fixed = spec("web", 2);
+    fixed.image = "busybox:2".into();
+    apply(&mut s, &Command::UpdateService(fixed));
+    settle(&mut s);
+    assert!(s.tasks.values().all(|t| t.version == 3 && t.state == TaskState::Running), "{:#?}", s.tasks);
+    assert_eq!(running(&s, "web").len(), 2);
+}
+
+#[test]
+fn a_service_removed_and_created_again_at_once_gets_new_tasks() {
+    let mut s = cluster(&["a"], &[("web", 1)]);
+    settle(&mut s);
+    apply(&mut s, &Command::DeleteService { name: "web".into() });
+    let mut again = spec("web", 1);
+    again.image = "busybox:2".into();
+    apply(&mut s, &Command::CreateService(again));
+    settle(&mut s);
+    let ids: Vec<&String> = s.tasks.keys().collect();
+    assert_eq!(ids, ["web.1.2"], "the old task stopped and the new one took the next generation");
+}
+
+/// Resources held on each node must never pass its capacity.
+fn check_capacity(s: &State) -> Result<(), TestCaseError> {
+    let mut held: BTreeMap<&str, Resources> = BTreeMap::new();
+    for t in s.tasks.values().filter(|t| t.holds_resources()) {
+        if let Some(n) = &t.node {
+            let h = held.entry(n.as_str()).or_default();
+            h.cpu_millis += t.resources.cpu_millis;
+            h.memory_bytes += t.resources.memory_bytes;
+        }
+    }
+    for (n, h) in held {
+        let cap = s.nodes[n].capacity;
+        prop_assert!(h.cpu_millis <= cap.cpu_millis && h.memory_bytes <= cap.memory_bytes, "{} overcommitted", n);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
@@ -178,23 +228,39 @@ proptest! {
     fn the_cluster_settles_at_exactly_the_replicas(
         nodes in 1usize..6,
         services in prop::collection::vec(0u32..8, 1..5),
-        events in prop::collection::vec((0usize..6, 0u8..4, 0usize..5, 0u32..8), 0..12),
+        cpu in prop::collection::vec(0u64..1500, 5),
+        events in prop::collection::vec((0usize..6, 0u8..6, 0usize..5, 0u32..8), 0..12),
     ) {
         let names: Vec<String> = (0..nodes).map(|i| format!("n{i}")).collect();
         let node_refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let svc: Vec<(String, u32)> = services.iter().enumerate().map(|(i, r)| (format!("s{i}"), *r)).collect();
         let svc_refs: Vec<(&str, u32)> = svc.iter().map(|(n, r)| (n.as_str(), *r)).collect();
-        let mut s = cluster(&node_refs, &svc_refs);
+        let mut s = cluster(&node_refs, &[]);
+        let with_cpu = |name: &str, i: usize, replicas: u32| {
+            let mut sp = spec(name, replicas);
+            sp.resources.cpu_millis = cpu[i % cpu.len()];
+            sp
+        };
+        for (i, (name, replicas)) in svc_refs.iter().enumerate() {
+            apply(&mut s, &Command::CreateService(with_cpu(name, i, *replicas)));
+        }
         settle(&mut s);
         for (n, what, sv, replicas) in events {
             let id = names[n % nodes].clone();
+            let i = sv % svc.len();
             let cmd = match what {
                 0 => Command::SetNodeStatus { id, status: NodeStatus::Down },
                 1 => Command::RegisterNode(node(&id)),
                 2 => Command::SetAvailability { id, availability: Availability::Active },
-                _ => Command::UpdateService(spec(&svc[sv % svc.len()].0, replicas)),
+                3 => Command::SetAvailability { id, availability: Availability::Drain },
+                4 => {
+                    apply(&mut s, &Command::DeleteService { name: svc[i].0.clone() });
+                    Command::CreateService(with_cpu(&svc[i].0, i + 1, replicas))
+                }
+                _ => Command::UpdateService(with_cpu(&svc[i].0, i, replicas)),
             };
             apply(&mut s, &cmd);
+            check_capacity(&s)?;
             // Sometimes the cluster settles between events, sometimes not.
             if n % 2 == 0 {
                 settle(&mut s);
@@ -204,13 +270,33 @@ proptest! {
             }
         }
         settle(&mut s);
-        let any_ready = s.nodes.values().any(Node::schedulable);
-        for Service { spec, .. } in s.services.values() {
-            let slots: Vec<u32> = running(&s, &spec.name).iter().map(|(slot, _)| *slot).collect();
-            let want: Vec<u32> = if any_ready { (1..=spec.replicas).collect() } else { vec![] };
-            prop_assert_eq!(&slots, &want, "{}", spec.name);
-            for (_, n) in running(&s, &spec.name) {
-                prop_assert!(s.nodes[&n].schedulable());
+        check_capacity(&s)?;
+        for service in s.services.values() {
+            let (spec, current) = (&service.spec, s.template(service));
+            // Every slot has one live task of the current spec: running, or
+            // pending with the reason it fits nowhere; in the latter case an
+            // older one may still serve (a stalled start-first update).
+            let live: Vec<&Task> = s.tasks.values().filter(|t| t.service == spec.name && t.desired == Desired::Running).collect();
+            let slots: BTreeSet<u32> = live.iter().map(|t| t.slot).collect();
+            prop_assert_eq!(slots, (1..=spec.replicas).collect::<BTreeSet<_>>(), "{}", spec.name);
+            // A rollout whose successor fits nowhere stalls, and the slots
+            // after it keep their old running tasks.
+            let stalled = live.iter().any(|t| t.version == current && t.state == TaskState::Pending);
+            for slot in 1..=spec.replicas {
+                let here: Vec<&&Task> = live.iter().filter(|t| t.slot == slot).collect();
+                let (newest, older) = here.split_last().unwrap();
+                if newest.version < current {
+                    prop_assert!(stalled && newest.state == TaskState::Running && older.is_empty(), "{:?}", newest);
+                    continue;
+                }
+                match newest.state {
+                    TaskState::Running => prop_assert!(older.is_empty() && s.nodes[newest.node.as_ref().unwrap()].schedulable()),
+                    TaskState::Pending => prop_assert!(newest.message.starts_with("no node"), "{:?}", newest),
+                    other => prop_assert!(false, "{} is {}", newest.id, other),
+                }
+                for old in older {
+                    prop_assert!(old.state == TaskState::Running && old.version < current, "{:?}", old);
+                }
             }
         }
         prop_assert!(reconcile(&s).is_empty());

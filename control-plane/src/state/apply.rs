@@ -1,6 +1,8 @@
 //! `apply`: the state machine's transition function.
 
-use berth_proto::model::{Desired, NodeStatus, Service, Task, TaskState};
+use std::collections::HashMap;
+
+use berth_proto::model::{Desired, NodeStatus, Resources, Service, Task, TaskState};
 
 use super::{Command, Outcome, Rejection, Response, State, TaskChange};
 
@@ -22,19 +24,32 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
                     Response::Service { service: svc.clone(), outcome: Outcome::Unchanged }
                 }
                 (_, Some(svc)) => {
+                    let tasks_change = !svc.spec.same_tasks(spec);
                     svc.spec = spec.clone();
                     svc.version += 1;
-                    Response::Service { service: svc.clone(), outcome: Outcome::Updated }
+                    let svc = svc.clone();
+                    if tasks_change {
+                        state.templates.insert(spec.name.clone(), svc.version);
+                    }
+                    Response::Service { service: svc, outcome: Outcome::Updated }
                 }
                 (_, None) => {
                     let svc = Service { spec: spec.clone(), version: 1 };
                     state.services.insert(spec.name.clone(), svc.clone());
+                    state.templates.insert(spec.name.clone(), 1);
                     Response::Service { service: svc, outcome: Outcome::Created }
                 }
             }
         }
         Command::DeleteService { name } => match state.services.remove(name) {
-            Some(_) => Response::Deleted,
+            Some(_) => {
+                // Its tasks stop now, so a service created again under the
+                // same name never adopts them.
+                for t in state.tasks.values_mut().filter(|t| &t.service == name) {
+                    stop(t, "service removed");
+                }
+                Response::Deleted
+            }
             None => Response::Rejected(Rejection::NotFound(name.clone())),
         },
         Command::RegisterNode(node) => {
@@ -62,7 +77,8 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
         },
         Command::RemoveNode { id } => remove_node(state, id),
         Command::Reconcile(changes) => {
-            let applied = changes.iter().filter(|c| apply_change(state, c)).count();
+            let mut allocated = allocations(state);
+            let applied = changes.iter().filter(|c| apply_change(state, &mut allocated, c)).count();
             Response::Reconciled { applied }
         }
     }
@@ -85,8 +101,33 @@ fn remove_node(state: &mut State, id: &str) -> Response {
     Response::Deleted
 }
 
-/// Applies one reconciler decision if it still makes sense; says whether it did.
-fn apply_change(state: &mut State, change: &TaskChange) -> bool {
+/// Resources held on each node (see [`Task::holds_resources`]).
+fn allocations(state: &State) -> HashMap<String, Resources> {
+    let mut out: HashMap<String, Resources> = HashMap::new();
+    for t in state.tasks.values().filter(|t| t.holds_resources()) {
+        if let Some(node) = &t.node {
+            let held = out.entry(node.clone()).or_default();
+            held.cpu_millis += t.resources.cpu_millis;
+            held.memory_bytes += t.resources.memory_bytes;
+        }
+    }
+    out
+}
+
+fn stop(t: &mut Task, reason: &str) {
+    if t.desired == Desired::Running {
+        t.desired = Desired::Shutdown;
+        t.message = reason.to_owned();
+        if t.node.is_none() {
+            t.state = TaskState::Shutdown;
+        }
+    }
+}
+
+/// Applies one reconciler decision if it still makes sense; says whether
+/// it did. An assignment must still fit what its node has left, so no
+/// sequence of commits can overcommit a node.
+fn apply_change(state: &mut State, allocated: &mut HashMap<String, Resources>, change: &TaskChange) -> bool {
     match change {
         TaskChange::Create(task) => {
             if state.tasks.contains_key(&task.id) || !state.services.contains_key(&task.service) {
@@ -99,16 +140,22 @@ fn apply_change(state: &mut State, change: &TaskChange) -> bool {
             true
         }
         TaskChange::Assign { id, node } => {
-            let schedulable = state.nodes.get(node).is_some_and(|n| n.schedulable());
-            match state.tasks.get_mut(id) {
-                Some(t) if schedulable && t.desired == Desired::Running && t.node.is_none() => {
-                    t.node = Some(node.clone());
-                    t.state = TaskState::Assigned;
-                    t.message.clear();
-                    true
-                }
-                _ => false,
+            let (Some(n), Some(t)) = (state.nodes.get(node), state.tasks.get(id)) else { return false };
+            let need = t.resources;
+            let held = allocated.get(node).copied().unwrap_or_default();
+            let fits = held.cpu_millis + need.cpu_millis <= n.capacity.cpu_millis
+                && held.memory_bytes + need.memory_bytes <= n.capacity.memory_bytes;
+            if !(n.schedulable() && fits && t.desired == Desired::Running && t.node.is_none()) {
+                return false;
             }
+            let held = allocated.entry(node.clone()).or_default();
+            held.cpu_millis += need.cpu_millis;
+            held.memory_bytes += need.memory_bytes;
+            let Some(t) = state.tasks.get_mut(id) else { return false };
+            t.node = Some(node.clone());
+            t.state = TaskState::Assigned;
+            t.message.clear();
+            true
         }
         TaskChange::Unplaced { id, reason } => match state.tasks.get_mut(id) {
             Some(t) if t.node.is_none() && t.desired == Desired::Running => {
@@ -119,11 +166,7 @@ fn apply_change(state: &mut State, change: &TaskChange) -> bool {
         },
         TaskChange::Shutdown { id, reason } => match state.tasks.get_mut(id) {
             Some(t) if t.desired == Desired::Running => {
-                t.desired = Desired::Shutdown;
-                t.message = reason.clone();
-                if t.node.is_none() {
-                    t.state = TaskState::Shutdown;
-                }
+                stop(t, reason);
                 true
             }
             _ => false,
@@ -181,7 +224,7 @@ mod tests {
         assert_eq!(s.nodes["n1"].availability, Availability::Drain);
 
         apply(&mut s, &Command::CreateService(spec("web", 1)));
-        let mut t = Task::new("web", 1, 1, 1);
+        let mut t = Task::new("web", 1, 1, 1, Resources::default());
         t.node = Some("n1".into());
         s.tasks.insert(t.id.clone(), t);
         let r = apply(&mut s, &Command::RemoveNode { id: "n1".into() });
@@ -200,11 +243,11 @@ mod tests {
         let mut s = State::default();
         apply(&mut s, &Command::CreateService(spec("web", 1)));
         apply(&mut s, &Command::RegisterNode(node("n1")));
-        let t = Task::new("web", 1, 3, 1);
+        let t = Task::new("web", 1, 3, 1, Resources::default());
         let changes = vec![
             TaskChange::Create(t.clone()),
             TaskChange::Create(t.clone()),
-            TaskChange::Create(Task::new("gone", 1, 1, 1)),
+            TaskChange::Create(Task::new("gone", 1, 1, 1, Resources::default())),
             TaskChange::Assign { id: t.id.clone(), node: "nowhere".into() },
             TaskChange::Assign { id: t.id.clone(), node: "n1".into() },
             TaskChange::Unplaced { id: t.id.clone(), reason: "late".into() },

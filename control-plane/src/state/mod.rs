@@ -33,6 +33,17 @@ pub struct State {
     /// task's successor never reuses an id, even after the old one is gone.
     #[serde(default)]
     pub generations: BTreeMap<String, u32>,
+    /// Per service, the version at which what its tasks run last changed
+    /// (any field but replicas): tasks of an older one are rolled.
+    #[serde(default)]
+    pub templates: BTreeMap<String, u64>,
+}
+
+impl State {
+    /// The spec version the service's tasks should run.
+    pub fn template(&self, service: &Service) -> u64 {
+        self.templates.get(&service.spec.name).copied().unwrap_or(service.version)
+    }
 }
 
 /// Every mutation of cluster state is one of these, carried by one Raft log entry.

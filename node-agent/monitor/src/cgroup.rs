@@ -45,7 +45,8 @@ impl Cgroups {
     }
 
     /// Removes the (empty) cgroup at `path` from every hierarchy that has
-    /// it; one that is already gone is not an error.
+    /// it; one that is already gone is not an error. Goes through every
+    /// hierarchy even when one fails, and returns the first failure.
     pub fn remove(&self, path: &str) -> std::io::Result<()> {
         let rel = path.trim_start_matches('/');
         let dirs: Vec<PathBuf> = match self.version {
@@ -59,10 +60,13 @@ impl Cgroups {
                 .map(|p| p.join(rel))
                 .collect(),
         };
+        let mut first_error = None;
         for dir in dirs {
-            remove_dir(&dir)?;
+            if let Err(e) = remove_dir(&dir) {
+                first_error.get_or_insert(std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())));
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Usage of the cgroup at `path` (as in the runtime spec, `/parent/name`);

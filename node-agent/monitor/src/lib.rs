@@ -7,8 +7,8 @@
 //! shim execs `berth-monitor`, built from this small crate alone: exec keeps
 //! the pid, the children and the pipes, and drops the rest. A hundred
 //! containers then cost a hundred small processes, not a hundred copies of
-//! the runtime. Release builds link it statically (`bench/build.sh`), so it
-//! maps no shared libraries either. Should the exec fail, the shim runs the
+//! the runtime. Release builds link it statically (`build_release` in
+//! `deploy/lib/setup.sh`), so it maps no shared libraries either. Should the exec fail, the shim runs the
 //! same code itself.
 //!
 //! The agent uses this crate too, for what both sides must agree on: the
@@ -18,9 +18,11 @@ pub mod cgroup;
 pub mod logs;
 pub mod record;
 
+use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use nix::mount::{umount2, MntFlags};
@@ -54,8 +56,8 @@ pub struct Watch {
 impl Watch {
     /// The command line: `DATA RUN CGROUP LOG_MAX_BYTES LOG_MAX_FILES PID
     /// STDOUT_FD STDERR_FD`.
-    pub fn args(&self, pid: i32, stdout: RawFd, stderr: RawFd) -> Vec<std::ffi::OsString> {
-        let mut args: Vec<std::ffi::OsString> = vec![self.dirs.data.clone().into(), self.dirs.run.clone().into()];
+    pub fn args(&self, pid: i32, stdout: RawFd, stderr: RawFd) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![self.dirs.data.clone().into(), self.dirs.run.clone().into()];
         args.extend(
             [
                 self.cgroup.clone(),
@@ -71,31 +73,37 @@ impl Watch {
     }
 
     /// Parses [`Watch::args`]: the watch, the pid and the two descriptors.
-    pub fn parse(args: &[String]) -> Result<(Self, i32, RawFd, RawFd), String> {
+    /// Paths may be any bytes; the rest must be text.
+    pub fn parse(args: &[OsString]) -> Result<(Self, i32, RawFd, RawFd), String> {
         let [data, run, cgroup, max_bytes, max_files, pid, out, err] = args else {
             return Err(format!("expected 8 arguments, got {}", args.len()));
         };
-        let number = |what: &str, text: &str| -> Result<u64, String> {
-            text.parse().map_err(|_| format!("{what} {text:?} is not a number"))
+        let text = |what: &str, arg: &OsString| -> Result<String, String> {
+            arg.to_str().map(str::to_owned).ok_or_else(|| format!("{what} {arg:?} is not text"))
         };
-        let log = LogPolicy {
-            max_bytes: number("LOG_MAX_BYTES", max_bytes)?,
-            max_files: u32::try_from(number("LOG_MAX_FILES", max_files)?).map_err(|e| e.to_string())?,
-        };
-        let pid = i32::try_from(number("PID", pid)?).map_err(|e| e.to_string())?;
-        let fd = |what: &str, text: &str| -> Result<RawFd, String> {
-            RawFd::try_from(number(what, text)?)
+        fn number<T: TryFrom<u64>>(what: &str, text: &str) -> Result<T, String> {
+            text.parse::<u64>()
                 .ok()
-                .filter(|fd| *fd > 2)
-                .ok_or(format!("{what} {text:?} is not a descriptor"))
+                .and_then(|n| T::try_from(n).ok())
+                .ok_or_else(|| format!("{what} {text:?} is not a number in range"))
+        }
+        let log = LogPolicy {
+            max_bytes: number("LOG_MAX_BYTES", &text("LOG_MAX_BYTES", max_bytes)?)?,
+            max_files: number("LOG_MAX_FILES", &text("LOG_MAX_FILES", max_files)?)?,
         };
-        let watch = Self { dirs: Dirs { data: data.into(), run: run.into() }, cgroup: cgroup.clone(), log };
+        let pid = number("PID", &text("PID", pid)?)?;
+        let fd = |what: &str, arg: &OsString| -> Result<RawFd, String> {
+            let text = text(what, arg)?;
+            number::<RawFd>(what, &text).ok().filter(|fd| *fd > 2).ok_or(format!("{what} {text:?} is not a descriptor"))
+        };
+        let dirs = Dirs { data: data.into(), run: run.into() };
+        let watch = Self { dirs, cgroup: text("CGROUP", cgroup)?, log };
         Ok((watch, pid, fd("STDOUT_FD", out)?, fd("STDERR_FD", err)?))
     }
 }
 
 /// `berth-monitor` with its arguments, as the shim execs it.
-pub fn main(args: &[String]) -> Result<(), String> {
+pub fn main(args: &[OsString]) -> Result<(), String> {
     let (watch, pid, out, err) = Watch::parse(args)
         .map_err(|e| format!("{e}\nusage: berth-monitor DATA RUN CGROUP LOG_MAX_BYTES LOG_MAX_FILES PID STDOUT_FD STDERR_FD (exec'd by berth-shim)"))?;
     let watched = Watched { pid, stdout: inherited_fd(out)?, stderr: inherited_fd(err)? };
@@ -123,29 +131,75 @@ pub fn ignore(sig: Signal) -> nix::Result<SigHandler> {
     unsafe { signal(sig, SigHandler::SigIgn) }
 }
 
-/// Unmounts `RUN/rootfs` if it is mounted.
+/// Unmounts `RUN/rootfs` while anything is mounted there (mounts may be
+/// stacked).
 pub fn unmount_rootfs(dirs: &Dirs) -> io::Result<()> {
     let rootfs = dirs.rootfs();
-    if is_mounted(&rootfs) {
-        umount2(&rootfs, MntFlags::MNT_DETACH).map_err(io::Error::from)?;
+    for _ in 0..8 {
+        if !is_mount_point(&rootfs)? {
+            return Ok(());
+        }
+        umount2(&rootfs, MntFlags::MNT_DETACH)
+            .map_err(|e| io::Error::other(format!("unmounting {}: {e}", rootfs.display())))?;
     }
-    Ok(())
+    Err(io::Error::other(format!("{} is still mounted after 8 unmounts", rootfs.display())))
 }
 
-/// Unmounts the rootfs, then removes the run directory; never deletes
-/// through a live mount.
+/// Unmounts the rootfs, then removes the run directory. Never deletes
+/// through a live mount: that would empty the container's writable layer.
 pub fn remove_run_dir(dirs: &Dirs) -> io::Result<()> {
     unmount_rootfs(dirs)?;
+    if is_mount_point(&dirs.rootfs())? {
+        return Err(io::Error::other(format!("{} is mounted; not removing it", dirs.rootfs().display())));
+    }
     match fs::remove_dir_all(&dirs.run) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
 }
 
-pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let target = path.display().to_string();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+/// Whether something is mounted at `path`. Asks twice: a path on another
+/// device than its parent is a mount point (overlay, tmpfs); a bind mount
+/// keeps its device, so the mount table is read too, for the path with
+/// symlinks resolved and the table's octal escapes decoded. A missing path
+/// is not mounted.
+pub fn is_mount_point(path: &Path) -> io::Result<bool> {
+    let here = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let parent = path.parent().ok_or_else(|| io::Error::other(format!("{} has no parent", path.display())))?;
+    if here.dev() != fs::metadata(parent)?.dev() {
+        return Ok(true);
+    }
+    let target = fs::canonicalize(path)?;
+    let table = fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(table.lines().filter_map(|l| l.split(' ').nth(4)).any(|p| Path::new(&unescape(p)) == target))
+}
+
+/// Undoes the mount table's escapes (`\040` for a space, and so on).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Runs to the container's end: output into the log until every writer is
@@ -170,8 +224,13 @@ pub fn supervise(watch: &Watch, watched: Watched) {
     let oom_killed = cgroups.usage(&watch.cgroup).oom_kills > 0;
     // When the init of a PID namespace is reaped, every other process of
     // the namespace is gone too, so the cgroup is empty and can go.
-    let _ = cgroups.remove(&watch.cgroup);
-    let _ = remove_run_dir(dirs);
+    // Failures go to stderr, which is the shim's log.
+    if let Err(e) = cgroups.remove(&watch.cgroup) {
+        eprintln!("berth-monitor: removing cgroup {}: {e}", watch.cgroup);
+    }
+    if let Err(e) = remove_run_dir(dirs) {
+        eprintln!("berth-monitor: {e}");
+    }
     let exited = Exited { code, signal, oom_killed, finished_at_ms: record::now_ms(), error: None };
     let _ = record::write(&dirs.data, record::EXITED, &exited);
 }
@@ -217,6 +276,35 @@ fn copy_output(log: &mut Option<LogWriter>, stdout: &OwnedFd, stderr: &OwnedFd) 
 mod tests {
     use super::*;
 
+    /// Needs root (as the test suite runs): a real bind mount.
+    #[test]
+    fn the_run_dir_goes_only_once_nothing_is_mounted_in_it_even_through_a_symlink() {
+        use nix::mount::{mount, MsFlags};
+        let tmp = tempfile::tempdir().unwrap();
+        let precious = tmp.path().join("upper");
+        fs::create_dir_all(&precious).unwrap();
+        fs::write(precious.join("data"), "keep").unwrap();
+        let real_run = tmp.path().join("run");
+        fs::create_dir_all(real_run.join("rootfs")).unwrap();
+        let link = tmp.path().join("run-link");
+        std::os::unix::fs::symlink(&real_run, &link).unwrap();
+        let dirs = Dirs { data: tmp.path().into(), run: link.clone() };
+
+        mount(Some(&precious), &real_run.join("rootfs"), None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+        assert!(is_mount_point(&dirs.rootfs()).unwrap(), "seen through the symlink");
+        remove_run_dir(&dirs).unwrap();
+        assert_eq!(fs::read_to_string(precious.join("data")).unwrap(), "keep", "deleted through the mount");
+        assert!(!is_mount_point(&real_run.join("rootfs")).unwrap());
+        assert!(!link.exists() || fs::read_dir(&link).is_err(), "the run dir is gone");
+        remove_run_dir(&dirs).unwrap();
+    }
+
+    #[test]
+    fn mount_table_escapes_are_undone() {
+        assert_eq!(unescape("/run/a\\040b/c\\134d"), "/run/a b/c\\d");
+        assert_eq!(unescape("/plain"), "/plain");
+    }
+
     #[test]
     fn the_command_line_round_trips_and_bad_ones_are_named() {
         let watch = Watch {
@@ -224,11 +312,14 @@ mod tests {
             cgroup: "/berth/web".into(),
             log: LogPolicy { max_bytes: 4096, max_files: 3 },
         };
-        let args: Vec<String> = watch.args(42, 5, 6).iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args = watch.args(42, 5, 6);
         assert_eq!(Watch::parse(&args).unwrap(), (watch, 42, 5, 6));
         let mut bad = args.clone();
         bad[3] = "lots".into();
         assert!(Watch::parse(&bad).unwrap_err().contains("LOG_MAX_BYTES \"lots\""));
+        bad = args.clone();
+        bad[4] = "99999999999".into();
+        assert!(Watch::parse(&bad).unwrap_err().contains("LOG_MAX_FILES \"99999999999\" is not a number in range"));
         bad = args.clone();
         bad[7] = "1".into();
         assert!(Watch::parse(&bad).unwrap_err().contains("STDERR_FD \"1\" is not a descriptor"));

@@ -2,7 +2,7 @@
 //! crate docs). Not run by people.
 
 fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     match berth_monitor::main(&args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(message) => {

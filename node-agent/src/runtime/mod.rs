@@ -132,11 +132,11 @@ pub fn validate_name(name: &str) -> Result<(), RuntimeError> {
 impl Runtime {
     /// `root` (on disk) and `run_root` (under /run) hold one directory per
     /// container (see [`Dirs`]); `shim` is the berth-shim binary.
+    /// Both roots are resolved to absolute paths without symlinks: they
+    /// end up in mount options and are compared with the mount table.
     pub fn open(root: &Path, run_root: &Path, shim: PathBuf) -> Result<Self, RuntimeError> {
-        for dir in [root, run_root] {
-            fs::create_dir_all(dir).map_err(io_err(dir))?;
-        }
-        Ok(Self { root: root.to_path_buf(), run_root: run_root.to_path_buf(), shim })
+        let resolve = |dir: &Path| fs::create_dir_all(dir).and_then(|()| fs::canonicalize(dir)).map_err(io_err(dir));
+        Ok(Self { root: resolve(root)?, run_root: resolve(run_root)?, shim })
     }
 
     /// The container's data directory.
@@ -185,7 +185,6 @@ impl Runtime {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
-            .process_group(0)
             .spawn()
             .map_err(|e| RuntimeError::Start {
                 name: name.into(),

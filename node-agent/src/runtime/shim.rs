@@ -13,7 +13,7 @@
 //! The shim runs in its own session, so the agent can die or restart while
 //! the container runs on. libcontainer forks, so it is only ever called
 //! here, never from the multi-threaded agent. Once the container runs the
-//! shim execs the small monitor (see [`super::monitor`]).
+//! shim execs the small monitor (see the `berth_monitor` crate).
 
 use std::fs::{self, File};
 use std::io::{self, Write};

@@ -8,7 +8,7 @@
 //! wanted, exited, policy says restart   ─▶ Restart at finish + backoff
 //! wanted, exited, policy says no        ─▶ nothing (reported as exited)
 //! wanted, created                       ─▶ Restart now
-//! wanted, lost (its shim died)          ─▶ Restart now, unless the policy is never
+//! wanted, lost (its shim died)          ─▶ Restart after backoff, unless the policy is never
 //! not wanted, running                   ─▶ Stop (grace, then remove)
 //! not wanted, anything else             ─▶ Remove
 //! ```
@@ -72,9 +72,12 @@ pub fn plan(want: &[Want], have: &[Have], now_ms: u64) -> Vec<Action> {
             }
             // Never started (the agent stopped halfway): start it.
             Some((Status::Created, h)) => actions.push(Action::Restart { task, at_ms: now_ms, streak: h.streak }),
-            // Its shim died, so how it ended is unknown: a failure.
+            // Its shim died, so how it ended is unknown: a failure, with
+            // the same backoff as any (a shim that keeps dying must not spin).
             Some((Status::Lost, h)) if w.restart != RestartPolicy::Never => {
-                actions.push(Action::Restart { task, at_ms: now_ms, streak: h.streak.saturating_add(1) })
+                let streak = h.streak.saturating_add(1);
+                let at_ms = now_ms.saturating_add(restart::delay(streak - 1).as_millis() as u64);
+                actions.push(Action::Restart { task, at_ms, streak })
             }
             Some((Status::Lost, _)) => {}
         }
@@ -134,9 +137,12 @@ mod tests {
             let actions = plan(&w, &[exited("a.1.1", 1, 5000, 50, streak)], 5000);
             assert_eq!(actions, [Action::Restart { task: "a.1.1".into(), at_ms: at, streak: streak + 1 }]);
         }
-        // A steady run starts the count over: at once again.
+        // A steady run starts the count over: at once again, and a quick
+        // crash after that waits 100 ms.
         let actions = plan(&w, &[exited("a.1.1", 1, 9000, 60_000, 7)], 9000);
-        assert_eq!(actions, [Action::Restart { task: "a.1.1".into(), at_ms: 9000, streak: 0 }]);
+        assert_eq!(actions, [Action::Restart { task: "a.1.1".into(), at_ms: 9000, streak: 1 }]);
+        let actions = plan(&w, &[exited("a.1.1", 1, 9500, 50, 1)], 9500);
+        assert_eq!(actions, [Action::Restart { task: "a.1.1".into(), at_ms: 9600, streak: 2 }]);
         // on-failure leaves a clean exit alone; never leaves any.
         assert!(plan(&[want("a.1.1", RestartPolicy::OnFailure)], &[exited("a.1.1", 0, 1, 1, 0)], 2).is_empty());
         assert!(plan(&[want("a.1.1", RestartPolicy::Never)], &[exited("a.1.1", 9, 1, 1, 0)], 2).is_empty());
@@ -153,7 +159,7 @@ mod tests {
         lost.streak = 2;
         assert_eq!(
             plan(&[want("a.1.1", RestartPolicy::OnFailure)], std::slice::from_ref(&lost), 77),
-            [Action::Restart { task: "a.1.1".into(), at_ms: 77, streak: 3 }]
+            [Action::Restart { task: "a.1.1".into(), at_ms: 77 + 200, streak: 3 }]
         );
         assert!(plan(&[want("a.1.1", RestartPolicy::Never)], &[lost.clone()], 77).is_empty());
         lost.status = Status::Created;

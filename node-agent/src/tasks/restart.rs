@@ -24,10 +24,11 @@ pub fn wanted(policy: RestartPolicy, exit: &Exited) -> bool {
     }
 }
 
-/// Restarts in a row after a run of `ran_for`, given the count before it.
+/// Restarts in a row, counting the one about to happen, after a run of
+/// `ran_for`: a steady run makes this one the first again.
 pub fn streak_after(streak: u32, ran_for: Duration) -> u32 {
     if ran_for >= STEADY {
-        0
+        1
     } else {
         streak.saturating_add(1)
     }
@@ -71,6 +72,6 @@ mod tests {
         assert_eq!(ms, [0, 100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]);
         assert_eq!(delay(u32::MAX), MAX_DELAY);
         assert_eq!(streak_after(5, Duration::from_secs(2)), 6);
-        assert_eq!(streak_after(5, Duration::from_secs(10)), 0);
+        assert_eq!(streak_after(5, Duration::from_secs(10)), 1);
     }
 }

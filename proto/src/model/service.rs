@@ -132,6 +132,12 @@ pub fn validate_name(name: &str) -> Result<(), InvalidField> {
 }
 
 impl ServiceSpec {
+    /// Whether tasks made for `other` would be the same as for this spec:
+    /// everything but the replica count matters. Scaling replaces no task.
+    pub fn same_tasks(&self, other: &Self) -> bool {
+        Self { replicas: other.replicas, ..self.clone() } == *other
+    }
+
     /// Checks every field; the first one that is wrong is named.
     pub fn validate(&self) -> Result<(), InvalidField> {
         validate_name(&self.name)?;

@@ -10,6 +10,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::Resources;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
     /// `SERVICE.SLOT.GENERATION`.
@@ -20,6 +22,9 @@ pub struct Task {
     pub generation: u32,
     /// The service spec version this task runs.
     pub version: u64,
+    /// What it asks of its node, fixed when it is made: a task keeps its
+    /// share even after the service's spec changes.
+    pub resources: Resources,
     /// The node's id once placed.
     pub node: Option<String>,
     pub desired: Desired,
@@ -60,13 +65,14 @@ impl Task {
     }
 
     /// A new task for a slot, not placed yet.
-    pub fn new(service: &str, slot: u32, generation: u32, version: u64) -> Self {
+    pub fn new(service: &str, slot: u32, generation: u32, version: u64, resources: Resources) -> Self {
         Self {
             id: Self::id_for(service, slot, generation),
             service: service.to_owned(),
             slot,
             generation,
             version,
+            resources,
             node: None,
             desired: Desired::Running,
             state: TaskState::Pending,
@@ -74,6 +80,16 @@ impl Task {
             exit_code: None,
             restarts: 0,
         }
+    }
+}
+
+impl Task {
+    /// Whether it counts against its node's capacity: placed, and either
+    /// meant to run or not yet stopped.
+    pub fn holds_resources(&self) -> bool {
+        self.node.is_some()
+            && (self.desired == Desired::Running
+                || !matches!(self.state, TaskState::Shutdown | TaskState::Exited | TaskState::Failed))
     }
 }
 
