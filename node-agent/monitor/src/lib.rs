@@ -15,23 +15,18 @@
 //! exit record, the log format and the cgroup files.
 
 pub mod cgroup;
+mod host;
 pub mod logs;
 pub mod record;
 
-use std::ffi::OsString;
-use std::fs;
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+pub use host::{is_mount_point, remove_run_dir, unmount_rootfs, Host, Kernel};
 
-use nix::mount::{umount2, MntFlags};
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{signal, SigHandler, Signal};
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::Pid;
 
-use cgroup::Cgroups;
 use logs::{LogWriter, Stream};
 use record::{Dirs, Exited, LogPolicy};
 
@@ -112,7 +107,7 @@ pub fn main(args: &[OsString]) -> Result<(), String> {
     for sig in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGPIPE, Signal::SIGTERM] {
         let _ = ignore(sig);
     }
-    supervise(&watch, watched);
+    supervise(&watch, watched, &mut Kernel);
     Ok(())
 }
 
@@ -131,108 +126,28 @@ pub fn ignore(sig: Signal) -> nix::Result<SigHandler> {
     unsafe { signal(sig, SigHandler::SigIgn) }
 }
 
-/// Unmounts `RUN/rootfs` while anything is mounted there (mounts may be
-/// stacked).
-pub fn unmount_rootfs(dirs: &Dirs) -> io::Result<()> {
-    let rootfs = dirs.rootfs();
-    for _ in 0..8 {
-        if !is_mount_point(&rootfs)? {
-            return Ok(());
-        }
-        umount2(&rootfs, MntFlags::MNT_DETACH)
-            .map_err(|e| io::Error::other(format!("unmounting {}: {e}", rootfs.display())))?;
-    }
-    Err(io::Error::other(format!("{} is still mounted after 8 unmounts", rootfs.display())))
-}
-
-/// Unmounts the rootfs, then removes the run directory. Never deletes
-/// through a live mount: that would empty the container's writable layer.
-pub fn remove_run_dir(dirs: &Dirs) -> io::Result<()> {
-    unmount_rootfs(dirs)?;
-    if is_mount_point(&dirs.rootfs())? {
-        return Err(io::Error::other(format!("{} is mounted; not removing it", dirs.rootfs().display())));
-    }
-    match fs::remove_dir_all(&dirs.run) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// Whether something is mounted at `path`. Asks twice: a path on another
-/// device than its parent is a mount point (overlay, tmpfs); a bind mount
-/// keeps its device, so the mount table is read too, for the path with
-/// symlinks resolved and the table's octal escapes decoded. A missing path
-/// is not mounted.
-pub fn is_mount_point(path: &Path) -> io::Result<bool> {
-    let here = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    let parent = path.parent().ok_or_else(|| io::Error::other(format!("{} has no parent", path.display())))?;
-    if here.dev() != fs::metadata(parent)?.dev() {
-        return Ok(true);
-    }
-    let target = fs::canonicalize(path)?;
-    let table = fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(table.lines().filter_map(|l| l.split(' ').nth(4)).any(|p| Path::new(&unescape(p)) == target))
-}
-
-/// Undoes the mount table's escapes (`\040` for a space, and so on).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .and_then(|d| std::str::from_utf8(d).ok())
-            .and_then(|d| u8::from_str_radix(d, 8).ok());
-        match (bytes[i], octal) {
-            (b'\\', Some(b)) => {
-                out.push(b);
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Runs to the container's end: output into the log until every writer is
 /// gone, reap, release the cgroup, libcontainer's state and the rootfs
-/// mount, then write the exit record, last.
-pub fn supervise(watch: &Watch, watched: Watched) {
+/// mount, then write the exit record, last. Release failures go to stderr
+/// (the shim's log) and never keep the exit record from being written.
+pub fn supervise(watch: &Watch, watched: Watched, host: &mut impl Host) {
     let dirs = &watch.dirs;
     let mut log = LogWriter::open(&dirs.data, watch.log).ok();
     copy_output(&mut log, &watched.stdout, &watched.stderr);
-    let status = loop {
-        match waitpid(Pid::from_raw(watched.pid), None) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => break other,
-        }
-    };
-    let (code, signal) = match status {
-        Ok(WaitStatus::Exited(_, code)) => (code, None),
-        Ok(WaitStatus::Signaled(_, sig, _)) => (128 + sig as i32, Some(sig as i32)),
-        _ => (255, None),
-    };
-    let cgroups = Cgroups::detect();
-    let oom_killed = cgroups.usage(&watch.cgroup).oom_kills > 0;
+    let (code, signal) = host.reap(watched.pid);
+    let oom_killed = host.oom_kills(&watch.cgroup) > 0;
     // When the init of a PID namespace is reaped, every other process of
     // the namespace is gone too, so the cgroup is empty and can go.
-    // Failures go to stderr, which is the shim's log.
-    if let Err(e) = cgroups.remove(&watch.cgroup) {
+    if let Err(e) = host.remove_cgroup(&watch.cgroup) {
         eprintln!("berth-monitor: removing cgroup {}: {e}", watch.cgroup);
     }
-    if let Err(e) = remove_run_dir(dirs) {
+    if let Err(e) = host.remove_run_dir(dirs) {
         eprintln!("berth-monitor: {e}");
     }
     let exited = Exited { code, signal, oom_killed, finished_at_ms: record::now_ms(), error: None };
-    let _ = record::write(&dirs.data, record::EXITED, &exited);
+    if let Err(e) = record::write(&dirs.data, record::EXITED, &exited) {
+        eprintln!("berth-monitor: writing {}: {e}", record::EXITED);
+    }
 }
 
 /// Copies both pipes into the log until both reach end of file, which
@@ -276,33 +191,54 @@ fn copy_output(log: &mut Option<LogWriter>, stdout: &OwnedFd, stderr: &OwnedFd) 
 mod tests {
     use super::*;
 
-    /// Needs root (as the test suite runs): a real bind mount.
-    #[test]
-    fn the_run_dir_goes_only_once_nothing_is_mounted_in_it_even_through_a_symlink() {
-        use nix::mount::{mount, MsFlags};
-        let tmp = tempfile::tempdir().unwrap();
-        let precious = tmp.path().join("upper");
-        fs::create_dir_all(&precious).unwrap();
-        fs::write(precious.join("data"), "keep").unwrap();
-        let real_run = tmp.path().join("run");
-        fs::create_dir_all(real_run.join("rootfs")).unwrap();
-        let link = tmp.path().join("run-link");
-        std::os::unix::fs::symlink(&real_run, &link).unwrap();
-        let dirs = Dirs { data: tmp.path().into(), run: link.clone() };
+    /// A host that records what the monitor asked of it, and whether the
+    /// exit record existed at each step.
+    struct Fake {
+        exit_file: std::path::PathBuf,
+        calls: Vec<String>,
+    }
 
-        mount(Some(&precious), &real_run.join("rootfs"), None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
-        assert!(is_mount_point(&dirs.rootfs()).unwrap(), "seen through the symlink");
-        remove_run_dir(&dirs).unwrap();
-        assert_eq!(fs::read_to_string(precious.join("data")).unwrap(), "keep", "deleted through the mount");
-        assert!(!is_mount_point(&real_run.join("rootfs")).unwrap());
-        assert!(!link.exists() || fs::read_dir(&link).is_err(), "the run dir is gone");
-        remove_run_dir(&dirs).unwrap();
+    impl Host for Fake {
+        fn reap(&mut self, pid: i32) -> (i32, Option<i32>) {
+            self.calls.push(format!("reap {pid} exit-record={}", self.exit_file.exists()));
+            (3, None)
+        }
+        fn oom_kills(&self, _cgroup: &str) -> u64 {
+            1
+        }
+        fn remove_cgroup(&mut self, cgroup: &str) -> std::io::Result<()> {
+            self.calls.push(format!("rmcg {cgroup} exit-record={}", self.exit_file.exists()));
+            Err(std::io::Error::other("busy"))
+        }
+        fn remove_run_dir(&mut self, _dirs: &Dirs) -> std::io::Result<()> {
+            self.calls.push(format!("rmrun exit-record={}", self.exit_file.exists()));
+            Err(std::io::Error::other("still mounted"))
+        }
     }
 
     #[test]
-    fn mount_table_escapes_are_undone() {
-        assert_eq!(unescape("/run/a\\040b/c\\134d"), "/run/a b/c\\d");
-        assert_eq!(unescape("/plain"), "/plain");
+    fn output_is_logged_then_release_then_the_exit_record_last_even_when_release_fails() {
+        use std::io::Write;
+        let data = tempfile::tempdir().unwrap();
+        let watch = Watch {
+            dirs: Dirs { data: data.path().into(), run: data.path().join("run") },
+            cgroup: "/berth/c".into(),
+            log: LogPolicy::default(),
+        };
+        let (out_r, out_w) = nix::unistd::pipe().unwrap();
+        let (err_r, err_w) = nix::unistd::pipe().unwrap();
+        std::fs::File::from(out_w).write_all(b"hello\n").unwrap();
+        std::fs::File::from(err_w).write_all(b"oops\n").unwrap();
+        let mut host = Fake { exit_file: data.path().join(record::EXITED), calls: vec![] };
+        supervise(&watch, Watched { pid: 42, stdout: out_r, stderr: err_r }, &mut host);
+        assert_eq!(
+            host.calls,
+            ["reap 42 exit-record=false", "rmcg /berth/c exit-record=false", "rmrun exit-record=false"]
+        );
+        let exited: Exited = record::read(data.path(), record::EXITED).unwrap().unwrap();
+        assert_eq!((exited.code, exited.oom_killed), (3, true));
+        let lines: Vec<String> = logs::read(data.path(), None).unwrap().into_iter().map(|l| l.text).collect();
+        assert_eq!(lines, ["hello", "oops"]);
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub fn main(dirs: &Dirs) -> i32 {
             let _ = redirect_stdout_to_null();
             let error = exec_monitor(&watch, &watched);
             eprintln!("berth-shim: {error}; supervising without the monitor");
-            berth_monitor::supervise(&watch, watched);
+            berth_monitor::supervise(&watch, watched, &mut berth_monitor::Kernel);
             0
         }
         Err(message) => {

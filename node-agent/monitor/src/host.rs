@@ -1,0 +1,158 @@
+//! The monitor's kernel edge, narrow so that its order of work can be
+//! tested with a fake: reap the init, read and remove its cgroup, unmount
+//! and remove the run directory. [`Kernel`] is the real one.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use nix::mount::{umount2, MntFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::cgroup::Cgroups;
+use crate::record::Dirs;
+
+pub trait Host {
+    /// Waits for the process to end: its exit code (128 + signal when a
+    /// signal ended it) and the signal.
+    fn reap(&mut self, pid: i32) -> (i32, Option<i32>);
+    fn oom_kills(&self, cgroup: &str) -> u64;
+    fn remove_cgroup(&mut self, cgroup: &str) -> io::Result<()>;
+    fn remove_run_dir(&mut self, dirs: &Dirs) -> io::Result<()>;
+}
+
+/// This host's kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Kernel;
+
+impl Host for Kernel {
+    fn reap(&mut self, pid: i32) -> (i32, Option<i32>) {
+        loop {
+            match waitpid(Pid::from_raw(pid), None) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(WaitStatus::Exited(_, code)) => return (code, None),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return (128 + sig as i32, Some(sig as i32)),
+                _ => return (255, None),
+            }
+        }
+    }
+
+    fn oom_kills(&self, cgroup: &str) -> u64 {
+        Cgroups::detect().usage(cgroup).oom_kills
+    }
+
+    fn remove_cgroup(&mut self, cgroup: &str) -> io::Result<()> {
+        Cgroups::detect().remove(cgroup)
+    }
+
+    fn remove_run_dir(&mut self, dirs: &Dirs) -> io::Result<()> {
+        remove_run_dir(dirs)
+    }
+}
+
+/// Unmounts `RUN/rootfs` while anything is mounted there (mounts may be
+/// stacked).
+pub fn unmount_rootfs(dirs: &Dirs) -> io::Result<()> {
+    let rootfs = dirs.rootfs();
+    for _ in 0..8 {
+        if !is_mount_point(&rootfs)? {
+            return Ok(());
+        }
+        umount2(&rootfs, MntFlags::MNT_DETACH)
+            .map_err(|e| io::Error::other(format!("unmounting {}: {e}", rootfs.display())))?;
+    }
+    Err(io::Error::other(format!("{} is still mounted after 8 unmounts", rootfs.display())))
+}
+
+/// Unmounts the rootfs, then removes the run directory. Never deletes
+/// through a live mount: that would empty the container's writable layer.
+pub fn remove_run_dir(dirs: &Dirs) -> io::Result<()> {
+    unmount_rootfs(dirs)?;
+    if is_mount_point(&dirs.rootfs())? {
+        return Err(io::Error::other(format!("{} is mounted; not removing it", dirs.rootfs().display())));
+    }
+    match fs::remove_dir_all(&dirs.run) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Whether something is mounted at `path`. Asks twice: a path on another
+/// device than its parent is a mount point (overlay, tmpfs); a bind mount
+/// keeps its device, so the mount table is read too, for the path with
+/// symlinks resolved and the table's octal escapes decoded. A missing path
+/// is not mounted.
+pub fn is_mount_point(path: &Path) -> io::Result<bool> {
+    let here = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let parent = path.parent().ok_or_else(|| io::Error::other(format!("{} has no parent", path.display())))?;
+    if here.dev() != fs::metadata(parent)?.dev() {
+        return Ok(true);
+    }
+    let target = fs::canonicalize(path)?;
+    let table = fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(table.lines().filter_map(|l| l.split(' ').nth(4)).any(|p| Path::new(&unescape(p)) == target))
+}
+
+/// Undoes the mount table's escapes (`\040` for a space, and so on).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs root (as the test suite runs): a real bind mount.
+    #[test]
+    fn the_run_dir_goes_only_once_nothing_is_mounted_in_it_even_through_a_symlink() {
+        use nix::mount::{mount, MsFlags};
+        let tmp = tempfile::tempdir().unwrap();
+        let precious = tmp.path().join("upper");
+        fs::create_dir_all(&precious).unwrap();
+        fs::write(precious.join("data"), "keep").unwrap();
+        let real_run = tmp.path().join("run");
+        fs::create_dir_all(real_run.join("rootfs")).unwrap();
+        let link = tmp.path().join("run-link");
+        std::os::unix::fs::symlink(&real_run, &link).unwrap();
+        let dirs = Dirs { data: tmp.path().into(), run: link.clone() };
+
+        mount(Some(&precious), &real_run.join("rootfs"), None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+        assert!(is_mount_point(&dirs.rootfs()).unwrap(), "seen through the symlink");
+        remove_run_dir(&dirs).unwrap();
+        assert_eq!(fs::read_to_string(precious.join("data")).unwrap(), "keep", "deleted through the mount");
+        assert!(!is_mount_point(&real_run.join("rootfs")).unwrap());
+        assert!(!link.exists() || fs::read_dir(&link).is_err(), "the run dir is gone");
+        remove_run_dir(&dirs).unwrap();
+    }
+
+    #[test]
+    fn mount_table_escapes_are_undone() {
+        assert_eq!(unescape("/run/a\\040b/c\\134d"), "/run/a b/c\\d");
+        assert_eq!(unescape("/plain"), "/plain");
+    }
+}
