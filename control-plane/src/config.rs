@@ -54,6 +54,10 @@ pub struct Args {
     /// How long a request may wait for a leader and a quorum, in milliseconds (default 5000)
     #[arg(long, env = "BERTH_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
+    /// A node not heard from for this long is down (default 4000; with the
+    /// agents' 1 s heartbeat a dead node is seen within 5 s).
+    #[arg(long, env = "BERTH_NODE_DOWN_AFTER_MS")]
+    pub node_down_after_ms: Option<u64>,
 }
 
 /// Settings after merging flags, environment, file and defaults.
@@ -70,6 +74,7 @@ pub struct Config {
     pub snapshot_logs: u64,
     pub keep_logs: u64,
     pub request_timeout: Duration,
+    pub node_down_after: Duration,
 }
 
 impl Args {
@@ -99,7 +104,11 @@ impl Args {
             snapshot_logs: self.snapshot_logs.or(file.snapshot_logs).unwrap_or(10_000),
             keep_logs: self.keep_logs.or(file.keep_logs).unwrap_or(1_000),
             request_timeout: ms(self.request_timeout_ms, file.request_timeout_ms, 5_000),
+            node_down_after: ms(self.node_down_after_ms, file.node_down_after_ms, 4_000),
         };
+        if cfg.node_down_after.is_zero() {
+            bail!("--node-down-after-ms must be more than 0");
+        }
         if cfg.bootstrap && cfg.join.is_some() {
             bail!("--bootstrap and --join exclude each other: bootstrap the first server, join the others");
         }

@@ -16,6 +16,7 @@
 pub mod api;
 pub mod batcher;
 pub mod config;
+pub mod leader;
 pub mod liveness;
 pub mod network;
 pub mod node;

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::{timeout_at, Instant};
 
 use crate::batcher::Batcher;
+use crate::liveness::Liveness;
 use crate::network::{decode, encode, Peers};
 use crate::state::{query, Command, Proposal, Query, QueryReply, Response};
 use crate::store::{Applied, NodeId, Raft};
@@ -51,6 +52,10 @@ pub enum LeaderOp {
     /// Take a server out of the membership.
     Remove {
         id: NodeId,
+    },
+    /// A berth-agent's proof of life, kept in the leader's memory.
+    Heartbeat {
+        node: String,
     },
 }
 
@@ -92,6 +97,10 @@ pub struct Node {
     batcher: Batcher,
     /// Serializes id allocation for joins on this leader.
     join_lock: tokio::sync::Mutex<()>,
+    /// Agents' heartbeats, while this server leads: the term it was made
+    /// for, and the tracker (see `liveness`).
+    pub liveness: std::sync::Mutex<Option<(u64, Liveness)>>,
+    pub node_down_after: Duration,
 }
 
 impl std::fmt::Debug for Node {
@@ -103,7 +112,31 @@ impl std::fmt::Debug for Node {
 impl Node {
     pub fn new(id: NodeId, raft: Raft, applied: Arc<RwLock<Applied>>, peers: Peers, request_timeout: Duration) -> Self {
         let batcher = Batcher::spawn(id, raft.clone(), peers.clone(), request_timeout);
-        Self { id, raft, applied, peers, request_timeout, batcher, join_lock: tokio::sync::Mutex::new(()) }
+        Self {
+            id,
+            raft,
+            applied,
+            peers,
+            request_timeout,
+            batcher,
+            join_lock: tokio::sync::Mutex::new(()),
+            liveness: std::sync::Mutex::new(None),
+            node_down_after: Duration::from_secs(4),
+        }
+    }
+
+    /// Runs `f` on this leader's liveness tracker, made afresh for each
+    /// term it leads; None when this server does not lead.
+    pub fn with_liveness<T>(&self, f: impl FnOnce(&mut Liveness) -> T) -> Option<T> {
+        let m = self.metrics();
+        if m.current_leader != Some(self.id) {
+            return None;
+        }
+        let mut slot = self.liveness.lock().ok()?;
+        if slot.as_ref().is_none_or(|(term, _)| *term != m.current_term) {
+            *slot = Some((m.current_term, Liveness::new(self.node_down_after, std::time::Instant::now())));
+        }
+        slot.as_mut().map(|(_, l)| f(l))
     }
 
     pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
@@ -184,6 +217,21 @@ impl Node {
             LeaderOp::Join { addr } => self.join(addr).await,
             LeaderOp::Promote { id } => self.promote(*id).await,
             LeaderOp::Remove { id } => self.remove(*id).await,
+            LeaderOp::Heartbeat { node } => self.heartbeat(node),
+        }
+    }
+
+    fn heartbeat(&self, node: &str) -> Step {
+        let known = match self.applied.read() {
+            Ok(applied) => applied.state.nodes.contains_key(node),
+            Err(_) => return Step::Done(Err(OpError::Internal("state lock poisoned".into()))),
+        };
+        if !known {
+            return Step::Done(Err(OpError::NotFound(format!("node {node} is not registered; register again"))));
+        }
+        match self.with_liveness(|l| l.heartbeat(node, std::time::Instant::now())) {
+            Some(()) => Step::Done(Ok(LeaderReply::Done)),
+            None => Step::NotLeader,
         }
     }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use berth_proto::pb::agent::agent_server::AgentServer;
 use berth_proto::pb::cluster::cluster_client::ClusterClient;
 use berth_proto::pb::cluster::cluster_server::ClusterServer;
 use berth_proto::pb::cluster::ClusterStatusRequest;
@@ -22,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::api::{ClusterApi, RaftApi};
+use crate::api::{AgentApi, ClusterApi, RaftApi};
 use crate::config::{Config, Identity};
 use crate::network::{decode, encode, Network, Peers, MAX_MESSAGE};
 use crate::node::{LeaderOp, LeaderReply, Node, Step};
@@ -53,7 +54,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let applied = sm.applied();
     let network = Network { peers: peers.clone() };
     let raft = Raft::new(id, Arc::new(cfg.raft_config()?), network, log, sm).await.context("cannot start Raft")?;
-    let node = Arc::new(Node::new(id, raft.clone(), applied, peers, cfg.request_timeout));
+    let mut node = Node::new(id, raft.clone(), applied, peers, cfg.request_timeout);
+    node.node_down_after = cfg.node_down_after;
+    let node = Arc::new(node);
+    let leader_work = tokio::spawn(crate::leader::run(node.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
@@ -62,6 +66,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
+        .add_service(AgentServer::new(AgentApi { node: node.clone() }))
         .add_service(
             RaftServer::new(RaftApi { node: node.clone() })
                 .max_decoding_message_size(MAX_MESSAGE)
@@ -88,6 +93,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
 
     shutdown.await;
     info!(id, "shutting down");
+    leader_work.abort();
     let _ = stop_tx.send(());
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Err(e))) => warn!("gRPC server ended with an error: {e}"),

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use berth_proto::model::Service;
+use berth_proto::model::{NodeInfo, Service};
 use berth_proto::pb::cluster as pb;
 use clap::{Parser, Subcommand};
 
@@ -51,6 +51,33 @@ enum Command {
     /// The Raft cluster of servers
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Nodes: the hosts that run berth-agent
+    #[command(subcommand)]
+    Node(NodeCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// List nodes: status, availability, CPU and memory allocated/total, tasks
+    #[command(alias = "list")]
+    Ls {
+        /// Answer from the contacted server's state, without the leader (may be behind)
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Show one node, by name or id
+    Inspect {
+        name: String,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Take no new tasks, and move its tasks elsewhere
+    Drain { name: String },
+    /// Take tasks again
+    Activate { name: String },
+    /// Forget a node that is down, or drained and idle
+    #[command(alias = "remove")]
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +155,10 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn to_node(n: pb::Node) -> Result<NodeInfo> {
+    n.try_into().context("the server sent an invalid node")
 }
 
 fn to_model(s: Option<pb::Service>) -> Result<Service> {
@@ -211,6 +242,32 @@ async fn run(cli: Cli) -> Result<String> {
             let req = pb::ClusterStatusRequest { local };
             let reply = client.call("cluster status", async |mut c| c.cluster_status(req).await).await?;
             Ok(output::cluster_status(&reply, fmt))
+        }
+        Command::Node(NodeCmd::Ls { stale }) => {
+            let reply =
+                client.call("list nodes", async |mut c| c.list_nodes(pb::ListNodesRequest { stale }).await).await?;
+            let list = reply.nodes.into_iter().map(to_node).collect::<Result<Vec<_>>>()?;
+            Ok(output::nodes(&list, fmt))
+        }
+        Command::Node(NodeCmd::Inspect { name, stale }) => {
+            let req = pb::GetNodeRequest { name, stale };
+            let reply = client.call("inspect node", async |mut c| c.get_node(req.clone()).await).await?;
+            Ok(output::node(&to_node(reply.node.context("the server sent no node")?)?, fmt))
+        }
+        Command::Node(cmd @ (NodeCmd::Drain { .. } | NodeCmd::Activate { .. })) => {
+            let (name, availability) = match cmd {
+                NodeCmd::Drain { name } => (name, "drain"),
+                NodeCmd::Activate { name } => (name, "active"),
+                _ => unreachable!("matched above"),
+            };
+            let req = pb::SetNodeAvailabilityRequest { name: name.clone(), availability: availability.into() };
+            client.call("set node availability", async |mut c| c.set_node_availability(req.clone()).await).await?;
+            Ok(format!("node {name} is now {availability}\n"))
+        }
+        Command::Node(NodeCmd::Rm { name }) => {
+            let req = pb::RemoveNodeRequest { name: name.clone() };
+            client.call("remove node", async |mut c| c.remove_node(req.clone()).await).await?;
+            Ok(format!("node {name} removed\n"))
         }
         Command::Cluster(ClusterCmd::Remove { id }) => {
             client.call("remove server", async |mut c| c.remove_member(pb::RemoveMemberRequest { id }).await).await?;

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use berth_proto::model::{format_memory, Service};
+use berth_proto::model::{format_memory, NodeInfo, Service};
 use berth_proto::pb::cluster as pb;
 use serde_json::{json, Value};
 
@@ -112,6 +112,63 @@ pub fn service(s: &Service, format: Format) -> String {
             let _ = writeln!(out, "  {k}={v}");
         }
     }
+    out
+}
+
+fn cpus(millis: u64) -> String {
+    format!("{}", millis as f64 / 1000.0)
+}
+
+pub fn nodes(list: &[NodeInfo], format: Format) -> String {
+    match format {
+        Format::Json => pretty(&json!(list)),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|i| {
+                    let n = &i.node;
+                    vec![
+                        n.name.clone(),
+                        n.address.clone(),
+                        n.status.to_string(),
+                        n.availability.to_string(),
+                        format!("{}/{}", cpus(i.allocated.cpu_millis), cpus(n.capacity.cpu_millis)),
+                        format!(
+                            "{}/{}",
+                            format_memory(i.allocated.memory_bytes),
+                            format_memory(n.capacity.memory_bytes)
+                        ),
+                        i.tasks.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "ADDRESS", "STATUS", "AVAILABILITY", "CPUS", "MEMORY", "TASKS"], &rows)
+        }
+    }
+}
+
+pub fn node(i: &NodeInfo, format: Format) -> String {
+    if format == Format::Json {
+        return pretty(&json!(i));
+    }
+    let n = &i.node;
+    let mut out = String::new();
+    let mut kv = |k: &str, v: String| {
+        let _ = writeln!(out, "{:<14}{v}", format!("{k}:"));
+    };
+    kv("Name", n.name.clone());
+    kv("ID", n.id.clone());
+    kv("Address", n.address.clone());
+    kv("Status", n.status.to_string());
+    kv("Availability", n.availability.to_string());
+    kv("CPUs", format!("{} of {} allocated", cpus(i.allocated.cpu_millis), cpus(n.capacity.cpu_millis)));
+    kv(
+        "Memory",
+        format!("{} of {} allocated", format_memory(i.allocated.memory_bytes), format_memory(n.capacity.memory_bytes)),
+    );
+    kv("Tasks", i.tasks.to_string());
+    let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    kv("Labels", if labels.is_empty() { "-".into() } else { labels.join(", ") });
     out
 }
 

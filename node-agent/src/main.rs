@@ -1,6 +1,7 @@
-//! berth-agent: the node agent's command line. Today it runs containers on
-//! this host, like `docker run`, and manages its image store; joining a
-//! cluster comes with the scheduling work.
+//! berth-agent: the node agent's command line. With `--server` and no
+//! command it joins a cluster and keeps its node alive there; with a
+//! command it runs containers on this host, like `docker run`, and manages
+//! its image store.
 
 mod cmd;
 
@@ -25,8 +26,10 @@ pub struct Args {
     /// Parent cgroup of this agent's containers.
     #[arg(long, env = "BERTH_CGROUP_PARENT", default_value = "berth", global = true)]
     pub cgroup_parent: String,
+    #[command(flatten)]
+    pub join: cmd::join::JoinArgs,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,5 +99,23 @@ fn main() -> ExitCode {
             eprintln!("berth-agent: {e:#}");
             ExitCode::from(125)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+        let joined =
+            Args::try_parse_from(["berth-agent", "--server", "a:1,b:2", "--name", "n1", "--label", "zone=a"]).unwrap();
+        assert!(joined.command.is_none());
+        assert_eq!(joined.join.servers, ["a:1", "b:2"]);
+        let run = Args::try_parse_from(["berth-agent", "run", "--name", "c1", "--cpus", "0.5", "img"]).unwrap();
+        assert!(matches!(run.command, Some(Command::Run(r)) if r.name.as_deref() == Some("c1")));
     }
 }

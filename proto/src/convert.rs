@@ -104,6 +104,61 @@ impl TryFrom<pb::Service> for model::Service {
     }
 }
 
+fn resources_to_pb(r: Resources) -> pb::Resources {
+    pb::Resources {
+        cpus: r.cpu_millis as f64 / 1000.0,
+        memory_bytes: i64::try_from(r.memory_bytes).unwrap_or(i64::MAX),
+    }
+}
+
+fn resources_from_pb(field: &str, r: Option<pb::Resources>) -> Result<Resources, InvalidField> {
+    let r = r.unwrap_or_default();
+    if !(r.cpus.is_finite() && (0.0..=MAX_CPUS).contains(&r.cpus)) {
+        return Err(InvalidField::new(format!("{field}.cpus"), r.cpus, "a number of CPUs >= 0"));
+    }
+    let memory_bytes = u64::try_from(r.memory_bytes)
+        .map_err(|_| InvalidField::new(format!("{field}.memory"), r.memory_bytes, "a size >= 0"))?;
+    Ok(Resources { cpu_millis: (r.cpus * 1000.0).round() as u64, memory_bytes })
+}
+
+impl From<model::NodeInfo> for pb::Node {
+    fn from(i: model::NodeInfo) -> Self {
+        let n = i.node;
+        Self {
+            id: n.id,
+            name: n.name,
+            address: n.address,
+            labels: n.labels.into_iter().collect(),
+            capacity: Some(resources_to_pb(n.capacity)),
+            status: n.status.to_string(),
+            availability: n.availability.to_string(),
+            allocated: Some(resources_to_pb(i.allocated)),
+            tasks: i.tasks,
+        }
+    }
+}
+
+impl TryFrom<pb::Node> for model::NodeInfo {
+    type Error = InvalidField;
+
+    fn try_from(p: pb::Node) -> Result<Self, Self::Error> {
+        let status = model::NodeStatus::parse(&p.status)
+            .ok_or_else(|| InvalidField::new("status", &p.status, "ready or down"))?;
+        let availability = model::Availability::parse(&p.availability)
+            .ok_or_else(|| InvalidField::new("availability", &p.availability, "active or drain"))?;
+        let node = model::Node {
+            id: p.id,
+            name: p.name,
+            address: p.address,
+            labels: p.labels.into_iter().collect(),
+            capacity: resources_from_pb("capacity", p.capacity)?,
+            status,
+            availability,
+        };
+        Ok(Self { node, allocated: resources_from_pb("allocated", p.allocated)?, tasks: p.tasks })
+    }
+}
+
 /// Extracts and converts the spec of a request, naming a missing one.
 pub fn spec_from_request(spec: Option<pb::ServiceSpec>) -> Result<model::ServiceSpec, InvalidField> {
     spec.ok_or_else(|| InvalidField::new("spec", "", "a service spec"))?.try_into()

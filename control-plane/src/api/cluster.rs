@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::convert::spec_from_request;
-use berth_proto::model::{validate_name, InvalidField};
+use berth_proto::model::{validate_name, Availability, InvalidField, NodeInfo};
 use berth_proto::pb::cluster::cluster_client::ClusterClient;
 use berth_proto::pb::cluster::cluster_server::Cluster;
 use berth_proto::pb::cluster::*;
@@ -143,5 +143,59 @@ impl Cluster for ClusterApi {
     async fn remove_member(&self, req: Request<RemoveMemberRequest>) -> Result<Response<RemoveMemberReply>, Status> {
         self.node.run(LeaderOp::Remove { id: req.into_inner().id }).await?;
         Ok(Response::new(RemoveMemberReply {}))
+    }
+
+    async fn list_nodes(&self, req: Request<ListNodesRequest>) -> Result<Response<ListNodesReply>, Status> {
+        match self.node.read(Query::ListNodes, req.get_ref().stale).await? {
+            QueryReply::Nodes(list) => {
+                Ok(Response::new(ListNodesReply { nodes: list.into_iter().map(Into::into).collect() }))
+            }
+            other => Err(Status::internal(format!("unexpected query reply {other:?}"))),
+        }
+    }
+
+    async fn get_node(&self, req: Request<GetNodeRequest>) -> Result<Response<NodeReply>, Status> {
+        let GetNodeRequest { name, stale } = req.into_inner();
+        let info = self.find_node(&name, stale).await?;
+        Ok(Response::new(NodeReply { node: Some(info.into()) }))
+    }
+
+    async fn set_node_availability(
+        &self,
+        req: Request<SetNodeAvailabilityRequest>,
+    ) -> Result<Response<NodeReply>, Status> {
+        let SetNodeAvailabilityRequest { name, availability } = req.into_inner();
+        let availability = Availability::parse(&availability).ok_or_else(|| {
+            Status::invalid_argument(format!("availability: {availability:?} is not valid: expected active or drain"))
+        })?;
+        let id = self.find_node(&name, false).await?.node.id;
+        match self.node.write(Command::SetAvailability { id, availability }).await? {
+            Applied::Node(node) => {
+                let info = self.find_node(&node.id, false).await?;
+                Ok(Response::new(NodeReply { node: Some(info.into()) }))
+            }
+            Applied::Rejected(r) => Err(r.into()),
+            other => Err(Status::internal(format!("unexpected state machine reply {other:?}"))),
+        }
+    }
+
+    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeReply>, Status> {
+        let id = self.find_node(&req.get_ref().name, false).await?.node.id;
+        match self.node.write(Command::RemoveNode { id }).await? {
+            Applied::Deleted => Ok(Response::new(RemoveNodeReply {})),
+            Applied::Rejected(r) => Err(r.into()),
+            other => Err(Status::internal(format!("unexpected state machine reply {other:?}"))),
+        }
+    }
+}
+
+impl ClusterApi {
+    /// A node by name or id.
+    async fn find_node(&self, name: &str, stale: bool) -> Result<NodeInfo, Status> {
+        match self.node.read(Query::GetNode(name.to_owned()), stale).await? {
+            QueryReply::Node(Some(info)) => Ok(info),
+            QueryReply::Node(None) => Err(crate::state::Rejection::NodeNotFound(name.to_owned()).into()),
+            other => Err(Status::internal(format!("unexpected query reply {other:?}"))),
+        }
     }
 }

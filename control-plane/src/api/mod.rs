@@ -4,9 +4,11 @@
 //! INVALID_ARGUMENT naming the field), hand them to `Node`, and map the
 //! outcome to a reply or a status whose message says what to do next.
 
+mod agent;
 mod cluster;
 mod raft;
 
+pub use agent::AgentApi;
 pub use cluster::ClusterApi;
 pub use raft::RaftApi;
 use tonic::Status;

@@ -3,6 +3,7 @@
 
 pub mod containers;
 pub mod images;
+pub mod join;
 pub mod run;
 
 use std::path::PathBuf;
@@ -48,9 +49,12 @@ fn shim_path() -> anyhow::Result<PathBuf> {
     Ok(shim)
 }
 
-pub async fn dispatch(args: Args) -> anyhow::Result<u8> {
+pub async fn dispatch(mut args: Args) -> anyhow::Result<u8> {
+    let Some(command) = args.command.take() else {
+        return join::join(&args.data_dir, args.join).await;
+    };
     let node = Node::open(&args)?;
-    match args.command {
+    match command {
         Command::Run(run) => run::run(&node, run).await,
         Command::Ps { output } => containers::ps(&node, output),
         Command::Logs { name, tail, follow } => containers::logs(&node, &name, tail, follow).await,

@@ -11,7 +11,7 @@ mod task;
 
 pub use constraint::{Constraint, ConstraintKey};
 pub use invalid::InvalidField;
-pub use node::{Availability, Node, NodeStatus};
+pub use node::{Availability, Node, NodeInfo, NodeStatus};
 pub use quantity::{format_memory, parse_cpus, parse_memory};
 pub use reference::validate_image;
 pub use service::{validate_name, PortSpec, Protocol, Resources, RestartPolicy, Service, ServiceSpec, MAX_REPLICAS};

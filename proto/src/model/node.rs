@@ -40,6 +40,34 @@ pub enum Availability {
     Drain,
 }
 
+/// A node with what its tasks hold, as `node ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node: Node,
+    pub allocated: Resources,
+    pub tasks: u32,
+}
+
+impl Availability {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "drain" => Some(Self::Drain),
+            _ => None,
+        }
+    }
+}
+
+impl NodeStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ready" => Some(Self::Ready),
+            "down" => Some(Self::Down),
+            _ => None,
+        }
+    }
+}
+
 impl Node {
     /// Ready and active: the scheduler may place tasks here.
     pub fn schedulable(&self) -> bool {

@@ -1,0 +1,118 @@
+//! The `Agent` gRPC service that berth-agents call: registration and
+//! heartbeats. Any server answers; heartbeats go on to the leader, which
+//! keeps them in memory (see `liveness`).
+
+use std::sync::Arc;
+
+use berth_proto::model::{validate_name, Availability, Node as NodeRecord, NodeStatus, Resources};
+use berth_proto::pb::agent::agent_server::Agent;
+use berth_proto::pb::agent::*;
+use tonic::{Request, Response, Status};
+
+use crate::node::{LeaderOp, Node};
+use crate::state::{Command, Response as Applied};
+
+#[derive(Debug, Clone)]
+pub struct AgentApi {
+    pub node: Arc<Node>,
+}
+
+/// Checks a registration and turns it into the node to record; a node
+/// without an id gets a new one.
+pub fn node_from(req: RegisterRequest) -> Result<NodeRecord, Status> {
+    let bad = |field: &str, value: &dyn std::fmt::Display, expected: &str| {
+        Status::invalid_argument(format!("{field}: {:?} is not valid: expected {expected}", value.to_string()))
+    };
+    validate_name(&req.name).map_err(|e| Status::invalid_argument(format!("node {e}")))?;
+    if req.advertise_address.is_empty() || req.advertise_address.contains(char::is_whitespace) {
+        return Err(bad("advertise_address", &req.advertise_address, "host:port"));
+    }
+    let capacity = req.capacity.unwrap_or_default();
+    if capacity.cpu_millis == 0 || capacity.memory_bytes == 0 {
+        return Err(bad("capacity", &format!("{capacity:?}"), "some CPU and memory"));
+    }
+    for (k, v) in &req.labels {
+        if k.is_empty() || k.contains(['=', '!', ' ']) || v.contains(['=', '!', ' ']) {
+            return Err(bad(&format!("labels.{k}"), v, "KEY=VALUE without spaces, '=' or '!' in either"));
+        }
+    }
+    let id = if req.node_id.is_empty() {
+        format!("{:016x}", rand::random::<u64>())
+    } else if req.node_id.len() <= 64 && req.node_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        req.node_id
+    } else {
+        return Err(bad("node_id", &req.node_id, "the id this cluster gave the node"));
+    };
+    Ok(NodeRecord {
+        id,
+        name: req.name,
+        address: req.advertise_address,
+        labels: req.labels.into_iter().collect(),
+        capacity: Resources { cpu_millis: capacity.cpu_millis, memory_bytes: capacity.memory_bytes },
+        status: NodeStatus::Ready,
+        availability: Availability::Active,
+    })
+}
+
+#[tonic::async_trait]
+impl Agent for AgentApi {
+    async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
+        let record = node_from(req.into_inner())?;
+        let taken = |n: &NodeRecord| n.name == record.name && n.id != record.id;
+        let clash = self.node.applied.read().ok().and_then(|a| a.state.nodes.values().find(|n| taken(n)).cloned());
+        if let Some(other) = clash.filter(|n| n.status == NodeStatus::Ready) {
+            return Err(Status::already_exists(format!(
+                "a ready node named {:?} exists (id {}); choose another --name, or remove that node once it is down",
+                other.name, other.id
+            )));
+        }
+        match self.node.write(Command::RegisterNode(record)).await? {
+            Applied::Node(n) => {
+                // A fresh registration counts as a heartbeat.
+                let _ = self.node.run(LeaderOp::Heartbeat { node: n.id.clone() }).await;
+                Ok(Response::new(RegisterReply { node_id: n.id }))
+            }
+            Applied::Rejected(r) => Err(r.into()),
+            other => Err(Status::internal(format!("unexpected state machine reply {other:?}"))),
+        }
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
+        self.node.run(LeaderOp::Heartbeat { node: req.into_inner().node_id }).await?;
+        Ok(Response::new(HeartbeatReply {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> RegisterRequest {
+        RegisterRequest {
+            node_id: String::new(),
+            name: "worker-1".into(),
+            advertise_address: "198.18.0.2:7500".into(),
+            labels: [("zone".to_owned(), "a".to_owned())].into(),
+            capacity: Some(NodeCapacity { cpu_millis: 2000, memory_bytes: 1 << 30 }),
+        }
+    }
+
+    #[test]
+    fn registrations_are_checked_and_new_nodes_get_ids() {
+        let n = node_from(req()).unwrap();
+        assert_eq!(n.id.len(), 16);
+        assert_eq!(n.labels["zone"], "a");
+        assert_eq!(node_from(RegisterRequest { node_id: "abc123".into(), ..req() }).unwrap().id, "abc123");
+        for (bad, field) in [
+            (RegisterRequest { name: "Bad Name".into(), ..req() }, "name"),
+            (RegisterRequest { advertise_address: String::new(), ..req() }, "advertise_address"),
+            (RegisterRequest { capacity: None, ..req() }, "capacity"),
+            (RegisterRequest { node_id: "../etc".into(), ..req() }, "node_id"),
+            (RegisterRequest { labels: [("a=b".to_owned(), "c".to_owned())].into(), ..req() }, "labels.a=b"),
+        ] {
+            let err = node_from(bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(err.message().contains(field), "{field}: {}", err.message());
+        }
+    }
+}

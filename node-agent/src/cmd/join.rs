@@ -1,0 +1,204 @@
+//! `berth-agent --server ADDR[,ADDR…]`: join the cluster and stay in it.
+//! The node registers (its id is kept in the data dir, so a restart is the
+//! same node) and then sends a heartbeat every period to any live server,
+//! moving to the next with backoff when one fails. Running the node's tasks
+//! joins this loop next.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use berth_proto::model::{parse_cpus, parse_memory};
+use berth_proto::pb::agent::agent_client::AgentClient;
+use berth_proto::pb::agent::{HeartbeatRequest, NodeCapacity, RegisterRequest};
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+const ID_FILE: &str = "node-id";
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct JoinArgs {
+    /// Servers of the cluster to join (comma-separated or repeated).
+    #[arg(long = "server", env = "BERTH_SERVER", value_delimiter = ',')]
+    pub servers: Vec<String>,
+    /// This node's name (a DNS label); the host name by default.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where this node is reached (host:port); NAME:7500 by default.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// KEY=VALUE for placement constraints (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// CPUs to offer; all of this host's by default.
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Memory to offer (e.g. 8Gi); all of this host's by default.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Time between heartbeats.
+    #[arg(long, default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+}
+
+pub async fn join(data_dir: &Path, args: JoinArgs) -> anyhow::Result<u8> {
+    let request = registration(data_dir, &args)?;
+    let period = Duration::from_millis(args.heartbeat_ms.max(10));
+    let mut servers = Servers::new(&args.servers)?;
+    let mut shutdown = std::pin::pin!(shutdown());
+    tokio::select! {
+        _ = &mut shutdown => Ok(0),
+        result = stay(data_dir, request, period, &mut servers) => result,
+    }
+}
+
+/// Registers, then heartbeats; registers again when the cluster has
+/// forgotten the node. Returns only on a registration the cluster refuses.
+async fn stay(
+    data_dir: &Path,
+    mut request: RegisterRequest,
+    period: Duration,
+    servers: &mut Servers,
+) -> anyhow::Result<u8> {
+    loop {
+        let id = loop {
+            match servers.client().register(request.clone()).await {
+                Ok(reply) => break reply.into_inner().node_id,
+                Err(s) if s.code() == tonic::Code::InvalidArgument || s.code() == tonic::Code::AlreadyExists => {
+                    bail!("the cluster refused this node: {}", s.message())
+                }
+                Err(s) => servers.failed(&s).await,
+            }
+        };
+        if request.node_id != id {
+            std::fs::write(data_dir.join(ID_FILE), &id).context("saving the node id")?;
+            request.node_id = id.clone();
+        }
+        info!(node = %id, server = servers.current(), "registered");
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            match servers.client().heartbeat(HeartbeatRequest { node_id: id.clone() }).await {
+                Ok(_) => servers.ok(),
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    warn!("the cluster no longer knows this node; registering again");
+                    break;
+                }
+                Err(s) => servers.failed(&s).await,
+            }
+        }
+    }
+}
+
+/// What this node tells the cluster about itself.
+fn registration(data_dir: &Path, args: &JoinArgs) -> anyhow::Result<RegisterRequest> {
+    if args.servers.is_empty() {
+        bail!("give --server ADDR[,ADDR...] to join a cluster, or a command (see --help)");
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let node_id = std::fs::read_to_string(data_dir.join(ID_FILE)).map(|s| s.trim().to_owned()).unwrap_or_default();
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => host_name()?,
+    };
+    let advertise = args.advertise.clone().unwrap_or_else(|| format!("{name}:7500"));
+    let mut labels = BTreeMap::new();
+    for l in &args.labels {
+        let Some((k, v)) = l.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+            bail!("--label {l:?} is not KEY=VALUE");
+        };
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    let cpu_millis = match &args.cpus {
+        Some(c) => parse_cpus(c)
+            .filter(|c| *c > 0.0)
+            .map(|c| (c * 1000.0).round() as u64)
+            .with_context(|| format!("--cpus {c:?} is not a positive number of CPUs"))?,
+        None => std::thread::available_parallelism().map(|n| n.get() as u64 * 1000).unwrap_or(1000),
+    };
+    let memory_bytes = match &args.memory {
+        Some(m) => {
+            parse_memory(m).filter(|b| *b > 0).with_context(|| format!("--memory {m:?} is not a size such as 8Gi"))?
+        }
+        None => host_memory()?,
+    };
+    Ok(RegisterRequest {
+        node_id,
+        name,
+        advertise_address: advertise,
+        labels: labels.into_iter().collect(),
+        capacity: Some(NodeCapacity { cpu_millis, memory_bytes }),
+    })
+}
+
+/// The host name's first label, lowercased: a node name must be a DNS label.
+fn host_name() -> anyhow::Result<String> {
+    let host = nix::unistd::gethostname().context("reading the host name")?;
+    let host = host.to_string_lossy().to_lowercase();
+    Ok(host.split('.').next().unwrap_or_default().to_owned())
+}
+
+fn host_memory() -> anyhow::Result<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .context("no MemTotal in /proc/meminfo")
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The servers, one in use at a time; a failure moves to the next after a
+/// pause that doubles up to 5 s and resets on success.
+struct Servers {
+    clients: Vec<(String, AgentClient<Channel>)>,
+    at: usize,
+    backoff: Duration,
+}
+
+impl Servers {
+    fn new(addrs: &[String]) -> anyhow::Result<Self> {
+        let clients = addrs
+            .iter()
+            .map(|a| {
+                let endpoint = Endpoint::from_shared(format!("http://{a}"))
+                    .with_context(|| format!("--server {a:?} is not host:port"))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(Duration::from_secs(6));
+                Ok((a.clone(), AgentClient::new(endpoint.connect_lazy())))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { clients, at: 0, backoff: Duration::from_millis(100) })
+    }
+
+    fn client(&self) -> AgentClient<Channel> {
+        self.clients[self.at].1.clone()
+    }
+
+    fn current(&self) -> &str {
+        &self.clients[self.at].0
+    }
+
+    fn ok(&mut self) {
+        self.backoff = Duration::from_millis(100);
+    }
+
+    async fn failed(&mut self, status: &tonic::Status) {
+        warn!(server = self.current(), "{}", status.message());
+        self.at = (self.at + 1) % self.clients.len();
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
