@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use berth_proto::model::{NodeInfo, Service};
+use berth_proto::model::{NodeInfo, Service, TaskInfo};
 use berth_proto::pb::cluster as pb;
 use clap::{Parser, Subcommand};
 
@@ -128,6 +128,12 @@ enum ServiceCmd {
     /// Remove a service
     #[command(alias = "remove")]
     Rm { name: String },
+    /// A service's tasks: slot, node, desired and current state, exit code, restarts, why pending
+    Ps {
+        name: String,
+        #[arg(long)]
+        stale: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,6 +219,16 @@ async fn run(cli: Cli) -> Result<String> {
             let req = pb::GetServiceRequest { name, stale };
             let reply = client.call("inspect service", async |mut c| c.get_service(req.clone()).await).await?;
             Ok(output::service(&to_model(reply.service)?, fmt))
+        }
+        Command::Service(ServiceCmd::Ps { name, stale }) => {
+            let req = pb::ListTasksRequest { service: name, stale };
+            let reply = client.call("list tasks", async |mut c| c.list_tasks(req.clone()).await).await?;
+            let tasks = reply
+                .tasks
+                .into_iter()
+                .map(|t| t.try_into().context("the server sent an invalid task"))
+                .collect::<Result<Vec<TaskInfo>>>()?;
+            Ok(output::tasks(&tasks, fmt))
         }
         Command::Service(ServiceCmd::Rm { name }) => {
             let req = pb::DeleteServiceRequest { name: name.clone() };

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use berth_proto::model::{format_memory, NodeInfo, Service};
+use berth_proto::model::{format_memory, NodeInfo, Service, TaskInfo};
 use berth_proto::pb::cluster as pb;
 use serde_json::{json, Value};
 
@@ -113,6 +113,30 @@ pub fn service(s: &Service, format: Format) -> String {
         }
     }
     out
+}
+
+pub fn tasks(list: &[TaskInfo], format: Format) -> String {
+    match format {
+        Format::Json => pretty(&json!(list)),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|i| {
+                    let t = &i.task;
+                    vec![
+                        t.id.clone(),
+                        i.node_name.clone().unwrap_or_else(|| "-".into()),
+                        t.desired.to_string(),
+                        t.state.to_string(),
+                        t.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+                        t.restarts.to_string(),
+                        if t.message.is_empty() { "-".into() } else { t.message.clone() },
+                    ]
+                })
+                .collect();
+            table(&["TASK", "NODE", "DESIRED", "STATE", "EXIT", "RESTARTS", "MESSAGE"], &rows)
+        }
+    }
 }
 
 fn cpus(millis: u64) -> String {

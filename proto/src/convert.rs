@@ -159,6 +159,55 @@ impl TryFrom<pb::Node> for model::NodeInfo {
     }
 }
 
+impl From<model::TaskInfo> for pb::Task {
+    fn from(i: model::TaskInfo) -> Self {
+        let t = i.task;
+        Self {
+            id: t.id,
+            service: t.service,
+            slot: t.slot,
+            generation: t.generation,
+            version: t.version,
+            node_id: t.node.unwrap_or_default(),
+            node_name: i.node_name.unwrap_or_default(),
+            desired: t.desired.to_string(),
+            state: t.state.to_string(),
+            message: t.message,
+            has_exit_code: t.exit_code.is_some(),
+            exit_code: t.exit_code.unwrap_or(0),
+            restarts: t.restarts,
+            resources: Some(resources_to_pb(t.resources)),
+        }
+    }
+}
+
+impl TryFrom<pb::Task> for model::TaskInfo {
+    type Error = InvalidField;
+
+    fn try_from(p: pb::Task) -> Result<Self, Self::Error> {
+        let desired = model::Desired::parse(&p.desired)
+            .ok_or_else(|| InvalidField::new("desired", &p.desired, "running or shutdown"))?;
+        let state = model::TaskState::parse(&p.state).ok_or_else(|| {
+            InvalidField::new("state", &p.state, "pending, assigned, running, exited, failed or shutdown")
+        })?;
+        let task = model::Task {
+            id: p.id,
+            service: p.service,
+            slot: p.slot,
+            generation: p.generation,
+            version: p.version,
+            resources: resources_from_pb("resources", p.resources)?,
+            node: Some(p.node_id).filter(|n| !n.is_empty()),
+            desired,
+            state,
+            message: p.message,
+            exit_code: p.has_exit_code.then_some(p.exit_code),
+            restarts: p.restarts,
+        };
+        Ok(Self { task, node_name: Some(p.node_name).filter(|n| !n.is_empty()) })
+    }
+}
+
 /// Extracts and converts the spec of a request, naming a missing one.
 pub fn spec_from_request(spec: Option<pb::ServiceSpec>) -> Result<model::ServiceSpec, InvalidField> {
     spec.ok_or_else(|| InvalidField::new("spec", "", "a service spec"))?.try_into()

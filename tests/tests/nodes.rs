@@ -115,3 +115,76 @@ async fn nodes_join_fail_return_and_leave() -> Result<()> {
     drop(b);
     Ok(())
 }
+
+/// `service ps` rows of tasks meant to run, as (task, node, state, message).
+fn live_tasks(servers: &[String], service: &str) -> Result<Vec<(String, String, String, String)>> {
+    let (ok, out, err) = berthctl(servers, &["service", "ps", service, "-o", "json"])?;
+    ensure!(ok, "service ps failed: {err}");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+    Ok(list
+        .iter()
+        .filter(|t| t["task"]["desired"] == "running")
+        .map(|t| {
+            let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+            (s(&t["task"]["id"]), s(&t["node_name"]), s(&t["task"]["state"]), s(&t["task"]["message"]))
+        })
+        .collect())
+}
+
+fn per_node(tasks: &[(String, String, String, String)]) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for t in tasks {
+        *out.entry(t.1.clone()).or_default() += 1;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_are_spread_over_ready_nodes_within_constraints_and_capacity() -> Result<()> {
+    let cluster = Cluster::start(3, &[]).await?;
+    let servers = cluster.addrs();
+    let _a = JoinedAgent::start(&servers, "alpha", &["--label", "zone=a"])?;
+    let _b = JoinedAgent::start(&servers, "beta", &["--label", "zone=b"])?;
+    wait_for(Duration::from_secs(30), "two nodes", async || {
+        (nodes(&servers).ok()?.iter().filter(|r| r[2] == "ready").count() == 2).then_some(())
+    })
+    .await?;
+    let create = |args: &[&str]| -> Result<()> {
+        let mut all = vec!["service", "create"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = berthctl(&servers, &all)?;
+        ensure!(ok, "{out}{err}");
+        Ok(())
+    };
+    create(&["web", "--image", "busybox:1.36", "--replicas", "4", "--cpus", "0.5"])?;
+    create(&["db", "--image", "busybox:1.36", "--replicas", "2", "--constraint", "node.labels.zone == a"])?;
+    create(&["huge", "--image", "busybox:1.36", "--cpus", "64"])?;
+    let placed = |service: &'static str, want: &'static [(&'static str, usize)]| {
+        let servers = servers.clone();
+        async move || {
+            let tasks = live_tasks(&servers, service).ok()?;
+            let want: std::collections::BTreeMap<String, usize> =
+                want.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect();
+            (per_node(&tasks) == want).then_some(tasks)
+        }
+    };
+    let web = wait_for(Duration::from_secs(20), "web spread 2/2", placed("web", &[("alpha", 2), ("beta", 2)])).await?;
+    ensure!(web.iter().all(|t| t.2 == "assigned"), "{web:?}");
+    wait_for(Duration::from_secs(20), "db on zone a", placed("db", &[("alpha", 2)])).await?;
+    let huge = live_tasks(&servers, "huge")?;
+    ensure!(huge.len() == 1 && huge[0].2 == "pending" && huge[0].3.contains("2 nodes lack CPU (needs 64)"), "{huge:?}");
+    let rows = nodes(&servers)?;
+    ensure!(rows[0][4] == "1/2" && rows[0][6] == "4", "alpha holds 2 web (1 CPU) and 2 db: {rows:?}");
+
+    // Scale down keeps the lowest slots; a drained node's tasks move.
+    let (ok, _, err) = berthctl(&servers, &["node", "drain", "beta"])?;
+    ensure!(ok, "{err}");
+    wait_for(Duration::from_secs(20), "web all on alpha", placed("web", &[("alpha", 4)])).await?;
+    let spec = "name: web\nimage: busybox:1.36\nreplicas: 1\nresources: {cpus: 0.5}\n";
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), spec)?;
+    berthctl(&servers, &["apply", "-f", file.path().to_str().unwrap_or_default()])?;
+    let web = wait_for(Duration::from_secs(20), "web scaled to 1", placed("web", &[("alpha", 1)])).await?;
+    ensure!(web[0].0.starts_with("web.1."), "the lowest slot stays: {web:?}");
+    Ok(())
+}

@@ -145,6 +145,17 @@ impl Cluster for ClusterApi {
         Ok(Response::new(RemoveMemberReply {}))
     }
 
+    async fn list_tasks(&self, req: Request<ListTasksRequest>) -> Result<Response<ListTasksReply>, Status> {
+        let ListTasksRequest { service, stale } = req.into_inner();
+        name_arg(&service)?;
+        match self.node.read(Query::ListTasks(service), stale).await? {
+            QueryReply::Tasks(list) => {
+                Ok(Response::new(ListTasksReply { tasks: list.into_iter().map(Into::into).collect() }))
+            }
+            other => Err(Status::internal(format!("unexpected query reply {other:?}"))),
+        }
+    }
+
     async fn list_nodes(&self, req: Request<ListNodesRequest>) -> Result<Response<ListNodesReply>, Status> {
         match self.node.read(Query::ListNodes, req.get_ref().stale).await? {
             QueryReply::Nodes(list) => {

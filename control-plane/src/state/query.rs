@@ -1,6 +1,6 @@
 //! `query`: linearizable reads, answered from the applied state.
 
-use berth_proto::model::{NodeInfo, Resources, Service};
+use berth_proto::model::{NodeInfo, Resources, Service, TaskInfo};
 use serde::{Deserialize, Serialize};
 
 use super::State;
@@ -12,6 +12,8 @@ pub enum Query {
     /// By name or id.
     GetNode(String),
     ListNodes,
+    /// A service's tasks.
+    ListTasks(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,6 +22,7 @@ pub enum QueryReply {
     Services(Vec<Service>),
     Node(Option<NodeInfo>),
     Nodes(Vec<NodeInfo>),
+    Tasks(Vec<TaskInfo>),
 }
 
 pub fn query(state: &State, q: &Query) -> QueryReply {
@@ -29,6 +32,19 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
         Query::GetNode(key) => {
             let node = state.nodes.get(key).or_else(|| state.nodes.values().find(|n| &n.name == key));
             QueryReply::Node(node.map(|n| info(state, n)))
+        }
+        Query::ListTasks(service) => {
+            let mut tasks: Vec<TaskInfo> = state
+                .tasks
+                .values()
+                .filter(|t| &t.service == service)
+                .map(|t| TaskInfo {
+                    task: t.clone(),
+                    node_name: t.node.as_ref().and_then(|id| state.nodes.get(id)).map(|n| n.name.clone()),
+                })
+                .collect();
+            tasks.sort_by_key(|i| (i.task.slot, i.task.generation));
+            QueryReply::Tasks(tasks)
         }
         Query::ListNodes => {
             let mut nodes: Vec<NodeInfo> = state.nodes.values().map(|n| info(state, n)).collect();

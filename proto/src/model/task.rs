@@ -59,6 +59,37 @@ pub enum TaskState {
     Shutdown,
 }
 
+/// A task with the name of its node, as `service ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub task: Task,
+    pub node_name: Option<String>,
+}
+
+impl Desired {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "running" => Some(Self::Running),
+            "shutdown" => Some(Self::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+impl TaskState {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "assigned" => Self::Assigned,
+            "running" => Self::Running,
+            "exited" => Self::Exited,
+            "failed" => Self::Failed,
+            "shutdown" => Self::Shutdown,
+            _ => return None,
+        })
+    }
+}
+
 impl Task {
     pub fn id_for(service: &str, slot: u32, generation: u32) -> String {
         format!("{service}.{slot}.{generation}")
