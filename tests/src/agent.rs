@@ -85,6 +85,11 @@ impl Agent {
         self.data.path().join("containers").join(name)
     }
 
+    /// The log of a daemon started with `Process::new(data/daemon.log)`.
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("daemon.log")).unwrap_or_default()
+    }
+
     /// Where the container's runtime state lives while it runs.
     pub fn run_dir(&self, name: &str) -> PathBuf {
         self.data.path().join("run/containers").join(name)

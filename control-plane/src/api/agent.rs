@@ -1,16 +1,24 @@
-//! The `Agent` gRPC service that berth-agents call: registration and
-//! heartbeats. Any server answers; heartbeats go on to the leader, which
-//! keeps them in memory (see `liveness`).
+//! The `Agent` gRPC service that berth-agents call: registration,
+//! heartbeats, the watch of a node's tasks and reports of what they do.
+//! Any server answers; heartbeats go on to the leader, which keeps them in
+//! memory (see `liveness`); watches are served from the answering server's
+//! applied state; reports are written through the leader as one command.
+
+/// How often a watch looks at the applied state for changes.
+const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// A watch repeats its list at least this often, as a keepalive.
+const WATCH_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
 use std::sync::Arc;
 
-use berth_proto::model::{validate_name, Availability, Node as NodeRecord, NodeStatus, Resources};
+use berth_proto::model::{validate_name, Availability, Desired, Node as NodeRecord, NodeStatus, Resources, TaskState};
 use berth_proto::pb::agent::agent_server::Agent;
 use berth_proto::pb::agent::*;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::node::{LeaderOp, Node};
-use crate::state::{Command, Response as Applied};
+use crate::state::{Command, Response as Applied, State, TaskReport as Report};
 
 #[derive(Debug, Clone)]
 pub struct AgentApi {
@@ -81,6 +89,83 @@ impl Agent for AgentApi {
         self.node.run(LeaderOp::Heartbeat { node: req.into_inner().node_id }).await?;
         Ok(Response::new(HeartbeatReply {}))
     }
+
+    type WatchTasksStream = ReceiverStream<Result<AssignedTasks, Status>>;
+
+    async fn watch_tasks(&self, req: Request<WatchTasksRequest>) -> Result<Response<Self::WatchTasksStream>, Status> {
+        let node_id = req.into_inner().node_id;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let mut last: Option<AssignedTasks> = None;
+            let mut sent_at = tokio::time::Instant::now();
+            loop {
+                let current = match node.applied.read() {
+                    Ok(applied) => assigned(&applied.state, &node_id),
+                    Err(_) => return,
+                };
+                if last.as_ref() != Some(&current) || sent_at.elapsed() >= WATCH_REFRESH {
+                    if tx.send(Ok(current.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(current);
+                    sent_at = tokio::time::Instant::now();
+                }
+                tokio::time::sleep(WATCH_POLL).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn report_tasks(&self, req: Request<ReportTasksRequest>) -> Result<Response<ReportTasksReply>, Status> {
+        let ReportTasksRequest { node_id, tasks } = req.into_inner();
+        let reports = tasks
+            .into_iter()
+            .map(|t| {
+                let state = TaskState::parse(&t.state)
+                    .filter(|s| {
+                        matches!(s, TaskState::Running | TaskState::Exited | TaskState::Failed | TaskState::Shutdown)
+                    })
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "tasks[{}].state: {:?} is not valid: expected running, exited, failed or shutdown",
+                            t.id, t.state
+                        ))
+                    })?;
+                Ok(Report {
+                    id: t.id,
+                    state,
+                    exit_code: t.has_exit_code.then_some(t.exit_code),
+                    restarts: t.restarts,
+                    message: t.message,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        self.node.write(Command::ReportTasks { node: node_id, reports }).await?;
+        Ok(Response::new(ReportTasksReply {}))
+    }
+}
+
+/// The tasks a node should run now, with what they run.
+pub fn assigned(state: &State, node_id: &str) -> AssignedTasks {
+    let tasks = state
+        .tasks
+        .values()
+        .filter(|t| t.node.as_deref() == Some(node_id) && t.desired == Desired::Running)
+        .filter_map(|t| {
+            let spec = &state.services.get(&t.service)?.spec;
+            Some(AssignedTask {
+                id: t.id.clone(),
+                image: spec.image.clone(),
+                command: spec.command.clone(),
+                env: spec.env.clone().into_iter().collect(),
+                cpu_millis: t.resources.cpu_millis,
+                memory_bytes: t.resources.memory_bytes,
+                restart: spec.restart.to_string(),
+            })
+        })
+        .collect();
+    AssignedTasks { tasks }
 }
 
 #[cfg(test)]

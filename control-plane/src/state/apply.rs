@@ -76,6 +76,21 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
             None => Response::Rejected(Rejection::NodeNotFound(id.clone())),
         },
         Command::RemoveNode { id } => remove_node(state, id),
+        Command::ReportTasks { node, reports } => {
+            let mut applied = 0;
+            for r in reports {
+                if let Some(t) = state.tasks.get_mut(&r.id).filter(|t| t.node.as_ref() == Some(node)) {
+                    t.state = r.state;
+                    t.exit_code = r.exit_code;
+                    t.restarts = r.restarts;
+                    if !r.message.is_empty() || r.state == TaskState::Running {
+                        t.message = r.message.clone();
+                    }
+                    applied += 1;
+                }
+            }
+            Response::Reconciled { applied }
+        }
         Command::Reconcile(changes) => {
             let mut allocated = allocations(state);
             let applied = changes.iter().filter(|c| apply_change(state, &mut allocated, c)).count();

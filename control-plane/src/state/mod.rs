@@ -15,7 +15,7 @@ mod query;
 
 use std::collections::BTreeMap;
 
-use berth_proto::model::{Availability, InvalidField, Node, NodeStatus, Service, ServiceSpec, Task};
+use berth_proto::model::{Availability, InvalidField, Node, NodeStatus, Service, ServiceSpec, Task, TaskState};
 use serde::{Deserialize, Serialize};
 
 pub use apply::apply;
@@ -76,11 +76,27 @@ pub enum Command {
     RemoveNode {
         id: String,
     },
+    /// What a node's agent says its tasks are doing. Reports about tasks
+    /// that are not on that node are ignored.
+    ReportTasks {
+        node: String,
+        reports: Vec<TaskReport>,
+    },
     /// The reconciler's decisions, applied in order. Each is checked again
     /// against the state it meets and skipped if it no longer applies (the
     /// state may have moved since the leader decided); the reconciler runs
     /// again anyway.
     Reconcile(Vec<TaskChange>),
+}
+
+/// An agent's word on one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskReport {
+    pub id: String,
+    pub state: TaskState,
+    pub exit_code: Option<i32>,
+    pub restarts: u32,
+    pub message: String,
 }
 
 /// One decision of the reconciler about one task.

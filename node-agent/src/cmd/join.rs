@@ -1,14 +1,15 @@
 //! `berth-agent --server ADDR[,ADDR…]`: join the cluster and stay in it.
 //! The node registers (its id is kept in the data dir, so a restart is the
-//! same node) and then sends a heartbeat every period to any live server,
-//! moving to the next with backoff when one fails. Running the node's tasks
-//! joins this loop next.
+//! same node), then sends a heartbeat every period to any live server,
+//! moving to the next with backoff when one fails, while the task worker
+//! (`berth_node_agent::tasks::worker`) runs what the cluster places here.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use berth_node_agent::tasks::worker::{self, Local};
 use berth_proto::model::{parse_cpus, parse_memory};
 use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::{HeartbeatRequest, NodeCapacity, RegisterRequest};
@@ -43,25 +44,27 @@ pub struct JoinArgs {
     pub heartbeat_ms: u64,
 }
 
-pub async fn join(data_dir: &Path, args: JoinArgs) -> anyhow::Result<u8> {
+pub async fn join(local: Local, data_dir: &Path, args: JoinArgs) -> anyhow::Result<u8> {
     let request = registration(data_dir, &args)?;
     let period = Duration::from_millis(args.heartbeat_ms.max(10));
     let mut servers = Servers::new(&args.servers)?;
     let mut shutdown = std::pin::pin!(shutdown());
     tokio::select! {
         _ = &mut shutdown => Ok(0),
-        result = stay(data_dir, request, period, &mut servers) => result,
+        result = stay(local, data_dir, request, period, &mut servers) => result,
     }
 }
 
 /// Registers, then heartbeats; registers again when the cluster has
 /// forgotten the node. Returns only on a registration the cluster refuses.
 async fn stay(
+    local: Local,
     data_dir: &Path,
     mut request: RegisterRequest,
     period: Duration,
     servers: &mut Servers,
 ) -> anyhow::Result<u8> {
+    let mut worker: Option<(String, tokio::task::JoinHandle<()>)> = None;
     loop {
         let id = loop {
             match servers.client().register(request.clone()).await {
@@ -77,6 +80,13 @@ async fn stay(
             request.node_id = id.clone();
         }
         info!(node = %id, server = servers.current(), "registered");
+        if worker.as_ref().is_none_or(|(running_for, _)| *running_for != id) {
+            if let Some((_, old)) = worker.take() {
+                old.abort();
+            }
+            let clients = servers.clients.iter().map(|(_, c)| c.clone()).collect();
+            worker = Some((id.clone(), tokio::spawn(worker::run(local.clone(), id.clone(), clients))));
+        }
         let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;

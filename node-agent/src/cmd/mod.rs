@@ -50,10 +50,16 @@ fn shim_path() -> anyhow::Result<PathBuf> {
 }
 
 pub async fn dispatch(mut args: Args) -> anyhow::Result<u8> {
-    let Some(command) = args.command.take() else {
-        return join::join(&args.data_dir, args.join).await;
-    };
     let node = Node::open(&args)?;
+    let Some(command) = args.command.take() else {
+        let local = berth_node_agent::tasks::worker::Local {
+            store: node.store,
+            runtime: node.runtime,
+            registries: node.registries,
+            cgroup_parent: node.cgroup_parent,
+        };
+        return join::join(local, &args.data_dir, args.join).await;
+    };
     match command {
         Command::Run(run) => run::run(&node, run).await,
         Command::Ps { output } => containers::ps(&node, output),

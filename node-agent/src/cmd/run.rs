@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use berth_node_agent::image::{ImageRef, PullError};
+use berth_node_agent::image::ImageRef;
 use berth_node_agent::runtime::logs::Follower;
 use berth_node_agent::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode, Shim};
 use berth_proto::model::{parse_cpus, parse_memory};
@@ -76,13 +76,8 @@ pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
     };
     berth_node_agent::runtime::validate_name(&name)?;
     let reference: ImageRef = args.image.parse()?;
-    let image = match node.store.get(&reference) {
-        Ok(image) => image,
-        Err(PullError::NotPulled(_)) => {
-            node.store.pull(&reference, &node.registries).await.with_context(|| format!("pulling {reference}"))?
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let image =
+        node.store.ensure(&reference, &node.registries).await.with_context(|| format!("pulling {reference}"))?;
     let config = ContainerConfig {
         name: name.clone(),
         image: reference.to_string(),
@@ -106,6 +101,7 @@ pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
             max_files: args.log_max_files,
         },
         created_at_ms: record::now_ms(),
+        task: None,
     };
     node.runtime.create(&config)?;
     let shim = match node.runtime.start(&name).await {

@@ -53,6 +53,14 @@ impl Store {
         Ok(Self { root: root.to_path_buf() })
     }
 
+    /// The image from the store, pulled first if it is not there.
+    pub async fn ensure(&self, image: &ImageRef, registries: &Registries) -> Result<Image, PullError> {
+        match self.get(image) {
+            Err(PullError::NotPulled(_)) => self.pull(image, registries).await,
+            other => other,
+        }
+    }
+
     /// Fetches the image unless every layer is already here, and records it.
     pub async fn pull(&self, image: &ImageRef, registries: &Registries) -> Result<Image, PullError> {
         let source = Source::new(image, registries);

@@ -42,6 +42,9 @@ pub struct ContainerConfig {
     pub cgroup_parent: String,
     pub log: LogPolicy,
     pub created_at_ms: u64,
+    /// The cluster task this container runs, if the agent made it for one.
+    #[serde(default)]
+    pub task: Option<String>,
 }
 
 impl ContainerConfig {

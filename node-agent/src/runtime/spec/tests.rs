@@ -26,6 +26,7 @@ fn config() -> ContainerConfig {
         cgroup_parent: "berth".into(),
         log: LogPolicy::default(),
         created_at_ms: 0,
+        task: None,
     }
 }
 

@@ -1,0 +1,268 @@
+//! The node's share of the cluster's work, at the edge: watch the tasks the
+//! control plane assigns here, act on [`plan`]'s answer through the runtime,
+//! and report what the tasks do. Restarts happen here, with no round trip.
+//!
+//! ```text
+//! WatchTasks stream ─▶ want ─┐
+//! runtime.list()    ─▶ have ─┴▶ plan ─▶ Start / Restart / Stop / Remove ─▶ runtime
+//!                                  └─▶ reports (when they change) ─▶ ReportTasks
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::model::RestartPolicy;
+use berth_proto::pb::agent::agent_client::AgentClient;
+use berth_proto::pb::agent::{AssignedTask, ReportTasksRequest, TaskReport, WatchTasksRequest};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+use super::plan::{plan, Action, Have, Want};
+use super::restart;
+use crate::image::{ImageRef, Registries, Store};
+use crate::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode, Runtime, Status};
+
+/// How often the worker looks again without news from the cluster.
+const TICK: Duration = Duration::from_millis(200);
+/// Grace between SIGTERM and SIGKILL when a task is stopped.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What the worker needs of this node.
+#[derive(Debug, Clone)]
+pub struct Local {
+    pub store: Store,
+    pub runtime: Runtime,
+    pub registries: Registries,
+    pub cgroup_parent: String,
+}
+
+#[derive(Debug, Default)]
+struct Books {
+    /// Restarts in a row and in all, per task.
+    streaks: HashMap<String, (u32, u32)>,
+    /// Tasks that could not start (e.g. the image would not pull): when
+    /// to try again, and why.
+    failed: HashMap<String, (u64, String)>,
+    /// Tasks stopped here whose shutdown the cluster has not heard yet.
+    stopped: BTreeSet<String>,
+    last_report: Vec<TaskReport>,
+}
+
+/// Runs until the process ends: `watch` streams from `clients` (one at a
+/// time, the next on failure).
+pub async fn run(local: Local, node_id: String, clients: Vec<AgentClient<Channel>>) {
+    let (tx, mut rx) = watch::channel(BTreeMap::<String, AssignedTask>::new());
+    tokio::spawn(watch_tasks(node_id.clone(), clients.clone(), tx));
+    let local = Arc::new(local);
+    let mut books = Books::default();
+    let mut at = 0;
+    loop {
+        let want = rx.borrow_and_update().clone();
+        work(&local, &want, &mut books).await;
+        let reports = reports(&local, &want, &mut books);
+        if reports != books.last_report {
+            let req = ReportTasksRequest { node_id: node_id.clone(), tasks: reports.clone() };
+            match clients[at % clients.len()].clone().report_tasks(req).await {
+                Ok(_) => {
+                    books.stopped.retain(|t| want.contains_key(t));
+                    books.last_report = reports;
+                }
+                Err(e) => {
+                    warn!("reporting tasks: {}", e.message());
+                    at += 1;
+                }
+            }
+        }
+        let _ = tokio::time::timeout(TICK, rx.changed()).await;
+    }
+}
+
+/// Keeps `tx` holding the node's current tasks, from whichever server answers.
+async fn watch_tasks(
+    node_id: String,
+    clients: Vec<AgentClient<Channel>>,
+    tx: watch::Sender<BTreeMap<String, AssignedTask>>,
+) {
+    let mut at = 0;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut client = clients[at % clients.len()].clone();
+        match client.watch_tasks(WatchTasksRequest { node_id: node_id.clone() }).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(list)) => {
+                            backoff = Duration::from_millis(100);
+                            let tasks = list.tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
+                            if tx.send(tasks).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            warn!("task watch: {}", e.message());
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!("task watch: {}", e.message()),
+        }
+        at += 1;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One pass: plan, then act; actions on different tasks run at once.
+async fn work(local: &Arc<Local>, want: &BTreeMap<String, AssignedTask>, books: &mut Books) {
+    let now = record::now_ms();
+    let wants: Vec<Want> = want
+        .values()
+        .map(|t| Want { task: t.id.clone(), restart: RestartPolicy::parse(&t.restart).unwrap_or_default() })
+        .collect();
+    let have = have(&local.runtime, books);
+    let mut jobs = Vec::new();
+    for action in plan(&wants, &have, now) {
+        match action {
+            Action::Start { task } => {
+                if books.failed.get(&task).is_some_and(|(retry_at, _)| now < *retry_at) {
+                    continue;
+                }
+                let Some(spec) = want.get(&task).cloned() else { continue };
+                jobs.push(tokio::spawn(start(local.clone(), spec, false)));
+            }
+            Action::Restart { task, at_ms, streak } => {
+                if now < at_ms {
+                    continue;
+                }
+                let Some(spec) = want.get(&task).cloned() else { continue };
+                let entry = books.streaks.entry(task).or_default();
+                *entry = (streak, entry.1 + 1);
+                jobs.push(tokio::spawn(start(local.clone(), spec, true)));
+            }
+            Action::Stop { task } => {
+                books.stopped.insert(task.clone());
+                let local = local.clone();
+                jobs.push(tokio::spawn(async move {
+                    let _ = local.runtime.stop(&task, STOP_GRACE).await;
+                    local.runtime.remove(&task, true).await.map_err(|e| (task, e.to_string()))
+                }));
+            }
+            Action::Remove { task } => {
+                books.stopped.insert(task.clone());
+                let local = local.clone();
+                jobs.push(tokio::spawn(async move {
+                    local.runtime.remove(&task, true).await.map_err(|e| (task, e.to_string()))
+                }));
+            }
+        }
+    }
+    for job in jobs {
+        if let Ok(Err((task, why))) = job.await {
+            warn!(%task, "{why}");
+            let tries = books.streaks.entry(task.clone()).or_default();
+            tries.0 += 1;
+            let retry_at = now + restart::delay(tries.0).as_millis() as u64;
+            books.failed.insert(task, (retry_at, why));
+        }
+    }
+}
+
+/// Creates and starts the task's container (after removing the old one
+/// when restarting). Errors carry the task id.
+async fn start(local: Arc<Local>, spec: AssignedTask, again: bool) -> Result<(), (String, String)> {
+    let task = spec.id.clone();
+    let fail = |why: String| (task.clone(), why);
+    if again {
+        local.runtime.remove(&task, true).await.map_err(|e| fail(e.to_string()))?;
+    }
+    let reference: ImageRef = spec.image.parse().map_err(|e: crate::image::BadReference| fail(e.to_string()))?;
+    let image = local
+        .store
+        .ensure(&reference, &local.registries)
+        .await
+        .map_err(|e| fail(format!("pulling {reference}: {e}")))?;
+    let config = ContainerConfig {
+        name: task.clone(),
+        image: reference.to_string(),
+        image_digest: image.digest.clone(),
+        layers: local.store.layer_dirs(&image).map_err(|e| fail(e.to_string()))?,
+        layer_digests: image.layers.clone(),
+        image_config: image.config,
+        command: spec.command.clone(),
+        entrypoint: None,
+        env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        limits: Limits {
+            memory_bytes: Some(spec.memory_bytes).filter(|m| *m > 0),
+            cpu_millis: Some(spec.cpu_millis).filter(|c| *c > 0),
+            pids: None,
+        },
+        network: NetworkMode::None,
+        cgroup_parent: local.cgroup_parent.clone(),
+        log: LogPolicy::default(),
+        created_at_ms: record::now_ms(),
+        task: Some(task.clone()),
+    };
+    local.runtime.create(&config).map_err(|e| fail(e.to_string()))?;
+    let shim = local.runtime.start(&task).await.map_err(|e| fail(e.to_string()))?;
+    info!(%task, pid = shim.pid, "task started");
+    Ok(())
+}
+
+/// This node's task containers, as [`plan`] sees them.
+fn have(runtime: &Runtime, books: &Books) -> Vec<Have> {
+    let Ok(containers) = runtime.list() else { return Vec::new() };
+    containers
+        .into_iter()
+        .filter_map(|c| {
+            let task = c.config.task.clone()?;
+            let started: Option<record::Started> = record::read(&c.dir, record::STARTED).ok().flatten();
+            let ran_for = match (&c.status, started) {
+                (Status::Exited(e), Some(s)) => Duration::from_millis(e.finished_at_ms.saturating_sub(s.started_at_ms)),
+                _ => Duration::ZERO,
+            };
+            let streak = books.streaks.get(&task).map_or(0, |s| s.0);
+            Some(Have { task, status: c.status, ran_for, streak })
+        })
+        .collect()
+}
+
+/// What to tell the cluster about this node's tasks.
+fn reports(local: &Local, want: &BTreeMap<String, AssignedTask>, books: &mut Books) -> Vec<TaskReport> {
+    let have: BTreeMap<String, Have> = have(&local.runtime, books).into_iter().map(|h| (h.task.clone(), h)).collect();
+    let mut out = Vec::new();
+    for task in want.keys() {
+        let restarts = books.streaks.get(task).map_or(0, |s| s.1);
+        let report = |state: &str, code: Option<i32>, message: String| TaskReport {
+            id: task.clone(),
+            state: state.into(),
+            has_exit_code: code.is_some(),
+            exit_code: code.unwrap_or(0),
+            restarts,
+            message,
+        };
+        out.push(match have.get(task).map(|h| &h.status) {
+            Some(Status::Running(_)) => {
+                books.failed.remove(task);
+                report("running", None, String::new())
+            }
+            Some(Status::Exited(e)) if e.error.is_some() => report("failed", None, e.error.clone().unwrap_or_default()),
+            Some(Status::Exited(e)) if e.oom_killed => report("exited", Some(e.code), "killed: out of memory".into()),
+            Some(Status::Exited(e)) => report("exited", Some(e.code), String::new()),
+            Some(Status::Lost) => report("failed", None, "its shim died".into()),
+            Some(Status::Created) => continue,
+            None => match books.failed.get(task) {
+                Some((_, why)) => report("failed", None, why.clone()),
+                None => continue,
+            },
+        });
+    }
+    for task in books.stopped.iter().filter(|t| !have.contains_key(*t)) {
+        out.push(TaskReport { id: task.clone(), state: "shutdown".into(), ..Default::default() });
+    }
+    out
+}
