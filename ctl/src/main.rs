@@ -128,6 +128,11 @@ enum ServiceCmd {
     /// Remove a service
     #[command(alias = "remove")]
     Rm { name: String },
+    /// Set replica counts: NAME=N (repeatable); scaling down stops the highest slots
+    Scale {
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
     /// A service's tasks: slot, node, desired and current state, exit code, restarts, why pending
     Ps {
         name: String,
@@ -219,6 +224,22 @@ async fn run(cli: Cli) -> Result<String> {
             let req = pb::GetServiceRequest { name, stale };
             let reply = client.call("inspect service", async |mut c| c.get_service(req.clone()).await).await?;
             Ok(output::service(&to_model(reply.service)?, fmt))
+        }
+        Command::Service(ServiceCmd::Scale { targets }) => {
+            let mut out = String::new();
+            for target in targets {
+                let (name, replicas) = spec::parse_scale(&target)?;
+                let req = pb::GetServiceRequest { name: name.clone(), stale: false };
+                let reply = client.call("inspect service", async |mut c| c.get_service(req.clone()).await).await?;
+                let mut spec = reply.service.and_then(|s| s.spec).context("the server sent no service")?;
+                spec.replicas = replicas;
+                spec::check(&spec)?;
+                let req = pb::UpdateServiceRequest { spec: Some(spec) };
+                let reply = client.call("scale service", async |mut c| c.update_service(req.clone()).await).await?;
+                let svc = to_model(reply.service)?;
+                out.push_str(&format!("service {name} scaled to {replicas} (version {})\n", svc.version));
+            }
+            Ok(out)
         }
         Command::Service(ServiceCmd::Ps { name, stale }) => {
             let req = pb::ListTasksRequest { service: name, stale };

@@ -158,9 +158,27 @@ pub fn parse_env(s: &str) -> Result<(String, String)> {
         .ok_or_else(|| anyhow!("--env {s:?}: expected KEY=VALUE"))
 }
 
+/// `NAME=N` of `service scale`.
+pub fn parse_scale(target: &str) -> Result<(String, i64)> {
+    let (name, n) = target
+        .split_once('=')
+        .filter(|(name, _)| !name.is_empty())
+        .ok_or_else(|| anyhow!("{target:?} is not NAME=REPLICAS (e.g. web=5)"))?;
+    let n = n.trim().parse().map_err(|_| anyhow!("{target:?}: {n:?} is not a number of replicas"))?;
+    Ok((name.to_owned(), n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scale_targets() {
+        assert_eq!(parse_scale("web=5").unwrap(), ("web".into(), 5));
+        assert!(parse_scale("web").unwrap_err().to_string().contains("NAME=REPLICAS"));
+        assert!(parse_scale("web=lots").unwrap_err().to_string().contains("\"lots\" is not a number"));
+        assert!(parse_scale("=3").is_err());
+    }
 
     #[test]
     fn full_spec_file() {

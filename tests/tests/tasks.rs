@@ -88,14 +88,27 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
     })
     .await?;
 
+    // A node that stops answering: its tasks come up on the other node;
+    // when it answers again it stops what is no longer its own, and the
+    // service settles at exactly its replicas.
+    daemons[0].signal("STOP")?;
+    wait_for(Duration::from_secs(30), "all 3 on beta", async || {
+        let t = tasks(&servers, "web")?;
+        (t.len() == 3 && t.values().all(|(n, s, _)| n == "beta" && s == "running")).then_some(())
+    })
+    .await?;
+    daemons[0].signal("CONT")?;
+    wait_for(Duration::from_secs(30), "alpha's old containers gone", async || {
+        let c = containers(&[&a, &b]);
+        (c.len() == 3 && c.values().all(|(agent, state, _)| *agent == 1 && state == "running")).then_some(())
+    })
+    .await?;
+
     // Scale down: the highest slots go, their containers with them.
     let (ok, _, err) = berthctl(&servers, &["service", "create", "web", "--image", &image])?;
     ensure!(!ok && err.contains("already exists"), "{err}");
-    let spec = format!("name: web\nimage: {image}\nreplicas: 1\ncommand: [sh, -c, \"{SERVE}\"]\n");
-    let file = tempfile::NamedTempFile::new()?;
-    std::fs::write(file.path(), spec)?;
-    let (ok, out, err) = berthctl(&servers, &["apply", "-f", file.path().to_str().unwrap_or_default()])?;
-    ensure!(ok, "{out}{err}");
+    let (ok, out, err) = berthctl(&servers, &["service", "scale", "web=1"])?;
+    ensure!(ok && out.contains("scaled to 1"), "{out}{err}");
     wait_for(Duration::from_secs(60), "one container left", async || {
         let c = containers(&[&a, &b]);
         (c.len() == 1 && c.keys().all(|k| k.starts_with("web.1."))).then_some(())
@@ -112,5 +125,38 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
     })
     .await?;
     drop(daemons);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_that_keeps_failing_is_restarted_with_backoff() -> Result<()> {
+    let registry = Registry::start().await?;
+    Image::busybox()?.push(&registry.addr, "busybox", "v1").await?;
+    let image = format!("{}/busybox:v1", registry.addr);
+    let cluster = Cluster::start(3, &[]).await?;
+    let servers = cluster.addrs();
+    let agent = Agent::new(Some(&registry));
+    let mut daemon = Process::new(agent.data.path().join("daemon.log"));
+    daemon.start(&mut agent.command(&["--server", &servers.join(","), "--name", "solo", "--heartbeat-ms", "300"]))?;
+    let (ok, out, err) =
+        berthctl(&servers, &["service", "create", "crash", "--image", &image, "--", "sh", "-c", "exit 1"])?;
+    ensure!(ok, "{out}{err}");
+    // Restarts at once, then after 0.1, 0.2, 0.4, 0.8, 1.6, 3.2 s...: about
+    // seven in the first 6.3 s, and never a tight loop.
+    let started = std::time::Instant::now();
+    wait_for(Duration::from_secs(30), "a few restarts", async || {
+        let t = tasks(&servers, "crash")?;
+        (t.values().next()?.2 >= 4).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let restarts = tasks(&servers, "crash").and_then(|t| t.values().next().map(|v| v.2)).unwrap_or(0);
+    let elapsed = started.elapsed().as_secs_f64();
+    // At most 1 + log2(elapsed / 0.1) + 1 restarts fit in `elapsed` seconds.
+    let bound = 2.0 + (elapsed / 0.1).log2();
+    ensure!((restarts as f64) <= bound, "{restarts} restarts in {elapsed:.1}s: more than backoff allows ({bound:.1})");
+    let (ok, out, _) = berthctl(&servers, &["service", "ps", "crash"])?;
+    ensure!(ok && (out.contains("exited") || out.contains("running")), "{out}");
+    drop(daemon);
     Ok(())
 }
