@@ -15,7 +15,7 @@ use std::time::Duration;
 use berth_proto::model::RestartPolicy;
 use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::{AssignedTask, ReportTasksRequest, TaskReport, WatchTasksRequest};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
@@ -24,7 +24,9 @@ use super::restart;
 use crate::image::{ImageRef, Registries, Store};
 use crate::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode, Runtime, Status};
 
-/// How often the worker looks again without news from the cluster.
+/// How often the worker looks again without news from the cluster or from
+/// its containers (containers started before an agent restart are only
+/// seen this way).
 const TICK: Duration = Duration::from_millis(200);
 /// Grace between SIGTERM and SIGKILL when a task is stopped.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -56,11 +58,12 @@ pub async fn run(local: Local, node_id: String, clients: Vec<AgentClient<Channel
     let (tx, mut rx) = watch::channel(BTreeMap::<String, AssignedTask>::new());
     tokio::spawn(watch_tasks(node_id.clone(), clients.clone(), tx));
     let local = Arc::new(local);
+    let exits = Arc::new(Notify::new());
     let mut books = Books::default();
     let mut at = 0;
     loop {
         let want = rx.borrow_and_update().clone();
-        work(&local, &want, &mut books).await;
+        work(&local, &want, &mut books, &exits).await;
         let reports = reports(&local, &want, &mut books);
         if reports != books.last_report {
             let req = ReportTasksRequest { node_id: node_id.clone(), tasks: reports.clone() };
@@ -75,7 +78,12 @@ pub async fn run(local: Local, node_id: String, clients: Vec<AgentClient<Channel
                 }
             }
         }
-        let _ = tokio::time::timeout(TICK, rx.changed()).await;
+        // News from the cluster, a container of ours ending, or the tick.
+        tokio::select! {
+            _ = rx.changed() => {}
+            _ = exits.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
     }
 }
 
@@ -118,7 +126,7 @@ async fn watch_tasks(
 }
 
 /// One pass: plan, then act; actions on different tasks run at once.
-async fn work(local: &Arc<Local>, want: &BTreeMap<String, AssignedTask>, books: &mut Books) {
+async fn work(local: &Arc<Local>, want: &BTreeMap<String, AssignedTask>, books: &mut Books, exits: &Arc<Notify>) {
     let now = record::now_ms();
     let wants: Vec<Want> = want
         .values()
@@ -133,7 +141,7 @@ async fn work(local: &Arc<Local>, want: &BTreeMap<String, AssignedTask>, books: 
                     continue;
                 }
                 let Some(spec) = want.get(&task).cloned() else { continue };
-                jobs.push(tokio::spawn(start(local.clone(), spec, false)));
+                jobs.push(tokio::spawn(start(local.clone(), spec, false, exits.clone())));
             }
             Action::Restart { task, at_ms, streak } => {
                 if now < at_ms {
@@ -142,7 +150,7 @@ async fn work(local: &Arc<Local>, want: &BTreeMap<String, AssignedTask>, books: 
                 let Some(spec) = want.get(&task).cloned() else { continue };
                 let entry = books.streaks.entry(task).or_default();
                 *entry = (streak, entry.1 + 1);
-                jobs.push(tokio::spawn(start(local.clone(), spec, true)));
+                jobs.push(tokio::spawn(start(local.clone(), spec, true, exits.clone())));
             }
             Action::Stop { task } => {
                 books.stopped.insert(task.clone());
@@ -173,8 +181,9 @@ async fn work(local: &Arc<Local>, want: &BTreeMap<String, AssignedTask>, books: 
 }
 
 /// Creates and starts the task's container (after removing the old one
-/// when restarting). Errors carry the task id.
-async fn start(local: Arc<Local>, spec: AssignedTask, again: bool) -> Result<(), (String, String)> {
+/// when restarting); `exits` is told when it ends, so a restart does not
+/// wait for the next tick. Errors carry the task id.
+async fn start(local: Arc<Local>, spec: AssignedTask, again: bool, exits: Arc<Notify>) -> Result<(), (String, String)> {
     let task = spec.id.clone();
     let fail = |why: String| (task.clone(), why);
     if again {
@@ -208,8 +217,12 @@ async fn start(local: Arc<Local>, spec: AssignedTask, again: bool) -> Result<(),
         task: Some(task.clone()),
     };
     local.runtime.create(&config).map_err(|e| fail(e.to_string()))?;
-    let shim = local.runtime.start(&task).await.map_err(|e| fail(e.to_string()))?;
+    let mut shim = local.runtime.start(&task).await.map_err(|e| fail(e.to_string()))?;
     info!(%task, pid = shim.pid, "task started");
+    tokio::spawn(async move {
+        shim.exited().await;
+        exits.notify_one();
+    });
     Ok(())
 }
 

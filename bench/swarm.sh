@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Orchestration benchmark, berth side by side with Docker Swarm on this one
+# machine (one node, image already local), as issue 4 asks:
+#   1. create a 20-replica service -> all 20 running
+#   2. scale 20 -> 100 -> all 100 running
+#   3. kill one container -> its replacement running
+# Both run the same busybox image and the same command; Swarm from Debian's
+# docker.io. Docker's networks are put in 198.18.0.0/15, like every address
+# berth's tests use. Usage: bench/swarm.sh   (as root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. deploy/lib/setup.sh
+ensure_packages docker-registry:docker-registry busybox:busybox-static dockerd:docker.io curl:curl python3:python3
+ensure_rust
+bin=$(build_release)
+work=$(mktemp -d /tmp/berth-swarm.XXXXXX)
+CMD="trap 'exit 0' TERM; while true; do sleep 1; done"
+pids=()
+cleanup() {
+  docker service rm web >/dev/null 2>&1 || true
+  docker swarm leave --force >/dev/null 2>&1 || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 1
+  for n in $("$bin/berth-agent" ps -o json 2>/dev/null | grep -o '"name": "[^"]*"' | cut -d'"' -f4); do
+    "$bin/berth-agent" rm -f "$n" >/dev/null 2>&1 || true
+  done
+  rmdir /sys/fs/cgroup/*/berth-bench /sys/fs/cgroup/berth-bench 2>/dev/null || true
+  rm -rf /run/berth-swarm-bench
+  umount "$work/docker" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ms() { date +%s%N; }
+since() { echo $((($(ms) - $1) / 1000000)); }
+wait_until() { # wait_until SECONDS CMD... : polls every 20 ms
+  local deadline=$((SECONDS + $1)); shift
+  until "$@"; do
+    ((SECONDS < deadline)) || { echo "timed out: $*" >&2; return 1; }
+    sleep 0.02
+  done
+}
+
+# ---- berth: one server, one agent, a registry on loopback holding busybox
+port=$((20000 + RANDOM % 20000))
+mkdir -p "$work/registry"
+printf 'version: 0.1\nlog: {level: error}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: 127.0.0.1:%s}\n' \
+  "$work/registry" "$port" >"$work/registry.yml"
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+pids+=($!)
+wait_until 20 curl -sf "http://127.0.0.1:$port/v2/" -o /dev/null
+image=127.0.0.1:$port/busybox:v1
+"$bin/berth-image" --push "$image" >/dev/null
+server=127.0.0.1:$((port + 1))
+"$bin/berth-server" --bootstrap --data-dir "$work/server" --listen "$server" >"$work/server.log" 2>&1 &
+pids+=($!)
+printf '[[registry]]\nhost = "127.0.0.1:%s"\ninsecure = true\n' "$port" >"$work/registries.toml"
+export BERTH_AGENT_DATA_DIR=$work/agent BERTH_AGENT_RUN_DIR=/run/berth-swarm-bench \
+  BERTH_CGROUP_PARENT=berth-bench BERTH_REGISTRIES=$work/registries.toml BERTH_SERVER=$server
+"$bin/berth-agent" image pull "$image" >/dev/null # the image is cached, as on the Swarm side
+"$bin/berth-agent" --name bench --advertise 127.0.0.1:7500 >"$work/agent.log" 2>&1 &
+pids+=($!)
+ctl() { "$bin/berthctl" "$@"; }
+# Tasks of web meant to run: how many run; and "STATE RESTARTS" of one task.
+berth_running() {
+  [ "$(ctl service ps web -o json | python3 -c 'import json,sys
+print(sum(t["task"]["desired"] == "running" and t["task"]["state"] == "running" for t in json.load(sys.stdin)))')" -ge "$1" ]
+}
+berth_restarted() {
+  ctl service ps web -o json | python3 -c 'import json,sys
+t = [t["task"] for t in json.load(sys.stdin) if t["task"]["id"] == sys.argv[1]]
+sys.exit(0 if t and t[0]["state"] == "running" and t[0]["restarts"] >= 1 else 1)' "$1"
+}
+wait_until 30 bash -c "$bin/berthctl node ls | grep -q ready"
+
+t0=$(ms)
+ctl service create web --image "$image" --replicas 20 -- sh -c "$CMD" >/dev/null
+wait_until 120 berth_running 20
+b_create=$(since "$t0")
+t0=$(ms)
+ctl service scale web=100 >/dev/null
+wait_until 300 berth_running 100
+b_scale=$(since "$t0")
+read -r vname vpid < <("$bin/berth-agent" ps -o json | python3 -c 'import json,sys
+c = [c for c in json.load(sys.stdin) if c.get("pid")][0]
+print(c["name"], c["pid"])')
+t0=$(ms)
+kill -9 "$vpid"
+wait_until 60 berth_restarted "$vname"
+b_kill=$(since "$t0")
+ctl service rm web >/dev/null
+wait_until 120 bash -c "[ \"\$($bin/berth-agent ps -o json)\" = '[]' ]"
+echo "berth: create 20 -> running ${b_create} ms, scale 20 -> 100 ${b_scale} ms, kill -> replaced ${b_kill} ms"
+
+# ---- Docker Swarm, same machine, same image (imported), same command
+mkdir -p "$work/docker"
+dockerd --data-root "$work/docker" --exec-root "$work/docker-exec" --pidfile "$work/dockerd.pid" \
+  --host "unix://$work/docker.sock" --bip 198.19.250.1/24 --default-address-pool base=198.19.0.0/17,size=24 \
+  >"$work/dockerd.log" 2>&1 &
+pids+=($!)
+export DOCKER_HOST=unix://$work/docker.sock
+wait_until 60 docker info >/dev/null 2>&1
+docker network create --subnet 198.19.251.0/24 --opt com.docker.network.bridge.name=docker_gwbridge \
+  --opt com.docker.network.bridge.enable_icc=false --opt com.docker.network.bridge.enable_ip_masquerade=true \
+  docker_gwbridge >/dev/null
+docker swarm init --advertise-addr 127.0.0.1 --default-addr-pool 198.19.128.0/17 >/dev/null
+mkdir -p "$work/rootfs"
+cp -a "$work"/agent/images/layers/sha256/*/. "$work/rootfs/"
+tar -C "$work/rootfs" -c . | docker import - bench/busybox:v1 >/dev/null
+swarm_running() { [ "$(docker service ps web --filter desired-state=running --format '{{.CurrentState}}' | grep -c '^Running')" -ge "$1" ]; }
+
+t0=$(ms)
+docker service create --detach --quiet --name web --replicas 20 bench/busybox:v1 sh -c "$CMD" >/dev/null 2>&1
+wait_until 300 swarm_running 20
+s_create=$(since "$t0")
+t0=$(ms)
+docker service scale --detach web=100 >/dev/null 2>&1
+wait_until 600 swarm_running 100
+s_scale=$(since "$t0")
+victim=$(docker ps -q --filter name=web | head -1)
+before=$(docker service ps web --format '{{.ID}}' | wc -l)
+t0=$(ms)
+docker kill "$victim" >/dev/null
+wait_until 300 bash -c "[ \$(docker service ps web --format '{{.ID}}' | wc -l) -gt $before ] && \
+  [ \$(docker service ps web --filter desired-state=running --format '{{.CurrentState}}' | grep -c '^Running') -ge 100 ]"
+s_kill=$(since "$t0")
+echo "swarm: create 20 -> running ${s_create} ms, scale 20 -> 100 ${s_scale} ms, kill -> replaced ${s_kill} ms"
+awk -v a="$b_create" -v b="$s_create" -v c="$b_scale" -v d="$s_scale" -v e="$b_kill" -v f="$s_kill" \
+  'BEGIN { printf "swarm/berth: create %.1fx, scale %.1fx, kill %.1fx (target >= 10x)\n", b/a, d/c, f/e }'
