@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use berth_proto::model::{Desired, NodeStatus, Resources, Task, TaskState};
+use berth_proto::model::{Desired, NodeStatus, Task, TaskState};
 
 use crate::scheduler::{self, Decision, NodeView, Request};
 use crate::state::{State, TaskChange};
@@ -131,6 +131,8 @@ impl<'a> Plan<'a> {
 
 /// Runs the scheduler over every live task without a node (old and new).
 fn place(state: &State, stopping: &BTreeSet<&str>, created: &[Task]) -> Vec<TaskChange> {
+    // Tasks told to stop still hold their share until they have stopped.
+    let allocations = state.allocations();
     let mut nodes: BTreeMap<&str, NodeView> = state
         .nodes
         .values()
@@ -141,7 +143,7 @@ fn place(state: &State, stopping: &BTreeSet<&str>, created: &[Task]) -> Vec<Task
                 labels: n.labels.clone(),
                 schedulable: n.schedulable(),
                 capacity: n.capacity,
-                allocated: Resources::default(),
+                allocated: allocations.get(&n.id).map(|a| a.0).unwrap_or_default(),
                 tasks: BTreeMap::new(),
             };
             (n.id.as_str(), view)
@@ -153,14 +155,8 @@ fn place(state: &State, stopping: &BTreeSet<&str>, created: &[Task]) -> Vec<Task
         if live && t.node.is_none() {
             pending.push(t);
         }
-        // Tasks told to stop still hold their share until they have stopped.
-        let Some(id) = &t.node else { continue };
-        if let Some(view) = nodes.get_mut(id.as_str()).filter(|_| t.holds_resources()) {
-            view.allocated.cpu_millis += t.resources.cpu_millis;
-            view.allocated.memory_bytes += t.resources.memory_bytes;
-            if live {
-                *view.tasks.entry(t.service.clone()).or_default() += 1;
-            }
+        if let Some(view) = t.node.as_ref().and_then(|id| nodes.get_mut(id.as_str())).filter(|_| live) {
+            *view.tasks.entry(t.service.clone()).or_default() += 1;
         }
     }
     pending.sort_by(|a, b| (&a.service, a.slot, a.generation).cmp(&(&b.service, b.slot, b.generation)));

@@ -171,8 +171,7 @@ impl Placer {
 
     fn place(&mut self, i: usize, shape: &Request, task: &Request, out: &mut Vec<Decision>) {
         let node = &mut self.nodes[i];
-        node.allocated.cpu_millis += shape.resources.cpu_millis;
-        node.allocated.memory_bytes += shape.resources.memory_bytes;
+        node.allocated += shape.resources;
         *node.tasks.entry(shape.service.clone()).or_default() += 1;
         *self.spread.entry(shape.service.clone()).or_default().entry(i).or_default() += 1;
         let before = self.loads[i];

@@ -17,12 +17,7 @@ impl TryFrom<pb::ServiceSpec> for model::ServiceSpec {
         let replicas = u32::try_from(p.replicas).ok().filter(|r| *r <= model::MAX_REPLICAS).ok_or_else(|| {
             InvalidField::new("replicas", p.replicas, format!("an integer from 0 to {}", model::MAX_REPLICAS))
         })?;
-        let res = p.resources.unwrap_or_default();
-        if !(res.cpus.is_finite() && (0.0..=MAX_CPUS).contains(&res.cpus)) {
-            return Err(InvalidField::new("resources.cpus", res.cpus, "a number of CPUs >= 0, such as 0.5"));
-        }
-        let memory_bytes = u64::try_from(res.memory_bytes)
-            .map_err(|_| InvalidField::new("resources.memory", res.memory_bytes, "a size >= 0, such as 64Mi"))?;
+        let resources = resources_from_pb("resources", p.resources)?;
         let ports = p.ports.iter().enumerate().map(|(i, port)| port_from_pb(i, port)).collect::<Result<_, _>>()?;
         let restart = RestartPolicy::parse(&p.restart)
             .ok_or_else(|| InvalidField::new("restart", &p.restart, "one of always, on-failure, never"))?;
@@ -38,7 +33,7 @@ impl TryFrom<pb::ServiceSpec> for model::ServiceSpec {
             command: p.command,
             env: p.env.into_iter().collect(),
             replicas,
-            resources: Resources { cpu_millis: (res.cpus * 1000.0).round() as u64, memory_bytes },
+            resources,
             ports,
             restart,
             constraints,
@@ -70,10 +65,7 @@ impl From<model::ServiceSpec> for pb::ServiceSpec {
             command: s.command,
             env: s.env.into_iter().collect(),
             replicas: i64::from(s.replicas),
-            resources: Some(pb::Resources {
-                cpus: s.resources.cpu_millis as f64 / 1000.0,
-                memory_bytes: i64::try_from(s.resources.memory_bytes).unwrap_or(i64::MAX),
-            }),
+            resources: Some(resources_to_pb(s.resources)),
             ports: s
                 .ports
                 .into_iter()
@@ -114,10 +106,10 @@ fn resources_to_pb(r: Resources) -> pb::Resources {
 fn resources_from_pb(field: &str, r: Option<pb::Resources>) -> Result<Resources, InvalidField> {
     let r = r.unwrap_or_default();
     if !(r.cpus.is_finite() && (0.0..=MAX_CPUS).contains(&r.cpus)) {
-        return Err(InvalidField::new(format!("{field}.cpus"), r.cpus, "a number of CPUs >= 0"));
+        return Err(InvalidField::new(format!("{field}.cpus"), r.cpus, "a number of CPUs >= 0, such as 0.5"));
     }
     let memory_bytes = u64::try_from(r.memory_bytes)
-        .map_err(|_| InvalidField::new(format!("{field}.memory"), r.memory_bytes, "a size >= 0"))?;
+        .map_err(|_| InvalidField::new(format!("{field}.memory"), r.memory_bytes, "a size >= 0, such as 64Mi"))?;
     Ok(Resources { cpu_millis: (r.cpus * 1000.0).round() as u64, memory_bytes })
 }
 

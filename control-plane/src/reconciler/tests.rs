@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use berth_proto::model::{Availability, Node, NodeStatus, RestartPolicy, ServiceSpec};
+use berth_proto::model::{Availability, Node, NodeStatus, Resources, RestartPolicy, ServiceSpec};
 use proptest::prelude::*;
 
 use super::*;

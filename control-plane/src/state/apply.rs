@@ -1,6 +1,6 @@
 //! `apply`: the state machine's transition function.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use berth_proto::model::{Desired, NodeStatus, Resources, Service, Task, TaskState};
 
@@ -92,7 +92,8 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
             Response::Reconciled { applied }
         }
         Command::Reconcile(changes) => {
-            let mut allocated = allocations(state);
+            let mut allocated: BTreeMap<String, Resources> =
+                state.allocations().into_iter().map(|(node, (held, _))| (node, held)).collect();
             let applied = changes.iter().filter(|c| apply_change(state, &mut allocated, c)).count();
             Response::Reconciled { applied }
         }
@@ -116,19 +117,6 @@ fn remove_node(state: &mut State, id: &str) -> Response {
     Response::Deleted
 }
 
-/// Resources held on each node (see [`Task::holds_resources`]).
-fn allocations(state: &State) -> HashMap<String, Resources> {
-    let mut out: HashMap<String, Resources> = HashMap::new();
-    for t in state.tasks.values().filter(|t| t.holds_resources()) {
-        if let Some(node) = &t.node {
-            let held = out.entry(node.clone()).or_default();
-            held.cpu_millis += t.resources.cpu_millis;
-            held.memory_bytes += t.resources.memory_bytes;
-        }
-    }
-    out
-}
-
 fn stop(t: &mut Task, reason: &str) {
     if t.desired == Desired::Running {
         t.desired = Desired::Shutdown;
@@ -142,7 +130,7 @@ fn stop(t: &mut Task, reason: &str) {
 /// Applies one reconciler decision if it still makes sense; says whether
 /// it did. An assignment must still fit what its node has left, so no
 /// sequence of commits can overcommit a node.
-fn apply_change(state: &mut State, allocated: &mut HashMap<String, Resources>, change: &TaskChange) -> bool {
+fn apply_change(state: &mut State, allocated: &mut BTreeMap<String, Resources>, change: &TaskChange) -> bool {
     match change {
         TaskChange::Create(task) => {
             if state.tasks.contains_key(&task.id) || !state.services.contains_key(&task.service) {
@@ -163,9 +151,7 @@ fn apply_change(state: &mut State, allocated: &mut HashMap<String, Resources>, c
             if !(n.schedulable() && fits && t.desired == Desired::Running && t.node.is_none()) {
                 return false;
             }
-            let held = allocated.entry(node.clone()).or_default();
-            held.cpu_millis += need.cpu_millis;
-            held.memory_bytes += need.memory_bytes;
+            *allocated.entry(node.clone()).or_default() += need;
             let Some(t) = state.tasks.get_mut(id) else { return false };
             t.node = Some(node.clone());
             t.state = TaskState::Assigned;

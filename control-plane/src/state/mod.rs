@@ -15,7 +15,9 @@ mod query;
 
 use std::collections::BTreeMap;
 
-use berth_proto::model::{Availability, InvalidField, Node, NodeStatus, Service, ServiceSpec, Task, TaskState};
+use berth_proto::model::{
+    Availability, InvalidField, Node, NodeStatus, Resources, Service, ServiceSpec, Task, TaskState,
+};
 use serde::{Deserialize, Serialize};
 
 pub use apply::apply;
@@ -40,6 +42,20 @@ pub struct State {
 }
 
 impl State {
+    /// Per node: what the tasks placed there hold (see
+    /// [`Task::holds_resources`]), and how many such tasks there are.
+    pub fn allocations(&self) -> BTreeMap<String, (Resources, u32)> {
+        let mut out: BTreeMap<String, (Resources, u32)> = BTreeMap::new();
+        for t in self.tasks.values().filter(|t| t.holds_resources()) {
+            if let Some(node) = &t.node {
+                let held = out.entry(node.clone()).or_default();
+                held.0 += t.resources;
+                held.1 += 1;
+            }
+        }
+        out
+    }
+
     /// The spec version the service's tasks should run.
     pub fn template(&self, service: &Service) -> u64 {
         self.templates.get(&service.spec.name).copied().unwrap_or(service.version)

@@ -1,5 +1,7 @@
 //! `query`: linearizable reads, answered from the applied state.
 
+use std::collections::BTreeMap;
+
 use berth_proto::model::{NodeInfo, Resources, Service, TaskInfo};
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +33,7 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
         Query::ListServices => QueryReply::Services(state.services.values().cloned().collect()),
         Query::GetNode(key) => {
             let node = state.nodes.get(key).or_else(|| state.nodes.values().find(|n| &n.name == key));
-            QueryReply::Node(node.map(|n| info(state, n)))
+            QueryReply::Node(node.map(|n| info(n, &state.allocations())))
         }
         Query::ListTasks(service) => {
             let mut tasks: Vec<TaskInfo> = state
@@ -47,7 +49,8 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
             QueryReply::Tasks(tasks)
         }
         Query::ListNodes => {
-            let mut nodes: Vec<NodeInfo> = state.nodes.values().map(|n| info(state, n)).collect();
+            let allocations = state.allocations();
+            let mut nodes: Vec<NodeInfo> = state.nodes.values().map(|n| info(n, &allocations)).collect();
             nodes.sort_by(|a, b| a.node.name.cmp(&b.node.name));
             QueryReply::Nodes(nodes)
         }
@@ -55,13 +58,7 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
 }
 
 /// A node with what the tasks placed on it hold.
-fn info(state: &State, node: &berth_proto::model::Node) -> NodeInfo {
-    let mut allocated = Resources::default();
-    let mut tasks = 0;
-    for t in state.tasks.values().filter(|t| t.node.as_ref() == Some(&node.id) && t.holds_resources()) {
-        allocated.cpu_millis += t.resources.cpu_millis;
-        allocated.memory_bytes += t.resources.memory_bytes;
-        tasks += 1;
-    }
+fn info(node: &berth_proto::model::Node, allocations: &BTreeMap<String, (Resources, u32)>) -> NodeInfo {
+    let (allocated, tasks) = allocations.get(&node.id).copied().unwrap_or_default();
     NodeInfo { node: node.clone(), allocated, tasks }
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use berth_node_agent::tasks::worker::{self, Local};
-use berth_proto::model::{parse_cpus, parse_memory};
 use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::{HeartbeatRequest, NodeCapacity, RegisterRequest};
 use tonic::transport::{Channel, Endpoint};
@@ -122,16 +121,11 @@ fn registration(data_dir: &Path, args: &JoinArgs) -> anyhow::Result<RegisterRequ
         labels.insert(k.to_owned(), v.to_owned());
     }
     let cpu_millis = match &args.cpus {
-        Some(c) => parse_cpus(c)
-            .filter(|c| *c > 0.0)
-            .map(|c| (c * 1000.0).round() as u64)
-            .with_context(|| format!("--cpus {c:?} is not a positive number of CPUs"))?,
+        Some(c) => super::cpus_flag(c)?,
         None => std::thread::available_parallelism().map(|n| n.get() as u64 * 1000).unwrap_or(1000),
     };
     let memory_bytes = match &args.memory {
-        Some(m) => {
-            parse_memory(m).filter(|b| *b > 0).with_context(|| format!("--memory {m:?} is not a size such as 8Gi"))?
-        }
+        Some(m) => super::memory_flag(m)?,
         None => host_memory()?,
     };
     Ok(RegisterRequest {

@@ -21,6 +21,21 @@ pub enum Output {
     Json,
 }
 
+/// `--cpus TEXT` as millicpus: a positive number of CPUs.
+pub fn cpus_flag(text: &str) -> anyhow::Result<u64> {
+    berth_proto::model::parse_cpus(text)
+        .filter(|c| *c > 0.0)
+        .map(|c| (c * 1000.0).round() as u64)
+        .with_context(|| format!("--cpus {text:?} is not a positive number of CPUs (e.g. 0.5)"))
+}
+
+/// `--memory TEXT` as bytes: a positive size.
+pub fn memory_flag(text: &str) -> anyhow::Result<u64> {
+    berth_proto::model::parse_memory(text).filter(|b| *b > 0).with_context(|| {
+        format!("--memory {text:?} is not a size; expected a positive number with an optional unit (64Mi, 1G)")
+    })
+}
+
 /// What every command works on, opened from the global flags.
 pub struct Node {
     pub store: Store,

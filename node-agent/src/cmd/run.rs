@@ -9,9 +9,9 @@ use anyhow::{bail, Context};
 use berth_node_agent::image::ImageRef;
 use berth_node_agent::runtime::logs::Follower;
 use berth_node_agent::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode, Shim};
-use berth_proto::model::{parse_cpus, parse_memory};
+use berth_proto::model::parse_memory;
 
-use super::{print_lines, Node};
+use super::{cpus_flag, memory_flag, print_lines, Node};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -125,21 +125,8 @@ pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
 }
 
 fn limits(args: &RunArgs) -> anyhow::Result<Limits> {
-    let memory_bytes = match &args.memory {
-        Some(m) => Some(parse_memory(m).filter(|b| *b > 0).with_context(|| {
-            format!("--memory {m:?} is not a size; expected a positive number with an optional unit (64Mi, 1G)")
-        })?),
-        None => None,
-    };
-    let cpu_millis = match &args.cpus {
-        Some(c) => Some(
-            parse_cpus(c)
-                .filter(|c| *c > 0.0)
-                .map(|c| (c * 1000.0).round() as u64)
-                .with_context(|| format!("--cpus {c:?} is not a positive number of CPUs (e.g. 0.5)"))?,
-        ),
-        None => None,
-    };
+    let memory_bytes = args.memory.as_deref().map(memory_flag).transpose()?;
+    let cpu_millis = args.cpus.as_deref().map(cpus_flag).transpose()?;
     if args.pids == Some(0) {
         bail!("--pids 0 would not let the container start; expected at least 1");
     }

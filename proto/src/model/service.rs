@@ -45,6 +45,13 @@ pub struct Resources {
     pub memory_bytes: u64,
 }
 
+impl std::ops::AddAssign for Resources {
+    fn add_assign(&mut self, other: Self) {
+        self.cpu_millis = self.cpu_millis.saturating_add(other.cpu_millis);
+        self.memory_bytes = self.memory_bytes.saturating_add(other.memory_bytes);
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortSpec {
     /// The port every node answers on; `None` when only the target is declared.
