@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 
 use crate::node::Node;
 use crate::reconciler::reconcile;
-use crate::state::{Command, Response};
+use crate::state::{now_ms, Command, Response};
 
 /// How often the leader looks at liveness and tasks.
 pub const PERIOD: Duration = Duration::from_millis(200);
@@ -52,7 +52,7 @@ pub async fn run(node: Arc<Node>) {
             continue;
         }
         let count = changes.len();
-        match node.write(Command::Reconcile(changes)).await {
+        match node.write(Command::Reconcile { changes, at_ms: now_ms() }).await {
             Ok(Response::Reconciled { applied }) => debug!(count, applied, "reconciled"),
             Ok(other) => warn!("unexpected reply to a reconcile: {other:?}"),
             Err(e) => warn!("reconciling: {e}"),

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use berth_proto::model::{Desired, NodeStatus, Task, TaskState};
+use berth_proto::model::{Desired, NodeStatus, Task, TaskSpec, TaskState};
 
 use crate::scheduler::{self, Decision, NodeView, Request};
 use crate::state::{State, TaskChange};
@@ -59,7 +59,7 @@ pub fn reconcile(state: &State) -> Vec<TaskChange> {
         let mut outdated = None;
         for slot in 1..=service.spec.replicas {
             let Some((newest, older)) = slots.get(&slot).and_then(|tasks| tasks.split_last()) else {
-                created.push(Task::new(name, slot, next(slot), current, service.spec.resources));
+                created.push(Task::new(name, slot, next(slot), current, TaskSpec::from(&service.spec)));
                 continue;
             };
             if !older.is_empty() {
@@ -83,14 +83,14 @@ pub fn reconcile(state: &State) -> Vec<TaskChange> {
                 // It serves no one: replaced now, outside the one-at-a-time
                 // rollout.
                 plan.stop(newest, "superseded by a newer spec".into());
-                created.push(Task::new(name, slot, next(slot), current, service.spec.resources));
+                created.push(Task::new(name, slot, next(slot), current, TaskSpec::from(&service.spec)));
             } else if newest.version < current && outdated.is_none() {
                 outdated = Some(slot);
             }
         }
         // Rolling update: one slot at a time, its successor first.
         if let (false, Some(slot)) = (updating, outdated) {
-            created.push(Task::new(name, slot, next(slot), current, service.spec.resources));
+            created.push(Task::new(name, slot, next(slot), current, TaskSpec::from(&service.spec)));
         }
         for tasks in slots.range(service.spec.replicas + 1..).map(|(_, t)| t) {
             for t in tasks {
@@ -167,7 +167,7 @@ fn place(state: &State, stopping: &BTreeSet<&str>, created: &[Task]) -> Vec<Task
             Some(Request {
                 task: t.id.clone(),
                 service: t.service.clone(),
-                resources: t.resources,
+                resources: t.spec.resources,
                 constraints: spec.constraints.clone(),
             })
         })

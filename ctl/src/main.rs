@@ -249,7 +249,7 @@ async fn run(cli: Cli) -> Result<String> {
                 .into_iter()
                 .map(|t| t.try_into().context("the server sent an invalid task"))
                 .collect::<Result<Vec<TaskInfo>>>()?;
-            Ok(output::tasks(&tasks, fmt))
+            Ok(output::tasks(&tasks, fmt, std::time::SystemTime::now()))
         }
         Command::Service(ServiceCmd::Rm { name }) => {
             let req = pb::DeleteServiceRequest { name: name.clone() };

@@ -1,6 +1,7 @@
 //! Output for people (aligned tables) and for scripts (`-o json`).
 
 use std::fmt::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_proto::model::{format_memory, NodeInfo, Service, TaskInfo};
 use berth_proto::pb::cluster as pb;
@@ -115,7 +116,7 @@ pub fn service(s: &Service, format: Format) -> String {
     out
 }
 
-pub fn tasks(list: &[TaskInfo], format: Format) -> String {
+pub fn tasks(list: &[TaskInfo], format: Format, now: SystemTime) -> String {
     match format {
         Format::Json => pretty(&json!(list)),
         Format::Table => {
@@ -125,17 +126,34 @@ pub fn tasks(list: &[TaskInfo], format: Format) -> String {
                     let t = &i.task;
                     vec![
                         t.id.clone(),
+                        t.spec.image.clone(),
                         i.node_name.clone().unwrap_or_else(|| "-".into()),
                         t.desired.to_string(),
                         t.state.to_string(),
+                        ago(t.since_ms, now),
                         t.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
                         t.restarts.to_string(),
                         if t.message.is_empty() { "-".into() } else { t.message.clone() },
                     ]
                 })
                 .collect();
-            table(&["TASK", "NODE", "DESIRED", "STATE", "EXIT", "RESTARTS", "MESSAGE"], &rows)
+            table(&["TASK", "IMAGE", "NODE", "DESIRED", "STATE", "SINCE", "EXIT", "RESTARTS", "MESSAGE"], &rows)
         }
+    }
+}
+
+/// How long ago a Unix-ms time was, the way people say it: `12s ago`.
+fn ago(at_ms: u64, now: SystemTime) -> String {
+    let Ok(now) = now.duration_since(UNIX_EPOCH) else { return "-".into() };
+    if at_ms == 0 {
+        return "-".into();
+    }
+    let secs = (now.as_millis() as u64).saturating_sub(at_ms) / 1000;
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
     }
 }
 
@@ -248,11 +266,23 @@ fn pretty(v: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
     fn table_aligns_columns() {
         let t = table(&["A", "LONGER"], &[vec!["xxxx".into(), "1".into()], vec!["y".into(), "2".into()]]);
         assert_eq!(t, "A      LONGER\nxxxx   1\ny      2\n");
+    }
+
+    #[test]
+    fn times_read_as_ages() {
+        let now = UNIX_EPOCH + Duration::from_millis(10_000_000);
+        assert_eq!(ago(10_000_000 - 12_500, now), "12s ago");
+        assert_eq!(ago(10_000_000 - 125_000, now), "2m ago");
+        assert_eq!(ago(10_000_000 + 5_000, now), "0s ago", "a leader clock ahead of ours");
+        assert_eq!(ago(0, now), "-", "never set");
+        assert_eq!(ago(1, now + Duration::from_secs(3 * 86400)), "3d ago");
     }
 }

@@ -168,7 +168,12 @@ impl From<model::TaskInfo> for pb::Task {
             has_exit_code: t.exit_code.is_some(),
             exit_code: t.exit_code.unwrap_or(0),
             restarts: t.restarts,
-            resources: Some(resources_to_pb(t.resources)),
+            resources: Some(resources_to_pb(t.spec.resources)),
+            image: t.spec.image,
+            command: t.spec.command,
+            env: t.spec.env.into_iter().collect(),
+            restart: t.spec.restart.to_string(),
+            since_unix_ms: t.since_ms,
         }
     }
 }
@@ -188,13 +193,21 @@ impl TryFrom<pb::Task> for model::TaskInfo {
             slot: p.slot,
             generation: p.generation,
             version: p.version,
-            resources: resources_from_pb("resources", p.resources)?,
+            spec: model::TaskSpec {
+                image: p.image,
+                command: p.command,
+                env: p.env.into_iter().collect(),
+                resources: resources_from_pb("resources", p.resources)?,
+                restart: RestartPolicy::parse(&p.restart)
+                    .ok_or_else(|| InvalidField::new("restart", &p.restart, "one of always, on-failure, never"))?,
+            },
             node: Some(p.node_id).filter(|n| !n.is_empty()),
             desired,
             state,
             message: p.message,
             exit_code: p.has_exit_code.then_some(p.exit_code),
             restarts: p.restarts,
+            since_ms: p.since_unix_ms,
         };
         Ok(Self { task, node_name: Some(p.node_name).filter(|n| !n.is_empty()) })
     }

@@ -18,7 +18,7 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::node::{LeaderOp, Node};
-use crate::state::{Command, Response as Applied, State, TaskReport as Report};
+use crate::state::{now_ms, Command, Response as Applied, State, TaskReport as Report};
 
 #[derive(Debug, Clone)]
 pub struct AgentApi {
@@ -141,28 +141,29 @@ impl Agent for AgentApi {
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        self.node.write(Command::ReportTasks { node: node_id, reports }).await?;
+        self.node.write(Command::ReportTasks { node: node_id, reports, at_ms: now_ms() }).await?;
         Ok(Response::new(ReportTasksReply {}))
     }
 }
 
-/// The tasks a node should run now, with what they run.
+/// The tasks a node should run now, each with its own spec (not its
+/// service's current one: old tasks of a rolling update run the old spec),
+/// and the restarts the cluster has counted so an agent that restarts goes
+/// on counting from there.
 pub fn assigned(state: &State, node_id: &str) -> AssignedTasks {
     let tasks = state
         .tasks
         .values()
         .filter(|t| t.node.as_deref() == Some(node_id) && t.desired == Desired::Running)
-        .filter_map(|t| {
-            let spec = &state.services.get(&t.service)?.spec;
-            Some(AssignedTask {
-                id: t.id.clone(),
-                image: spec.image.clone(),
-                command: spec.command.clone(),
-                env: spec.env.clone().into_iter().collect(),
-                cpu_millis: t.resources.cpu_millis,
-                memory_bytes: t.resources.memory_bytes,
-                restart: spec.restart.to_string(),
-            })
+        .map(|t| AssignedTask {
+            id: t.id.clone(),
+            image: t.spec.image.clone(),
+            command: t.spec.command.clone(),
+            env: t.spec.env.clone().into_iter().collect(),
+            cpu_millis: t.spec.resources.cpu_millis,
+            memory_bytes: t.spec.resources.memory_bytes,
+            restart: t.spec.restart.to_string(),
+            restarts: t.restarts,
         })
         .collect();
     AssignedTasks { tasks }
@@ -170,7 +171,55 @@ pub fn assigned(state: &State, node_id: &str) -> AssignedTasks {
 
 #[cfg(test)]
 mod tests {
+    use berth_proto::model::{RestartPolicy, ServiceSpec, Task, TaskSpec};
+
     use super::*;
+    use crate::state::{apply, TaskChange};
+
+    #[test]
+    fn tasks_keep_their_own_spec_and_say_since_when() {
+        let mut spec = ServiceSpec {
+            name: "web".into(),
+            image: "registry:5000/web:1".into(),
+            command: vec!["serve".into()],
+            env: Default::default(),
+            replicas: 1,
+            resources: Default::default(),
+            ports: vec![],
+            restart: RestartPolicy::OnFailure,
+            constraints: vec![],
+        };
+        let mut s = State::default();
+        apply(&mut s, &Command::CreateService(spec.clone()));
+        let node = node_from(req()).unwrap();
+        apply(&mut s, &Command::RegisterNode(node.clone()));
+        let t = Task::new("web", 1, 1, 1, TaskSpec::from(&spec));
+        let changes =
+            vec![TaskChange::Create(t.clone()), TaskChange::Assign { id: t.id.clone(), node: node.id.clone() }];
+        apply(&mut s, &Command::Reconcile { changes, at_ms: 1000 });
+        assert_eq!(s.tasks[&t.id].since_ms, 1000);
+
+        // The service moves on to a new image; the old task still runs the old one.
+        spec.image = "registry:5000/web:2".into();
+        apply(&mut s, &Command::UpdateService(spec));
+        let report = |state, restarts, at_ms| Command::ReportTasks {
+            node: node.id.clone(),
+            reports: vec![Report { id: t.id.clone(), state, exit_code: None, restarts, message: String::new() }],
+            at_ms,
+        };
+        apply(&mut s, &report(TaskState::Running, 2, 2000));
+        apply(&mut s, &report(TaskState::Running, 2, 3000));
+        assert_eq!(s.tasks[&t.id].since_ms, 2000, "an unchanged report is not a change");
+        apply(&mut s, &report(TaskState::Running, 3, 4000));
+        assert_eq!(s.tasks[&t.id].since_ms, 4000, "a restart is");
+
+        let list = assigned(&s, &node.id).tasks;
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].image, "registry:5000/web:1");
+        assert_eq!((list[0].command.as_slice(), list[0].restart.as_str()), (&["serve".to_owned()][..], "on-failure"));
+        assert_eq!(list[0].restarts, 3);
+        assert!(assigned(&s, "another-node").tasks.is_empty());
+    }
 
     fn req() -> RegisterRequest {
         RegisterRequest {

@@ -71,7 +71,7 @@ fn settle(s: &mut State) {
         if changes.is_empty() && !acted {
             return;
         }
-        apply(s, &Command::Reconcile(changes));
+        apply(s, &Command::Reconcile { changes, at_ms: 1 });
     }
     panic!("no rest after 50 rounds: {:#?}", s.tasks);
 }
@@ -149,7 +149,7 @@ fn a_changed_spec_rolls_one_slot_at_a_time_successor_first() {
         }
         let creates = changes.iter().filter(|c| matches!(c, TaskChange::Create(_))).count();
         assert!(creates <= 1, "{changes:?}");
-        apply(&mut s, &Command::Reconcile(changes));
+        apply(&mut s, &Command::Reconcile { changes, at_ms: 1 });
         assert!(running(&s, "web").len() >= 3, "{:#?}", s.tasks);
         agents_act(&mut s);
     }
@@ -207,8 +207,8 @@ fn check_capacity(s: &State) -> Result<(), TestCaseError> {
     for t in s.tasks.values().filter(|t| t.holds_resources()) {
         if let Some(n) = &t.node {
             let h = held.entry(n.as_str()).or_default();
-            h.cpu_millis += t.resources.cpu_millis;
-            h.memory_bytes += t.resources.memory_bytes;
+            h.cpu_millis += t.spec.resources.cpu_millis;
+            h.memory_bytes += t.spec.resources.memory_bytes;
         }
     }
     for (n, h) in held {
@@ -266,7 +266,7 @@ proptest! {
                 settle(&mut s);
             } else {
                 let changes = reconcile(&s);
-                apply(&mut s, &Command::Reconcile(changes));
+                apply(&mut s, &Command::Reconcile { changes, at_ms: 1 });
             }
         }
         settle(&mut s);

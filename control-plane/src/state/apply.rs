@@ -46,7 +46,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
                 // Its tasks stop now, so a service created again under the
                 // same name never adopts them.
                 for t in state.tasks.values_mut().filter(|t| &t.service == name) {
-                    stop(t, "service removed");
+                    stop(t, "service removed", None);
                 }
                 Response::Deleted
             }
@@ -76,10 +76,13 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
             None => Response::Rejected(Rejection::NodeNotFound(id.clone())),
         },
         Command::RemoveNode { id } => remove_node(state, id),
-        Command::ReportTasks { node, reports } => {
+        Command::ReportTasks { node, reports, at_ms } => {
             let mut applied = 0;
             for r in reports {
                 if let Some(t) = state.tasks.get_mut(&r.id).filter(|t| t.node.as_ref() == Some(node)) {
+                    if t.state != r.state || t.restarts != r.restarts {
+                        t.since_ms = *at_ms;
+                    }
                     t.state = r.state;
                     t.exit_code = r.exit_code;
                     t.restarts = r.restarts;
@@ -91,10 +94,10 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
             }
             Response::Reconciled { applied }
         }
-        Command::Reconcile(changes) => {
+        Command::Reconcile { changes, at_ms } => {
             let mut allocated: BTreeMap<String, Resources> =
                 state.allocations().into_iter().map(|(node, (held, _))| (node, held)).collect();
-            let applied = changes.iter().filter(|c| apply_change(state, &mut allocated, c)).count();
+            let applied = changes.iter().filter(|c| apply_change(state, &mut allocated, c, *at_ms)).count();
             Response::Reconciled { applied }
         }
     }
@@ -117,12 +120,15 @@ fn remove_node(state: &mut State, id: &str) -> Response {
     Response::Deleted
 }
 
-fn stop(t: &mut Task, reason: &str) {
+/// Desired state becomes shutdown; a task never placed is shut down at
+/// once (at `at_ms`, when known).
+fn stop(t: &mut Task, reason: &str, at_ms: Option<u64>) {
     if t.desired == Desired::Running {
         t.desired = Desired::Shutdown;
         t.message = reason.to_owned();
         if t.node.is_none() {
             t.state = TaskState::Shutdown;
+            t.since_ms = at_ms.unwrap_or(t.since_ms);
         }
     }
 }
@@ -130,7 +136,12 @@ fn stop(t: &mut Task, reason: &str) {
 /// Applies one reconciler decision if it still makes sense; says whether
 /// it did. An assignment must still fit what its node has left, so no
 /// sequence of commits can overcommit a node.
-fn apply_change(state: &mut State, allocated: &mut BTreeMap<String, Resources>, change: &TaskChange) -> bool {
+fn apply_change(
+    state: &mut State,
+    allocated: &mut BTreeMap<String, Resources>,
+    change: &TaskChange,
+    at_ms: u64,
+) -> bool {
     match change {
         TaskChange::Create(task) => {
             if state.tasks.contains_key(&task.id) || !state.services.contains_key(&task.service) {
@@ -139,12 +150,12 @@ fn apply_change(state: &mut State, allocated: &mut BTreeMap<String, Resources>, 
             let slot = format!("{}.{}", task.service, task.slot);
             let last = state.generations.entry(slot).or_default();
             *last = (*last).max(task.generation);
-            state.tasks.insert(task.id.clone(), task.clone());
+            state.tasks.insert(task.id.clone(), Task { since_ms: at_ms, ..task.clone() });
             true
         }
         TaskChange::Assign { id, node } => {
             let (Some(n), Some(t)) = (state.nodes.get(node), state.tasks.get(id)) else { return false };
-            let need = t.resources;
+            let need = t.spec.resources;
             let held = allocated.get(node).copied().unwrap_or_default();
             let fits = held.cpu_millis + need.cpu_millis <= n.capacity.cpu_millis
                 && held.memory_bytes + need.memory_bytes <= n.capacity.memory_bytes;
@@ -155,6 +166,7 @@ fn apply_change(state: &mut State, allocated: &mut BTreeMap<String, Resources>, 
             let Some(t) = state.tasks.get_mut(id) else { return false };
             t.node = Some(node.clone());
             t.state = TaskState::Assigned;
+            t.since_ms = at_ms;
             t.message.clear();
             true
         }
@@ -167,7 +179,7 @@ fn apply_change(state: &mut State, allocated: &mut BTreeMap<String, Resources>, 
         },
         TaskChange::Shutdown { id, reason } => match state.tasks.get_mut(id) {
             Some(t) if t.desired == Desired::Running => {
-                stop(t, reason);
+                stop(t, reason, Some(at_ms));
                 true
             }
             _ => false,
@@ -181,7 +193,7 @@ fn apply_change(state: &mut State, allocated: &mut BTreeMap<String, Resources>, 
 
 #[cfg(test)]
 mod tests {
-    use berth_proto::model::{RestartPolicy, ServiceSpec};
+    use berth_proto::model::{RestartPolicy, ServiceSpec, TaskSpec};
 
     use super::*;
 
@@ -225,7 +237,7 @@ mod tests {
         assert_eq!(s.nodes["n1"].availability, Availability::Drain);
 
         apply(&mut s, &Command::CreateService(spec("web", 1)));
-        let mut t = Task::new("web", 1, 1, 1, Resources::default());
+        let mut t = Task::new("web", 1, 1, 1, TaskSpec::default());
         t.node = Some("n1".into());
         s.tasks.insert(t.id.clone(), t);
         let r = apply(&mut s, &Command::RemoveNode { id: "n1".into() });
@@ -244,17 +256,17 @@ mod tests {
         let mut s = State::default();
         apply(&mut s, &Command::CreateService(spec("web", 1)));
         apply(&mut s, &Command::RegisterNode(node("n1")));
-        let t = Task::new("web", 1, 3, 1, Resources::default());
+        let t = Task::new("web", 1, 3, 1, TaskSpec::default());
         let changes = vec![
             TaskChange::Create(t.clone()),
             TaskChange::Create(t.clone()),
-            TaskChange::Create(Task::new("gone", 1, 1, 1, Resources::default())),
+            TaskChange::Create(Task::new("gone", 1, 1, 1, TaskSpec::default())),
             TaskChange::Assign { id: t.id.clone(), node: "nowhere".into() },
             TaskChange::Assign { id: t.id.clone(), node: "n1".into() },
             TaskChange::Unplaced { id: t.id.clone(), reason: "late".into() },
             TaskChange::Remove { id: t.id.clone() },
         ];
-        assert_eq!(apply(&mut s, &Command::Reconcile(changes)), Response::Reconciled { applied: 2 });
+        assert_eq!(apply(&mut s, &Command::Reconcile { changes, at_ms: 1 }), Response::Reconciled { applied: 2 });
         assert_eq!(s.tasks[&t.id].node.as_deref(), Some("n1"));
         assert_eq!(s.tasks[&t.id].state, TaskState::Assigned);
         assert_eq!(s.generations["web.1"], 3);
@@ -262,7 +274,7 @@ mod tests {
             TaskChange::Shutdown { id: t.id.clone(), reason: "scaled down".into() },
             TaskChange::Remove { id: t.id.clone() },
         ];
-        assert_eq!(apply(&mut s, &Command::Reconcile(stop)), Response::Reconciled { applied: 2 });
+        assert_eq!(apply(&mut s, &Command::Reconcile { changes: stop, at_ms: 1 }), Response::Reconciled { applied: 2 });
         assert!(s.tasks.is_empty());
         assert_eq!(s.generations["web.1"], 3, "generations outlive their tasks");
     }

@@ -49,7 +49,7 @@ impl State {
         for t in self.tasks.values().filter(|t| t.holds_resources()) {
             if let Some(node) = &t.node {
                 let held = out.entry(node.clone()).or_default();
-                held.0 += t.resources;
+                held.0 += t.spec.resources;
                 held.1 += 1;
             }
         }
@@ -97,12 +97,18 @@ pub enum Command {
     ReportTasks {
         node: String,
         reports: Vec<TaskReport>,
+        /// When the server took the report (Unix ms): a changed task's `since`.
+        at_ms: u64,
     },
     /// The reconciler's decisions, applied in order. Each is checked again
     /// against the state it meets and skipped if it no longer applies (the
     /// state may have moved since the leader decided); the reconciler runs
     /// again anyway.
-    Reconcile(Vec<TaskChange>),
+    Reconcile {
+        changes: Vec<TaskChange>,
+        /// When the leader decided (Unix ms): a changed task's `since`.
+        at_ms: u64,
+    },
 }
 
 /// An agent's word on one task.
@@ -128,6 +134,12 @@ pub enum TaskChange {
     Shutdown { id: String, reason: String },
     /// Forgotten: stopped, or on a node that is gone.
     Remove { id: String },
+}
+
+/// Wall-clock time in Unix milliseconds, for the `at_ms` of commands: taken
+/// at the edge when a command is made, so `apply` itself reads no clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What one Raft log entry carries: the commands of concurrent clients,

@@ -148,7 +148,8 @@ async fn work(local: &Arc<Local>, want: &BTreeMap<String, AssignedTask>, books: 
                     continue;
                 }
                 let Some(spec) = want.get(&task).cloned() else { continue };
-                let entry = books.streaks.entry(task).or_default();
+                // Counting goes on from the cluster's count after an agent restart.
+                let entry = books.streaks.entry(task).or_insert((0, spec.restarts));
                 *entry = (streak, entry.1 + 1);
                 jobs.push(tokio::spawn(start(local.clone(), spec, true, exits.clone())));
             }
@@ -248,8 +249,8 @@ fn have(runtime: &Runtime, books: &Books) -> Vec<Have> {
 fn reports(local: &Local, want: &BTreeMap<String, AssignedTask>, books: &mut Books) -> Vec<TaskReport> {
     let have: BTreeMap<String, Have> = have(&local.runtime, books).into_iter().map(|h| (h.task.clone(), h)).collect();
     let mut out = Vec::new();
-    for task in want.keys() {
-        let restarts = books.streaks.get(task).map_or(0, |s| s.1);
+    for (task, assigned) in want {
+        let restarts = books.streaks.get(task).map_or(assigned.restarts, |s| s.1);
         let report = |state: &str, code: Option<i32>, message: String| TaskReport {
             id: task.clone(),
             state: state.into(),

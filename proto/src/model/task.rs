@@ -6,11 +6,12 @@
 //! replaced (node lost, drained, spec changed) the new task takes the next
 //! generation: `web.2.1` is replaced by `web.2.2`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::Resources;
+use super::{Resources, RestartPolicy, ServiceSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
@@ -22,9 +23,8 @@ pub struct Task {
     pub generation: u32,
     /// The service spec version this task runs.
     pub version: u64,
-    /// What it asks of its node, fixed when it is made: a task keeps its
-    /// share even after the service's spec changes.
-    pub resources: Resources,
+    /// What it runs and asks of its node, fixed when it is made.
+    pub spec: TaskSpec,
     /// The node's id once placed.
     pub node: Option<String>,
     pub desired: Desired,
@@ -33,6 +33,34 @@ pub struct Task {
     pub message: String,
     pub exit_code: Option<i32>,
     pub restarts: u32,
+    /// When `state` last changed (or the container restarted), in Unix
+    /// milliseconds by the leader's clock.
+    pub since_ms: u64,
+}
+
+/// What a task runs: its service's spec as it was when the task was made.
+/// During a rolling update the old tasks keep running, and restarting as,
+/// the old spec until their successors replace them; a task keeps its
+/// share of its node even after the service asks for more.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+    pub restart: RestartPolicy,
+}
+
+impl From<&ServiceSpec> for TaskSpec {
+    fn from(s: &ServiceSpec) -> Self {
+        Self {
+            image: s.image.clone(),
+            command: s.command.clone(),
+            env: s.env.clone(),
+            resources: s.resources,
+            restart: s.restart,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,20 +124,21 @@ impl Task {
     }
 
     /// A new task for a slot, not placed yet.
-    pub fn new(service: &str, slot: u32, generation: u32, version: u64, resources: Resources) -> Self {
+    pub fn new(service: &str, slot: u32, generation: u32, version: u64, spec: TaskSpec) -> Self {
         Self {
             id: Self::id_for(service, slot, generation),
             service: service.to_owned(),
             slot,
             generation,
             version,
-            resources,
+            spec,
             node: None,
             desired: Desired::Running,
             state: TaskState::Pending,
             message: String::new(),
             exit_code: None,
             restarts: 0,
+            since_ms: 0,
         }
     }
 }
