@@ -11,11 +11,13 @@
 //! rules for forwarding, deadlines and membership; `batcher` groups the
 //! leader's concurrent writes into one entry; `api` maps gRPC to `node`;
 //! `reconciler` (what tasks should change) and `scheduler` (where tasks go)
-//! are the pure functions the leader runs to keep tasks in line with services.
+//! are the pure functions the leader runs to keep tasks in line with services;
+//! `events` diffs applied states for `berthctl events`.
 
 pub mod api;
 pub mod batcher;
 pub mod config;
+pub mod events;
 pub mod leader;
 pub mod liveness;
 pub mod network;

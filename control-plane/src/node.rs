@@ -26,7 +26,7 @@ use crate::batcher::Batcher;
 use crate::liveness::Liveness;
 use crate::network::{decode, encode, Peers};
 use crate::state::{query, Command, Proposal, Query, QueryReply, Response};
-use crate::store::{Applied, NodeId, Raft};
+use crate::store::{Applied, LogId, NodeId, Raft};
 
 /// Pause between attempts while a leader is being elected or a learner catches up.
 const RETRY: Duration = Duration::from_millis(50);
@@ -141,6 +141,16 @@ impl Node {
 
     pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
         self.raft.metrics().borrow().clone()
+    }
+
+    /// Waits until this server has applied past `seen`, or for `limit`;
+    /// answers what is applied then. Watches of the applied state (tasks
+    /// for agents, events for people) wake on this instead of polling.
+    pub async fn applied_after(&self, seen: Option<LogId>, limit: Duration) -> Option<LogId> {
+        let mut metrics = self.raft.metrics();
+        let _ = tokio::time::timeout(limit, metrics.wait_for(|m| m.last_applied != seen)).await;
+        let applied = metrics.borrow().last_applied;
+        applied
     }
 
     pub async fn write(&self, cmd: Command) -> Result<Response, OpError> {

@@ -3,6 +3,7 @@
 mod client;
 mod output;
 mod spec;
+mod streams;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -54,6 +55,8 @@ enum Command {
     /// Nodes: the hosts that run berth-agent
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Print changes to services, nodes and tasks as they happen, until interrupted
+    Events,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +141,16 @@ enum ServiceCmd {
         name: String,
         #[arg(long)]
         stale: bool,
+    },
+    /// The logs of every task of a service, from the nodes they run on, as TASK@NODE | LINE
+    Logs {
+        name: String,
+        /// Keep printing new lines, also of tasks that start later, until interrupted
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines of each task
+        #[arg(long)]
+        tail: Option<u64>,
     },
 }
 
@@ -250,6 +263,18 @@ async fn run(cli: Cli) -> Result<String> {
                 .map(|t| t.try_into().context("the server sent an invalid task"))
                 .collect::<Result<Vec<TaskInfo>>>()?;
             Ok(output::tasks(&tasks, fmt, std::time::SystemTime::now()))
+        }
+        Command::Service(ServiceCmd::Logs { name, follow, tail }) => {
+            let tail = tail.map_or(-1, |n| n.min(i64::MAX as u64) as i64);
+            let req = pb::ServiceLogsRequest { service: name, follow, tail };
+            let stream = client.call("service logs", async |mut c| c.service_logs(req.clone()).await).await?;
+            streams::logs(stream, fmt).await?;
+            Ok(String::new())
+        }
+        Command::Events => {
+            let stream = client.call("events", async |mut c| c.events(pb::EventsRequest {}).await).await?;
+            streams::events(stream, fmt).await?;
+            Ok(String::new())
         }
         Command::Service(ServiceCmd::Rm { name }) => {
             let req = pb::DeleteServiceRequest { name: name.clone() };

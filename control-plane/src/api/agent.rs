@@ -4,9 +4,8 @@
 //! memory (see `liveness`); watches are served from the answering server's
 //! applied state; reports are written through the leader as one command.
 
-/// How often a watch looks at the applied state for changes.
-const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(50);
-/// A watch repeats its list at least this often, as a keepalive.
+/// A watch repeats its list at least this often, as a keepalive; otherwise
+/// it wakes when the applied state moves.
 const WATCH_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
 use std::sync::Arc;
@@ -100,6 +99,7 @@ impl Agent for AgentApi {
             let mut last: Option<AssignedTasks> = None;
             let mut sent_at = tokio::time::Instant::now();
             loop {
+                let seen = node.metrics().last_applied;
                 let current = match node.applied.read() {
                     Ok(applied) => assigned(&applied.state, &node_id),
                     Err(_) => return,
@@ -111,7 +111,7 @@ impl Agent for AgentApi {
                     last = Some(current);
                     sent_at = tokio::time::Instant::now();
                 }
-                tokio::time::sleep(WATCH_POLL).await;
+                node.applied_after(seen, WATCH_REFRESH.saturating_sub(sent_at.elapsed())).await;
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))

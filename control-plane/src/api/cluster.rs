@@ -8,7 +8,10 @@ use berth_proto::model::{validate_name, Availability, InvalidField, NodeInfo};
 use berth_proto::pb::cluster::cluster_client::ClusterClient;
 use berth_proto::pb::cluster::cluster_server::Cluster;
 use berth_proto::pb::cluster::*;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+
+use super::streams;
 
 use crate::node::{LeaderOp, Node};
 use crate::state::{Command, Query, QueryReply, Response as Applied};
@@ -154,6 +157,24 @@ impl Cluster for ClusterApi {
             }
             other => Err(Status::internal(format!("unexpected query reply {other:?}"))),
         }
+    }
+
+    type ServiceLogsStream = ReceiverStream<Result<LogLines, Status>>;
+
+    async fn service_logs(&self, req: Request<ServiceLogsRequest>) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        let req = req.into_inner();
+        name_arg(&req.service)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        streams::service_logs(&self.node, req, tx)?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type EventsStream = ReceiverStream<Result<Event, Status>>;
+
+    async fn events(&self, _req: Request<EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(streams::events(self.node.clone(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn list_nodes(&self, req: Request<ListNodesRequest>) -> Result<Response<ListNodesReply>, Status> {

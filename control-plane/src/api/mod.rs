@@ -7,6 +7,7 @@
 mod agent;
 mod cluster;
 mod raft;
+mod streams;
 
 pub use agent::AgentApi;
 pub use cluster::ClusterApi;

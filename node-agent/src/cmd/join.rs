@@ -2,14 +2,18 @@
 //! The node registers (its id is kept in the data dir, so a restart is the
 //! same node), then sends a heartbeat every period to any live server,
 //! moving to the next with backoff when one fails, while the task worker
-//! (`berth_node_agent::tasks::worker`) runs what the cluster places here.
+//! (`berth_node_agent::tasks::worker`) runs what the cluster places here,
+//! and the node API (`tasks::logs`) answers servers on `--listen`.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use berth_node_agent::tasks::logs::NodeApi;
 use berth_node_agent::tasks::worker::{self, Local};
+use berth_proto::pb::agent::node_server::NodeServer;
 use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::{HeartbeatRequest, NodeCapacity, RegisterRequest};
 use tonic::transport::{Channel, Endpoint};
@@ -29,6 +33,10 @@ pub struct JoinArgs {
     /// Where this node is reached (host:port); NAME:7500 by default.
     #[arg(long)]
     pub advertise: Option<String>,
+    /// Where the agent answers servers (task logs); the advertise address
+    /// when it is an IP address, else 0.0.0.0 on its port.
+    #[arg(long)]
+    pub listen: Option<String>,
     /// KEY=VALUE for placement constraints (repeatable).
     #[arg(long = "label")]
     pub labels: Vec<String>,
@@ -47,11 +55,32 @@ pub async fn join(local: Local, data_dir: &Path, args: JoinArgs) -> anyhow::Resu
     let request = registration(data_dir, &args)?;
     let period = Duration::from_millis(args.heartbeat_ms.max(10));
     let mut servers = Servers::new(&args.servers)?;
+    let listen = listen_address(args.listen.as_deref(), &request.advertise_address)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen} (--listen)"))?;
+    let api = tonic::transport::Server::builder()
+        .add_service(NodeServer::new(NodeApi { runtime: local.runtime.clone() }))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)));
     let mut shutdown = std::pin::pin!(shutdown());
     tokio::select! {
         _ = &mut shutdown => Ok(0),
+        result = api => result.map(|_| 0).context("serving the node API"),
         result = stay(local, data_dir, request, period, &mut servers) => result,
     }
+}
+
+/// `--listen`, or what to listen on for the advertise address.
+fn listen_address(listen: Option<&str>, advertise: &str) -> anyhow::Result<SocketAddr> {
+    if let Some(l) = listen {
+        return l.parse().with_context(|| format!("--listen {l:?} is not IP:PORT"));
+    }
+    if let Ok(addr) = advertise.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let port = advertise.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
+    let port = port.with_context(|| format!("--advertise {advertise:?} is not HOST:PORT"))?;
+    Ok(SocketAddr::from(([0, 0, 0, 0], port)))
 }
 
 /// Registers, then heartbeats; registers again when the cluster has
@@ -204,5 +233,20 @@ impl Servers {
         self.at = (self.at + 1) % self.clients.len();
         tokio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listen_address_follows_the_advertised_one() {
+        let at = |l: Option<&str>, a: &str| listen_address(l, a).map(|s| s.to_string()).map_err(|e| e.to_string());
+        assert_eq!(at(None, "198.18.0.2:7500").unwrap(), "198.18.0.2:7500");
+        assert_eq!(at(None, "alpha:7600").unwrap(), "0.0.0.0:7600");
+        assert_eq!(at(Some("127.0.0.1:9"), "alpha:7600").unwrap(), "127.0.0.1:9");
+        assert!(at(None, "alpha").unwrap_err().contains("--advertise \"alpha\""));
+        assert!(at(Some("alpha:1"), "alpha:7600").unwrap_err().contains("--listen"));
     }
 }
