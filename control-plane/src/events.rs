@@ -118,7 +118,8 @@ pub fn diff(old: &State, new: &State) -> Vec<Event> {
                 e = e.with("message", &t.message);
             }
             out.push(e);
-        } else if before.restarts != t.restarts {
+        }
+        if before.restarts != t.restarts {
             out.push(task("restart").with("restarts", t.restarts).with("node", node_name(t).unwrap_or_default()));
         }
     }
@@ -169,7 +170,10 @@ mod tests {
     #[test]
     fn each_change_is_one_event_and_nothing_is_silent() {
         let mut s = State::default();
-        assert_eq!(step(&mut s, Command::CreateService(spec(1))), ["service create web image=registry:5000/web:1,replicas=1,version=1"]);
+        assert_eq!(
+            step(&mut s, Command::CreateService(spec(1))),
+            ["service create web image=registry:5000/web:1,replicas=1,version=1"]
+        );
         let node = Node {
             id: "n1".into(),
             name: "alpha".into(),
@@ -179,7 +183,10 @@ mod tests {
             status: NodeStatus::Ready,
             availability: Availability::Active,
         };
-        assert_eq!(step(&mut s, Command::RegisterNode(node.clone())), ["node register alpha address=198.18.0.2:7500,id=n1"]);
+        assert_eq!(
+            step(&mut s, Command::RegisterNode(node.clone())),
+            ["node register alpha address=198.18.0.2:7500,id=n1"]
+        );
 
         let t = Task::new("web", 1, 1, 1, TaskSpec::from(&spec(1)));
         let changes = vec![TaskChange::Create(t.clone()), TaskChange::Assign { id: t.id.clone(), node: "n1".into() }];
@@ -196,8 +203,15 @@ mod tests {
         assert_eq!(step(&mut s, report(TaskState::Running, 0, None)), Vec::<String>::new(), "no change, no event");
         assert_eq!(step(&mut s, report(TaskState::Running, 1, None)), ["task restart web.1.1 node=alpha,restarts=1"]);
         assert_eq!(step(&mut s, report(TaskState::Exited, 1, Some(3))), ["task exited web.1.1 exit_code=3,node=alpha"]);
+        assert_eq!(
+            step(&mut s, report(TaskState::Running, 2, None)),
+            ["task running web.1.1 node=alpha", "task restart web.1.1 node=alpha,restarts=2"]
+        );
 
-        assert_eq!(step(&mut s, Command::UpdateService(spec(2))), ["service update web image=registry:5000/web:1,replicas=2,version=2"]);
+        assert_eq!(
+            step(&mut s, Command::UpdateService(spec(2))),
+            ["service update web image=registry:5000/web:1,replicas=2,version=2"]
+        );
         assert_eq!(
             step(&mut s, Command::SetNodeStatus { id: "n1".into(), status: NodeStatus::Down }),
             ["node down alpha id=n1"]
@@ -210,6 +224,9 @@ mod tests {
             step(&mut s, Command::DeleteService { name: "web".into() }),
             ["service remove web", "task stop web.1.1 reason=service removed"]
         );
-        assert_eq!(step(&mut s, Command::RemoveNode { id: "n1".into() }), ["node remove alpha id=n1", "task remove web.1.1"]);
+        assert_eq!(
+            step(&mut s, Command::RemoveNode { id: "n1".into() }),
+            ["node remove alpha id=n1", "task remove web.1.1"]
+        );
     }
 }

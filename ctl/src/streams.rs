@@ -22,8 +22,10 @@ pub async fn logs(mut stream: Streaming<pb::LogLines>, format: Format) -> Result
         }
         for l in batch.lines {
             let line = match format {
-                Format::Json => json!({"task": l.task, "node": l.node, "stream": l.stream, "time": l.time, "text": l.text})
-                    .to_string(),
+                Format::Json => {
+                    json!({"task": l.task, "node": l.node, "stream": l.stream, "time": l.time, "text": l.text})
+                        .to_string()
+                }
                 Format::Table => format!("{}@{} | {}", l.task, l.node, l.text),
             };
             if l.stream == "stderr" && format == Format::Table {
@@ -78,7 +80,10 @@ mod tests {
             name: "web.1.1".into(),
             attributes: [("node".to_owned(), "alpha".to_owned()), ("exit_code".to_owned(), "0".to_owned())].into(),
         };
-        assert_eq!(event_line(&e, Format::Table), "2026-11-18T11:06:40.123Z task running web.1.1 exit_code=0,node=alpha");
+        assert_eq!(
+            event_line(&e, Format::Table),
+            "2026-11-18T11:06:40.123Z task running web.1.1 exit_code=0,node=alpha"
+        );
         let v: serde_json::Value = serde_json::from_str(&event_line(&e, Format::Json)).unwrap();
         assert_eq!((v["kind"].as_str(), v["attributes"]["node"].as_str()), (Some("task"), Some("alpha")));
     }

@@ -85,6 +85,18 @@ impl Agent {
         self.data.path().join("containers").join(name)
     }
 
+    /// Starts the agent's daemon joined to `servers` as node `name`,
+    /// answering on a loopback port of its own; its log is `daemon_log`.
+    pub fn join(&self, servers: &[String], name: &str, extra: &[&str]) -> anyhow::Result<crate::Process> {
+        let advertise = format!("127.0.0.1:{}", crate::free_port());
+        let servers = servers.join(",");
+        let mut args = vec!["--server", &servers, "--name", name, "--advertise", &advertise, "--heartbeat-ms", "300"];
+        args.extend_from_slice(extra);
+        let mut daemon = crate::Process::new(self.data.path().join("daemon.log"));
+        daemon.start(&mut self.command(&args))?;
+        Ok(daemon)
+    }
+
     /// The log of a daemon started with `Process::new(data/daemon.log)`.
     pub fn daemon_log(&self) -> String {
         std::fs::read_to_string(self.data.path().join("daemon.log")).unwrap_or_default()

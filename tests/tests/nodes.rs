@@ -7,19 +7,21 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use berth_tests::{berthctl, bin, wait_for, Cluster, Process};
+use berth_tests::{berthctl, bin, free_port, wait_for, Cluster, Process};
 
 /// A berth-agent joined to the cluster, in its own data dir.
 struct JoinedAgent {
     process: Process,
     dir: tempfile::TempDir,
     name: String,
+    advertise: String,
 }
 
 impl JoinedAgent {
     fn start(servers: &[String], name: &str, extra: &[&str]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let mut agent = Self { process: Process::new(dir.path().join("agent.log")), dir, name: name.into() };
+        let advertise = format!("127.0.0.1:{}", free_port());
+        let mut agent = Self { process: Process::new(dir.path().join("agent.log")), dir, name: name.into(), advertise };
         agent.launch(servers, extra)?;
         Ok(agent)
     }
@@ -28,7 +30,7 @@ impl JoinedAgent {
         let mut cmd = std::process::Command::new(bin("berth-agent"));
         cmd.env("BERTH_AGENT_DATA_DIR", self.dir.path())
             .env("BERTH_LOG", "info")
-            .args(["--server", &servers.join(","), "--name", &self.name, "--advertise", "127.0.0.1:7500"])
+            .args(["--server", &servers.join(","), "--name", &self.name, "--advertise", &self.advertise])
             .args(["--cpus", "2", "--memory", "4Gi", "--heartbeat-ms", "300"])
             .args(extra);
         self.process.start(&mut cmd)
@@ -65,7 +67,7 @@ async fn nodes_join_fail_return_and_leave() -> Result<()> {
     wait_for(Duration::from_secs(30), "beta ready", ready("beta")).await?;
     let rows = nodes(&servers)?;
     ensure!(rows.len() == 2, "{rows:?}");
-    ensure!(rows[0][1] == "127.0.0.1:7500" && rows[0][4] == "0/2" && rows[0][5] == "0/4Gi", "{rows:?}");
+    ensure!(rows[0][1] == a.advertise && rows[0][4] == "0/2" && rows[0][5] == "0/4Gi", "{rows:?}");
     let id = a.id();
     ensure!(id.len() == 16, "the node id is kept in the data dir: {id:?}");
     let (ok, out, _) = berthctl(&servers, &["node", "inspect", "alpha"])?;

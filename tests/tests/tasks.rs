@@ -1,8 +1,11 @@
 //! Services run as containers on the agents: three berth-servers, two
 //! berth-agents (each with its own data dir, run dir and cgroup parent)
-//! pulling from a docker-registry on loopback. Tasks start, a killed
-//! container is restarted by its agent, scaling down stops the highest
-//! slots, and removing the service leaves no container anywhere.
+//! pulling from a docker-registry on loopback. Tasks start, their logs are
+//! gathered from both nodes, a killed container is restarted by its agent,
+//! a frozen node's tasks move, a changed spec rolls out one task at a time
+//! (each new one running before an old one stops), a scale survives the
+//! leader's kill -9, scaling down stops the highest slots, removing the
+//! service leaves no container anywhere, and `events` saw it all.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,6 +34,23 @@ fn tasks(servers: &[String], service: &str) -> Option<BTreeMap<String, (String, 
     )
 }
 
+/// Every task from `service ps -o json`, stopped ones too: (id, desired, state).
+fn all_tasks(servers: &[String], service: &str) -> Option<Vec<(String, String, String)>> {
+    let (ok, out, _) = berthctl(servers, &["service", "ps", service, "-o", "json"]).ok()?;
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).ok().filter(|_| ok)?;
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    Some(list.iter().map(|t| (s(&t["task"]["id"]), s(&t["task"]["desired"]), s(&t["task"]["state"]))).collect())
+}
+
+/// A berthctl that runs until stopped (`events`, `logs -f`), output to `log`.
+fn berthctl_background(servers: &[String], log: std::path::PathBuf, args: &[&str]) -> Result<Process> {
+    let mut p = Process::new(log);
+    p.start(
+        std::process::Command::new(berth_tests::bin("berthctl")).env("BERTH_SERVER", servers.join(",")).args(args),
+    )?;
+    Ok(p)
+}
+
 /// Containers on both agents, by name: (agent index, state, pid).
 fn containers(agents: &[&Agent]) -> BTreeMap<String, (usize, String, i64)> {
     let mut out = BTreeMap::new();
@@ -45,22 +65,21 @@ fn containers(agents: &[&Agent]) -> BTreeMap<String, (usize, String, i64)> {
 
 /// Runs until stopped, and stops at once on SIGTERM (as PID 1 a shell
 /// has no default action for it, so it traps it).
-const SERVE: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
+const SERVE: &str = "trap 'exit 0' TERM; echo serving; while true; do sleep 0.2; done";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
     let registry = Registry::start().await?;
     Image::busybox()?.push(&registry.addr, "busybox", "v1").await?;
     let image = format!("{}/busybox:v1", registry.addr);
-    let cluster = Cluster::start(3, &[]).await?;
+    let mut cluster = Cluster::start(3, &[]).await?;
     let servers = cluster.addrs();
+    let events = berthctl_background(&servers, cluster.dir.path().join("events.log"), &["events"])?;
     let (a, b) = (Agent::new(Some(&registry)), Agent::new(Some(&registry)));
     // Declared after the agents, so the daemons stop before the agents clean up.
     let mut daemons = Vec::new();
     for (agent, name) in [(&a, "alpha"), (&b, "beta")] {
-        let mut p = Process::new(agent.data.path().join("daemon.log"));
-        p.start(&mut agent.command(&["--server", &servers.join(","), "--name", name, "--heartbeat-ms", "300"]))?;
-        daemons.push(p);
+        daemons.push(agent.join(&servers, name, &[])?);
     }
     let (ok, out, err) = berthctl(
         &servers,
@@ -78,7 +97,21 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
     let on_hosts = containers(&[&a, &b]);
     ensure!(on_hosts.keys().collect::<Vec<_>>() == running.keys().collect::<Vec<_>>(), "{on_hosts:?} vs {running:?}");
 
-    // Kill one container's process: its agent starts it again.
+    // Logs come from both nodes, each line tagged with its task and node.
+    let (ok, out, err) = berthctl(&servers, &["service", "logs", "web"])?;
+    ensure!(ok, "{err}");
+    for (task, (node, _, _)) in &running {
+        ensure!(out.lines().filter(|l| *l == format!("{task}@{node} | serving")).count() == 1, "{task}: {out}");
+    }
+    let (ok, out, err) = berthctl(&servers, &["service", "logs", "web", "--tail", "0"])?;
+    ensure!(ok && out.is_empty(), "{out}{err}");
+    let (ok, _, err) = berthctl(&servers, &["service", "logs", "nosuch"])?;
+    ensure!(!ok && err.contains("not found"), "{err}");
+    let follow =
+        berthctl_background(&servers, cluster.dir.path().join("follow.log"), &["service", "logs", "-f", "web"])?;
+
+    // Kill one container's process: its agent starts it again, and the
+    // follower prints what the new run writes.
     let (victim, (_, _, pid)) = on_hosts.iter().next().context("a container")?;
     std::process::Command::new("kill").args(["-9", &pid.to_string()]).status()?;
     wait_for(Duration::from_secs(30), "the killed task to run again", async || {
@@ -87,6 +120,14 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
         (state == "running" && *restarts >= 1).then_some(())
     })
     .await?;
+    wait_for(Duration::from_secs(30), "the restarted task's line in logs -f", async || {
+        let text = follow.log_text();
+        (text.lines().filter(|l| l.starts_with(&format!("{victim}@")) && l.ends_with("| serving")).count() == 2)
+            .then_some(())
+    })
+    .await
+    .with_context(|| follow.log_text())?;
+    drop(follow);
 
     // A node that stops answering: its tasks come up on the other node;
     // when it answers again it stops what is no longer its own, and the
@@ -103,6 +144,60 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
         (c.len() == 3 && c.values().all(|(agent, state, _)| *agent == 1 && state == "running")).then_some(())
     })
     .await?;
+
+    // A changed spec rolls out one task at a time, start-first: at every
+    // look at least 3 tasks run and at most one new one is on its way.
+    let spec = cluster.dir.path().join("web.yaml");
+    let v2 = SERVE.replace("serving", "serving v2");
+    std::fs::write(
+        &spec,
+        format!("name: web\nimage: {image}\nreplicas: 3\ncommand: [sh, -c, {}]\n", serde_json::to_string(&v2)?),
+    )?;
+    let before: Vec<String> = tasks(&servers, "web").context("tasks")?.into_keys().collect();
+    let (ok, out, err) = berthctl(&servers, &["apply", "-f", spec.to_str().context("path")?])?;
+    ensure!(ok && out.contains("updated"), "{out}{err}");
+    wait_for(Duration::from_secs(120), "the update to roll out", async || {
+        let all = all_tasks(&servers, "web")?;
+        let running = all.iter().filter(|(_, _, state)| state == "running").count();
+        let coming = all.iter().filter(|(id, d, st)| d == "running" && st != "running" && !before.contains(id)).count();
+        assert!(running >= 3 && coming <= 1, "not start-first, one at a time: {all:?}");
+        let new = all.iter().filter(|(id, d, st)| d == "running" && st == "running" && !before.contains(id)).count();
+        (new == 3 && running == 3).then_some(())
+    })
+    .await?;
+    let (ok, out, err) = berthctl(&servers, &["service", "logs", "web"])?;
+    ensure!(ok && out.matches("| serving v2").count() == 3, "{out}{err}");
+
+    // `events` saw services, nodes and tasks change.
+    let seen = events.log_text();
+    for line in [
+        " service create web ",
+        " node register alpha ",
+        " node down alpha ",
+        " node ready alpha ",
+        " service update web ",
+        " task assign web.1.1 node=",
+        " task running web.1.1 ",
+        " task restart ",
+        " task stop ",
+        " task remove ",
+    ] {
+        ensure!(seen.contains(line), "no {line:?} in events:\n{seen}");
+    }
+    drop(events);
+
+    // Kill -9 the leader right after a scale is committed: the new leader
+    // finishes it.
+    let leader = cluster.leader().await?;
+    let (ok, out, err) = berthctl(&servers, &["service", "scale", "web=6"])?;
+    ensure!(ok, "{out}{err}");
+    cluster.servers[leader].kill9();
+    wait_for(Duration::from_secs(60), "6 tasks running after the leader died", async || {
+        let t = tasks(&servers, "web")?;
+        (t.len() == 6 && t.values().all(|(_, s, _)| s == "running")).then_some(())
+    })
+    .await
+    .with_context(|| cluster.logs())?;
 
     // Scale down: the highest slots go, their containers with them.
     let (ok, _, err) = berthctl(&servers, &["service", "create", "web", "--image", &image])?;
@@ -136,8 +231,7 @@ async fn a_task_that_keeps_failing_is_restarted_with_backoff() -> Result<()> {
     let cluster = Cluster::start(3, &[]).await?;
     let servers = cluster.addrs();
     let agent = Agent::new(Some(&registry));
-    let mut daemon = Process::new(agent.data.path().join("daemon.log"));
-    daemon.start(&mut agent.command(&["--server", &servers.join(","), "--name", "solo", "--heartbeat-ms", "300"]))?;
+    let daemon = agent.join(&servers, "solo", &[])?;
     let (ok, out, err) =
         berthctl(&servers, &["service", "create", "crash", "--image", &image, "--", "sh", "-c", "exit 1"])?;
     ensure!(ok, "{out}{err}");

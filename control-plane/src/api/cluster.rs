@@ -161,7 +161,10 @@ impl Cluster for ClusterApi {
 
     type ServiceLogsStream = ReceiverStream<Result<LogLines, Status>>;
 
-    async fn service_logs(&self, req: Request<ServiceLogsRequest>) -> Result<Response<Self::ServiceLogsStream>, Status> {
+    async fn service_logs(
+        &self,
+        req: Request<ServiceLogsRequest>,
+    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
         let req = req.into_inner();
         name_arg(&req.service)?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);

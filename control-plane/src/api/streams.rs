@@ -81,7 +81,11 @@ fn nodes_for(state: &State, service: &str, follow: bool) -> Result<Vec<(String, 
 }
 
 /// Starts the fan-in; the stream ends when every node's has.
-pub fn service_logs(node: &Node, req: ServiceLogsRequest, tx: mpsc::Sender<Result<LogLines, Status>>) -> Result<(), Status> {
+pub fn service_logs(
+    node: &Node,
+    req: ServiceLogsRequest,
+    tx: mpsc::Sender<Result<LogLines, Status>>,
+) -> Result<(), Status> {
     let state = state_of(node)?;
     let nodes = nodes_for(&state, &req.service, req.follow)?;
     let ask = TaskLogsRequest {
@@ -164,7 +168,11 @@ mod tests {
         }
         let names = |v: Vec<(String, String)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
         assert_eq!(names(nodes_for(&s, "web", false).unwrap()), ["host-n1"], "n3 is down, n2 runs none");
-        assert_eq!(names(nodes_for(&s, "web", true).unwrap()), ["host-n1", "host-n2"], "a follow watches every ready node");
+        assert_eq!(
+            names(nodes_for(&s, "web", true).unwrap()),
+            ["host-n1", "host-n2"],
+            "a follow watches every ready node"
+        );
         assert_eq!(nodes_for(&s, "api", false).unwrap_err().code(), tonic::Code::NotFound);
     }
 }

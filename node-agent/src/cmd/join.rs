@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use berth_node_agent::tasks::logs::NodeApi;
 use berth_node_agent::tasks::worker::{self, Local};
-use berth_proto::pb::agent::node_server::NodeServer;
 use berth_proto::pb::agent::agent_client::AgentClient;
+use berth_proto::pb::agent::node_server::NodeServer;
 use berth_proto::pb::agent::{HeartbeatRequest, NodeCapacity, RegisterRequest};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
@@ -56,9 +56,8 @@ pub async fn join(local: Local, data_dir: &Path, args: JoinArgs) -> anyhow::Resu
     let period = Duration::from_millis(args.heartbeat_ms.max(10));
     let mut servers = Servers::new(&args.servers)?;
     let listen = listen_address(args.listen.as_deref(), &request.advertise_address)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen} (--listen)"))?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen} (--listen)"))?;
     let api = tonic::transport::Server::builder()
         .add_service(NodeServer::new(NodeApi { runtime: local.runtime.clone() }))
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)));
