@@ -223,6 +223,9 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
     Ok(())
 }
 
+/// Fails at once, after saying whether an earlier run's file is still there.
+const CRASH: &str = "test -e /marker && echo marker seen; touch /marker; echo attempt; exit 1";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_that_keeps_failing_is_restarted_with_backoff() -> Result<()> {
     let registry = Registry::start().await?;
@@ -233,7 +236,7 @@ async fn a_task_that_keeps_failing_is_restarted_with_backoff() -> Result<()> {
     let agent = Agent::new(Some(&registry));
     let daemon = agent.join(&servers, "solo", &[])?;
     let (ok, out, err) =
-        berthctl(&servers, &["service", "create", "crash", "--image", &image, "--", "sh", "-c", "exit 1"])?;
+        berthctl(&servers, &["service", "create", "crash", "--image", &image, "--", "sh", "-c", CRASH])?;
     ensure!(ok, "{out}{err}");
     // Restarts at once, then after 0.1, 0.2, 0.4, 0.8, 1.6, 3.2 s...: about
     // seven in the first 6.3 s, and never a tight loop.
@@ -251,6 +254,9 @@ async fn a_task_that_keeps_failing_is_restarted_with_backoff() -> Result<()> {
     ensure!((restarts as f64) <= bound, "{restarts} restarts in {elapsed:.1}s: more than backoff allows ({bound:.1})");
     let (ok, out, _) = berthctl(&servers, &["service", "ps", "crash"])?;
     ensure!(ok && (out.contains("exited") || out.contains("running")), "{out}");
+    // Each run starts on a fresh writable layer, and the log keeps every run.
+    let (ok, out, err) = berthctl(&servers, &["service", "logs", "crash"])?;
+    ensure!(ok && out.matches("| attempt").count() >= 4 && !out.contains("marker seen"), "{out}{err}");
     drop(daemon);
     Ok(())
 }

@@ -294,6 +294,28 @@ impl Runtime {
         }
     }
 
+    /// Readies a container that has stopped for a fresh start: a clean
+    /// writable layer, as a new container would have (a task that crashed
+    /// on what it wrote must not meet it again), but the same config and
+    /// the same log, so its earlier runs' output stays readable.
+    pub fn renew(&self, name: &str) -> Result<(), RuntimeError> {
+        let dirs = self.dirs(name);
+        match self.get(name)?.status {
+            Status::Running(_) => return Err(RuntimeError::Running(name.to_owned())),
+            Status::Lost => shim::cleanup(&dirs, None),
+            Status::Created | Status::Exited(_) => {}
+        }
+        berth_monitor::remove_run_dir(&dirs).map_err(io_err(&dirs.run))?;
+        for layer in ["upper", "work"] {
+            let dir = dirs.data.join(layer);
+            match fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&dir)(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the container and everything it left; a running one only
     /// with `force` (it is killed first).
     pub async fn remove(&self, name: &str, force: bool) -> Result<(), RuntimeError> {

@@ -181,14 +181,20 @@ async fn work(local: &Arc<Local>, want: &BTreeMap<String, AssignedTask>, books: 
     }
 }
 
-/// Creates and starts the task's container (after removing the old one
-/// when restarting); `exits` is told when it ends, so a restart does not
-/// wait for the next tick. Errors carry the task id.
+/// Creates and starts the task's container, or when restarting starts its
+/// container again on a fresh writable layer, keeping its log; `exits` is
+/// told when it ends, so a restart does not wait for the next tick. Errors
+/// carry the task id.
 async fn start(local: Arc<Local>, spec: AssignedTask, again: bool, exits: Arc<Notify>) -> Result<(), (String, String)> {
     let task = spec.id.clone();
     let fail = |why: String| (task.clone(), why);
-    if again {
-        local.runtime.remove(&task, true).await.map_err(|e| fail(e.to_string()))?;
+    if again && local.runtime.renew(&task).is_ok() {
+        return launch(&local, &task, exits).await;
+    }
+    // No container to start again (or it would not renew): a new one.
+    match local.runtime.remove(&task, true).await {
+        Err(crate::runtime::RuntimeError::NotFound(_)) | Ok(()) => {}
+        Err(e) => return Err(fail(e.to_string())),
     }
     let reference: ImageRef = spec.image.parse().map_err(|e: crate::image::BadReference| fail(e.to_string()))?;
     let image = local
@@ -218,7 +224,11 @@ async fn start(local: Arc<Local>, spec: AssignedTask, again: bool, exits: Arc<No
         task: Some(task.clone()),
     };
     local.runtime.create(&config).map_err(|e| fail(e.to_string()))?;
-    let mut shim = local.runtime.start(&task).await.map_err(|e| fail(e.to_string()))?;
+    launch(&local, &task, exits).await
+}
+
+async fn launch(local: &Local, task: &str, exits: Arc<Notify>) -> Result<(), (String, String)> {
+    let mut shim = local.runtime.start(task).await.map_err(|e| (task.to_owned(), e.to_string()))?;
     info!(%task, pid = shim.pid, "task started");
     tokio::spawn(async move {
         shim.exited().await;
