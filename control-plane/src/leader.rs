@@ -1,8 +1,11 @@
-//! Work the leader does on its own, on a timer: turning agents' heartbeats
-//! into node status changes, and running the reconciler so that tasks
-//! follow services. Every server runs the loop; it acts only while its
-//! server leads, and each pass sees the state after the previous pass's
-//! commit (the reconciler's decisions are checked again on apply anyway).
+//! Work the leader does on its own: turning agents' heartbeats into node
+//! status changes, and running the reconciler so that tasks follow
+//! services. A pass runs when the applied log moves (a service changed, an
+//! agent reported), or every `PERIOD` for liveness, with at least `GAP`
+//! between passes so a burst of commits makes one pass, not many. Every
+//! server runs the loop; it acts only while its server leads, and each
+//! pass sees the state after the previous pass's commit (the reconciler's
+//! decisions are checked again on apply anyway).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,23 +16,25 @@ use crate::node::Node;
 use crate::reconciler::reconcile;
 use crate::state::{now_ms, Command, Response};
 
-/// How often the leader looks at liveness and tasks.
+/// How often the leader looks at liveness (and tasks) without news.
 pub const PERIOD: Duration = Duration::from_millis(200);
+/// The least time between two passes.
+const GAP: Duration = Duration::from_millis(10);
 
 pub async fn run(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(PERIOD);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The log position the reconciler last found nothing to do at.
-    let mut at_rest = None;
+    // The log position the last pass looked at, and the one at which the
+    // reconciler last found nothing to do.
+    let (mut seen, mut at_rest) = (None, None);
     loop {
-        tick.tick().await;
-        let nodes = match node.applied.read() {
-            Ok(applied) => applied.state.nodes.clone(),
-            Err(_) => return,
-        };
-        let Some(transitions) = node.with_liveness(|l| {
-            l.retain(&nodes);
-            l.transitions(&nodes, std::time::Instant::now())
+        tokio::time::sleep(GAP).await;
+        node.applied_after(seen, PERIOD).await;
+        seen = node.metrics().last_applied;
+        let Some(transitions) = node.with_liveness(|l| match node.applied.read() {
+            Ok(applied) => {
+                l.retain(&applied.state.nodes);
+                l.transitions(&applied.state.nodes, std::time::Instant::now())
+            }
+            Err(_) => Vec::new(),
         }) else {
             at_rest = None;
             continue;
@@ -53,6 +58,13 @@ pub async fn run(node: Arc<Node>) {
         }
         let count = changes.len();
         match node.write(Command::Reconcile { changes, at_ms: now_ms() }).await {
+            Ok(Response::Reconciled { applied: 0 }) => {
+                // Nothing held when applied: the state moved under the
+                // decision. Not again at once (a reconciler that disagreed
+                // with apply would otherwise write in a tight loop).
+                debug!(count, "no reconcile change applied");
+                tokio::time::sleep(PERIOD).await;
+            }
             Ok(Response::Reconciled { applied }) => debug!(count, applied, "reconciled"),
             Ok(other) => warn!("unexpected reply to a reconcile: {other:?}"),
             Err(e) => warn!("reconciling: {e}"),
