@@ -223,7 +223,11 @@ async fn start(local: Arc<Local>, spec: AssignedTask, again: bool, exits: Arc<No
         created_at_ms: record::now_ms(),
         task: Some(task.clone()),
     };
-    local.runtime.create(&config).map_err(|e| fail(e.to_string()))?;
+    // Creating syncs the config to disk: off the agent's one thread, so
+    // the syncs of tasks starting together overlap.
+    let runtime = local.runtime.clone();
+    let created = tokio::task::spawn_blocking(move || runtime.create(&config)).await;
+    created.map_err(|e| fail(e.to_string()))?.map_err(|e| fail(e.to_string()))?;
     launch(&local, &task, exits).await
 }
 
