@@ -61,9 +61,10 @@ export BERTH_AGENT_DATA_DIR=$work/agent BERTH_AGENT_RUN_DIR=/run/berth-swarm-ben
 pids+=($!)
 ctl() { "$bin/berthctl" "$@"; }
 # Tasks of web meant to run: how many run; and "STATE RESTARTS" of one task.
+# (Polled with awk, as Swarm's side is with grep: a python3 per poll would
+# take CPU from the very containers being started.)
 berth_running() {
-  [ "$(ctl service ps web -o json | python3 -c 'import json,sys
-print(sum(t["task"]["desired"] == "running" and t["task"]["state"] == "running" for t in json.load(sys.stdin)))')" -ge "$1" ]
+  [ "$(ctl service ps web | awk '$4 == "running" && $5 == "running"' | wc -l)" -ge "$1" ]
 }
 berth_restarted() {
   ctl service ps web -o json | python3 -c 'import json,sys
