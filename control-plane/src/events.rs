@@ -119,7 +119,7 @@ pub fn diff(old: &State, new: &State) -> Vec<Event> {
             }
             out.push(e);
         }
-        if before.restarts != t.restarts {
+        if t.restarts > before.restarts {
             out.push(task("restart").with("restarts", t.restarts).with("node", node_name(t).unwrap_or_default()));
         }
     }

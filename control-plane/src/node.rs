@@ -148,7 +148,12 @@ impl Node {
     /// for agents, events for people) wake on this instead of polling.
     pub async fn applied_after(&self, seen: Option<LogId>, limit: Duration) -> Option<LogId> {
         let mut metrics = self.raft.metrics();
-        let _ = tokio::time::timeout(limit, metrics.wait_for(|m| m.last_applied != seen)).await;
+        let stopped =
+            matches!(tokio::time::timeout(limit, metrics.wait_for(|m| m.last_applied != seen)).await, Ok(Err(_)));
+        if stopped {
+            // Raft has stopped: nothing will move again; do not let callers spin.
+            tokio::time::sleep(limit).await;
+        }
         let applied = metrics.borrow().last_applied;
         applied
     }

@@ -212,6 +212,8 @@ mod tests {
         assert_eq!(s.tasks[&t.id].since_ms, 2000, "an unchanged report is not a change");
         apply(&mut s, &report(TaskState::Running, 3, 4000));
         assert_eq!(s.tasks[&t.id].since_ms, 4000, "a restart is");
+        apply(&mut s, &report(TaskState::Running, 0, 5000));
+        assert_eq!((s.tasks[&t.id].restarts, s.tasks[&t.id].since_ms), (3, 4000), "a count never goes back");
 
         let list = assigned(&s, &node.id).tasks;
         assert_eq!(list.len(), 1);

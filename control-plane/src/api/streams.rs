@@ -27,6 +27,8 @@ use crate::state::{now_ms, Rejection, State};
 /// How long an events stream waits for a change before checking that its
 /// caller is still there.
 const IDLE: Duration = Duration::from_secs(5);
+/// The largest message accepted from an agent (it sends at most 1 MiB of lines).
+const MAX_BATCH: usize = 8 << 20;
 
 fn state_of(node: &Node) -> Result<State, Status> {
     node.applied.read().map(|a| a.state.clone()).map_err(|_| Status::internal("state lock poisoned"))
@@ -60,9 +62,17 @@ pub async fn events(node: Arc<Node>, tx: mpsc::Sender<Result<Event, Status>>) {
     }
 }
 
-/// The nodes to ask for a service's logs, by (name, address); a NOT_FOUND
-/// status when there is no such service.
-fn nodes_for(state: &State, service: &str, follow: bool) -> Result<Vec<(String, String)>, Status> {
+/// Where a service's logs are.
+#[derive(Debug, PartialEq)]
+struct Sources {
+    /// The nodes to ask, by (name, address).
+    ready: Vec<(String, String)>,
+    /// Down nodes that hold some of its tasks, by name.
+    down: Vec<String>,
+}
+
+/// A NOT_FOUND status when there is no such service.
+fn nodes_for(state: &State, service: &str, follow: bool) -> Result<Sources, Status> {
     if !state.services.contains_key(service) && !state.tasks.values().any(|t| t.service == service) {
         return Err(Rejection::NotFound(service.to_owned()).into());
     }
@@ -72,12 +82,19 @@ fn nodes_for(state: &State, service: &str, follow: bool) -> Result<Vec<(String, 
         .filter(|t| t.service == service && (t.desired == Desired::Running || follow))
         .filter_map(|t| t.node.as_ref())
         .collect();
-    Ok(state
+    let ready = state
         .nodes
         .values()
         .filter(|n| n.status == NodeStatus::Ready && (follow || hosts.contains(&&n.id)))
         .map(|n| (n.name.clone(), n.address.clone()))
-        .collect())
+        .collect();
+    let down = state
+        .nodes
+        .values()
+        .filter(|n| n.status == NodeStatus::Down && hosts.contains(&&n.id))
+        .map(|n| n.name.clone())
+        .collect();
+    Ok(Sources { ready, down })
 }
 
 /// Starts the fan-in; the stream ends when every node's has.
@@ -87,7 +104,11 @@ pub fn service_logs(
     tx: mpsc::Sender<Result<LogLines, Status>>,
 ) -> Result<(), Status> {
     let state = state_of(node)?;
-    let nodes = nodes_for(&state, &req.service, req.follow)?;
+    let Sources { ready: nodes, down } = nodes_for(&state, &req.service, req.follow)?;
+    for name in down {
+        let warning = format!("node {name} is down: the logs of its tasks cannot be read now");
+        let _ = tx.try_send(Ok(LogLines { lines: vec![], warning }));
+    }
     let ask = TaskLogsRequest {
         service: req.service,
         follow: req.follow,
@@ -103,14 +124,19 @@ pub fn service_logs(
 async fn from_node(name: String, address: String, ask: TaskLogsRequest, tx: mpsc::Sender<Result<LogLines, Status>>) {
     let warn = |why: String| LogLines { lines: vec![], warning: format!("node {name} ({address}): {why}") };
     let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
-        Ok(e) => e.connect_timeout(Duration::from_secs(2)),
+        // Pings notice an agent that hangs (a frozen host) mid-stream.
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true),
         Err(e) => {
             let _ = tx.send(Ok(warn(format!("bad address: {e}")))).await;
             return;
         }
     };
     let stream = match endpoint.connect().await {
-        Ok(channel) => NodeClient::new(channel).task_logs(ask).await,
+        Ok(channel) => NodeClient::new(channel).max_decoding_message_size(MAX_BATCH).task_logs(ask).await,
         Err(e) => Err(Status::unavailable(format!("cannot connect: {e}"))),
     };
     let mut stream = match stream {
@@ -121,7 +147,13 @@ async fn from_node(name: String, address: String, ask: TaskLogsRequest, tx: mpsc
         }
     };
     loop {
-        let batch = match stream.message().await {
+        // A follow on a quiet node sends nothing for a long time: the
+        // caller going away must end it all the same.
+        let message = tokio::select! {
+            _ = tx.closed() => return,
+            m = stream.message() => m,
+        };
+        let batch = match message {
             Ok(Some(batch)) => LogLines {
                 lines: batch
                     .lines
@@ -166,13 +198,11 @@ mod tests {
             t.node = Some(node.into());
             s.tasks.insert(t.id.clone(), t);
         }
-        let names = |v: Vec<(String, String)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
-        assert_eq!(names(nodes_for(&s, "web", false).unwrap()), ["host-n1"], "n3 is down, n2 runs none");
-        assert_eq!(
-            names(nodes_for(&s, "web", true).unwrap()),
-            ["host-n1", "host-n2"],
-            "a follow watches every ready node"
-        );
+        let names = |v: Sources| (v.ready.into_iter().map(|(n, _)| n).collect::<Vec<_>>(), v.down);
+        let (ready, down) = names(nodes_for(&s, "web", false).unwrap());
+        assert_eq!((ready, down), (vec!["host-n1".to_owned()], vec!["host-n3".to_owned()]), "n2 runs none");
+        let (ready, _) = names(nodes_for(&s, "web", true).unwrap());
+        assert_eq!(ready, ["host-n1", "host-n2"], "a follow watches every ready node");
         assert_eq!(nodes_for(&s, "api", false).unwrap_err().code(), tonic::Code::NotFound);
     }
 }

@@ -80,12 +80,15 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
             let mut applied = 0;
             for r in reports {
                 if let Some(t) = state.tasks.get_mut(&r.id).filter(|t| t.node.as_ref() == Some(node)) {
-                    if t.state != r.state || t.restarts != r.restarts {
+                    // Restarts only add up: an agent that lost count (it
+                    // restarted, or reports a task it stopped) does not reset it.
+                    let restarts = t.restarts.max(r.restarts);
+                    if t.state != r.state || t.restarts != restarts {
                         t.since_ms = *at_ms;
                     }
                     t.state = r.state;
                     t.exit_code = r.exit_code;
-                    t.restarts = r.restarts;
+                    t.restarts = restarts;
                     if !r.message.is_empty() || r.state == TaskState::Running {
                         t.message = r.message.clone();
                     }

@@ -56,8 +56,16 @@ pub async fn join(local: Local, data_dir: &Path, args: JoinArgs) -> anyhow::Resu
     let period = Duration::from_millis(args.heartbeat_ms.max(10));
     let mut servers = Servers::new(&args.servers)?;
     let listen = listen_address(args.listen.as_deref(), &request.advertise_address)?;
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen} (--listen)"))?;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        // An advertised address this host does not have (NAT, a cloud
+        // public IP): listen on every address, on its port.
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable && args.listen.is_none() => {
+            let any = SocketAddr::from(([0, 0, 0, 0], listen.port()));
+            warn!("{listen} is not an address of this host; listening on {any} (set --listen to choose)");
+            tokio::net::TcpListener::bind(any).await.with_context(|| format!("listening on {any}"))?
+        }
+        other => other.with_context(|| format!("listening on {listen} (--listen)"))?,
+    };
     let api = tonic::transport::Server::builder()
         .add_service(NodeServer::new(NodeApi { runtime: local.runtime.clone() }))
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)));

@@ -5,8 +5,9 @@
 //! Logs are read from the files the containers' monitors write, so a
 //! stream costs the containers nothing. A follow stream lists the node's
 //! containers every `FOLLOW_POLL` to pick up tasks that start later, and
-//! keeps reading a task across restarts (its live file is replaced; the
-//! follower notices the new inode and starts it from the top).
+//! keeps reading a task across restarts (a restart keeps the container and
+//! appends to its log; after a rotation the follower notices the new inode
+//! and reads the new file from the top).
 //!
 //! File reads block, and the agent runs on one thread; each stream runs on
 //! tokio's blocking pool, so a large log never stalls the task worker.
@@ -25,8 +26,9 @@ use crate::runtime::logs::{self, Follower, LogLine, Stream};
 use crate::runtime::{Container, Runtime};
 
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
-/// Lines per message, so a long log is not one huge message.
-const BATCH: usize = 1000;
+/// Bytes of text per message (at least one line), so a long log is not
+/// one huge message.
+const BATCH_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct NodeApi {
@@ -70,14 +72,19 @@ fn send(tx: &mpsc::Sender<Result<TaskLogLines, Status>>, task: &str, lines: Vec<
         time: l.time,
         text: l.text,
     };
-    let mut lines = lines.into_iter().map(wire).peekable();
-    while lines.peek().is_some() {
-        let batch = TaskLogLines { lines: lines.by_ref().take(BATCH).collect() };
-        if tx.blocking_send(Ok(batch)).is_err() {
-            return false;
+    let mut batch = TaskLogLines::default();
+    let mut size = 0;
+    for line in lines.into_iter().map(wire) {
+        size += line.text.len() + line.time.len() + 16;
+        batch.lines.push(line);
+        if size >= BATCH_BYTES {
+            if tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err() {
+                return false;
+            }
+            size = 0;
         }
     }
-    true
+    batch.lines.is_empty() || tx.blocking_send(Ok(batch)).is_ok()
 }
 
 fn stream(runtime: &Runtime, req: &TaskLogsRequest, tx: &mpsc::Sender<Result<TaskLogLines, Status>>) {

@@ -173,7 +173,8 @@ async fn work(local: &Arc<Local>, want: &BTreeMap<String, AssignedTask>, books: 
     for job in jobs {
         if let Ok(Err((task, why))) = job.await {
             warn!(%task, "{why}");
-            let tries = books.streaks.entry(task.clone()).or_default();
+            let counted = want.get(&task).map_or(0, |t| t.restarts);
+            let tries = books.streaks.entry(task.clone()).or_insert((0, counted));
             tries.0 += 1;
             let retry_at = now + restart::delay(tries.0).as_millis() as u64;
             books.failed.insert(task, (retry_at, why));
@@ -188,8 +189,12 @@ async fn work(local: &Arc<Local>, want: &BTreeMap<String, AssignedTask>, books: 
 async fn start(local: Arc<Local>, spec: AssignedTask, again: bool, exits: Arc<Notify>) -> Result<(), (String, String)> {
     let task = spec.id.clone();
     let fail = |why: String| (task.clone(), why);
-    if again && local.runtime.renew(&task).is_ok() {
-        return launch(&local, &task, exits).await;
+    if again {
+        // Removing the old writable layer may take a while: off the agent's thread.
+        let (runtime, name) = (local.runtime.clone(), task.clone());
+        if let Ok(Ok(())) = tokio::task::spawn_blocking(move || runtime.renew(&name)).await {
+            return launch(&local, &task, exits).await;
+        }
     }
     // No container to start again (or it would not renew): a new one.
     match local.runtime.remove(&task, true).await {
@@ -290,7 +295,8 @@ fn reports(local: &Local, want: &BTreeMap<String, AssignedTask>, books: &mut Boo
         });
     }
     for task in books.stopped.iter().filter(|t| !have.contains_key(*t)) {
-        out.push(TaskReport { id: task.clone(), state: "shutdown".into(), ..Default::default() });
+        let restarts = books.streaks.get(task).map_or(0, |s| s.1);
+        out.push(TaskReport { id: task.clone(), state: "shutdown".into(), restarts, ..Default::default() });
     }
     out
 }
