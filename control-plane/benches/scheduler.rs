@@ -27,6 +27,8 @@ fn nodes(n: usize) -> Vec<NodeView> {
             },
             allocated: Resources::default(),
             tasks: BTreeMap::new(),
+            // A /24 per node.
+            addresses_left: Some(253),
         })
         .collect()
 }

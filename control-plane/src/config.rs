@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use berth_proto::model::{Cidr, NetworkConfig};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +59,14 @@ pub struct Args {
     /// agents' 1 s heartbeat a dead node is seen within 5 s).
     #[arg(long, env = "BERTH_NODE_DOWN_AFTER_MS")]
     pub node_down_after_ms: Option<u64>,
+    /// Containers' addresses come from this network, one subnet per node
+    /// (default 10.42.0.0/16). Set once, by the cluster's first leader;
+    /// later values are ignored with a warning.
+    #[arg(long, env = "BERTH_CLUSTER_CIDR")]
+    pub cluster_cidr: Option<String>,
+    /// Prefix length of each node's subnet (default 24: 253 containers a node)
+    #[arg(long, env = "BERTH_NODE_SUBNET_PREFIX")]
+    pub node_subnet_prefix: Option<u8>,
 }
 
 /// Settings after merging flags, environment, file and defaults.
@@ -75,6 +84,7 @@ pub struct Config {
     pub keep_logs: u64,
     pub request_timeout: Duration,
     pub node_down_after: Duration,
+    pub network: NetworkConfig,
 }
 
 impl Args {
@@ -105,6 +115,10 @@ impl Args {
             keep_logs: self.keep_logs.or(file.keep_logs).unwrap_or(1_000),
             request_timeout: ms(self.request_timeout_ms, file.request_timeout_ms, 5_000),
             node_down_after: ms(self.node_down_after_ms, file.node_down_after_ms, 4_000),
+            network: network(
+                self.cluster_cidr.or(file.cluster_cidr),
+                self.node_subnet_prefix.or(file.node_subnet_prefix),
+            )?,
         };
         if cfg.node_down_after.is_zero() {
             bail!("--node-down-after-ms must be more than 0");
@@ -124,6 +138,16 @@ impl Args {
         }
         Ok(cfg)
     }
+}
+
+fn network(cidr: Option<String>, node_prefix: Option<u8>) -> Result<NetworkConfig> {
+    let default = NetworkConfig::DEFAULT;
+    let cidr: Cidr = match cidr {
+        Some(c) => c.parse().map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?,
+        None => default.cidr,
+    };
+    NetworkConfig::new(cidr, node_prefix.unwrap_or(default.node_prefix))
+        .map_err(|e| anyhow::anyhow!("--node-subnet-prefix: {e}"))
 }
 
 impl Config {

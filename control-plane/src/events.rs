@@ -182,6 +182,7 @@ mod tests {
             capacity: Resources { cpu_millis: 1000, memory_bytes: 1 << 30 },
             status: NodeStatus::Ready,
             availability: Availability::Active,
+            subnet: None,
         };
         assert_eq!(
             step(&mut s, Command::RegisterNode(node.clone())),

@@ -25,6 +25,7 @@ pub async fn run(node: Arc<Node>) {
     // The log position the last pass looked at, and the one at which the
     // reconciler last found nothing to do.
     let (mut seen, mut at_rest) = (None, None);
+    let mut warned = false;
     loop {
         tokio::time::sleep(GAP).await;
         node.applied_after(seen, PERIOD).await;
@@ -39,6 +40,20 @@ pub async fn run(node: Arc<Node>) {
             at_rest = None;
             continue;
         };
+        let network = node.applied.read().map(|a| a.state.network).ok().flatten();
+        match network {
+            None => match node.write(Command::InitNetwork(node.network)).await {
+                Ok(_) => {
+                    info!(cidr = %node.network.cidr, node_prefix = node.network.node_prefix, "cluster network set")
+                }
+                Err(e) => warn!("setting the cluster network: {e}"),
+            },
+            Some(set) if set != node.network && !warned => {
+                warn!(cidr = %set.cidr, "the cluster network was set before; --cluster-cidr/--node-subnet-prefix of this server are ignored");
+                warned = true;
+            }
+            Some(_) => {}
+        }
         for cmd in transitions {
             if let Command::SetNodeStatus { id, status } = &cmd {
                 info!(node = %id, %status, "node status");

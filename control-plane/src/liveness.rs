@@ -77,6 +77,7 @@ mod tests {
                     capacity: Default::default(),
                     status: *status,
                     availability: Availability::Active,
+                    subnet: None,
                 };
                 ((*id).into(), node)
             })

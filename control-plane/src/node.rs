@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use berth_proto::model::NetworkConfig;
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, RaftMetrics};
 use serde::{Deserialize, Serialize};
@@ -101,6 +102,8 @@ pub struct Node {
     /// for, and the tracker (see `liveness`).
     pub liveness: std::sync::Mutex<Option<(u64, Liveness)>>,
     pub node_down_after: Duration,
+    /// The network this server sets if it is the first leader.
+    pub network: NetworkConfig,
 }
 
 impl std::fmt::Debug for Node {
@@ -122,6 +125,7 @@ impl Node {
             join_lock: tokio::sync::Mutex::new(()),
             liveness: std::sync::Mutex::new(None),
             node_down_after: Duration::from_secs(4),
+            network: NetworkConfig::DEFAULT,
         }
     }
 

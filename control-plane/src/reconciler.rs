@@ -133,6 +133,13 @@ impl<'a> Plan<'a> {
 fn place(state: &State, stopping: &BTreeSet<&str>, created: &[Task]) -> Vec<TaskChange> {
     // Tasks told to stop still hold their share until they have stopped.
     let allocations = state.allocations();
+    // Addresses stay taken until their task is forgotten (see `state::ipam`).
+    let mut addressed: BTreeMap<&str, u64> = BTreeMap::new();
+    for t in state.tasks.values().filter(|t| t.address.is_some()) {
+        if let Some(n) = &t.node {
+            *addressed.entry(n.as_str()).or_default() += 1;
+        }
+    }
     let mut nodes: BTreeMap<&str, NodeView> = state
         .nodes
         .values()
@@ -145,6 +152,10 @@ fn place(state: &State, stopping: &BTreeSet<&str>, created: &[Task]) -> Vec<Task
                 capacity: n.capacity,
                 allocated: allocations.get(&n.id).map(|a| a.0).unwrap_or_default(),
                 tasks: BTreeMap::new(),
+                addresses_left: n.subnet.map(|s| {
+                    let held = addressed.get(n.id.as_str()).copied().unwrap_or(0);
+                    s.task_capacity().saturating_sub(held).min(u32::MAX as u64) as u32
+                }),
             };
             (n.id.as_str(), view)
         })

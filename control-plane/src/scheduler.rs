@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! filter: ready and active ─▶ constraints hold ─▶ CPU and memory fit what is unallocated
+//!         ─▶ its subnet has an address left
 //! score:  fewest tasks of this service on the node (spread)
 //!         ─▶ least allocated (dominant share of CPU or memory in use)
 //!         ─▶ node order (ties)
@@ -35,6 +36,8 @@ pub struct NodeView {
     pub allocated: Resources,
     /// How many tasks of each service it already carries.
     pub tasks: BTreeMap<String, u32>,
+    /// Task addresses its subnet has left; None when it hands out none.
+    pub addresses_left: Option<u32>,
 }
 
 /// A task to place.
@@ -172,6 +175,7 @@ impl Placer {
     fn place(&mut self, i: usize, shape: &Request, task: &Request, out: &mut Vec<Decision>) {
         let node = &mut self.nodes[i];
         node.allocated += shape.resources;
+        node.addresses_left = node.addresses_left.map(|n| n.saturating_sub(1));
         *node.tasks.entry(shape.service.clone()).or_default() += 1;
         *self.spread.entry(shape.service.clone()).or_default().entry(i).or_default() += 1;
         let before = self.loads[i];
@@ -197,6 +201,7 @@ enum Why {
     Constraint(usize),
     Cpu,
     Memory,
+    Addresses,
 }
 
 fn refusal(node: &NodeView, shape: &Request) -> Option<Why> {
@@ -213,6 +218,9 @@ fn refusal(node: &NodeView, shape: &Request) -> Option<Why> {
     if shape.resources.memory_bytes > free(node.capacity.memory_bytes, node.allocated.memory_bytes) {
         return Some(Why::Memory);
     }
+    if node.addresses_left == Some(0) {
+        return Some(Why::Addresses);
+    }
     None
 }
 
@@ -223,6 +231,7 @@ struct Refusals {
     constraint: BTreeMap<usize, usize>,
     cpu: usize,
     memory: usize,
+    addresses: usize,
 }
 
 impl Refusals {
@@ -232,6 +241,7 @@ impl Refusals {
             Why::Constraint(i) => *self.constraint.entry(i).or_default() += 1,
             Why::Cpu => self.cpu += 1,
             Why::Memory => self.memory += 1,
+            Why::Addresses => self.addresses += 1,
         }
     }
 
@@ -256,6 +266,9 @@ impl Refusals {
                 n(self.memory),
                 format_memory(shape.resources.memory_bytes)
             ));
+        }
+        if self.addresses > 0 {
+            parts.push(format!("{} no free address in their subnet", n(self.addresses)));
         }
         format!("no node fits: {}", parts.join(", "))
     }

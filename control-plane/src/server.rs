@@ -56,6 +56,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let raft = Raft::new(id, Arc::new(cfg.raft_config()?), network, log, sm).await.context("cannot start Raft")?;
     let mut node = Node::new(id, raft.clone(), applied, peers, cfg.request_timeout);
     node.node_down_after = cfg.node_down_after;
+    node.network = cfg.network;
     let node = Arc::new(node);
     let leader_work = tokio::spawn(crate::leader::run(node.clone()));
 

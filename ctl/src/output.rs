@@ -133,11 +133,15 @@ pub fn tasks(list: &[TaskInfo], format: Format, now: SystemTime) -> String {
                         ago(t.since_ms, now),
                         t.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
                         t.restarts.to_string(),
+                        t.address.map_or_else(|| "-".into(), |a| a.to_string()),
                         if t.message.is_empty() { "-".into() } else { t.message.clone() },
                     ]
                 })
                 .collect();
-            table(&["TASK", "IMAGE", "NODE", "DESIRED", "STATE", "SINCE", "EXIT", "RESTARTS", "MESSAGE"], &rows)
+            table(
+                &["TASK", "IMAGE", "NODE", "DESIRED", "STATE", "SINCE", "EXIT", "RESTARTS", "ADDRESS", "MESSAGE"],
+                &rows,
+            )
         }
     }
 }
@@ -181,10 +185,11 @@ pub fn nodes(list: &[NodeInfo], format: Format) -> String {
                             format_memory(n.capacity.memory_bytes)
                         ),
                         i.tasks.to_string(),
+                        n.subnet.map_or_else(|| "-".into(), |s| s.to_string()),
                     ]
                 })
                 .collect();
-            table(&["NAME", "ADDRESS", "STATUS", "AVAILABILITY", "CPUS", "MEMORY", "TASKS"], &rows)
+            table(&["NAME", "ADDRESS", "STATUS", "AVAILABILITY", "CPUS", "MEMORY", "TASKS", "SUBNET"], &rows)
         }
     }
 }
@@ -209,6 +214,7 @@ pub fn node(i: &NodeInfo, format: Format) -> String {
         format!("{} of {} allocated", format_memory(i.allocated.memory_bytes), format_memory(n.capacity.memory_bytes)),
     );
     kv("Tasks", i.tasks.to_string());
+    kv("Subnet", n.subnet.map_or_else(|| "-".into(), |s| s.to_string()));
     let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     kv("Labels", if labels.is_empty() { "-".into() } else { labels.join(", ") });
     out

@@ -126,6 +126,7 @@ impl From<model::NodeInfo> for pb::Node {
             availability: n.availability.to_string(),
             allocated: Some(resources_to_pb(i.allocated)),
             tasks: i.tasks,
+            subnet: n.subnet.map(|s| s.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -146,6 +147,7 @@ impl TryFrom<pb::Node> for model::NodeInfo {
             capacity: resources_from_pb("capacity", p.capacity)?,
             status,
             availability,
+            subnet: optional(&p.subnet, "subnet", |s| s.parse().ok(), "an IPv4 network like 198.19.1.0/24")?,
         };
         Ok(Self { node, allocated: resources_from_pb("allocated", p.allocated)?, tasks: p.tasks })
     }
@@ -174,6 +176,7 @@ impl From<model::TaskInfo> for pb::Task {
             env: t.spec.env.into_iter().collect(),
             restart: t.spec.restart.to_string(),
             since_unix_ms: t.since_ms,
+            address: t.address.map(|a| a.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -208,9 +211,23 @@ impl TryFrom<pb::Task> for model::TaskInfo {
             exit_code: p.has_exit_code.then_some(p.exit_code),
             restarts: p.restarts,
             since_ms: p.since_unix_ms,
+            address: optional(&p.address, "address", |a| a.parse().ok(), "an IPv4 address")?,
         };
         Ok(Self { task, node_name: Some(p.node_name).filter(|n| !n.is_empty()) })
     }
+}
+
+/// An optional field that is empty on the wire when absent.
+fn optional<T>(
+    value: &str,
+    field: &str,
+    parse: impl Fn(&str) -> Option<T>,
+    expected: &str,
+) -> Result<Option<T>, InvalidField> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    parse(value).map(Some).ok_or_else(|| InvalidField::new(field, value, expected))
 }
 
 /// Extracts and converts the spec of a request, naming a missing one.

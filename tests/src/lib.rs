@@ -53,6 +53,9 @@ pub fn client(addr: &str) -> ClusterClient<Channel> {
     ClusterClient::new(channel).max_decoding_message_size(MAX_MESSAGE)
 }
 
+/// The cluster CIDR of every test cluster.
+pub const CLUSTER_CIDR: &str = "198.19.0.0/16";
+
 /// Replies (a list of every service) may be large.
 pub const MAX_MESSAGE: usize = 64 << 20;
 
@@ -73,6 +76,8 @@ impl Server {
                 .arg("--data-dir")
                 .arg(&self.data_dir)
                 .args(&self.settings)
+                // Container addresses from the range tests may use (DESIGN.md).
+                .args(["--cluster-cidr", CLUSTER_CIDR])
                 .args(first_start)
                 .env("BERTH_LOG", "info,openraft=warn"),
         )

@@ -178,6 +178,27 @@ async fn services_are_spread_over_ready_nodes_within_constraints_and_capacity() 
     let rows = nodes(&servers)?;
     ensure!(rows[0][4] == "1/2" && rows[0][6] == "4", "alpha holds 2 web (1 CPU) and 2 db: {rows:?}");
 
+    // Each node has its own subnet of the cluster CIDR, and each placed task
+    // an address of its node's subnet that no other task has.
+    let subnets: std::collections::BTreeMap<String, String> =
+        rows.iter().map(|r| (r[0].clone(), r[7].clone())).collect();
+    ensure!(
+        subnets["alpha"] != subnets["beta"]
+            && subnets.values().all(|s| s.starts_with("198.19.") && s.ends_with(".0/24")),
+        "{subnets:?}"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for service in ["web", "db"] {
+        let (ok, out, err) = berthctl(&servers, &["service", "ps", service, "-o", "json"])?;
+        ensure!(ok, "{err}");
+        for t in serde_json::from_str::<Vec<serde_json::Value>>(&out)? {
+            let (node, address) = (t["node_name"].as_str().unwrap_or(""), t["task"]["address"].as_str().unwrap_or(""));
+            let prefix = subnets[node].trim_end_matches("0/24");
+            ensure!(address.starts_with(prefix) && !address.ends_with(".1") && seen.insert(address.to_owned()), "{t}");
+        }
+    }
+    ensure!(seen.len() == 6, "{seen:?}");
+
     // Scale down keeps the lowest slots; a drained node's tasks move.
     let (ok, _, err) = berthctl(&servers, &["node", "drain", "beta"])?;
     ensure!(ok, "{err}");

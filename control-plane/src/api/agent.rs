@@ -58,6 +58,7 @@ pub fn node_from(req: RegisterRequest) -> Result<NodeRecord, Status> {
         capacity: Resources { cpu_millis: capacity.cpu_millis, memory_bytes: capacity.memory_bytes },
         status: NodeStatus::Ready,
         availability: Availability::Active,
+        subnet: None,
     })
 }
 
@@ -164,9 +165,15 @@ pub fn assigned(state: &State, node_id: &str) -> AssignedTasks {
             memory_bytes: t.spec.resources.memory_bytes,
             restart: t.spec.restart.to_string(),
             restarts: t.restarts,
+            address: t.address.map(|a| a.to_string()).unwrap_or_default(),
         })
         .collect();
-    AssignedTasks { tasks }
+    let text = |c: Option<berth_proto::model::Cidr>| c.map(|c| c.to_string()).unwrap_or_default();
+    AssignedTasks {
+        tasks,
+        subnet: text(state.nodes.get(node_id).and_then(|n| n.subnet)),
+        cluster_cidr: text(state.network.map(|n| n.cidr)),
+    }
 }
 
 #[cfg(test)]

@@ -190,6 +190,7 @@ mod tests {
                 capacity: Default::default(),
                 status,
                 availability: Default::default(),
+                subnet: None,
             };
             s.nodes.insert(id.into(), n);
         }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use berth_proto::model::{Availability, Node, NodeStatus, Resources, RestartPolicy, ServiceSpec};
+use berth_proto::model::{Availability, NetworkConfig, Node, NodeStatus, Resources, RestartPolicy, ServiceSpec};
 use proptest::prelude::*;
 
 use super::*;
@@ -31,6 +31,7 @@ fn node(id: &str) -> Node {
         capacity: Resources { cpu_millis: 4000, memory_bytes: 8 << 30 },
         status: NodeStatus::Ready,
         availability: Availability::Active,
+        subnet: None,
     }
 }
 
@@ -218,6 +219,31 @@ fn check_capacity(s: &State) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// No subnet or address is ever held twice; every address lies in its
+/// node's subnet and is neither its network, gateway nor broadcast address.
+fn check_addresses(s: &State) -> Result<(), TestCaseError> {
+    let Some(net) = s.network else { return Ok(()) };
+    let mut subnets = BTreeSet::new();
+    for n in s.nodes.values() {
+        let subnet = n.subnet.expect("every node has a subnet once the network is set");
+        prop_assert!(net.cidr.contains(subnet.network) && subnet.prefix == net.node_prefix, "{}", subnet);
+        prop_assert!(subnets.insert(subnet), "subnet {} held twice", subnet);
+    }
+    let mut addresses = BTreeSet::new();
+    for t in s.tasks.values() {
+        match (t.node.as_ref().and_then(|n| s.nodes.get(n)), t.address) {
+            (Some(node), Some(a)) => {
+                let subnet = node.subnet.unwrap();
+                prop_assert!(subnet.task_addresses().any(|x| x == a), "{} outside {}'s tasks' range", a, subnet);
+                prop_assert!(addresses.insert(a), "address {} held twice", a);
+            }
+            (Some(_), None) => prop_assert!(false, "{} placed without an address", t.id),
+            (None, a) => prop_assert!(a.is_none(), "{} has an address but no node", t.id),
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
@@ -230,12 +256,18 @@ proptest! {
         services in prop::collection::vec(0u32..8, 1..5),
         cpu in prop::collection::vec(0u64..1500, 5),
         events in prop::collection::vec((0usize..6, 0u8..6, 0usize..5, 0u32..8), 0..12),
+        network in any::<bool>(),
     ) {
         let names: Vec<String> = (0..nodes).map(|i| format!("n{i}")).collect();
         let node_refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let svc: Vec<(String, u32)> = services.iter().enumerate().map(|(i, r)| (format!("s{i}"), *r)).collect();
         let svc_refs: Vec<(&str, u32)> = svc.iter().map(|(n, r)| (n.as_str(), *r)).collect();
         let mut s = cluster(&node_refs, &[]);
+        if network {
+            // Five task addresses a node, so that subnets run out too.
+            let net = NetworkConfig::new("198.19.0.0/26".parse().unwrap(), 29).unwrap();
+            apply(&mut s, &Command::InitNetwork(net));
+        }
         let with_cpu = |name: &str, i: usize, replicas: u32| {
             let mut sp = spec(name, replicas);
             sp.resources.cpu_millis = cpu[i % cpu.len()];
@@ -261,6 +293,7 @@ proptest! {
             };
             apply(&mut s, &cmd);
             check_capacity(&s)?;
+            check_addresses(&s)?;
             // Sometimes the cluster settles between events, sometimes not.
             if n % 2 == 0 {
                 settle(&mut s);
@@ -271,6 +304,7 @@ proptest! {
         }
         settle(&mut s);
         check_capacity(&s)?;
+        check_addresses(&s)?;
         for service in s.services.values() {
             let (spec, current) = (&service.spec, s.template(service));
             // Every slot has one live task of the current spec: running, or

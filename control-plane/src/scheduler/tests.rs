@@ -14,6 +14,7 @@ fn node(id: &str, cpus: u64, mem_gi: u64) -> NodeView {
         capacity: Resources { cpu_millis: cpus * 1000, memory_bytes: mem_gi * GI },
         allocated: Resources::default(),
         tasks: BTreeMap::new(),
+        addresses_left: None,
     }
 }
 

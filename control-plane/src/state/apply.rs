@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use berth_proto::model::{Desired, NodeStatus, Resources, Service, Task, TaskState};
 
-use super::{Command, Outcome, Rejection, Response, State, TaskChange};
+use super::{ipam, Command, Outcome, Rejection, Response, State, TaskChange};
 
 /// Applies one command. Deterministic: the same state and command give the
 /// same result on every server. A rejected command leaves the state as it was.
@@ -52,10 +52,35 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
             }
             None => Response::Rejected(Rejection::NotFound(name.clone())),
         },
+        Command::InitNetwork(net) => match state.network {
+            Some(set) if set != *net => Response::Rejected(Rejection::NetworkSet(set.cidr, set.node_prefix)),
+            Some(_) => Response::Reconciled { applied: 0 },
+            None => {
+                state.network = Some(*net);
+                let ids: Vec<String> = state.nodes.keys().cloned().collect();
+                for id in ids {
+                    let subnet = ipam::free_subnet(state);
+                    if let Some(n) = state.nodes.get_mut(&id) {
+                        n.subnet = subnet;
+                    }
+                }
+                Response::Reconciled { applied: 1 }
+            }
+        },
         Command::RegisterNode(node) => {
             let mut node = node.clone();
+            node.subnet = None;
             if let Some(known) = state.nodes.get(&node.id) {
                 node.availability = known.availability;
+                node.subnet = known.subnet;
+            }
+            if node.subnet.is_none() {
+                if let Some(net) = state.network {
+                    match ipam::free_subnet(state) {
+                        Some(s) => node.subnet = Some(s),
+                        None => return Response::Rejected(Rejection::NoSubnet(net.cidr)),
+                    }
+                }
             }
             node.status = NodeStatus::Ready;
             state.nodes.insert(node.id.clone(), node.clone());
@@ -98,9 +123,11 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
             Response::Reconciled { applied }
         }
         Command::Reconcile { changes, at_ms } => {
-            let mut allocated: BTreeMap<String, Resources> =
-                state.allocations().into_iter().map(|(node, (held, _))| (node, held)).collect();
-            let applied = changes.iter().filter(|c| apply_change(state, &mut allocated, c, *at_ms)).count();
+            let mut held = Held {
+                resources: state.allocations().into_iter().map(|(node, (held, _))| (node, held)).collect(),
+                addresses: ipam::Addresses::of(state),
+            };
+            let applied = changes.iter().filter(|c| apply_change(state, &mut held, c, *at_ms)).count();
             Response::Reconciled { applied }
         }
     }
@@ -139,12 +166,13 @@ fn stop(t: &mut Task, reason: &str, at_ms: Option<u64>) {
 /// Applies one reconciler decision if it still makes sense; says whether
 /// it did. An assignment must still fit what its node has left, so no
 /// sequence of commits can overcommit a node.
-fn apply_change(
-    state: &mut State,
-    allocated: &mut BTreeMap<String, Resources>,
-    change: &TaskChange,
-    at_ms: u64,
-) -> bool {
+/// What the nodes' tasks hold while a `Reconcile` is applied.
+struct Held {
+    resources: BTreeMap<String, Resources>,
+    addresses: ipam::Addresses,
+}
+
+fn apply_change(state: &mut State, held: &mut Held, change: &TaskChange, at_ms: u64) -> bool {
     match change {
         TaskChange::Create(task) => {
             if state.tasks.contains_key(&task.id) || !state.services.contains_key(&task.service) {
@@ -159,15 +187,18 @@ fn apply_change(
         TaskChange::Assign { id, node } => {
             let (Some(n), Some(t)) = (state.nodes.get(node), state.tasks.get(id)) else { return false };
             let need = t.spec.resources;
-            let held = allocated.get(node).copied().unwrap_or_default();
-            let fits = held.cpu_millis + need.cpu_millis <= n.capacity.cpu_millis
-                && held.memory_bytes + need.memory_bytes <= n.capacity.memory_bytes;
+            let used = held.resources.get(node).copied().unwrap_or_default();
+            let fits = used.cpu_millis + need.cpu_millis <= n.capacity.cpu_millis
+                && used.memory_bytes + need.memory_bytes <= n.capacity.memory_bytes;
             if !(n.schedulable() && fits && t.desired == Desired::Running && t.node.is_none()) {
                 return false;
             }
-            *allocated.entry(node.clone()).or_default() += need;
+            // A full subnet refuses it like a full node.
+            let Ok(address) = held.addresses.take(n) else { return false };
+            *held.resources.entry(node.clone()).or_default() += need;
             let Some(t) = state.tasks.get_mut(id) else { return false };
             t.node = Some(node.clone());
+            t.address = address;
             t.state = TaskState::Assigned;
             t.since_ms = at_ms;
             t.message.clear();
@@ -223,6 +254,7 @@ mod tests {
             capacity: Default::default(),
             status: NodeStatus::Down,
             availability: Default::default(),
+            subnet: None,
         }
     }
 
@@ -252,6 +284,30 @@ mod tests {
             apply(&mut s, &Command::RemoveNode { id: "n1".into() }),
             Response::Rejected(Rejection::NodeNotFound("n1".into()))
         );
+    }
+
+    #[test]
+    fn nodes_get_subnets_once_the_network_is_set_and_free_them_when_removed() {
+        use berth_proto::model::NetworkConfig;
+        let mut s = State::default();
+        apply(&mut s, &Command::RegisterNode(node("a")));
+        assert_eq!(s.nodes["a"].subnet, None, "no network yet");
+        let net = NetworkConfig::new("198.19.0.0/23".parse().unwrap(), 24).unwrap();
+        apply(&mut s, &Command::InitNetwork(net));
+        assert_eq!(s.nodes["a"].subnet.unwrap().to_string(), "198.19.0.0/24", "existing nodes get one");
+        let other = NetworkConfig::new("198.19.0.0/16".parse().unwrap(), 24).unwrap();
+        assert!(matches!(apply(&mut s, &Command::InitNetwork(other)), Response::Rejected(Rejection::NetworkSet(..))));
+        apply(&mut s, &Command::RegisterNode(node("b")));
+        assert_eq!(s.nodes["b"].subnet.unwrap().to_string(), "198.19.1.0/24");
+        apply(&mut s, &Command::RegisterNode(node("a")));
+        assert_eq!(s.nodes["a"].subnet.unwrap().to_string(), "198.19.0.0/24", "a node keeps its subnet");
+        let r = apply(&mut s, &Command::RegisterNode(node("c")));
+        assert!(matches!(r, Response::Rejected(Rejection::NoSubnet(_))), "{r:?}");
+        assert!(!s.nodes.contains_key("c"), "a refused node is not recorded");
+        apply(&mut s, &Command::SetNodeStatus { id: "a".into(), status: NodeStatus::Down });
+        apply(&mut s, &Command::RemoveNode { id: "a".into() });
+        apply(&mut s, &Command::RegisterNode(node("c")));
+        assert_eq!(s.nodes["c"].subnet.unwrap().to_string(), "198.19.0.0/24", "a removed node's subnet is free again");
     }
 
     #[test]

@@ -11,12 +11,13 @@
 //! (`crate::store`) wraps them; API handlers only validate and submit.
 
 mod apply;
+mod ipam;
 mod query;
 
 use std::collections::BTreeMap;
 
 use berth_proto::model::{
-    Availability, InvalidField, Node, NodeStatus, Resources, Service, ServiceSpec, Task, TaskState,
+    Availability, InvalidField, NetworkConfig, Node, NodeStatus, Resources, Service, ServiceSpec, Task, TaskState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,10 @@ pub struct State {
     /// (any field but replicas): tasks of an older one are rolled.
     #[serde(default)]
     pub templates: BTreeMap<String, u64>,
+    /// How addresses are handed out; set once by the first leader, from its
+    /// `--cluster-cidr` (see `state::ipam`).
+    #[serde(default)]
+    pub network: Option<NetworkConfig>,
 }
 
 impl State {
@@ -75,8 +80,13 @@ pub enum Command {
     DeleteService {
         name: String,
     },
+    /// Sets how addresses are handed out, once; existing nodes get subnets.
+    /// Precondition: no network is set, or the same one.
+    InitNetwork(NetworkConfig),
     /// A node joins, or rejoins with its id: name, address, labels and
-    /// capacity are replaced, status becomes ready, availability is kept.
+    /// capacity are replaced, status becomes ready, availability and subnet
+    /// are kept; a new node gets the lowest free subnet. Precondition: one
+    /// is free (once the network is set).
     RegisterNode(Node),
     /// A liveness transition, decided by the leader from heartbeats.
     SetNodeStatus {
@@ -185,6 +195,10 @@ pub enum Rejection {
     NodeNotFound(String),
     #[error("node {id:?} {why}")]
     NodeInUse { id: String, why: String },
+    #[error("the cluster's network is already {0}/{1} per node; it cannot change")]
+    NetworkSet(berth_proto::model::Cidr, u8),
+    #[error("no free node subnet is left in the cluster CIDR {0}: remove nodes that are gone (`berthctl node rm`)")]
+    NoSubnet(berth_proto::model::Cidr),
 }
 
 impl std::fmt::Display for Outcome {

@@ -3,6 +3,7 @@
 
 mod constraint;
 mod invalid;
+mod network;
 mod node;
 mod quantity;
 mod reference;
@@ -11,6 +12,7 @@ mod task;
 
 pub use constraint::{Constraint, ConstraintKey};
 pub use invalid::InvalidField;
+pub use network::{Cidr, NetworkConfig, MAX_NODE_PREFIX};
 pub use node::{Availability, Node, NodeInfo, NodeStatus};
 pub use quantity::{format_memory, parse_cpus, parse_memory};
 pub use reference::validate_image;

@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::Resources;
+use super::{Cidr, Resources};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
@@ -20,6 +20,9 @@ pub struct Node {
     pub capacity: Resources,
     pub status: NodeStatus,
     pub availability: Availability,
+    /// Its containers' addresses, from the cluster CIDR (see `network`);
+    /// none before the cluster's network is set.
+    pub subnet: Option<Cidr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

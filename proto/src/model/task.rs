@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,9 @@ pub struct Task {
     /// When `state` last changed (or the container restarted), in Unix
     /// milliseconds by the leader's clock.
     pub since_ms: u64,
+    /// Its container's address, from its node's subnet, given when it is
+    /// placed and free again once the task is forgotten.
+    pub address: Option<Ipv4Addr>,
 }
 
 /// What a task runs: its service's spec as it was when the task was made.
@@ -139,6 +143,7 @@ impl Task {
             exit_code: None,
             restarts: 0,
             since_ms: 0,
+            address: None,
         }
     }
 }
