@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 . deploy/lib/setup.sh
 
 # Agent tests: a real registry, and static busybox as the payload of test images.
-ensure_packages kill:procps gcc:gcc docker-registry:docker-registry busybox:busybox-static openssl:openssl
+ensure_packages kill:procps gcc:gcc docker-registry:docker-registry busybox:busybox-static openssl:openssl \
+  ip:iproute2 iptables:iptables nsenter:util-linux
 ensure_rust
 
 cargo fmt --all -- --check

@@ -3,8 +3,10 @@
 //! - [`image`]: pulls from registries and OCI layouts into a shared,
 //!   content-addressed layer store.
 //! - [`runtime`]: containers, each run by its own shim process.
+//! - [`network`]: the node's bridge and each task's network namespace.
 //! - [`tasks`]: what to do about the tasks the cluster places here.
 pub mod image;
+pub mod network;
 pub mod runtime;
 pub mod tasks;
 

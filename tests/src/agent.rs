@@ -14,6 +14,9 @@ pub struct Agent {
     pub cgroup_parent: String,
     /// The berth-shim binary it runs (the workspace's, unless a test swaps it).
     pub shim: PathBuf,
+    /// Its node's bridge when it joins a cluster (unique, so agents on this
+    /// one host do not share one).
+    pub bridge: String,
     registries: PathBuf,
 }
 
@@ -55,7 +58,14 @@ impl Agent {
         std::fs::write(&registries, text).expect("write registries.toml");
         let unique =
             data.path().file_name().and_then(|n| n.to_str()).unwrap_or("x").trim_start_matches('.').to_lowercase();
-        Self { data, cgroup_parent: format!("berth-test-{unique}"), shim: crate::bin("berth-shim"), registries }
+        let short: String = unique.chars().filter(char::is_ascii_alphanumeric).take(10).collect();
+        Self {
+            data,
+            cgroup_parent: format!("berth-test-{unique}"),
+            shim: crate::bin("berth-shim"),
+            bridge: format!("bt{short}"),
+            registries,
+        }
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
@@ -91,6 +101,7 @@ impl Agent {
         let advertise = format!("127.0.0.1:{}", crate::free_port());
         let servers = servers.join(",");
         let mut args = vec!["--server", &servers, "--name", name, "--advertise", &advertise, "--heartbeat-ms", "300"];
+        args.extend_from_slice(&["--bridge", &self.bridge]);
         args.extend_from_slice(extra);
         let mut daemon = crate::Process::new(self.data.path().join("daemon.log"));
         daemon.start(&mut self.command(&args))?;
@@ -149,5 +160,47 @@ impl Drop for Agent {
         for root in cgroup_roots() {
             let _ = std::fs::remove_dir(root.join(&self.cgroup_parent));
         }
+        // Task namespaces the agent's daemon did not get to remove.
+        for ns in std::fs::read_dir(self.data.path().join("run/netns")).into_iter().flatten().flatten() {
+            let _ = Command::new("umount").arg("-l").arg(ns.path()).stderr(std::process::Stdio::null()).status();
+            let _ = std::fs::remove_file(ns.path());
+        }
+        remove_bridge(&self.bridge);
     }
+}
+
+/// Removes a node's bridge and the iptables rules its agent tagged with it
+/// (`berth:BRIDGE`), as an operator would after removing the node.
+pub fn remove_bridge(bridge: &str) {
+    let _ = Command::new("ip").args(["link", "del", "dev", bridge]).stderr(std::process::Stdio::null()).status();
+    let tag = format!("berth:{bridge}");
+    for table in ["filter", "nat"] {
+        let Ok(out) = Command::new("iptables").args(["-w", "-t", table, "-S"]).output() else { continue };
+        for rule in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&tag)) {
+            let Some(spec) = rule.strip_prefix("-A ") else { continue };
+            let mut args = vec!["-w".to_owned(), "-t".into(), table.into(), "-D".into()];
+            args.extend(shell_words(spec));
+            let _ = Command::new("iptables").args(&args).status();
+        }
+    }
+}
+
+/// Splits an `iptables -S` line into its words (quotes hold spaces).
+fn shell_words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quoted) = (Vec::new(), String::new(), false);
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
 }

@@ -15,13 +15,23 @@ struct JoinedAgent {
     dir: tempfile::TempDir,
     name: String,
     advertise: String,
+    bridge: String,
+}
+
+impl Drop for JoinedAgent {
+    fn drop(&mut self) {
+        let _ = self.process.stop(Duration::from_secs(5));
+        berth_tests::agent::remove_bridge(&self.bridge);
+    }
 }
 
 impl JoinedAgent {
     fn start(servers: &[String], name: &str, extra: &[&str]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let advertise = format!("127.0.0.1:{}", free_port());
-        let mut agent = Self { process: Process::new(dir.path().join("agent.log")), dir, name: name.into(), advertise };
+        let bridge = format!("bn{}", &advertise.rsplit(':').next().unwrap_or("0"));
+        let mut agent =
+            Self { process: Process::new(dir.path().join("agent.log")), dir, name: name.into(), advertise, bridge };
         agent.launch(servers, extra)?;
         Ok(agent)
     }
@@ -31,7 +41,7 @@ impl JoinedAgent {
         cmd.env("BERTH_AGENT_DATA_DIR", self.dir.path())
             .env("BERTH_LOG", "info")
             .args(["--server", &servers.join(","), "--name", &self.name, "--advertise", &self.advertise])
-            .args(["--cpus", "2", "--memory", "4Gi", "--heartbeat-ms", "300"])
+            .args(["--cpus", "2", "--memory", "4Gi", "--heartbeat-ms", "300", "--bridge", &self.bridge])
             .args(extra);
         self.process.start(&mut cmd)
     }

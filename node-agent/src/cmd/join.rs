@@ -49,6 +49,12 @@ pub struct JoinArgs {
     /// Time between heartbeats.
     #[arg(long, default_value_t = 1000)]
     pub heartbeat_ms: u64,
+    /// The bridge this node's containers are plugged into.
+    #[arg(long, default_value = "berth0")]
+    pub bridge: String,
+    /// MTU of the bridge and of containers' eth0 (room for the overlay's headers).
+    #[arg(long, default_value_t = berth_node_agent::network::DEFAULT_MTU)]
+    pub mtu: u32,
 }
 
 pub async fn join(local: Local, data_dir: &Path, args: JoinArgs) -> anyhow::Result<u8> {

@@ -72,6 +72,9 @@ pub async fn dispatch(mut args: Args) -> anyhow::Result<u8> {
             runtime: node.runtime,
             registries: node.registries,
             cgroup_parent: node.cgroup_parent,
+            bridge: args.join.bridge.clone(),
+            mtu: args.join.mtu,
+            netns_dir: args.run_dir.join("netns"),
         };
         return join::join(local, &args.data_dir, args.join).await;
     };

@@ -66,7 +66,7 @@ pub struct Limits {
     pub pids: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// Its own network namespace with only loopback.
@@ -74,6 +74,9 @@ pub enum NetworkMode {
     None,
     /// The host's network namespace.
     Host,
+    /// A namespace made for it beforehand (see `crate::network`), where
+    /// `eth0` has `address`.
+    Joined { netns: PathBuf, address: std::net::Ipv4Addr },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

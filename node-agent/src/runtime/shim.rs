@@ -184,12 +184,24 @@ fn write_etc_files(run: &Path, config: &ContainerConfig) -> io::Result<spec::Etc
         resolv_conf: etc.join("resolv.conf"),
     };
     fs::write(&files.hostname, format!("{host}\n"))?;
+    let own = match &config.network {
+        NetworkMode::Joined { address, .. } => address.to_string(),
+        _ => "127.0.1.1".to_owned(),
+    };
     fs::write(
         &files.hosts,
-        format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{host}\n"),
+        format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{host}\n"),
     )?;
-    let resolv = match config.network {
+    let resolv = match &config.network {
         NetworkMode::Host => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        // The host's resolvers, less those on its loopback, which the
+        // container cannot reach (the node's own DNS comes later).
+        NetworkMode::Joined { .. } => fs::read_to_string("/etc/resolv.conf")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !(l.starts_with("nameserver") && (l.contains(" 127.") || l.contains(" ::1"))))
+            .map(|l| format!("{l}\n"))
+            .collect(),
         NetworkMode::None => String::new(),
     };
     fs::write(&files.resolv_conf, resolv)?;

@@ -9,10 +9,12 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::model::RestartPolicy;
+use berth_proto::model::{Cidr, RestartPolicy};
 use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::{AssignedTask, ReportTasksRequest, TaskReport, WatchTasksRequest};
 use tokio::sync::{watch, Notify};
@@ -22,6 +24,7 @@ use tracing::{info, warn};
 use super::plan::{plan, Action, Have, Want};
 use super::restart;
 use crate::image::{ImageRef, Registries, Store};
+use crate::network::{IpRoute, NodeNet};
 use crate::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode, Runtime, Status};
 
 /// How often the worker looks again without news from the cluster or from
@@ -38,7 +41,21 @@ pub struct Local {
     pub runtime: Runtime,
     pub registries: Registries,
     pub cgroup_parent: String,
+    /// The node network's bridge, MTU and where task namespaces live.
+    pub bridge: String,
+    pub mtu: u32,
+    pub netns_dir: PathBuf,
 }
+
+/// What the cluster wants of this node: its tasks, and its subnet within
+/// the cluster's network once that is set.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Assigned {
+    tasks: BTreeMap<String, AssignedTask>,
+    network: Option<(Cidr, Cidr)>,
+}
+
+type Net = Arc<NodeNet<IpRoute>>;
 
 #[derive(Debug, Default)]
 struct Books {
@@ -55,15 +72,22 @@ struct Books {
 /// Runs until the process ends: `watch` streams from `clients` (one at a
 /// time, the next on failure).
 pub async fn run(local: Local, node_id: String, clients: Vec<AgentClient<Channel>>) {
-    let (tx, mut rx) = watch::channel(BTreeMap::<String, AssignedTask>::new());
+    let (tx, mut rx) = watch::channel(Assigned::default());
     tokio::spawn(watch_tasks(node_id.clone(), clients.clone(), tx));
     let local = Arc::new(local);
     let exits = Arc::new(Notify::new());
     let mut books = Books::default();
+    let mut net: Option<Net> = None;
     let mut at = 0;
     loop {
-        let want = rx.borrow_and_update().clone();
-        work(&local, &want, &mut books, &exits).await;
+        let assigned = rx.borrow_and_update().clone();
+        let want = assigned.tasks;
+        if let Some((subnet, cluster)) = assigned.network {
+            if net.as_ref().is_none_or(|n| (n.subnet, n.cluster) != (subnet, cluster)) {
+                net = node_network(&local, subnet, cluster).await;
+            }
+        }
+        work(&local, &want, &mut books, &exits, net.as_ref()).await;
         let reports = reports(&local, &want, &mut books);
         if reports != books.last_report {
             let req = ReportTasksRequest { node_id: node_id.clone(), tasks: reports.clone() };
@@ -87,12 +111,36 @@ pub async fn run(local: Local, node_id: String, clients: Vec<AgentClient<Channel
     }
 }
 
+/// Sets up the node's bridge for its subnet; None (and tried again on the
+/// next pass) when that fails.
+async fn node_network(local: &Local, subnet: Cidr, cluster: Cidr) -> Option<Net> {
+    let net = Arc::new(NodeNet {
+        bridge: local.bridge.clone(),
+        subnet,
+        cluster,
+        mtu: local.mtu,
+        netns_dir: local.netns_dir.clone(),
+        host: IpRoute,
+    });
+    let ready = net.clone();
+    match tokio::task::spawn_blocking(move || ready.ensure()).await {
+        Ok(Ok(())) => {
+            info!(bridge = %net.bridge, %subnet, "node network ready");
+            Some(net)
+        }
+        Ok(Err(e)) => {
+            warn!("setting up the node network: {e}");
+            None
+        }
+        Err(e) => {
+            warn!("setting up the node network: {e}");
+            None
+        }
+    }
+}
+
 /// Keeps `tx` holding the node's current tasks, from whichever server answers.
-async fn watch_tasks(
-    node_id: String,
-    clients: Vec<AgentClient<Channel>>,
-    tx: watch::Sender<BTreeMap<String, AssignedTask>>,
-) {
+async fn watch_tasks(node_id: String, clients: Vec<AgentClient<Channel>>, tx: watch::Sender<Assigned>) {
     let mut at = 0;
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -104,8 +152,9 @@ async fn watch_tasks(
                     match stream.message().await {
                         Ok(Some(list)) => {
                             backoff = Duration::from_millis(100);
+                            let network = list.subnet.parse().ok().zip(list.cluster_cidr.parse().ok());
                             let tasks = list.tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
-                            if tx.send(tasks).is_err() {
+                            if tx.send(Assigned { tasks, network }).is_err() {
                                 return;
                             }
                         }
@@ -126,13 +175,28 @@ async fn watch_tasks(
 }
 
 /// One pass: plan, then act; actions on different tasks run at once.
-async fn work(local: &Arc<Local>, want: &BTreeMap<String, AssignedTask>, books: &mut Books, exits: &Arc<Notify>) {
+async fn work(
+    local: &Arc<Local>,
+    want: &BTreeMap<String, AssignedTask>,
+    books: &mut Books,
+    exits: &Arc<Notify>,
+    net: Option<&Net>,
+) {
     let now = record::now_ms();
     let wants: Vec<Want> = want
         .values()
         .map(|t| Want { task: t.id.clone(), restart: RestartPolicy::parse(&t.restart).unwrap_or_default() })
         .collect();
     let have = have(&local.runtime, books);
+    // Namespaces of tasks that are neither wanted nor have a container
+    // (left by an agent that stopped halfway) go.
+    if let Some(net) = net {
+        for task in net.attached() {
+            if !want.contains_key(&task) && !have.iter().any(|h| h.task == task) {
+                let _ = detach(Some(net.clone()), task).await;
+            }
+        }
+    }
     let mut jobs = Vec::new();
     for action in plan(&wants, &have, now) {
         match action {
@@ -141,7 +205,7 @@ async fn work(local: &Arc<Local>, want: &BTreeMap<String, AssignedTask>, books: 
                     continue;
                 }
                 let Some(spec) = want.get(&task).cloned() else { continue };
-                jobs.push(tokio::spawn(start(local.clone(), spec, false, exits.clone())));
+                jobs.push(tokio::spawn(start(local.clone(), spec, false, exits.clone(), net.cloned())));
             }
             Action::Restart { task, at_ms, streak } => {
                 if now < at_ms {
@@ -151,21 +215,23 @@ async fn work(local: &Arc<Local>, want: &BTreeMap<String, AssignedTask>, books: 
                 // Counting goes on from the cluster's count after an agent restart.
                 let entry = books.streaks.entry(task).or_insert((0, spec.restarts));
                 *entry = (streak, entry.1 + 1);
-                jobs.push(tokio::spawn(start(local.clone(), spec, true, exits.clone())));
+                jobs.push(tokio::spawn(start(local.clone(), spec, true, exits.clone(), net.cloned())));
             }
             Action::Stop { task } => {
                 books.stopped.insert(task.clone());
-                let local = local.clone();
+                let (local, net) = (local.clone(), net.cloned());
                 jobs.push(tokio::spawn(async move {
                     let _ = local.runtime.stop(&task, STOP_GRACE).await;
-                    local.runtime.remove(&task, true).await.map_err(|e| (task, e.to_string()))
+                    local.runtime.remove(&task, true).await.map_err(|e| (task.clone(), e.to_string()))?;
+                    detach(net, task).await
                 }));
             }
             Action::Remove { task } => {
                 books.stopped.insert(task.clone());
-                let local = local.clone();
+                let (local, net) = (local.clone(), net.cloned());
                 jobs.push(tokio::spawn(async move {
-                    local.runtime.remove(&task, true).await.map_err(|e| (task, e.to_string()))
+                    local.runtime.remove(&task, true).await.map_err(|e| (task.clone(), e.to_string()))?;
+                    detach(net, task).await
                 }));
             }
         }
@@ -186,7 +252,13 @@ async fn work(local: &Arc<Local>, want: &BTreeMap<String, AssignedTask>, books: 
 /// container again on a fresh writable layer, keeping its log; `exits` is
 /// told when it ends, so a restart does not wait for the next tick. Errors
 /// carry the task id.
-async fn start(local: Arc<Local>, spec: AssignedTask, again: bool, exits: Arc<Notify>) -> Result<(), (String, String)> {
+async fn start(
+    local: Arc<Local>,
+    spec: AssignedTask,
+    again: bool,
+    exits: Arc<Notify>,
+    net: Option<Net>,
+) -> Result<(), (String, String)> {
     let task = spec.id.clone();
     let fail = |why: String| (task.clone(), why);
     if again {
@@ -207,6 +279,18 @@ async fn start(local: Arc<Local>, spec: AssignedTask, again: bool, exits: Arc<No
         .ensure(&reference, &local.registries)
         .await
         .map_err(|e| fail(format!("pulling {reference}: {e}")))?;
+    let network = match (spec.address.parse::<Ipv4Addr>(), net) {
+        (Err(_), _) => NetworkMode::None,
+        (Ok(address), Some(net)) => {
+            let name = task.clone();
+            let netns = tokio::task::spawn_blocking(move || net.attach(&name, address))
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| fail(format!("network: {e}")))?;
+            NetworkMode::Joined { netns, address }
+        }
+        (Ok(_), None) => return Err(fail("network: the node's bridge is not ready yet".into())),
+    };
     let config = ContainerConfig {
         name: task.clone(),
         image: reference.to_string(),
@@ -222,7 +306,7 @@ async fn start(local: Arc<Local>, spec: AssignedTask, again: bool, exits: Arc<No
             cpu_millis: Some(spec.cpu_millis).filter(|c| *c > 0),
             pids: None,
         },
-        network: NetworkMode::None,
+        network,
         cgroup_parent: local.cgroup_parent.clone(),
         log: LogPolicy::default(),
         created_at_ms: record::now_ms(),
@@ -234,6 +318,17 @@ async fn start(local: Arc<Local>, spec: AssignedTask, again: bool, exits: Arc<No
     let created = tokio::task::spawn_blocking(move || runtime.create(&config)).await;
     created.map_err(|e| fail(e.to_string()))?.map_err(|e| fail(e.to_string()))?;
     launch(&local, &task, exits).await
+}
+
+/// Removes a task's network namespace (its container is gone).
+async fn detach(net: Option<Net>, task: String) -> Result<(), (String, String)> {
+    let Some(net) = net else { return Ok(()) };
+    let name = task.clone();
+    match tokio::task::spawn_blocking(move || net.detach(&name)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err((task, format!("removing its network namespace: {e}"))),
+        Err(e) => Err((task, e.to_string())),
+    }
 }
 
 async fn launch(local: &Local, task: &str, exits: Arc<Notify>) -> Result<(), (String, String)> {

@@ -10,8 +10,9 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder,
+    Spec, UserBuilder,
 };
 
 use super::record::{ContainerConfig, NetworkMode};
@@ -112,7 +113,14 @@ pub fn build(
         .unwrap_or_default()
         .into_iter()
         .filter(|ns| !(config.network == NetworkMode::Host && ns.typ() == LinuxNamespaceType::Network))
-        .collect::<Vec<_>>();
+        .map(|ns| match &config.network {
+            NetworkMode::Joined { netns, .. } if ns.typ() == LinuxNamespaceType::Network => {
+                LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(netns.clone()).build()
+            }
+            _ => Ok(ns),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
     linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources.build().map_err(err)?)

@@ -114,6 +114,18 @@ fn host_network_drops_only_the_network_namespace() {
     assert!(ns.contains(&LinuxNamespaceType::Pid));
 }
 
+#[test]
+fn a_joined_network_uses_the_namespace_made_for_it() {
+    let mut c = config();
+    c.network = NetworkMode::Joined { netns: "/run/berth-agent/netns/web.1.1".into(), address: [198, 19, 1, 2].into() };
+    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc()).unwrap();
+    let namespaces = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+    let net: Vec<_> = namespaces.iter().filter(|n| n.typ() == LinuxNamespaceType::Network).collect();
+    assert_eq!(net.len(), 1);
+    assert_eq!(net[0].path().as_deref(), Some(std::path::Path::new("/run/berth-agent/netns/web.1.1")));
+    assert!(namespaces.iter().filter(|n| n.typ() != LinuxNamespaceType::Network).all(|n| n.path().is_none()));
+}
+
 /// This host runs cgroup v1, so the v2 path is exercised on a temp-dir
 /// hierarchy laid out as the kernel lays out cgroup2: the spec's limits,
 /// applied by libcgroups' v2 manager as libcontainer does, land in the

@@ -1,0 +1,112 @@
+//! [`Host`] on a real node: iproute2's `ip` (run in a task's namespace
+//! through `nsenter`), `iptables`, and the namespace files made with
+//! `unshare` + a bind mount, as `ip netns` does, but under the agent's run
+//! dir so agents on hosts that share a filesystem never collide.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use berth_proto::model::Cidr;
+
+use super::Host;
+
+#[derive(Debug, Clone, Default)]
+pub struct IpRoute;
+
+fn run(cmd: &mut Command, stdin: Option<&str>) -> io::Result<()> {
+    let mut child = cmd
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("running {:?}: {e}", cmd.get_program())))?;
+    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+        input.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    Err(io::Error::other(format!(
+        "{} {} failed: {}{}",
+        cmd.get_program().to_string_lossy(),
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim(),
+        stdin.map(|s| format!(" (commands: {})", s.trim().replace('\n', "; "))).unwrap_or_default()
+    )))
+}
+
+impl Host for IpRoute {
+    fn ip(&self, netns: Option<&Path>, lines: &[String]) -> io::Result<()> {
+        let batch = lines.join("\n") + "\n";
+        let mut cmd = match netns {
+            Some(path) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", path.display())).arg("ip");
+                c
+            }
+            None => Command::new("ip"),
+        };
+        run(cmd.args(["-batch", "-"]), Some(&batch))
+    }
+
+    fn link_exists(&self, name: &str) -> bool {
+        Command::new("ip")
+            .args(["link", "show", "dev", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn new_netns(&self, path: &Path) -> io::Result<()> {
+        std::fs::File::create(path)?;
+        let made = run(Command::new("unshare").arg(format!("--net={}", path.display())).arg("true"), None);
+        if made.is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        made
+    }
+
+    fn remove_netns(&self, path: &Path) -> io::Result<()> {
+        match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) => {} // EINVAL: not mounted (half made)
+            Err(e) => return Err(io::Error::other(format!("unmounting {}: {e}", path.display()))),
+        }
+        std::fs::remove_file(path)
+    }
+
+    fn forward(&self, bridge: &str, subnet: Cidr, cluster: Cidr) -> io::Result<()> {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+        let (subnet, cluster) = (subnet.to_string(), cluster.to_string());
+        // Tagged with the bridge, so whoever removes the bridge finds them.
+        let tag = format!("berth:{bridge}");
+        let tagged = |rule: &[&'static str]| -> Vec<String> {
+            rule.iter().map(|s| s.to_string()).chain(["-m", "comment", "--comment", &tag].map(String::from)).collect()
+        };
+        let rules: [(&str, &str, Vec<String>); 3] = [
+            // Docker may have left FORWARD's policy at DROP.
+            ("filter", "FORWARD", [vec!["-i".into(), bridge.into()], tagged(&["-j", "ACCEPT"])].concat()),
+            ("filter", "FORWARD", [vec!["-o".into(), bridge.into()], tagged(&["-j", "ACCEPT"])].concat()),
+            (
+                "nat",
+                "POSTROUTING",
+                [vec!["-s".into(), subnet, "!".into(), "-d".into(), cluster], tagged(&["-j", "MASQUERADE"])].concat(),
+            ),
+        ];
+        for (table, chain, rule) in rules {
+            let check = Command::new("iptables")
+                .args(["-w", "-t", table, "-C", chain])
+                .args(&rule)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?;
+            if !check.success() {
+                run(Command::new("iptables").args(["-w", "-t", table, "-A", chain]).args(&rule), None)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! Container networking on one node: a bridge holding the node's subnet's
+//! gateway, and for each task container a network namespace of its own
+//! joined to the bridge by a veth pair (`eth0` inside, default route via
+//! the gateway). Packets leaving for the host's network are masqueraded;
+//! packets for other nodes' subnets are routed (the overlay carries them).
+//!
+//! ```text
+//!  container netns                 node (host) netns
+//!  eth0 198.19.1.2/24 ── veth ── vb…  ─┐
+//!  eth0 198.19.1.3/24 ── veth ── vb…  ─┴─ berth0 198.19.1.1/24 ── routing ── host / overlay
+//! ```
+//!
+//! A task's namespace is made by the agent before its container starts and
+//! outlives the container's restarts (same address, like a pod sandbox); it
+//! goes when the task's container is removed. What is done to the kernel is
+//! a list of `ip` commands made by the pure functions here and run through
+//! the narrow [`Host`] trait (`iproute::IpRoute` on a real node), so the
+//! plans are tested without a kernel and the real thing with one.
+
+mod iproute;
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use berth_proto::model::Cidr;
+
+pub use iproute::IpRoute;
+
+/// WireGuard's overhead on a 1500-byte underlay, so a container's packet
+/// still fits once the overlay has wrapped it.
+pub const DEFAULT_MTU: u32 = 1420;
+
+/// What changes a node's network; each call is one step a real host can fail at.
+pub trait Host: Send + Sync + std::fmt::Debug {
+    /// Runs `ip -batch` with these lines, in `netns` when given (a path
+    /// to a namespace), else in the agent's own.
+    fn ip(&self, netns: Option<&Path>, lines: &[String]) -> io::Result<()>;
+    /// Whether a link of that name exists in the agent's namespace.
+    fn link_exists(&self, name: &str) -> bool;
+    /// Makes a network namespace that persists at `path` with no process in it.
+    fn new_netns(&self, path: &Path) -> io::Result<()>;
+    /// Undoes `new_netns`; the namespace (and the veth in it) goes with it.
+    fn remove_netns(&self, path: &Path) -> io::Result<()>;
+    /// Turns on IPv4 forwarding and makes sure the node's subnet is
+    /// forwarded and masqueraded when it leaves for outside the cluster.
+    fn forward(&self, bridge: &str, subnet: Cidr, cluster: Cidr) -> io::Result<()>;
+}
+
+/// One node's container network.
+#[derive(Debug)]
+pub struct NodeNet<H: Host> {
+    pub bridge: String,
+    pub subnet: Cidr,
+    pub cluster: Cidr,
+    pub mtu: u32,
+    /// Where task namespaces are kept, one file each.
+    pub netns_dir: PathBuf,
+    pub host: H,
+}
+
+/// The host side of a task's veth pair: unique per task name on the node,
+/// short enough for a link name (15 bytes).
+pub fn veth_name(task: &str) -> String {
+    // FNV-1a: stable across builds, no dependency.
+    let hash = task.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    format!("vb{:011x}", hash & 0x0fff_ffff_ffff)
+}
+
+/// `ip` lines that set up the bridge (it exists already).
+pub fn bridge_lines(bridge: &str, subnet: Cidr, mtu: u32) -> Vec<String> {
+    vec![
+        format!("link set dev {bridge} mtu {mtu} up"),
+        format!("addr replace {}/{} dev {bridge}", subnet.gateway(), subnet.prefix),
+    ]
+}
+
+/// `ip` lines, in the node's namespace, that make a task's veth pair with
+/// `eth0` in its namespace and plug the host end into the bridge.
+pub fn veth_lines(bridge: &str, veth: &str, netns: &Path, mtu: u32) -> Vec<String> {
+    vec![
+        format!("link add {veth} mtu {mtu} type veth peer name eth0 netns {}", netns.display()),
+        format!("link set dev {veth} master {bridge} up"),
+    ]
+}
+
+/// `ip` lines, in the task's namespace, that give `eth0` its address and
+/// the default route.
+pub fn inside_lines(address: Ipv4Addr, subnet: Cidr, mtu: u32) -> Vec<String> {
+    vec![
+        "link set dev lo up".to_owned(),
+        format!("addr add {address}/{} dev eth0", subnet.prefix),
+        format!("link set dev eth0 mtu {mtu} up"),
+        format!("route add default via {}", subnet.gateway()),
+    ]
+}
+
+impl<H: Host> NodeNet<H> {
+    /// Makes the bridge (once) and the forwarding rules; safe to repeat.
+    pub fn ensure(&self) -> io::Result<()> {
+        if !self.host.link_exists(&self.bridge) {
+            self.host.ip(None, &[format!("link add name {} type bridge", self.bridge)])?;
+        }
+        self.host.ip(None, &bridge_lines(&self.bridge, self.subnet, self.mtu))?;
+        self.host.forward(&self.bridge, self.subnet, self.cluster)
+    }
+
+    pub fn netns_path(&self, task: &str) -> PathBuf {
+        self.netns_dir.join(task)
+    }
+
+    /// The task's namespace with `eth0` at `address`; one that exists
+    /// already (the task restarts) is kept as it is.
+    pub fn attach(&self, task: &str, address: Ipv4Addr) -> io::Result<PathBuf> {
+        if !self.subnet.task_addresses().any(|a| a == address) {
+            return Err(io::Error::other(format!(
+                "{address} is not a task address of this node's subnet {}",
+                self.subnet
+            )));
+        }
+        let path = self.netns_path(task);
+        if path.exists() {
+            return Ok(path);
+        }
+        std::fs::create_dir_all(&self.netns_dir)?;
+        self.host.new_netns(&path)?;
+        let veth = veth_name(task);
+        let made = self
+            .host
+            .ip(None, &veth_lines(&self.bridge, &veth, &path, self.mtu))
+            .and_then(|()| self.host.ip(Some(&path), &inside_lines(address, self.subnet, self.mtu)));
+        if let Err(e) = made {
+            let _ = self.detach(task);
+            return Err(e);
+        }
+        Ok(path)
+    }
+
+    /// Removes the task's namespace, if it has one.
+    pub fn detach(&self, task: &str) -> io::Result<()> {
+        let path = self.netns_path(task);
+        if !path.exists() {
+            return Ok(());
+        }
+        self.host.remove_netns(&path)
+    }
+
+    /// Tasks that have a namespace here.
+    pub fn attached(&self) -> Vec<String> {
+        let entries = std::fs::read_dir(&self.netns_dir).into_iter().flatten().flatten();
+        entries.filter_map(|e| e.file_name().into_string().ok()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
