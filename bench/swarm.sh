@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib/setup.sh
-ensure_packages docker-registry:docker-registry busybox:busybox-static dockerd:docker.io curl:curl python3:python3
+ensure_packages docker-registry:docker-registry busybox:busybox-static dockerd:docker.io curl:curl python3:python3 \
+  ip:iproute2 iptables:iptables
 ensure_rust
 bin=$(build_release)
 work=$(mktemp -d /tmp/berth-swarm.XXXXXX)
@@ -25,6 +26,7 @@ cleanup() {
     "$bin/berth-agent" rm -f "$n" >/dev/null 2>&1 || true
   done
   rmdir /sys/fs/cgroup/*/berth-bench /sys/fs/cgroup/berth-bench 2>/dev/null || true
+  remove_node_network berthbench /run/berth-swarm-bench
   rm -rf /run/berth-swarm-bench
   umount "$work/docker" 2>/dev/null || true
   rm -rf "$work"
@@ -51,13 +53,15 @@ wait_until 20 curl -sf "http://127.0.0.1:$port/v2/" -o /dev/null
 image=127.0.0.1:$port/busybox:v1
 "$bin/berth-image" --push "$image" >/dev/null
 server=127.0.0.1:$((port + 1))
-"$bin/berth-server" --bootstrap --data-dir "$work/server" --listen "$server" >"$work/server.log" 2>&1 &
+# Container addresses from 198.19.128.0/18, clear of Docker's networks below.
+"$bin/berth-server" --bootstrap --data-dir "$work/server" --listen "$server" --cluster-cidr 198.19.128.0/18 \
+  >"$work/server.log" 2>&1 &
 pids+=($!)
 printf '[[registry]]\nhost = "127.0.0.1:%s"\ninsecure = true\n' "$port" >"$work/registries.toml"
 export BERTH_AGENT_DATA_DIR=$work/agent BERTH_AGENT_RUN_DIR=/run/berth-swarm-bench \
   BERTH_CGROUP_PARENT=berth-bench BERTH_REGISTRIES=$work/registries.toml BERTH_SERVER=$server
 "$bin/berth-agent" image pull "$image" >/dev/null # the image is cached, as on the Swarm side
-"$bin/berth-agent" --name bench --advertise 127.0.0.1:7500 >"$work/agent.log" 2>&1 &
+"$bin/berth-agent" --name bench --advertise 127.0.0.1:7500 --bridge berthbench >"$work/agent.log" 2>&1 &
 pids+=($!)
 ctl() { "$bin/berthctl" "$@"; }
 # Tasks of web meant to run: how many run; and "STATE RESTARTS" of one task.

@@ -50,3 +50,20 @@ build_release() {
   cp -f "target/$host/release/berth-monitor" "$out/" || return 1
   echo "$PWD/$out"
 }
+
+# remove_node_network BRIDGE RUN_DIR: what an agent's node network leaves
+# once the agent is gone: task namespaces under RUN_DIR/netns, the bridge,
+# and the iptables rules tagged berth:BRIDGE.
+remove_node_network() {
+  local bridge=$1 run=$2 ns table rule
+  for ns in "$run"/netns/*; do
+    [ -e "$ns" ] || continue
+    umount -l "$ns" 2>/dev/null || true
+    rm -f "$ns"
+  done
+  ip link del dev "$bridge" 2>/dev/null || true
+  for table in filter nat; do
+    iptables -w -t "$table" -S 2>/dev/null | grep -F "berth:$bridge\"" | sed 's/^-A //' |
+      while read -r rule; do eval "iptables -w -t $table -D $rule" || true; done
+  done
+}
