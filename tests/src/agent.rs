@@ -17,6 +17,8 @@ pub struct Agent {
     /// Its node's bridge when it joins a cluster (unique, so agents on this
     /// one host do not share one).
     pub bridge: String,
+    /// The network namespace of the host it runs on (see `hosts`), if not this one.
+    pub netns: Option<String>,
     registries: PathBuf,
 }
 
@@ -64,12 +66,20 @@ impl Agent {
             cgroup_parent: format!("berth-test-{unique}"),
             shim: crate::bin("berth-shim"),
             bridge: format!("bt{short}"),
+            netns: None,
             registries,
         }
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(crate::bin("berth-agent"));
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(crate::bin("berth-agent"));
+                c
+            }
+            None => Command::new(crate::bin("berth-agent")),
+        };
         cmd.args(args)
             .env("BERTH_AGENT_DATA_DIR", self.data.path())
             .env("BERTH_AGENT_RUN_DIR", self.data.path().join("run"))
@@ -98,7 +108,24 @@ impl Agent {
     /// Starts the agent's daemon joined to `servers` as node `name`,
     /// answering on a loopback port of its own; its log is `daemon_log`.
     pub fn join(&self, servers: &[String], name: &str, extra: &[&str]) -> anyhow::Result<crate::Process> {
-        let advertise = format!("127.0.0.1:{}", crate::free_port());
+        self.join_at(servers, name, &format!("127.0.0.1:{}", crate::free_port()), extra)
+    }
+
+    /// An agent on a host of a test network (see `hosts`), answering on its address.
+    pub fn on(registry: Option<&Registry>, host: &crate::hosts::Host) -> Self {
+        let mut agent = Self::new(registry);
+        agent.netns = Some(host.netns.clone());
+        agent
+    }
+
+    /// `join`, advertising `advertise`.
+    pub fn join_at(
+        &self,
+        servers: &[String],
+        name: &str,
+        advertise: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<crate::Process> {
         let servers = servers.join(",");
         let mut args = vec!["--server", &servers, "--name", name, "--advertise", &advertise, "--heartbeat-ms", "300"];
         args.extend_from_slice(&["--bridge", &self.bridge]);

@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod etcd;
+pub mod hosts;
 pub mod oci;
 pub mod process;
 pub mod registry;
@@ -67,13 +68,22 @@ pub struct Server {
     /// Settings passed at every start (as a service unit would).
     settings: Vec<String>,
     process: Process,
+    /// The network namespace of the host it runs on (see `hosts`), if not this one.
+    netns: Option<String>,
 }
 
 impl Server {
     fn spawn(&mut self, first_start: &[String]) -> Result<()> {
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(bin("berth-server"));
+                c
+            }
+            None => Command::new(bin("berth-server")),
+        };
         self.process.start(
-            Command::new(bin("berth-server"))
-                .arg("--data-dir")
+            cmd.arg("--data-dir")
                 .arg(&self.data_dir)
                 .args(&self.settings)
                 // Container addresses from the range tests may use (DESIGN.md).
@@ -150,15 +160,34 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// A cluster of one server on each of `hosts` (port 7400 of its address).
+    pub async fn start_on(hosts: &[&hosts::Host], extra: &[&str]) -> Result<Self> {
+        let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::Builder::new().prefix("berth-test-").tempdir()?;
+        let mut cluster = Cluster { servers: Vec::new(), dir, _turn: turn };
+        for (i, host) in hosts.iter().enumerate() {
+            cluster.add_server_at(i == 0, extra, format!("{}:7400", host.ip), Some(host.netns.clone()))?;
+            if i == 0 {
+                cluster.wait_for_voters(1).await?;
+            }
+        }
+        cluster.wait_for_voters(hosts.len()).await?;
+        Ok(cluster)
+    }
+
     /// Starts one more server: the bootstrap one, or one joining through server 0.
     pub fn add_server(&mut self, bootstrap: bool, extra: &[&str]) -> Result<usize> {
+        self.add_server_at(bootstrap, extra, format!("127.0.0.1:{}", free_port()), None)
+    }
+
+    fn add_server_at(&mut self, bootstrap: bool, extra: &[&str], addr: String, netns: Option<String>) -> Result<usize> {
         let i = self.servers.len();
-        let addr = format!("127.0.0.1:{}", free_port());
         let mut server = Server {
             addr: addr.clone(),
             data_dir: self.dir.path().join(format!("server-{i}")),
             settings: extra.iter().map(|s| s.to_string()).collect(),
             process: Process::new(self.dir.path().join(format!("server-{i}.log"))),
+            netns,
         };
         let mut args = vec!["--listen".to_string(), addr];
         if bootstrap {

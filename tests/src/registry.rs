@@ -42,9 +42,15 @@ impl Registry {
     }
 
     pub async fn start_with(auth: Auth) -> Result<Self> {
+        Self::start_at("127.0.0.1", auth).await
+    }
+
+    /// A registry on `ip` (an address of this namespace, such as a test
+    /// network's bridge, so that hosts in other namespaces reach it).
+    pub async fn start_at(ip: &str, auth: Auth) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let storage = dir.path().join("storage");
-        let addr = format!("127.0.0.1:{}", crate::free_port());
+        let addr = format!("{ip}:{}", crate::free_port());
         let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             storage.display()
