@@ -183,6 +183,7 @@ mod tests {
             status: NodeStatus::Ready,
             availability: Availability::Active,
             subnet: None,
+            overlay: None,
         };
         assert_eq!(
             step(&mut s, Command::RegisterNode(node.clone())),

@@ -78,6 +78,7 @@ mod tests {
                     status: *status,
                     availability: Availability::Active,
                     subnet: None,
+                    overlay: None,
                 };
                 ((*id).into(), node)
             })

@@ -215,6 +215,7 @@ pub fn node(i: &NodeInfo, format: Format) -> String {
     );
     kv("Tasks", i.tasks.to_string());
     kv("Subnet", n.subnet.map_or_else(|| "-".into(), |s| s.to_string()));
+    kv("WireGuard", n.overlay.as_ref().map_or_else(|| "-".into(), |o| format!("{} at {}", o.public_key, o.endpoint)));
     let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     kv("Labels", if labels.is_empty() { "-".into() } else { labels.join(", ") });
     out

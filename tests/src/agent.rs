@@ -128,7 +128,8 @@ impl Agent {
     ) -> anyhow::Result<crate::Process> {
         let servers = servers.join(",");
         let mut args = vec!["--server", &servers, "--name", name, "--advertise", &advertise, "--heartbeat-ms", "300"];
-        args.extend_from_slice(&["--bridge", &self.bridge]);
+        let port = crate::free_port().to_string();
+        args.extend_from_slice(&["--bridge", &self.bridge, "--wireguard-port", &port]);
         args.extend_from_slice(extra);
         let mut daemon = crate::Process::new(self.data.path().join("daemon.log"));
         daemon.start(&mut self.command(&args))?;

@@ -105,6 +105,11 @@ impl Host {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The test-side end of its link: what a capture of its underlay traffic listens on.
+    pub fn link(&self) -> &str {
+        &self.link
+    }
+
     /// Cuts the host off the test network (its link goes down), as a
     /// pulled cable would; `heal` plugs it back.
     pub fn cut(&self) -> Result<()> {

@@ -14,7 +14,9 @@ use berth_tests::oci::Image;
 use berth_tests::registry::{Auth, Registry};
 use berth_tests::{berthctl, wait_for, Cluster};
 
-const SERVE: &str = "trap 'exit 0' TERM; echo serving on $(hostname); while true; do sleep 0.2; done";
+/// Serves its host name over HTTP on port 8080, and says so in its log.
+const SERVE: &str = "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && echo serving on $(hostname) \
+    && exec httpd -f -p 8080 -h /www";
 
 /// Tasks meant to run, from `service ps -o json`: id -> (node, state).
 fn tasks(servers: &[String], service: &str) -> Option<BTreeMap<String, (String, String)>> {
@@ -74,6 +76,53 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         (ok && all).then_some(())
     })
     .await?;
+
+    // Containers on different hosts talk through the overlay: a client on
+    // host1 fetches from every web task.
+    let addresses = wait_for(Duration::from_secs(30), "task addresses", async || {
+        let (ok, out, _) = berthctl(&servers, &["service", "ps", "web", "-o", "json"]).ok()?;
+        let list: Vec<serde_json::Value> = serde_json::from_str(&out).ok().filter(|_| ok)?;
+        let a: Vec<String> = list.iter().filter_map(|t| t["task"]["address"].as_str().map(str::to_owned)).collect();
+        (a.len() == 3).then_some(a)
+    })
+    .await?;
+    let fetch: Vec<String> = addresses.iter().map(|a| format!("wget -qO- http://{a}:8080/")).collect();
+    let client = format!("while true; do {}; sleep 0.3; done", fetch.join("; "));
+    let (ok, out, err) = berthctl(
+        &servers,
+        &[
+            "service",
+            "create",
+            "client",
+            "--image",
+            &image,
+            "--constraint",
+            "node.name == host1",
+            "--",
+            "sh",
+            "-c",
+            &client,
+        ],
+    )?;
+    ensure!(ok, "{out}{err}");
+    wait_for(Duration::from_secs(60), "the client on host1 to reach every web task", async || {
+        let (ok, out, _) = berthctl(&servers, &["service", "logs", "client"]).ok()?;
+        (ok && running.keys().all(|task| out.contains(&format!("hello-from-{task}")))).then_some(())
+    })
+    .await
+    .with_context(|| {
+        let logs = berthctl(&servers, &["service", "logs", "client"]).map(|r| r.1).unwrap_or_default();
+        format!("{logs}\n{}", agents.iter().map(Agent::daemon_log).collect::<Vec<_>>().join("\n"))
+    })?;
+    // On the underlay, that traffic is only WireGuard's UDP: no packet on
+    // host1's link carries a container address in clear.
+    let capture =
+        std::process::Command::new("timeout").args(["3", "tcpdump", "-i", on[0].link(), "-nn", "-q", "-l"]).output()?;
+    let seen = String::from_utf8_lossy(&capture.stdout);
+    ensure!(seen.lines().any(|l| l.contains("UDP")), "no overlay traffic captured: {seen}");
+    ensure!(!seen.contains(" 198.19."), "a container address in clear on the underlay:\n{seen}");
+    let (ok, _, err) = berthctl(&servers, &["service", "rm", "client"])?;
+    ensure!(ok, "{err}");
 
     // Cut host3 off: the two others keep a quorum, see its node go down and
     // run its task. (berthctl asks only the servers it can reach.)

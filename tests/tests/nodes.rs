@@ -42,6 +42,7 @@ impl JoinedAgent {
             .env("BERTH_LOG", "info")
             .args(["--server", &servers.join(","), "--name", &self.name, "--advertise", &self.advertise])
             .args(["--cpus", "2", "--memory", "4Gi", "--heartbeat-ms", "300", "--bridge", &self.bridge])
+            .args(["--wireguard-port", &free_port().to_string()])
             .args(extra);
         self.process.start(&mut cmd)
     }

@@ -10,7 +10,9 @@ const WATCH_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
 use std::sync::Arc;
 
-use berth_proto::model::{validate_name, Availability, Desired, Node as NodeRecord, NodeStatus, Resources, TaskState};
+use berth_proto::model::{
+    validate_name, Availability, Desired, Node as NodeRecord, NodeStatus, Overlay, Resources, TaskState,
+};
 use berth_proto::pb::agent::agent_server::Agent;
 use berth_proto::pb::agent::*;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
@@ -43,6 +45,28 @@ pub fn node_from(req: RegisterRequest) -> Result<NodeRecord, Status> {
             return Err(bad(&format!("labels.{k}"), v, "KEY=VALUE without spaces, '=' or '!' in either"));
         }
     }
+    let overlay = match (req.wireguard_public_key.as_str(), req.wireguard_port) {
+        ("", 0) => None,
+        (key, port) => {
+            let key_ok = key.len() == 44
+                && key.ends_with('=')
+                && key[..43].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+            if !key_ok {
+                return Err(bad("wireguard_public_key", &key, "a WireGuard public key (44 characters of base64)"));
+            }
+            let port = u16::try_from(port).ok().filter(|p| *p > 0);
+            let port = port.ok_or_else(|| bad("wireguard_port", &req.wireguard_port, "a UDP port from 1 to 65535"))?;
+            let ip = req.advertise_address.rsplit_once(':').and_then(|(h, _)| h.parse::<std::net::Ipv4Addr>().ok());
+            let ip = ip.ok_or_else(|| {
+                bad(
+                    "advertise_address",
+                    &req.advertise_address,
+                    "an IPv4 address and port when the node has an overlay",
+                )
+            })?;
+            Some(Overlay { public_key: key.to_owned(), endpoint: format!("{ip}:{port}") })
+        }
+    };
     let id = if req.node_id.is_empty() {
         format!("{:016x}", rand::random::<u64>())
     } else if req.node_id.len() <= 64 && req.node_id.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -59,6 +83,7 @@ pub fn node_from(req: RegisterRequest) -> Result<NodeRecord, Status> {
         status: NodeStatus::Ready,
         availability: Availability::Active,
         subnet: None,
+        overlay,
     })
 }
 
@@ -169,10 +194,25 @@ pub fn assigned(state: &State, node_id: &str) -> AssignedTasks {
         })
         .collect();
     let text = |c: Option<berth_proto::model::Cidr>| c.map(|c| c.to_string()).unwrap_or_default();
+    let peers = state
+        .nodes
+        .values()
+        .filter(|n| n.id != node_id)
+        .filter_map(|n| {
+            let (overlay, subnet) = (n.overlay.as_ref()?, n.subnet?);
+            Some(Peer {
+                node_id: n.id.clone(),
+                public_key: overlay.public_key.clone(),
+                endpoint: overlay.endpoint.clone(),
+                subnet: subnet.to_string(),
+            })
+        })
+        .collect();
     AssignedTasks {
         tasks,
         subnet: text(state.nodes.get(node_id).and_then(|n| n.subnet)),
         cluster_cidr: text(state.network.map(|n| n.cidr)),
+        peers,
     }
 }
 
@@ -237,13 +277,21 @@ mod tests {
             advertise_address: "198.18.0.2:7500".into(),
             labels: [("zone".to_owned(), "a".to_owned())].into(),
             capacity: Some(NodeCapacity { cpu_millis: 2000, memory_bytes: 1 << 30 }),
+            wireguard_public_key: KEY.into(),
+            wireguard_port: 51820,
         }
     }
+
+    const KEY: &str = "qnvDeyTcnW2qQyOLzmmH+X5TI8tSrZwNzGnE4ujCz1o=";
 
     #[test]
     fn registrations_are_checked_and_new_nodes_get_ids() {
         let n = node_from(req()).unwrap();
         assert_eq!(n.id.len(), 16);
+        let overlay = n.overlay.unwrap();
+        assert_eq!((overlay.public_key.as_str(), overlay.endpoint.as_str()), (KEY, "198.18.0.2:51820"));
+        let plain = RegisterRequest { wireguard_public_key: String::new(), wireguard_port: 0, ..req() };
+        assert_eq!(node_from(plain).unwrap().overlay, None, "a node may have no overlay");
         assert_eq!(n.labels["zone"], "a");
         assert_eq!(node_from(RegisterRequest { node_id: "abc123".into(), ..req() }).unwrap().id, "abc123");
         for (bad, field) in [
@@ -252,6 +300,9 @@ mod tests {
             (RegisterRequest { capacity: None, ..req() }, "capacity"),
             (RegisterRequest { node_id: "../etc".into(), ..req() }, "node_id"),
             (RegisterRequest { labels: [("a=b".to_owned(), "c".to_owned())].into(), ..req() }, "labels.a=b"),
+            (RegisterRequest { wireguard_public_key: "short".into(), ..req() }, "wireguard_public_key"),
+            (RegisterRequest { wireguard_port: 70000, ..req() }, "wireguard_port"),
+            (RegisterRequest { advertise_address: "worker-1:7500".into(), ..req() }, "advertise_address"),
         ] {
             let err = node_from(bad).unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument);

@@ -191,6 +191,7 @@ mod tests {
                 status,
                 availability: Default::default(),
                 subnet: None,
+                overlay: None,
             };
             s.nodes.insert(id.into(), n);
         }

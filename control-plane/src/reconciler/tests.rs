@@ -32,6 +32,7 @@ fn node(id: &str) -> Node {
         status: NodeStatus::Ready,
         availability: Availability::Active,
         subnet: None,
+        overlay: None,
     }
 }
 

@@ -255,6 +255,7 @@ mod tests {
             status: NodeStatus::Down,
             availability: Default::default(),
             subnet: None,
+            overlay: None,
         }
     }
 

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use berth_node_agent::network::overlay::Keys;
 use berth_node_agent::tasks::logs::NodeApi;
 use berth_node_agent::tasks::worker::{self, Local};
 use berth_proto::pb::agent::agent_client::AgentClient;
@@ -49,6 +50,10 @@ pub struct JoinArgs {
     /// Time between heartbeats.
     #[arg(long, default_value_t = 1000)]
     pub heartbeat_ms: u64,
+    /// UDP port of the node's WireGuard overlay on its advertise address
+    /// (0: no overlay; there is none either when --advertise is not an IP).
+    #[arg(long, default_value_t = 51820)]
+    pub wireguard_port: u16,
     /// The bridge this node's containers are plugged into.
     #[arg(long, default_value = "berth0")]
     pub bridge: String,
@@ -57,8 +62,12 @@ pub struct JoinArgs {
     pub mtu: u32,
 }
 
-pub async fn join(local: Local, data_dir: &Path, args: JoinArgs) -> anyhow::Result<u8> {
+pub async fn join(mut local: Local, data_dir: &Path, args: JoinArgs) -> anyhow::Result<u8> {
     let request = registration(data_dir, &args)?;
+    if request.wireguard_port != 0 {
+        let keys = overlay_keys(data_dir, &request.advertise_address, args.wireguard_port)?;
+        local.overlay = keys.map(|k| (k, args.wireguard_port));
+    }
     let period = Duration::from_millis(args.heartbeat_ms.max(10));
     let mut servers = Servers::new(&args.servers)?;
     let listen = listen_address(args.listen.as_deref(), &request.advertise_address)?;
@@ -170,13 +179,29 @@ fn registration(data_dir: &Path, args: &JoinArgs) -> anyhow::Result<RegisterRequ
         Some(m) => super::memory_flag(m)?,
         None => host_memory()?,
     };
+    let overlay = overlay_keys(data_dir, &advertise, args.wireguard_port)?;
     Ok(RegisterRequest {
         node_id,
         name,
         advertise_address: advertise,
         labels: labels.into_iter().collect(),
         capacity: Some(NodeCapacity { cpu_millis, memory_bytes }),
+        wireguard_public_key: overlay.as_ref().map(|k| k.public.clone()).unwrap_or_default(),
+        wireguard_port: if overlay.is_some() { u32::from(args.wireguard_port) } else { 0 },
     })
+}
+
+/// The node's WireGuard keys, when it is to have an overlay.
+pub fn overlay_keys(data_dir: &Path, advertise: &str, port: u16) -> anyhow::Result<Option<Keys>> {
+    if port == 0 {
+        return Ok(None);
+    }
+    let ip = advertise.rsplit_once(':').and_then(|(h, _)| h.parse::<std::net::Ipv4Addr>().ok());
+    if ip.is_none() {
+        warn!("no overlay: --advertise {advertise} is not IPv4:PORT, so other nodes cannot reach this one's WireGuard");
+        return Ok(None);
+    }
+    Ok(Some(Keys::load_or_make(data_dir).context("the node's WireGuard key")?))
 }
 
 /// The host name's first label, lowercased: a node name must be a DNS label.

@@ -75,6 +75,7 @@ pub async fn dispatch(mut args: Args) -> anyhow::Result<u8> {
             bridge: args.join.bridge.clone(),
             mtu: args.join.mtu,
             netns_dir: args.run_dir.join("netns"),
+            overlay: None,
         };
         return join::join(local, &args.data_dir, args.join).await;
     };

@@ -18,6 +18,7 @@
 //! plans are tested without a kernel and the real thing with one.
 
 mod iproute;
+pub mod overlay;
 
 use std::io;
 use std::net::Ipv4Addr;

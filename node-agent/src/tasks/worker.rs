@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use super::plan::{plan, Action, Have, Want};
 use super::restart;
 use crate::image::{ImageRef, Registries, Store};
+use crate::network::overlay::{Keys, Overlay, Peer};
 use crate::network::{IpRoute, NodeNet};
 use crate::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode, Runtime, Status};
 
@@ -45,6 +46,8 @@ pub struct Local {
     pub bridge: String,
     pub mtu: u32,
     pub netns_dir: PathBuf,
+    /// The node's WireGuard keys and UDP port, when it has an overlay.
+    pub overlay: Option<(Keys, u16)>,
 }
 
 /// What the cluster wants of this node: its tasks, and its subnet within
@@ -53,6 +56,8 @@ pub struct Local {
 struct Assigned {
     tasks: BTreeMap<String, AssignedTask>,
     network: Option<(Cidr, Cidr)>,
+    /// The other nodes' overlay ends, by public key.
+    peers: BTreeMap<String, Peer>,
 }
 
 type Net = Arc<NodeNet<IpRoute>>;
@@ -78,6 +83,7 @@ pub async fn run(local: Local, node_id: String, clients: Vec<AgentClient<Channel
     let exits = Arc::new(Notify::new());
     let mut books = Books::default();
     let mut net: Option<Net> = None;
+    let mut overlay: Option<Overlay> = None;
     let mut at = 0;
     loop {
         let assigned = rx.borrow_and_update().clone();
@@ -85,6 +91,17 @@ pub async fn run(local: Local, node_id: String, clients: Vec<AgentClient<Channel
         if let Some((subnet, cluster)) = assigned.network {
             if net.as_ref().is_none_or(|n| (n.subnet, n.cluster) != (subnet, cluster)) {
                 net = node_network(&local, subnet, cluster).await;
+                overlay = None;
+            }
+        }
+        if let (Some(n), Some((keys, port))) = (&net, &local.overlay) {
+            if overlay.is_none() {
+                overlay = start_overlay(keys, *port, n).await;
+            }
+            if let Some(o) = overlay.as_mut() {
+                if let Err(e) = o.set_peers(assigned.peers.clone()) {
+                    warn!("updating the overlay's peers: {e}");
+                }
             }
         }
         work(&local, &want, &mut books, &exits, net.as_ref()).await;
@@ -139,6 +156,28 @@ async fn node_network(local: &Local, subnet: Cidr, cluster: Cidr) -> Option<Net>
     }
 }
 
+/// Brings up the node's WireGuard interface; None (and tried again on the
+/// next pass) when that fails.
+async fn start_overlay(keys: &Keys, port: u16, net: &Net) -> Option<Overlay> {
+    let (keys, mtu, cluster, source) = (keys.clone(), net.mtu, net.cluster, net.subnet.gateway());
+    let started =
+        tokio::task::spawn_blocking(move || Overlay::start(&keys, port, mtu, cluster, source, &IpRoute)).await;
+    match started {
+        Ok(Ok(o)) => {
+            info!(interface = %o.interface, port, "overlay up");
+            Some(o)
+        }
+        Ok(Err(e)) => {
+            warn!("starting the overlay: {e}");
+            None
+        }
+        Err(e) => {
+            warn!("starting the overlay: {e}");
+            None
+        }
+    }
+}
+
 /// Keeps `tx` holding the node's current tasks, from whichever server answers.
 async fn watch_tasks(node_id: String, clients: Vec<AgentClient<Channel>>, tx: watch::Sender<Assigned>) {
     let mut at = 0;
@@ -153,8 +192,15 @@ async fn watch_tasks(node_id: String, clients: Vec<AgentClient<Channel>>, tx: wa
                         Ok(Some(list)) => {
                             backoff = Duration::from_millis(100);
                             let network = list.subnet.parse().ok().zip(list.cluster_cidr.parse().ok());
+                            let peers = list
+                                .peers
+                                .into_iter()
+                                .filter_map(|p| {
+                                    Some((p.public_key, Peer { endpoint: p.endpoint, subnet: p.subnet.parse().ok()? }))
+                                })
+                                .collect();
                             let tasks = list.tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
-                            if tx.send(Assigned { tasks, network }).is_err() {
+                            if tx.send(Assigned { tasks, network, peers }).is_err() {
                                 return;
                             }
                         }

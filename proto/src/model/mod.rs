@@ -13,7 +13,7 @@ mod task;
 pub use constraint::{Constraint, ConstraintKey};
 pub use invalid::InvalidField;
 pub use network::{Cidr, NetworkConfig, MAX_NODE_PREFIX};
-pub use node::{Availability, Node, NodeInfo, NodeStatus};
+pub use node::{Availability, Node, NodeInfo, NodeStatus, Overlay};
 pub use quantity::{format_memory, parse_cpus, parse_memory};
 pub use reference::validate_image;
 pub use service::{validate_name, PortSpec, Protocol, Resources, RestartPolicy, Service, ServiceSpec, MAX_REPLICAS};

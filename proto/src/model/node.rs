@@ -23,6 +23,17 @@ pub struct Node {
     /// Its containers' addresses, from the cluster CIDR (see `network`);
     /// none before the cluster's network is set.
     pub subnet: Option<Cidr>,
+    /// Its end of the overlay, if it has one.
+    pub overlay: Option<Overlay>,
+}
+
+/// A node's WireGuard identity and where it listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overlay {
+    /// The public key, base64 (as `wg` shows it).
+    pub public_key: String,
+    /// IP:PORT on the underlay.
+    pub endpoint: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,228 @@
+//! The overlay: a WireGuard interface per node (boringtun, in the agent's
+//! process), listening on UDP on the advertise address. Its peers are all
+//! other nodes, each allowed its containers' subnet; a route sends the
+//! cluster CIDR through the interface (the node's own subnet stays on its
+//! bridge, the more specific route), so container traffic between nodes is
+//! always encrypted.
+//!
+//! boringtun is configured only through the standard UAPI socket
+//! (`/var/run/wireguard/IFACE.sock`), so `wg show IFACE` works on a node.
+//! The interface is named after the node's key (`bw` + 8 hex digits): two
+//! hosts sharing a filesystem never share a socket path. Peer changes are a
+//! pure diff of the old and new peer lists, sent as one UAPI `set`.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use berth_proto::model::Cidr;
+use boringtun::device::{DeviceConfig, DeviceHandle};
+use boringtun::x25519::{PublicKey, StaticSecret};
+
+use super::Host;
+
+const KEY_FILE: &str = "wireguard.key";
+/// Keeps NAT mappings and stateful firewalls on the path open.
+const KEEPALIVE_SECS: u32 = 25;
+
+/// A node's WireGuard key pair, base64 as `wg` shows keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    pub private: String,
+    pub public: String,
+}
+
+impl Keys {
+    /// The key pair kept in `dir` (made at first start; the private key
+    /// never leaves the node, and its file is mode 0600).
+    pub fn load_or_make(dir: &Path) -> io::Result<Self> {
+        let path = dir.join(KEY_FILE);
+        let secret = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let bytes: [u8; 32] = STANDARD
+                    .decode(text.trim())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| io::Error::other(format!("{} does not hold a WireGuard key", path.display())))?;
+                StaticSecret::from(bytes)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let secret = StaticSecret::random_from_rng(rand_core::OsRng);
+                let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+                file.write_all(STANDARD.encode(secret.to_bytes()).as_bytes())?;
+                file.sync_all()?;
+                secret
+            }
+            Err(e) => return Err(e),
+        };
+        let public = PublicKey::from(&secret);
+        Ok(Self { private: STANDARD.encode(secret.to_bytes()), public: STANDARD.encode(public.as_bytes()) })
+    }
+
+    /// The interface name for this node: `bw` and 8 hex digits of its key.
+    pub fn interface(&self) -> String {
+        let bytes = STANDARD.decode(&self.public).unwrap_or_default();
+        format!("bw{}", hex::encode(bytes.get(..4).unwrap_or_default()))
+    }
+}
+
+/// A peer as the cluster describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub endpoint: String,
+    pub subnet: Cidr,
+}
+
+/// base64 key to the hex UAPI wants; None if it is not a key.
+fn hex_key(b64: &str) -> Option<String> {
+    STANDARD.decode(b64).ok().filter(|b| b.len() == 32).map(hex::encode)
+}
+
+/// The UAPI `set` lines that turn peer list `old` into `new` (keyed by
+/// base64 public key); None when nothing changes.
+pub fn peer_changes(old: &BTreeMap<String, Peer>, new: &BTreeMap<String, Peer>) -> Option<String> {
+    let mut out = String::new();
+    for key in old.keys().filter(|k| !new.contains_key(*k)) {
+        if let Some(hex) = hex_key(key) {
+            out += &format!("public_key={hex}\nremove=true\n");
+        }
+    }
+    for (key, peer) in new.iter().filter(|(k, p)| old.get(*k) != Some(p)) {
+        if let Some(hex) = hex_key(key) {
+            out += &format!(
+                "public_key={hex}\nendpoint={}\npersistent_keepalive_interval={KEEPALIVE_SECS}\nreplace_allowed_ips=true\nallowed_ip={}\n",
+                peer.endpoint, peer.subnet
+            );
+        }
+    }
+    (!out.is_empty()).then(|| format!("set=1\n{out}"))
+}
+
+/// Sends one UAPI request to the interface's socket; fails unless it answers errno=0.
+fn uapi(interface: &str, request: &str) -> io::Result<()> {
+    let path = format!("/var/run/wireguard/{interface}.sock");
+    let mut stream = UnixStream::connect(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(format!("{request}\n").as_bytes())?;
+    let mut answer = String::new();
+    for line in BufReader::new(stream).lines() {
+        let line = line?;
+        if line.is_empty() {
+            break;
+        }
+        answer = line;
+    }
+    if answer == "errno=0" {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("WireGuard refused the configuration: {answer}")))
+    }
+}
+
+/// The running interface; dropping it takes the interface down.
+pub struct Overlay {
+    pub interface: String,
+    peers: BTreeMap<String, Peer>,
+    _device: DeviceHandle,
+}
+
+impl std::fmt::Debug for Overlay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overlay").field("interface", &self.interface).field("peers", &self.peers.len()).finish()
+    }
+}
+
+impl Overlay {
+    /// Brings up the interface with the node's key on `port`, and routes
+    /// the cluster CIDR through it from `source` (the node's bridge
+    /// address: replies to the host come back inside its subnet, which the
+    /// peers allow).
+    pub fn start(
+        keys: &Keys,
+        port: u16,
+        mtu: u32,
+        cluster: Cidr,
+        source: Ipv4Addr,
+        host: &impl Host,
+    ) -> io::Result<Self> {
+        let interface = keys.interface();
+        let config = DeviceConfig { n_threads: 2, use_connected_socket: true, use_multi_queue: false, uapi_fd: -1 };
+        let device = DeviceHandle::new(&interface, config)
+            .map_err(|e| io::Error::other(format!("creating WireGuard interface {interface}: {e:?}")))?;
+        let private =
+            hex_key(&keys.private).ok_or_else(|| io::Error::other("the node's WireGuard key is not valid"))?;
+        uapi(&interface, &format!("set=1\nprivate_key={private}\nlisten_port={port}\n"))?;
+        host.ip(
+            None,
+            &[
+                format!("link set dev {interface} mtu {mtu} up"),
+                format!("route replace {cluster} dev {interface} src {source}"),
+            ],
+        )?;
+        Ok(Self { interface, peers: BTreeMap::new(), _device: device })
+    }
+
+    /// Makes the peers `peers`, changing only what differs.
+    pub fn set_peers(&mut self, peers: BTreeMap<String, Peer>) -> io::Result<()> {
+        if let Some(request) = peer_changes(&self.peers, &peers) {
+            uapi(&self.interface, &request)?;
+        }
+        self.peers = peers;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> String {
+        STANDARD.encode([n; 32])
+    }
+
+    fn peer(endpoint: &str, subnet: &str) -> Peer {
+        Peer { endpoint: endpoint.into(), subnet: subnet.parse().unwrap() }
+    }
+
+    #[test]
+    fn peer_lists_change_by_diff() {
+        let one = BTreeMap::from([(key(1), peer("198.18.0.1:51820", "198.19.0.0/24"))]);
+        assert_eq!(peer_changes(&one, &one), None, "nothing to say");
+        let hex1 = hex::encode([1u8; 32]);
+        let hex2 = hex::encode([2u8; 32]);
+        assert_eq!(
+            peer_changes(&BTreeMap::new(), &one).unwrap(),
+            format!("set=1\npublic_key={hex1}\nendpoint=198.18.0.1:51820\npersistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=198.19.0.0/24\n")
+        );
+        // One moves to a new address, another joins, and one leaves.
+        let moved = BTreeMap::from([(key(1), peer("198.18.0.9:51820", "198.19.0.0/24"))]);
+        let text = peer_changes(&one, &moved).unwrap();
+        assert!(text.contains("endpoint=198.18.0.9:51820") && !text.contains("remove"));
+        let other = BTreeMap::from([(key(2), peer("198.18.0.2:51820", "198.19.1.0/24"))]);
+        let text = peer_changes(&one, &other).unwrap();
+        assert!(text.starts_with(&format!("set=1\npublic_key={hex1}\nremove=true\npublic_key={hex2}\n")), "{text}");
+        // A key that is not one is skipped, not sent.
+        let junk = BTreeMap::from([("not a key".to_owned(), peer("198.18.0.3:1", "198.19.2.0/24"))]);
+        assert_eq!(peer_changes(&BTreeMap::new(), &junk), None);
+    }
+
+    #[test]
+    fn keys_are_made_once_and_kept_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::load_or_make(dir.path()).unwrap();
+        assert_eq!(Keys::load_or_make(dir.path()).unwrap(), keys, "the same key after a restart");
+        assert_eq!((keys.public.len(), keys.private.len()), (44, 44));
+        assert_ne!(keys.public, keys.private);
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let name = keys.interface();
+        assert!(name.len() == 10 && name.starts_with("bw"), "{name}");
+    }
+}
