@@ -1,6 +1,7 @@
 //! A child process whose output goes to a log file, with the signals tests
 //! need (kill -9, SIGTERM with a grace period, SIGSTOP/SIGCONT). A process
-//! still running when dropped is killed, so a failing test leaves none behind.
+//! still running when dropped is stopped (SIGTERM, then SIGKILL after 3 s),
+//! so a failing test leaves none behind.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -86,8 +87,11 @@ fn signal(pid: u32, sig: &str) -> Result<()> {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        // A frozen process must be thawed to die.
+        // A frozen process must be thawed to die; given a moment, it cleans
+        // up after itself (an agent's WireGuard socket), else it is killed.
         let _ = self.signal("CONT");
-        self.kill9();
+        if self.stop(Duration::from_secs(3)).is_err() {
+            self.kill9();
+        }
     }
 }

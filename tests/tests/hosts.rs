@@ -114,6 +114,14 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         let logs = berthctl(&servers, &["service", "logs", "client"]).map(|r| r.1).unwrap_or_default();
         format!("{logs}\n{}", agents.iter().map(Agent::daemon_log).collect::<Vec<_>>().join("\n"))
     })?;
+    // `wg` sees each node's interface and its two peers.
+    let links = on[0].run("ip", &["-br", "link"])?;
+    let wg = links
+        .lines()
+        .find_map(|l| l.split_whitespace().next().filter(|n| n.starts_with("bw")))
+        .context("no overlay interface")?;
+    let peers = on[0].run("wg", &["show", wg, "peers"])?;
+    ensure!(peers.lines().count() == 2, "wg show {wg} peers: {peers}");
     // On the underlay, that traffic is only WireGuard's UDP: no packet on
     // host1's link carries a container address in clear.
     let capture =

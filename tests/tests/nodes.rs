@@ -122,7 +122,13 @@ async fn nodes_join_fail_return_and_leave() -> Result<()> {
         (!clash.process.is_running()).then_some(())
     })
     .await;
-    ensure!(exited.is_ok(), "an agent with a taken name kept running");
+    ensure!(
+        exited.is_ok(),
+        "an agent with a taken name kept running: {}\nbeta: {}\n{:?}",
+        std::fs::read_to_string(clash.dir.path().join("agent.log")).unwrap_or_default(),
+        std::fs::read_to_string(b.dir.path().join("agent.log")).unwrap_or_default(),
+        berthctl(&servers, &["node", "ls"])
+    );
     let log = std::fs::read_to_string(clash.dir.path().join("agent.log"))?;
     ensure!(log.contains("a ready node named \"beta\" exists"), "{log}");
     drop(b);

@@ -5,8 +5,9 @@
 //! bridge, the more specific route), so container traffic between nodes is
 //! always encrypted.
 //!
-//! boringtun is configured only through the standard UAPI socket
-//! (`/var/run/wireguard/IFACE.sock`), so `wg show IFACE` works on a node.
+//! boringtun is configured only through the UAPI text protocol, and the
+//! standard socket (`/var/run/wireguard/IFACE.sock`) answers it, so `wg
+//! show IFACE` works on a node (see [`Uapi`] for why the agent serves it).
 //! The interface is named after the node's key (`bw` + 8 hex digits): two
 //! hosts sharing a filesystem never share a socket path. Peer changes are a
 //! pure diff of the old and new peer lists, sent as one UAPI `set`.
@@ -14,9 +15,11 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
+use std::os::fd::IntoRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -85,10 +88,12 @@ fn hex_key(b64: &str) -> Option<String> {
 }
 
 /// The UAPI `set` lines that turn peer list `old` into `new` (keyed by
-/// base64 public key); None when nothing changes.
+/// base64 public key); None when nothing changes. A peer that changed is
+/// removed and added again: boringtun 0.7 cannot change a peer in place
+/// (it panics in its device thread).
 pub fn peer_changes(old: &BTreeMap<String, Peer>, new: &BTreeMap<String, Peer>) -> Option<String> {
     let mut out = String::new();
-    for key in old.keys().filter(|k| !new.contains_key(*k)) {
+    for key in old.keys().filter(|k| new.get(*k) != old.get(*k)) {
         if let Some(hex) = hex_key(key) {
             out += &format!("public_key={hex}\nremove=true\n");
         }
@@ -104,32 +109,103 @@ pub fn peer_changes(old: &BTreeMap<String, Peer>, new: &BTreeMap<String, Peer>) 
     (!out.is_empty()).then(|| format!("set=1\n{out}"))
 }
 
-/// Sends one UAPI request to the interface's socket; fails unless it answers errno=0.
-fn uapi(interface: &str, request: &str) -> io::Result<()> {
-    let path = format!("/var/run/wireguard/{interface}.sock");
-    let mut stream = UnixStream::connect(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(format!("{request}\n").as_bytes())?;
-    let mut answer = String::new();
-    for line in BufReader::new(stream).lines() {
-        let line = line?;
-        if line.is_empty() {
-            break;
+/// boringtun's end of the configuration channel, and the standard UAPI
+/// socket (`/var/run/wireguard/IFACE.sock`) served in front of it.
+///
+/// Why not let boringtun serve the socket itself: when it does, it also
+/// blocks SIGTERM and SIGINT and takes them through a signalfd, so the
+/// agent never hears it is asked to stop. Given a file descriptor instead,
+/// it handles no signals; the agent then answers `wg` on the standard path
+/// by passing each request through, one at a time.
+#[derive(Debug, Clone)]
+struct Uapi {
+    channel: Arc<Mutex<(BufReader<UnixStream>, UnixStream)>>,
+}
+
+impl Uapi {
+    /// One request: lines ending with a blank one; the answer likewise.
+    fn request(&self, request: &str) -> io::Result<Vec<String>> {
+        let mut channel = self.channel.lock().map_err(|_| io::Error::other("the UAPI channel is poisoned"))?;
+        let (reader, writer) = &mut *channel;
+        // boringtun reads a `get` as its one line; a `set` runs to a blank line.
+        let body = request.trim_end_matches('\n');
+        let text = if body.starts_with("get=") { format!("{body}\n") } else { format!("{body}\n\n") };
+        writer.write_all(text.as_bytes())?;
+        let mut answer = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Err(io::Error::other("the WireGuard device has stopped"));
+            }
+            let line = line.trim_end_matches('\n').to_owned();
+            if line.is_empty() {
+                return Ok(answer);
+            }
+            answer.push(line);
         }
-        answer = line;
     }
-    if answer == "errno=0" {
+
+    /// A `set` that must succeed.
+    fn set(&self, request: &str) -> io::Result<()> {
+        let answer = self.request(request)?;
+        match answer.last().map(String::as_str) {
+            Some("errno=0") => Ok(()),
+            other => Err(io::Error::other(format!("WireGuard refused the configuration: {other:?}"))),
+        }
+    }
+
+    /// Serves `wg` on the standard socket until the process ends.
+    fn serve(&self, path: &Path) -> io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        let uapi = self.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let _ = uapi.pass(conn);
+            }
+        });
         Ok(())
-    } else {
-        Err(io::Error::other(format!("WireGuard refused the configuration: {answer}")))
+    }
+
+    fn pass(&self, conn: UnixStream) -> io::Result<()> {
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut reader = BufReader::new(conn.try_clone()?);
+        let mut request = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 || line == "\n" {
+                break;
+            }
+            request += &line;
+        }
+        let mut answer = self.request(&request)?.join("\n");
+        answer += "\n\n";
+        (&conn).write_all(answer.as_bytes())
     }
 }
 
-/// The running interface; dropping it takes the interface down.
+fn socket_path(interface: &str) -> PathBuf {
+    PathBuf::from(format!("/var/run/wireguard/{interface}.sock"))
+}
+
+/// The running interface. It lives as long as the agent's process: the
+/// device's threads and TUN go with the process, and dropping an `Overlay`
+/// only removes its UAPI socket (boringtun's handle is not dropped: its
+/// drop stops the device but leaves its threads).
 pub struct Overlay {
     pub interface: String,
     peers: BTreeMap<String, Peer>,
-    _device: DeviceHandle,
+    uapi: Uapi,
+    _device: std::mem::ManuallyDrop<DeviceHandle>,
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(socket_path(&self.interface));
+    }
 }
 
 impl std::fmt::Debug for Overlay {
@@ -152,12 +228,22 @@ impl Overlay {
         host: &impl Host,
     ) -> io::Result<Self> {
         let interface = keys.interface();
-        let config = DeviceConfig { n_threads: 2, use_connected_socket: true, use_multi_queue: false, uapi_fd: -1 };
+        let (ours, theirs) = UnixStream::pair()?;
+        let config = DeviceConfig {
+            n_threads: 2,
+            use_connected_socket: true,
+            use_multi_queue: false,
+            uapi_fd: theirs.into_raw_fd(),
+        };
         let device = DeviceHandle::new(&interface, config)
             .map_err(|e| io::Error::other(format!("creating WireGuard interface {interface}: {e:?}")))?;
+        // A device thread that died must not hang the agent.
+        ours.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let uapi = Uapi { channel: Arc::new(Mutex::new((BufReader::new(ours.try_clone()?), ours))) };
         let private =
             hex_key(&keys.private).ok_or_else(|| io::Error::other("the node's WireGuard key is not valid"))?;
-        uapi(&interface, &format!("set=1\nprivate_key={private}\nlisten_port={port}\n"))?;
+        uapi.set(&format!("set=1\nprivate_key={private}\nlisten_port={port}\n"))?;
+        uapi.serve(&socket_path(&interface))?;
         host.ip(
             None,
             &[
@@ -165,13 +251,13 @@ impl Overlay {
                 format!("route replace {cluster} dev {interface} src {source}"),
             ],
         )?;
-        Ok(Self { interface, peers: BTreeMap::new(), _device: device })
+        Ok(Self { interface, peers: BTreeMap::new(), uapi, _device: std::mem::ManuallyDrop::new(device) })
     }
 
     /// Makes the peers `peers`, changing only what differs.
     pub fn set_peers(&mut self, peers: BTreeMap<String, Peer>) -> io::Result<()> {
         if let Some(request) = peer_changes(&self.peers, &peers) {
-            uapi(&self.interface, &request)?;
+            self.uapi.set(&request)?;
         }
         self.peers = peers;
         Ok(())
@@ -203,7 +289,12 @@ mod tests {
         // One moves to a new address, another joins, and one leaves.
         let moved = BTreeMap::from([(key(1), peer("198.18.0.9:51820", "198.19.0.0/24"))]);
         let text = peer_changes(&one, &moved).unwrap();
-        assert!(text.contains("endpoint=198.18.0.9:51820") && !text.contains("remove"));
+        assert!(
+            text.starts_with(&format!(
+                "set=1\npublic_key={hex1}\nremove=true\npublic_key={hex1}\nendpoint=198.18.0.9:51820\n"
+            )),
+            "a moved peer is removed and added again: {text}"
+        );
         let other = BTreeMap::from([(key(2), peer("198.18.0.2:51820", "198.19.1.0/24"))]);
         let text = peer_changes(&one, &other).unwrap();
         assert!(text.starts_with(&format!("set=1\npublic_key={hex1}\nremove=true\npublic_key={hex2}\n")), "{text}");
