@@ -194,6 +194,18 @@ impl Drop for Agent {
             let _ = std::fs::remove_file(ns.path());
         }
         remove_bridge(&self.bridge);
+        remove_stale_wireguard_sockets();
+    }
+}
+
+/// Removes WireGuard UAPI sockets nobody answers on: what agents killed
+/// with SIGKILL leave (a clean stop removes its own).
+pub fn remove_stale_wireguard_sockets() {
+    for entry in std::fs::read_dir("/var/run/wireguard").into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "sock") && std::os::unix::net::UnixStream::connect(&path).is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 

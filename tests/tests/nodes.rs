@@ -22,6 +22,7 @@ impl Drop for JoinedAgent {
     fn drop(&mut self) {
         let _ = self.process.stop(Duration::from_secs(5));
         berth_tests::agent::remove_bridge(&self.bridge);
+        berth_tests::agent::remove_stale_wireguard_sockets();
     }
 }
 
