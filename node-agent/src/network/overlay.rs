@@ -115,8 +115,9 @@ pub fn peer_changes(old: &BTreeMap<String, Peer>, new: &BTreeMap<String, Peer>) 
 /// Why not let boringtun serve the socket itself: when it does, it also
 /// blocks SIGTERM and SIGINT and takes them through a signalfd, so the
 /// agent never hears it is asked to stop. Given a file descriptor instead,
-/// it handles no signals; the agent then answers `wg` on the standard path
-/// by passing each request through, one at a time.
+/// it handles no signals; the agent then answers `wg show` on the standard
+/// path by passing each `get` through, one at a time (a `set` from outside
+/// is refused: the agent owns the configuration).
 #[derive(Debug, Clone)]
 struct Uapi {
     channel: Arc<Mutex<(BufReader<UnixStream>, UnixStream)>>,
@@ -181,7 +182,15 @@ impl Uapi {
             }
             request += &line;
         }
-        let mut answer = self.request(&request)?.join("\n");
+        // Others may look (`wg show`), not change: the agent owns the
+        // configuration, and a `set` boringtun rejects halfway would leave
+        // lines in the channel that answer later requests.
+        let first = request.lines().next().unwrap_or_default();
+        let mut answer = match first {
+            "get=1" => self.request("get=1")?.join("\n"),
+            "set=1" => "errno=1".to_owned(), // EPERM
+            _ => "errno=22".to_owned(),      // EINVAL
+        };
         answer += "\n\n";
         (&conn).write_all(answer.as_bytes())
     }
