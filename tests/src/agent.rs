@@ -132,7 +132,7 @@ impl Agent {
         args.extend_from_slice(&["--bridge", &self.bridge, "--wireguard-port", &port]);
         args.extend_from_slice(extra);
         let mut daemon = crate::Process::new(self.data.path().join("daemon.log"));
-        daemon.start(&mut self.command(&args))?;
+        daemon.start(self.command(&args).env("BERTH_LOG", "info,libcgroups=error,libcontainer=error"))?;
         Ok(daemon)
     }
 
@@ -209,8 +209,9 @@ pub fn remove_stale_wireguard_sockets() {
     }
 }
 
-/// Removes a node's bridge and the iptables rules its agent tagged with it
-/// (`berth:BRIDGE`), as an operator would after removing the node.
+/// Removes a node's bridge, the iptables rules its agent tagged with it
+/// (`berth:BRIDGE`) and its routing mesh chain, as an operator would after
+/// removing the node.
 pub fn remove_bridge(bridge: &str) {
     let _ = Command::new("ip").args(["link", "del", "dev", bridge]).stderr(std::process::Stdio::null()).status();
     let tag = format!("berth:{bridge}");
@@ -222,6 +223,12 @@ pub fn remove_bridge(bridge: &str) {
             args.extend(shell_words(spec));
             let _ = Command::new("iptables").args(&args).status();
         }
+    }
+    // The routing mesh's chain, unreferenced now.
+    let mesh = format!("BERTH-MESH-{bridge}");
+    for op in ["-F", "-X"] {
+        let _ =
+            Command::new("iptables").args(["-w", "-t", "nat", op, &mesh]).stderr(std::process::Stdio::null()).status();
     }
 }
 

@@ -1,8 +1,12 @@
 //! berth across hosts: three hosts (network namespaces on a test network in
-//! 198.18.0.0/16), each running a berth-server and a berth-agent. A
-//! service spreads over the three; its logs come from every host; a host
-//! cut off the network loses its task to the others, and once healed it
-//! stops its stale container so the service settles at exactly its replicas.
+//! 198.18.0.0/16), each running a berth-server and a berth-agent, in one
+//! cluster fixture that the steps share. A service spreads over the three;
+//! its logs come from every host; its containers are reached across hosts
+//! through the overlay, and its published port from outside on every host
+//! (the routing mesh), also through an agent restart and while a host is cut
+//! off; a host cut off loses its task to the others, and once healed it
+//! stops its stale container; a host stopped and removed leaves every
+//! other node's peers and nothing of its overlay behind.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,6 +17,7 @@ use berth_tests::hosts::Hosts;
 use berth_tests::oci::Image;
 use berth_tests::registry::{Auth, Registry};
 use berth_tests::{berthctl, wait_for, Cluster};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Serves its host name over HTTP on port 8080, and says so in its log.
 const SERVE: &str = "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && echo serving on $(hostname) \
@@ -31,6 +36,37 @@ fn tasks(servers: &[String], service: &str) -> Option<BTreeMap<String, (String, 
     )
 }
 
+/// The page behind a published port, fetched from the test namespace (the
+/// world outside the hosts); None when nothing answers within 2 s.
+async fn fetch(addr: &str) -> Option<String> {
+    let get = async {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+        conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await.ok()?;
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).await.ok()?;
+        Some(reply.split_once("\r\n\r\n")?.1.trim().to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(2), get).await.ok().flatten()
+}
+
+/// Whether `addr` answers, within a few dozen tries, from every one of
+/// `tasks` (the mesh balances over replicas on every host) and from nothing else.
+async fn answers_from_all(addr: &str, tasks: &BTreeMap<String, (String, String)>) -> bool {
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        match fetch(addr).await.as_deref().and_then(|page| page.strip_prefix("hello-from-")) {
+            Some(task) if tasks.contains_key(task) => {
+                seen.insert(task.to_owned());
+            }
+            _ => return false,
+        }
+        if seen.len() == tasks.len() {
+            return true;
+        }
+    }
+    false
+}
+
 /// Task containers on each agent's host, by agent index.
 fn containers(agents: &[Agent]) -> Vec<Vec<String>> {
     agents.iter().map(|a| a.ps().iter().filter_map(|c| c["name"].as_str().map(str::to_owned)).collect()).collect()
@@ -43,7 +79,7 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     Image::busybox()?.push(&registry.addr, "busybox", "v1").await?;
     let image = format!("{}/busybox:v1", registry.addr);
     let on: Vec<&berth_tests::hosts::Host> = hosts.hosts.iter().collect();
-    let cluster = Cluster::start_on(&on, &["--node-down-after-ms", "2000"]).await?;
+    let mut cluster = Cluster::start_on(&on, &["--node-down-after-ms", "2000"]).await?;
     let servers = cluster.addrs();
     let agents: Vec<Agent> = on.iter().map(|h| Agent::on(Some(&registry), h)).collect();
     let mut daemons = Vec::new();
@@ -58,7 +94,21 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
 
     let (ok, out, err) = berthctl(
         &servers,
-        &["service", "create", "web", "--image", &image, "--replicas", "3", "--", "sh", "-c", SERVE],
+        &[
+            "service",
+            "create",
+            "web",
+            "--image",
+            &image,
+            "--replicas",
+            "3",
+            "--publish",
+            "9080:8080",
+            "--",
+            "sh",
+            "-c",
+            SERVE,
+        ],
     )?;
     ensure!(ok, "{out}{err}");
     let running = wait_for(Duration::from_secs(60), "3 tasks running on 3 hosts", async || {
@@ -86,8 +136,8 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         (a.len() == 3).then_some(a)
     })
     .await?;
-    let fetch: Vec<String> = addresses.iter().map(|a| format!("wget -qO- http://{a}:8080/")).collect();
-    let client = format!("while true; do {}; sleep 0.3; done", fetch.join("; "));
+    let fetches: Vec<String> = addresses.iter().map(|a| format!("wget -qO- http://{a}:8080/")).collect();
+    let client = format!("while true; do {}; sleep 0.3; done", fetches.join("; "));
     let (ok, out, err) = berthctl(
         &servers,
         &[
@@ -132,6 +182,41 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     let (ok, _, err) = berthctl(&servers, &["service", "rm", "client"])?;
     ensure!(ok, "{err}");
 
+    // The routing mesh: port 9080 of every host answers, from every replica
+    // wherever it runs; also on the host itself (its own address).
+    let published: Vec<String> = on.iter().map(|h| format!("{}:9080", h.ip)).collect();
+    for addr in &published {
+        wait_for(Duration::from_secs(30), &format!("{addr} to answer from every replica"), async || {
+            answers_from_all(addr, &running).await.then_some(())
+        })
+        .await
+        .with_context(|| agents.iter().map(Agent::daemon_log).collect::<Vec<_>>().join("\n"))?;
+    }
+    let own = on[0].run("busybox", &["wget", "-qO-", &format!("http://{}/", published[0])])?;
+    ensure!(own.starts_with("hello-from-web."), "host1 fetching its own published port: {own}");
+
+    // An agent restart leaves its containers' networking alone: host1's
+    // task keeps running with its address, and once the overlay is back,
+    // the mesh on host2 reaches it again.
+    let before = berthctl(&servers, &["service", "ps", "web", "-o", "json"])?.1;
+    daemons[0].stop(Duration::from_secs(15))?;
+    daemons[0] = agents[0].join_at(&servers, &on[0].name, &format!("{}:7500", on[0].ip), &[])?;
+    wait_for(Duration::from_secs(30), "host2's published port to reach host1's task again", async || {
+        answers_from_all(&published[1], &running).await.then_some(())
+    })
+    .await
+    .with_context(|| agents.iter().map(Agent::daemon_log).collect::<Vec<_>>().join("\n"))?;
+    let after = berthctl(&servers, &["service", "ps", "web", "-o", "json"])?.1;
+    let host1_task = |json: &str| -> Option<(String, String, u64)> {
+        let list: Vec<serde_json::Value> = serde_json::from_str(json).ok()?;
+        list.iter().find(|t| t["node_name"] == "host1" && t["task"]["desired"] == "running").map(|t| {
+            let s = |k: &str| t["task"][k].as_str().unwrap_or_default().to_owned();
+            (s("id"), s("address"), t["task"]["restarts"].as_u64().unwrap_or_default())
+        })
+    };
+    let (was, is) = (host1_task(&before), host1_task(&after));
+    ensure!(was.is_some() && was == is, "host1's task changed over an agent restart: {was:?} -> {is:?}");
+
     // Cut host3 off: the two others keep a quorum, see its node go down and
     // run its task. (berthctl asks only the servers it can reach.)
     let reachable = &servers[..2];
@@ -144,6 +229,17 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     .with_context(|| cluster.logs())?;
     let (ok, out, _) = berthctl(reachable, &["node", "ls"])?;
     ensure!(ok && out.lines().any(|l| l.starts_with("host3 ") && l.contains(" down ")), "{out}");
+    // The mesh on the hosts left has forgotten host3's replica: every
+    // request answers (after the short window in which it was still listed).
+    for addr in &published[..2] {
+        wait_for(Duration::from_secs(30), &format!("{addr} to answer 10 times in a row"), async || {
+            for _ in 0..10 {
+                fetch(addr).await.filter(|page| page.starts_with("hello-from-web."))?;
+            }
+            Some(())
+        })
+        .await?;
+    }
 
     // Healed, host3 stops what is no longer its own: exactly 3 containers.
     on[2].heal()?;
@@ -161,6 +257,36 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         containers(&agents).iter().all(Vec::is_empty).then_some(())
     })
     .await?;
+
+    // Host3 stops (its agent and server), is removed, and leaves nothing
+    // of its overlay: every other node drops it from its peers.
+    let wg3 = on[2].run("ip", &["-br", "link"])?;
+    let wg3 = wg3.lines().find_map(|l| l.split_whitespace().next().filter(|n| n.starts_with("bw"))).map(str::to_owned);
+    let wg3 = wg3.context("no overlay interface on host3")?;
+    daemons[2].stop(Duration::from_secs(15))?;
+    cluster.servers[2].stop()?;
+    let links = on[2].run("ip", &["-br", "link"])?;
+    ensure!(!links.contains(&wg3), "host3's overlay interface outlived its agent: {links}");
+    let routes = on[2].run("ip", &["route"])?;
+    ensure!(!routes.contains("198.19.0.0/16"), "host3's overlay route outlived its agent: {routes}");
+    let socket = format!("/var/run/wireguard/{wg3}.sock");
+    ensure!(!std::path::Path::new(&socket).exists(), "{socket} outlived its agent");
+    wait_for(Duration::from_secs(30), "host3 down", async || {
+        let (ok, out, _) = berthctl(reachable, &["node", "ls"]).ok()?;
+        (ok && out.lines().any(|l| l.starts_with("host3 ") && l.contains(" down "))).then_some(())
+    })
+    .await?;
+    let (ok, out, err) = berthctl(reachable, &["node", "rm", "host3"])?;
+    ensure!(ok, "node rm host3: {out}{err}");
+    for host in &on[..2] {
+        wait_for(Duration::from_secs(10), &format!("{} to drop host3 from its peers", host.name), async || {
+            let links = host.run("ip", &["-br", "link"]).ok()?;
+            let wg = links.lines().find_map(|l| l.split_whitespace().next().filter(|n| n.starts_with("bw")))?;
+            let peers = host.run("wg", &["show", wg, "endpoints"]).ok()?;
+            (peers.lines().count() == 1 && !peers.contains(&on[2].ip.to_string())).then_some(())
+        })
+        .await?;
+    }
     drop(daemons);
     Ok(())
 }

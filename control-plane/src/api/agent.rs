@@ -8,6 +8,7 @@
 /// it wakes when the applied state moves.
 const WATCH_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use berth_proto::model::{
@@ -213,7 +214,42 @@ pub fn assigned(state: &State, node_id: &str) -> AssignedTasks {
         subnet: text(state.nodes.get(node_id).and_then(|n| n.subnet)),
         cluster_cidr: text(state.network.map(|n| n.cidr)),
         peers,
+        services: endpoints(state),
     }
+}
+
+/// Every service, its ports, and its replicas that run now with an
+/// address (a task that stopped, failed or is being replaced is not one),
+/// wherever they are: the same for every node.
+pub fn endpoints(state: &State) -> Vec<ServiceEndpoints> {
+    let mut services: BTreeMap<&str, ServiceEndpoints> = state
+        .services
+        .values()
+        .map(|s| {
+            let ports = s
+                .spec
+                .ports
+                .iter()
+                .map(|p| EndpointPort {
+                    published: p.published.map_or(0, u32::from),
+                    target: p.target.into(),
+                    protocol: p.protocol.to_string(),
+                })
+                .collect();
+            (s.spec.name.as_str(), ServiceEndpoints { name: s.spec.name.clone(), ports, endpoints: vec![] })
+        })
+        .collect();
+    let serving = state.tasks.values().filter(|t| t.desired == Desired::Running && t.state == TaskState::Running);
+    for t in serving {
+        if let (Some(address), Some(service)) = (t.address, services.get_mut(t.service.as_str())) {
+            service.endpoints.push(Endpoint { task: t.id.clone(), slot: t.slot, address: address.to_string() });
+        }
+    }
+    let mut services: Vec<ServiceEndpoints> = services.into_values().collect();
+    for s in &mut services {
+        s.endpoints.sort_by_key(|e| e.slot);
+    }
+    services
 }
 
 #[cfg(test)]
@@ -268,6 +304,56 @@ mod tests {
         assert_eq!((list[0].command.as_slice(), list[0].restart.as_str()), (&["serve".to_owned()][..], "on-failure"));
         assert_eq!(list[0].restarts, 3);
         assert!(assigned(&s, "another-node").tasks.is_empty());
+    }
+
+    #[test]
+    fn endpoints_are_the_running_replicas_with_addresses_on_any_node() {
+        use berth_proto::model::{Cidr, NetworkConfig, PortSpec, Protocol};
+        let spec = ServiceSpec {
+            name: "web".into(),
+            image: "registry:5000/web:1".into(),
+            command: vec![],
+            env: Default::default(),
+            replicas: 3,
+            resources: Default::default(),
+            ports: vec![PortSpec { published: Some(8080), target: 80, protocol: Protocol::Tcp }],
+            restart: RestartPolicy::Always,
+            constraints: vec![],
+        };
+        let mut s = State::default();
+        let net = NetworkConfig { cidr: "198.19.0.0/16".parse::<Cidr>().unwrap(), node_prefix: 24 };
+        apply(&mut s, &Command::InitNetwork(net));
+        apply(&mut s, &Command::CreateService(spec.clone()));
+        apply(&mut s, &Command::CreateService(ServiceSpec { name: "idle".into(), ports: vec![], ..spec.clone() }));
+        let (a, b) =
+            (node_from(req()).unwrap(), node_from(RegisterRequest { name: "worker-2".into(), ..req() }).unwrap());
+        apply(&mut s, &Command::RegisterNode(a.clone()));
+        apply(&mut s, &Command::RegisterNode(b.clone()));
+        let tasks: Vec<Task> = (1..=3).map(|slot| Task::new("web", slot, 1, 1, TaskSpec::from(&spec))).collect();
+        let mut changes: Vec<TaskChange> = tasks.iter().map(|t| TaskChange::Create(t.clone())).collect();
+        for (t, n) in tasks.iter().zip([&a, &b, &b]) {
+            changes.push(TaskChange::Assign { id: t.id.clone(), node: n.id.clone() });
+        }
+        apply(&mut s, &Command::Reconcile { changes, at_ms: 1 });
+        let report = |node: &NodeRecord, id: &str, state| Command::ReportTasks {
+            node: node.id.clone(),
+            reports: vec![Report { id: id.into(), state, exit_code: None, restarts: 0, message: String::new() }],
+            at_ms: 2,
+        };
+        apply(&mut s, &report(&a, &tasks[0].id, TaskState::Running));
+        apply(&mut s, &report(&b, &tasks[1].id, TaskState::Running));
+        apply(&mut s, &report(&b, &tasks[2].id, TaskState::Failed));
+
+        let all = assigned(&s, &a.id).services;
+        assert_eq!(all, assigned(&s, &b.id).services, "every node sees the same endpoints");
+        assert_eq!(all.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["idle", "web"]);
+        let web = &all[1];
+        assert_eq!(web.ports, [EndpointPort { published: 8080, target: 80, protocol: "tcp".into() }]);
+        let expected: Vec<(u32, String)> =
+            tasks[..2].iter().map(|t| (t.slot, s.tasks[&t.id].address.unwrap().to_string())).collect();
+        let got: Vec<(u32, String)> = web.endpoints.iter().map(|e| (e.slot, e.address.clone())).collect();
+        assert_eq!(got, expected, "the failed replica is not an endpoint; the others are, on both nodes");
+        assert_ne!(got[0].1, got[1].1);
     }
 
     fn req() -> RegisterRequest {

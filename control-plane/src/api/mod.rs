@@ -41,7 +41,7 @@ impl From<Rejection> for Status {
             Rejection::NodeNotFound(_) => {
                 Status::not_found(format!("{r}; `berthctl node ls` lists the nodes"))
             }
-            Rejection::NodeInUse { .. } | Rejection::NetworkSet(..) => Status::failed_precondition(r.to_string()),
+            Rejection::NodeInUse { .. } | Rejection::NetworkSet(..) | Rejection::PortTaken { .. } => Status::failed_precondition(r.to_string()),
             Rejection::NoSubnet(_) => Status::resource_exhausted(r.to_string()),
         }
     }

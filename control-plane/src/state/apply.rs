@@ -2,9 +2,23 @@
 
 use std::collections::BTreeMap;
 
-use berth_proto::model::{Desired, NodeStatus, Resources, Service, Task, TaskState};
+use berth_proto::model::{Desired, NodeStatus, Protocol, Resources, Service, ServiceSpec, Task, TaskState};
 
 use super::{ipam, Command, Outcome, Rejection, Response, State, TaskChange};
+
+/// A published port (per protocol) answers on every node, so only one
+/// service may have it.
+fn port_taken(state: &State, spec: &ServiceSpec) -> Option<Rejection> {
+    let others = state.services.values().filter(|s| s.spec.name != spec.name);
+    let published = |s: &ServiceSpec| -> Vec<(u16, Protocol)> {
+        s.ports.iter().filter_map(|p| Some((p.published?, p.protocol))).collect()
+    };
+    let mine = published(spec);
+    others.into_iter().find_map(|other| {
+        let (port, protocol) = published(&other.spec).into_iter().find(|p| mine.contains(p))?;
+        Some(Rejection::PortTaken { port, protocol, service: other.spec.name.clone() })
+    })
+}
 
 /// Applies one command. Deterministic: the same state and command give the
 /// same result on every server. A rejected command leaves the state as it was.
@@ -15,6 +29,9 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
             // written by an older, laxer server from planting a bad spec.
             if let Err(e) = spec.validate() {
                 return Response::Rejected(Rejection::Invalid(e));
+            }
+            if let Some(taken) = port_taken(state, spec) {
+                return Response::Rejected(taken);
             }
             let existing = state.services.get_mut(&spec.name);
             match (cmd, existing) {
@@ -256,6 +273,55 @@ mod tests {
             availability: Default::default(),
             subnet: None,
             overlay: None,
+        }
+    }
+
+    #[test]
+    fn a_published_port_belongs_to_one_service() {
+        use berth_proto::model::PortSpec;
+        let with = |name: &str, published: u16, protocol: Protocol| ServiceSpec {
+            ports: vec![PortSpec { published: Some(published), target: 80, protocol }],
+            ..spec(name, 1)
+        };
+        let mut s = State::default();
+        apply(&mut s, &Command::CreateService(with("web", 8080, Protocol::Tcp)));
+        let before = s.clone();
+        let taken = apply(&mut s, &Command::CreateService(with("api", 8080, Protocol::Tcp)));
+        assert_eq!(
+            taken,
+            Response::Rejected(Rejection::PortTaken { port: 8080, protocol: Protocol::Tcp, service: "web".into() })
+        );
+        assert!(taken_message(&taken).contains("8080/tcp") && taken_message(&taken).contains("\"web\""));
+        assert_eq!(s, before, "a rejected service changes nothing");
+        // The other protocol, another port, and the owner itself are fine.
+        assert!(matches!(
+            apply(&mut s, &Command::CreateService(with("dns", 8080, Protocol::Udp))),
+            Response::Service { .. }
+        ));
+        assert!(matches!(
+            apply(&mut s, &Command::ApplyService(with("web", 8080, Protocol::Tcp))),
+            Response::Service { .. }
+        ));
+        assert!(matches!(
+            apply(&mut s, &Command::CreateService(with("api", 8081, Protocol::Tcp))),
+            Response::Service { .. }
+        ));
+        // Moving onto a taken port is refused too.
+        assert!(matches!(
+            apply(&mut s, &Command::UpdateService(with("api", 8080, Protocol::Tcp))),
+            Response::Rejected(_)
+        ));
+        apply(&mut s, &Command::DeleteService { name: "web".into() });
+        assert!(matches!(
+            apply(&mut s, &Command::UpdateService(with("api", 8080, Protocol::Tcp))),
+            Response::Service { .. }
+        ));
+    }
+
+    fn taken_message(r: &Response) -> String {
+        match r {
+            Response::Rejected(r) => r.to_string(),
+            other => format!("{other:?}"),
         }
     }
 

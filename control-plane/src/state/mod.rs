@@ -193,6 +193,8 @@ pub enum Rejection {
     Invalid(InvalidField),
     #[error("node {0:?} not found")]
     NodeNotFound(String),
+    #[error("ports: published port {port}/{protocol} is already used by service {service:?}")]
+    PortTaken { port: u16, protocol: berth_proto::model::Protocol, service: String },
     #[error("node {id:?} {why}")]
     NodeInUse { id: String, why: String },
     #[error("the cluster's network is already {0}/{1} per node; it cannot change")]

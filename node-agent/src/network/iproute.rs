@@ -80,23 +80,16 @@ impl Host for IpRoute {
 
     fn forward(&self, bridge: &str, subnet: Cidr, cluster: Cidr) -> io::Result<()> {
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
-        let (subnet, cluster) = (subnet.to_string(), cluster.to_string());
-        // Tagged with the bridge, so whoever removes the bridge finds them.
-        let tag = format!("berth:{bridge}");
-        let tagged = |rule: &[&'static str]| -> Vec<String> {
-            rule.iter().map(|s| s.to_string()).chain(["-m", "comment", "--comment", &tag].map(String::from)).collect()
-        };
-        let rules: [(&str, &str, Vec<String>); 3] = [
-            // Docker may have left FORWARD's policy at DROP.
-            ("filter", "FORWARD", [vec!["-i".into(), bridge.into()], tagged(&["-j", "ACCEPT"])].concat()),
-            ("filter", "FORWARD", [vec!["-o".into(), bridge.into()], tagged(&["-j", "ACCEPT"])].concat()),
-            (
-                "nat",
-                "POSTROUTING",
-                [vec!["-s".into(), subnet, "!".into(), "-d".into(), cluster], tagged(&["-j", "MASQUERADE"])].concat(),
-            ),
-        ];
-        for (table, chain, rule) in rules {
+        let mesh = super::mesh::chain(bridge);
+        let exists = Command::new("iptables")
+            .args(["-w", "-t", "nat", "-n", "-L", &mesh])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !exists.success() {
+            run(Command::new("iptables").args(["-w", "-t", "nat", "-N", &mesh]), None)?;
+        }
+        for (table, chain, rule) in forward_rules(bridge, subnet, cluster) {
             let check = Command::new("iptables")
                 .args(["-w", "-t", table, "-C", chain])
                 .args(&rule)
@@ -109,4 +102,37 @@ impl Host for IpRoute {
         }
         Ok(())
     }
+
+    fn iptables_restore(&self, input: &str) -> io::Result<()> {
+        run(Command::new("iptables-restore").args(["-w", "--noflush"]), Some(input))
+    }
+}
+
+/// The node network's fixed iptables rules (table, chain, rule), each
+/// tagged with the bridge so whoever removes the bridge finds them.
+fn forward_rules(bridge: &str, subnet: Cidr, cluster: Cidr) -> Vec<(&'static str, &'static str, Vec<String>)> {
+    let tag = format!("berth:{bridge}");
+    let mesh = super::mesh::chain(bridge);
+    let rule = |words: &[&str]| -> Vec<String> {
+        words.iter().copied().chain(["-m", "comment", "--comment", &tag]).map(String::from).collect()
+    };
+    let (subnet, cluster, gateway) = (subnet.to_string(), cluster.to_string(), subnet.gateway().to_string());
+    vec![
+        // Docker may have left FORWARD's policy at DROP.
+        ("filter", "FORWARD", rule(&["-i", bridge, "-j", "ACCEPT"])),
+        ("filter", "FORWARD", rule(&["-o", bridge, "-j", "ACCEPT"])),
+        // Leaving the cluster: the host's address.
+        ("nat", "POSTROUTING", rule(&["-s", &subnet, "!", "-d", &cluster, "-j", "MASQUERADE"])),
+        // The routing mesh: published ports on any address of the host, to a
+        // replica on any node (through the overlay), and back.
+        ("nat", "PREROUTING", rule(&["-m", "addrtype", "--dst-type", "LOCAL", "-j", &mesh])),
+        ("nat", "OUTPUT", rule(&["-m", "addrtype", "--dst-type", "LOCAL", "-j", &mesh])),
+        (
+            "nat",
+            "POSTROUTING",
+            rule(&["-m", "mark", "--mark", super::mesh::MARK, "-j", "SNAT", "--to-source", &gateway]),
+        ),
+        ("filter", "FORWARD", rule(&["-d", &cluster, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"])),
+        ("filter", "FORWARD", rule(&["-s", &cluster, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"])),
+    ]
 }

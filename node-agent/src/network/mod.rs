@@ -18,6 +18,7 @@
 //! plans are tested without a kernel and the real thing with one.
 
 mod iproute;
+pub mod mesh;
 pub mod overlay;
 
 use std::io;
@@ -44,8 +45,11 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     /// Undoes `new_netns`; the namespace (and the veth in it) goes with it.
     fn remove_netns(&self, path: &Path) -> io::Result<()>;
     /// Turns on IPv4 forwarding and makes sure the node's subnet is
-    /// forwarded and masqueraded when it leaves for outside the cluster.
+    /// forwarded and masqueraded when it leaves for outside the cluster,
+    /// and that the routing mesh's chain exists and is reached (see [`mesh`]).
     fn forward(&self, bridge: &str, subnet: Cidr, cluster: Cidr) -> io::Result<()>;
+    /// Runs `iptables-restore --noflush` with this input: one transaction.
+    fn iptables_restore(&self, input: &str) -> io::Result<()>;
 }
 
 /// One node's container network.
@@ -104,6 +108,12 @@ impl<H: Host> NodeNet<H> {
         }
         self.host.ip(None, &bridge_lines(&self.bridge, self.subnet, self.mtu))?;
         self.host.forward(&self.bridge, self.subnet, self.cluster)
+    }
+
+    /// Makes the routing mesh send these published ports to these replicas
+    /// (and nothing else), in one step.
+    pub fn publish(&self, published: &[mesh::Published]) -> io::Result<()> {
+        self.host.iptables_restore(&mesh::restore_input(&self.bridge, published))
     }
 
     pub fn netns_path(&self, task: &str) -> PathBuf {

@@ -10,7 +10,7 @@
 //! show IFACE` works on a node (see [`Uapi`] for why the agent serves it).
 //! The interface is named after the node's key (`bw` + 8 hex digits): two
 //! hosts sharing a filesystem never share a socket path. Peer changes are a
-//! pure diff of the old and new peer lists, sent as one UAPI `set`.
+//! pure diff of the old and new peer lists, sent as UAPI `set`s (removals, then additions).
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
@@ -87,26 +87,29 @@ fn hex_key(b64: &str) -> Option<String> {
     STANDARD.decode(b64).ok().filter(|b| b.len() == 32).map(hex::encode)
 }
 
-/// The UAPI `set` lines that turn peer list `old` into `new` (keyed by
-/// base64 public key); None when nothing changes. A peer that changed is
-/// removed and added again: boringtun 0.7 cannot change a peer in place
-/// (it panics in its device thread).
-pub fn peer_changes(old: &BTreeMap<String, Peer>, new: &BTreeMap<String, Peer>) -> Option<String> {
-    let mut out = String::new();
+/// The UAPI `set` requests that turn peer list `old` into `new` (keyed by
+/// base64 public key): the removals, then the additions; none when nothing
+/// changes. A peer that changed is removed and added again: boringtun 0.7
+/// cannot change a peer in place (it panics in its device thread). The two
+/// are separate requests because boringtun's parser carries a peer's
+/// `remove=true` over to the peers after it in the same request.
+pub fn peer_changes(old: &BTreeMap<String, Peer>, new: &BTreeMap<String, Peer>) -> Vec<String> {
+    let mut removals = String::new();
     for key in old.keys().filter(|k| new.get(*k) != old.get(*k)) {
         if let Some(hex) = hex_key(key) {
-            out += &format!("public_key={hex}\nremove=true\n");
+            removals += &format!("public_key={hex}\nremove=true\n");
         }
     }
+    let mut additions = String::new();
     for (key, peer) in new.iter().filter(|(k, p)| old.get(*k) != Some(p)) {
         if let Some(hex) = hex_key(key) {
-            out += &format!(
+            additions += &format!(
                 "public_key={hex}\nendpoint={}\npersistent_keepalive_interval={KEEPALIVE_SECS}\nreplace_allowed_ips=true\nallowed_ip={}\n",
                 peer.endpoint, peer.subnet
             );
         }
     }
-    (!out.is_empty()).then(|| format!("set=1\n{out}"))
+    [removals, additions].into_iter().filter(|r| !r.is_empty()).map(|r| format!("set=1\n{r}")).collect()
 }
 
 /// boringtun's end of the configuration channel, and the standard UAPI
@@ -265,7 +268,7 @@ impl Overlay {
 
     /// Makes the peers `peers`, changing only what differs.
     pub fn set_peers(&mut self, peers: BTreeMap<String, Peer>) -> io::Result<()> {
-        if let Some(request) = peer_changes(&self.peers, &peers) {
+        for request in peer_changes(&self.peers, &peers) {
             self.uapi.set(&request)?;
         }
         self.peers = peers;
@@ -288,28 +291,28 @@ mod tests {
     #[test]
     fn peer_lists_change_by_diff() {
         let one = BTreeMap::from([(key(1), peer("198.18.0.1:51820", "198.19.0.0/24"))]);
-        assert_eq!(peer_changes(&one, &one), None, "nothing to say");
+        assert!(peer_changes(&one, &one).is_empty(), "nothing to say");
         let hex1 = hex::encode([1u8; 32]);
         let hex2 = hex::encode([2u8; 32]);
         assert_eq!(
-            peer_changes(&BTreeMap::new(), &one).unwrap(),
-            format!("set=1\npublic_key={hex1}\nendpoint=198.18.0.1:51820\npersistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=198.19.0.0/24\n")
+            peer_changes(&BTreeMap::new(), &one),
+            [format!("set=1\npublic_key={hex1}\nendpoint=198.18.0.1:51820\npersistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=198.19.0.0/24\n")]
         );
-        // One moves to a new address, another joins, and one leaves.
+        // One moves to a new address: removed, then added in a request of its own.
         let moved = BTreeMap::from([(key(1), peer("198.18.0.9:51820", "198.19.0.0/24"))]);
-        let text = peer_changes(&one, &moved).unwrap();
-        assert!(
-            text.starts_with(&format!(
-                "set=1\npublic_key={hex1}\nremove=true\npublic_key={hex1}\nendpoint=198.18.0.9:51820\n"
-            )),
-            "a moved peer is removed and added again: {text}"
-        );
+        let requests = peer_changes(&one, &moved);
+        assert_eq!(requests.len(), 2, "{requests:?}");
+        assert_eq!(requests[0], format!("set=1\npublic_key={hex1}\nremove=true\n"));
+        assert!(requests[1].starts_with(&format!("set=1\npublic_key={hex1}\nendpoint=198.18.0.9:51820\n")));
+        assert!(!requests[1].contains("remove"), "an addition never follows a removal in one request");
+        // One leaves and another joins.
         let other = BTreeMap::from([(key(2), peer("198.18.0.2:51820", "198.19.1.0/24"))]);
-        let text = peer_changes(&one, &other).unwrap();
-        assert!(text.starts_with(&format!("set=1\npublic_key={hex1}\nremove=true\npublic_key={hex2}\n")), "{text}");
+        let requests = peer_changes(&one, &other);
+        assert_eq!(requests[0], format!("set=1\npublic_key={hex1}\nremove=true\n"));
+        assert!(requests[1].starts_with(&format!("set=1\npublic_key={hex2}\n")), "{requests:?}");
         // A key that is not one is skipped, not sent.
         let junk = BTreeMap::from([("not a key".to_owned(), peer("198.18.0.3:1", "198.19.2.0/24"))]);
-        assert_eq!(peer_changes(&BTreeMap::new(), &junk), None);
+        assert!(peer_changes(&BTreeMap::new(), &junk).is_empty());
     }
 
     #[test]

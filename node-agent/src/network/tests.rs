@@ -35,6 +35,10 @@ impl Host for Fake {
         self.calls.lock().unwrap().push(format!("forward {bridge} {subnet} {cluster}"));
         Ok(())
     }
+    fn iptables_restore(&self, input: &str) -> io::Result<()> {
+        self.calls.lock().unwrap().push(format!("iptables-restore {}", input.lines().nth(1).unwrap_or_default()));
+        Ok(())
+    }
 }
 
 fn net(dir: &Path, fail_on: Option<&'static str>) -> NodeNet<Fake> {

@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::model::{Cidr, RestartPolicy};
+use berth_proto::model::{Cidr, Protocol, RestartPolicy};
 use berth_proto::pb::agent::agent_client::AgentClient;
-use berth_proto::pb::agent::{AssignedTask, ReportTasksRequest, TaskReport, WatchTasksRequest};
+use berth_proto::pb::agent::{AssignedTask, ReportTasksRequest, ServiceEndpoints, TaskReport, WatchTasksRequest};
 use tokio::sync::{watch, Notify};
 use tonic::transport::Channel;
 use tracing::{info, warn};
@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use super::plan::{plan, Action, Have, Want};
 use super::restart;
 use crate::image::{ImageRef, Registries, Store};
+use crate::network::mesh::Published;
 use crate::network::overlay::{Keys, Overlay, Peer};
 use crate::network::{IpRoute, NodeNet};
 use crate::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode, Runtime, Status};
@@ -58,6 +59,8 @@ struct Assigned {
     network: Option<(Cidr, Cidr)>,
     /// The other nodes' overlay ends, by public key.
     peers: BTreeMap<String, Peer>,
+    /// The cluster's published ports and their replicas, for the mesh.
+    published: Vec<Published>,
 }
 
 type Net = Arc<NodeNet<IpRoute>>;
@@ -84,7 +87,14 @@ pub async fn run(local: Local, node_id: String, clients: Vec<AgentClient<Channel
     let mut books = Books::default();
     let mut net: Option<Net> = None;
     let mut overlay: Option<Overlay> = None;
+    // What the routing mesh was last set to, on the current `net`.
+    let mut meshed: Option<Vec<Published>> = None;
     let mut at = 0;
+    // Nothing is done before the cluster has said what it wants: an agent
+    // that restarts must not take "no tasks yet" for "stop every task".
+    if rx.changed().await.is_err() {
+        return;
+    }
     loop {
         let assigned = rx.borrow_and_update().clone();
         let want = assigned.tasks;
@@ -92,6 +102,15 @@ pub async fn run(local: Local, node_id: String, clients: Vec<AgentClient<Channel
             if net.as_ref().is_none_or(|n| (n.subnet, n.cluster) != (subnet, cluster)) {
                 net = node_network(&local, subnet, cluster).await;
                 overlay = None;
+                meshed = None;
+            }
+        }
+        if let Some(n) = net.as_ref().filter(|_| meshed.as_ref() != Some(&assigned.published)) {
+            let (n, published) = (n.clone(), assigned.published.clone());
+            match tokio::task::spawn_blocking(move || n.publish(&published)).await {
+                Ok(Ok(())) => meshed = Some(assigned.published.clone()),
+                Ok(Err(e)) => warn!("updating the routing mesh: {e}"),
+                Err(e) => warn!("updating the routing mesh: {e}"),
             }
         }
         if let (Some(n), Some((keys, port))) = (&net, &local.overlay) {
@@ -199,8 +218,9 @@ async fn watch_tasks(node_id: String, clients: Vec<AgentClient<Channel>>, tx: wa
                                     Some((p.public_key, Peer { endpoint: p.endpoint, subnet: p.subnet.parse().ok()? }))
                                 })
                                 .collect();
+                            let published = published(&list.services);
                             let tasks = list.tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
-                            if tx.send(Assigned { tasks, network, peers }).is_err() {
+                            if tx.send(Assigned { tasks, network, peers, published }).is_err() {
                                 return;
                             }
                         }
@@ -218,6 +238,29 @@ async fn watch_tasks(node_id: String, clients: Vec<AgentClient<Channel>>, tx: wa
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// The published ports among the cluster's services, each with its
+/// replicas' addresses, in a stable order (an unchanged cluster gives an
+/// unchanged list, and the mesh is left alone).
+fn published(services: &[ServiceEndpoints]) -> Vec<Published> {
+    let mut out: Vec<Published> = services
+        .iter()
+        .flat_map(|s| {
+            let backends: Vec<Ipv4Addr> = s.endpoints.iter().filter_map(|e| e.address.parse().ok()).collect();
+            s.ports.iter().filter_map(move |p| {
+                Some(Published {
+                    port: u16::try_from(p.published).ok().filter(|p| *p > 0)?,
+                    protocol: Protocol::parse(&p.protocol)?,
+                    target: u16::try_from(p.target).ok()?,
+                    service: s.name.clone(),
+                    backends: backends.clone(),
+                })
+            })
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// One pass: plan, then act; actions on different tasks run at once.
@@ -440,4 +483,41 @@ fn reports(local: &Local, want: &BTreeMap<String, AssignedTask>, books: &mut Boo
         out.push(TaskReport { id: task.clone(), state: "shutdown".into(), restarts, ..Default::default() });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_proto::pb::agent::{Endpoint, EndpointPort};
+
+    use super::*;
+
+    #[test]
+    fn the_mesh_gets_published_ports_only_in_a_stable_order() {
+        let endpoint = |slot, address: &str| Endpoint { task: format!("x.{slot}.1"), slot, address: address.into() };
+        let port = |published, target, protocol: &str| EndpointPort { published, target, protocol: protocol.into() };
+        let services = vec![
+            ServiceEndpoints {
+                name: "web".into(),
+                ports: vec![port(8080, 80, "tcp"), port(0, 9000, "tcp"), port(8080, 80, "udp")],
+                endpoints: vec![endpoint(1, "198.19.1.2"), endpoint(2, "not an address"), endpoint(3, "198.19.2.2")],
+            },
+            ServiceEndpoints {
+                name: "api".into(),
+                ports: vec![port(70000, 1, "tcp"), port(81, 1, "sctp")],
+                endpoints: vec![],
+            },
+            ServiceEndpoints { name: "db".into(), ports: vec![port(5432, 5432, "")], endpoints: vec![] },
+        ];
+        let got = published(&services);
+        let summary: Vec<(u16, Protocol, &str, usize)> =
+            got.iter().map(|p| (p.port, p.protocol, p.service.as_str(), p.backends.len())).collect();
+        assert_eq!(
+            summary,
+            [(5432, Protocol::Tcp, "db", 0), (8080, Protocol::Tcp, "web", 2), (8080, Protocol::Udp, "web", 2)]
+        );
+        assert_eq!(got[1].backends, ["198.19.1.2".parse::<Ipv4Addr>().unwrap(), "198.19.2.2".parse().unwrap()]);
+        let mut reversed = services.clone();
+        reversed.reverse();
+        assert_eq!(published(&reversed), got);
+    }
 }
