@@ -7,7 +7,7 @@
 # in 198.18.0.0/24; hosts 1-3 run a berth-server, every host a berth-agent
 # whose containers get addresses from 198.19.0.0/16 and reach each other
 # over the WireGuard overlay. A registry on 198.18.0.254:5000 holds the
-# demo image. State lives in $BERTH_LOCAL_DIR (default /tmp/berth-local).
+# demo image; the demo's published port 8080 answers on every host. State lives in $BERTH_LOCAL_DIR (default /tmp/berth-local).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib/setup.sh
@@ -63,7 +63,7 @@ up() {
   [ -f "$DIR/size" ] && { echo "a local cluster is already up in $DIR: run '$0 down' first" >&2; exit 1; }
   ip link show "$BRIDGE" > /dev/null 2>&1 && { echo "$BRIDGE exists: run '$0 down' first" >&2; exit 1; }
   ensure_packages kill:procps curl:curl docker-registry:docker-registry busybox:busybox-static \
-    ip:iproute2 iptables:iptables nsenter:util-linux
+    ip:iproute2 iptables:iptables nsenter:util-linux conntrack:conntrack
   ensure_rust
   build_release > /dev/null
   mkdir -p "$DIR"
@@ -98,6 +98,12 @@ up() {
   for addr in $(ctl service ps demo -o json | grep -o '"address": "[^"]*"' | cut -d'"' -f4); do
     echo "  \$ ip netns exec berth-h1 curl -s http://$addr/"
     echo "  $(in_host 1 curl -s --max-time 5 "http://$addr/" || echo "(no answer)")"
+  done
+  echo
+  echo "Its published port 8080 answers on every host's address (the routing mesh), from this machine too:"
+  for i in $(seq 1 "$n"); do
+    echo "  \$ curl -s http://198.18.0.$i:8080/"
+    echo "  $(curl -s --max-time 5 "http://198.18.0.$i:8080/" || echo "(no answer)")"
   done
   echo
   echo "berthctl: export BERTH_SERVER=$(servers); $BIN/berthctl service ps demo"

@@ -53,7 +53,7 @@ build_release() {
 
 # remove_node_network BRIDGE RUN_DIR: what an agent's node network leaves
 # once the agent is gone: task namespaces under RUN_DIR/netns, the bridge,
-# the iptables rules tagged berth:BRIDGE and the routing mesh's chain.
+# the iptables jumps tagged berth:BRIDGE and the node's chains they lead to.
 remove_node_network() {
   local bridge=$1 run=$2 ns table rule
   for ns in "$run"/netns/*; do
@@ -66,6 +66,8 @@ remove_node_network() {
     iptables -w -t "$table" -S 2>/dev/null | grep -F "berth:$bridge\"" | sed 's/^-A //' |
       while read -r rule; do eval "iptables -w -t $table -D $rule" || true; done
   done
-  iptables -w -t nat -F "BERTH-MESH-$bridge" 2>/dev/null || true
-  iptables -w -t nat -X "BERTH-MESH-$bridge" 2>/dev/null || true
+  for chain in filter:FWD nat:POST nat:MESH; do
+    iptables -w -t "${chain%%:*}" -F "BERTH-${chain#*:}-$bridge" 2>/dev/null || true
+    iptables -w -t "${chain%%:*}" -X "BERTH-${chain#*:}-$bridge" 2>/dev/null || true
+  done
 }

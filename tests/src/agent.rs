@@ -209,8 +209,8 @@ pub fn remove_stale_wireguard_sockets() {
     }
 }
 
-/// Removes a node's bridge, the iptables rules its agent tagged with it
-/// (`berth:BRIDGE`) and its routing mesh chain, as an operator would after
+/// Removes a node's bridge, the iptables jumps its agent tagged with it
+/// (`berth:BRIDGE`) and the chains they lead to, as an operator would after
 /// removing the node.
 pub fn remove_bridge(bridge: &str) {
     let _ = Command::new("ip").args(["link", "del", "dev", bridge]).stderr(std::process::Stdio::null()).status();
@@ -224,11 +224,13 @@ pub fn remove_bridge(bridge: &str) {
             let _ = Command::new("iptables").args(&args).status();
         }
     }
-    // The routing mesh's chain, unreferenced now.
-    let mesh = format!("BERTH-MESH-{bridge}");
-    for op in ["-F", "-X"] {
-        let _ =
-            Command::new("iptables").args(["-w", "-t", "nat", op, &mesh]).stderr(std::process::Stdio::null()).status();
+    // The node's chains, unreferenced now.
+    for (table, chain) in [("filter", "FWD"), ("nat", "POST"), ("nat", "MESH")] {
+        let chain = format!("BERTH-{chain}-{bridge}");
+        for op in ["-F", "-X"] {
+            let args = ["-w", "-t", table, op, &chain];
+            let _ = Command::new("iptables").args(args).stderr(std::process::Stdio::null()).status();
+        }
     }
 }
 

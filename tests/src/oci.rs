@@ -159,6 +159,20 @@ impl Image {
         Ok(Self::new(vec![blob(Tar::busybox()?.finish()?, Compression::Gzip)?]))
     }
 
+    /// busybox, and `/bin/udp-echo` (tests/payload/udp-echo.c, built
+    /// static with gcc) in a second layer: busybox has no UDP server.
+    pub fn busybox_with_udp_echo() -> Result<Self> {
+        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/payload/udp-echo.c");
+        let dir = tempfile::tempdir()?;
+        let out = dir.path().join("udp-echo");
+        let built = std::process::Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&out).arg(source).status()?;
+        anyhow::ensure!(built.success(), "gcc -static {source} failed (is libc6-dev installed?)");
+        let echo = Tar::default().dir("bin/").file("bin/udp-echo", 0o755, &std::fs::read(&out)?).finish()?;
+        let mut image = Self::busybox()?;
+        image.layers.push(blob(echo, Compression::Gzip)?);
+        Ok(image)
+    }
+
     pub fn config_blob(&self) -> Vec<u8> {
         let diff_ids: Vec<&str> = self.layers.iter().map(|l| l.diff_id.as_str()).collect();
         serde_json::to_vec(&serde_json::json!({

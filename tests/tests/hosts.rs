@@ -2,7 +2,8 @@
 //! 198.18.0.0/16), each running a berth-server and a berth-agent, in one
 //! cluster fixture that the steps share. A service spreads over the three;
 //! its logs come from every host; its containers are reached across hosts
-//! through the overlay, and its published port from outside on every host
+//! through the overlay (TCP and UDP), and its published ports (TCP and UDP)
+//! from outside on every host
 //! (the routing mesh), also through an agent restart and while a host is cut
 //! off; a host cut off loses its task to the others, and once healed it
 //! stops its stale container; a host stopped and removed leaves every
@@ -19,9 +20,10 @@ use berth_tests::registry::{Auth, Registry};
 use berth_tests::{berthctl, wait_for, Cluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Serves its host name over HTTP on port 8080, and says so in its log.
+/// Serves its host name over HTTP on port 8080 and UDP echoes on 5353
+/// (logging what it gets), and says so in its log.
 const SERVE: &str = "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && echo serving on $(hostname) \
-    && exec httpd -f -p 8080 -h /www";
+    && { udp-echo serve 5353 & } && exec httpd -f -p 8080 -h /www";
 
 /// Tasks meant to run, from `service ps -o json`: id -> (node, state).
 fn tasks(servers: &[String], service: &str) -> Option<BTreeMap<String, (String, String)>> {
@@ -76,7 +78,7 @@ fn containers(agents: &[Agent]) -> Vec<Vec<String>> {
 async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()> {
     let hosts = Hosts::new(3)?;
     let registry = Registry::start_at(&hosts.gateway.to_string(), Auth::Anonymous).await?;
-    Image::busybox()?.push(&registry.addr, "busybox", "v1").await?;
+    Image::busybox_with_udp_echo()?.push(&registry.addr, "busybox", "v1").await?;
     let image = format!("{}/busybox:v1", registry.addr);
     let on: Vec<&berth_tests::hosts::Host> = hosts.hosts.iter().collect();
     let mut cluster = Cluster::start_on(&on, &["--node-down-after-ms", "2000"]).await?;
@@ -104,6 +106,8 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
             "3",
             "--publish",
             "9080:8080",
+            "--publish",
+            "9053:5353/udp",
             "--",
             "sh",
             "-c",
@@ -136,7 +140,10 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         (a.len() == 3).then_some(a)
     })
     .await?;
-    let fetches: Vec<String> = addresses.iter().map(|a| format!("wget -qO- http://{a}:8080/")).collect();
+    let fetches: Vec<String> = addresses
+        .iter()
+        .map(|a| format!("wget -qO- http://{a}:8080/; udp-echo send {a} 5353 udp-from-client"))
+        .collect();
     let client = format!("while true; do {}; sleep 0.3; done", fetches.join("; "));
     let (ok, out, err) = berthctl(
         &servers,
@@ -155,9 +162,11 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         ],
     )?;
     ensure!(ok, "{out}{err}");
-    wait_for(Duration::from_secs(60), "the client on host1 to reach every web task", async || {
+    wait_for(Duration::from_secs(60), "the client on host1 to reach every web task, by TCP and UDP", async || {
         let (ok, out, _) = berthctl(&servers, &["service", "logs", "client"]).ok()?;
-        (ok && running.keys().all(|task| out.contains(&format!("hello-from-{task}")))).then_some(())
+        let tcp = running.keys().all(|task| out.contains(&format!("hello-from-{task}")));
+        let udp = running.keys().all(|task| out.contains(&format!("echo from {task}: udp-from-client")));
+        (ok && tcp && udp).then_some(())
     })
     .await
     .with_context(|| {
@@ -191,6 +200,18 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         })
         .await
         .with_context(|| agents.iter().map(Agent::daemon_log).collect::<Vec<_>>().join("\n"))?;
+    }
+    // A published UDP port too, each datagram from a new source port.
+    for host in &on {
+        wait_for(Duration::from_secs(10), &format!("{}:9053/udp to echo", host.ip), async || {
+            let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.ok()?;
+            socket.send_to(b"udp-from-outside", (host.ip, 9053)).await.ok()?;
+            let mut reply = [0u8; 512];
+            let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut reply)).await.ok()?.ok()?;
+            let reply = String::from_utf8_lossy(&reply[..n]).into_owned();
+            (reply.starts_with("echo from web.") && reply.ends_with(": udp-from-outside")).then_some(())
+        })
+        .await?;
     }
     let own = on[0].run("busybox", &["wget", "-qO-", &format!("http://{}/", published[0])])?;
     ensure!(own.starts_with("hello-from-web."), "host1 fetching its own published port: {own}");
@@ -267,8 +288,11 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     cluster.servers[2].stop()?;
     let links = on[2].run("ip", &["-br", "link"])?;
     ensure!(!links.contains(&wg3), "host3's overlay interface outlived its agent: {links}");
+    // The overlay's route went with it; the fallback stays, so nothing for
+    // another node leaves in clear.
     let routes = on[2].run("ip", &["route"])?;
-    ensure!(!routes.contains("198.19.0.0/16"), "host3's overlay route outlived its agent: {routes}");
+    ensure!(!routes.contains(&wg3), "host3's overlay route outlived its agent: {routes}");
+    ensure!(routes.contains("unreachable 198.19.0.0/16"), "no fallback route on host3: {routes}");
     let socket = format!("/var/run/wireguard/{wg3}.sock");
     ensure!(!std::path::Path::new(&socket).exists(), "{socket} outlived its agent");
     wait_for(Duration::from_secs(30), "host3 down", async || {

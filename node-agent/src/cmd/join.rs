@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use berth_node_agent::network::overlay::Keys;
 use berth_node_agent::tasks::logs::NodeApi;
 use berth_node_agent::tasks::worker::{self, Local};
+use berth_proto::model::Protocol;
 use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::node_server::NodeServer;
 use berth_proto::pb::agent::{HeartbeatRequest, NodeCapacity, RegisterRequest};
@@ -81,6 +82,11 @@ pub async fn join(mut local: Local, data_dir: &Path, args: JoinArgs) -> anyhow::
         }
         other => other.with_context(|| format!("listening on {listen} (--listen)"))?,
     };
+    // The mesh must never take the agent's own ports.
+    local.reserved.push((listen.port(), Protocol::Tcp));
+    if let Some((_, port)) = &local.overlay {
+        local.reserved.push((*port, Protocol::Udp));
+    }
     let api = tonic::transport::Server::builder()
         .add_service(NodeServer::new(NodeApi { runtime: local.runtime.clone() }))
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)));

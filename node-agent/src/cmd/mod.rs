@@ -76,6 +76,7 @@ pub async fn dispatch(mut args: Args) -> anyhow::Result<u8> {
             mtu: args.join.mtu,
             netns_dir: args.run_dir.join("netns"),
             overlay: None,
+            reserved: vec![],
         };
         return join::join(local, &args.data_dir, args.join).await;
     };

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use berth_proto::model::Cidr;
 
-use super::Host;
+use super::{rules, Host};
 
 #[derive(Debug, Clone, Default)]
 pub struct IpRoute;
@@ -80,23 +80,14 @@ impl Host for IpRoute {
 
     fn forward(&self, bridge: &str, subnet: Cidr, cluster: Cidr) -> io::Result<()> {
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+        self.iptables_restore(&rules::restore_input(bridge, subnet, cluster))?;
+        // The mesh's chain is made empty once; its rules are the worker's.
         let mesh = super::mesh::chain(bridge);
-        let exists = Command::new("iptables")
-            .args(["-w", "-t", "nat", "-n", "-L", &mesh])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?;
-        if !exists.success() {
+        if !quiet(Command::new("iptables").args(["-w", "-t", "nat", "-n", "-L", &mesh]))? {
             run(Command::new("iptables").args(["-w", "-t", "nat", "-N", &mesh]), None)?;
         }
-        for (table, chain, rule) in forward_rules(bridge, subnet, cluster) {
-            let check = Command::new("iptables")
-                .args(["-w", "-t", table, "-C", chain])
-                .args(&rule)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()?;
-            if !check.success() {
+        for (table, chain, rule) in rules::jumps(bridge) {
+            if !quiet(Command::new("iptables").args(["-w", "-t", table, "-C", chain]).args(&rule))? {
                 run(Command::new("iptables").args(["-w", "-t", table, "-A", chain]).args(&rule), None)?;
             }
         }
@@ -106,33 +97,24 @@ impl Host for IpRoute {
     fn iptables_restore(&self, input: &str) -> io::Result<()> {
         run(Command::new("iptables-restore").args(["-w", "--noflush"]), Some(input))
     }
+
+    fn conntrack_delete(&self, filter: &[String]) -> io::Result<()> {
+        let out = Command::new("conntrack")
+            .arg("-D")
+            .args(filter)
+            .stdout(Stdio::null())
+            .output()
+            .map_err(|e| io::Error::new(e.kind(), format!("running conntrack (Debian package conntrack): {e}")))?;
+        // It says how many it deleted, and fails when that is none.
+        let said = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || said.contains("0 flow entries") {
+            return Ok(());
+        }
+        Err(io::Error::other(format!("conntrack -D {} failed: {}", filter.join(" "), said.trim())))
+    }
 }
 
-/// The node network's fixed iptables rules (table, chain, rule), each
-/// tagged with the bridge so whoever removes the bridge finds them.
-fn forward_rules(bridge: &str, subnet: Cidr, cluster: Cidr) -> Vec<(&'static str, &'static str, Vec<String>)> {
-    let tag = format!("berth:{bridge}");
-    let mesh = super::mesh::chain(bridge);
-    let rule = |words: &[&str]| -> Vec<String> {
-        words.iter().copied().chain(["-m", "comment", "--comment", &tag]).map(String::from).collect()
-    };
-    let (subnet, cluster, gateway) = (subnet.to_string(), cluster.to_string(), subnet.gateway().to_string());
-    vec![
-        // Docker may have left FORWARD's policy at DROP.
-        ("filter", "FORWARD", rule(&["-i", bridge, "-j", "ACCEPT"])),
-        ("filter", "FORWARD", rule(&["-o", bridge, "-j", "ACCEPT"])),
-        // Leaving the cluster: the host's address.
-        ("nat", "POSTROUTING", rule(&["-s", &subnet, "!", "-d", &cluster, "-j", "MASQUERADE"])),
-        // The routing mesh: published ports on any address of the host, to a
-        // replica on any node (through the overlay), and back.
-        ("nat", "PREROUTING", rule(&["-m", "addrtype", "--dst-type", "LOCAL", "-j", &mesh])),
-        ("nat", "OUTPUT", rule(&["-m", "addrtype", "--dst-type", "LOCAL", "-j", &mesh])),
-        (
-            "nat",
-            "POSTROUTING",
-            rule(&["-m", "mark", "--mark", super::mesh::MARK, "-j", "SNAT", "--to-source", &gateway]),
-        ),
-        ("filter", "FORWARD", rule(&["-d", &cluster, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"])),
-        ("filter", "FORWARD", rule(&["-s", &cluster, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"])),
-    ]
+/// Whether a command that only checks something succeeds.
+fn quiet(cmd: &mut Command) -> io::Result<bool> {
+    Ok(cmd.stdout(Stdio::null()).stderr(Stdio::null()).status()?.success())
 }

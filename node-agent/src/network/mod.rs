@@ -20,6 +20,7 @@
 mod iproute;
 pub mod mesh;
 pub mod overlay;
+pub mod rules;
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -33,6 +34,9 @@ pub use iproute::IpRoute;
 /// still fits once the overlay has wrapped it.
 pub const DEFAULT_MTU: u32 = 1420;
 
+/// The metric of the cluster CIDR's fallback route, behind the overlay's.
+pub const UNREACHABLE_METRIC: u32 = 4096;
+
 /// What changes a node's network; each call is one step a real host can fail at.
 pub trait Host: Send + Sync + std::fmt::Debug {
     /// Runs `ip -batch` with these lines, in `netns` when given (a path
@@ -44,12 +48,15 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     fn new_netns(&self, path: &Path) -> io::Result<()>;
     /// Undoes `new_netns`; the namespace (and the veth in it) goes with it.
     fn remove_netns(&self, path: &Path) -> io::Result<()>;
-    /// Turns on IPv4 forwarding and makes sure the node's subnet is
-    /// forwarded and masqueraded when it leaves for outside the cluster,
-    /// and that the routing mesh's chain exists and is reached (see [`mesh`]).
+    /// Turns on IPv4 forwarding and sets the node's iptables rules for this
+    /// subnet ([`rules`]): forwarded, masqueraded when it leaves for outside
+    /// the cluster, and the routing mesh's chain reached ([`mesh`]).
     fn forward(&self, bridge: &str, subnet: Cidr, cluster: Cidr) -> io::Result<()>;
     /// Runs `iptables-restore --noflush` with this input: one transaction.
     fn iptables_restore(&self, input: &str) -> io::Result<()>;
+    /// Deletes the conntrack entries that match `filter` (`conntrack -D`
+    /// arguments); none matching is no error.
+    fn conntrack_delete(&self, filter: &[String]) -> io::Result<()>;
 }
 
 /// One node's container network.
@@ -86,6 +93,10 @@ pub fn veth_lines(bridge: &str, veth: &str, netns: &Path, mtu: u32) -> Vec<Strin
     vec![
         format!("link add {veth} mtu {mtu} type veth peer name eth0 netns {}", netns.display()),
         format!("link set dev {veth} master {bridge} up"),
+        // A container reaching its own service through the mesh may be
+        // sent back to itself: with br_netfilter that frame leaves by the
+        // port it came in on.
+        format!("link set dev {veth} type bridge_slave hairpin on"),
     ]
 }
 
@@ -107,13 +118,30 @@ impl<H: Host> NodeNet<H> {
             self.host.ip(None, &[format!("link add name {} type bridge", self.bridge)])?;
         }
         self.host.ip(None, &bridge_lines(&self.bridge, self.subnet, self.mtu))?;
+        // While the overlay is down (the agent restarts), traffic for other
+        // nodes is refused here instead of leaving in clear by the default route.
+        self.host.ip(None, &[format!("route replace unreachable {} metric {UNREACHABLE_METRIC}", self.cluster)])?;
         self.host.forward(&self.bridge, self.subnet, self.cluster)
     }
 
     /// Makes the routing mesh send these published ports to these replicas
-    /// (and nothing else), in one step.
-    pub fn publish(&self, published: &[mesh::Published]) -> io::Result<()> {
-        self.host.iptables_restore(&mesh::restore_input(&self.bridge, published))
+    /// (and nothing else), in one step; then forgets the UDP flows that
+    /// `before` (what it sent until now, when known) routed otherwise. Only
+    /// the rules can fail it: a flow that could not be forgotten is a
+    /// warning (it goes once it idles out).
+    pub fn publish(
+        &self,
+        reserved: &[(u16, berth_proto::model::Protocol)],
+        before: Option<&[mesh::Published]>,
+        published: &[mesh::Published],
+    ) -> io::Result<()> {
+        self.host.iptables_restore(&mesh::restore_input(&self.bridge, reserved, published))?;
+        for filter in mesh::stale_udp(before, published) {
+            if let Err(e) = self.host.conntrack_delete(&filter) {
+                tracing::warn!("forgetting UDP flows of the routing mesh: {e}");
+            }
+        }
+        Ok(())
     }
 
     pub fn netns_path(&self, task: &str) -> PathBuf {

@@ -13,7 +13,7 @@
 //! pure diff of the old and new peer lists, sent as UAPI `set`s (removals, then additions).
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::IntoRawFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -89,13 +89,17 @@ fn hex_key(b64: &str) -> Option<String> {
 
 /// The UAPI `set` requests that turn peer list `old` into `new` (keyed by
 /// base64 public key): the removals, then the additions; none when nothing
-/// changes. A peer that changed is removed and added again: boringtun 0.7
-/// cannot change a peer in place (it panics in its device thread). The two
-/// are separate requests because boringtun's parser carries a peer's
+/// changes. Every peer about to be added is removed first, also one `old`
+/// says is absent (removing an absent peer does nothing): boringtun 0.7
+/// cannot change a peer in place, and panics its device thread when asked
+/// to, so an addition must be safe even when `old` is wrong. The two are
+/// separate requests because boringtun's parser carries a peer's
 /// `remove=true` over to the peers after it in the same request.
 pub fn peer_changes(old: &BTreeMap<String, Peer>, new: &BTreeMap<String, Peer>) -> Vec<String> {
+    let gone = old.keys().filter(|k| !new.contains_key(*k));
+    let changed = new.iter().filter(|(k, p)| old.get(*k) != Some(p)).map(|(k, _)| k);
     let mut removals = String::new();
-    for key in old.keys().filter(|k| new.get(*k) != old.get(*k)) {
+    for key in gone.chain(changed) {
         if let Some(hex) = hex_key(key) {
             removals += &format!("public_key={hex}\nremove=true\n");
         }
@@ -131,6 +135,7 @@ impl Uapi {
     fn request(&self, request: &str) -> io::Result<Vec<String>> {
         let mut channel = self.channel.lock().map_err(|_| io::Error::other("the UAPI channel is poisoned"))?;
         let (reader, writer) = &mut *channel;
+        drain(reader)?;
         // boringtun reads a `get` as its one line; a `set` runs to a blank line.
         let body = request.trim_end_matches('\n');
         let text = if body.starts_with("get=") { format!("{body}\n") } else { format!("{body}\n\n") };
@@ -197,6 +202,17 @@ impl Uapi {
         answer += "\n\n";
         (&conn).write_all(answer.as_bytes())
     }
+}
+
+/// Drops what an earlier request's answer left in the channel (one that
+/// came after its reader gave up), so it cannot pass for the next answer.
+fn drain(reader: &mut BufReader<UnixStream>) -> io::Result<()> {
+    let stale = reader.buffer().len();
+    reader.consume(stale);
+    reader.get_ref().set_nonblocking(true)?;
+    let mut sink = [0u8; 4096];
+    while matches!(reader.get_mut().read(&mut sink), Ok(n) if n > 0) {}
+    reader.get_ref().set_nonblocking(false)
 }
 
 fn socket_path(interface: &str) -> PathBuf {
@@ -269,7 +285,13 @@ impl Overlay {
     /// Makes the peers `peers`, changing only what differs.
     pub fn set_peers(&mut self, peers: BTreeMap<String, Peer>) -> io::Result<()> {
         for request in peer_changes(&self.peers, &peers) {
-            self.uapi.set(&request)?;
+            if let Err(e) = self.uapi.set(&request) {
+                // What the device holds is unknown now: next time, every
+                // peer of either list is removed, and the wanted ones added.
+                let unsure = peers.iter().map(|(k, p)| (k.clone(), Peer { endpoint: String::new(), subnet: p.subnet }));
+                self.peers.extend(unsure);
+                return Err(e);
+            }
         }
         self.peers = peers;
         Ok(())
@@ -296,7 +318,11 @@ mod tests {
         let hex2 = hex::encode([2u8; 32]);
         assert_eq!(
             peer_changes(&BTreeMap::new(), &one),
-            [format!("set=1\npublic_key={hex1}\nendpoint=198.18.0.1:51820\npersistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=198.19.0.0/24\n")]
+            [
+                format!("set=1\npublic_key={hex1}\nremove=true\n"),
+                format!("set=1\npublic_key={hex1}\nendpoint=198.18.0.1:51820\npersistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=198.19.0.0/24\n")
+            ],
+            "a new peer is removed first too, in case the device has it already"
         );
         // One moves to a new address: removed, then added in a request of its own.
         let moved = BTreeMap::from([(key(1), peer("198.18.0.9:51820", "198.19.0.0/24"))]);
@@ -308,7 +334,7 @@ mod tests {
         // One leaves and another joins.
         let other = BTreeMap::from([(key(2), peer("198.18.0.2:51820", "198.19.1.0/24"))]);
         let requests = peer_changes(&one, &other);
-        assert_eq!(requests[0], format!("set=1\npublic_key={hex1}\nremove=true\n"));
+        assert_eq!(requests[0], format!("set=1\npublic_key={hex1}\nremove=true\npublic_key={hex2}\nremove=true\n"));
         assert!(requests[1].starts_with(&format!("set=1\npublic_key={hex2}\n")), "{requests:?}");
         // A key that is not one is skipped, not sent.
         let junk = BTreeMap::from([("not a key".to_owned(), peer("198.18.0.3:1", "198.19.2.0/24"))]);

@@ -35,6 +35,10 @@ impl Host for Fake {
         self.calls.lock().unwrap().push(format!("forward {bridge} {subnet} {cluster}"));
         Ok(())
     }
+    fn conntrack_delete(&self, filter: &[String]) -> io::Result<()> {
+        self.calls.lock().unwrap().push(format!("conntrack -D {}", filter.join(" ")));
+        Ok(())
+    }
     fn iptables_restore(&self, input: &str) -> io::Result<()> {
         self.calls.lock().unwrap().push(format!("iptables-restore {}", input.lines().nth(1).unwrap_or_default()));
         Ok(())
@@ -77,9 +81,10 @@ fn a_task_gets_a_namespace_with_eth0_and_keeps_it_across_restarts() {
         [
             "ip@node: link add name berth0 type bridge".to_owned(),
             "ip@node: link set dev berth0 mtu 1420 up; addr replace 198.19.1.1/24 dev berth0".to_owned(),
+            "ip@node: route replace unreachable 198.19.0.0/16 metric 4096".to_owned(),
             "forward berth0 198.19.1.0/24 198.19.0.0/16".to_owned(),
             format!("netns+ {}", path.display()),
-            format!("ip@node: link add {veth} mtu 1420 type veth peer name eth0 netns {}; link set dev {veth} master berth0 up", path.display()),
+            format!("ip@node: link add {veth} mtu 1420 type veth peer name eth0 netns {}; link set dev {veth} master berth0 up; link set dev {veth} type bridge_slave hairpin on", path.display()),
             format!("ip@{}: link set dev lo up; addr add 198.19.1.7/24 dev eth0; link set dev eth0 mtu 1420 up; route add default via 198.19.1.1", path.display()),
         ],
         "the second attach (a restart) changes nothing"

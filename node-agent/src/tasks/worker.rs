@@ -49,6 +49,8 @@ pub struct Local {
     pub netns_dir: PathBuf,
     /// The node's WireGuard keys and UDP port, when it has an overlay.
     pub overlay: Option<(Keys, u16)>,
+    /// Ports of the agent's own that the routing mesh leaves alone.
+    pub reserved: Vec<(u16, Protocol)>,
 }
 
 /// What the cluster wants of this node: its tasks, and its subnet within
@@ -96,8 +98,8 @@ pub async fn run(local: Local, node_id: String, clients: Vec<AgentClient<Channel
         return;
     }
     loop {
-        let assigned = rx.borrow_and_update().clone();
-        let want = assigned.tasks;
+        let mut assigned = rx.borrow_and_update().clone();
+        let want = std::mem::take(&mut assigned.tasks);
         if let Some((subnet, cluster)) = assigned.network {
             if net.as_ref().is_none_or(|n| (n.subnet, n.cluster) != (subnet, cluster)) {
                 net = node_network(&local, subnet, cluster).await;
@@ -105,10 +107,11 @@ pub async fn run(local: Local, node_id: String, clients: Vec<AgentClient<Channel
                 meshed = None;
             }
         }
-        if let Some(n) = net.as_ref().filter(|_| meshed.as_ref() != Some(&assigned.published)) {
-            let (n, published) = (n.clone(), assigned.published.clone());
-            match tokio::task::spawn_blocking(move || n.publish(&published)).await {
-                Ok(Ok(())) => meshed = Some(assigned.published.clone()),
+        let published = net.as_ref().map(|n| reachable(&assigned, n.subnet, overlay.is_some()));
+        if let (Some(n), Some(published)) = (&net, published.filter(|p| meshed.as_ref() != Some(p))) {
+            let (n, reserved, before, wanted) = (n.clone(), local.reserved.clone(), meshed.clone(), published.clone());
+            match tokio::task::spawn_blocking(move || n.publish(&reserved, before.as_deref(), &wanted)).await {
+                Ok(Ok(())) => meshed = Some(published),
                 Ok(Err(e)) => warn!("updating the routing mesh: {e}"),
                 Err(e) => warn!("updating the routing mesh: {e}"),
             }
@@ -261,6 +264,19 @@ fn published(services: &[ServiceEndpoints]) -> Vec<Published> {
         .collect();
     out.sort();
     out
+}
+
+/// The published ports with only the replicas this node can reach: on its
+/// own bridge, or behind a peer of a running overlay (a node without one,
+/// or one whose key was not taken, would swallow its share).
+fn reachable(assigned: &Assigned, own: Cidr, overlay: bool) -> Vec<Published> {
+    let peers = assigned.peers.values().map(|p| p.subnet).filter(|_| overlay);
+    let subnets: Vec<Cidr> = std::iter::once(own).chain(peers).collect();
+    let mut published = assigned.published.clone();
+    for p in &mut published {
+        p.backends.retain(|b| subnets.iter().any(|s| s.contains(*b)));
+    }
+    published
 }
 
 /// One pass: plan, then act; actions on different tasks run at once.
