@@ -93,7 +93,7 @@ done
 # changing address); how long from its start until host1's device has the
 # new endpoint. An upper bound: it includes the agent's start and its
 # registration going through Raft.
-wg1=$(in_host 1 wg show interfaces | tr ' ' '\n' | grep '^bw' | head -1)
+wg1=$(in_host 1 ip -br link | grep -o '^bw[0-9a-f]*')
 restart_agent2() { # restart_agent2 PORT
   kill "$(cat "$DIR/agent-2.pid")"
   while kill -0 "$(cat "$DIR/agent-2.pid")" 2>/dev/null; do sleep 0.05; done
