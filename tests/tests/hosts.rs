@@ -259,7 +259,13 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
             }
             Some(())
         })
-        .await?;
+        .await
+        .with_context(|| {
+            let ps = berthctl(reachable, &["service", "ps", "web"]).map(|r| r.1).unwrap_or_default();
+            let rules = on[0].run("iptables", &["-t", "nat", "-S"]).unwrap_or_default();
+            let logs = agents.iter().map(Agent::daemon_log).collect::<Vec<_>>().join("\n");
+            format!("{ps}\n{rules}\n{logs}")
+        })?;
     }
 
     // Healed, host3 stops what is no longer its own: exactly 3 containers.

@@ -87,45 +87,17 @@ pub async fn run(local: Local, node_id: String, clients: Vec<AgentClient<Channel
     let local = Arc::new(local);
     let exits = Arc::new(Notify::new());
     let mut books = Books::default();
-    let mut net: Option<Net> = None;
-    let mut overlay: Option<Overlay> = None;
-    // What the routing mesh was last set to, on the current `net`.
-    let mut meshed: Option<Vec<Published>> = None;
     let mut at = 0;
     // Nothing is done before the cluster has said what it wants: an agent
     // that restarts must not take "no tasks yet" for "stop every task".
     if rx.changed().await.is_err() {
         return;
     }
+    let (net_tx, net_rx) = watch::channel(None);
+    tokio::spawn(network(local.clone(), rx.clone(), net_tx));
     loop {
-        let mut assigned = rx.borrow_and_update().clone();
-        let want = std::mem::take(&mut assigned.tasks);
-        if let Some((subnet, cluster)) = assigned.network {
-            if net.as_ref().is_none_or(|n| (n.subnet, n.cluster) != (subnet, cluster)) {
-                net = node_network(&local, subnet, cluster).await;
-                overlay = None;
-                meshed = None;
-            }
-        }
-        let published = net.as_ref().map(|n| reachable(&assigned, n.subnet, overlay.is_some()));
-        if let (Some(n), Some(published)) = (&net, published.filter(|p| meshed.as_ref() != Some(p))) {
-            let (n, reserved, before, wanted) = (n.clone(), local.reserved.clone(), meshed.clone(), published.clone());
-            match tokio::task::spawn_blocking(move || n.publish(&reserved, before.as_deref(), &wanted)).await {
-                Ok(Ok(())) => meshed = Some(published),
-                Ok(Err(e)) => warn!("updating the routing mesh: {e}"),
-                Err(e) => warn!("updating the routing mesh: {e}"),
-            }
-        }
-        if let (Some(n), Some((keys, port))) = (&net, &local.overlay) {
-            if overlay.is_none() {
-                overlay = start_overlay(keys, *port, n).await;
-            }
-            if let Some(o) = overlay.as_mut() {
-                if let Err(e) = o.set_peers(assigned.peers.clone()) {
-                    warn!("updating the overlay's peers: {e}");
-                }
-            }
-        }
+        let want = rx.borrow_and_update().tasks.clone();
+        let net = net_rx.borrow().clone();
         work(&local, &want, &mut books, &exits, net.as_ref()).await;
         let reports = reports(&local, &want, &mut books);
         if reports != books.last_report {
@@ -146,6 +118,54 @@ pub async fn run(local: Local, node_id: String, clients: Vec<AgentClient<Channel
             _ = rx.changed() => {}
             _ = exits.notified() => {}
             _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+/// The node's network follows the cluster on a loop of its own, so that a
+/// slow pass of the tasks' work (a 10 s stop grace, an image pull) never
+/// holds back a peer or the routing mesh: the bridge for the node's
+/// subnet, the overlay and its peers, then the mesh. What it has set up is
+/// published on `out` for the work on tasks.
+async fn network(local: Arc<Local>, mut rx: watch::Receiver<Assigned>, out: watch::Sender<Option<Net>>) {
+    let mut net: Option<Net> = None;
+    let mut overlay: Option<Overlay> = None;
+    // What the routing mesh was last set to, on the current `net`.
+    let mut meshed: Option<Vec<Published>> = None;
+    loop {
+        let assigned = rx.borrow_and_update().clone();
+        if let Some((subnet, cluster)) = assigned.network {
+            if net.as_ref().is_none_or(|n| (n.subnet, n.cluster) != (subnet, cluster)) {
+                net = node_network(&local, subnet, cluster).await;
+                overlay = None;
+                meshed = None;
+                out.send_replace(net.clone());
+            }
+        }
+        if let (Some(n), Some((keys, port))) = (&net, &local.overlay) {
+            if overlay.is_none() {
+                overlay = start_overlay(keys, *port, n).await;
+            }
+            if let Some(o) = overlay.as_mut() {
+                if let Err(e) = o.set_peers(assigned.peers.clone()) {
+                    warn!("updating the overlay's peers: {e}");
+                }
+            }
+        }
+        let published = net.as_ref().map(|n| reachable(&assigned, n.subnet, overlay.is_some()));
+        if let (Some(n), Some(published)) = (&net, published.filter(|p| meshed.as_ref() != Some(p))) {
+            let (n, reserved, before, wanted) = (n.clone(), local.reserved.clone(), meshed.clone(), published.clone());
+            match tokio::task::spawn_blocking(move || n.publish(&reserved, before.as_deref(), &wanted)).await {
+                Ok(Ok(())) => meshed = Some(published),
+                Ok(Err(e)) => warn!("updating the routing mesh: {e}"),
+                Err(e) => warn!("updating the routing mesh: {e}"),
+            }
+        }
+        // Retried on the tick while something is not set up.
+        let pending = net.is_none() || (local.overlay.is_some() && overlay.is_none()) || meshed.is_none();
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(TICK), if pending => {}
         }
     }
 }
