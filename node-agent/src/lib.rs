@@ -5,6 +5,7 @@
 //! - [`runtime`]: containers, each run by its own shim process.
 //! - [`network`]: the node's bridge and each task's network namespace.
 //! - [`tasks`]: what to do about the tasks the cluster places here.
+pub mod dns;
 pub mod image;
 pub mod network;
 pub mod runtime;

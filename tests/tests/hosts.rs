@@ -69,6 +69,13 @@ async fn answers_from_all(addr: &str, tasks: &BTreeMap<String, (String, String)>
     false
 }
 
+/// A directory of the test's own for logs of its helpers.
+fn scratch_dir(hosts: &Hosts) -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("berth-hosts-{}", hosts.bridge));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
 /// Task containers on each agent's host, by agent index.
 fn containers(agents: &[Agent]) -> Vec<Vec<String>> {
     agents.iter().map(|a| a.ps().iter().filter_map(|c| c["name"].as_str().map(str::to_owned)).collect()).collect()
@@ -83,10 +90,33 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     let on: Vec<&berth_tests::hosts::Host> = hosts.hosts.iter().collect();
     let mut cluster = Cluster::start_on(&on, &["--node-down-after-ms", "2000"]).await?;
     let servers = cluster.addrs();
+    // An upstream resolver for names outside the cluster, on the test network.
+    let upstream = hosts.gateway.to_string();
+    let scratch = scratch_dir(&hosts)?;
+    let mut resolver = berth_tests::Process::new(scratch.join("dnsmasq.log"));
+    resolver.start(
+        std::process::Command::new("dnsmasq")
+            .arg(format!("--pid-file={}", scratch.join("dnsmasq.pid").display()))
+            .args([
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--port=53",
+                &format!("--listen-address={upstream}"),
+                "--address=/outside.test/198.18.99.99",
+            ]),
+    )?;
     let agents: Vec<Agent> = on.iter().map(|h| Agent::on(Some(&registry), h)).collect();
+    // Each node's DNS answers on its host's address too, and asks the test resolver.
+    let dns_args: Vec<Vec<String>> = on
+        .iter()
+        .map(|h| vec!["--dns-listen".into(), format!("{}:53", h.ip), "--dns-upstream".into(), upstream.clone()])
+        .collect();
+    let extra = |i: usize| -> Vec<&str> { dns_args[i].iter().map(String::as_str).collect() };
     let mut daemons = Vec::new();
-    for (agent, host) in agents.iter().zip(&on) {
-        daemons.push(agent.join_at(&servers, &host.name, &format!("{}:7500", host.ip), &[])?);
+    for (i, (agent, host)) in agents.iter().zip(&on).enumerate() {
+        daemons.push(agent.join_at(&servers, &host.name, &format!("{}:7500", host.ip), &extra(i))?);
     }
     wait_for(Duration::from_secs(30), "three nodes ready", async || {
         let (ok, out, _) = berthctl(&servers, &["node", "ls"]).ok()?;
@@ -143,6 +173,7 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     let fetches: Vec<String> = addresses
         .iter()
         .map(|a| format!("wget -qO- http://{a}:8080/; udp-echo send {a} 5353 udp-from-client"))
+        .chain(["wget -qO- http://web:8080/ | sed s/^/by-name:/".to_owned()])
         .collect();
     let client = format!("while true; do {}; sleep 0.3; done", fetches.join("; "));
     let (ok, out, err) = berthctl(
@@ -166,7 +197,9 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         let (ok, out, _) = berthctl(&servers, &["service", "logs", "client"]).ok()?;
         let tcp = running.keys().all(|task| out.contains(&format!("hello-from-{task}")));
         let udp = running.keys().all(|task| out.contains(&format!("echo from {task}: udp-from-client")));
-        (ok && tcp && udp).then_some(())
+        // By name: the node's DNS, then the overlay.
+        let by_name = out.contains("by-name:hello-from-web.");
+        (ok && tcp && udp && by_name).then_some(())
     })
     .await
     .with_context(|| {
@@ -190,6 +223,31 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     ensure!(!seen.contains(" 198.19."), "a container address in clear on the underlay:\n{seen}");
     let (ok, _, err) = berthctl(&servers, &["service", "rm", "client"])?;
     ensure!(ok, "{err}");
+
+    // Every node's DNS knows the service: its replicas, one of them by
+    // slot, their addresses' names, what is not there, and the world.
+    let mut expected: Vec<String> = addresses.clone();
+    expected.sort();
+    for host in &on {
+        let at = format!("@{}", host.ip);
+        let dig = |args: &[&str]| host.run("dig", &[&["+time=2", "+tries=1", &at][..], args].concat());
+        wait_for(Duration::from_secs(10), &format!("web.berth.local from {}", host.name), async || {
+            let mut got: Vec<String> = dig(&["+short", "web.berth.local"]).ok()?.lines().map(str::to_owned).collect();
+            got.sort();
+            (got == expected).then_some(())
+        })
+        .await?;
+        let one = dig(&["+short", "1.web.berth.local"])?;
+        ensure!(one.lines().count() == 1 && expected.contains(&one.trim().to_owned()), "1.web: {one}");
+        let ptr = dig(&["+short", "-x", one.trim()])?;
+        ensure!(ptr.trim() == "1.web.berth.local.", "PTR of {}: {ptr}", one.trim());
+        let missing = dig(&["nosuch.berth.local"])?;
+        ensure!(missing.contains("status: NXDOMAIN") && missing.contains("SOA"), "{missing}");
+        let outside = dig(&["+short", "outside.test"])?;
+        ensure!(outside.trim() == "198.18.99.99", "forwarded: {outside}");
+        let tcp = dig(&["+tcp", "+short", "web.berth.local"])?;
+        ensure!(tcp.lines().count() == 3, "over TCP: {tcp}");
+    }
 
     // The routing mesh: port 9080 of every host answers, from every replica
     // wherever it runs; also on the host itself (its own address).
@@ -221,7 +279,7 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     // the mesh on host2 reaches it again.
     let before = berthctl(&servers, &["service", "ps", "web", "-o", "json"])?.1;
     daemons[0].stop(Duration::from_secs(15))?;
-    daemons[0] = agents[0].join_at(&servers, &on[0].name, &format!("{}:7500", on[0].ip), &[])?;
+    daemons[0] = agents[0].join_at(&servers, &on[0].name, &format!("{}:7500", on[0].ip), &extra(0))?;
     wait_for(Duration::from_secs(30), "host2's published port to reach host1's task again", async || {
         answers_from_all(&published[1], &running).await.then_some(())
     })
@@ -318,5 +376,6 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         .await?;
     }
     drop(daemons);
+    drop(resolver);
     Ok(())
 }

@@ -61,9 +61,25 @@ pub struct JoinArgs {
     /// MTU of the bridge and of containers' eth0 (room for the overlay's headers).
     #[arg(long, default_value_t = berth_node_agent::network::DEFAULT_MTU)]
     pub mtu: u32,
+    /// The domain of services' names in DNS (`web.berth.local`).
+    #[arg(long, default_value = berth_node_agent::dns::DEFAULT_DOMAIN)]
+    pub cluster_domain: String,
+    /// Seconds a DNS answer about the cluster may be kept.
+    #[arg(long, default_value_t = 5)]
+    pub dns_ttl: u32,
+    /// Another address (IP:PORT) where the node's DNS answers, e.g. for
+    /// the host; it always answers on its bridge's gateway, port 53.
+    #[arg(long)]
+    pub dns_listen: Option<std::net::SocketAddr>,
+    /// Resolvers (IP, repeatable) for names outside the cluster; the
+    /// host's /etc/resolv.conf by default.
+    #[arg(long = "dns-upstream", value_delimiter = ',')]
+    pub dns_upstreams: Vec<std::net::IpAddr>,
 }
 
 pub async fn join(mut local: Local, data_dir: &Path, args: JoinArgs) -> anyhow::Result<u8> {
+    berth_node_agent::dns::zone::Zone::new(&args.cluster_domain, args.dns_ttl)
+        .map_err(|e| anyhow::anyhow!("--cluster-domain: {e}"))?;
     let request = registration(data_dir, &args)?;
     if request.wireguard_port != 0 {
         let keys = overlay_keys(data_dir, &request.advertise_address, args.wireguard_port)?;

@@ -77,6 +77,12 @@ pub async fn dispatch(mut args: Args) -> anyhow::Result<u8> {
             netns_dir: args.run_dir.join("netns"),
             overlay: None,
             reserved: vec![],
+            dns: Some(berth_node_agent::dns::Settings {
+                domain: args.join.cluster_domain.clone(),
+                ttl: args.join.dns_ttl,
+                listen: args.join.dns_listen,
+                upstreams: args.join.dns_upstreams.clone(),
+            }),
         };
         return join::join(local, &args.data_dir, args.join).await;
     };

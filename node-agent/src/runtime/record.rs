@@ -76,7 +76,14 @@ pub enum NetworkMode {
     Host,
     /// A namespace made for it beforehand (see `crate::network`), where
     /// `eth0` has `address`.
-    Joined { netns: PathBuf, address: std::net::Ipv4Addr },
+    Joined {
+        netns: PathBuf,
+        address: std::net::Ipv4Addr,
+        /// Its `/etc/resolv.conf` (the node's DNS); without one, the
+        /// host's resolvers less those on its loopback.
+        #[serde(default)]
+        resolv_conf: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -194,9 +194,10 @@ fn write_etc_files(run: &Path, config: &ContainerConfig) -> io::Result<spec::Etc
     )?;
     let resolv = match &config.network {
         NetworkMode::Host => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        NetworkMode::Joined { resolv_conf: Some(text), .. } => text.clone(),
         // The host's resolvers, less those on its loopback, which the
-        // container cannot reach (the node's own DNS comes later).
-        NetworkMode::Joined { .. } => fs::read_to_string("/etc/resolv.conf")
+        // container cannot reach.
+        NetworkMode::Joined { resolv_conf: None, .. } => fs::read_to_string("/etc/resolv.conf")
             .unwrap_or_default()
             .lines()
             .filter(|l| !(l.starts_with("nameserver") && (l.contains(" 127.") || l.contains(" ::1"))))

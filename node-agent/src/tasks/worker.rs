@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use super::plan::{plan, Action, Have, Want};
 use super::restart;
+use crate::dns::{self, zone, Dns};
 use crate::image::{ImageRef, Registries, Store};
 use crate::network::mesh::Published;
 use crate::network::overlay::{Keys, Overlay, Peer};
@@ -51,6 +52,8 @@ pub struct Local {
     pub overlay: Option<(Keys, u16)>,
     /// Ports of the agent's own that the routing mesh leaves alone.
     pub reserved: Vec<(u16, Protocol)>,
+    /// The node's DNS, when it runs one.
+    pub dns: Option<dns::Settings>,
 }
 
 /// What the cluster wants of this node: its tasks, and its subnet within
@@ -63,6 +66,8 @@ struct Assigned {
     peers: BTreeMap<String, Peer>,
     /// The cluster's published ports and their replicas, for the mesh.
     published: Vec<Published>,
+    /// Every service's running replicas, for DNS.
+    services: Vec<zone::Service>,
 }
 
 type Net = Arc<NodeNet<IpRoute>>;
@@ -132,6 +137,9 @@ async fn network(local: Arc<Local>, mut rx: watch::Receiver<Assigned>, out: watc
     let mut overlay: Option<Overlay> = None;
     // What the routing mesh was last set to, on the current `net`.
     let mut meshed: Option<Vec<Published>> = None;
+    let mut dns: Option<Dns> = None;
+    // What the DNS zone was last set to.
+    let mut zoned: Option<Vec<zone::Service>> = None;
     loop {
         let assigned = rx.borrow_and_update().clone();
         if let Some((subnet, cluster)) = assigned.network {
@@ -139,6 +147,7 @@ async fn network(local: Arc<Local>, mut rx: watch::Receiver<Assigned>, out: watc
                 net = node_network(&local, subnet, cluster).await;
                 overlay = None;
                 meshed = None;
+                dns = None;
                 out.send_replace(net.clone());
             }
         }
@@ -161,8 +170,22 @@ async fn network(local: Arc<Local>, mut rx: watch::Receiver<Assigned>, out: watc
                 Err(e) => warn!("updating the routing mesh: {e}"),
             }
         }
+        if let (Some(n), Some(settings)) = (&net, &local.dns) {
+            if dns.is_none() {
+                dns = start_dns(settings, n).await;
+                zoned = None;
+            }
+            if let Some(server) = dns.as_ref().filter(|_| zoned.as_ref() != Some(&assigned.services)) {
+                let (cluster, services) = (n.cluster, assigned.services.clone());
+                server.update(|zone| zone.update(Some(cluster), services));
+                zoned = Some(assigned.services.clone());
+            }
+        }
         // Retried on the tick while something is not set up.
-        let pending = net.is_none() || (local.overlay.is_some() && overlay.is_none()) || meshed.is_none();
+        let pending = net.is_none()
+            || (local.overlay.is_some() && overlay.is_none())
+            || meshed.is_none()
+            || (local.dns.is_some() && dns.is_none());
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(TICK), if pending => {}
@@ -193,6 +216,36 @@ async fn node_network(local: &Local, subnet: Cidr, cluster: Cidr) -> Option<Net>
         }
         Err(e) => {
             warn!("setting up the node network: {e}");
+            None
+        }
+    }
+}
+
+/// Starts the node's DNS on its bridge's gateway (and `--dns-listen`);
+/// None (and tried again on the next pass) when that fails.
+async fn start_dns(settings: &dns::Settings, net: &Net) -> Option<Dns> {
+    let gateway = std::net::SocketAddr::from((net.subnet.gateway(), 53));
+    let addresses: Vec<std::net::SocketAddr> = std::iter::once(gateway).chain(settings.listen).collect();
+    let own: Vec<std::net::IpAddr> = addresses.iter().map(|a| a.ip()).collect();
+    let upstreams = if settings.upstreams.is_empty() {
+        dns::upstreams(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(), &own)
+    } else {
+        settings.upstreams.iter().map(|ip| std::net::SocketAddr::new(*ip, 53)).collect()
+    };
+    let zone = match zone::Zone::new(&settings.domain, settings.ttl) {
+        Ok(zone) => zone,
+        Err(e) => {
+            warn!("DNS: {e}");
+            return None;
+        }
+    };
+    match Dns::serve(zone, &addresses, upstreams.clone()).await {
+        Ok(server) => {
+            info!(?addresses, ?upstreams, domain = %settings.domain, "DNS up");
+            Some(server)
+        }
+        Err(e) => {
+            warn!("starting DNS: {e}");
             None
         }
     }
@@ -242,8 +295,9 @@ async fn watch_tasks(node_id: String, clients: Vec<AgentClient<Channel>>, tx: wa
                                 })
                                 .collect();
                             let published = published(&list.services);
+                            let services = list.services.iter().map(replicas).collect();
                             let tasks = list.tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
-                            if tx.send(Assigned { tasks, network, peers, published }).is_err() {
+                            if tx.send(Assigned { tasks, network, peers, published, services }).is_err() {
                                 return;
                             }
                         }
@@ -261,6 +315,12 @@ async fn watch_tasks(node_id: String, clients: Vec<AgentClient<Channel>>, tx: wa
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// A service's replicas that have an address, as DNS names them.
+fn replicas(service: &ServiceEndpoints) -> zone::Service {
+    let replicas = service.endpoints.iter().filter_map(|e| Some((e.slot, e.address.parse().ok()?))).collect();
+    zone::Service { name: service.name.clone(), replicas }
 }
 
 /// The published ports among the cluster's services, each with its
@@ -407,12 +467,13 @@ async fn start(
     let network = match (spec.address.parse::<Ipv4Addr>(), net) {
         (Err(_), _) => NetworkMode::None,
         (Ok(address), Some(net)) => {
-            let name = task.clone();
+            let (name, gateway) = (task.clone(), net.subnet.gateway());
             let netns = tokio::task::spawn_blocking(move || net.attach(&name, address))
                 .await
                 .map_err(|e| fail(e.to_string()))?
                 .map_err(|e| fail(format!("network: {e}")))?;
-            NetworkMode::Joined { netns, address }
+            let resolv_conf = local.dns.as_ref().map(|d| dns::resolv_conf(gateway.into(), &d.domain));
+            NetworkMode::Joined { netns, address, resolv_conf }
         }
         (Ok(_), None) => return Err(fail("network: the node's bridge is not ready yet".into())),
     };

@@ -117,7 +117,11 @@ fn host_network_drops_only_the_network_namespace() {
 #[test]
 fn a_joined_network_uses_the_namespace_made_for_it() {
     let mut c = config();
-    c.network = NetworkMode::Joined { netns: "/run/berth-agent/netns/web.1.1".into(), address: [198, 19, 1, 2].into() };
+    c.network = NetworkMode::Joined {
+        netns: "/run/berth-agent/netns/web.1.1".into(),
+        address: [198, 19, 1, 2].into(),
+        resolv_conf: None,
+    };
     let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc()).unwrap();
     let namespaces = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
     let net: Vec<_> = namespaces.iter().filter(|n| n.typ() == LinuxNamespaceType::Network).collect();

@@ -1,0 +1,175 @@
+//! The cluster domain as one node answers it: a pure table made from the
+//! endpoints the control plane streams to every agent, and the answer to
+//! one question. No IO here; the server (`server.rs`) asks and sends.
+//!
+//! ```text
+//! web.                         A    every running replica of web (a bare service name)
+//! web.berth.local.             A    the same
+//! 2.web.berth.local.           A    replica 2 of web
+//! 5.1.19.198.in-addr.arpa.     PTR  2.web.berth.local. (for a replica's address)
+//! anything else in berth.local NXDOMAIN, with the zone's SOA
+//! anything else                elsewhere: the host's resolvers answer it
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use berth_proto::model::Cidr;
+use hickory_server::proto::rr::rdata::{A, PTR, SOA};
+use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+
+/// One service's running replicas: (slot, address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub replicas: Vec<(u32, Ipv4Addr)>,
+}
+
+/// What the zone says to one question.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// Records of the name, and records that help with them.
+    Found { answers: Vec<Record>, additionals: Vec<Record> },
+    /// The name exists, with no record of that type: the SOA tells how
+    /// long to remember that.
+    NoData { soa: Record },
+    /// No such name in the cluster domain.
+    NxDomain { soa: Record },
+    /// Not the cluster's to answer.
+    Elsewhere,
+}
+
+#[derive(Debug, Clone)]
+pub struct Zone {
+    domain: Name,
+    ttl: u32,
+    /// Addresses in it are the cluster's: their PTR names are answered here.
+    cluster: Option<Cidr>,
+    services: BTreeMap<String, Vec<(u32, Ipv4Addr)>>,
+    by_address: BTreeMap<Ipv4Addr, Name>,
+}
+
+impl Zone {
+    /// An empty zone for `domain` (e.g. `berth.local`) whose records live `ttl` seconds.
+    pub fn new(domain: &str, ttl: u32) -> Result<Self, String> {
+        let domain = Name::from_ascii(domain.trim_end_matches('.'))
+            .map(|n| n.to_lowercase())
+            .map_err(|e| format!("{domain:?} is not a domain name: {e}"))?;
+        if domain.num_labels() == 0 {
+            return Err("the cluster domain cannot be the root".into());
+        }
+        let mut domain = domain;
+        domain.set_fqdn(true);
+        Ok(Self { domain, ttl, cluster: None, services: BTreeMap::new(), by_address: BTreeMap::new() })
+    }
+
+    /// Replaces what the zone knows with the cluster's current endpoints.
+    pub fn update(&mut self, cluster: Option<Cidr>, services: Vec<Service>) {
+        self.cluster = cluster;
+        self.by_address.clear();
+        self.services.clear();
+        for s in services {
+            let Ok(label) = Name::from_ascii(&s.name).map(|n| n.to_lowercase()) else { continue };
+            let Ok(service) = label.append_domain(&self.domain) else { continue };
+            for (slot, address) in &s.replicas {
+                if let Ok(name) = service.prepend_label(slot.to_string()) {
+                    self.by_address.insert(*address, name);
+                }
+            }
+            self.services.insert(s.name.to_ascii_lowercase(), s.replicas);
+        }
+    }
+
+    pub fn domain(&self) -> &Name {
+        &self.domain
+    }
+
+    /// The answer to `qtype` of `name`.
+    pub fn answer(&self, name: &Name, qtype: RecordType) -> Answer {
+        let mut name = name.to_lowercase();
+        name.set_fqdn(true);
+        if let Some(answer) = self.reverse(&name, qtype) {
+            return answer;
+        }
+        if self.domain.zone_of(&name) {
+            let inner = (name.num_labels() - self.domain.num_labels()) as usize;
+            let labels: Vec<String> =
+                name.iter().take(inner).map(|l| String::from_utf8_lossy(l).into_owned()).collect();
+            return match labels.as_slice() {
+                [] if matches!(qtype, RecordType::SOA | RecordType::ANY) => self.found(vec![self.soa()]),
+                [] => Answer::NoData { soa: self.soa() },
+                [service] => self.addresses(&name, service, None, qtype),
+                [slot, service] => match slot.parse::<u32>() {
+                    Ok(slot) => self.addresses(&name, service, Some(slot), qtype),
+                    Err(_) => Answer::NxDomain { soa: self.soa() },
+                },
+                _ => Answer::NxDomain { soa: self.soa() },
+            };
+        }
+        // A bare service name (`web.`), as containers ask with a search
+        // domain that failed or none; other single labels are not ours.
+        if name.num_labels() == 1 {
+            let label = String::from_utf8_lossy(name.iter().next().unwrap_or_default()).into_owned();
+            if self.services.contains_key(&label) {
+                return self.addresses(&name, &label, None, qtype);
+            }
+        }
+        Answer::Elsewhere
+    }
+
+    /// A records of a service's replicas (one slot's, with `slot`).
+    fn addresses(&self, name: &Name, service: &str, slot: Option<u32>, qtype: RecordType) -> Answer {
+        let Some(replicas) = self.services.get(service) else { return Answer::NxDomain { soa: self.soa() } };
+        let chosen: Vec<Ipv4Addr> =
+            replicas.iter().filter(|(s, _)| slot.is_none_or(|want| *s == want)).map(|(_, a)| *a).collect();
+        if slot.is_some() && chosen.is_empty() {
+            return Answer::NxDomain { soa: self.soa() };
+        }
+        if !matches!(qtype, RecordType::A | RecordType::ANY) || chosen.is_empty() {
+            return Answer::NoData { soa: self.soa() };
+        }
+        self.found(chosen.into_iter().map(|a| Record::from_rdata(name.clone(), self.ttl, RData::A(A(a)))).collect())
+    }
+
+    /// PTR names of the cluster's addresses; None when `name` is not an
+    /// address of the cluster's.
+    fn reverse(&self, name: &Name, qtype: RecordType) -> Option<Answer> {
+        let ip = arpa_address(name)?;
+        let target = self.by_address.get(&ip);
+        if target.is_none() && !self.cluster.is_some_and(|c| c.contains(ip)) {
+            return None;
+        }
+        Some(match target {
+            Some(target) if matches!(qtype, RecordType::PTR | RecordType::ANY) => {
+                self.found(vec![Record::from_rdata(name.clone(), self.ttl, RData::PTR(PTR(target.clone())))])
+            }
+            Some(_) => Answer::NoData { soa: self.soa() },
+            None => Answer::NxDomain { soa: self.soa() },
+        })
+    }
+
+    fn found(&self, answers: Vec<Record>) -> Answer {
+        Answer::Found { answers, additionals: vec![] }
+    }
+
+    /// The zone's SOA; its minimum (how long a "no" may be remembered) is the TTL.
+    fn soa(&self) -> Record {
+        let host = |label: &str| self.domain.prepend_label(label).unwrap_or_else(|_| self.domain.clone());
+        let soa = SOA::new(host("ns"), host("hostmaster"), 1, 3600, 600, 86400, self.ttl);
+        Record::from_rdata(self.domain.clone(), self.ttl, RData::SOA(soa))
+    }
+}
+
+/// The address that `d.c.b.a.in-addr.arpa.` names.
+fn arpa_address(name: &Name) -> Option<Ipv4Addr> {
+    let labels: Vec<&[u8]> = name.iter().collect();
+    let [d, c, b, a, in_addr, arpa] = labels.as_slice() else { return None };
+    if !in_addr.eq_ignore_ascii_case(b"in-addr") || !arpa.eq_ignore_ascii_case(b"arpa") {
+        return None;
+    }
+    let octet = |l: &[u8]| std::str::from_utf8(l).ok()?.parse::<u8>().ok();
+    Some(Ipv4Addr::new(octet(a)?, octet(b)?, octet(c)?, octet(d)?))
+}
+
+#[cfg(test)]
+mod tests;

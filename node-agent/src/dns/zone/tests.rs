@@ -1,0 +1,100 @@
+use super::*;
+
+fn zone() -> Zone {
+    let mut z = Zone::new("berth.local", 5).unwrap();
+    let web = Service { name: "web".into(), replicas: vec![(1, ip("198.19.1.2")), (2, ip("198.19.2.2"))] };
+    let idle = Service { name: "idle".into(), replicas: vec![] };
+    z.update(Some("198.19.0.0/16".parse().unwrap()), vec![web, idle]);
+    z
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn name(s: &str) -> Name {
+    Name::from_ascii(s).unwrap()
+}
+
+/// The A addresses of an answer; panics on anything but Found.
+fn addresses(answer: Answer) -> Vec<Ipv4Addr> {
+    match answer {
+        Answer::Found { answers, .. } => answers
+            .iter()
+            .map(|r| match &r.data {
+                RData::A(a) => a.0,
+                other => panic!("not an A record: {other:?}"),
+            })
+            .collect(),
+        other => panic!("not found: {other:?}"),
+    }
+}
+
+#[test]
+fn a_service_answers_with_its_running_replicas_by_any_of_its_names() {
+    let z = zone();
+    let both = vec![ip("198.19.1.2"), ip("198.19.2.2")];
+    assert_eq!(addresses(z.answer(&name("web.berth.local."), RecordType::A)), both);
+    assert_eq!(addresses(z.answer(&name("WEB.Berth.Local"), RecordType::A)), both, "names are case-blind");
+    assert_eq!(addresses(z.answer(&name("web."), RecordType::A)), both, "a bare service name");
+    assert_eq!(addresses(z.answer(&name("2.web.berth.local."), RecordType::A)), [ip("198.19.2.2")]);
+    let Answer::Found { answers, .. } = z.answer(&name("web.berth.local."), RecordType::A) else { panic!() };
+    assert!(answers.iter().all(|r| r.ttl == 5 && r.name == name("web.berth.local.")));
+}
+
+#[test]
+fn unknown_names_in_the_domain_do_not_exist_and_others_are_elsewhere() {
+    let z = zone();
+    for missing in ["db.berth.local.", "3.web.berth.local.", "x.web.berth.local.", "a.b.c.berth.local."] {
+        match z.answer(&name(missing), RecordType::A) {
+            Answer::NxDomain { soa } => {
+                assert_eq!(soa.record_type(), RecordType::SOA);
+                assert_eq!(soa.name, name("berth.local."));
+            }
+            other => panic!("{missing}: {other:?}"),
+        }
+    }
+    for outside in ["example.com.", "db.", "web.example.com.", "8.8.8.8.in-addr.arpa."] {
+        assert_eq!(z.answer(&name(outside), RecordType::A), Answer::Elsewhere, "{outside}");
+    }
+}
+
+#[test]
+fn a_name_without_that_type_or_without_replicas_is_no_data() {
+    let z = zone();
+    assert!(matches!(z.answer(&name("web.berth.local."), RecordType::AAAA), Answer::NoData { .. }));
+    assert!(matches!(z.answer(&name("idle.berth.local."), RecordType::A), Answer::NoData { .. }));
+    assert!(matches!(z.answer(&name("berth.local."), RecordType::A), Answer::NoData { .. }));
+    let Answer::Found { answers, .. } = z.answer(&name("berth.local."), RecordType::SOA) else { panic!("apex SOA") };
+    assert_eq!(answers[0].record_type(), RecordType::SOA);
+}
+
+#[test]
+fn replica_addresses_have_ptr_names_and_other_cluster_addresses_do_not_exist() {
+    let z = zone();
+    match z.answer(&name("2.2.19.198.in-addr.arpa."), RecordType::PTR) {
+        Answer::Found { answers, .. } => match &answers[0].data {
+            RData::PTR(target) => assert_eq!(target.0, name("2.web.berth.local.")),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(z.answer(&name("99.1.19.198.in-addr.arpa."), RecordType::PTR), Answer::NxDomain { .. }));
+    assert_eq!(z.answer(&name("1.0.18.198.in-addr.arpa."), RecordType::PTR), Answer::Elsewhere, "not the cluster's");
+}
+
+#[test]
+fn an_update_replaces_everything() {
+    let mut z = zone();
+    z.update(None, vec![Service { name: "web".into(), replicas: vec![(3, ip("198.19.3.2"))] }]);
+    assert_eq!(addresses(z.answer(&name("web.berth.local."), RecordType::A)), [ip("198.19.3.2")]);
+    assert!(matches!(z.answer(&name("idle.berth.local."), RecordType::A), Answer::NxDomain { .. }));
+    assert!(matches!(z.answer(&name("2.2.19.198.in-addr.arpa."), RecordType::PTR), Answer::Elsewhere));
+}
+
+#[test]
+fn the_domain_must_be_a_name() {
+    assert!(Zone::new("berth.local.", 5).is_ok());
+    assert!(Zone::new("", 5).is_err());
+    assert!(Zone::new("bad name!", 5).is_err());
+}
