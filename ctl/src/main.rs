@@ -101,7 +101,7 @@ enum ServiceCmd {
         /// Memory, such as 64Mi or 1G
         #[arg(long)]
         memory: Option<String>,
-        /// PUBLISHED:TARGET[/udp] (repeatable)
+        /// [NAME=]PUBLISHED:TARGET[/udp] (repeatable); NAME names it in DNS SRV records
         #[arg(long = "publish", short = 'p')]
         publish: Vec<String>,
         /// always, on-failure or never

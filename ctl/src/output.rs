@@ -46,9 +46,12 @@ fn ports(s: &Service) -> String {
         .spec
         .ports
         .iter()
-        .map(|p| match p.published {
-            Some(pp) => format!("{pp}:{}/{}", p.target, p.protocol),
-            None => format!("{}/{}", p.target, p.protocol),
+        .map(|p| {
+            let name = p.name.as_ref().map(|n| format!("{n}=")).unwrap_or_default();
+            match p.published {
+                Some(pp) => format!("{name}{pp}:{}/{}", p.target, p.protocol),
+                None => format!("{name}{}/{}", p.target, p.protocol),
+            }
         })
         .collect();
     if list.is_empty() {

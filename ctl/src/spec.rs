@@ -115,13 +115,18 @@ fn port_value(v: &Value) -> Result<pb::PortSpec> {
                     "protocol" => {
                         port.protocol = v.as_str().ok_or_else(|| anyhow!("protocol: expected tcp or udp"))?.into()
                     }
-                    other => bail!("unknown field `{other}`, expected one of `published`, `target`, `protocol`"),
+                    "name" => port.name = v.as_str().ok_or_else(|| anyhow!("name: expected a port name"))?.into(),
+                    other => {
+                        bail!("unknown field `{other}`, expected one of `published`, `target`, `protocol`, `name`")
+                    }
                 }
             }
             Ok(port)
         }
         other => {
-            bail!("expected \"PUBLISHED:TARGET[/udp]\" or a mapping with target, published and protocol; got {other:?}")
+            bail!(
+                "expected \"[NAME=]PUBLISHED:TARGET[/udp]\" or a mapping with target, published, protocol and name; got {other:?}"
+            )
         }
     }
 }
@@ -133,15 +138,16 @@ pub fn check(spec: &pb::ServiceSpec) -> Result<()> {
         .map_err(|e| anyhow!("invalid service spec: {e}"))
 }
 
-/// Parses `PUBLISHED:TARGET[/PROTOCOL]` or `TARGET[/PROTOCOL]`.
+/// Parses `[NAME=]PUBLISHED:TARGET[/PROTOCOL]` or `[NAME=]TARGET[/PROTOCOL]`.
 pub fn parse_publish(s: &str) -> Result<pb::PortSpec> {
-    let (ports, protocol) = s.split_once('/').unwrap_or((s, ""));
+    let (name, rest) = s.split_once('=').unwrap_or(("", s));
+    let (ports, protocol) = rest.split_once('/').unwrap_or((rest, ""));
     let num = |p: &str| p.trim().parse::<i64>().map_err(|_| anyhow!("{s:?}: {p:?} is not a port number"));
     let (published, target) = match ports.split_once(':') {
         Some((p, t)) => (num(p)?, num(t)?),
         None => (0, num(ports)?),
     };
-    Ok(pb::PortSpec { published, target, protocol: protocol.to_string() })
+    Ok(pb::PortSpec { published, target, protocol: protocol.to_string(), name: name.to_string() })
 }
 
 /// Parses a memory size such as `64Mi`, naming the expected form on failure.
@@ -194,8 +200,14 @@ mod tests {
         assert_eq!(web.replicas, 3);
         assert_eq!(web.constraints, ["node.labels.zone == a"]);
         assert_eq!(web.resources.as_ref().map(|r| r.memory_bytes), Some(64 << 20));
-        assert_eq!(web.ports[0], pb::PortSpec { published: 8080, target: 80, protocol: String::new() });
-        assert_eq!(web.ports[1], pb::PortSpec { published: 0, target: 53, protocol: "udp".into() });
+        assert_eq!(
+            web.ports[0],
+            pb::PortSpec { published: 8080, target: 80, protocol: String::new(), name: String::new() }
+        );
+        assert_eq!(
+            web.ports[1],
+            pb::PortSpec { published: 0, target: 53, protocol: "udp".into(), name: String::new() }
+        );
         assert_eq!(specs[1].replicas, 1, "replicas default to 1");
     }
 
@@ -220,6 +232,11 @@ mod tests {
     fn publish_flag() {
         assert_eq!(parse_publish("8080:80/udp").expect("ok").protocol, "udp");
         assert_eq!(parse_publish("80").expect("ok").published, 0);
+        let named = parse_publish("dns=5353:53/udp").expect("ok");
+        assert_eq!(
+            (named.name.as_str(), named.published, named.target, named.protocol.as_str()),
+            ("dns", 5353, 53, "udp")
+        );
         assert!(parse_publish("a:80").is_err());
     }
 }

@@ -54,7 +54,8 @@ fn port_from_pb(i: usize, p: &pb::PortSpec) -> Result<PortSpec, InvalidField> {
     let target = port("target", p.target)?;
     let protocol = Protocol::parse(&p.protocol)
         .ok_or_else(|| InvalidField::new(format!("ports[{i}].protocol"), &p.protocol, "tcp or udp"))?;
-    Ok(PortSpec { published, target, protocol })
+    let name = Some(p.name.clone()).filter(|n| !n.is_empty());
+    Ok(PortSpec { published, target, protocol, name })
 }
 
 impl From<model::ServiceSpec> for pb::ServiceSpec {
@@ -73,6 +74,7 @@ impl From<model::ServiceSpec> for pb::ServiceSpec {
                     published: p.published.map_or(0, i64::from),
                     target: i64::from(p.target),
                     protocol: p.protocol.to_string(),
+                    name: p.name.unwrap_or_default(),
                 })
                 .collect(),
             restart: s.restart.to_string(),
@@ -249,7 +251,7 @@ mod tests {
             image: "busybox".into(),
             replicas: 2,
             resources: Some(pb::Resources { cpus: 0.25, memory_bytes: 1 << 20 }),
-            ports: vec![pb::PortSpec { published: 8080, target: 80, protocol: String::new() }],
+            ports: vec![pb::PortSpec { published: 8080, target: 80, protocol: String::new(), name: String::new() }],
             ..Default::default()
         }
     }
@@ -275,8 +277,9 @@ mod tests {
         assert_eq!(field(pb::ServiceSpec { resources: res(-0.5, 0), ..wire() }), "resources.cpus");
         assert_eq!(field(pb::ServiceSpec { resources: res(f64::NAN, 0), ..wire() }), "resources.cpus");
         assert_eq!(field(pb::ServiceSpec { resources: res(1.0, -5), ..wire() }), "resources.memory");
-        let port =
-            |published, target, protocol: &str| vec![pb::PortSpec { published, target, protocol: protocol.into() }];
+        let port = |published, target, protocol: &str| {
+            vec![pb::PortSpec { published, target, protocol: protocol.into(), name: String::new() }]
+        };
         assert_eq!(field(pb::ServiceSpec { ports: port(70000, 80, ""), ..wire() }), "ports[0].published");
         assert_eq!(field(pb::ServiceSpec { ports: port(-1, 80, ""), ..wire() }), "ports[0].published");
         assert_eq!(field(pb::ServiceSpec { ports: port(80, 0, ""), ..wire() }), "ports[0].target");

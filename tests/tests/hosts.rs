@@ -135,7 +135,7 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
             "--replicas",
             "3",
             "--publish",
-            "9080:8080",
+            "http=9080:8080",
             "--publish",
             "9053:5353/udp",
             "--",
@@ -173,34 +173,28 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     let fetches: Vec<String> = addresses
         .iter()
         .map(|a| format!("wget -qO- http://{a}:8080/; udp-echo send {a} 5353 udp-from-client"))
-        .chain(["wget -qO- http://web:8080/ | sed s/^/by-name:/".to_owned()])
+        .chain(["wget -qO- http://web:8080/ | sed s/^/by-name:/; nslookup 1.web.berth.local | sed -n 's/^Address: */slot1:/p'".to_owned()])
         .collect();
     let client = format!("while true; do {}; sleep 0.3; done", fetches.join("; "));
     let (ok, out, err) = berthctl(
         &servers,
-        &[
-            "service",
-            "create",
-            "client",
-            "--image",
-            &image,
-            "--constraint",
-            "node.name == host1",
-            "--",
-            "sh",
-            "-c",
-            &client,
-        ],
+        &["service", "create", "client", "--image", &image, "--replicas", "3", "--", "sh", "-c", &client],
     )?;
     ensure!(ok, "{out}{err}");
-    wait_for(Duration::from_secs(60), "the client on host1 to reach every web task, by TCP and UDP", async || {
-        let (ok, out, _) = berthctl(&servers, &["service", "logs", "client"]).ok()?;
-        let tcp = running.keys().all(|task| out.contains(&format!("hello-from-{task}")));
-        let udp = running.keys().all(|task| out.contains(&format!("echo from {task}: udp-from-client")));
-        // By name: the node's DNS, then the overlay.
-        let by_name = out.contains("by-name:hello-from-web.");
-        (ok && tcp && udp && by_name).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "clients on every host to reach every web task, by TCP, UDP and name",
+        async || {
+            let (ok, out, _) = berthctl(&servers, &["service", "logs", "client"]).ok()?;
+            let tcp = running.keys().all(|task| out.contains(&format!("hello-from-{task}")));
+            let udp = running.keys().all(|task| out.contains(&format!("echo from {task}: udp-from-client")));
+            // By name, from a container on each host: its node's DNS, then the overlay.
+            let on_host = |h: &str, what: &str| out.lines().any(|l| l.contains(&format!("@{h} | {what}")));
+            let by_name =
+                on.iter().all(|h| on_host(&h.name, "by-name:hello-from-web.") && on_host(&h.name, "slot1:198.19."));
+            (ok && tcp && udp && by_name).then_some(())
+        },
+    )
     .await
     .with_context(|| {
         let logs = berthctl(&servers, &["service", "logs", "client"]).map(|r| r.1).unwrap_or_default();
@@ -247,6 +241,14 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         ensure!(outside.trim() == "198.18.99.99", "forwarded: {outside}");
         let tcp = dig(&["+tcp", "+short", "web.berth.local"])?;
         ensure!(tcp.lines().count() == 3, "over TCP: {tcp}");
+        // The named port's SRV records, their targets' addresses alongside.
+        let srv = dig(&["SRV", "_http._tcp.web.berth.local"])?;
+        let targets: Vec<&str> =
+            srv.lines().filter(|l| l.contains("\tSRV\t")).filter_map(|l| l.split_whitespace().last()).collect();
+        ensure!(targets.len() == 3 && srv.contains(" 8080 "), "SRV: {srv}");
+        for target in targets {
+            ensure!(srv.lines().any(|l| l.starts_with(target) && l.contains("\tA\t")), "no A for {target}: {srv}");
+        }
     }
 
     // The routing mesh: port 9080 of every host answers, from every replica

@@ -269,7 +269,9 @@ async fn bad_input_is_rejected_and_harmless() -> Result<()> {
     let mut cluster = Cluster::start(3, &[]).await?;
     let mut c = cluster.servers[1].client();
     let res = |cpus, memory_bytes| Some(Resources { cpus, memory_bytes });
-    let port = |published, target, protocol: &str| vec![PortSpec { published, target, protocol: protocol.into() }];
+    let port = |published, target, protocol: &str| {
+        vec![PortSpec { published, target, protocol: protocol.into(), ..Default::default() }]
+    };
     let cases: Vec<(&str, ServiceSpec)> = vec![
         ("name", ServiceSpec { name: "Bad_Name".into(), ..spec("x") }),
         ("name", ServiceSpec { name: String::new(), ..spec("x") }),

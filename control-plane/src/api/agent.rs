@@ -234,6 +234,7 @@ pub fn endpoints(state: &State) -> Vec<ServiceEndpoints> {
                     published: p.published.map_or(0, u32::from),
                     target: p.target.into(),
                     protocol: p.protocol.to_string(),
+                    name: p.name.clone().unwrap_or_default(),
                 })
                 .collect();
             (s.spec.name.as_str(), ServiceEndpoints { name: s.spec.name.clone(), ports, endpoints: vec![] })
@@ -316,7 +317,7 @@ mod tests {
             env: Default::default(),
             replicas: 3,
             resources: Default::default(),
-            ports: vec![PortSpec { published: Some(8080), target: 80, protocol: Protocol::Tcp }],
+            ports: vec![PortSpec { published: Some(8080), target: 80, protocol: Protocol::Tcp, name: None }],
             restart: RestartPolicy::Always,
             constraints: vec![],
         };
@@ -348,7 +349,10 @@ mod tests {
         assert_eq!(all, assigned(&s, &b.id).services, "every node sees the same endpoints");
         assert_eq!(all.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["idle", "web"]);
         let web = &all[1];
-        assert_eq!(web.ports, [EndpointPort { published: 8080, target: 80, protocol: "tcp".into() }]);
+        assert_eq!(
+            web.ports,
+            [EndpointPort { published: 8080, target: 80, protocol: "tcp".into(), name: String::new() }]
+        );
         let expected: Vec<(u32, String)> =
             tasks[..2].iter().map(|t| (t.slot, s.tasks[&t.id].address.unwrap().to_string())).collect();
         let got: Vec<(u32, String)> = web.endpoints.iter().map(|e| (e.slot, e.address.clone())).collect();

@@ -280,7 +280,7 @@ mod tests {
     fn a_published_port_belongs_to_one_service() {
         use berth_proto::model::PortSpec;
         let with = |name: &str, published: u16, protocol: Protocol| ServiceSpec {
-            ports: vec![PortSpec { published: Some(published), target: 80, protocol }],
+            ports: vec![PortSpec { published: Some(published), target: 80, protocol, name: None }],
             ..spec(name, 1)
         };
         let mut s = State::default();

@@ -6,6 +6,8 @@
 //! web.                         A    every running replica of web (a bare service name)
 //! web.berth.local.             A    the same
 //! 2.web.berth.local.           A    replica 2 of web
+//! _http._tcp.web.berth.local. SRV  0 10 80 1.web.berth.local. (one per replica; their A
+//!                                   records in the additional section)
 //! 5.1.19.198.in-addr.arpa.     PTR  2.web.berth.local. (for a replica's address)
 //! anything else in berth.local NXDOMAIN, with the zone's SOA
 //! anything else                elsewhere: the host's resolvers answer it
@@ -14,15 +16,24 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use berth_proto::model::Cidr;
-use hickory_server::proto::rr::rdata::{A, PTR, SOA};
+use berth_proto::model::{Cidr, Protocol};
+use hickory_server::proto::rr::rdata::{A, PTR, SOA, SRV};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 
-/// One service's running replicas: (slot, address).
+/// One service's running replicas, (slot, address), and its named ports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
     pub replicas: Vec<(u32, Ipv4Addr)>,
+    pub ports: Vec<NamedPort>,
+}
+
+/// A port with a name, for SRV records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
 }
 
 /// What the zone says to one question.
@@ -45,7 +56,7 @@ pub struct Zone {
     ttl: u32,
     /// Addresses in it are the cluster's: their PTR names are answered here.
     cluster: Option<Cidr>,
-    services: BTreeMap<String, Vec<(u32, Ipv4Addr)>>,
+    services: BTreeMap<String, Service>,
     by_address: BTreeMap<Ipv4Addr, Name>,
 }
 
@@ -76,7 +87,7 @@ impl Zone {
                     self.by_address.insert(*address, name);
                 }
             }
-            self.services.insert(s.name.to_ascii_lowercase(), s.replicas);
+            self.services.insert(s.name.to_ascii_lowercase(), s);
         }
     }
 
@@ -103,6 +114,7 @@ impl Zone {
                     Ok(slot) => self.addresses(&name, service, Some(slot), qtype),
                     Err(_) => Answer::NxDomain { soa: self.soa() },
                 },
+                [port, protocol, service] => self.services(&name, port, protocol, service, qtype),
                 _ => Answer::NxDomain { soa: self.soa() },
             };
         }
@@ -117,11 +129,36 @@ impl Zone {
         Answer::Elsewhere
     }
 
+    /// SRV records of a named port, one per replica, each naming the
+    /// replica by slot; their A records go in the additional section.
+    fn services(&self, name: &Name, port: &str, protocol: &str, service: &str, qtype: RecordType) -> Answer {
+        let port = self.services.get(service).and_then(|s| {
+            let p = s.ports.iter().find(|p| {
+                Some(p.name.as_str()) == port.strip_prefix('_')
+                    && Some(p.protocol.to_string().as_str()) == protocol.strip_prefix('_')
+            })?;
+            Some((s, p.port))
+        });
+        let Some((s, port)) = port else { return Answer::NxDomain { soa: self.soa() } };
+        if !matches!(qtype, RecordType::SRV | RecordType::ANY) || s.replicas.is_empty() {
+            return Answer::NoData { soa: self.soa() };
+        }
+        let base = name.trim_to(self.domain.num_labels() as usize + 1);
+        let (mut answers, mut additionals) = (Vec::new(), Vec::new());
+        for (slot, address) in &s.replicas {
+            let Ok(target) = base.prepend_label(slot.to_string()) else { continue };
+            let srv = SRV::new(0, 10, port, target.clone());
+            answers.push(Record::from_rdata(name.clone(), self.ttl, RData::SRV(srv)));
+            additionals.push(Record::from_rdata(target, self.ttl, RData::A(A(*address))));
+        }
+        Answer::Found { answers, additionals }
+    }
+
     /// A records of a service's replicas (one slot's, with `slot`).
     fn addresses(&self, name: &Name, service: &str, slot: Option<u32>, qtype: RecordType) -> Answer {
-        let Some(replicas) = self.services.get(service) else { return Answer::NxDomain { soa: self.soa() } };
+        let Some(service) = self.services.get(service) else { return Answer::NxDomain { soa: self.soa() } };
         let chosen: Vec<Ipv4Addr> =
-            replicas.iter().filter(|(s, _)| slot.is_none_or(|want| *s == want)).map(|(_, a)| *a).collect();
+            service.replicas.iter().filter(|(s, _)| slot.is_none_or(|want| *s == want)).map(|(_, a)| *a).collect();
         if slot.is_some() && chosen.is_empty() {
             return Answer::NxDomain { soa: self.soa() };
         }

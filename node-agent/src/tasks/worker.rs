@@ -317,10 +317,19 @@ async fn watch_tasks(node_id: String, clients: Vec<AgentClient<Channel>>, tx: wa
     }
 }
 
-/// A service's replicas that have an address, as DNS names them.
+/// A service's replicas that have an address and its named ports, as DNS names them.
 fn replicas(service: &ServiceEndpoints) -> zone::Service {
     let replicas = service.endpoints.iter().filter_map(|e| Some((e.slot, e.address.parse().ok()?))).collect();
-    zone::Service { name: service.name.clone(), replicas }
+    let ports = service
+        .ports
+        .iter()
+        .filter(|p| !p.name.is_empty())
+        .filter_map(|p| {
+            let (protocol, port) = (Protocol::parse(&p.protocol)?, u16::try_from(p.target).ok()?);
+            Some(zone::NamedPort { name: p.name.clone(), protocol, port })
+        })
+        .collect();
+    zone::Service { name: service.name.clone(), replicas, ports }
 }
 
 /// The published ports among the cluster's services, each with its
@@ -591,7 +600,12 @@ mod tests {
     #[test]
     fn the_mesh_gets_published_ports_only_in_a_stable_order() {
         let endpoint = |slot, address: &str| Endpoint { task: format!("x.{slot}.1"), slot, address: address.into() };
-        let port = |published, target, protocol: &str| EndpointPort { published, target, protocol: protocol.into() };
+        let port = |published, target, protocol: &str| EndpointPort {
+            published,
+            target,
+            protocol: protocol.into(),
+            name: String::new(),
+        };
         let services = vec![
             ServiceEndpoints {
                 name: "web".into(),

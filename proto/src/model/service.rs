@@ -52,12 +52,15 @@ impl std::ops::AddAssign for Resources {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortSpec {
     /// The port every node answers on; `None` when only the target is declared.
     pub published: Option<u16>,
     pub target: u16,
     pub protocol: Protocol,
+    /// Its name in DNS SRV records (`_NAME._PROTOCOL.SERVICE.DOMAIN`).
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -175,12 +178,29 @@ impl ServiceSpec {
         }
         let mut published = BTreeSet::new();
         let mut targets = BTreeSet::new();
+        let mut names = BTreeSet::new();
         for (i, p) in self.ports.iter().enumerate() {
             if p.target == 0 {
                 return Err(InvalidField::new(format!("ports[{i}].target"), 0, "a port from 1 to 65535"));
             }
             if p.published == Some(0) {
                 return Err(InvalidField::new(format!("ports[{i}].published"), 0, "a port from 1 to 65535"));
+            }
+            if let Some(name) = &p.name {
+                let ok = (1..=15).contains(&name.len())
+                    && name.starts_with(|c: char| c.is_ascii_lowercase())
+                    && !name.ends_with('-')
+                    && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+                if !ok {
+                    return Err(InvalidField::new(
+                        format!("ports[{i}].name"),
+                        name,
+                        "a port name: lowercase letters, digits and '-', at most 15, starting with a letter",
+                    ));
+                }
+                if !names.insert((name.as_str(), p.protocol)) {
+                    return Err(InvalidField::new(format!("ports[{i}].name"), name, "a name used once per protocol"));
+                }
             }
             if !targets.insert((p.target, p.protocol)) {
                 return Err(InvalidField::new(
@@ -215,7 +235,7 @@ mod tests {
             env: BTreeMap::from([("A".into(), "1".into())]),
             replicas: 3,
             resources: Resources { cpu_millis: 500, memory_bytes: 64 << 20 },
-            ports: vec![PortSpec { published: Some(8080), target: 80, protocol: Protocol::Tcp }],
+            ports: vec![PortSpec { published: Some(8080), target: 80, protocol: Protocol::Tcp, name: None }],
             restart: RestartPolicy::Always,
             constraints: vec!["node.labels.zone == a".parse().unwrap()],
         }
@@ -238,17 +258,31 @@ mod tests {
         assert_eq!(field_of(ServiceSpec { image: "Bad Image".into(), ..spec() }), "image");
         assert_eq!(field_of(ServiceSpec { replicas: MAX_REPLICAS + 1, ..spec() }), "replicas");
         assert_eq!(field_of(ServiceSpec { env: BTreeMap::from([("A=B".into(), "x".into())]), ..spec() }), "env.A=B");
-        let dup = PortSpec { published: Some(8080), target: 81, protocol: Protocol::Tcp };
-        assert_eq!(field_of(ServiceSpec { ports: vec![spec().ports[0], dup], ..spec() }), "ports[1].published");
-        let dup_target = PortSpec { published: None, target: 80, protocol: Protocol::Tcp };
-        assert_eq!(field_of(ServiceSpec { ports: vec![spec().ports[0], dup_target], ..spec() }), "ports[1].target");
-        let zero = PortSpec { published: None, target: 0, protocol: Protocol::Tcp };
+        let dup = PortSpec { published: Some(8080), target: 81, protocol: Protocol::Tcp, name: None };
+        assert_eq!(field_of(ServiceSpec { ports: vec![spec().ports[0].clone(), dup], ..spec() }), "ports[1].published");
+        let dup_target = PortSpec { published: None, target: 80, protocol: Protocol::Tcp, name: None };
+        assert_eq!(
+            field_of(ServiceSpec { ports: vec![spec().ports[0].clone(), dup_target], ..spec() }),
+            "ports[1].target"
+        );
+        let zero = PortSpec { published: None, target: 0, protocol: Protocol::Tcp, name: None };
         assert_eq!(field_of(ServiceSpec { ports: vec![zero], ..spec() }), "ports[0].target");
     }
 
     #[test]
+    fn port_names_are_short_labels_used_once() {
+        let named = |name: &str| PortSpec { name: Some(name.into()), ..spec().ports[0].clone() };
+        assert_eq!(ServiceSpec { ports: vec![named("http-2")], ..spec() }.validate(), Ok(()));
+        for bad in ["", "Http", "2http", "http-", "a-very-long-port-name", "h_t"] {
+            assert_eq!(field_of(ServiceSpec { ports: vec![named(bad)], ..spec() }), "ports[0].name", "{bad:?}");
+        }
+        let other = PortSpec { target: 81, published: None, ..named("http") };
+        assert_eq!(field_of(ServiceSpec { ports: vec![named("http"), other], ..spec() }), "ports[1].name");
+    }
+
+    #[test]
     fn same_port_on_two_protocols_is_fine() {
-        let udp = PortSpec { published: Some(8080), target: 80, protocol: Protocol::Udp };
-        assert_eq!(ServiceSpec { ports: vec![spec().ports[0], udp], ..spec() }.validate(), Ok(()));
+        let udp = PortSpec { published: Some(8080), target: 80, protocol: Protocol::Udp, name: None };
+        assert_eq!(ServiceSpec { ports: vec![spec().ports[0].clone(), udp], ..spec() }.validate(), Ok(()));
     }
 }

@@ -2,8 +2,10 @@ use super::*;
 
 fn zone() -> Zone {
     let mut z = Zone::new("berth.local", 5).unwrap();
-    let web = Service { name: "web".into(), replicas: vec![(1, ip("198.19.1.2")), (2, ip("198.19.2.2"))] };
-    let idle = Service { name: "idle".into(), replicas: vec![] };
+    let http = NamedPort { name: "http".into(), protocol: Protocol::Tcp, port: 8080 };
+    let web =
+        Service { name: "web".into(), replicas: vec![(1, ip("198.19.1.2")), (2, ip("198.19.2.2"))], ports: vec![http] };
+    let idle = Service { name: "idle".into(), replicas: vec![], ports: vec![] };
     z.update(Some("198.19.0.0/16".parse().unwrap()), vec![web, idle]);
     z
 }
@@ -86,10 +88,38 @@ fn replica_addresses_have_ptr_names_and_other_cluster_addresses_do_not_exist() {
 #[test]
 fn an_update_replaces_everything() {
     let mut z = zone();
-    z.update(None, vec![Service { name: "web".into(), replicas: vec![(3, ip("198.19.3.2"))] }]);
+    z.update(None, vec![Service { name: "web".into(), replicas: vec![(3, ip("198.19.3.2"))], ports: vec![] }]);
     assert_eq!(addresses(z.answer(&name("web.berth.local."), RecordType::A)), [ip("198.19.3.2")]);
     assert!(matches!(z.answer(&name("idle.berth.local."), RecordType::A), Answer::NxDomain { .. }));
     assert!(matches!(z.answer(&name("2.2.19.198.in-addr.arpa."), RecordType::PTR), Answer::Elsewhere));
+}
+
+#[test]
+fn a_named_port_has_srv_records_whose_targets_resolve_in_the_same_answer() {
+    let z = zone();
+    let Answer::Found { answers, additionals } = z.answer(&name("_http._tcp.web.berth.local."), RecordType::SRV) else {
+        panic!("no SRV")
+    };
+    let srv: Vec<(u16, Name)> = answers
+        .iter()
+        .map(|r| match &r.data {
+            RData::SRV(s) => (s.port, s.target.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(srv, [(8080, name("1.web.berth.local.")), (8080, name("2.web.berth.local."))]);
+    let extra: Vec<(Name, Ipv4Addr)> = additionals
+        .iter()
+        .map(|r| match &r.data {
+            RData::A(a) => (r.name.clone(), a.0),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(extra, [(name("1.web.berth.local."), ip("198.19.1.2")), (name("2.web.berth.local."), ip("198.19.2.2"))]);
+    for missing in ["_http._udp.web.berth.local.", "_ftp._tcp.web.berth.local.", "_http._tcp.db.berth.local."] {
+        assert!(matches!(z.answer(&name(missing), RecordType::SRV), Answer::NxDomain { .. }), "{missing}");
+    }
+    assert!(matches!(z.answer(&name("_http._tcp.web.berth.local."), RecordType::A), Answer::NoData { .. }));
 }
 
 #[test]
