@@ -218,7 +218,8 @@ fn device_threads() -> usize {
 const SOCKET_BUFFER: usize = 7 << 20;
 
 /// Sizes the UDP sockets that boringtun opened on `port` in this process
-/// (it has no option for it); how many it found.
+/// (it has no option for it): its listening ones and the one it connects
+/// per peer, all bound to that port; how many it changed.
 #[allow(unsafe_code)]
 fn size_sockets(port: u16) -> io::Result<usize> {
     use nix::sys::socket::{getsockname, getsockopt, setsockopt, sockopt, SockType, SockaddrLike, SockaddrStorage};
@@ -234,6 +235,10 @@ fn size_sockets(port: u16) -> io::Result<usize> {
         let bound = addr.as_sockaddr_in().map(|a| a.port()).or_else(|| addr.as_sockaddr_in6().map(|a| a.port()));
         let udp = getsockopt(&fd, sockopt::SockType).is_ok_and(|t| t == SockType::Datagram);
         if bound != Some(port) || !udp || addr.family().is_none() {
+            continue;
+        }
+        // The kernel reports twice what was set.
+        if getsockopt(&fd, sockopt::RcvBuf).is_ok_and(|size| size >= SOCKET_BUFFER) {
             continue;
         }
         setsockopt(&fd, sockopt::RcvBufForce, &SOCKET_BUFFER).map_err(io::Error::from)?;
@@ -264,6 +269,7 @@ fn socket_path(interface: &str) -> PathBuf {
 /// drop stops the device but leaves its threads).
 pub struct Overlay {
     pub interface: String,
+    port: u16,
     peers: BTreeMap<String, Peer>,
     uapi: Uapi,
     _device: std::mem::ManuallyDrop<DeviceHandle>,
@@ -299,9 +305,11 @@ impl Overlay {
         let config = DeviceConfig {
             n_threads: device_threads(),
             use_multi_queue: false,
-            // All traffic on the listening sockets, which `size_sockets`
-            // can size once (connected ones come and go with handshakes).
-            use_connected_socket: false,
+            // A connected socket per peer, made at its handshake and sized
+            // by `Overlay::size_sockets`. Without them (all traffic on the
+            // listening socket), a node whose agent restarted lost about
+            // half its new connections from some peers for good.
+            use_connected_socket: true,
             uapi_fd: theirs.into_raw_fd(),
         };
         let device = DeviceHandle::new(&interface, config)
@@ -321,7 +329,13 @@ impl Overlay {
                 format!("route replace {cluster} dev {interface} src {source}"),
             ],
         )?;
-        Ok(Self { interface, peers: BTreeMap::new(), uapi, _device: std::mem::ManuallyDrop::new(device) })
+        Ok(Self { interface, port, peers: BTreeMap::new(), uapi, _device: std::mem::ManuallyDrop::new(device) })
+    }
+
+    /// Gives the device's sockets made since the last call (a peer's, at
+    /// its handshake) the large buffers; how many it changed.
+    pub fn size_sockets(&self) -> io::Result<usize> {
+        size_sockets(self.port)
     }
 
     /// Makes the peers `peers`, changing only what differs.

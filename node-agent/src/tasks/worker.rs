@@ -159,6 +159,9 @@ async fn network(local: Arc<Local>, mut rx: watch::Receiver<Assigned>, out: watc
                 if let Err(e) = o.set_peers(assigned.peers.clone()) {
                     warn!("updating the overlay's peers: {e}");
                 }
+                if let Err(e) = o.size_sockets() {
+                    warn!("sizing the overlay's sockets: {e}");
+                }
             }
         }
         let published = net.as_ref().map(|n| reachable(&assigned, n.subnet, overlay.is_some()));
