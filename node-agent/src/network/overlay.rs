@@ -248,6 +248,20 @@ fn size_sockets(port: u16) -> io::Result<usize> {
     Ok(sized)
 }
 
+/// Sets close-on-exec on this process's TUN descriptors.
+fn close_tun_on_exec() -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
+        let is_tun = std::fs::read_link(entry.path()).is_ok_and(|target| target == Path::new("/dev/net/tun"));
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()).filter(|_| is_tun) else {
+            continue;
+        };
+        let flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).map_err(io::Error::from)?);
+        fcntl(fd, FcntlArg::F_SETFD(flags | FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
 /// Drops what an earlier request's answer left in the channel (one that
 /// came after its reader gave up), so it cannot pass for the next answer.
 fn drain(reader: &mut BufReader<UnixStream>) -> io::Result<()> {
@@ -301,6 +315,14 @@ impl Overlay {
         host: &impl Host,
     ) -> io::Result<Self> {
         let interface = keys.interface();
+        // An interface of that name outlives an agent whose TUN descriptor
+        // a child kept (shims of earlier builds did): boringtun opens TUNs
+        // multi-queue, so it would add a queue beside the dead one, and the
+        // kernel would hash about half the flows into the queue nobody
+        // reads. A fresh interface has none.
+        if host.link_exists(&interface) {
+            host.ip(None, &[format!("link delete dev {interface}")])?;
+        }
         let (ours, theirs) = UnixStream::pair()?;
         let config = DeviceConfig {
             n_threads: device_threads(),
@@ -314,6 +336,9 @@ impl Overlay {
         };
         let device = DeviceHandle::new(&interface, config)
             .map_err(|e| io::Error::other(format!("creating WireGuard interface {interface}: {e:?}")))?;
+        // boringtun opens the TUN without close-on-exec: every container's
+        // shim would inherit it and keep the interface alive after the agent.
+        close_tun_on_exec()?;
         // A device thread that died must not hang the agent.
         ours.set_read_timeout(Some(Duration::from_secs(2)))?;
         let uapi = Uapi { channel: Arc::new(Mutex::new((BufReader::new(ours.try_clone()?), ours))) };
