@@ -327,10 +327,8 @@ impl Overlay {
         let config = DeviceConfig {
             n_threads: device_threads(),
             use_multi_queue: false,
-            // A connected socket per peer, made at its handshake and sized
-            // by `Overlay::size_sockets`. Without them (all traffic on the
-            // listening socket), a node whose agent restarted lost about
-            // half its new connections from some peers for good.
+            // A connected socket per peer (boringtun's default), made at
+            // its handshake and sized by `Overlay::size_sockets`.
             use_connected_socket: true,
             uapi_fd: theirs.into_raw_fd(),
         };
