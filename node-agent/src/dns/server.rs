@@ -179,3 +179,95 @@ async fn ask_tcp(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
     };
     tokio::time::timeout(UPSTREAM_TIMEOUT, ask).await.ok()?
 }
+
+#[cfg(test)]
+mod tests {
+    //! The real server on loopback, fed what a hostile or broken client
+    //! sends: it must keep answering real questions.
+    use hickory_server::proto::op::Query;
+    use hickory_server::proto::rr::{RData, RecordType};
+
+    use super::*;
+    use crate::dns::zone::Service;
+
+    fn query(id: u16, name: &str) -> Vec<u8> {
+        let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+        message.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        message.to_vec().unwrap()
+    }
+
+    async fn ask(socket: &tokio::net::UdpSocket, bytes: &[u8]) -> Option<Message> {
+        socket.send(bytes).await.ok()?;
+        let mut reply = vec![0; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut reply)).await.ok()?.ok()?;
+        Message::from_vec(&reply[..n]).ok()
+    }
+
+    #[tokio::test]
+    async fn malformed_truncated_and_oversized_messages_do_not_disturb_the_server() {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let at: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut zone = Zone::new("berth.local", 5).unwrap();
+        let web = Service { name: "web".into(), replicas: vec![(1, [198, 19, 1, 2].into())], ports: vec![] };
+        zone.update(None, vec![web]);
+        Dns::serve(zone, &[at], vec![]).await.unwrap();
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.connect(at).await.unwrap();
+        let answered = |m: &Message, id: u16| {
+            m.metadata.id == id
+                && matches!(m.answers.first().map(|r| &r.data), Some(RData::A(a)) if a.0 == std::net::Ipv4Addr::new(198, 19, 1, 2))
+        };
+        assert!(ask(&client, &query(1, "web.berth.local.")).await.is_some_and(|m| answered(&m, 1)));
+
+        // Every prefix of a real question, random bytes of many lengths (a
+        // fixed generator: the same cases every run), a header that promises
+        // questions it lacks, a name that points at itself, and the largest
+        // datagram UDP carries.
+        let whole = query(2, "web.berth.local.");
+        let mut cases: Vec<Vec<u8>> = (0..whole.len()).map(|n| whole[..n].to_vec()).collect();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for len in (0..600).step_by(7) {
+            cases.push(
+                (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        seed as u8
+                    })
+                    .collect(),
+            );
+        }
+        cases.push([&[0, 3, 1, 0, 0, 10, 0, 0, 0, 0, 0, 0][..], &[0; 4]].concat());
+        cases.push([&[0, 4, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0][..], &[0xc0, 12, 0, 1, 0, 1]].concat());
+        cases.push(vec![0xff; 65_507]);
+        for case in &cases {
+            let _ = client.send(case).await;
+        }
+        // Over TCP: a length that promises more than comes, then garbage.
+        if let Ok(mut conn) = tokio::net::TcpStream::connect(at).await {
+            let _ = conn.write_all(&[0xff, 0xff, 1, 2, 3]).await;
+        }
+        if let Ok(mut conn) = tokio::net::TcpStream::connect(at).await {
+            let _ = conn.write_all(&[0, 5, 9, 9, 9, 9, 9]).await;
+        }
+
+        // The server has read them all: it answers what it can parse (a
+        // format error, for most) and the answers stop coming.
+        let mut errors = 0;
+        let mut buf = vec![0; 4096];
+        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), client.recv(&mut buf)).await {
+            errors += 1;
+        }
+        assert!(errors > 0, "no answer to any malformed message");
+        // Still answering, over UDP (from a fresh socket: the old one holds
+        // the errors the server sent back) and TCP.
+        let fresh = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        fresh.connect(at).await.unwrap();
+        let reply = ask(&fresh, &query(100, "web.berth.local.")).await;
+        assert!(reply.is_some_and(|m| answered(&m, 100)), "the server stopped answering after malformed input");
+        let question = query(200, "web.berth.local.");
+        let reply = ask_tcp(&question, at).await.expect("a TCP answer");
+        assert!(answered(&Message::from_vec(&reply).unwrap(), 200));
+    }
+}
