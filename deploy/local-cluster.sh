@@ -7,7 +7,8 @@
 # in 198.18.0.0/24; hosts 1-3 run a berth-server, every host a berth-agent
 # whose containers get addresses from 198.19.0.0/16 and reach each other
 # over the WireGuard overlay. A registry on 198.18.0.254:5000 holds the
-# demo image; the demo's published port 8080 answers on every host. State lives in $BERTH_LOCAL_DIR (default /tmp/berth-local).
+# demo image; the demo's published port 8080 answers on every host, and
+# each host's DNS (also on its address, port 53) names the demo's replicas. State lives in $BERTH_LOCAL_DIR (default /tmp/berth-local).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib/setup.sh
@@ -63,7 +64,7 @@ up() {
   [ -f "$DIR/size" ] && { echo "a local cluster is already up in $DIR: run '$0 down' first" >&2; exit 1; }
   ip link show "$BRIDGE" > /dev/null 2>&1 && { echo "$BRIDGE exists: run '$0 down' first" >&2; exit 1; }
   ensure_packages kill:procps curl:curl docker-registry:docker-registry busybox:busybox-static \
-    ip:iproute2 iptables:iptables nsenter:util-linux conntrack:conntrack
+    ip:iproute2 iptables:iptables nsenter:util-linux conntrack:conntrack dig:bind9-dnsutils
   ensure_rust
   build_release > /dev/null
   mkdir -p "$DIR"
@@ -85,7 +86,7 @@ up() {
     BERTH_AGENT_DATA_DIR="$DIR/agent-$i" BERTH_AGENT_RUN_DIR="/run/berth-local/h$i" \
       BERTH_CGROUP_PARENT="berth-local-h$i" BERTH_REGISTRIES="$DIR/registries.toml" \
       nsenter --net="/run/netns/berth-h$i" "$BIN/berth-agent" --server "$(servers)" --name "host$i" \
-      --advertise "198.18.0.$i:7500" > "$DIR/agent-$i.log" 2>&1 &
+      --advertise "198.18.0.$i:7500" --dns-listen "198.18.0.$i:53" > "$DIR/agent-$i.log" 2>&1 &
     echo $! > "$DIR/agent-$i.pid"
   done
   wait_for 60 bash -c "BERTH_SERVER=$(servers) $BIN/berthctl node ls | grep -c ' ready ' | grep -qx $n"
@@ -105,6 +106,10 @@ up() {
     echo "  \$ curl -s http://198.18.0.$i:8080/"
     echo "  $(curl -s --max-time 5 "http://198.18.0.$i:8080/" || echo "(no answer)")"
   done
+  echo
+  echo "Every node answers DNS for the cluster (its containers ask it by name):"
+  echo "  \$ dig +short @198.18.0.1 demo.berth.local"
+  dig +short +time=2 @198.18.0.1 demo.berth.local | sed 's/^/  /'
   echo
   echo "berthctl: export BERTH_SERVER=$(servers); $BIN/berthctl service ps demo"
 }
