@@ -225,11 +225,12 @@ fn size_sockets(port: u16) -> io::Result<usize> {
     use nix::sys::socket::{getsockname, getsockopt, setsockopt, sockopt, SockType, SockaddrLike, SockaddrStorage};
     use std::os::fd::{AsRawFd, BorrowedFd};
     let mut sized = 0;
-    for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
-        let Some(raw) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        // SAFETY: the descriptor is open in this process (boringtun keeps
-        // its sockets while the device lives, and nothing closes them
-        // during start); only socket options are read and set on it.
+    for (raw, _) in own_descriptors()? {
+        // SAFETY: the descriptor was open in this process a moment ago.
+        // boringtun may close a peer's socket meanwhile (a new handshake),
+        // and the number may be reused: then the checks below fail, or at
+        // worst a buffer size is set on another UDP socket of this port.
+        // Only socket options are read and set on it.
         let fd = unsafe { BorrowedFd::borrow_raw(raw) };
         let Ok(addr) = getsockname::<SockaddrStorage>(fd.as_raw_fd()) else { continue };
         let bound = addr.as_sockaddr_in().map(|a| a.port()).or_else(|| addr.as_sockaddr_in6().map(|a| a.port()));
@@ -248,14 +249,22 @@ fn size_sockets(port: u16) -> io::Result<usize> {
     Ok(sized)
 }
 
+/// This process's open descriptors and what each is (`/proc/self/fd`):
+/// how the agent reaches the ones boringtun opened and does not expose.
+fn own_descriptors() -> io::Result<Vec<(i32, PathBuf)>> {
+    let entries = std::fs::read_dir("/proc/self/fd")?.flatten();
+    Ok(entries
+        .filter_map(|e| {
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            Some((fd, std::fs::read_link(e.path()).unwrap_or_default()))
+        })
+        .collect())
+}
+
 /// Sets close-on-exec on this process's TUN descriptors.
 fn close_tun_on_exec() -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
-        let is_tun = std::fs::read_link(entry.path()).is_ok_and(|target| target == Path::new("/dev/net/tun"));
-        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()).filter(|_| is_tun) else {
-            continue;
-        };
+    for (fd, _) in own_descriptors()?.into_iter().filter(|(_, target)| target == Path::new("/dev/net/tun")) {
         let flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).map_err(io::Error::from)?);
         fcntl(fd, FcntlArg::F_SETFD(flags | FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
     }
