@@ -4,27 +4,27 @@
 //!
 //! ```text
 //! web.                         A    every running replica of web (a bare service name)
-//! web.berth.local.             A    the same
+//! web.berth.local.             A    the same (AAAA for replicas with IPv6 addresses)
 //! 2.web.berth.local.           A    replica 2 of web
-//! _http._tcp.web.berth.local. SRV  0 10 80 1.web.berth.local. (one per replica; their A
-//!                                   records in the additional section)
-//! 5.1.19.198.in-addr.arpa.     PTR  2.web.berth.local. (for a replica's address)
+//! _http._tcp.web.berth.local. SRV  0 10 80 1.web.berth.local. (one per replica; their
+//!                                   addresses in the additional section)
+//! 5.1.19.198.in-addr.arpa.     PTR  2.web.berth.local. (for a replica's address; ip6.arpa too)
 //! anything else in berth.local NXDOMAIN, with the zone's SOA
 //! anything else                elsewhere: the host's resolvers answer it
 //! ```
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use berth_proto::model::{Cidr, Protocol};
-use hickory_server::proto::rr::rdata::{A, PTR, SOA, SRV};
+use hickory_server::proto::rr::rdata::{A, AAAA, PTR, SOA, SRV};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 
 /// One service's running replicas, (slot, address), and its named ports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
-    pub replicas: Vec<(u32, Ipv4Addr)>,
+    pub replicas: Vec<(u32, IpAddr)>,
     pub ports: Vec<NamedPort>,
 }
 
@@ -57,7 +57,7 @@ pub struct Zone {
     /// Addresses in it are the cluster's: their PTR names are answered here.
     cluster: Option<Cidr>,
     services: BTreeMap<String, Service>,
-    by_address: BTreeMap<Ipv4Addr, Name>,
+    by_address: BTreeMap<IpAddr, Name>,
 }
 
 impl Zone {
@@ -130,7 +130,7 @@ impl Zone {
     }
 
     /// SRV records of a named port, one per replica, each naming the
-    /// replica by slot; their A records go in the additional section.
+    /// replica by slot; their addresses go in the additional section.
     fn services(&self, name: &Name, port: &str, protocol: &str, service: &str, qtype: RecordType) -> Answer {
         let port = self.services.get(service).and_then(|s| {
             let p = s.ports.iter().find(|p| {
@@ -149,23 +149,32 @@ impl Zone {
             let Ok(target) = base.prepend_label(slot.to_string()) else { continue };
             let srv = SRV::new(0, 10, port, target.clone());
             answers.push(Record::from_rdata(name.clone(), self.ttl, RData::SRV(srv)));
-            additionals.push(Record::from_rdata(target, self.ttl, RData::A(A(*address))));
+            additionals.push(Record::from_rdata(target, self.ttl, rdata(*address)));
         }
         Answer::Found { answers, additionals }
     }
 
-    /// A records of a service's replicas (one slot's, with `slot`).
+    /// A (IPv4) or AAAA (IPv6) records of a service's replicas (one
+    /// slot's, with `slot`).
     fn addresses(&self, name: &Name, service: &str, slot: Option<u32>, qtype: RecordType) -> Answer {
         let Some(service) = self.services.get(service) else { return Answer::NxDomain { soa: self.soa() } };
-        let chosen: Vec<Ipv4Addr> =
+        let chosen: Vec<IpAddr> =
             service.replicas.iter().filter(|(s, _)| slot.is_none_or(|want| *s == want)).map(|(_, a)| *a).collect();
         if slot.is_some() && chosen.is_empty() {
             return Answer::NxDomain { soa: self.soa() };
         }
-        if !matches!(qtype, RecordType::A | RecordType::ANY) || chosen.is_empty() {
+        let wanted = |a: &IpAddr| match qtype {
+            RecordType::ANY => true,
+            RecordType::A => a.is_ipv4(),
+            RecordType::AAAA => a.is_ipv6(),
+            _ => false,
+        };
+        let answers: Vec<Record> =
+            chosen.into_iter().filter(wanted).map(|a| Record::from_rdata(name.clone(), self.ttl, rdata(a))).collect();
+        if answers.is_empty() {
             return Answer::NoData { soa: self.soa() };
         }
-        self.found(chosen.into_iter().map(|a| Record::from_rdata(name.clone(), self.ttl, RData::A(A(a)))).collect())
+        self.found(answers)
     }
 
     /// PTR names of the cluster's addresses; None when `name` is not an
@@ -173,7 +182,11 @@ impl Zone {
     fn reverse(&self, name: &Name, qtype: RecordType) -> Option<Answer> {
         let ip = arpa_address(name)?;
         let target = self.by_address.get(&ip);
-        if target.is_none() && !self.cluster.is_some_and(|c| c.contains(ip)) {
+        let ours = match ip {
+            IpAddr::V4(v4) => self.cluster.is_some_and(|c| c.contains(v4)),
+            IpAddr::V6(_) => false,
+        };
+        if target.is_none() && !ours {
             return None;
         }
         Some(match target {
@@ -197,15 +210,19 @@ impl Zone {
     }
 }
 
-/// The address that `d.c.b.a.in-addr.arpa.` names.
-fn arpa_address(name: &Name) -> Option<Ipv4Addr> {
-    let labels: Vec<&[u8]> = name.iter().collect();
-    let [d, c, b, a, in_addr, arpa] = labels.as_slice() else { return None };
-    if !in_addr.eq_ignore_ascii_case(b"in-addr") || !arpa.eq_ignore_ascii_case(b"arpa") {
-        return None;
+/// The one address that `d.c.b.a.in-addr.arpa.` or an ip6.arpa name
+/// (32 nibbles) names; None for anything else, a network's name included.
+fn arpa_address(name: &Name) -> Option<IpAddr> {
+    let net = name.parse_arpa_name().ok()?;
+    (net.prefix_len() == net.max_prefix_len()).then(|| net.addr())
+}
+
+/// An address's record data: A or AAAA.
+fn rdata(address: IpAddr) -> RData {
+    match address {
+        IpAddr::V4(a) => RData::A(A(a)),
+        IpAddr::V6(a) => RData::AAAA(AAAA(a)),
     }
-    let octet = |l: &[u8]| std::str::from_utf8(l).ok()?.parse::<u8>().ok();
-    Some(Ipv4Addr::new(octet(a)?, octet(b)?, octet(c)?, octet(d)?))
 }
 
 #[cfg(test)]

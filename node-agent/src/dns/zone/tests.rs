@@ -10,7 +10,7 @@ fn zone() -> Zone {
     z
 }
 
-fn ip(s: &str) -> Ipv4Addr {
+fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
@@ -18,16 +18,19 @@ fn name(s: &str) -> Name {
     Name::from_ascii(s).unwrap()
 }
 
-/// The A addresses of an answer; panics on anything but Found.
-fn addresses(answer: Answer) -> Vec<Ipv4Addr> {
+/// The address of an A or AAAA record; panics on any other.
+fn address(r: &Record) -> IpAddr {
+    match &r.data {
+        RData::A(a) => a.0.into(),
+        RData::AAAA(a) => a.0.into(),
+        other => panic!("not an address record: {other:?}"),
+    }
+}
+
+/// The addresses of an answer; panics on anything but Found.
+fn addresses(answer: Answer) -> Vec<IpAddr> {
     match answer {
-        Answer::Found { answers, .. } => answers
-            .iter()
-            .map(|r| match &r.data {
-                RData::A(a) => a.0,
-                other => panic!("not an A record: {other:?}"),
-            })
-            .collect(),
+        Answer::Found { answers, .. } => answers.iter().map(address).collect(),
         other => panic!("not found: {other:?}"),
     }
 }
@@ -108,18 +111,43 @@ fn a_named_port_has_srv_records_whose_targets_resolve_in_the_same_answer() {
         })
         .collect();
     assert_eq!(srv, [(8080, name("1.web.berth.local.")), (8080, name("2.web.berth.local."))]);
-    let extra: Vec<(Name, Ipv4Addr)> = additionals
-        .iter()
-        .map(|r| match &r.data {
-            RData::A(a) => (r.name.clone(), a.0),
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let extra: Vec<(Name, IpAddr)> = additionals.iter().map(|r| (r.name.clone(), address(r))).collect();
     assert_eq!(extra, [(name("1.web.berth.local."), ip("198.19.1.2")), (name("2.web.berth.local."), ip("198.19.2.2"))]);
     for missing in ["_http._udp.web.berth.local.", "_ftp._tcp.web.berth.local.", "_http._tcp.db.berth.local."] {
         assert!(matches!(z.answer(&name(missing), RecordType::SRV), Answer::NxDomain { .. }), "{missing}");
     }
     assert!(matches!(z.answer(&name("_http._tcp.web.berth.local."), RecordType::A), Answer::NoData { .. }));
+}
+
+#[test]
+fn ipv6_replicas_answer_aaaa_and_their_ip6_arpa_names() {
+    let mut z = zone();
+    let dual = Service {
+        name: "db".into(),
+        replicas: vec![(1, ip("198.19.1.9")), (2, ip("fd00:b::2"))],
+        ports: vec![NamedPort { name: "pg".into(), protocol: Protocol::Tcp, port: 5432 }],
+    };
+    z.update(Some("198.19.0.0/16".parse().unwrap()), vec![dual]);
+    assert_eq!(addresses(z.answer(&name("db.berth.local."), RecordType::A)), [ip("198.19.1.9")]);
+    assert_eq!(addresses(z.answer(&name("db.berth.local."), RecordType::AAAA)), [ip("fd00:b::2")]);
+    assert_eq!(addresses(z.answer(&name("db.berth.local."), RecordType::ANY)), [ip("198.19.1.9"), ip("fd00:b::2")]);
+    assert!(matches!(z.answer(&name("1.db.berth.local."), RecordType::AAAA), Answer::NoData { .. }));
+    let Answer::Found { additionals, .. } = z.answer(&name("_pg._tcp.db.berth.local."), RecordType::SRV) else {
+        panic!("no SRV")
+    };
+    assert_eq!(additionals.iter().map(address).collect::<Vec<_>>(), [ip("198.19.1.9"), ip("fd00:b::2")]);
+    let arpa = Name::from(ip("fd00:b::2"));
+    match z.answer(&arpa, RecordType::PTR) {
+        Answer::Found { answers, .. } => match &answers[0].data {
+            RData::PTR(target) => assert_eq!(target.0, name("2.db.berth.local.")),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{arpa}: {other:?}"),
+    }
+    // Another IPv6 address, or a network's name rather than one address, is not ours.
+    assert_eq!(z.answer(&Name::from(ip("fd00:b::3")), RecordType::PTR), Answer::Elsewhere);
+    assert_eq!(z.answer(&name("b.0.0.0.0.0.d.f.ip6.arpa."), RecordType::PTR), Answer::Elsewhere);
+    assert_eq!(z.answer(&name("19.198.in-addr.arpa."), RecordType::PTR), Answer::Elsewhere);
 }
 
 #[test]
