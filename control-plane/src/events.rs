@@ -117,6 +117,9 @@ pub fn diff(old: &State, new: &State) -> Vec<Event> {
             if t.desired == Desired::Running {
                 e = e.with("message", &t.message);
             }
+            if let Some(address) = t.address.filter(|_| t.state == berth_proto::model::TaskState::Running) {
+                e = e.with("address", address);
+            }
             out.push(e);
         }
         if t.restarts > before.restarts {
@@ -201,13 +204,19 @@ mod tests {
             reports: vec![TaskReport { id: t.id.clone(), state, exit_code, restarts, message: String::new() }],
             at_ms: 2,
         };
-        assert_eq!(step(&mut s, report(TaskState::Running, 0, None)), ["task running web.1.1 node=alpha"]);
+        // (An address from the node's subnet, as IPAM gives it on assignment.)
+        s.tasks.get_mut(&t.id).unwrap().address = Some("198.19.1.2".parse().unwrap());
+        assert_eq!(
+            step(&mut s, report(TaskState::Running, 0, None)),
+            ["task running web.1.1 address=198.19.1.2,node=alpha"],
+            "where a running task answers"
+        );
         assert_eq!(step(&mut s, report(TaskState::Running, 0, None)), Vec::<String>::new(), "no change, no event");
         assert_eq!(step(&mut s, report(TaskState::Running, 1, None)), ["task restart web.1.1 node=alpha,restarts=1"]);
         assert_eq!(step(&mut s, report(TaskState::Exited, 1, Some(3))), ["task exited web.1.1 exit_code=3,node=alpha"]);
         assert_eq!(
             step(&mut s, report(TaskState::Running, 2, None)),
-            ["task running web.1.1 node=alpha", "task restart web.1.1 node=alpha,restarts=2"]
+            ["task running web.1.1 address=198.19.1.2,node=alpha", "task restart web.1.1 node=alpha,restarts=2"]
         );
 
         assert_eq!(

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use berth_proto::model::{NodeInfo, Service, TaskInfo};
+use berth_proto::model::{Endpoint, NodeInfo, Service, TaskInfo};
 use berth_proto::pb::cluster as pb;
 use clap::{Parser, Subcommand};
 
@@ -236,7 +236,12 @@ async fn run(cli: Cli) -> Result<String> {
         Command::Service(ServiceCmd::Inspect { name, stale }) => {
             let req = pb::GetServiceRequest { name, stale };
             let reply = client.call("inspect service", async |mut c| c.get_service(req.clone()).await).await?;
-            Ok(output::service(&to_model(reply.service)?, fmt))
+            let endpoints = reply
+                .endpoints
+                .into_iter()
+                .map(|e| e.try_into().context("the server sent an invalid endpoint"))
+                .collect::<Result<Vec<Endpoint>>>()?;
+            Ok(output::service(&to_model(reply.service)?, &endpoints, fmt))
         }
         Command::Service(ServiceCmd::Scale { targets }) => {
             let mut out = String::new();

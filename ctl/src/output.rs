@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use berth_proto::model::{format_memory, NodeInfo, Service, TaskInfo};
+use berth_proto::model::{format_memory, Endpoint, NodeInfo, Service, TaskInfo};
 use berth_proto::pb::cluster as pb;
 use serde_json::{json, Value};
 
@@ -82,9 +82,14 @@ pub fn services(list: &[Service], format: Format) -> String {
     }
 }
 
-pub fn service(s: &Service, format: Format) -> String {
+/// A service's spec, and its endpoints: the replicas that answer for it
+/// now, with the name each has in DNS (`SLOT.SERVICE`, in the cluster
+/// domain).
+pub fn service(s: &Service, endpoints: &[Endpoint], format: Format) -> String {
     if format == Format::Json {
-        return pretty(&json!(s));
+        let mut v = json!(s);
+        v["endpoints"] = json!(endpoints);
+        return pretty(&v);
     }
     let spec = &s.spec;
     let mut out = String::new();
@@ -114,6 +119,25 @@ pub fn service(s: &Service, format: Format) -> String {
         let _ = writeln!(out, "Env:");
         for (k, v) in &spec.env {
             let _ = writeln!(out, "  {k}={v}");
+        }
+    }
+    if endpoints.is_empty() {
+        let _ = writeln!(out, "{:<11}- (no replica runs)", "Endpoints:");
+    } else {
+        let _ = writeln!(out, "Endpoints:");
+        let rows: Vec<Vec<String>> = endpoints
+            .iter()
+            .map(|e| {
+                vec![
+                    format!("{}.{}", e.slot, spec.name),
+                    e.address.to_string(),
+                    e.node_name.clone().unwrap_or_else(|| "-".into()),
+                    e.task.clone(),
+                ]
+            })
+            .collect();
+        for line in table(&["DNS", "ADDRESS", "NODE", "TASK"], &rows).lines() {
+            let _ = writeln!(out, "  {line}");
         }
     }
     out
@@ -284,6 +308,43 @@ mod tests {
     fn table_aligns_columns() {
         let t = table(&["A", "LONGER"], &[vec!["xxxx".into(), "1".into()], vec!["y".into(), "2".into()]]);
         assert_eq!(t, "A      LONGER\nxxxx   1\ny      2\n");
+    }
+
+    #[test]
+    fn a_service_shows_its_endpoints_with_their_dns_names() {
+        let spec = berth_proto::model::ServiceSpec {
+            name: "web".into(),
+            image: "registry:5000/web:1".into(),
+            command: vec![],
+            env: Default::default(),
+            replicas: 2,
+            resources: Default::default(),
+            ports: vec![],
+            restart: Default::default(),
+            constraints: vec![],
+        };
+        let s = Service { spec, version: 3 };
+        let e = |slot: u32, address: &str, node: &str| Endpoint {
+            task: format!("web.{slot}.1"),
+            slot,
+            address: address.parse().unwrap(),
+            node_name: Some(node.into()),
+        };
+        let endpoints = [e(1, "198.19.1.2", "alpha"), e(2, "198.19.2.2", "beta")];
+        let text = service(&s, &endpoints, Format::Table);
+        let tail: Vec<&str> = text.lines().skip_while(|l| *l != "Endpoints:").collect();
+        assert_eq!(
+            tail,
+            [
+                "Endpoints:",
+                "  DNS     ADDRESS      NODE    TASK",
+                "  1.web   198.19.1.2   alpha   web.1.1",
+                "  2.web   198.19.2.2   beta    web.2.1",
+            ]
+        );
+        assert!(service(&s, &[], Format::Table).contains("Endpoints: - (no replica runs)"));
+        let json: Value = serde_json::from_str(&service(&s, &endpoints, Format::Json)).unwrap();
+        assert_eq!((json["version"].as_u64(), json["endpoints"][1]["address"].as_str()), (Some(3), Some("198.19.2.2")));
     }
 
     #[test]

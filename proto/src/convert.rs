@@ -223,6 +223,21 @@ impl TryFrom<pb::Task> for model::TaskInfo {
     }
 }
 
+impl From<model::Endpoint> for pb::ServiceEndpoint {
+    fn from(e: model::Endpoint) -> Self {
+        Self { task: e.task, slot: e.slot, address: e.address.to_string(), node: e.node_name.unwrap_or_default() }
+    }
+}
+
+impl TryFrom<pb::ServiceEndpoint> for model::Endpoint {
+    type Error = InvalidField;
+
+    fn try_from(e: pb::ServiceEndpoint) -> Result<Self, Self::Error> {
+        let address = e.address.parse().map_err(|_| InvalidField::new("address", &e.address, "an IPv4 address"))?;
+        Ok(Self { task: e.task, slot: e.slot, address, node_name: Some(e.node).filter(|n| !n.is_empty()) })
+    }
+}
+
 /// An optional field that is empty on the wire when absent.
 fn optional<T>(
     value: &str,

@@ -6,7 +6,9 @@
 //! from outside on every host
 //! (the routing mesh), also while a host is cut off; an agent restart
 //! leaves its containers alone; a host cut off loses its task to the others, and once healed it
-//! stops its stale container; a host stopped and removed leaves every
+//! stops its stale container. Every node's DNS names the replicas and
+//! follows them as they scale, fail and move, and keeps answering while
+//! the control plane is away; a host stopped and removed leaves every
 //! other node's peers and nothing of its overlay behind.
 
 use std::collections::BTreeMap;
@@ -69,9 +71,9 @@ async fn answers_from_all(addr: &str, tasks: &BTreeMap<String, (String, String)>
     false
 }
 
-/// The addresses of web's running replicas, sorted.
-fn running_addresses(servers: &[String]) -> Option<Vec<String>> {
-    let (ok, out, _) = berthctl(servers, &["service", "ps", "web", "-o", "json"]).ok()?;
+/// The addresses of a service's running replicas, sorted.
+fn running_addresses(servers: &[String], service: &str) -> Option<Vec<String>> {
+    let (ok, out, _) = berthctl(servers, &["service", "ps", service, "-o", "json"]).ok()?;
     let list: Vec<serde_json::Value> = serde_json::from_str(&out).ok().filter(|_| ok)?;
     let mut addresses: Vec<String> = list
         .iter()
@@ -278,7 +280,7 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         let (ok, _, err) = berthctl(&servers, &["service", "scale", &format!("web={n}")])?;
         ensure!(ok, "{err}");
         wait_for(Duration::from_secs(30), &format!("{n} web addresses in every node's DNS"), async || {
-            let want = running_addresses(&servers).filter(|a| a.len() == n)?;
+            let want = running_addresses(&servers, "web").filter(|a| a.len() == n)?;
             for host in &on {
                 (dns_addresses(host, "web.berth.local").as_ref() == Some(&want)).then_some(())?;
             }
@@ -286,6 +288,69 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         })
         .await?;
     }
+
+    // `service inspect` shows the same replicas, with their DNS names.
+    let (ok, out, err) = berthctl(&servers, &["service", "inspect", "web", "-o", "json"])?;
+    ensure!(ok, "{err}");
+    let inspected: serde_json::Value = serde_json::from_str(&out)?;
+    let mut endpoints: Vec<String> = inspected["endpoints"]
+        .as_array()
+        .context("no endpoints")?
+        .iter()
+        .filter_map(|e| e["address"].as_str().map(str::to_owned))
+        .collect();
+    endpoints.sort();
+    ensure!(Some(&endpoints) == running_addresses(&servers, "web").as_ref(), "inspect: {out}");
+    let (ok, out, _) = berthctl(&servers, &["service", "inspect", "web"])?;
+    ensure!(ok && out.lines().any(|l| l.trim_start().starts_with("1.web ") && l.contains("198.19.")), "{out}");
+
+    // A replica killed (and, restart never, left failed) leaves every
+    // node's answer; the other stays.
+    let (ok, out, err) = berthctl(
+        &servers,
+        &[
+            "service",
+            "create",
+            "solo",
+            "--image",
+            &image,
+            "--replicas",
+            "2",
+            "--restart",
+            "never",
+            "--",
+            "sh",
+            "-c",
+            SERVE,
+        ],
+    )?;
+    ensure!(ok, "{out}{err}");
+    let both = wait_for(Duration::from_secs(60), "solo's 2 replicas in every node's DNS", async || {
+        let want = running_addresses(&servers, "solo").filter(|a| a.len() == 2)?;
+        for host in &on {
+            (dns_addresses(host, "solo.berth.local").as_ref() == Some(&want)).then_some(())?;
+        }
+        Some(want)
+    })
+    .await?;
+    let victim = tasks(&servers, "solo").and_then(|t| t.into_keys().next()).context("no solo task")?;
+    let pid = agents
+        .iter()
+        .flat_map(Agent::ps)
+        .find(|c| c["name"] == victim.as_str())
+        .and_then(|c| c["pid"].as_i64())
+        .context("no container for the victim")?;
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status()?;
+    wait_for(Duration::from_secs(30), "the killed replica to leave every node's DNS", async || {
+        let left = running_addresses(&servers, "solo").filter(|a| a.len() == 1 && both.contains(&a[0]))?;
+        for host in &on {
+            (dns_addresses(host, "solo.berth.local").as_ref() == Some(&left)).then_some(())?;
+        }
+        Some(())
+    })
+    .await?;
+    let (ok, _, err) = berthctl(&servers, &["service", "rm", "solo"])?;
+    ensure!(ok, "{err}");
 
     // The routing mesh: port 9080 of every host answers, from every replica
     // wherever it runs; also on the host itself (its own address).
@@ -327,7 +392,7 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     // Their DNS has too, and knows the replica that took its place.
     for host in &on[..2] {
         wait_for(Duration::from_secs(30), &format!("{}'s DNS to follow the move", host.name), async || {
-            let want = running_addresses(reachable).filter(|a| a.len() == 3)?;
+            let want = running_addresses(reachable, "web").filter(|a| a.len() == 3)?;
             (dns_addresses(host, "web.berth.local")? == want).then_some(())
         })
         .await?;
@@ -406,6 +471,32 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         )
         .await?;
     }
+
+    // With every server stopped, each node's DNS answers from its last
+    // view, once its agent has seen the control plane go.
+    let before = running_addresses(&servers, "web").context("web's addresses")?;
+    let lost = |a: &Agent| a.daemon_log().matches("task watch:").count();
+    let seen: Vec<usize> = agents.iter().map(lost).collect();
+    for server in &mut cluster.servers {
+        server.stop()?;
+    }
+    wait_for(Duration::from_secs(30), "every agent to lose its task watch", async || {
+        agents.iter().zip(&seen).all(|(a, n)| lost(a) > *n).then_some(())
+    })
+    .await?;
+    for host in &on {
+        let got = dns_addresses(host, "web.berth.local");
+        ensure!(got.as_ref() == Some(&before), "{}'s DNS without a control plane: {got:?}", host.name);
+    }
+    for server in &mut cluster.servers {
+        server.restart()?;
+    }
+    wait_for(Duration::from_secs(60), "three nodes ready after the control plane's restart", async || {
+        let (ok, out, _) = berthctl(&servers, &["node", "ls"]).ok()?;
+        (ok && out.matches(" ready ").count() == 3).then_some(())
+    })
+    .await
+    .with_context(|| cluster.logs())?;
 
     let (ok, _, err) = berthctl(&servers, &["service", "rm", "web"])?;
     ensure!(ok, "{err}");

@@ -240,9 +240,8 @@ pub fn endpoints(state: &State) -> Vec<ServiceEndpoints> {
             (s.spec.name.as_str(), ServiceEndpoints { name: s.spec.name.clone(), ports, endpoints: vec![] })
         })
         .collect();
-    let serving = state.tasks.values().filter(|t| t.desired == Desired::Running && t.state == TaskState::Running);
-    for t in serving {
-        if let (Some(address), Some(service)) = (t.address, services.get_mut(t.service.as_str())) {
+    for t in state.tasks.values() {
+        if let (Some(address), Some(service)) = (t.serving_address(), services.get_mut(t.service.as_str())) {
             service.endpoints.push(Endpoint { task: t.id.clone(), slot: t.slot, address: address.to_string() });
         }
     }
@@ -358,6 +357,15 @@ mod tests {
         let got: Vec<(u32, String)> = web.endpoints.iter().map(|e| (e.slot, e.address.clone())).collect();
         assert_eq!(got, expected, "the failed replica is not an endpoint; the others are, on both nodes");
         assert_ne!(got[0].1, got[1].1);
+        // `service inspect` reads the same replicas, with their nodes' names.
+        use crate::state::{query, Query, QueryReply};
+        let QueryReply::Service(Some(_), inspected) = query(&s, &Query::GetService("web".into())) else { panic!() };
+        let seen: Vec<(u32, String, Option<String>)> =
+            inspected.iter().map(|e| (e.slot, e.address.to_string(), e.node_name.clone())).collect();
+        let names = [Some(a.name.clone()), Some(b.name.clone())];
+        let want: Vec<(u32, String, Option<String>)> =
+            expected.into_iter().zip(names).map(|((slot, address), node)| (slot, address, node)).collect();
+        assert_eq!(seen, want);
     }
 
     fn req() -> RegisterRequest {

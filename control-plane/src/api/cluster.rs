@@ -79,13 +79,13 @@ impl Cluster for ClusterApi {
     async fn create_service(&self, req: Request<CreateServiceRequest>) -> Result<Response<ServiceReply>, Status> {
         let spec = spec_from_request(req.into_inner().spec).map_err(invalid)?;
         let (service, _) = self.write_service(Command::CreateService(spec)).await?;
-        Ok(Response::new(ServiceReply { service: Some(service) }))
+        Ok(Response::new(ServiceReply { service: Some(service), endpoints: vec![] }))
     }
 
     async fn update_service(&self, req: Request<UpdateServiceRequest>) -> Result<Response<ServiceReply>, Status> {
         let spec = spec_from_request(req.into_inner().spec).map_err(invalid)?;
         let (service, _) = self.write_service(Command::UpdateService(spec)).await?;
-        Ok(Response::new(ServiceReply { service: Some(service) }))
+        Ok(Response::new(ServiceReply { service: Some(service), endpoints: vec![] }))
     }
 
     async fn apply_service(&self, req: Request<ApplyServiceRequest>) -> Result<Response<ApplyServiceReply>, Status> {
@@ -108,8 +108,11 @@ impl Cluster for ClusterApi {
         let GetServiceRequest { name, stale } = req.into_inner();
         name_arg(&name)?;
         match self.node.read(Query::GetService(name.clone()), stale).await? {
-            QueryReply::Service(Some(s)) => Ok(Response::new(ServiceReply { service: Some(s.into()) })),
-            QueryReply::Service(None) => Err(crate::state::Rejection::NotFound(name).into()),
+            QueryReply::Service(Some(s), endpoints) => Ok(Response::new(ServiceReply {
+                service: Some(s.into()),
+                endpoints: endpoints.into_iter().map(Into::into).collect(),
+            })),
+            QueryReply::Service(None, _) => Err(crate::state::Rejection::NotFound(name).into()),
             other => Err(Status::internal(format!("unexpected query reply {other:?}"))),
         }
     }

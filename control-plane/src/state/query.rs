@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use berth_proto::model::{NodeInfo, Resources, Service, TaskInfo};
+use berth_proto::model::{Endpoint, NodeInfo, Resources, Service, TaskInfo};
 use serde::{Deserialize, Serialize};
 
 use super::State;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Query {
+    /// A service and its endpoints.
     GetService(String),
     ListServices,
     /// By name or id.
@@ -20,7 +21,7 @@ pub enum Query {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum QueryReply {
-    Service(Option<Service>),
+    Service(Option<Service>, Vec<Endpoint>),
     Services(Vec<Service>),
     Node(Option<NodeInfo>),
     Nodes(Vec<NodeInfo>),
@@ -29,7 +30,23 @@ pub enum QueryReply {
 
 pub fn query(state: &State, q: &Query) -> QueryReply {
     match q {
-        Query::GetService(name) => QueryReply::Service(state.services.get(name).cloned()),
+        Query::GetService(name) => {
+            let mut endpoints: Vec<Endpoint> = state
+                .tasks
+                .values()
+                .filter(|t| &t.service == name)
+                .filter_map(|t| {
+                    Some(Endpoint {
+                        task: t.id.clone(),
+                        slot: t.slot,
+                        address: t.serving_address()?,
+                        node_name: t.node.as_ref().and_then(|id| state.nodes.get(id)).map(|n| n.name.clone()),
+                    })
+                })
+                .collect();
+            endpoints.sort_by_key(|e| e.slot);
+            QueryReply::Service(state.services.get(name).cloned(), endpoints)
+        }
         Query::ListServices => QueryReply::Services(state.services.values().cloned().collect()),
         Query::GetNode(key) => {
             let node = state.nodes.get(key).or_else(|| state.nodes.values().find(|n| &n.name == key));

@@ -17,4 +17,4 @@ pub use node::{Availability, Node, NodeInfo, NodeStatus, Overlay};
 pub use quantity::{format_memory, parse_cpus, parse_memory};
 pub use reference::validate_image;
 pub use service::{validate_name, PortSpec, Protocol, Resources, RestartPolicy, Service, ServiceSpec, MAX_REPLICAS};
-pub use task::{Desired, Task, TaskInfo, TaskSpec, TaskState};
+pub use task::{Desired, Endpoint, Task, TaskInfo, TaskSpec, TaskState};

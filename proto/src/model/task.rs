@@ -98,6 +98,16 @@ pub struct TaskInfo {
     pub node_name: Option<String>,
 }
 
+/// A replica that answers for its service now (`Task::serving_address`),
+/// as `service inspect` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub task: String,
+    pub slot: u32,
+    pub address: Ipv4Addr,
+    pub node_name: Option<String>,
+}
+
 impl Desired {
     pub fn parse(s: &str) -> Option<Self> {
         match s {
@@ -149,6 +159,14 @@ impl Task {
 }
 
 impl Task {
+    /// Its address while it answers for its service: meant to run, reported
+    /// running, with an address. DNS names these and the routing mesh
+    /// balances over them; a task that stopped, failed or is being
+    /// replaced is not one.
+    pub fn serving_address(&self) -> Option<Ipv4Addr> {
+        (self.desired == Desired::Running && self.state == TaskState::Running).then_some(self.address?)
+    }
+
     /// Whether it counts against its node's capacity: placed, and either
     /// meant to run or not yet stopped.
     pub fn holds_resources(&self) -> bool {
