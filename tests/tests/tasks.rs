@@ -4,7 +4,8 @@
 //! gathered from both nodes, a killed container is restarted by its agent,
 //! a frozen node's tasks move, a changed spec rolls out one task at a time
 //! (each new one running before an old one stops), a scale survives the
-//! leader's kill -9, scaling down stops the highest slots, removing the
+//! leader's kill -9, scaling down stops the highest slots, a task in its
+//! stop grace holds back no other task's start, removing the
 //! service leaves no container anywhere, and `events` saw it all.
 
 use std::collections::BTreeMap;
@@ -230,6 +231,39 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
         (c.len() == 1 && c.keys().all(|k| k.starts_with("web.1."))).then_some(())
     })
     .await?;
+
+    // A task stopping through its whole grace (it ignores SIGTERM) holds
+    // back no other work of its node: a new task there runs meanwhile.
+    let on_alpha = ["--replicas", "1", "--constraint", "node.name == alpha"];
+    let stubborn = "trap '' TERM; echo stubborn; while true; do sleep 0.2; done";
+    let create = |name: &str, command: &str| {
+        let args = [&["service", "create", name, "--image", &image][..], &on_alpha, &["--", "sh", "-c", command]];
+        berthctl(&servers, &args.concat())
+    };
+    let (ok, out, err) = create("stubborn", stubborn)?;
+    ensure!(ok, "{out}{err}");
+    let on = |name: &str| containers(&[&a]).into_iter().find(|(k, _)| k.starts_with(&format!("{name}."))).map(|c| c.0);
+    let held = wait_for(Duration::from_secs(60), "stubborn running on alpha", async || {
+        let t = tasks(&servers, "stubborn")?;
+        t.values().all(|(_, s, _)| s == "running").then_some(())?;
+        on("stubborn")
+    })
+    .await?;
+    let (ok, out, err) = berthctl(&servers, &["service", "scale", "stubborn=0"])?;
+    ensure!(ok, "{out}{err}");
+    let (ok, out, err) = create("quick", SERVE)?;
+    ensure!(ok, "{out}{err}");
+    wait_for(Duration::from_secs(30), "quick running on alpha", async || {
+        let t = tasks(&servers, "quick")?;
+        (t.len() == 1 && t.values().all(|(n, s, _)| n == "alpha" && s == "running")).then_some(())
+    })
+    .await?;
+    ensure!(
+        on("stubborn") == Some(held.clone()),
+        "quick ran only once {held} had stopped: its start waited for another task's stop"
+    );
+    let (ok, _, err) = berthctl(&servers, &["service", "rm", "quick"])?;
+    ensure!(ok, "{err}");
 
     // Removal leaves nothing on any node.
     let (ok, _, err) = berthctl(&servers, &["service", "rm", "web"])?;

@@ -9,6 +9,7 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use berth_proto::model::{Cidr, Protocol, RestartPolicy};
 use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::{AssignedTask, ReportTasksRequest, ServiceEndpoints, TaskReport, WatchTasksRequest};
 use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
@@ -82,6 +84,53 @@ struct Books {
     /// Tasks stopped here whose shutdown the cluster has not heard yet.
     stopped: BTreeSet<String>,
     last_report: Vec<TaskReport>,
+    /// Work on tasks under way (a start's image pull, a stop's grace), one
+    /// job per task at most: passes leave these tasks alone, and never wait
+    /// for them, so a task stopping for 10 s holds back no other.
+    jobs: JoinSet<Result<(), (String, String)>>,
+    busy: HashMap<tokio::task::Id, String>,
+}
+
+impl Books {
+    /// Runs `job` for `task` on its own; `exits` wakes the worker when it ends.
+    fn spawn<F>(&mut self, task: String, exits: &Arc<Notify>, job: F)
+    where
+        F: Future<Output = Result<(), (String, String)>> + Send + 'static,
+    {
+        let exits = exits.clone();
+        let handle = self.jobs.spawn(async move {
+            let done = job.await;
+            exits.notify_one();
+            done
+        });
+        self.busy.insert(handle.id(), task);
+    }
+
+    fn is_busy(&self, task: &str) -> bool {
+        self.busy.values().any(|t| t == task)
+    }
+
+    /// Takes in the jobs that ended: a task whose job failed waits before
+    /// it is tried again (the restart backoff), and says why meanwhile.
+    fn finished(&mut self, want: &BTreeMap<String, AssignedTask>, now: u64) {
+        while let Some(done) = self.jobs.try_join_next_with_id() {
+            let (task, why) = match done {
+                Ok((id, Ok(()))) => {
+                    self.busy.remove(&id);
+                    continue;
+                }
+                Ok((id, Err((_, why)))) => (self.busy.remove(&id), why),
+                Err(e) => (self.busy.remove(&e.id()), format!("the agent's work on it failed: {e}")),
+            };
+            let Some(task) = task else { continue };
+            warn!(%task, "{why}");
+            let counted = want.get(&task).map_or(0, |t| t.restarts);
+            let tries = self.streaks.entry(task.clone()).or_insert((0, counted));
+            tries.0 += 1;
+            let retry_at = now + restart::delay(tries.0).as_millis() as u64;
+            self.failed.insert(task, (retry_at, why));
+        }
+    }
 }
 
 /// Runs until the process ends: `watch` streams from `clients` (one at a
@@ -109,7 +158,11 @@ pub async fn run(local: Local, node_id: String, clients: Vec<AgentClient<Channel
             let req = ReportTasksRequest { node_id: node_id.clone(), tasks: reports.clone() };
             match clients[at % clients.len()].clone().report_tasks(req).await {
                 Ok(_) => {
-                    books.stopped.retain(|t| want.contains_key(t));
+                    // The cluster has heard these stops (a stop still
+                    // under way is told when its container is gone).
+                    let told: BTreeSet<&str> =
+                        reports.iter().filter(|r| r.state == "shutdown").map(|r| r.id.as_str()).collect();
+                    books.stopped.retain(|t| want.contains_key(t) || !told.contains(t.as_str()));
                     books.last_report = reports;
                 }
                 Err(e) => {
@@ -127,9 +180,9 @@ pub async fn run(local: Local, node_id: String, clients: Vec<AgentClient<Channel
     }
 }
 
-/// The node's network follows the cluster on a loop of its own, so that a
-/// slow pass of the tasks' work (a 10 s stop grace, an image pull) never
-/// holds back a peer or the routing mesh: the bridge for the node's
+/// The node's network follows the cluster on a loop of its own, so that
+/// the tasks' work (a pass that sets up a task's namespace, a report to a
+/// slow server) never holds back a peer, the routing mesh or DNS: the bridge for the node's
 /// subnet, the overlay and its peers, then the mesh. What it has set up is
 /// published on `out` for the work on tasks.
 async fn network(local: Arc<Local>, mut rx: watch::Receiver<Assigned>, out: watch::Sender<Option<Net>>) {
@@ -371,7 +424,9 @@ fn reachable(assigned: &Assigned, own: Cidr, overlay: bool) -> Vec<Published> {
     published
 }
 
-/// One pass: plan, then act; actions on different tasks run at once.
+/// One pass: take in the jobs that ended, plan, then start a job for each
+/// action on a task with none under way; they run at once, and the pass
+/// does not wait for them.
 async fn work(
     local: &Arc<Local>,
     want: &BTreeMap<String, AssignedTask>,
@@ -380,6 +435,7 @@ async fn work(
     net: Option<&Net>,
 ) {
     let now = record::now_ms();
+    books.finished(want, now);
     let wants: Vec<Want> = want
         .values()
         .map(|t| Want { task: t.id.clone(), restart: RestartPolicy::parse(&t.restart).unwrap_or_default() })
@@ -389,20 +445,24 @@ async fn work(
     // (left by an agent that stopped halfway) go.
     if let Some(net) = net {
         for task in net.attached() {
-            if !want.contains_key(&task) && !have.iter().any(|h| h.task == task) {
+            if !want.contains_key(&task) && !have.iter().any(|h| h.task == task) && !books.is_busy(&task) {
                 let _ = detach(Some(net.clone()), task).await;
             }
         }
     }
-    let mut jobs = Vec::new();
     for action in plan(&wants, &have, now) {
+        let (Action::Start { task } | Action::Restart { task, .. } | Action::Stop { task } | Action::Remove { task }) =
+            &action;
+        if books.is_busy(task) {
+            continue;
+        }
         match action {
             Action::Start { task } => {
                 if books.failed.get(&task).is_some_and(|(retry_at, _)| now < *retry_at) {
                     continue;
                 }
                 let Some(spec) = want.get(&task).cloned() else { continue };
-                jobs.push(tokio::spawn(start(local.clone(), spec, false, exits.clone(), net.cloned())));
+                books.spawn(task, exits, start(local.clone(), spec, false, exits.clone(), net.cloned()));
             }
             Action::Restart { task, at_ms, streak } => {
                 if now < at_ms {
@@ -410,37 +470,27 @@ async fn work(
                 }
                 let Some(spec) = want.get(&task).cloned() else { continue };
                 // Counting goes on from the cluster's count after an agent restart.
-                let entry = books.streaks.entry(task).or_insert((0, spec.restarts));
+                let entry = books.streaks.entry(task.clone()).or_insert((0, spec.restarts));
                 *entry = (streak, entry.1 + 1);
-                jobs.push(tokio::spawn(start(local.clone(), spec, true, exits.clone(), net.cloned())));
+                books.spawn(task, exits, start(local.clone(), spec, true, exits.clone(), net.cloned()));
             }
             Action::Stop { task } => {
                 books.stopped.insert(task.clone());
-                let (local, net) = (local.clone(), net.cloned());
-                jobs.push(tokio::spawn(async move {
-                    let _ = local.runtime.stop(&task, STOP_GRACE).await;
-                    local.runtime.remove(&task, true).await.map_err(|e| (task.clone(), e.to_string()))?;
-                    detach(net, task).await
-                }));
+                let (local, net, name) = (local.clone(), net.cloned(), task.clone());
+                books.spawn(task, exits, async move {
+                    let _ = local.runtime.stop(&name, STOP_GRACE).await;
+                    local.runtime.remove(&name, true).await.map_err(|e| (name.clone(), e.to_string()))?;
+                    detach(net, name).await
+                });
             }
             Action::Remove { task } => {
                 books.stopped.insert(task.clone());
-                let (local, net) = (local.clone(), net.cloned());
-                jobs.push(tokio::spawn(async move {
-                    local.runtime.remove(&task, true).await.map_err(|e| (task.clone(), e.to_string()))?;
-                    detach(net, task).await
-                }));
+                let (local, net, name) = (local.clone(), net.cloned(), task.clone());
+                books.spawn(task, exits, async move {
+                    local.runtime.remove(&name, true).await.map_err(|e| (name.clone(), e.to_string()))?;
+                    detach(net, name).await
+                });
             }
-        }
-    }
-    for job in jobs {
-        if let Ok(Err((task, why))) = job.await {
-            warn!(%task, "{why}");
-            let counted = want.get(&task).map_or(0, |t| t.restarts);
-            let tries = books.streaks.entry(task.clone()).or_insert((0, counted));
-            tries.0 += 1;
-            let retry_at = now + restart::delay(tries.0).as_millis() as u64;
-            books.failed.insert(task, (retry_at, why));
         }
     }
 }
