@@ -2,6 +2,11 @@
 //! [`Zone`] and forwarding what is not the cluster's to the upstream
 //! resolvers, byte for byte (the reply's records are passed on as they
 //! came).
+//!
+//! It runs on a thread of its own with its own one-thread runtime: the
+//! agent's runtime is one thread too, and whatever holds that up (a pass
+//! of the worker, a large watch message, an overlay update) must not hold
+//! up the names containers are waiting for.
 
 use std::io;
 use std::net::SocketAddr;
@@ -26,34 +31,53 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 const TCP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A running DNS server; updating its zone changes every later answer.
-#[derive(Debug, Clone)]
+/// Dropping it stops the server and closes its sockets.
+#[derive(Debug)]
 pub struct Dns {
     zone: Arc<RwLock<Zone>>,
+    /// Dropped with the server: its thread then ends.
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Dns {
     /// Serves `zone` on UDP and TCP at each of `addresses`, forwarding
-    /// other names to `upstreams`; until the process ends.
-    pub async fn serve(zone: Zone, addresses: &[SocketAddr], upstreams: Vec<SocketAddr>) -> io::Result<Self> {
+    /// other names to `upstreams`, on a thread of its own; an address that
+    /// cannot be bound is an error here, before anything runs.
+    pub fn serve(zone: Zone, addresses: &[SocketAddr], upstreams: Vec<SocketAddr>) -> io::Result<Self> {
+        let mut sockets = Vec::new();
+        for address in addresses {
+            let named = |proto: &'static str| {
+                move |e: io::Error| io::Error::new(e.kind(), format!("DNS on {proto} {address}: {e}"))
+            };
+            let udp = std::net::UdpSocket::bind(address).map_err(named("udp"))?;
+            let tcp = std::net::TcpListener::bind(address).map_err(named("tcp"))?;
+            udp.set_nonblocking(true)?;
+            tcp.set_nonblocking(true)?;
+            sockets.push((udp, tcp));
+        }
         let zone = Arc::new(RwLock::new(zone));
         let handler = Handler { zone: zone.clone(), upstreams: upstreams.into() };
-        let mut server = Server::new(handler);
-        for address in addresses {
-            let udp = tokio::net::UdpSocket::bind(address)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("DNS on udp {address}: {e}")))?;
-            let tcp = tokio::net::TcpListener::bind(address)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("DNS on tcp {address}: {e}")))?;
-            server.register_socket(udp);
-            server.register_listener(tcp, TCP_TIMEOUT, 16);
-        }
-        tokio::spawn(async move {
-            if let Err(e) = server.block_until_done().await {
-                warn!("the DNS server stopped: {e}");
-            }
-        });
-        Ok(Self { zone })
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new().name("dns".into()).spawn(move || {
+            runtime.block_on(async move {
+                let mut server = Server::new(handler);
+                for (udp, tcp) in sockets {
+                    match (tokio::net::UdpSocket::from_std(udp), tokio::net::TcpListener::from_std(tcp)) {
+                        (Ok(udp), Ok(tcp)) => {
+                            server.register_socket(udp);
+                            server.register_listener(tcp, TCP_TIMEOUT, 16);
+                        }
+                        (Err(e), _) | (_, Err(e)) => warn!("DNS: {e}"),
+                    }
+                }
+                tokio::select! {
+                    done = server.block_until_done() => if let Err(e) = done { warn!("the DNS server stopped: {e}") },
+                    _ = stopped => {}
+                }
+            })
+        })?;
+        Ok(Self { zone, _stop: stop })
     }
 
     /// Lets `change` rewrite the zone; answers after it see the new one.
@@ -210,7 +234,7 @@ mod tests {
         let mut zone = Zone::new("berth.local", 5).unwrap();
         let web = Service { name: "web".into(), replicas: vec![(1, [198, 19, 1, 2].into())], ports: vec![] };
         zone.update(None, vec![web]);
-        Dns::serve(zone, &[at], vec![]).await.unwrap();
+        let dns = Dns::serve(zone, &[at], vec![]).unwrap();
         let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         client.connect(at).await.unwrap();
         let answered = |m: &Message, id: u16| {
@@ -269,5 +293,18 @@ mod tests {
         let question = query(200, "web.berth.local.");
         let reply = ask_tcp(&question, at).await.expect("a TCP answer");
         assert!(answered(&Message::from_vec(&reply).unwrap(), 200));
+
+        // Dropped, it stops and lets go of its address (as when the node's
+        // network changes and the agent starts it again).
+        drop(dns);
+        let mut again = None;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            again = Dns::serve(Zone::new("berth.local", 5).unwrap(), &[at], vec![]).ok();
+            if again.is_some() {
+                break;
+            }
+        }
+        assert!(again.is_some(), "the address was still held after the server was dropped");
     }
 }

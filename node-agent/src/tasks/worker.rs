@@ -208,13 +208,20 @@ async fn network(local: Arc<Local>, mut rx: watch::Receiver<Assigned>, out: watc
             if overlay.is_none() {
                 overlay = start_overlay(keys, *port, n).await;
             }
-            if let Some(o) = overlay.as_mut() {
-                if let Err(e) = o.set_peers(assigned.peers.clone()) {
-                    warn!("updating the overlay's peers: {e}");
-                }
-                if let Err(e) = o.size_sockets() {
-                    warn!("sizing the overlay's sockets: {e}");
-                }
+            // The device's UAPI socket may take up to its timeout to
+            // answer: off the agent's one thread (the overlay comes back).
+            if let Some(mut o) = overlay.take() {
+                let peers = assigned.peers.clone();
+                let update = tokio::task::spawn_blocking(move || {
+                    if let Err(e) = o.set_peers(peers) {
+                        warn!("updating the overlay's peers: {e}");
+                    }
+                    if let Err(e) = o.size_sockets() {
+                        warn!("sizing the overlay's sockets: {e}");
+                    }
+                    o
+                });
+                overlay = update.await.ok();
             }
         }
         let published = net.as_ref().map(|n| reachable(&assigned, n.subnet, overlay.is_some()));
@@ -228,7 +235,7 @@ async fn network(local: Arc<Local>, mut rx: watch::Receiver<Assigned>, out: watc
         }
         if let (Some(n), Some(settings)) = (&net, &local.dns) {
             if dns.is_none() {
-                dns = start_dns(settings, n).await;
+                dns = start_dns(settings, n);
                 zoned = None;
             }
             if let Some(server) = dns.as_ref().filter(|_| zoned.as_ref() != Some(&assigned.services)) {
@@ -279,7 +286,7 @@ async fn node_network(local: &Local, subnet: Cidr, cluster: Cidr) -> Option<Net>
 
 /// Starts the node's DNS on its bridge's gateway (and `--dns-listen`);
 /// None (and tried again on the next pass) when that fails.
-async fn start_dns(settings: &dns::Settings, net: &Net) -> Option<Dns> {
+fn start_dns(settings: &dns::Settings, net: &Net) -> Option<Dns> {
     let gateway = std::net::SocketAddr::from((net.subnet.gateway(), 53));
     let addresses: Vec<std::net::SocketAddr> = std::iter::once(gateway).chain(settings.listen).collect();
     let own: Vec<std::net::IpAddr> = addresses.iter().map(|a| a.ip()).collect();
@@ -295,7 +302,7 @@ async fn start_dns(settings: &dns::Settings, net: &Net) -> Option<Dns> {
             return None;
         }
     };
-    match Dns::serve(zone, &addresses, upstreams.clone()).await {
+    match Dns::serve(zone, &addresses, upstreams.clone()) {
         Ok(server) => {
             info!(?addresses, ?upstreams, domain = %settings.domain, "DNS up");
             Some(server)
