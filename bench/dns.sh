@@ -56,7 +56,7 @@ dnsperf_run() {
   awk -v cpu=$(((after - before) * 1000000 / $(getconf CLK_TCK))) '
        /Queries completed:/ { done = $3 } /Queries per second:/ { q = $4 }
        /Average Latency \(s\):/ { l = $4 * 1000 } /Queries lost:/ { lost = $3 }
-       END { printf "%.0f %.3f %s %.2f\n", q, l, lost, cpu / done }' "$work/dnsperf.out"
+       END { printf "%.0f %.3f %s %.2f\n", q, l, lost, done ? cpu / done : 0 }' "$work/dnsperf.out"
 }
 median() { tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 declare -A qps lat cpu runs
@@ -88,7 +88,8 @@ measure berth "$ns" "$server" "$(cat "$DIR/agent-1.pid")"
 # A ceiling for this client on this path: dnsmasq (single-threaded C) with a
 # fixed answer, on host1's gateway, port 5353, asked from the same container.
 nsenter --net=/run/netns/berth-h1 dnsmasq --no-resolv --no-hosts --bind-interfaces --port=5353 \
-  --listen-address="$server" --address=/demo/198.19.0.2 --pid-file="$work/dnsmasq.pid" --log-facility=/dev/null
+  --listen-address="$server" --host-record=demo,198.19.0.2 --host-record=demo,198.19.1.2 \
+  --host-record=demo,198.19.2.2 --pid-file="$work/dnsmasq.pid" --log-facility=/dev/null
 PORT=5353 measure dnsmasq "$ns" "$server" "$(cat "$work/dnsmasq.pid")"
 kill "$(cat "$work/dnsmasq.pid")"
 python3 bench/dns_propagation.py "$BIN/berthctl" demo "$ROUNDS" 198.18.0.1 198.18.0.2 198.18.0.3 > "$work/propagation"
@@ -113,7 +114,9 @@ docker network create --driver overlay --attachable --subnet 198.19.200.0/24 ben
 cp /bin/busybox "$work/rootfs/bin/busybox"
 ln -s busybox "$work/rootfs/bin/sh"
 tar -C "$work/rootfs" -c . | docker import - bench/busybox:dns > /dev/null
-docker service create --detach --quiet --name demo --network benchnet --replicas 3 bench/busybox:dns \
+# dnsrr: the name answers with the three replicas' addresses, as berth's does (the
+# default, a virtual IP, would be one record).
+docker service create --detach --quiet --name demo --network benchnet --replicas 3 --endpoint-mode dnsrr bench/busybox:dns \
   /bin/busybox sleep 1000000 > /dev/null
 deadline=$((SECONDS + 120))
 until [ "$(docker service ps demo --filter desired-state=running --format '{{.CurrentState}}' | grep -c '^Running')" -ge 3 ]; do
@@ -121,7 +124,7 @@ until [ "$(docker service ps demo --filter desired-state=running --format '{{.Cu
   sleep 0.3
 done
 pid=$(docker inspect -f '{{.State.Pid}}' "$(docker ps -q --filter name=demo | head -1)")
-echo "docker: a container asks 127.0.0.11:" "$(nsenter --net="/proc/$pid/ns/net" dig +short +time=2 @127.0.0.11 demo | tr '\n' ' ')" >&2
+echo "docker: a container asks 127.0.0.11:" "$(nsenter --net="/proc/$pid/ns/net" dig +short +time=2 @127.0.0.11 demo | sort | tr '\n' ' ')" >&2
 measure docker "/proc/$pid/ns/net" 127.0.0.11 "$dockerd_pid"
 dnsperf_version=$(sed -n 's/^Version //p' "$work/dnsperf.out")
 docker_version=$(docker version --format '{{.Server.Version}}')
@@ -134,8 +137,10 @@ ratio() { python3 -c "import sys; print('%.2f' % (float(sys.argv[1]) / float(sys
   echo "inside a container's network namespace, asking for the service by name (\`demo A\`), 100 queries"
   echo "outstanding, $RUNS runs of ${SECS} s each (median). berth: a demo container on host1 of"
   echo "\`deploy/local-cluster.sh up 3\` asks its node's DNS ($server, the bridge gateway). Docker $docker_version"
-  echo "(Debian docker.io): a container of a 3-replica swarm service on an attachable overlay network asks"
-  echo "127.0.0.11. One ran after the other. Server CPU: the serving process's user + system time"
+  echo "(Debian docker.io): a container of a 3-replica swarm service (endpoint mode dnsrr, so that the name"
+  echo "answers with the three replicas, as berth's does) on an attachable overlay network asks 127.0.0.11."
+  echo "dnsmasq, a ceiling for this client on this path: the same three records, fixed, on host1's gateway"
+  echo "(port 5353), asked from berth's container. One ran after the other. Server CPU: the serving process's user + system time"
   echo "during the run (berth-agent; dockerd, whose embedded DNS answers) over the queries answered;"
   echo "one core's worth of it is the server's capacity when the client is not the limit."
   echo

@@ -42,8 +42,11 @@ def skip_name(msg, at):
 
 
 def addresses(msg):
-    """The A records of a DNS answer, as dotted strings."""
-    _, _, qd, an, _, _ = struct.unpack(">HHHHHH", msg[:12])
+    """The A records of a DNS answer, as dotted strings; None for an
+    answer that says nothing (an error code, or truncated)."""
+    _, flags, qd, an, _, _ = struct.unpack(">HHHHHH", msg[:12])
+    if flags & 0x000F or flags & 0x0200:
+        return None
     at = 12
     for _ in range(qd):
         at = skip_name(msg, at) + 4
@@ -78,13 +81,15 @@ class Watcher(threading.Thread):
                 self.sock.sendto(query(self.name, ident), (s, 53))
                 try:
                     while True:
-                        msg = self.sock.recv(4096)
-                        if struct.unpack(">H", msg[:2])[0] == ident:
+                        msg, source = self.sock.recvfrom(4096)
+                        if source == (s, 53) and struct.unpack(">H", msg[:2])[0] == ident:
                             break
                 except OSError:
                     continue
                 now = time.monotonic()
                 got = addresses(msg)
+                if got is None:
+                    continue
                 with self.lock:
                     for a in got - self.current[s]:
                         self.appeared[(s, a)] = now

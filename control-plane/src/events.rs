@@ -117,7 +117,7 @@ pub fn diff(old: &State, new: &State) -> Vec<Event> {
             if t.desired == Desired::Running {
                 e = e.with("message", &t.message);
             }
-            if let Some(address) = t.address.filter(|_| t.state == berth_proto::model::TaskState::Running) {
+            if let Some(address) = t.serving_address() {
                 e = e.with("address", address);
             }
             out.push(e);

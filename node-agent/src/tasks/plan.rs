@@ -38,6 +38,8 @@ pub struct Have {
     pub ran_for: Duration,
     /// Restarts in a row so far (see [`restart`]).
     pub streak: u32,
+    /// When its last run started (ms since the epoch), 0 if unknown.
+    pub started_at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,10 +75,12 @@ pub fn plan(want: &[Want], have: &[Have], now_ms: u64) -> Vec<Action> {
             // Never started (the agent stopped halfway): start it.
             Some((Status::Created, h)) => actions.push(Action::Restart { task, at_ms: now_ms, streak: h.streak }),
             // Its shim died, so how it ended is unknown: a failure, with
-            // the same backoff as any (a shim that keeps dying must not spin).
+            // the same backoff as any (a shim that keeps dying must not
+            // spin), counted from when its last run started: a fixed time,
+            // so a later pass finds the restart due.
             Some((Status::Lost, h)) if w.restart != RestartPolicy::Never => {
                 let streak = h.streak.saturating_add(1);
-                let at_ms = now_ms.saturating_add(restart::delay(streak - 1).as_millis() as u64);
+                let at_ms = h.started_at_ms.saturating_add(restart::delay(streak - 1).as_millis() as u64);
                 actions.push(Action::Restart { task, at_ms, streak })
             }
             Some((Status::Lost, _)) => {}
@@ -103,12 +107,20 @@ mod tests {
 
     fn running(task: &str) -> Have {
         let started = Started { shim_pid: 1, shim_start: 1, pid: 2, started_at_ms: 0 };
-        Have { task: task.into(), status: Status::Running(started), ran_for: Duration::ZERO, streak: 0 }
+        Have {
+            task: task.into(),
+            status: Status::Running(started),
+            ran_for: Duration::ZERO,
+            streak: 0,
+            started_at_ms: 0,
+        }
     }
 
     fn exited(task: &str, code: i32, finished_at_ms: u64, ran_for_ms: u64, streak: u32) -> Have {
         let exit = Exited { code, signal: None, oom_killed: false, finished_at_ms, error: None };
-        Have { task: task.into(), status: Status::Exited(exit), ran_for: Duration::from_millis(ran_for_ms), streak }
+        let ran_for = Duration::from_millis(ran_for_ms);
+        let started_at_ms = finished_at_ms.saturating_sub(ran_for_ms);
+        Have { task: task.into(), status: Status::Exited(exit), ran_for, streak, started_at_ms }
     }
 
     #[test]
@@ -157,9 +169,16 @@ mod tests {
         let mut lost = running("a.1.1");
         lost.status = Status::Lost;
         lost.streak = 2;
+        lost.started_at_ms = 50;
         assert_eq!(
             plan(&[want("a.1.1", RestartPolicy::OnFailure)], std::slice::from_ref(&lost), 77),
-            [Action::Restart { task: "a.1.1".into(), at_ms: 77 + 200, streak: 3 }]
+            [Action::Restart { task: "a.1.1".into(), at_ms: 50 + 200, streak: 3 }]
+        );
+        // The same on a later pass: the restart comes due (it once moved
+        // ahead with the clock, and a shim that died twice never restarted).
+        assert_eq!(
+            plan(&[want("a.1.1", RestartPolicy::OnFailure)], std::slice::from_ref(&lost), 5000),
+            [Action::Restart { task: "a.1.1".into(), at_ms: 50 + 200, streak: 3 }]
         );
         assert!(plan(&[want("a.1.1", RestartPolicy::Never)], &[lost.clone()], 77).is_empty());
         lost.status = Status::Created;

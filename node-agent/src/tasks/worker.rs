@@ -124,6 +124,11 @@ impl Books {
             };
             let Some(task) = task else { continue };
             warn!(%task, "{why}");
+            // One that left meanwhile is told as shut down (its start may
+            // have failed before it had a container to stop).
+            if !want.contains_key(&task) {
+                self.stopped.insert(task.clone());
+            }
             let counted = want.get(&task).map_or(0, |t| t.restarts);
             let tries = self.streaks.entry(task.clone()).or_insert((0, counted));
             tries.0 += 1;
@@ -447,7 +452,7 @@ async fn work(
         .values()
         .map(|t| Want { task: t.id.clone(), restart: RestartPolicy::parse(&t.restart).unwrap_or_default() })
         .collect();
-    let have = have(&local.runtime, books);
+    let Some(have) = have(&local.runtime, books) else { return };
     // Namespaces of tasks that are neither wanted nor have a container
     // (left by an agent that stopped halfway) go.
     if let Some(net) = net {
@@ -460,14 +465,12 @@ async fn work(
     for action in plan(&wants, &have, now) {
         let (Action::Start { task } | Action::Restart { task, .. } | Action::Stop { task } | Action::Remove { task }) =
             &action;
-        if books.is_busy(task) {
+        // A task whose last job failed waits out its backoff, whatever comes next.
+        if books.is_busy(task) || books.failed.get(task).is_some_and(|(retry_at, _)| now < *retry_at) {
             continue;
         }
         match action {
             Action::Start { task } => {
-                if books.failed.get(&task).is_some_and(|(retry_at, _)| now < *retry_at) {
-                    continue;
-                }
                 let Some(spec) = want.get(&task).cloned() else { continue };
                 books.spawn(task, exits, start(local.clone(), spec, false, exits.clone(), net.cloned()));
             }
@@ -597,26 +600,39 @@ async fn launch(local: &Local, task: &str, exits: Arc<Notify>) -> Result<(), (St
 }
 
 /// This node's task containers, as [`plan`] sees them.
-fn have(runtime: &Runtime, books: &Books) -> Vec<Have> {
-    let Ok(containers) = runtime.list() else { return Vec::new() };
-    containers
+/// The node's task containers; None when the runtime cannot list them (a
+/// pass then does nothing: "none" would restart or report every task).
+fn have(runtime: &Runtime, books: &Books) -> Option<Vec<Have>> {
+    let containers = match runtime.list() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("listing containers: {e}");
+            return None;
+        }
+    };
+    let list = containers
         .into_iter()
         .filter_map(|c| {
             let task = c.config.task.clone()?;
             let started: Option<record::Started> = record::read(&c.dir, record::STARTED).ok().flatten();
-            let ran_for = match (&c.status, started) {
-                (Status::Exited(e), Some(s)) => Duration::from_millis(e.finished_at_ms.saturating_sub(s.started_at_ms)),
+            let started_at_ms = started.as_ref().map_or(0, |s| s.started_at_ms);
+            let ran_for = match &c.status {
+                Status::Exited(e) if started.is_some() => {
+                    Duration::from_millis(e.finished_at_ms.saturating_sub(started_at_ms))
+                }
                 _ => Duration::ZERO,
             };
             let streak = books.streaks.get(&task).map_or(0, |s| s.0);
-            Some(Have { task, status: c.status, ran_for, streak })
+            Some(Have { task, status: c.status, ran_for, streak, started_at_ms })
         })
-        .collect()
+        .collect();
+    Some(list)
 }
 
 /// What to tell the cluster about this node's tasks.
 fn reports(local: &Local, want: &BTreeMap<String, AssignedTask>, books: &mut Books) -> Vec<TaskReport> {
-    let have: BTreeMap<String, Have> = have(&local.runtime, books).into_iter().map(|h| (h.task.clone(), h)).collect();
+    let Some(have) = have(&local.runtime, books) else { return books.last_report.clone() };
+    let have: BTreeMap<String, Have> = have.into_iter().map(|h| (h.task.clone(), h)).collect();
     let mut out = Vec::new();
     for (task, assigned) in want {
         let restarts = books.streaks.get(task).map_or(assigned.restarts, |s| s.1);
@@ -644,7 +660,9 @@ fn reports(local: &Local, want: &BTreeMap<String, AssignedTask>, books: &mut Boo
             },
         });
     }
-    for task in books.stopped.iter().filter(|t| !have.contains_key(*t)) {
+    // Shut down once its container is gone and its job (which frees its
+    // namespace, and with it the address) has ended.
+    for task in books.stopped.iter().filter(|t| !have.contains_key(*t) && !books.is_busy(t)) {
         let restarts = books.streaks.get(task).map_or(0, |s| s.1);
         out.push(TaskReport { id: task.clone(), state: "shutdown".into(), restarts, ..Default::default() });
     }
