@@ -87,7 +87,7 @@ struct Books {
     /// Work on tasks under way (a start's image pull, a stop's grace), one
     /// job per task at most: passes leave these tasks alone, and never wait
     /// for them, so a task stopping for 10 s holds back no other.
-    jobs: JoinSet<Result<(), (String, String)>>,
+    jobs: JoinSet<Result<(), String>>,
     busy: HashMap<tokio::task::Id, String>,
 }
 
@@ -95,7 +95,7 @@ impl Books {
     /// Runs `job` for `task` on its own; `exits` wakes the worker when it ends.
     fn spawn<F>(&mut self, task: String, exits: &Arc<Notify>, job: F)
     where
-        F: Future<Output = Result<(), (String, String)>> + Send + 'static,
+        F: Future<Output = Result<(), String>> + Send + 'static,
     {
         let exits = exits.clone();
         let handle = self.jobs.spawn(async move {
@@ -119,7 +119,7 @@ impl Books {
                     self.busy.remove(&id);
                     continue;
                 }
-                Ok((id, Err((_, why)))) => (self.busy.remove(&id), why),
+                Ok((id, Err(why))) => (self.busy.remove(&id), why),
                 Err(e) => (self.busy.remove(&e.id()), format!("the agent's work on it failed: {e}")),
             };
             let Some(task) = task else { continue };
@@ -489,7 +489,7 @@ async fn work(
                 let (local, net, name) = (local.clone(), net.cloned(), task.clone());
                 books.spawn(task, exits, async move {
                     let _ = local.runtime.stop(&name, STOP_GRACE).await;
-                    local.runtime.remove(&name, true).await.map_err(|e| (name.clone(), e.to_string()))?;
+                    local.runtime.remove(&name, true).await.map_err(|e| e.to_string())?;
                     detach(net, name).await
                 });
             }
@@ -497,7 +497,7 @@ async fn work(
                 books.stopped.insert(task.clone());
                 let (local, net, name) = (local.clone(), net.cloned(), task.clone());
                 books.spawn(task, exits, async move {
-                    local.runtime.remove(&name, true).await.map_err(|e| (name.clone(), e.to_string()))?;
+                    local.runtime.remove(&name, true).await.map_err(|e| e.to_string())?;
                     detach(net, name).await
                 });
             }
@@ -507,17 +507,15 @@ async fn work(
 
 /// Creates and starts the task's container, or when restarting starts its
 /// container again on a fresh writable layer, keeping its log; `exits` is
-/// told when it ends, so a restart does not wait for the next tick. Errors
-/// carry the task id.
+/// told when it ends, so a restart does not wait for the next tick.
 async fn start(
     local: Arc<Local>,
     spec: AssignedTask,
     again: bool,
     exits: Arc<Notify>,
     net: Option<Net>,
-) -> Result<(), (String, String)> {
+) -> Result<(), String> {
     let task = spec.id.clone();
-    let fail = |why: String| (task.clone(), why);
     if again {
         // Removing the old writable layer may take a while: off the agent's thread.
         let (runtime, name) = (local.runtime.clone(), task.clone());
@@ -528,32 +526,29 @@ async fn start(
     // No container to start again (or it would not renew): a new one.
     match local.runtime.remove(&task, true).await {
         Err(crate::runtime::RuntimeError::NotFound(_)) | Ok(()) => {}
-        Err(e) => return Err(fail(e.to_string())),
+        Err(e) => return Err(e.to_string()),
     }
-    let reference: ImageRef = spec.image.parse().map_err(|e: crate::image::BadReference| fail(e.to_string()))?;
-    let image = local
-        .store
-        .ensure(&reference, &local.registries)
-        .await
-        .map_err(|e| fail(format!("pulling {reference}: {e}")))?;
+    let reference: ImageRef = spec.image.parse().map_err(|e: crate::image::BadReference| e.to_string())?;
+    let image =
+        local.store.ensure(&reference, &local.registries).await.map_err(|e| format!("pulling {reference}: {e}"))?;
     let network = match (spec.address.parse::<Ipv4Addr>(), net) {
         (Err(_), _) => NetworkMode::None,
         (Ok(address), Some(net)) => {
             let (name, gateway) = (task.clone(), net.subnet.gateway());
             let netns = tokio::task::spawn_blocking(move || net.attach(&name, address))
                 .await
-                .map_err(|e| fail(e.to_string()))?
-                .map_err(|e| fail(format!("network: {e}")))?;
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("network: {e}"))?;
             let resolv_conf = local.dns.as_ref().map(|d| dns::resolv_conf(gateway.into(), &d.domain));
             NetworkMode::Joined { netns, address, resolv_conf }
         }
-        (Ok(_), None) => return Err(fail("network: the node's bridge is not ready yet".into())),
+        (Ok(_), None) => return Err("network: the node's bridge is not ready yet".into()),
     };
     let config = ContainerConfig {
         name: task.clone(),
         image: reference.to_string(),
         image_digest: image.digest.clone(),
-        layers: local.store.layer_dirs(&image).map_err(|e| fail(e.to_string()))?,
+        layers: local.store.layer_dirs(&image).map_err(|e| e.to_string())?,
         layer_digests: image.layers.clone(),
         image_config: image.config,
         command: spec.command.clone(),
@@ -574,23 +569,22 @@ async fn start(
     // the syncs of tasks starting together overlap.
     let runtime = local.runtime.clone();
     let created = tokio::task::spawn_blocking(move || runtime.create(&config)).await;
-    created.map_err(|e| fail(e.to_string()))?.map_err(|e| fail(e.to_string()))?;
+    created.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     launch(&local, &task, exits).await
 }
 
 /// Removes a task's network namespace (its container is gone).
-async fn detach(net: Option<Net>, task: String) -> Result<(), (String, String)> {
+async fn detach(net: Option<Net>, task: String) -> Result<(), String> {
     let Some(net) = net else { return Ok(()) };
-    let name = task.clone();
-    match tokio::task::spawn_blocking(move || net.detach(&name)).await {
+    match tokio::task::spawn_blocking(move || net.detach(&task)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err((task, format!("removing its network namespace: {e}"))),
-        Err(e) => Err((task, e.to_string())),
+        Ok(Err(e)) => Err(format!("removing its network namespace: {e}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
-async fn launch(local: &Local, task: &str, exits: Arc<Notify>) -> Result<(), (String, String)> {
-    let mut shim = local.runtime.start(task).await.map_err(|e| (task.to_owned(), e.to_string()))?;
+async fn launch(local: &Local, task: &str, exits: Arc<Notify>) -> Result<(), String> {
+    let mut shim = local.runtime.start(task).await.map_err(|e| e.to_string())?;
     info!(%task, pid = shim.pid, "task started");
     tokio::spawn(async move {
         shim.exited().await;
@@ -599,8 +593,7 @@ async fn launch(local: &Local, task: &str, exits: Arc<Notify>) -> Result<(), (St
     Ok(())
 }
 
-/// This node's task containers, as [`plan`] sees them.
-/// The node's task containers; None when the runtime cannot list them (a
+/// This node's task containers, as [`plan`] sees them; None when the runtime cannot list them (a
 /// pass then does nothing: "none" would restart or report every task).
 fn have(runtime: &Runtime, books: &Books) -> Option<Vec<Have>> {
     let containers = match runtime.list() {
