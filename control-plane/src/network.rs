@@ -1,14 +1,13 @@
-//! Server-to-server gRPC clients: openraft's network, and the channel cache
-//! that forwarding shares with it.
+//! Server-to-server gRPC clients: openraft's network, and the channels to
+//! other servers that forwarding shares with it.
 //!
 //! Raft messages are JSON inside `pb::raft::Payload`; a remote Raft error
 //! comes back inside the payload as `Result::Err`, a transport failure as a
 //! gRPC status, which becomes `Unreachable` so openraft backs off.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use berth_proto::client::{Channels, Settings};
 use berth_proto::pb::raft::raft_client::RaftClient;
 use berth_proto::pb::raft::Payload;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -20,34 +19,27 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::store::{NodeId, TypeConfig};
 
-/// Largest gRPC message between servers (snapshot chunks are far smaller).
-pub const MAX_MESSAGE: usize = 64 << 20;
+pub use berth_proto::client::MAX_MESSAGE;
 
-/// Lazily connected channels to other servers, one per address.
-#[derive(Debug, Clone, Default)]
+/// Channels to other servers, one per address (`berth_proto::client`).
+#[derive(Debug, Clone)]
 pub struct Peers {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Channels,
+}
+
+impl Default for Peers {
+    fn default() -> Self {
+        Self { channels: Channels::new(Settings::peers()) }
+    }
 }
 
 impl Peers {
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::Status> {
-        let mut map = self.channels.lock().map_err(|_| tonic::Status::internal("peer cache poisoned"))?;
-        if let Some(c) = map.get(addr) {
-            return Ok(c.clone());
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| tonic::Status::invalid_argument(format!("bad server address {addr:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect_lazy();
-        map.insert(addr.to_string(), channel.clone());
-        Ok(channel)
+        self.channels.get(addr).map_err(|e| tonic::Status::invalid_argument(e.to_string()))
     }
 
     pub fn raft(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::Status> {

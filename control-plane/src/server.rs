@@ -61,13 +61,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let leader_work = tokio::spawn(crate::leader::run(node.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let server = berth_proto::client::server()
         .add_service(
             ClusterServer::new(ClusterApi { node: node.clone() })
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .add_service(AgentServer::new(AgentApi { node: node.clone() }))
+        .add_service(
+            AgentServer::new(AgentApi { node: node.clone() })
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
         .add_service(
             RaftServer::new(RaftApi { node: node.clone() })
                 .max_decoding_message_size(MAX_MESSAGE)

@@ -4,8 +4,12 @@
 //!   content-addressed layer store.
 //! - [`runtime`]: containers, each run by its own shim process.
 //! - [`network`]: the node's bridge and each task's network namespace.
-//! - [`tasks`]: what to do about the tasks the cluster places here.
+//! - [`tasks`]: what to do about the tasks the cluster places here (pure).
+//! - [`driver`]: carries it out, and the node's network with it.
+//! - [`dns`]: the node's DNS for service discovery.
 pub mod dns;
+pub mod driver;
+pub mod durable;
 pub mod image;
 pub mod network;
 pub mod runtime;

@@ -9,6 +9,7 @@
 //! `TryFrom`, whose errors name the offending field, and everything behind
 //! the handlers sees only `model` types.
 
+pub mod client;
 pub mod convert;
 pub mod model;
 

@@ -454,3 +454,35 @@ async fn ctrl_c_stops_a_foreground_container_with_grace() {
     assert_eq!(status.code(), Some(7), "the container's exit code is the command's");
     assert_eq!(agent.ps_one("fg")["state"], "exited");
 }
+
+#[tokio::test]
+async fn a_corrupt_image_index_is_rebuilt_by_the_next_pull() {
+    use std::os::unix::fs::MetadataExt;
+    let (registry, image) = registry_with_busybox().await;
+    let agent = Agent::new(Some(&registry));
+    agent.ok(&["image", "pull", &image]);
+    let layer = std::fs::read_dir(agent.layers_dir()).unwrap().next().unwrap().unwrap().path();
+    let inode = std::fs::metadata(&layer).unwrap().ino();
+    // What a disk that lost the index's last write might hold.
+    let index = agent.data.path().join("images/images.json");
+    std::fs::write(&index, b"{\"127.0.0.1:5000/busy").unwrap();
+    assert_eq!(agent.ok(&["run", "--rm", &image, "echo", "again"]).trim(), "again");
+    assert!(agent.ok(&["image", "ls"]).contains("busybox"), "the index holds the image again");
+    assert!(agent.data.path().join("images/images.json.corrupt").exists(), "the bad index is kept aside");
+    assert_eq!(std::fs::metadata(&layer).unwrap().ino(), inode, "the layer was found, not unpacked again");
+}
+
+#[tokio::test]
+async fn what_an_interrupted_create_left_never_holds_a_name() {
+    let (registry, image) = registry_with_busybox().await;
+    let agent = Agent::new(Some(&registry));
+    agent.ok(&["image", "pull", &image]);
+    // An older agent stopped between making the directory and writing its config.
+    let debris = agent.container_dir("web.1.1");
+    std::fs::create_dir_all(&debris).unwrap();
+    std::fs::write(debris.join(".config.json.tmp"), b"{\"name\":").unwrap();
+    assert_eq!(agent.ok(&["run", "--name", "web.1.1", &image, "echo", "ran"]).trim(), "ran");
+    assert!(agent.ok(&["ps"]).contains("web.1.1"));
+    agent.ok(&["rm", "web.1.1"]);
+    assert!(!debris.exists());
+}

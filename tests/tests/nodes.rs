@@ -1,8 +1,8 @@
 //! Agents join a real cluster: three berth-server processes and two
 //! berth-agent processes on loopback, each with its own data dir. Nodes
 //! register, stay ready on heartbeats, go down when their agent dies, come
-//! back as the same node, and are drained, activated and removed through
-//! berthctl.
+//! back as the same node, act on new tasks while the server they watch is
+//! frozen, and are drained, activated and removed through berthctl.
 
 use std::time::Duration;
 
@@ -95,6 +95,29 @@ async fn nodes_join_fail_return_and_leave() -> Result<()> {
     a.launch(&servers, &["--label", "zone=a"])?;
     wait_for(Duration::from_secs(30), "alpha ready again", ready("alpha")).await?;
     ensure!(a.id() == id && nodes(&servers)?.len() == 2, "the same node came back");
+
+    // A frozen server (its connections open, nothing answered) must not
+    // leave a node's task list stale: beta watches servers[1] first. Its
+    // heartbeats move on to servers[2]; its watch, past its deadline, too.
+    cluster.servers[1].freeze()?;
+    let (ok, out, err) = berthctl(
+        &servers,
+        &["service", "create", "fresh", "--image", "127.0.0.1:9/none:1", "--constraint", "node.name == beta"],
+    )?;
+    ensure!(ok, "{out}{err}");
+    let seen = wait_for(Duration::from_secs(60), "beta to act on its new task", async || {
+        let tasks = live_tasks(&servers, "fresh").ok()?;
+        tasks.into_iter().find(|t| t.1 == "beta" && t.2 == "failed")
+    })
+    .await;
+    cluster.servers[1].thaw()?;
+    let seen = seen.map_err(|e| {
+        anyhow::anyhow!("{e}: {}", std::fs::read_to_string(b.dir.path().join("agent.log")).unwrap_or_default())
+    })?;
+    ensure!(seen.3.contains("pulling 127.0.0.1:9/none:1"), "it tried to pull the image: {seen:?}");
+    wait_for(Duration::from_secs(30), "beta ready", ready("beta")).await?;
+    let (ok, _, err) = berthctl(&servers, &["service", "rm", "fresh"])?;
+    ensure!(ok, "{err}");
 
     // Drain and activate; a ready, active node cannot be removed.
     let (ok, out, _) = berthctl(&servers, &["node", "drain", "beta"])?;

@@ -2,6 +2,7 @@
 //! berth-agents (each with its own data dir, run dir and cgroup parent)
 //! pulling from a docker-registry on loopback. Tasks start, their logs are
 //! gathered from both nodes, a killed container is restarted by its agent,
+//! one removed by hand (`berth-agent rm -f`) is made again,
 //! a frozen node's tasks move, a changed spec rolls out one task at a time
 //! (each new one running before an old one stops), a scale survives the
 //! leader's kill -9, scaling down stops the highest slots, a task in its
@@ -146,6 +147,26 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
     .await
     .with_context(|| follow.log_text())?;
     drop(follow);
+
+    // `berth-agent rm -f` of a task's container by hand, while the agent
+    // daemon runs (and would restart it at once): it returns, and the
+    // daemon gives the task a new container.
+    let (index, _, old_pid) = containers(&[&a, &b]).get(victim).cloned().context("the victim's container")?;
+    let owner = [&a, &b][index];
+    let mut rm = owner.command(&["rm", "-f", victim.as_str()]).stdout(std::process::Stdio::piped()).spawn()?;
+    let removed =
+        wait_for(Duration::from_secs(60), "berth-agent rm -f to return", async || rm.try_wait().ok().flatten()).await;
+    if removed.is_err() {
+        let _ = rm.kill();
+    }
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut rm.stdout.take().context("rm's stdout")?, &mut said)?;
+    ensure!(removed?.success() && said.trim() == victim.as_str(), "rm -f: {said}");
+    wait_for(Duration::from_secs(30), "a new container for the task", async || {
+        let (_, state, pid) = containers(&[owner]).get(victim).cloned()?;
+        (state == "running" && pid != old_pid && tasks(&servers, "web")?.get(victim)?.1 == "running").then_some(())
+    })
+    .await?;
 
     // A node that stops answering: its tasks come up on the other node;
     // when it answers again it stops what is no longer its own, and the

@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use berth_proto::model::{
-    validate_name, Availability, Desired, Node as NodeRecord, NodeStatus, Overlay, Resources, TaskState,
+    validate_name, AssignedTask, Assignment, Availability, Desired, Node as NodeRecord, NodeNetwork, NodeStatus,
+    Overlay, Peer, Replica, Resources, ServiceEndpoints,
 };
 use berth_proto::pb::agent::agent_server::Agent;
 use berth_proto::pb::agent::*;
@@ -123,7 +124,7 @@ impl Agent for AgentApi {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let node = self.node.clone();
         tokio::spawn(async move {
-            let mut last: Option<AssignedTasks> = None;
+            let mut last: Option<Assignment> = None;
             let mut sent_at = tokio::time::Instant::now();
             loop {
                 let seen = node.metrics().last_applied;
@@ -132,7 +133,7 @@ impl Agent for AgentApi {
                     Err(_) => return,
                 };
                 if last.as_ref() != Some(&current) || sent_at.elapsed() >= WATCH_REFRESH {
-                    if tx.send(Ok(current.clone())).await.is_err() {
+                    if tx.send(Ok(current.clone().into())).await.is_err() {
                         return;
                     }
                     last = Some(current);
@@ -148,53 +149,29 @@ impl Agent for AgentApi {
         let ReportTasksRequest { node_id, tasks } = req.into_inner();
         let reports = tasks
             .into_iter()
-            .map(|t| {
-                let state = TaskState::parse(&t.state)
-                    .filter(|s| {
-                        matches!(s, TaskState::Running | TaskState::Exited | TaskState::Failed | TaskState::Shutdown)
-                    })
-                    .ok_or_else(|| {
-                        Status::invalid_argument(format!(
-                            "tasks[{}].state: {:?} is not valid: expected running, exited, failed or shutdown",
-                            t.id, t.state
-                        ))
-                    })?;
-                Ok(Report {
-                    id: t.id,
-                    state,
-                    exit_code: t.has_exit_code.then_some(t.exit_code),
-                    restarts: t.restarts,
-                    message: t.message,
-                })
-            })
+            .enumerate()
+            .map(|(i, t)| Report::try_from(t).map_err(|e| Status::invalid_argument(format!("tasks[{i}].{e}"))))
             .collect::<Result<Vec<_>, Status>>()?;
         self.node.write(Command::ReportTasks { node: node_id, reports, at_ms: now_ms() }).await?;
         Ok(Response::new(ReportTasksReply {}))
     }
 }
 
-/// The tasks a node should run now, each with its own spec (not its
-/// service's current one: old tasks of a rolling update run the old spec),
-/// and the restarts the cluster has counted so an agent that restarts goes
-/// on counting from there.
-pub fn assigned(state: &State, node_id: &str) -> AssignedTasks {
+/// What a node is asked to do now: its tasks, each with its own spec (not
+/// its service's current one: old tasks of a rolling update run the old
+/// spec) and the restarts the cluster has counted, so an agent that
+/// restarts goes on counting from there; and what its network needs.
+pub fn assigned(state: &State, node_id: &str) -> Assignment {
     let tasks = state
         .tasks
         .values()
         .filter(|t| t.node.as_deref() == Some(node_id) && t.desired == Desired::Running)
-        .map(|t| AssignedTask {
-            id: t.id.clone(),
-            image: t.spec.image.clone(),
-            command: t.spec.command.clone(),
-            env: t.spec.env.clone().into_iter().collect(),
-            cpu_millis: t.spec.resources.cpu_millis,
-            memory_bytes: t.spec.resources.memory_bytes,
-            restart: t.spec.restart.to_string(),
-            restarts: t.restarts,
-            address: t.address.map(|a| a.to_string()).unwrap_or_default(),
+        .map(|t| {
+            let task =
+                AssignedTask { id: t.id.clone(), spec: t.spec.clone(), restarts: t.restarts, address: t.address };
+            (t.id.clone(), task)
         })
         .collect();
-    let text = |c: Option<berth_proto::model::Cidr>| c.map(|c| c.to_string()).unwrap_or_default();
     let peers = state
         .nodes
         .values()
@@ -204,57 +181,42 @@ pub fn assigned(state: &State, node_id: &str) -> AssignedTasks {
             Some(Peer {
                 node_id: n.id.clone(),
                 public_key: overlay.public_key.clone(),
-                endpoint: overlay.endpoint.clone(),
-                subnet: subnet.to_string(),
+                endpoint: overlay.endpoint.parse().ok()?,
+                subnet,
             })
         })
         .collect();
-    AssignedTasks {
-        tasks,
-        subnet: text(state.nodes.get(node_id).and_then(|n| n.subnet)),
-        cluster_cidr: text(state.network.map(|n| n.cidr)),
-        peers,
-        services: endpoints(state),
-    }
+    let subnet = state.nodes.get(node_id).and_then(|n| n.subnet);
+    let network = subnet.zip(state.network).map(|(subnet, net)| NodeNetwork { subnet, cluster: net.cidr });
+    Assignment { tasks, network, peers, services: endpoints(state) }
 }
 
-/// Every service, its ports, and its replicas that run now with an
-/// address (a task that stopped, failed or is being replaced is not one),
-/// wherever they are: the same for every node.
+/// Every service, its ports, and its replicas that serve now
+/// (`Task::serving_address`), wherever they are: the same for every node.
 pub fn endpoints(state: &State) -> Vec<ServiceEndpoints> {
     let mut services: BTreeMap<&str, ServiceEndpoints> = state
         .services
         .values()
         .map(|s| {
-            let ports = s
-                .spec
-                .ports
-                .iter()
-                .map(|p| EndpointPort {
-                    published: p.published.map_or(0, u32::from),
-                    target: p.target.into(),
-                    protocol: p.protocol.to_string(),
-                    name: p.name.clone().unwrap_or_default(),
-                })
-                .collect();
-            (s.spec.name.as_str(), ServiceEndpoints { name: s.spec.name.clone(), ports, endpoints: vec![] })
+            let ports = s.spec.ports.clone();
+            (s.spec.name.as_str(), ServiceEndpoints { name: s.spec.name.clone(), ports, replicas: vec![] })
         })
         .collect();
     for t in state.tasks.values() {
         if let (Some(address), Some(service)) = (t.serving_address(), services.get_mut(t.service.as_str())) {
-            service.endpoints.push(Endpoint { task: t.id.clone(), slot: t.slot, address: address.to_string() });
+            service.replicas.push(Replica { task: t.id.clone(), slot: t.slot, address: address.into() });
         }
     }
     let mut services: Vec<ServiceEndpoints> = services.into_values().collect();
     for s in &mut services {
-        s.endpoints.sort_by_key(|e| e.slot);
+        s.replicas.sort_by_key(|e| e.slot);
     }
     services
 }
 
 #[cfg(test)]
 mod tests {
-    use berth_proto::model::{RestartPolicy, ServiceSpec, Task, TaskSpec};
+    use berth_proto::model::{RestartPolicy, ServiceSpec, Task, TaskSpec, TaskState};
 
     use super::*;
     use crate::state::{apply, TaskChange};
@@ -298,10 +260,13 @@ mod tests {
         apply(&mut s, &report(TaskState::Running, 0, 5000));
         assert_eq!((s.tasks[&t.id].restarts, s.tasks[&t.id].since_ms), (3, 4000), "a count never goes back");
 
-        let list = assigned(&s, &node.id).tasks;
+        let list: Vec<AssignedTask> = assigned(&s, &node.id).tasks.into_values().collect();
         assert_eq!(list.len(), 1);
-        assert_eq!(list[0].image, "registry:5000/web:1");
-        assert_eq!((list[0].command.as_slice(), list[0].restart.as_str()), (&["serve".to_owned()][..], "on-failure"));
+        assert_eq!(list[0].spec.image, "registry:5000/web:1");
+        assert_eq!(
+            (list[0].spec.command.as_slice(), list[0].spec.restart),
+            (&["serve".to_owned()][..], RestartPolicy::OnFailure)
+        );
         assert_eq!(list[0].restarts, 3);
         assert!(assigned(&s, "another-node").tasks.is_empty());
     }
@@ -348,13 +313,10 @@ mod tests {
         assert_eq!(all, assigned(&s, &b.id).services, "every node sees the same endpoints");
         assert_eq!(all.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["idle", "web"]);
         let web = &all[1];
-        assert_eq!(
-            web.ports,
-            [EndpointPort { published: 8080, target: 80, protocol: "tcp".into(), name: String::new() }]
-        );
+        assert_eq!(web.ports, spec.ports);
         let expected: Vec<(u32, String)> =
             tasks[..2].iter().map(|t| (t.slot, s.tasks[&t.id].address.unwrap().to_string())).collect();
-        let got: Vec<(u32, String)> = web.endpoints.iter().map(|e| (e.slot, e.address.clone())).collect();
+        let got: Vec<(u32, String)> = web.replicas.iter().map(|e| (e.slot, e.address.to_string())).collect();
         assert_eq!(got, expected, "the failed replica is not an endpoint; the others are, on both nodes");
         assert_ne!(got[0].1, got[1].1);
         // `service inspect` reads the same replicas, with their nodes' names.

@@ -12,12 +12,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_proto::client::{self, Settings};
 use berth_proto::model::{Desired, NodeStatus};
 use berth_proto::pb::agent::node_client::NodeClient;
 use berth_proto::pb::agent::TaskLogsRequest;
 use berth_proto::pb::cluster::{Event, LogLine, LogLines, ServiceLogsRequest};
 use tokio::sync::mpsc;
-use tonic::transport::Endpoint;
 use tonic::Status;
 
 use crate::events::diff;
@@ -123,22 +123,13 @@ pub fn service_logs(
 
 async fn from_node(name: String, address: String, ask: TaskLogsRequest, tx: mpsc::Sender<Result<LogLines, Status>>) {
     let warn = |why: String| LogLines { lines: vec![], warning: format!("node {name} ({address}): {why}") };
-    let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
-        // Pings notice an agent that hangs (a frozen host) mid-stream.
-        Ok(e) => e
-            .connect_timeout(Duration::from_secs(2))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true),
-        Err(e) => {
-            let _ = tx.send(Ok(warn(format!("bad address: {e}")))).await;
-            return;
-        }
-    };
-    let stream = match endpoint.connect().await {
+    // Pings (client::Settings) notice an agent that hangs mid-stream (a frozen host).
+    let stream = match client::channel(&address, &Settings::peers()) {
         Ok(channel) => NodeClient::new(channel).max_decoding_message_size(MAX_BATCH).task_logs(ask).await,
-        Err(e) => Err(Status::unavailable(format!("cannot connect: {e}"))),
+        Err(e) => Err(Status::invalid_argument(e.to_string())),
     };
+    let stream =
+        stream.map_err(|s| if client::is_transport(&s) { Status::unavailable(client::root_cause(&s)) } else { s });
     let mut stream = match stream {
         Ok(s) => s.into_inner(),
         Err(s) => {

@@ -17,7 +17,7 @@ mod query;
 use std::collections::BTreeMap;
 
 use berth_proto::model::{
-    Availability, InvalidField, NetworkConfig, Node, NodeStatus, Resources, Service, ServiceSpec, Task, TaskState,
+    Availability, InvalidField, NetworkConfig, Node, NodeStatus, Resources, Service, ServiceSpec, Task,
 };
 use serde::{Deserialize, Serialize};
 
@@ -121,15 +121,8 @@ pub enum Command {
     },
 }
 
-/// An agent's word on one task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskReport {
-    pub id: String,
-    pub state: TaskState,
-    pub exit_code: Option<i32>,
-    pub restarts: u32,
-    pub message: String,
-}
+/// An agent's word on one task (part of the replicated log's commands).
+pub use berth_proto::model::TaskReport;
 
 /// One decision of the reconciler about one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

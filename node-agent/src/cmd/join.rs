@@ -1,9 +1,9 @@
 //! `berth-agent --server ADDR[,ADDR…]`: join the cluster and stay in it.
 //! The node registers (its id is kept in the data dir, so a restart is the
 //! same node), then sends a heartbeat every period to any live server,
-//! moving to the next with backoff when one fails, while the task worker
-//! (`berth_node_agent::tasks::worker`) runs what the cluster places here,
-//! and the node API (`tasks::logs`) answers servers on `--listen`.
+//! moving to the next with backoff when one fails, while the worker
+//! (`berth_node_agent::driver`) runs what the cluster places here, and the
+//! node API (`tasks::logs`) answers servers on `--listen`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,18 +11,22 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use berth_node_agent::driver::{self, HostNetwork, StoreImages, Worker};
 use berth_node_agent::network::overlay::Keys;
+use berth_node_agent::network::plan::Features;
 use berth_node_agent::tasks::logs::NodeApi;
-use berth_node_agent::tasks::worker::{self, Local};
+use berth_proto::client::{Servers, Settings};
 use berth_proto::model::Protocol;
 use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::node_server::NodeServer;
 use berth_proto::pb::agent::{HeartbeatRequest, NodeCapacity, RegisterRequest};
-use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
+use super::Node;
+
 const ID_FILE: &str = "node-id";
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a server has to answer a registration or a heartbeat.
+const CALL_TIMEOUT: Duration = Duration::from_secs(6);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct JoinArgs {
@@ -77,16 +81,26 @@ pub struct JoinArgs {
     pub dns_upstreams: Vec<std::net::IpAddr>,
 }
 
-pub async fn join(mut local: Local, data_dir: &Path, args: JoinArgs) -> anyhow::Result<u8> {
+pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -> anyhow::Result<u8> {
     berth_node_agent::dns::zone::Zone::new(&args.cluster_domain, args.dns_ttl)
         .map_err(|e| anyhow::anyhow!("--cluster-domain: {e}"))?;
     let request = registration(data_dir, &args)?;
+    let mut network = HostNetwork::new(args.bridge.clone(), args.mtu, run_dir.join("netns"));
+    network.dns = Some(berth_node_agent::dns::Settings {
+        domain: args.cluster_domain.clone(),
+        ttl: args.dns_ttl,
+        listen: args.dns_listen,
+        upstreams: args.dns_upstreams.clone(),
+    });
     if request.wireguard_port != 0 {
         let keys = overlay_keys(data_dir, &request.advertise_address, args.wireguard_port)?;
-        local.overlay = keys.map(|k| (k, args.wireguard_port));
+        network.overlay = keys.map(|k| (k, args.wireguard_port));
     }
     let period = Duration::from_millis(args.heartbeat_ms.max(10));
-    let mut servers = Servers::new(&args.servers)?;
+    if args.servers.is_empty() {
+        bail!("give --server ADDR[,ADDR...] to join a cluster, or a command (see --help)");
+    }
+    let servers = Servers::new(&args.servers, &Settings::calls(CALL_TIMEOUT)).context("--server")?;
     let listen = listen_address(args.listen.as_deref(), &request.advertise_address)?;
     let listener = match tokio::net::TcpListener::bind(listen).await {
         // An advertised address this host does not have (NAT, a cloud
@@ -99,18 +113,29 @@ pub async fn join(mut local: Local, data_dir: &Path, args: JoinArgs) -> anyhow::
         other => other.with_context(|| format!("listening on {listen} (--listen)"))?,
     };
     // The mesh must never take the agent's own ports.
-    local.reserved.push((listen.port(), Protocol::Tcp));
-    if let Some((_, port)) = &local.overlay {
-        local.reserved.push((*port, Protocol::Udp));
+    network.reserved.push((listen.port(), Protocol::Tcp));
+    if let Some((_, port)) = &network.overlay {
+        network.reserved.push((*port, Protocol::Udp));
     }
-    let api = tonic::transport::Server::builder()
-        .add_service(NodeServer::new(NodeApi { runtime: local.runtime.clone() }))
+    let settings = driver::Settings {
+        cgroup_parent: node.cgroup_parent.clone(),
+        dns_domain: network.dns.as_ref().map(|d| d.domain.clone()),
+        features: Features { overlay: network.overlay.is_some(), dns: network.dns.is_some() },
+        ..driver::Settings::default()
+    };
+    let api = berth_proto::client::server()
+        .add_service(NodeServer::new(NodeApi { runtime: node.runtime.clone() }))
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)));
+    for swept in node.runtime.sweep(Duration::from_secs(600)) {
+        warn!("removed {}: left by a create that was interrupted", swept.display());
+    }
+    let images = StoreImages { store: node.store, registries: node.registries };
+    let worker = Worker { containers: node.runtime, images, network, settings };
     let mut shutdown = std::pin::pin!(shutdown());
     tokio::select! {
         _ = &mut shutdown => Ok(0),
         result = api => result.map(|_| 0).context("serving the node API"),
-        result = stay(local, data_dir, request, period, &mut servers) => result,
+        result = stay(worker, data_dir, request, period, servers) => result,
     }
 }
 
@@ -130,55 +155,60 @@ fn listen_address(listen: Option<&str>, advertise: &str) -> anyhow::Result<Socke
 /// Registers, then heartbeats; registers again when the cluster has
 /// forgotten the node. Returns only on a registration the cluster refuses.
 async fn stay(
-    local: Local,
+    worker: Worker<berth_node_agent::runtime::Runtime, StoreImages, HostNetwork>,
     data_dir: &Path,
     mut request: RegisterRequest,
     period: Duration,
-    servers: &mut Servers,
+    mut servers: Servers,
 ) -> anyhow::Result<u8> {
-    let mut worker: Option<(String, tokio::task::JoinHandle<()>)> = None;
+    let worker = std::sync::Arc::new(worker);
+    let mut running: Option<(String, tokio::task::JoinHandle<()>)> = None;
     loop {
         let id = loop {
-            match servers.client().register(request.clone()).await {
+            match AgentClient::new(servers.channel()).register(request.clone()).await {
                 Ok(reply) => break reply.into_inner().node_id,
                 Err(s) if s.code() == tonic::Code::InvalidArgument || s.code() == tonic::Code::AlreadyExists => {
                     bail!("the cluster refused this node: {}", s.message())
                 }
-                Err(s) => servers.failed(&s).await,
+                Err(s) => failed(&mut servers, &s).await,
             }
         };
         if request.node_id != id {
-            std::fs::write(data_dir.join(ID_FILE), &id).context("saving the node id")?;
+            berth_node_agent::durable::write(&data_dir.join(ID_FILE), id.as_bytes()).context("saving the node id")?;
             request.node_id = id.clone();
         }
         info!(node = %id, server = servers.current(), "registered");
-        if worker.as_ref().is_none_or(|(running_for, _)| *running_for != id) {
-            if let Some((_, old)) = worker.take() {
+        if running.as_ref().is_none_or(|(running_for, _)| *running_for != id) {
+            if let Some((_, old)) = running.take() {
                 old.abort();
             }
-            let clients = servers.clients.iter().map(|(_, c)| c.clone()).collect();
-            worker = Some((id.clone(), tokio::spawn(worker::run(local.clone(), id.clone(), clients))));
+            running = Some((id.clone(), tokio::spawn(worker.clone().run(id.clone(), servers.clone()))));
         }
         let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;
-            match servers.client().heartbeat(HeartbeatRequest { node_id: id.clone() }).await {
-                Ok(_) => servers.ok(),
+            // A beat late by two periods is as good as lost: another server, then.
+            let mut beat = tonic::Request::new(HeartbeatRequest { node_id: id.clone() });
+            beat.set_timeout((period * 2).clamp(Duration::from_millis(500), CALL_TIMEOUT));
+            match AgentClient::new(servers.channel()).heartbeat(beat).await {
+                Ok(_) => servers.succeeded(),
                 Err(s) if s.code() == tonic::Code::NotFound => {
                     warn!("the cluster no longer knows this node; registering again");
                     break;
                 }
-                Err(s) => servers.failed(&s).await,
+                Err(s) => failed(&mut servers, &s).await,
             }
         }
     }
 }
 
+async fn failed(servers: &mut Servers, status: &tonic::Status) {
+    warn!(server = servers.current(), "{}", status.message());
+    servers.failed().await;
+}
+
 /// What this node tells the cluster about itself.
 fn registration(data_dir: &Path, args: &JoinArgs) -> anyhow::Result<RegisterRequest> {
-    if args.servers.is_empty() {
-        bail!("give --server ADDR[,ADDR...] to join a cluster, or a command (see --help)");
-    }
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let node_id = std::fs::read_to_string(data_dir.join(ID_FILE)).map(|s| s.trim().to_owned()).unwrap_or_default();
     let name = match &args.name {
@@ -250,49 +280,6 @@ async fn shutdown() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-/// The servers, one in use at a time; a failure moves to the next after a
-/// pause that doubles up to 5 s and resets on success.
-struct Servers {
-    clients: Vec<(String, AgentClient<Channel>)>,
-    at: usize,
-    backoff: Duration,
-}
-
-impl Servers {
-    fn new(addrs: &[String]) -> anyhow::Result<Self> {
-        let clients = addrs
-            .iter()
-            .map(|a| {
-                let endpoint = Endpoint::from_shared(format!("http://{a}"))
-                    .with_context(|| format!("--server {a:?} is not host:port"))?
-                    .connect_timeout(Duration::from_secs(1))
-                    .timeout(Duration::from_secs(6));
-                Ok((a.clone(), AgentClient::new(endpoint.connect_lazy())))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Self { clients, at: 0, backoff: Duration::from_millis(100) })
-    }
-
-    fn client(&self) -> AgentClient<Channel> {
-        self.clients[self.at].1.clone()
-    }
-
-    fn current(&self) -> &str {
-        &self.clients[self.at].0
-    }
-
-    fn ok(&mut self) {
-        self.backoff = Duration::from_millis(100);
-    }
-
-    async fn failed(&mut self, status: &tonic::Status) {
-        warn!(server = self.current(), "{}", status.message());
-        self.at = (self.at + 1) % self.clients.len();
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 }
 

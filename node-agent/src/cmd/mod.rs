@@ -67,24 +67,7 @@ fn shim_path() -> anyhow::Result<PathBuf> {
 pub async fn dispatch(mut args: Args) -> anyhow::Result<u8> {
     let node = Node::open(&args)?;
     let Some(command) = args.command.take() else {
-        let local = berth_node_agent::tasks::worker::Local {
-            store: node.store,
-            runtime: node.runtime,
-            registries: node.registries,
-            cgroup_parent: node.cgroup_parent,
-            bridge: args.join.bridge.clone(),
-            mtu: args.join.mtu,
-            netns_dir: args.run_dir.join("netns"),
-            overlay: None,
-            reserved: vec![],
-            dns: Some(berth_node_agent::dns::Settings {
-                domain: args.join.cluster_domain.clone(),
-                ttl: args.join.dns_ttl,
-                listen: args.join.dns_listen,
-                upstreams: args.join.dns_upstreams.clone(),
-            }),
-        };
-        return join::join(local, &args.data_dir, args.join).await;
+        return join::join(node, &args.data_dir, &args.run_dir, args.join).await;
     };
     match command {
         Command::Run(run) => run::run(&node, run).await,

@@ -5,6 +5,7 @@
 //! ROOT/locks/<hex>            flock: one unpacker per layer, across processes
 //! ROOT/tmp/                   downloads and unpacks in progress
 //! ROOT/images.json            reference → manifest digest, config, layers
+//!                             (replaced durably; if unreadable, set aside and rebuilt by pulls)
 //! ROOT/store.lock             flock: pulls share it, prune takes it alone
 //! ```
 //!
@@ -190,10 +191,28 @@ impl Store {
         Ok(())
     }
 
+    /// The index. One that cannot be read as one (a disk that lost its
+    /// last write, a hand edit) is set aside as `images.json.corrupt` and
+    /// the store starts over from its layers: the next pull of each image
+    /// fetches its manifest and config again and finds every layer here.
     fn read(&self) -> Result<Images, PullError> {
         let path = self.root.join("images.json");
         match fs::read(&path) {
-            Ok(data) => serde_json::from_slice(&data).map_err(|e| PullError::io(&path, e.into())),
+            Ok(data) => match serde_json::from_slice(&data) {
+                Ok(images) => Ok(images),
+                Err(e) => {
+                    let aside = path.with_extension("json.corrupt");
+                    tracing::warn!(
+                        "{}: {e}; moved to {} and rebuilt by the next pulls",
+                        path.display(),
+                        aside.display()
+                    );
+                    match fs::rename(&path, &aside) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(PullError::io(&path, e)),
+                        _ => Ok(Images::new()),
+                    }
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Images::new()),
             Err(e) => Err(PullError::io(&path, e)),
         }
@@ -205,9 +224,8 @@ impl Store {
         let mut images = self.read()?;
         let out = change(&mut images)?;
         let path = self.root.join("images.json");
-        let tmp = path.with_extension("json.tmp");
         let data = serde_json::to_vec_pretty(&images).map_err(|e| PullError::io(&path, e.into()))?;
-        fs::write(&tmp, data).and_then(|()| fs::rename(&tmp, &path)).map_err(|e| PullError::io(&path, e))?;
+        crate::durable::write(&path, &data).map_err(|e| PullError::io(&path, e))?;
         Ok(out)
     }
 

@@ -20,6 +20,7 @@
 mod iproute;
 pub mod mesh;
 pub mod overlay;
+pub mod plan;
 pub mod rules;
 
 use std::io;
@@ -177,18 +178,30 @@ impl<H: Host> NodeNet<H> {
 
     /// Removes the task's namespace, if it has one.
     pub fn detach(&self, task: &str) -> io::Result<()> {
-        let path = self.netns_path(task);
-        if !path.exists() {
-            return Ok(());
-        }
-        self.host.remove_netns(&path)
+        detach(&self.host, &self.netns_dir, task)
     }
 
     /// Tasks that have a namespace here.
     pub fn attached(&self) -> Vec<String> {
-        let entries = std::fs::read_dir(&self.netns_dir).into_iter().flatten().flatten();
-        entries.filter_map(|e| e.file_name().into_string().ok()).collect()
+        attached(&self.netns_dir)
     }
+}
+
+/// Removes a task's namespace kept in `netns_dir`, if it has one (no
+/// bridge needed: what an agent stopped halfway left goes before its
+/// node network is set up).
+pub fn detach(host: &impl Host, netns_dir: &Path, task: &str) -> io::Result<()> {
+    let path = netns_dir.join(task);
+    if !path.exists() {
+        return Ok(());
+    }
+    host.remove_netns(&path)
+}
+
+/// Tasks that have a namespace in `netns_dir`.
+pub fn attached(netns_dir: &Path) -> Vec<String> {
+    let entries = std::fs::read_dir(netns_dir).into_iter().flatten().flatten();
+    entries.filter_map(|e| e.file_name().into_string().ok()).collect()
 }
 
 #[cfg(test)]

@@ -56,10 +56,16 @@ impl Keys {
                 StaticSecret::from(bytes)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Made under a temporary name, synced, then renamed: a crash
+                // never leaves a part of a key that would fail every start.
                 let secret = StaticSecret::random_from_rng(rand_core::OsRng);
-                let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+                let tmp = dir.join(format!(".{KEY_FILE}.tmp"));
+                let _ = std::fs::remove_file(&tmp);
+                let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
                 file.write_all(STANDARD.encode(secret.to_bytes()).as_bytes())?;
                 file.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                std::fs::File::open(dir)?.sync_all()?;
                 secret
             }
             Err(e) => return Err(e),

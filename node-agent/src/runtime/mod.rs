@@ -23,6 +23,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use libcontainer::container::Container as Lc;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -148,23 +150,70 @@ impl Runtime {
         Dirs { data: self.root.join(name), run: self.run_root.join(name) }
     }
 
-    /// Records a new container; the name must be free.
+    /// Records a new container; the name must be free. The directory
+    /// appears whole or not at all: it is made under a temporary name,
+    /// its config written and synced, then renamed into place, so a crash
+    /// or a full disk never leaves a directory that holds a name without
+    /// a container. One left by an older agent (no config) is swept.
     pub fn create(&self, config: &ContainerConfig) -> Result<Container, RuntimeError> {
         validate_name(&config.name)?;
         let dir = self.dir(&config.name);
-        match fs::create_dir(&dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+        if dir.exists() {
+            if !is_debris(&dir) {
+                return Err(RuntimeError::NameInUse(config.name.clone()));
+            }
+            tracing::warn!(container = %config.name, "removing what an interrupted create left");
+            fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        let new = tempfile::Builder::new()
+            .prefix(&format!("{NEW_PREFIX}{}-", config.name))
+            .tempdir_in(&self.root)
+            .map_err(io_err(&self.root))?;
+        record::write_durable(new.path(), record::CONFIG, config).map_err(io_err(new.path()))?;
+        match fs::rename(new.path(), &dir) {
+            // Another create of the name got there first.
+            Err(e) if [Errno::ENOTEMPTY, Errno::EEXIST].iter().any(|n| e.raw_os_error() == Some(*n as i32)) => {
                 return Err(RuntimeError::NameInUse(config.name.clone()))
             }
             other => other.map_err(io_err(&dir))?,
         }
-        record::write_durable(&dir, record::CONFIG, config).map_err(io_err(&dir))?;
+        let _ = new.keep();
+        fs::File::open(&self.root).and_then(|d| d.sync_all()).map_err(io_err(&self.root))?;
         Ok(Container { config: config.clone(), status: Status::Created, dir })
+    }
+
+    /// Removes what interrupted creates left: temporary directories and
+    /// container directories without a config, older than `age` (a create
+    /// under way takes milliseconds).
+    pub fn sweep(&self, age: Duration) -> Vec<PathBuf> {
+        let mut swept = Vec::new();
+        let entries = fs::read_dir(&self.root).into_iter().flatten().flatten();
+        for entry in entries {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+            let debris = name.starts_with(NEW_PREFIX) || (!name.starts_with('.') && is_debris(&path));
+            if debris && stale.is_some_and(|s| s >= age) && fs::remove_dir_all(&path).is_ok() {
+                swept.push(path);
+            }
+        }
+        swept
+    }
+
+    /// Holds the container's lock: starting, renewing and removing it
+    /// exclude each other, so `rm -f` by hand and an agent restarting the
+    /// container cannot interleave. NotFound once the container is gone.
+    async fn lock(&self, name: &str) -> Result<Flock<fs::File>, RuntimeError> {
+        validate_name(name)?;
+        let (dir, owned) = (self.dir(name), name.to_owned());
+        let locked = tokio::task::spawn_blocking(move || lock_dir(&dir, &owned)).await;
+        locked.map_err(|e| RuntimeError::Other { name: name.into(), message: e.to_string() })?
     }
 
     /// Starts the container's shim and waits for its report. A container
     /// that ran before starts afresh.
     pub async fn start(&self, name: &str) -> Result<Shim, RuntimeError> {
+        let _lock = self.lock(name).await?;
         let container = self.get(name)?;
         let dirs = self.dirs(name);
         match container.status {
@@ -232,7 +281,7 @@ impl Runtime {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.root).map_err(io_err(&self.root))? {
             let entry = entry.map_err(io_err(&self.root))?;
-            if let Some(name) = entry.file_name().to_str() {
+            if let Some(name) = entry.file_name().to_str().filter(|n| !n.starts_with('.')) {
                 if let Ok(c) = self.get(name) {
                     out.push(c);
                 }
@@ -299,6 +348,8 @@ impl Runtime {
     /// on what it wrote must not meet it again), but the same config and
     /// the same log, so its earlier runs' output stays readable.
     pub fn renew(&self, name: &str) -> Result<(), RuntimeError> {
+        validate_name(name)?;
+        let _lock = lock_dir(&self.dir(name), name)?;
         let dirs = self.dirs(name);
         match self.get(name)?.status {
             Status::Running(_) => return Err(RuntimeError::Running(name.to_owned())),
@@ -319,6 +370,7 @@ impl Runtime {
     /// Removes the container and everything it left; a running one only
     /// with `force` (it is killed first).
     pub async fn remove(&self, name: &str, force: bool) -> Result<(), RuntimeError> {
+        let _lock = self.lock(name).await?;
         let container = self.get(name)?;
         match container.status {
             Status::Running(_) if !force => return Err(RuntimeError::Running(name.to_owned())),
@@ -331,7 +383,39 @@ impl Runtime {
         }
         let dirs = self.dirs(name);
         berth_monitor::remove_run_dir(&dirs).map_err(io_err(&dirs.run))?;
-        fs::remove_dir_all(&dirs.data).map_err(io_err(&dirs.data))
+        // A large writable layer takes long to delete: off the caller's thread.
+        let data = dirs.data.clone();
+        let removed = tokio::task::spawn_blocking(move || fs::remove_dir_all(&data)).await;
+        removed.unwrap_or_else(|e| Err(std::io::Error::other(e))).map_err(io_err(&dirs.data))
+    }
+}
+
+/// Temporary directories of creates under way start with this.
+const NEW_PREFIX: &str = ".new-";
+
+/// A container directory without a config: what an interrupted create of
+/// an older agent left.
+fn is_debris(dir: &Path) -> bool {
+    dir.is_dir() && !dir.join(record::CONFIG).exists()
+}
+
+/// Takes the lock of a container's directory (flock on the directory),
+/// then checks it is still the one at its path.
+fn lock_dir(dir: &Path, name: &str) -> Result<Flock<fs::File>, RuntimeError> {
+    use std::os::unix::fs::MetadataExt;
+    let file = match fs::File::open(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(RuntimeError::NotFound(name.into())),
+        other => other.map_err(io_err(dir))?,
+    };
+    let locked = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io_err(dir)(e.into()))?;
+    let same = match (fs::metadata(dir), locked.metadata()) {
+        (Ok(now), Ok(held)) => now.ino() == held.ino() && now.dev() == held.dev(),
+        _ => false,
+    };
+    if same {
+        Ok(locked)
+    } else {
+        Err(RuntimeError::NotFound(name.into()))
     }
 }
 
@@ -349,3 +433,6 @@ fn status_of(dir: &Path) -> Result<Status, RuntimeError> {
         },
     }
 }
+
+#[cfg(test)]
+mod tests;

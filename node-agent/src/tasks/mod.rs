@@ -1,10 +1,12 @@
-//! Running the node's share of the cluster's tasks: what to do about them
-//! ([`plan`], pure), when an exited one starts again ([`restart`], pure),
-//! and the loop that watches the control plane, acts through the runtime
-//! and reports back ([`worker`]); and the service the agent answers on its
-//! advertise address, for the logs of its tasks ([`logs`]).
+//! The node's share of the cluster's tasks, decided without IO: what to do
+//! about them ([`plan`]), when an exited one starts again ([`restart`]),
+//! what the worker remembers between passes ([`books`]), and one whole
+//! pass: jobs to start and reports to send ([`step`]). The driver
+//! (`crate::driver`) carries them out. Also the service the agent answers
+//! on its advertise address, for the logs of its tasks ([`logs`]).
 
+pub mod books;
 pub mod logs;
 pub mod plan;
 pub mod restart;
-pub mod worker;
+pub mod step;

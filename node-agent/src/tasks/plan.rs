@@ -1,6 +1,10 @@
 //! What the agent should do about its node's tasks: a pure function of
-//! what the control plane wants here and what containers this node has.
-//! The agent runs it after every change it sees and acts on the result.
+//! what the control plane wants here and what containers this node has
+//! (the first half of [`super::step`]).
+//!
+//! Times are the agent's monotonic clock (ms since it started): when a
+//! container was first seen stopped, not the wall-clock time its record
+//! holds, so a step of the wall clock never delays a restart.
 //!
 //! ```text
 //! wanted, no container                  ─▶ Start
@@ -38,24 +42,25 @@ pub struct Have {
     pub ran_for: Duration,
     /// Restarts in a row so far (see [`restart`]).
     pub streak: u32,
-    /// When its last run started (ms since the epoch), 0 if unknown.
-    pub started_at_ms: u64,
+    /// When the agent first saw it exited or lost (monotonic ms), since
+    /// its last start; unused while it runs.
+    pub since: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Create and start a container for the task.
     Start { task: String },
-    /// Start the task's container afresh once the clock reads `at_ms`,
-    /// recording `streak` restarts in a row.
-    Restart { task: String, at_ms: u64, streak: u32 },
+    /// Start the task's container afresh once the monotonic clock reads
+    /// `at`, recording `streak` restarts in a row.
+    Restart { task: String, at: u64, streak: u32 },
     /// Stop it (SIGTERM, grace, SIGKILL) and remove it: no longer ours.
     Stop { task: String },
     /// Remove a container that no longer runs and is no longer ours.
     Remove { task: String },
 }
 
-pub fn plan(want: &[Want], have: &[Have], now_ms: u64) -> Vec<Action> {
+pub fn plan(want: &[Want], have: &[Have], now: u64) -> Vec<Action> {
     let have_by_task: BTreeMap<&str, &Have> = have.iter().map(|h| (h.task.as_str(), h)).collect();
     let wanted: BTreeMap<&str, &Want> = want.iter().map(|w| (w.task.as_str(), w)).collect();
     let mut actions = Vec::new();
@@ -67,21 +72,20 @@ pub fn plan(want: &[Want], have: &[Have], now_ms: u64) -> Vec<Action> {
             Some((Status::Exited(exit), h)) => {
                 if restart::wanted(w.restart, exit) {
                     let streak = restart::streak_after(h.streak, h.ran_for);
-                    let wait = restart::delay(streak.saturating_sub(1));
-                    let at_ms = exit.finished_at_ms.saturating_add(wait.as_millis() as u64);
-                    actions.push(Action::Restart { task, at_ms, streak });
+                    let at = h.since.saturating_add(millis(restart::delay(streak.saturating_sub(1))));
+                    actions.push(Action::Restart { task, at, streak });
                 }
             }
             // Never started (the agent stopped halfway): start it.
-            Some((Status::Created, h)) => actions.push(Action::Restart { task, at_ms: now_ms, streak: h.streak }),
+            Some((Status::Created, h)) => actions.push(Action::Restart { task, at: now, streak: h.streak }),
             // Its shim died, so how it ended is unknown: a failure, with
             // the same backoff as any (a shim that keeps dying must not
-            // spin), counted from when its last run started: a fixed time,
-            // so a later pass finds the restart due.
+            // spin), counted from when it was first seen lost: a fixed
+            // time, so a later pass finds the restart due.
             Some((Status::Lost, h)) if w.restart != RestartPolicy::Never => {
                 let streak = h.streak.saturating_add(1);
-                let at_ms = h.started_at_ms.saturating_add(restart::delay(streak - 1).as_millis() as u64);
-                actions.push(Action::Restart { task, at_ms, streak })
+                let at = h.since.saturating_add(millis(restart::delay(streak - 1)));
+                actions.push(Action::Restart { task, at, streak })
             }
             Some((Status::Lost, _)) => {}
         }
@@ -96,6 +100,10 @@ pub fn plan(want: &[Want], have: &[Have], now_ms: u64) -> Vec<Action> {
     actions
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,20 +115,15 @@ mod tests {
 
     fn running(task: &str) -> Have {
         let started = Started { shim_pid: 1, shim_start: 1, pid: 2, started_at_ms: 0 };
-        Have {
-            task: task.into(),
-            status: Status::Running(started),
-            ran_for: Duration::ZERO,
-            streak: 0,
-            started_at_ms: 0,
-        }
+        Have { task: task.into(), status: Status::Running(started), ran_for: Duration::ZERO, streak: 0, since: 0 }
     }
 
-    fn exited(task: &str, code: i32, finished_at_ms: u64, ran_for_ms: u64, streak: u32) -> Have {
-        let exit = Exited { code, signal: None, oom_killed: false, finished_at_ms, error: None };
+    /// Exited, first seen so at `since` on the agent's clock.
+    fn exited(task: &str, code: i32, since: u64, ran_for_ms: u64, streak: u32) -> Have {
+        // The record's wall-clock time plays no part: far from the agent's clock on purpose.
+        let exit = Exited { code, signal: None, oom_killed: false, finished_at_ms: 1 << 50, error: None };
         let ran_for = Duration::from_millis(ran_for_ms);
-        let started_at_ms = finished_at_ms.saturating_sub(ran_for_ms);
-        Have { task: task.into(), status: Status::Exited(exit), ran_for, streak, started_at_ms }
+        Have { task: task.into(), status: Status::Exited(exit), ran_for, streak, since }
     }
 
     #[test]
@@ -144,23 +147,23 @@ mod tests {
     #[test]
     fn exits_restart_by_policy_with_backoff() {
         let w = [want("a.1.1", RestartPolicy::Always)];
-        // First quick exit: at once. Then 100 ms, 200 ms after the exit.
+        // First quick exit: at once. Then 100 ms, 200 ms after it was seen.
         for (streak, at) in [(0, 5000), (1, 5100), (2, 5200), (3, 5400)] {
             let actions = plan(&w, &[exited("a.1.1", 1, 5000, 50, streak)], 5000);
-            assert_eq!(actions, [Action::Restart { task: "a.1.1".into(), at_ms: at, streak: streak + 1 }]);
+            assert_eq!(actions, [Action::Restart { task: "a.1.1".into(), at, streak: streak + 1 }]);
         }
         // A steady run starts the count over: at once again, and a quick
         // crash after that waits 100 ms.
         let actions = plan(&w, &[exited("a.1.1", 1, 9000, 60_000, 7)], 9000);
-        assert_eq!(actions, [Action::Restart { task: "a.1.1".into(), at_ms: 9000, streak: 1 }]);
+        assert_eq!(actions, [Action::Restart { task: "a.1.1".into(), at: 9000, streak: 1 }]);
         let actions = plan(&w, &[exited("a.1.1", 1, 9500, 50, 1)], 9500);
-        assert_eq!(actions, [Action::Restart { task: "a.1.1".into(), at_ms: 9600, streak: 2 }]);
+        assert_eq!(actions, [Action::Restart { task: "a.1.1".into(), at: 9600, streak: 2 }]);
         // on-failure leaves a clean exit alone; never leaves any.
         assert!(plan(&[want("a.1.1", RestartPolicy::OnFailure)], &[exited("a.1.1", 0, 1, 1, 0)], 2).is_empty());
         assert!(plan(&[want("a.1.1", RestartPolicy::Never)], &[exited("a.1.1", 9, 1, 1, 0)], 2).is_empty());
         assert_eq!(
             plan(&[want("a.1.1", RestartPolicy::OnFailure)], &[exited("a.1.1", 9, 1, 1, 0)], 2),
-            [Action::Restart { task: "a.1.1".into(), at_ms: 1, streak: 1 }]
+            [Action::Restart { task: "a.1.1".into(), at: 1, streak: 1 }]
         );
     }
 
@@ -169,22 +172,22 @@ mod tests {
         let mut lost = running("a.1.1");
         lost.status = Status::Lost;
         lost.streak = 2;
-        lost.started_at_ms = 50;
+        lost.since = 50;
         assert_eq!(
             plan(&[want("a.1.1", RestartPolicy::OnFailure)], std::slice::from_ref(&lost), 77),
-            [Action::Restart { task: "a.1.1".into(), at_ms: 50 + 200, streak: 3 }]
+            [Action::Restart { task: "a.1.1".into(), at: 50 + 200, streak: 3 }]
         );
         // The same on a later pass: the restart comes due (it once moved
         // ahead with the clock, and a shim that died twice never restarted).
         assert_eq!(
             plan(&[want("a.1.1", RestartPolicy::OnFailure)], std::slice::from_ref(&lost), 5000),
-            [Action::Restart { task: "a.1.1".into(), at_ms: 50 + 200, streak: 3 }]
+            [Action::Restart { task: "a.1.1".into(), at: 50 + 200, streak: 3 }]
         );
         assert!(plan(&[want("a.1.1", RestartPolicy::Never)], &[lost.clone()], 77).is_empty());
         lost.status = Status::Created;
         assert_eq!(
             plan(&[want("a.1.1", RestartPolicy::Never)], &[lost], 77),
-            [Action::Restart { task: "a.1.1".into(), at_ms: 77, streak: 2 }]
+            [Action::Restart { task: "a.1.1".into(), at: 77, streak: 2 }]
         );
     }
 }

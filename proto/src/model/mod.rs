@@ -1,6 +1,7 @@
 //! The domain model: plain, validated data shared by the server, the agent
 //! and the command line. Nothing here knows about protobuf or Raft.
 
+mod assignment;
 mod constraint;
 mod invalid;
 mod network;
@@ -10,6 +11,7 @@ mod reference;
 mod service;
 mod task;
 
+pub use assignment::{AssignedTask, Assignment, NodeNetwork, Peer, Replica, ServiceEndpoints, TaskReport};
 pub use constraint::{Constraint, ConstraintKey};
 pub use invalid::InvalidField;
 pub use network::{Cidr, NetworkConfig, MAX_NODE_PREFIX};

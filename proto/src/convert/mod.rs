@@ -1,7 +1,10 @@
-//! Conversions between wire types and the domain model.
+//! Conversions between wire types and the domain model: the cluster API
+//! (cluster.proto) here, the agent protocol in [`agent`].
 //!
 //! Into the model: `TryFrom`, checking every field and naming the first bad
 //! one. Out of the model: `From`, which cannot fail.
+
+mod agent;
 
 use crate::model::{self, InvalidField, PortSpec, Protocol, Resources, RestartPolicy};
 use crate::pb::cluster as pb;

@@ -1,0 +1,105 @@
+//! The worker's side of the agent protocol: the task watch, which keeps
+//! the latest [`Assignment`] from whichever server answers, and the
+//! reporter, which hands the cluster the latest reports. Both fail over
+//! between the servers (`berth_proto::client::Servers`), and neither ever
+//! holds up the worker's passes.
+//!
+//! A server sends its list at least every few seconds; one that sends
+//! nothing for `deadline` is taken for frozen (its connection may look
+//! alive), and the watch moves on to the next server.
+
+use std::time::Duration;
+
+use berth_proto::client::{self, Servers, MAX_MESSAGE};
+use berth_proto::model::{Assignment, TaskReport};
+use berth_proto::pb::agent::agent_client::AgentClient;
+use berth_proto::pb::agent::{ReportTasksRequest, WatchTasksRequest};
+use tokio::sync::watch;
+use tracing::warn;
+
+fn agent(servers: &Servers) -> AgentClient<tonic::transport::Channel> {
+    AgentClient::new(servers.channel()).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
+}
+
+/// Keeps `tx` holding the node's latest assignment until nobody listens.
+/// A message the agent cannot take (a field it does not understand)
+/// changes nothing: the last assignment stands, and another server is tried.
+pub async fn watch(mut servers: Servers, node_id: String, deadline: Duration, tx: watch::Sender<Option<Assignment>>) {
+    while !tx.is_closed() {
+        let server = servers.current().to_owned();
+        let request = WatchTasksRequest { node_id: node_id.clone() };
+        match agent(&servers).watch_tasks(request).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    let message = match tokio::time::timeout(deadline, stream.message()).await {
+                        Err(_) => {
+                            warn!(%server, "task watch: nothing for {deadline:?}; trying another server");
+                            break;
+                        }
+                        Ok(Ok(Some(message))) => message,
+                        Ok(Ok(None)) => break,
+                        Ok(Err(status)) => {
+                            warn!(%server, "task watch: {}", describe(&status));
+                            break;
+                        }
+                    };
+                    match Assignment::try_from(message) {
+                        Ok(assignment) => {
+                            servers.succeeded();
+                            if tx.send(Some(assignment)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(%server, "task watch: this agent cannot take the assignment ({e}); keeping the last one");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) => warn!(%server, "task watch: {}", describe(&status)),
+        }
+        servers.failed().await;
+    }
+}
+
+/// Sends the latest reports from `wanted` until a server takes them, then
+/// says so on `taken`; newer reports replace older ones not yet sent.
+pub async fn report(
+    mut servers: Servers,
+    node_id: String,
+    mut wanted: watch::Receiver<Vec<TaskReport>>,
+    taken: watch::Sender<Vec<TaskReport>>,
+) {
+    while wanted.changed().await.is_ok() {
+        loop {
+            let reports = wanted.borrow_and_update().clone();
+            let request = ReportTasksRequest {
+                node_id: node_id.clone(),
+                tasks: reports.iter().cloned().map(Into::into).collect(),
+            };
+            match agent(&servers).report_tasks(request).await {
+                Ok(_) => {
+                    servers.succeeded();
+                    if taken.send(reports).is_err() {
+                        return;
+                    }
+                    break;
+                }
+                Err(status) => {
+                    warn!(server = servers.current(), "reporting tasks: {}", describe(&status));
+                    servers.failed().await;
+                }
+            }
+        }
+    }
+}
+
+fn describe(status: &tonic::Status) -> String {
+    if client::is_transport(status) {
+        client::root_cause(status)
+    } else {
+        status.message().to_owned()
+    }
+}

@@ -1,0 +1,254 @@
+//! Recording fakes of the driver's ports, for running the real worker
+//! in-process. Containers behave by their image's name: `stubborn:*`
+//! ignores SIGTERM (a stop takes the whole grace), `crash:*` exits with 1
+//! as soon as it starts, anything else runs until stopped. Images named
+//! `missing:*` cannot be pulled. Every call is logged with its time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::ports::{Attached, Containers, Ended, Images, Network, Pulled};
+use crate::image::{Image, ImageConfig, ImageRef, PullError};
+use crate::network::plan::NetStep;
+use crate::runtime::{ContainerConfig, Exited, RuntimeError, Started, Status};
+use crate::tasks::step::Observed;
+
+/// What happened, in order: `("start", "web.1.1", when)`.
+pub type Event = (&'static str, String, Instant);
+
+#[derive(Debug, Clone, Default)]
+pub struct FakeContainers {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    containers: BTreeMap<String, Fake>,
+    events: Vec<Event>,
+}
+
+#[derive(Debug)]
+struct Fake {
+    image: String,
+    status: Status,
+    started: Option<Instant>,
+    ran_for: Duration,
+    ended: Option<oneshot::Sender<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn exit(code: i32) -> Status {
+    Status::Exited(Exited { code, signal: None, oom_killed: false, finished_at_ms: 0, error: None })
+}
+
+impl Inner {
+    fn log(&mut self, what: &'static str, name: &str) {
+        self.events.push((what, name.to_owned(), Instant::now()));
+    }
+
+    fn end(&mut self, name: &str, status: Status) {
+        if let Some(c) = self.containers.get_mut(name) {
+            c.status = status;
+            c.ran_for = c.started.map_or(Duration::ZERO, |s| s.elapsed());
+            if let Some(ended) = c.ended.take() {
+                let _ = ended.send(());
+            }
+        }
+        self.log("exited", name);
+    }
+}
+
+impl FakeContainers {
+    /// A container for `task` that runs already (made before the agent started).
+    pub fn running(&self, task: &str, image: &str) {
+        let mut inner = lock(&self.inner);
+        let started = Status::Running(Started { shim_pid: 1, shim_start: 1, pid: 2, started_at_ms: 1 });
+        let fake = Fake {
+            image: image.into(),
+            status: started,
+            started: Some(Instant::now()),
+            ran_for: Duration::ZERO,
+            ended: None,
+        };
+        inner.containers.insert(task.to_owned(), fake);
+    }
+
+    /// Its shim dies without a record.
+    pub fn lost(&self, task: &str) {
+        lock(&self.inner).end(task, Status::Lost);
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        lock(&self.inner).events.clone()
+    }
+
+    /// The times of `what` happening to `task`.
+    pub fn times(&self, what: &str, task: &str) -> Vec<Instant> {
+        self.events().into_iter().filter(|(w, t, _)| *w == what && t == task).map(|(_, _, at)| at).collect()
+    }
+
+    pub fn status(&self, task: &str) -> Option<Status> {
+        lock(&self.inner).containers.get(task).map(|c| c.status.clone())
+    }
+}
+
+impl Containers for FakeContainers {
+    async fn list(&self) -> Result<Vec<Observed>, RuntimeError> {
+        let inner = lock(&self.inner);
+        let list = inner.containers.iter().map(|(name, c)| Observed {
+            task: name.clone(),
+            status: c.status.clone(),
+            ran_for: c.ran_for,
+        });
+        Ok(list.collect())
+    }
+
+    async fn create(&self, config: ContainerConfig) -> Result<(), RuntimeError> {
+        let mut inner = lock(&self.inner);
+        if inner.containers.contains_key(&config.name) {
+            return Err(RuntimeError::NameInUse(config.name));
+        }
+        let fake = Fake {
+            image: config.image.clone(),
+            status: Status::Created,
+            started: None,
+            ran_for: Duration::ZERO,
+            ended: None,
+        };
+        inner.containers.insert(config.name.clone(), fake);
+        inner.log("create", &config.name);
+        Ok(())
+    }
+
+    async fn start(&self, name: &str) -> Result<Ended, RuntimeError> {
+        let mut inner = lock(&self.inner);
+        let c = inner.containers.get_mut(name).ok_or_else(|| RuntimeError::NotFound(name.into()))?;
+        if matches!(c.status, Status::Running(_)) {
+            return Err(RuntimeError::Running(name.into()));
+        }
+        let (tx, rx) = oneshot::channel();
+        c.status = Status::Running(Started { shim_pid: 1, shim_start: 1, pid: 2, started_at_ms: 1 });
+        c.started = Some(Instant::now());
+        c.ended = Some(tx);
+        let crashes = c.image.contains("crash:");
+        inner.log("start", name);
+        if crashes {
+            inner.end(name, exit(1));
+        }
+        Ok(Box::pin(async move {
+            let _ = rx.await;
+        }))
+    }
+
+    async fn stop(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let stubborn = {
+            let mut inner = lock(&self.inner);
+            let c = inner.containers.get(name).ok_or_else(|| RuntimeError::NotFound(name.into()))?;
+            let (running, stubborn) = (matches!(c.status, Status::Running(_)), c.image.contains("stubborn:"));
+            inner.log("stop", name);
+            if !running {
+                return Ok(());
+            }
+            stubborn
+        };
+        if stubborn {
+            tokio::time::sleep(grace).await;
+        }
+        lock(&self.inner).end(name, exit(if stubborn { 137 } else { 0 }));
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), RuntimeError> {
+        let mut inner = lock(&self.inner);
+        let c = inner.containers.get(name).ok_or_else(|| RuntimeError::NotFound(name.into()))?;
+        if matches!(c.status, Status::Running(_)) {
+            inner.end(name, exit(137));
+        }
+        inner.containers.remove(name);
+        inner.log("remove", name);
+        Ok(())
+    }
+
+    async fn renew(&self, name: &str) -> Result<(), RuntimeError> {
+        let mut inner = lock(&self.inner);
+        let c = inner.containers.get_mut(name).ok_or_else(|| RuntimeError::NotFound(name.into()))?;
+        if matches!(c.status, Status::Running(_)) {
+            return Err(RuntimeError::Running(name.into()));
+        }
+        c.status = Status::Created;
+        inner.log("renew", name);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FakeImages;
+
+impl Images for FakeImages {
+    async fn ensure(&self, image: &ImageRef) -> Result<Pulled, PullError> {
+        let reference = image.to_string();
+        if reference.contains("missing:") {
+            return Err(PullError::NotFound(format!("{reference}: manifest unknown")));
+        }
+        let image = Image {
+            reference,
+            digest: "sha256:0".into(),
+            config: ImageConfig::default(),
+            layers: vec![],
+            size: 0,
+            pulled_at: 0,
+        };
+        Ok(Pulled { image, layers: vec![] })
+    }
+}
+
+/// Records the network's steps and keeps its namespaces in a set.
+#[derive(Debug, Clone, Default)]
+pub struct FakeNetwork {
+    pub steps: Arc<Mutex<Vec<NetStep>>>,
+    namespaces: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl FakeNetwork {
+    pub fn steps(&self) -> Vec<NetStep> {
+        lock(&self.steps).clone()
+    }
+
+    pub fn namespaces(&self) -> BTreeSet<String> {
+        lock(&self.namespaces).clone()
+    }
+}
+
+impl Network for FakeNetwork {
+    fn apply(&self, step: &NetStep) -> io::Result<()> {
+        lock(&self.steps).push(step.clone());
+        Ok(())
+    }
+
+    fn refresh(&self) {}
+
+    fn attach(&self, task: &str, address: Ipv4Addr) -> io::Result<Attached> {
+        lock(&self.namespaces).insert(task.to_owned());
+        let [a, b, c, _] = address.octets();
+        Ok(Attached { netns: PathBuf::from("/fake/netns").join(task), gateway: Ipv4Addr::new(a, b, c, 1) })
+    }
+
+    fn detach(&self, task: &str) -> io::Result<()> {
+        lock(&self.namespaces).remove(task);
+        Ok(())
+    }
+
+    fn attached(&self) -> Vec<String> {
+        lock(&self.namespaces).iter().cloned().collect()
+    }
+}

@@ -1,0 +1,231 @@
+//! The real ports: containers through the runtime, images through the
+//! store, and the node's network through iproute2, iptables, boringtun and
+//! the DNS server. File work and commands run on tokio's blocking pool, so
+//! the agent's one thread (heartbeats, the watch, DNS updates) never waits
+//! on a disk.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use berth_proto::model::{NodeNetwork, Protocol};
+use tracing::{info, warn};
+
+use super::ports::{Attached, Containers, Ended, Images, Network, Pulled};
+use crate::dns::{self, zone, Dns};
+use crate::image::{ImageRef, PullError, Registries, Store};
+use crate::network::overlay::{self, Keys, Overlay};
+use crate::network::plan::NetStep;
+use crate::network::{self as net, IpRoute, NodeNet};
+use crate::runtime::{record, ContainerConfig, Runtime, RuntimeError, Status};
+use crate::tasks::step::Observed;
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(RuntimeError::Other { name: String::new(), message: format!("a blocking task failed: {e}") })
+    })
+}
+
+impl Containers for Runtime {
+    async fn list(&self) -> Result<Vec<Observed>, RuntimeError> {
+        let runtime = self.clone();
+        let containers = blocking(move || runtime.list()).await?;
+        let observed = containers
+            .into_iter()
+            .filter_map(|c| {
+                let task = c.config.task.clone()?;
+                let ran_for = match &c.status {
+                    Status::Exited(e) => {
+                        let started: Option<record::Started> = record::read(&c.dir, record::STARTED).ok().flatten();
+                        started.map_or(Duration::ZERO, |s| {
+                            Duration::from_millis(e.finished_at_ms.saturating_sub(s.started_at_ms))
+                        })
+                    }
+                    _ => Duration::ZERO,
+                };
+                Some(Observed { task, status: c.status, ran_for })
+            })
+            .collect();
+        Ok(observed)
+    }
+
+    async fn create(&self, config: ContainerConfig) -> Result<(), RuntimeError> {
+        let runtime = self.clone();
+        // Creating syncs the config to disk: the syncs of tasks starting together overlap.
+        blocking(move || runtime.create(&config).map(drop)).await
+    }
+
+    async fn start(&self, name: &str) -> Result<Ended, RuntimeError> {
+        let mut shim = Runtime::start(self, name).await?;
+        info!(task = name, pid = shim.pid, "task started");
+        Ok(Box::pin(async move { shim.exited().await }))
+    }
+
+    async fn stop(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
+        Runtime::stop(self, name, grace).await.map(drop)
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), RuntimeError> {
+        Runtime::remove(self, name, true).await
+    }
+
+    async fn renew(&self, name: &str) -> Result<(), RuntimeError> {
+        let (runtime, name) = (self.clone(), name.to_owned());
+        blocking(move || runtime.renew(&name)).await
+    }
+}
+
+/// The node's image store and the registries it pulls from.
+#[derive(Debug, Clone)]
+pub struct StoreImages {
+    pub store: Store,
+    pub registries: Registries,
+}
+
+impl Images for StoreImages {
+    async fn ensure(&self, image: &ImageRef) -> Result<Pulled, PullError> {
+        let image = self.store.ensure(image, &self.registries).await?;
+        Ok(Pulled { layers: self.store.layer_dirs(&image)?, image })
+    }
+}
+
+/// The node's network on this host: its bridge, its tasks' namespaces, the
+/// overlay, the routing mesh's rules and DNS. Each part has a lock of its
+/// own, so a task's namespace is never held up by the overlay's UAPI.
+#[derive(Debug)]
+pub struct HostNetwork {
+    pub bridge: String,
+    pub mtu: u32,
+    /// Where task namespaces are kept, one file each.
+    pub netns_dir: PathBuf,
+    /// The node's WireGuard keys and UDP port, when it has an overlay.
+    pub overlay: Option<(Keys, u16)>,
+    /// Ports of the agent's own that the routing mesh leaves alone.
+    pub reserved: Vec<(u16, Protocol)>,
+    /// The node's DNS, when it runs one.
+    pub dns: Option<dns::Settings>,
+    live_net: Mutex<Option<Arc<NodeNet<IpRoute>>>>,
+    live_overlay: Mutex<Option<Overlay>>,
+    live_dns: Mutex<Option<(Dns, NodeNetwork)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl HostNetwork {
+    pub fn new(bridge: String, mtu: u32, netns_dir: PathBuf) -> Self {
+        Self {
+            bridge,
+            mtu,
+            netns_dir,
+            overlay: None,
+            reserved: Vec::new(),
+            dns: None,
+            live_net: Mutex::new(None),
+            live_overlay: Mutex::new(None),
+            live_dns: Mutex::new(None),
+        }
+    }
+
+    fn net(&self) -> io::Result<Arc<NodeNet<IpRoute>>> {
+        lock(&self.live_net).clone().ok_or_else(|| io::Error::other("the node's bridge is not ready yet"))
+    }
+
+    /// Starts the node's DNS on its bridge's gateway (and `--dns-listen`).
+    fn start_dns(&self, settings: &dns::Settings, net: &NodeNet<IpRoute>) -> io::Result<Dns> {
+        let gateway = SocketAddr::from((net.subnet.gateway(), 53));
+        let addresses: Vec<SocketAddr> = std::iter::once(gateway).chain(settings.listen).collect();
+        let own: Vec<std::net::IpAddr> = addresses.iter().map(|a| a.ip()).collect();
+        let upstreams = if settings.upstreams.is_empty() {
+            dns::upstreams(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(), &own)
+        } else {
+            settings.upstreams.iter().map(|ip| SocketAddr::new(*ip, 53)).collect()
+        };
+        let zone = zone::Zone::new(&settings.domain, settings.ttl).map_err(io::Error::other)?;
+        let server = Dns::serve(zone, &addresses, upstreams.clone())?;
+        info!(?addresses, ?upstreams, domain = %settings.domain, "DNS up");
+        Ok(server)
+    }
+}
+
+impl Network for HostNetwork {
+    fn apply(&self, step: &NetStep) -> io::Result<()> {
+        match step {
+            NetStep::Bridge(n) => {
+                // What served the old subnet goes first (DNS frees its addresses).
+                lock(&self.live_overlay).take();
+                lock(&self.live_dns).take();
+                let made = NodeNet {
+                    bridge: self.bridge.clone(),
+                    subnet: n.subnet,
+                    cluster: n.cluster,
+                    mtu: self.mtu,
+                    netns_dir: self.netns_dir.clone(),
+                    host: IpRoute,
+                };
+                made.ensure()?;
+                info!(bridge = %made.bridge, subnet = %n.subnet, "node network ready");
+                *lock(&self.live_net) = Some(Arc::new(made));
+            }
+            NetStep::Overlay => {
+                let net = self.net()?;
+                let (keys, port) = self.overlay.as_ref().ok_or_else(|| io::Error::other("this node has no overlay"))?;
+                let started = Overlay::start(keys, *port, net.mtu, net.cluster, net.subnet.gateway(), &IpRoute)?;
+                info!(interface = %started.interface, port, "overlay up");
+                *lock(&self.live_overlay) = Some(started);
+            }
+            NetStep::Peers(peers) => {
+                let wanted: BTreeMap<String, overlay::Peer> = peers
+                    .iter()
+                    .map(|p| {
+                        (p.public_key.clone(), overlay::Peer { endpoint: p.endpoint.to_string(), subnet: p.subnet })
+                    })
+                    .collect();
+                let mut live = lock(&self.live_overlay);
+                live.as_mut().ok_or_else(|| io::Error::other("the overlay is not up"))?.set_peers(wanted)?;
+            }
+            NetStep::Mesh { before, wanted } => self.net()?.publish(&self.reserved, before.as_deref(), wanted)?,
+            NetStep::Dns => {
+                let net = self.net()?;
+                let settings = self.dns.as_ref().ok_or_else(|| io::Error::other("this node runs no DNS"))?;
+                let server = self.start_dns(settings, &net)?;
+                *lock(&self.live_dns) = Some((server, NodeNetwork { subnet: net.subnet, cluster: net.cluster }));
+            }
+            NetStep::Zone(services) => {
+                let live = lock(&self.live_dns);
+                let (server, n) = live.as_ref().ok_or_else(|| io::Error::other("DNS is not up"))?;
+                let cluster = n.cluster;
+                server.update(|zone| zone.update(Some(cluster), services.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn refresh(&self) {
+        if let Some(o) = lock(&self.live_overlay).as_ref() {
+            if let Err(e) = o.size_sockets() {
+                warn!("sizing the overlay's sockets: {e}");
+            }
+        }
+    }
+
+    fn attach(&self, task: &str, address: Ipv4Addr) -> io::Result<Attached> {
+        let net = self.net()?;
+        Ok(Attached { netns: net.attach(task, address)?, gateway: net.subnet.gateway() })
+    }
+
+    fn detach(&self, task: &str) -> io::Result<()> {
+        net::detach(&IpRoute, &self.netns_dir, task)
+    }
+
+    fn attached(&self) -> Vec<String> {
+        net::attached(&self.netns_dir)
+    }
+}

@@ -1,0 +1,209 @@
+//! The task loop: runs [`step`] over the latest assignment and what the
+//! node has, starts each job it returns on its own (a pass never waits for
+//! one, so a task in its stop grace or a slow pull holds back no other),
+//! and hands the reports to the reporter. A job's end, a container's end,
+//! a new assignment, a taken report and the tick each wake it.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use berth_proto::model::{AssignedTask, Assignment, TaskReport};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::ports::{Attached, Containers, Images, Network, Pulled};
+use super::Worker;
+use crate::dns;
+use crate::image::ImageRef;
+use crate::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode, RuntimeError};
+use crate::tasks::books::Books;
+use crate::tasks::step::{step, Job};
+
+pub(super) async fn run<C: Containers, I: Images, N: Network>(
+    worker: Arc<Worker<C, I, N>>,
+    mut assignments: watch::Receiver<Option<Assignment>>,
+    reports: watch::Sender<Vec<TaskReport>>,
+    mut taken: watch::Receiver<Vec<TaskReport>>,
+) {
+    // The agent's own clock: a step of the wall clock never delays a restart.
+    let origin = Instant::now();
+    let now = || u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let wake = Arc::new(Notify::new());
+    let mut books = Books::default();
+    let mut jobs = JoinSet::new();
+    let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
+    loop {
+        let assignment = assignments.borrow_and_update().clone().unwrap_or_default();
+        while let Some(done) = jobs.try_join_next_with_id() {
+            let (id, outcome) = match done {
+                Ok((id, outcome)) => (id, outcome),
+                Err(e) => (e.id(), Err(format!("the agent's work on it failed: {e}"))),
+            };
+            let Some(task) = busy.remove(&id) else { continue };
+            if let Err(why) = &outcome {
+                warn!(%task, "{why}");
+            }
+            books.job_ended(&task, outcome, assignment.tasks.get(&task), now());
+        }
+        match worker.containers.list().await {
+            // None would mean "restart and report every task": the pass is skipped.
+            Err(e) => warn!("listing containers: {e}"),
+            Ok(observed) => {
+                let namespaces = blocking(&worker, |n| Ok(n.attached())).await.unwrap_or_default();
+                let pass = step(&assignment.tasks, &observed, &namespaces, &mut books, now());
+                for job in pass.jobs {
+                    let (task, worker, wake) = (job.task().to_owned(), worker.clone(), wake.clone());
+                    let handle = jobs.spawn(async move {
+                        let outcome = run_job(&worker, job, &wake).await;
+                        wake.notify_one();
+                        outcome
+                    });
+                    busy.insert(handle.id(), task);
+                }
+                // The reporter sends the latest on its own, and says when it was taken.
+                if pass.reports != *reports.borrow() {
+                    reports.send_replace(pass.reports);
+                }
+            }
+        }
+        tokio::select! {
+            changed = assignments.changed() => if changed.is_err() { return },
+            changed = taken.changed() => match changed {
+                Ok(()) => books.reported(taken.borrow_and_update().clone(), &assignment.tasks),
+                Err(_) => return,
+            },
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(worker.settings.tick) => {}
+        }
+    }
+}
+
+/// Carries out one job; `wake` is told when a container it started ends.
+async fn run_job<C: Containers, I: Images, N: Network>(
+    worker: &Arc<Worker<C, I, N>>,
+    job: Job,
+    wake: &Arc<Notify>,
+) -> Result<(), String> {
+    match job {
+        Job::Start(task) => start(worker, &task, false, wake).await,
+        Job::Restart(task) => start(worker, &task, true, wake).await,
+        Job::Stop(task) => {
+            let _ = worker.containers.stop(&task, worker.settings.stop_grace).await;
+            remove(worker, &task).await
+        }
+        Job::Remove(task) => remove(worker, &task).await,
+        Job::Detach(task) => detach(worker, task).await,
+    }
+}
+
+/// Starts the task's container: when restarting, the one it has on a
+/// fresh writable layer; otherwise (or when that cannot be done) a new one.
+async fn start<C: Containers, I: Images, N: Network>(
+    worker: &Arc<Worker<C, I, N>>,
+    task: &AssignedTask,
+    again: bool,
+    wake: &Arc<Notify>,
+) -> Result<(), String> {
+    if again && worker.containers.renew(&task.id).await.is_ok() {
+        return launch(worker, &task.id, wake).await;
+    }
+    match worker.containers.remove(&task.id).await {
+        Ok(()) | Err(RuntimeError::NotFound(_)) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let reference: ImageRef = task.spec.image.parse().map_err(|e: crate::image::BadReference| e.to_string())?;
+    let image = worker.images.ensure(&reference).await.map_err(|e| format!("pulling {reference}: {e}"))?;
+    let network = match task.address {
+        None => NetworkMode::None,
+        Some(address) => {
+            let (id, domain) = (task.id.clone(), worker.settings.dns_domain.clone());
+            let attached =
+                blocking(worker, move |n| n.attach(&id, address)).await.map_err(|e| format!("network: {e}"))?;
+            joined(attached, address, domain.as_deref())
+        }
+    };
+    let config = container_config(task, &reference, image, network, &worker.settings.cgroup_parent);
+    worker.containers.create(config).await.map_err(|e| e.to_string())?;
+    launch(worker, &task.id, wake).await
+}
+
+async fn launch<C: Containers, I: Images, N: Network>(
+    worker: &Arc<Worker<C, I, N>>,
+    task: &str,
+    wake: &Arc<Notify>,
+) -> Result<(), String> {
+    let ended = worker.containers.start(task).await.map_err(|e| e.to_string())?;
+    let wake = wake.clone();
+    tokio::spawn(async move {
+        ended.await;
+        wake.notify_one();
+    });
+    Ok(())
+}
+
+/// Removes the task's container (gone already is fine) and its namespace.
+async fn remove<C: Containers, I: Images, N: Network>(worker: &Arc<Worker<C, I, N>>, task: &str) -> Result<(), String> {
+    match worker.containers.remove(task).await {
+        Ok(()) | Err(RuntimeError::NotFound(_)) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    detach(worker, task.to_owned()).await
+}
+
+async fn detach<C: Containers, I: Images, N: Network>(
+    worker: &Arc<Worker<C, I, N>>,
+    task: String,
+) -> Result<(), String> {
+    blocking(worker, move |n| n.detach(&task)).await.map_err(|e| format!("removing its network namespace: {e}"))
+}
+
+/// Runs a network call on the blocking pool.
+async fn blocking<C: Containers, I: Images, N: Network, T: Send + 'static>(
+    worker: &Arc<Worker<C, I, N>>,
+    f: impl FnOnce(&N) -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let worker = worker.clone();
+    tokio::task::spawn_blocking(move || f(&worker.network)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+/// A task's namespace as its container joins it: the node's DNS as its
+/// resolver when the node runs one.
+fn joined(attached: Attached, address: Ipv4Addr, domain: Option<&str>) -> NetworkMode {
+    let resolv_conf = domain.map(|d| dns::resolv_conf(attached.gateway.into(), d));
+    NetworkMode::Joined { netns: attached.netns, address, resolv_conf }
+}
+
+/// The container a task runs as: its spec over its image.
+pub fn container_config(
+    task: &AssignedTask,
+    reference: &ImageRef,
+    pulled: Pulled,
+    network: NetworkMode,
+    cgroup_parent: &str,
+) -> ContainerConfig {
+    let spec = &task.spec;
+    ContainerConfig {
+        name: task.id.clone(),
+        image: reference.to_string(),
+        image_digest: pulled.image.digest,
+        layers: pulled.layers,
+        layer_digests: pulled.image.layers,
+        image_config: pulled.image.config,
+        command: spec.command.clone(),
+        entrypoint: None,
+        env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        limits: Limits {
+            memory_bytes: Some(spec.resources.memory_bytes).filter(|m| *m > 0),
+            cpu_millis: Some(spec.resources.cpu_millis).filter(|c| *c > 0),
+            pids: None,
+        },
+        network,
+        cgroup_parent: cgroup_parent.to_owned(),
+        log: LogPolicy::default(),
+        created_at_ms: record::now_ms(),
+        task: Some(task.id.clone()),
+    }
+}

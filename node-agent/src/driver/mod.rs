@@ -1,0 +1,102 @@
+//! The driver: where the node's share of the cluster's work meets IO. It
+//! carries out what the pure core decides (`tasks::step` for the tasks,
+//! `network::plan` for the node's network) through narrow ports
+//! ([`ports`]: containers, images, network), with the real ones in
+//! [`host`] and recording fakes beside them in tests.
+//!
+//! ```text
+//!                 ┌─▶ netloop: plan::next ─▶ Network::apply ─────────────────▶ bridge, overlay, mesh, DNS
+//! cluster::watch ─┤   (Assignment, from whichever server answers)
+//!                 └─▶ jobs: step(assignment, containers, books, now) ─▶ jobs ─▶ Containers, Images, Network
+//!                                                                └─▶ reports ─▶ cluster::report
+//! ```
+//!
+//! Nothing is done before the cluster's first word: an agent that restarts
+//! must not take "no assignment yet" for "stop every task".
+
+mod cluster;
+mod host;
+mod jobs;
+mod netloop;
+pub mod ports;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::client::Servers;
+use tokio::sync::watch;
+
+pub use host::{HostNetwork, StoreImages};
+pub use jobs::container_config;
+
+use crate::network::plan::Features;
+use ports::{Containers, Images, Network};
+
+/// How the worker behaves; `Settings::default` is what a node runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Grace between SIGTERM and SIGKILL when a task is stopped.
+    pub stop_grace: Duration,
+    /// How often the worker looks again without news (containers started
+    /// before an agent restart are only seen this way), and a failed
+    /// network step is tried again.
+    pub tick: Duration,
+    /// How long the task watch waits for a server's next message (they
+    /// come every 5 s at least) before it takes the server for frozen.
+    pub watch_deadline: Duration,
+    /// Parent cgroup of the tasks' containers.
+    pub cgroup_parent: String,
+    /// The cluster domain containers search, when the node runs DNS.
+    pub dns_domain: Option<String>,
+    pub features: Features,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            stop_grace: Duration::from_secs(10),
+            tick: Duration::from_millis(200),
+            watch_deadline: Duration::from_secs(15),
+            cgroup_parent: "berth".into(),
+            dns_domain: None,
+            features: Features { overlay: false, dns: false },
+        }
+    }
+}
+
+/// A node's worker: its ports and settings.
+#[derive(Debug)]
+pub struct Worker<C, I, N> {
+    pub containers: C,
+    pub images: I,
+    pub network: N,
+    pub settings: Settings,
+}
+
+impl<C: Containers, I: Images, N: Network> Worker<C, I, N> {
+    /// Runs until the future is dropped: watches `servers` for what node
+    /// `node_id` should do, does it, and reports back.
+    pub async fn run(self: Arc<Self>, node_id: String, servers: Servers) {
+        let worker = self;
+        let (assigned_tx, mut assigned) = watch::channel(None);
+        let (reports_tx, reports_rx) = watch::channel(Vec::new());
+        let (taken_tx, taken_rx) = watch::channel(Vec::new());
+        let watch = cluster::watch(servers.clone(), node_id.clone(), worker.settings.watch_deadline, assigned_tx);
+        let report = cluster::report(servers, node_id, reports_rx, taken_tx);
+        let work = async {
+            if assigned.wait_for(Option::is_some).await.is_err() {
+                return;
+            }
+            tokio::join!(
+                netloop::run(worker.clone(), assigned.clone()),
+                jobs::run(worker.clone(), assigned, reports_tx, taken_rx)
+            );
+        };
+        tokio::join!(watch, report, work);
+    }
+}

@@ -1,0 +1,73 @@
+//! The narrow traits the driver acts through: the node's containers, its
+//! images and its network. The real ones (`super::host`) wrap the runtime,
+//! the image store and the kernel's network; the recording fakes
+//! (`super::fake`) let the worker run in-process in tests.
+
+use std::future::Future;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::image::{Image, ImageRef, PullError};
+use crate::network::plan::NetStep;
+use crate::runtime::{ContainerConfig, RuntimeError};
+use crate::tasks::step::Observed;
+
+/// Ends when a started container's shim does (just after its exit record).
+pub type Ended = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The node's task containers. Calls never block the caller's thread.
+pub trait Containers: Send + Sync + 'static {
+    /// Every container made for a task.
+    fn list(&self) -> impl Future<Output = Result<Vec<Observed>, RuntimeError>> + Send;
+    /// Records a new container (its name must be free).
+    fn create(&self, config: ContainerConfig) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Starts it, and returns once it runs.
+    fn start(&self, name: &str) -> impl Future<Output = Result<Ended, RuntimeError>> + Send;
+    /// SIGTERM, then SIGKILL after `grace`; returns once it has exited.
+    fn stop(&self, name: &str, grace: Duration) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Removes it and all it left, killing it first if it runs.
+    fn remove(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Readies a stopped container for a fresh start: a clean writable
+    /// layer, the same config and log.
+    fn renew(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+}
+
+/// An image in the node's store, with its unpacked layers.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub image: Image,
+    /// Layer directories, bottom first.
+    pub layers: Vec<PathBuf>,
+}
+
+pub trait Images: Send + Sync + 'static {
+    /// The image from the store, pulled first if it is not there.
+    fn ensure(&self, image: &ImageRef) -> impl Future<Output = Result<Pulled, PullError>> + Send;
+}
+
+/// A task's network namespace, ready for its container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub netns: PathBuf,
+    /// The node's bridge: the task's default route, and its DNS.
+    pub gateway: Ipv4Addr,
+}
+
+/// The node's network. Calls block (they run commands and syscalls): the
+/// driver makes them on tokio's blocking pool.
+pub trait Network: Send + Sync + 'static {
+    /// Carries out one step of the network's plan (`network::plan`).
+    fn apply(&self, step: &NetStep) -> io::Result<()>;
+    /// Upkeep on every pass of the network loop (the overlay's sockets
+    /// made since the last one get their buffers).
+    fn refresh(&self);
+    /// The task's namespace with `eth0` at `address` (kept as it is if it exists).
+    fn attach(&self, task: &str, address: Ipv4Addr) -> io::Result<Attached>;
+    /// Removes the task's namespace, if it has one.
+    fn detach(&self, task: &str) -> io::Result<()>;
+    /// Tasks that have a namespace here.
+    fn attached(&self) -> Vec<String>;
+}

@@ -1,0 +1,214 @@
+//! The real worker, in-process: a scripted cluster (`cluster`) on loopback
+//! gRPC feeds it assignments and takes its reports, and fake containers,
+//! images and network (`super::fake`) stand for the node.
+
+mod cluster;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::client::{self, Servers};
+use berth_proto::pb::agent as pb;
+use tokio::time::Instant;
+
+use super::fake::{FakeContainers, FakeImages, FakeNetwork};
+use super::{Settings, Worker};
+use crate::network::plan::{Features, Kind};
+use crate::runtime::Status;
+use cluster::FakeCluster;
+
+const GRACE: Duration = Duration::from_secs(2);
+
+struct Node {
+    containers: FakeContainers,
+    network: FakeNetwork,
+    worker: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.worker.abort();
+    }
+}
+
+/// A worker watching `clusters` (in that order), with `containers` as the node has them.
+fn node(clusters: &[&FakeCluster], containers: FakeContainers) -> Node {
+    let settings = Settings {
+        stop_grace: GRACE,
+        tick: Duration::from_millis(50),
+        watch_deadline: Duration::from_secs(1),
+        cgroup_parent: "berth-test".into(),
+        dns_domain: Some("berth.local".into()),
+        features: Features { overlay: false, dns: true },
+    };
+    let network = FakeNetwork::default();
+    let worker =
+        Arc::new(Worker { containers: containers.clone(), images: FakeImages, network: network.clone(), settings });
+    let addrs: Vec<String> = clusters.iter().map(|c| c.addr.clone()).collect();
+    let servers = Servers::new(&addrs, &client::Settings::calls(Duration::from_secs(2))).unwrap();
+    Node { containers, network, worker: tokio::spawn(worker.run("n1".into(), servers)) }
+}
+
+fn task(id: &str, image: &str, restart: &str, address: &str) -> pb::AssignedTask {
+    pb::AssignedTask {
+        id: id.into(),
+        image: image.into(),
+        restart: restart.into(),
+        address: address.into(),
+        ..Default::default()
+    }
+}
+
+fn assigned(tasks: Vec<pb::AssignedTask>) -> pb::AssignedTasks {
+    pb::AssignedTasks {
+        tasks,
+        subnet: "198.19.1.0/24".into(),
+        cluster_cidr: "198.19.0.0/16".into(),
+        ..Default::default()
+    }
+}
+
+/// Polls `f` until it answers, for at most 20 s (a bound against hangs only).
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The task's state in the cluster's last report, with its restarts.
+fn reported(cluster: &FakeCluster, task: &str) -> Option<(String, u32)> {
+    cluster.last_report().into_iter().find(|r| r.id == task).map(|r| (r.state, r.restarts))
+}
+
+fn is(cluster: &FakeCluster, task: &str, state: &str) -> bool {
+    reported(cluster, task).is_some_and(|(s, _)| s == state)
+}
+
+/// Whether any report said so (a shutdown is told once, then the task leaves the reports).
+fn told(cluster: &FakeCluster, task: &str, state: &str) -> bool {
+    cluster.reports().iter().flatten().any(|r| r.id == task && r.state == state)
+}
+
+#[tokio::test]
+async fn a_crashing_task_restarts_with_growing_pauses() {
+    let cluster = FakeCluster::start(assigned(vec![task("c.1.1", "reg:5000/crash:1", "always", "")])).await;
+    let n = node(&[&cluster], FakeContainers::default());
+    let starts =
+        eventually("five starts", || Some(n.containers.times("start", "c.1.1")).filter(|s| s.len() >= 5)).await;
+    let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    // The first restart at once, then 100, 200 and 400 ms at least (the
+    // backoff's floor; a busy machine only makes them longer).
+    for (gap, floor) in gaps.iter().zip([0, 100, 200, 400]) {
+        assert!(*gap + Duration::from_millis(2) >= Duration::from_millis(floor), "{gaps:?}");
+    }
+    eventually("restarts reported", || reported(&cluster, "c.1.1").filter(|(_, r)| *r >= 3)).await;
+    // The node's network followed the same assignment on its own loop.
+    let kinds: Vec<Kind> = n.network.steps().iter().map(|s| s.kind()).collect();
+    assert_eq!(kinds, [Kind::Bridge, Kind::Mesh, Kind::Dns, Kind::Zone]);
+}
+
+#[tokio::test]
+async fn a_stop_grace_holds_back_no_other_start() {
+    let stubborn = task("s.1.1", "reg:5000/stubborn:1", "always", "198.19.1.2");
+    let cluster = FakeCluster::start(assigned(vec![stubborn])).await;
+    let n = node(&[&cluster], FakeContainers::default());
+    eventually("s.1.1 running", || is(&cluster, "s.1.1", "running").then_some(())).await;
+    assert!(n.network.namespaces().contains("s.1.1"));
+    // Scaled: s.1.1 goes (taking its 2 s grace), q.1.1 comes.
+    cluster.assign(assigned(vec![task("q.1.1", "reg:5000/web:1", "always", "198.19.1.3")]));
+    eventually("q.1.1 running", || is(&cluster, "q.1.1", "running").then_some(())).await;
+    let started = n.containers.times("start", "q.1.1")[0];
+    eventually("s.1.1 shut down", || told(&cluster, "s.1.1", "shutdown").then_some(())).await;
+    let stopped = n.containers.times("exited", "s.1.1")[0];
+    assert!(started < stopped, "q.1.1 started only once s.1.1 had stopped");
+    assert!(stopped - n.containers.times("stop", "s.1.1")[0] >= GRACE, "s.1.1 had its grace");
+    assert_eq!(n.containers.status("s.1.1"), None, "removed");
+    assert!(!n.network.namespaces().contains("s.1.1"), "its namespace went with it");
+}
+
+#[tokio::test]
+async fn a_lost_container_restarts_unless_its_policy_says_never() {
+    let tasks = vec![task("l.1.1", "reg:5000/web:1", "on-failure", ""), task("n.1.1", "reg:5000/web:1", "never", "")];
+    let cluster = FakeCluster::start(assigned(tasks)).await;
+    let n = node(&[&cluster], FakeContainers::default());
+    eventually("both running", || (is(&cluster, "l.1.1", "running") && is(&cluster, "n.1.1", "running")).then_some(()))
+        .await;
+    n.containers.lost("l.1.1");
+    n.containers.lost("n.1.1");
+    eventually("l.1.1 running again", || reported(&cluster, "l.1.1").filter(|r| *r == ("running".into(), 1))).await;
+    eventually("n.1.1 failed", || is(&cluster, "n.1.1", "failed").then_some(())).await;
+    let said = cluster.last_report().into_iter().find(|r| r.id == "n.1.1").unwrap();
+    assert_eq!(said.message, "its shim died");
+    assert_eq!(n.containers.times("start", "l.1.1").len(), 2);
+    assert_eq!(n.containers.times("start", "n.1.1").len(), 1);
+}
+
+#[tokio::test]
+async fn an_agent_restart_stops_nothing_before_the_cluster_speaks() {
+    let cluster = FakeCluster::start(assigned(vec![
+        task("a.1.1", "reg:5000/web:1", "always", ""),
+        task("b.1.1", "reg:5000/web:1", "always", ""),
+    ]))
+    .await;
+    cluster.go_silent();
+    // Containers of the agent's last run: two still assigned, one not.
+    let containers = FakeContainers::default();
+    for t in ["a.1.1", "b.1.1", "old.1.1"] {
+        containers.running(t, "reg:5000/web:1");
+    }
+    let n = node(&[&cluster], containers);
+    eventually("a watch", || (cluster.watches() >= 1).then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(n.containers.events().is_empty(), "{:?}", n.containers.events());
+    assert!(cluster.reports().is_empty(), "nothing to say before the cluster has spoken");
+    cluster.speak();
+    eventually("old.1.1 shut down", || told(&cluster, "old.1.1", "shutdown").then_some(())).await;
+    assert!(is(&cluster, "a.1.1", "running") && is(&cluster, "b.1.1", "running"));
+    let touched: Vec<(&str, String)> = n.containers.events().into_iter().map(|(w, t, _)| (w, t)).collect();
+    assert_eq!(
+        touched,
+        [("stop", "old.1.1".into()), ("exited", "old.1.1".into()), ("remove", "old.1.1".into())],
+        "only what the cluster no longer wants is touched"
+    );
+    assert!(matches!(n.containers.status("a.1.1"), Some(Status::Running(_))));
+}
+
+#[tokio::test]
+async fn a_silent_server_is_left_for_another() {
+    let one = FakeCluster::start(assigned(vec![task("x.1.1", "reg:5000/web:1", "always", "")])).await;
+    let two = FakeCluster::start(assigned(vec![
+        task("x.1.1", "reg:5000/web:1", "always", ""),
+        task("y.1.1", "reg:5000/web:1", "always", ""),
+    ]))
+    .await;
+    let n = node(&[&one, &two], FakeContainers::default());
+    eventually("x.1.1 running", || is(&one, "x.1.1", "running").then_some(())).await;
+    assert_eq!(two.watches(), 0);
+    // Frozen: its stream stays open and says nothing more.
+    one.go_silent();
+    eventually("y.1.1 started, from the other server", || n.containers.times("start", "y.1.1").first().copied()).await;
+    assert!(two.watches() >= 1);
+    assert_eq!(n.containers.times("start", "x.1.1").len(), 1, "x.1.1 ran on undisturbed");
+}
+
+#[tokio::test]
+async fn an_assignment_the_agent_cannot_take_changes_nothing() {
+    let one = FakeCluster::start(assigned(vec![task("x.1.1", "reg:5000/web:1", "always", "")])).await;
+    let two = FakeCluster::start(assigned(vec![
+        task("x.1.1", "reg:5000/web:1", "always", ""),
+        task("z.1.1", "reg:5000/web:1", "always", ""),
+    ]))
+    .await;
+    let n = node(&[&one, &two], FakeContainers::default());
+    eventually("x.1.1 running", || is(&one, "x.1.1", "running").then_some(())).await;
+    // A policy this agent does not know, and x.1.1 left out: neither taken.
+    one.assign(assigned(vec![task("w.1.1", "reg:5000/web:1", "sometimes", "")]));
+    eventually("z.1.1 started, from the other server", || n.containers.times("start", "z.1.1").first().copied()).await;
+    assert!(n.containers.times("stop", "x.1.1").is_empty(), "x.1.1 was never stopped");
+    assert!(n.containers.times("create", "w.1.1").is_empty(), "no task of the message it refused");
+}

@@ -1,0 +1,63 @@
+use super::*;
+
+fn runtime(dir: &Path) -> Runtime {
+    Runtime::open(&dir.join("containers"), &dir.join("run"), PathBuf::from("/nonexistent/berth-shim")).unwrap()
+}
+
+fn config(name: &str) -> ContainerConfig {
+    ContainerConfig {
+        name: name.into(),
+        image: "registry:5000/web:1".into(),
+        image_digest: "sha256:0".into(),
+        image_config: Default::default(),
+        layers: vec![],
+        layer_digests: vec![],
+        command: vec![],
+        entrypoint: None,
+        env: vec![],
+        limits: Limits::default(),
+        network: NetworkMode::None,
+        cgroup_parent: "berth-test".into(),
+        log: LogPolicy::default(),
+        created_at_ms: 0,
+        task: Some(name.into()),
+    }
+}
+
+#[test]
+fn a_create_is_whole_or_absent_and_a_name_is_taken_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    rt.create(&config("web.1.1")).unwrap();
+    assert!(matches!(rt.create(&config("web.1.1")), Err(RuntimeError::NameInUse(_))));
+    let names: Vec<String> =
+        fs::read_dir(&rt.root).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names, ["web.1.1"], "no temporary directory is left behind");
+    assert_eq!(rt.get("web.1.1").unwrap().status, Status::Created);
+    // Many creates of one name at once: exactly one wins.
+    let wins = std::thread::scope(|s| {
+        let tries: Vec<_> = (0..8).map(|_| s.spawn(|| rt.create(&config("api.1.1")).is_ok())).collect();
+        tries.into_iter().map(|t| t.join().unwrap()).filter(|won| *won).count()
+    });
+    assert_eq!(wins, 1);
+}
+
+#[test]
+fn leftovers_of_interrupted_creates_are_swept_once_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    rt.create(&config("web.1.1")).unwrap();
+    let temp = rt.root.join(".new-api.1.1-x1y2");
+    let debris = rt.root.join("db.1.1");
+    for d in [&temp, &debris] {
+        fs::create_dir_all(d).unwrap();
+    }
+    record::write(&temp, record::CONFIG, &config("api.1.1")).unwrap();
+    let listed: Vec<String> = rt.list().unwrap().into_iter().map(|c| c.config.name).collect();
+    assert_eq!(listed, ["web.1.1"], "a create under way is not a container yet");
+    assert!(rt.sweep(Duration::from_secs(600)).is_empty(), "too young: it may be under way");
+    let mut swept = rt.sweep(Duration::ZERO);
+    swept.sort();
+    assert_eq!(swept, [temp.clone(), debris.clone()]);
+    assert!(rt.get("web.1.1").is_ok(), "a whole container is never swept");
+}

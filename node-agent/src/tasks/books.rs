@@ -1,0 +1,94 @@
+//! What the worker remembers about its node's tasks between passes, and
+//! only what it cannot read again from the containers: restart counts,
+//! when a container was first seen stopped, which tasks have a job under
+//! way, jobs that failed and their backoff, stops the cluster has not
+//! heard of yet, and the last report the cluster took. Plain data: only
+//! [`super::step`] and the driver's news (a job ended, a report was taken)
+//! change it. An agent that restarts starts with empty books; counts go on
+//! from the cluster's (`AssignedTask::restarts`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use berth_proto::model::{AssignedTask, TaskReport, TaskState};
+
+use super::restart;
+
+#[derive(Debug, Default)]
+pub struct Books {
+    pub(super) streaks: HashMap<String, Streak>,
+    /// When each task's container was first seen exited or lost since its
+    /// last start (monotonic ms): its restart's backoff counts from there.
+    pub(super) seen_stopped: HashMap<String, u64>,
+    pub(super) failed: HashMap<String, Failure>,
+    /// Tasks stopped here whose shutdown the cluster has not heard yet.
+    pub(super) stopped: BTreeSet<String>,
+    /// Tasks with a job under way: a pass leaves them alone.
+    pub(super) busy: BTreeSet<String>,
+    last_report: Vec<TaskReport>,
+}
+
+/// Restarts of one task: in a row (for the backoff) and in all (reported).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Streak {
+    pub row: u32,
+    pub total: u32,
+}
+
+/// A job that failed: nothing more is tried for its task before `retry_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub retry_at: u64,
+    pub why: String,
+}
+
+impl Books {
+    /// A job for `task` ended at `now`. A failure makes the task wait out
+    /// the restart backoff before anything else is tried for it (a failing
+    /// remove must not spin), and is its report meanwhile; a task that
+    /// left while its start failed is told as shut down (it may have no
+    /// container to stop).
+    pub fn job_ended(&mut self, task: &str, outcome: Result<(), String>, wanted: Option<&AssignedTask>, now: u64) {
+        self.busy.remove(task);
+        let Err(why) = outcome else { return };
+        if wanted.is_none() {
+            self.stopped.insert(task.to_owned());
+        }
+        let counted = wanted.map_or(0, |t| t.restarts);
+        let streak = self.streaks.entry(task.to_owned()).or_insert(Streak { row: 0, total: counted });
+        streak.row = streak.row.saturating_add(1);
+        let retry_at = now.saturating_add(u64::try_from(restart::delay(streak.row).as_millis()).unwrap_or(u64::MAX));
+        self.failed.insert(task.to_owned(), Failure { retry_at, why });
+    }
+
+    /// The cluster took `reports`: stops it heard of are done with.
+    pub fn reported(&mut self, reports: Vec<TaskReport>, wanted: &BTreeMap<String, AssignedTask>) {
+        let told: BTreeSet<&str> =
+            reports.iter().filter(|r| r.state == TaskState::Shutdown).map(|r| r.id.as_str()).collect();
+        self.stopped.retain(|t| wanted.contains_key(t) || !told.contains(t.as_str()));
+        self.last_report = reports;
+    }
+
+    /// What the cluster last took.
+    pub fn last_report(&self) -> &[TaskReport] {
+        &self.last_report
+    }
+
+    pub fn is_busy(&self, task: &str) -> bool {
+        self.busy.contains(task)
+    }
+
+    /// Restarts of `task` so far, counting on from `cluster`'s count.
+    pub(super) fn restarts(&self, task: &str, cluster: u32) -> u32 {
+        self.streaks.get(task).map_or(cluster, |s| s.total)
+    }
+
+    /// Forgets tasks that are gone for good: not wanted, not here, no job,
+    /// nothing left to tell.
+    pub(super) fn forget_except(&mut self, keep: impl Fn(&str) -> bool) {
+        let (busy, stopped) = (&self.busy, &self.stopped);
+        let kept = |t: &String| keep(t) || busy.contains(t) || stopped.contains(t);
+        self.streaks.retain(|t, _| kept(t));
+        self.failed.retain(|t, _| kept(t));
+        self.seen_stopped.retain(|t, _| kept(t));
+    }
+}

@@ -1,0 +1,188 @@
+//! One pass of the worker over its node's tasks, as a pure function:
+//! what the cluster assigns, what containers and namespaces the node has,
+//! the worker's [`Books`] and the monotonic clock in; the jobs to start
+//! and the reports to send out. The driver runs it after every change it
+//! sees (a watch message, a job or a container ending, a tick) and carries
+//! out what it returns.
+//!
+//! ```text
+//! assignment.tasks ─▶ Want ─┐
+//! observed         ─▶ Have ─┴▶ plan ─▶ due, not busy, not backing off ─▶ jobs
+//! namespaces of no task, no container ─────────────────────────────────▶ Detach jobs
+//! observed + books ─────────────────────────────────────────────────────▶ reports
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use berth_proto::model::{AssignedTask, TaskReport, TaskState};
+
+use super::books::{Books, Streak};
+use super::plan::{plan, Action, Have, Want};
+use crate::runtime::Status;
+
+/// A container the node has for a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// The task, which is also the container's name.
+    pub task: String,
+    pub status: Status,
+    /// How long its last run lasted, once it has exited.
+    pub ran_for: Duration,
+}
+
+/// Work on one task, run by the driver on its own; a task has at most one
+/// under way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Job {
+    /// Pull its image, make its namespace, create and start its container.
+    Start(AssignedTask),
+    /// Start its container again on a fresh writable layer (a new one if
+    /// that cannot be done).
+    Restart(AssignedTask),
+    /// SIGTERM, the grace, SIGKILL; then remove it and its namespace.
+    Stop(String),
+    /// Remove a container that does not run, and its namespace.
+    Remove(String),
+    /// Remove a namespace of no task and no container (left by an agent
+    /// that stopped halfway).
+    Detach(String),
+}
+
+impl Job {
+    pub fn task(&self) -> &str {
+        match self {
+            Self::Start(t) | Self::Restart(t) => &t.id,
+            Self::Stop(t) | Self::Remove(t) | Self::Detach(t) => t,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Step {
+    pub jobs: Vec<Job>,
+    /// Every task's state as the cluster should know it; sent when it
+    /// differs from [`Books::last_report`].
+    pub reports: Vec<TaskReport>,
+}
+
+/// One pass at `now` (monotonic ms): starts the jobs it returns in `books`.
+pub fn step(
+    tasks: &BTreeMap<String, AssignedTask>,
+    observed: &[Observed],
+    namespaces: &[String],
+    books: &mut Books,
+    now: u64,
+) -> Step {
+    for o in observed {
+        match o.status {
+            Status::Exited(_) | Status::Lost => {
+                books.seen_stopped.entry(o.task.clone()).or_insert(now);
+            }
+            Status::Running(_) => {
+                books.failed.remove(&o.task);
+            }
+            Status::Created => {}
+        }
+    }
+    let here: BTreeSet<&str> = observed.iter().map(|o| o.task.as_str()).collect();
+    books.forget_except(|t| tasks.contains_key(t) || here.contains(t));
+
+    let wants: Vec<Want> = tasks.values().map(|t| Want { task: t.id.clone(), restart: t.spec.restart }).collect();
+    let have: Vec<Have> = observed
+        .iter()
+        .map(|o| Have {
+            task: o.task.clone(),
+            status: o.status.clone(),
+            ran_for: o.ran_for,
+            streak: books.streaks.get(&o.task).map_or(0, |s| s.row),
+            since: books.seen_stopped.get(&o.task).copied().unwrap_or(now),
+        })
+        .collect();
+    let mut jobs = Vec::new();
+    for action in plan(&wants, &have, now) {
+        let (Action::Start { task } | Action::Restart { task, .. } | Action::Stop { task } | Action::Remove { task }) =
+            &action;
+        // A task whose last job failed waits out its backoff, whatever comes next.
+        if books.busy.contains(task) || books.failed.get(task).is_some_and(|f| now < f.retry_at) {
+            continue;
+        }
+        let job = match action {
+            Action::Start { task } => match tasks.get(&task) {
+                Some(t) => Job::Start(t.clone()),
+                None => continue,
+            },
+            Action::Restart { at, .. } if now < at => continue,
+            Action::Restart { task, streak, .. } => {
+                let Some(t) = tasks.get(&task) else { continue };
+                let counted = books.streaks.entry(task).or_insert(Streak { row: 0, total: t.restarts });
+                *counted = Streak { row: streak, total: counted.total.saturating_add(1) };
+                Job::Restart(t.clone())
+            }
+            Action::Stop { task } => {
+                books.stopped.insert(task.clone());
+                Job::Stop(task)
+            }
+            Action::Remove { task } => {
+                books.stopped.insert(task.clone());
+                Job::Remove(task)
+            }
+        };
+        if matches!(job, Job::Start(_) | Job::Restart(_)) {
+            books.seen_stopped.remove(job.task());
+        }
+        books.busy.insert(job.task().to_owned());
+        jobs.push(job);
+    }
+    for ns in namespaces {
+        if !tasks.contains_key(ns) && !here.contains(ns.as_str()) && !books.busy.contains(ns) {
+            books.busy.insert(ns.clone());
+            jobs.push(Job::Detach(ns.clone()));
+        }
+    }
+    Step { jobs, reports: reports(tasks, observed, books) }
+}
+
+/// What to tell the cluster about this node's tasks.
+fn reports(tasks: &BTreeMap<String, AssignedTask>, observed: &[Observed], books: &Books) -> Vec<TaskReport> {
+    let status: BTreeMap<&str, &Status> = observed.iter().map(|o| (o.task.as_str(), &o.status)).collect();
+    let mut out = Vec::new();
+    for (task, assigned) in tasks {
+        let report = |state, exit_code, message: &str| TaskReport {
+            id: task.clone(),
+            state,
+            exit_code,
+            restarts: books.restarts(task, assigned.restarts),
+            message: message.to_owned(),
+        };
+        out.push(match status.get(task.as_str()) {
+            Some(Status::Running(_)) => report(TaskState::Running, None, ""),
+            Some(Status::Exited(e)) => match &e.error {
+                Some(error) => report(TaskState::Failed, None, error),
+                None if e.oom_killed => report(TaskState::Exited, Some(e.code), "killed: out of memory"),
+                None => report(TaskState::Exited, Some(e.code), ""),
+            },
+            Some(Status::Lost) => report(TaskState::Failed, None, "its shim died"),
+            Some(Status::Created) => continue,
+            None => match books.failed.get(task) {
+                Some(f) => report(TaskState::Failed, None, &f.why),
+                None => continue,
+            },
+        });
+    }
+    // Shut down once its container is gone and its job (which frees its
+    // namespace, and with it the address) has ended.
+    for task in books.stopped.iter().filter(|t| !status.contains_key(t.as_str()) && !books.busy.contains(*t)) {
+        out.push(TaskReport {
+            id: task.clone(),
+            state: TaskState::Shutdown,
+            exit_code: None,
+            restarts: books.restarts(task, 0),
+            message: String::new(),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

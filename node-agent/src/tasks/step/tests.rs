@@ -1,0 +1,174 @@
+use berth_proto::model::{RestartPolicy, TaskSpec};
+
+use super::*;
+use crate::runtime::{Exited, Started};
+
+fn task(id: &str, restart: RestartPolicy) -> AssignedTask {
+    let spec = TaskSpec { image: "registry:5000/web:1".into(), restart, ..Default::default() };
+    AssignedTask { id: id.into(), spec, restarts: 0, address: None }
+}
+
+fn wanted(list: &[AssignedTask]) -> BTreeMap<String, AssignedTask> {
+    list.iter().map(|t| (t.id.clone(), t.clone())).collect()
+}
+
+fn running(task: &str) -> Observed {
+    let started = Started { shim_pid: 1, shim_start: 1, pid: 2, started_at_ms: 0 };
+    Observed { task: task.into(), status: Status::Running(started), ran_for: Duration::ZERO }
+}
+
+/// Exited after a short run; its record's wall-clock time is far in the
+/// future, as after the wall clock stepped back: only the agent's
+/// monotonic clock may count.
+fn exited(task: &str, code: i32) -> Observed {
+    let exit = Exited { code, signal: None, oom_killed: false, finished_at_ms: u64::MAX / 4, error: None };
+    Observed { task: task.into(), status: Status::Exited(exit), ran_for: Duration::from_millis(50) }
+}
+
+fn ids(step: &Step) -> Vec<String> {
+    step.jobs
+        .iter()
+        .map(|j| format!("{j:?}").split('(').next().unwrap_or_default().to_owned() + " " + j.task())
+        .collect()
+}
+
+fn states(step: &Step) -> Vec<(String, TaskState)> {
+    step.reports.iter().map(|r| (r.id.clone(), r.state)).collect()
+}
+
+#[test]
+fn a_new_task_starts_once_while_its_job_runs() {
+    let tasks = wanted(&[task("web.1.1", RestartPolicy::Always)]);
+    let mut books = Books::default();
+    let first = step(&tasks, &[], &[], &mut books, 0);
+    assert_eq!(first.jobs, [Job::Start(tasks["web.1.1"].clone())]);
+    assert!(first.reports.is_empty(), "nothing to say before it runs");
+    assert!(step(&tasks, &[], &[], &mut books, 10).jobs.is_empty(), "its start is under way");
+    books.job_ended("web.1.1", Ok(()), tasks.get("web.1.1"), 20);
+    let after = step(&tasks, &[running("web.1.1")], &[], &mut books, 30);
+    assert!(after.jobs.is_empty());
+    assert_eq!(states(&after), [("web.1.1".into(), TaskState::Running)]);
+}
+
+#[test]
+fn restarts_back_off_on_the_monotonic_clock_whatever_the_records_say() {
+    let tasks = wanted(&[task("a.1.1", RestartPolicy::Always)]);
+    let mut books = Books::default();
+    // First exit: restarted at once.
+    let s = step(&tasks, &[exited("a.1.1", 1)], &[], &mut books, 1000);
+    assert_eq!(ids(&s), ["Restart a.1.1"]);
+    assert_eq!(s.reports[0].restarts, 1);
+    assert_eq!(s.reports[0].exit_code, Some(1));
+    books.job_ended("a.1.1", Ok(()), tasks.get("a.1.1"), 1010);
+    assert!(step(&tasks, &[running("a.1.1")], &[], &mut books, 1020).jobs.is_empty());
+    // It crashes again, seen at 1050: 100 ms later, counted from then.
+    assert!(step(&tasks, &[exited("a.1.1", 1)], &[], &mut books, 1050).jobs.is_empty());
+    assert!(step(&tasks, &[exited("a.1.1", 1)], &[], &mut books, 1149).jobs.is_empty());
+    let s = step(&tasks, &[exited("a.1.1", 1)], &[], &mut books, 1150);
+    assert_eq!(ids(&s), ["Restart a.1.1"]);
+    assert_eq!(s.reports[0].restarts, 2);
+    // Seen exited again without a running pass between: 200 ms this time.
+    books.job_ended("a.1.1", Ok(()), tasks.get("a.1.1"), 1160);
+    assert!(step(&tasks, &[exited("a.1.1", 1)], &[], &mut books, 1200).jobs.is_empty());
+    assert_eq!(ids(&step(&tasks, &[exited("a.1.1", 1)], &[], &mut books, 1400)), ["Restart a.1.1"]);
+}
+
+#[test]
+fn counts_go_on_from_the_clusters_after_an_agent_restart() {
+    let mut t = task("a.1.1", RestartPolicy::OnFailure);
+    t.restarts = 7;
+    let tasks = wanted(&[t]);
+    let mut books = Books::default();
+    let s = step(&tasks, &[running("a.1.1")], &[], &mut books, 0);
+    assert!(s.jobs.is_empty(), "a running container is left alone");
+    assert_eq!(s.reports[0].restarts, 7);
+    let s = step(&tasks, &[exited("a.1.1", 0)], &[], &mut books, 5);
+    assert!(s.jobs.is_empty(), "on-failure leaves a clean exit");
+    assert_eq!((s.reports[0].state, s.reports[0].restarts), (TaskState::Exited, 7));
+    let s = step(&tasks, &[exited("a.1.1", 2)], &[], &mut books, 6);
+    assert_eq!((ids(&s), s.reports[0].restarts), (vec!["Restart a.1.1".to_owned()], 8));
+}
+
+#[test]
+fn a_failed_job_is_reported_and_backs_off_before_anything_else() {
+    let tasks = wanted(&[task("a.1.1", RestartPolicy::Always)]);
+    let mut books = Books::default();
+    assert_eq!(step(&tasks, &[], &[], &mut books, 0).jobs.len(), 1);
+    books.job_ended("a.1.1", Err("pulling x: not found".into()), tasks.get("a.1.1"), 100);
+    let s = step(&tasks, &[], &[], &mut books, 150);
+    assert!(s.jobs.is_empty(), "waits 100 ms after the first failure");
+    assert_eq!((s.reports[0].state, s.reports[0].message.as_str()), (TaskState::Failed, "pulling x: not found"));
+    assert_eq!(step(&tasks, &[], &[], &mut books, 200).jobs.len(), 1);
+    books.job_ended("a.1.1", Err("again".into()), tasks.get("a.1.1"), 210);
+    assert!(step(&tasks, &[], &[], &mut books, 400).jobs.is_empty(), "then 200 ms");
+    assert_eq!(step(&tasks, &[], &[], &mut books, 410).jobs.len(), 1);
+    // Running clears the failure.
+    books.job_ended("a.1.1", Ok(()), tasks.get("a.1.1"), 420);
+    let s = step(&tasks, &[running("a.1.1")], &[], &mut books, 430);
+    assert_eq!(states(&s), [("a.1.1".into(), TaskState::Running)]);
+    assert!(books.failed.is_empty());
+}
+
+#[test]
+fn a_stop_is_told_once_its_job_is_done_and_the_cluster_heard_it_once() {
+    let mut books = Books::default();
+    let none = BTreeMap::new();
+    let s = step(&none, &[running("old.1.1"), exited("gone.1.1", 0)], &[], &mut books, 0);
+    assert_eq!(ids(&s), ["Stop old.1.1", "Remove gone.1.1"]);
+    assert!(s.reports.is_empty(), "nothing is shut down while its container is there");
+    // The stop's grace goes on; the removal is done.
+    books.job_ended("gone.1.1", Ok(()), None, 5);
+    let s = step(&none, &[running("old.1.1")], &[], &mut books, 10);
+    assert!(s.jobs.is_empty(), "a stop under way is not started twice");
+    assert_eq!(states(&s), [("gone.1.1".into(), TaskState::Shutdown)]);
+    // The container is gone but the job (which frees its namespace) is not over.
+    let s = step(&none, &[], &[], &mut books, 20);
+    assert_eq!(states(&s), [("gone.1.1".into(), TaskState::Shutdown)]);
+    books.job_ended("old.1.1", Ok(()), None, 30);
+    let s = step(&none, &[], &[], &mut books, 40);
+    assert_eq!(states(&s), [("gone.1.1".into(), TaskState::Shutdown), ("old.1.1".into(), TaskState::Shutdown)]);
+    books.reported(s.reports, &none);
+    assert!(step(&none, &[], &[], &mut books, 50).reports.is_empty(), "told once");
+}
+
+#[test]
+fn a_start_that_failed_for_a_task_that_left_is_told_as_shut_down() {
+    let tasks = wanted(&[task("a.1.1", RestartPolicy::Always)]);
+    let mut books = Books::default();
+    step(&tasks, &[], &[], &mut books, 0);
+    books.job_ended("a.1.1", Err("pulling: refused".into()), None, 10);
+    let s = step(&BTreeMap::new(), &[], &[], &mut books, 20);
+    assert_eq!(states(&s), [("a.1.1".into(), TaskState::Shutdown)]);
+    books.reported(s.reports, &BTreeMap::new());
+    assert!(step(&BTreeMap::new(), &[], &[], &mut books, 30).reports.is_empty());
+    assert!(books.streaks.is_empty() && books.failed.is_empty(), "books forget a task that is gone");
+}
+
+#[test]
+fn namespaces_of_no_task_and_no_container_go() {
+    let tasks = wanted(&[task("a.1.1", RestartPolicy::Always)]);
+    let mut books = Books::default();
+    let namespaces = ["a.1.1".to_owned(), "b.1.1".to_owned(), "c.1.1".to_owned()];
+    let s = step(&tasks, &[running("a.1.1"), exited("b.1.1", 0)], &namespaces, &mut books, 0);
+    assert_eq!(ids(&s), ["Remove b.1.1", "Detach c.1.1"], "b's namespace goes with its container's removal");
+    assert!(step(&tasks, &[running("a.1.1")], &namespaces[..1], &mut books, 1).jobs.is_empty());
+}
+
+#[test]
+fn lost_and_failed_containers_say_why() {
+    let tasks = wanted(&[task("a.1.1", RestartPolicy::Never), task("b.1.1", RestartPolicy::Never)]);
+    let mut books = Books::default();
+    let lost = Observed { task: "a.1.1".into(), status: Status::Lost, ran_for: Duration::ZERO };
+    let mut oom = exited("b.1.1", 137);
+    if let Status::Exited(e) = &mut oom.status {
+        e.oom_killed = true;
+    }
+    let s = step(&tasks, &[lost, oom], &[], &mut books, 0);
+    assert!(s.jobs.is_empty(), "never restarts neither");
+    let said: Vec<(TaskState, Option<i32>, &str)> =
+        s.reports.iter().map(|r| (r.state, r.exit_code, r.message.as_str())).collect();
+    assert_eq!(
+        said,
+        [(TaskState::Failed, None, "its shim died"), (TaskState::Exited, Some(137), "killed: out of memory")]
+    );
+}

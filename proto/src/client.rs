@@ -1,0 +1,305 @@
+//! How every berth process reaches another over gRPC, in one place: the
+//! channel settings (connect timeout, HTTP/2 keepalive, deadlines, message
+//! limits), failing over between the servers a client knows, and the
+//! backoff between tries. Mutual TLS plugs in here.
+//!
+//! ```text
+//! berthctl, agent (join, heartbeat, watch, report) ─▶ Servers: addresses, one in use,
+//!                                                      next on failure after Backoff
+//! server ─▶ server (Raft, forward), server ─▶ agent ─▶ Channels: one per address, cached
+//!                                            both ──▶ channel(addr, Settings) ─▶ tonic Channel
+//! ```
+//!
+//! A failure "in transport" (refused, reset, timed out, no answer) moves a
+//! client on to the next server; an answer from a server never does: a
+//! server's UNAVAILABLE is already the cluster's verdict after waiting for
+//! a quorum.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Code, Status};
+
+/// The largest message any berth process sends or accepts (a list of
+/// every service, a node's assignment in a large cluster).
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+/// How a channel behaves; see the presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub connect_timeout: Duration,
+    /// The deadline of each call (a stream's: until its first answer).
+    /// None for callers that set one per request.
+    pub request_timeout: Option<Duration>,
+    /// HTTP/2 pings, also while idle: a peer that does not answer one
+    /// within `keepalive_timeout` (frozen, or its host gone) ends the
+    /// connection, and every call and stream on it fails at once.
+    pub keepalive: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+impl Settings {
+    /// Calls to a cluster's servers that must answer within `timeout`.
+    pub const fn calls(timeout: Duration) -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Some(timeout),
+            keepalive: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Server to server and server to agent: each request sets its own deadline.
+    pub const fn peers() -> Self {
+        Self { connect_timeout: Duration::from_secs(1), request_timeout: None, ..Self::calls(Duration::ZERO) }
+    }
+}
+
+/// An address that cannot name a server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("server address {addr:?} is not valid: expected HOST:PORT ({why})")]
+pub struct BadAddress {
+    pub addr: String,
+    pub why: String,
+}
+
+/// A channel to `addr` (`HOST:PORT`, or a URL), connected on first use
+/// and again after a failure.
+pub fn channel(addr: &str, settings: &Settings) -> Result<Channel, BadAddress> {
+    let bad = |why: String| BadAddress { addr: addr.to_owned(), why };
+    if addr.is_empty() || addr.contains(char::is_whitespace) {
+        return Err(bad("empty or with spaces".into()));
+    }
+    let url = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+    let endpoint = Endpoint::from_shared(url).map_err(|e| bad(e.to_string()))?;
+    if endpoint.uri().port_u16().is_none() {
+        return Err(bad("no port".into()));
+    }
+    let endpoint = endpoint
+        .connect_timeout(settings.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(settings.keepalive)
+        .keep_alive_timeout(settings.keepalive_timeout)
+        .keep_alive_while_idle(true);
+    let endpoint = match settings.request_timeout {
+        Some(t) => endpoint.timeout(t),
+        None => endpoint,
+    };
+    Ok(endpoint.connect_lazy())
+}
+
+/// The server side of the same settings: pings to notice a client that
+/// froze or vanished mid-stream (a log follower, a watching agent).
+pub fn server() -> Server {
+    let s = Settings::peers();
+    Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(s.keepalive))
+        .http2_keepalive_timeout(Some(s.keepalive_timeout))
+}
+
+/// Pauses between tries: `first`, doubling up to `max`, from `first`
+/// again after a success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    first: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub const fn new(first: Duration, max: Duration) -> Self {
+        Self { first, max, next: first }
+    }
+
+    /// The pause before the next try.
+    pub fn pause(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = (self.next * 2).min(self.max);
+        pause
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+impl Default for Backoff {
+    /// 100 ms to 5 s: what every client of the cluster uses.
+    fn default() -> Self {
+        Self::new(Duration::from_millis(100), Duration::from_secs(5))
+    }
+}
+
+/// The servers of a cluster as one client sees them: one in use at a
+/// time, the next after a failure. Clones share connections, not the
+/// choice of server.
+#[derive(Debug, Clone)]
+pub struct Servers {
+    list: Vec<(String, Channel)>,
+    at: usize,
+    backoff: Backoff,
+}
+
+/// Why no server gave an answer: each one's transport failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no berth server answered ({})", .0.iter().map(|(a, why)| format!("{a}: {why}")).collect::<Vec<_>>().join("; "))]
+pub struct Unreachable(pub Vec<(String, String)>);
+
+/// A call that did not succeed: a server's answer, or none at all.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("{}", .0.message())]
+    Answered(Status),
+    #[error(transparent)]
+    Unreachable(#[from] Unreachable),
+}
+
+impl Servers {
+    pub fn new(addrs: &[String], settings: &Settings) -> Result<Self, BadAddress> {
+        if addrs.is_empty() {
+            return Err(BadAddress { addr: String::new(), why: "no server given".into() });
+        }
+        let list = addrs.iter().map(|a| Ok((a.clone(), channel(a, settings)?))).collect::<Result<_, _>>()?;
+        Ok(Self { list, at: 0, backoff: Backoff::default() })
+    }
+
+    /// The channel to the server in use.
+    pub fn channel(&self) -> Channel {
+        self.list[self.at].1.clone()
+    }
+
+    /// The address of the server in use.
+    pub fn current(&self) -> &str {
+        &self.list[self.at].0
+    }
+
+    /// The server in use answered: the next failure pauses briefly again.
+    pub fn succeeded(&mut self) {
+        self.backoff.reset();
+    }
+
+    /// The server in use failed: move to the next one, after a pause that
+    /// grows while failures go on.
+    pub async fn failed(&mut self) {
+        self.at = (self.at + 1) % self.list.len();
+        tokio::time::sleep(self.backoff.pause()).await;
+    }
+
+    /// Calls `f` on each server in turn, from the first, until one answers;
+    /// only a failure in transport moves on.
+    pub async fn first_answer<T, F>(&self, f: F) -> Result<T, CallError>
+    where
+        F: AsyncFn(Channel) -> Result<tonic::Response<T>, Status>,
+    {
+        let mut failures = Vec::new();
+        for (addr, channel) in &self.list {
+            match f(channel.clone()).await {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(status) if is_transport(&status) => failures.push((addr.clone(), root_cause(&status))),
+                Err(status) => return Err(CallError::Answered(status)),
+            }
+        }
+        Err(Unreachable(failures).into())
+    }
+}
+
+/// Channels to addresses learnt as a process runs (servers of its Raft
+/// cluster, agents of its nodes), made once per address and shared.
+#[derive(Debug, Clone)]
+pub struct Channels {
+    settings: Settings,
+    map: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    pub fn new(settings: Settings) -> Self {
+        Self { settings, map: Arc::default() }
+    }
+
+    pub fn get(&self, addr: &str) -> Result<Channel, BadAddress> {
+        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let made = channel(addr, &self.settings)?;
+        map.insert(addr.to_owned(), made.clone());
+        Ok(made)
+    }
+}
+
+/// A status made on this side of the wire (no connection, a broken
+/// stream, a deadline passed) rather than one a server sent.
+pub fn is_transport(status: &Status) -> bool {
+    let from_server = status.metadata().contains_key("content-type");
+    !from_server
+        && matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Internal
+        )
+}
+
+/// The root cause of a failure, such as "Connection refused (os error 111)".
+pub fn root_cause(status: &Status) -> String {
+    use std::error::Error;
+    let mut root: Option<&dyn Error> = status.source();
+    while let Some(next) = root.and_then(|e| e.source()) {
+        root = Some(next);
+    }
+    root.map_or_else(|| status.message().to_owned(), |e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_starts_over_after_a_success() {
+        let mut b = Backoff::default();
+        let ms: Vec<u128> = (0..8).map(|_| b.pause().as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.pause(), Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn addresses_are_checked_and_failures_move_on_in_turn() {
+        let s = Settings::calls(Duration::from_secs(1));
+        for bad in ["", "a b:1", "host-without-port", "http://"] {
+            assert!(channel(bad, &s).is_err(), "{bad:?}");
+        }
+        assert!(Servers::new(&[], &s).is_err());
+        let mut servers = Servers::new(&["127.0.0.1:1".into(), "127.0.0.1:2".into()], &s).unwrap();
+        assert_eq!(servers.current(), "127.0.0.1:1");
+        servers.failed().await;
+        assert_eq!(servers.current(), "127.0.0.1:2");
+        servers.failed().await;
+        assert_eq!(servers.current(), "127.0.0.1:1");
+    }
+
+    #[tokio::test]
+    async fn transport_failures_move_on_and_answers_do_not() {
+        let s = Settings::calls(Duration::from_secs(1));
+        // Port 1 on loopback refuses: no server answers.
+        let servers = Servers::new(&["127.0.0.1:1".into(), "127.0.0.1:1".into()], &s).unwrap();
+        let tried = std::sync::atomic::AtomicUsize::new(0);
+        let call = async |_: Channel| -> Result<tonic::Response<()>, Status> {
+            tried.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(Status::unavailable("connection refused"))
+        };
+        match servers.first_answer(call).await {
+            Err(CallError::Unreachable(Unreachable(all))) => assert_eq!(all.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(tried.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // A status a server sent (it carries a content type) is its answer.
+        let mut answered = Status::unavailable("no quorum");
+        answered.metadata_mut().insert("content-type", "application/grpc".parse().unwrap());
+        let call = async |_: Channel| -> Result<tonic::Response<()>, Status> { Err(answered.clone()) };
+        assert!(matches!(servers.first_answer(call).await, Err(CallError::Answered(s)) if s.message() == "no quorum"));
+        let call = async |_: Channel| Ok(tonic::Response::new(7));
+        assert_eq!(servers.first_answer(call).await.unwrap(), 7);
+    }
+}

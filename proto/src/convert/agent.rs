@@ -1,0 +1,378 @@
+//! Conversions of the agent protocol (agent.proto): what the task watch
+//! carries to a node and what its agent reports back. Into the model with
+//! `TryFrom`, naming the first bad field (`tasks[2].restart`); out of it
+//! with `From`.
+
+use std::collections::BTreeMap;
+
+use crate::model::{
+    validate_image, validate_name, AssignedTask, Assignment, InvalidField, NodeNetwork, Peer, PortSpec, Protocol,
+    Replica, Resources, RestartPolicy, ServiceEndpoints, TaskReport, TaskSpec, TaskState,
+};
+use crate::pb::agent as pb;
+
+/// `field` of the `i`th element of `list`, for an element's own error.
+fn within(list: &str, i: usize, e: InvalidField) -> InvalidField {
+    InvalidField { field: format!("{list}[{i}].{}", e.field), ..e }
+}
+
+impl TryFrom<pb::AssignedTasks> for Assignment {
+    type Error = InvalidField;
+
+    fn try_from(p: pb::AssignedTasks) -> Result<Self, Self::Error> {
+        let mut tasks = BTreeMap::new();
+        for (i, t) in p.tasks.into_iter().enumerate() {
+            let task = AssignedTask::try_from(t).map_err(|e| within("tasks", i, e))?;
+            if tasks.contains_key(&task.id) {
+                return Err(InvalidField::new(format!("tasks[{i}].id"), &task.id, "a task id listed once"));
+            }
+            tasks.insert(task.id.clone(), task);
+        }
+        let network = match (p.subnet.as_str(), p.cluster_cidr.as_str()) {
+            ("", "") => None,
+            (subnet, cluster) => {
+                let cidr = |field: &str, v: &str| {
+                    v.parse().map_err(|_| InvalidField::new(field, v, "an IPv4 network like 198.19.1.0/24"))
+                };
+                Some(NodeNetwork { subnet: cidr("subnet", subnet)?, cluster: cidr("cluster_cidr", cluster)? })
+            }
+        };
+        let peers = p
+            .peers
+            .into_iter()
+            .enumerate()
+            .map(|(i, peer)| Peer::try_from(peer).map_err(|e| within("peers", i, e)))
+            .collect::<Result<_, _>>()?;
+        let services = p
+            .services
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| ServiceEndpoints::try_from(s).map_err(|e| within("services", i, e)))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { tasks, network, peers, services })
+    }
+}
+
+impl TryFrom<pb::AssignedTask> for AssignedTask {
+    type Error = InvalidField;
+
+    fn try_from(t: pb::AssignedTask) -> Result<Self, Self::Error> {
+        check_task_id(&t.id)?;
+        validate_image(&t.image)
+            .map_err(|why| InvalidField::new("image", &t.image, format!("an image reference (it {why})")))?;
+        if t.command.iter().any(|a| a.contains('\0')) {
+            return Err(InvalidField::new("command", format!("{:?}", t.command), "arguments without NUL bytes"));
+        }
+        for (k, v) in &t.env {
+            if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+                return Err(InvalidField::new(format!("env.{k}"), v, "NAME=VALUE without NUL, NAME without '='"));
+            }
+        }
+        let restart = RestartPolicy::parse(&t.restart)
+            .ok_or_else(|| InvalidField::new("restart", &t.restart, "one of always, on-failure, never"))?;
+        let address = match t.address.as_str() {
+            "" => None,
+            a => Some(a.parse().map_err(|_| InvalidField::new("address", a, "an IPv4 address"))?),
+        };
+        Ok(Self {
+            id: t.id,
+            spec: TaskSpec {
+                image: t.image,
+                command: t.command,
+                env: t.env.into_iter().collect(),
+                resources: Resources { cpu_millis: t.cpu_millis, memory_bytes: t.memory_bytes },
+                restart,
+            },
+            restarts: t.restarts,
+            address,
+        })
+    }
+}
+
+/// A task id is `SERVICE.SLOT.GENERATION`: it names a container and a
+/// network namespace on the node, so nothing else may pass.
+fn check_task_id(id: &str) -> Result<(), InvalidField> {
+    let mut parts = id.rsplitn(3, '.');
+    let (generation, slot, service) = (parts.next(), parts.next(), parts.next());
+    let number = |s: Option<&str>| s.is_some_and(|s| s.parse::<u32>().is_ok() && !s.starts_with('+'));
+    let ok = number(generation) && number(slot) && service.is_some_and(|s| validate_name(s).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidField::new("id", id, "SERVICE.SLOT.GENERATION, such as web.1.1"))
+    }
+}
+
+impl TryFrom<pb::Peer> for Peer {
+    type Error = InvalidField;
+
+    fn try_from(p: pb::Peer) -> Result<Self, Self::Error> {
+        if p.node_id.is_empty() {
+            return Err(InvalidField::new("node_id", "", "the peer's node id"));
+        }
+        let key_ok = p.public_key.len() == 44
+            && p.public_key.ends_with('=')
+            && p.public_key[..43].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+        if !key_ok {
+            return Err(InvalidField::new(
+                "public_key",
+                &p.public_key,
+                "a WireGuard public key (44 characters of base64)",
+            ));
+        }
+        let endpoint =
+            p.endpoint.parse().map_err(|_| InvalidField::new("endpoint", &p.endpoint, "IP:PORT on the underlay"))?;
+        let subnet = p
+            .subnet
+            .parse()
+            .map_err(|_| InvalidField::new("subnet", &p.subnet, "an IPv4 network like 198.19.1.0/24"))?;
+        Ok(Self { node_id: p.node_id, public_key: p.public_key, endpoint, subnet })
+    }
+}
+
+impl TryFrom<pb::ServiceEndpoints> for ServiceEndpoints {
+    type Error = InvalidField;
+
+    fn try_from(s: pb::ServiceEndpoints) -> Result<Self, Self::Error> {
+        validate_name(&s.name)?;
+        let ports = s
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| port(p).map_err(|e| within("ports", i, e)))
+            .collect::<Result<_, _>>()?;
+        let replicas = s
+            .endpoints
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let address = e.address.parse().map_err(|_| InvalidField::new("address", &e.address, "an IP address"));
+                Ok(Replica { task: e.task, slot: e.slot, address: address.map_err(|err| within("endpoints", i, err))? })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { name: s.name, ports, replicas })
+    }
+}
+
+fn port(p: &pb::EndpointPort) -> Result<PortSpec, InvalidField> {
+    let number = |field: &str, v: u32| {
+        u16::try_from(v).ok().filter(|v| *v > 0).ok_or_else(|| InvalidField::new(field, v, "a port from 1 to 65535"))
+    };
+    let published = if p.published == 0 { None } else { Some(number("published", p.published)?) };
+    let protocol =
+        Protocol::parse(&p.protocol).ok_or_else(|| InvalidField::new("protocol", &p.protocol, "tcp or udp"))?;
+    Ok(PortSpec {
+        published,
+        target: number("target", p.target)?,
+        protocol,
+        name: Some(p.name.clone()).filter(|n| !n.is_empty()),
+    })
+}
+
+impl From<Assignment> for pb::AssignedTasks {
+    fn from(a: Assignment) -> Self {
+        let text = |c: Option<crate::model::Cidr>| c.map(|c| c.to_string()).unwrap_or_default();
+        Self {
+            tasks: a.tasks.into_values().map(Into::into).collect(),
+            subnet: text(a.network.map(|n| n.subnet)),
+            cluster_cidr: text(a.network.map(|n| n.cluster)),
+            peers: a
+                .peers
+                .into_iter()
+                .map(|p| pb::Peer {
+                    node_id: p.node_id,
+                    public_key: p.public_key,
+                    endpoint: p.endpoint.to_string(),
+                    subnet: p.subnet.to_string(),
+                })
+                .collect(),
+            services: a.services.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<AssignedTask> for pb::AssignedTask {
+    fn from(t: AssignedTask) -> Self {
+        Self {
+            id: t.id,
+            image: t.spec.image,
+            command: t.spec.command,
+            env: t.spec.env.into_iter().collect(),
+            cpu_millis: t.spec.resources.cpu_millis,
+            memory_bytes: t.spec.resources.memory_bytes,
+            restart: t.spec.restart.to_string(),
+            restarts: t.restarts,
+            address: t.address.map(|a| a.to_string()).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<ServiceEndpoints> for pb::ServiceEndpoints {
+    fn from(s: ServiceEndpoints) -> Self {
+        Self {
+            name: s.name,
+            ports: s
+                .ports
+                .into_iter()
+                .map(|p| pb::EndpointPort {
+                    published: p.published.map_or(0, u32::from),
+                    target: p.target.into(),
+                    protocol: p.protocol.to_string(),
+                    name: p.name.unwrap_or_default(),
+                })
+                .collect(),
+            endpoints: s
+                .replicas
+                .into_iter()
+                .map(|r| pb::Endpoint { task: r.task, slot: r.slot, address: r.address.to_string() })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::TaskReport> for TaskReport {
+    type Error = InvalidField;
+
+    fn try_from(r: pb::TaskReport) -> Result<Self, Self::Error> {
+        let state = TaskState::parse(&r.state)
+            .filter(|s| s.reported())
+            .ok_or_else(|| InvalidField::new("state", &r.state, "running, exited, failed or shutdown"))?;
+        Ok(Self {
+            id: r.id,
+            state,
+            exit_code: r.has_exit_code.then_some(r.exit_code),
+            restarts: r.restarts,
+            message: r.message,
+        })
+    }
+}
+
+impl From<TaskReport> for pb::TaskReport {
+    fn from(r: TaskReport) -> Self {
+        Self {
+            id: r.id,
+            state: r.state.to_string(),
+            has_exit_code: r.exit_code.is_some(),
+            exit_code: r.exit_code.unwrap_or(0),
+            restarts: r.restarts,
+            message: r.message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "qnvDeyTcnW2qQyOLzmmH+X5TI8tSrZwNzGnE4ujCz1o=";
+
+    fn wire() -> pb::AssignedTasks {
+        pb::AssignedTasks {
+            tasks: vec![pb::AssignedTask {
+                id: "web.1.2".into(),
+                image: "registry:5000/web:1".into(),
+                command: vec!["serve".into()],
+                env: [("A".to_owned(), "b".to_owned())].into(),
+                cpu_millis: 500,
+                memory_bytes: 1 << 20,
+                restart: "on-failure".into(),
+                restarts: 3,
+                address: "198.19.1.2".into(),
+            }],
+            subnet: "198.19.1.0/24".into(),
+            cluster_cidr: "198.19.0.0/16".into(),
+            peers: vec![pb::Peer {
+                node_id: "n2".into(),
+                public_key: KEY.into(),
+                endpoint: "198.18.0.2:51820".into(),
+                subnet: "198.19.2.0/24".into(),
+            }],
+            services: vec![pb::ServiceEndpoints {
+                name: "web".into(),
+                ports: vec![pb::EndpointPort {
+                    published: 8080,
+                    target: 80,
+                    protocol: "udp".into(),
+                    name: "dns".into(),
+                }],
+                endpoints: vec![pb::Endpoint { task: "web.1.2".into(), slot: 1, address: "198.19.1.2".into() }],
+            }],
+        }
+    }
+
+    fn field(p: pb::AssignedTasks) -> String {
+        Assignment::try_from(p).expect_err("should be rejected").field
+    }
+
+    #[test]
+    fn an_assignment_round_trips() {
+        let a = Assignment::try_from(wire()).unwrap();
+        let t = &a.tasks["web.1.2"];
+        assert_eq!(
+            (t.spec.restart, t.restarts, t.address),
+            (RestartPolicy::OnFailure, 3, Some([198, 19, 1, 2].into()))
+        );
+        assert_eq!(a.network.unwrap().subnet.to_string(), "198.19.1.0/24");
+        assert_eq!(a.services[0].ports[0].protocol, Protocol::Udp);
+        assert_eq!(pb::AssignedTasks::from(a.clone()), wire());
+        let empty = Assignment::try_from(pb::AssignedTasks::default()).unwrap();
+        assert_eq!(empty, Assignment::default(), "no network yet, no tasks");
+    }
+
+    #[test]
+    fn every_bad_field_is_named_and_nothing_falls_back_to_a_default() {
+        let mut cases: Vec<(pb::AssignedTasks, &str)> = Vec::new();
+        let mut task = |f: &dyn Fn(&mut pb::AssignedTask), name| {
+            let mut w = wire();
+            f(&mut w.tasks[0]);
+            cases.push((w, name));
+        };
+        task(&|t| t.restart = "sometimes".into(), "tasks[0].restart");
+        task(&|t| t.id = "../etc".into(), "tasks[0].id");
+        task(&|t| t.id = "web.1".into(), "tasks[0].id");
+        task(&|t| t.id = "Web.1.1".into(), "tasks[0].id");
+        task(&|t| t.image = String::new(), "tasks[0].image");
+        task(&|t| t.address = "198.19.1".into(), "tasks[0].address");
+        task(&|t| t.command = vec!["a\0b".into()], "tasks[0].command");
+        task(&|t| t.env = [("A=B".to_owned(), "c".to_owned())].into(), "tasks[0].env.A=B");
+        let mut twice = wire();
+        twice.tasks.push(twice.tasks[0].clone());
+        cases.push((twice, "tasks[1].id"));
+        cases.push((pb::AssignedTasks { subnet: "nope".into(), ..wire() }, "subnet"));
+        cases.push((pb::AssignedTasks { cluster_cidr: String::new(), ..wire() }, "cluster_cidr"));
+        let mut peer = wire();
+        peer.peers[0].public_key = "short".into();
+        cases.push((peer.clone(), "peers[0].public_key"));
+        peer = wire();
+        peer.peers[0].endpoint = "198.18.0.2".into();
+        cases.push((peer, "peers[0].endpoint"));
+        let mut service = wire();
+        service.services[0].ports[0].protocol = "sctp".into();
+        cases.push((service.clone(), "services[0].ports[0].protocol"));
+        service = wire();
+        service.services[0].ports[0].target = 70000;
+        cases.push((service.clone(), "services[0].ports[0].target"));
+        service = wire();
+        service.services[0].endpoints[0].address = "not an address".into();
+        cases.push((service, "services[0].endpoints[0].address"));
+        for (bad, name) in cases {
+            assert_eq!(field(bad), name);
+        }
+    }
+
+    #[test]
+    fn reports_carry_only_what_an_agent_can_see() {
+        let report = TaskReport {
+            id: "web.1.1".into(),
+            state: TaskState::Exited,
+            exit_code: Some(3),
+            restarts: 2,
+            message: "x".into(),
+        };
+        assert_eq!(TaskReport::try_from(pb::TaskReport::from(report.clone())).unwrap(), report);
+        for bad in ["pending", "assigned", "", "RUNNING"] {
+            let p = pb::TaskReport { state: bad.into(), ..Default::default() };
+            assert_eq!(TaskReport::try_from(p).unwrap_err().field, "state", "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! What the cluster asks of one node, as its agent sees it: the tasks to
+//! run there, each with its own spec, and what the node's network needs
+//! (its subnet, the other nodes' overlay ends, every service's ports and
+//! serving replicas). The control plane builds it from its state; the
+//! task watch carries it (agent.proto's `AssignedTasks`).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Cidr, PortSpec, TaskSpec, TaskState};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Assignment {
+    /// By task id, which is also the container's name.
+    pub tasks: BTreeMap<String, AssignedTask>,
+    /// None until the cluster's network is set.
+    pub network: Option<NodeNetwork>,
+    /// Every other node with an overlay: this one's WireGuard peers.
+    pub peers: Vec<Peer>,
+    /// Every service in the cluster, by name: its ports and where its
+    /// serving replicas answer, on any node (for the mesh and DNS).
+    pub services: Vec<ServiceEndpoints>,
+}
+
+/// This node's containers' subnet (its first address is the node's
+/// bridge) within the cluster's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeNetwork {
+    pub subnet: Cidr,
+    pub cluster: Cidr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignedTask {
+    /// `SERVICE.SLOT.GENERATION`.
+    pub id: String,
+    pub spec: TaskSpec,
+    /// Restarts the cluster has counted (an agent that restarted goes on from there).
+    pub restarts: u32,
+    /// Its container's address in the node's subnet.
+    pub address: Option<Ipv4Addr>,
+}
+
+/// Another node's end of the overlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub node_id: String,
+    /// base64, as `wg` shows keys.
+    pub public_key: String,
+    /// Where its WireGuard listens, on the underlay.
+    pub endpoint: SocketAddr,
+    /// Its containers' subnet: what the peer is allowed to send from.
+    pub subnet: Cidr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceEndpoints {
+    pub name: String,
+    pub ports: Vec<PortSpec>,
+    /// Its replicas that serve now (`Task::serving_address`), by slot.
+    pub replicas: Vec<Replica>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub task: String,
+    pub slot: u32,
+    pub address: IpAddr,
+}
+
+/// An agent's word on one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskReport {
+    pub id: String,
+    /// Running, exited, failed or shutdown: what an agent can see.
+    pub state: TaskState,
+    pub exit_code: Option<i32>,
+    pub restarts: u32,
+    pub message: String,
+}
+
+impl TaskState {
+    /// Whether an agent may report it (the others are the cluster's own).
+    pub fn reported(self) -> bool {
+        matches!(self, Self::Running | Self::Exited | Self::Failed | Self::Shutdown)
+    }
+}
