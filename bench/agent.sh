@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Node agent benchmark, side by side with runc (Debian package runc):
-#  1. start latency with the image cached: `berth-agent run --rm IMAGE true`
-#     versus `runc run` of an equivalent bundle, median of N each;
+#  1. start latency and CPU per start with the image cached,
+#     `berth-agent run --rm IMAGE true` against `runc run` of a bundle with
+#     the same root filesystem, for two images: the one berth-image writes
+#     (an OCI layout), and one built by other tools as a user would (umoci
+#     with Debian's busybox-static in one layer, pushed by skopeo to a
+#     docker-registry, pulled by reference). Each pair runs back to back and
+#     with a 0.2 s pause before each start (bench/start_latency.py: A and B
+#     in turn, wall and CPU of each whole process tree);
 #  2. 100 containers started concurrently (sleep): time until all run;
 #  3. memory: peak RSS of the agent command, RSS/PSS/private of each shim.
-# Usage: bench/agent.sh [RUNS]   (as root)
+# Usage: bench/agent.sh [RUNS]   (as root). Ends with one line per ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib/setup.sh
-ensure_packages runc:runc busybox:busybox-static
+ensure_packages runc:runc busybox:busybox-static umoci:umoci skopeo:skopeo docker-registry:docker-registry \
+  python3:python3
 ensure_rust
 [ -x /usr/bin/time ] || ensure_packages gnu-time-missing:time
 runs=${1:-20}
@@ -16,53 +23,83 @@ bin=$(build_release)
 work=$(mktemp -d /tmp/berth-bench.XXXXXX)
 # Data on disk, runtime state on tmpfs under /run, as a real agent keeps them.
 export BERTH_AGENT_DATA_DIR=$work/agent BERTH_AGENT_RUN_DIR=/run/berth-bench BERTH_SHIM=$bin/berth-shim \
-  BERTH_CGROUP_PARENT=berth-bench
+  BERTH_CGROUP_PARENT=berth-bench BERTH_REGISTRIES=$work/registries.toml
+registry_pid=
 cleanup() {
   for n in $("$bin/berth-agent" ps -o json 2>/dev/null | grep -o '"name": "[^"]*"' | cut -d'"' -f4); do
     "$bin/berth-agent" rm -f "$n" >/dev/null 2>&1 || true
   done
+  [ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null || true
   runc delete -f bench-runc >/dev/null 2>&1 || true
   rmdir /sys/fs/cgroup/*/berth-bench /sys/fs/cgroup/berth-bench 2>/dev/null || true
   rm -rf "$work" /run/berth-bench
 }
 trap cleanup EXIT
 
-image=$("$bin/berth-image" "$work/layout" bench)
-"$bin/berth-agent" image pull "$image" >/dev/null
-"$bin/berth-agent" run --rm "$image" true   # warm caches
+# The tests' own image, as an OCI layout.
+own=$("$bin/berth-image" "$work/layout" bench)
 
-# A runc bundle with the same root filesystem (the unpacked layer).
-mkdir -p "$work/bundle/rootfs"
-cp -a "$work"/agent/images/layers/sha256/*/. "$work/bundle/rootfs/"
-(cd "$work/bundle" && runc spec && sed -i 's/"sh"/"true"/; s/"terminal": true/"terminal": false/' config.json)
+# An image made elsewhere: umoci builds it, skopeo pushes it to a registry.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
+  "$work/registry" "$port" >"$work/registry.yml"
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+registry_pid=$!
+printf '[[registry]]\nhost = "127.0.0.1:%s"\ninsecure = true\n' "$port" >"$BERTH_REGISTRIES"
+umoci init --layout "$work/umoci"
+umoci new --image "$work/umoci:bb"
+umoci unpack --image "$work/umoci:bb" "$work/unpacked" >/dev/null
+mkdir -p "$work/unpacked/rootfs/bin"
+cp /bin/busybox "$work/unpacked/rootfs/bin/busybox"
+for applet in sh true echo sleep; do ln -s busybox "$work/unpacked/rootfs/bin/$applet"; done
+umoci repack --image "$work/umoci:bb" "$work/unpacked"
+umoci config --image "$work/umoci:bb" --config.cmd sh
+other=127.0.0.1:$port/umoci/busybox:1
+python3 -c 'import socket, sys, time
+for _ in range(100):
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close(); break
+    except OSError:
+        time.sleep(0.1)' "$port"
+skopeo copy -q --dest-tls-verify=false "oci:$work/umoci:bb" "docker://$other"
 
-ms() { date +%s%N; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-berth=() runc_t=()
-# A pause before each start lets the kernel settle (the first cgroup
-# attach after a quiet spell waits for an RCU grace period; one right
-# after another start does not), so neither side rides on the other's.
-for ((i = 0; i < runs; i++)); do
-  sleep 0.2; t0=$(ms); "$bin/berth-agent" run --rm "$image" true; t1=$(ms)
-  berth+=($(((t1 - t0) / 1000)))
-  sleep 0.2; t0=$(ms); runc run --bundle "$work/bundle" bench-runc >/dev/null; t1=$(ms)
-  runc_t+=($(((t1 - t0) / 1000)))
+# A runc bundle with the same root filesystem as each image (its unpacked layer).
+bundle() { # IMAGE DIR
+  "$bin/berth-agent" image pull "$1" >/dev/null
+  "$bin/berth-agent" run --rm "$1" true # warm caches
+  local layer
+  layer=$("$bin/berth-agent" image ls -o json | python3 -c "import json,sys; \
+    print([i['layers'][0] for i in json.load(sys.stdin) if i['reference'] == sys.argv[1]][0].split(':')[1])" "$1")
+  mkdir -p "$2/rootfs"
+  cp -a "$BERTH_AGENT_DATA_DIR/images/layers/sha256/$layer/." "$2/rootfs/"
+  (cd "$2" && runc spec && sed -i 's/"sh"/"true"/; s/"terminal": true/"terminal": false/' config.json)
+}
+bundle "$own" "$work/bundle-own"
+bundle "$other" "$work/bundle-other"
+
+# A pause before each start lets the kernel settle (the first cgroup attach
+# after a quiet spell waits for an RCU grace period; one right after
+# another start does not): both modes are measured, each pair in turn.
+lines=()
+for image in own other; do
+  ref=$own bundle_dir=$work/bundle-own
+  [ "$image" = other ] && ref=$other bundle_dir=$work/bundle-other
+  for pause in 0 0.2; do
+    out=$(python3 bench/start_latency.py --runs "$runs" --pause "$pause" "berth-$image" runc -- \
+      "$bin/berth-agent" run --rm "$ref" true ::: runc run --bundle "$bundle_dir" bench-runc)
+    echo "$out" | head -2
+    lines+=("$(echo "$out" | tail -1)")
+  done
 done
-b=$(printf '%s\n' "${berth[@]}" | median); r=$(printf '%s\n' "${runc_t[@]}" | median)
-echo "start latency (median of $runs, us): berth-agent run --rm $b, runc run $r, ratio $(awk -v b="$b" -v r="$r" 'BEGIN{printf "%.2f", b/r}')"
-# This shared VM's speed drifts from second to second; each berth run and
-# the runc run right after it see the same conditions, so the median of
-# their ratios is the steadier figure.
-pairs=$(for ((i = 0; i < runs; i++)); do awk -v b="${berth[i]}" -v r="${runc_t[i]}" 'BEGIN{print b/r}'; done | median)
-echo "start latency, median of $runs paired ratios berth/runc: $(awk -v p="$pairs" 'BEGIN{printf "%.2f", p}')"
 
 # 100 containers at once.
+ms() { date +%s%N; }
 t0=$(ms)
-seq 1 100 | xargs -P 100 -I{} "$bin/berth-agent" run -d --name s{} "$image" sleep 600 >/dev/null
+seq 1 100 | xargs -P 100 -I{} "$bin/berth-agent" run -d --name s{} "$own" sleep 600 >/dev/null
 while [ "$("$bin/berth-agent" ps -o json | grep -c '"state": "running"')" -lt 100 ]; do sleep 0.01; done
 t1=$(ms)
 echo "100 concurrent starts until all running: $(((t1 - t0) / 1000000)) ms"
-peak=$( { /usr/bin/time -f %M "$bin/berth-agent" run -d --name s101 "$image" sleep 600 >/dev/null; } 2>&1 | tail -1)
+peak=$( { /usr/bin/time -f %M "$bin/berth-agent" run -d --name s101 "$own" sleep 600 >/dev/null; } 2>&1 | tail -1)
 ps_peak=$( { /usr/bin/time -f %M "$bin/berth-agent" ps >/dev/null; } 2>&1 | tail -1)
 echo "berth-agent peak RSS: run -d ${peak} KiB, ps with 101 containers ${ps_peak} KiB"
 # Each shim has exec'd into berth-monitor by now (same pid). RSS counts
@@ -76,3 +113,5 @@ for pid in $(pgrep -f "$bin/berth-monitor"); do
   n=$((n + 1))
 done
 echo "shims: $n, RSS mean $((rss / n)) KiB max $max KiB, PSS mean $((pss / n)) KiB, private mean $((priv / n)) KiB"
+echo "start latency and CPU per start against runc (ratios berth/runc; paired: median of pair-by-pair ratios):"
+printf '%s\n' "${lines[@]}"

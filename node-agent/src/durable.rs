@@ -8,5 +8,5 @@ use std::path::Path;
 
 /// Replaces `path` with `data`, durably.
 pub fn write(path: &Path, data: &[u8]) -> io::Result<()> {
-    berth_monitor::record::replace(path, data, true)
+    berth_monitor::record::replace_durably(path, data)
 }

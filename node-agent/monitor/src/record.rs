@@ -77,28 +77,30 @@ pub fn write_durable<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Res
 }
 
 fn write_file<T: Serialize>(dir: &Path, name: &str, value: &T, sync: bool) -> io::Result<()> {
-    replace(&dir.join(name), &serde_json::to_vec_pretty(value).map_err(io::Error::from)?, sync)
+    use std::io::Write;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(&serde_json::to_vec_pretty(value).map_err(io::Error::from)?)?;
+    if sync {
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(name))
 }
 
 /// Replaces the file at `path` with `data` by a temp file beside it and a
 /// rename, so a reader (or a restart after a crash) sees the old content
-/// or the new, never a part. With `durable`, the data and the rename are
-/// on disk (file and directory fsync'd) before it returns.
-pub fn replace(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
+/// or the new, never a part; the data and the rename are on disk (file
+/// and directory fsync'd) before it returns.
+pub fn replace_durably(path: &Path, data: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut file = fs::File::create(&tmp)?;
     file.write_all(data)?;
-    if durable {
-        file.sync_all()?;
-    }
+    file.sync_all()?;
     fs::rename(&tmp, path)?;
-    if durable {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    fs::File::open(dir)?.sync_all()
 }
 
 pub fn now_ms() -> u64 {

@@ -152,9 +152,11 @@ impl Runtime {
 
     /// Records a new container; the name must be free. The directory
     /// appears whole or not at all: it is made under a temporary name,
-    /// its config written and synced, then renamed into place, so a crash
-    /// or a full disk never leaves a directory that holds a name without
-    /// a container. One left by an older agent (no config) is swept.
+    /// its config written and synced, then renamed into place, so a full
+    /// disk or a stop halfway never leaves a directory that holds a name
+    /// without a container. What a host crash may still leave (the rename
+    /// on disk, the config not; an older agent's half-made directory) has
+    /// no readable config, and is swept when the name is wanted again.
     pub fn create(&self, config: &ContainerConfig) -> Result<Container, RuntimeError> {
         validate_name(&config.name)?;
         let dir = self.dir(&config.name);
@@ -178,7 +180,6 @@ impl Runtime {
             other => other.map_err(io_err(&dir))?,
         }
         let _ = new.keep();
-        fs::File::open(&self.root).and_then(|d| d.sync_all()).map_err(io_err(&self.root))?;
         Ok(Container { config: config.clone(), status: Status::Created, dir })
     }
 
@@ -393,10 +394,10 @@ impl Runtime {
 /// Temporary directories of creates under way start with this.
 const NEW_PREFIX: &str = ".new-";
 
-/// A container directory without a config: what an interrupted create of
-/// an older agent left.
+/// A container directory without a readable config: what an interrupted
+/// create left.
 fn is_debris(dir: &Path) -> bool {
-    dir.is_dir() && !dir.join(record::CONFIG).exists()
+    dir.is_dir() && !matches!(record::read::<ContainerConfig>(dir, record::CONFIG), Ok(Some(_)))
 }
 
 /// Takes the lock of a container's directory (flock on the directory),
