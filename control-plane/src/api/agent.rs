@@ -188,7 +188,7 @@ pub fn assigned(state: &State, node_id: &str) -> Assignment {
         .collect();
     let subnet = state.nodes.get(node_id).and_then(|n| n.subnet);
     let network = subnet.zip(state.network).map(|(subnet, net)| NodeNetwork { subnet, cluster: net.cidr });
-    Assignment { tasks, network, peers, services: endpoints(state) }
+    Assignment { tasks, network, peers, services: endpoints(state), ..Assignment::default() }
 }
 
 /// Every service, its ports, and its replicas that serve now

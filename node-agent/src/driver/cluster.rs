@@ -22,8 +22,9 @@ fn agent(servers: &Servers) -> AgentClient<tonic::transport::Channel> {
 }
 
 /// Keeps `tx` holding the node's latest assignment until nobody listens.
-/// A message the agent cannot take (a field it does not understand)
-/// changes nothing: the last assignment stands, and another server is tried.
+/// A message whose network the agent cannot take changes nothing: the last
+/// assignment stands, and another server is tried (one element it cannot
+/// read costs only that element: see `Assignment`).
 pub async fn watch(mut servers: Servers, node_id: String, deadline: Duration, tx: watch::Sender<Option<Assignment>>) {
     while !tx.is_closed() {
         let server = servers.current().to_owned();
@@ -47,6 +48,15 @@ pub async fn watch(mut servers: Servers, node_id: String, deadline: Duration, tx
                     match Assignment::try_from(message) {
                         Ok(assignment) => {
                             servers.succeeded();
+                            let before = tx.borrow().as_ref().map(|a| (a.refused.clone(), a.skipped.clone()));
+                            if before != Some((assignment.refused.clone(), assignment.skipped.clone())) {
+                                for (task, why) in &assignment.refused {
+                                    warn!(%server, %task, "task watch: this agent cannot run the task: {why}");
+                                }
+                                for why in &assignment.skipped {
+                                    warn!(%server, "task watch: left out of the assignment: {why}");
+                                }
+                            }
                             if tx.send(Some(assignment)).is_err() {
                                 return;
                             }

@@ -185,7 +185,7 @@ impl Containers for FakeContainers {
         if matches!(c.status, Status::Running(_)) {
             return Err(RuntimeError::Running(name.into()));
         }
-        c.status = Status::Created;
+        // As the runtime's: the exit stays on record until the next start.
         inner.log("renew", name);
         Ok(())
     }

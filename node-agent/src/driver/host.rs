@@ -20,7 +20,7 @@ use crate::image::{ImageRef, PullError, Registries, Store};
 use crate::network::overlay::{self, Keys, Overlay};
 use crate::network::plan::NetStep;
 use crate::network::{self as net, IpRoute, NodeNet};
-use crate::runtime::{record, ContainerConfig, Runtime, RuntimeError, Status};
+use crate::runtime::{record, Container, ContainerConfig, Runtime, RuntimeError, Status};
 use crate::tasks::step::Observed;
 
 /// Runs `f` on the blocking pool.
@@ -35,24 +35,7 @@ async fn blocking<T: Send + 'static>(
 impl Containers for Runtime {
     async fn list(&self) -> Result<Vec<Observed>, RuntimeError> {
         let runtime = self.clone();
-        let containers = blocking(move || runtime.list()).await?;
-        let observed = containers
-            .into_iter()
-            .filter_map(|c| {
-                let task = c.config.task.clone()?;
-                let ran_for = match &c.status {
-                    Status::Exited(e) => {
-                        let started: Option<record::Started> = record::read(&c.dir, record::STARTED).ok().flatten();
-                        started.map_or(Duration::ZERO, |s| {
-                            Duration::from_millis(e.finished_at_ms.saturating_sub(s.started_at_ms))
-                        })
-                    }
-                    _ => Duration::ZERO,
-                };
-                Some(Observed { task, status: c.status, ran_for })
-            })
-            .collect();
-        Ok(observed)
+        blocking(move || Ok(observe(runtime.list()?))).await
     }
 
     async fn create(&self, config: ContainerConfig) -> Result<(), RuntimeError> {
@@ -79,6 +62,26 @@ impl Containers for Runtime {
         let (runtime, name) = (self.clone(), name.to_owned());
         blocking(move || runtime.renew(&name)).await
     }
+}
+
+/// The task containers among `containers`, as the worker's step sees them.
+fn observe(containers: Vec<Container>) -> Vec<Observed> {
+    containers
+        .into_iter()
+        .filter_map(|c| {
+            let task = c.config.task.clone()?;
+            let ran_for = match &c.status {
+                Status::Exited(e) => {
+                    let started: Option<record::Started> = record::read(&c.dir, record::STARTED).ok().flatten();
+                    started.map_or(Duration::ZERO, |s| {
+                        Duration::from_millis(e.finished_at_ms.saturating_sub(s.started_at_ms))
+                    })
+                }
+                _ => Duration::ZERO,
+            };
+            Some(Observed { task, status: c.status, ran_for })
+        })
+        .collect()
 }
 
 /// The node's image store and the registries it pulls from.
@@ -159,9 +162,6 @@ impl Network for HostNetwork {
     fn apply(&self, step: &NetStep) -> io::Result<()> {
         match step {
             NetStep::Bridge(n) => {
-                // What served the old subnet goes first (DNS frees its addresses).
-                lock(&self.live_overlay).take();
-                lock(&self.live_dns).take();
                 let made = NodeNet {
                     bridge: self.bridge.clone(),
                     subnet: n.subnet,
@@ -171,6 +171,10 @@ impl Network for HostNetwork {
                     host: IpRoute,
                 };
                 made.ensure()?;
+                // What served the old subnet goes (DNS frees its addresses);
+                // until the new one is ready, the old one stands whole.
+                lock(&self.live_overlay).take();
+                lock(&self.live_dns).take();
                 info!(bridge = %made.bridge, subnet = %n.subnet, "node network ready");
                 *lock(&self.live_net) = Some(Arc::new(made));
             }

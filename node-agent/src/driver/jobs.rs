@@ -34,7 +34,7 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
     let wake = Arc::new(Notify::new());
     let mut books = Books::default();
     let mut jobs = JoinSet::new();
-    let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
+    let mut busy: HashMap<tokio::task::Id, Job> = HashMap::new();
     loop {
         let assignment = assignments.borrow_and_update().clone().unwrap_or_default();
         while let Some(done) = jobs.try_join_next_with_id() {
@@ -42,26 +42,26 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
                 Ok((id, outcome)) => (id, outcome),
                 Err(e) => (e.id(), Err(format!("the agent's work on it failed: {e}"))),
             };
-            let Some(task) = busy.remove(&id) else { continue };
+            let Some(job) = busy.remove(&id) else { continue };
             if let Err(why) = &outcome {
-                warn!(%task, "{why}");
+                warn!(task = job.task(), "{why}");
             }
-            books.job_ended(&task, outcome, assignment.tasks.get(&task), now());
+            books.job_ended(&job, outcome, assignment.tasks.get(job.task()), now());
         }
         match worker.containers.list().await {
             // None would mean "restart and report every task": the pass is skipped.
             Err(e) => warn!("listing containers: {e}"),
             Ok(observed) => {
                 let namespaces = blocking(&worker, |n| Ok(n.attached())).await.unwrap_or_default();
-                let pass = step(&assignment.tasks, &observed, &namespaces, &mut books, now());
+                let pass = step(&assignment, &observed, &namespaces, &mut books, now());
                 for job in pass.jobs {
-                    let (task, worker, wake) = (job.task().to_owned(), worker.clone(), wake.clone());
+                    let (todo, worker, wake) = (job.clone(), worker.clone(), wake.clone());
                     let handle = jobs.spawn(async move {
-                        let outcome = run_job(&worker, job, &wake).await;
+                        let outcome = run_job(&worker, todo, &wake).await;
                         wake.notify_one();
                         outcome
                     });
-                    busy.insert(handle.id(), task);
+                    busy.insert(handle.id(), job);
                 }
                 // The reporter sends the latest on its own, and says when it was taken.
                 if pass.reports != *reports.borrow() {
@@ -72,7 +72,7 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
         tokio::select! {
             changed = assignments.changed() => if changed.is_err() { return },
             changed = taken.changed() => match changed {
-                Ok(()) => books.reported(taken.borrow_and_update().clone(), &assignment.tasks),
+                Ok(()) => books.reported(&taken.borrow_and_update(), &assignment.tasks),
                 Err(_) => return,
             },
             _ = wake.notified() => {}

@@ -5,7 +5,7 @@
 //! ROOT/locks/<hex>            flock: one unpacker per layer, across processes
 //! ROOT/tmp/                   downloads and unpacks in progress
 //! ROOT/images.json            reference → manifest digest, config, layers
-//!                             (replaced durably; if unreadable, set aside and rebuilt by pulls)
+//!                             (replaced durably; if unreadable, set aside by the next pull and rebuilt)
 //! ROOT/store.lock             flock: pulls share it, prune takes it alone
 //! ```
 //!
@@ -137,7 +137,11 @@ impl Store {
     pub async fn prune(&self, keep: &HashSet<String>) -> Result<Vec<String>, PullError> {
         let _alone = self.lock(self.root.join("store.lock"), FlockArg::LockExclusive).await?;
         let mut used: HashSet<String> = keep.clone();
-        used.extend(self.read()?.into_values().flat_map(|i| i.layers));
+        // Which layers the images use is unknown until the index is whole.
+        let images = self.index()?.ok_or_else(|| {
+            PullError::BadImage("the image index is unreadable; pull an image to rebuild it before pruning".into())
+        })?;
+        used.extend(images.into_values().flat_map(|i| i.layers));
         let dir = self.root.join("layers/sha256");
         let mut removed = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| PullError::io(&dir, e))? {
@@ -191,29 +195,26 @@ impl Store {
         Ok(())
     }
 
-    /// The index. One that cannot be read as one (a disk that lost its
-    /// last write, a hand edit) is set aside as `images.json.corrupt` and
-    /// the store starts over from its layers: the next pull of each image
-    /// fetches its manifest and config again and finds every layer here.
+    /// The index; one that cannot be read counts as empty here (see
+    /// [`Self::index`]).
     fn read(&self) -> Result<Images, PullError> {
+        Ok(self.index()?.unwrap_or_default())
+    }
+
+    /// The index, or None when its file cannot be read as one (a disk that
+    /// lost its last write, a hand edit): the next pull sets it aside as
+    /// `images.json.corrupt` and starts it over, finding every layer here.
+    fn index(&self) -> Result<Option<Images>, PullError> {
         let path = self.root.join("images.json");
         match fs::read(&path) {
             Ok(data) => match serde_json::from_slice(&data) {
-                Ok(images) => Ok(images),
+                Ok(images) => Ok(Some(images)),
                 Err(e) => {
-                    let aside = path.with_extension("json.corrupt");
-                    tracing::warn!(
-                        "{}: {e}; moved to {} and rebuilt by the next pulls",
-                        path.display(),
-                        aside.display()
-                    );
-                    match fs::rename(&path, &aside) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(PullError::io(&path, e)),
-                        _ => Ok(Images::new()),
-                    }
+                    tracing::warn!("{}: {e}; the next pull rebuilds it", path.display());
+                    Ok(None)
                 }
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Images::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(Images::new())),
             Err(e) => Err(PullError::io(&path, e)),
         }
     }
@@ -221,9 +222,17 @@ impl Store {
     /// Read-modify-write of images.json under its lock, replaced atomically.
     async fn update<T>(&self, change: impl FnOnce(&mut Images) -> Result<T, PullError>) -> Result<T, PullError> {
         let _lock = self.lock(self.root.join("images.lock"), FlockArg::LockExclusive).await?;
-        let mut images = self.read()?;
-        let out = change(&mut images)?;
         let path = self.root.join("images.json");
+        let mut images = match self.index()? {
+            Some(images) => images,
+            None => {
+                let aside = path.with_extension("json.corrupt");
+                fs::rename(&path, &aside).map_err(|e| PullError::io(&path, e))?;
+                tracing::warn!("the image index was unreadable: kept as {}, and started over", aside.display());
+                Images::new()
+            }
+        };
+        let out = change(&mut images)?;
         let data = serde_json::to_vec_pretty(&images).map_err(|e| PullError::io(&path, e.into()))?;
         crate::durable::write(&path, &data).map_err(|e| PullError::io(&path, e))?;
         Ok(out)

@@ -377,7 +377,11 @@ impl Runtime {
             Status::Running(_) if !force => return Err(RuntimeError::Running(name.to_owned())),
             Status::Running(_) => {
                 let _ = self.kill(name, Signal::SIGKILL, true);
-                self.wait(name).await?;
+                // Bounded: the lock held meanwhile must not be held forever.
+                if self.wait_for(name, KILL_PATIENCE).await?.is_none() {
+                    let message = format!("did not exit within {KILL_PATIENCE:?} of SIGKILL; try again");
+                    return Err(RuntimeError::Other { name: name.into(), message });
+                }
             }
             Status::Lost => shim::cleanup(&self.dirs(name), None),
             Status::Created | Status::Exited(_) => {}
@@ -400,15 +404,35 @@ fn is_debris(dir: &Path) -> bool {
     dir.is_dir() && !matches!(record::read::<ContainerConfig>(dir, record::CONFIG), Ok(Some(_)))
 }
 
+/// How long a removal waits for a killed container's exit record.
+const KILL_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a start, renewal or removal waits for another to let go of
+/// the container.
+const LOCK_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Takes the lock of a container's directory (flock on the directory),
 /// then checks it is still the one at its path.
 fn lock_dir(dir: &Path, name: &str) -> Result<Flock<fs::File>, RuntimeError> {
     use std::os::unix::fs::MetadataExt;
-    let file = match fs::File::open(dir) {
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    let mut file = match fs::File::open(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(RuntimeError::NotFound(name.into())),
         other => other.map_err(io_err(dir))?,
     };
-    let locked = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io_err(dir)(e.into()))?;
+    let locked = loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => break locked,
+            Err((back, Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                file = back;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err((_, Errno::EWOULDBLOCK)) => {
+                let message = format!("is busy: another berth-agent has held it for {LOCK_PATIENCE:?}");
+                return Err(RuntimeError::Other { name: name.into(), message });
+            }
+            Err((_, e)) => return Err(io_err(dir)(e.into())),
+        }
+    };
     let same = match (fs::metadata(dir), locked.metadata()) {
         (Ok(now), Ok(held)) => now.ino() == held.ino() && now.dev() == held.dev(),
         _ => false,

@@ -1,8 +1,8 @@
 //! What the worker remembers about its node's tasks between passes, and
 //! only what it cannot read again from the containers: restart counts,
 //! when a container was first seen stopped, which tasks have a job under
-//! way, jobs that failed and their backoff, stops the cluster has not
-//! heard of yet, and the last report the cluster took. Plain data: only
+//! way, jobs that failed and their backoff, and stops the cluster has not
+//! heard of yet. Plain data: only
 //! [`super::step`] and the driver's news (a job ended, a report was taken)
 //! change it. An agent that restarts starts with empty books; counts go on
 //! from the cluster's (`AssignedTask::restarts`).
@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use berth_proto::model::{AssignedTask, TaskReport, TaskState};
 
 use super::restart;
+use super::step::Job;
 
 #[derive(Debug, Default)]
 pub struct Books {
@@ -24,7 +25,6 @@ pub struct Books {
     pub(super) stopped: BTreeSet<String>,
     /// Tasks with a job under way: a pass leaves them alone.
     pub(super) busy: BTreeSet<String>,
-    last_report: Vec<TaskReport>,
 }
 
 /// Restarts of one task: in a row (for the backoff) and in all (reported).
@@ -42,15 +42,15 @@ pub struct Failure {
 }
 
 impl Books {
-    /// A job for `task` ended at `now`. A failure makes the task wait out
-    /// the restart backoff before anything else is tried for it (a failing
-    /// remove must not spin), and is its report meanwhile; a task that
-    /// left while its start failed is told as shut down (it may have no
-    /// container to stop).
-    pub fn job_ended(&mut self, task: &str, outcome: Result<(), String>, wanted: Option<&AssignedTask>, now: u64) {
+    /// `job` ended at `now`. A failure makes its task wait out the restart
+    /// backoff before anything else is tried for it (a failing remove must
+    /// not spin), and is its report meanwhile; a task that left while its
+    /// start failed is told as shut down (it may have no container to stop).
+    pub fn job_ended(&mut self, job: &Job, outcome: Result<(), String>, wanted: Option<&AssignedTask>, now: u64) {
+        let task = job.task();
         self.busy.remove(task);
         let Err(why) = outcome else { return };
-        if wanted.is_none() {
+        if wanted.is_none() && !matches!(job, Job::Detach(_)) {
             self.stopped.insert(task.to_owned());
         }
         let counted = wanted.map_or(0, |t| t.restarts);
@@ -61,16 +61,10 @@ impl Books {
     }
 
     /// The cluster took `reports`: stops it heard of are done with.
-    pub fn reported(&mut self, reports: Vec<TaskReport>, wanted: &BTreeMap<String, AssignedTask>) {
+    pub fn reported(&mut self, reports: &[TaskReport], wanted: &BTreeMap<String, AssignedTask>) {
         let told: BTreeSet<&str> =
             reports.iter().filter(|r| r.state == TaskState::Shutdown).map(|r| r.id.as_str()).collect();
         self.stopped.retain(|t| wanted.contains_key(t) || !told.contains(t.as_str()));
-        self.last_report = reports;
-    }
-
-    /// What the cluster last took.
-    pub fn last_report(&self) -> &[TaskReport] {
-        &self.last_report
     }
 
     pub fn is_busy(&self, task: &str) -> bool {
@@ -83,12 +77,13 @@ impl Books {
     }
 
     /// Forgets tasks that are gone for good: not wanted, not here, no job,
-    /// nothing left to tell.
-    pub(super) fn forget_except(&mut self, keep: impl Fn(&str) -> bool) {
+    /// nothing left to tell, no failure still backing off.
+    pub(super) fn forget_except(&mut self, keep: impl Fn(&str) -> bool, now: u64) {
         let (busy, stopped) = (&self.busy, &self.stopped);
         let kept = |t: &String| keep(t) || busy.contains(t) || stopped.contains(t);
-        self.streaks.retain(|t, _| kept(t));
-        self.failed.retain(|t, _| kept(t));
+        self.failed.retain(|t, f| kept(t) || now < f.retry_at);
+        let failed = &self.failed;
+        self.streaks.retain(|t, _| kept(t) || failed.contains_key(t));
         self.seen_stopped.retain(|t, _| kept(t));
     }
 }

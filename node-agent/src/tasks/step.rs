@@ -1,5 +1,6 @@
-//! One pass of the worker over its node's tasks, as a pure function:
-//! what the cluster assigns, what containers and namespaces the node has,
+//! One pass of the worker over its node's tasks, as a pure function: what
+//! the cluster assigns (tasks refused as unreadable are told failed and
+//! left alone), what containers and namespaces the node has,
 //! the worker's [`Books`] and the monotonic clock in; the jobs to start
 //! and the reports to send out. The driver runs it after every change it
 //! sees (a watch message, a job or a container ending, a tick) and carries
@@ -15,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use berth_proto::model::{AssignedTask, TaskReport, TaskState};
+use berth_proto::model::{AssignedTask, Assignment, TaskReport, TaskState};
 
 use super::books::{Books, Streak};
 use super::plan::{plan, Action, Have, Want};
@@ -62,31 +63,36 @@ impl Job {
 pub struct Step {
     pub jobs: Vec<Job>,
     /// Every task's state as the cluster should know it; sent when it
-    /// differs from [`Books::last_report`].
+    /// differs from the last sent.
     pub reports: Vec<TaskReport>,
 }
 
 /// One pass at `now` (monotonic ms): starts the jobs it returns in `books`.
 pub fn step(
-    tasks: &BTreeMap<String, AssignedTask>,
+    assignment: &Assignment,
     observed: &[Observed],
     namespaces: &[String],
     books: &mut Books,
     now: u64,
 ) -> Step {
+    let tasks = &assignment.tasks;
     for o in observed {
         match o.status {
-            Status::Exited(_) | Status::Lost => {
+            // A container with a job under way (a restart renewing it) is
+            // not seen stopped anew: its backoff counts from before.
+            Status::Exited(_) | Status::Lost if !books.busy.contains(&o.task) => {
                 books.seen_stopped.entry(o.task.clone()).or_insert(now);
             }
             Status::Running(_) => {
                 books.failed.remove(&o.task);
             }
-            Status::Created => {}
+            _ => {}
         }
     }
+    // A task this node cannot take is left as it is, and told failed.
+    let observed: Vec<&Observed> = observed.iter().filter(|o| !assignment.refused.contains_key(&o.task)).collect();
     let here: BTreeSet<&str> = observed.iter().map(|o| o.task.as_str()).collect();
-    books.forget_except(|t| tasks.contains_key(t) || here.contains(t));
+    books.forget_except(|t| tasks.contains_key(t) || here.contains(t), now);
 
     let wants: Vec<Want> = tasks.values().map(|t| Want { task: t.id.clone(), restart: t.spec.restart }).collect();
     let have: Vec<Have> = observed
@@ -135,17 +141,19 @@ pub fn step(
         jobs.push(job);
     }
     for ns in namespaces {
-        if !tasks.contains_key(ns) && !here.contains(ns.as_str()) && !books.busy.contains(ns) {
+        let keep = tasks.contains_key(ns) || assignment.refused.contains_key(ns) || here.contains(ns.as_str());
+        if !keep && !books.busy.contains(ns) && books.failed.get(ns).is_none_or(|f| now >= f.retry_at) {
             books.busy.insert(ns.clone());
             jobs.push(Job::Detach(ns.clone()));
         }
     }
-    Step { jobs, reports: reports(tasks, observed, books) }
+    Step { jobs, reports: reports(assignment, &observed, books) }
 }
 
 /// What to tell the cluster about this node's tasks.
-fn reports(tasks: &BTreeMap<String, AssignedTask>, observed: &[Observed], books: &Books) -> Vec<TaskReport> {
-    let status: BTreeMap<&str, &Status> = observed.iter().map(|o| (o.task.as_str(), &o.status)).collect();
+fn reports(assignment: &Assignment, observed: &[&Observed], books: &Books) -> Vec<TaskReport> {
+    let (tasks, status) = (&assignment.tasks, observed.iter().map(|o| (o.task.as_str(), &o.status)));
+    let status: BTreeMap<&str, &Status> = status.collect();
     let mut out = Vec::new();
     for (task, assigned) in tasks {
         let report = |state, exit_code, message: &str| TaskReport {
@@ -170,6 +178,16 @@ fn reports(tasks: &BTreeMap<String, AssignedTask>, observed: &[Observed], books:
             },
         });
     }
+    for (task, why) in &assignment.refused {
+        out.push(TaskReport {
+            id: task.clone(),
+            state: TaskState::Failed,
+            exit_code: None,
+            restarts: 0,
+            message: format!("this agent cannot run it: {why}"),
+        });
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
     // Shut down once its container is gone and its job (which frees its
     // namespace, and with it the address) has ended.
     for task in books.stopped.iter().filter(|t| !status.contains_key(t.as_str()) && !books.busy.contains(*t)) {

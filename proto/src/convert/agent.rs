@@ -3,8 +3,6 @@
 //! `TryFrom`, naming the first bad field (`tasks[2].restart`); out of it
 //! with `From`.
 
-use std::collections::BTreeMap;
-
 use crate::model::{
     validate_image, validate_name, AssignedTask, Assignment, InvalidField, NodeNetwork, Peer, PortSpec, Protocol,
     Replica, Resources, RestartPolicy, ServiceEndpoints, TaskReport, TaskSpec, TaskState,
@@ -19,15 +17,9 @@ fn within(list: &str, i: usize, e: InvalidField) -> InvalidField {
 impl TryFrom<pb::AssignedTasks> for Assignment {
     type Error = InvalidField;
 
+    /// Fails only on the node's network; a bad task is refused, a bad peer
+    /// or service skipped (see [`Assignment`]).
     fn try_from(p: pb::AssignedTasks) -> Result<Self, Self::Error> {
-        let mut tasks = BTreeMap::new();
-        for (i, t) in p.tasks.into_iter().enumerate() {
-            let task = AssignedTask::try_from(t).map_err(|e| within("tasks", i, e))?;
-            if tasks.contains_key(&task.id) {
-                return Err(InvalidField::new(format!("tasks[{i}].id"), &task.id, "a task id listed once"));
-            }
-            tasks.insert(task.id.clone(), task);
-        }
         let network = match (p.subnet.as_str(), p.cluster_cidr.as_str()) {
             ("", "") => None,
             (subnet, cluster) => {
@@ -37,19 +29,32 @@ impl TryFrom<pb::AssignedTasks> for Assignment {
                 Some(NodeNetwork { subnet: cidr("subnet", subnet)?, cluster: cidr("cluster_cidr", cluster)? })
             }
         };
-        let peers = p
-            .peers
-            .into_iter()
-            .enumerate()
-            .map(|(i, peer)| Peer::try_from(peer).map_err(|e| within("peers", i, e)))
-            .collect::<Result<_, _>>()?;
-        let services = p
-            .services
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| ServiceEndpoints::try_from(s).map_err(|e| within("services", i, e)))
-            .collect::<Result<_, _>>()?;
-        Ok(Self { tasks, network, peers, services })
+        let mut a = Assignment { network, ..Assignment::default() };
+        for (i, t) in p.tasks.into_iter().enumerate() {
+            let id = t.id.clone();
+            if check_task_id(&id).is_err() || a.tasks.contains_key(&id) || a.refused.contains_key(&id) {
+                let expected = "SERVICE.SLOT.GENERATION, listed once";
+                a.skipped.push(InvalidField::new(format!("tasks[{i}].id"), &id, expected));
+                continue;
+            }
+            match AssignedTask::try_from(t) {
+                Ok(task) => drop(a.tasks.insert(id, task)),
+                Err(e) => drop(a.refused.insert(id, e)),
+            }
+        }
+        for (i, peer) in p.peers.into_iter().enumerate() {
+            match Peer::try_from(peer) {
+                Ok(peer) => a.peers.push(peer),
+                Err(e) => a.skipped.push(within("peers", i, e)),
+            }
+        }
+        for (i, service) in p.services.into_iter().enumerate() {
+            match ServiceEndpoints::try_from(service) {
+                Ok(service) => a.services.push(service),
+                Err(e) => a.skipped.push(within("services", i, e)),
+            }
+        }
+        Ok(a)
     }
 }
 
@@ -300,8 +305,17 @@ mod tests {
         }
     }
 
+    /// What became of the message: the field of the first task refused,
+    /// else of the first element skipped, else of the error.
     fn field(p: pb::AssignedTasks) -> String {
-        Assignment::try_from(p).expect_err("should be rejected").field
+        match Assignment::try_from(p) {
+            Err(e) => e.field,
+            Ok(a) => match (a.refused.values().next(), a.skipped.first()) {
+                (Some(refused), _) => format!("tasks[0].{}", refused.field),
+                (None, Some(skipped)) => skipped.field.clone(),
+                (None, None) => panic!("nothing was refused"),
+            },
+        }
     }
 
     #[test]
@@ -314,6 +328,7 @@ mod tests {
         );
         assert_eq!(a.network.unwrap().subnet.to_string(), "198.19.1.0/24");
         assert_eq!(a.services[0].ports[0].protocol, Protocol::Udp);
+        assert!(a.refused.is_empty() && a.skipped.is_empty());
         assert_eq!(pb::AssignedTasks::from(a.clone()), wire());
         let empty = Assignment::try_from(pb::AssignedTasks::default()).unwrap();
         assert_eq!(empty, Assignment::default(), "no network yet, no tasks");
@@ -358,6 +373,20 @@ mod tests {
         for (bad, name) in cases {
             assert_eq!(field(bad), name);
         }
+    }
+
+    #[test]
+    fn one_bad_element_costs_only_itself() {
+        let mut w = wire();
+        let mut odd = w.tasks[0].clone();
+        (odd.id, odd.restart) = ("api.1.1".into(), "sometimes".into());
+        w.tasks.push(odd);
+        w.services.push(pb::ServiceEndpoints { name: "Bad Name".into(), ..Default::default() });
+        let a = Assignment::try_from(w).unwrap();
+        assert_eq!(a.tasks.keys().collect::<Vec<_>>(), ["web.1.2"]);
+        assert_eq!(a.refused["api.1.1"].field, "restart");
+        assert_eq!((a.services.len(), a.skipped.len(), a.peers.len()), (1, 1, 1));
+        assert_eq!(a.skipped[0].field, "services[1].name");
     }
 
     #[test]

@@ -2,19 +2,29 @@
 //! run there, each with its own spec, and what the node's network needs
 //! (its subnet, the other nodes' overlay ends, every service's ports and
 //! serving replicas). The control plane builds it from its state; the
-//! task watch carries it (agent.proto's `AssignedTasks`).
+//! task watch carries it (agent.proto's `AssignedTasks`). One element the
+//! agent cannot read never costs the rest: a task is refused (and told
+//! failed), a peer or service skipped; only a bad network for the node
+//! refuses the whole message.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Cidr, PortSpec, TaskSpec, TaskState};
+use super::{Cidr, InvalidField, PortSpec, TaskSpec, TaskState};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Assignment {
     /// By task id, which is also the container's name.
     pub tasks: BTreeMap<String, AssignedTask>,
+    /// Tasks the node cannot take as they came (a field it does not
+    /// understand, as from a newer server), by id: reported failed with
+    /// the reason, neither started nor stopped.
+    pub refused: BTreeMap<String, InvalidField>,
+    /// Peers, services and tasks without a usable id that were left out,
+    /// and why (the agent logs them).
+    pub skipped: Vec<InvalidField>,
     /// None until the cluster's network is set.
     pub network: Option<NodeNetwork>,
     /// Every other node with an overlay: this one's WireGuard peers.

@@ -197,7 +197,22 @@ async fn a_silent_server_is_left_for_another() {
 }
 
 #[tokio::test]
-async fn an_assignment_the_agent_cannot_take_changes_nothing() {
+async fn a_task_the_agent_cannot_take_is_told_failed_and_the_rest_goes_on() {
+    let x = task("x.1.1", "reg:5000/web:1", "always", "");
+    let cluster = FakeCluster::start(assigned(vec![x.clone()])).await;
+    let n = node(&[&cluster], FakeContainers::default());
+    eventually("x.1.1 running", || is(&cluster, "x.1.1", "running").then_some(())).await;
+    // A policy this agent does not know (as from a newer server).
+    cluster.assign(assigned(vec![x, task("w.1.1", "reg:5000/web:1", "sometimes", "")]));
+    eventually("w.1.1 failed", || is(&cluster, "w.1.1", "failed").then_some(())).await;
+    let said = cluster.last_report().into_iter().find(|r| r.id == "w.1.1").unwrap();
+    assert!(said.message.contains("restart: \"sometimes\" is not valid"), "{}", said.message);
+    assert!(n.containers.times("create", "w.1.1").is_empty(), "never started");
+    assert!(is(&cluster, "x.1.1", "running") && n.containers.times("stop", "x.1.1").is_empty());
+}
+
+#[tokio::test]
+async fn an_assignment_with_a_network_the_agent_cannot_take_changes_nothing() {
     let one = FakeCluster::start(assigned(vec![task("x.1.1", "reg:5000/web:1", "always", "")])).await;
     let two = FakeCluster::start(assigned(vec![
         task("x.1.1", "reg:5000/web:1", "always", ""),
@@ -206,9 +221,10 @@ async fn an_assignment_the_agent_cannot_take_changes_nothing() {
     .await;
     let n = node(&[&one, &two], FakeContainers::default());
     eventually("x.1.1 running", || is(&one, "x.1.1", "running").then_some(())).await;
-    // A policy this agent does not know, and x.1.1 left out: neither taken.
-    one.assign(assigned(vec![task("w.1.1", "reg:5000/web:1", "sometimes", "")]));
+    // A subnet that is none, and x.1.1 left out: neither is taken.
+    one.assign(pb::AssignedTasks { subnet: "nope".into(), ..assigned(vec![]) });
     eventually("z.1.1 started, from the other server", || n.containers.times("start", "z.1.1").first().copied()).await;
     assert!(n.containers.times("stop", "x.1.1").is_empty(), "x.1.1 was never stopped");
-    assert!(n.containers.times("create", "w.1.1").is_empty(), "no task of the message it refused");
+    let bridges: Vec<_> = n.network.steps().into_iter().filter(|s| s.kind() == Kind::Bridge).collect();
+    assert_eq!(bridges.len(), 1, "the node's network was not touched: {bridges:?}");
 }

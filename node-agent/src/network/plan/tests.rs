@@ -31,6 +31,7 @@ fn assignment() -> Assignment {
             ports: vec![port(Some(8080), 80, Protocol::Tcp, Some("http"))],
             replicas: vec![replica(1, "198.19.1.2"), replica(2, "198.19.2.2")],
         }],
+        ..Assignment::default()
     }
 }
 
