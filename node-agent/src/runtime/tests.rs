@@ -61,3 +61,33 @@ fn leftovers_of_interrupted_creates_are_swept_once_old() {
     assert_eq!(swept, [temp.clone(), debris.clone()]);
     assert!(rt.get("web.1.1").is_ok(), "a whole container is never swept");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn removing_a_large_writable_layer_leaves_the_agents_thread_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    rt.create(&config("big.1.1")).unwrap();
+    let upper = rt.dir("big.1.1").join("upper");
+    for d in 0..20 {
+        let sub = upper.join(format!("d{d}"));
+        fs::create_dir_all(&sub).unwrap();
+        for f in 0..1000 {
+            fs::File::create(sub.join(format!("f{f}"))).unwrap();
+        }
+    }
+    // The agent's runtime has this one thread: heartbeats tick on it while
+    // the files go. Deleting 20,000 of them takes far longer than 3 ms.
+    let ticker = async {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let mut removal = std::pin::pin!(rt.remove("big.1.1", false));
+    tokio::select! {
+        biased;
+        removed = &mut removal => panic!("the removal ({removed:?}) held the thread until it was done"),
+        () = ticker => {}
+    }
+    removal.await.unwrap();
+    assert!(!rt.dir("big.1.1").exists());
+}
