@@ -52,8 +52,8 @@ impl FromStr for ImageRef {
 /// A registry reference that `validate_image` accepted, normalised as
 /// Docker does (`busybox` is `docker.io/library/busybox:latest`), built
 /// from its parts. Not by `Reference::from_str`: its parser compiles a
-/// large regex on first use, about 35 ms of CPU that every `berth-agent
-/// run` of a registry image paid before its container could start.
+/// large regex on first use, which every `berth-agent run` of a registry
+/// image would pay before its container could start.
 fn registry_reference(input: &str) -> Reference {
     let (rest, digest) = match input.split_once('@') {
         Some((rest, digest)) => (rest, Some(digest.to_owned())),
