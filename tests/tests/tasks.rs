@@ -149,24 +149,28 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
     drop(follow);
 
     // `berth-agent rm -f` of a task's container by hand, while the agent
-    // daemon runs (and would restart it at once): it returns, and the
-    // daemon gives the task a new container.
-    let (index, _, old_pid) = containers(&[&a, &b]).get(victim).cloned().context("the victim's container")?;
-    let owner = [&a, &b][index];
-    let mut rm = owner.command(&["rm", "-f", victim.as_str()]).stdout(std::process::Stdio::piped()).spawn()?;
-    let removed =
-        wait_for(Duration::from_secs(60), "berth-agent rm -f to return", async || rm.try_wait().ok().flatten()).await;
-    if removed.is_err() {
-        let _ = rm.kill();
+    // daemon runs: it returns, and the daemon gives the task a new
+    // container. The tasks never restarted before are restarted at once
+    // (no backoff yet): a removal once raced that restart, and could wait
+    // for the new run forever.
+    for (task, (index, _, old_pid)) in containers(&[&a, &b]).into_iter().filter(|(t, _)| t != victim) {
+        let owner = [&a, &b][index];
+        let mut rm = owner.command(&["rm", "-f", task.as_str()]).stdout(std::process::Stdio::piped()).spawn()?;
+        let removed =
+            wait_for(Duration::from_secs(60), "berth-agent rm -f to return", async || rm.try_wait().ok().flatten())
+                .await;
+        if removed.is_err() {
+            let _ = rm.kill();
+        }
+        let mut said = String::new();
+        std::io::Read::read_to_string(&mut rm.stdout.take().context("rm's stdout")?, &mut said)?;
+        ensure!(removed?.success() && said.trim() == task.as_str(), "rm -f {task}: {said}");
+        wait_for(Duration::from_secs(30), "a new container for the task", async || {
+            let (_, state, pid) = containers(&[owner]).get(&task).cloned()?;
+            (state == "running" && pid != old_pid && tasks(&servers, "web")?.get(&task)?.1 == "running").then_some(())
+        })
+        .await?;
     }
-    let mut said = String::new();
-    std::io::Read::read_to_string(&mut rm.stdout.take().context("rm's stdout")?, &mut said)?;
-    ensure!(removed?.success() && said.trim() == victim.as_str(), "rm -f: {said}");
-    wait_for(Duration::from_secs(30), "a new container for the task", async || {
-        let (_, state, pid) = containers(&[owner]).get(victim).cloned()?;
-        (state == "running" && pid != old_pid && tasks(&servers, "web")?.get(victim)?.1 == "running").then_some(())
-    })
-    .await?;
 
     // A node that stops answering: its tasks come up on the other node;
     // when it answers again it stops what is no longer its own, and the
