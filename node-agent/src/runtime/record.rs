@@ -48,6 +48,28 @@ pub struct ContainerConfig {
 }
 
 impl ContainerConfig {
+    /// A plain config for tests: no layers, no limits, no network.
+    #[cfg(test)]
+    pub fn sample(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            image: "reg/app:v1".into(),
+            image_digest: "sha256:00".into(),
+            image_config: ImageConfig::default(),
+            layers: vec![],
+            layer_digests: vec![],
+            command: vec![],
+            entrypoint: None,
+            env: vec![],
+            limits: Limits::default(),
+            network: NetworkMode::None,
+            cgroup_parent: "berth".into(),
+            log: LogPolicy::default(),
+            created_at_ms: 0,
+            task: None,
+        }
+    }
+
     /// The container's cgroup, as the runtime spec names it: `/<parent>/<name>`.
     pub fn cgroup_path(&self) -> String {
         format!("/{}/{}", self.cgroup_parent.trim_matches('/'), self.name)

@@ -5,23 +5,7 @@ fn runtime(dir: &Path) -> Runtime {
 }
 
 fn config(name: &str) -> ContainerConfig {
-    ContainerConfig {
-        name: name.into(),
-        image: "registry:5000/web:1".into(),
-        image_digest: "sha256:0".into(),
-        image_config: Default::default(),
-        layers: vec![],
-        layer_digests: vec![],
-        command: vec![],
-        entrypoint: None,
-        env: vec![],
-        limits: Limits::default(),
-        network: NetworkMode::None,
-        cgroup_parent: "berth-test".into(),
-        log: LogPolicy::default(),
-        created_at_ms: 0,
-        task: Some(name.into()),
-    }
+    ContainerConfig { task: Some(name.into()), ..ContainerConfig::sample(name) }
 }
 
 #[test]

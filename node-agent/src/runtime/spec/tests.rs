@@ -1,12 +1,9 @@
 use super::*;
 use crate::image::ImageConfig;
-use crate::runtime::record::{Limits, LogPolicy};
+use crate::runtime::record::Limits;
 
 fn config() -> ContainerConfig {
     ContainerConfig {
-        name: "web-1".into(),
-        image: "reg/app:v1".into(),
-        image_digest: "sha256:00".into(),
         image_config: ImageConfig {
             entrypoint: vec!["/entry".into()],
             cmd: vec!["serve".into()],
@@ -16,17 +13,7 @@ fn config() -> ContainerConfig {
             exposed_ports: vec![],
             diff_ids: vec![],
         },
-        layers: vec![],
-        layer_digests: vec![],
-        command: vec![],
-        entrypoint: None,
-        env: vec![],
-        limits: Limits::default(),
-        network: NetworkMode::None,
-        cgroup_parent: "berth".into(),
-        log: LogPolicy::default(),
-        created_at_ms: 0,
-        task: None,
+        ..ContainerConfig::sample("web-1")
     }
 }
 
