@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use berth_proto::model::{AssignedTask, TaskReport, TaskState};
 
+use super::job::Job;
 use super::restart;
-use super::step::Job;
 
 #[derive(Debug, Default)]
 pub struct Books {

@@ -16,9 +16,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use berth_proto::model::{AssignedTask, Assignment, TaskReport, TaskState};
+use berth_proto::model::{Assignment, TaskReport, TaskState};
 
 use super::books::{Books, Streak};
+pub use super::job::Job;
 use super::plan::{plan, Action, Have, Want};
 use crate::runtime::Status;
 
@@ -30,33 +31,6 @@ pub struct Observed {
     pub status: Status,
     /// How long its last run lasted, once it has exited.
     pub ran_for: Duration,
-}
-
-/// Work on one task, run by the driver on its own; a task has at most one
-/// under way.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Job {
-    /// Pull its image, make its namespace, create and start its container.
-    Start(AssignedTask),
-    /// Start its container again on a fresh writable layer (a new one if
-    /// that cannot be done).
-    Restart(AssignedTask),
-    /// SIGTERM, the grace, SIGKILL; then remove it and its namespace.
-    Stop(String),
-    /// Remove a container that does not run, and its namespace.
-    Remove(String),
-    /// Remove a namespace of no task and no container (left by an agent
-    /// that stopped halfway).
-    Detach(String),
-}
-
-impl Job {
-    pub fn task(&self) -> &str {
-        match self {
-            Self::Start(t) | Self::Restart(t) => &t.id,
-            Self::Stop(t) | Self::Remove(t) | Self::Detach(t) => t,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

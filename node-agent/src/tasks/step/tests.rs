@@ -1,4 +1,4 @@
-use berth_proto::model::{RestartPolicy, TaskSpec};
+use berth_proto::model::{AssignedTask, RestartPolicy, TaskSpec};
 
 use super::*;
 use crate::runtime::{Exited, Started};
