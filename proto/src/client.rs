@@ -241,6 +241,16 @@ pub fn is_transport(status: &Status) -> bool {
         )
 }
 
+/// Why a call failed, for a person: the root cause of a failure in
+/// transport, else what the server said.
+pub fn reason(status: &Status) -> String {
+    if is_transport(status) {
+        root_cause(status)
+    } else {
+        status.message().to_owned()
+    }
+}
+
 /// The root cause of a failure, such as "Connection refused (os error 111)".
 pub fn root_cause(status: &Status) -> String {
     use std::error::Error;

@@ -128,12 +128,10 @@ async fn from_node(name: String, address: String, ask: TaskLogsRequest, tx: mpsc
         Ok(channel) => NodeClient::new(channel).max_decoding_message_size(MAX_BATCH).task_logs(ask).await,
         Err(e) => Err(Status::invalid_argument(e.to_string())),
     };
-    let stream =
-        stream.map_err(|s| if client::is_transport(&s) { Status::unavailable(client::root_cause(&s)) } else { s });
     let mut stream = match stream {
         Ok(s) => s.into_inner(),
         Err(s) => {
-            let _ = tx.send(Ok(warn(s.message().to_owned()))).await;
+            let _ = tx.send(Ok(warn(client::reason(&s)))).await;
             return;
         }
     };

@@ -203,7 +203,7 @@ async fn stay(
 }
 
 async fn failed(servers: &mut Servers, status: &tonic::Status) {
-    warn!(server = servers.current(), "{}", status.message());
+    warn!(server = servers.current(), "{}", berth_proto::client::reason(status));
     servers.failed().await;
 }
 

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use berth_proto::client::{self, Servers, MAX_MESSAGE};
+use berth_proto::client::{reason, Servers, MAX_MESSAGE};
 use berth_proto::model::{Assignment, TaskReport};
 use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::{ReportTasksRequest, WatchTasksRequest};
@@ -41,7 +41,7 @@ pub async fn watch(mut servers: Servers, node_id: String, deadline: Duration, tx
                         Ok(Ok(Some(message))) => message,
                         Ok(Ok(None)) => break,
                         Ok(Err(status)) => {
-                            warn!(%server, "task watch: {}", describe(&status));
+                            warn!(%server, "task watch: {}", reason(&status));
                             break;
                         }
                     };
@@ -68,7 +68,7 @@ pub async fn watch(mut servers: Servers, node_id: String, deadline: Duration, tx
                     }
                 }
             }
-            Err(status) => warn!(%server, "task watch: {}", describe(&status)),
+            Err(status) => warn!(%server, "task watch: {}", reason(&status)),
         }
         servers.failed().await;
     }
@@ -98,18 +98,10 @@ pub async fn report(
                     break;
                 }
                 Err(status) => {
-                    warn!(server = servers.current(), "reporting tasks: {}", describe(&status));
+                    warn!(server = servers.current(), "reporting tasks: {}", reason(&status));
                     servers.failed().await;
                 }
             }
         }
-    }
-}
-
-fn describe(status: &tonic::Status) -> String {
-    if client::is_transport(status) {
-        client::root_cause(status)
-    } else {
-        status.message().to_owned()
     }
 }

@@ -52,7 +52,7 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
             // None would mean "restart and report every task": the pass is skipped.
             Err(e) => warn!("listing containers: {e}"),
             Ok(observed) => {
-                let namespaces = blocking(&worker, |n| Ok(n.attached())).await.unwrap_or_default();
+                let namespaces = worker.network(|n| Ok(n.attached())).await.unwrap_or_default();
                 let pass = step(&assignment, &observed, &namespaces, &mut books, now());
                 for job in pass.jobs {
                     let (todo, worker, wake) = (job.clone(), worker.clone(), wake.clone());
@@ -121,7 +121,7 @@ async fn start<C: Containers, I: Images, N: Network>(
         Some(address) => {
             let (id, domain) = (task.id.clone(), worker.settings.dns_domain.clone());
             let attached =
-                blocking(worker, move |n| n.attach(&id, address)).await.map_err(|e| format!("network: {e}"))?;
+                worker.network(move |n| n.attach(&id, address)).await.map_err(|e| format!("network: {e}"))?;
             joined(attached, address, domain.as_deref())
         }
     };
@@ -157,16 +157,7 @@ async fn detach<C: Containers, I: Images, N: Network>(
     worker: &Arc<Worker<C, I, N>>,
     task: String,
 ) -> Result<(), String> {
-    blocking(worker, move |n| n.detach(&task)).await.map_err(|e| format!("removing its network namespace: {e}"))
-}
-
-/// Runs a network call on the blocking pool.
-async fn blocking<C: Containers, I: Images, N: Network, T: Send + 'static>(
-    worker: &Arc<Worker<C, I, N>>,
-    f: impl FnOnce(&N) -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    let worker = worker.clone();
-    tokio::task::spawn_blocking(move || f(&worker.network)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    worker.network(move |n| n.detach(&task)).await.map_err(|e| format!("removing its network namespace: {e}"))
 }
 
 /// A task's namespace as its container joins it: the node's DNS as its
@@ -177,7 +168,7 @@ fn joined(attached: Attached, address: Ipv4Addr, domain: Option<&str>) -> Networ
 }
 
 /// The container a task runs as: its spec over its image.
-pub fn container_config(
+fn container_config(
     task: &AssignedTask,
     reference: &ImageRef,
     pulled: Pulled,

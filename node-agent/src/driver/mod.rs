@@ -32,7 +32,6 @@ use berth_proto::client::Servers;
 use tokio::sync::watch;
 
 pub use host::{HostNetwork, StoreImages};
-pub use jobs::container_config;
 
 use crate::network::plan::Features;
 use ports::{Containers, Images, Network};
@@ -82,21 +81,30 @@ impl<C: Containers, I: Images, N: Network> Worker<C, I, N> {
     /// Runs until the future is dropped: watches `servers` for what node
     /// `node_id` should do, does it, and reports back.
     pub async fn run(self: Arc<Self>, node_id: String, servers: Servers) {
-        let worker = self;
         let (assigned_tx, mut assigned) = watch::channel(None);
         let (reports_tx, reports_rx) = watch::channel(Vec::new());
         let (taken_tx, taken_rx) = watch::channel(Vec::new());
-        let watch = cluster::watch(servers.clone(), node_id.clone(), worker.settings.watch_deadline, assigned_tx);
+        let watch = cluster::watch(servers.clone(), node_id.clone(), self.settings.watch_deadline, assigned_tx);
         let report = cluster::report(servers, node_id, reports_rx, taken_tx);
         let work = async {
             if assigned.wait_for(Option::is_some).await.is_err() {
                 return;
             }
             tokio::join!(
-                netloop::run(worker.clone(), assigned.clone()),
-                jobs::run(worker.clone(), assigned, reports_tx, taken_rx)
+                netloop::run(self.clone(), assigned.clone()),
+                jobs::run(self.clone(), assigned, reports_tx, taken_rx)
             );
         };
         tokio::join!(watch, report, work);
+    }
+
+    /// Runs a call to the node's network on the blocking pool (its calls
+    /// run commands and syscalls).
+    async fn network<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&N) -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        let worker = self.clone();
+        tokio::task::spawn_blocking(move || f(&worker.network)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 }

@@ -25,21 +25,21 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
         let mut failed = Vec::new();
         if let Some(assignment) = &assignment {
             while let Some(step) = plan::next(assignment, &applied, features, &failed) {
-                let (w, s) = (worker.clone(), step.clone());
-                match tokio::task::spawn_blocking(move || w.network.apply(&s)).await {
-                    Ok(Ok(())) => applied.record(step),
-                    Ok(Err(e)) => {
-                        warn!("{}: {e}", what(&step));
-                        failed.push(step.kind());
-                    }
+                let s = step.clone();
+                match worker.network(move |n| n.apply(&s)).await {
+                    Ok(()) => applied.record(step),
                     Err(e) => {
                         warn!("{}: {e}", what(&step));
                         failed.push(step.kind());
                     }
                 }
             }
-            let w = worker.clone();
-            let _ = tokio::task::spawn_blocking(move || w.network.refresh()).await;
+            let _ = worker
+                .network(|n| {
+                    n.refresh();
+                    Ok(())
+                })
+                .await;
         }
         // Without a failure the plan is done: nothing to do before news.
         let pending = !failed.is_empty();

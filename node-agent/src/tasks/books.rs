@@ -67,10 +67,6 @@ impl Books {
         self.stopped.retain(|t| wanted.contains_key(t) || !told.contains(t.as_str()));
     }
 
-    pub fn is_busy(&self, task: &str) -> bool {
-        self.busy.contains(task)
-    }
-
     /// Restarts of `task` so far, counting on from `cluster`'s count.
     pub(super) fn restarts(&self, task: &str, cluster: u32) -> u32 {
         self.streaks.get(task).map_or(cluster, |s| s.total)
