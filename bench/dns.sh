@@ -25,6 +25,7 @@ SECS=${1:-10}
 ROUNDS=${2:-100}
 RUNS=3
 DIR=${BERTH_LOCAL_DIR:-/tmp/berth-local}
+export BERTH_CONFIG=$DIR/server-1/admin.conf # the local cluster's admin
 [ -f "$DIR/size" ] && { echo "a local cluster is up in $DIR: run 'deploy/local-cluster.sh down' first" >&2; exit 1; }
 work=$(mktemp -d /tmp/berth-dns.XXXXXX)
 dockerd_pid=""

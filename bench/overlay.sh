@@ -19,6 +19,7 @@ ensure_packages iperf3:iperf3 wireguard-go:wireguard-go wg:wireguard-tools ping:
 SECS=${1:-10}
 RUNS=3
 DIR=${BERTH_LOCAL_DIR:-/tmp/berth-local}
+export BERTH_CONFIG=$DIR/server-1/admin.conf # the local cluster's admin
 [ -f "$DIR/size" ] && { echo "a local cluster is up in $DIR: run 'deploy/local-cluster.sh down' first" >&2; exit 1; }
 in_host() { local i=$1; shift; nsenter --net="/run/netns/berth-h$i" "$@"; }
 cleanup() {

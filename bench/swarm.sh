@@ -59,9 +59,14 @@ server=127.0.0.1:$((port + 1))
 pids+=($!)
 printf '[[registry]]\nhost = "127.0.0.1:%s"\ninsecure = true\n' "$port" >"$work/registries.toml"
 export BERTH_AGENT_DATA_DIR=$work/agent BERTH_AGENT_RUN_DIR=/run/berth-swarm-bench \
-  BERTH_CGROUP_PARENT=berth-bench BERTH_REGISTRIES=$work/registries.toml BERTH_SERVER=$server
+  BERTH_CGROUP_PARENT=berth-bench BERTH_REGISTRIES=$work/registries.toml BERTH_SERVER=$server \
+  BERTH_CONFIG=$work/server/admin.conf
 "$bin/berth-agent" image pull "$image" >/dev/null # the image is cached, as on the Swarm side
-"$bin/berth-agent" --name bench --advertise 127.0.0.1:7500 --bridge berthbench >"$work/agent.log" 2>&1 &
+# Mutual TLS as a user runs it: the node joins with the worker token.
+wait_until 30 "$bin/berthctl" cluster join-token worker -q
+join_t0=$(ms)
+BERTH_TOKEN=$("$bin/berthctl" cluster join-token worker -q) \
+  "$bin/berth-agent" --name bench --advertise 127.0.0.1:7500 --bridge berthbench >"$work/agent.log" 2>&1 &
 pids+=($!)
 ctl() { "$bin/berthctl" "$@"; }
 # Tasks of web meant to run: how many run; and "STATE RESTARTS" of one task.
@@ -76,6 +81,7 @@ t = [t["task"] for t in json.load(sys.stdin) if t["task"]["id"] == sys.argv[1]]
 sys.exit(0 if t and t[0]["state"] == "running" and t[0]["restarts"] >= 1 else 1)' "$1"
 }
 wait_until 30 bash -c "$bin/berthctl node ls | grep -q ready"
+b_join=$(since "$join_t0")
 
 t0=$(ms)
 ctl service create web --image "$image" --replicas 20 -- sh -c "$CMD" >/dev/null
@@ -94,7 +100,7 @@ wait_until 60 berth_restarted "$vname"
 b_kill=$(since "$t0")
 ctl service rm web >/dev/null
 wait_until 120 bash -c "[ \"\$($bin/berth-agent ps -o json)\" = '[]' ]"
-echo "berth: create 20 -> running ${b_create} ms, scale 20 -> 100 ${b_scale} ms, kill -> replaced ${b_kill} ms"
+echo "berth: join -> ready ${b_join} ms, create 20 -> running ${b_create} ms, scale 20 -> 100 ${b_scale} ms, kill -> replaced ${b_kill} ms"
 
 # ---- Docker Swarm, same machine, same image (imported), same command
 mkdir -p "$work/docker"

@@ -8,7 +8,11 @@
 # whose containers get addresses from 198.19.0.0/16 and reach each other
 # over the WireGuard overlay. A registry on 198.18.0.254:5000 holds the
 # demo image; the demo's published port 8080 answers on every host, and
-# each host's DNS (also on its address, port 53) names the demo's replicas. State lives in $BERTH_LOCAL_DIR (default /tmp/berth-local).
+# each host's DNS (also on its address, port 53) names the demo's replicas.
+# Every connection is mutual TLS: server 1 bootstraps the cluster (its root,
+# and the admin's credential in server-1/admin.conf, which berthctl uses
+# here); servers 2-3 and every agent join with the join tokens it prints.
+# State lives in $BERTH_LOCAL_DIR (default /tmp/berth-local).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib/setup.sh
@@ -19,6 +23,7 @@ BRIDGE=berthlocal
 GATEWAY=198.18.0.254
 size() { cat "$DIR/size" 2>/dev/null || echo 3; }
 servers() { local n; n=$(size); ((n > 3)) && n=3; seq -s, -f "198.18.0.%g:7400" 1 "$n"; }
+export BERTH_CONFIG=$DIR/server-1/admin.conf
 ctl() { BERTH_SERVER=$(servers) "$BIN/berthctl" "$@"; }
 in_host() { local i=$1; shift; nsenter --net="/run/netns/berth-h$i" "$@"; }
 
@@ -71,21 +76,26 @@ up() {
   echo "$n" > "$DIR/size"
   network "$n"
   registry
-  local voters=$((n < 3 ? n : 3))
+  local voters=$((n < 3 ? n : 3)) server_token="" worker_token=""
   for i in $(seq 1 "$voters"); do
     local role=(--bootstrap)
-    ((i == 1)) || role=(--join "198.18.0.1:7400")
+    ((i == 1)) || role=(--join "198.18.0.1:7400" --token "$server_token")
     # nsenter execs the program, so $! is the server's pid.
     nsenter --net="/run/netns/berth-h$i" "$BIN/berth-server" --data-dir "$DIR/server-$i" --listen "198.18.0.$i:7400" \
       --cluster-cidr 198.19.0.0/16 "${role[@]}" > "$DIR/server-$i.log" 2>&1 &
     echo $! > "$DIR/server-$i.pid"
-    ((i > 1)) || wait_for 30 "$BIN/berthctl" -s 198.18.0.1:7400 cluster status
+    if ((i == 1)); then
+      wait_for 30 test -s "$BERTH_CONFIG"
+      wait_for 30 "$BIN/berthctl" -s 198.18.0.1:7400 cluster join-token server -q
+      server_token=$("$BIN/berthctl" -s 198.18.0.1:7400 cluster join-token server -q)
+      worker_token=$("$BIN/berthctl" -s 198.18.0.1:7400 cluster join-token worker -q)
+    fi
   done
   wait_for 60 bash -c "BERTH_SERVER=$(servers) $BIN/berthctl cluster status -o json | grep -c '\"follower\"' | grep -qx $((voters - 1))"
   for i in $(seq 1 "$n"); do
     BERTH_AGENT_DATA_DIR="$DIR/agent-$i" BERTH_AGENT_RUN_DIR="/run/berth-local/h$i" \
       BERTH_CGROUP_PARENT="berth-local-h$i" BERTH_REGISTRIES="$DIR/registries.toml" \
-      nsenter --net="/run/netns/berth-h$i" "$BIN/berth-agent" --server "$(servers)" --name "host$i" \
+      BERTH_TOKEN="$worker_token" nsenter --net="/run/netns/berth-h$i" "$BIN/berth-agent" --server "$(servers)" --name "host$i" \
       --advertise "198.18.0.$i:7500" --dns-listen "198.18.0.$i:53" > "$DIR/agent-$i.log" 2>&1 &
     echo $! > "$DIR/agent-$i.pid"
   done
@@ -111,7 +121,8 @@ up() {
   echo "  \$ dig +short @198.18.0.1 demo.berth.local"
   dig +short +time=2 @198.18.0.1 demo.berth.local | sed 's/^/  /'
   echo
-  echo "berthctl: export BERTH_SERVER=$(servers); $BIN/berthctl service ps demo"
+  echo "berthctl (as the cluster's admin): export BERTH_CONFIG=$BERTH_CONFIG; $BIN/berthctl service ps demo"
+  echo "Another host joins with: $BIN/berthctl cluster join-token worker"
 }
 
 status() {

@@ -20,7 +20,7 @@ use crate::store::NodeId;
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Args {
     /// TOML file with any of these settings (flags and environment win)
-    #[arg(long, env = "BERTH_CONFIG")]
+    #[arg(long, env = "BERTH_SERVER_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Directory for the Raft log, state and identity
@@ -39,6 +39,13 @@ pub struct Args {
     /// Join the cluster that the server at this address belongs to
     #[arg(long, env = "BERTH_JOIN")]
     pub join: Option<String>,
+    /// The server join token for --join (`berthctl cluster join-token server`)
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// How long a node's certificate is valid, e.g. 90d, 12h, 30m (default
+    /// 90d); each node renews its own before expiry. Set at bootstrap
+    #[arg(long, env = "BERTH_CERT_VALIDITY")]
+    pub cert_validity: Option<String>,
     /// Leader heartbeat period in milliseconds (default 100)
     #[arg(long, env = "BERTH_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
@@ -78,6 +85,8 @@ pub struct Config {
     pub advertise: Option<String>,
     pub bootstrap: bool,
     pub join: Option<String>,
+    pub token: Option<String>,
+    pub cert_validity: Duration,
     pub heartbeat: Duration,
     pub election_timeout: Duration,
     pub snapshot_logs: u64,
@@ -109,6 +118,8 @@ impl Args {
             advertise: self.advertise.or(file.advertise),
             bootstrap: self.bootstrap || file.bootstrap,
             join: self.join.or(file.join),
+            token: self.token.or(file.token),
+            cert_validity: validity(self.cert_validity.or(file.cert_validity).as_deref().unwrap_or("90d"))?,
             heartbeat: ms(self.heartbeat_ms, file.heartbeat_ms, 100),
             election_timeout: ms(self.election_timeout_ms, file.election_timeout_ms, 300),
             snapshot_logs: self.snapshot_logs.or(file.snapshot_logs).unwrap_or(10_000),
@@ -138,6 +149,22 @@ impl Args {
         }
         Ok(cfg)
     }
+}
+
+/// `90d`, `12h`, `30m` or `600s`: at least a minute, so renewal has room.
+fn validity(text: &str) -> Result<Duration> {
+    let bad =
+        || anyhow::anyhow!("--cert-validity {text:?} is not valid: expected a number and d, h, m or s, at least 1m");
+    let (n, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "d" => n.checked_mul(86_400),
+        "h" => n.checked_mul(3_600),
+        "m" => n.checked_mul(60),
+        "s" => Some(n),
+        _ => None,
+    };
+    secs.filter(|s| *s >= 60).map(Duration::from_secs).ok_or_else(bad)
 }
 
 fn network(cidr: Option<String>, node_prefix: Option<u8>) -> Result<NetworkConfig> {
@@ -267,6 +294,15 @@ mod tests {
         let cfg = Args::parse_from(["berth-server", "--data-dir", "/x", "--listen", "0.0.0.0:7400"]).resolve();
         let err = cfg.expect("valid").addresses(None);
         assert!(err.expect_err("must fail").to_string().contains("--advertise"));
+    }
+
+    #[test]
+    fn certificate_validity_takes_units_and_refuses_the_rest() {
+        assert_eq!(validity("90d").unwrap(), Duration::from_secs(90 * 86_400));
+        assert_eq!(validity("2m").unwrap(), Duration::from_secs(120));
+        for bad in ["", "90", "d", "30s", "1y", "-1d", "99999999999999999999d"] {
+            assert!(validity(bad).unwrap_err().to_string().contains("--cert-validity"), "{bad}");
+        }
     }
 
     #[test]

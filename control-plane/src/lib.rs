@@ -27,3 +27,4 @@ pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod trust;

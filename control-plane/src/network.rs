@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use berth_proto::client::{Channels, Settings};
+use berth_proto::client::{Channels, Peer, Settings, Tls};
 use berth_proto::pb::raft::raft_client::RaftClient;
 use berth_proto::pb::raft::Payload;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -25,21 +25,29 @@ use crate::store::{NodeId, TypeConfig};
 
 pub use berth_proto::client::MAX_MESSAGE;
 
-/// Channels to other servers, one per address (`berth_proto::client`).
+/// Channels to other servers and to agents, one per address
+/// (`berth_proto::client`), each end checked to be what we called.
 #[derive(Debug, Clone)]
 pub struct Peers {
     channels: Channels,
-}
-
-impl Default for Peers {
-    fn default() -> Self {
-        Self { channels: Channels::new(Settings::peers()) }
-    }
+    agents: Channels,
 }
 
 impl Peers {
+    pub fn new(tls: &Tls) -> Self {
+        Self {
+            channels: Channels::new(Settings::peers(), tls.connector(Peer::Server)),
+            agents: Channels::new(Settings::peers(), tls.connector(Peer::Worker)),
+        }
+    }
+
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::Status> {
         self.channels.get(addr).map_err(|e| tonic::Status::invalid_argument(e.to_string()))
+    }
+
+    /// A channel to the agent answering at `addr`.
+    pub fn agent(&self, addr: &str) -> Result<Channel, tonic::Status> {
+        self.agents.get(addr).map_err(|e| tonic::Status::invalid_argument(e.to_string()))
     }
 
     pub fn raft(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::Status> {
@@ -60,7 +68,7 @@ pub fn decode<T: DeserializeOwned>(p: &Payload) -> Result<T, tonic::Status> {
 }
 
 /// openraft's network: makes one client per target server.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Network {
     pub peers: Peers,
 }

@@ -28,6 +28,7 @@ use crate::liveness::Liveness;
 use crate::network::{decode, encode, Peers};
 use crate::state::{query, Command, Proposal, Query, QueryReply, Response};
 use crate::store::{Applied, LogId, NodeId, Raft};
+use crate::trust::Joined;
 
 /// Pause between attempts while a leader is being elected or a learner catches up.
 const RETRY: Duration = Duration::from_millis(50);
@@ -58,6 +59,13 @@ pub enum LeaderOp {
     Heartbeat {
         node: String,
     },
+    /// A node with a join token asks for its certificate (`trust::admit`).
+    Admit {
+        token: String,
+        csr: String,
+        /// What the node means to be: worker or server.
+        role: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +74,7 @@ pub enum LeaderReply {
     Proposed(Vec<Response>),
     Read(QueryReply),
     Joined { id: NodeId },
+    Admitted(Joined),
     Done,
 }
 
@@ -87,6 +96,10 @@ pub enum OpError {
     FailedPrecondition(String),
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub struct Node {
@@ -227,17 +240,34 @@ impl Node {
         match op {
             LeaderOp::Write(cmd) => self.batcher.write(cmd.clone()).await,
             LeaderOp::Propose(commands) => propose_here(&self.raft, commands.clone()).await,
-            LeaderOp::Read(q) => match self.raft.ensure_linearizable().await {
-                Ok(_) => Step::Done(self.read_local(q).map(LeaderReply::Read)),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Step::NotLeader,
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Step::Retry(e.to_string()),
-                Err(e) => fatal(e),
+            LeaderOp::Read(q) => match self.linearizable().await {
+                Ok(()) => Step::Done(self.read_local(q).map(LeaderReply::Read)),
+                Err(step) => step,
+            },
+            LeaderOp::Admit { token, csr, role } => match self.linearizable().await {
+                Ok(()) => Step::Done(self.admit(token, csr, role).map(LeaderReply::Admitted)),
+                Err(step) => step,
             },
             LeaderOp::Join { addr } => self.join(addr).await,
             LeaderOp::Promote { id } => self.promote(*id).await,
             LeaderOp::Remove { id } => self.remove(*id).await,
             LeaderOp::Heartbeat { node } => self.heartbeat(node),
         }
+    }
+
+    /// Waits until this leader's applied state is as fresh as any read may see.
+    async fn linearizable(&self) -> Result<(), Step> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(Step::NotLeader),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(Step::Retry(e.to_string())),
+            Err(e) => Err(fatal(e)),
+        }
+    }
+
+    fn admit(&self, token: &str, csr: &str, role: &str) -> Result<Joined, OpError> {
+        let applied = self.applied.read().map_err(|_| OpError::Internal("state lock poisoned".into()))?;
+        crate::trust::admit(applied.state.trust.as_ref(), token, csr, role)
     }
 
     fn heartbeat(&self, node: &str) -> Step {

@@ -5,19 +5,31 @@
 //! slot, then this server asks to be promoted to voter once it has caught up.
 //! The identity is saved before Raft starts, so any later start needs only
 //! the data dir, and an unfinished promotion is resumed.
+//!
+//! Trust comes first: bootstrap makes the cluster's root, this server's
+//! certificate and the first admin's credential (`DATA_DIR/admin.conf`),
+//! and writes the replicated part as the cluster's first command; a
+//! joining server trades its `--token` for a certificate (`trust`) before
+//! it asks to join Raft. Every connection is then mutual TLS.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
+use berth_proto::client::{self, Peer, Tls};
+use berth_proto::contexts::{ClientConfig, Context};
+use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::agent_server::AgentServer;
+use berth_proto::pb::agent::JoinRequest;
 use berth_proto::pb::cluster::cluster_client::ClusterClient;
 use berth_proto::pb::cluster::cluster_server::ClusterServer;
 use berth_proto::pb::cluster::ClusterStatusRequest;
 use berth_proto::pb::raft::raft_server::RaftServer;
+use berth_proto::pki::{Credentials, JoinToken, Request, Role};
 use openraft::BasicNode;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -27,10 +39,18 @@ use crate::api::{AgentApi, ClusterApi, RaftApi};
 use crate::config::{Config, Identity};
 use crate::network::{decode, encode, Network, Peers, MAX_MESSAGE};
 use crate::node::{LeaderOp, LeaderReply, Node, Step};
+use crate::state::{Command, Response as Applied};
 use crate::store::{self, NodeId, Raft};
+use crate::trust;
 
 /// How long a first start keeps trying to reach the cluster it joins.
 const JOIN_PATIENCE: Duration = Duration::from_secs(60);
+/// This server's key, certificate and roots, under the data dir.
+pub const TLS_DIR: &str = "tls";
+/// The first admin's credential, in berthctl's config format.
+pub const ADMIN_CONF: &str = "admin.conf";
+/// A new cluster's trust until the cluster has recorded it.
+const FOUNDING: &str = "founding.json";
 
 /// Runs the server until `shutdown` resolves, then stops cleanly.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
@@ -38,16 +58,24 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let saved = Identity::load(&cfg.data_dir)?;
     let (listen, advertise) = cfg.addresses(saved.as_ref())?;
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let peers = Peers::default();
-    let identity = match saved {
+    let (identity, tls) = match saved {
         Some(i) => {
             if cfg.bootstrap || cfg.join.is_some() {
                 info!(id = i.id, "data dir already holds server {}; --bootstrap/--join ignored", i.id);
             }
-            i
+            let creds = Credentials::load(&cfg.data_dir.join(TLS_DIR))?.with_context(|| {
+                format!(
+                    "{} holds server {} but no certificate ({TLS_DIR}/): it was made by a berth \
+                     without TLS; join this server again with a new data dir",
+                    cfg.data_dir.display(),
+                    i.id
+                )
+            })?;
+            (i, Tls::new(&creds)?)
         }
-        None => first_start(&cfg, listen, &advertise, &peers).await?,
+        None => first_start(&cfg, listen, &advertise).await?,
     };
+    let peers = Peers::new(&tls);
     let id = identity.id;
 
     let (log, sm) = store::open(&cfg.data_dir)?;
@@ -77,12 +105,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = stop_rx.await;
-            },
-        );
+        .serve_with_incoming_shutdown(berth_proto::tls::incoming(listener, tls.clone()), async {
+            let _ = stop_rx.await;
+        });
     let server = tokio::spawn(server);
 
     if identity.bootstrap && !raft.is_initialized().await? {
@@ -90,6 +115,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             .await
             .context("cannot bootstrap the cluster")?;
         info!(id, "bootstrapped a new cluster");
+    }
+    if cfg.data_dir.join(FOUNDING).exists() {
+        tokio::spawn(write_founding(node.clone(), cfg.data_dir.clone()));
     }
     if identity.pending_promotion.is_some() {
         tokio::spawn(finish_promotion(node.clone(), identity.clone(), cfg.data_dir.clone()));
@@ -111,14 +139,37 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
 }
 
 /// Creates the identity of a server that has never run: bootstrap or join.
-async fn first_start(cfg: &Config, listen: SocketAddr, advertise: &str, peers: &Peers) -> Result<Identity> {
-    let (id, pending_promotion) = if cfg.bootstrap {
-        (1, None)
+async fn first_start(cfg: &Config, listen: SocketAddr, advertise: &str) -> Result<(Identity, Tls)> {
+    let tls_dir = cfg.data_dir.join(TLS_DIR);
+    let (id, pending_promotion, tls) = if cfg.bootstrap {
+        let (founding, server, admin) = trust::found(cfg.cert_validity)?;
+        server.save(&tls_dir).with_context(|| format!("cannot write {}", tls_dir.display()))?;
+        write_private(&cfg.data_dir.join(FOUNDING), &serde_json::to_vec(&founding)?)?;
+        let context = Context {
+            name: format!("berth-{}", &founding.trust.cluster[..8]),
+            servers: vec![advertise.to_owned()],
+            user: trust::ADMIN.into(),
+            ca: admin.roots,
+            certificate: admin.chain,
+            key: admin.key,
+        };
+        let conf = cfg.data_dir.join(ADMIN_CONF);
+        ClientConfig::single(context).save(&conf)?;
+        info!("the admin's credential is in {}: `BERTH_CONFIG={} berthctl ...`", conf.display(), conf.display());
+        (1, None, Tls::new(&server)?)
     } else if let Some(via) = &cfg.join {
-        (join(peers, via, advertise).await?, Some(via.clone()))
+        let token = cfg
+            .token
+            .as_deref()
+            .context("--join needs --token: the cluster's server join token (`berthctl cluster join-token server`)")?;
+        let creds = admit(via, token).await?;
+        let tls = Tls::new(&creds)?;
+        let id = join(&Peers::new(&tls), via, advertise).await?;
+        creds.save(&tls_dir).with_context(|| format!("cannot write {}", tls_dir.display()))?;
+        (id, Some(via.clone()), tls)
     } else {
         bail!(
-            "{} holds no cluster state: start with --bootstrap to create a cluster, or --join ADDR to join one",
+            "{} holds no cluster state: start with --bootstrap to create a cluster, or --join ADDR --token T to join one",
             cfg.data_dir.display()
         );
     };
@@ -126,7 +177,68 @@ async fn first_start(cfg: &Config, listen: SocketAddr, advertise: &str, peers: &
         Identity { id, listen, advertise: advertise.to_string(), bootstrap: cfg.bootstrap, pending_promotion };
     identity.save(&cfg.data_dir)?;
     info!(id, "identity saved in {}", cfg.data_dir.display());
-    Ok(identity)
+    Ok((identity, tls))
+}
+
+/// Trades a server join token for this server's certificate, through `via`.
+async fn admit(via: &str, token: &str) -> Result<Credentials> {
+    let parsed: JoinToken = token.parse()?;
+    let pinned = Tls::pinned(&parsed.digest)?;
+    let channel =
+        client::channel(via, &client::Settings::calls(Duration::from_secs(10)), &pinned.connector(Peer::Join))?;
+    let request = Request::new()?;
+    let ask = JoinRequest { token: token.to_owned(), csr: request.csr.clone(), role: Role::Server.to_string() };
+    let deadline = Instant::now() + JOIN_PATIENCE;
+    let reply = loop {
+        match AgentClient::new(channel.clone()).join(ask.clone()).await {
+            Ok(reply) => break reply.into_inner(),
+            Err(s) if client::is_transport(&s) || s.code() == tonic::Code::Unavailable => {
+                if Instant::now() > deadline {
+                    bail!("cannot reach the cluster through {via} within {JOIN_PATIENCE:?}: {}", client::reason(&s));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(s) => bail!("the cluster refused to admit this server: {}", s.message()),
+        }
+    };
+    info!(node = reply.node_id, "admitted: this server's certificate is signed");
+    Ok(request.complete(reply.certificate_chain, reply.roots)?)
+}
+
+/// Writes the replicated half of a new cluster's trust, once Raft runs.
+async fn write_founding(node: Arc<Node>, dir: PathBuf) {
+    let path = dir.join(FOUNDING);
+    let founding = match std::fs::read(&path)
+        .map_err(anyhow::Error::from)
+        .and_then(|b| Ok(serde_json::from_slice::<trust::Founding>(&b)?))
+    {
+        Ok(f) => f,
+        Err(e) => return warn!("cannot read {}: {e:#}", path.display()),
+    };
+    loop {
+        match node.write(Command::InitTrust { trust: founding.trust.clone(), admin: founding.admin.clone() }).await {
+            Ok(Applied::Done) => break,
+            Ok(other) => return warn!("the cluster refused its own identity: {other:?}"),
+            Err(e) => info!("waiting to record the cluster's identity: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The root's key now lives only in the replicated state.
+    match std::fs::remove_file(&path) {
+        Ok(()) => info!(cluster = founding.trust.cluster, "the cluster's identity is recorded"),
+        Err(e) => warn!("cannot remove {}: {e}", path.display()),
+    }
+}
+
+/// Writes a file only its owner can read, whole and durably.
+fn write_private(path: &std::path::Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Finds the leader through `via` and asks it to admit `advertise` as a learner.

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use berth_proto::client::{CallError, Servers, Settings, MAX_MESSAGE};
+use berth_proto::client::{CallError, Peer, Servers, Settings, Tls, MAX_MESSAGE};
 use berth_proto::pb::cluster::cluster_client::ClusterClient;
+use berth_proto::pki::Credentials;
 use tonic::transport::Channel;
 use tonic::Status;
 
@@ -15,12 +16,14 @@ pub struct Client {
 }
 
 impl Client {
-    /// `timeout` bounds each server's answer before the next is tried.
-    pub fn new(servers: Vec<String>, timeout: Duration) -> Result<Self> {
+    /// `timeout` bounds each server's answer before the next is tried;
+    /// every call presents `creds`.
+    pub fn new(servers: &[String], timeout: Duration, creds: &Credentials) -> Result<Self> {
         if servers.is_empty() {
-            bail!("no server given: use --server ADDR or BERTH_SERVER=addr1,addr2");
+            bail!("no server given: use --server ADDR or BERTH_SERVER=addr1,addr2, or list servers in the config");
         }
-        Ok(Self { servers: Servers::new(&servers, &Settings::calls(timeout))? })
+        let tls = Tls::new(creds)?;
+        Ok(Self { servers: Servers::new(servers, &Settings::calls(timeout), &tls.connector(Peer::Server))? })
     }
 
     /// Calls `f` on each server in turn until one answers.

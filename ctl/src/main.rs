@@ -1,6 +1,8 @@
 //! berthctl: declare services and look at the cluster.
 
+mod access;
 mod client;
+mod config;
 mod output;
 mod spec;
 mod streams;
@@ -19,16 +21,17 @@ use output::Format;
 #[derive(Debug, Parser)]
 #[command(name = "berthctl", version, about = "Drive a berth cluster")]
 struct Cli {
-    /// A server to talk to (repeatable); the next is tried when one is down
-    #[arg(
-        long = "server",
-        short = 's',
-        global = true,
-        env = "BERTH_SERVER",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:7400"
-    )]
+    /// A server to talk to (repeatable); the next is tried when one is down.
+    /// Default: the servers of the config's context
+    #[arg(long = "server", short = 's', global = true, env = "BERTH_SERVER", value_delimiter = ',')]
     servers: Vec<String>,
+    /// berthctl's config: contexts of servers and credentials
+    /// (default ~/.config/berth/config; the bootstrap server writes DATA_DIR/admin.conf)
+    #[arg(long, global = true, env = "BERTH_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// The context of the config to use (default: its current one)
+    #[arg(long, global = true, env = "BERTH_CONTEXT")]
+    context: Option<String>,
     /// Output format of read commands
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
     output: Format,
@@ -57,6 +60,26 @@ enum Command {
     Node(NodeCmd),
     /// Print changes to services, nodes and tasks as they happen, until interrupted
     Events,
+    /// Users: who may use the cluster, and with which role
+    #[command(subcommand)]
+    User(UserCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCmd {
+    /// Add a user and print its credential (a config file of one context)
+    Add {
+        name: String,
+        /// read: every read and watch; operator: also services, scaling,
+        /// apply and logs; admin: also nodes, servers, users and tokens
+        #[arg(long, value_parser = ["read", "operator", "admin"])]
+        role: String,
+    },
+    /// List users and their roles
+    #[command(alias = "list")]
+    Ls,
+    /// Remove a user: its credential stops working at once, on every server
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,6 +187,17 @@ enum ClusterCmd {
     },
     /// Remove a server from the cluster by id
     Remove { id: u64 },
+    /// Print the command (with its token) that joins a host as a worker or a server
+    JoinToken {
+        #[arg(value_parser = ["worker", "server"])]
+        role: String,
+        /// Replace the token first: the old one stops working
+        #[arg(long)]
+        rotate: bool,
+        /// Print only the token
+        #[arg(short, long)]
+        quiet: bool,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -191,7 +225,11 @@ fn to_model(s: Option<pb::Service>) -> Result<Service> {
 
 async fn run(cli: Cli) -> Result<String> {
     anyhow::ensure!(cli.timeout.is_finite() && cli.timeout > 0.0, "--timeout must be a positive number of seconds");
-    let client = Client::new(cli.servers, Duration::from_secs_f64(cli.timeout))?;
+    let path = config::path(cli.config)?;
+    let context = config::load(&path, cli.context.as_deref())?;
+    let servers = if cli.servers.is_empty() { &context.servers } else { &cli.servers };
+    let client = Client::new(servers, Duration::from_secs_f64(cli.timeout), &context.credentials())
+        .with_context(|| format!("the credential in {}", path.display()))?;
     let fmt = cli.output;
     match cli.command {
         Command::Service(ServiceCmd::Create {
@@ -336,6 +374,12 @@ async fn run(cli: Cli) -> Result<String> {
             client.call("remove node", async |mut c| c.remove_node(req.clone()).await).await?;
             Ok(format!("node {name} removed\n"))
         }
+        Command::Cluster(ClusterCmd::JoinToken { role, rotate, quiet }) => {
+            access::join_token(&client, &role, rotate, quiet).await
+        }
+        Command::User(UserCmd::Add { name, role }) => access::add_user(&client, &context, &name, &role).await,
+        Command::User(UserCmd::Ls) => access::list_users(&client, fmt).await,
+        Command::User(UserCmd::Rm { name }) => access::remove_user(&client, &name).await,
         Command::Cluster(ClusterCmd::Remove { id }) => {
             client.call("remove server", async |mut c| c.remove_member(pb::RemoveMemberRequest { id }).await).await?;
             Ok(format!("server {id} removed from the cluster\n"))

@@ -1,7 +1,8 @@
 //! How every berth process reaches another over gRPC, in one place: the
 //! channel settings (connect timeout, HTTP/2 keepalive, deadlines, message
 //! limits), failing over between the servers a client knows, and the
-//! backoff between tries. Mutual TLS plugs in here.
+//! backoff between tries. Every channel is mutual TLS (`crate::tls`): a
+//! `Connector` says what we present and whom we expect at the other end.
 //!
 //! ```text
 //! berthctl, agent (join, heartbeat, watch, report) ─▶ Servers: addresses, one in use,
@@ -21,6 +22,8 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Status};
+
+pub use crate::tls::{Connector, Peer, Tls};
 
 /// The largest message any berth process sends or accepts (a list of
 /// every service, a node's assignment in a large cluster).
@@ -67,7 +70,7 @@ pub struct BadAddress {
 
 /// A channel to `addr` (`HOST:PORT`, or a URL), connected on first use
 /// and again after a failure.
-pub fn channel(addr: &str, settings: &Settings) -> Result<Channel, BadAddress> {
+pub fn channel(addr: &str, settings: &Settings, connector: &Connector) -> Result<Channel, BadAddress> {
     let bad = |why: String| BadAddress { addr: addr.to_owned(), why };
     if addr.is_empty() || addr.contains(char::is_whitespace) {
         return Err(bad("empty or with spaces".into()));
@@ -79,7 +82,6 @@ pub fn channel(addr: &str, settings: &Settings) -> Result<Channel, BadAddress> {
     }
     let endpoint = endpoint
         .connect_timeout(settings.connect_timeout)
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(settings.keepalive)
         .keep_alive_timeout(settings.keepalive_timeout)
         .keep_alive_while_idle(true);
@@ -87,17 +89,15 @@ pub fn channel(addr: &str, settings: &Settings) -> Result<Channel, BadAddress> {
         Some(t) => endpoint.timeout(t),
         None => endpoint,
     };
-    Ok(endpoint.connect_lazy())
+    Ok(endpoint.connect_with_connector_lazy(connector.clone()))
 }
 
 /// The server side of the same settings: pings to notice a client that
-/// froze or vanished mid-stream (a log follower, a watching agent).
+/// froze or vanished mid-stream (a log follower, a watching agent). Serve
+/// it `tls::incoming`.
 pub fn server() -> Server {
     let s = Settings::peers();
-    Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(s.keepalive))
-        .http2_keepalive_timeout(Some(s.keepalive_timeout))
+    Server::builder().http2_keepalive_interval(Some(s.keepalive)).http2_keepalive_timeout(Some(s.keepalive_timeout))
 }
 
 /// Pauses between tries: `first`, doubling up to `max`, from `first`
@@ -158,11 +158,11 @@ pub enum CallError {
 }
 
 impl Servers {
-    pub fn new(addrs: &[String], settings: &Settings) -> Result<Self, BadAddress> {
+    pub fn new(addrs: &[String], settings: &Settings, connector: &Connector) -> Result<Self, BadAddress> {
         if addrs.is_empty() {
             return Err(BadAddress { addr: String::new(), why: "no server given".into() });
         }
-        let list = addrs.iter().map(|a| Ok((a.clone(), channel(a, settings)?))).collect::<Result<_, _>>()?;
+        let list = addrs.iter().map(|a| Ok((a.clone(), channel(a, settings, connector)?))).collect::<Result<_, _>>()?;
         Ok(Self { list, at: 0, backoff: Backoff::default() })
     }
 
@@ -211,12 +211,13 @@ impl Servers {
 #[derive(Debug, Clone)]
 pub struct Channels {
     settings: Settings,
+    connector: Connector,
     map: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl Channels {
-    pub fn new(settings: Settings) -> Self {
-        Self { settings, map: Arc::default() }
+    pub fn new(settings: Settings, connector: Connector) -> Self {
+        Self { settings, connector, map: Arc::default() }
     }
 
     pub fn get(&self, addr: &str) -> Result<Channel, BadAddress> {
@@ -224,7 +225,7 @@ impl Channels {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let made = channel(addr, &self.settings)?;
+        let made = channel(addr, &self.settings, &self.connector)?;
         map.insert(addr.to_owned(), made.clone());
         Ok(made)
     }
@@ -274,14 +275,25 @@ mod tests {
         assert_eq!(b.pause(), Duration::from_millis(100));
     }
 
+    /// A root, a server's TLS and a worker's connector to servers.
+    fn trust() -> (Tls, Connector) {
+        use crate::pki::{Ca, Role};
+        let day = Duration::from_secs(86400);
+        let ca = Ca::new("c").unwrap();
+        let server = Tls::new(&ca.credentials("c", Role::Server, "s", day, &ca.cert).unwrap()).unwrap();
+        let worker = Tls::new(&ca.credentials("c", Role::Worker, "w", day, &ca.cert).unwrap()).unwrap();
+        (server, worker.connector(Peer::Server))
+    }
+
     #[tokio::test]
     async fn addresses_are_checked_and_failures_move_on_in_turn() {
         let s = Settings::calls(Duration::from_secs(1));
+        let (_, c) = trust();
         for bad in ["", "a b:1", "host-without-port", "http://"] {
-            assert!(channel(bad, &s).is_err(), "{bad:?}");
+            assert!(channel(bad, &s, &c).is_err(), "{bad:?}");
         }
-        assert!(Servers::new(&[], &s).is_err());
-        let mut servers = Servers::new(&["127.0.0.1:1".into(), "127.0.0.1:2".into()], &s).unwrap();
+        assert!(Servers::new(&[], &s, &c).is_err());
+        let mut servers = Servers::new(&["127.0.0.1:1".into(), "127.0.0.1:2".into()], &s, &c).unwrap();
         assert_eq!(servers.current(), "127.0.0.1:1");
         servers.failed().await;
         assert_eq!(servers.current(), "127.0.0.1:2");
@@ -295,6 +307,9 @@ mod tests {
 
     #[tonic::async_trait]
     impl crate::pb::agent::agent_server::Agent for Refusing {
+        async fn join(&self, _: tonic::Request<pb::JoinRequest>) -> Result<tonic::Response<pb::JoinReply>, Status> {
+            Err(Status::unimplemented("no"))
+        }
         async fn register(
             &self,
             _: tonic::Request<pb::RegisterRequest>,
@@ -330,13 +345,14 @@ mod tests {
     async fn a_closed_port_and_a_deadline_move_on_and_a_servers_answer_does_not() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let live = listener.local_addr().unwrap().to_string();
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let (tls, c) = trust();
+        let incoming = crate::tls::incoming(listener, tls);
         let service = crate::pb::agent::agent_server::AgentServer::new(Refusing);
         tokio::spawn(server().add_service(service).serve_with_incoming(incoming));
         // A port nobody listens on: bound, then let go.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
         let settings = Settings::calls(Duration::from_millis(500));
-        let servers = Servers::new(&[closed.clone(), live.clone()], &settings).unwrap();
+        let servers = Servers::new(&[closed.clone(), live.clone()], &settings, &c).unwrap();
         let tried = std::sync::Mutex::new(Vec::new());
         let register = async |c: Channel| {
             tried.lock().unwrap().push(());
@@ -349,7 +365,7 @@ mod tests {
         assert_eq!(tried.lock().unwrap().len(), 2, "the closed port was tried first, and left");
         // A server that does not answer within the deadline is as good as none.
         let beat = async |c: Channel| AgentClient::new(c).heartbeat(pb::HeartbeatRequest::default()).await;
-        match Servers::new(&[live, closed], &settings).unwrap().first_answer(beat).await {
+        match Servers::new(&[live, closed], &settings, &c).unwrap().first_answer(beat).await {
             Err(CallError::Unreachable(Unreachable(all))) => {
                 assert_eq!(all.len(), 2, "{all:?}");
                 assert!(all[1].1.contains("refused"), "{all:?}");

@@ -10,8 +10,11 @@
 //! the handlers sees only `model` types.
 
 pub mod client;
+pub mod contexts;
 pub mod convert;
 pub mod model;
+pub mod pki;
+pub mod tls;
 
 /// Generated protobuf and gRPC code.
 #[allow(missing_debug_implementations, clippy::all, clippy::unwrap_used)]

@@ -86,6 +86,10 @@ impl Agent {
             .env("BERTH_REGISTRIES", &self.registries)
             .env("BERTH_CGROUP_PARENT", &self.cgroup_parent)
             .env("BERTH_SHIM", &self.shim);
+        // The join token of the cluster under test, if there is one.
+        if let Some(token) = crate::KEYS.lock().ok().and_then(|k| k.as_ref().and_then(|k| k.worker_token.clone())) {
+            cmd.env("BERTH_TOKEN", token);
+        }
         cmd
     }
 

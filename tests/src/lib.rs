@@ -23,11 +23,42 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use berth_proto::client::{Peer, Tls};
+use berth_proto::contexts::ClientConfig;
 use berth_proto::pb::cluster::cluster_client::ClusterClient;
 use berth_proto::pb::cluster::*;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The credentials of the cluster under test, as its users and hosts get
+/// them: the bootstrap server's admin.conf and the join tokens. A test
+/// binary runs one cluster at a time, so they are kept here for every
+/// helper (berthctl, agents, clients) to use.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub admin_conf: PathBuf,
+    pub admin: Tls,
+    pub worker_token: Option<String>,
+    pub server_token: Option<String>,
+}
+
+static KEYS: Mutex<Option<Keys>> = Mutex::new(None);
+
+/// The current cluster's credentials.
+pub fn keys() -> Keys {
+    KEYS.lock().unwrap_or_else(|p| p.into_inner()).clone().expect("no cluster has been bootstrapped yet")
+}
+
+fn set_keys(keys: Option<Keys>) {
+    *KEYS.lock().unwrap_or_else(|p| p.into_inner()) = keys;
+}
+
+/// The admin's TLS from a config file (an admin.conf).
+pub fn tls_of(conf: &Path) -> Result<Tls> {
+    let config = ClientConfig::load(conf)?;
+    Ok(Tls::new(&config.context(None, conf)?.credentials())?)
+}
 
 /// Path of a workspace binary (built by `cargo build --workspace --bins`).
 pub fn bin(name: &str) -> PathBuf {
@@ -47,9 +78,18 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
+/// A client of the server at `addr`, as the current cluster's admin.
 pub fn client(addr: &str) -> ClusterClient<Channel> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .map(|e| e.connect_timeout(Duration::from_secs(1)).timeout(Duration::from_secs(10)).connect_lazy())
+    client_as(addr, &keys().admin)
+}
+
+/// A client of the server at `addr` presenting `tls`.
+pub fn client_as(addr: &str, tls: &Tls) -> ClusterClient<Channel> {
+    let settings = berth_proto::client::Settings {
+        connect_timeout: Duration::from_secs(1),
+        ..berth_proto::client::Settings::calls(Duration::from_secs(10))
+    };
+    let channel = berth_proto::client::channel(addr, &settings, &tls.connector(Peer::Server))
         .unwrap_or_else(|e| panic!("bad address {addr}: {e}"));
     ClusterClient::new(channel).max_decoding_message_size(MAX_MESSAGE)
 }
@@ -153,7 +193,7 @@ impl Cluster {
         for i in 0..n {
             cluster.add_server(i == 0, extra)?;
             if i == 0 {
-                cluster.wait_for_voters(1).await?;
+                cluster.founded().await?;
             }
         }
         cluster.wait_for_voters(n).await?;
@@ -168,7 +208,7 @@ impl Cluster {
         for (i, host) in hosts.iter().enumerate() {
             cluster.add_server_at(i == 0, extra, format!("{}:7400", host.ip), Some(host.netns.clone()))?;
             if i == 0 {
-                cluster.wait_for_voters(1).await?;
+                cluster.founded().await?;
             }
         }
         cluster.wait_for_voters(hosts.len()).await?;
@@ -195,10 +235,40 @@ impl Cluster {
         } else {
             args.push("--join".into());
             args.push(self.servers[0].addr.clone());
+            args.push("--token".into());
+            args.push(keys().server_token.context("the cluster's server token is not known yet")?);
         }
         server.spawn(&args)?;
         self.servers.push(server);
         Ok(i)
+    }
+
+    /// Waits for the bootstrap server: its admin.conf, one voter, and the
+    /// cluster's identity recorded (the join tokens answer).
+    pub async fn founded(&mut self) -> Result<()> {
+        let conf = self.admin_conf();
+        let admin = wait_for(Duration::from_secs(30), "the bootstrap server's admin.conf", async || tls_of(&conf).ok())
+            .await
+            .with_context(|| self.logs())?;
+        set_keys(Some(Keys { admin_conf: conf, admin, worker_token: None, server_token: None }));
+        self.wait_for_voters(1).await?;
+        let addr = self.servers[0].addr.clone();
+        let token = async |role: &str| {
+            let mut c = client(&addr);
+            c.join_token(JoinTokenRequest { role: role.into(), rotate: false }).await.ok().map(|r| r.into_inner().token)
+        };
+        let worker = wait_for(Duration::from_secs(30), "the worker join token", async || token("worker").await).await?;
+        let server = wait_for(Duration::from_secs(30), "the server join token", async || token("server").await).await?;
+        let mut keys = keys();
+        keys.worker_token = Some(worker);
+        keys.server_token = Some(server);
+        set_keys(Some(keys));
+        Ok(())
+    }
+
+    /// The first admin's credential, written by the bootstrap server.
+    pub fn admin_conf(&self) -> PathBuf {
+        self.dir.path().join("server-0").join("admin.conf")
     }
 
     pub fn addrs(&self) -> Vec<String> {
@@ -291,9 +361,16 @@ pub fn spec(name: &str) -> ServiceSpec {
     ServiceSpec { name: name.into(), image: "busybox:1.36".into(), replicas: 1, ..Default::default() }
 }
 
-/// Runs berthctl with `args`; returns (exit success, stdout, stderr).
+/// Runs berthctl with `args` as the current cluster's admin; returns
+/// (exit success, stdout, stderr).
 pub fn berthctl(servers: &[String], args: &[&str]) -> Result<(bool, String, String)> {
+    berthctl_as(&keys().admin_conf, servers, args)
+}
+
+/// Runs berthctl with the config `conf`.
+pub fn berthctl_as(conf: &Path, servers: &[String], args: &[&str]) -> Result<(bool, String, String)> {
     let out = Command::new(bin("berthctl"))
+        .env("BERTH_CONFIG", conf)
         .env("BERTH_SERVER", servers.join(","))
         .args(args)
         .stdin(Stdio::null())

@@ -41,6 +41,7 @@ impl JoinedAgent {
         let mut cmd = std::process::Command::new(bin("berth-agent"));
         cmd.env("BERTH_AGENT_DATA_DIR", self.dir.path())
             .env("BERTH_LOG", "info")
+            .env("BERTH_TOKEN", berth_tests::keys().worker_token.unwrap_or_default())
             .args(["--server", &servers.join(","), "--name", &self.name, "--advertise", &self.advertise])
             .args(["--cpus", "2", "--memory", "4Gi", "--heartbeat-ms", "300", "--bridge", &self.bridge])
             .args(["--wireguard-port", &free_port().to_string()])

@@ -48,7 +48,10 @@ fn all_tasks(servers: &[String], service: &str) -> Option<Vec<(String, String, S
 fn berthctl_background(servers: &[String], log: std::path::PathBuf, args: &[&str]) -> Result<Process> {
     let mut p = Process::new(log);
     p.start(
-        std::process::Command::new(berth_tests::bin("berthctl")).env("BERTH_SERVER", servers.join(",")).args(args),
+        std::process::Command::new(berth_tests::bin("berthctl"))
+            .env("BERTH_CONFIG", berth_tests::keys().admin_conf)
+            .env("BERTH_SERVER", servers.join(","))
+            .args(args),
     )?;
     Ok(p)
 }

@@ -20,6 +20,7 @@ use berth_proto::pb::agent::*;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::auth;
 use crate::node::{LeaderOp, Node};
 use crate::state::{now_ms, Command, Response as Applied, State, TaskReport as Report};
 
@@ -91,8 +92,27 @@ pub fn node_from(req: RegisterRequest) -> Result<NodeRecord, Status> {
 
 #[tonic::async_trait]
 impl Agent for AgentApi {
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let JoinRequest { token, csr, role } = req.into_inner();
+        match self.node.run(LeaderOp::Admit { token, csr, role }).await? {
+            crate::node::LeaderReply::Admitted(j) => Ok(Response::new(JoinReply {
+                node_id: j.node_id,
+                role: j.role,
+                certificate_chain: j.chain,
+                roots: j.roots,
+            })),
+            other => Err(Status::internal(format!("unexpected reply from the leader: {other:?}"))),
+        }
+    }
+
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
-        let record = node_from(req.into_inner())?;
+        // The node is who its certificate names: an empty id means "that one".
+        let me = auth::caller(&req)?.name;
+        let requested = if req.get_ref().node_id.is_empty() { me.clone() } else { req.get_ref().node_id.clone() };
+        auth::node(&req, &requested)?;
+        let mut req = req.into_inner();
+        req.node_id = me;
+        let record = node_from(req)?;
         let taken = |n: &NodeRecord| n.name == record.name && n.id != record.id;
         let clash = self.node.applied.read().ok().and_then(|a| a.state.nodes.values().find(|n| taken(n)).cloned());
         if let Some(other) = clash.filter(|n| n.status == NodeStatus::Ready) {
@@ -113,6 +133,7 @@ impl Agent for AgentApi {
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
+        auth::node(&req, &req.get_ref().node_id)?;
         self.node.run(LeaderOp::Heartbeat { node: req.into_inner().node_id }).await?;
         Ok(Response::new(HeartbeatReply {}))
     }
@@ -120,6 +141,7 @@ impl Agent for AgentApi {
     type WatchTasksStream = ReceiverStream<Result<AssignedTasks, Status>>;
 
     async fn watch_tasks(&self, req: Request<WatchTasksRequest>) -> Result<Response<Self::WatchTasksStream>, Status> {
+        auth::node(&req, &req.get_ref().node_id)?;
         let node_id = req.into_inner().node_id;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let node = self.node.clone();
@@ -146,6 +168,7 @@ impl Agent for AgentApi {
     }
 
     async fn report_tasks(&self, req: Request<ReportTasksRequest>) -> Result<Response<ReportTasksReply>, Status> {
+        auth::node(&req, &req.get_ref().node_id)?;
         let ReportTasksRequest { node_id, tasks } = req.into_inner();
         let reports = tasks
             .into_iter()

@@ -11,10 +11,10 @@ use berth_proto::pb::cluster::*;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::streams;
+use super::{access, streams};
 
 use crate::node::{LeaderOp, Node};
-use crate::state::{Command, Query, QueryReply, Response as Applied};
+use crate::state::{Access, Command, Query, QueryReply, Response as Applied};
 
 #[derive(Debug, Clone)]
 pub struct ClusterApi {
@@ -33,6 +33,10 @@ fn name_arg(name: &str) -> Result<(), Status> {
 }
 
 impl ClusterApi {
+    fn allow<T>(&self, req: &Request<T>, need: Access, what: &str) -> Result<(), Status> {
+        super::auth::user(&self.node, req, need, what)
+    }
+
     async fn write_service(&self, cmd: Command) -> Result<(Service, String), Status> {
         match self.node.write(cmd).await? {
             Applied::Service { service, outcome } => Ok((service.into(), outcome.to_string())),
@@ -77,24 +81,28 @@ impl ClusterApi {
 #[tonic::async_trait]
 impl Cluster for ClusterApi {
     async fn create_service(&self, req: Request<CreateServiceRequest>) -> Result<Response<ServiceReply>, Status> {
+        self.allow(&req, Access::Operator, "creating a service")?;
         let spec = spec_from_request(req.into_inner().spec).map_err(invalid)?;
         let (service, _) = self.write_service(Command::CreateService(spec)).await?;
         Ok(Response::new(ServiceReply { service: Some(service), endpoints: vec![] }))
     }
 
     async fn update_service(&self, req: Request<UpdateServiceRequest>) -> Result<Response<ServiceReply>, Status> {
+        self.allow(&req, Access::Operator, "updating a service")?;
         let spec = spec_from_request(req.into_inner().spec).map_err(invalid)?;
         let (service, _) = self.write_service(Command::UpdateService(spec)).await?;
         Ok(Response::new(ServiceReply { service: Some(service), endpoints: vec![] }))
     }
 
     async fn apply_service(&self, req: Request<ApplyServiceRequest>) -> Result<Response<ApplyServiceReply>, Status> {
+        self.allow(&req, Access::Operator, "applying a service")?;
         let spec = spec_from_request(req.into_inner().spec).map_err(invalid)?;
         let (service, outcome) = self.write_service(Command::ApplyService(spec)).await?;
         Ok(Response::new(ApplyServiceReply { service: Some(service), outcome }))
     }
 
     async fn delete_service(&self, req: Request<DeleteServiceRequest>) -> Result<Response<DeleteServiceReply>, Status> {
+        self.allow(&req, Access::Operator, "removing a service")?;
         let name = req.into_inner().name;
         name_arg(&name)?;
         match self.node.write(Command::DeleteService { name }).await? {
@@ -105,6 +113,7 @@ impl Cluster for ClusterApi {
     }
 
     async fn get_service(&self, req: Request<GetServiceRequest>) -> Result<Response<ServiceReply>, Status> {
+        self.allow(&req, Access::Read, "reading a service")?;
         let GetServiceRequest { name, stale } = req.into_inner();
         name_arg(&name)?;
         match self.node.read(Query::GetService(name.clone()), stale).await? {
@@ -118,6 +127,7 @@ impl Cluster for ClusterApi {
     }
 
     async fn list_services(&self, req: Request<ListServicesRequest>) -> Result<Response<ListServicesReply>, Status> {
+        self.allow(&req, Access::Read, "listing services")?;
         match self.node.read(Query::ListServices, req.get_ref().stale).await? {
             QueryReply::Services(list) => {
                 Ok(Response::new(ListServicesReply { services: list.into_iter().map(Into::into).collect() }))
@@ -127,6 +137,7 @@ impl Cluster for ClusterApi {
     }
 
     async fn cluster_status(&self, req: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatusReply>, Status> {
+        self.allow(&req, Access::Read, "reading the cluster status")?;
         // The leader knows roles and replication progress; ask it (one hop at
         // most), else answer for ourselves.
         let m = self.node.metrics();
@@ -147,11 +158,13 @@ impl Cluster for ClusterApi {
     }
 
     async fn remove_member(&self, req: Request<RemoveMemberRequest>) -> Result<Response<RemoveMemberReply>, Status> {
+        self.allow(&req, Access::Admin, "removing a server")?;
         self.node.run(LeaderOp::Remove { id: req.into_inner().id }).await?;
         Ok(Response::new(RemoveMemberReply {}))
     }
 
     async fn list_tasks(&self, req: Request<ListTasksRequest>) -> Result<Response<ListTasksReply>, Status> {
+        self.allow(&req, Access::Read, "listing tasks")?;
         let ListTasksRequest { service, stale } = req.into_inner();
         name_arg(&service)?;
         match self.node.read(Query::ListTasks(service), stale).await? {
@@ -168,6 +181,7 @@ impl Cluster for ClusterApi {
         &self,
         req: Request<ServiceLogsRequest>,
     ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        self.allow(&req, Access::Operator, "reading logs")?;
         let req = req.into_inner();
         name_arg(&req.service)?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -177,13 +191,15 @@ impl Cluster for ClusterApi {
 
     type EventsStream = ReceiverStream<Result<Event, Status>>;
 
-    async fn events(&self, _req: Request<EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+    async fn events(&self, req: Request<EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+        self.allow(&req, Access::Read, "watching events")?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(streams::events(self.node.clone(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn list_nodes(&self, req: Request<ListNodesRequest>) -> Result<Response<ListNodesReply>, Status> {
+        self.allow(&req, Access::Read, "listing nodes")?;
         match self.node.read(Query::ListNodes, req.get_ref().stale).await? {
             QueryReply::Nodes(list) => {
                 Ok(Response::new(ListNodesReply { nodes: list.into_iter().map(Into::into).collect() }))
@@ -193,6 +209,7 @@ impl Cluster for ClusterApi {
     }
 
     async fn get_node(&self, req: Request<GetNodeRequest>) -> Result<Response<NodeReply>, Status> {
+        self.allow(&req, Access::Read, "reading a node")?;
         let GetNodeRequest { name, stale } = req.into_inner();
         let info = self.find_node(&name, stale).await?;
         Ok(Response::new(NodeReply { node: Some(info.into()) }))
@@ -202,6 +219,7 @@ impl Cluster for ClusterApi {
         &self,
         req: Request<SetNodeAvailabilityRequest>,
     ) -> Result<Response<NodeReply>, Status> {
+        self.allow(&req, Access::Admin, "changing a node")?;
         let SetNodeAvailabilityRequest { name, availability } = req.into_inner();
         let availability = Availability::parse(&availability).ok_or_else(|| {
             Status::invalid_argument(format!("availability: {availability:?} is not valid: expected active or drain"))
@@ -218,12 +236,33 @@ impl Cluster for ClusterApi {
     }
 
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeReply>, Status> {
+        self.allow(&req, Access::Admin, "removing a node")?;
         let id = self.find_node(&req.get_ref().name, false).await?.node.id;
         match self.node.write(Command::RemoveNode { id }).await? {
             Applied::Deleted => Ok(Response::new(RemoveNodeReply {})),
             Applied::Rejected(r) => Err(r.into()),
             other => Err(Status::internal(format!("unexpected state machine reply {other:?}"))),
         }
+    }
+
+    async fn join_token(&self, req: Request<JoinTokenRequest>) -> Result<Response<JoinTokenReply>, Status> {
+        self.allow(&req, Access::Admin, "managing join tokens")?;
+        Ok(Response::new(access::join_token(&self.node, req.into_inner()).await?))
+    }
+
+    async fn add_user(&self, req: Request<AddUserRequest>) -> Result<Response<AddUserReply>, Status> {
+        self.allow(&req, Access::Admin, "adding a user")?;
+        Ok(Response::new(access::add_user(&self.node, req.into_inner()).await?))
+    }
+
+    async fn list_users(&self, req: Request<ListUsersRequest>) -> Result<Response<ListUsersReply>, Status> {
+        self.allow(&req, Access::Admin, "listing users")?;
+        Ok(Response::new(access::list_users(&self.node).await?))
+    }
+
+    async fn remove_user(&self, req: Request<RemoveUserRequest>) -> Result<Response<RemoveUserReply>, Status> {
+        self.allow(&req, Access::Admin, "removing a user")?;
+        Ok(Response::new(access::remove_user(&self.node, req.into_inner()).await?))
     }
 }
 

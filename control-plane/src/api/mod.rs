@@ -4,7 +4,9 @@
 //! INVALID_ARGUMENT naming the field), hand them to `Node`, and map the
 //! outcome to a reply or a status whose message says what to do next.
 
+mod access;
 mod agent;
+mod auth;
 mod cluster;
 mod raft;
 mod streams;
@@ -24,6 +26,8 @@ impl From<OpError> for Status {
             OpError::NotFound(m) => Status::not_found(m),
             OpError::FailedPrecondition(m) => Status::failed_precondition(m),
             OpError::Internal(m) => Status::internal(m),
+            OpError::Refused(m) => Status::permission_denied(m),
+            OpError::Invalid(m) => Status::invalid_argument(m),
         }
     }
 }
@@ -43,6 +47,10 @@ impl From<Rejection> for Status {
             }
             Rejection::NodeInUse { .. } | Rejection::NetworkSet(..) | Rejection::PortTaken { .. } => Status::failed_precondition(r.to_string()),
             Rejection::NoSubnet(_) => Status::resource_exhausted(r.to_string()),
+            Rejection::TrustSet(_) | Rejection::LastAdmin(_) => Status::failed_precondition(r.to_string()),
+            Rejection::NoTrust => Status::unavailable(r.to_string()),
+            Rejection::UserExists(_) => Status::already_exists(r.to_string()),
+            Rejection::UserNotFound(_) => Status::not_found(r.to_string()),
         }
     }
 }

@@ -42,11 +42,13 @@ impl RaftApi {
 #[tonic::async_trait]
 impl RaftService for RaftApi {
     async fn append_entries(&self, req: Request<Payload>) -> Reply {
+        super::auth::server(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
         Ok(Response::new(encode(&self.node.raft.append_entries(rpc).await)?))
     }
 
     async fn vote(&self, req: Request<Payload>) -> Reply {
+        super::auth::server(&req)?;
         let rpc: VoteRequest<NodeId> = decode(req.get_ref())?;
         let candidate_log = rpc.last_log_id;
         let result = self.node.raft.vote(rpc).await;
@@ -57,11 +59,13 @@ impl RaftService for RaftApi {
     }
 
     async fn install_snapshot(&self, req: Request<Payload>) -> Reply {
+        super::auth::server(&req)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
         Ok(Response::new(encode(&self.node.raft.install_snapshot(rpc).await)?))
     }
 
     async fn forward(&self, req: Request<Payload>) -> Reply {
+        super::auth::server(&req)?;
         let op: LeaderOp = decode(req.get_ref())?;
         Ok(Response::new(encode(&self.node.here(&op).await)?))
     }

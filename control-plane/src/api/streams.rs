@@ -12,12 +12,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::client::{self, Settings};
+use berth_proto::client;
 use berth_proto::model::{Desired, NodeStatus};
 use berth_proto::pb::agent::node_client::NodeClient;
 use berth_proto::pb::agent::TaskLogsRequest;
 use berth_proto::pb::cluster::{Event, LogLine, LogLines, ServiceLogsRequest};
 use tokio::sync::mpsc;
+use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::events::diff;
@@ -116,17 +117,24 @@ pub fn service_logs(
         tail: req.tail.max(0) as u64,
     };
     for (name, address) in nodes {
-        tokio::spawn(from_node(name, address, ask.clone(), tx.clone()));
+        let channel = node.peers.agent(&address);
+        tokio::spawn(from_node(name, address, channel, ask.clone(), tx.clone()));
     }
     Ok(())
 }
 
-async fn from_node(name: String, address: String, ask: TaskLogsRequest, tx: mpsc::Sender<Result<LogLines, Status>>) {
+async fn from_node(
+    name: String,
+    address: String,
+    channel: Result<Channel, Status>,
+    ask: TaskLogsRequest,
+    tx: mpsc::Sender<Result<LogLines, Status>>,
+) {
     let warn = |why: String| LogLines { lines: vec![], warning: format!("node {name} ({address}): {why}") };
     // Pings (client::Settings) notice an agent that hangs mid-stream (a frozen host).
-    let stream = match client::channel(&address, &Settings::peers()) {
+    let stream = match channel {
         Ok(channel) => NodeClient::new(channel).max_decoding_message_size(MAX_BATCH).task_logs(ask).await,
-        Err(e) => Err(Status::invalid_argument(e.to_string())),
+        Err(e) => Err(e),
     };
     let mut stream = match stream {
         Ok(s) => s.into_inner(),

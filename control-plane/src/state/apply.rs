@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use berth_proto::model::{Desired, NodeStatus, Protocol, Resources, Service, ServiceSpec, Task, TaskState};
 
-use super::{ipam, Command, Outcome, Rejection, Response, State, TaskChange};
+use super::{ipam, trust, Command, Outcome, Rejection, Response, State, TaskChange};
 
 /// A published port (per protocol) answers on every node, so only one
 /// service may have it.
@@ -118,6 +118,10 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
             None => Response::Rejected(Rejection::NodeNotFound(id.clone())),
         },
         Command::RemoveNode { id } => remove_node(state, id),
+        Command::InitTrust { trust, admin } => trust::init(state, trust, admin),
+        Command::RotateToken { role, secret } => trust::rotate_token(state, *role, secret),
+        Command::AddUser(user) => trust::add_user(&mut state.users, user),
+        Command::RemoveUser { name } => trust::remove_user(&mut state.users, name),
         Command::ReportTasks { node, reports, at_ms } => {
             let mut applied = 0;
             for r in reports {

@@ -13,6 +13,7 @@
 mod apply;
 mod ipam;
 mod query;
+mod trust;
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use apply::apply;
 pub use query::{query, Query, QueryReply};
+pub use trust::{Access, JoinRole, Trust, User};
 
 /// Everything the cluster agrees on: services, nodes and tasks; IPAM joins later.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -44,6 +46,12 @@ pub struct State {
     /// `--cluster-cidr` (see `state::ipam`).
     #[serde(default)]
     pub network: Option<NetworkConfig>,
+    /// The cluster's id, root and join secrets; set once, at bootstrap.
+    #[serde(default)]
+    pub trust: Option<Trust>,
+    /// People and programs that may use the API, by name.
+    #[serde(default)]
+    pub users: BTreeMap<String, User>,
 }
 
 impl State {
@@ -119,6 +127,23 @@ pub enum Command {
         /// When the leader decided (Unix ms): a changed task's `since`.
         at_ms: u64,
     },
+    /// The cluster's trust and its first user, written once by the
+    /// bootstrap server. Precondition: none is set, or the same cluster's.
+    InitTrust {
+        trust: Trust,
+        admin: User,
+    },
+    /// A new secret for one role's join tokens; the old one stops working.
+    RotateToken {
+        role: JoinRole,
+        secret: String,
+    },
+    /// Precondition: no user of that name exists.
+    AddUser(User),
+    /// Precondition: the user exists and is not the last admin.
+    RemoveUser {
+        name: String,
+    },
 }
 
 /// An agent's word on one task (part of the replicated log's commands).
@@ -165,6 +190,8 @@ pub enum Response {
     Reconciled {
         applied: usize,
     },
+    /// Done, with nothing to report.
+    Done,
     Rejected(Rejection),
 }
 
@@ -194,6 +221,16 @@ pub enum Rejection {
     NetworkSet(berth_proto::model::Cidr, u8),
     #[error("no free node subnet is left in the cluster CIDR {0}: remove nodes that are gone (`berthctl node rm`)")]
     NoSubnet(berth_proto::model::Cidr),
+    #[error("this cluster already has id {0}; its identity cannot change")]
+    TrustSet(String),
+    #[error("the cluster's identity is not set up yet (the bootstrap server writes it first)")]
+    NoTrust,
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    #[error("user {0:?} not found; `berthctl user ls` lists them")]
+    UserNotFound(String),
+    #[error("user {0:?} is the last admin; add another admin first")]
+    LastAdmin(String),
 }
 
 impl std::fmt::Display for Outcome {

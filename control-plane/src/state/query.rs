@@ -17,6 +17,9 @@ pub enum Query {
     ListNodes,
     /// A service's tasks.
     ListTasks(String),
+    /// The cluster's trust (servers only: it holds the root's key).
+    Trust,
+    ListUsers,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +29,8 @@ pub enum QueryReply {
     Node(Option<NodeInfo>),
     Nodes(Vec<NodeInfo>),
     Tasks(Vec<TaskInfo>),
+    Trust(Option<super::Trust>),
+    Users(Vec<super::User>),
 }
 
 pub fn query(state: &State, q: &Query) -> QueryReply {
@@ -48,6 +53,8 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
             QueryReply::Service(state.services.get(name).cloned(), endpoints)
         }
         Query::ListServices => QueryReply::Services(state.services.values().cloned().collect()),
+        Query::Trust => QueryReply::Trust(state.trust.clone()),
+        Query::ListUsers => QueryReply::Users(state.users.values().cloned().collect()),
         Query::GetNode(key) => {
             let node = state.nodes.get(key).or_else(|| state.nodes.values().find(|n| &n.name == key));
             QueryReply::Node(node.map(|n| info(n, &state.allocations())))

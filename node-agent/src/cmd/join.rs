@@ -1,6 +1,8 @@
-//! `berth-agent --server ADDR[,ADDR…]`: join the cluster and stay in it.
-//! The node registers (its id is kept in the data dir, so a restart is the
-//! same node), then sends a heartbeat every period to any live server,
+//! `berth-agent --server ADDR[,ADDR…] --token T`: join the cluster and
+//! stay in it. A node without a certificate trades the join token for one
+//! (its key pair is made here and never leaves `DATA_DIR/tls/`); the
+//! certificate names the node's id, so a restart is the same node and
+//! needs no token. The node registers, then sends a heartbeat every period to any live server,
 //! moving to the next with backoff when one fails, while the worker
 //! (`berth_node_agent::driver`) runs what the cluster places here, and the
 //! node API (`tasks::logs`) answers servers on `--listen`.
@@ -15,16 +17,21 @@ use berth_node_agent::driver::{self, HostNetwork, StoreImages, Worker};
 use berth_node_agent::network::overlay::Keys;
 use berth_node_agent::network::plan::Features;
 use berth_node_agent::tasks::logs::NodeApi;
-use berth_proto::client::{Servers, Settings};
+use berth_proto::client::{CallError, Peer, Servers, Settings, Tls};
 use berth_proto::model::Protocol;
 use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::node_server::NodeServer;
-use berth_proto::pb::agent::{HeartbeatRequest, NodeCapacity, RegisterRequest};
+use berth_proto::pb::agent::{HeartbeatRequest, JoinRequest, NodeCapacity, RegisterRequest};
+use berth_proto::pki::{Credentials, JoinToken, Request, Role};
 use tracing::{info, warn};
 
 use super::Node;
 
 const ID_FILE: &str = "node-id";
+/// The node's key, certificate and the cluster's roots.
+const TLS_DIR: &str = "tls";
+/// How long a first start keeps trying to reach a server to join through.
+const JOIN_PATIENCE: Duration = Duration::from_secs(60);
 /// How long a server has to answer a registration or a heartbeat.
 const CALL_TIMEOUT: Duration = Duration::from_secs(6);
 
@@ -33,6 +40,10 @@ pub struct JoinArgs {
     /// Servers of the cluster to join (comma-separated or repeated).
     #[arg(long = "server", env = "BERTH_SERVER", value_delimiter = ',')]
     pub servers: Vec<String>,
+    /// The worker join token (`berthctl cluster join-token worker`); needed
+    /// only until the node has its certificate.
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// This node's name (a DNS label); the host name by default.
     #[arg(long)]
     pub name: Option<String>,
@@ -84,7 +95,17 @@ pub struct JoinArgs {
 pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -> anyhow::Result<u8> {
     berth_node_agent::dns::zone::Zone::new(&args.cluster_domain, args.dns_ttl)
         .map_err(|e| anyhow::anyhow!("--cluster-domain: {e}"))?;
-    let request = registration(data_dir, &args)?;
+    if args.servers.is_empty() {
+        bail!("give --server ADDR[,ADDR...] to join a cluster, or a command (see --help)");
+    }
+    let tls_dir = data_dir.join(TLS_DIR);
+    let creds = match Credentials::load(&tls_dir).with_context(|| format!("reading {}", tls_dir.display()))? {
+        Some(creds) => creds,
+        None => admit(data_dir, &args).await?,
+    };
+    let tls = Tls::new(&creds)?;
+    let mut request = registration(data_dir, &args)?;
+    request.node_id = creds.identity()?.name;
     let mut network = HostNetwork::new(args.bridge.clone(), args.mtu, run_dir.join("netns"));
     network.dns = Some(berth_node_agent::dns::Settings {
         domain: args.cluster_domain.clone(),
@@ -97,10 +118,8 @@ pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -
         network.overlay = keys.map(|k| (k, args.wireguard_port));
     }
     let period = Duration::from_millis(args.heartbeat_ms.max(10));
-    if args.servers.is_empty() {
-        bail!("give --server ADDR[,ADDR...] to join a cluster, or a command (see --help)");
-    }
-    let servers = Servers::new(&args.servers, &Settings::calls(CALL_TIMEOUT)).context("--server")?;
+    let servers = Servers::new(&args.servers, &Settings::calls(CALL_TIMEOUT), &tls.connector(Peer::Server))
+        .context("--server")?;
     let listen = listen_address(args.listen.as_deref(), &request.advertise_address)?;
     let listener = match tokio::net::TcpListener::bind(listen).await {
         // An advertised address this host does not have (NAT, a cloud
@@ -125,7 +144,7 @@ pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -
     };
     let api = berth_proto::client::server()
         .add_service(NodeServer::new(NodeApi { runtime: node.runtime.clone() }))
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)));
+        .serve_with_incoming(berth_proto::tls::incoming(listener, tls));
     for swept in node.runtime.sweep(Duration::from_secs(600)) {
         warn!("removed {}: left by a create that was interrupted", swept.display());
     }
@@ -137,6 +156,40 @@ pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -
         result = api => result.map(|_| 0).context("serving the node API"),
         result = stay(worker, data_dir, request, period, servers) => result,
     }
+}
+
+/// Trades the join token for this node's certificate, from the first
+/// server that answers; saves it (and the node's id) only once it has it,
+/// so a refused token leaves nothing behind.
+async fn admit(data_dir: &Path, args: &JoinArgs) -> anyhow::Result<Credentials> {
+    let token = args.token.as_deref().context(
+        "this node has no certificate yet: give --token with the cluster's worker join token \
+         (`berthctl cluster join-token worker` prints the whole command)",
+    )?;
+    let pinned = Tls::pinned(&token.parse::<JoinToken>()?.digest)?;
+    let servers = Servers::new(&args.servers, &Settings::calls(CALL_TIMEOUT), &pinned.connector(Peer::Join))
+        .context("--server")?;
+    let request = Request::new()?;
+    let ask = JoinRequest { token: token.to_owned(), csr: request.csr.clone(), role: Role::Worker.to_string() };
+    let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
+    let reply = loop {
+        match servers.first_answer(async |c| AgentClient::new(c).join(ask.clone()).await).await {
+            Ok(reply) => break reply,
+            Err(CallError::Answered(s)) if s.code() != tonic::Code::Unavailable => {
+                bail!("the cluster refused to admit this node: {}", s.message())
+            }
+            Err(e) if tokio::time::Instant::now() > deadline => bail!("cannot join within {JOIN_PATIENCE:?}: {e}"),
+            Err(e) => warn!("joining: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let creds = request.complete(reply.certificate_chain, reply.roots)?;
+    let dir = data_dir.join(TLS_DIR);
+    creds.save(&dir).with_context(|| format!("saving {}", dir.display()))?;
+    berth_node_agent::durable::write(&data_dir.join(ID_FILE), reply.node_id.as_bytes())
+        .context("saving the node id")?;
+    info!(node = reply.node_id, "admitted to the cluster: this node's certificate is signed");
+    Ok(creds)
 }
 
 /// `--listen`, or what to listen on for the advertise address.

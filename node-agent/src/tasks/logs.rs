@@ -40,6 +40,14 @@ impl Node for NodeApi {
     type TaskLogsStream = ReceiverStream<Result<TaskLogLines, Status>>;
 
     async fn task_logs(&self, req: Request<TaskLogsRequest>) -> Result<Response<Self::TaskLogsStream>, Status> {
+        // Only the cluster's servers read logs here (they check users' rights).
+        match req.extensions().get::<berth_proto::tls::Caller>() {
+            Some(berth_proto::tls::Caller(Some(id))) if id.role == berth_proto::pki::Role::Server => {}
+            Some(berth_proto::tls::Caller(Some(id))) => {
+                return Err(Status::permission_denied(format!("only servers may read a node's logs, not {id}")))
+            }
+            _ => return Err(Status::unauthenticated("reading a node's logs needs a server's certificate")),
+        }
         let req = req.into_inner();
         validate_name(&req.service).map_err(|e| Status::invalid_argument(format!("service {e}")))?;
         let (tx, rx) = mpsc::channel(8);

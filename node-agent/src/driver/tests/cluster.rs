@@ -41,8 +41,8 @@ impl FakeCluster {
             reports: Mutex::default(),
         });
         let service = AgentServer::new(Api(inner.clone()));
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+        let incoming = berth_proto::tls::incoming(listener, trust().0.clone());
+        tokio::spawn(berth_proto::client::server().add_service(service).serve_with_incoming(incoming));
         Self { addr, inner }
     }
 
@@ -79,8 +79,28 @@ impl FakeCluster {
 #[derive(Debug)]
 struct Api(Arc<Inner>);
 
+/// One root for every test here: a server's TLS and the worker n1's.
+pub fn trust() -> &'static (berth_proto::tls::Tls, berth_proto::tls::Tls) {
+    use berth_proto::pki::{Ca, Role};
+    use berth_proto::tls::Tls;
+    static TRUST: std::sync::OnceLock<(Tls, Tls)> = std::sync::OnceLock::new();
+    TRUST.get_or_init(|| {
+        let day = std::time::Duration::from_secs(86_400);
+        let ca = Ca::new("test").unwrap();
+        let creds = |role, name| Tls::new(&ca.credentials("test", role, name, day, &ca.cert).unwrap()).unwrap();
+        (creds(Role::Server, "s1"), creds(Role::Worker, "n1"))
+    })
+}
+
 #[tonic::async_trait]
 impl Agent for Api {
+    async fn join(
+        &self,
+        _: Request<berth_proto::pb::agent::JoinRequest>,
+    ) -> Result<Response<berth_proto::pb::agent::JoinReply>, Status> {
+        Err(Status::unimplemented("the fake cluster takes no joins"))
+    }
+
     async fn register(&self, _: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
         Ok(Response::new(RegisterReply { node_id: "n1".into() }))
     }

@@ -45,7 +45,8 @@ fn node(clusters: &[&FakeCluster], containers: FakeContainers) -> Node {
     let worker =
         Arc::new(Worker { containers: containers.clone(), images: FakeImages, network: network.clone(), settings });
     let addrs: Vec<String> = clusters.iter().map(|c| c.addr.clone()).collect();
-    let servers = Servers::new(&addrs, &client::Settings::calls(Duration::from_secs(2))).unwrap();
+    let connector = cluster::trust().1.connector(client::Peer::Server);
+    let servers = Servers::new(&addrs, &client::Settings::calls(Duration::from_secs(2)), &connector).unwrap();
     Node { containers, network, worker: tokio::spawn(worker.run("n1".into(), servers)) }
 }
 

@@ -1,0 +1,79 @@
+//! The Cluster calls that manage who may reach the cluster: join tokens
+//! and users. Every one needs the admin role (checked by the caller).
+
+use berth_proto::pb::cluster::*;
+use berth_proto::pki::JoinToken;
+use tonic::Status;
+
+use crate::node::Node;
+use crate::state::{Access, Command, JoinRole, Query, QueryReply, Response as Applied, Trust, User as Record};
+
+async fn trust(node: &Node) -> Result<Trust, Status> {
+    match node.read(Query::Trust, false).await? {
+        QueryReply::Trust(Some(t)) => Ok(t),
+        QueryReply::Trust(None) => Err(crate::state::Rejection::NoTrust.into()),
+        other => Err(Status::internal(format!("unexpected query reply {other:?}"))),
+    }
+}
+
+fn done(r: Applied) -> Result<(), Status> {
+    match r {
+        Applied::Done => Ok(()),
+        Applied::Rejected(r) => Err(r.into()),
+        other => Err(Status::internal(format!("unexpected state machine reply {other:?}"))),
+    }
+}
+
+/// The addresses of the cluster's servers, for the join command to print.
+fn servers(node: &Node) -> Vec<String> {
+    node.metrics().membership_config.membership().nodes().map(|(_, n)| n.addr.clone()).collect()
+}
+
+pub async fn join_token(node: &Node, req: JoinTokenRequest) -> Result<JoinTokenReply, Status> {
+    let role = match req.role.as_str() {
+        "worker" => JoinRole::Worker,
+        "server" => JoinRole::Server,
+        other => {
+            return Err(Status::invalid_argument(format!("role: {other:?} is not valid: expected worker or server")))
+        }
+    };
+    if req.rotate {
+        let secret = JoinToken::new("").secret;
+        done(node.write(Command::RotateToken { role, secret }).await?)?;
+    }
+    let trust = trust(node).await?;
+    let secret = match role {
+        JoinRole::Worker => trust.worker_secret,
+        JoinRole::Server => trust.server_secret,
+    };
+    let token = JoinToken { digest: trust.ca.digest(), secret };
+    Ok(JoinTokenReply { token: token.to_string(), servers: servers(node) })
+}
+
+pub async fn add_user(node: &Node, req: AddUserRequest) -> Result<AddUserReply, Status> {
+    berth_proto::model::validate_name(&req.name).map_err(|e| Status::invalid_argument(format!("user {e}")))?;
+    let access = Access::parse(&req.access).ok_or_else(|| {
+        Status::invalid_argument(format!("access: {:?} is not valid: expected read, operator or admin", req.access))
+    })?;
+    let trust = trust(node).await?;
+    let (chain, fingerprint) = crate::trust::sign_user(&trust, &req.name, &req.csr)?;
+    done(node.write(Command::AddUser(Record { name: req.name, access, fingerprint })).await?)?;
+    Ok(AddUserReply { certificate_chain: chain, roots: trust.roots_pem(), servers: servers(node) })
+}
+
+pub async fn list_users(node: &Node) -> Result<ListUsersReply, Status> {
+    match node.read(Query::ListUsers, false).await? {
+        QueryReply::Users(users) => Ok(ListUsersReply {
+            users: users
+                .into_iter()
+                .map(|u| User { name: u.name, access: u.access.to_string(), fingerprint: u.fingerprint })
+                .collect(),
+        }),
+        other => Err(Status::internal(format!("unexpected query reply {other:?}"))),
+    }
+}
+
+pub async fn remove_user(node: &Node, req: RemoveUserRequest) -> Result<RemoveUserReply, Status> {
+    done(node.write(Command::RemoveUser { name: req.name }).await?)?;
+    Ok(RemoveUserReply {})
+}

@@ -1,0 +1,226 @@
+//! Every port is mutual TLS and every call is authorised by the caller's
+//! certificate: real berth-server and berth-agent processes, real
+//! handshakes, and the clients a stranger, a worker node or a user with
+//! too little access would use.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use anyhow::Result;
+use berth_proto::client::{self, Peer, Settings, Tls};
+use berth_proto::pb::agent::agent_client::AgentClient;
+use berth_proto::pb::agent::node_client::NodeClient;
+use berth_proto::pb::agent::*;
+use berth_proto::pb::cluster::{CreateServiceRequest, JoinTokenRequest, ListServicesRequest};
+use berth_proto::pb::raft::raft_client::RaftClient;
+use berth_proto::pb::raft::Payload;
+use berth_proto::pki::{Ca, Credentials, Request, Role};
+use berth_tests::agent::Agent;
+use berth_tests::{berthctl, berthctl_as, client_as, keys, spec, wait_for, Cluster};
+use tonic::transport::Channel;
+use tonic::Code;
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn channel(addr: &str, tls: &Tls, peer: Peer) -> Channel {
+    client::channel(addr, &Settings::calls(Duration::from_secs(10)), &tls.connector(peer)).unwrap()
+}
+
+/// What anyone holding a worker token can get: a worker's certificate.
+async fn join(addr: &str, token: &str, role: Role) -> Result<Credentials, tonic::Status> {
+    let digest =
+        token.parse::<berth_proto::pki::JoinToken>().map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    let pinned = Tls::pinned(&digest.digest).unwrap();
+    let request = Request::new().unwrap();
+    let ask = JoinRequest { token: token.into(), csr: request.csr.clone(), role: role.to_string() };
+    let reply = AgentClient::new(channel(addr, &pinned, Peer::Join)).join(ask).await?.into_inner();
+    Ok(request.complete(reply.certificate_chain, reply.roots).unwrap())
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {
+    match r {
+        Ok(v) => panic!("expected a refusal, got {v:?}"),
+        Err(s) => (s.code(), client::reason(&s)),
+    }
+}
+
+#[tokio::test]
+async fn strangers_and_workers_are_refused_on_every_port() -> Result<()> {
+    let cluster = Cluster::start(1, &[]).await?;
+    let server = cluster.servers[0].addr.clone();
+    let worker_token = keys().worker_token.unwrap();
+    // One real agent, for its node API.
+    let agent = Agent::new(None);
+    let agent_addr = format!("127.0.0.1:{}", berth_tests::free_port());
+    let mut daemon = agent.join_at(&cluster.addrs(), "sec1", &agent_addr, &[])?;
+    wait_for(Duration::from_secs(60), "the agent to register", async || {
+        let (_, out, _) = berthctl(&cluster.addrs(), &["node", "ls"]).ok()?;
+        out.contains(" ready ").then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: {}", agent.daemon_log()))?;
+
+    // No certificate at all: the handshake itself requires one ...
+    let pinned = Tls::pinned(&worker_token.parse::<berth_proto::pki::JoinToken>().unwrap().digest).unwrap();
+    let (_, why) = code(client_as(&server, &pinned).list_services(ListServicesRequest::default()).await);
+    // (the server's alert, or its closing the connection, whichever the client reads first)
+    assert!(why.contains("CertificateRequired") || why.contains("closed"), "{why}");
+    // ... and a joining connection may only join.
+    let mut joining =
+        berth_proto::pb::cluster::cluster_client::ClusterClient::new(channel(&server, &pinned, Peer::Join));
+    assert_eq!(code(joining.list_services(ListServicesRequest::default()).await).0, Code::Unauthenticated);
+    let mut raft = RaftClient::new(channel(&server, &pinned, Peer::Join));
+    assert_eq!(code(raft.vote(Payload { json: b"{}".to_vec() }).await).0, Code::Unauthenticated);
+
+    // A certificate from another root, even naming this cluster.
+    let cluster_id = berth_tests::tls_of(&keys().admin_conf)?.identity().unwrap().cluster;
+    let other = Ca::new(&cluster_id)?;
+    let forged = Tls::new(&other.credentials(&cluster_id, Role::Server, "evil", DAY, &other.cert)?)?;
+    assert!(client_as(&server, &forged).list_services(ListServicesRequest::default()).await.is_err());
+    assert!(NodeClient::new(channel(&agent_addr, &forged, Peer::Worker))
+        .task_logs(TaskLogsRequest { service: "web".into(), ..Default::default() })
+        .await
+        .is_err());
+
+    // A worker: its own node's calls only.
+    let worker = Tls::new(&join(&server, &worker_token, Role::Worker).await?)?;
+    let me = worker.identity().unwrap().name;
+    let (c, why) = code(client_as(&server, &worker).list_services(ListServicesRequest::default()).await);
+    assert_eq!(c, Code::PermissionDenied, "{why}");
+    let mut raft = RaftClient::new(channel(&server, &worker, Peer::Server));
+    let (c, why) = code(raft.vote(Payload { json: b"{}".to_vec() }).await);
+    assert!(c == Code::PermissionDenied && why.contains("only servers"), "{why}");
+    let (c, _) = code(raft.forward(Payload { json: b"{}".to_vec() }).await);
+    assert_eq!(c, Code::PermissionDenied);
+    let mut as_agent = AgentClient::new(channel(&server, &worker, Peer::Server));
+    let victim = berthctl(&cluster.addrs(), &["node", "inspect", "sec1", "-o", "json"])?.1;
+    let victim: serde_json::Value = serde_json::from_str(&victim)?;
+    let victim = victim["node"]["id"].as_str().or(victim["id"].as_str()).expect("a node id").to_owned();
+    let register = RegisterRequest {
+        node_id: victim.clone(),
+        name: "sec1".into(),
+        advertise_address: "127.0.0.1:1".into(),
+        capacity: Some(NodeCapacity { cpu_millis: 1000, memory_bytes: 1 << 30 }),
+        wireguard_public_key: "A".repeat(43) + "=",
+        wireguard_port: 51820,
+        ..Default::default()
+    };
+    let (c, why) = code(as_agent.register(register.clone()).await);
+    assert!(c == Code::PermissionDenied && why.contains("only as itself"), "{why}");
+    let (c, _) = code(as_agent.watch_tasks(WatchTasksRequest { node_id: victim.clone() }).await);
+    assert_eq!(c, Code::PermissionDenied);
+    let (c, _) = code(as_agent.heartbeat(HeartbeatRequest { node_id: victim.clone() }).await);
+    assert_eq!(c, Code::PermissionDenied);
+    let (c, _) = code(as_agent.report_tasks(ReportTasksRequest { node_id: victim.clone(), tasks: vec![] }).await);
+    assert_eq!(c, Code::PermissionDenied);
+    // As itself it is fine: its id is the one its certificate names.
+    let mine = RegisterRequest { node_id: String::new(), name: "sec2".into(), ..register };
+    assert_eq!(as_agent.register(mine).await?.into_inner().node_id, me);
+    // An agent's log API answers servers only.
+    let (c, why) = code(
+        NodeClient::new(channel(&agent_addr, &worker, Peer::Worker))
+            .task_logs(TaskLogsRequest { service: "web".into(), ..Default::default() })
+            .await,
+    );
+    assert!(c == Code::PermissionDenied && why.contains("only servers"), "{why}");
+
+    // openssl agrees: TLS 1.3 that wants a client certificate, on both ports.
+    for addr in [&server, &agent_addr] {
+        let out = std::process::Command::new("openssl")
+            .args(["s_client", "-connect", addr, "-tls1_3"])
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("TLSv1.3"), "{addr}: {text}");
+        assert!(
+            text.contains("certificate required") || text.contains("Acceptable client certificate CA names"),
+            "{addr}: {text}"
+        );
+    }
+    // Random bytes on both ports disturb nobody.
+    for addr in [&server, &agent_addr] {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(addr)?;
+        let junk: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
+        let _ = s.write_all(&junk);
+    }
+    let (ok, out, err) = berthctl(&cluster.addrs(), &["node", "ls"])?;
+    assert!(ok && out.contains("sec1"), "{out}{err}");
+    assert!(daemon.is_running(), "the agent survived: {}", agent.daemon_log());
+    daemon.stop(Duration::from_secs(10))?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn tokens_admit_their_role_and_users_get_only_their_roles_rights() -> Result<()> {
+    let cluster = Cluster::start(1, &[]).await?;
+    let addrs = cluster.addrs();
+    let server = addrs[0].clone();
+    let keys = keys();
+    let worker_token = keys.worker_token.clone().unwrap();
+
+    // The printed join command carries the token; -q prints only it.
+    let (ok, out, _) = berthctl(&addrs, &["cluster", "join-token", "worker"])?;
+    assert!(ok && out.contains(&format!("berth-agent --server {server} --token {worker_token}")), "{out}");
+    let (_, quiet, _) = berthctl(&addrs, &["cluster", "join-token", "worker", "-q"])?;
+    assert_eq!(quiet.trim(), worker_token);
+
+    // A worker token does not make a server, nor the reverse.
+    let (c, why) = code(join(&server, &worker_token, Role::Server).await);
+    assert!(c == Code::PermissionDenied && why.contains("this is a worker join token"), "{why}");
+    // Rotation: the old token is refused at once, the new one works.
+    let (ok, out, err) = berthctl(&addrs, &["cluster", "join-token", "worker", "--rotate", "-q"])?;
+    assert!(ok, "{err}");
+    let (c, why) = code(join(&server, &worker_token, Role::Worker).await);
+    assert!(c == Code::PermissionDenied && why.contains("rotated"), "{why}");
+    join(&server, out.trim(), Role::Worker).await?;
+    // An agent with a rotated token exits with the reason and keeps nothing.
+    let agent = Agent::new(None);
+    let ran = agent
+        .command(&["--server", &server, "--name", "late", "--advertise", "127.0.0.1:1", "--token", &worker_token])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert!(!ran.status.success() && stderr.contains("refused to admit this node"), "{stderr}");
+    assert!(!agent.data.path().join("tls").exists(), "a refused join leaves no certificate");
+
+    // Roles.
+    let dir = tempfile::tempdir()?;
+    let mut confs = std::collections::BTreeMap::new();
+    for role in ["read", "operator"] {
+        let (ok, out, err) = berthctl(&addrs, &["user", "add", &format!("{role}er"), "--role", role])?;
+        assert!(ok, "{err}");
+        let conf = dir.path().join(role);
+        std::fs::write(&conf, out)?;
+        confs.insert(role, conf);
+    }
+    let as_user = |role: &str, args: &[&str]| berthctl_as(&confs[role], &addrs, args).unwrap();
+    let (ok, _, err) = as_user("read", &["service", "create", "web", "--image", "busybox:1.36"]);
+    assert!(!ok && err.contains("needs the operator role"), "{err}");
+    let (ok, _, err) = as_user("read", &["service", "ls"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = as_user("operator", &["service", "create", "web", "--image", "busybox:1.36"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = as_user("operator", &["user", "add", "mallory", "--role", "admin"]);
+    assert!(!ok && err.contains("needs the admin role"), "{err}");
+    let (ok, _, err) = as_user("operator", &["node", "drain", "nonode"]);
+    assert!(!ok && err.contains("needs the admin role"), "{err}");
+    let (ok, _, err) = as_user("operator", &["cluster", "join-token", "worker"]);
+    assert!(!ok && err.contains("needs the admin role"), "{err}");
+    let (_, out, _) = berthctl(&addrs, &["user", "ls"])?;
+    assert!(out.contains("reader") && out.contains("operatorer") && out.contains("admin"), "{out}");
+    // Removal takes effect at once.
+    let (ok, _, err) = berthctl(&addrs, &["user", "rm", "operatorer"])?;
+    assert!(ok, "{err}");
+    let (ok, _, err) = as_user("operator", &["service", "ls"]);
+    assert!(!ok && err.contains("not a user of this cluster"), "{err}");
+    // The last admin stays.
+    let (ok, _, err) = berthctl(&addrs, &["user", "rm", "admin"])?;
+    assert!(!ok && err.contains("last admin"), "{err}");
+    // The gRPC view agrees with berthctl's.
+    let mut admin = client_as(&server, &keys.admin);
+    admin.create_service(CreateServiceRequest { spec: Some(spec("api")) }).await?;
+    let token = admin.join_token(JoinTokenRequest { role: "bogus".into(), rotate: false }).await;
+    assert!(code(token).1.contains("expected worker or server"));
+    Ok(())
+}
