@@ -94,6 +94,8 @@ pub fn node_from(req: RegisterRequest) -> Result<NodeRecord, Status> {
 impl Agent for AgentApi {
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
         let JoinRequest { token, csr, role } = req.into_inner();
+        // A malformed token costs nothing more: no leader, no read barrier.
+        token.parse::<berth_proto::pki::JoinToken>().map_err(|e| Status::invalid_argument(e.to_string()))?;
         match self.node.run(LeaderOp::Admit { token, csr, role }).await? {
             crate::node::LeaderReply::Admitted(j) => Ok(Response::new(JoinReply {
                 node_id: j.node_id,
