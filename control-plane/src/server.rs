@@ -20,16 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use berth_proto::client::{self, Peer, Tls};
+use berth_proto::client::Tls;
 use berth_proto::contexts::{ClientConfig, Context};
-use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::agent_server::AgentServer;
-use berth_proto::pb::agent::JoinRequest;
 use berth_proto::pb::cluster::cluster_client::ClusterClient;
 use berth_proto::pb::cluster::cluster_server::ClusterServer;
 use berth_proto::pb::cluster::ClusterStatusRequest;
 use berth_proto::pb::raft::raft_server::RaftServer;
-use berth_proto::pki::{Credentials, JoinToken, Request, Role};
+use berth_proto::pki::{Credentials, Role};
 use openraft::BasicNode;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -182,27 +180,9 @@ async fn first_start(cfg: &Config, listen: SocketAddr, advertise: &str) -> Resul
 
 /// Trades a server join token for this server's certificate, through `via`.
 async fn admit(via: &str, token: &str) -> Result<Credentials> {
-    let parsed: JoinToken = token.parse()?;
-    let pinned = Tls::pinned(&parsed.digest)?;
-    let channel =
-        client::channel(via, &client::Settings::calls(Duration::from_secs(10)), &pinned.connector(Peer::Join))?;
-    let request = Request::new()?;
-    let ask = JoinRequest { token: token.to_owned(), csr: request.csr.clone(), role: Role::Server.to_string() };
-    let deadline = Instant::now() + JOIN_PATIENCE;
-    let reply = loop {
-        match AgentClient::new(channel.clone()).join(ask.clone()).await {
-            Ok(reply) => break reply.into_inner(),
-            Err(s) if client::is_transport(&s) || s.code() == tonic::Code::Unavailable => {
-                if Instant::now() > deadline {
-                    bail!("cannot reach the cluster through {via} within {JOIN_PATIENCE:?}: {}", client::reason(&s));
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(s) => bail!("the cluster refused to admit this server: {}", s.message()),
-        }
-    };
-    info!(node = reply.node_id, "admitted: this server's certificate is signed");
-    Ok(request.complete(reply.certificate_chain, reply.roots)?)
+    let (node, creds) = berth_proto::join::admit(&[via.to_owned()], token, Role::Server, JOIN_PATIENCE).await?;
+    info!(node, "admitted: this server's certificate is signed");
+    Ok(creds)
 }
 
 /// Writes the replicated half of a new cluster's trust, once Raft runs.

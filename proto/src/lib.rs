@@ -12,6 +12,7 @@
 pub mod client;
 pub mod contexts;
 pub mod convert;
+pub mod join;
 pub mod model;
 pub mod pki;
 pub mod tls;

@@ -15,7 +15,7 @@ use berth_proto::pb::agent::*;
 use berth_proto::pb::cluster::{CreateServiceRequest, JoinTokenRequest, ListServicesRequest};
 use berth_proto::pb::raft::raft_client::RaftClient;
 use berth_proto::pb::raft::Payload;
-use berth_proto::pki::{Ca, Credentials, Request, Role};
+use berth_proto::pki::{Ca, Credentials, Role};
 use berth_tests::agent::Agent;
 use berth_tests::{berthctl, berthctl_as, client_as, keys, spec, wait_for, Cluster};
 use tonic::transport::Channel;
@@ -27,15 +27,13 @@ fn channel(addr: &str, tls: &Tls, peer: Peer) -> Channel {
     client::channel(addr, &Settings::calls(Duration::from_secs(10)), &tls.connector(peer)).unwrap()
 }
 
-/// What anyone holding a worker token can get: a worker's certificate.
+/// What anyone holding a token can get: a certificate of the token's role.
 async fn join(addr: &str, token: &str, role: Role) -> Result<Credentials, tonic::Status> {
-    let digest =
-        token.parse::<berth_proto::pki::JoinToken>().map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-    let pinned = Tls::pinned(&digest.digest).unwrap();
-    let request = Request::new().unwrap();
-    let ask = JoinRequest { token: token.into(), csr: request.csr.clone(), role: role.to_string() };
-    let reply = AgentClient::new(channel(addr, &pinned, Peer::Join)).join(ask).await?.into_inner();
-    Ok(request.complete(reply.certificate_chain, reply.roots).unwrap())
+    match berth_proto::join::admit(&[addr.to_owned()], token, role, Duration::from_secs(30)).await {
+        Ok((_, creds)) => Ok(creds),
+        Err(berth_proto::join::AdmitError::Refused(status)) => Err(status),
+        Err(e) => panic!("no answer to the join: {e}"),
+    }
 }
 
 fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {

@@ -17,12 +17,12 @@ use berth_node_agent::driver::{self, HostNetwork, StoreImages, Worker};
 use berth_node_agent::network::overlay::Keys;
 use berth_node_agent::network::plan::Features;
 use berth_node_agent::tasks::logs::NodeApi;
-use berth_proto::client::{CallError, Peer, Servers, Settings, Tls};
+use berth_proto::client::{Peer, Servers, Settings, Tls};
 use berth_proto::model::Protocol;
 use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::node_server::NodeServer;
-use berth_proto::pb::agent::{HeartbeatRequest, JoinRequest, NodeCapacity, RegisterRequest};
-use berth_proto::pki::{Credentials, JoinToken, Request, Role};
+use berth_proto::pb::agent::{HeartbeatRequest, NodeCapacity, RegisterRequest};
+use berth_proto::pki::{Credentials, Role};
 use tracing::{info, warn};
 
 use super::Node;
@@ -166,29 +166,11 @@ async fn admit(data_dir: &Path, args: &JoinArgs) -> anyhow::Result<Credentials> 
         "this node has no certificate yet: give --token with the cluster's worker join token \
          (`berthctl cluster join-token worker` prints the whole command)",
     )?;
-    let pinned = Tls::pinned(&token.parse::<JoinToken>()?.digest)?;
-    let servers = Servers::new(&args.servers, &Settings::calls(CALL_TIMEOUT), &pinned.connector(Peer::Join))
-        .context("--server")?;
-    let request = Request::new()?;
-    let ask = JoinRequest { token: token.to_owned(), csr: request.csr.clone(), role: Role::Worker.to_string() };
-    let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
-    let reply = loop {
-        match servers.first_answer(async |c| AgentClient::new(c).join(ask.clone()).await).await {
-            Ok(reply) => break reply,
-            Err(CallError::Answered(s)) if s.code() != tonic::Code::Unavailable => {
-                bail!("the cluster refused to admit this node: {}", s.message())
-            }
-            Err(e) if tokio::time::Instant::now() > deadline => bail!("cannot join within {JOIN_PATIENCE:?}: {e}"),
-            Err(e) => warn!("joining: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let creds = request.complete(reply.certificate_chain, reply.roots)?;
+    let (node, creds) = berth_proto::join::admit(&args.servers, token, Role::Worker, JOIN_PATIENCE).await?;
     let dir = data_dir.join(TLS_DIR);
     creds.save(&dir).with_context(|| format!("saving {}", dir.display()))?;
-    berth_node_agent::durable::write(&data_dir.join(ID_FILE), reply.node_id.as_bytes())
-        .context("saving the node id")?;
-    info!(node = reply.node_id, "admitted to the cluster: this node's certificate is signed");
+    berth_node_agent::durable::write(&data_dir.join(ID_FILE), node.as_bytes()).context("saving the node id")?;
+    info!(node, "admitted to the cluster: this node's certificate is signed");
     Ok(creds)
 }
 
