@@ -27,7 +27,7 @@ use berth_proto::pb::cluster::cluster_client::ClusterClient;
 use berth_proto::pb::cluster::cluster_server::ClusterServer;
 use berth_proto::pb::cluster::ClusterStatusRequest;
 use berth_proto::pb::raft::raft_server::RaftServer;
-use berth_proto::pki::{Credentials, Role};
+use berth_proto::pki::{write_private, Credentials, Role};
 use openraft::BasicNode;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -142,7 +142,9 @@ async fn first_start(cfg: &Config, listen: SocketAddr, advertise: &str) -> Resul
     let (id, pending_promotion, tls) = if cfg.bootstrap {
         let (founding, server, admin) = trust::found(cfg.cert_validity)?;
         server.save(&tls_dir).with_context(|| format!("cannot write {}", tls_dir.display()))?;
-        write_private(&cfg.data_dir.join(FOUNDING), &serde_json::to_vec(&founding)?)?;
+        let path = cfg.data_dir.join(FOUNDING);
+        write_private(&path, &serde_json::to_vec(&founding)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         let context = Context {
             name: format!("berth-{}", &founding.trust.cluster[..8]),
             servers: vec![advertise.to_owned()],
@@ -208,17 +210,6 @@ async fn write_founding(node: Arc<Node>, dir: PathBuf) {
         Ok(()) => info!(cluster = founding.trust.cluster, "the cluster's identity is recorded"),
         Err(e) => warn!("cannot remove {}: {e}", path.display()),
     }
-}
-
-/// Writes a file only its owner can read, whole and durably.
-fn write_private(path: &std::path::Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Finds the leader through `via` and asks it to admit `advertise` as a learner.

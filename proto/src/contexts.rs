@@ -14,8 +14,6 @@
 //! key = "-----BEGIN PRIVATE KEY-----..."
 //! ```
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -95,11 +93,7 @@ impl ClientConfig {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;
             }
-            let tmp = path.with_extension("tmp");
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-            f.write_all(self.to_toml().as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
+            crate::pki::write_private(path, self.to_toml().as_bytes())
         };
         write().map_err(|source| ConfigError::Write { path: path.display().to_string(), source })
     }

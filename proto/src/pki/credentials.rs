@@ -3,7 +3,7 @@
 //! restart needs no token.
 
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 use rcgen::{CertificateParams, KeyPair};
@@ -86,19 +86,22 @@ impl Credentials {
     /// The key goes last: a dir with a key has a whole set.
     pub fn save(&self, dir: &Path) -> io::Result<()> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-        replace(dir, CHAIN, &self.chain)?;
-        replace(dir, ROOTS, &self.roots)?;
-        replace(dir, KEY, &self.key)
+        write_private(&dir.join(CHAIN), self.chain.as_bytes())?;
+        write_private(&dir.join(ROOTS), self.roots.as_bytes())?;
+        write_private(&dir.join(KEY), self.key.as_bytes())
     }
 }
 
-use std::os::unix::fs::DirBuilderExt;
-
-fn replace(dir: &Path, name: &str, text: &str) -> io::Result<()> {
+/// Replaces `path` with `data`, readable by its owner only (never by
+/// others, not even briefly), whole and durably: temp file, fsync, rename,
+/// fsync of the directory.
+pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    file.write_all(text.as_bytes())?;
+    file.write_all(data)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
 }
