@@ -104,8 +104,7 @@ pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -
         None => admit(data_dir, &args).await?,
     };
     let tls = Tls::new(&creds)?;
-    let mut request = registration(data_dir, &args)?;
-    request.node_id = creds.identity()?.name;
+    let request = registration(data_dir, &args, creds.identity()?.name)?;
     let mut network = HostNetwork::new(args.bridge.clone(), args.mtu, run_dir.join("netns"));
     network.dns = Some(berth_node_agent::dns::Settings {
         domain: args.cluster_domain.clone(),
@@ -242,10 +241,10 @@ async fn failed(servers: &mut Servers, status: &tonic::Status) {
     servers.failed().await;
 }
 
-/// What this node tells the cluster about itself.
-fn registration(data_dir: &Path, args: &JoinArgs) -> anyhow::Result<RegisterRequest> {
+/// What this node tells the cluster about itself, as node `node_id` (its
+/// certificate's).
+fn registration(data_dir: &Path, args: &JoinArgs, node_id: String) -> anyhow::Result<RegisterRequest> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    let node_id = std::fs::read_to_string(data_dir.join(ID_FILE)).map(|s| s.trim().to_owned()).unwrap_or_default();
     let name = match &args.name {
         Some(n) => n.clone(),
         None => host_name()?,
