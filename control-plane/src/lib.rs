@@ -23,6 +23,7 @@ pub mod liveness;
 pub mod network;
 pub mod node;
 pub mod reconciler;
+pub mod rotation;
 pub mod scheduler;
 pub mod server;
 pub mod state;

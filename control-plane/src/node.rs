@@ -66,6 +66,13 @@ pub enum LeaderOp {
         /// What the node means to be: worker or server.
         role: String,
     },
+    /// A node renews its certificate; `name` and `role` are its current
+    /// certificate's (`trust::renew`).
+    Renew {
+        name: String,
+        role: String,
+        csr: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -245,7 +252,11 @@ impl Node {
                 Err(step) => step,
             },
             LeaderOp::Admit { token, csr, role } => match self.linearizable().await {
-                Ok(()) => Step::Done(self.admit(token, csr, role).map(LeaderReply::Admitted)),
+                Ok(()) => self.certified(self.admit(token, csr, role)).await,
+                Err(step) => step,
+            },
+            LeaderOp::Renew { name, role, csr } => match self.linearizable().await {
+                Ok(()) => self.certified(self.renew(name, role, csr)).await,
                 Err(step) => step,
             },
             LeaderOp::Join { addr } => self.join(addr).await,
@@ -253,6 +264,11 @@ impl Node {
             LeaderOp::Remove { id } => self.remove(*id).await,
             LeaderOp::Heartbeat { node } => self.heartbeat(node),
         }
+    }
+
+    /// The Raft ids of the cluster's servers, voters and learners.
+    pub fn server_ids(&self) -> Vec<NodeId> {
+        self.metrics().membership_config.membership().nodes().map(|(id, _)| *id).collect()
     }
 
     /// Waits until this leader's applied state is as fresh as any read may see.
@@ -268,6 +284,35 @@ impl Node {
     fn admit(&self, token: &str, csr: &str, role: &str) -> Result<Joined, OpError> {
         let applied = self.applied.read().map_err(|_| OpError::Internal("state lock poisoned".into()))?;
         crate::trust::admit(applied.state.trust.as_ref(), token, csr, role)
+    }
+
+    fn renew(&self, name: &str, role: &str, csr: &str) -> Result<Joined, OpError> {
+        let role = berth_proto::pki::Role::parse(role).ok_or_else(|| OpError::Invalid(format!("role {role:?}")))?;
+        let applied = self.applied.read().map_err(|_| OpError::Internal("state lock poisoned".into()))?;
+        let known = applied.state.nodes.contains_key(name);
+        crate::trust::renew(applied.state.trust.as_ref(), name, role, known, csr)
+    }
+
+    /// A worker's new certificate is recorded (which root it is from)
+    /// before it is handed out, so a rotation knows who still needs one;
+    /// servers report their own (`rotation`), as only they know their Raft id.
+    async fn certified(&self, issued: Result<Joined, OpError>) -> Step {
+        let joined = match issued {
+            Ok(j) => j,
+            Err(e) => return Step::Done(Err(e)),
+        };
+        if joined.role != berth_proto::pki::Role::Worker.as_str() {
+            return Step::Done(Ok(LeaderReply::Admitted(joined)));
+        }
+        let leaf = berth_proto::pki::certificates(&joined.chain).ok().and_then(|c| c.into_iter().next());
+        let Some(Ok(id)) = leaf.map(|der| berth_proto::pki::Identity::from_der(&der)) else {
+            return Step::Done(Err(OpError::Internal("an issued certificate does not read back".into())));
+        };
+        let holds = Command::Holds { holder: format!("node/{}", joined.node_id), root: id.issuer };
+        match self.batcher.write(holds).await {
+            Step::Done(Ok(_)) => Step::Done(Ok(LeaderReply::Admitted(joined))),
+            other => other,
+        }
     }
 
     fn heartbeat(&self, node: &str) -> Step {

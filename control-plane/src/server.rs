@@ -56,7 +56,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let saved = Identity::load(&cfg.data_dir)?;
     let (listen, advertise) = cfg.addresses(saved.as_ref())?;
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let (identity, tls) = match saved {
+    let (identity, creds) = match saved {
         Some(i) => {
             if cfg.bootstrap || cfg.join.is_some() {
                 info!(id = i.id, "data dir already holds server {}; --bootstrap/--join ignored", i.id);
@@ -69,10 +69,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                     i.id
                 )
             })?;
-            (i, Tls::new(&creds)?)
+            (i, creds)
         }
         None => first_start(&cfg, listen, &advertise).await?,
     };
+    let tls = Tls::new(&creds)?;
     let peers = Peers::new(&tls);
     let id = identity.id;
 
@@ -120,11 +121,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     if identity.pending_promotion.is_some() {
         tokio::spawn(finish_promotion(node.clone(), identity.clone(), cfg.data_dir.clone()));
     }
+    let certificates =
+        crate::rotation::spawn(node.clone(), tls.clone(), creds, cfg.data_dir.join(TLS_DIR), &advertise)?;
     info!(id, %listen, %advertise, "berth-server serving");
 
     shutdown.await;
     info!(id, "shutting down");
     leader_work.abort();
+    certificates.abort();
     let _ = stop_tx.send(());
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Err(e))) => warn!("gRPC server ended with an error: {e}"),
@@ -137,9 +141,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
 }
 
 /// Creates the identity of a server that has never run: bootstrap or join.
-async fn first_start(cfg: &Config, listen: SocketAddr, advertise: &str) -> Result<(Identity, Tls)> {
+async fn first_start(cfg: &Config, listen: SocketAddr, advertise: &str) -> Result<(Identity, Credentials)> {
     let tls_dir = cfg.data_dir.join(TLS_DIR);
-    let (id, pending_promotion, tls) = if cfg.bootstrap {
+    let (id, pending_promotion, creds) = if cfg.bootstrap {
         let (founding, server, admin) = trust::found(cfg.cert_validity)?;
         server.save(&tls_dir).with_context(|| format!("cannot write {}", tls_dir.display()))?;
         let path = cfg.data_dir.join(FOUNDING);
@@ -156,7 +160,7 @@ async fn first_start(cfg: &Config, listen: SocketAddr, advertise: &str) -> Resul
         let conf = cfg.data_dir.join(ADMIN_CONF);
         ClientConfig::single(context).save(&conf)?;
         info!("the admin's credential is in {}: `BERTH_CONFIG={} berthctl ...`", conf.display(), conf.display());
-        (1, None, Tls::new(&server)?)
+        (1, None, server)
     } else if let Some(via) = &cfg.join {
         let token = cfg
             .token
@@ -166,7 +170,7 @@ async fn first_start(cfg: &Config, listen: SocketAddr, advertise: &str) -> Resul
         let tls = Tls::new(&creds)?;
         let id = join(&Peers::new(&tls), via, advertise).await?;
         creds.save(&tls_dir).with_context(|| format!("cannot write {}", tls_dir.display()))?;
-        (id, Some(via.clone()), tls)
+        (id, Some(via.clone()), creds)
     } else {
         bail!(
             "{} holds no cluster state: start with --bootstrap to create a cluster, or --join ADDR --token T to join one",
@@ -177,7 +181,7 @@ async fn first_start(cfg: &Config, listen: SocketAddr, advertise: &str) -> Resul
         Identity { id, listen, advertise: advertise.to_string(), bootstrap: cfg.bootstrap, pending_promotion };
     identity.save(&cfg.data_dir)?;
     info!(id, "identity saved in {}", cfg.data_dir.display());
-    Ok((identity, tls))
+    Ok((identity, creds))
 }
 
 /// Trades a server join token for this server's certificate, through `via`.
@@ -198,7 +202,10 @@ async fn write_founding(node: Arc<Node>, dir: PathBuf) {
         Err(e) => return warn!("cannot read {}: {e:#}", path.display()),
     };
     loop {
-        match node.write(Command::InitTrust { trust: founding.trust.clone(), admin: founding.admin.clone() }).await {
+        match node
+            .write(Command::InitTrust { trust: Box::new(founding.trust.clone()), admin: founding.admin.clone() })
+            .await
+        {
             Ok(Applied::Done) => break,
             Ok(other) => return warn!("the cluster refused its own identity: {other:?}"),
             Err(e) => info!("waiting to record the cluster's identity: {e}"),

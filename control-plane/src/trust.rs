@@ -6,6 +6,8 @@
 //!                credentials, the first admin's (DATA_DIR/admin.conf);
 //!                the replicated part is written by InitTrust
 //! Join(token, csr) ─▶ leader: token checked against the state ─▶ issue()
+//! Renew(csr)       ─▶ leader: the caller's certificate names who it is ─▶ issue()
+//! RotateCa(csr)    ─▶ a new root, cross-signed by the old ─▶ RotateCa command
 //! ```
 
 use std::time::Duration;
@@ -14,7 +16,7 @@ use berth_proto::pki::{Ca, Credentials, JoinToken, PkiError, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::node::OpError;
-use crate::state::{Access, Trust, User};
+use crate::state::{Access, Rotation, Trust, User};
 
 /// The user bootstrap makes, with all rights.
 pub const ADMIN: &str = "admin";
@@ -44,7 +46,8 @@ pub fn found(validity: Duration) -> Result<(Founding, Credentials, Credentials),
     let server_id = new_node_id();
     let server = ca.credentials(&cluster, Role::Server, &server_id, validity, &ca.cert)?;
     let admin = ca.credentials(&cluster, Role::User, ADMIN, USER_VALIDITY, &ca.cert)?;
-    let admin_user = User { name: ADMIN.into(), access: Access::Admin, fingerprint: admin.identity()?.fingerprint };
+    let admin_user =
+        User { name: ADMIN.into(), access: Access::Admin, fingerprint: admin.identity()?.fingerprint, renewed: None };
     let trust = Trust {
         cluster,
         roots: vec![ca.cert.clone()],
@@ -52,6 +55,8 @@ pub fn found(validity: Duration) -> Result<(Founding, Credentials, Credentials),
         worker_secret: JoinToken::new(&digest).secret,
         server_secret: JoinToken::new(&digest).secret,
         validity_secs: validity.as_secs(),
+        cross: None,
+        holders: Default::default(),
     };
     Ok((Founding { trust, admin: admin_user, server_id }, server, admin))
 }
@@ -72,6 +77,13 @@ pub fn admit(trust: Option<&Trust>, token: &str, csr: &str, want: &str) -> Resul
         trust.ok_or_else(|| OpError::Unavailable("the cluster's identity is not set up yet; try again".into()))?;
     let offered: JoinToken =
         token.parse().map_err(|e: berth_proto::pki::TokenError| OpError::Invalid(e.to_string()))?;
+    if offered.digest != trust.ca.digest() && trust.roots.iter().any(|r| root_digest(r) == offered.digest) {
+        return Err(OpError::Refused(
+            "the join token names the cluster's old root: the CA was rotated since; \
+             get the current token with `berthctl cluster join-token worker` (or server)"
+                .into(),
+        ));
+    }
     if offered.digest != trust.ca.digest() {
         return Err(OpError::Refused(
             "the join token is for another cluster (its CA digest is not this cluster's root)".into(),
@@ -95,20 +107,63 @@ pub fn admit(trust: Option<&Trust>, token: &str, csr: &str, want: &str) -> Resul
         )));
     }
     let node_id = new_node_id();
+    issue(trust, csr, role, &node_id)
+}
+
+fn issue(trust: &Trust, csr: &str, role: Role, name: &str) -> Result<Joined, OpError> {
     let issued = trust
-        .ca
-        .issue(csr, &trust.cluster, role, &node_id, Duration::from_secs(trust.validity_secs))
+        .issue(csr, role, name, Duration::from_secs(trust.validity_secs))
         .map_err(|e| OpError::Invalid(format!("csr: {e}")))?;
-    Ok(Joined { node_id, role: role.to_string(), chain: issued.chain, roots: trust.roots_pem() })
+    Ok(Joined { node_id: name.to_owned(), role: role.to_string(), chain: issued.chain, roots: trust.roots_pem() })
+}
+
+fn root_digest(pem: &str) -> String {
+    Ca { cert: pem.to_owned(), key: String::new() }.digest()
+}
+
+/// A new certificate for a node that holds a valid one: the same name
+/// and role, from the signing root. A worker must still be a node of the
+/// cluster (`known`): a removed node's certificate is not renewed.
+pub fn renew(trust: Option<&Trust>, name: &str, role: Role, known: bool, csr: &str) -> Result<Joined, OpError> {
+    let trust =
+        trust.ok_or_else(|| OpError::Unavailable("the cluster's identity is not set up yet; try again".into()))?;
+    match role {
+        Role::User => {
+            return Err(OpError::Refused("users renew their credential with `berthctl user add` (as an admin)".into()))
+        }
+        Role::Worker if !known => {
+            return Err(OpError::Refused(format!(
+                "node {name} is not a node of this cluster (it was removed): join again with a worker token"
+            )))
+        }
+        _ => {}
+    }
+    issue(trust, csr, role, name)
 }
 
 /// Signs a user's request; the user is recorded separately (AddUser).
 pub fn sign_user(trust: &Trust, name: &str, csr: &str) -> Result<(String, String), OpError> {
-    let issued = trust
-        .ca
-        .issue(csr, &trust.cluster, Role::User, name, USER_VALIDITY)
-        .map_err(|e| OpError::Invalid(format!("csr: {e}")))?;
+    let issued =
+        trust.issue(csr, Role::User, name, USER_VALIDITY).map_err(|e| OpError::Invalid(format!("csr: {e}")))?;
     Ok((issued.chain, issued.fingerprint))
+}
+
+/// A rotation away from `trust`'s signing root, asked by `user`, whose new
+/// certificate (for `csr`) comes from the new root: the command, and the
+/// user's chain and roots as they will be once it is applied.
+pub fn rotation(trust: &Trust, user: &str, csr: &str) -> Result<(Rotation, String, String), OpError> {
+    let internal = |e: PkiError| OpError::Internal(e.to_string());
+    let ca = Ca::new(&trust.cluster).map_err(internal)?;
+    let cross = trust.ca.cross_sign(&ca).map_err(internal)?;
+    let next = Trust {
+        ca: ca.clone(),
+        cross: Some(cross.clone()),
+        roots: [vec![ca.cert.clone()], trust.roots.clone()].concat(),
+        ..trust.clone()
+    };
+    let (chain, fingerprint) = sign_user(&next, user, csr)?;
+    let rotation = Rotation { ca, cross, after: trust.ca.digest(), user: user.to_owned(), fingerprint };
+    Ok((rotation, chain, next.roots_pem()))
 }
 
 #[cfg(test)]
@@ -151,5 +206,79 @@ mod tests {
             matches!(admit(Some(trust), &token(&trust.worker_secret), "junk", "worker"), Err(OpError::Invalid(m)) if m.starts_with("csr:"))
         );
         assert!(matches!(admit(None, &wrong, &csr, "worker"), Err(OpError::Unavailable(_))));
+    }
+
+    #[test]
+    fn a_rotation_trusts_both_roots_until_every_node_holds_the_new_ones_then_only_it() {
+        use crate::state::{apply, Command, Response, State};
+        let (founding, _, admin) = found(Duration::from_secs(3600)).unwrap();
+        let mut state = State::default();
+        let cmd = Command::InitTrust { trust: Box::new(founding.trust.clone()), admin: founding.admin.clone() };
+        assert_eq!(apply(&mut state, &cmd), Response::Done);
+        let old = state.trust.clone().unwrap();
+        let old_token = JoinToken { digest: old.ca.digest(), secret: old.worker_secret.clone() }.to_string();
+        let old_admin = admin.identity().unwrap().fingerprint;
+
+        let request = Request::new().unwrap();
+        let (rotation, chain, roots) = rotation(&old, ADMIN, &request.csr).unwrap();
+        let new_root = rotation.ca.clone();
+        // Decided on a stale view of the root: refused, nothing changes.
+        let stale = Rotation { after: "00".repeat(32), ..rotation.clone() };
+        assert!(matches!(apply(&mut state, &Command::RotateCa(Box::new(stale))), Response::Rejected(_)));
+        assert_eq!(state.trust.as_ref(), Some(&old));
+        assert_eq!(apply(&mut state, &Command::RotateCa(Box::new(rotation.clone()))), Response::Done);
+        let t = state.trust.clone().unwrap();
+        assert!(t.rotating());
+        assert_eq!(t.roots_pem(), roots);
+        assert_eq!(t.ca.digest(), new_root.digest());
+        // The admin's new certificate: new root, bridged to the old; the old one still works.
+        let mine = request.complete(chain, roots).unwrap().identity().unwrap();
+        assert_eq!((mine.name.as_str(), mine.issuer.as_str()), (ADMIN, new_root.name().as_str()));
+        assert!(state.user(ADMIN, &mine.fingerprint).is_some() && state.user(ADMIN, &old_admin).is_some());
+        // One rotation at a time.
+        let again = crate::trust::rotation(&t, ADMIN, &Request::new().unwrap().csr).unwrap().0;
+        assert!(matches!(apply(&mut state, &Command::RotateCa(Box::new(again))), Response::Rejected(_)));
+
+        // Everything issued now carries the cross-signed root; a node's
+        // renewal keeps its name and role; a removed worker gets nothing.
+        let csr = Request::new().unwrap().csr;
+        let renewed = renew(Some(&t), "n1", Role::Worker, true, &csr).unwrap();
+        assert_eq!((renewed.node_id.as_str(), renewed.role.as_str()), ("n1", "worker"));
+        assert_eq!(berth_proto::pki::certificates(&renewed.chain).unwrap().len(), 3);
+        assert!(
+            matches!(renew(Some(&t), "n1", Role::Worker, false, &csr), Err(OpError::Refused(m)) if m.contains("removed"))
+        );
+        assert!(matches!(renew(Some(&t), ADMIN, Role::User, true, &csr), Err(OpError::Refused(_))));
+        // The old token names the old root: refused, saying so.
+        assert!(
+            matches!(admit(Some(&t), &old_token, &csr, "worker"), Err(OpError::Refused(m)) if m.contains("rotated"))
+        );
+
+        // It waits for every node and server until each holds the new root.
+        let pending = |s: &State| s.trust.as_ref().unwrap().pending(["n1", "n2"], &[1, 2]);
+        assert_eq!(pending(&state), ["server/1", "server/2", "node/n1", "node/n2"]);
+        let holds = |holder: &str, root: String| Command::Holds { holder: holder.into(), root };
+        apply(&mut state, &holds("node/n1", new_root.name()));
+        apply(&mut state, &holds("node/n2", old.ca.name()));
+        apply(&mut state, &holds("server/1", new_root.name()));
+        apply(&mut state, &holds("server/2", new_root.name()));
+        assert_eq!(pending(&state), ["node/n2"]);
+        apply(&mut state, &holds("node/n2", new_root.name()));
+        assert!(pending(&state).is_empty());
+
+        // Finished for the root that signs (not another): only it is trusted,
+        // and the admin is known by the new certificate alone.
+        let wrong = Command::FinishRotation { root: old.ca.digest() };
+        assert!(matches!(apply(&mut state, &wrong), Response::Rejected(_)));
+        assert_eq!(apply(&mut state, &Command::FinishRotation { root: new_root.digest() }), Response::Done);
+        let t = state.trust.clone().unwrap();
+        assert_eq!((t.roots.clone(), t.cross.clone()), (vec![new_root.cert.clone()], None));
+        assert!(state.user(ADMIN, &mine.fingerprint).is_some() && state.user(ADMIN, &old_admin).is_none());
+        assert_eq!(
+            berth_proto::pki::certificates(&renew(Some(&t), "n1", Role::Worker, true, &csr).unwrap().chain)
+                .unwrap()
+                .len(),
+            2
+        );
     }
 }

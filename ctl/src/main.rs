@@ -1,6 +1,7 @@
 //! berthctl: declare services and look at the cluster.
 
 mod access;
+mod ca;
 mod client;
 mod config;
 mod output;
@@ -198,6 +199,22 @@ enum ClusterCmd {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// The cluster's root certificate authority
+    #[command(subcommand)]
+    Ca(CaCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCmd {
+    /// Replace the root: a new one signs, both are trusted until every node
+    /// has renewed, then the old one is dropped
+    Rotate {
+        /// Seconds to wait for the rotation to end (0: do not wait)
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+    },
+    /// The trusted roots, and the nodes a rotation waits for
+    Status,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -380,6 +397,12 @@ async fn run(cli: Cli) -> Result<String> {
         Command::User(UserCmd::Add { name, role }) => access::add_user(&client, &context, &name, &role).await,
         Command::User(UserCmd::Ls) => access::list_users(&client, fmt).await,
         Command::User(UserCmd::Rm { name }) => access::remove_user(&client, &name).await,
+        Command::Cluster(ClusterCmd::Ca(CaCmd::Rotate { wait })) => {
+            let timeout = Duration::from_secs_f64(cli.timeout);
+            let wait = Duration::from_secs(wait);
+            ca::rotate(&client, &path, &context.name, servers, timeout, wait).await
+        }
+        Command::Cluster(ClusterCmd::Ca(CaCmd::Status)) => ca::status(&client, fmt).await,
         Command::Cluster(ClusterCmd::Remove { id }) => {
             client.call("remove server", async |mut c| c.remove_member(pb::RemoveMemberRequest { id }).await).await?;
             Ok(format!("server {id} removed from the cluster\n"))

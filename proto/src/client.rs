@@ -321,7 +321,10 @@ mod tests {
             _: tonic::Request<pb::HeartbeatRequest>,
         ) -> Result<tonic::Response<pb::HeartbeatReply>, Status> {
             tokio::time::sleep(Duration::from_secs(30)).await;
-            Ok(tonic::Response::new(pb::HeartbeatReply {}))
+            Ok(tonic::Response::new(pb::HeartbeatReply::default()))
+        }
+        async fn renew(&self, _: tonic::Request<pb::RenewRequest>) -> Result<tonic::Response<pb::JoinReply>, Status> {
+            Err(Status::unimplemented("no"))
         }
         type WatchTasksStream = tonic::codegen::tokio_stream::Empty<Result<pb::AssignedTasks, Status>>;
         async fn watch_tasks(

@@ -26,6 +26,10 @@ pub enum AdmitError {
     /// The cluster's answer, final: a wrong, rotated or foreign token, a bad request.
     #[error("the cluster refused to admit this node: {}", .0.message())]
     Refused(tonic::Status),
+    /// Every server's root is another than the token's: the wrong
+    /// cluster, or a token older than a CA rotation.
+    #[error("the cluster refused to admit this node: {0}")]
+    NotPinned(crate::client::Unreachable),
     #[error("no server admitted this node within {0:?}: {1}")]
     Unreachable(Duration, CallError),
 }
@@ -49,6 +53,9 @@ pub async fn admit(
         match servers.first_answer(async |c| AgentClient::new(c).join(ask.clone()).await).await {
             Ok(reply) => break reply,
             Err(CallError::Answered(s)) if s.code() != tonic::Code::Unavailable => return Err(AdmitError::Refused(s)),
+            Err(CallError::Unreachable(u)) if u.0.iter().all(|(_, why)| why.contains(crate::tls::NOT_PINNED)) => {
+                return Err(AdmitError::NotPinned(u))
+            }
             Err(e) if tokio::time::Instant::now() > deadline => return Err(AdmitError::Unreachable(patience, e)),
             Err(e) => tracing::warn!("joining: {e}"),
         }

@@ -40,6 +40,9 @@ use crate::pki::{certificates, fingerprint, Credentials, Identity, PkiError, Rol
 
 /// The name a joining node asks for: the handshake that needs no certificate.
 pub const JOIN_NAME: &str = "berth-join";
+/// What a joining node's handshake fails with when the server's root is not
+/// the one its token pins: no retry changes that.
+pub const NOT_PINNED: &str = "the server's root certificate is not the one the join token names";
 /// A handshake that has not finished by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -288,8 +291,8 @@ impl ServerCertVerifier for Pinned {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let root = intermediates.iter().find(|c| fingerprint(c) == self.digest).ok_or_else(|| {
             rustls::Error::General(format!(
-                "the server's root certificate is not the one the join token names ({}...): \
-                 this is not the cluster the token is for",
+                "{NOT_PINNED} ({}...): this is not the cluster the token is for, \
+                 or the token was made before the cluster's CA was rotated",
                 &self.digest[..self.digest.len().min(12)]
             ))
         })?;

@@ -54,6 +54,14 @@ fn set_keys(keys: Option<Keys>) {
     *KEYS.lock().unwrap_or_else(|p| p.into_inner()) = keys;
 }
 
+/// Reads the admin's credential again (berthctl rewrote it: a CA rotation).
+pub fn reload_keys() -> Result<()> {
+    let mut keys = keys();
+    keys.admin = tls_of(&keys.admin_conf)?;
+    set_keys(Some(keys));
+    Ok(())
+}
+
 /// The admin's TLS from a config file (an admin.conf).
 pub fn tls_of(conf: &Path) -> Result<Tls> {
     let config = ClientConfig::load(conf)?;

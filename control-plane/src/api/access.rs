@@ -1,5 +1,6 @@
-//! The Cluster calls that manage who may reach the cluster: join tokens
-//! and users. Every one needs the admin role (checked by the caller).
+//! The Cluster calls that manage who may reach the cluster: join tokens,
+//! users and the cluster's root. Every one but `ca_status` needs the admin
+//! role (checked by the caller).
 
 use berth_proto::pb::cluster::*;
 use berth_proto::pki::JoinToken;
@@ -57,7 +58,7 @@ pub async fn add_user(node: &Node, req: AddUserRequest) -> Result<AddUserReply, 
     })?;
     let trust = trust(node).await?;
     let (chain, fingerprint) = crate::trust::sign_user(&trust, &req.name, &req.csr)?;
-    done(node.write(Command::AddUser(Record { name: req.name, access, fingerprint })).await?)?;
+    done(node.write(Command::AddUser(Record { name: req.name, access, fingerprint, renewed: None })).await?)?;
     Ok(AddUserReply { certificate_chain: chain, roots: trust.roots_pem(), servers: servers(node) })
 }
 
@@ -76,4 +77,24 @@ pub async fn list_users(node: &Node) -> Result<ListUsersReply, Status> {
 pub async fn remove_user(node: &Node, req: RemoveUserRequest) -> Result<RemoveUserReply, Status> {
     done(node.write(Command::RemoveUser { name: req.name }).await?)?;
     Ok(RemoveUserReply {})
+}
+
+/// Starts a CA rotation; `user` (the caller) gets its new certificate.
+pub async fn rotate_ca(node: &Node, user: &str, req: RotateCaRequest) -> Result<RotateCaReply, Status> {
+    let trust = trust(node).await?;
+    if trust.rotating() {
+        return Err(crate::state::Rejection::RotationUnderway.into());
+    }
+    let (rotation, chain, roots) = crate::trust::rotation(&trust, user, &req.csr)?;
+    let root = rotation.ca.digest();
+    done(node.write(Command::RotateCa(Box::new(rotation))).await?)?;
+    Ok(RotateCaReply { root, certificate_chain: chain, roots })
+}
+
+pub async fn ca_status(node: &Node) -> Result<CaStatusReply, Status> {
+    let servers = node.server_ids();
+    match node.read(Query::CaStatus { servers }, false).await? {
+        QueryReply::CaStatus { root, trusted, pending } => Ok(CaStatusReply { root, trusted, pending }),
+        other => Err(Status::internal(format!("unexpected query reply {other:?}"))),
+    }
 }

@@ -137,7 +137,25 @@ impl Agent for AgentApi {
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
         auth::node(&req, &req.get_ref().node_id)?;
         self.node.run(LeaderOp::Heartbeat { node: req.into_inner().node_id }).await?;
-        Ok(Response::new(HeartbeatReply {}))
+        // The roots this server's state trusts: a node holding others renews.
+        let roots = self.node.applied.read().ok().and_then(|a| a.state.trust.as_ref().map(|t| t.roots_pem()));
+        let roots_digest = roots.map(|r| berth_proto::renew::roots_digest(&r)).unwrap_or_default();
+        Ok(Response::new(HeartbeatReply { roots_digest }))
+    }
+
+    async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<JoinReply>, Status> {
+        let me = auth::caller(&req)?;
+        let csr = req.into_inner().csr;
+        let op = LeaderOp::Renew { name: me.name, role: me.role.to_string(), csr };
+        match self.node.run(op).await? {
+            crate::node::LeaderReply::Admitted(j) => Ok(Response::new(JoinReply {
+                node_id: j.node_id,
+                role: j.role,
+                certificate_chain: j.chain,
+                roots: j.roots,
+            })),
+            other => Err(Status::internal(format!("unexpected reply from the leader: {other:?}"))),
+        }
     }
 
     type WatchTasksStream = ReceiverStream<Result<AssignedTasks, Status>>;

@@ -8,6 +8,7 @@
 //! | Raft (and forwarding)   | servers                                          |
 //! | Agent                   | the worker node its certificate names, as itself |
 //! | Agent.Join              | anyone with a join token (no certificate needed) |
+//! | Agent.Renew             | any node, for the name and role it already has   |
 //! | Cluster                 | users by access (read < operator < admin); servers |
 
 use berth_proto::pki::{Identity, Role};

@@ -264,6 +264,20 @@ impl Cluster for ClusterApi {
         self.allow(&req, Access::Admin, "removing a user")?;
         Ok(Response::new(access::remove_user(&self.node, req.into_inner()).await?))
     }
+
+    async fn rotate_ca(&self, req: Request<RotateCaRequest>) -> Result<Response<RotateCaReply>, Status> {
+        self.allow(&req, Access::Admin, "rotating the cluster's CA")?;
+        let user = super::auth::caller(&req)?;
+        if user.role != berth_proto::pki::Role::User {
+            return Err(Status::permission_denied("a CA rotation is asked by a user (an admin), not by a node"));
+        }
+        Ok(Response::new(access::rotate_ca(&self.node, &user.name, req.into_inner()).await?))
+    }
+
+    async fn ca_status(&self, req: Request<CaStatusRequest>) -> Result<Response<CaStatusReply>, Status> {
+        self.allow(&req, Access::Read, "reading the CA's status")?;
+        Ok(Response::new(access::ca_status(&self.node).await?))
+    }
 }
 
 impl ClusterApi {

@@ -122,6 +122,9 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
         Command::RotateToken { role, secret } => trust::rotate_token(state, *role, secret),
         Command::AddUser(user) => trust::add_user(&mut state.users, user),
         Command::RemoveUser { name } => trust::remove_user(&mut state.users, name),
+        Command::RotateCa(rotation) => trust::rotate_ca(state, rotation),
+        Command::FinishRotation { root } => trust::finish_rotation(state, root),
+        Command::Holds { holder, root } => trust::holds(state, holder, root),
         Command::ReportTasks { node, reports, at_ms } => {
             let mut applied = 0;
             for r in reports {

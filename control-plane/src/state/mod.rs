@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use apply::apply;
 pub use query::{query, Query, QueryReply};
-pub use trust::{Access, JoinRole, Trust, User};
+pub use trust::{Access, JoinRole, Rotation, Trust, User};
 
 /// Everything the cluster agrees on: services, nodes and tasks; IPAM joins later.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -130,7 +130,7 @@ pub enum Command {
     /// The cluster's trust and its first user, written once by the
     /// bootstrap server. Precondition: none is set, or the same cluster's.
     InitTrust {
-        trust: Trust,
+        trust: Box<Trust>,
         admin: User,
     },
     /// A new secret for one role's join tokens; the old one stops working.
@@ -143,6 +143,19 @@ pub enum Command {
     /// Precondition: the user exists and is not the last admin.
     RemoveUser {
         name: String,
+    },
+    /// A new signing root (see `state::trust`). Precondition: no rotation
+    /// is under way and the signing root is the one it replaces.
+    RotateCa(Box<Rotation>),
+    /// Drops every root but the signing one, whose digest is `root`.
+    FinishRotation {
+        root: String,
+    },
+    /// `holder` (`node/<id>` or `server/<raft id>`) has a certificate from
+    /// the root named `root`.
+    Holds {
+        holder: String,
+        root: String,
     },
 }
 
@@ -231,6 +244,10 @@ pub enum Rejection {
     UserNotFound(String),
     #[error("user {0:?} is the last admin; add another admin first")]
     LastAdmin(String),
+    #[error(
+        "a CA rotation is under way (or the root just changed): `berthctl cluster ca status` shows which nodes it waits for"
+    )]
+    RotationUnderway,
 }
 
 impl std::fmt::Display for Outcome {

@@ -20,6 +20,11 @@ pub enum Query {
     /// The cluster's trust (servers only: it holds the root's key).
     Trust,
     ListUsers,
+    /// The roots and the nodes a rotation waits for, given the servers'
+    /// Raft ids (the membership is not part of the state).
+    CaStatus {
+        servers: Vec<u64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +36,12 @@ pub enum QueryReply {
     Tasks(Vec<TaskInfo>),
     Trust(Option<super::Trust>),
     Users(Vec<super::User>),
+    /// Root digests, the signing one first, and `Trust::pending`.
+    CaStatus {
+        root: String,
+        trusted: Vec<String>,
+        pending: Vec<String>,
+    },
 }
 
 pub fn query(state: &State, q: &Query) -> QueryReply {
@@ -55,6 +66,18 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
         Query::ListServices => QueryReply::Services(state.services.values().cloned().collect()),
         Query::Trust => QueryReply::Trust(state.trust.clone()),
         Query::ListUsers => QueryReply::Users(state.users.values().cloned().collect()),
+        Query::CaStatus { servers } => match &state.trust {
+            None => QueryReply::CaStatus { root: String::new(), trusted: Vec::new(), pending: Vec::new() },
+            Some(t) => QueryReply::CaStatus {
+                root: t.ca.digest(),
+                trusted: t
+                    .roots
+                    .iter()
+                    .map(|r| berth_proto::pki::Ca { cert: r.clone(), key: String::new() }.digest())
+                    .collect(),
+                pending: t.pending(state.nodes.keys().map(String::as_str), servers),
+            },
+        },
         Query::GetNode(key) => {
             let node = state.nodes.get(key).or_else(|| state.nodes.values().find(|n| &n.name == key));
             QueryReply::Node(node.map(|n| info(n, &state.allocations())))

@@ -5,10 +5,16 @@
 //! Certificates say who their holder is and which role it has; the state
 //! says what a user may do, so that changing or removing a user takes
 //! effect at once on every server, whatever certificates are out there.
+//!
+//! A CA rotation (`RotateCa`) makes a new root the signing one and keeps
+//! the old one trusted; chains carry the new root certified by the old
+//! (`cross`), so nodes that have not renewed yet still verify the ones that
+//! have. `holders` says which root each node's certificate is from; once
+//! every node holds the signing root's, `FinishRotation` drops the others.
 
 use std::collections::BTreeMap;
 
-use berth_proto::pki::Ca;
+use berth_proto::pki::{Ca, Issued, PkiError, Role};
 use serde::{Deserialize, Serialize};
 
 use super::{Rejection, Response, State};
@@ -26,12 +32,46 @@ pub struct Trust {
     pub server_secret: String,
     /// How long a node's certificate is valid, in seconds.
     pub validity_secs: u64,
+    /// During a rotation: the signing root's certificate signed by the
+    /// root before it (PEM), appended to every chain issued meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross: Option<String>,
+    /// The name of the root each node's certificate is from, by holder:
+    /// `node/<id>` for agents (recorded as it is issued) and
+    /// `server/<raft id>` for servers (as each reports its own).
+    #[serde(default)]
+    pub holders: BTreeMap<String, String>,
 }
 
 impl Trust {
     /// The trusted roots as one PEM bundle, as nodes keep them.
     pub fn roots_pem(&self) -> String {
         self.roots.concat()
+    }
+
+    /// Whether an old root is still trusted beside the signing one.
+    pub fn rotating(&self) -> bool {
+        self.roots.len() > 1
+    }
+
+    /// A certificate from the signing root, its chain bridged to the old
+    /// root while a rotation lasts.
+    pub fn issue(&self, csr: &str, role: Role, name: &str, validity: std::time::Duration) -> Result<Issued, PkiError> {
+        let mut issued = self.ca.issue(csr, &self.cluster, role, name, validity)?;
+        if let Some(cross) = &self.cross {
+            issued.chain.push_str(cross);
+        }
+        Ok(issued)
+    }
+
+    /// The nodes whose certificate is not (known to be) from the signing
+    /// root: agents by id, servers by Raft id. A rotation waits for them.
+    pub fn pending<'a>(&self, nodes: impl IntoIterator<Item = &'a str>, servers: &[u64]) -> Vec<String> {
+        let signing = self.ca.name();
+        let behind = |key: &str| self.holders.get(key) != Some(&signing);
+        let servers = servers.iter().map(|id| format!("server/{id}"));
+        let nodes = nodes.into_iter().map(|id| format!("node/{id}"));
+        servers.chain(nodes).filter(|k| behind(k)).collect()
     }
 }
 
@@ -76,6 +116,11 @@ pub struct User {
     /// The one certificate (SHA-256, hex) this user is known by: a
     /// replaced or removed user's old certificate is worth nothing.
     pub fingerprint: String,
+    /// The certificate a CA rotation issued to this user (who asked for
+    /// it), accepted beside `fingerprint` until the rotation finishes and
+    /// then in its place: losing the rotation's answer locks nobody out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed: Option<String>,
 }
 
 /// Which join secret.
@@ -89,7 +134,7 @@ pub enum JoinRole {
 impl State {
     /// The user a certificate belongs to, if it is that user's current one.
     pub fn user(&self, name: &str, fingerprint: &str) -> Option<&User> {
-        self.users.get(name).filter(|u| u.fingerprint == fingerprint)
+        self.users.get(name).filter(|u| u.fingerprint == fingerprint || u.renewed.as_deref() == Some(fingerprint))
     }
 }
 
@@ -138,4 +183,57 @@ pub(super) fn remove_user(users: &mut BTreeMap<String, User>, name: &str) -> Res
             Response::Done
         }
     }
+}
+
+/// A new signing root; the one it replaces (whose digest is `after`)
+/// stays trusted, and `user` (who asked) is known by its new certificate.
+pub(super) fn rotate_ca(state: &mut State, rotation: &Rotation) -> Response {
+    let Some(t) = &mut state.trust else { return Response::Rejected(Rejection::NoTrust) };
+    if t.rotating() || t.ca.digest() != rotation.after {
+        return Response::Rejected(Rejection::RotationUnderway);
+    }
+    let Some(user) = state.users.get_mut(&rotation.user) else {
+        return Response::Rejected(Rejection::UserNotFound(rotation.user.clone()));
+    };
+    user.renewed = Some(rotation.fingerprint.clone());
+    t.roots.insert(0, rotation.ca.cert.clone());
+    t.ca = rotation.ca.clone();
+    t.cross = Some(rotation.cross.clone());
+    Response::Done
+}
+
+/// Every node holds the signing root's certificate: trust only it.
+pub(super) fn finish_rotation(state: &mut State, root: &str) -> Response {
+    let Some(t) = &mut state.trust else { return Response::Rejected(Rejection::NoTrust) };
+    if t.ca.digest() != root {
+        return Response::Rejected(Rejection::RotationUnderway);
+    }
+    t.roots = vec![t.ca.cert.clone()];
+    t.cross = None;
+    for user in state.users.values_mut() {
+        if let Some(renewed) = user.renewed.take() {
+            user.fingerprint = renewed;
+        }
+    }
+    Response::Done
+}
+
+pub(super) fn holds(state: &mut State, holder: &str, root: &str) -> Response {
+    let Some(t) = &mut state.trust else { return Response::Rejected(Rejection::NoTrust) };
+    t.holders.insert(holder.to_owned(), root.to_owned());
+    Response::Done
+}
+
+/// What `Command::RotateCa` carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    /// The new signing root.
+    pub ca: Ca,
+    /// Its certificate signed by the root it replaces.
+    pub cross: String,
+    /// SHA-256 of the root it replaces: a rotation decided on a stale view is refused.
+    pub after: String,
+    /// The admin who rotates, and the fingerprint of their new certificate.
+    pub user: String,
+    pub fingerprint: String,
 }

@@ -5,7 +5,9 @@
 //! needs no token. The node registers, then sends a heartbeat every period to any live server,
 //! moving to the next with backoff when one fails, while the worker
 //! (`berth_node_agent::driver`) runs what the cluster places here, and the
-//! node API (`tasks::logs`) answers servers on `--listen`.
+//! node API (`tasks::logs`) answers servers on `--listen`. The certificate
+//! renews itself before it expires and when the roots that heartbeats
+//! report change (`berth_proto::renew`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::node_server::NodeServer;
 use berth_proto::pb::agent::{HeartbeatRequest, NodeCapacity, RegisterRequest};
 use berth_proto::pki::{Credentials, Role};
+use berth_proto::renew::Renewal;
 use tracing::{info, warn};
 
 use super::Node;
@@ -105,6 +108,7 @@ pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -
     };
     let tls = Tls::new(&creds)?;
     let request = registration(data_dir, &args, creds.identity()?.name)?;
+    let (roots_tx, roots) = tokio::sync::watch::channel(String::new());
     let mut network = HostNetwork::new(args.bridge.clone(), args.mtu, run_dir.join("netns"));
     network.dns = Some(berth_node_agent::dns::Settings {
         domain: args.cluster_domain.clone(),
@@ -143,7 +147,8 @@ pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -
     };
     let api = berth_proto::client::server()
         .add_service(NodeServer::new(NodeApi { runtime: node.runtime.clone() }))
-        .serve_with_incoming(berth_proto::tls::incoming(listener, tls));
+        .serve_with_incoming(berth_proto::tls::incoming(listener, tls.clone()));
+    let renewal = Renewal { tls, dir: data_dir.join(TLS_DIR), creds, servers: servers.clone(), roots };
     for swept in node.runtime.sweep(Duration::from_secs(600)) {
         warn!("removed {}: left by a create that was interrupted", swept.display());
     }
@@ -153,7 +158,8 @@ pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -
     tokio::select! {
         _ = &mut shutdown => Ok(0),
         result = api => result.map(|_| 0).context("serving the node API"),
-        result = stay(worker, data_dir, request, period, servers) => result,
+        result = stay(worker, data_dir, request, period, servers, roots_tx) => result,
+        () = renewal.run() => Ok(0),
     }
 }
 
@@ -194,6 +200,7 @@ async fn stay(
     mut request: RegisterRequest,
     period: Duration,
     mut servers: Servers,
+    roots: tokio::sync::watch::Sender<String>,
 ) -> anyhow::Result<u8> {
     let worker = std::sync::Arc::new(worker);
     let mut running: Option<(String, tokio::task::JoinHandle<()>)> = None;
@@ -225,7 +232,12 @@ async fn stay(
             let mut beat = tonic::Request::new(HeartbeatRequest { node_id: id.clone() });
             beat.set_timeout((period * 2).clamp(Duration::from_millis(500), CALL_TIMEOUT));
             match AgentClient::new(servers.channel()).heartbeat(beat).await {
-                Ok(_) => servers.succeeded(),
+                Ok(reply) => {
+                    servers.succeeded();
+                    // The cluster's roots: the renewal acts when they are not ours.
+                    let digest = reply.into_inner().roots_digest;
+                    roots.send_if_modified(|heard| std::mem::replace(heard, digest.clone()) != digest);
+                }
                 Err(s) if s.code() == tonic::Code::NotFound => {
                     warn!("the cluster no longer knows this node; registering again");
                     break;

@@ -17,7 +17,7 @@ use super::{certificates, fingerprint, Credentials, PkiError, Request, Role};
 const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Clocks of different hosts disagree a little: certificates start this
 /// far in the past.
-const SKEW: Duration = Duration::from_secs(3600);
+pub(super) const SKEW: Duration = Duration::from_secs(3600);
 
 /// A root: its certificate and its private key, both PEM.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +53,18 @@ fn subject(cluster: &str, role: &str, name: &str) -> DistinguishedName {
     dn
 }
 
+/// What a root's certificate says, whoever signs it.
+fn root_params(dn: DistinguishedName, not_after: SystemTime) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.serial_number = Some(serial());
+    params.not_before = (SystemTime::now() - SKEW).into();
+    params.not_after = not_after.into();
+    params
+}
+
 fn serial() -> SerialNumber {
     // Positive and 16 bytes: unique without a counter to keep.
     let mut bytes: [u8; 16] = rand::random();
@@ -61,21 +73,46 @@ fn serial() -> SerialNumber {
 }
 
 impl Ca {
-    /// A new root for `cluster`, named after it.
+    /// A new root for `cluster`, named after it and a random tag, so
+    /// that the roots of one cluster (before and after a rotation) never
+    /// share a name and a certificate's issuer says which one signed it.
     pub fn new(cluster: &str) -> Result<Self, PkiError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(sign_err)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name =
-            subject(cluster, "ca", &format!("berth root CA {}", &cluster[..cluster.len().min(12)]));
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        params.serial_number = Some(serial());
-        let now = SystemTime::now();
-        params.not_before = (now - SKEW).into();
-        params.not_after = (now + ROOT_VALIDITY).into();
+        let tag = format!("{:08x}", rand::random::<u32>());
+        let name = format!("berth root CA {} {tag}", &cluster[..cluster.len().min(12)]);
+        let params = root_params(subject(cluster, "ca", &name), SystemTime::now() + ROOT_VALIDITY);
         let cert = params.self_signed(&key).map_err(sign_err)?;
         Ok(Ca { cert: cert.pem(), key: key.serialize_pem() })
+    }
+
+    /// The root's distinguished name, as certificates it signed name their issuer.
+    pub fn name(&self) -> String {
+        certificates(&self.cert).ok().and_then(|c| super::subject(&c[0]).ok()).unwrap_or_default()
+    }
+
+    /// `next`'s certificate signed by this root (PEM): during a rotation,
+    /// chains carry it after their root, so a peer that still trusts only
+    /// this root can verify certificates `next` signs.
+    pub fn cross_sign(&self, next: &Ca) -> Result<String, PkiError> {
+        use rustls::pki_types::pem::PemObject;
+        let next_cert = rustls::pki_types::CertificateDer::from_pem_slice(next.cert.as_bytes())
+            .map_err(|_| PkiError::Pem("certificate"))?;
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(&next_cert).map_err(|e| PkiError::Unreadable(e.to_string()))?;
+        // The same name, written the same way, as `next`'s own certificate.
+        let attr = |a: Option<&x509_parser::x509::AttributeTypeAndValue<'_>>| {
+            a.and_then(|a| a.as_str().ok()).map(str::to_owned).ok_or(PkiError::Missing("root name"))
+        };
+        let name = attr(parsed.subject().iter_common_name().next())?;
+        let cluster = attr(parsed.subject().iter_organization().next())?;
+        let dn = subject(&cluster, "ca", &name);
+        let not_after =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(parsed.validity().not_after.timestamp().max(0).unsigned_abs());
+        let params = root_params(dn, not_after);
+        let next_key = KeyPair::from_pem(&next.key).map_err(sign_err)?;
+        let key = KeyPair::from_pem(&self.key).map_err(sign_err)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert, key).map_err(sign_err)?;
+        Ok(params.signed_by(&next_key, &issuer).map_err(sign_err)?.pem())
     }
 
     /// SHA-256 of the root certificate: what a join token pins.

@@ -13,6 +13,10 @@ use super::{certificates, Identity, PkiError};
 const KEY: &str = "node.key";
 const CHAIN: &str = "node.crt";
 const ROOTS: &str = "ca.crt";
+/// A renewal's new set is staged here whole, then moved into place.
+const NEXT: &str = "next";
+/// Written last into `NEXT`: the staged set is complete.
+const STAGED: &str = "complete";
 
 /// A private key, its certificate chain (PEM, leaf first) and the trusted roots (PEM).
 #[derive(Clone, PartialEq, Eq)]
@@ -68,6 +72,9 @@ impl Credentials {
 
     /// Loads `dir/node.key`, `node.crt` and `ca.crt`; None if the dir has none.
     pub fn load(dir: &Path) -> io::Result<Option<Self>> {
+        if dir.exists() {
+            roll_forward(dir)?;
+        }
         let read = |name: &str| std::fs::read_to_string(dir.join(name));
         let key = match read(KEY) {
             Ok(k) => k,
@@ -81,15 +88,42 @@ impl Credentials {
         Ok(Some(creds))
     }
 
-    /// Writes them to `dir` (made 0700), each file replaced whole and
-    /// durably; the key is never readable by others, not even briefly.
-    /// The key goes last: a dir with a key has a whole set.
+    /// Writes them to `dir` (made 0700) so that a crash at any point
+    /// leaves either the old set or the new one, never a key with another
+    /// key's certificate: the set is staged whole in `dir/next/`, marked
+    /// complete, then moved into place (and a load finishes a move a crash
+    /// interrupted). The key is never readable by others, not even briefly.
     pub fn save(&self, dir: &Path) -> io::Result<()> {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-        write_private(&dir.join(CHAIN), self.chain.as_bytes())?;
-        write_private(&dir.join(ROOTS), self.roots.as_bytes())?;
-        write_private(&dir.join(KEY), self.key.as_bytes())
+        let private_dir = |d: &Path| std::fs::DirBuilder::new().recursive(true).mode(0o700).create(d);
+        private_dir(dir)?;
+        let next = dir.join(NEXT);
+        if next.exists() {
+            std::fs::remove_dir_all(&next)?;
+        }
+        private_dir(&next)?;
+        write_private(&next.join(CHAIN), self.chain.as_bytes())?;
+        write_private(&next.join(ROOTS), self.roots.as_bytes())?;
+        write_private(&next.join(KEY), self.key.as_bytes())?;
+        write_private(&next.join(STAGED), b"")?;
+        roll_forward(dir)
     }
+}
+
+/// Moves a completely staged set into place; drops an incomplete one.
+fn roll_forward(dir: &Path) -> io::Result<()> {
+    let next = dir.join(NEXT);
+    if !next.exists() {
+        return Ok(());
+    }
+    if next.join(STAGED).exists() {
+        for name in [CHAIN, ROOTS, KEY] {
+            if next.join(name).exists() {
+                std::fs::rename(next.join(name), dir.join(name))?;
+            }
+        }
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    std::fs::remove_dir_all(&next)
 }
 
 /// Replaces `path` with `data`, readable by its owner only (never by

@@ -89,7 +89,12 @@ pub struct Identity {
     /// from another, so a replaced or removed one can be refused.
     pub fingerprint: String,
     /// When it expires, in seconds since the Unix epoch.
+    /// Unix seconds.
+    pub not_before: i64,
     pub not_after: i64,
+    /// The distinguished name of the root that signed it (roots' names are
+    /// unique: see `Ca::new`), as `Ca::name` writes it.
+    pub issuer: String,
 }
 
 /// A certificate that is not one of this cluster's.
@@ -126,9 +131,25 @@ impl Identity {
             role,
             name,
             fingerprint: fingerprint(der),
+            not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
+            issuer: cert.issuer().to_string(),
         })
     }
+
+    /// When this certificate should be renewed (Unix seconds): once two
+    /// thirds of the life it was issued with have passed, as Swarm and
+    /// kubelet do, which leaves a third of it for retries.
+    pub fn renew_at(&self) -> i64 {
+        let issued = self.not_before + ca::SKEW.as_secs() as i64;
+        issued + (self.not_after - issued).max(0) * 2 / 3
+    }
+}
+
+/// The distinguished name of the certificate `der`, as `Identity::issuer` writes names.
+pub fn subject(der: &[u8]) -> Result<String, PkiError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| PkiError::Unreadable(e.to_string()))?;
+    Ok(cert.subject().to_string())
 }
 
 impl fmt::Display for Identity {

@@ -20,6 +20,11 @@ fn a_root_signs_what_a_node_asks_and_names_it_as_the_root_decides() {
     assert_eq!(chain.len(), 2);
     assert_eq!(fingerprint(&chain[1]), ca.digest());
     assert_eq!(ca.digest().len(), 64);
+    // It names the root that signed it; it is due for renewal two thirds in.
+    assert_eq!(id.issuer, ca.name());
+    assert!(ca.name().contains("berth root CA c0ffee"), "{}", ca.name());
+    let two_thirds = now + (DAY.as_secs() * 2 / 3) as i64;
+    assert!((id.renew_at() - two_thirds).abs() < 60, "{} vs {two_thirds}", id.renew_at());
 }
 
 #[test]
@@ -52,6 +57,34 @@ fn credentials_survive_a_save_and_load_and_the_key_is_private() {
     std::fs::write(tls.join("node.crt"), "garbage").unwrap();
     let err = Credentials::load(&tls).unwrap_err().to_string();
     assert!(err.contains("node.crt") && err.contains("no PEM certificate"), "{err}");
+}
+
+#[test]
+fn a_renewal_cut_short_leaves_the_old_set_or_the_new_one_never_a_mix() {
+    let ca = Ca::new("c1").unwrap();
+    let old = ca.credentials("c1", Role::Worker, "n1", DAY, &ca.cert).unwrap();
+    let new = ca.credentials("c1", Role::Worker, "n1", DAY, &ca.cert).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    old.save(&tls).unwrap();
+    // Cut short while staging (no completion mark): the old set stays.
+    let next = tls.join("next");
+    std::fs::create_dir(&next).unwrap();
+    std::fs::write(next.join("node.crt"), &new.chain).unwrap();
+    assert_eq!(Credentials::load(&tls).unwrap(), Some(old.clone()));
+    assert!(!next.exists());
+    // Cut short while moving (staged whole, the chain already moved): the
+    // load finishes the move.
+    new.save(&tls).unwrap();
+    old.save(&tls).unwrap();
+    std::fs::create_dir(&next).unwrap();
+    std::fs::write(next.join("ca.crt"), &new.roots).unwrap();
+    std::fs::write(next.join("node.key"), &new.key).unwrap();
+    std::fs::write(next.join("complete"), "").unwrap();
+    std::fs::write(tls.join("node.crt"), &new.chain).unwrap();
+    assert_eq!(Credentials::load(&tls).unwrap(), Some(new.clone()));
+    assert!(!next.exists());
+    assert_eq!(Credentials::load(&tls).unwrap(), Some(new));
 }
 
 #[test]

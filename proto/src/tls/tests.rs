@@ -21,6 +21,9 @@ impl pb::agent_server::Agent for WhoAmI {
     async fn join(&self, _: tonic::Request<pb::JoinRequest>) -> Result<tonic::Response<pb::JoinReply>, Status> {
         Err(Status::unimplemented("no"))
     }
+    async fn renew(&self, _: tonic::Request<pb::RenewRequest>) -> Result<tonic::Response<pb::JoinReply>, Status> {
+        Err(Status::unimplemented("no"))
+    }
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterReply>, Status> {
         let who = match req.extensions().get::<Caller>() {
             Some(Caller(Some(id))) => format!("{} {} of {}", id.role, id.name, id.cluster),
@@ -50,9 +53,14 @@ impl World {
     async fn start() -> Self {
         let ca = Ca::new("c1").unwrap();
         let server = ca.credentials("c1", Role::Server, "s1", DAY, &ca.cert).unwrap();
+        Self::serving(ca, &server).await
+    }
+
+    /// A server presenting `server`; `ca` signs the callers.
+    async fn serving(ca: Ca, server: &Credentials) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let incoming = incoming(listener, Tls::new(&server).unwrap());
+        let incoming = incoming(listener, Tls::new(server).unwrap());
         let service = pb::agent_server::AgentServer::new(WhoAmI);
         tokio::spawn(crate::client::server().add_service(service).serve_with_incoming(incoming));
         World { ca, addr }
@@ -126,4 +134,45 @@ async fn strangers_are_refused_and_do_not_disturb_anyone() {
     silent.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
     let worker = Tls::new(&w.creds(Role::Worker, "n1")).unwrap();
     assert_eq!(w.call(&worker, Peer::Server).await.unwrap(), "worker n1 of c1");
+}
+
+/// Credentials signed by `ca` whose chain also carries `cross` (the
+/// signing root certified by the root before it), trusting `roots`.
+fn bridged(ca: &Ca, cross: &str, role: Role, name: &str, roots: &str) -> Credentials {
+    let request = crate::pki::Request::new().unwrap();
+    let issued = ca.issue(&request.csr, "c1", role, name, DAY).unwrap();
+    request.complete(format!("{}{cross}", issued.chain), roots.to_owned()).unwrap()
+}
+
+#[tokio::test]
+async fn during_a_rotation_old_and_new_certificates_verify_each_other_and_after_it_old_ones_do_not() {
+    let (old, new) = (Ca::new("c1").unwrap(), Ca::new("c1").unwrap());
+    assert_ne!(old.name(), new.name());
+    let cross = old.cross_sign(&new).unwrap();
+    let both = format!("{}{}", new.cert, old.cert);
+    // A server that has renewed: the new root signed it, it trusts both.
+    let w = World::serving(new.clone(), &bridged(&new, &cross, Role::Server, "s1", &both)).await;
+    // A worker that has not renewed yet: old certificate, old root only;
+    // it verifies the server through the cross-signed root.
+    let stale = Tls::new(&old.credentials("c1", Role::Worker, "n1", DAY, &old.cert).unwrap()).unwrap();
+    assert_eq!(w.call(&stale, Peer::Server).await.unwrap(), "worker n1 of c1");
+    assert_eq!(stale.identity().unwrap().issuer, old.name());
+    // One that has: new certificate, both roots.
+    let renewed = Tls::new(&bridged(&new, &cross, Role::Worker, "n2", &both)).unwrap();
+    assert_eq!(w.call(&renewed, Peer::Server).await.unwrap(), "worker n2 of c1");
+    assert_eq!(renewed.identity().unwrap().issuer, new.name());
+    // Trusting the new root alone is enough for a renewed server.
+    let new_only = Tls::new(&bridged(&new, &cross, Role::Worker, "n3", &new.cert)).unwrap();
+    assert_eq!(w.call(&new_only, Peer::Server).await.unwrap(), "worker n3 of c1");
+    // A joining node pins the new root (the token's digest changed with it).
+    assert_eq!(w.call(&Tls::pinned(&new.digest()).unwrap(), Peer::Join).await.unwrap(), "anonymous");
+
+    // A server not yet renewed still verifies a renewed worker (through the cross).
+    let o = World::serving(old.clone(), &old.credentials("c1", Role::Server, "s0", DAY, &old.cert).unwrap()).await;
+    assert_eq!(o.call(&renewed, Peer::Server).await.unwrap(), "worker n2 of c1");
+
+    // The rotation over: trusting only the new root, the old certificate is refused.
+    let done = World::serving(new.clone(), &new.credentials("c1", Role::Server, "s1", DAY, &new.cert).unwrap()).await;
+    assert!(done.call(&stale, Peer::Server).await.is_err());
+    assert_eq!(done.call(&renewed, Peer::Server).await.unwrap(), "worker n2 of c1");
 }

@@ -101,12 +101,19 @@ impl Agent for Api {
         Err(Status::unimplemented("the fake cluster takes no joins"))
     }
 
+    async fn renew(
+        &self,
+        _: Request<berth_proto::pb::agent::RenewRequest>,
+    ) -> Result<Response<berth_proto::pb::agent::JoinReply>, Status> {
+        Err(Status::unimplemented("the fake cluster renews nothing"))
+    }
+
     async fn register(&self, _: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
         Ok(Response::new(RegisterReply { node_id: "n1".into() }))
     }
 
     async fn heartbeat(&self, _: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
-        Ok(Response::new(HeartbeatReply {}))
+        Ok(Response::new(HeartbeatReply::default()))
     }
 
     type WatchTasksStream = ReceiverStream<Result<AssignedTasks, Status>>;

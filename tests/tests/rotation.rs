@@ -1,0 +1,173 @@
+//! Certificates renew on their own, and the cluster's root is replaced,
+//! while a service runs and the leader is killed: three berth-servers and
+//! two berth-agents with one-minute certificates, pulling from a
+//! docker-registry on loopback. Nothing stops, no task restarts, writes
+//! go on, and at the end only the new root is trusted anywhere: the old
+//! credential is refused.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use berth_proto::pki::{certificates, Credentials, Identity};
+use berth_tests::agent::Agent;
+use berth_tests::oci::Image;
+use berth_tests::registry::Registry;
+use berth_tests::{berthctl, berthctl_as, keys, reload_keys, wait_for, Cluster};
+
+const SERVE: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
+
+/// The certificate a node holds now, and how many roots it trusts.
+fn held(tls_dir: &Path) -> Option<(Identity, usize)> {
+    let creds = Credentials::load(tls_dir).ok()??;
+    Some((creds.identity().ok()?, certificates(&creds.roots).ok()?.len()))
+}
+
+/// Running tasks of `service`: id -> state.
+fn tasks(servers: &[String], service: &str) -> Option<BTreeMap<String, String>> {
+    let (ok, out, _) = berthctl(servers, &["service", "ps", service, "-o", "json"]).ok()?;
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).ok().filter(|_| ok)?;
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    Some(
+        list.iter()
+            .filter(|t| t["task"]["desired"] == "running")
+            .map(|t| (s(&t["task"]["id"]), s(&t["task"]["state"])))
+            .collect(),
+    )
+}
+
+/// Containers on the agents: name -> pid.
+fn pids(agents: &[&Agent]) -> BTreeMap<String, i64> {
+    let ps = agents.iter().flat_map(|a| a.ps());
+    ps.map(|c| (c["name"].as_str().unwrap_or_default().to_owned(), c["pid"].as_i64().unwrap_or(0))).collect()
+}
+
+fn ca_status(servers: &[String]) -> Option<serde_json::Value> {
+    let (ok, out, _) = berthctl(servers, &["cluster", "ca", "status", "-o", "json"]).ok()?;
+    serde_json::from_str(&out).ok().filter(|_| ok)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_renew_and_the_root_rotates_while_a_service_runs_and_a_leader_dies() -> Result<()> {
+    let registry = Registry::start().await?;
+    Image::busybox()?.push(&registry.addr, "busybox", "v1").await?;
+    let image = format!("{}/busybox:v1", registry.addr);
+    let mut cluster = Cluster::start(3, &["--cert-validity=1m"]).await?;
+    let servers = cluster.addrs();
+    let (a, b) = (Agent::new(Some(&registry)), Agent::new(Some(&registry)));
+    let mut daemons = Vec::new();
+    for (agent, name) in [(&a, "alpha"), (&b, "beta")] {
+        daemons.push(agent.join(&servers, name, &[])?);
+    }
+    wait_for(Duration::from_secs(30), "both nodes ready", async || {
+        let (ok, out, _) = berthctl(&servers, &["node", "ls"]).ok()?;
+        (ok && out.matches(" ready ").count() == 2).then_some(())
+    })
+    .await?;
+    let (ok, out, err) = berthctl(
+        &servers,
+        &["service", "create", "web", "--image", &image, "--replicas", "2", "--", "sh", "-c", SERVE],
+    )?;
+    ensure!(ok, "{out}{err}");
+    let running = wait_for(Duration::from_secs(60), "2 tasks running", async || {
+        let t = tasks(&servers, "web")?;
+        (t.len() == 2 && t.values().all(|s| s == "running")).then_some(t)
+    })
+    .await?;
+    let containers = pids(&[&a, &b]);
+    ensure!(containers.len() == 2, "{containers:?}");
+
+    // Every node's certificate (servers' and agents') lives a minute and
+    // is replaced well before it ends, without a restart.
+    let dirs: Vec<PathBuf> = cluster
+        .servers
+        .iter()
+        .map(|s| s.data_dir.join("tls"))
+        .chain([&a, &b].iter().map(|x| x.data.path().join("tls")))
+        .collect();
+    let first: Vec<Identity> =
+        dirs.iter().map(|d| held(d).context("a node's certificate").map(|h| h.0)).collect::<Result<_>>()?;
+    let old_root = first[0].issuer.clone();
+    wait_for(Duration::from_secs(120), "every node to renew its certificate", async || {
+        dirs.iter()
+            .zip(&first)
+            .all(|(d, f)| held(d).is_some_and(|(now, _)| now.fingerprint != f.fingerprint))
+            .then_some(())
+    })
+    .await
+    .with_context(|| format!("{}{}{}", cluster.logs(), a.daemon_log(), b.daemon_log()))?;
+
+    // The root is replaced; the leader dies in the middle of it.
+    let stale = cluster.dir.path().join("stale.conf");
+    std::fs::copy(keys().admin_conf, &stale)?;
+    let (_, old_token, _) = berthctl(&servers, &["cluster", "join-token", "worker", "-q"])?;
+    let (ok, out, err) = berthctl(&servers, &["cluster", "ca", "rotate", "--wait", "0"])?;
+    ensure!(ok && out.contains("CA rotation started"), "{out}{err}");
+    reload_keys()?;
+    let leader = cluster.leader().await?;
+    cluster.servers[leader].kill9();
+    let status = ca_status(&servers).context("ca status during the rotation")?;
+    ensure!(status["rotating"] == true || status["trusted"].as_array().is_some_and(|t| t.len() == 1), "{status}");
+    // A write while the leader is gone and the rotation goes on.
+    let (ok, out, err) = berthctl(&servers, &["service", "scale", "web=3"])?;
+    ensure!(ok, "{out}{err}");
+    cluster.servers[leader].restart()?;
+    let done = wait_for(Duration::from_secs(120), "the rotation to finish", async || {
+        ca_status(&servers).filter(|s| s["rotating"] == false)
+    })
+    .await
+    .with_context(|| format!("{:?}\n{}", ca_status(&servers), cluster.logs()))?;
+    let new_root = done["root"].as_str().unwrap_or_default().to_owned();
+
+    // Every node holds a certificate of the new root and trusts it alone
+    // (a node renews again once the old root is dropped).
+    wait_for(Duration::from_secs(90), "every node to trust only the new root", async || {
+        dirs.iter().all(|d| held(d).is_some_and(|(id, roots)| id.issuer != old_root && roots == 1)).then_some(())
+    })
+    .await
+    .with_context(|| format!("{:?}", dirs.iter().map(|d| held(d)).collect::<Vec<_>>()))?;
+    // Nothing stopped: the same tasks run in the same containers, and the
+    // scale made during the rotation took.
+    let now = wait_for(Duration::from_secs(60), "3 tasks running", async || {
+        let t = tasks(&servers, "web")?;
+        (t.len() == 3 && t.values().all(|s| s == "running")).then_some(t)
+    })
+    .await?;
+    ensure!(running.keys().all(|id| now.contains_key(id)), "tasks were replaced: {running:?} -> {now:?}");
+    let after = pids(&[&a, &b]);
+    ensure!(containers.iter().all(|(name, pid)| after.get(name) == Some(pid)), "{containers:?} -> {after:?}");
+    let (ok, out, _) = berthctl(&servers, &["node", "ls"])?;
+    ensure!(ok && out.matches(" ready ").count() == 2, "{out}");
+
+    // The admin's rewritten credential works; the old one and the old
+    // join token are refused.
+    let (ok, out, err) = berthctl(&servers, &["service", "ls"])?;
+    ensure!(ok && out.contains("web"), "{out}{err}");
+    let (ok, _, err) = berthctl_as(&stale, &servers, &["service", "ls"])?;
+    ensure!(!ok, "the pre-rotation credential still works: {err}");
+    let (_, token, _) = berthctl(&servers, &["cluster", "join-token", "worker", "-q"])?;
+    ensure!(token.contains(&new_root) && !old_token.contains(&new_root), "{old_token} -> {token}");
+    let late = Agent::new(None);
+    let ran = late
+        .command(&[
+            "--server",
+            &servers[0],
+            "--name",
+            "late",
+            "--advertise",
+            "127.0.0.1:1",
+            "--token",
+            old_token.trim(),
+        ])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    ensure!(!ran.status.success() && stderr.contains("made before the cluster's CA was rotated"), "{stderr}");
+
+    let (ok, _, err) = berthctl(&servers, &["service", "rm", "web"])?;
+    ensure!(ok, "{err}");
+    for mut d in daemons {
+        d.stop(Duration::from_secs(20))?;
+    }
+    Ok(())
+}
