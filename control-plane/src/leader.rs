@@ -6,6 +6,11 @@
 //! server runs the loop; it acts only while its server leads, and each
 //! pass sees the state after the previous pass's commit (the reconciler's
 //! decisions are checked again on apply anyway).
+//!
+//! A pass looks at the whole state, so its cost grows with the cluster.
+//! The pause after a pass grows with it (`DUTY`): however many services
+//! there are, passes take at most about a quarter of the leader's time and
+//! of the state lock, and writes keep their pace while it reconciles.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,14 +25,17 @@ use crate::state::{now_ms, Command, Response};
 pub const PERIOD: Duration = Duration::from_millis(200);
 /// The least time between two passes.
 const GAP: Duration = Duration::from_millis(10);
+/// A pass that took t is followed by at least DUTY × t of rest.
+const DUTY: u32 = 3;
 
 pub async fn run(node: Arc<Node>) {
     // The log position the last pass looked at, and the one at which the
     // reconciler last found nothing to do.
     let (mut seen, mut at_rest) = (None, None);
     let mut warned = false;
+    let mut rest = GAP;
     loop {
-        tokio::time::sleep(GAP).await;
+        tokio::time::sleep(rest).await;
         node.applied_after(seen, PERIOD).await;
         seen = node.metrics().last_applied;
         let Some(transitions) = node.with_liveness(|l| match node.applied.read() {
@@ -62,11 +70,13 @@ pub async fn run(node: Arc<Node>) {
                 warn!("recording a node status change: {e}");
             }
         }
+        let started = std::time::Instant::now();
         let (position, changes) = match node.applied.read() {
             Ok(applied) if applied.last_applied == at_rest && at_rest.is_some() => continue,
             Ok(applied) => (applied.last_applied, reconcile(&applied.state)),
             Err(_) => return,
         };
+        rest = GAP.max(started.elapsed() * DUTY);
         if changes.is_empty() {
             at_rest = position;
             continue;

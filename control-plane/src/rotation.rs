@@ -5,7 +5,8 @@
 //! CA rotation once no node is left holding an old root's certificate.
 //!
 //! ```text
-//! every applied change, or each PERIOD:
+//! each PERIOD (roots change rarely; a second is soon enough, and waking on
+//! every commit would cost the write path):
 //!   roots in the state ──▶ the renewal (a change means: renew now)
 //!   my root ≠ holders["server/<id>"] ──▶ Holds
 //!   leader, rotating, nobody pending ──▶ FinishRotation
@@ -48,11 +49,9 @@ pub fn spawn(
 }
 
 async fn watch(node: Arc<Node>, tls: Tls, roots: tokio::sync::watch::Sender<String>) {
-    let mut seen = None;
     let me = format!("server/{}", node.id);
     loop {
-        node.applied_after(seen, PERIOD).await;
-        seen = node.metrics().last_applied;
+        tokio::time::sleep(PERIOD).await;
         let Some(trust) = node.applied.read().ok().and_then(|a| a.state.trust.clone()) else { continue };
         let digest = roots_digest(&trust.roots_pem());
         roots.send_if_modified(|heard| std::mem::replace(heard, digest.clone()) != digest);

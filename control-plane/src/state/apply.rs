@@ -9,11 +9,16 @@ use super::{ipam, trust, Command, Outcome, Rejection, Response, State, TaskChang
 /// A published port (per protocol) answers on every node, so only one
 /// service may have it.
 fn port_taken(state: &State, spec: &ServiceSpec) -> Option<Rejection> {
-    let others = state.services.values().filter(|s| s.spec.name != spec.name);
     let published = |s: &ServiceSpec| -> Vec<(u16, Protocol)> {
         s.ports.iter().filter_map(|p| Some((p.published?, p.protocol))).collect()
     };
     let mine = published(spec);
+    // Most services publish nothing: no need to look at every other one
+    // (this runs on every server for every write of a service).
+    if mine.is_empty() {
+        return None;
+    }
+    let others = state.services.values().filter(|s| s.spec.name != spec.name);
     others.into_iter().find_map(|other| {
         let (port, protocol) = published(&other.spec).into_iter().find(|p| mine.contains(p))?;
         Some(Rejection::PortTaken { port, protocol, service: other.spec.name.clone() })

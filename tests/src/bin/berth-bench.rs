@@ -1,5 +1,6 @@
 //! berth-bench: write throughput, latency and failover of a 3-server berth
-//! cluster, with etcd under the same load from the same generator, side by side.
+//! cluster, with etcd under the same load from the same generator, side by
+//! side; both with mutual TLS on every connection (berth always has it).
 //!
 //! Run it through `bench/raft.sh`, which builds release binaries and installs etcd.
 
@@ -189,9 +190,9 @@ fn berth_writer(addrs: &[String], acked: Arc<Mutex<Vec<String>>>) -> WriteFn {
     })
 }
 
-fn etcd_writer(addrs: &[String]) -> Result<WriteFn> {
+fn etcd_writer(addrs: &[String], tls: &Arc<rustls::ClientConfig>) -> Result<WriteFn> {
     let clients: Vec<_> =
-        addrs.iter().map(|a| etcd::channel(a).map(etcdpb::kv_client::KvClient::new)).collect::<Result<_>>()?;
+        addrs.iter().map(|a| etcd::channel(a, tls).map(etcdpb::kv_client::KvClient::new)).collect::<Result<_>>()?;
     // The same bytes berth stores for a service, as the value.
     let value = serde_json::to_vec(&serde_json::json!({
         "name": "c0-0", "image": "busybox:1.36", "command": [], "env": {}, "replicas": 1,
@@ -241,7 +242,7 @@ async fn berth_failovers(
 
 async fn etcd_failovers(args: &Args, cluster: &mut EtcdCluster) -> Result<Vec<Duration>> {
     let addrs: Vec<String> = cluster.members.iter().map(|m| m.client_addr.clone()).collect();
-    let writers = Writers::start(args.failover_clients, 1 << 50, deadline(args), etcd_writer(&addrs)?);
+    let writers = Writers::start(args.failover_clients, 1 << 50, deadline(args), etcd_writer(&addrs, &cluster.tls)?);
     let mut failovers = Vec::new();
     for round in 0..args.etcd_kills {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -299,7 +300,8 @@ async fn main() -> Result<()> {
             b.push(s);
         }
         if etcd.is_some() {
-            let s = load(args.clients, secs, seq, etcd_writer(&etcd_addrs)?).await;
+            let tls = etcd.as_ref().map(|c| c.tls.clone()).context("etcd")?;
+            let s = load(args.clients, secs, seq, etcd_writer(&etcd_addrs, &tls)?).await;
             eprintln!("etcd round {round}: {s:?}");
             if round > 0 {
                 e.push(s);
