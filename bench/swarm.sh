@@ -4,6 +4,8 @@
 #   1. create a 20-replica service -> all 20 running
 #   2. scale 20 -> 100 -> all 100 running
 #   3. kill one container -> its replacement running
+#   4. a second node joins with a worker token -> ready (Swarm's in a
+#      network namespace of its own, 198.18.77.0/30; berth's agent on loopback)
 # Both run the same busybox image and the same command; Swarm from Debian's
 # docker.io. Docker's networks are put in 198.18.0.0/15, like every address
 # berth's tests use. Usage: bench/swarm.sh   (as root)
@@ -20,6 +22,9 @@ pids=()
 cleanup() {
   docker service rm web >/dev/null 2>&1 || true
   docker swarm leave --force >/dev/null 2>&1 || true
+  [ -f "$work/dockerd2.pid" ] && kill "$(cat "$work/dockerd2.pid")" 2>/dev/null || true
+  ip netns del berthswarm2 2>/dev/null || true
+  ip link del bsw0 2>/dev/null || true
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 1
   for n in $("$bin/berth-agent" ps -o json 2>/dev/null | grep -o '"name": "[^"]*"' | cut -d'"' -f4); do
@@ -65,7 +70,7 @@ export BERTH_AGENT_DATA_DIR=$work/agent BERTH_AGENT_RUN_DIR=/run/berth-swarm-ben
 # Mutual TLS as a user runs it: the node joins with the worker token.
 wait_until 30 "$bin/berthctl" cluster join-token worker -q
 join_t0=$(ms)
-BERTH_TOKEN=$("$bin/berthctl" cluster join-token worker -q) \
+BERTH_TOKEN=$("$bin/berthctl" cluster join-token worker -q) BERTH_LOG=info \
   "$bin/berth-agent" --name bench --advertise 127.0.0.1:7500 --bridge berthbench >"$work/agent.log" 2>&1 &
 pids+=($!)
 ctl() { "$bin/berthctl" "$@"; }
@@ -82,6 +87,12 @@ sys.exit(0 if t and t[0]["state"] == "running" and t[0]["restarts"] >= 1 else 1)
 }
 wait_until 30 bash -c "$bin/berthctl node ls | grep -q ready"
 b_join=$(since "$join_t0")
+# One poll (a berthctl start, a TLS handshake and a call) takes about as
+# long as the whole join, so also take the time from the agent's own log:
+# its registration (the node is ready from then on).
+wait_until 10 grep -q ' registered' "$work/agent.log"
+registered=$(grep -m1 ' registered' "$work/agent.log" | sed 's/\x1b\[[0-9;]*m//g' | cut -d' ' -f1)
+b_join_log=$((($(date -d "$registered" +%s%N) - join_t0) / 1000000))
 
 t0=$(ms)
 ctl service create web --image "$image" --replicas 20 -- sh -c "$CMD" >/dev/null
@@ -100,7 +111,7 @@ wait_until 60 berth_restarted "$vname"
 b_kill=$(since "$t0")
 ctl service rm web >/dev/null
 wait_until 120 bash -c "[ \"\$($bin/berth-agent ps -o json)\" = '[]' ]"
-echo "berth: join -> ready ${b_join} ms, create 20 -> running ${b_create} ms, scale 20 -> 100 ${b_scale} ms, kill -> replaced ${b_kill} ms"
+echo "berth: join -> ready ${b_join} ms (${b_join_log} ms by the agent's log), create 20 -> running ${b_create} ms, scale 20 -> 100 ${b_scale} ms, kill -> replaced ${b_kill} ms"
 
 # ---- Docker Swarm, same machine, same image (imported), same command
 mkdir -p "$work/docker"
@@ -113,7 +124,14 @@ wait_until 60 docker info >/dev/null 2>&1
 docker network create --subnet 198.19.251.0/24 --opt com.docker.network.bridge.name=docker_gwbridge \
   --opt com.docker.network.bridge.enable_icc=false --opt com.docker.network.bridge.enable_ip_masquerade=true \
   docker_gwbridge >/dev/null
-docker swarm init --advertise-addr 127.0.0.1 --default-addr-pool 198.19.128.0/17 >/dev/null
+# The manager is reached by the second node (step 4) over a veth.
+ip netns add berthswarm2
+ip link add bsw0 type veth peer name bsw1
+ip link set bsw1 netns berthswarm2
+ip addr add 198.18.77.1/30 dev bsw0 && ip link set bsw0 up
+ip -n berthswarm2 addr add 198.18.77.2/30 dev bsw1
+ip -n berthswarm2 link set bsw1 up && ip -n berthswarm2 link set lo up
+docker swarm init --advertise-addr 198.18.77.1 --default-addr-pool 198.19.128.0/17 >/dev/null
 mkdir -p "$work/rootfs"
 cp -a "$work"/agent/images/layers/sha256/*/. "$work/rootfs/"
 tar -C "$work/rootfs" -c . | docker import - bench/busybox:v1 >/dev/null
@@ -134,6 +152,21 @@ docker kill "$victim" >/dev/null
 wait_until 300 bash -c "[ \$(docker service ps web --format '{{.ID}}' | wc -l) -gt $before ] && \
   [ \$(docker service ps web --filter desired-state=running --format '{{.CurrentState}}' | grep -c '^Running') -ge 100 ]"
 s_kill=$(since "$t0")
-echo "swarm: create 20 -> running ${s_create} ms, scale 20 -> 100 ${s_scale} ms, kill -> replaced ${s_kill} ms"
+
+# A second dockerd, already running in its own network namespace (nsenter:
+# `ip netns exec` would hide the cgroup mounts), joins as a worker.
+nsenter --net=/run/netns/berthswarm2 dockerd --data-root "$work/docker2" --exec-root "$work/docker2-exec" \
+  --pidfile "$work/dockerd2.pid" --host "unix://$work/docker2.sock" --bip 198.19.252.1/24 \
+  >"$work/dockerd2.log" 2>&1 &
+pids+=($!)
+wait_until 60 docker -H "unix://$work/docker2.sock" info >/dev/null 2>&1
+token=$(docker swarm join-token -q worker)
+t0=$(ms)
+docker -H "unix://$work/docker2.sock" swarm join --token "$token" --advertise-addr 198.18.77.2 198.18.77.1:2377 \
+  >/dev/null
+wait_until 120 bash -c "[ \$(docker node ls --format '{{.Status}}' | grep -c Ready) -ge 2 ]"
+s_join=$(since "$t0")
+echo "swarm: join -> ready ${s_join} ms, create 20 -> running ${s_create} ms, scale 20 -> 100 ${s_scale} ms, kill -> replaced ${s_kill} ms"
 awk -v a="$b_create" -v b="$s_create" -v c="$b_scale" -v d="$s_scale" -v e="$b_kill" -v f="$s_kill" \
-  'BEGIN { printf "swarm/berth: create %.1fx, scale %.1fx, kill %.1fx (target >= 10x)\n", b/a, d/c, f/e }'
+  -v g="$b_join" -v h="$s_join" \
+  'BEGIN { printf "swarm/berth: join %.1fx, create %.1fx, scale %.1fx, kill %.1fx (target >= 10x)\n", h/g, b/a, d/c, f/e }'

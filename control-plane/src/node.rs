@@ -293,15 +293,19 @@ impl Node {
         crate::trust::renew(applied.state.trust.as_ref(), name, role, known, csr)
     }
 
-    /// A worker's new certificate is recorded (which root it is from)
-    /// before it is handed out, so a rotation knows who still needs one;
-    /// servers report their own (`rotation`), as only they know their Raft id.
+    /// During a CA rotation, a worker's new certificate is recorded (which
+    /// root it is from) before it is handed out, so the rotation knows who
+    /// still needs one; servers report their own (`rotation`), as only
+    /// they know their Raft id. Outside a rotation there is nothing to
+    /// wait for (a rotation makes every node renew), so a join or a
+    /// renewal costs no write.
     async fn certified(&self, issued: Result<Joined, OpError>) -> Step {
         let joined = match issued {
             Ok(j) => j,
             Err(e) => return Step::Done(Err(e)),
         };
-        if joined.role != berth_proto::pki::Role::Worker.as_str() {
+        let rotating = self.applied.read().ok().and_then(|a| a.state.trust.as_ref().map(|t| t.rotating()));
+        if joined.role != berth_proto::pki::Role::Worker.as_str() || rotating != Some(true) {
             return Step::Done(Ok(LeaderReply::Admitted(joined)));
         }
         let leaf = berth_proto::pki::certificates(&joined.chain).ok().and_then(|c| c.into_iter().next());

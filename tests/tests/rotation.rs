@@ -3,14 +3,18 @@
 //! two berth-agents with one-minute certificates, pulling from a
 //! docker-registry on loopback. Nothing stops, no task restarts, writes
 //! go on, and at the end only the new root is trusted anywhere: the old
-//! credential is refused.
+//! credential is refused, and so is a certificate of the new root once
+//! it has expired.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use berth_proto::pki::{certificates, Credentials, Identity};
+use berth_proto::client::{self, Peer, Settings, Tls};
+use berth_proto::pb::agent::agent_client::AgentClient;
+use berth_proto::pb::agent::HeartbeatRequest;
+use berth_proto::pki::{certificates, Credentials, Identity, Role};
 use berth_tests::agent::Agent;
 use berth_tests::oci::Image;
 use berth_tests::registry::Registry;
@@ -119,6 +123,27 @@ async fn certificates_renew_and_the_root_rotates_while_a_service_runs_and_a_lead
     .await
     .with_context(|| format!("{:?}\n{}", ca_status(&servers), cluster.logs()))?;
     let new_root = done["root"].as_str().unwrap_or_default().to_owned();
+    // A worker's certificate of the new root, left to expire (a minute;
+    // nothing renews it): accepted now, refused once it has expired.
+    let (_, new_token, _) = berthctl(&servers, &["cluster", "join-token", "worker", "-q"])?;
+    let (_, short) =
+        berth_proto::join::admit(&servers, new_token.trim(), Role::Worker, Duration::from_secs(30)).await?;
+    let expires = short.identity()?.not_after;
+    let short = Tls::new(&short)?;
+    let heartbeat = |tls: &Tls| {
+        let channel =
+            client::channel(&servers[0], &Settings::calls(Duration::from_secs(10)), &tls.connector(Peer::Server));
+        let me = tls.identity().map(|i| i.name).unwrap_or_default();
+        async move {
+            AgentClient::new(channel?)
+                .heartbeat(HeartbeatRequest { node_id: me })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", client::reason(&s)))
+        }
+    };
+    // (Not registered: the cluster answers, and says so.)
+    let answer = heartbeat(&short).await.unwrap_err().to_string();
+    ensure!(answer.contains("not registered"), "{answer}");
 
     // Every node holds a certificate of the new root and trusts it alone
     // (a node renews again once the old root is dropped).
@@ -163,6 +188,12 @@ async fn certificates_renew_and_the_root_rotates_while_a_service_runs_and_a_lead
         .output()?;
     let stderr = String::from_utf8_lossy(&ran.stderr);
     ensure!(!ran.status.success() && stderr.contains("made before the cluster's CA was rotated"), "{stderr}");
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    tokio::time::sleep(Duration::from_secs((expires - now + 2).max(0) as u64)).await;
+    let refused = heartbeat(&short).await.unwrap_err().to_string();
+    ensure!(!refused.contains("not registered"), "an expired certificate was let in: {refused}");
+    ensure!(refused.contains("xpired") || refused.contains("closed") || refused.contains("alert"), "{refused}");
 
     let (ok, _, err) = berthctl(&servers, &["service", "rm", "web"])?;
     ensure!(ok, "{err}");
