@@ -33,7 +33,7 @@ cleanup() {
   rmdir /sys/fs/cgroup/*/berth-bench /sys/fs/cgroup/berth-bench 2>/dev/null || true
   remove_node_network berthbench /run/berth-swarm-bench
   rm -rf /run/berth-swarm-bench
-  umount "$work/docker" 2>/dev/null || true
+  umount "$work/docker" "$work/docker2" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -69,8 +69,10 @@ export BERTH_AGENT_DATA_DIR=$work/agent BERTH_AGENT_RUN_DIR=/run/berth-swarm-ben
 "$bin/berth-agent" image pull "$image" >/dev/null # the image is cached, as on the Swarm side
 # Mutual TLS as a user runs it: the node joins with the worker token.
 wait_until 30 "$bin/berthctl" cluster join-token worker -q
+token=$("$bin/berthctl" cluster join-token worker -q)
 join_t0=$(ms)
-BERTH_TOKEN=$("$bin/berthctl" cluster join-token worker -q) BERTH_LOG=info \
+# (info from the join alone: its "registered" line times the join below)
+BERTH_TOKEN=$token BERTH_LOG=warn,berth_agent::cmd::join=info \
   "$bin/berth-agent" --name bench --advertise 127.0.0.1:7500 --bridge berthbench >"$work/agent.log" 2>&1 &
 pids+=($!)
 ctl() { "$bin/berthctl" "$@"; }
@@ -157,9 +159,13 @@ s_kill=$(since "$t0")
 # `ip netns exec` would hide the cgroup mounts), joins as a worker.
 nsenter --net=/run/netns/berthswarm2 dockerd --data-root "$work/docker2" --exec-root "$work/docker2-exec" \
   --pidfile "$work/dockerd2.pid" --host "unix://$work/docker2.sock" --bip 198.19.252.1/24 \
+  --default-address-pool base=198.19.0.0/17,size=24 \
   >"$work/dockerd2.log" 2>&1 &
 pids+=($!)
 wait_until 60 docker -H "unix://$work/docker2.sock" info >/dev/null 2>&1
+docker -H "unix://$work/docker2.sock" network create --subnet 198.19.253.0/24 \
+  --opt com.docker.network.bridge.name=docker_gwbridge --opt com.docker.network.bridge.enable_icc=false \
+  --opt com.docker.network.bridge.enable_ip_masquerade=true docker_gwbridge >/dev/null
 token=$(docker swarm join-token -q worker)
 t0=$(ms)
 docker -H "unix://$work/docker2.sock" swarm join --token "$token" --advertise-addr 198.18.77.2 198.18.77.1:2377 \

@@ -252,11 +252,11 @@ impl Node {
                 Err(step) => step,
             },
             LeaderOp::Admit { token, csr, role } => match self.linearizable().await {
-                Ok(()) => self.certified(self.admit(token, csr, role)).await,
+                Ok(()) => Step::Done(self.admit(token, csr, role).map(LeaderReply::Admitted)),
                 Err(step) => step,
             },
             LeaderOp::Renew { name, role, csr } => match self.linearizable().await {
-                Ok(()) => self.certified(self.renew(name, role, csr)).await,
+                Ok(()) => Step::Done(self.renew(name, role, csr).map(LeaderReply::Admitted)),
                 Err(step) => step,
             },
             LeaderOp::Join { addr } => self.join(addr).await,
@@ -291,32 +291,6 @@ impl Node {
         let applied = self.applied.read().map_err(|_| OpError::Internal("state lock poisoned".into()))?;
         let known = applied.state.nodes.contains_key(name);
         crate::trust::renew(applied.state.trust.as_ref(), name, role, known, csr)
-    }
-
-    /// During a CA rotation, a worker's new certificate is recorded (which
-    /// root it is from) before it is handed out, so the rotation knows who
-    /// still needs one; servers report their own (`rotation`), as only
-    /// they know their Raft id. Outside a rotation there is nothing to
-    /// wait for (a rotation makes every node renew), so a join or a
-    /// renewal costs no write.
-    async fn certified(&self, issued: Result<Joined, OpError>) -> Step {
-        let joined = match issued {
-            Ok(j) => j,
-            Err(e) => return Step::Done(Err(e)),
-        };
-        let rotating = self.applied.read().ok().and_then(|a| a.state.trust.as_ref().map(|t| t.rotating()));
-        if joined.role != berth_proto::pki::Role::Worker.as_str() || rotating != Some(true) {
-            return Step::Done(Ok(LeaderReply::Admitted(joined)));
-        }
-        let leaf = berth_proto::pki::certificates(&joined.chain).ok().and_then(|c| c.into_iter().next());
-        let Some(Ok(id)) = leaf.map(|der| berth_proto::pki::Identity::from_der(&der)) else {
-            return Step::Done(Err(OpError::Internal("an issued certificate does not read back".into())));
-        };
-        let holds = Command::Holds { holder: format!("node/{}", joined.node_id), root: id.issuer };
-        match self.batcher.write(holds).await {
-            Step::Done(Ok(_)) => Step::Done(Ok(LeaderReply::Admitted(joined))),
-            other => other,
-        }
     }
 
     fn heartbeat(&self, node: &str) -> Step {

@@ -1,51 +1,69 @@
 //! A server's part in keeping the cluster's certificates fresh: its own
-//! certificate renews like an agent's (`berth_proto::renew`, asking this
-//! very server, which passes it to the leader); it reports which root its
-//! certificate is from (only it knows its Raft id); and the leader ends a
-//! CA rotation once no node is left holding an old root's certificate.
+//! certificate renews like an agent's (`berth_proto::renew`), asked of its
+//! own cluster member in process (no address to reach, the op goes to the
+//! leader as any other); it reports which root its certificate is from
+//! (only it knows its Raft id); and the leader ends a CA rotation once no
+//! node is left holding an old root's certificate and every renewed user
+//! has confirmed.
 //!
 //! ```text
-//! each PERIOD (roots change rarely; a second is soon enough, and waking on
-//! every commit would cost the write path):
+//! each PERIOD:
 //!   roots in the state ──▶ the renewal (a change means: renew now)
 //!   my root ≠ holders["server/<id>"] ──▶ Holds
 //!   leader, rotating, nobody pending ──▶ FinishRotation
 //! ```
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::client::{Peer, Servers, Settings, Tls};
+use berth_proto::client::Tls;
+use berth_proto::pb::agent::JoinReply;
 use berth_proto::pki::Credentials;
-use berth_proto::renew::{roots_digest, Renewal};
+use berth_proto::renew::{roots_digest, Authority, Renewal};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::node::Node;
+use crate::node::{LeaderOp, LeaderReply, Node};
 use crate::state::Command;
 
-/// How often the state is looked at without news.
+/// How often the state is looked at (roots change rarely; a second is soon
+/// enough, and waking on every commit would cost the write path).
 const PERIOD: Duration = Duration::from_secs(1);
-/// How long this server has to answer its own renewal (the leader signs it).
-const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts both tasks; aborting the handle stops them.
-pub fn spawn(
-    node: Arc<Node>,
-    tls: Tls,
-    creds: Credentials,
-    dir: PathBuf,
-    advertise: &str,
-) -> anyhow::Result<JoinHandle<()>> {
-    let servers = Servers::new(&[advertise.to_owned()], &Settings::calls(RENEW_TIMEOUT), &tls.connector(Peer::Server))?;
+pub fn spawn(node: Arc<Node>, tls: Tls, creds: Credentials, dir: PathBuf) -> JoinHandle<()> {
     let (roots_tx, roots) = tokio::sync::watch::channel(String::new());
-    let renewal = Renewal { tls: tls.clone(), dir, creds, servers, roots };
-    Ok(tokio::spawn(async move {
+    let authority = Member { node: node.clone(), tls: tls.clone() };
+    let renewal = Renewal { tls: tls.clone(), dir, creds, authority, roots };
+    tokio::spawn(async move {
         let renewing = tokio::spawn(renewal.run());
         watch(node, tls, roots_tx).await;
         renewing.abort();
-    }))
+    })
+}
+
+/// This server's own cluster member, as the authority for its renewal.
+struct Member {
+    node: Arc<Node>,
+    tls: Tls,
+}
+
+impl Authority for Member {
+    fn renew(&mut self, csr: String) -> Pin<Box<dyn Future<Output = Result<JoinReply, String>> + Send + '_>> {
+        Box::pin(async move {
+            let me = self.tls.identity().ok_or("this server holds no certificate")?;
+            let op = LeaderOp::Renew { name: me.name, role: me.role.to_string(), csr };
+            match self.node.run(op).await.map_err(|e| e.to_string())? {
+                LeaderReply::Admitted(j) => {
+                    Ok(JoinReply { node_id: j.node_id, role: j.role, certificate_chain: j.chain, roots: j.roots })
+                }
+                other => Err(format!("unexpected reply from the leader: {other:?}")),
+            }
+        })
+    }
 }
 
 async fn watch(node: Arc<Node>, tls: Tls, roots: tokio::sync::watch::Sender<String>) {
@@ -66,9 +84,9 @@ async fn watch(node: Arc<Node>, tls: Tls, roots: tokio::sync::watch::Sender<Stri
 
         let leads = node.metrics().current_leader == Some(node.id);
         if leads && trust.rotating() {
-            let nodes: Vec<String> =
-                node.applied.read().map(|a| a.state.nodes.keys().cloned().collect()).unwrap_or_default();
-            if trust.pending(nodes.iter().map(String::as_str), &node.server_ids()).is_empty() {
+            let servers = node.server_ids();
+            let done = node.applied.read().map(|a| a.state.rotation_pending(&servers).is_empty()).unwrap_or(false);
+            if done {
                 let root = trust.ca.digest();
                 match node.write(Command::FinishRotation { root: root.clone() }).await {
                     Ok(_) => info!(%root, "CA rotation finished: every node holds the new root's certificate"),

@@ -121,8 +121,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     if identity.pending_promotion.is_some() {
         tokio::spawn(finish_promotion(node.clone(), identity.clone(), cfg.data_dir.clone()));
     }
-    let certificates =
-        crate::rotation::spawn(node.clone(), tls.clone(), creds, cfg.data_dir.join(TLS_DIR), &advertise)?;
+    let certificates = crate::rotation::spawn(node.clone(), tls.clone(), creds, cfg.data_dir.join(TLS_DIR));
     info!(id, %listen, %advertise, "berth-server serving");
 
     shutdown.await;

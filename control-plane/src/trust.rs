@@ -254,26 +254,54 @@ mod tests {
             matches!(admit(Some(&t), &old_token, &csr, "worker"), Err(OpError::Refused(m)) if m.contains("rotated"))
         );
 
-        // It waits for every node and server until each holds the new root.
-        let pending = |s: &State| s.trust.as_ref().unwrap().pending(["n1", "n2"], &[1, 2]);
-        assert_eq!(pending(&state), ["server/1", "server/2", "node/n1", "node/n2"]);
+        // It waits for every node and server until each holds the new root,
+        // and for the admin to confirm it holds its new certificate.
+        for id in ["n1", "n2"] {
+            let node = berth_proto::model::Node {
+                id: id.into(),
+                name: id.into(),
+                address: "198.18.0.1:7500".into(),
+                labels: Default::default(),
+                capacity: Default::default(),
+                status: berth_proto::model::NodeStatus::Down,
+                availability: Default::default(),
+                subnet: None,
+                overlay: None,
+            };
+            state.nodes.insert(id.into(), node);
+        }
+        let pending = |s: &State| s.rotation_pending(&[1, 2]);
+        assert_eq!(pending(&state), ["server/1", "server/2", "node/n1", "node/n2", "user/admin"]);
         let holds = |holder: &str, root: String| Command::Holds { holder: holder.into(), root };
         apply(&mut state, &holds("node/n1", new_root.name()));
         apply(&mut state, &holds("node/n2", old.ca.name()));
         apply(&mut state, &holds("server/1", new_root.name()));
         apply(&mut state, &holds("server/2", new_root.name()));
-        assert_eq!(pending(&state), ["node/n2"]);
+        assert_eq!(pending(&state), ["node/n2", "user/admin"]);
         apply(&mut state, &holds("node/n2", new_root.name()));
+        // Confirming with anything but the renewed certificate is refused.
+        let confirm = |fp: &str| Command::ConfirmUser { name: ADMIN.into(), fingerprint: fp.into() };
+        assert!(matches!(apply(&mut state, &confirm(&"0".repeat(64))), Response::Rejected(_)));
+        assert_eq!(pending(&state), ["user/admin"]);
+        // A lost answer: asking again during the rotation gives another one.
+        let again = Request::new().unwrap();
+        let (_, fingerprint) = sign_user(&t, ADMIN, &again.csr).unwrap();
+        let renew_admin = Command::RenewUser { name: ADMIN.into(), fingerprint: fingerprint.clone() };
+        assert_eq!(apply(&mut state, &renew_admin), Response::Done);
+        assert!(state.user(ADMIN, &mine.fingerprint).is_none() && state.user(ADMIN, &fingerprint).is_some());
+        assert!(state.user(ADMIN, &old_admin).is_some(), "the old one works until the new one is confirmed");
+        assert_eq!(apply(&mut state, &confirm(&fingerprint)), Response::Done);
+        assert!(state.user(ADMIN, &old_admin).is_none());
         assert!(pending(&state).is_empty());
 
-        // Finished for the root that signs (not another): only it is trusted,
-        // and the admin is known by the new certificate alone.
+        // Finished for the root that signs (not another): only it is trusted.
         let wrong = Command::FinishRotation { root: old.ca.digest() };
         assert!(matches!(apply(&mut state, &wrong), Response::Rejected(_)));
         assert_eq!(apply(&mut state, &Command::FinishRotation { root: new_root.digest() }), Response::Done);
         let t = state.trust.clone().unwrap();
         assert_eq!((t.roots.clone(), t.cross.clone()), (vec![new_root.cert.clone()], None));
-        assert!(state.user(ADMIN, &mine.fingerprint).is_some() && state.user(ADMIN, &old_admin).is_none());
+        assert!(state.user(ADMIN, &fingerprint).is_some() && state.user(ADMIN, &old_admin).is_none());
+        assert!(pending(&state).is_empty(), "nothing is pending outside a rotation");
         assert_eq!(
             berth_proto::pki::certificates(&renew(Some(&t), "n1", Role::Worker, true, &csr).unwrap().chain)
                 .unwrap()

@@ -3,8 +3,11 @@
 //! The rotation itself is the cluster's work (every node renews on its own,
 //! the leader drops the old root once none is left behind); berthctl asks
 //! for it, keeps its own credential current (the caller's new certificate
-//! comes in the same answer and replaces the old one in the config file),
-//! and shows the rotation's progress until it ends.
+//! comes in the same answer, replaces the old one in the config file, and
+//! is then confirmed with a call made with it: until then the rotation
+//! waits, so a lost answer locks nobody out, and running the command again
+//! during the rotation gets a new one), shows the rotation's progress until
+//! it ends, and then trusts only the new root.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,6 +22,8 @@ use crate::output::Format;
 
 /// How often the rotation's progress is asked.
 const POLL: Duration = Duration::from_secs(1);
+/// How many times the new credential is offered before giving up.
+const CONFIRM_TRIES: u32 = 20;
 
 /// Short form of a digest, as people read them.
 fn short(digest: &str) -> &str {
@@ -37,22 +42,38 @@ pub async fn rotate(
     wait: Duration,
 ) -> Result<String> {
     let request = Request::new()?;
-    let req = pb::RotateCaRequest { csr: request.csr.clone() };
+    let req = pb::RotateCaRequest { csr: request.csr.clone(), confirm: false };
     let reply = client.call("CA rotation", async |mut c| c.rotate_ca(req.clone()).await).await?;
     let creds =
         request.complete(reply.certificate_chain, reply.roots).context("the server sent an invalid certificate")?;
-    let mut config = ClientConfig::load(path)?;
-    let Some(mine) = config.contexts.iter_mut().find(|c| c.name == context) else {
-        bail!("{} lost its context {context:?} meanwhile; the rotation goes on without saving", path.display());
-    };
-    mine.ca = creds.roots.clone();
-    mine.certificate = creds.chain.clone();
-    mine.key = creds.key.clone();
-    config.save(path)?;
+    save(path, context, |c| {
+        c.ca = creds.roots.clone();
+        c.certificate = creds.chain.clone();
+        c.key = creds.key.clone();
+    })?;
+    // The old certificate stops working when the rotation ends: from now
+    // on, ask with the new one, and first say that it is in hand.
+    let client = Client::new(servers, timeout, &creds)?;
+    // (A server that has not applied the rotation yet does not know the new
+    // certificate: a few tries.)
+    let confirm = pb::RotateCaRequest { csr: String::new(), confirm: true };
+    let mut tries = 0;
+    while let Err(e) =
+        client.call("confirming the new credential", async |mut c| c.rotate_ca(confirm.clone()).await).await
+    {
+        tries += 1;
+        if tries == CONFIRM_TRIES {
+            return Err(e).with_context(|| {
+                format!("the new credential is saved in {}; run `berthctl cluster ca rotate` again", path.display())
+            });
+        }
+        tokio::time::sleep(POLL / 4).await;
+    }
     let mut out = format!(
-        "CA rotation started: root {} signs from now on; both roots are trusted until every node has renewed.\n\
-         Your credential in {} is renewed. Other users' credentials stop working when the rotation ends: \
-         give them new ones (`berthctl user rm` and `user add`).\n",
+        "CA rotation: root {} signs; both roots are trusted until every node has renewed.\n\
+         Your credential in {} is renewed. Other admins get theirs by running this command before the rotation \
+         ends; other users' credentials stop working when it ends: give them new ones (`berthctl user rm` and \
+         `user add`).\n",
         short(&reply.root),
         path.display()
     );
@@ -61,14 +82,17 @@ pub async fn rotate(
         return Ok(out);
     }
     print!("{out}");
-    // The old certificate stops working when the rotation ends: ask with the new one.
-    let client = Client::new(servers, timeout, &creds)?;
     let deadline = Instant::now() + wait;
     let mut last = None;
     loop {
         let status = client.call("CA status", async |mut c| c.ca_status(pb::CaStatusRequest {}).await).await?;
         if status.trusted.len() <= 1 {
-            return Ok(format!("CA rotation finished: only root {} is trusted.\n", short(&status.root)));
+            save(path, context, |c| c.ca = status.roots.clone())?;
+            return Ok(format!(
+                "CA rotation finished: only root {} is trusted, here too ({}).\n",
+                short(&status.root),
+                path.display()
+            ));
         }
         if last.as_ref() != Some(&status.pending) {
             println!("waiting for {} node(s) to renew: {}", status.pending.len(), status.pending.join(", "));
@@ -83,6 +107,16 @@ pub async fn rotate(
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Changes the context `context` of the config at `path`, and saves it.
+fn save(path: &Path, context: &str, change: impl FnOnce(&mut berth_proto::contexts::Context)) -> Result<()> {
+    let mut config = ClientConfig::load(path)?;
+    let Some(mine) = config.contexts.iter_mut().find(|c| c.name == context) else {
+        bail!("{} lost its context {context:?} meanwhile", path.display());
+    };
+    change(mine);
+    Ok(config.save(path)?)
 }
 
 pub async fn status(client: &Client, fmt: Format) -> Result<String> {

@@ -5,16 +5,20 @@
 //! part, so that nodes that joined together do not renew together), and
 //! whenever the cluster's roots are no longer the ones it holds, which is
 //! how a CA rotation reaches every node. The node hears the cluster's
-//! roots from its heartbeats (an agent) or its own state (a server). The
-//! new set is saved before it is used, and the running `Tls` takes it for
-//! every new connection; nothing restarts.
+//! roots from its heartbeats (an agent) or its own state (a server). An
+//! agent asks a server (`Remote`); a server asks its own cluster member,
+//! in process (see `control-plane/src/rotation.rs`). The new set is saved
+//! before it is used, and the running `Tls` takes it for every new
+//! connection; nothing restarts.
 //!
 //! ```text
 //! wait ── due, or the roots heard change ──▶ new key + CSR ──▶ Renew ──▶ save ──▶ Tls::update
 //!   ▲                                                 failure: pause, 1 s doubling to 1 min
 //! ```
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -23,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::client::{Servers, Tls};
 use crate::pb::agent::agent_client::AgentClient;
-use crate::pb::agent::RenewRequest;
+use crate::pb::agent::{JoinReply, RenewRequest};
 use crate::pki::{certificates, Credentials, Request};
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -41,16 +45,40 @@ pub fn roots_digest(pem: &str) -> String {
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What signs a renewal: the answer to `Agent.Renew` for this CSR.
+pub trait Authority: Send {
+    fn renew(&mut self, csr: String) -> Pin<Box<dyn Future<Output = Result<JoinReply, String>> + Send + '_>>;
+}
+
+/// An agent's authority: the cluster's servers, one at a time (the next
+/// one after a failure), through the node's own TLS.
+#[derive(Debug)]
+pub struct Remote(pub Servers);
+
+impl Authority for Remote {
+    fn renew(&mut self, csr: String) -> Pin<Box<dyn Future<Output = Result<JoinReply, String>> + Send + '_>> {
+        Box::pin(async move {
+            match AgentClient::new(self.0.channel()).renew(RenewRequest { csr }).await {
+                Ok(reply) => Ok(reply.into_inner()),
+                Err(status) => {
+                    let why = format!("{}: {}", self.0.current(), crate::client::reason(&status));
+                    self.0.failed().await;
+                    Err(why)
+                }
+            }
+        })
+    }
+}
+
 /// What a renewing node holds and where it asks.
 #[derive(Debug)]
-pub struct Renewal {
+pub struct Renewal<A> {
     /// The node's TLS, updated in place.
     pub tls: Tls,
     /// Where its credentials live (`DATA_DIR/tls`).
     pub dir: PathBuf,
     pub creds: Credentials,
-    /// Servers to ask, through `tls`.
-    pub servers: Servers,
+    pub authority: A,
     /// The digest of the cluster's roots as last heard ("" before any).
     pub roots: watch::Receiver<String>,
 }
@@ -59,7 +87,7 @@ fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-impl Renewal {
+impl<A: Authority> Renewal<A> {
     /// Renews for as long as the node runs.
     pub async fn run(mut self) {
         let mut due = self.due();
@@ -111,16 +139,7 @@ impl Renewal {
     async fn renew(&mut self) -> Result<(), String> {
         let before = self.creds.identity().map_err(|e| e.to_string())?;
         let request = Request::new().map_err(|e| e.to_string())?;
-        // The server in use, then (on failure) the next one at the next try.
-        let reply =
-            match AgentClient::new(self.servers.channel()).renew(RenewRequest { csr: request.csr.clone() }).await {
-                Ok(reply) => reply.into_inner(),
-                Err(status) => {
-                    let why = format!("{}: {}", self.servers.current(), crate::client::reason(&status));
-                    self.servers.failed().await;
-                    return Err(why);
-                }
-            };
+        let reply = self.authority.renew(request.csr.clone()).await?;
         let creds = request.complete(reply.certificate_chain, reply.roots).map_err(|e| e.to_string())?;
         let after = creds.identity().map_err(|e| e.to_string())?;
         if (after.name.as_str(), after.role, after.cluster.as_str())

@@ -106,8 +106,20 @@ async fn certificates_renew_and_the_root_rotates_while_a_service_runs_and_a_lead
     let stale = cluster.dir.path().join("stale.conf");
     std::fs::copy(keys().admin_conf, &stale)?;
     let (_, old_token, _) = berthctl(&servers, &["cluster", "join-token", "worker", "-q"])?;
-    let (ok, out, err) = berthctl(&servers, &["cluster", "ca", "rotate", "--wait", "0"])?;
-    ensure!(ok && out.contains("CA rotation started"), "{out}{err}");
+    // berthctl waits for the end, as a user runs it, while the leader dies.
+    let admin_conf = keys().admin_conf;
+    let rotating = std::process::Command::new(berth_tests::bin("berthctl"))
+        .env("BERTH_CONFIG", &admin_conf)
+        .env("BERTH_SERVER", servers.join(","))
+        .args(["cluster", "ca", "rotate", "--wait", "120"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stale_text = std::fs::read_to_string(&stale)?;
+    wait_for(Duration::from_secs(30), "berthctl to save its new credential", async || {
+        (std::fs::read_to_string(&admin_conf).ok()? != stale_text).then_some(())
+    })
+    .await?;
     reload_keys()?;
     let leader = cluster.leader().await?;
     cluster.servers[leader].kill9();
@@ -123,6 +135,13 @@ async fn certificates_renew_and_the_root_rotates_while_a_service_runs_and_a_lead
     .await
     .with_context(|| format!("{:?}\n{}", ca_status(&servers), cluster.logs()))?;
     let new_root = done["root"].as_str().unwrap_or_default().to_owned();
+    let rotated = tokio::task::spawn_blocking(move || rotating.wait_with_output()).await??;
+    let (out, err) = (String::from_utf8_lossy(&rotated.stdout), String::from_utf8_lossy(&rotated.stderr));
+    ensure!(rotated.status.success() && out.contains("CA rotation finished"), "{out}{err}");
+    // berthctl now trusts the new root alone.
+    let conf = berth_proto::contexts::ClientConfig::load(&admin_conf)?;
+    let ca = &conf.context(None, &admin_conf)?.ca;
+    ensure!(certificates(ca)?.len() == 1 && done["trusted"][0] == new_root.as_str(), "{ca}");
     // A worker's certificate of the new root, left to expire (a minute;
     // nothing renews it): accepted now, refused once it has expired.
     let (_, new_token, _) = berthctl(&servers, &["cluster", "join-token", "worker", "-q"])?;
@@ -136,7 +155,7 @@ async fn certificates_renew_and_the_root_rotates_while_a_service_runs_and_a_lead
         let me = tls.identity().map(|i| i.name).unwrap_or_default();
         async move {
             AgentClient::new(channel?)
-                .heartbeat(HeartbeatRequest { node_id: me })
+                .heartbeat(HeartbeatRequest { node_id: me, ..Default::default() })
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", client::reason(&s)))
         }

@@ -108,7 +108,7 @@ async fn strangers_and_workers_are_refused_on_every_port() -> Result<()> {
     assert!(c == Code::PermissionDenied && why.contains("only as itself"), "{why}");
     let (c, _) = code(as_agent.watch_tasks(WatchTasksRequest { node_id: victim.clone() }).await);
     assert_eq!(c, Code::PermissionDenied);
-    let (c, _) = code(as_agent.heartbeat(HeartbeatRequest { node_id: victim.clone() }).await);
+    let (c, _) = code(as_agent.heartbeat(HeartbeatRequest { node_id: victim.clone(), ..Default::default() }).await);
     assert_eq!(c, Code::PermissionDenied);
     let (c, _) = code(as_agent.report_tasks(ReportTasksRequest { node_id: victim.clone(), tasks: vec![] }).await);
     assert_eq!(c, Code::PermissionDenied);

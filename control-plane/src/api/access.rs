@@ -3,7 +3,7 @@
 //! role (checked by the caller).
 
 use berth_proto::pb::cluster::*;
-use berth_proto::pki::JoinToken;
+use berth_proto::pki::{Identity, JoinToken};
 use tonic::Status;
 
 use crate::node::Node;
@@ -79,13 +79,27 @@ pub async fn remove_user(node: &Node, req: RemoveUserRequest) -> Result<RemoveUs
     Ok(RemoveUserReply {})
 }
 
-/// Starts a CA rotation; `user` (the caller) gets its new certificate.
-pub async fn rotate_ca(node: &Node, user: &str, req: RotateCaRequest) -> Result<RotateCaReply, Status> {
+/// Starts a CA rotation, the caller getting a certificate of the new root;
+/// during one, gives an admin such a certificate; with `confirm`, records
+/// that the caller holds it (it called with it).
+pub async fn rotate_ca(node: &Node, caller: &Identity, req: RotateCaRequest) -> Result<RotateCaReply, Status> {
     let trust = trust(node).await?;
-    if trust.rotating() {
-        return Err(crate::state::Rejection::RotationUnderway.into());
+    let name = caller.name.clone();
+    if req.confirm {
+        let fingerprint = caller.fingerprint.clone();
+        done(node.write(Command::ConfirmUser { name, fingerprint }).await?)?;
+        return Ok(RotateCaReply {
+            root: trust.ca.digest(),
+            certificate_chain: String::new(),
+            roots: trust.roots_pem(),
+        });
     }
-    let (rotation, chain, roots) = crate::trust::rotation(&trust, user, &req.csr)?;
+    if trust.rotating() {
+        let (chain, fingerprint) = crate::trust::sign_user(&trust, &name, &req.csr)?;
+        done(node.write(Command::RenewUser { name, fingerprint }).await?)?;
+        return Ok(RotateCaReply { root: trust.ca.digest(), certificate_chain: chain, roots: trust.roots_pem() });
+    }
+    let (rotation, chain, roots) = crate::trust::rotation(&trust, &name, &req.csr)?;
     let root = rotation.ca.digest();
     done(node.write(Command::RotateCa(Box::new(rotation))).await?)?;
     Ok(RotateCaReply { root, certificate_chain: chain, roots })
@@ -94,7 +108,7 @@ pub async fn rotate_ca(node: &Node, user: &str, req: RotateCaRequest) -> Result<
 pub async fn ca_status(node: &Node) -> Result<CaStatusReply, Status> {
     let servers = node.server_ids();
     match node.read(Query::CaStatus { servers }, false).await? {
-        QueryReply::CaStatus { root, trusted, pending } => Ok(CaStatusReply { root, trusted, pending }),
+        QueryReply::CaStatus { root, trusted, pending, roots } => Ok(CaStatusReply { root, trusted, pending, roots }),
         other => Err(Status::internal(format!("unexpected query reply {other:?}"))),
     }
 }

@@ -136,10 +136,20 @@ impl Agent for AgentApi {
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
         auth::node(&req, &req.get_ref().node_id)?;
-        self.node.run(LeaderOp::Heartbeat { node: req.into_inner().node_id }).await?;
+        let HeartbeatRequest { node_id, root } = req.into_inner();
+        self.node.run(LeaderOp::Heartbeat { node: node_id.clone() }).await?;
         // The roots this server's state trusts: a node holding others renews.
-        let roots = self.node.applied.read().ok().and_then(|a| a.state.trust.as_ref().map(|t| t.roots_pem()));
-        let roots_digest = roots.map(|r| berth_proto::renew::roots_digest(&r)).unwrap_or_default();
+        // During a rotation, which root the node's certificate is from (as
+        // the node has saved it) is recorded when it changes.
+        let holder = format!("node/{node_id}");
+        let (roots, behind) = match self.node.applied.read().ok().and_then(|a| a.state.trust.clone()) {
+            Some(t) => (t.roots_pem(), t.rotating() && !root.is_empty() && t.holders.get(&holder) != Some(&root)),
+            None => (String::new(), false),
+        };
+        if behind {
+            self.node.write(Command::Holds { holder, root }).await?;
+        }
+        let roots_digest = if roots.is_empty() { String::new() } else { berth_proto::renew::roots_digest(&roots) };
         Ok(Response::new(HeartbeatReply { roots_digest }))
     }
 

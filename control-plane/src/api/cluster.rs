@@ -271,7 +271,7 @@ impl Cluster for ClusterApi {
         if user.role != berth_proto::pki::Role::User {
             return Err(Status::permission_denied("a CA rotation is asked by a user (an admin), not by a node"));
         }
-        Ok(Response::new(access::rotate_ca(&self.node, &user.name, req.into_inner()).await?))
+        Ok(Response::new(access::rotate_ca(&self.node, &user, req.into_inner()).await?))
     }
 
     async fn ca_status(&self, req: Request<CaStatusRequest>) -> Result<Response<CaStatusReply>, Status> {

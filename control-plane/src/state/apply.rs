@@ -130,6 +130,8 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
         Command::RotateCa(rotation) => trust::rotate_ca(state, rotation),
         Command::FinishRotation { root } => trust::finish_rotation(state, root),
         Command::Holds { holder, root } => trust::holds(state, holder, root),
+        Command::RenewUser { name, fingerprint } => trust::renew_user(state, name, fingerprint),
+        Command::ConfirmUser { name, fingerprint } => trust::confirm_user(state, name, fingerprint),
         Command::ReportTasks { node, reports, at_ms } => {
             let mut applied = 0;
             for r in reports {

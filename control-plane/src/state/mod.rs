@@ -151,6 +151,16 @@ pub enum Command {
     FinishRotation {
         root: String,
     },
+    /// During a rotation, user `name` got a certificate of the new root.
+    RenewUser {
+        name: String,
+        fingerprint: String,
+    },
+    /// User `name` holds its renewed certificate (it called with it).
+    ConfirmUser {
+        name: String,
+        fingerprint: String,
+    },
     /// `holder` (`node/<id>` or `server/<raft id>`) has a certificate from
     /// the root named `root`.
     Holds {
@@ -248,6 +258,8 @@ pub enum Rejection {
         "a CA rotation is under way (or the root just changed): `berthctl cluster ca status` shows which nodes it waits for"
     )]
     RotationUnderway,
+    #[error("user {0:?} holds no certificate of the CA rotation to confirm: run `berthctl cluster ca rotate` again")]
+    NotRenewed(String),
 }
 
 impl std::fmt::Display for Outcome {

@@ -41,6 +41,8 @@ pub enum QueryReply {
         root: String,
         trusted: Vec<String>,
         pending: Vec<String>,
+        /// PEM.
+        roots: String,
     },
 }
 
@@ -67,7 +69,12 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
         Query::Trust => QueryReply::Trust(state.trust.clone()),
         Query::ListUsers => QueryReply::Users(state.users.values().cloned().collect()),
         Query::CaStatus { servers } => match &state.trust {
-            None => QueryReply::CaStatus { root: String::new(), trusted: Vec::new(), pending: Vec::new() },
+            None => QueryReply::CaStatus {
+                root: String::new(),
+                trusted: Vec::new(),
+                pending: Vec::new(),
+                roots: String::new(),
+            },
             Some(t) => QueryReply::CaStatus {
                 root: t.ca.digest(),
                 trusted: t
@@ -75,7 +82,8 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
                     .iter()
                     .map(|r| berth_proto::pki::Ca { cert: r.clone(), key: String::new() }.digest())
                     .collect(),
-                pending: t.pending(state.nodes.keys().map(String::as_str), servers),
+                pending: state.rotation_pending(servers),
+                roots: t.roots_pem(),
             },
         },
         Query::GetNode(key) => {

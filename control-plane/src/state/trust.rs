@@ -63,16 +63,6 @@ impl Trust {
         }
         Ok(issued)
     }
-
-    /// The nodes whose certificate is not (known to be) from the signing
-    /// root: agents by id, servers by Raft id. A rotation waits for them.
-    pub fn pending<'a>(&self, nodes: impl IntoIterator<Item = &'a str>, servers: &[u64]) -> Vec<String> {
-        let signing = self.ca.name();
-        let behind = |key: &str| self.holders.get(key) != Some(&signing);
-        let servers = servers.iter().map(|id| format!("server/{id}"));
-        let nodes = nodes.into_iter().map(|id| format!("node/{id}"));
-        servers.chain(nodes).filter(|k| behind(k)).collect()
-    }
 }
 
 /// What a user may do; each level includes the ones before it.
@@ -132,6 +122,20 @@ pub enum JoinRole {
 }
 
 impl State {
+    /// What a rotation still waits for: servers (by Raft id) and nodes
+    /// whose certificate is not known to be from the signing root, and
+    /// users given a new one who have not confirmed they hold it. Empty
+    /// when no rotation is under way.
+    pub fn rotation_pending(&self, servers: &[u64]) -> Vec<String> {
+        let Some(t) = self.trust.as_ref().filter(|t| t.rotating()) else { return Vec::new() };
+        let signing = t.ca.name();
+        let servers = servers.iter().map(|id| format!("server/{id}"));
+        let nodes = self.nodes.keys().map(|id| format!("node/{id}"));
+        let behind = servers.chain(nodes).filter(|k| t.holders.get(k) != Some(&signing));
+        let users = self.users.values().filter(|u| u.renewed.is_some()).map(|u| format!("user/{}", u.name));
+        behind.chain(users).collect()
+    }
+
     /// The user a certificate belongs to, if it is that user's current one.
     pub fn user(&self, name: &str, fingerprint: &str) -> Option<&User> {
         self.users.get(name).filter(|u| u.fingerprint == fingerprint || u.renewed.as_deref() == Some(fingerprint))
@@ -216,6 +220,32 @@ pub(super) fn finish_rotation(state: &mut State, root: &str) -> Response {
         }
     }
     Response::Done
+}
+
+/// `name` has been given a certificate of the signing root, `fingerprint`:
+/// accepted beside its current one until it confirms it holds it.
+pub(super) fn renew_user(state: &mut State, name: &str, fingerprint: &str) -> Response {
+    match state.users.get_mut(name) {
+        None => Response::Rejected(Rejection::UserNotFound(name.to_owned())),
+        Some(u) => {
+            u.renewed = Some(fingerprint.to_owned());
+            Response::Done
+        }
+    }
+}
+
+/// `name` called with its renewed certificate: from now on it is the only one.
+pub(super) fn confirm_user(state: &mut State, name: &str, fingerprint: &str) -> Response {
+    match state.users.get_mut(name) {
+        None => Response::Rejected(Rejection::UserNotFound(name.to_owned())),
+        Some(u) if u.renewed.as_deref() == Some(fingerprint) => {
+            u.fingerprint = fingerprint.to_owned();
+            u.renewed = None;
+            Response::Done
+        }
+        Some(u) if u.fingerprint == fingerprint && u.renewed.is_none() => Response::Done,
+        Some(_) => Response::Rejected(Rejection::NotRenewed(name.to_owned())),
+    }
 }
 
 pub(super) fn holds(state: &mut State, holder: &str, root: &str) -> Response {

@@ -25,7 +25,7 @@ use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::node_server::NodeServer;
 use berth_proto::pb::agent::{HeartbeatRequest, NodeCapacity, RegisterRequest};
 use berth_proto::pki::{Credentials, Role};
-use berth_proto::renew::Renewal;
+use berth_proto::renew::{Remote, Renewal};
 use tracing::{info, warn};
 
 use super::Node;
@@ -148,7 +148,8 @@ pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -
     let api = berth_proto::client::server()
         .add_service(NodeServer::new(NodeApi { runtime: node.runtime.clone() }))
         .serve_with_incoming(berth_proto::tls::incoming(listener, tls.clone()));
-    let renewal = Renewal { tls, dir: data_dir.join(TLS_DIR), creds, servers: servers.clone(), roots };
+    let renewal =
+        Renewal { tls: tls.clone(), dir: data_dir.join(TLS_DIR), creds, authority: Remote(servers.clone()), roots };
     for swept in node.runtime.sweep(Duration::from_secs(600)) {
         warn!("removed {}: left by a create that was interrupted", swept.display());
     }
@@ -158,7 +159,7 @@ pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -
     tokio::select! {
         _ = &mut shutdown => Ok(0),
         result = api => result.map(|_| 0).context("serving the node API"),
-        result = stay(worker, data_dir, request, period, servers, roots_tx) => result,
+        result = stay(worker, data_dir, request, period, servers, (tls, roots_tx)) => result,
         () = renewal.run() => Ok(0),
     }
 }
@@ -200,7 +201,7 @@ async fn stay(
     mut request: RegisterRequest,
     period: Duration,
     mut servers: Servers,
-    roots: tokio::sync::watch::Sender<String>,
+    (tls, roots): (Tls, tokio::sync::watch::Sender<String>),
 ) -> anyhow::Result<u8> {
     let worker = std::sync::Arc::new(worker);
     let mut running: Option<(String, tokio::task::JoinHandle<()>)> = None;
@@ -229,7 +230,9 @@ async fn stay(
         loop {
             tick.tick().await;
             // A beat late by two periods is as good as lost: another server, then.
-            let mut beat = tonic::Request::new(HeartbeatRequest { node_id: id.clone() });
+            // Which root our certificate is from: a CA rotation waits for it.
+            let root = tls.identity().map(|i| i.issuer).unwrap_or_default();
+            let mut beat = tonic::Request::new(HeartbeatRequest { node_id: id.clone(), root });
             beat.set_timeout((period * 2).clamp(Duration::from_millis(500), CALL_TIMEOUT));
             match AgentClient::new(servers.channel()).heartbeat(beat).await {
                 Ok(reply) => {

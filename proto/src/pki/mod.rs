@@ -88,9 +88,9 @@ pub struct Identity {
     /// SHA-256 of the certificate (hex): tells one certificate of a name
     /// from another, so a replaced or removed one can be refused.
     pub fingerprint: String,
-    /// When it expires, in seconds since the Unix epoch.
-    /// Unix seconds.
+    /// When it starts to be valid, in seconds since the Unix epoch.
     pub not_before: i64,
+    /// When it expires, in seconds since the Unix epoch.
     pub not_after: i64,
     /// The distinguished name of the root that signed it (roots' names are
     /// unique: see `Ca::new`), as `Ca::name` writes it.

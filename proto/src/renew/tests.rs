@@ -81,7 +81,8 @@ async fn a_node_renews_when_the_roots_change_and_when_its_certificate_is_due() {
     let servers =
         Servers::new(std::slice::from_ref(&addr), &Settings::calls(DAY), &tls.connector(Peer::Server)).unwrap();
     let (heard, roots) = watch::channel(String::new());
-    let renewal = Renewal { tls: tls.clone(), dir: tls_dir.clone(), creds: creds.clone(), servers, roots };
+    let renewal =
+        Renewal { tls: tls.clone(), dir: tls_dir.clone(), creds: creds.clone(), authority: Remote(servers), roots };
     let running = tokio::spawn(renewal.run());
     // Hearing the roots it already holds is no news.
     heard.send(roots_digest(&old.cert)).unwrap();
@@ -106,7 +107,8 @@ async fn a_node_renews_when_the_roots_change_and_when_its_certificate_is_due() {
     let tls = Tls::new(&short).unwrap();
     let servers = Servers::new(&[addr], &Settings::calls(DAY), &tls.connector(Peer::Server)).unwrap();
     let (_quiet, roots) = watch::channel(String::new());
-    let renewal = Renewal { tls: tls.clone(), dir: tls_dir.clone(), creds: short.clone(), servers, roots };
+    let renewal =
+        Renewal { tls: tls.clone(), dir: tls_dir.clone(), creds: short.clone(), authority: Remote(servers), roots };
     tokio::spawn(renewal.run());
     let expiry = || Credentials::load(&tls_dir).unwrap().unwrap().identity().unwrap().not_after;
     let before = short.identity().unwrap().not_after;
