@@ -289,7 +289,7 @@ impl Node {
     fn renew(&self, name: &str, role: &str, csr: &str) -> Result<Joined, OpError> {
         let role = berth_proto::pki::Role::parse(role).ok_or_else(|| OpError::Invalid(format!("role {role:?}")))?;
         let applied = self.applied.read().map_err(|_| OpError::Internal("state lock poisoned".into()))?;
-        let known = applied.state.nodes.contains_key(name);
+        let known = applied.state.nodes.contains_key(name) && !applied.state.removed_nodes.contains(name);
         crate::trust::renew(applied.state.trust.as_ref(), name, role, known, csr)
     }
 

@@ -140,6 +140,23 @@ async fn nodes_join_fail_return_and_leave() -> Result<()> {
     let (ok, out, err) = berthctl(&servers, &["node", "rm", "alpha"])?;
     ensure!(ok, "{out}{err}");
     ensure!(status_of(&servers, "alpha").is_none() && status_of(&servers, "beta").is_some());
+    // Its certificate went with it: back with its data dir, it is refused
+    // and says what to do; with its certificate deleted it joins again, by
+    // token, as a new node.
+    let old_id = a.id();
+    a.launch(&servers, &[])?;
+    wait_for(Duration::from_secs(20), "the removed node to be refused", async || {
+        (!a.process.is_running()).then_some(())
+    })
+    .await?;
+    let log = std::fs::read_to_string(a.dir.path().join("agent.log"))?;
+    ensure!(log.contains("was removed from the cluster") && log.contains("join again with a worker token"), "{log}");
+    ensure!(status_of(&servers, "alpha").is_none(), "a removed node registered again");
+    std::fs::remove_dir_all(a.dir.path().join("tls"))?;
+    a.launch(&servers, &[])?;
+    wait_for(Duration::from_secs(30), "alpha ready as a new node", ready("alpha")).await?;
+    ensure!(a.id() != old_id, "the host came back under its old id {old_id}");
+    a.process.kill9();
 
     // A second node may not take a ready node's name.
     let mut clash = JoinedAgent::start(&servers, "beta", &[])?;

@@ -111,7 +111,7 @@ impl Agent for AgentApi {
         // The node is who its certificate names: an empty id means "that one".
         let me = auth::caller(&req)?.name;
         let requested = if req.get_ref().node_id.is_empty() { me.clone() } else { req.get_ref().node_id.clone() };
-        auth::node(&req, &requested)?;
+        auth::node(&self.node, &req, &requested)?;
         let mut req = req.into_inner();
         req.node_id = me;
         let record = node_from(req)?;
@@ -135,7 +135,7 @@ impl Agent for AgentApi {
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
-        auth::node(&req, &req.get_ref().node_id)?;
+        auth::node(&self.node, &req, &req.get_ref().node_id)?;
         let HeartbeatRequest { node_id, root } = req.into_inner();
         self.node.run(LeaderOp::Heartbeat { node: node_id.clone() }).await?;
         // The roots this server's state trusts: a node holding others renews.
@@ -171,7 +171,7 @@ impl Agent for AgentApi {
     type WatchTasksStream = ReceiverStream<Result<AssignedTasks, Status>>;
 
     async fn watch_tasks(&self, req: Request<WatchTasksRequest>) -> Result<Response<Self::WatchTasksStream>, Status> {
-        auth::node(&req, &req.get_ref().node_id)?;
+        auth::node(&self.node, &req, &req.get_ref().node_id)?;
         let node_id = req.into_inner().node_id;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let node = self.node.clone();
@@ -198,7 +198,7 @@ impl Agent for AgentApi {
     }
 
     async fn report_tasks(&self, req: Request<ReportTasksRequest>) -> Result<Response<ReportTasksReply>, Status> {
-        auth::node(&req, &req.get_ref().node_id)?;
+        auth::node(&self.node, &req, &req.get_ref().node_id)?;
         let ReportTasksRequest { node_id, tasks } = req.into_inner();
         let reports = tasks
             .into_iter()

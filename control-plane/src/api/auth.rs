@@ -38,9 +38,18 @@ pub fn server<T>(req: &Request<T>) -> Result<(), Status> {
     }
 }
 
-/// Only the worker node `node_id`, as itself; its id comes from its certificate.
-pub fn node<T>(req: &Request<T>, node_id: &str) -> Result<(), Status> {
+/// Only the worker node `node_id`, as itself (its id comes from its
+/// certificate), and not one removed from the cluster.
+pub fn node<T>(cluster: &Node, req: &Request<T>, node_id: &str) -> Result<(), Status> {
     let id = caller(req)?;
+    let removed = cluster.applied.read().map(|a| a.state.removed_nodes.contains(&id.name)).unwrap_or(false);
+    if removed {
+        return Err(Status::permission_denied(format!(
+            "node {} was removed from the cluster (`berthctl node rm`), and its certificate with it: to bring \
+             this host back, delete its DATA_DIR/tls and join again with a worker token",
+            id.name
+        )));
+    }
     if id.role != Role::Worker {
         return Err(Status::permission_denied(format!("only worker nodes may make this call, not {id}")));
     }

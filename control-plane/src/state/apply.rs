@@ -177,6 +177,7 @@ fn remove_node(state: &mut State, id: &str) -> Response {
         return in_use("still runs tasks; wait until they have moved");
     }
     state.nodes.remove(id);
+    state.removed_nodes.insert(id.to_owned());
     state.tasks.retain(|_, t| !on_node(t));
     Response::Deleted
 }
@@ -361,6 +362,8 @@ mod tests {
         apply(&mut s, &Command::SetNodeStatus { id: "n1".into(), status: NodeStatus::Down });
         assert_eq!(apply(&mut s, &Command::RemoveNode { id: "n1".into() }), Response::Deleted);
         assert!(s.nodes.is_empty() && s.tasks.is_empty(), "its tasks went with it");
+        assert!(s.removed_nodes.contains("n1"), "and its certificate is worth nothing from now on");
+        assert!(!s.removed_nodes.contains("n2"));
         assert_eq!(
             apply(&mut s, &Command::RemoveNode { id: "n1".into() }),
             Response::Rejected(Rejection::NodeNotFound("n1".into()))

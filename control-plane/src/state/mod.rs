@@ -52,6 +52,11 @@ pub struct State {
     /// People and programs that may use the API, by name.
     #[serde(default)]
     pub users: BTreeMap<String, User>,
+    /// Ids of worker nodes removed from the cluster: their certificates
+    /// (which name the id) are worth nothing from then on, and the host
+    /// joins again, with a token, as a new node.
+    #[serde(default)]
+    pub removed_nodes: std::collections::BTreeSet<String>,
 }
 
 impl State {

@@ -209,7 +209,12 @@ async fn stay(
         let id = loop {
             match AgentClient::new(servers.channel()).register(request.clone()).await {
                 Ok(reply) => break reply.into_inner().node_id,
-                Err(s) if s.code() == tonic::Code::InvalidArgument || s.code() == tonic::Code::AlreadyExists => {
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::InvalidArgument | tonic::Code::AlreadyExists | tonic::Code::PermissionDenied
+                    ) =>
+                {
                     bail!("the cluster refused this node: {}", s.message())
                 }
                 Err(s) => failed(&mut servers, &s).await,
