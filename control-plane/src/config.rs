@@ -62,6 +62,11 @@ pub struct Args {
     /// How long a request may wait for a leader and a quorum, in milliseconds (default 5000)
     #[arg(long, env = "BERTH_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
+    /// The largest request a client or an agent may send, in bytes
+    /// (default 1572864, 1.5 MiB, as etcd); larger ones are refused with
+    /// the limit named. Servers' own Raft messages are not bound by it.
+    #[arg(long, env = "BERTH_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
     /// A node not heard from for this long is down (default 4000; with the
     /// agents' 1 s heartbeat a dead node is seen within 5 s).
     #[arg(long, env = "BERTH_NODE_DOWN_AFTER_MS")]
@@ -92,9 +97,14 @@ pub struct Config {
     pub snapshot_logs: u64,
     pub keep_logs: u64,
     pub request_timeout: Duration,
+    pub max_request_bytes: usize,
     pub node_down_after: Duration,
     pub network: NetworkConfig,
 }
+
+/// What a client's or agent's request may weigh: every spec fits with room
+/// (`berth_proto::model::limits`), and so does any Raft entry it becomes.
+pub const DEFAULT_MAX_REQUEST: usize = 1536 << 10;
 
 impl Args {
     /// Fills what flags and environment left open from the config file, then defaults.
@@ -125,6 +135,7 @@ impl Args {
             snapshot_logs: self.snapshot_logs.or(file.snapshot_logs).unwrap_or(10_000),
             keep_logs: self.keep_logs.or(file.keep_logs).unwrap_or(1_000),
             request_timeout: ms(self.request_timeout_ms, file.request_timeout_ms, 5_000),
+            max_request_bytes: self.max_request_bytes.or(file.max_request_bytes).unwrap_or(DEFAULT_MAX_REQUEST),
             node_down_after: ms(self.node_down_after_ms, file.node_down_after_ms, 4_000),
             network: network(
                 self.cluster_cidr.or(file.cluster_cidr),

@@ -91,12 +91,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let server = berth_proto::client::server()
         .add_service(
             ClusterServer::new(ClusterApi { node: node.clone() })
-                .max_decoding_message_size(MAX_MESSAGE)
+                .max_decoding_message_size(cfg.max_request_bytes)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
             AgentServer::new(AgentApi { node: node.clone() })
-                .max_decoding_message_size(MAX_MESSAGE)
+                .max_decoding_message_size(cfg.max_request_bytes)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(

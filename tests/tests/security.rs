@@ -220,5 +220,19 @@ async fn tokens_admit_their_role_and_users_get_only_their_roles_rights() -> Resu
     admin.create_service(CreateServiceRequest { spec: Some(spec("api")) }).await?;
     let token = admin.join_token(JoinTokenRequest { role: "bogus".into(), rotate: false }).await;
     assert!(code(token).1.contains("expected worker or server"));
+
+    // Bounds: a request past the server's limit (1.5 MiB) is refused naming
+    // it; a spec within it but past a field's limit names the field.
+    let mut huge = spec("huge");
+    huge.env.insert("BIG".into(), "x".repeat(2 << 20));
+    let (c, why) = code(admin.create_service(CreateServiceRequest { spec: Some(huge) }).await);
+    assert!(matches!(c, Code::OutOfRange | Code::ResourceExhausted) && why.contains("1572864"), "{c:?} {why}");
+    let mut fat = spec("fat");
+    fat.env.insert("FAT".into(), "x".repeat(64 << 10));
+    let (c, why) = code(admin.create_service(CreateServiceRequest { spec: Some(fat) }).await);
+    assert!(c == Code::InvalidArgument && why.contains("env.FAT") && why.contains("at most 32768 bytes"), "{why}");
+    let listed = admin.list_services(ListServicesRequest::default()).await?.into_inner().services;
+    let names: Vec<String> = listed.into_iter().filter_map(|s| s.spec.map(|s| s.name)).collect();
+    assert!(names.contains(&"api".to_owned()) && !names.iter().any(|n| n == "huge" || n == "fat"), "{names:?}");
     Ok(())
 }

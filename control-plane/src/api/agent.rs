@@ -24,6 +24,12 @@ use super::auth;
 use crate::node::{LeaderOp, Node};
 use crate::state::{now_ms, Command, Response as Applied, State, TaskReport as Report};
 
+/// The most a node may offer: a million CPUs' worth of millis, and 1 PiB.
+const MAX_CPU_MILLIS: u64 = 1_000_000_000;
+const MAX_MEMORY_BYTES: u64 = 1 << 50;
+/// Labels on one node.
+const MAX_LABELS: usize = 64;
+
 #[derive(Debug, Clone)]
 pub struct AgentApi {
     pub node: Arc<Node>,
@@ -36,14 +42,34 @@ pub fn node_from(req: RegisterRequest) -> Result<NodeRecord, Status> {
         Status::invalid_argument(format!("{field}: {:?} is not valid: expected {expected}", value.to_string()))
     };
     validate_name(&req.name).map_err(|e| Status::invalid_argument(format!("node {e}")))?;
-    if req.advertise_address.is_empty() || req.advertise_address.contains(char::is_whitespace) {
+    if req.advertise_address.is_empty()
+        || req.advertise_address.len() > 255
+        || req.advertise_address.contains(char::is_whitespace)
+    {
         return Err(bad("advertise_address", &req.advertise_address, "host:port"));
     }
     let capacity = req.capacity.unwrap_or_default();
     if capacity.cpu_millis == 0 || capacity.memory_bytes == 0 {
         return Err(bad("capacity", &format!("{capacity:?}"), "some CPU and memory"));
     }
+    // Sums of capacities must never overflow: no host has a million CPUs
+    // or an exbibyte of memory.
+    if capacity.cpu_millis > MAX_CPU_MILLIS || capacity.memory_bytes > MAX_MEMORY_BYTES {
+        let expected = format!("at most {MAX_CPU_MILLIS} CPU millis and {MAX_MEMORY_BYTES} bytes of memory");
+        return Err(bad("capacity", &format!("{capacity:?}"), &expected));
+    }
+    if req.labels.len() > MAX_LABELS {
+        return Err(bad("labels", &format!("{} labels", req.labels.len()), &format!("at most {MAX_LABELS} labels")));
+    }
     for (k, v) in &req.labels {
+        if k.len() > 253 || v.len() > 253 {
+            let key: String = k.chars().take(64).collect();
+            return Err(bad(
+                &format!("labels.{key}"),
+                &format!("{} bytes", k.len() + v.len()),
+                "a key and a value of at most 253 bytes each",
+            ));
+        }
         if k.is_empty() || k.contains(['=', '!', ' ']) || v.contains(['=', '!', ' ']) {
             return Err(bad(&format!("labels.{k}"), v, "KEY=VALUE without spaces, '=' or '!' in either"));
         }
@@ -416,6 +442,23 @@ mod tests {
             (RegisterRequest { wireguard_public_key: "short".into(), ..req() }, "wireguard_public_key"),
             (RegisterRequest { wireguard_port: 70000, ..req() }, "wireguard_port"),
             (RegisterRequest { advertise_address: "worker-1:7500".into(), ..req() }, "advertise_address"),
+            (RegisterRequest { advertise_address: format!("{}:1", "a".repeat(300)), ..req() }, "advertise_address"),
+            (
+                RegisterRequest {
+                    capacity: Some(NodeCapacity { cpu_millis: u64::MAX, memory_bytes: 1 << 30 }),
+                    ..req()
+                },
+                "capacity",
+            ),
+            (
+                RegisterRequest { capacity: Some(NodeCapacity { cpu_millis: 1000, memory_bytes: u64::MAX }), ..req() },
+                "capacity",
+            ),
+            (
+                RegisterRequest { labels: (0..65).map(|i| (format!("k{i}"), "v".to_owned())).collect(), ..req() },
+                "labels",
+            ),
+            (RegisterRequest { labels: [("k".to_owned(), "v".repeat(300))].into(), ..req() }, "labels.k"),
         ] {
             let err = node_from(bad).unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument);

@@ -220,8 +220,11 @@ fn apply_change(state: &mut State, held: &mut Held, change: &TaskChange, at_ms: 
             let (Some(n), Some(t)) = (state.nodes.get(node), state.tasks.get(id)) else { return false };
             let need = t.spec.resources;
             let used = held.resources.get(node).copied().unwrap_or_default();
-            let fits = used.cpu_millis + need.cpu_millis <= n.capacity.cpu_millis
-                && used.memory_bytes + need.memory_bytes <= n.capacity.memory_bytes;
+            // Checked: a sum past u64 does not fit (and must not wrap into fitting).
+            let within =
+                |used: u64, need: u64, capacity: u64| used.checked_add(need).is_some_and(|sum| sum <= capacity);
+            let fits = within(used.cpu_millis, need.cpu_millis, n.capacity.cpu_millis)
+                && within(used.memory_bytes, need.memory_bytes, n.capacity.memory_bytes);
             if !(n.schedulable() && fits && t.desired == Desired::Running && t.node.is_none()) {
                 return false;
             }
@@ -420,6 +423,30 @@ mod tests {
         assert_eq!(apply(&mut s, &Command::Reconcile { changes: stop, at_ms: 1 }), Response::Reconciled { applied: 2 });
         assert!(s.tasks.is_empty());
         assert_eq!(s.generations["web.1"], 3, "generations outlive their tasks");
+    }
+
+    #[test]
+    fn capacity_sums_that_would_overflow_do_not_fit() {
+        let mut s = State::default();
+        apply(&mut s, &Command::CreateService(spec("web", 2)));
+        let huge = Resources { cpu_millis: 1, memory_bytes: u64::MAX - 10 };
+        let n1 = berth_proto::model::Node { capacity: huge, ..node("n1") };
+        apply(&mut s, &Command::RegisterNode(n1));
+        let task = |slot, memory_bytes| {
+            let resources = Resources { cpu_millis: 0, memory_bytes };
+            Task::new("web", slot, 1, 1, TaskSpec { resources, ..TaskSpec::default() })
+        };
+        let (a, b) = (task(1, u64::MAX - 20), task(2, 100));
+        let changes = vec![
+            TaskChange::Create(a.clone()),
+            TaskChange::Create(b.clone()),
+            TaskChange::Assign { id: a.id.clone(), node: "n1".into() },
+            // u64::MAX - 20 + 100 wraps to 79 without the check.
+            TaskChange::Assign { id: b.id.clone(), node: "n1".into() },
+        ];
+        assert_eq!(apply(&mut s, &Command::Reconcile { changes, at_ms: 1 }), Response::Reconciled { applied: 3 });
+        assert_eq!(s.tasks[&a.id].node.as_deref(), Some("n1"));
+        assert_eq!(s.tasks[&b.id].node, None);
     }
 
     fn outcome(r: Response) -> (u64, Outcome) {

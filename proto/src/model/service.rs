@@ -83,6 +83,27 @@ pub enum RestartPolicy {
 /// The most replicas one service may ask for; a guard against typos.
 pub const MAX_REPLICAS: u32 = 10_000;
 
+/// Bounds on a spec's fields, so that a spec (and a Raft entry, and a
+/// request) stays small whatever a client sends: together well under the
+/// servers' request limit (`--max-request-bytes`, 1.5 MiB by default).
+pub mod limits {
+    /// The command's arguments, in bytes all together.
+    pub const COMMAND_BYTES: usize = 128 << 10;
+    /// Arguments in the command.
+    pub const COMMAND_ARGS: usize = 1024;
+    /// Environment variables.
+    pub const ENV_VARS: usize = 1024;
+    /// One variable's name and value together, in bytes.
+    pub const ENV_VAR_BYTES: usize = 32 << 10;
+    /// The whole environment, in bytes.
+    pub const ENV_BYTES: usize = 256 << 10;
+    /// Published and target ports.
+    pub const PORTS: usize = 128;
+    /// Placement constraints (each is at most ~520 bytes: its key and
+    /// value are at most 253 each).
+    pub const CONSTRAINTS: usize = 64;
+}
+
 impl Protocol {
     pub fn parse(s: &str) -> Option<Self> {
         match s {
@@ -160,6 +181,33 @@ impl ServiceSpec {
         })?;
         if self.replicas > MAX_REPLICAS {
             return Err(InvalidField::new("replicas", self.replicas, format!("an integer from 0 to {MAX_REPLICAS}")));
+        }
+        let too_long = |field: &str, len: usize, limit: usize, what: &str| {
+            InvalidField::new(field, format!("{len} {what}"), format!("at most {limit} {what}"))
+        };
+        if self.command.len() > limits::COMMAND_ARGS {
+            return Err(too_long("command", self.command.len(), limits::COMMAND_ARGS, "arguments"));
+        }
+        let command_bytes: usize = self.command.iter().map(String::len).sum();
+        if command_bytes > limits::COMMAND_BYTES {
+            return Err(too_long("command", command_bytes, limits::COMMAND_BYTES, "bytes"));
+        }
+        if self.env.len() > limits::ENV_VARS {
+            return Err(too_long("env", self.env.len(), limits::ENV_VARS, "variables"));
+        }
+        let env_bytes: usize = self.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if env_bytes > limits::ENV_BYTES {
+            return Err(too_long("env", env_bytes, limits::ENV_BYTES, "bytes"));
+        }
+        if let Some((k, v)) = self.env.iter().find(|(k, v)| k.len() + v.len() > limits::ENV_VAR_BYTES) {
+            let field = format!("env.{}", k.chars().take(64).collect::<String>());
+            return Err(too_long(&field, k.len() + v.len(), limits::ENV_VAR_BYTES, "bytes"));
+        }
+        if self.ports.len() > limits::PORTS {
+            return Err(too_long("ports", self.ports.len(), limits::PORTS, "ports"));
+        }
+        if self.constraints.len() > limits::CONSTRAINTS {
+            return Err(too_long("constraints", self.constraints.len(), limits::CONSTRAINTS, "constraints"));
         }
         if self.command.iter().any(|a| a.contains('\0')) {
             return Err(InvalidField::new("command", format!("{:?}", self.command), "arguments without NUL bytes"));
@@ -258,6 +306,38 @@ mod tests {
         assert_eq!(field_of(ServiceSpec { image: "Bad Image".into(), ..spec() }), "image");
         assert_eq!(field_of(ServiceSpec { replicas: MAX_REPLICAS + 1, ..spec() }), "replicas");
         assert_eq!(field_of(ServiceSpec { env: BTreeMap::from([("A=B".into(), "x".into())]), ..spec() }), "env.A=B");
+        // Sizes: the error names the field and the limit, not the value.
+        let err =
+            ServiceSpec { command: vec!["x".repeat(limits::COMMAND_BYTES + 1)], ..spec() }.validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "command: \"{} bytes\" is not valid: expected at most {} bytes",
+                limits::COMMAND_BYTES + 1,
+                limits::COMMAND_BYTES
+            )
+        );
+        assert_eq!(field_of(ServiceSpec { command: vec!["a".into(); limits::COMMAND_ARGS + 1], ..spec() }), "command");
+        let big = |n: usize, len: usize| (0..n).map(|i| (format!("V{i}"), "x".repeat(len))).collect::<BTreeMap<_, _>>();
+        assert_eq!(field_of(ServiceSpec { env: big(1, limits::ENV_VAR_BYTES), ..spec() }), "env.V0");
+        assert_eq!(field_of(ServiceSpec { env: big(limits::ENV_VARS + 1, 1), ..spec() }), "env");
+        assert_eq!(field_of(ServiceSpec { env: big(16, limits::ENV_VAR_BYTES - 8), ..spec() }), "env");
+        let port = PortSpec { published: None, target: 80, protocol: Protocol::Tcp, name: None };
+        assert_eq!(field_of(ServiceSpec { ports: vec![port; limits::PORTS + 1], ..spec() }), "ports");
+        assert_eq!(
+            field_of(ServiceSpec {
+                constraints: vec![spec().constraints[0].clone(); limits::CONSTRAINTS + 1],
+                ..spec()
+            }),
+            "constraints"
+        );
+        // At the limits, a spec is valid.
+        let full = ServiceSpec {
+            command: vec!["x".repeat(limits::COMMAND_BYTES)],
+            env: big(7, limits::ENV_VAR_BYTES - 8),
+            ..spec()
+        };
+        assert_eq!(full.validate(), Ok(()));
         let dup = PortSpec { published: Some(8080), target: 81, protocol: Protocol::Tcp, name: None };
         assert_eq!(field_of(ServiceSpec { ports: vec![spec().ports[0].clone(), dup], ..spec() }), "ports[1].published");
         let dup_target = PortSpec { published: None, target: 80, protocol: Protocol::Tcp, name: None };
