@@ -52,7 +52,8 @@ const FOUNDING: &str = "founding.json";
 
 /// Runs the server until `shutdown` resolves, then stops cleanly.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    berth_proto::pki::private_dir(&cfg.data_dir)
+        .with_context(|| format!("cannot create {} (owner only)", cfg.data_dir.display()))?;
     let saved = Identity::load(&cfg.data_dir)?;
     let (listen, advertise) = cfg.addresses(saved.as_ref())?;
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;

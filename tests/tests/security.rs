@@ -145,6 +145,11 @@ async fn strangers_and_workers_are_refused_on_every_port() -> Result<()> {
     }
     let (ok, out, err) = berthctl(&cluster.addrs(), &["node", "ls"])?;
     assert!(ok && out.contains("sec1"), "{out}{err}");
+    // Data dirs (keys, state, layers) are the owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&cluster.servers[0].data_dir), 0o700);
+    assert_eq!(mode(agent.data.path()), 0o700);
     assert!(daemon.is_running(), "the agent survived: {}", agent.daemon_log());
     daemon.stop(Duration::from_secs(10))?;
     Ok(())

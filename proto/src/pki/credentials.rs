@@ -126,6 +126,16 @@ fn roll_forward(dir: &Path) -> io::Result<()> {
     std::fs::remove_dir_all(&next)
 }
 
+/// Makes `dir` (and any missing parent) readable by its owner only, and
+/// takes those rights from everyone else on an existing one: a data dir
+/// holds keys, the cluster's state and image layers (whose setuid files
+/// must not be reachable by other users of the host).
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Replaces `path` with `data`, readable by its owner only (never by
 /// others, not even briefly), whole and durably: temp file, fsync, rename,
 /// fsync of the directory.

@@ -20,7 +20,7 @@ mod credentials;
 mod token;
 
 pub use ca::{Ca, Issued};
-pub use credentials::{write_private, Credentials, Request};
+pub use credentials::{private_dir, write_private, Credentials, Request};
 pub use token::{JoinToken, TokenError};
 
 use std::fmt;

@@ -60,6 +60,21 @@ fn credentials_survive_a_save_and_load_and_the_key_is_private() {
 }
 
 #[test]
+fn a_private_dir_is_made_or_made_so() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let fresh = dir.path().join("a/b");
+    private_dir(&fresh).unwrap();
+    assert_eq!((mode(&fresh), mode(&dir.path().join("a"))), (0o700, 0o700));
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    private_dir(&open).unwrap();
+    assert_eq!(mode(&open), 0o700);
+}
+
+#[test]
 fn a_renewal_cut_short_leaves_the_old_set_or_the_new_one_never_a_mix() {
     let ca = Ca::new("c1").unwrap();
     let old = ca.credentials("c1", Role::Worker, "n1", DAY, &ca.cert).unwrap();
