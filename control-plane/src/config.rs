@@ -79,6 +79,10 @@ pub struct Args {
     /// Prefix length of each node's subnet (default 24: 253 containers a node)
     #[arg(long, env = "BERTH_NODE_SUBNET_PREFIX")]
     pub node_subnet_prefix: Option<u8>,
+    /// The ports services may publish, LOW-HIGH (default 1024-65535). Set
+    /// once with the cluster network, by the cluster's first leader.
+    #[arg(long, env = "BERTH_PUBLISHED_PORT_RANGE")]
+    pub published_port_range: Option<String>,
 }
 
 /// Settings after merging flags, environment, file and defaults.
@@ -140,6 +144,7 @@ impl Args {
             network: network(
                 self.cluster_cidr.or(file.cluster_cidr),
                 self.node_subnet_prefix.or(file.node_subnet_prefix),
+                self.published_port_range.or(file.published_port_range),
             )?,
         };
         if cfg.node_down_after.is_zero() {
@@ -178,14 +183,18 @@ fn validity(text: &str) -> Result<Duration> {
     secs.filter(|s| *s >= 60).map(Duration::from_secs).ok_or_else(bad)
 }
 
-fn network(cidr: Option<String>, node_prefix: Option<u8>) -> Result<NetworkConfig> {
+fn network(cidr: Option<String>, node_prefix: Option<u8>, ports: Option<String>) -> Result<NetworkConfig> {
     let default = NetworkConfig::DEFAULT;
     let cidr: Cidr = match cidr {
         Some(c) => c.parse().map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?,
         None => default.cidr,
     };
-    NetworkConfig::new(cidr, node_prefix.unwrap_or(default.node_prefix))
-        .map_err(|e| anyhow::anyhow!("--node-subnet-prefix: {e}"))
+    let mut net = NetworkConfig::new(cidr, node_prefix.unwrap_or(default.node_prefix))
+        .map_err(|e| anyhow::anyhow!("--node-subnet-prefix: {e}"))?;
+    if let Some(range) = ports {
+        net.published = range.parse().map_err(|e| anyhow::anyhow!("--published-port-range: {e}"))?;
+    }
+    Ok(net)
 }
 
 impl Config {

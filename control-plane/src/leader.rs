@@ -57,7 +57,7 @@ pub async fn run(node: Arc<Node>) {
                 Err(e) => warn!("setting the cluster network: {e}"),
             },
             Some(set) if set != node.network && !warned => {
-                warn!(cidr = %set.cidr, "the cluster network was set before; --cluster-cidr/--node-subnet-prefix of this server are ignored");
+                warn!(cidr = %set.cidr, "the cluster network was set before; --cluster-cidr/--node-subnet-prefix/--published-port-range of this server are ignored");
                 warned = true;
             }
             Some(_) => {}

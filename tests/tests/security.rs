@@ -236,6 +236,10 @@ async fn tokens_admit_their_role_and_users_get_only_their_roles_rights() -> Resu
     fat.env.insert("FAT".into(), "x".repeat(64 << 10));
     let (c, why) = code(admin.create_service(CreateServiceRequest { spec: Some(fat) }).await);
     assert!(c == Code::InvalidArgument && why.contains("env.FAT") && why.contains("at most 32768 bytes"), "{why}");
+    // Ports the hosts use are not for services.
+    let (ok, _, err) =
+        berthctl(&addrs, &["service", "create", "ssh", "--image", "busybox:1.36", "--publish", "22:22"])?;
+    assert!(!ok && err.contains("22/tcp cannot be published") && err.contains("1024-65535"), "{err}");
     let listed = admin.list_services(ListServicesRequest::default()).await?.into_inner().services;
     let names: Vec<String> = listed.into_iter().filter_map(|s| s.spec.map(|s| s.name)).collect();
     assert!(names.contains(&"api".to_owned()) && !names.iter().any(|n| n == "huge" || n == "fat"), "{names:?}");

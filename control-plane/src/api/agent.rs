@@ -365,7 +365,7 @@ mod tests {
             constraints: vec![],
         };
         let mut s = State::default();
-        let net = NetworkConfig { cidr: "198.19.0.0/16".parse::<Cidr>().unwrap(), node_prefix: 24 };
+        let net = NetworkConfig::new("198.19.0.0/16".parse::<Cidr>().unwrap(), 24).unwrap();
         apply(&mut s, &Command::InitNetwork(net));
         apply(&mut s, &Command::CreateService(spec.clone()));
         apply(&mut s, &Command::CreateService(ServiceSpec { name: "idle".into(), ports: vec![], ..spec.clone() }));

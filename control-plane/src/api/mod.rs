@@ -45,7 +45,8 @@ impl From<Rejection> for Status {
             Rejection::NodeNotFound(_) => {
                 Status::not_found(format!("{r}; `berthctl node ls` lists the nodes"))
             }
-            Rejection::NodeInUse { .. } | Rejection::NetworkSet(..) | Rejection::PortTaken { .. } => Status::failed_precondition(r.to_string()),
+            Rejection::NodeInUse { .. } | Rejection::NetworkSet(..) | Rejection::PortTaken { .. }
+            | Rejection::PortReserved { .. } => Status::failed_precondition(r.to_string()),
             Rejection::NoSubnet(_) => Status::resource_exhausted(r.to_string()),
             Rejection::TrustSet(_) | Rejection::LastAdmin(_) | Rejection::RotationUnderway | Rejection::NotRenewed(_) => Status::failed_precondition(r.to_string()),
             Rejection::NoTrust => Status::unavailable(r.to_string()),

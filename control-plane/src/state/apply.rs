@@ -7,7 +7,7 @@ use berth_proto::model::{Desired, NodeStatus, Protocol, Resources, Service, Serv
 use super::{ipam, trust, Command, Outcome, Rejection, Response, State, TaskChange};
 
 /// A published port (per protocol) answers on every node, so only one
-/// service may have it.
+/// service may have it, and only one the hosts do not use themselves.
 fn port_taken(state: &State, spec: &ServiceSpec) -> Option<Rejection> {
     let published = |s: &ServiceSpec| -> Vec<(u16, Protocol)> {
         s.ports.iter().filter_map(|p| Some((p.published?, p.protocol))).collect()
@@ -17,6 +17,29 @@ fn port_taken(state: &State, spec: &ServiceSpec) -> Option<Rejection> {
     // (this runs on every server for every write of a service).
     if mine.is_empty() {
         return None;
+    }
+    // The cluster's range, never 22 or 53, and never a port some node's
+    // agent already uses: its API (TCP) or its WireGuard (UDP).
+    let range = state.network.map(|n| n.published).unwrap_or_default();
+    for &(port, protocol) in &mine {
+        let why = if !range.contains(port) {
+            Some(format!("outside the cluster's published port range {range} (--published-port-range)"))
+        } else if port == 22 || port == 53 {
+            Some("reserved for the hosts' ssh and DNS".to_owned())
+        } else {
+            state.nodes.values().find_map(|n| {
+                let api = n.address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
+                let wireguard = n.overlay.as_ref().and_then(|o| o.endpoint.rsplit_once(':')?.1.parse::<u16>().ok());
+                match protocol {
+                    Protocol::Tcp if api == Some(port) => Some(format!("node {}'s agent API", n.name)),
+                    Protocol::Udp if wireguard == Some(port) => Some(format!("node {}'s WireGuard", n.name)),
+                    _ => None,
+                }
+            })
+        };
+        if let Some(why) = why {
+            return Some(Rejection::PortReserved { port, protocol, why });
+        }
     }
     let others = state.services.values().filter(|s| s.spec.name != spec.name);
     others.into_iter().find_map(|other| {
@@ -334,6 +357,46 @@ mod tests {
             apply(&mut s, &Command::UpdateService(with("api", 8080, Protocol::Tcp))),
             Response::Service { .. }
         ));
+    }
+
+    #[test]
+    fn ports_the_hosts_use_or_outside_the_range_cannot_be_published() {
+        use berth_proto::model::{NetworkConfig, Overlay, PortRange, PortSpec};
+        let with = |published: u16, protocol: Protocol| ServiceSpec {
+            ports: vec![PortSpec { published: Some(published), target: 80, protocol, name: None }],
+            ..spec("web", 1)
+        };
+        let mut s = State::default();
+        let mut net = NetworkConfig::new("198.19.0.0/16".parse().unwrap(), 24).unwrap();
+        net.published = "1000-40000".parse().unwrap();
+        apply(&mut s, &Command::InitNetwork(net));
+        let overlay = Some(Overlay { public_key: "k".into(), endpoint: "198.18.0.1:31820".into() });
+        apply(&mut s, &Command::RegisterNode(berth_proto::model::Node { overlay, ..node("n1") }));
+        let refused = |port, protocol| match apply(&mut s.clone(), &Command::CreateService(with(port, protocol))) {
+            Response::Rejected(r @ Rejection::PortReserved { .. }) => r.to_string(),
+            other => format!("accepted: {other:?}"),
+        };
+        assert!(refused(80, Protocol::Tcp).contains("outside the cluster's published port range 1000-40000"));
+        assert!(refused(40001, Protocol::Tcp).contains("range"));
+        assert!(refused(7500, Protocol::Tcp).contains("node n1's agent API"), "{}", refused(7500, Protocol::Tcp));
+        assert!(refused(31820, Protocol::Udp).contains("node n1's WireGuard"));
+        // The same numbers on the other protocol are free.
+        assert!(refused(7500, Protocol::Udp).starts_with("accepted"));
+        assert!(refused(31820, Protocol::Tcp).starts_with("accepted"));
+        // 22 and 53 even when a range takes them in.
+        let mut wide = State::default();
+        let mut all = net;
+        all.published = PortRange { low: 1, high: 65535 };
+        apply(&mut wide, &Command::InitNetwork(all));
+        for (port, protocol) in [(22, Protocol::Tcp), (53, Protocol::Udp), (53, Protocol::Tcp)] {
+            let r = apply(&mut wide, &Command::CreateService(with(port, protocol)));
+            assert!(matches!(r, Response::Rejected(Rejection::PortReserved { .. })), "{port}: {r:?}");
+        }
+        assert!(matches!(apply(&mut wide, &Command::CreateService(with(80, Protocol::Tcp))), Response::Service { .. }));
+        // A cluster recorded before the range existed reads the default.
+        let old: NetworkConfig =
+            serde_json::from_str(r#"{"cidr":{"network":"198.19.0.0","prefix":16},"node_prefix":24}"#).unwrap();
+        assert_eq!(old.published, PortRange::DEFAULT);
     }
 
     fn taken_message(r: &Response) -> String {

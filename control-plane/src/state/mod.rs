@@ -243,6 +243,8 @@ pub enum Rejection {
     NodeNotFound(String),
     #[error("ports: published port {port}/{protocol} is already used by service {service:?}")]
     PortTaken { port: u16, protocol: berth_proto::model::Protocol, service: String },
+    #[error("ports: published port {port}/{protocol} cannot be published: {why}")]
+    PortReserved { port: u16, protocol: berth_proto::model::Protocol, why: String },
     #[error("node {id:?} {why}")]
     NodeInUse { id: String, why: String },
     #[error("the cluster's network is already {0}/{1} per node; it cannot change")]

@@ -14,7 +14,7 @@ mod task;
 pub use assignment::{AssignedTask, Assignment, NodeNetwork, Peer, Replica, ServiceEndpoints, TaskReport};
 pub use constraint::{Constraint, ConstraintKey};
 pub use invalid::InvalidField;
-pub use network::{Cidr, NetworkConfig, MAX_NODE_PREFIX};
+pub use network::{Cidr, NetworkConfig, PortRange, MAX_NODE_PREFIX};
 pub use node::{Availability, Node, NodeInfo, NodeStatus, Overlay};
 pub use quantity::{format_memory, parse_cpus, parse_memory};
 pub use reference::validate_image;

@@ -29,11 +29,61 @@ pub struct NetworkConfig {
     pub cidr: Cidr,
     /// The prefix length of each node's subnet.
     pub node_prefix: u8,
+    /// The ports services may publish (on every node's addresses).
+    #[serde(default)]
+    pub published: PortRange,
 }
 
 impl NetworkConfig {
-    /// 10.42.0.0/16, a /24 (253 containers) per node, as k3s does.
-    pub const DEFAULT: Self = Self { cidr: Cidr { network: Ipv4Addr::new(10, 42, 0, 0), prefix: 16 }, node_prefix: 24 };
+    /// 10.42.0.0/16, a /24 (253 containers) per node, as k3s does; ports 1024-65535.
+    pub const DEFAULT: Self = Self {
+        cidr: Cidr { network: Ipv4Addr::new(10, 42, 0, 0), prefix: 16 },
+        node_prefix: 24,
+        published: PortRange::DEFAULT,
+    };
+}
+
+/// An inclusive range of ports, `LOW-HIGH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl PortRange {
+    /// Above the privileged ports: ssh (22), DNS (53) and other system
+    /// services are never taken over by a service's port.
+    pub const DEFAULT: Self = Self { low: 1024, high: 65535 };
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.low..=self.high).contains(&port)
+    }
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.low, self.high)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = InvalidField;
+
+    fn from_str(s: &str) -> Result<Self, InvalidField> {
+        let bad = || InvalidField::new("published port range", s, "LOW-HIGH, ports from 1 to 65535, LOW <= HIGH");
+        let (low, high) = s.split_once('-').ok_or_else(bad)?;
+        let (low, high): (u16, u16) = (low.trim().parse().map_err(|_| bad())?, high.trim().parse().map_err(|_| bad())?);
+        if low == 0 || low > high {
+            return Err(bad());
+        }
+        Ok(Self { low, high })
+    }
 }
 
 /// The longest node prefix: a /30 leaves one address for a task.
@@ -103,7 +153,7 @@ impl NetworkConfig {
                 format!("from {} (the cluster CIDR's) to {MAX_NODE_PREFIX}", cidr.prefix),
             ));
         }
-        Ok(Self { cidr, node_prefix })
+        Ok(Self { cidr, node_prefix, published: PortRange::DEFAULT })
     }
 
     /// Node subnets, in order.
