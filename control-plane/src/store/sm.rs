@@ -67,11 +67,28 @@ impl StateMachineStore {
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data.to_vec())) }))
     }
 
+    /// Stores a snapshot unless the stored one is newer. A snapshot is
+    /// built from the state read when building starts and saved after; an
+    /// installed snapshot (from the leader) can land in between, and its
+    /// log is then purged: overwriting it with the older build would lose
+    /// those entries at the next start.
     async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError<NodeId>> {
-        let mut batch = sled::Batch::default();
-        batch.insert(SNAP_META, serde_json::to_vec(meta).map_err(write_err)?);
-        batch.insert(SNAP_DATA, data);
-        self.snap.apply_batch(batch).map_err(write_err)?;
+        let encoded = serde_json::to_vec(meta).map_err(write_err)?;
+        let saved = self.snap.transaction(|tx| {
+            let stored: Option<SnapshotMeta> = tx.get(SNAP_META)?.and_then(|m| serde_json::from_slice(&m).ok());
+            if stored.is_some_and(|s| s.last_log_id > meta.last_log_id) {
+                return Ok(false);
+            }
+            tx.insert(SNAP_META, encoded.as_slice())?;
+            tx.insert(SNAP_DATA, data)?;
+            Ok(true)
+        });
+        let saved: bool = saved
+            .map_err(|e: sled::transaction::TransactionError<()>| write_err(std::io::Error::other(format!("{e:?}"))))?;
+        if !saved {
+            tracing::debug!(snapshot = %meta.snapshot_id, "a newer snapshot is stored; this one is not kept");
+            return Ok(());
+        }
         // Durable before openraft may purge the log it replaces.
         flush(&self.db).await.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         Ok(())
@@ -154,5 +171,45 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         self.stored_snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, RaftSnapshotBuilder};
+
+    use super::*;
+
+    fn meta(index: u64) -> SnapshotMeta {
+        let log_id = LogId::new(CommittedLeaderId::new(1, 1), index);
+        SnapshotMeta {
+            last_log_id: Some(log_id),
+            last_membership: Membership::default(),
+            snapshot_id: format!("s{index}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_built_before_an_install_never_replaces_it() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut store = StateMachineStore::open(db).unwrap();
+        // The builder reads the state at index 5 ...
+        store.applied.write().unwrap().last_applied = meta(5).last_log_id;
+        let mut builder = store.get_snapshot_builder().await;
+        // ... but the leader's snapshot at index 9 is installed first.
+        let newer = Applied { last_applied: meta(9).last_log_id, ..Applied::default() };
+        let data = serde_json::to_vec(&newer).unwrap();
+        store.install_snapshot(&meta(9), Box::new(Cursor::new(data))).await.unwrap();
+        // Saving the build (from a state read at 5, as if before) keeps 9.
+        let older = serde_json::to_vec(&Applied { last_applied: meta(5).last_log_id, ..Applied::default() }).unwrap();
+        builder.save_snapshot(&meta(5), &older).await.unwrap();
+        let stored = store.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(stored.meta.last_log_id, meta(9).last_log_id);
+        // A newer one still replaces it.
+        let built = builder.build_snapshot().await.unwrap();
+        assert_eq!(built.meta.last_log_id, meta(9).last_log_id, "the builder reads the installed state");
+        let newest = serde_json::to_vec(&Applied { last_applied: meta(12).last_log_id, ..Applied::default() }).unwrap();
+        store.save_snapshot(&meta(12), &newest).await.unwrap();
+        assert_eq!(store.get_current_snapshot().await.unwrap().unwrap().meta.last_log_id, meta(12).last_log_id);
     }
 }
