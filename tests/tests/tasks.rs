@@ -112,6 +112,17 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
     .with_context(|| format!("{}\n{}", a.daemon_log(), b.daemon_log()))?;
     let nodes: Vec<&String> = running.values().map(|(n, _, _)| n).collect();
     ensure!(nodes.contains(&&"alpha".to_owned()) && nodes.contains(&&"beta".to_owned()), "spread: {running:?}");
+    // Every task's container has the node's default process limit.
+    for (task, (node, _, _)) in &running {
+        let agent = if node == "alpha" { &a } else { &b };
+        let limits: Vec<String> = agent
+            .cgroup_dirs(task)
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("pids.max")).ok())
+            .map(|s| s.trim().to_owned())
+            .collect();
+        ensure!(limits == ["4096"], "{task}: pids.max {limits:?}");
+    }
     let on_hosts = containers(&[&a, &b]);
     ensure!(on_hosts.keys().collect::<Vec<_>>() == running.keys().collect::<Vec<_>>(), "{on_hosts:?} vs {running:?}");
 

@@ -125,7 +125,7 @@ async fn start<C: Containers, I: Images, N: Network>(
             joined(attached, address, domain.as_deref())
         }
     };
-    let config = container_config(task, &reference, image, network, &worker.settings.cgroup_parent);
+    let config = container_config(task, &reference, image, network, &worker.settings);
     worker.containers.create(config).await.map_err(|e| e.to_string())?;
     launch(worker, &task.id, wake).await
 }
@@ -173,7 +173,7 @@ fn container_config(
     reference: &ImageRef,
     pulled: Pulled,
     network: NetworkMode,
-    cgroup_parent: &str,
+    settings: &super::Settings,
 ) -> ContainerConfig {
     let spec = &task.spec;
     ContainerConfig {
@@ -189,10 +189,10 @@ fn container_config(
         limits: Limits {
             memory_bytes: Some(spec.resources.memory_bytes).filter(|m| *m > 0),
             cpu_millis: Some(spec.resources.cpu_millis).filter(|c| *c > 0),
-            pids: None,
+            pids: settings.pids_limit,
         },
         network,
-        cgroup_parent: cgroup_parent.to_owned(),
+        cgroup_parent: settings.cgroup_parent.clone(),
         log: LogPolicy::default(),
         created_at_ms: record::now_ms(),
         task: Some(task.id.clone()),

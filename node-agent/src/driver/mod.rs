@@ -53,7 +53,14 @@ pub struct Settings {
     /// The cluster domain containers search, when the node runs DNS.
     pub dns_domain: Option<String>,
     pub features: Features,
+    /// The most processes (and threads) a task's container may have: a
+    /// fork bomb in one task takes down neither the node nor its others.
+    pub pids_limit: Option<u64>,
 }
+
+/// Tasks' process limit unless the node says otherwise (`--pids-limit`),
+/// as Podman's and CRI-O's defaults bound it.
+pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -64,6 +71,7 @@ impl Default for Settings {
             cgroup_parent: "berth".into(),
             dns_domain: None,
             features: Features { overlay: false, dns: false },
+            pids_limit: Some(DEFAULT_PIDS_LIMIT),
         }
     }
 }

@@ -40,6 +40,7 @@ fn node(clusters: &[&FakeCluster], containers: FakeContainers) -> Node {
         cgroup_parent: "berth-test".into(),
         dns_domain: Some("berth.local".into()),
         features: Features { overlay: false, dns: true },
+        pids_limit: Some(64),
     };
     let network = FakeNetwork::default();
     let worker =
