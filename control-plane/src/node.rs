@@ -205,6 +205,14 @@ impl Node {
         Ok(query(&applied.state, q))
     }
 
+    /// A certificate the leader signs: `op` is `Admit` or `Renew`.
+    pub async fn certificate(&self, op: LeaderOp) -> Result<Joined, OpError> {
+        match self.run(op).await? {
+            LeaderReply::Admitted(j) => Ok(j),
+            other => Err(OpError::Internal(format!("unexpected reply from the leader: {other:?}"))),
+        }
+    }
+
     /// Runs `op` on the leader, wherever it is, within the request deadline.
     pub async fn run(&self, op: LeaderOp) -> Result<LeaderReply, OpError> {
         let deadline = Instant::now() + self.request_timeout;

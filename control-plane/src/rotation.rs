@@ -26,7 +26,7 @@ use berth_proto::renew::{roots_digest, Authority, Renewal};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::node::{LeaderOp, LeaderReply, Node};
+use crate::node::{LeaderOp, Node};
 use crate::state::Command;
 
 /// How often the state is looked at (roots change rarely; a second is soon
@@ -56,12 +56,7 @@ impl Authority for Member {
         Box::pin(async move {
             let me = self.tls.identity().ok_or("this server holds no certificate")?;
             let op = LeaderOp::Renew { name: me.name, role: me.role.to_string(), csr };
-            match self.node.run(op).await.map_err(|e| e.to_string())? {
-                LeaderReply::Admitted(j) => {
-                    Ok(JoinReply { node_id: j.node_id, role: j.role, certificate_chain: j.chain, roots: j.roots })
-                }
-                other => Err(format!("unexpected reply from the leader: {other:?}")),
-            }
+            self.node.certificate(op).await.map(JoinReply::from).map_err(|e| e.to_string())
         })
     }
 }

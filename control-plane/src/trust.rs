@@ -70,6 +70,12 @@ pub struct Joined {
     pub roots: String,
 }
 
+impl From<Joined> for berth_proto::pb::agent::JoinReply {
+    fn from(j: Joined) -> Self {
+        Self { node_id: j.node_id, role: j.role, certificate_chain: j.chain, roots: j.roots }
+    }
+}
+
 /// Checks `token` against the cluster's secrets and signs `csr` for a new
 /// node of the role the token is for, which must be `want`.
 pub fn admit(trust: Option<&Trust>, token: &str, csr: &str, want: &str) -> Result<Joined, OpError> {
@@ -77,7 +83,8 @@ pub fn admit(trust: Option<&Trust>, token: &str, csr: &str, want: &str) -> Resul
         trust.ok_or_else(|| OpError::Unavailable("the cluster's identity is not set up yet; try again".into()))?;
     let offered: JoinToken =
         token.parse().map_err(|e: berth_proto::pki::TokenError| OpError::Invalid(e.to_string()))?;
-    if offered.digest != trust.ca.digest() && trust.roots.iter().any(|r| root_digest(r) == offered.digest) {
+    if offered.digest != trust.ca.digest() && trust.roots.iter().any(|r| berth_proto::pki::digest(r) == offered.digest)
+    {
         return Err(OpError::Refused(
             "the join token names the cluster's old root: the CA was rotated since; \
              get the current token with `berthctl cluster join-token worker` (or server)"
@@ -115,10 +122,6 @@ fn issue(trust: &Trust, csr: &str, role: Role, name: &str) -> Result<Joined, OpE
         .issue(csr, role, name, Duration::from_secs(trust.validity_secs))
         .map_err(|e| OpError::Invalid(format!("csr: {e}")))?;
     Ok(Joined { node_id: name.to_owned(), role: role.to_string(), chain: issued.chain, roots: trust.roots_pem() })
-}
-
-fn root_digest(pem: &str) -> String {
-    Ca { cert: pem.to_owned(), key: String::new() }.digest()
 }
 
 /// A new certificate for a node that holds a valid one: the same name

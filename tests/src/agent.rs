@@ -169,6 +169,22 @@ impl Agent {
     }
 }
 
+/// Joins each agent to the cluster at `servers` under its name and waits
+/// until `node ls` shows them all ready; answers the daemons (drop them
+/// before the agents, so they stop before the agents clean up).
+pub async fn join_ready(servers: &[String], agents: &[(&Agent, &str)]) -> anyhow::Result<Vec<crate::Process>> {
+    let mut daemons = Vec::new();
+    for (agent, name) in agents {
+        daemons.push(agent.join(servers, name, &[])?);
+    }
+    crate::wait_for(std::time::Duration::from_secs(30), "the nodes ready", async || {
+        let (ok, out, _) = crate::berthctl(servers, &["node", "ls"]).ok()?;
+        (ok && out.matches(" ready ").count() == agents.len()).then_some(())
+    })
+    .await?;
+    Ok(daemons)
+}
+
 /// Every hierarchy a container cgroup could live under.
 pub fn cgroup_roots() -> Vec<PathBuf> {
     let base = Path::new("/sys/fs/cgroup");

@@ -60,15 +60,7 @@ async fn certificates_renew_and_the_root_rotates_while_a_service_runs_and_a_lead
     let mut cluster = Cluster::start(3, &["--cert-validity=1m"]).await?;
     let servers = cluster.addrs();
     let (a, b) = (Agent::new(Some(&registry)), Agent::new(Some(&registry)));
-    let mut daemons = Vec::new();
-    for (agent, name) in [(&a, "alpha"), (&b, "beta")] {
-        daemons.push(agent.join(&servers, name, &[])?);
-    }
-    wait_for(Duration::from_secs(30), "both nodes ready", async || {
-        let (ok, out, _) = berthctl(&servers, &["node", "ls"]).ok()?;
-        (ok && out.matches(" ready ").count() == 2).then_some(())
-    })
-    .await?;
+    let daemons = berth_tests::agent::join_ready(&servers, &[(&a, "alpha"), (&b, "beta")]).await?;
     let (ok, out, err) = berthctl(
         &servers,
         &["service", "create", "web", "--image", &image, "--replicas", "2", "--", "sh", "-c", SERVE],

@@ -90,15 +90,7 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
     ensure!(ok, "{err}");
     let (a, b) = (Agent::new(Some(&registry)), Agent::new(Some(&registry)));
     // Declared after the agents, so the daemons stop before the agents clean up.
-    let mut daemons = Vec::new();
-    for (agent, name) in [(&a, "alpha"), (&b, "beta")] {
-        daemons.push(agent.join(&servers, name, &[])?);
-    }
-    wait_for(Duration::from_secs(30), "both nodes ready", async || {
-        let (ok, out, _) = berthctl(&servers, &["node", "ls"]).ok()?;
-        (ok && out.matches(" ready ").count() == 2).then_some(())
-    })
-    .await?;
+    let daemons = berth_tests::agent::join_ready(&servers, &[(&a, "alpha"), (&b, "beta")]).await?;
     let (ok, out, err) = berthctl(
         &servers,
         &["service", "create", "web", "--image", &image, "--replicas", "3", "--", "sh", "-c", SERVE],

@@ -122,15 +122,7 @@ impl Agent for AgentApi {
         let JoinRequest { token, csr, role } = req.into_inner();
         // A malformed token costs nothing more: no leader, no read barrier.
         token.parse::<berth_proto::pki::JoinToken>().map_err(|e| Status::invalid_argument(e.to_string()))?;
-        match self.node.run(LeaderOp::Admit { token, csr, role }).await? {
-            crate::node::LeaderReply::Admitted(j) => Ok(Response::new(JoinReply {
-                node_id: j.node_id,
-                role: j.role,
-                certificate_chain: j.chain,
-                roots: j.roots,
-            })),
-            other => Err(Status::internal(format!("unexpected reply from the leader: {other:?}"))),
-        }
+        Ok(Response::new(self.node.certificate(LeaderOp::Admit { token, csr, role }).await?.into()))
     }
 
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
@@ -168,14 +160,16 @@ impl Agent for AgentApi {
         // During a rotation, which root the node's certificate is from (as
         // the node has saved it) is recorded when it changes.
         let holder = format!("node/{node_id}");
-        let (roots, behind) = match self.node.applied.read().ok().and_then(|a| a.state.trust.clone()) {
-            Some(t) => (t.roots_pem(), t.rotating() && !root.is_empty() && t.holders.get(&holder) != Some(&root)),
-            None => (String::new(), false),
+        let (roots_digest, behind) = match self.node.applied.read().as_deref().map(|a| a.state.trust.as_ref()) {
+            Ok(Some(t)) => (
+                berth_proto::renew::roots_digest(&t.roots_pem()),
+                t.rotating() && !root.is_empty() && t.holders.get(&holder) != Some(&root),
+            ),
+            _ => (String::new(), false),
         };
         if behind {
             self.node.write(Command::Holds { holder, root }).await?;
         }
-        let roots_digest = if roots.is_empty() { String::new() } else { berth_proto::renew::roots_digest(&roots) };
         Ok(Response::new(HeartbeatReply { roots_digest }))
     }
 
@@ -183,15 +177,7 @@ impl Agent for AgentApi {
         let me = auth::caller(&req)?;
         let csr = req.into_inner().csr;
         let op = LeaderOp::Renew { name: me.name, role: me.role.to_string(), csr };
-        match self.node.run(op).await? {
-            crate::node::LeaderReply::Admitted(j) => Ok(Response::new(JoinReply {
-                node_id: j.node_id,
-                role: j.role,
-                certificate_chain: j.chain,
-                roots: j.roots,
-            })),
-            other => Err(Status::internal(format!("unexpected reply from the leader: {other:?}"))),
-        }
+        Ok(Response::new(self.node.certificate(op).await?.into()))
     }
 
     type WatchTasksStream = ReceiverStream<Result<AssignedTasks, Status>>;

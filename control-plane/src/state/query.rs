@@ -77,11 +77,7 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
             },
             Some(t) => QueryReply::CaStatus {
                 root: t.ca.digest(),
-                trusted: t
-                    .roots
-                    .iter()
-                    .map(|r| berth_proto::pki::Ca { cert: r.clone(), key: String::new() }.digest())
-                    .collect(),
+                trusted: t.roots.iter().map(|r| berth_proto::pki::digest(r)).collect(),
                 pending: state.rotation_pending(servers),
                 roots: t.roots_pem(),
             },

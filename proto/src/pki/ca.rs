@@ -117,7 +117,7 @@ impl Ca {
 
     /// SHA-256 of the root certificate: what a join token pins.
     pub fn digest(&self) -> String {
-        certificates(&self.cert).ok().and_then(|c| c.first().map(|d| fingerprint(d))).unwrap_or_default()
+        super::digest(&self.cert)
     }
 
     /// Signs the public key of `csr` (PEM) into a certificate naming

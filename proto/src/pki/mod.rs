@@ -163,6 +163,12 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex(&Sha256::digest(der))
 }
 
+/// The fingerprint of the first certificate in `pem` (a root's digest, as
+/// join tokens pin it); empty if there is none.
+pub fn digest(pem: &str) -> String {
+    certificates(pem).ok().and_then(|c| c.first().map(|d| fingerprint(d))).unwrap_or_default()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
