@@ -150,6 +150,8 @@ mod tests {
             ports: vec![],
             restart: RestartPolicy::Always,
             constraints: vec![],
+            pids_limit: None,
+            seccomp: Default::default(),
         }
     }
 
@@ -194,7 +196,8 @@ mod tests {
         );
 
         let t = Task::new("web", 1, 1, 1, TaskSpec::from(&spec(1)));
-        let changes = vec![TaskChange::Create(t.clone()), TaskChange::Assign { id: t.id.clone(), node: "n1".into() }];
+        let changes =
+            vec![TaskChange::Create(Box::new(t.clone())), TaskChange::Assign { id: t.id.clone(), node: "n1".into() }];
         assert_eq!(
             step(&mut s, Command::Reconcile { changes, at_ms: 1 }),
             ["task create web.1.1 image=registry:5000/web:1,service=web", "task assign web.1.1 node=alpha"]

@@ -86,7 +86,10 @@ pub enum LeaderReply {
 }
 
 /// What one attempt of an op came to; also the answer of `Raft.Forward`.
+/// One lives per request and is matched in many places, so the large
+/// variant is not boxed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
 pub enum Step {
     Done(Result<LeaderReply, OpError>),
     NotLeader,

@@ -99,7 +99,7 @@ pub fn reconcile(state: &State) -> Vec<TaskChange> {
         }
     }
     let Plan { mut changes, stopping } = plan;
-    changes.extend(created.iter().cloned().map(TaskChange::Create));
+    changes.extend(created.iter().cloned().map(|t| TaskChange::Create(Box::new(t))));
     changes.extend(place(state, &stopping, &created));
 
     // Forget what has stopped, or can no longer tell us it has.

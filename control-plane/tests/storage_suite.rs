@@ -39,6 +39,8 @@ async fn proposals_apply_per_command_and_reopen_from_snapshot() -> anyhow::Resul
         ports: vec![],
         restart: Default::default(),
         constraints: vec![],
+        pids_limit: None,
+        seccomp: Default::default(),
     };
     let entry = |index, commands| Entry::<TypeConfig> {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),

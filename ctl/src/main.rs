@@ -44,6 +44,7 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum Command {
     /// Services: create, list, inspect, remove
     #[command(subcommand)]
@@ -108,6 +109,7 @@ enum NodeCmd {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum ServiceCmd {
     /// Create a service
     Create {
@@ -134,6 +136,12 @@ enum ServiceCmd {
         /// Where tasks may run: node.name == X, node.labels.KEY != Y (repeatable)
         #[arg(long = "constraint")]
         constraints: Vec<String>,
+        /// The most processes each task may have (default: the node's)
+        #[arg(long, allow_negative_numbers = true)]
+        pids_limit: Option<i64>,
+        /// seccomp=default|unconfined|PROFILE.json: the containers' syscall filter
+        #[arg(long = "security-opt", value_name = "seccomp=...")]
+        security_opt: Option<String>,
         /// The command and its arguments, after `--`
         #[arg(last = true)]
         command: Vec<String>,
@@ -259,8 +267,11 @@ async fn run(cli: Cli) -> Result<String> {
             publish,
             restart,
             constraints,
+            pids_limit,
+            security_opt,
             command,
         }) => {
+            let security = security_opt.as_deref().map(spec::security_opt).transpose().context("--security-opt")?;
             let spec = pb::ServiceSpec {
                 name,
                 image,
@@ -274,6 +285,8 @@ async fn run(cli: Cli) -> Result<String> {
                 ports: publish.iter().map(|p| spec::parse_publish(p)).collect::<Result<_>>().context("--publish")?,
                 restart,
                 constraints,
+                pids_limit: pids_limit.unwrap_or(0),
+                security,
             };
             spec::check(&spec)?;
             let name = spec.name.clone();
@@ -347,7 +360,12 @@ async fn run(cli: Cli) -> Result<String> {
             } else {
                 std::fs::read_to_string(&file).with_context(|| format!("cannot read {file}"))?
             };
-            let specs = spec::parse_file(&text).with_context(|| format!("invalid spec file {file}"))?;
+            // Files a spec names are relative to the spec's own directory.
+            let dir = match std::path::Path::new(&file).parent() {
+                Some(d) if file != "-" && !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => std::path::PathBuf::from("."),
+            };
+            let specs = spec::parse_file(&text, &dir).with_context(|| format!("invalid spec file {file}"))?;
             let mut out = String::new();
             for spec in specs {
                 let name = spec.name.clone();

@@ -322,6 +322,8 @@ mod tests {
             ports: vec![],
             restart: Default::default(),
             constraints: vec![],
+            pids_limit: None,
+            seccomp: Default::default(),
         };
         let s = Service { spec, version: 3 };
         let e = |slot: u32, address: &str, node: &str| Endpoint {

@@ -6,9 +6,10 @@
 //! live in one place.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use berth_proto::model::parse_memory;
+use berth_proto::model::{parse_memory, Seccomp};
 use berth_proto::pb::cluster as pb;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
@@ -34,6 +35,16 @@ struct SpecFile {
     /// `node.labels.zone == a`, `node.name != x`.
     #[serde(default)]
     constraints: Vec<String>,
+    #[serde(default)]
+    security: SecurityFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecurityFile {
+    /// `default`, `unconfined`, or a profile file's path (relative to the spec file).
+    #[serde(default)]
+    seccomp: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -43,6 +54,9 @@ struct ResourcesFile {
     cpus: f64,
     #[serde(default)]
     memory: Option<Value>,
+    /// The most processes each task may have.
+    #[serde(default)]
+    pids: i64,
 }
 
 fn one() -> i64 {
@@ -51,8 +65,9 @@ fn one() -> i64 {
 
 /// Parses every YAML document in `text` (separated by `---`) as a service,
 /// and checks every spec the way the server will, so that a bad document
-/// stops the whole file before anything is written.
-pub fn parse_file(text: &str) -> Result<Vec<pb::ServiceSpec>> {
+/// stops the whole file before anything is written. Files a spec names
+/// (seccomp profiles) are read relative to `dir`.
+pub fn parse_file(text: &str, dir: &Path) -> Result<Vec<pb::ServiceSpec>> {
     let mut specs = Vec::new();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let value = Value::deserialize(doc).with_context(|| format!("document {}", i + 1))?;
@@ -60,7 +75,7 @@ pub fn parse_file(text: &str) -> Result<Vec<pb::ServiceSpec>> {
             continue;
         }
         let file: SpecFile = serde_yaml_ng::from_value(value).with_context(|| format!("document {}", i + 1))?;
-        let spec = file.into_wire().with_context(|| format!("document {}", i + 1))?;
+        let spec = file.into_wire(dir).with_context(|| format!("document {}", i + 1))?;
         check(&spec).with_context(|| format!("document {} (service {:?})", i + 1, spec.name))?;
         specs.push(spec);
     }
@@ -71,7 +86,7 @@ pub fn parse_file(text: &str) -> Result<Vec<pb::ServiceSpec>> {
 }
 
 impl SpecFile {
-    fn into_wire(self) -> Result<pb::ServiceSpec> {
+    fn into_wire(self, dir: &Path) -> Result<pb::ServiceSpec> {
         let memory_bytes = match self.resources.memory {
             None => 0,
             Some(Value::Number(n)) => {
@@ -96,8 +111,27 @@ impl SpecFile {
             ports,
             restart: self.restart,
             constraints: self.constraints,
+            pids_limit: self.resources.pids,
+            security: self.security.seccomp.map(|s| security(&s, dir).context("security")).transpose()?,
         })
     }
+}
+
+/// A seccomp mode or profile file (`default`, `unconfined` or a path
+/// relative to `dir`) as the wire carries it.
+fn security(seccomp: &str, dir: &Path) -> Result<pb::Security> {
+    Seccomp::from_value(seccomp, dir).map(security_pb).map_err(|e| anyhow!(e))
+}
+
+/// `--security-opt seccomp=...` as the wire carries it; a profile file is
+/// read from the working directory.
+pub fn security_opt(option: &str) -> Result<pb::Security> {
+    Seccomp::from_option(option, Path::new(".")).map(security_pb).map_err(|e| anyhow!(e))
+}
+
+fn security_pb(seccomp: Seccomp) -> pb::Security {
+    let (seccomp, seccomp_profile) = seccomp.to_wire();
+    pb::Security { seccomp, seccomp_profile }
 }
 
 fn port_value(v: &Value) -> Result<pb::PortSpec> {
@@ -193,6 +227,7 @@ mod tests {
              resources: {cpus: 0.5, memory: 64Mi}\nports: [\"8080:80\", {target: 53, protocol: udp}]\nrestart: on-failure\n\
              constraints: [\"node.labels.zone == a\"]\n\
              ---\nname: db\nimage: busybox\n",
+            Path::new("."),
         )
         .expect("valid");
         assert_eq!(specs.len(), 2);
@@ -212,7 +247,7 @@ mod tests {
     }
 
     fn err(text: &str) -> String {
-        format!("{:#}", parse_file(text).expect_err("must be rejected"))
+        format!("{:#}", parse_file(text, Path::new(".")).expect_err("must be rejected"))
     }
 
     #[test]
@@ -226,6 +261,34 @@ mod tests {
         assert!(err("").contains("no service"));
         let second_bad = err("name: ok\nimage: busybox\n---\nname: bad\nimage: busybox\nreplicas: -2\n");
         assert!(second_bad.contains("document 2") && second_bad.contains("replicas"), "{second_bad}");
+    }
+
+    #[test]
+    fn security_and_pids_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let profile =
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["chmod"],"action":"SCMP_ACT_ERRNO"}]}"#;
+        std::fs::write(dir.path().join("p.json"), profile).expect("write");
+        let text = "name: a\nimage: busybox\nresources: {pids: 50}\nsecurity: {seccomp: p.json}\n\
+                    ---\nname: b\nimage: busybox\nsecurity: {seccomp: unconfined}\n---\nname: c\nimage: busybox\n";
+        let specs = parse_file(text, dir.path()).expect("valid");
+        assert_eq!(specs[0].pids_limit, 50);
+        assert_eq!(specs[0].security, Some(pb::Security { seccomp: String::new(), seccomp_profile: profile.into() }));
+        assert_eq!(specs[1].security.as_ref().map(|s| s.seccomp.as_str()), Some("unconfined"));
+        assert_eq!((specs[2].pids_limit, specs[2].security.clone()), (0, None));
+
+        assert!(err("name: a\nimage: b\nsecurity: {seccomp: missing.json}\n").contains("missing.json"));
+        assert!(err("name: a\nimage: b\nsecurity: {apparmor: x}\n").contains("apparmor"));
+        assert!(err("name: a\nimage: b\nresources: {pids: -1}\n").contains("pids_limit"));
+        std::fs::write(dir.path().join("docker.json"), r#"{"defaultAction":"SCMP_ACT_ERRNO","archMap":[]}"#)
+            .expect("write");
+        let docker = format!(
+            "{:#}",
+            parse_file("name: a\nimage: b\nsecurity: {seccomp: docker.json}\n", dir.path()).expect_err("refused")
+        );
+        assert!(docker.contains("archMap"), "{docker}");
+        assert!(security_opt("apparmor=x").is_err());
+        assert_eq!(security_opt("seccomp=unconfined").expect("ok").seccomp, "unconfined");
     }
 
     #[test]

@@ -2,11 +2,17 @@
 # Sourced, not run. Every script that needs something installs it itself, so
 # a fresh Debian machine needs nothing beforehand.
 
-# ensure_packages CMD:PACKAGE... installs PACKAGE when CMD is missing.
+# ensure_packages CMD:PACKAGE... installs PACKAGE when CMD is missing; a
+# CMD that starts with / is a file the package installs (a library's header).
 ensure_packages() {
-  local missing=() pair
+  local missing=() pair want
   for pair in "$@"; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    want=${pair%%:*}
+    if [[ $want == /* ]]; then
+      [ -e "$want" ] || missing+=("${pair#*:}")
+    else
+      command -v "$want" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    fi
   done
   ((${#missing[@]})) || return 0
   echo "installing ${missing[*]}" >&2
@@ -16,8 +22,11 @@ ensure_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-# ensure_rust makes cargo available (rustup's stable toolchain when absent).
+# ensure_rust makes cargo available (rustup's stable toolchain when absent),
+# with what berth's build links: libseccomp (the shim loads seccomp filters
+# with it) and a C toolchain.
 ensure_rust() {
+  ensure_packages gcc:gcc /usr/include/seccomp.h:libseccomp-dev
   [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
   if ! command -v cargo >/dev/null 2>&1; then
     ensure_packages curl:curl gcc:gcc

@@ -159,17 +159,22 @@ impl Image {
         Ok(Self::new(vec![blob(Tar::busybox()?.finish()?, Compression::Gzip)?]))
     }
 
-    /// busybox, and `/bin/udp-echo` (tests/payload/udp-echo.c, built
-    /// static with gcc) in a second layer: busybox has no UDP server.
-    pub fn busybox_with_udp_echo() -> Result<Self> {
-        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/payload/udp-echo.c");
+    /// busybox, and in a second layer each of tests/payload/NAME.c built
+    /// static with gcc as `/bin/NAME`: `udp-echo` (busybox has no UDP
+    /// server) and `syscalls` (what seccomp denies).
+    pub fn busybox_with_payloads() -> Result<Self> {
+        let payload = Path::new(env!("CARGO_MANIFEST_DIR")).join("payload");
         let dir = tempfile::tempdir()?;
-        let out = dir.path().join("udp-echo");
-        let built = std::process::Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&out).arg(source).status()?;
-        anyhow::ensure!(built.success(), "gcc -static {source} failed (is libc6-dev installed?)");
-        let echo = Tar::default().dir("bin/").file("bin/udp-echo", 0o755, &std::fs::read(&out)?).finish()?;
+        let mut tar = Tar::default().dir("bin/");
+        for name in ["udp-echo", "syscalls"] {
+            let (source, out) = (payload.join(format!("{name}.c")), dir.path().join(name));
+            let built =
+                std::process::Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&out).arg(&source).status()?;
+            anyhow::ensure!(built.success(), "gcc -static {} failed (is libc6-dev installed?)", source.display());
+            tar = tar.file(&format!("bin/{name}"), 0o755, &std::fs::read(&out)?);
+        }
         let mut image = Self::busybox()?;
-        image.layers.push(blob(echo, Compression::Gzip)?);
+        image.layers.push(blob(tar.finish()?, Compression::Gzip)?);
         Ok(image)
     }
 

@@ -109,7 +109,7 @@ fn containers(agents: &[Agent]) -> Vec<Vec<String>> {
 async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()> {
     let hosts = Hosts::new(3)?;
     let registry = Registry::start_at(&hosts.gateway.to_string(), Auth::Anonymous).await?;
-    Image::busybox_with_udp_echo()?.push(&registry.addr, "busybox", "v1").await?;
+    Image::busybox_with_payloads()?.push(&registry.addr, "busybox", "v1").await?;
     let image = format!("{}/busybox:v1", registry.addr);
     let on: Vec<&berth_tests::hosts::Host> = hosts.hosts.iter().collect();
     let mut cluster = Cluster::start_on(&on, &["--node-down-after-ms", "2000"]).await?;

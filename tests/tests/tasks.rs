@@ -68,6 +68,12 @@ fn containers(agents: &[&Agent]) -> BTreeMap<String, (usize, String, i64)> {
     out
 }
 
+/// The pids.max of a task's container, from each of its cgroup dirs.
+fn pids_max(agent: &Agent, task: &str) -> Vec<String> {
+    let dirs = agent.cgroup_dirs(task);
+    dirs.iter().filter_map(|d| std::fs::read_to_string(d.join("pids.max")).ok()).map(|s| s.trim().to_owned()).collect()
+}
+
 /// Runs until stopped, and stops at once on SIGTERM (as PID 1 a shell
 /// has no default action for it, so it traps it).
 const SERVE: &str = "trap 'exit 0' TERM; echo serving; while true; do sleep 0.2; done";
@@ -107,12 +113,7 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
     // Every task's container has the node's default process limit.
     for (task, (node, _, _)) in &running {
         let agent = if node == "alpha" { &a } else { &b };
-        let limits: Vec<String> = agent
-            .cgroup_dirs(task)
-            .iter()
-            .filter_map(|d| std::fs::read_to_string(d.join("pids.max")).ok())
-            .map(|s| s.trim().to_owned())
-            .collect();
+        let limits = pids_max(agent, task);
         ensure!(limits == ["4096"], "{task}: pids.max {limits:?}");
     }
     let on_hosts = containers(&[&a, &b]);
@@ -195,12 +196,17 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
     .await?;
 
     // A changed spec rolls out one task at a time, start-first: at every
-    // look at least 3 tasks run and at most one new one is on its way.
+    // look at least 3 tasks run and at most one new one is on its way. The
+    // new spec has its own process limit and no seccomp filter.
     let spec = cluster.dir.path().join("web.yaml");
-    let v2 = SERVE.replace("serving", "serving v2");
+    let v2 = SERVE.replace("echo serving", "grep Seccomp: /proc/self/status; echo serving v2");
     std::fs::write(
         &spec,
-        format!("name: web\nimage: {image}\nreplicas: 3\ncommand: [sh, -c, {}]\n", serde_json::to_string(&v2)?),
+        format!(
+            "name: web\nimage: {image}\nreplicas: 3\ncommand: [sh, -c, {}]\n\
+             resources: {{pids: 64}}\nsecurity: {{seccomp: unconfined}}\n",
+            serde_json::to_string(&v2)?
+        ),
     )?;
     let before: Vec<String> = tasks(&servers, "web").context("tasks")?.into_keys().collect();
     let (ok, out, err) = berthctl(&servers, &["apply", "-f", spec.to_str().context("path")?])?;
@@ -218,6 +224,12 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
     .await?;
     let (ok, out, err) = berthctl(&servers, &["service", "logs", "web"])?;
     ensure!(ok && out.matches("| serving v2").count() == 3, "{out}{err}");
+    ensure!(out.matches("| Seccomp:\t0").count() == 3, "not unconfined: {out}");
+    // (The old tasks' containers may still be on their way out.)
+    for (task, (index, _, _)) in containers(&[&a, &b]).into_iter().filter(|(t, _)| !before.contains(t)) {
+        let limits = pids_max([&a, &b][index], &task);
+        ensure!(limits == ["64"], "{task}: pids.max {limits:?}");
+    }
 
     // `events` saw services, nodes and tasks change.
     let seen = events.log_text();

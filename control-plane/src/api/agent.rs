@@ -298,14 +298,18 @@ mod tests {
             ports: vec![],
             restart: RestartPolicy::OnFailure,
             constraints: vec![],
+            pids_limit: None,
+            seccomp: Default::default(),
         };
         let mut s = State::default();
         apply(&mut s, &Command::CreateService(spec.clone()));
         let node = node_from(req()).unwrap();
         apply(&mut s, &Command::RegisterNode(node.clone()));
         let t = Task::new("web", 1, 1, 1, TaskSpec::from(&spec));
-        let changes =
-            vec![TaskChange::Create(t.clone()), TaskChange::Assign { id: t.id.clone(), node: node.id.clone() }];
+        let changes = vec![
+            TaskChange::Create(Box::new(t.clone())),
+            TaskChange::Assign { id: t.id.clone(), node: node.id.clone() },
+        ];
         apply(&mut s, &Command::Reconcile { changes, at_ms: 1000 });
         assert_eq!(s.tasks[&t.id].since_ms, 1000);
 
@@ -349,6 +353,8 @@ mod tests {
             ports: vec![PortSpec { published: Some(8080), target: 80, protocol: Protocol::Tcp, name: None }],
             restart: RestartPolicy::Always,
             constraints: vec![],
+            pids_limit: None,
+            seccomp: Default::default(),
         };
         let mut s = State::default();
         let net = NetworkConfig::new("198.19.0.0/16".parse::<Cidr>().unwrap(), 24).unwrap();
@@ -360,7 +366,7 @@ mod tests {
         apply(&mut s, &Command::RegisterNode(a.clone()));
         apply(&mut s, &Command::RegisterNode(b.clone()));
         let tasks: Vec<Task> = (1..=3).map(|slot| Task::new("web", slot, 1, 1, TaskSpec::from(&spec))).collect();
-        let mut changes: Vec<TaskChange> = tasks.iter().map(|t| TaskChange::Create(t.clone())).collect();
+        let mut changes: Vec<TaskChange> = tasks.iter().map(|t| TaskChange::Create(Box::new(t.clone()))).collect();
         for (t, n) in tasks.iter().zip([&a, &b, &b]) {
             changes.push(TaskChange::Assign { id: t.id.clone(), node: n.id.clone() });
         }

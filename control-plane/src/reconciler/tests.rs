@@ -19,6 +19,8 @@ fn spec(name: &str, replicas: u32) -> ServiceSpec {
         ports: vec![],
         restart: RestartPolicy::Always,
         constraints: vec![],
+        pids_limit: None,
+        seccomp: Default::default(),
     }
 }
 

@@ -236,7 +236,7 @@ fn apply_change(state: &mut State, held: &mut Held, change: &TaskChange, at_ms: 
             let slot = format!("{}.{}", task.service, task.slot);
             let last = state.generations.entry(slot).or_default();
             *last = (*last).max(task.generation);
-            state.tasks.insert(task.id.clone(), Task { since_ms: at_ms, ..task.clone() });
+            state.tasks.insert(task.id.clone(), Task { since_ms: at_ms, ..(**task).clone() });
             true
         }
         TaskChange::Assign { id, node } => {
@@ -300,6 +300,8 @@ mod tests {
             ports: vec![],
             restart: RestartPolicy::Always,
             constraints: vec![],
+            pids_limit: None,
+            seccomp: Default::default(),
         }
     }
 
@@ -467,9 +469,9 @@ mod tests {
         apply(&mut s, &Command::RegisterNode(node("n1")));
         let t = Task::new("web", 1, 3, 1, TaskSpec::default());
         let changes = vec![
-            TaskChange::Create(t.clone()),
-            TaskChange::Create(t.clone()),
-            TaskChange::Create(Task::new("gone", 1, 1, 1, TaskSpec::default())),
+            TaskChange::Create(Box::new(t.clone())),
+            TaskChange::Create(Box::new(t.clone())),
+            TaskChange::Create(Box::new(Task::new("gone", 1, 1, 1, TaskSpec::default()))),
             TaskChange::Assign { id: t.id.clone(), node: "nowhere".into() },
             TaskChange::Assign { id: t.id.clone(), node: "n1".into() },
             TaskChange::Unplaced { id: t.id.clone(), reason: "late".into() },
@@ -501,8 +503,8 @@ mod tests {
         };
         let (a, b) = (task(1, u64::MAX - 20), task(2, 100));
         let changes = vec![
-            TaskChange::Create(a.clone()),
-            TaskChange::Create(b.clone()),
+            TaskChange::Create(Box::new(a.clone())),
+            TaskChange::Create(Box::new(b.clone())),
             TaskChange::Assign { id: a.id.clone(), node: "n1".into() },
             // u64::MAX - 20 + 100 wraps to 79 without the check.
             TaskChange::Assign { id: b.id.clone(), node: "n1".into() },

@@ -180,8 +180,9 @@ pub use berth_proto::model::TaskReport;
 /// One decision of the reconciler about one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TaskChange {
-    /// A new task for a slot (its id must be unused).
-    Create(Task),
+    /// A new task for a slot (its id must be unused). Boxed: a change list
+    /// holds many small changes (serde writes a box as its content).
+    Create(Box<Task>),
     /// Placed on a node that may take tasks.
     Assign { id: String, node: String },
     /// Stays pending; the reason is shown in `service ps`.

@@ -3,12 +3,13 @@
 //! exit code. Ctrl-C stops the container.
 
 use std::hash::{BuildHasher, Hasher};
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use berth_node_agent::image::ImageRef;
 use berth_node_agent::runtime::logs::Follower;
-use berth_node_agent::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode, Shim};
+use berth_node_agent::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode, Seccomp, Shim};
 use berth_proto::model::parse_memory;
 
 use super::{cpus_flag, memory_flag, print_lines, Node};
@@ -46,6 +47,10 @@ pub struct RunArgs {
     /// Rotated log files to keep.
     #[arg(long, default_value_t = 2)]
     pub log_max_files: u32,
+    /// seccomp=default|unconfined|PROFILE.json: the syscall filter (an OCI
+    /// profile file, relative to the working directory).
+    #[arg(long = "security-opt", value_name = "seccomp=...")]
+    pub security_opt: Option<String>,
     /// Seconds between SIGTERM and SIGKILL when stopping on Ctrl-C.
     #[arg(long, default_value_t = 10)]
     pub stop_timeout: u64,
@@ -65,6 +70,10 @@ pub enum Network {
 
 pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
     let limits = limits(&args)?;
+    let seccomp = match &args.security_opt {
+        Some(opt) => Seccomp::from_option(opt, Path::new(".")).map_err(|e| anyhow!("--security-opt: {e}"))?,
+        None => Seccomp::Default,
+    };
     for var in &args.env {
         if !var.contains('=') || var.starts_with('=') {
             bail!("--env {var:?} is not KEY=VALUE");
@@ -102,6 +111,7 @@ pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
         },
         created_at_ms: record::now_ms(),
         task: None,
+        seccomp,
     };
     node.runtime.create(&config)?;
     let shim = match node.runtime.start(&name).await {

@@ -189,12 +189,13 @@ fn container_config(
         limits: Limits {
             memory_bytes: Some(spec.resources.memory_bytes).filter(|m| *m > 0),
             cpu_millis: Some(spec.resources.cpu_millis).filter(|c| *c > 0),
-            pids: settings.pids_limit,
+            pids: spec.pids_limit.or(settings.pids_limit),
         },
         network,
         cgroup_parent: settings.cgroup_parent.clone(),
         log: LogPolicy::default(),
         created_at_ms: record::now_ms(),
         task: Some(task.id.clone()),
+        seccomp: spec.seccomp.clone(),
     }
 }

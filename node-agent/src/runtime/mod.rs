@@ -14,6 +14,7 @@
 
 pub mod record;
 pub mod rootfs;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 
@@ -29,7 +30,7 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub use berth_monitor::{cgroup, logs};
-pub use record::{ContainerConfig, Dirs, Exited, Limits, LogPolicy, NetworkMode, Started};
+pub use record::{ContainerConfig, Dirs, Exited, Limits, LogPolicy, NetworkMode, Seccomp, Started};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 pub use berth_monitor::record::{now_ms, process_start, read, write, write_durable, Dirs, Exited, LogPolicy, EXITED};
 
+pub use berth_proto::model::Seccomp;
+
 use crate::image::ImageConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +47,9 @@ pub struct ContainerConfig {
     /// The cluster task this container runs, if the agent made it for one.
     #[serde(default)]
     pub task: Option<String>,
+    /// Its syscall filter; containers recorded before seccomp get the default.
+    #[serde(default)]
+    pub seccomp: Seccomp,
 }
 
 impl ContainerConfig {
@@ -67,6 +72,7 @@ impl ContainerConfig {
             log: LogPolicy::default(),
             created_at_ms: 0,
             task: None,
+            seccomp: Seccomp::Default,
         }
     }
 

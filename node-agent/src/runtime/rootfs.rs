@@ -44,7 +44,9 @@ pub fn mount_rootfs(dirs: &Dirs, layers: &[PathBuf]) -> io::Result<PathBuf> {
         }
     }
     let options = overlay_options(&layers, &upper, &work);
-    mount(Some("overlay"), &rootfs, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
+    // nodev: a device node in an image's layer (or made by a container
+    // given CAP_MKNOD) does not open; /dev is a mount of its own.
+    mount(Some("overlay"), &rootfs, Some("overlay"), MsFlags::MS_NODEV, Some(options.as_str()))
         .map_err(|e| io::Error::other(format!("mounting the overlay root at {}: {e}", rootfs.display())))?;
     Ok(rootfs)
 }

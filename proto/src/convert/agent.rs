@@ -5,7 +5,7 @@
 
 use crate::model::{
     validate_image, validate_name, AssignedTask, Assignment, InvalidField, NodeNetwork, Peer, PortSpec, Protocol,
-    Replica, Resources, RestartPolicy, ServiceEndpoints, TaskReport, TaskSpec, TaskState,
+    Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints, TaskReport, TaskSpec, TaskState,
 };
 use crate::pb::agent as pb;
 
@@ -75,6 +75,7 @@ impl TryFrom<pb::AssignedTask> for AssignedTask {
         }
         let restart = RestartPolicy::parse(&t.restart)
             .ok_or_else(|| InvalidField::new("restart", &t.restart, "one of always, on-failure, never"))?;
+        let seccomp = Seccomp::from_wire("seccomp", &t.seccomp, &t.seccomp_profile)?;
         let address = match t.address.as_str() {
             "" => None,
             a => Some(a.parse().map_err(|_| InvalidField::new("address", a, "an IPv4 address"))?),
@@ -87,6 +88,8 @@ impl TryFrom<pb::AssignedTask> for AssignedTask {
                 env: t.env.into_iter().collect(),
                 resources: Resources { cpu_millis: t.cpu_millis, memory_bytes: t.memory_bytes },
                 restart,
+                pids_limit: Some(t.pids_limit).filter(|n| *n > 0),
+                seccomp,
             },
             restarts: t.restarts,
             address,
@@ -198,6 +201,7 @@ impl From<Assignment> for pb::AssignedTasks {
 
 impl From<AssignedTask> for pb::AssignedTask {
     fn from(t: AssignedTask) -> Self {
+        let (seccomp, seccomp_profile) = t.spec.seccomp.to_wire();
         Self {
             id: t.id,
             image: t.spec.image,
@@ -208,6 +212,9 @@ impl From<AssignedTask> for pb::AssignedTask {
             restart: t.spec.restart.to_string(),
             restarts: t.restarts,
             address: t.address.map(|a| a.to_string()).unwrap_or_default(),
+            pids_limit: t.spec.pids_limit.unwrap_or(0),
+            seccomp,
+            seccomp_profile,
         }
     }
 }
@@ -283,6 +290,9 @@ mod tests {
                 restart: "on-failure".into(),
                 restarts: 3,
                 address: "198.19.1.2".into(),
+                pids_limit: 128,
+                seccomp: "unconfined".into(),
+                seccomp_profile: String::new(),
             }],
             subnet: "198.19.1.0/24".into(),
             cluster_cidr: "198.19.0.0/16".into(),

@@ -30,6 +30,12 @@ impl TryFrom<pb::ServiceSpec> for model::ServiceSpec {
             .enumerate()
             .map(|(i, c)| c.parse().map_err(|e| InvalidField { field: format!("constraints[{i}]"), ..e }))
             .collect::<Result<_, _>>()?;
+        let pids_limit = match p.pids_limit {
+            0 => None,
+            n => Some(u64::try_from(n).map_err(|_| InvalidField::new("pids_limit", n, "a number of processes >= 0"))?),
+        };
+        let security = p.security.unwrap_or_default();
+        let seccomp = model::Seccomp::from_wire("security.seccomp", &security.seccomp, &security.seccomp_profile)?;
         let spec = model::ServiceSpec {
             name: p.name,
             image: p.image,
@@ -40,6 +46,8 @@ impl TryFrom<pb::ServiceSpec> for model::ServiceSpec {
             ports,
             restart,
             constraints,
+            pids_limit,
+            seccomp,
         };
         spec.validate()?;
         Ok(spec)
@@ -82,6 +90,8 @@ impl From<model::ServiceSpec> for pb::ServiceSpec {
                 .collect(),
             restart: s.restart.to_string(),
             constraints: s.constraints.iter().map(ToString::to_string).collect(),
+            pids_limit: s.pids_limit.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+            security: Some(security_to_pb(&s.seccomp)),
         }
     }
 }
@@ -99,6 +109,11 @@ impl TryFrom<pb::Service> for model::Service {
         let spec = s.spec.ok_or_else(|| InvalidField::new("spec", "", "a service spec"))?;
         Ok(Self { spec: spec.try_into()?, version: s.version })
     }
+}
+
+fn security_to_pb(seccomp: &model::Seccomp) -> pb::Security {
+    let (seccomp, seccomp_profile) = seccomp.to_wire();
+    pb::Security { seccomp, seccomp_profile }
 }
 
 fn resources_to_pb(r: Resources) -> pb::Resources {
@@ -212,6 +227,8 @@ impl TryFrom<pb::Task> for model::TaskInfo {
                 resources: resources_from_pb("resources", p.resources)?,
                 restart: RestartPolicy::parse(&p.restart)
                     .ok_or_else(|| InvalidField::new("restart", &p.restart, "one of always, on-failure, never"))?,
+                // The task view does not carry the service's limits and filter.
+                ..Default::default()
             },
             node: Some(p.node_id).filter(|n| !n.is_empty()),
             desired,
@@ -270,6 +287,11 @@ mod tests {
             replicas: 2,
             resources: Some(pb::Resources { cpus: 0.25, memory_bytes: 1 << 20 }),
             ports: vec![pb::PortSpec { published: 8080, target: 80, protocol: String::new(), name: String::new() }],
+            pids_limit: 100,
+            security: Some(pb::Security {
+                seccomp: String::new(),
+                seccomp_profile: r#"{"defaultAction": "SCMP_ACT_LOG"}"#.into(),
+            }),
             ..Default::default()
         }
     }
@@ -283,6 +305,11 @@ mod tests {
         let m = model::ServiceSpec::try_from(wire()).expect("valid");
         assert_eq!(m.resources.cpu_millis, 250);
         assert_eq!(m.ports[0].protocol, Protocol::Tcp);
+        assert_eq!(m.pids_limit, Some(100));
+        assert!(matches!(m.seccomp, model::Seccomp::Profile(_)));
+        let unset = model::ServiceSpec::try_from(pb::ServiceSpec { pids_limit: 0, security: None, ..wire() });
+        let unset = unset.expect("valid");
+        assert_eq!((unset.pids_limit, unset.seccomp), (None, model::Seccomp::Default));
         let back = pb::ServiceSpec::from(m.clone());
         assert_eq!(model::ServiceSpec::try_from(back).expect("valid"), m);
     }
@@ -305,5 +332,10 @@ mod tests {
         assert_eq!(field(pb::ServiceSpec { restart: "sometimes".into(), ..wire() }), "restart");
         let constraints = vec!["node.name == a".into(), "zone = b".into()];
         assert_eq!(field(pb::ServiceSpec { constraints, ..wire() }), "constraints[1]");
+        assert_eq!(field(pb::ServiceSpec { pids_limit: -1, ..wire() }), "pids_limit");
+        let security =
+            |mode: &str, profile: &str| Some(pb::Security { seccomp: mode.into(), seccomp_profile: profile.into() });
+        assert_eq!(field(pb::ServiceSpec { security: security("off", ""), ..wire() }), "security.seccomp");
+        assert_eq!(field(pb::ServiceSpec { security: security("", "{}"), ..wire() }), "security.seccomp");
     }
 }

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{validate_image, Constraint, InvalidField};
+use super::{validate_image, Constraint, InvalidField, Seccomp};
 
 /// A declared service: its spec and how many times the spec changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +36,12 @@ pub struct ServiceSpec {
     /// Where its tasks may run; every one must hold.
     #[serde(default)]
     pub constraints: Vec<Constraint>,
+    /// The most processes each task may have; `None` for the node's default
+    /// (`berth-agent --pids-limit`).
+    #[serde(default)]
+    pub pids_limit: Option<u64>,
+    #[serde(default)]
+    pub seccomp: Seccomp,
 }
 
 /// Requested resources; zero means "no request, no limit".
@@ -286,6 +292,8 @@ mod tests {
             ports: vec![PortSpec { published: Some(8080), target: 80, protocol: Protocol::Tcp, name: None }],
             restart: RestartPolicy::Always,
             constraints: vec!["node.labels.zone == a".parse().unwrap()],
+            pids_limit: Some(100),
+            seccomp: Seccomp::Default,
         }
     }
 

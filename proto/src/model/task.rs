@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Resources, RestartPolicy, ServiceSpec};
+use super::{Resources, RestartPolicy, Seccomp, ServiceSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
@@ -53,6 +53,10 @@ pub struct TaskSpec {
     pub env: BTreeMap<String, String>,
     pub resources: Resources,
     pub restart: RestartPolicy,
+    #[serde(default)]
+    pub pids_limit: Option<u64>,
+    #[serde(default)]
+    pub seccomp: Seccomp,
 }
 
 impl From<&ServiceSpec> for TaskSpec {
@@ -63,6 +67,8 @@ impl From<&ServiceSpec> for TaskSpec {
             env: s.env.clone(),
             resources: s.resources,
             restart: s.restart,
+            pids_limit: s.pids_limit,
+            seccomp: s.seccomp.clone(),
         }
     }
 }

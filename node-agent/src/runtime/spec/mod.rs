@@ -1,18 +1,27 @@
 //! The OCI runtime spec of a container, as a pure function of what to run
 //! (its [`ContainerConfig`]) and the image's `/etc/passwd` and `/etc/group`.
 //!
-//! Defaults follow Docker's: its capability set, no_new_privs, runc's
-//! masked and read-only paths, private PID/mount/UTS/IPC/cgroup namespaces
-//! and a private network namespace unless the host's is asked for.
-//! Seccomp is off: libcontainer is built without libseccomp.
+//! Defaults follow Docker's: its capability set less CAP_MKNOD (as
+//! Podman's), its seccomp profile (see [`super::seccomp`]), no_new_privs,
+//! runc's masked and read-only paths, a device cgroup that allows only the
+//! standard character devices (cgroup v1; libcontainer adds those to the
+//! deny-all here), private PID/mount/UTS/IPC/cgroup namespaces and a
+//! private network namespace unless the host's is asked for.
+//!
+//! Why not CAP_MKNOD: cgroup v2 guards devices with a BPF program that this
+//! build of libcontainer does not load (it would bring libbpf and libelf).
+//! Without the capability a container cannot make a device node; the root
+//! is mounted `nodev` (see [`super::rootfs`]), so nodes shipped in an
+//! image's layers do not open either. /dev is libcontainer's tmpfs with
+//! only the standard nodes.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder,
-    Spec, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 use super::record::{ContainerConfig, NetworkMode};
@@ -21,13 +30,12 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// CPU quota period: 100 ms, as Docker and Kubernetes use.
 const CPU_PERIOD_US: u64 = 100_000;
 
-/// Docker's default capability set.
-pub const DEFAULT_CAPS: [Capability; 14] = [
+/// Docker's default capability set, less CAP_MKNOD.
+pub const DEFAULT_CAPS: [Capability; 13] = [
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,
     Capability::Fowner,
-    Capability::Mknod,
     Capability::NetRaw,
     Capability::Setgid,
     Capability::Setuid,
@@ -49,6 +57,8 @@ pub enum SpecError {
     UnknownGroup(String),
     #[error("building the runtime spec: {0}")]
     Build(String),
+    #[error("seccomp: {0}")]
+    Seccomp(String),
 }
 
 /// Files the container sees at `/etc/hostname`, `/etc/hosts`,
@@ -92,7 +102,9 @@ pub fn build(
         .build()
         .map_err(err)?;
 
-    let mut resources = LinuxResourcesBuilder::default();
+    // Deny every device; libcontainer allows the standard ones over this.
+    let deny_devices = LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(err)?;
+    let mut resources = LinuxResourcesBuilder::default().devices(vec![deny_devices]);
     let limits = config.limits;
     if let Some(bytes) = limits.memory_bytes {
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
@@ -121,7 +133,11 @@ pub fn build(
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(err)?;
-    linux = LinuxBuilder::default()
+    let mut builder = LinuxBuilder::default();
+    if let Some(filter) = super::seccomp::filter(&config.seccomp).map_err(SpecError::Seccomp)? {
+        builder = builder.seccomp(filter);
+    }
+    linux = builder
         .namespaces(namespaces)
         .resources(resources.build().map_err(err)?)
         .cgroups_path(PathBuf::from(config.cgroup_path()))

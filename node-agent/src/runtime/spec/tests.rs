@@ -1,6 +1,6 @@
 use super::*;
 use crate::image::ImageConfig;
-use crate::runtime::record::Limits;
+use crate::runtime::record::{Limits, Seccomp};
 
 fn config() -> ContainerConfig {
     ContainerConfig {
@@ -83,12 +83,38 @@ fn spec_carries_limits_namespaces_and_hardening() {
     let process = spec.process().as_ref().unwrap();
     assert_eq!(process.no_new_privileges(), Some(true));
     let caps = process.capabilities().as_ref().unwrap();
-    assert_eq!(caps.bounding().as_ref().unwrap().len(), 14);
-    assert!(!caps.bounding().as_ref().unwrap().contains(&Capability::SysAdmin));
+    assert_eq!(caps.bounding().as_ref().unwrap().len(), 13);
+    for cap in [Capability::SysAdmin, Capability::Mknod] {
+        assert!(!caps.bounding().as_ref().unwrap().contains(&cap), "{cap:?}");
+    }
     assert_eq!(process.cwd(), std::path::Path::new("/srv"));
     assert_eq!(spec.hostname().as_deref(), Some("web-1"));
     let dests: Vec<_> = spec.mounts().as_ref().unwrap().iter().map(|m| m.destination().clone()).collect();
     assert!(dests.contains(&"/etc/resolv.conf".into()) && dests.contains(&"/sys".into()));
+}
+
+/// What guards devices on either cgroup version, as generated: no
+/// CAP_MKNOD (above), a deny-all device rule (which libcontainer opens to
+/// the standard character devices on v1), and the default filter.
+#[test]
+fn devices_are_denied_and_the_default_filter_is_on_unless_unconfined() {
+    let mut c = config();
+    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc()).unwrap();
+    let linux = spec.linux().as_ref().unwrap();
+    let devices = linux.resources().as_ref().unwrap().devices().clone().unwrap();
+    assert_eq!(devices.len(), 1);
+    assert!(!devices[0].allow() && devices[0].typ().is_none() && devices[0].access().as_deref() == Some("rwm"));
+    let filter = linux.seccomp().as_ref().expect("a filter by default");
+    assert_eq!(filter.default_action(), oci_spec::runtime::LinuxSeccompAction::ScmpActErrno);
+    let allowed = &filter.syscalls().as_ref().unwrap()[0];
+    assert!(allowed.names().iter().any(|n| n == "execve"));
+    assert!(!allowed.names().iter().any(|n| n == "mount"));
+
+    c.seccomp = Seccomp::Unconfined;
+    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc()).unwrap();
+    assert!(spec.linux().as_ref().unwrap().seccomp().is_none());
+    c.seccomp = Seccomp::Profile("{\"defaultAction\": \"SCMP_ACT_BOGUS\"}".into());
+    assert!(matches!(build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc()), Err(SpecError::Seccomp(_))));
 }
 
 #[test]
