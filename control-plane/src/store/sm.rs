@@ -15,11 +15,11 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError, StoredMembership};
 use serde::{Deserialize, Serialize};
 
-use super::{flush, read_err, write_err, Entry, LogId, Membership, NodeId, SnapshotMeta, TypeConfig};
+use super::{flush, format, read_err, write_err, Entry, LogId, Membership, NodeId, SnapshotMeta, TypeConfig};
 use crate::state::{apply, Proposal, Response, State};
 
 const SNAP_META: &[u8] = b"meta";
-const SNAP_DATA: &[u8] = b"data";
+pub(super) const SNAP_DATA: &[u8] = b"data";
 
 /// The applied state as readers see it: shared with the API behind a lock.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -95,10 +95,21 @@ impl StateMachineStore {
     }
 }
 
-/// The applied state a snapshot holds; its position and membership come from the meta.
+/// A snapshot's data: the applied state and the format it is written in.
+#[derive(Serialize)]
+struct Marked<'a> {
+    format: u32,
+    #[serde(flatten)]
+    applied: &'a Applied,
+}
+
+/// The applied state a snapshot holds, migrated from the format it names;
+/// its position and membership come from the meta.
 fn decode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<Applied, StorageError<NodeId>> {
-    let mut applied: Applied =
-        serde_json::from_slice(data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+    let fail = |e: String| StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e));
+    let value = serde_json::from_slice(data).map_err(|e| fail(e.to_string()))?;
+    let value = format::THIS.migrate_snapshot(value).map_err(|e| fail(e.to_string()))?;
+    let mut applied: Applied = serde_json::from_value(value).map_err(|e| fail(e.to_string()))?;
     applied.last_applied = meta.last_log_id;
     applied.membership = meta.last_membership.clone();
     Ok(applied)
@@ -108,7 +119,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let (data, last_log_id, last_membership) = {
             let a = self.applied.read().map_err(|_| lock_err())?;
-            (serde_json::to_vec(&*a).map_err(read_err)?, a.last_applied, a.membership.clone())
+            let marked = Marked { format: format::FORMAT, applied: &a };
+            (serde_json::to_vec(&marked).map_err(read_err)?, a.last_applied, a.membership.clone())
         };
         let snapshot_id = match last_log_id {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
