@@ -120,18 +120,13 @@ impl SpecFile {
 /// A seccomp mode or profile file (`default`, `unconfined` or a path
 /// relative to `dir`) as the wire carries it.
 fn security(seccomp: &str, dir: &Path) -> Result<pb::Security> {
-    Seccomp::from_value(seccomp, dir).map(security_pb).map_err(|e| anyhow!(e))
+    Seccomp::from_value(seccomp, dir).map(Into::into).map_err(|e| anyhow!(e))
 }
 
 /// `--security-opt seccomp=...` as the wire carries it; a profile file is
 /// read from the working directory.
 pub fn security_opt(option: &str) -> Result<pb::Security> {
-    Seccomp::from_option(option, Path::new(".")).map(security_pb).map_err(|e| anyhow!(e))
-}
-
-fn security_pb(seccomp: Seccomp) -> pb::Security {
-    let (seccomp, seccomp_profile) = seccomp.to_wire();
-    pb::Security { seccomp, seccomp_profile }
+    Seccomp::from_option(option, Path::new(".")).map(Into::into).map_err(|e| anyhow!(e))
 }
 
 fn port_value(v: &Value) -> Result<pb::PortSpec> {

@@ -95,9 +95,7 @@ impl Formats {
         }
         Ok(value)
     }
-}
 
-impl Formats {
     /// A snapshot's data (of the format it names) in the current format.
     pub fn migrate_snapshot(&self, data: Value) -> Result<Value, FormatError> {
         self.migrate("the snapshot", of_snapshot(&data), data, |m| m.snapshot)

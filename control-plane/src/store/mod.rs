@@ -68,8 +68,9 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), io::Error> {
 /// is refused and left as it is.
 pub fn upgrade(db: &sled::Db, formats: Formats) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (log, snap, meta) = (db.open_tree("log")?, db.open_tree("snap")?, db.open_tree("meta")?);
-    let found = match meta.get(format::KEY)? {
-        Some(v) => serde_json::from_slice::<u32>(&v)?,
+    let recorded = meta.get(format::KEY)?;
+    let found = match &recorded {
+        Some(v) => serde_json::from_slice::<u32>(v)?,
         None if log.is_empty() && snap.is_empty() && meta.is_empty() => formats.current,
         None => format::UNMARKED,
     };
@@ -88,7 +89,7 @@ pub fn upgrade(db: &sled::Db, formats: Formats) -> Result<(), Box<dyn std::error
             migrated["format"] = formats.current.into();
             data = Some(serde_json::to_vec(&migrated)?);
         }
-    } else if meta.get(format::KEY)?.is_some() {
+    } else if recorded.is_some() {
         return Ok(());
     }
     let marker = serde_json::to_vec(&formats.current)?;

@@ -91,7 +91,7 @@ impl From<model::ServiceSpec> for pb::ServiceSpec {
             restart: s.restart.to_string(),
             constraints: s.constraints.iter().map(ToString::to_string).collect(),
             pids_limit: s.pids_limit.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)),
-            security: Some(security_to_pb(&s.seccomp)),
+            security: Some(s.seccomp.into()),
         }
     }
 }
@@ -111,9 +111,11 @@ impl TryFrom<pb::Service> for model::Service {
     }
 }
 
-fn security_to_pb(seccomp: &model::Seccomp) -> pb::Security {
-    let (seccomp, seccomp_profile) = seccomp.to_wire();
-    pb::Security { seccomp, seccomp_profile }
+impl From<model::Seccomp> for pb::Security {
+    fn from(s: model::Seccomp) -> Self {
+        let (seccomp, seccomp_profile) = s.to_wire();
+        Self { seccomp, seccomp_profile }
+    }
 }
 
 fn resources_to_pb(r: Resources) -> pb::Resources {
