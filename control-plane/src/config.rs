@@ -67,6 +67,14 @@ pub struct Args {
     /// the limit named. Servers' own Raft messages are not bound by it.
     #[arg(long, env = "BERTH_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
+    /// Calls one connection may have open at once (HTTP/2 streams; default
+    /// 256). Past it, a client's next call waits for one to end.
+    #[arg(long, env = "BERTH_MAX_STREAMS_PER_CONNECTION")]
+    pub max_streams_per_connection: Option<u32>,
+    /// Log follows and event watches one caller (a user, a server) may have
+    /// open at once on this server (default 32); past it, RESOURCE_EXHAUSTED.
+    #[arg(long, env = "BERTH_MAX_WATCHES_PER_CALLER")]
+    pub max_watches_per_caller: Option<usize>,
     /// A node not heard from for this long is down (default 4000; with the
     /// agents' 1 s heartbeat a dead node is seen within 5 s).
     #[arg(long, env = "BERTH_NODE_DOWN_AFTER_MS")]
@@ -102,6 +110,8 @@ pub struct Config {
     pub keep_logs: u64,
     pub request_timeout: Duration,
     pub max_request_bytes: usize,
+    pub max_streams_per_connection: u32,
+    pub max_watches_per_caller: usize,
     pub node_down_after: Duration,
     pub network: NetworkConfig,
 }
@@ -140,6 +150,11 @@ impl Args {
             keep_logs: self.keep_logs.or(file.keep_logs).unwrap_or(1_000),
             request_timeout: ms(self.request_timeout_ms, file.request_timeout_ms, 5_000),
             max_request_bytes: self.max_request_bytes.or(file.max_request_bytes).unwrap_or(DEFAULT_MAX_REQUEST),
+            max_streams_per_connection: self
+                .max_streams_per_connection
+                .or(file.max_streams_per_connection)
+                .unwrap_or(berth_proto::client::MAX_STREAMS),
+            max_watches_per_caller: self.max_watches_per_caller.or(file.max_watches_per_caller).unwrap_or(32),
             node_down_after: ms(self.node_down_after_ms, file.node_down_after_ms, 4_000),
             network: network(
                 self.cluster_cidr.or(file.cluster_cidr),
@@ -147,6 +162,9 @@ impl Args {
                 self.published_port_range.or(file.published_port_range),
             )?,
         };
+        if cfg.max_streams_per_connection == 0 || cfg.max_watches_per_caller == 0 {
+            bail!("--max-streams-per-connection and --max-watches-per-caller must be more than 0");
+        }
         if cfg.node_down_after.is_zero() {
             bail!("--node-down-after-ms must be more than 0");
         }

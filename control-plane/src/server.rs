@@ -89,9 +89,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let leader_work = tokio::spawn(crate::leader::run(node.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = berth_proto::client::server()
+    let server = berth_proto::client::server(cfg.max_streams_per_connection)
         .add_service(
-            ClusterServer::new(ClusterApi { node: node.clone() })
+            ClusterServer::new(ClusterApi::new(node.clone(), cfg.max_watches_per_caller))
                 .max_decoding_message_size(cfg.max_request_bytes)
                 .max_encoding_message_size(MAX_MESSAGE),
         )

@@ -92,12 +92,22 @@ pub fn channel(addr: &str, settings: &Settings, connector: &Connector) -> Result
     Ok(endpoint.connect_with_connector_lazy(connector.clone()))
 }
 
+/// Calls one connection may have open at once, unless a server is told
+/// otherwise: Go's gRPC and Kubernetes' API server allow 250-1000; each
+/// open call holds a task and buffers here.
+pub const MAX_STREAMS: u32 = 256;
+
 /// The server side of the same settings: pings to notice a client that
-/// froze or vanished mid-stream (a log follower, a watching agent). Serve
-/// it `tls::incoming`.
-pub fn server() -> Server {
+/// froze or vanished mid-stream (a log follower, a watching agent), and at
+/// most `max_streams` calls open per connection (HTTP/2's
+/// MAX_CONCURRENT_STREAMS: a client's next call waits). Serve it
+/// `tls::incoming`.
+pub fn server(max_streams: u32) -> Server {
     let s = Settings::peers();
-    Server::builder().http2_keepalive_interval(Some(s.keepalive)).http2_keepalive_timeout(Some(s.keepalive_timeout))
+    Server::builder()
+        .http2_keepalive_interval(Some(s.keepalive))
+        .http2_keepalive_timeout(Some(s.keepalive_timeout))
+        .max_concurrent_streams(Some(max_streams))
 }
 
 /// Pauses between tries: `first`, doubling up to `max`, from `first`
@@ -351,7 +361,7 @@ mod tests {
         let (tls, c) = trust();
         let incoming = crate::tls::incoming(listener, tls);
         let service = crate::pb::agent::agent_server::AgentServer::new(Refusing);
-        tokio::spawn(server().add_service(service).serve_with_incoming(incoming));
+        tokio::spawn(server(MAX_STREAMS).add_service(service).serve_with_incoming(incoming));
         // A port nobody listens on: bound, then let go.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
         let settings = Settings::calls(Duration::from_millis(500));
@@ -375,5 +385,29 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_connection_holds_at_most_max_streams_open_calls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tls, c) = trust();
+        let service = crate::pb::agent::agent_server::AgentServer::new(Refusing);
+        tokio::spawn(server(2).add_service(service).serve_with_incoming(crate::tls::incoming(listener, tls)));
+        // One channel is one HTTP/2 connection; heartbeats here hang for 30 s.
+        let channel = channel(&addr, &Settings::peers(), &c).unwrap();
+        let hang = || {
+            let mut client = AgentClient::new(channel.clone());
+            tokio::spawn(async move { client.heartbeat(pb::HeartbeatRequest::default()).await })
+        };
+        let held = [hang(), hang()];
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut client = AgentClient::new(channel.clone());
+        let third = tokio::spawn(async move { client.register(pb::RegisterRequest::default()).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!third.is_finished(), "a third call waits while two are open");
+        held[0].abort(); // the caller gives up one: its stream is reset
+        let answered = tokio::time::timeout(Duration::from_secs(20), third).await.expect("answered once one ended");
+        assert_eq!(answered.unwrap().unwrap_err().message(), "no quorum");
     }
 }

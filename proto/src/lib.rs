@@ -15,6 +15,7 @@ pub mod convert;
 pub mod join;
 pub mod model;
 pub mod pki;
+pub mod quota;
 pub mod renew;
 pub mod tls;
 

@@ -245,3 +245,36 @@ async fn tokens_admit_their_role_and_users_get_only_their_roles_rights() -> Resu
     assert!(names.contains(&"api".to_owned()) && !names.iter().any(|n| n == "huge" || n == "fat"), "{names:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_caller_holds_at_most_its_share_of_open_watches() -> Result<()> {
+    use berth_proto::pb::cluster::EventsRequest;
+    let cluster = Cluster::start(1, &["--max-watches-per-caller", "3"]).await?;
+    let addrs = cluster.addrs();
+    let mut admin = berth_tests::client(&addrs[0]);
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(admin.events(EventsRequest::default()).await?.into_inner());
+    }
+    let (c, why) = code(admin.events(EventsRequest::default()).await);
+    assert_eq!(c, Code::ResourceExhausted, "{why}");
+    assert!(why.contains("already has 3 open log streams and event watches: at most 3 at a time"), "{why}");
+    let logs = berth_proto::pb::cluster::ServiceLogsRequest { service: "none".into(), follow: true, tail: -1 };
+    assert_eq!(admin.service_logs(logs).await.unwrap_err().code(), Code::ResourceExhausted, "logs count too");
+
+    // Another user has a share of its own.
+    let (ok, out, err) = berthctl(&addrs, &["user", "add", "watcher", "--role", "read"])?;
+    assert!(ok, "{err}");
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("conf"), out)?;
+    let mut watcher = client_as(&addrs[0], &berth_tests::tls_of(&dir.path().join("conf"))?);
+    let _theirs = watcher.events(EventsRequest::default()).await?;
+
+    // Hanging up one gives its place back.
+    open.pop();
+    wait_for(Duration::from_secs(30), "the dropped watch to be given back", async || {
+        admin.events(EventsRequest::default()).await.ok()
+    })
+    .await?;
+    Ok(())
+}

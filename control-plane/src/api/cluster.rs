@@ -8,6 +8,7 @@ use berth_proto::model::{validate_name, Availability, InvalidField, NodeInfo};
 use berth_proto::pb::cluster::cluster_client::ClusterClient;
 use berth_proto::pb::cluster::cluster_server::Cluster;
 use berth_proto::pb::cluster::*;
+use berth_proto::quota::{Held, Permit, Quota};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -19,6 +20,8 @@ use crate::state::{Access, Command, Query, QueryReply, Response as Applied};
 #[derive(Debug, Clone)]
 pub struct ClusterApi {
     pub node: Arc<Node>,
+    /// Each caller's open log follows and event watches.
+    watches: Quota,
 }
 
 /// Marks a request that a server passed on, so it is not passed on again.
@@ -33,6 +36,15 @@ fn name_arg(name: &str) -> Result<(), Status> {
 }
 
 impl ClusterApi {
+    pub fn new(node: Arc<Node>, watches_per_caller: usize) -> Self {
+        Self { node, watches: Quota::new("log streams and event watches", watches_per_caller) }
+    }
+
+    /// A permit for one more open-ended stream of the caller.
+    fn watch<T>(&self, req: &Request<T>) -> Result<Permit, Status> {
+        self.watches.take(&super::auth::caller(req)?.to_string())
+    }
+
     fn allow<T>(&self, req: &Request<T>, need: Access, what: &str) -> Result<(), Status> {
         super::auth::user(&self.node, req, need, what)
     }
@@ -175,27 +187,29 @@ impl Cluster for ClusterApi {
         }
     }
 
-    type ServiceLogsStream = ReceiverStream<Result<LogLines, Status>>;
+    type ServiceLogsStream = Held<ReceiverStream<Result<LogLines, Status>>>;
 
     async fn service_logs(
         &self,
         req: Request<ServiceLogsRequest>,
     ) -> Result<Response<Self::ServiceLogsStream>, Status> {
         self.allow(&req, Access::Operator, "reading logs")?;
+        let permit = self.watch(&req)?;
         let req = req.into_inner();
         name_arg(&req.service)?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         streams::service_logs(&self.node, req, tx)?;
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Held::new(ReceiverStream::new(rx), permit)))
     }
 
-    type EventsStream = ReceiverStream<Result<Event, Status>>;
+    type EventsStream = Held<ReceiverStream<Result<Event, Status>>>;
 
     async fn events(&self, req: Request<EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
         self.allow(&req, Access::Read, "watching events")?;
+        let permit = self.watch(&req)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(streams::events(self.node.clone(), tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Held::new(ReceiverStream::new(rx), permit)))
     }
 
     async fn list_nodes(&self, req: Request<ListNodesRequest>) -> Result<Response<ListNodesReply>, Status> {

@@ -161,18 +161,63 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Every log line kept, oldest first; the last `tail` when given.
+/// Every log line kept, oldest first; the last `tail` when given, read
+/// from the ends of the files so a long log costs only what is asked for.
 pub fn read(dir: &Path, tail: Option<usize>) -> io::Result<Vec<LogLine>> {
+    if let Some(n) = tail {
+        return last(dir, n, TAIL_CHUNK);
+    }
     let mut lines = Vec::new();
     for file in files(dir) {
         let text = fs::read(&file)?;
         lines.extend(String::from_utf8_lossy(&text).lines().filter_map(LogLine::parse));
     }
-    if let Some(n) = tail {
-        let skip = lines.len().saturating_sub(n);
-        lines.drain(..skip);
-    }
     Ok(lines)
+}
+
+/// Bytes read at a time, backwards, for a tail.
+const TAIL_CHUNK: u64 = 64 * 1024;
+
+/// The last `n` lines, newest file first and each file from its end in
+/// pieces of `chunk` bytes, stopping as soon as there are enough.
+fn last(dir: &Path, n: usize, chunk: u64) -> io::Result<Vec<LogLine>> {
+    use std::os::unix::fs::FileExt;
+    let mut newest_first = Vec::new();
+    for path in files(dir).iter().rev() {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // rotated away meanwhile
+            Err(e) => return Err(e),
+        };
+        let mut end = file.metadata()?.len();
+        // The bytes after `end` that begin a line further back.
+        let mut carry = Vec::new();
+        while end > 0 && newest_first.len() < n {
+            let start = end.saturating_sub(chunk);
+            let mut piece = vec![0; (end - start) as usize];
+            file.read_exact_at(&mut piece, start)?;
+            piece.extend_from_slice(&carry);
+            // Whole lines begin after the first newline, or at the file's start.
+            let whole = match piece.iter().position(|&b| b == b'\n') {
+                _ if start == 0 => 0,
+                Some(nl) => nl + 1,
+                None => piece.len(),
+            };
+            carry = piece[..whole].to_vec();
+            for line in String::from_utf8_lossy(&piece[whole..]).lines().rev() {
+                if newest_first.len() == n {
+                    break;
+                }
+                newest_first.extend(LogLine::parse(line));
+            }
+            end = start;
+        }
+        if newest_first.len() == n {
+            break;
+        }
+    }
+    newest_first.reverse();
+    Ok(newest_first)
 }
 
 /// Reads lines as they are written to the live file, across rotations.
@@ -302,6 +347,26 @@ mod tests {
         }
         seen.extend(follower.poll().unwrap().into_iter().map(|l| l.text));
         assert_eq!(seen, (0..60).map(|i| format!("line {i}")).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_tail_read_from_the_end_is_the_end_of_the_whole_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = LogWriter::open(dir.path(), LogPolicy { max_bytes: 700, max_files: 3 }).unwrap();
+        for i in 0..80 {
+            // Lines of many lengths, some longer than a read piece.
+            w.write(Stream::Stdout, format!("line {i} {}\n", "é".repeat(i % 13)).as_bytes()).unwrap();
+        }
+        std::fs::OpenOptions::new().append(true).open(dir.path().join(LOG_FILE)).unwrap().write_all(b"junk\n").unwrap();
+        let all = read(dir.path(), None).unwrap();
+        assert!(files(dir.path()).len() > 2, "the lines span rotated files");
+        for chunk in [1, 7, 64, TAIL_CHUNK] {
+            for n in [0, 1, 5, 17, 40, all.len(), all.len() + 10] {
+                let tail = last(dir.path(), n, chunk).unwrap();
+                assert_eq!(tail, all[all.len().saturating_sub(n)..], "{n} lines in pieces of {chunk}");
+            }
+        }
+        assert_eq!(read(dir.path(), Some(3)).unwrap(), all[all.len() - 3..]);
     }
 
     #[test]

@@ -149,8 +149,8 @@ pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -
         pids_limit: Some(args.pids_limit).filter(|p| *p > 0),
         ..driver::Settings::default()
     };
-    let api = berth_proto::client::server()
-        .add_service(NodeServer::new(NodeApi { runtime: node.runtime.clone() }))
+    let api = berth_proto::client::server(berth_proto::client::MAX_STREAMS)
+        .add_service(NodeServer::new(NodeApi::new(node.runtime.clone())))
         .serve_with_incoming(berth_proto::tls::incoming(listener, tls.clone()));
     let renewal =
         Renewal { tls: tls.clone(), dir: data_dir.join(TLS_DIR), creds, authority: Remote(servers.clone()), roots };

@@ -9,8 +9,12 @@
 //! appends to its log; after a rotation the follower notices the new inode
 //! and reads the new file from the top).
 //!
-//! File reads block, and the agent runs on one thread; each stream runs on
-//! tokio's blocking pool, so a large log never stalls the task worker.
+//! A stream is a task on the agent's runtime, not a thread: each poll
+//! borrows a thread of tokio's blocking pool for its file reads (a large
+//! log never stalls the task worker) and gives it back, so an idle
+//! follower costs a timer and its open files. A caller may hold at most
+//! `FOLLOWS_PER_CALLER` streams here; a `--tail` reads only the ends of
+//! the files (`logs::read`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,6 +22,7 @@ use std::time::Duration;
 use berth_proto::model::validate_name;
 use berth_proto::pb::agent::node_server::Node;
 use berth_proto::pb::agent::{TaskLogLine, TaskLogLines, TaskLogsRequest};
+use berth_proto::quota::{Held, Quota};
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -29,31 +34,43 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// Bytes of text per message (at least one line), so a long log is not
 /// one huge message.
 const BATCH_BYTES: usize = 1 << 20;
+/// Log streams one caller (a server, passing on its users' calls) may
+/// have open on this node at once.
+pub const FOLLOWS_PER_CALLER: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct NodeApi {
-    pub runtime: Runtime,
+    runtime: Runtime,
+    streams: Quota,
 }
+
+impl NodeApi {
+    pub fn new(runtime: Runtime) -> Self {
+        Self { runtime, streams: Quota::new("log streams", FOLLOWS_PER_CALLER) }
+    }
+}
+
+type Lines = Result<TaskLogLines, Status>;
 
 #[tonic::async_trait]
 impl Node for NodeApi {
-    type TaskLogsStream = ReceiverStream<Result<TaskLogLines, Status>>;
+    type TaskLogsStream = Held<ReceiverStream<Lines>>;
 
     async fn task_logs(&self, req: Request<TaskLogsRequest>) -> Result<Response<Self::TaskLogsStream>, Status> {
         // Only the cluster's servers read logs here (they check users' rights).
-        match req.extensions().get::<berth_proto::tls::Caller>() {
-            Some(berth_proto::tls::Caller(Some(id))) if id.role == berth_proto::pki::Role::Server => {}
+        let caller = match req.extensions().get::<berth_proto::tls::Caller>() {
+            Some(berth_proto::tls::Caller(Some(id))) if id.role == berth_proto::pki::Role::Server => id.to_string(),
             Some(berth_proto::tls::Caller(Some(id))) => {
                 return Err(Status::permission_denied(format!("only servers may read a node's logs, not {id}")))
             }
             _ => return Err(Status::unauthenticated("reading a node's logs needs a server's certificate")),
-        }
+        };
+        let permit = self.streams.take(&caller)?;
         let req = req.into_inner();
         validate_name(&req.service).map_err(|e| Status::invalid_argument(format!("service {e}")))?;
         let (tx, rx) = mpsc::channel(8);
-        let runtime = self.runtime.clone();
-        tokio::task::spawn_blocking(move || stream(&runtime, &req, &tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        tokio::spawn(stream(self.runtime.clone(), req, tx));
+        Ok(Response::new(Held::new(ReceiverStream::new(rx), permit)))
     }
 }
 
@@ -68,8 +85,8 @@ fn containers(runtime: &Runtime, service: &str) -> BTreeMap<String, std::path::P
     list.iter().filter_map(|c| Some((task_of(c, service)?.to_owned(), c.dir.clone()))).collect()
 }
 
-/// Sends `lines` of `task` in batches; false once the caller has gone.
-fn send(tx: &mpsc::Sender<Result<TaskLogLines, Status>>, task: &str, lines: Vec<LogLine>) -> bool {
+/// `lines` of `task` as messages of about `BATCH_BYTES`.
+fn batches(task: &str, lines: Vec<LogLine>) -> Vec<TaskLogLines> {
     let wire = |l: LogLine| TaskLogLine {
         task: task.to_owned(),
         stream: match l.stream {
@@ -80,54 +97,102 @@ fn send(tx: &mpsc::Sender<Result<TaskLogLines, Status>>, task: &str, lines: Vec<
         time: l.time,
         text: l.text,
     };
+    let mut out = Vec::new();
     let mut batch = TaskLogLines::default();
     let mut size = 0;
     for line in lines.into_iter().map(wire) {
         size += line.text.len() + line.time.len() + 16;
         batch.lines.push(line);
         if size >= BATCH_BYTES {
-            if tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err() {
-                return false;
-            }
+            out.push(std::mem::take(&mut batch));
             size = 0;
         }
     }
-    batch.lines.is_empty() || tx.blocking_send(Ok(batch)).is_ok()
+    if !batch.lines.is_empty() {
+        out.push(batch);
+    }
+    out
 }
 
-fn stream(runtime: &Runtime, req: &TaskLogsRequest, tx: &mpsc::Sender<Result<TaskLogLines, Status>>) {
-    let tail = req.has_tail.then_some(req.tail as usize);
-    let mut followers: BTreeMap<String, Follower> = BTreeMap::new();
-    for (task, dir) in containers(runtime, &req.service) {
+/// Sends `messages`; false once the caller has gone.
+async fn send(tx: &mpsc::Sender<Lines>, messages: Vec<TaskLogLines>) -> bool {
+    for m in messages {
+        if tx.send(Ok(m)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+type Followers = BTreeMap<String, Follower>;
+
+/// What is kept of each task's log (the last `tail` lines when given),
+/// and a follower from its end.
+fn first_read(runtime: &Runtime, service: &str, tail: Option<usize>) -> Result<(Followers, Vec<TaskLogLines>), Status> {
+    let mut followers = Followers::new();
+    let mut out = Vec::new();
+    for (task, dir) in containers(runtime, service) {
         // Follow from the end as it is now, then read what is kept: a line
         // written in between may come twice, but none is lost.
         let follower = Follower::from_end(&dir).unwrap_or_else(|_| Follower::from_start(&dir));
-        let lines = match logs::read(&dir, tail) {
-            Ok(lines) => lines,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(Status::internal(format!("reading the logs of {task}: {e}"))));
-                return;
-            }
-        };
-        if !send(tx, &task, lines) {
-            return;
-        }
+        let lines = logs::read(&dir, tail).map_err(|e| Status::internal(format!("reading the logs of {task}: {e}")))?;
+        out.extend(batches(&task, lines));
         followers.insert(task, follower);
     }
+    Ok((followers, out))
+}
+
+/// What each task wrote since the last poll; tasks that started since
+/// are followed from their start, and those removed are dropped.
+fn poll(runtime: &Runtime, service: &str, mut followers: Followers) -> (Followers, Vec<TaskLogLines>) {
+    let now = containers(runtime, service);
+    followers.retain(|task, _| now.contains_key(task));
+    for (task, dir) in &now {
+        followers.entry(task.clone()).or_insert_with(|| Follower::from_start(dir));
+    }
+    let mut out = Vec::new();
+    for (task, follower) in &mut followers {
+        out.extend(batches(task, follower.poll().unwrap_or_default()));
+    }
+    (followers, out)
+}
+
+async fn stream(runtime: Runtime, req: TaskLogsRequest, tx: mpsc::Sender<Lines>) {
+    let tail = req.has_tail.then_some(req.tail as usize);
+    let (rt, service) = (runtime.clone(), req.service.clone());
+    let first = tokio::task::spawn_blocking(move || first_read(&rt, &service, tail)).await;
+    let mut followers = match first {
+        Ok(Ok((followers, lines))) => {
+            if !send(&tx, lines).await {
+                return;
+            }
+            followers
+        }
+        Ok(Err(status)) => {
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+        Err(e) => {
+            let _ = tx.send(Err(Status::internal(format!("reading logs: {e}")))).await;
+            return;
+        }
+    };
     if !req.follow {
         return;
     }
-    while !tx.is_closed() {
-        std::thread::sleep(FOLLOW_POLL);
-        let now = containers(runtime, &req.service);
-        followers.retain(|task, _| now.contains_key(task));
-        for (task, dir) in &now {
-            followers.entry(task.clone()).or_insert_with(|| Follower::from_start(dir));
+    let mut tick = tokio::time::interval(FOLLOW_POLL);
+    loop {
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tick.tick() => {}
         }
-        for (task, follower) in &mut followers {
-            if !send(tx, task, follower.poll().unwrap_or_default()) {
-                return;
-            }
+        let (rt, service) = (runtime.clone(), req.service.clone());
+        let Ok((kept, lines)) = tokio::task::spawn_blocking(move || poll(&rt, &service, followers)).await else {
+            return;
+        };
+        followers = kept;
+        if !send(&tx, lines).await {
+            return;
         }
     }
 }

@@ -70,7 +70,7 @@ async fn a_node_renews_when_the_roots_change_and_when_its_certificate_is_due() {
     let addr = listener.local_addr().unwrap().to_string();
     let service = pb::agent_server::AgentServer::new(authority.clone());
     let serving = incoming(listener, Tls::new(&server).unwrap());
-    tokio::spawn(crate::client::server().add_service(service).serve_with_incoming(serving));
+    tokio::spawn(crate::client::server(crate::client::MAX_STREAMS).add_service(service).serve_with_incoming(serving));
 
     // A node whose certificate has a day to go: it waits for news.
     let dir = tempfile::tempdir().unwrap();

@@ -62,7 +62,9 @@ impl World {
         let addr = listener.local_addr().unwrap().to_string();
         let incoming = incoming(listener, Tls::new(server).unwrap());
         let service = pb::agent_server::AgentServer::new(WhoAmI);
-        tokio::spawn(crate::client::server().add_service(service).serve_with_incoming(incoming));
+        tokio::spawn(
+            crate::client::server(crate::client::MAX_STREAMS).add_service(service).serve_with_incoming(incoming),
+        );
         World { ca, addr }
     }
 

@@ -42,7 +42,11 @@ impl FakeCluster {
         });
         let service = AgentServer::new(Api(inner.clone()));
         let incoming = berth_proto::tls::incoming(listener, trust().0.clone());
-        tokio::spawn(berth_proto::client::server().add_service(service).serve_with_incoming(incoming));
+        tokio::spawn(
+            berth_proto::client::server(berth_proto::client::MAX_STREAMS)
+                .add_service(service)
+                .serve_with_incoming(incoming),
+        );
         Self { addr, inner }
     }
 
