@@ -9,6 +9,7 @@
 //! still resolve the world.
 
 mod server;
+mod tcp;
 pub mod zone;
 
 use std::net::{IpAddr, SocketAddr};

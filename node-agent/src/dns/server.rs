@@ -3,6 +3,12 @@
 //! resolvers, byte for byte (the reply's records are passed on as they
 //! came).
 //!
+//! Bounded against a flooding container: at most `MAX_FORWARDS` questions
+//! are with the upstreams at once (each holds a socket), and any more are
+//! answered SERVFAIL at once; TCP takes at most `tcp::MAX_CONNECTIONS`.
+//! So a container cannot use up the agent's file descriptors through its
+//! DNS, and the cluster's own names, answered from memory, keep coming.
+//!
 //! It runs on a thread of its own with its own one-thread runtime: the
 //! agent's runtime is one thread too, and whatever holds that up (a pass
 //! of the worker, a large watch message, an overlay update) must not hold
@@ -29,6 +35,9 @@ use super::zone::{Answer, Zone};
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a TCP client may stay silent.
 const TCP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Questions with the upstream resolvers at once (Docker's embedded DNS
+/// allows 1024 per container network; this is per node).
+pub const MAX_FORWARDS: usize = 256;
 
 /// A running DNS server; updating its zone changes every later answer.
 /// Dropping it stops the server and closes its sockets.
@@ -56,17 +65,22 @@ impl Dns {
             sockets.push((udp, tcp));
         }
         let zone = Arc::new(RwLock::new(zone));
-        let handler = Handler { zone: zone.clone(), upstreams: upstreams.into() };
+        let handler = Handler {
+            zone: zone.clone(),
+            upstreams: upstreams.into(),
+            forwards: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS)),
+        };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
         std::thread::Builder::new().name("dns".into()).spawn(move || {
             runtime.block_on(async move {
-                let mut server = Server::new(handler);
+                let mut server = Server::new(handler.clone());
+                let handler = Arc::new(handler);
                 for (udp, tcp) in sockets {
                     match (tokio::net::UdpSocket::from_std(udp), tokio::net::TcpListener::from_std(tcp)) {
                         (Ok(udp), Ok(tcp)) => {
                             server.register_socket(udp);
-                            server.register_listener(tcp, TCP_TIMEOUT, 16);
+                            tokio::spawn(super::tcp::serve(tcp, handler.clone(), TCP_TIMEOUT));
                         }
                         (Err(e), _) | (_, Err(e)) => warn!("DNS: {e}"),
                     }
@@ -88,9 +102,12 @@ impl Dns {
     }
 }
 
+#[derive(Clone)]
 struct Handler {
     zone: Arc<RwLock<Zone>>,
     upstreams: Arc<[SocketAddr]>,
+    /// A permit per question with the upstreams.
+    forwards: Arc<tokio::sync::Semaphore>,
 }
 
 #[async_trait::async_trait]
@@ -129,6 +146,9 @@ impl RequestHandler for Handler {
                 response.send_response(builder.build(meta, &none, &none, [&soa], &none)).await
             }
             Answer::Elsewhere => {
+                let Ok(_permit) = self.forwards.try_acquire() else {
+                    return reply_error(&mut response, builder, meta, ResponseCode::ServFail).await;
+                };
                 let tcp = request.protocol() == Protocol::Tcp;
                 match forward(request.as_slice(), request.metadata.id, &self.upstreams, tcp).await {
                     Some(reply) => {
@@ -306,5 +326,87 @@ mod tests {
             }
         }
         assert!(again.is_some(), "the address was still held after the server was dropped");
+    }
+
+    /// Descriptors this process holds now (other tests' included: hence
+    /// the slack in the bounds below).
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn a_flooding_client_cannot_use_up_descriptors_and_the_zone_keeps_answering() {
+        const SLACK: usize = 100;
+        // An upstream that takes every question and answers none: each
+        // forwarded question holds its socket for the whole timeout.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let at: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut zone = Zone::new("berth.local", 5).unwrap();
+        zone.update(
+            None,
+            vec![Service { name: "web".into(), replicas: vec![(1, [198, 19, 1, 2].into())], ports: vec![] }],
+        );
+        let _dns = Dns::serve(zone, &[at], vec![silent.local_addr().unwrap()]).unwrap();
+        let before = open_fds();
+
+        // 2000 questions for names elsewhere, in bursts the socket buffers hold.
+        let client = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        client.connect(at).await.unwrap();
+        let reader = client.clone();
+        let failed = tokio::spawn(async move {
+            let (mut servfail, mut buf) = (0, vec![0; 4096]);
+            while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), reader.recv(&mut buf)).await {
+                servfail += usize::from(
+                    Message::from_vec(&buf[..n]).is_ok_and(|m| m.metadata.response_code == ResponseCode::ServFail),
+                );
+            }
+            servfail
+        });
+        let mut most = 0;
+        for burst in 0..20u16 {
+            for i in 0..100 {
+                let id = burst * 100 + i;
+                client.send(&query(id, &format!("n{id}.example."))).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            most = most.max(open_fds());
+        }
+        assert!(
+            most <= before + MAX_FORWARDS + SLACK,
+            "{} descriptors opened by the flood; at most {MAX_FORWARDS} forwards at once",
+            most - before
+        );
+        // Past the cap, an answer at once: SERVFAIL.
+        let fresh = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        fresh.connect(at).await.unwrap();
+        let reply = ask(&fresh, &query(9999, "more.example.")).await.expect("an answer while the upstreams are full");
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+        // The cluster's own names answer all along.
+        let reply = ask(&fresh, &query(7, "web.berth.local.")).await.expect("the zone answers during a flood");
+        assert_eq!(reply.answers.len(), 1);
+        assert!(failed.await.unwrap() > 1000, "most of the flood was answered SERVFAIL, not left hanging");
+
+        // TCP: 300 connections held open are 300 descriptors of the
+        // client's here, and at most MAX_CONNECTIONS of the server's.
+        let before = open_fds();
+        let mut conns = Vec::new();
+        for _ in 0..300 {
+            conns.push(tokio::net::TcpStream::connect(at).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let held = open_fds() - before;
+        assert!(held <= 300 + super::super::tcp::MAX_CONNECTIONS + SLACK, "{held} descriptors for 300 connections");
+        drop(conns);
+        let answered = async {
+            loop {
+                if let Some(reply) = ask_tcp(&query(8, "web.berth.local."), at).await {
+                    return Message::from_vec(&reply).unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let reply = tokio::time::timeout(Duration::from_secs(30), answered).await.expect("TCP answers again");
+        assert_eq!(reply.answers.len(), 1);
     }
 }
