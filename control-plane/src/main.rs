@@ -31,7 +31,9 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("berth-server: {e:#}");
-            ExitCode::FAILURE
+            // Now: leaving through the runtime would wait for blocking
+            // work that a failed disk may never finish.
+            std::process::exit(1)
         }
     }
 }

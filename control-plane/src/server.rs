@@ -125,7 +125,19 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let certificates = crate::rotation::spawn(node.clone(), tls.clone(), creds, cfg.data_dir.join(TLS_DIR));
     info!(id, %listen, %advertise, "berth-server serving");
 
-    shutdown.await;
+    tokio::select! {
+        _ = shutdown => {}
+        fatal = stopped(&raft) => {
+            // Raft does not come back from a storage error, and the API
+            // would answer UNAVAILABLE forever: stop, so that whatever
+            // supervises this server (systemd) starts it again, once the
+            // disk has room, from what is on disk.
+            bail!(
+                "Raft stopped: {fatal}: fix the disk of {} and start this server again (what it acknowledged is on disk)",
+                cfg.data_dir.display()
+            );
+        }
+    }
     info!(id, "shutting down");
     leader_work.abort();
     certificates.abort();
@@ -138,6 +150,20 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     raft.shutdown().await.map_err(|e| anyhow!("raft shutdown: {e}"))?;
     info!(id, "stopped");
     Ok(())
+}
+
+/// Resolves when Raft has stopped by itself: a storage error (a full disk,
+/// an I/O error), or a panic in its core.
+async fn stopped(raft: &Raft) -> openraft::error::Fatal<NodeId> {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            return fatal.clone();
+        }
+        if metrics.changed().await.is_err() {
+            return openraft::error::Fatal::Stopped;
+        }
+    }
 }
 
 /// Creates the identity of a server that has never run: bootstrap or join.

@@ -8,6 +8,7 @@
 #![allow(clippy::panic, clippy::expect_used)]
 
 pub mod agent;
+pub mod disk;
 pub mod etcd;
 pub mod hosts;
 pub mod oci;
@@ -157,6 +158,11 @@ impl Server {
         self.process.kill9();
     }
 
+    /// Its exit status, once it has exited by itself.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.process.exited()
+    }
+
     /// SIGTERM and wait for a clean exit; returns its exit status.
     pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
         self.process.stop(Duration::from_secs(15)).with_context(|| format!("server {}", self.addr))
@@ -195,9 +201,7 @@ pub struct Cluster {
 impl Cluster {
     /// Bootstraps server 0, joins the rest, and waits until all are voters.
     pub async fn start(n: usize, extra: &[&str]) -> Result<Self> {
-        let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-        let dir = tempfile::Builder::new().prefix("berth-test-").tempdir()?;
-        let mut cluster = Cluster { servers: Vec::new(), dir, _turn: turn };
+        let mut cluster = Self::prepare()?;
         for i in 0..n {
             cluster.add_server(i == 0, extra)?;
             if i == 0 {
@@ -210,9 +214,7 @@ impl Cluster {
 
     /// A cluster of one server on each of `hosts` (port 7400 of its address).
     pub async fn start_on(hosts: &[&hosts::Host], extra: &[&str]) -> Result<Self> {
-        let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-        let dir = tempfile::Builder::new().prefix("berth-test-").tempdir()?;
-        let mut cluster = Cluster { servers: Vec::new(), dir, _turn: turn };
+        let mut cluster = Self::prepare()?;
         for (i, host) in hosts.iter().enumerate() {
             cluster.add_server_at(i == 0, extra, format!("{}:7400", host.ip), Some(host.netns.clone()))?;
             if i == 0 {
@@ -221,6 +223,19 @@ impl Cluster {
         }
         cluster.wait_for_voters(hosts.len()).await?;
         Ok(cluster)
+    }
+
+    /// A cluster of no servers yet, its turn taken: prepare the data dirs
+    /// (`server_dir`), then `add_server`, `founded`, `wait_for_voters`.
+    pub fn prepare() -> Result<Self> {
+        let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::Builder::new().prefix("berth-test-").tempdir()?;
+        Ok(Cluster { servers: Vec::new(), dir, _turn: turn })
+    }
+
+    /// The data dir server `i` has, or will have.
+    pub fn server_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("server-{i}"))
     }
 
     /// Starts one more server: the bootstrap one, or one joining through server 0.
@@ -232,7 +247,7 @@ impl Cluster {
         let i = self.servers.len();
         let mut server = Server {
             addr: addr.clone(),
-            data_dir: self.dir.path().join(format!("server-{i}")),
+            data_dir: self.server_dir(i),
             settings: extra.iter().map(|s| s.to_string()).collect(),
             process: Process::new(self.dir.path().join(format!("server-{i}.log"))),
             netns,

@@ -343,3 +343,58 @@ async fn bad_input_is_rejected_and_harmless() -> Result<()> {
     }
     Ok(())
 }
+
+/// A server whose disk fills up stops with one line saying why, rather
+/// than answering UNAVAILABLE forever; started again once there is room,
+/// it has every write it acknowledged.
+#[tokio::test]
+async fn a_full_disk_stops_the_server_and_loses_nothing_acknowledged() -> Result<()> {
+    let mut cluster = Cluster::prepare()?;
+    let disk = berth_tests::disk::Tmpfs::mount(&cluster.server_dir(0), "6m")?;
+    cluster.add_server(true, &[])?;
+    cluster.founded().await?;
+    cluster.wait_for_voters(1).await?;
+    let addr = cluster.servers[0].addr.clone();
+
+    let value = "x".repeat(6000);
+    let mut acked = BTreeSet::new();
+    let refused = loop {
+        ensure!(acked.len() < 5000, "6 MiB never filled up");
+        let name = format!("fill-{}", acked.len());
+        let mut s = spec(&name);
+        s.env = (0..8).map(|i| (format!("K{i}"), value.clone())).collect();
+        match client(&addr).create_service(CreateServiceRequest { spec: Some(s) }).await {
+            Ok(_) => acked.insert(name),
+            Err(e) => break e,
+        };
+    };
+    ensure!(acked.len() > 5, "some writes fit: {}", acked.len());
+    let status = wait_for(Duration::from_secs(60), "the server to exit", async || cluster.servers[0].exited())
+        .await
+        .map_err(|e| e.context(format!("refused with {refused:?}\n{}", cluster.logs())))?;
+    ensure!(!status.success(), "it exits non-zero: {status}");
+    // One line of its own says why (Raft's log lines may come around it).
+    let log = cluster.servers[0].log_text();
+    let said: Vec<&str> = log.lines().filter(|l| l.starts_with("berth-server: ")).collect();
+    ensure!(said.len() == 1, "one line says why it stopped: {said:?}\n{log}");
+    ensure!(
+        said[0].starts_with("berth-server: Raft stopped:") && said[0].contains("No space left on device"),
+        "{}",
+        said[0]
+    );
+    ensure!(said[0].contains(&cluster.server_dir(0).display().to_string()), "and names the data dir: {}", said[0]);
+
+    // Room again: it starts from what is on disk, with every write it acknowledged.
+    disk.resize("64m")?;
+    cluster.servers[0].restart()?;
+    let held: BTreeSet<String> =
+        wait_for(Duration::from_secs(60), "the server to serve again", async || cluster.local_services(0).await.ok())
+            .await?
+            .into_iter()
+            .collect();
+    let lost: Vec<_> = acked.difference(&held).collect();
+    ensure!(lost.is_empty(), "lost {} acknowledged writes: {lost:?}", lost.len());
+    // And it takes writes again.
+    client(&addr).create_service(CreateServiceRequest { spec: Some(spec("after")) }).await?;
+    Ok(())
+}

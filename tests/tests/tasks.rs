@@ -358,3 +358,47 @@ async fn a_task_that_keeps_failing_is_restarted_with_backoff() -> Result<()> {
     drop(daemon);
     Ok(())
 }
+
+/// An agent whose disk is full fails the task with the reason, stays
+/// ready (it keeps heartbeating), and runs the task once there is room.
+#[tokio::test]
+async fn a_full_disk_fails_the_task_with_its_reason_and_the_node_stays_ready() -> Result<()> {
+    let registry = Registry::start().await?;
+    Image::busybox()?.push(&registry.addr, "busybox", "v1").await?;
+    let image = format!("{}/busybox:v1", registry.addr);
+    let cluster = Cluster::start(1, &[]).await?;
+    let servers = cluster.addrs();
+    let agent = Agent::new(Some(&registry));
+    // Where images are kept: too small for this one.
+    let disk = berth_tests::disk::Tmpfs::mount(&agent.data.path().join("images"), "256k")?;
+    let _daemons = berth_tests::agent::join_ready(&servers, &[(&agent, "full")]).await?;
+    let (ok, out, err) = berthctl(&servers, &["service", "create", "web", "--image", &image, "--", "sh", "-c", SERVE])?;
+    ensure!(ok, "{out}{err}");
+    let failed = wait_for(Duration::from_secs(60), "the task to fail for want of space", async || {
+        let (_, out, _) = berthctl(&servers, &["service", "ps", "web", "-o", "json"]).ok()?;
+        let list: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
+        list.iter()
+            .map(|t| t["task"]["message"].as_str().unwrap_or_default().to_owned())
+            .find(|m| m.contains("No space left on device"))
+    })
+    .await
+    .with_context(|| agent.daemon_log())?;
+    ensure!(failed.contains("images"), "the reason names where: {failed}");
+    // The node is still there, heartbeating, through failures and retries.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, nodes, _) = berthctl(&servers, &["node", "ls"])?;
+    ensure!(nodes.lines().any(|l| l.contains("full") && l.contains("ready")), "{nodes}");
+
+    // Room again: the retried task runs.
+    disk.resize("256m")?;
+    wait_for(Duration::from_secs(90), "the task to run once there is room", async || {
+        let t = tasks(&servers, "web")?;
+        t.values().any(|(_, s, _)| s == "running").then_some(())
+    })
+    .await
+    .with_context(|| agent.daemon_log())?;
+    let (ok, _, err) = berthctl(&servers, &["service", "rm", "web"])?;
+    ensure!(ok, "{err}");
+    wait_for(Duration::from_secs(60), "the container to go", async || agent.ps().is_empty().then_some(())).await?;
+    Ok(())
+}

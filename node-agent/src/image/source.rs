@@ -82,7 +82,11 @@ impl Source {
             Self::Registry { client, reference, .. } => {
                 let path = scratch.join("blob");
                 let file = tokio::fs::File::create(&path).await.map_err(|e| PullError::io(&path, e))?;
-                client.pull_blob(reference, layer, file).await.map_err(|e| PullError::registry(reference, e))?;
+                client.pull_blob(reference, layer, file).await.map_err(|e| match e {
+                    // Writing here failed (a full disk), not the registry.
+                    oci_client::errors::OciDistributionError::IoError(e) => PullError::io(&path, e),
+                    e => PullError::registry(reference, e),
+                })?;
                 Ok(path)
             }
             Self::Layout { dir, .. } => {
