@@ -7,9 +7,11 @@
 //! - [`tasks`]: what to do about the tasks the cluster places here (pure).
 //! - [`driver`]: carries it out, and the node's network with it.
 //! - [`dns`]: the node's DNS for service discovery.
+//! - [`format`]: the data dir's format version and its migrations.
 pub mod dns;
 pub mod driver;
 pub mod durable;
+pub mod format;
 pub mod image;
 pub mod network;
 pub mod runtime;

@@ -1,6 +1,7 @@
-//! Saves what this release writes, for every later build to load
-//! (control-plane/tests/fixtures.rs). Run it when a release changes what a
-//! server stores, and commit the new directory; never rewrite an old one:
+//! Saves what this release writes, for every later build to load (a
+//! server's: control-plane/tests/fixtures.rs; an agent's: the test at the
+//! end of this file). Run it when a release changes what a server or an
+//! agent stores, and commit the new directory; never rewrite an old one:
 //!
 //! ```text
 //! cargo test -p berth-tests --test fixtures -- --ignored
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::agent::{join_ready, Agent};
+use berth_tests::oci::{blob, Compression, Image, Tar};
 use berth_tests::{berthctl, wait_for, Cluster};
 
 /// A server's data dir after services were created, changed, scaled and
@@ -73,5 +75,100 @@ async fn save_a_server_data_dir() -> Result<()> {
         "users": ["admin"],
     });
     std::fs::write(out.join("expected.json"), serde_json::to_string_pretty(&expected)?)?;
+    Ok(())
+}
+
+/// tests/payload/hello.c in an image of its own, a few hundred bytes.
+fn hello_image() -> Result<Image> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("hello");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("payload/hello.c");
+    let built = std::process::Command::new("gcc")
+        .args(["-nostdlib", "-static", "-Os", "-s", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .status()?;
+    ensure!(built.success(), "gcc {} failed", source.display());
+    let layer = Tar::default().file("hello", 0o755, &std::fs::read(&out)?).finish()?;
+    let mut image = Image::new(vec![blob(layer, Compression::Gzip)?]);
+    image.config = serde_json::json!({ "Env": ["PATH=/"], "Cmd": ["/hello"] });
+    Ok(image)
+}
+
+/// Files of an agent's data dir that are this test's, not the agent's.
+const NOT_THE_AGENTS: [&str; 3] = ["run", "registries.toml", "daemon.log"];
+
+/// An agent's data dir: an image pulled from an OCI layout and a
+/// container that ran it and exited, its records and its log.
+/// `expected.json` holds what `ps` and `images` said of them.
+#[test]
+#[ignore = "writes tests/fixtures; run by hand for a release"]
+fn save_an_agent_data_dir() -> Result<()> {
+    let release = std::env::var("BERTH_FIXTURE").unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_owned());
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/agent").join(&release);
+    ensure!(!out.exists(), "{} exists: fixtures are never rewritten", out.display());
+    let layout = tempfile::tempdir()?;
+    hello_image()?.write_layout(layout.path(), "1")?;
+    let agent = Agent::new(None);
+    let image = format!("oci:{}:1", layout.path().display());
+    let printed = agent.ok(&["run", "--name", "hello", &image]);
+    ensure!(printed == "hello from berth\n", "{printed:?}");
+    let ps: serde_json::Value = serde_json::from_str(&agent.ok(&["ps", "-o", "json"]))?;
+    let images = agent.ok(&["image", "ls"]);
+    std::fs::create_dir_all(&out)?;
+    let data = out.join("data");
+    let copied = std::process::Command::new("cp").arg("-a").arg(agent.data.path()).arg(&data).status()?;
+    ensure!(copied.success(), "copying the data dir");
+    for name in NOT_THE_AGENTS {
+        let path = data.join(name);
+        let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+    }
+    let expected = serde_json::json!({ "ps": ps, "images": images });
+    std::fs::write(out.join("expected.json"), serde_json::to_string_pretty(&expected)?)?;
+    Ok(())
+}
+
+/// Every agent data dir an earlier release saved loads in this build (a
+/// copy of it: fixtures never change): its containers are listed as that
+/// release listed them, a log reads, the image runs from the store, and
+/// the container is removed.
+#[test]
+fn agent_data_dirs_of_earlier_releases_load() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/agent");
+    let mut releases: Vec<_> = std::fs::read_dir(&root)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    releases.sort();
+    ensure!(!releases.is_empty(), "no fixtures in {}", root.display());
+    for release in releases {
+        let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(release.join("expected.json"))?)?;
+        let agent = Agent::new(None);
+        let copied =
+            std::process::Command::new("cp").arg("-a").arg(release.join("data/.")).arg(agent.data.path()).status()?;
+        ensure!(copied.success(), "copying {}", release.display());
+        let what = release.display();
+
+        // Every field that release listed, as it listed it (later builds may add fields).
+        let ps: Vec<serde_json::Value> = serde_json::from_str(&agent.ok(&["ps", "-o", "json"]))?;
+        let listed = expected["ps"].as_array().context("expected ps")?;
+        ensure!(ps.len() == listed.len(), "{what}: {ps:?}");
+        for (now, then) in ps.iter().zip(listed) {
+            for (field, value) in then.as_object().context("a container")? {
+                ensure!(&now[field] == value, "{what}: {field} was {value}, now {}", now[field]);
+            }
+        }
+        let reference = listed[0]["image"].as_str().context("image")?;
+        let images = agent.ok(&["image", "ls"]);
+        ensure!(images.contains(reference), "{what}: {images}");
+        ensure!(agent.ok(&["logs", "hello"]) == "hello from berth\n", "{what}: the log reads");
+        if std::env::consts::ARCH == "x86_64" {
+            ensure!(agent.ok(&["run", "--rm", reference]) == "hello from berth\n", "{what}: the stored image runs");
+        }
+        agent.ok(&["rm", "hello"]);
+        ensure!(agent.ps().is_empty(), "{what}: removed");
+        // Marked with this build's format, as a new data dir is.
+        let fresh = Agent::new(None);
+        fresh.ok(&["ps"]);
+        let format = |a: &Agent| std::fs::read_to_string(a.data.path().join("format"));
+        ensure!(format(&agent)? == format(&fresh)?, "{what}: marked {:?}", format(&agent)?);
+    }
     Ok(())
 }

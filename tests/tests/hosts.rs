@@ -232,6 +232,9 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         .context("no overlay interface")?;
     let peers = on[0].run("wg", &["show", wg, "peers"])?;
     ensure!(peers.lines().count() == 2, "wg show {wg} peers: {peers}");
+    // Only root may talk to it (whoever may, may set keys and peers).
+    let socket = std::fs::metadata(format!("/var/run/wireguard/{wg}.sock"))?;
+    ensure!(std::os::unix::fs::PermissionsExt::mode(&socket.permissions()) & 0o777 == 0o600, "{socket:?}");
     // On the underlay, that traffic is only WireGuard's UDP: no packet on
     // host1's link carries a container address in clear.
     let capture =

@@ -48,6 +48,7 @@ impl Node {
     fn open(args: &Args) -> anyhow::Result<Self> {
         berth_proto::pki::private_dir(&args.data_dir)
             .with_context(|| format!("cannot create {} (owner only)", args.data_dir.display()))?;
+        berth_node_agent::format::upgrade(&args.data_dir)?;
         let store = Store::open(&args.data_dir.join("images"))?;
         let runtime = Runtime::open(&args.data_dir.join("containers"), &args.run_dir.join("containers"), shim_path()?)?;
         let registries = Registries::load(&args.registries).map_err(anyhow::Error::msg)?;

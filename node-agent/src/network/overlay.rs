@@ -176,6 +176,8 @@ impl Uapi {
         }
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
+        // Whoever may connect may set keys and peers: root alone.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let uapi = self.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
