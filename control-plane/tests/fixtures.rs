@@ -24,11 +24,24 @@ fn fixtures() -> Vec<PathBuf> {
 /// A copy of a fixture's store (opening a store may write to it).
 fn open_copy(fixture: &Path) -> (tempfile::TempDir, LogStore, StateMachineStore) {
     let dir = tempfile::tempdir().unwrap();
-    let copied =
-        std::process::Command::new("cp").arg("-a").arg(fixture.join("raft.sled")).arg(dir.path()).status().unwrap();
-    assert!(copied.success());
+    // The store, and its key once releases sealed it (store.key).
+    for file in ["raft.sled", "store.key"].map(|f| fixture.join(f)).into_iter().filter(|f| f.exists()) {
+        let copied = std::process::Command::new("cp").arg("-a").arg(file).arg(dir.path()).status().unwrap();
+        assert!(copied.success());
+    }
     let (log, sm) = store::open(dir.path()).unwrap_or_else(|e| panic!("{}: {e}", fixture.display()));
     (dir, log, sm)
+}
+
+/// Whether any file under `dir` holds `needle`.
+fn holds(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().flatten().any(|e| {
+        let path = e.path();
+        match path.is_dir() {
+            true => holds(&path, needle),
+            false => std::fs::read(&path).unwrap().windows(needle.len()).any(|w| w == needle),
+        }
+    })
 }
 
 /// What starting a server does: the committed log re-applied after the snapshot.
@@ -49,7 +62,12 @@ async fn every_saved_data_dir_loads_and_holds_what_its_release_reported() {
         let name = fixture.display().to_string();
         let expected: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap()).unwrap();
-        let (_dir, mut log, mut sm) = open_copy(&fixture);
+        let (dir, mut log, mut sm) = open_copy(&fixture);
+        // Opened, it is sealed: what its services say is nowhere in the clear.
+        let image = expected["services"][0]["spec"]["image"].as_str().unwrap_or_else(|| panic!("{name}: an image"));
+        if holds(&fixture, image.as_bytes()) {
+            assert!(!holds(dir.path(), image.as_bytes()), "{name}: {image} is left in the clear");
+        }
         replay(&mut log, &mut sm).await;
         let state = sm.applied().read().unwrap().state.clone();
 

@@ -62,12 +62,14 @@ async fn save_a_server_data_dir() -> Result<()> {
     cluster.servers[0].stop()?;
 
     std::fs::create_dir_all(&out)?;
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(cluster.servers[0].data_dir.join("raft.sled"))
-        .arg(&out)
-        .status()?;
-    ensure!(copied.success(), "copying raft.sled");
+    for file in ["raft.sled", "store.key"] {
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(cluster.servers[0].data_dir.join(file))
+            .arg(&out)
+            .status()?;
+        ensure!(copied.success(), "copying {file}");
+    }
     let services: serde_json::Value = serde_json::from_str(&services).context("service ls -o json")?;
     let expected = serde_json::json!({
         "services": services,

@@ -398,3 +398,42 @@ async fn a_full_disk_stops_the_server_and_loses_nothing_acknowledged() -> Result
     client(&addr).create_service(CreateServiceRequest { spec: Some(spec("after")) }).await?;
     Ok(())
 }
+
+/// Whether any file under `dir` holds `needle`.
+fn holds(dir: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| match e.path() {
+        p if p.is_dir() => holds(&p, needle),
+        p => std::fs::read(&p).is_ok_and(|data| data.windows(needle.len()).any(|w| w == needle)),
+    })
+}
+
+/// The store is encrypted at rest: neither a service's environment nor the
+/// cluster's root key is in the clear in raft.sled, the key is the owner's
+/// alone, and a restart reads it all back.
+#[tokio::test]
+async fn the_store_on_disk_holds_no_secret_in_the_clear() -> Result<()> {
+    let mut cluster = Cluster::start(1, &["--snapshot-logs", "5"]).await?;
+    let addr = cluster.servers[0].addr.clone();
+    for i in 0..8 {
+        let mut s = spec(&format!("vault-{i}"));
+        s.env.insert("PASSWORD".into(), "correct-horse-battery-staple".into());
+        client(&addr).create_service(CreateServiceRequest { spec: Some(s) }).await?;
+    }
+    cluster.servers[0].stop()?;
+    let dir = cluster.server_dir(0);
+    let store = dir.join("raft.sled");
+    ensure!(store.is_dir(), "{}", store.display());
+    ensure!(!holds(&store, b"correct-horse-battery-staple"), "a service's environment is in the clear");
+    ensure!(!holds(&store, b"PRIVATE KEY"), "the root key is in the clear");
+    ensure!(!holds(&store, b"vault-3"), "service names are in the clear");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.join("store.key"))?.permissions());
+    ensure!(mode & 0o777 == 0o600, "store.key is {mode:o}");
+
+    cluster.servers[0].restart()?;
+    let held = wait_for(Duration::from_secs(60), "the server to serve again", async || {
+        cluster.local_services(0).await.ok().filter(|s| s.len() == 8)
+    })
+    .await?;
+    ensure!(held.contains(&"vault-7".to_owned()), "{held:?}");
+    Ok(())
+}

@@ -9,11 +9,17 @@
 //! before, and the fixtures under `tests/fixtures/server/` (data dirs saved
 //! by earlier releases) must still load.
 //!
-//! A store records its format in the `meta` tree; one without the record
-//! predates it and holds format 1. A snapshot's data records its own
-//! (`"format"`), since snapshots also travel between servers. Data of a
-//! newer format than this build's is refused with both numbers and left
-//! as it is: a build never guesses at what it does not know.
+//! A store records its data format in the `meta` tree (`data`); one
+//! without the record holds format 1. A snapshot's data records its own
+//! (`"format"`), since snapshots also travel between servers.
+//!
+//! Apart from the data, the store has a layout ([`STORE`], recorded as
+//! `meta/format`, where builds before the split kept the data format): 1
+//! is values in the clear, 2 is values sealed ([`super::seal`]). Every
+//! change of either bumps [`STORE`], so a build refuses any store written
+//! by a newer one. Data or a store of a newer format than this build's is
+//! refused with both numbers and left as it is: a build never guesses at
+//! what it does not know.
 
 use serde_json::Value;
 
@@ -23,8 +29,17 @@ pub const FORMAT: u32 = 1;
 /// Stores and snapshots written before the format was recorded.
 pub const UNMARKED: u32 = 1;
 
-/// Where a store records its format (in the `meta` tree).
+/// Where a store records its layout (in the `meta` tree).
 pub const KEY: &[u8] = b"format";
+
+/// Where a store records its data format (in the `meta` tree); none: 1.
+pub const DATA_KEY: &[u8] = b"data";
+
+/// This build's store layout: 2, sealed values.
+pub const STORE: u32 = 2;
+
+/// The first layout whose values are sealed.
+pub const SEALED: u32 = 2;
 
 /// One rewrite of the JSON of a snapshot's data or of a log entry.
 pub type Rewrite = fn(Value) -> Result<Value, String>;

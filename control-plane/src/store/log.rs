@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use super::seal::Sealer;
 use super::{flush, read_err, write_err, Entry, LogId, NodeId, TypeConfig};
 
 const VOTE: &[u8] = b"vote";
@@ -22,12 +23,20 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    /// Entries are sealed; the vote and positions are not secret.
+    sealer: Sealer,
     flusher: Option<mpsc::UnboundedSender<LogFlushed<TypeConfig>>>,
 }
 
 impl LogStore {
-    pub(super) fn open(db: sled::Db) -> Result<Self, sled::Error> {
-        Ok(Self { log: db.open_tree("log")?, meta: db.open_tree("meta")?, db, flusher: None })
+    pub(super) fn open(db: sled::Db, sealer: Sealer) -> Result<Self, sled::Error> {
+        Ok(Self { log: db.open_tree("log")?, meta: db.open_tree("meta")?, db, sealer, flusher: None })
+    }
+
+    fn decode_entry(&self, key: &[u8], value: &[u8]) -> Result<Entry, StorageError<NodeId>> {
+        let what = || format!("log entry {}", u64::from_be_bytes(key.try_into().unwrap_or_default()));
+        let plain = self.sealer.open(value, what).map_err(read_err)?;
+        serde_json::from_slice(&plain).map_err(read_err)
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
@@ -75,10 +84,6 @@ fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
-fn decode_entry(v: &[u8]) -> Result<Entry, StorageError<NodeId>> {
-    serde_json::from_slice(v).map_err(read_err)
-}
-
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -95,7 +100,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Excluded(i) => self.log.range(index_key(start)..index_key(*i)),
             Unbounded => self.log.range(index_key(start)..),
         };
-        iter.map(|kv| decode_entry(&kv.map_err(read_err)?.1)).collect()
+        iter.map(|kv| {
+            let (key, value) = kv.map_err(read_err)?;
+            self.decode_entry(&key, &value)
+        })
+        .collect()
     }
 }
 
@@ -105,7 +114,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let last_purged_log_id: Option<LogId> = self.get_meta(LAST_PURGED)?;
         let last = match self.log.last().map_err(read_err)? {
-            Some((_, v)) => Some(*decode_entry(&v)?.get_log_id()),
+            Some((k, v)) => Some(*self.decode_entry(&k, &v)?.get_log_id()),
             None => None,
         };
         // Entries at or below the purge point may survive a crash mid-purge; they do not count.
@@ -147,7 +156,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         for e in entries {
-            batch.insert(&index_key(e.get_log_id().index), serde_json::to_vec(&e).map_err(write_err)?);
+            let json = serde_json::to_vec(&e).map_err(write_err)?;
+            batch.insert(&index_key(e.get_log_id().index), self.sealer.seal(&json));
         }
         self.log.apply_batch(batch).map_err(write_err)?;
         if let Err(mpsc::error::SendError(cb)) = self.flusher().send(callback) {

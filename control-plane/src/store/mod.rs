@@ -3,10 +3,11 @@
 //!
 //! ```text
 //!   data-dir/raft.sled
-//!     tree "log"   index (u64 BE) -> Entry (JSON)        LogStore
-//!     tree "meta"  vote, committed, last purged           LogStore
-//!     tree "snap"  the last snapshot (meta + data)        StateMachineStore
-//!     meta "format"  the store's format (see [`format`])
+//!     tree "log"   index (u64 BE) -> Entry (JSON, sealed)  LogStore
+//!     tree "meta"  vote, committed, last purged            LogStore
+//!     tree "snap"  the last snapshot (meta; data sealed)   StateMachineStore
+//!     meta "format", "data"  the store's layout and data format ([`format`])
+//!   data-dir/store.key  the key values are sealed with ([`seal`])
 //! ```
 //!
 //! Durability: sled writes reach disk only on `flush`. A log append is
@@ -19,14 +20,14 @@
 
 pub mod format;
 mod log;
+pub mod seal;
 mod sm;
+pub mod upgrade;
 
 use std::io::{self, Cursor};
 use std::path::Path;
 
-use format::Formats;
 use openraft::{BasicNode, StorageError, StorageIOError};
-use sled::Transactional;
 
 pub use log::LogStore;
 pub use sm::{Applied, StateMachineStore};
@@ -49,67 +50,14 @@ pub type LogId = openraft::LogId<NodeId>;
 pub type Membership = openraft::StoredMembership<NodeId, BasicNode>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BasicNode>;
 
-/// Opens (or creates) the store under `dir`.
+/// Opens (or creates) the store under `dir`, brought to this build's
+/// formats ([`upgrade`]) and sealed with the data dir's key ([`seal`]).
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), io::Error> {
-    let db = sled::Config::new()
-        .path(dir.join("raft.sled"))
-        .flush_every_ms(Some(500))
-        .open()
-        .map_err(|e| io::Error::other(format!("cannot open {}: {e}", dir.join("raft.sled").display())))?;
-    upgrade(&db, format::THIS).map_err(io::Error::other)?;
-    let log = LogStore::open(db.clone()).map_err(io::Error::other)?;
-    let sm = StateMachineStore::open(db).map_err(io::Error::other)?;
+    let sealer = upgrade::upgrade(dir, format::THIS).map_err(io::Error::other)?;
+    let db = upgrade::open_db(&dir.join(upgrade::DB))?;
+    let log = LogStore::open(db.clone(), sealer.clone()).map_err(io::Error::other)?;
+    let sm = StateMachineStore::open(db, sealer).map_err(io::Error::other)?;
     Ok((log, sm))
-}
-
-/// Brings the store to `formats.current`: every log entry and the stored
-/// snapshot rewritten and the new format recorded in one transaction, so
-/// a crash leaves the old store or the new one. A store of a newer format
-/// is refused and left as it is.
-pub fn upgrade(db: &sled::Db, formats: Formats) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let (log, snap, meta) = (db.open_tree("log")?, db.open_tree("snap")?, db.open_tree("meta")?);
-    let recorded = meta.get(format::KEY)?;
-    let found = match &recorded {
-        Some(v) => serde_json::from_slice::<u32>(v)?,
-        None if log.is_empty() && snap.is_empty() && meta.is_empty() => formats.current,
-        None => format::UNMARKED,
-    };
-    let path = formats.path("the store", found)?;
-    let mut entries = Vec::new();
-    let mut data = None;
-    if !path.is_empty() {
-        for kv in log.iter() {
-            let (key, value) = kv?;
-            let what = format!("log entry {}", u64::from_be_bytes(key.as_ref().try_into().unwrap_or_default()));
-            let entry = formats.migrate(&what, found, serde_json::from_slice(&value)?, |m| m.entry)?;
-            entries.push((key, serde_json::to_vec(&entry)?));
-        }
-        if let Some(value) = snap.get(sm::SNAP_DATA)? {
-            let mut migrated = formats.migrate_snapshot(serde_json::from_slice(&value)?)?;
-            migrated["format"] = formats.current.into();
-            data = Some(serde_json::to_vec(&migrated)?);
-        }
-    } else if recorded.is_some() {
-        return Ok(());
-    }
-    let marker = serde_json::to_vec(&formats.current)?;
-    (&log, &snap, &meta)
-        .transaction(|(log, snap, meta)| {
-            for (key, value) in &entries {
-                log.insert(key, value.as_slice())?;
-            }
-            if let Some(data) = &data {
-                snap.insert(sm::SNAP_DATA, data.as_slice())?;
-            }
-            meta.insert(format::KEY, marker.as_slice())?;
-            Ok(())
-        })
-        .map_err(|e: sled::transaction::TransactionError<()>| format!("recording the store's format: {e:?}"))?;
-    db.flush()?;
-    if found != formats.current {
-        tracing::info!(from = found, to = formats.current, entries = entries.len(), "store migrated");
-    }
-    Ok(())
 }
 
 pub(crate) fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {

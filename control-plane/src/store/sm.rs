@@ -15,6 +15,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError, StoredMembership};
 use serde::{Deserialize, Serialize};
 
+use super::seal::Sealer;
 use super::{flush, format, read_err, write_err, Entry, LogId, Membership, NodeId, SnapshotMeta, TypeConfig};
 use crate::state::{apply, Proposal, Response, State};
 
@@ -33,6 +34,8 @@ pub struct Applied {
 pub struct StateMachineStore {
     db: sled::Db,
     snap: sled::Tree,
+    /// Snapshot data is sealed on disk, and in the clear everywhere else.
+    sealer: Sealer,
     applied: Arc<RwLock<Applied>>,
 }
 
@@ -42,9 +45,9 @@ fn lock_err() -> StorageError<NodeId> {
 
 impl StateMachineStore {
     /// Opens the store with the state of the last snapshot.
-    pub(super) fn open(db: sled::Db) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+    pub(super) fn open(db: sled::Db, sealer: Sealer) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let snap = db.open_tree("snap")?;
-        let mut store = Self { db, snap, applied: Arc::default() };
+        let mut store = Self { db, snap, sealer, applied: Arc::default() };
         if let Some(s) = store.stored_snapshot()? {
             let applied = decode_snapshot(&s.meta, s.snapshot.get_ref())?;
             store.applied = Arc::new(RwLock::new(applied));
@@ -64,7 +67,8 @@ impl StateMachineStore {
             return Ok(None);
         };
         let meta = serde_json::from_slice(&meta).map_err(read_err)?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data.to_vec())) }))
+        let data = self.sealer.open(&data, || "the stored snapshot".into()).map_err(read_err)?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 
     /// Stores a snapshot unless the stored one is newer. A snapshot is
@@ -74,13 +78,14 @@ impl StateMachineStore {
     /// those entries at the next start.
     async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError<NodeId>> {
         let encoded = serde_json::to_vec(meta).map_err(write_err)?;
+        let data = self.sealer.seal(data);
         let saved = self.snap.transaction(|tx| {
             let stored: Option<SnapshotMeta> = tx.get(SNAP_META)?.and_then(|m| serde_json::from_slice(&m).ok());
             if stored.is_some_and(|s| s.last_log_id > meta.last_log_id) {
                 return Ok(false);
             }
             tx.insert(SNAP_META, encoded.as_slice())?;
-            tx.insert(SNAP_DATA, data)?;
+            tx.insert(SNAP_DATA, data.as_slice())?;
             Ok(true)
         });
         let saved: bool = saved
@@ -204,7 +209,8 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_built_before_an_install_never_replaces_it() {
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let mut store = StateMachineStore::open(db).unwrap();
+        let key = tempfile::tempdir().unwrap();
+        let mut store = StateMachineStore::open(db, Sealer::make(key.path()).unwrap()).unwrap();
         // The builder reads the state at index 5 ...
         store.applied.write().unwrap().last_applied = meta(5).last_log_id;
         let mut builder = store.get_snapshot_builder().await;
