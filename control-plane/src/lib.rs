@@ -15,6 +15,7 @@
 //! `events` diffs applied states for `berthctl events`.
 
 pub mod api;
+pub mod autolock;
 pub mod batcher;
 pub mod config;
 pub mod events;

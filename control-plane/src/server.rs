@@ -25,6 +25,7 @@ use berth_proto::contexts::{ClientConfig, Context};
 use berth_proto::pb::agent::agent_server::AgentServer;
 use berth_proto::pb::cluster::cluster_client::ClusterClient;
 use berth_proto::pb::cluster::cluster_server::ClusterServer;
+use berth_proto::pb::cluster::lock_server::LockServer;
 use berth_proto::pb::cluster::ClusterStatusRequest;
 use berth_proto::pb::raft::raft_server::RaftServer;
 use berth_proto::pki::{write_private, Credentials, Role};
@@ -34,6 +35,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::api::{AgentApi, ClusterApi, RaftApi};
+use crate::autolock;
 use crate::config::{Config, Identity};
 use crate::network::{decode, encode, Network, Peers, MAX_MESSAGE};
 use crate::node::{LeaderOp, LeaderReply, Node, Step};
@@ -52,11 +54,12 @@ const FOUNDING: &str = "founding.json";
 
 /// Runs the server until `shutdown` resolves, then stops cleanly.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    let mut shutdown = Box::pin(shutdown);
     berth_proto::pki::private_dir(&cfg.data_dir)
         .with_context(|| format!("cannot create {} (owner only)", cfg.data_dir.display()))?;
     let saved = Identity::load(&cfg.data_dir)?;
     let (listen, advertise) = cfg.addresses(saved.as_ref())?;
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let mut listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let (identity, creds) = match saved {
         Some(i) => {
             if cfg.bootstrap || cfg.join.is_some() {
@@ -78,7 +81,22 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let peers = Peers::new(&tls);
     let id = identity.id;
 
-    let (log, sm) = store::open(&cfg.data_dir)?;
+    // Autolock: a sealed store key waits for `berthctl cluster unlock`.
+    let unlock = if store::seal::locked(&cfg.data_dir)? {
+        info!(id, "the store is locked (autolock): waiting for `berthctl cluster unlock`");
+        let data_dir = cfg.data_dir.clone();
+        let waited = autolock::wait_for_unlock(listener, tls.clone(), data_dir, cfg.max_streams_per_connection);
+        let key = tokio::select! {
+            key = waited => key?,
+            _ = &mut shutdown => return Ok(()),
+        };
+        listener = rebind(listen).await?;
+        Some(key)
+    } else {
+        None
+    };
+    let (log, sm) = store::open(&cfg.data_dir, unlock.as_ref())?;
+    let sealer = sm.sealer();
     let applied = sm.applied();
     let network = Network { peers: peers.clone() };
     let raft = Raft::new(id, Arc::new(cfg.raft_config()?), network, log, sm).await.context("cannot start Raft")?;
@@ -100,6 +118,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                 .max_decoding_message_size(cfg.max_request_bytes)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
+        .add_service(LockServer::new(autolock::Unlocked))
         .add_service(
             RaftServer::new(RaftApi { node: node.clone() })
                 .max_decoding_message_size(MAX_MESSAGE)
@@ -122,11 +141,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     if identity.pending_promotion.is_some() {
         tokio::spawn(finish_promotion(node.clone(), identity.clone(), cfg.data_dir.clone()));
     }
+    let key_keeper = tokio::spawn(autolock::keep(node.clone(), sealer));
     let certificates = crate::rotation::spawn(node.clone(), tls.clone(), creds, cfg.data_dir.join(TLS_DIR));
     info!(id, %listen, %advertise, "berth-server serving");
 
     tokio::select! {
-        _ = shutdown => {}
+        _ = &mut shutdown => {}
         fatal = stopped(&raft) => {
             // Raft does not come back from a storage error, and the API
             // would answer UNAVAILABLE forever: stop, so that whatever
@@ -140,6 +160,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     }
     info!(id, "shutting down");
     leader_work.abort();
+    key_keeper.abort();
     certificates.abort();
     let _ = stop_tx.send(());
     match tokio::time::timeout(Duration::from_secs(5), server).await {
@@ -150,6 +171,21 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     raft.shutdown().await.map_err(|e| anyhow!("raft shutdown: {e}"))?;
     info!(id, "stopped");
     Ok(())
+}
+
+/// Listens on `listen` again once the locked phase has let it go (its
+/// accept loop ends a moment after its server).
+async fn rebind(listen: SocketAddr) -> Result<TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(listen).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot listen on {listen}")),
+        }
+    }
 }
 
 /// Resolves when Raft has stopped by itself: a storage error (a full disk,

@@ -57,6 +57,7 @@ pub fn found(validity: Duration) -> Result<(Founding, Credentials, Credentials),
         validity_secs: validity.as_secs(),
         cross: None,
         holders: Default::default(),
+        autolock: None,
     };
     Ok((Founding { trust, admin: admin_user, server_id }, server, admin))
 }

@@ -29,7 +29,7 @@ fn open_copy(fixture: &Path) -> (tempfile::TempDir, LogStore, StateMachineStore)
         let copied = std::process::Command::new("cp").arg("-a").arg(file).arg(dir.path()).status().unwrap();
         assert!(copied.success());
     }
-    let (log, sm) = store::open(dir.path()).unwrap_or_else(|e| panic!("{}: {e}", fixture.display()));
+    let (log, sm) = store::open(dir.path(), None).unwrap_or_else(|e| panic!("{}: {e}", fixture.display()));
     (dir, log, sm)
 }
 
@@ -90,7 +90,7 @@ async fn every_saved_data_dir_loads_and_holds_what_its_release_reported() {
         // Its snapshot installs on a new store and gives the state it held.
         let snapshot = sm.get_current_snapshot().await.unwrap().unwrap_or_else(|| panic!("{name}: no snapshot"));
         let fresh = tempfile::tempdir().unwrap();
-        let (_, mut installed) = store::open(fresh.path()).unwrap();
+        let (_, mut installed) = store::open(fresh.path(), None).unwrap();
         installed.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
         let (at, _) = installed.applied_state().await.unwrap();
         assert_eq!(at, snapshot.meta.last_log_id, "{name}");

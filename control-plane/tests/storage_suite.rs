@@ -9,7 +9,7 @@ struct SledBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
-        let (log, sm) = store::open(dir.path()).map_err(|e| StorageIOError::write(&e))?;
+        let (log, sm) = store::open(dir.path(), None).map_err(|e| StorageIOError::write(&e))?;
         Ok((dir, log, sm))
     }
 }
@@ -51,7 +51,7 @@ async fn proposals_apply_per_command_and_reopen_from_snapshot() -> anyhow::Resul
     };
     let dir = tempfile::tempdir()?;
     {
-        let (_log, mut sm) = store::open(dir.path())?;
+        let (_log, mut sm) = store::open(dir.path(), None)?;
         let create = |n: &str| Command::CreateService(spec(n));
         let replies = sm.apply([entry(1, vec![create("a"), create("a"), create("b")])]).await?;
         assert_eq!(replies.len(), 1, "one reply list per entry");
@@ -63,7 +63,7 @@ async fn proposals_apply_per_command_and_reopen_from_snapshot() -> anyhow::Resul
         sm.apply([entry(2, vec![create("c")])]).await?;
         assert_eq!(names(&sm), ["a", "b", "c"]);
     }
-    let (_log, mut sm) = store::open(dir.path())?;
+    let (_log, mut sm) = store::open(dir.path(), None)?;
     let (applied, _) = sm.applied_state().await?;
     assert_eq!(applied.map(|l| l.index), Some(1), "reopens at the snapshot");
     assert_eq!(names(&sm), ["a", "b"]);

@@ -4,6 +4,7 @@ mod access;
 mod ca;
 mod client;
 mod config;
+mod lock;
 mod output;
 mod spec;
 mod streams;
@@ -210,6 +211,24 @@ enum ClusterCmd {
     /// The cluster's root certificate authority
     #[command(subcommand)]
     Ca(CaCmd),
+    /// Autolock: with it on, each server's store key is sealed by an unlock
+    /// key that no server keeps on disk, and a restarted server opens its
+    /// store only when given it (`cluster unlock`). On prints the key.
+    Autolock {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Print the unlock key (autolock on)
+    UnlockKey {
+        /// Replace it first: the old one stops working
+        #[arg(long)]
+        rotate: bool,
+        /// Print only the key
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Give restarted, locked servers the unlock key, read from stdin
+    Unlock,
 }
 
 #[derive(Debug, Subcommand)]
@@ -421,6 +440,11 @@ async fn run(cli: Cli) -> Result<String> {
             ca::rotate(&client, &path, &context.name, servers, timeout, wait).await
         }
         Command::Cluster(ClusterCmd::Ca(CaCmd::Status)) => ca::status(&client, fmt).await,
+        Command::Cluster(ClusterCmd::Autolock { state }) => lock::autolock(&client, state == "on").await,
+        Command::Cluster(ClusterCmd::UnlockKey { rotate, quiet }) => lock::unlock_key(&client, rotate, quiet).await,
+        Command::Cluster(ClusterCmd::Unlock) => {
+            lock::unlock(servers, Duration::from_secs_f64(cli.timeout), &context.credentials()).await
+        }
         Command::Cluster(ClusterCmd::Remove { id }) => {
             client.call("remove server", async |mut c| c.remove_member(pb::RemoveMemberRequest { id }).await).await?;
             Ok(format!("server {id} removed from the cluster\n"))

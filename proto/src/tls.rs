@@ -409,7 +409,12 @@ pub fn incoming(
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let (tcp, from) = match listener.accept().await {
+            // The server gone (its stream dropped), the listener goes too.
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = tx.closed() => return,
+            };
+            let (tcp, from) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, most likely: let some close.

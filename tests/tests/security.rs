@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use berth_proto::client::{self, Peer, Settings, Tls};
 use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::node_client::NodeClient;
@@ -274,6 +274,105 @@ async fn a_caller_holds_at_most_its_share_of_open_watches() -> Result<()> {
     open.pop();
     wait_for(Duration::from_secs(30), "the dropped watch to be given back", async || {
         admin.events(EventsRequest::default()).await.ok()
+    })
+    .await?;
+    Ok(())
+}
+
+/// `berthctl cluster unlock` at `servers`, given `key` on stdin.
+fn unlock(servers: &[String], key: &str) -> Result<(bool, String)> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(berth_tests::bin("berthctl"))
+        .env("BERTH_CONFIG", keys().admin_conf)
+        .env("BERTH_SERVER", servers.join(","))
+        .args(["cluster", "unlock"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().unwrap().write_all(format!("{key}\n").as_bytes())?;
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Ok((out.status.success(), text))
+}
+
+/// Autolock: every server's store key is sealed by an unlock key no server
+/// keeps; a restarted server is locked (clients pass it by) until given
+/// the key; a rotated key replaces the old; off, servers start alone.
+#[tokio::test]
+async fn autolock_keeps_a_restarted_server_locked_until_it_is_given_the_key() -> Result<()> {
+    let mut cluster = Cluster::start(3, &[]).await?;
+    let addrs = cluster.addrs();
+    let dirs: Vec<_> = (0..3).map(|i| cluster.server_dir(i)).collect();
+    let key_file = |i: usize| std::fs::read_to_string(dirs[i].join("store.key")).unwrap_or_default();
+    let (ok, _, err) = berthctl(&addrs, &["cluster", "unlock-key"])?;
+    assert!(!ok && err.contains("autolock is off"), "{err}");
+    let (ok, out, err) = berthctl(&addrs, &["cluster", "autolock", "on"])?;
+    assert!(ok, "{err}");
+    let key = out.split_whitespace().find(|w| w.starts_with("BERTH-UNLOCK-1-")).context("no key printed")?.to_owned();
+    let (_, quiet, _) = berthctl(&addrs, &["cluster", "unlock-key", "-q"])?;
+    assert_eq!(quiet.trim(), key);
+    let (ok, _, err) = berthctl(&addrs, &["service", "create", "locked-in", "--image", "busybox:1.36"])?;
+    assert!(ok, "{err}");
+    wait_for(Duration::from_secs(30), "every server's store key sealed", async || {
+        (0..3).all(|i| key_file(i).contains("\"sealed\"")).then_some(())
+    })
+    .await?;
+
+    // Restarted, server 2 is locked: clients pass it by, as a server that is down.
+    cluster.servers[2].stop()?;
+    cluster.servers[2].restart()?;
+    wait_for(Duration::from_secs(30), "server 2 to say it is locked", async || {
+        cluster.servers[2].log_text().contains("the store is locked (autolock)").then_some(())
+    })
+    .await?;
+    let first_the_locked = [addrs[2].clone(), addrs[0].clone(), addrs[1].clone()];
+    let (ok, out, err) = berthctl(&first_the_locked, &["service", "ls"])?;
+    assert!(ok && out.contains("locked-in"), "{out}{err}");
+    let (ok, _, _) = berthctl(&addrs[2..], &["service", "ls"])?;
+    assert!(!ok, "a locked server answers nothing");
+    let (ok, said) = unlock(&addrs[2..], &format!("BERTH-UNLOCK-1-{}", "0".repeat(64)))?;
+    assert!(!ok && said.contains("that unlock key does not open"), "{said}");
+    let (ok, said) = unlock(&addrs, &key)?;
+    assert!(ok && said.contains(&format!("{}: unlocked", addrs[2])), "{said}");
+    assert!(said.contains(&format!("{}: this server is not locked", addrs[0])), "{said}");
+    wait_for(Duration::from_secs(60), "server 2 to serve its state", async || {
+        cluster.local_services(2).await.ok().filter(|s| s.contains(&"locked-in".to_owned()))
+    })
+    .await
+    .with_context(|| cluster.servers[2].log_text())?;
+
+    // A new key: the old one opens nothing.
+    let before = key_file(1);
+    let (ok, out, err) = berthctl(&addrs, &["cluster", "unlock-key", "--rotate", "-q"])?;
+    assert!(ok, "{err}");
+    let new_key = out.trim().to_owned();
+    assert!(new_key != key && new_key.starts_with("BERTH-UNLOCK-1-"), "{new_key}");
+    wait_for(Duration::from_secs(30), "server 1's store key resealed", async || (key_file(1) != before).then_some(()))
+        .await?;
+    cluster.servers[1].stop()?;
+    cluster.servers[1].restart()?;
+    wait_for(Duration::from_secs(30), "server 1 to be locked", async || {
+        cluster.servers[1].log_text().matches("the store is locked (autolock)").next().map(|_| ())
+    })
+    .await?;
+    let (ok, said) = unlock(&addrs[1..2], &key)?;
+    assert!(!ok && said.contains("does not open"), "{said}");
+    let (ok, said) = unlock(&addrs[1..2], &new_key)?;
+    assert!(ok, "{said}");
+    wait_for(Duration::from_secs(60), "server 1 to serve", async || cluster.local_services(1).await.ok()).await?;
+
+    // Off: store keys in the clear again, and a restart needs nobody.
+    let (ok, _, err) = berthctl(&addrs, &["cluster", "autolock", "off"])?;
+    assert!(ok, "{err}");
+    wait_for(Duration::from_secs(30), "every store key in the clear", async || {
+        (0..3).all(|i| key_file(i).contains("\"key\"")).then_some(())
+    })
+    .await?;
+    cluster.servers[0].stop()?;
+    cluster.servers[0].restart()?;
+    wait_for(Duration::from_secs(60), "server 0 to serve without a key", async || {
+        cluster.local_services(0).await.ok().filter(|s| s.contains(&"locked-in".to_owned()))
     })
     .await?;
     Ok(())

@@ -112,3 +112,24 @@ pub async fn ca_status(node: &Node) -> Result<CaStatusReply, Status> {
         other => Err(Status::internal(format!("unexpected query reply {other:?}"))),
     }
 }
+
+/// Autolock on or off, a new unlock key, or the current one.
+pub async fn autolock(node: &Node, req: AutolockRequest) -> Result<AutolockReply, Status> {
+    use crate::store::seal::UnlockKey;
+    let current = trust(node).await?.autolock;
+    let key = match (req.enable, req.rotate, &current) {
+        (Some(false), true, _) => {
+            return Err(Status::invalid_argument("rotate: a new unlock key needs autolock on, not off"))
+        }
+        (Some(false), false, _) => None,
+        (_, true, None) => {
+            return Err(Status::failed_precondition("autolock is off: turn it on (it makes an unlock key) first"))
+        }
+        (_, true, Some(_)) | (Some(true), false, None) => Some(UnlockKey::generate().to_string()),
+        (_, false, current) => current.clone(),
+    };
+    if key != current {
+        done(node.write(Command::SetAutolock { key: key.clone() }).await?)?;
+    }
+    Ok(AutolockReply { unlock_key: key.unwrap_or_default() })
+}

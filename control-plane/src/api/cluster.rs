@@ -187,6 +187,11 @@ impl Cluster for ClusterApi {
         }
     }
 
+    async fn autolock(&self, req: Request<AutolockRequest>) -> Result<Response<AutolockReply>, Status> {
+        self.allow(&req, Access::Admin, "autolock")?;
+        Ok(Response::new(access::autolock(&self.node, req.into_inner()).await?))
+    }
+
     type ServiceLogsStream = Held<ReceiverStream<Result<LogLines, Status>>>;
 
     async fn service_logs(

@@ -138,6 +138,11 @@ pub enum Command {
         trust: Box<Trust>,
         admin: User,
     },
+    /// Autolock on with this unlock key (a new one replaces the old), or
+    /// off with none.
+    SetAutolock {
+        key: Option<String>,
+    },
     /// A new secret for one role's join tokens; the old one stops working.
     RotateToken {
         role: JoinRole,

@@ -41,6 +41,10 @@ pub struct Trust {
     /// `server/<raft id>` for servers (as each reports its own).
     #[serde(default)]
     pub holders: BTreeMap<String, String>,
+    /// With autolock on, the unlock key (`store::seal::UnlockKey`) that
+    /// seals every server's store key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autolock: Option<String>,
 }
 
 impl Trust {
@@ -151,6 +155,17 @@ pub(super) fn init(state: &mut State, trust: &Trust, admin: &User) -> Response {
             state.users.insert(admin.name.clone(), admin.clone());
             Response::Done
         }
+    }
+}
+
+/// Autolock on with `key`, or off.
+pub(super) fn set_autolock(state: &mut State, key: &Option<String>) -> Response {
+    match state.trust.as_mut() {
+        Some(trust) => {
+            trust.autolock.clone_from(key);
+            Response::Done
+        }
+        None => Response::Rejected(Rejection::NoTrust),
     }
 }
 

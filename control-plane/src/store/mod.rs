@@ -51,9 +51,10 @@ pub type Membership = openraft::StoredMembership<NodeId, BasicNode>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BasicNode>;
 
 /// Opens (or creates) the store under `dir`, brought to this build's
-/// formats ([`upgrade`]) and sealed with the data dir's key ([`seal`]).
-pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), io::Error> {
-    let sealer = upgrade::upgrade(dir, format::THIS).map_err(io::Error::other)?;
+/// formats ([`upgrade`]) and sealed with the data dir's key ([`seal`]);
+/// a locked key (autolock) opens with `unlock`.
+pub fn open(dir: &Path, unlock: Option<&seal::UnlockKey>) -> Result<(LogStore, StateMachineStore), io::Error> {
+    let sealer = upgrade::upgrade(dir, format::THIS, unlock).map_err(io::Error::other)?;
     let db = upgrade::open_db(&dir.join(upgrade::DB))?;
     let log = LogStore::open(db.clone(), sealer.clone()).map_err(io::Error::other)?;
     let sm = StateMachineStore::open(db, sealer).map_err(io::Error::other)?;

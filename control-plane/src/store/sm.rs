@@ -55,6 +55,11 @@ impl StateMachineStore {
         Ok(store)
     }
 
+    /// The key this store seals with (autolock reseals its file).
+    pub fn sealer(&self) -> Sealer {
+        self.sealer.clone()
+    }
+
     /// A handle for readers: API handlers read the applied state through it.
     pub fn applied(&self) -> Arc<RwLock<Applied>> {
         self.applied.clone()

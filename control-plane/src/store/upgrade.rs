@@ -13,7 +13,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::format::{self, Formats, DATA_KEY, KEY, SEALED, STORE};
-use super::seal::{Sealer, KEY_FILE};
+use super::seal::{Sealer, UnlockKey, KEY_FILE};
 use super::sm::SNAP_DATA;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -70,9 +70,10 @@ fn found(db: &sled::Db) -> Result<Option<Found>, Error> {
 }
 
 /// Brings the store in `dir` to `STORE` and `formats.current`, making its
-/// key if it has none yet, and answers the key. A store of a newer layout
-/// or data format is refused by number and left as it is.
-pub fn upgrade(dir: &Path, formats: Formats) -> Result<Sealer, Error> {
+/// key if it has none yet, and answers the key (a locked one opened with
+/// `unlock`). A store of a newer layout or data format is refused by
+/// number and left as it is.
+pub fn upgrade(dir: &Path, formats: Formats, unlock: Option<&UnlockKey>) -> Result<Sealer, Error> {
     finish_interrupted(dir)?;
     let db = open_db(&dir.join(DB))?;
     let found = found(&db)?;
@@ -82,7 +83,7 @@ pub fn upgrade(dir: &Path, formats: Formats) -> Result<Sealer, Error> {
         }
         formats.path("the store's data", f.data)?;
     }
-    let sealer = match (Sealer::load(dir)?, found) {
+    let sealer = match (Sealer::load(dir, unlock)?, found) {
         (Some(key), _) => key,
         (None, Some(f)) if f.layout >= SEALED => {
             return Err(format!(
