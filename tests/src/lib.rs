@@ -208,7 +208,9 @@ impl Cluster {
                 cluster.founded().await?;
             }
         }
-        cluster.wait_for_voters(n).await?;
+        if let Err(e) = cluster.wait_for_voters(n).await {
+            return Err(e.context(cluster.logs()));
+        }
         Ok(cluster)
     }
 
