@@ -269,7 +269,12 @@ pub fn root_cause(status: &Status) -> String {
     while let Some(next) = root.and_then(|e| e.source()) {
         root = Some(next);
     }
-    root.map_or_else(|| status.message().to_owned(), |e| e.to_string())
+    let cause = root.map_or_else(|| status.message().to_owned(), |e| e.to_string());
+    // What a locked server (autolock) answers every call but Unlock with.
+    if cause.contains("mapped from HTTP status code 503") {
+        return "not serving (HTTP 503): a server locked by autolock waits for `berthctl cluster unlock`".into();
+    }
+    cause
 }
 
 #[cfg(test)]

@@ -122,6 +122,23 @@ async fn strangers_and_workers_are_refused_on_every_port() -> Result<()> {
             .await,
     );
     assert!(c == Code::PermissionDenied && why.contains("only servers"), "{why}");
+    // A server holds at most 256 log streams open on a node at once.
+    let creds = Credentials::load(&cluster.servers[0].data_dir.join("tls"))?;
+    let as_server = Tls::new(&creds.context("the server's credentials")?)?;
+    let follow = TaskLogsRequest { service: "web".into(), follow: true, ..Default::default() };
+    let one_connection = channel(&agent_addr, &as_server, Peer::Worker);
+    let mut streams = Vec::new();
+    for _ in 0..256 {
+        streams.push(NodeClient::new(one_connection.clone()).task_logs(follow.clone()).await?.into_inner());
+    }
+    let another = || NodeClient::new(channel(&agent_addr, &as_server, Peer::Worker));
+    let (c, why) = code(another().task_logs(follow.clone()).await);
+    assert!(c == Code::ResourceExhausted && why.contains("at most 256 at a time"), "{why}");
+    drop(streams);
+    wait_for(Duration::from_secs(30), "the streams given back", async || {
+        another().task_logs(follow.clone()).await.ok()
+    })
+    .await?;
 
     // openssl agrees: TLS 1.3 that wants a client certificate, on both ports.
     for addr in [&server, &agent_addr] {
@@ -329,8 +346,8 @@ async fn autolock_keeps_a_restarted_server_locked_until_it_is_given_the_key() ->
     let first_the_locked = [addrs[2].clone(), addrs[0].clone(), addrs[1].clone()];
     let (ok, out, err) = berthctl(&first_the_locked, &["service", "ls"])?;
     assert!(ok && out.contains("locked-in"), "{out}{err}");
-    let (ok, _, _) = berthctl(&addrs[2..], &["service", "ls"])?;
-    assert!(!ok, "a locked server answers nothing");
+    let (ok, _, err) = berthctl(&addrs[2..], &["service", "ls"])?;
+    assert!(!ok && err.contains("locked by autolock"), "a locked server answers nothing: {err}");
     let (ok, said) = unlock(&addrs[2..], &format!("BERTH-UNLOCK-1-{}", "0".repeat(64)))?;
     assert!(!ok && said.contains("that unlock key does not open"), "{said}");
     let (ok, said) = unlock(&addrs, &key)?;
