@@ -54,8 +54,7 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BasicNode>;
 /// formats ([`upgrade`]) and sealed with the data dir's key ([`seal`]);
 /// a locked key (autolock) opens with `unlock`.
 pub fn open(dir: &Path, unlock: Option<&seal::UnlockKey>) -> Result<(LogStore, StateMachineStore), io::Error> {
-    let sealer = upgrade::upgrade(dir, format::THIS, unlock).map_err(io::Error::other)?;
-    let db = upgrade::open_db(&dir.join(upgrade::DB))?;
+    let (db, sealer) = upgrade::upgrade(dir, format::THIS, unlock).map_err(io::Error::other)?;
     let log = LogStore::open(db.clone(), sealer.clone()).map_err(io::Error::other)?;
     let sm = StateMachineStore::open(db, sealer).map_err(io::Error::other)?;
     Ok((log, sm))

@@ -11,7 +11,7 @@ use super::sm::SNAP_DATA;
 use super::upgrade::{upgrade, DB};
 
 fn db(dir: &Path) -> sled::Db {
-    sled::Config::new().path(dir.join(DB)).open().unwrap()
+    super::upgrade::open_db(&dir.join(DB)).unwrap()
 }
 
 fn number(db: &sled::Db, key: &[u8]) -> Option<u32> {

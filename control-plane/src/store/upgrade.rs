@@ -25,12 +25,21 @@ fn with(dir: &Path, suffix: &str) -> PathBuf {
     dir.join(format!("{DB}{suffix}"))
 }
 
+/// Opens the database at `path`. A handle on it just dropped holds its
+/// lock until sled's own threads let go, a moment later: wait for that.
 pub(super) fn open_db(path: &Path) -> io::Result<sled::Db> {
-    sled::Config::new()
-        .path(path)
-        .flush_every_ms(Some(500))
-        .open()
-        .map_err(|e| io::Error::other(format!("cannot open {}: {e}", path.display())))
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::Config::new().path(path).flush_every_ms(Some(500)).open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(io::Error::other(format!("cannot open {}: {e}", path.display()))),
+        }
+    }
 }
 
 /// Completes or undoes a rewrite a crash interrupted.
@@ -73,7 +82,7 @@ fn found(db: &sled::Db) -> Result<Option<Found>, Error> {
 /// key if it has none yet, and answers the key (a locked one opened with
 /// `unlock`). A store of a newer layout or data format is refused by
 /// number and left as it is.
-pub fn upgrade(dir: &Path, formats: Formats, unlock: Option<&UnlockKey>) -> Result<Sealer, Error> {
+pub fn upgrade(dir: &Path, formats: Formats, unlock: Option<&UnlockKey>) -> Result<(sled::Db, Sealer), Error> {
     finish_interrupted(dir)?;
     let db = open_db(&dir.join(DB))?;
     let found = found(&db)?;
@@ -122,9 +131,10 @@ pub fn upgrade(dir: &Path, formats: Formats, unlock: Option<&UnlockKey>) -> Resu
                 snapshot,
                 "store rewritten"
             );
+            return Ok((open_db(&dir.join(DB))?, sealer));
         }
     }
-    Ok(sealer)
+    Ok((db, sealer))
 }
 
 /// Refuses a key that does not open the store's newest value (a key
