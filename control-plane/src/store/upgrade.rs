@@ -121,7 +121,11 @@ pub fn upgrade(dir: &Path, formats: Formats, unlock: Option<&UnlockKey>) -> Resu
             std::fs::rename(dir.join(DB), with(dir, ".old"))?;
             std::fs::rename(&new, dir.join(DB))?;
             std::fs::File::open(dir)?.sync_all()?;
-            std::fs::remove_dir_all(with(dir, ".old"))?;
+            // Not fatal: sled's threads may still be closing it; the next
+            // start removes what is left (`finish_interrupted`).
+            if let Err(e) = std::fs::remove_dir_all(with(dir, ".old")) {
+                tracing::warn!("cannot remove the store before the rewrite yet: {e}");
+            }
             tracing::info!(
                 from = f.layout,
                 to = STORE,
