@@ -94,12 +94,14 @@ pub async fn wait_for_unlock(listener: TcpListener, tls: Tls, dir: PathBuf, max_
             let _ = stopped.await;
         },
     );
-    let server = tokio::spawn(server);
+    let mut server = tokio::spawn(server);
     let key = keys.recv().await.context("the locked server stopped before it was unlocked")?;
     let _ = stop.send(());
-    // The unlock's answer goes out before the port is let go.
-    if tokio::time::timeout(Duration::from_secs(5), server).await.is_err() {
-        warn!("the locked server's connections did not close within 5 s");
+    // The unlock's answer goes out before the port is let go; a connection
+    // that lingers is cut, so the listener is dropped either way.
+    if tokio::time::timeout(Duration::from_secs(5), &mut server).await.is_err() {
+        warn!("the locked server's connections did not close within 5 s: closing them");
+        server.abort();
     }
     info!("unlocked");
     Ok(key)
@@ -108,9 +110,10 @@ pub async fn wait_for_unlock(listener: TcpListener, tls: Tls, dir: PathBuf, max_
 /// Keeps this server's store key as the cluster's autolock setting says:
 /// sealed by the unlock key while it is on (again when it changes), in the
 /// clear when off. It first waits for the state to catch up with the local
-/// log, so an older view never unseals a key the cluster has since locked.
-pub async fn keep(node: Arc<Node>, sealer: Sealer) {
-    let start = node.metrics().last_log_index;
+/// log as it was at start (`start`, its last index, read from the store
+/// before Raft runs), so an older view never unseals a key the cluster has
+/// since locked.
+pub async fn keep(node: Arc<Node>, sealer: Sealer, start: Option<u64>) {
     let mut seen = node.metrics().last_applied;
     while seen.map(|l| l.index) < start {
         seen = node.applied_after(seen, Duration::from_secs(5)).await;

@@ -95,8 +95,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     } else {
         None
     };
-    let (log, sm) = store::open(&cfg.data_dir, unlock.as_ref())?;
+    let (mut log, sm) = store::open(&cfg.data_dir, unlock.as_ref())?;
     let sealer = sm.sealer();
+    let last_index = openraft::storage::RaftLogStorage::get_log_state(&mut log)
+        .await
+        .map_err(|e| anyhow!("reading the log: {e}"))?
+        .last_log_id
+        .map(|l| l.index);
     let applied = sm.applied();
     let network = Network { peers: peers.clone() };
     let raft = Raft::new(id, Arc::new(cfg.raft_config()?), network, log, sm).await.context("cannot start Raft")?;
@@ -141,7 +146,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     if identity.pending_promotion.is_some() {
         tokio::spawn(finish_promotion(node.clone(), identity.clone(), cfg.data_dir.clone()));
     }
-    let key_keeper = tokio::spawn(autolock::keep(node.clone(), sealer));
+    let key_keeper = tokio::spawn(autolock::keep(node.clone(), sealer, last_index));
     let certificates = crate::rotation::spawn(node.clone(), tls.clone(), creds, cfg.data_dir.join(TLS_DIR));
     info!(id, %listen, %advertise, "berth-server serving");
 

@@ -213,6 +213,26 @@ mod tests {
     }
 
     #[test]
+    fn autolock_changes_only_from_the_key_it_was_decided_on() {
+        use crate::state::{apply, Command, Rejection, Response, State};
+        let (founding, _, _) = found(Duration::from_secs(3600)).unwrap();
+        let mut state = State::default();
+        let set = |key: Option<&str>, previous: Option<&str>| Command::SetAutolock {
+            key: key.map(Into::into),
+            previous: previous.map(Into::into),
+        };
+        assert_eq!(apply(&mut state, &set(Some("a"), None)), Response::Rejected(Rejection::NoTrust));
+        let cmd = Command::InitTrust { trust: Box::new(founding.trust.clone()), admin: founding.admin.clone() };
+        assert_eq!(apply(&mut state, &cmd), Response::Done);
+        assert_eq!(apply(&mut state, &set(Some("a"), None)), Response::Done);
+        // Two admins decided on "off" at once: the second is told, and "a" stays.
+        assert_eq!(apply(&mut state, &set(Some("b"), None)), Response::Rejected(Rejection::AutolockChanged));
+        assert_eq!(state.trust.as_ref().and_then(|t| t.autolock.as_deref()), Some("a"));
+        assert_eq!(apply(&mut state, &set(None, Some("a"))), Response::Done);
+        assert_eq!(state.trust.as_ref().and_then(|t| t.autolock.clone()), None);
+    }
+
+    #[test]
     fn a_rotation_trusts_both_roots_until_every_node_holds_the_new_ones_then_only_it() {
         use crate::state::{apply, Command, Response, State};
         let (founding, _, admin) = found(Duration::from_secs(3600)).unwrap();

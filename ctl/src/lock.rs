@@ -26,7 +26,10 @@ pub async fn autolock(client: &Client, on: bool) -> Result<String> {
     let reply = client.call("autolock", async |mut c| c.autolock(req).await).await?;
     Ok(match on {
         true => format!("Autolock is on.\n{}", shown(&reply.unlock_key)),
-        false => "Autolock is off: servers open their stores at start by themselves.\n".into(),
+        false => "Autolock is off: running servers keep their store keys in the clear from now on. A server that \
+                  is down now still opens only with the unlock key it was sealed with: keep it until each has \
+                  restarted.\n"
+            .into(),
     })
 }
 
@@ -40,7 +43,11 @@ pub async fn unlock_key(client: &Client, rotate: bool, quiet: bool) -> Result<St
     Ok(match (quiet, rotate) {
         (true, _) => format!("{}\n", reply.unlock_key),
         (false, true) => {
-            format!("The unlock key was replaced; the old one no longer opens anything.\n{}", shown(&reply.unlock_key))
+            format!(
+                "The unlock key was replaced: every running server reseals its store key with the new one. A \
+                 server that is down now still opens only with the old key: keep it until each has restarted.\n{}",
+                shown(&reply.unlock_key)
+            )
         }
         (false, false) => shown(&reply.unlock_key),
     })

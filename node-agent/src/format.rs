@@ -66,6 +66,8 @@ fn upgrade_with(dir: &Path, current: u32, migrations: &[Migration]) -> Result<u3
     let path = dir.join(FILE);
     let found = match std::fs::read_to_string(&path) {
         Ok(text) => text.trim().parse().map_err(|_| FormatError::Unreadable { dir: name(), text })?,
+        // A new data dir is this build's; one holding anything is from before the mark.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && is_empty(dir) => current,
         Err(e) if e.kind() == io::ErrorKind::NotFound => UNMARKED,
         Err(e) => return Err(io(e)),
     };
@@ -85,6 +87,10 @@ fn upgrade_with(dir: &Path, current: u32, migrations: &[Migration]) -> Result<u3
     Ok(found)
 }
 
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,9 +102,20 @@ mod tests {
     #[test]
     fn an_unmarked_dir_is_format_1_and_gets_marked() {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("images")).unwrap();
         assert_eq!(upgrade(dir.path()).unwrap(), UNMARKED);
         assert_eq!(recorded(dir.path()), format!("{FORMAT}\n"));
         assert_eq!(upgrade(dir.path()).unwrap(), FORMAT, "the same, once marked");
+    }
+
+    #[test]
+    fn a_new_dir_is_this_builds_format_with_no_migration() {
+        fn never(_: &Path) -> io::Result<()> {
+            Err(io::Error::other("ran"))
+        }
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(upgrade_with(dir.path(), 2, &[Migration { to: 2, run: never }]).unwrap(), 2);
+        assert_eq!(recorded(dir.path()), "2\n");
     }
 
     #[test]
@@ -123,6 +140,7 @@ mod tests {
         }
         let steps = [Migration { to: 2, run: to2 }, Migration { to: 3, run: to3 }];
         let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node-id"), "n1").unwrap();
         assert_eq!(upgrade_with(dir.path(), 3, &steps).unwrap(), 1);
         assert_eq!(std::fs::read_to_string(dir.path().join("steps")).unwrap(), "23");
         assert_eq!(recorded(dir.path()), "3\n");
@@ -132,7 +150,9 @@ mod tests {
         upgrade_with(dir.path(), 3, &steps).unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join("steps")).unwrap(), "23");
         // A gap is refused, naming both ends.
-        let gap = upgrade_with(tempfile::tempdir().unwrap().path(), 3, &steps[1..]).unwrap_err().to_string();
+        let old = tempfile::tempdir().unwrap();
+        std::fs::write(old.path().join("node-id"), "n1").unwrap();
+        let gap = upgrade_with(old.path(), 3, &steps[1..]).unwrap_err().to_string();
         assert!(gap.contains("has format 1, and this build has no migration from it to 3"), "{gap}");
     }
 }

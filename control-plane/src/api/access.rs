@@ -129,7 +129,7 @@ pub async fn autolock(node: &Node, req: AutolockRequest) -> Result<AutolockReply
         (_, false, current) => current.clone(),
     };
     if key != current {
-        done(node.write(Command::SetAutolock { key: key.clone() }).await?)?;
+        done(node.write(Command::SetAutolock { key: key.clone(), previous: current }).await?)?;
     }
     Ok(AutolockReply { unlock_key: key.unwrap_or_default() })
 }

@@ -49,6 +49,7 @@ impl From<Rejection> for Status {
             | Rejection::PortReserved { .. } => Status::failed_precondition(r.to_string()),
             Rejection::NoSubnet(_) => Status::resource_exhausted(r.to_string()),
             Rejection::TrustSet(_) | Rejection::LastAdmin(_) | Rejection::RotationUnderway | Rejection::NotRenewed(_) => Status::failed_precondition(r.to_string()),
+            Rejection::AutolockChanged => Status::aborted(r.to_string()),
             Rejection::NoTrust => Status::unavailable(r.to_string()),
             Rejection::UserExists(_) => Status::already_exists(r.to_string()),
             Rejection::UserNotFound(_) => Status::not_found(r.to_string()),

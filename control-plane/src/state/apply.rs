@@ -148,7 +148,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
         Command::RemoveNode { id } => remove_node(state, id),
         Command::InitTrust { trust, admin } => trust::init(state, trust, admin),
         Command::RotateToken { role, secret } => trust::rotate_token(state, *role, secret),
-        Command::SetAutolock { key } => trust::set_autolock(state, key),
+        Command::SetAutolock { key, previous } => trust::set_autolock(state, key, previous),
         Command::AddUser(user) => trust::add_user(&mut state.users, user),
         Command::RemoveUser { name } => trust::remove_user(&mut state.users, name),
         Command::RotateCa(rotation) => trust::rotate_ca(state, rotation),

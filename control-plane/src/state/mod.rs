@@ -139,9 +139,12 @@ pub enum Command {
         admin: User,
     },
     /// Autolock on with this unlock key (a new one replaces the old), or
-    /// off with none.
+    /// off with none. Precondition: the key now is `previous`, so of two
+    /// admins changing it at once, one is told, rather than shown a key
+    /// the other has already replaced.
     SetAutolock {
         key: Option<String>,
+        previous: Option<String>,
     },
     /// A new secret for one role's join tokens; the old one stops working.
     RotateToken {
@@ -273,6 +276,8 @@ pub enum Rejection {
     RotationUnderway,
     #[error("user {0:?} holds no certificate of the CA rotation to confirm: run `berthctl cluster ca rotate` again")]
     NotRenewed(String),
+    #[error("autolock changed meanwhile (another admin?): run the command again")]
+    AutolockChanged,
 }
 
 impl std::fmt::Display for Outcome {

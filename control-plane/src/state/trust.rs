@@ -158,9 +158,10 @@ pub(super) fn init(state: &mut State, trust: &Trust, admin: &User) -> Response {
     }
 }
 
-/// Autolock on with `key`, or off.
-pub(super) fn set_autolock(state: &mut State, key: &Option<String>) -> Response {
+/// Autolock on with `key`, or off, if it is still `previous`.
+pub(super) fn set_autolock(state: &mut State, key: &Option<String>, previous: &Option<String>) -> Response {
     match state.trust.as_mut() {
+        Some(trust) if trust.autolock != *previous => Response::Rejected(Rejection::AutolockChanged),
         Some(trust) => {
             trust.autolock.clone_from(key);
             Response::Done

@@ -108,7 +108,10 @@ pub enum KeyError {
     Io(#[from] io::Error),
     #[error("{0} is locked (autolock): it opens only with the cluster's unlock key")]
     Locked(String),
-    #[error("that unlock key does not open {0}: it is not this cluster's current unlock key")]
+    #[error(
+        "that unlock key does not open {0}: this server's store key is sealed with another (an older one, if the \
+         key was rotated or autolock turned off while this server was down)"
+    )]
     WrongKey(String),
 }
 

@@ -194,5 +194,12 @@ fn rewrite(db: &sled::Db, to: &Path, found: Found, formats: Formats, sealer: &Se
     meta.insert(KEY, serde_json::to_vec(&STORE)?)?;
     meta.insert(DATA_KEY, serde_json::to_vec(&formats.current)?)?;
     new.flush()?;
+    drop(new);
+    // sled syncs its files, not the directories that name them.
+    for dir in [to.to_path_buf(), to.join("blobs")] {
+        if dir.is_dir() {
+            std::fs::File::open(&dir)?.sync_all()?;
+        }
+    }
     Ok((entries, snapshot))
 }

@@ -126,20 +126,12 @@ async fn send(tx: &mpsc::Sender<Lines>, messages: Vec<TaskLogLines>) -> bool {
 
 type Followers = BTreeMap<String, Follower>;
 
-/// What is kept of each task's log (the last `tail` lines when given),
-/// and a follower from its end.
-fn first_read(runtime: &Runtime, service: &str, tail: Option<usize>) -> Result<(Followers, Vec<TaskLogLines>), Status> {
-    let mut followers = Followers::new();
-    let mut out = Vec::new();
-    for (task, dir) in containers(runtime, service) {
-        // Follow from the end as it is now, then read what is kept: a line
-        // written in between may come twice, but none is lost.
-        let follower = Follower::from_end(&dir).unwrap_or_else(|_| Follower::from_start(&dir));
-        let lines = logs::read(&dir, tail).map_err(|e| Status::internal(format!("reading the logs of {task}: {e}")))?;
-        out.extend(batches(&task, lines));
-        followers.insert(task, follower);
-    }
-    Ok((followers, out))
+/// What is kept of one task's log (the last `tail` lines when given), and
+/// a follower from its end. Follow from the end as it is now, then read
+/// what is kept: a line written in between may come twice, but none is lost.
+fn first_read(dir: &std::path::Path, tail: Option<usize>) -> (Follower, std::io::Result<Vec<LogLine>>) {
+    let follower = Follower::from_end(dir).unwrap_or_else(|_| Follower::from_start(dir));
+    (follower, logs::read(dir, tail))
 }
 
 /// What each task wrote since the last poll; tasks that started since
@@ -160,23 +152,28 @@ fn poll(runtime: &Runtime, service: &str, mut followers: Followers) -> (Follower
 async fn stream(runtime: Runtime, req: TaskLogsRequest, tx: mpsc::Sender<Lines>) {
     let tail = req.has_tail.then_some(req.tail as usize);
     let (rt, service) = (runtime.clone(), req.service.clone());
-    let first = tokio::task::spawn_blocking(move || first_read(&rt, &service, tail)).await;
-    let mut followers = match first {
-        Ok(Ok((followers, lines))) => {
-            if !send(&tx, lines).await {
+    let Ok(tasks) = tokio::task::spawn_blocking(move || containers(&rt, &service)).await else { return };
+    // One task's log at a time, sent before the next is read: memory is
+    // bounded by one log, not by the whole service's.
+    let mut followers = Followers::new();
+    for (task, dir) in tasks {
+        let read = tokio::task::spawn_blocking(move || first_read(&dir, tail)).await;
+        let (follower, lines) = match read {
+            Ok((follower, Ok(lines))) => (follower, lines),
+            Ok((_, Err(e))) => {
+                let _ = tx.send(Err(Status::internal(format!("reading the logs of {task}: {e}")))).await;
                 return;
             }
-            followers
-        }
-        Ok(Err(status)) => {
-            let _ = tx.send(Err(status)).await;
+            Err(e) => {
+                let _ = tx.send(Err(Status::internal(format!("reading logs: {e}")))).await;
+                return;
+            }
+        };
+        if !send(&tx, batches(&task, lines)).await {
             return;
         }
-        Err(e) => {
-            let _ = tx.send(Err(Status::internal(format!("reading logs: {e}")))).await;
-            return;
-        }
-    };
+        followers.insert(task, follower);
+    }
     if !req.follow {
         return;
     }
