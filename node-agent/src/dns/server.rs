@@ -397,6 +397,21 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let held = open_fds() - before;
         assert!(held <= 300 + super::super::tcp::MAX_CONNECTIONS + SLACK, "{held} descriptors for 300 connections");
+        // They are one address's: another (a neighbour container) is still served.
+        let neighbour = async {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind(([127, 0, 0, 2], 0).into()).ok()?;
+            let mut conn = socket.connect(at).await.ok()?;
+            let question = query(9, "web.berth.local.");
+            conn.write_all(&[&(question.len() as u16).to_be_bytes()[..], &question].concat()).await.ok()?;
+            let mut len = [0u8; 2];
+            conn.read_exact(&mut len).await.ok()?;
+            let mut reply = vec![0; u16::from_be_bytes(len).into()];
+            conn.read_exact(&mut reply).await.ok()?;
+            Message::from_vec(&reply).ok()
+        };
+        let reply = tokio::time::timeout(Duration::from_secs(10), neighbour).await.ok().flatten();
+        assert!(reply.is_some_and(|m| m.answers.len() == 1), "one address took every TCP slot");
         drop(conns);
         let answered = async {
             loop {

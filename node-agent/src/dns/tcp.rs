@@ -4,13 +4,15 @@
 //! (up to the idle timeout, again and again), so a container opening
 //! connections in a loop could leave the agent none to open its own
 //! files, sockets and containers. Here at most `MAX_CONNECTIONS` are
-//! served at once and any more are closed as they come; a client falls
+//! served at once, `PER_SOURCE` of them from one address, each for at
+//! most a minute, and any more are closed as they come; a client falls
 //! back to UDP or tries again.
 //!
 //! Each message is a two-byte length and the query; the connection's
 //! questions are answered in turn by the same handler as UDP's.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,10 +32,48 @@ use tracing::warn;
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once from one address (one container), so one
+/// cannot take every slot from its neighbours.
+pub const PER_SOURCE: usize = 8;
+/// How long one connection is served, however busy: a client that keeps
+/// asking just under the idle timeout does not hold its slot forever.
+const LIFETIME: Duration = Duration::from_secs(60);
+
+/// Connections held per source address; a `Held` gives its place back.
+#[derive(Default)]
+struct Sources(Mutex<HashMap<IpAddr, usize>>);
+
+struct Held(Arc<Sources>, IpAddr);
+
+impl Sources {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Held> {
+        let mut held = self.0.lock().ok()?;
+        let count = held.entry(ip).or_default();
+        if *count >= PER_SOURCE {
+            return None;
+        }
+        *count += 1;
+        Some(Held(self.clone(), ip))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.0 .0.lock() {
+            if let Some(count) = held.get_mut(&self.1) {
+                *count -= 1;
+                if *count == 0 {
+                    held.remove(&self.1);
+                }
+            }
+        }
+    }
+}
 
 /// Accepts connections for as long as the runtime runs.
 pub async fn serve<H: RequestHandler>(listener: TcpListener, handler: Arc<H>, idle: Duration) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let sources = Arc::new(Sources::default());
     loop {
         let (conn, src) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -44,13 +84,13 @@ pub async fn serve<H: RequestHandler>(listener: TcpListener, handler: Arc<H>, id
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue; // full: dropping it closes it
-        };
+        // Full, or this source has its share: dropping it closes it.
+        let Some(mine) = sources.take(src.ip()) else { continue };
+        let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
         let handler = handler.clone();
         tokio::spawn(async move {
-            let _slot = slot;
-            session(conn, src, &*handler, idle).await;
+            let _held = (slot, mine);
+            let _ = tokio::time::timeout(LIFETIME, session(conn, src, &*handler, idle)).await;
         });
     }
 }
