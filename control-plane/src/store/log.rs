@@ -34,8 +34,7 @@ impl LogStore {
     }
 
     fn decode_entry(&self, key: &[u8], value: &[u8]) -> Result<Entry, StorageError<NodeId>> {
-        let what = || format!("log entry {}", u64::from_be_bytes(key.try_into().unwrap_or_default()));
-        let plain = self.sealer.open(value, what).map_err(read_err)?;
+        let plain = self.sealer.open(value, || entry_name(key)).map_err(read_err)?;
         serde_json::from_slice(&plain).map_err(read_err)
     }
 
@@ -82,6 +81,11 @@ impl LogStore {
 
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
+}
+
+/// A log entry by its key, for errors: `log entry N`.
+pub(super) fn entry_name(key: &[u8]) -> String {
+    format!("log entry {}", u64::from_be_bytes(key.try_into().unwrap_or_default()))
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {

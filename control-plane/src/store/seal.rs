@@ -61,7 +61,7 @@ impl UnlockKey {
     /// Parses what `Display` shows; None for anything else.
     pub fn parse(text: &str) -> Option<Self> {
         let hex = text.trim().strip_prefix(UNLOCK_PREFIX)?;
-        Some(Self(decode_hex(hex)?.try_into().ok()?))
+        Some(Self(hex::decode(hex).ok()?.try_into().ok()?))
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {
@@ -71,7 +71,7 @@ impl UnlockKey {
 
 impl std::fmt::Display for UnlockKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{UNLOCK_PREFIX}{}", hex(&self.0))
+        write!(f, "{UNLOCK_PREFIX}{}", hex::encode(self.0))
     }
 }
 
@@ -161,10 +161,10 @@ impl Sealer {
         let Some(file) = read_file(dir)? else { return Ok(None) };
         let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
         let key = match (file.key, file.sealed, unlock) {
-            (Some(key), _, _) => decode_hex(&key).ok_or_else(|| bad("key: expected 64 hex digits"))?,
+            (Some(key), _, _) => hex::decode(&key).map_err(|_| bad("key: expected 64 hex digits"))?,
             (_, Some(_), None) => return Err(KeyError::Locked(path.display().to_string())),
             (_, Some(sealed), Some(unlock)) => {
-                let sealed = decode_hex(&sealed).ok_or_else(|| bad("sealed: expected hex digits"))?;
+                let sealed = hex::decode(&sealed).map_err(|_| bad("sealed: expected hex digits"))?;
                 open_with(&unlock.cipher(), &sealed).ok_or_else(|| KeyError::WrongKey(path.display().to_string()))?
             }
             (None, None, _) => return Err(bad("no key").into()),
@@ -187,8 +187,8 @@ impl Sealer {
     /// Writes the key file again: sealed by `unlock`, or in the clear.
     pub fn save(&self, unlock: Option<&UnlockKey>) -> io::Result<()> {
         let file = match unlock {
-            None => KeyFile { version: 1, key: Some(hex(&self.key)), sealed: None },
-            Some(u) => KeyFile { version: 1, key: None, sealed: Some(hex(&seal_with(&u.cipher(), &self.key))) },
+            None => KeyFile { version: 1, key: Some(hex::encode(self.key)), sealed: None },
+            Some(u) => KeyFile { version: 1, key: None, sealed: Some(hex::encode(seal_with(&u.cipher(), &self.key))) },
         };
         berth_proto::pki::write_private(&self.path, &serde_json::to_vec(&file)?)
     }
@@ -201,17 +201,6 @@ impl Sealer {
     pub fn open(&self, sealed: &[u8], what: impl FnOnce() -> String) -> Result<Vec<u8>, Unsealable> {
         open_with(&self.cipher, sealed).ok_or_else(|| Unsealable { what: what(), key: self.path.display().to_string() })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]
@@ -230,7 +219,7 @@ mod tests {
         sealer.save(Some(&unlock)).unwrap();
         assert!(locked(dir.path()).unwrap());
         let text = std::fs::read_to_string(dir.path().join(KEY_FILE)).unwrap();
-        assert!(!text.contains(&hex(&sealer.key)), "the data key is not in the clear");
+        assert!(!text.contains(&hex::encode(sealer.key)), "the data key is not in the clear");
         let e = Sealer::load(dir.path(), None).unwrap_err().to_string();
         assert!(e.contains("is locked (autolock)"), "{e}");
         let e = Sealer::load(dir.path(), Some(&UnlockKey::generate())).unwrap_err().to_string();

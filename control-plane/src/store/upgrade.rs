@@ -13,6 +13,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::format::{self, Formats, DATA_KEY, KEY, SEALED, STORE};
+use super::log::entry_name;
 use super::seal::{Sealer, UnlockKey, KEY_FILE};
 use super::sm::SNAP_DATA;
 
@@ -108,9 +109,7 @@ pub fn upgrade(dir: &Path, formats: Formats, unlock: Option<&UnlockKey>) -> Resu
     }
     match found {
         None => {
-            let meta = db.open_tree("meta")?;
-            meta.insert(KEY, serde_json::to_vec(&STORE)?)?;
-            meta.insert(DATA_KEY, serde_json::to_vec(&formats.current)?)?;
+            mark(&db, formats)?;
             db.flush()?;
         }
         Some(f) if f == (Found { layout: STORE, data: formats.current }) => {}
@@ -141,12 +140,19 @@ pub fn upgrade(dir: &Path, formats: Formats, unlock: Option<&UnlockKey>) -> Resu
     Ok((db, sealer))
 }
 
+/// Records this build's layout and `formats.current` in `db`.
+fn mark(db: &sled::Db, formats: Formats) -> Result<(), Error> {
+    let meta = db.open_tree("meta")?;
+    meta.insert(KEY, serde_json::to_vec(&STORE)?)?;
+    meta.insert(DATA_KEY, serde_json::to_vec(&formats.current)?)?;
+    Ok(())
+}
+
 /// Refuses a key that does not open the store's newest value (a key
 /// from another data dir), before Raft would find out mid-start.
 fn check_key(db: &sled::Db, sealer: &Sealer) -> Result<(), Error> {
-    if let Some((index, value)) = db.open_tree("log")?.last()? {
-        let index = u64::from_be_bytes(index.as_ref().try_into().unwrap_or_default());
-        sealer.open(&value, || format!("log entry {index}"))?;
+    if let Some((key, value)) = db.open_tree("log")?.last()? {
+        sealer.open(&value, || entry_name(&key))?;
     } else if let Some(value) = db.open_tree("snap")?.get(SNAP_DATA)? {
         sealer.open(&value, || "the stored snapshot".into())?;
     }
@@ -171,7 +177,7 @@ fn rewrite(db: &sled::Db, to: &Path, found: Found, formats: Formats, sealer: &Se
             let (key, value) = kv?;
             let value = match (name.as_ref(), key.as_ref()) {
                 (b"log", index) => {
-                    let what = || format!("log entry {}", u64::from_be_bytes(index.try_into().unwrap_or_default()));
+                    let what = || entry_name(index);
                     let json = serde_json::from_slice(&plain(&value, &what)?)?;
                     let entry = formats.migrate(&what(), found.data, json, |m| m.entry)?;
                     entries += 1;
@@ -190,9 +196,7 @@ fn rewrite(db: &sled::Db, to: &Path, found: Found, formats: Formats, sealer: &Se
             into.insert(key, value)?;
         }
     }
-    let meta = new.open_tree("meta")?;
-    meta.insert(KEY, serde_json::to_vec(&STORE)?)?;
-    meta.insert(DATA_KEY, serde_json::to_vec(&formats.current)?)?;
+    mark(&new, formats)?;
     new.flush()?;
     drop(new);
     // sled syncs its files, not the directories that name them.

@@ -11,11 +11,11 @@
 //! Each message is a two-byte length and the query; the connection's
 //! questions are answered in turn by the same handler as UDP's.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use berth_proto::quota::Quota;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::net::NetError;
@@ -39,41 +39,10 @@ pub const PER_SOURCE: usize = 8;
 /// asking just under the idle timeout does not hold its slot forever.
 const LIFETIME: Duration = Duration::from_secs(60);
 
-/// Connections held per source address; a `Held` gives its place back.
-#[derive(Default)]
-struct Sources(Mutex<HashMap<IpAddr, usize>>);
-
-struct Held(Arc<Sources>, IpAddr);
-
-impl Sources {
-    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Held> {
-        let mut held = self.0.lock().ok()?;
-        let count = held.entry(ip).or_default();
-        if *count >= PER_SOURCE {
-            return None;
-        }
-        *count += 1;
-        Some(Held(self.clone(), ip))
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Ok(mut held) = self.0 .0.lock() {
-            if let Some(count) = held.get_mut(&self.1) {
-                *count -= 1;
-                if *count == 0 {
-                    held.remove(&self.1);
-                }
-            }
-        }
-    }
-}
-
 /// Accepts connections for as long as the runtime runs.
 pub async fn serve<H: RequestHandler>(listener: TcpListener, handler: Arc<H>, idle: Duration) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let sources = Arc::new(Sources::default());
+    let sources = Quota::new("DNS connections", PER_SOURCE);
     loop {
         let (conn, src) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -85,7 +54,7 @@ pub async fn serve<H: RequestHandler>(listener: TcpListener, handler: Arc<H>, id
             }
         };
         // Full, or this source has its share: dropping it closes it.
-        let Some(mine) = sources.take(src.ip()) else { continue };
+        let Ok(mine) = sources.take(&src.ip().to_string()) else { continue };
         let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
         let handler = handler.clone();
         tokio::spawn(async move {
