@@ -41,6 +41,15 @@ impl Registry {
         Self::start_with(Auth::Anonymous).await
     }
 
+    /// An anonymous registry holding the test busybox image as
+    /// `busybox:v1`, and that image's reference.
+    pub async fn with_busybox() -> Result<(Self, String)> {
+        let registry = Self::start().await?;
+        crate::oci::Image::busybox()?.push(&registry.addr, "busybox", "v1").await?;
+        let image = format!("{}/busybox:v1", registry.addr);
+        Ok((registry, image))
+    }
+
     pub async fn start_with(auth: Auth) -> Result<Self> {
         Self::start_at("127.0.0.1", auth).await
     }

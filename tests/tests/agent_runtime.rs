@@ -11,9 +11,7 @@ use berth_tests::oci::{blob, host_architecture, Compression, Format, Image, Push
 use berth_tests::registry::{Auth, Registry, PASSWORD, USER};
 
 async fn registry_with_busybox() -> (Registry, String) {
-    let registry = Registry::start().await.unwrap();
-    Image::busybox().unwrap().push(&registry.addr, "busybox", "v1").await.unwrap();
-    let image = format!("{}/busybox:v1", registry.addr);
+    let (registry, image) = Registry::with_busybox().await.unwrap();
     (registry, image)
 }
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::agent::Agent;
-use berth_tests::oci::Image;
 use berth_tests::registry::Registry;
 use berth_tests::{berthctl, wait_for, Cluster};
 
@@ -42,9 +41,7 @@ fn get(addr: Ipv4Addr) -> Result<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn task_containers_reach_each_other_by_address() -> Result<()> {
-    let registry = Registry::start().await?;
-    Image::busybox()?.push(&registry.addr, "busybox", "v1").await?;
-    let image = format!("{}/busybox:v1", registry.addr);
+    let (registry, image) = Registry::with_busybox().await?;
     let cluster = Cluster::start(3, &[]).await?;
     let servers = cluster.addrs();
     let (a, b) = (Agent::new(Some(&registry)), Agent::new(Some(&registry)));

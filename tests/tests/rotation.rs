@@ -16,7 +16,6 @@ use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::HeartbeatRequest;
 use berth_proto::pki::{certificates, Credentials, Identity, Role};
 use berth_tests::agent::Agent;
-use berth_tests::oci::Image;
 use berth_tests::registry::Registry;
 use berth_tests::{berthctl, berthctl_as, keys, reload_keys, wait_for, Cluster};
 
@@ -54,9 +53,7 @@ fn ca_status(servers: &[String]) -> Option<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificates_renew_and_the_root_rotates_while_a_service_runs_and_a_leader_dies() -> Result<()> {
-    let registry = Registry::start().await?;
-    Image::busybox()?.push(&registry.addr, "busybox", "v1").await?;
-    let image = format!("{}/busybox:v1", registry.addr);
+    let (registry, image) = Registry::with_busybox().await?;
     let mut cluster = Cluster::start(3, &["--cert-validity=1m"]).await?;
     let servers = cluster.addrs();
     let (a, b) = (Agent::new(Some(&registry)), Agent::new(Some(&registry)));

@@ -313,6 +313,16 @@ fn unlock(servers: &[String], key: &str) -> Result<(bool, String)> {
     Ok((out.status.success(), text))
 }
 
+/// Restarts server `i` and waits for it to say it is locked.
+async fn restart_locked(cluster: &mut Cluster, i: usize) -> Result<()> {
+    cluster.servers[i].stop()?;
+    cluster.servers[i].restart()?;
+    wait_for(Duration::from_secs(30), &format!("server {i} to say it is locked"), async || {
+        cluster.servers[i].log_text().contains("the store is locked (autolock)").then_some(())
+    })
+    .await
+}
+
 /// Autolock: every server's store key is sealed by an unlock key no server
 /// keeps; a restarted server is locked (clients pass it by) until given
 /// the key; a rotated key replaces the old; off, servers start alone.
@@ -337,12 +347,7 @@ async fn autolock_keeps_a_restarted_server_locked_until_it_is_given_the_key() ->
     .await?;
 
     // Restarted, server 2 is locked: clients pass it by, as a server that is down.
-    cluster.servers[2].stop()?;
-    cluster.servers[2].restart()?;
-    wait_for(Duration::from_secs(30), "server 2 to say it is locked", async || {
-        cluster.servers[2].log_text().contains("the store is locked (autolock)").then_some(())
-    })
-    .await?;
+    restart_locked(&mut cluster, 2).await?;
     let first_the_locked = [addrs[2].clone(), addrs[0].clone(), addrs[1].clone()];
     let (ok, out, err) = berthctl(&first_the_locked, &["service", "ls"])?;
     assert!(ok && out.contains("locked-in"), "{out}{err}");
@@ -367,12 +372,7 @@ async fn autolock_keeps_a_restarted_server_locked_until_it_is_given_the_key() ->
     assert!(new_key != key && new_key.starts_with("BERTH-UNLOCK-1-"), "{new_key}");
     wait_for(Duration::from_secs(30), "server 1's store key resealed", async || (key_file(1) != before).then_some(()))
         .await?;
-    cluster.servers[1].stop()?;
-    cluster.servers[1].restart()?;
-    wait_for(Duration::from_secs(30), "server 1 to be locked", async || {
-        cluster.servers[1].log_text().matches("the store is locked (autolock)").next().map(|_| ())
-    })
-    .await?;
+    restart_locked(&mut cluster, 1).await?;
     let (ok, said) = unlock(&addrs[1..2], &key)?;
     assert!(!ok && said.contains("does not open"), "{said}");
     let (ok, said) = unlock(&addrs[1..2], &new_key)?;

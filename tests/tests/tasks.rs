@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::agent::Agent;
-use berth_tests::oci::Image;
 use berth_tests::registry::Registry;
 use berth_tests::{berthctl, wait_for, Cluster, Process};
 
@@ -80,9 +79,7 @@ const SERVE: &str = "trap 'exit 0' TERM; echo serving; while true; do sleep 0.2;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
-    let registry = Registry::start().await?;
-    Image::busybox()?.push(&registry.addr, "busybox", "v1").await?;
-    let image = format!("{}/busybox:v1", registry.addr);
+    let (registry, image) = Registry::with_busybox().await?;
     let mut cluster = Cluster::start(3, &[]).await?;
     let servers = cluster.addrs();
     let events = berthctl_background(&servers, cluster.dir.path().join("events.log"), &["events"])?;
@@ -326,9 +323,7 @@ const CRASH: &str = "test -e /marker && echo marker seen; touch /marker; echo at
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_that_keeps_failing_is_restarted_with_backoff() -> Result<()> {
-    let registry = Registry::start().await?;
-    Image::busybox()?.push(&registry.addr, "busybox", "v1").await?;
-    let image = format!("{}/busybox:v1", registry.addr);
+    let (registry, image) = Registry::with_busybox().await?;
     let cluster = Cluster::start(3, &[]).await?;
     let servers = cluster.addrs();
     let agent = Agent::new(Some(&registry));
@@ -363,9 +358,7 @@ async fn a_task_that_keeps_failing_is_restarted_with_backoff() -> Result<()> {
 /// ready (it keeps heartbeating), and runs the task once there is room.
 #[tokio::test]
 async fn a_full_disk_fails_the_task_with_its_reason_and_the_node_stays_ready() -> Result<()> {
-    let registry = Registry::start().await?;
-    Image::busybox()?.push(&registry.addr, "busybox", "v1").await?;
-    let image = format!("{}/busybox:v1", registry.addr);
+    let (registry, image) = Registry::with_busybox().await?;
     let cluster = Cluster::start(1, &[]).await?;
     let servers = cluster.addrs();
     let agent = Agent::new(Some(&registry));
