@@ -152,6 +152,7 @@ mod tests {
             constraints: vec![],
             pids_limit: None,
             seccomp: Default::default(),
+            userns: Default::default(),
         }
     }
 

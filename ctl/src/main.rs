@@ -143,6 +143,9 @@ enum ServiceCmd {
         /// seccomp=default|unconfined|PROFILE.json: the containers' syscall filter
         #[arg(long = "security-opt", value_name = "seccomp=...")]
         security_opt: Option<String>,
+        /// auto: each task in a user namespace of its own (its root an unprivileged host id); host: the host's ids
+        #[arg(long, value_name = "auto|host")]
+        userns: Option<String>,
         /// The command and its arguments, after `--`
         #[arg(last = true)]
         command: Vec<String>,
@@ -288,9 +291,10 @@ async fn run(cli: Cli) -> Result<String> {
             constraints,
             pids_limit,
             security_opt,
+            userns,
             command,
         }) => {
-            let security = security_opt.as_deref().map(spec::security_opt).transpose().context("--security-opt")?;
+            let security = spec::security_flags(security_opt.as_deref(), userns.as_deref())?;
             let spec = pb::ServiceSpec {
                 name,
                 image,

@@ -324,6 +324,7 @@ mod tests {
             constraints: vec![],
             pids_limit: None,
             seccomp: Default::default(),
+            userns: Default::default(),
         };
         let s = Service { spec, version: 3 };
         let e = |slot: u32, address: &str, node: &str| Endpoint {

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use berth_proto::model::{parse_memory, Seccomp};
+use berth_proto::convert::security_to_pb;
+use berth_proto::model::{parse_memory, Seccomp, Userns};
 use berth_proto::pb::cluster as pb;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
@@ -37,6 +38,9 @@ struct SpecFile {
     constraints: Vec<String>,
     #[serde(default)]
     security: SecurityFile,
+    /// `auto`: a user namespace per task; `host` (the default): the host's ids.
+    #[serde(default)]
+    userns: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,21 +116,32 @@ impl SpecFile {
             restart: self.restart,
             constraints: self.constraints,
             pids_limit: self.resources.pids,
-            security: self.security.seccomp.map(|s| security(&s, dir).context("security")).transpose()?,
+            security: security(self.security.seccomp.as_deref(), self.userns.as_deref(), dir)?,
         })
     }
 }
 
 /// A seccomp mode or profile file (`default`, `unconfined` or a path
-/// relative to `dir`) as the wire carries it.
-fn security(seccomp: &str, dir: &Path) -> Result<pb::Security> {
-    Seccomp::from_value(seccomp, dir).map(Into::into).map_err(|e| anyhow!(e))
+/// relative to `dir`) and a user namespace mode, as the wire carries them;
+/// none when neither is given.
+fn security(seccomp: Option<&str>, userns: Option<&str>, dir: &Path) -> Result<Option<pb::Security>> {
+    if seccomp.is_none() && userns.is_none() {
+        return Ok(None);
+    }
+    let seccomp = seccomp.map(|v| Seccomp::from_value(v, dir).map_err(|e| anyhow!(e))).transpose();
+    let userns = Userns::parse("userns", userns.unwrap_or_default())?;
+    Ok(Some(security_to_pb(&seccomp.context("security")?.unwrap_or_default(), userns)))
 }
 
-/// `--security-opt seccomp=...` as the wire carries it; a profile file is
-/// read from the working directory.
-pub fn security_opt(option: &str) -> Result<pb::Security> {
-    Seccomp::from_option(option, Path::new(".")).map(Into::into).map_err(|e| anyhow!(e))
+/// `--security-opt seccomp=...` and `--userns` as the wire carries them; a
+/// profile file is read from the working directory.
+pub fn security_flags(option: Option<&str>, userns: Option<&str>) -> Result<Option<pb::Security>> {
+    if option.is_none() && userns.is_none() {
+        return Ok(None);
+    }
+    let seccomp = option.map(|o| Seccomp::from_option(o, Path::new(".")).map_err(|e| anyhow!(e))).transpose();
+    let userns = Userns::parse("--userns", userns.unwrap_or_default())?;
+    Ok(Some(security_to_pb(&seccomp.context("--security-opt")?.unwrap_or_default(), userns)))
 }
 
 fn port_value(v: &Value) -> Result<pb::PortSpec> {
@@ -268,7 +283,10 @@ mod tests {
                     ---\nname: b\nimage: busybox\nsecurity: {seccomp: unconfined}\n---\nname: c\nimage: busybox\n";
         let specs = parse_file(text, dir.path()).expect("valid");
         assert_eq!(specs[0].pids_limit, 50);
-        assert_eq!(specs[0].security, Some(pb::Security { seccomp: String::new(), seccomp_profile: profile.into() }));
+        assert_eq!(
+            specs[0].security,
+            Some(pb::Security { seccomp: String::new(), seccomp_profile: profile.into(), userns: String::new() })
+        );
         assert_eq!(specs[1].security.as_ref().map(|s| s.seccomp.as_str()), Some("unconfined"));
         assert_eq!((specs[2].pids_limit, specs[2].security.clone()), (0, None));
 
@@ -282,8 +300,23 @@ mod tests {
             parse_file("name: a\nimage: b\nsecurity: {seccomp: docker.json}\n", dir.path()).expect_err("refused")
         );
         assert!(docker.contains("archMap"), "{docker}");
-        assert!(security_opt("apparmor=x").is_err());
-        assert_eq!(security_opt("seccomp=unconfined").expect("ok").seccomp, "unconfined");
+        assert!(security_flags(Some("apparmor=x"), None).is_err());
+        let flags = security_flags(Some("seccomp=unconfined"), None).expect("ok").expect("some");
+        assert_eq!((flags.seccomp.as_str(), flags.userns.as_str()), ("unconfined", ""));
+        assert_eq!(security_flags(None, None).expect("ok"), None);
+    }
+
+    #[test]
+    fn userns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let specs = parse_file("name: a\nimage: b\nuserns: auto\n", dir.path()).expect("parses");
+        let security = specs[0].security.clone().expect("security");
+        assert_eq!((security.seccomp.as_str(), security.userns.as_str()), ("", "auto"));
+        let err = format!("{:#}", parse_file("name: a\nimage: b\nuserns: keep-id\n", dir.path()).unwrap_err());
+        assert!(err.contains("userns") && err.contains("keep-id") && err.contains("host or auto"), "{err}");
+        let flags = security_flags(None, Some("auto")).expect("ok").expect("some");
+        assert_eq!((flags.seccomp.as_str(), flags.userns.as_str()), ("", "auto"));
+        assert!(format!("{:#}", security_flags(None, Some("x")).unwrap_err()).contains("--userns"));
     }
 
     #[test]

@@ -8,11 +8,13 @@
 //! - [`driver`]: carries it out, and the node's network with it.
 //! - [`dns`]: the node's DNS for service discovery.
 //! - [`format`]: the data dir's format version and its migrations.
+//! - [`namespaces`]: user and network namespaces kept at files.
 pub mod dns;
 pub mod driver;
 pub mod durable;
 pub mod format;
 pub mod image;
+pub mod namespaces;
 pub mod network;
 pub mod runtime;
 pub mod tasks;

@@ -11,6 +11,9 @@ use crate::registry::{Auth, Registry, PASSWORD, USER};
 #[derive(Debug)]
 pub struct Agent {
     pub data: tempfile::TempDir,
+    /// Its run dir's parent: searchable by others (0711), as `/run` is, so
+    /// containers with their own ids reach their rootfs.
+    pub run: tempfile::TempDir,
     pub cgroup_parent: String,
     /// The berth-shim binary it runs (the workspace's, unless a test swaps it).
     pub shim: PathBuf,
@@ -61,8 +64,11 @@ impl Agent {
         let unique =
             data.path().file_name().and_then(|n| n.to_str()).unwrap_or("x").trim_start_matches('.').to_lowercase();
         let short: String = unique.chars().filter(char::is_ascii_alphanumeric).take(10).collect();
+        let run = tempfile::tempdir().expect("temp dir");
+        std::fs::set_permissions(run.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).expect("chmod");
         Self {
             data,
+            run,
             cgroup_parent: format!("berth-test-{unique}"),
             shim: crate::bin("berth-shim"),
             bridge: format!("bt{short}"),
@@ -82,7 +88,7 @@ impl Agent {
         };
         cmd.args(args)
             .env("BERTH_AGENT_DATA_DIR", self.data.path())
-            .env("BERTH_AGENT_RUN_DIR", self.data.path().join("run"))
+            .env("BERTH_AGENT_RUN_DIR", self.run_root())
             .env("BERTH_REGISTRIES", &self.registries)
             .env("BERTH_CGROUP_PARENT", &self.cgroup_parent)
             .env("BERTH_SHIM", &self.shim);
@@ -145,9 +151,14 @@ impl Agent {
         std::fs::read_to_string(self.data.path().join("daemon.log")).unwrap_or_default()
     }
 
+    /// The agent's `--run-dir`.
+    pub fn run_root(&self) -> PathBuf {
+        self.run.path().join("run")
+    }
+
     /// Where the container's runtime state lives while it runs.
     pub fn run_dir(&self, name: &str) -> PathBuf {
-        self.data.path().join("run/containers").join(name)
+        self.run_root().join("containers").join(name)
     }
 
     pub fn layers_dir(&self) -> PathBuf {
@@ -209,9 +220,12 @@ impl Drop for Agent {
             let _ = std::fs::remove_dir(root.join(&self.cgroup_parent));
         }
         // Task namespaces the agent's daemon did not get to remove.
-        for ns in std::fs::read_dir(self.data.path().join("run/netns")).into_iter().flatten().flatten() {
-            let _ = Command::new("umount").arg("-l").arg(ns.path()).stderr(std::process::Stdio::null()).status();
-            let _ = std::fs::remove_file(ns.path());
+        let netns = self.run_root().join("netns");
+        for dir in [netns.join("users"), netns] {
+            for ns in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let _ = Command::new("umount").arg("-l").arg(ns.path()).stderr(std::process::Stdio::null()).status();
+                let _ = std::fs::remove_file(ns.path());
+            }
         }
         remove_bridge(&self.bridge);
         remove_stale_wireguard_sockets();

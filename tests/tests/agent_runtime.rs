@@ -585,3 +585,83 @@ async fn a_container_cannot_make_or_open_device_nodes() {
     let out = agent.ok(&["run", "--rm", &image, "sh", "-c", "grep '^overlay / ' /proc/self/mounts"]);
     assert!(out.split_whitespace().nth(3).is_some_and(|o| o.split(',').any(|f| f == "nodev")), "{out}");
 }
+
+/// The host id a container's uid 0 is, from `/proc/self/uid_map` inside it.
+fn mapped_root(uid_map: &str) -> u32 {
+    let fields: Vec<&str> = uid_map.split_whitespace().collect();
+    assert_eq!((fields.len(), fields[0], fields[2]), (3, "0", "65536"), "{uid_map}");
+    fields[1].parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_user_namespace_makes_container_root_an_unprivileged_host_id() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (registry, image) = registry_with_busybox().await;
+    let agent = Agent::new(Some(&registry));
+    let inside =
+        "cat /proc/self/uid_map; id -u; stat -c %u /bin/busybox; echo mine > /made && stat -c %u /made; sleep 60";
+    for name in ["u1", "u2"] {
+        agent.ok(&["run", "-d", "--userns", "auto", "--name", name, &image, "sh", "-c", inside]);
+    }
+    let output = |name: &str| {
+        let mut out = String::new();
+        for _ in 0..200 {
+            out = agent.ok(&["logs", name]);
+            if out.lines().count() >= 5 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        out
+    };
+    let (one, two) = (output("u1"), output("u2"));
+    let got = lines(&one);
+    let root = mapped_root(got[0]);
+    assert!(root >= 1 << 31, "container root is host id {root}, not an unprivileged one");
+    // Root inside; the image's files are root's through an idmapped layer,
+    // and what it writes is its root's.
+    assert_eq!(&got[1..], ["0", "0", "0"], "{one}");
+    assert_ne!(mapped_root(lines(&two)[0]), root, "two containers share a block of host ids");
+    // On the host: its process and its writes are the unprivileged id.
+    let started: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(agent.container_dir("u1").join("started.json")).unwrap())
+            .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", started["pid"])).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid_line.split_whitespace().skip(1).all(|u| u == root.to_string()), "{uid_line}");
+    assert_eq!(std::fs::metadata(agent.container_dir("u1").join("upper/made")).unwrap().uid(), root);
+    // The image's layers in the store stay root's.
+    let busybox = std::process::Command::new("find")
+        .arg(agent.layers_dir())
+        .args(["-name", "busybox", "-uid", "0"])
+        .output()
+        .unwrap();
+    assert!(!busybox.stdout.is_empty(), "the shared layer was changed");
+    // Its run dir (its rootfs, with the image's setuid files) is its own.
+    let run = std::fs::metadata(agent.run_dir("u1")).unwrap();
+    assert_eq!((run.uid(), run.permissions().mode() & 0o777), (root, 0o700));
+
+    // Removed, its block is free again, and nothing is left mounted.
+    agent.ok(&["rm", "-f", "u1", "u2"]);
+    let claims = agent.container_dir("u1").parent().unwrap().join(".userns");
+    assert_eq!(std::fs::read_dir(&claims).unwrap().count(), 0, "claims left in {}", claims.display());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(agent.run_dir("").to_str().unwrap()), "mounts left: {mounts}");
+    agent.ok(&["run", "-d", "--userns", "auto", "--name", "u3", &image, "sh", "-c", inside]);
+    assert_eq!(mapped_root(lines(&output("u3"))[0]), root, "the freed block is handed out again");
+    agent.ok(&["rm", "-f", "u3"]);
+
+    // A container of the host's ids has a run dir only root reaches, too.
+    agent.ok(&["run", "-d", "--name", "plain", &image, "sleep", "60"]);
+    let run = std::fs::metadata(agent.run_dir("plain")).unwrap();
+    assert_eq!((run.uid(), run.permissions().mode() & 0o777), (0, 0o700));
+    agent.ok(&["rm", "-f", "plain"]);
+    // Its own ids cannot go with the host's network.
+    let refused = agent.run(&["run", "--rm", "--userns", "auto", "--network", "host", &image, "true"]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("--userns auto") && refused.stderr.contains("--network host"),
+        "{}",
+        refused.stderr
+    );
+}

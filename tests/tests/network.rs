@@ -2,10 +2,12 @@
 //! other by address: three berth-servers (cluster CIDR 198.19.0.0/16) and
 //! two berth-agents on this host, each with its own bridge. A web service's
 //! replicas answer HTTP from the host and from a client container on the
-//! other node's bridge; their namespaces and veths go with them.
+//! other node's bridge (the client in a user namespace of its own, its
+//! network namespace inside it); their namespaces and veths go with them.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -66,7 +68,7 @@ async fn task_containers_reach_each_other_by_address() -> Result<()> {
         ensure!(body.contains(&format!("hello-from-{task}")), "{task}: {body}");
     }
     // Inside: eth0 has the address, the gateway is the node's bridge.
-    let netns = a.data.path().join("run/netns");
+    let netns = a.run_root().join("netns");
     let on_a: Vec<&(String, String, Ipv4Addr)> = web.iter().filter(|t| t.1 == "alpha").collect();
     let ns = netns.join(&on_a[0].0);
     let inside = std::process::Command::new("nsenter")
@@ -76,18 +78,25 @@ async fn task_containers_reach_each_other_by_address() -> Result<()> {
     let inside = String::from_utf8_lossy(&inside.stdout);
     ensure!(inside.contains(&format!("{}/24", on_a[0].2)), "{inside}");
 
-    // Container to container, across the two bridges.
+    // Container to container, across the two bridges, from a client whose
+    // root is an unprivileged host id (its network namespace is its user
+    // namespace's, so it configures and uses it as any container does).
     let fetch: Vec<String> = web.iter().map(|(_, _, addr)| format!("wget -qO- http://{addr}:8080/")).collect();
-    let client = format!("while true; do {}; sleep 0.5; done", fetch.join("; "));
-    let (ok, out, err) =
-        berthctl(&servers, &["service", "create", "client", "--image", &image, "--", "sh", "-c", &client])?;
+    let client = format!("echo map $(cat /proc/self/uid_map); while true; do {}; sleep 0.5; done", fetch.join("; "));
+    let (ok, out, err) = berthctl(
+        &servers,
+        &["service", "create", "client", "--image", &image, "--userns", "auto", "--", "sh", "-c", &client],
+    )?;
     ensure!(ok, "{out}{err}");
-    wait_for(Duration::from_secs(60), "the client to fetch from both web tasks", async || {
+    let logs = wait_for(Duration::from_secs(60), "the client to fetch from both web tasks", async || {
         let (ok, out, _) = berthctl(&servers, &["service", "logs", "client"]).ok()?;
-        (ok && web.iter().all(|(task, _, _)| out.contains(&format!("hello-from-{task}")))).then_some(())
+        (ok && web.iter().all(|(task, _, _)| out.contains(&format!("hello-from-{task}")))).then_some(out)
     })
     .await
     .with_context(|| berthctl(&servers, &["service", "logs", "client"]).map(|r| r.1).unwrap_or_default())?;
+    let map = logs.lines().find_map(|l| l.split_once("| map ")).map(|(_, m)| m.to_owned()).unwrap_or_default();
+    let map: Vec<u64> = map.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    ensure!(map.len() == 3 && map[0] == 0 && map[1] >= 1 << 31 && map[2] == 65536, "client's uid_map: {logs}");
 
     // Removal takes the namespaces and the veths with the containers.
     for service in ["web", "client"] {
@@ -96,8 +105,11 @@ async fn task_containers_reach_each_other_by_address() -> Result<()> {
     }
     wait_for(Duration::from_secs(60), "no namespaces or veths left", async || {
         let clean = [&a, &b].iter().all(|x| {
-            let namespaces = std::fs::read_dir(x.data.path().join("run/netns")).map_or(0, |d| d.count());
-            namespaces == 0 && plugged_into(&x.bridge).is_empty()
+            let count = |dir: PathBuf| std::fs::read_dir(dir).map_or(0, |d| d.count());
+            let netns = x.run_root().join("netns");
+            let namespaces = count(netns.clone()) - usize::from(netns.join("users").exists());
+            let left = namespaces + count(netns.join("users")) + count(x.data.path().join("containers/.userns"));
+            left == 0 && plugged_into(&x.bridge).is_empty()
         });
         clean.then_some(())
     })

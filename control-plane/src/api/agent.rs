@@ -300,6 +300,7 @@ mod tests {
             constraints: vec![],
             pids_limit: None,
             seccomp: Default::default(),
+            userns: Default::default(),
         };
         let mut s = State::default();
         apply(&mut s, &Command::CreateService(spec.clone()));
@@ -355,6 +356,7 @@ mod tests {
             constraints: vec![],
             pids_limit: None,
             seccomp: Default::default(),
+            userns: Default::default(),
         };
         let mut s = State::default();
         let net = NetworkConfig::new("198.19.0.0/16".parse::<Cidr>().unwrap(), 24).unwrap();

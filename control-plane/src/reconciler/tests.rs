@@ -21,6 +21,7 @@ fn spec(name: &str, replicas: u32) -> ServiceSpec {
         constraints: vec![],
         pids_limit: None,
         seccomp: Default::default(),
+        userns: Default::default(),
     }
 }
 

@@ -303,6 +303,7 @@ mod tests {
             constraints: vec![],
             pids_limit: None,
             seccomp: Default::default(),
+            userns: Default::default(),
         }
     }
 

@@ -66,10 +66,13 @@ pub fn unmount_rootfs(dirs: &Dirs) -> io::Result<()> {
     Err(io::Error::other(format!("{} is still mounted after 8 unmounts", rootfs.display())))
 }
 
-/// Unmounts the rootfs, then removes the run directory. Never deletes
-/// through a live mount: that would empty the container's writable layer.
+/// Unmounts the rootfs and whatever else is mounted in the run directory
+/// (a container's idmapped layers and user namespace), then removes it.
+/// Never deletes through a live mount: that would empty the container's
+/// writable layer, or an image's layer.
 pub fn remove_run_dir(dirs: &Dirs) -> io::Result<()> {
     unmount_rootfs(dirs)?;
+    unmount_under(&dirs.run)?;
     if is_mount_point(&dirs.rootfs())? {
         return Err(io::Error::other(format!("{} is mounted; not removing it", dirs.rootfs().display())));
     }
@@ -77,6 +80,34 @@ pub fn remove_run_dir(dirs: &Dirs) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Unmounts every mount below `dir`, deepest first, and checks none is left.
+fn unmount_under(dir: &Path) -> io::Result<()> {
+    let dir = match fs::canonicalize(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    for _ in 0..8 {
+        let table = fs::read_to_string("/proc/self/mountinfo")?;
+        let mut under: Vec<std::path::PathBuf> = table
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(|p| std::path::PathBuf::from(unescape(p)))
+            .filter(|p| p.starts_with(&dir) && *p != dir)
+            .collect();
+        if under.is_empty() {
+            return Ok(());
+        }
+        under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for path in under {
+            match umount2(&path, MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => return Err(io::Error::other(format!("unmounting {}: {e}", path.display()))),
+            }
+        }
+    }
+    Err(io::Error::other(format!("mounts are left under {} after 8 rounds of unmounting", dir.display())))
 }
 
 /// Whether something is mounted at `path`. Asks twice: a path on another

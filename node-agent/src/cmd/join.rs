@@ -112,7 +112,8 @@ pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -
     let tls = Tls::new(&creds)?;
     let request = registration(data_dir, &args, creds.identity()?.name)?;
     let (roots_tx, roots) = tokio::sync::watch::channel(String::new());
-    let mut network = HostNetwork::new(args.bridge.clone(), args.mtu, run_dir.join("netns"));
+    let ids = node.runtime.id_ranges().clone();
+    let mut network = HostNetwork::new(args.bridge.clone(), args.mtu, run_dir.join("netns"), ids);
     network.dns = Some(berth_node_agent::dns::Settings {
         domain: args.cluster_domain.clone(),
         ttl: args.dns_ttl,

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use berth_node_agent::image::ImageRef;
 use berth_node_agent::runtime::logs::Follower;
-use berth_node_agent::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode, Seccomp, Shim};
+use berth_node_agent::runtime::{
+    record, ContainerConfig, Limits, LogPolicy, NetworkMode, Seccomp, Shim, UserNamespace,
+};
 use berth_proto::model::parse_memory;
 
 use super::{cpus_flag, memory_flag, print_lines, Node};
@@ -51,6 +53,10 @@ pub struct RunArgs {
     /// profile file, relative to the working directory).
     #[arg(long = "security-opt", value_name = "seccomp=...")]
     pub security_opt: Option<String>,
+    /// auto: a user namespace of its own, its root an unprivileged host
+    /// id; host: the host's ids (root is root).
+    #[arg(long, value_enum, default_value_t = UsernsFlag::Host)]
+    pub userns: UsernsFlag,
     /// Seconds between SIGTERM and SIGKILL when stopping on Ctrl-C.
     #[arg(long, default_value_t = 10)]
     pub stop_timeout: u64,
@@ -58,6 +64,12 @@ pub struct RunArgs {
     /// Command and arguments (replacing the image's Cmd).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UsernsFlag {
+    Host,
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -74,6 +86,12 @@ pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
         Some(opt) => Seccomp::from_option(opt, Path::new(".")).map_err(|e| anyhow!("--security-opt: {e}"))?,
         None => Seccomp::Default,
     };
+    if args.userns == UsernsFlag::Auto && matches!(args.network, Network::Host) {
+        bail!(
+            "--userns auto cannot go with --network host: {}",
+            berth_node_agent::runtime::spec::USERNS_WITH_HOST_NETWORK
+        );
+    }
     for var in &args.env {
         if !var.contains('=') || var.starts_with('=') {
             bail!("--env {var:?} is not KEY=VALUE");
@@ -112,6 +130,10 @@ pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
         created_at_ms: record::now_ms(),
         task: None,
         seccomp,
+        userns: match args.userns {
+            UsernsFlag::Host => UserNamespace::Host,
+            UsernsFlag::Auto => UserNamespace::Auto,
+        },
     };
     node.runtime.create(&config)?;
     let shim = match node.runtime.start(&name).await {

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::ports::{Attached, Containers, Ended, Images, Network, Pulled};
 use crate::image::{Image, ImageConfig, ImageRef, PullError};
 use crate::network::plan::NetStep;
-use crate::runtime::{ContainerConfig, Exited, RuntimeError, Started, Status};
+use crate::runtime::{ContainerConfig, Exited, RuntimeError, Started, Status, UserNamespace};
 use crate::tasks::step::Observed;
 
 /// What happened, in order: `("start", "web.1.1", when)`.
@@ -37,6 +37,7 @@ struct Inner {
 #[derive(Debug)]
 struct Fake {
     image: String,
+    userns: UserNamespace,
     status: Status,
     started: Option<Instant>,
     ran_for: Duration,
@@ -75,6 +76,7 @@ impl FakeContainers {
         let started = Status::Running(Started { shim_pid: 1, shim_start: 1, pid: 2, started_at_ms: 1 });
         let fake = Fake {
             image: image.into(),
+            userns: UserNamespace::Host,
             status: started,
             started: Some(Instant::now()),
             ran_for: Duration::ZERO,
@@ -100,6 +102,11 @@ impl FakeContainers {
     pub fn status(&self, task: &str) -> Option<Status> {
         lock(&self.inner).containers.get(task).map(|c| c.status.clone())
     }
+
+    /// The user namespace its container was made with.
+    pub fn userns(&self, task: &str) -> Option<UserNamespace> {
+        lock(&self.inner).containers.get(task).map(|c| c.userns.clone())
+    }
 }
 
 impl Containers for FakeContainers {
@@ -120,6 +127,7 @@ impl Containers for FakeContainers {
         }
         let fake = Fake {
             image: config.image.clone(),
+            userns: config.userns.clone(),
             status: Status::Created,
             started: None,
             ran_for: Duration::ZERO,
@@ -237,10 +245,15 @@ impl Network for FakeNetwork {
 
     fn refresh(&self) {}
 
-    fn attach(&self, task: &str, address: Ipv4Addr) -> io::Result<Attached> {
+    fn attach(&self, task: &str, address: Ipv4Addr, userns: bool) -> io::Result<Attached> {
         lock(&self.namespaces).insert(task.to_owned());
         let [a, b, c, _] = address.octets();
-        Ok(Attached { netns: PathBuf::from("/fake/netns").join(task), gateway: Ipv4Addr::new(a, b, c, 1) })
+        let ids = crate::runtime::userns::IdMap { host_id: crate::runtime::userns::FIRST_ID, size: 65536 };
+        Ok(Attached {
+            netns: PathBuf::from("/fake/netns").join(task),
+            gateway: Ipv4Addr::new(a, b, c, 1),
+            userns: userns.then(|| (PathBuf::from("/fake/netns/users").join(task), ids)),
+        })
     }
 
     fn detach(&self, task: &str) -> io::Result<()> {

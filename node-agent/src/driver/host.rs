@@ -20,6 +20,7 @@ use crate::image::{ImageRef, PullError, Registries, Store};
 use crate::network::overlay::{self, Keys, Overlay};
 use crate::network::plan::NetStep;
 use crate::network::{self as net, IpRoute, NodeNet};
+use crate::runtime::userns::IdRanges;
 use crate::runtime::{record, Container, ContainerConfig, Runtime, RuntimeError, Status};
 use crate::tasks::step::Observed;
 
@@ -107,6 +108,8 @@ pub struct HostNetwork {
     pub mtu: u32,
     /// Where task namespaces are kept, one file each.
     pub netns_dir: PathBuf,
+    /// Claims of user namespace ids, shared with the runtime.
+    pub ids: IdRanges,
     /// The node's WireGuard keys and UDP port, when it has an overlay.
     pub overlay: Option<(Keys, u16)>,
     /// Ports of the agent's own that the routing mesh leaves alone.
@@ -123,11 +126,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl HostNetwork {
-    pub fn new(bridge: String, mtu: u32, netns_dir: PathBuf) -> Self {
+    pub fn new(bridge: String, mtu: u32, netns_dir: PathBuf, ids: IdRanges) -> Self {
         Self {
             bridge,
             mtu,
             netns_dir,
+            ids,
             overlay: None,
             reserved: Vec::new(),
             dns: None,
@@ -168,6 +172,7 @@ impl Network for HostNetwork {
                     cluster: n.cluster,
                     mtu: self.mtu,
                     netns_dir: self.netns_dir.clone(),
+                    ids: self.ids.clone(),
                     host: IpRoute,
                 };
                 made.ensure()?;
@@ -220,13 +225,14 @@ impl Network for HostNetwork {
         }
     }
 
-    fn attach(&self, task: &str, address: Ipv4Addr) -> io::Result<Attached> {
+    fn attach(&self, task: &str, address: Ipv4Addr, userns: bool) -> io::Result<Attached> {
         let net = self.net()?;
-        Ok(Attached { netns: net.attach(task, address)?, gateway: net.subnet.gateway() })
+        let sandbox = net.attach(task, address, userns)?;
+        Ok(Attached { netns: sandbox.netns, gateway: net.subnet.gateway(), userns: sandbox.userns })
     }
 
     fn detach(&self, task: &str) -> io::Result<()> {
-        net::detach(&IpRoute, &self.netns_dir, task)
+        net::detach(&IpRoute, &self.netns_dir, &self.ids, task)
     }
 
     fn attached(&self) -> Vec<String> {

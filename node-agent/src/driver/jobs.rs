@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use berth_proto::model::{AssignedTask, Assignment, TaskReport};
+use berth_proto::model::{AssignedTask, Assignment, TaskReport, Userns};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -18,7 +18,7 @@ use super::ports::{Attached, Containers, Images, Network, Pulled};
 use super::Worker;
 use crate::dns;
 use crate::image::ImageRef;
-use crate::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode, RuntimeError};
+use crate::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode, RuntimeError, UserNamespace};
 use crate::tasks::books::Books;
 use crate::tasks::step::{step, Job};
 
@@ -116,16 +116,23 @@ async fn start<C: Containers, I: Images, N: Network>(
     }
     let reference: ImageRef = task.spec.image.parse().map_err(|e: crate::image::BadReference| e.to_string())?;
     let image = worker.images.ensure(&reference).await.map_err(|e| format!("pulling {reference}: {e}"))?;
-    let network = match task.address {
-        None => NetworkMode::None,
+    let own_ids = task.spec.userns == Userns::Auto;
+    let (network, userns) = match task.address {
+        // Without a network namespace made for it, the runtime claims its ids.
+        None => (NetworkMode::None, if own_ids { UserNamespace::Auto } else { UserNamespace::Host }),
         Some(address) => {
             let (id, domain) = (task.id.clone(), worker.settings.dns_domain.clone());
             let attached =
-                worker.network(move |n| n.attach(&id, address)).await.map_err(|e| format!("network: {e}"))?;
-            joined(attached, address, domain.as_deref())
+                worker.network(move |n| n.attach(&id, address, own_ids)).await.map_err(|e| format!("network: {e}"))?;
+            let userns = match attached.userns.clone() {
+                Some((path, ids)) => UserNamespace::Joined { path, ids },
+                None => UserNamespace::Host,
+            };
+            (joined(attached, address, domain.as_deref()), userns)
         }
     };
-    let config = container_config(task, &reference, image, network, &worker.settings);
+    let mut config = container_config(task, &reference, image, network, &worker.settings);
+    config.userns = userns;
     worker.containers.create(config).await.map_err(|e| e.to_string())?;
     launch(worker, &task.id, wake).await
 }
@@ -197,5 +204,6 @@ fn container_config(
         created_at_ms: record::now_ms(),
         task: Some(task.id.clone()),
         seccomp: spec.seccomp.clone(),
+        userns: UserNamespace::Host,
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::image::{Image, ImageRef, PullError};
 use crate::network::plan::NetStep;
+use crate::runtime::userns::IdMap;
 use crate::runtime::{ContainerConfig, RuntimeError};
 use crate::tasks::step::Observed;
 
@@ -54,6 +55,9 @@ pub struct Attached {
     pub netns: PathBuf,
     /// The node's bridge: the task's default route, and its DNS.
     pub gateway: Ipv4Addr,
+    /// The user namespace that owns `netns` and its ids, when the task
+    /// has one of its own.
+    pub userns: Option<(PathBuf, IdMap)>,
 }
 
 /// The node's network. Calls block (they run commands and syscalls): the
@@ -64,9 +68,10 @@ pub trait Network: Send + Sync + 'static {
     /// Upkeep on every pass of the network loop (the overlay's sockets
     /// made since the last one get their buffers).
     fn refresh(&self);
-    /// The task's namespace with `eth0` at `address` (kept as it is if it exists).
-    fn attach(&self, task: &str, address: Ipv4Addr) -> io::Result<Attached>;
-    /// Removes the task's namespace, if it has one.
+    /// The task's namespace with `eth0` at `address`, inside a user
+    /// namespace of its own with `userns` (kept as it is if it exists).
+    fn attach(&self, task: &str, address: Ipv4Addr, userns: bool) -> io::Result<Attached>;
+    /// Removes the task's namespaces, if it has any, and gives back its ids.
     fn detach(&self, task: &str) -> io::Result<()>;
     /// Tasks that have a namespace here.
     fn attached(&self) -> Vec<String>;

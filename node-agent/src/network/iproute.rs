@@ -1,7 +1,7 @@
 //! [`Host`] on a real node: iproute2's `ip` (run in a task's namespace
-//! through `nsenter`), `iptables`, and the namespace files made with
-//! `unshare` + a bind mount, as `ip netns` does, but under the agent's run
-//! dir so agents on hosts that share a filesystem never collide.
+//! through `nsenter`), `iptables`, and namespace files (see
+//! [`crate::namespaces`]) kept as `ip netns` keeps them, but under the
+//! agent's run dir so agents on hosts that share a filesystem never collide.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -10,6 +10,8 @@ use std::process::{Command, Stdio};
 use berth_proto::model::Cidr;
 
 use super::{rules, Host};
+use crate::namespaces;
+use crate::runtime::userns::IdMap;
 
 #[derive(Debug, Clone, Default)]
 pub struct IpRoute;
@@ -61,21 +63,16 @@ impl Host for IpRoute {
             .is_ok_and(|s| s.success())
     }
 
-    fn new_netns(&self, path: &Path) -> io::Result<()> {
-        std::fs::File::create(path)?;
-        let made = run(Command::new("unshare").arg(format!("--net={}", path.display())).arg("true"), None);
-        if made.is_err() {
-            let _ = std::fs::remove_file(path);
-        }
-        made
+    fn new_netns(&self, path: &Path, owner: Option<&Path>) -> io::Result<()> {
+        namespaces::net(path, owner)
+    }
+
+    fn new_userns(&self, path: &Path, ids: IdMap) -> io::Result<()> {
+        namespaces::user(path, ids)
     }
 
     fn remove_netns(&self, path: &Path) -> io::Result<()> {
-        match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL) => {} // EINVAL: not mounted (half made)
-            Err(e) => return Err(io::Error::other(format!("unmounting {}: {e}", path.display()))),
-        }
-        std::fs::remove_file(path)
+        namespaces::remove(path)
     }
 
     fn forward(&self, bridge: &str, subnet: Cidr, cluster: Cidr) -> io::Result<()> {

@@ -12,7 +12,11 @@
 //!
 //! A task's namespace is made by the agent before its container starts and
 //! outlives the container's restarts (same address, like a pod sandbox); it
-//! goes when the task's container is removed. What is done to the kernel is
+//! goes when the task's container is removed. A task with a user namespace
+//! of its own (`userns: auto`) gets that namespace here too, first, and
+//! its network namespace inside it (see [`crate::namespaces`]): the pair
+//! is its sandbox, with a block of ids claimed for it until it goes.
+//! What is done to the kernel is
 //! a list of `ip` commands made by the pure functions here and run through
 //! the narrow [`Host`] trait (`iproute::IpRoute` on a real node), so the
 //! plans are tested without a kernel and the real thing with one.
@@ -28,6 +32,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use berth_proto::model::Cidr;
+
+use crate::runtime::userns::{self, IdMap, IdRanges};
 
 pub use iproute::IpRoute;
 
@@ -45,9 +51,13 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     fn ip(&self, netns: Option<&Path>, lines: &[String]) -> io::Result<()>;
     /// Whether a link of that name exists in the agent's namespace.
     fn link_exists(&self, name: &str) -> bool;
-    /// Makes a network namespace that persists at `path` with no process in it.
-    fn new_netns(&self, path: &Path) -> io::Result<()>;
-    /// Undoes `new_netns`; the namespace (and the veth in it) goes with it.
+    /// Makes a network namespace that persists at `path` with no process
+    /// in it, owned by the user namespace at `owner` when given.
+    fn new_netns(&self, path: &Path, owner: Option<&Path>) -> io::Result<()>;
+    /// Makes a user namespace with these ids that persists at `path`.
+    fn new_userns(&self, path: &Path, ids: IdMap) -> io::Result<()>;
+    /// Undoes `new_netns` or `new_userns`; the namespace (and the veth in
+    /// it) goes with it.
     fn remove_netns(&self, path: &Path) -> io::Result<()>;
     /// Turns on IPv4 forwarding and sets the node's iptables rules for this
     /// subnet ([`rules`]): forwarded, masqueraded when it leaves for outside
@@ -67,9 +77,20 @@ pub struct NodeNet<H: Host> {
     pub subnet: Cidr,
     pub cluster: Cidr,
     pub mtu: u32,
-    /// Where task namespaces are kept, one file each.
+    /// Where task namespaces are kept, one file each (user namespaces in
+    /// `users/`).
     pub netns_dir: PathBuf,
+    /// Claims of user namespace ids, shared with the runtime.
+    pub ids: IdRanges,
     pub host: H,
+}
+
+/// A task's namespaces, ready for its container to join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    pub netns: PathBuf,
+    /// Its user namespace and ids, when it has one of its own.
+    pub userns: Option<(PathBuf, IdMap)>,
 }
 
 /// The host side of a task's veth pair: unique per task name on the node,
@@ -149,9 +170,10 @@ impl<H: Host> NodeNet<H> {
         self.netns_dir.join(task)
     }
 
-    /// The task's namespace with `eth0` at `address`; one that exists
-    /// already (the task restarts) is kept as it is.
-    pub fn attach(&self, task: &str, address: Ipv4Addr) -> io::Result<PathBuf> {
+    /// The task's namespace with `eth0` at `address`, inside a user
+    /// namespace of its own with `userns`; one that exists already (the
+    /// task restarts) is kept as it is.
+    pub fn attach(&self, task: &str, address: Ipv4Addr, userns: bool) -> io::Result<Sandbox> {
         if !self.subnet.task_addresses().any(|a| a == address) {
             return Err(io::Error::other(format!(
                 "{address} is not a task address of this node's subnet {}",
@@ -159,26 +181,41 @@ impl<H: Host> NodeNet<H> {
             )));
         }
         let path = self.netns_path(task);
+        let user = userns_path(&self.netns_dir, task);
         if path.exists() {
-            return Ok(path);
+            let ids = if user.exists() { self.ids.held(&userns::sandbox(task))? } else { None };
+            return Ok(Sandbox { netns: path, userns: ids.map(|ids| (user, ids)) });
         }
-        std::fs::create_dir_all(&self.netns_dir)?;
-        self.host.new_netns(&path)?;
-        let veth = veth_name(task);
-        let made = self
-            .host
-            .ip(None, &veth_lines(&self.bridge, &veth, &path, self.mtu))
-            .and_then(|()| self.host.ip(Some(&path), &inside_lines(address, self.subnet, self.mtu)));
-        if let Err(e) = made {
-            let _ = self.detach(task);
-            return Err(e);
+        std::fs::create_dir_all(user.parent().unwrap_or(&self.netns_dir))?;
+        let made = self.make(task, &path, address, userns.then_some(&user));
+        match made {
+            Ok(ids) => Ok(Sandbox { netns: path, userns: ids.map(|ids| (user, ids)) }),
+            Err(e) => {
+                let _ = self.detach(task);
+                Err(e)
+            }
         }
-        Ok(path)
     }
 
-    /// Removes the task's namespace, if it has one.
+    fn make(&self, task: &str, path: &Path, address: Ipv4Addr, user: Option<&PathBuf>) -> io::Result<Option<IdMap>> {
+        let ids = match user {
+            Some(user) => {
+                let ids = self.ids.claim(&userns::sandbox(task))?;
+                self.host.new_userns(user, ids)?;
+                Some(ids)
+            }
+            None => None,
+        };
+        self.host.new_netns(path, user.map(PathBuf::as_path))?;
+        let veth = veth_name(task);
+        self.host.ip(None, &veth_lines(&self.bridge, &veth, path, self.mtu))?;
+        self.host.ip(Some(path), &inside_lines(address, self.subnet, self.mtu))?;
+        Ok(ids)
+    }
+
+    /// Removes the task's namespaces, if it has any, and gives back its ids.
     pub fn detach(&self, task: &str) -> io::Result<()> {
-        detach(&self.host, &self.netns_dir, task)
+        detach(&self.host, &self.netns_dir, &self.ids, task)
     }
 
     /// Tasks that have a namespace here.
@@ -187,21 +224,30 @@ impl<H: Host> NodeNet<H> {
     }
 }
 
-/// Removes a task's namespace kept in `netns_dir`, if it has one (no
-/// bridge needed: what an agent stopped halfway left goes before its
-/// node network is set up).
-pub fn detach(host: &impl Host, netns_dir: &Path, task: &str) -> io::Result<()> {
-    let path = netns_dir.join(task);
-    if !path.exists() {
-        return Ok(());
+/// Removes a task's namespaces kept in `netns_dir`, if it has any, and
+/// its claim of ids (no bridge needed: what an agent stopped halfway left
+/// goes before its node network is set up).
+pub fn detach(host: &impl Host, netns_dir: &Path, ids: &IdRanges, task: &str) -> io::Result<()> {
+    for path in [netns_dir.join(task), userns_path(netns_dir, task)] {
+        if path.exists() {
+            host.remove_netns(&path)?;
+        }
     }
-    host.remove_netns(&path)
+    ids.release(&userns::sandbox(task))
+}
+
+/// Where a task's user namespace is kept.
+fn userns_path(netns_dir: &Path, task: &str) -> PathBuf {
+    netns_dir.join("users").join(task)
 }
 
 /// Tasks that have a namespace in `netns_dir`.
 pub fn attached(netns_dir: &Path) -> Vec<String> {
     let entries = std::fs::read_dir(netns_dir).into_iter().flatten().flatten();
-    entries.filter_map(|e| e.file_name().into_string().ok()).collect()
+    entries
+        .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect()
 }
 
 #[cfg(test)]

@@ -21,9 +21,15 @@ impl Host for Fake {
     fn link_exists(&self, _: &str) -> bool {
         false
     }
-    fn new_netns(&self, path: &Path) -> io::Result<()> {
+    fn new_netns(&self, path: &Path, owner: Option<&Path>) -> io::Result<()> {
         std::fs::write(path, "")?;
-        self.calls.lock().unwrap().push(format!("netns+ {}", path.display()));
+        let owner = owner.map(|o| format!(" in {}", o.display())).unwrap_or_default();
+        self.calls.lock().unwrap().push(format!("netns+ {}{owner}", path.display()));
+        Ok(())
+    }
+    fn new_userns(&self, path: &Path, ids: IdMap) -> io::Result<()> {
+        std::fs::write(path, "")?;
+        self.calls.lock().unwrap().push(format!("userns+ {} {}", path.display(), ids.host_id));
         Ok(())
     }
     fn remove_netns(&self, path: &Path) -> io::Result<()> {
@@ -52,6 +58,7 @@ fn net(dir: &Path, fail_on: Option<&'static str>) -> NodeNet<Fake> {
         cluster: "198.19.0.0/16".parse().unwrap(),
         mtu: 1420,
         netns_dir: dir.join("netns"),
+        ids: IdRanges::new(dir.join("ids")),
         host: Fake { fail_on, ..Fake::default() },
     }
 }
@@ -71,9 +78,9 @@ fn a_task_gets_a_namespace_with_eth0_and_keeps_it_across_restarts() {
     let n = net(dir.path(), None);
     n.ensure().unwrap();
     let addr = Ipv4Addr::new(198, 19, 1, 7);
-    let path = n.attach("web.1.1", addr).unwrap();
+    let path = n.attach("web.1.1", addr, false).unwrap().netns;
     assert_eq!(path, dir.path().join("netns/web.1.1"));
-    n.attach("web.1.1", addr).unwrap();
+    n.attach("web.1.1", addr, false).unwrap();
     let calls = n.host.calls.lock().unwrap().clone();
     let veth = veth_name("web.1.1");
     assert_eq!(
@@ -96,14 +103,37 @@ fn a_task_gets_a_namespace_with_eth0_and_keeps_it_across_restarts() {
 }
 
 #[test]
+fn a_task_with_its_own_ids_gets_its_network_namespace_inside_its_user_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = net(dir.path(), None);
+    let addr = Ipv4Addr::new(198, 19, 1, 8);
+    let made = n.attach("web.1.1", addr, true).unwrap();
+    let (user, ids) = made.userns.clone().expect("a user namespace");
+    assert_eq!(user, dir.path().join("netns/users/web.1.1"));
+    assert_eq!(n.ids.held("netns:web.1.1").unwrap(), Some(ids));
+    let calls = n.host.calls.lock().unwrap().clone();
+    assert_eq!(calls[0], format!("userns+ {} {}", user.display(), ids.host_id));
+    assert_eq!(calls[1], format!("netns+ {} in {}", made.netns.display(), user.display()), "made inside it");
+    assert_eq!(n.attach("web.1.1", addr, true).unwrap(), made, "a restart keeps both");
+    let other = n.attach("web.1.2", Ipv4Addr::new(198, 19, 1, 9), true).unwrap();
+    assert_ne!(other.userns.unwrap().1, ids, "each task its own block");
+    assert_eq!(n.attached().len(), 2, "user namespaces are not tasks");
+    n.detach("web.1.1").unwrap();
+    assert!(!user.exists() && !made.netns.exists());
+    assert_eq!(n.ids.held("netns:web.1.1").unwrap(), None, "its block is given back");
+}
+
+#[test]
 fn a_half_made_namespace_is_undone_and_bad_addresses_refused() {
     let dir = tempfile::tempdir().unwrap();
     let n = net(dir.path(), Some("route add"));
-    let err = n.attach("web.1.1", Ipv4Addr::new(198, 19, 1, 7)).unwrap_err();
+    let err = n.attach("web.1.1", Ipv4Addr::new(198, 19, 1, 7), true).unwrap_err();
     assert!(err.to_string().contains("boom"));
     assert!(n.attached().is_empty(), "nothing left behind");
+    assert!(n.ids.all().unwrap().is_empty(), "its ids are given back");
+    assert!(!dir.path().join("netns/users/web.1.1").exists());
     for bad in [Ipv4Addr::new(198, 19, 1, 1), Ipv4Addr::new(198, 19, 2, 7), Ipv4Addr::new(198, 19, 1, 255)] {
-        let err = n.attach("web.1.2", bad).unwrap_err();
+        let err = n.attach("web.1.2", bad, false).unwrap_err();
         assert!(err.to_string().contains("not a task address"), "{bad}: {err}");
     }
 }

@@ -12,13 +12,16 @@
 //! The agent keeps no container state in memory: a container's status is
 //! read from its directory and from whether its shim still lives.
 
+pub mod idmap;
 pub mod record;
 pub mod rootfs;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod userns;
 
 use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -30,7 +33,7 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub use berth_monitor::{cgroup, logs};
-pub use record::{ContainerConfig, Dirs, Exited, Limits, LogPolicy, NetworkMode, Seccomp, Started};
+pub use record::{ContainerConfig, Dirs, Exited, Limits, LogPolicy, NetworkMode, Seccomp, Started, UserNamespace};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -118,6 +121,7 @@ pub struct Runtime {
     root: PathBuf,
     run_root: PathBuf,
     shim: PathBuf,
+    ids: userns::IdRanges,
 }
 
 pub fn validate_name(name: &str) -> Result<(), RuntimeError> {
@@ -139,7 +143,15 @@ impl Runtime {
     /// end up in mount options and are compared with the mount table.
     pub fn open(root: &Path, run_root: &Path, shim: PathBuf) -> Result<Self, RuntimeError> {
         let resolve = |dir: &Path| fs::create_dir_all(dir).and_then(|()| fs::canonicalize(dir)).map_err(io_err(dir));
-        Ok(Self { root: resolve(root)?, run_root: resolve(run_root)?, shim })
+        let root = resolve(root)?;
+        let ids = userns::IdRanges::new(root.join(".userns"));
+        Ok(Self { root, run_root: resolve(run_root)?, shim, ids })
+    }
+
+    /// The node's claims of user namespace ids: containers' own, and task
+    /// sandboxes' (see [`userns`]).
+    pub fn id_ranges(&self) -> &userns::IdRanges {
+        &self.ids
     }
 
     /// The container's data directory.
@@ -168,11 +180,16 @@ impl Runtime {
             tracing::warn!(container = %config.name, "removing what an interrupted create left");
             fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
         }
+        let mut config = config.clone();
+        if config.userns == UserNamespace::Auto {
+            let claims = self.ids.claim(&userns::container(&config.name));
+            config.userns = UserNamespace::Own(claims.map_err(|e| io_err(&self.root)(e))?);
+        }
         let new = tempfile::Builder::new()
             .prefix(&format!("{NEW_PREFIX}{}-", config.name))
             .tempdir_in(&self.root)
             .map_err(io_err(&self.root))?;
-        record::write_durable(new.path(), record::CONFIG, config).map_err(io_err(new.path()))?;
+        record::write_durable(new.path(), record::CONFIG, &config).map_err(io_err(new.path()))?;
         match fs::rename(new.path(), &dir) {
             // Another create of the name got there first.
             Err(e) if [Errno::ENOTEMPTY, Errno::EEXIST].iter().any(|n| e.raw_os_error() == Some(*n as i32)) => {
@@ -181,7 +198,7 @@ impl Runtime {
             other => other.map_err(io_err(&dir))?,
         }
         let _ = new.keep();
-        Ok(Container { config: config.clone(), status: Status::Created, dir })
+        Ok(Container { config, status: Status::Created, dir })
     }
 
     /// Removes what interrupted creates left: temporary directories and
@@ -227,7 +244,9 @@ impl Runtime {
             let _ = fs::remove_file(dirs.data.join(stale));
         }
         berth_monitor::remove_run_dir(&dirs).map_err(io_err(&dirs.run))?;
-        fs::create_dir_all(&dirs.run).map_err(io_err(&dirs.run))?;
+        // Owner only: its rootfs (with whatever setuid files its image has)
+        // is mounted here, and no host user may reach it.
+        fs::DirBuilder::new().mode(0o700).create(&dirs.run).map_err(io_err(&dirs.run))?;
         let shim_log = dirs.data.join("shim.log");
         let log = fs::File::create(&shim_log).map_err(io_err(&shim_log))?;
         let mut child = tokio::process::Command::new(&self.shim)
@@ -392,7 +411,11 @@ impl Runtime {
         // A large writable layer takes long to delete: off the caller's thread.
         let data = dirs.data.clone();
         let removed = tokio::task::spawn_blocking(move || fs::remove_dir_all(&data)).await;
-        removed.unwrap_or_else(|e| Err(std::io::Error::other(e))).map_err(io_err(&dirs.data))
+        removed.unwrap_or_else(|e| Err(std::io::Error::other(e))).map_err(io_err(&dirs.data))?;
+        if let UserNamespace::Own(_) = container.config.userns {
+            self.ids.release(&userns::container(name)).map_err(io_err(&self.root))?;
+        }
+        Ok(())
     }
 }
 

@@ -21,6 +21,7 @@ pub use berth_monitor::record::{now_ms, process_start, read, write, write_durabl
 
 pub use berth_proto::model::Seccomp;
 
+use super::userns::IdMap;
 use crate::image::ImageConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +51,36 @@ pub struct ContainerConfig {
     /// Its syscall filter; containers recorded before seccomp get the default.
     #[serde(default)]
     pub seccomp: Seccomp,
+    /// Whose ids it has; containers recorded before user namespaces have the host's.
+    #[serde(default)]
+    pub userns: UserNamespace,
+}
+
+/// A container's user namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserNamespace {
+    /// The host's: its root is the host's root.
+    #[default]
+    Host,
+    /// One of its own, asked for: [`crate::runtime::Runtime::create`]
+    /// claims it a block of ids and records [`UserNamespace::Own`].
+    Auto,
+    /// One of its own, with these ids, made each time it starts.
+    Own(IdMap),
+    /// One made beforehand with the task's network namespace (which must
+    /// be owned by it), at `path`, with these ids.
+    Joined { path: PathBuf, ids: IdMap },
+}
+
+impl UserNamespace {
+    /// Its ids, once claimed.
+    pub fn ids(&self) -> Option<IdMap> {
+        match self {
+            Self::Own(ids) | Self::Joined { ids, .. } => Some(*ids),
+            Self::Host | Self::Auto => None,
+        }
+    }
 }
 
 impl ContainerConfig {
@@ -73,6 +104,7 @@ impl ContainerConfig {
             created_at_ms: 0,
             task: None,
             seccomp: Seccomp::Default,
+            userns: UserNamespace::Host,
         }
     }
 

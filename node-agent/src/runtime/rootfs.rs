@@ -7,6 +7,10 @@
 //!
 //! The writable layer is on disk with the container's data; the mount
 //! point is in its run directory (see [`super::record::Dirs`]).
+//!
+//! A container with a user namespace of its own sees each layer through an
+//! idmapped mount at `RUN/layers/N` (see [`super::idmap`]), and its writable
+//! layer's top is its root's, so its root owns `/` as it would on the host.
 
 use std::fs;
 use std::io;
@@ -14,7 +18,9 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 
+use super::idmap::mount_idmapped;
 use super::record::Dirs;
+use super::userns::IdMap;
 
 /// Overlay mount options; lower layers are listed top first.
 pub fn overlay_options(layers: &[PathBuf], upper: &Path, work: &Path) -> String {
@@ -22,8 +28,10 @@ pub fn overlay_options(layers: &[PathBuf], upper: &Path, work: &Path) -> String 
     format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), upper.display(), work.display())
 }
 
-/// Mounts the container's root at `RUN/rootfs` and returns that path.
-pub fn mount_rootfs(dirs: &Dirs, layers: &[PathBuf]) -> io::Result<PathBuf> {
+/// Mounts the container's root at `RUN/rootfs` and returns that path;
+/// with `userns` (the container's user namespace and its ids), the layers
+/// are seen through its map.
+pub fn mount_rootfs(dirs: &Dirs, layers: &[PathBuf], userns: Option<(&fs::File, IdMap)>) -> io::Result<PathBuf> {
     let (rootfs, upper, work) = (dirs.rootfs(), dirs.data.join("upper"), dirs.data.join("work"));
     for d in [&rootfs, &upper, &work] {
         fs::create_dir_all(d)?;
@@ -42,6 +50,18 @@ pub fn mount_rootfs(dirs: &Dirs, layers: &[PathBuf]) -> io::Result<PathBuf> {
                 format!("layer {} is missing from the image store; pull the image again", layer.display()),
             ));
         }
+    }
+    if let Some((user_ns, ids)) = userns {
+        let root = Some(nix::unistd::Uid::from_raw(ids.host_id));
+        nix::unistd::chown(&upper, root, Some(nix::unistd::Gid::from_raw(ids.host_id)))?;
+        let mut mapped = Vec::with_capacity(layers.len());
+        for (i, layer) in layers.iter().enumerate() {
+            let target = dirs.run.join("layers").join(i.to_string());
+            fs::create_dir_all(&target)?;
+            mount_idmapped(layer, &target, user_ns)?;
+            mapped.push(target);
+        }
+        layers = mapped;
     }
     let options = overlay_options(&layers, &upper, &work);
     // nodev: a device node in an image's layer (or made by a container

@@ -19,7 +19,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
@@ -27,10 +27,12 @@ use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::unistd::{chown, Gid, Uid};
 
 use berth_monitor::{Watch, Watched};
 
-use super::record::{self, ContainerConfig, Dirs, Exited, NetworkMode, Started};
+use super::record::{self, ContainerConfig, Dirs, Exited, NetworkMode, Started, UserNamespace};
+use super::userns::IdMap;
 use super::{rootfs, spec};
 
 /// Runs the container to its end. Reports on stdout first (`ok PID` once
@@ -108,9 +110,18 @@ fn start(dirs: &Dirs) -> Result<(Watch, Watched), String> {
         .map_err(|e| format!("reading {}: {e}", path.display()))?
         .ok_or_else(|| format!("{} is missing", path.display()))?;
     let etc = write_etc_files(&dirs.run, &config).map_err(|e| format!("writing /etc files: {e}"))?;
-    let rootfs = rootfs::mount_rootfs(dirs, &config.layers).map_err(|e| e.to_string())?;
+    let userns = user_namespace(dirs, &config)?;
+    let held = match &userns {
+        Some((path, ids)) => {
+            Some((fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?, *ids))
+        }
+        None => None,
+    };
+    let rootfs = rootfs::mount_rootfs(dirs, &config.layers, held.as_ref().map(|(f, ids)| (f, *ids)))
+        .map_err(|e| e.to_string())?;
     let read_etc = |name: &str| fs::read_to_string(rootfs.join("etc").join(name)).unwrap_or_default();
-    let spec = spec::build(&config, &read_etc("passwd"), &read_etc("group"), rootfs.clone(), &etc)
+    let userns_path = userns.as_ref().map(|(path, _)| path.as_path());
+    let spec = spec::build(&config, &read_etc("passwd"), &read_etc("group"), rootfs.clone(), &etc, userns_path)
         .map_err(|e| e.to_string())?;
     let process = spec.process().as_ref().ok_or("the spec has no process")?;
     let path_var =
@@ -150,6 +161,48 @@ fn start(dirs: &Dirs) -> Result<(Watch, Watched), String> {
     Ok((watch, Watched { pid, stdout: out_r, stderr: err_r }))
 }
 
+/// The container's user namespace and its ids, if it has one of its own:
+/// made now in its run directory, or the one made with its task's network
+/// namespace. Its run directory and /etc files become its root's.
+fn user_namespace(dirs: &Dirs, config: &ContainerConfig) -> Result<Option<(PathBuf, IdMap)>, String> {
+    let (path, ids) = match &config.userns {
+        UserNamespace::Host => return Ok(None),
+        UserNamespace::Auto => return Err("its user namespace has no ids: it was recorded without a claim".into()),
+        UserNamespace::Own(ids) => {
+            let path = dirs.run.join("userns");
+            crate::namespaces::user(&path, *ids).map_err(|e| e.to_string())?;
+            (path, *ids)
+        }
+        UserNamespace::Joined { path, ids } => (path.clone(), *ids),
+    };
+    reachable(&dirs.run, ids)?;
+    let (uid, gid) = (Some(Uid::from_raw(ids.host_id)), Some(Gid::from_raw(ids.host_id)));
+    for owned in
+        [dirs.run.clone(), dirs.run.join("etc")].into_iter().chain(ETC_FILES.map(|f| dirs.run.join("etc").join(f)))
+    {
+        chown(&owned, uid, gid).map_err(|e| format!("handing {} to the container's root: {e}", owned.display()))?;
+    }
+    Ok(Some((path, ids)))
+}
+
+/// A container with its own ids sets up its root as its unprivileged
+/// root: every directory above its run dir must let others through.
+fn reachable(run: &Path, ids: IdMap) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    for dir in run.ancestors().skip(1) {
+        let meta = fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if meta.mode() & 0o001 == 0 {
+            return Err(format!(
+                "{} is mode {:o}: a container with its own ids reaches its rootfs as host id {}, so every directory above the agent's run dir must be searchable by others (0711 or 0755)",
+                dir.display(),
+                meta.mode() & 0o777,
+                ids.host_id
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Releases what the container held on the host: its processes, cgroup
 /// and libcontainer state (through libcontainer), the rootfs mount and the
 /// run directory. For a container that failed to start or whose shim died.
@@ -173,16 +226,16 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("creating a pipe: {e}"))
 }
 
+/// The files under `RUN/etc` the container sees in its /etc.
+const ETC_FILES: [&str; 3] = ["hostname", "hosts", "resolv.conf"];
+
 /// `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf` for the container.
 fn write_etc_files(run: &Path, config: &ContainerConfig) -> io::Result<spec::EtcFiles> {
     let etc = run.join("etc");
     fs::create_dir_all(&etc)?;
     let host = config.hostname();
-    let files = spec::EtcFiles {
-        hostname: etc.join("hostname"),
-        hosts: etc.join("hosts"),
-        resolv_conf: etc.join("resolv.conf"),
-    };
+    let [hostname, hosts, resolv_conf] = ETC_FILES.map(|f| etc.join(f));
+    let files = spec::EtcFiles { hostname, hosts, resolv_conf };
     fs::write(&files.hostname, format!("{host}\n"))?;
     let own = match &config.network {
         NetworkMode::Joined { address, .. } => address.to_string(),

@@ -5,7 +5,7 @@
 
 use crate::model::{
     validate_image, validate_name, AssignedTask, Assignment, InvalidField, NodeNetwork, Peer, PortSpec, Protocol,
-    Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints, TaskReport, TaskSpec, TaskState,
+    Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints, TaskReport, TaskSpec, TaskState, Userns,
 };
 use crate::pb::agent as pb;
 
@@ -76,6 +76,7 @@ impl TryFrom<pb::AssignedTask> for AssignedTask {
         let restart = RestartPolicy::parse(&t.restart)
             .ok_or_else(|| InvalidField::new("restart", &t.restart, "one of always, on-failure, never"))?;
         let seccomp = Seccomp::from_wire("seccomp", &t.seccomp, &t.seccomp_profile)?;
+        let userns = Userns::parse("userns", &t.userns)?;
         let address = match t.address.as_str() {
             "" => None,
             a => Some(a.parse().map_err(|_| InvalidField::new("address", a, "an IPv4 address"))?),
@@ -90,6 +91,7 @@ impl TryFrom<pb::AssignedTask> for AssignedTask {
                 restart,
                 pids_limit: Some(t.pids_limit).filter(|n| *n > 0),
                 seccomp,
+                userns,
             },
             restarts: t.restarts,
             address,
@@ -215,6 +217,7 @@ impl From<AssignedTask> for pb::AssignedTask {
             pids_limit: t.spec.pids_limit.unwrap_or(0),
             seccomp,
             seccomp_profile,
+            userns: t.spec.userns.to_wire(),
         }
     }
 }
@@ -293,6 +296,7 @@ mod tests {
                 pids_limit: 128,
                 seccomp: "unconfined".into(),
                 seccomp_profile: String::new(),
+                userns: "auto".into(),
             }],
             subnet: "198.19.1.0/24".into(),
             cluster_cidr: "198.19.0.0/16".into(),

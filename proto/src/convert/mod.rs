@@ -36,6 +36,7 @@ impl TryFrom<pb::ServiceSpec> for model::ServiceSpec {
         };
         let security = p.security.unwrap_or_default();
         let seccomp = model::Seccomp::from_wire("security.seccomp", &security.seccomp, &security.seccomp_profile)?;
+        let userns = model::Userns::parse("security.userns", &security.userns)?;
         let spec = model::ServiceSpec {
             name: p.name,
             image: p.image,
@@ -48,6 +49,7 @@ impl TryFrom<pb::ServiceSpec> for model::ServiceSpec {
             constraints,
             pids_limit,
             seccomp,
+            userns,
         };
         spec.validate()?;
         Ok(spec)
@@ -91,7 +93,7 @@ impl From<model::ServiceSpec> for pb::ServiceSpec {
             restart: s.restart.to_string(),
             constraints: s.constraints.iter().map(ToString::to_string).collect(),
             pids_limit: s.pids_limit.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)),
-            security: Some(s.seccomp.into()),
+            security: Some(security_to_pb(&s.seccomp, s.userns)),
         }
     }
 }
@@ -111,11 +113,10 @@ impl TryFrom<pb::Service> for model::Service {
     }
 }
 
-impl From<model::Seccomp> for pb::Security {
-    fn from(s: model::Seccomp) -> Self {
-        let (seccomp, seccomp_profile) = s.to_wire();
-        Self { seccomp, seccomp_profile }
-    }
+/// A spec's security settings as the wire carries them.
+pub fn security_to_pb(seccomp: &model::Seccomp, userns: model::Userns) -> pb::Security {
+    let (seccomp, seccomp_profile) = seccomp.to_wire();
+    pb::Security { seccomp, seccomp_profile, userns: userns.to_wire() }
 }
 
 fn resources_to_pb(r: Resources) -> pb::Resources {
@@ -293,6 +294,7 @@ mod tests {
             security: Some(pb::Security {
                 seccomp: String::new(),
                 seccomp_profile: r#"{"defaultAction": "SCMP_ACT_LOG"}"#.into(),
+                userns: "auto".into(),
             }),
             ..Default::default()
         }
@@ -309,9 +311,13 @@ mod tests {
         assert_eq!(m.ports[0].protocol, Protocol::Tcp);
         assert_eq!(m.pids_limit, Some(100));
         assert!(matches!(m.seccomp, model::Seccomp::Profile(_)));
+        assert_eq!(m.userns, model::Userns::Auto);
         let unset = model::ServiceSpec::try_from(pb::ServiceSpec { pids_limit: 0, security: None, ..wire() });
         let unset = unset.expect("valid");
-        assert_eq!((unset.pids_limit, unset.seccomp), (None, model::Seccomp::Default));
+        assert_eq!(
+            (unset.pids_limit, unset.seccomp, unset.userns),
+            (None, model::Seccomp::Default, model::Userns::Host)
+        );
         let back = pb::ServiceSpec::from(m.clone());
         assert_eq!(model::ServiceSpec::try_from(back).expect("valid"), m);
     }
@@ -335,9 +341,12 @@ mod tests {
         let constraints = vec!["node.name == a".into(), "zone = b".into()];
         assert_eq!(field(pb::ServiceSpec { constraints, ..wire() }), "constraints[1]");
         assert_eq!(field(pb::ServiceSpec { pids_limit: -1, ..wire() }), "pids_limit");
-        let security =
-            |mode: &str, profile: &str| Some(pb::Security { seccomp: mode.into(), seccomp_profile: profile.into() });
+        let security = |mode: &str, profile: &str| {
+            Some(pb::Security { seccomp: mode.into(), seccomp_profile: profile.into(), userns: String::new() })
+        };
         assert_eq!(field(pb::ServiceSpec { security: security("off", ""), ..wire() }), "security.seccomp");
         assert_eq!(field(pb::ServiceSpec { security: security("", "{}"), ..wire() }), "security.seccomp");
+        let userns = Some(pb::Security { userns: "keep-id".into(), ..Default::default() });
+        assert_eq!(field(pb::ServiceSpec { security: userns, ..wire() }), "security.userns");
     }
 }

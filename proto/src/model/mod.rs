@@ -19,6 +19,6 @@ pub use network::{Cidr, NetworkConfig, PortRange, MAX_NODE_PREFIX};
 pub use node::{Availability, Node, NodeInfo, NodeStatus, Overlay};
 pub use quantity::{format_memory, parse_cpus, parse_memory};
 pub use reference::validate_image;
-pub use security::Seccomp;
+pub use security::{Seccomp, Userns};
 pub use service::{validate_name, PortSpec, Protocol, Resources, RestartPolicy, Service, ServiceSpec, MAX_REPLICAS};
 pub use task::{Desired, Endpoint, Task, TaskInfo, TaskSpec, TaskState};

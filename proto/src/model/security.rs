@@ -1,6 +1,8 @@
 //! A container's seccomp filter, as a service or `berth-agent run` asks
 //! for it: the node's default profile (Docker's, in effect), none, or a
-//! profile of the user's own in the OCI runtime spec's JSON form.
+//! profile of the user's own in the OCI runtime spec's JSON form; and
+//! whether its root is the host's root or an unprivileged host id
+//! ([`Userns`]).
 //!
 //! A profile is checked here, where it enters (the server, or `run`), so a
 //! task never reaches a node with a filter the node cannot load. Docker's
@@ -99,6 +101,38 @@ impl Seccomp {
             Self::Default => "default",
             Self::Unconfined => "unconfined",
             Self::Profile(_) => "profile",
+        }
+    }
+}
+
+/// Whose ids a container's processes and files have on the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Userns {
+    /// The host's: root in the container is root on the host (Docker's
+    /// and Kubernetes' default).
+    #[default]
+    Host,
+    /// A user namespace of its own: its ids 0-65535 are a block of host
+    /// ids that no other container on the node has and no host user owns.
+    Auto,
+}
+
+impl Userns {
+    /// From the wire or a flag: `""`/`host` or `auto`.
+    pub fn parse(field: &str, value: &str) -> Result<Self, InvalidField> {
+        match value {
+            "" | "host" => Ok(Self::Host),
+            "auto" => Ok(Self::Auto),
+            other => Err(InvalidField::new(field, other, "host or auto")),
+        }
+    }
+
+    /// The wire's form: `""` for the host's, `auto`.
+    pub fn to_wire(self) -> String {
+        match self {
+            Self::Host => String::new(),
+            Self::Auto => "auto".into(),
         }
     }
 }
@@ -275,6 +309,12 @@ mod tests {
             assert_eq!(Seccomp::from_wire("f", &mode, &profile).unwrap(), s);
         }
         assert_eq!(Seccomp::from_wire("f", "default", "").unwrap(), Seccomp::Default);
+        for u in [Userns::Host, Userns::Auto] {
+            assert_eq!(Userns::parse("userns", &u.to_wire()).unwrap(), u);
+        }
+        assert_eq!(Userns::parse("userns", "host").unwrap(), Userns::Host);
+        let e = Userns::parse("security.userns", "keep-id").unwrap_err();
+        assert_eq!((e.field.as_str(), e.value.as_str()), ("security.userns", "keep-id"));
         let e = Seccomp::from_wire("security.seccomp", "strict", "").unwrap_err();
         assert_eq!((e.field.as_str(), e.value.as_str()), ("security.seccomp", "strict"));
         assert!(Seccomp::from_wire("f", "unconfined", r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).is_err());

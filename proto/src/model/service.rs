@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{validate_image, Constraint, InvalidField, Seccomp};
+use super::{validate_image, Constraint, InvalidField, Seccomp, Userns};
 
 /// A declared service: its spec and how many times the spec changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +42,9 @@ pub struct ServiceSpec {
     pub pids_limit: Option<u64>,
     #[serde(default)]
     pub seccomp: Seccomp,
+    /// A user namespace per task, or the host's ids.
+    #[serde(default)]
+    pub userns: Userns,
 }
 
 /// Requested resources; zero means "no request, no limit".
@@ -294,6 +297,7 @@ mod tests {
             constraints: vec!["node.labels.zone == a".parse().unwrap()],
             pids_limit: Some(100),
             seccomp: Seccomp::Default,
+            userns: Userns::Host,
         }
     }
 

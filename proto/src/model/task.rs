@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Resources, RestartPolicy, Seccomp, ServiceSpec};
+use super::{Resources, RestartPolicy, Seccomp, ServiceSpec, Userns};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
@@ -57,6 +57,8 @@ pub struct TaskSpec {
     pub pids_limit: Option<u64>,
     #[serde(default)]
     pub seccomp: Seccomp,
+    #[serde(default)]
+    pub userns: Userns,
 }
 
 impl From<&ServiceSpec> for TaskSpec {
@@ -69,6 +71,7 @@ impl From<&ServiceSpec> for TaskSpec {
             restart: s.restart,
             pids_limit: s.pids_limit,
             seccomp: s.seccomp.clone(),
+            userns: s.userns,
         }
     }
 }

@@ -134,6 +134,32 @@ async fn a_stop_grace_holds_back_no_other_start() {
 }
 
 #[tokio::test]
+async fn a_task_with_its_own_ids_joins_the_user_namespace_made_with_its_network() {
+    use crate::runtime::UserNamespace;
+    let own = |id: &str, address: &str| pb::AssignedTask {
+        userns: "auto".into(),
+        ..task(id, "reg:5000/web:1", "always", address)
+    };
+    let tasks =
+        vec![own("u.1.1", "198.19.1.2"), own("u.2.1", ""), task("h.1.1", "reg:5000/web:1", "always", "198.19.1.3")];
+    let cluster = FakeCluster::start(assigned(tasks)).await;
+    let n = node(&[&cluster], FakeContainers::default());
+    for id in ["u.1.1", "u.2.1", "h.1.1"] {
+        eventually("running", || is(&cluster, id, "running").then_some(())).await;
+    }
+    match n.containers.userns("u.1.1") {
+        Some(UserNamespace::Joined { path, ids }) => {
+            assert_eq!(path, std::path::Path::new("/fake/netns/users/u.1.1"));
+            assert_eq!(ids.size, 65536);
+        }
+        other => panic!("u.1.1 does not join its sandbox's user namespace: {other:?}"),
+    }
+    // Without a network namespace made for it, the runtime claims its ids.
+    assert_eq!(n.containers.userns("u.2.1"), Some(UserNamespace::Auto));
+    assert_eq!(n.containers.userns("h.1.1"), Some(UserNamespace::Host));
+}
+
+#[tokio::test]
 async fn a_lost_container_restarts_unless_its_policy_says_never() {
     let tasks = vec![task("l.1.1", "reg:5000/web:1", "on-failure", ""), task("n.1.1", "reg:5000/web:1", "never", "")];
     let cluster = FakeCluster::start(assigned(tasks)).await;

@@ -6,7 +6,9 @@
 //! runc's masked and read-only paths, a device cgroup that allows only the
 //! standard character devices (cgroup v1; libcontainer adds those to the
 //! deny-all here), private PID/mount/UTS/IPC/cgroup namespaces and a
-//! private network namespace unless the host's is asked for.
+//! private network namespace unless the host's is asked for. A container
+//! with a user namespace of its own joins it by path (it is made before,
+//! see [`crate::namespaces`]); the spec's id maps record what it holds.
 //!
 //! Why not CAP_MKNOD: cgroup v2 guards devices with a BPF program that this
 //! build of libcontainer does not load (it would bring libbpf and libelf).
@@ -16,15 +18,19 @@
 //! only the standard nodes.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 use super::record::{ContainerConfig, NetworkMode};
+
+/// Why a container cannot have both.
+pub const USERNS_WITH_HOST_NETWORK: &str =
+    "a user namespace of its own cannot go with the host's network (its root could not configure it)";
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// CPU quota period: 100 ms, as Docker and Kubernetes use.
@@ -76,6 +82,7 @@ pub fn build(
     group: &str,
     rootfs: PathBuf,
     etc: &EtcFiles,
+    userns: Option<&Path>,
 ) -> Result<Spec, SpecError> {
     let image = &config.image_config;
     let args = command(config)?;
@@ -119,7 +126,7 @@ pub fn build(
         resources = resources.pids(LinuxPidsBuilder::default().limit(pids).build().map_err(err)?);
     }
     let mut linux = Spec::default().linux().clone().unwrap_or_default();
-    let namespaces = linux
+    let mut namespaces = linux
         .namespaces()
         .clone()
         .unwrap_or_default()
@@ -134,6 +141,20 @@ pub fn build(
         .collect::<Result<Vec<_>, _>>()
         .map_err(err)?;
     let mut builder = LinuxBuilder::default();
+    match (config.userns.ids(), userns) {
+        (Some(ids), Some(path)) => {
+            if config.network == NetworkMode::Host {
+                return Err(SpecError::Build(USERNS_WITH_HOST_NETWORK.into()));
+            }
+            let user = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::User).path(path).build();
+            namespaces.push(user.map_err(err)?);
+            let map = LinuxIdMappingBuilder::default().container_id(0u32).host_id(ids.host_id).size(ids.size);
+            let map = map.build().map_err(err)?;
+            builder = builder.uid_mappings(vec![map]).gid_mappings(vec![map]);
+        }
+        (None, None) => {}
+        _ => return Err(SpecError::Build("a user namespace needs both its ids and its path".into())),
+    }
     if let Some(filter) = super::seccomp::filter(&config.seccomp).map_err(SpecError::Seccomp)? {
         builder = builder.seccomp(filter);
     }

@@ -66,7 +66,7 @@ fn etc() -> EtcFiles {
 fn spec_carries_limits_namespaces_and_hardening() {
     let mut c = config();
     c.limits = Limits { memory_bytes: Some(64 << 20), cpu_millis: Some(500), pids: Some(20) };
-    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc()).unwrap();
+    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
     let linux = spec.linux().as_ref().unwrap();
     let res = linux.resources().as_ref().unwrap();
     assert_eq!(res.memory().as_ref().unwrap().limit(), Some(64 << 20));
@@ -99,7 +99,7 @@ fn spec_carries_limits_namespaces_and_hardening() {
 #[test]
 fn devices_are_denied_and_the_default_filter_is_on_unless_unconfined() {
     let mut c = config();
-    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc()).unwrap();
+    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
     let linux = spec.linux().as_ref().unwrap();
     let devices = linux.resources().as_ref().unwrap().devices().clone().unwrap();
     assert_eq!(devices.len(), 1);
@@ -111,17 +111,17 @@ fn devices_are_denied_and_the_default_filter_is_on_unless_unconfined() {
     assert!(!allowed.names().iter().any(|n| n == "mount"));
 
     c.seccomp = Seccomp::Unconfined;
-    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc()).unwrap();
+    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
     assert!(spec.linux().as_ref().unwrap().seccomp().is_none());
     c.seccomp = Seccomp::Profile("{\"defaultAction\": \"SCMP_ACT_BOGUS\"}".into());
-    assert!(matches!(build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc()), Err(SpecError::Seccomp(_))));
+    assert!(matches!(build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None), Err(SpecError::Seccomp(_))));
 }
 
 #[test]
 fn host_network_drops_only_the_network_namespace() {
     let mut c = config();
     c.network = NetworkMode::Host;
-    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc()).unwrap();
+    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
     let ns: Vec<_> = spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
     assert!(!ns.contains(&LinuxNamespaceType::Network));
     assert!(ns.contains(&LinuxNamespaceType::Pid));
@@ -135,12 +135,43 @@ fn a_joined_network_uses_the_namespace_made_for_it() {
         address: [198, 19, 1, 2].into(),
         resolv_conf: None,
     };
-    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc()).unwrap();
+    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
     let namespaces = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
     let net: Vec<_> = namespaces.iter().filter(|n| n.typ() == LinuxNamespaceType::Network).collect();
     assert_eq!(net.len(), 1);
     assert_eq!(net[0].path().as_deref(), Some(std::path::Path::new("/run/berth-agent/netns/web.1.1")));
     assert!(namespaces.iter().filter(|n| n.typ() != LinuxNamespaceType::Network).all(|n| n.path().is_none()));
+}
+
+#[test]
+fn a_user_namespace_is_joined_by_path_with_its_ids_recorded() {
+    use crate::runtime::record::UserNamespace;
+    use crate::runtime::userns::IdMap;
+    let ids = IdMap { host_id: 2_147_549_184, size: 65536 };
+    let mut c = config();
+    c.userns = UserNamespace::Own(ids);
+    let path = Path::new("/run/berth-agent/containers/web-1/userns");
+    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), Some(path)).unwrap();
+    let linux = spec.linux().as_ref().unwrap();
+    let namespaces = linux.namespaces().clone().unwrap();
+    let user: Vec<_> = namespaces.iter().filter(|n| n.typ() == LinuxNamespaceType::User).collect();
+    assert_eq!(user.len(), 1);
+    assert_eq!(user[0].path().as_deref(), Some(path));
+    for maps in [linux.uid_mappings(), linux.gid_mappings()] {
+        let map = &maps.as_ref().unwrap()[0];
+        assert_eq!((map.container_id(), map.host_id(), map.size()), (0, 2_147_549_184, 65536));
+    }
+    // Its own network namespace, made after the user namespace is joined,
+    // is owned by it; the host's network cannot be.
+    assert!(namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none()));
+    c.network = NetworkMode::Host;
+    let refused = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), Some(path)).unwrap_err();
+    assert!(refused.to_string().contains("host's network"), "{refused}");
+    // The host's ids: no user namespace, no maps.
+    let spec = build(&config(), PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
+    let linux = spec.linux().as_ref().unwrap();
+    assert!(linux.namespaces().as_ref().unwrap().iter().all(|n| n.typ() != LinuxNamespaceType::User));
+    assert!(linux.uid_mappings().is_none());
 }
 
 /// This host runs cgroup v1, so the v2 path is exercised on a temp-dir
@@ -166,7 +197,7 @@ fn limits_reach_cgroup_v2_files() {
     }
     let mut c = config();
     c.limits = Limits { memory_bytes: Some(64 << 20), cpu_millis: Some(500), pids: Some(20) };
-    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc()).unwrap();
+    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
     let linux = spec.linux().as_ref().unwrap();
     let cgroup = linux.cgroups_path().as_ref().unwrap();
     let manager = libcgroups::v2::manager::Manager::new(r.to_path_buf(), cgroup.clone()).unwrap();
