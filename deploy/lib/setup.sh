@@ -61,12 +61,13 @@ build_release() {
 }
 
 # remove_node_network BRIDGE RUN_DIR: what an agent's node network leaves
-# once the agent is gone: task namespaces under RUN_DIR/netns, the bridge,
-# the iptables jumps tagged berth:BRIDGE and the node's chains they lead to.
+# once the agent is gone: task namespaces under RUN_DIR/netns (user
+# namespaces in netns/users), the bridge, the iptables jumps tagged
+# berth:BRIDGE and the node's chains they lead to.
 remove_node_network() {
   local bridge=$1 run=$2 ns table rule
-  for ns in "$run"/netns/*; do
-    [ -e "$ns" ] || continue
+  for ns in "$run"/netns/* "$run"/netns/users/*; do
+    [ -f "$ns" ] || continue
     umount -l "$ns" 2>/dev/null || true
     rm -f "$ns"
   done

@@ -23,6 +23,11 @@ pub struct Args {
     /// Registry credentials and insecure (plain HTTP) registries, TOML.
     #[arg(long, env = "BERTH_REGISTRIES", default_value = "/etc/berth/registries.toml", global = true)]
     pub registries: PathBuf,
+    /// The host's claims of user namespace ids (`--userns auto`), shared by
+    /// every agent on the host so no two containers share a block; on disk,
+    /// as containers keep their ids across reboots.
+    #[arg(long, env = "BERTH_USERNS_DIR", default_value = "/var/lib/berth/userns", global = true)]
+    pub userns_dir: PathBuf,
     /// Parent cgroup of this agent's containers.
     #[arg(long, env = "BERTH_CGROUP_PARENT", default_value = "berth", global = true)]
     pub cgroup_parent: String,

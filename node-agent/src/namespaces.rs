@@ -44,11 +44,16 @@ pub fn net(path: &Path, owner: Option<&Path>) -> io::Result<()> {
     keep(path, "net", enter, |_| Ok(()))
 }
 
-/// Undoes [`user`] or [`net`]: the namespace goes once nothing else holds it.
+/// Undoes [`user`] or [`net`]: the namespace goes once nothing else holds
+/// it. Mounts stacked at the path (a make retried over one that was not
+/// undone) come off one by one.
 pub fn remove(path: &Path) -> io::Result<()> {
-    match umount2(path, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {} // not mounted: half made
-        Err(e) => return Err(io::Error::other(format!("unmounting {}: {e}", path.display()))),
+    for _ in 0..8 {
+        match umount2(path, MntFlags::MNT_DETACH) {
+            Ok(()) => continue,
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => break, // not (or no longer) mounted
+            Err(e) => return Err(io::Error::other(format!("unmounting {}: {e}", path.display()))),
+        }
     }
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -64,6 +69,7 @@ fn keep(
     enter: impl FnMut() -> io::Result<()> + Send + Sync + 'static,
     setup: impl FnOnce(u32) -> io::Result<()>,
 ) -> io::Result<()> {
+    remove(path)?;
     fs::File::create(path)?;
     let mut holder = Command::new("cat");
     holder.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
@@ -124,6 +130,10 @@ mod tests {
         net(&plain, None).unwrap();
         let refused = as_its_root(&plain, &["ip", "link", "set", "lo", "up"]);
         assert!(!refused.status.success(), "a network namespace of the host's user namespace is not its to change");
+        // Made again over itself, the old one does not stay mounted beneath.
+        net(&plain, None).unwrap();
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert_eq!(mounts.matches(plain.to_str().unwrap()).count(), 1, "{mounts}");
         for p in [&net_ns, &plain, &user_ns] {
             remove(p).unwrap();
             assert!(!p.exists());

@@ -151,6 +151,19 @@ impl Agent {
         std::fs::read_to_string(self.data.path().join("daemon.log")).unwrap_or_default()
     }
 
+    /// Claims of user namespace ids on this host (`--userns-dir`, shared by
+    /// every agent) held by this agent's containers and sandboxes.
+    pub fn userns_claims(&self) -> Vec<String> {
+        let entries = std::fs::read_dir("/var/lib/berth/userns").into_iter().flatten().flatten();
+        let claims = entries.filter_map(|e| std::fs::read_to_string(e.path()).ok());
+        let ours = |c: &String| {
+            let holder = c.split_once(' ').map(|(_, h)| h.trim()).unwrap_or_default();
+            std::path::Path::new(holder).starts_with(self.data.path())
+                || std::path::Path::new(holder).starts_with(self.run.path())
+        };
+        claims.filter(ours).collect()
+    }
+
     /// The agent's `--run-dir`.
     pub fn run_root(&self) -> PathBuf {
         self.run.path().join("run")

@@ -108,7 +108,7 @@ async fn task_containers_reach_each_other_by_address() -> Result<()> {
             let count = |dir: PathBuf| std::fs::read_dir(dir).map_or(0, |d| d.count());
             let netns = x.run_root().join("netns");
             let namespaces = count(netns.clone()) - usize::from(netns.join("users").exists());
-            let left = namespaces + count(netns.join("users")) + count(x.data.path().join("containers/.userns"));
+            let left = namespaces + count(netns.join("users")) + x.userns_claims().len();
             left == 0 && plugged_into(&x.bridge).is_empty()
         });
         clean.then_some(())

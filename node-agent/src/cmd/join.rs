@@ -158,6 +158,12 @@ pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -
     for swept in node.runtime.sweep(Duration::from_secs(600)) {
         warn!("removed {}: left by a create that was interrupted", swept.display());
     }
+    match node.runtime.id_ranges().sweep(Duration::from_secs(600)) {
+        Ok(holders) => {
+            holders.iter().for_each(|h| warn!("gave back the user namespace ids of {}: it is gone", h.display()))
+        }
+        Err(e) => warn!("sweeping user namespace claims: {e}"),
+    }
     let images = StoreImages { store: node.store, registries: node.registries };
     let worker = Worker { containers: node.runtime, images, network, settings };
     let mut shutdown = std::pin::pin!(shutdown());

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use berth_node_agent::image::{Registries, Store};
 use berth_node_agent::runtime::logs::{LogLine, Stream};
+use berth_node_agent::runtime::userns::IdRanges;
 use berth_node_agent::runtime::Runtime;
 
 use crate::{Args, Command};
@@ -50,7 +51,9 @@ impl Node {
             .with_context(|| format!("cannot create {} (owner only)", args.data_dir.display()))?;
         berth_node_agent::format::upgrade(&args.data_dir)?;
         let store = Store::open(&args.data_dir.join("images"))?;
-        let runtime = Runtime::open(&args.data_dir.join("containers"), &args.run_dir.join("containers"), shim_path()?)?;
+        let ids = IdRanges::new(args.userns_dir.clone());
+        let runtime =
+            Runtime::open(&args.data_dir.join("containers"), &args.run_dir.join("containers"), shim_path()?, ids)?;
         let registries = Registries::load(&args.registries).map_err(anyhow::Error::msg)?;
         Ok(Self { store, runtime, registries, cgroup_parent: args.cgroup_parent.clone() })
     }

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use berth_proto::model::Cidr;
 
-use crate::runtime::userns::{self, IdMap, IdRanges};
+use crate::runtime::userns::{IdMap, IdRanges};
 
 pub use iproute::IpRoute;
 
@@ -183,8 +183,13 @@ impl<H: Host> NodeNet<H> {
         let path = self.netns_path(task);
         let user = userns_path(&self.netns_dir, task);
         if path.exists() {
-            let ids = if user.exists() { self.ids.held(&userns::sandbox(task))? } else { None };
-            return Ok(Sandbox { netns: path, userns: ids.map(|ids| (user, ids)) });
+            let ids = if user.exists() { self.ids.held(&user)? } else { None };
+            if ids.is_some() == userns {
+                return Ok(Sandbox { netns: path, userns: ids.map(|ids| (user, ids)) });
+            }
+            // Made otherwise than asked, or half made: never run a task that
+            // asked for its own ids with the host's.
+            self.detach(task)?;
         }
         std::fs::create_dir_all(user.parent().unwrap_or(&self.netns_dir))?;
         let made = self.make(task, &path, address, userns.then_some(&user));
@@ -200,7 +205,7 @@ impl<H: Host> NodeNet<H> {
     fn make(&self, task: &str, path: &Path, address: Ipv4Addr, user: Option<&PathBuf>) -> io::Result<Option<IdMap>> {
         let ids = match user {
             Some(user) => {
-                let ids = self.ids.claim(&userns::sandbox(task))?;
+                let ids = self.ids.claim(user)?;
                 self.host.new_userns(user, ids)?;
                 Some(ids)
             }
@@ -228,12 +233,13 @@ impl<H: Host> NodeNet<H> {
 /// its claim of ids (no bridge needed: what an agent stopped halfway left
 /// goes before its node network is set up).
 pub fn detach(host: &impl Host, netns_dir: &Path, ids: &IdRanges, task: &str) -> io::Result<()> {
-    for path in [netns_dir.join(task), userns_path(netns_dir, task)] {
+    let user = userns_path(netns_dir, task);
+    for path in [&netns_dir.join(task), &user] {
         if path.exists() {
-            host.remove_netns(&path)?;
+            host.remove_netns(path)?;
         }
     }
-    ids.release(&userns::sandbox(task))
+    ids.release(&user)
 }
 
 /// Where a task's user namespace is kept.
@@ -241,13 +247,16 @@ fn userns_path(netns_dir: &Path, task: &str) -> PathBuf {
     netns_dir.join("users").join(task)
 }
 
-/// Tasks that have a namespace in `netns_dir`.
+/// Tasks that have a namespace in `netns_dir`: a network namespace, or a
+/// user namespace left without one.
 pub fn attached(netns_dir: &Path) -> Vec<String> {
-    let entries = std::fs::read_dir(netns_dir).into_iter().flatten().flatten();
-    entries
-        .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect()
+    let files = |dir: PathBuf| {
+        let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
+        entries.filter(|e| e.file_type().is_ok_and(|t| !t.is_dir())).filter_map(|e| e.file_name().into_string().ok())
+    };
+    let all: std::collections::BTreeSet<String> =
+        files(netns_dir.to_owned()).chain(files(netns_dir.join("users"))).collect();
+    all.into_iter().collect()
 }
 
 #[cfg(test)]

@@ -110,7 +110,7 @@ fn a_task_with_its_own_ids_gets_its_network_namespace_inside_its_user_namespace(
     let made = n.attach("web.1.1", addr, true).unwrap();
     let (user, ids) = made.userns.clone().expect("a user namespace");
     assert_eq!(user, dir.path().join("netns/users/web.1.1"));
-    assert_eq!(n.ids.held("netns:web.1.1").unwrap(), Some(ids));
+    assert_eq!(n.ids.held(&user).unwrap(), Some(ids));
     let calls = n.host.calls.lock().unwrap().clone();
     assert_eq!(calls[0], format!("userns+ {} {}", user.display(), ids.host_id));
     assert_eq!(calls[1], format!("netns+ {} in {}", made.netns.display(), user.display()), "made inside it");
@@ -118,9 +118,17 @@ fn a_task_with_its_own_ids_gets_its_network_namespace_inside_its_user_namespace(
     let other = n.attach("web.1.2", Ipv4Addr::new(198, 19, 1, 9), true).unwrap();
     assert_ne!(other.userns.unwrap().1, ids, "each task its own block");
     assert_eq!(n.attached().len(), 2, "user namespaces are not tasks");
+    // A sandbox made otherwise than asked is made again, never reused.
+    let plain = n.attach("web.1.2", Ipv4Addr::new(198, 19, 1, 9), false).unwrap();
+    assert_eq!(plain.userns, None);
+    let old = dir.path().join("netns/users/web.1.2");
+    assert!(!old.exists() && n.ids.held(&old).unwrap().is_none(), "the old sandbox went whole");
     n.detach("web.1.1").unwrap();
     assert!(!user.exists() && !made.netns.exists());
-    assert_eq!(n.ids.held("netns:web.1.1").unwrap(), None, "its block is given back");
+    assert_eq!(n.ids.held(&user).unwrap(), None, "its block is given back");
+    // A user namespace left without its network namespace is still listed, so it goes.
+    std::fs::write(dir.path().join("netns/users/web.1.3"), "").unwrap();
+    assert_eq!(n.attached(), ["web.1.2", "web.1.3"]);
 }
 
 #[test]

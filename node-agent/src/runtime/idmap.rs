@@ -1,7 +1,8 @@
-//! Idmapped mounts (Linux 5.12+): a directory seen through a mount that
-//! shifts its files' owners by a user namespace's map, so a container with
-//! its own ids sees its image's layers owned by its own root, without a
-//! copy of the layers per container and without changing the shared store.
+//! Idmapped mounts (Linux 5.12+; overlayfs takes them as layers from
+//! 5.19): a directory seen through a mount that shifts its files' owners
+//! by a user namespace's map, so a container with its own ids sees its
+//! image's layers owned by its own root, without a copy of the layers per
+//! container and without changing the shared store.
 //!
 //! ```text
 //! open_tree(layer, CLONE) ─▶ mount_setattr(IDMAP, userns) ─▶ move_mount(RUN/layers/N)

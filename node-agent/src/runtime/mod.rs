@@ -138,17 +138,16 @@ pub fn validate_name(name: &str) -> Result<(), RuntimeError> {
 
 impl Runtime {
     /// `root` (on disk) and `run_root` (under /run) hold one directory per
-    /// container (see [`Dirs`]); `shim` is the berth-shim binary.
-    /// Both roots are resolved to absolute paths without symlinks: they
-    /// end up in mount options and are compared with the mount table.
-    pub fn open(root: &Path, run_root: &Path, shim: PathBuf) -> Result<Self, RuntimeError> {
+    /// container (see [`Dirs`]); `shim` is the berth-shim binary; `ids`
+    /// the host's claims of user namespace ids. Both roots are resolved to
+    /// absolute paths without symlinks: they end up in mount options and
+    /// are compared with the mount table (and name claims' holders).
+    pub fn open(root: &Path, run_root: &Path, shim: PathBuf, ids: userns::IdRanges) -> Result<Self, RuntimeError> {
         let resolve = |dir: &Path| fs::create_dir_all(dir).and_then(|()| fs::canonicalize(dir)).map_err(io_err(dir));
-        let root = resolve(root)?;
-        let ids = userns::IdRanges::new(root.join(".userns"));
-        Ok(Self { root, run_root: resolve(run_root)?, shim, ids })
+        Ok(Self { root: resolve(root)?, run_root: resolve(run_root)?, shim, ids })
     }
 
-    /// The node's claims of user namespace ids: containers' own, and task
+    /// The host's claims of user namespace ids: containers' own, and task
     /// sandboxes' (see [`userns`]).
     pub fn id_ranges(&self) -> &userns::IdRanges {
         &self.ids
@@ -181,24 +180,39 @@ impl Runtime {
             fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
         }
         let mut config = config.clone();
+        let mut fresh = false;
         if config.userns == UserNamespace::Auto {
-            let claims = self.ids.claim(&userns::container(&config.name));
-            config.userns = UserNamespace::Own(claims.map_err(|e| io_err(&self.root)(e))?);
+            fresh = self.ids.held(&dir).map_err(io_err(&self.root))?.is_none();
+            config.userns = UserNamespace::Own(self.ids.claim(&dir).map_err(io_err(&self.root))?);
         }
+        match self.record_new(&config, &dir) {
+            Ok(()) => Ok(Container { config, status: Status::Created, dir }),
+            Err(e) => {
+                // A create of the name that got there first holds the same claim.
+                if fresh && !matches!(e, RuntimeError::NameInUse(_)) {
+                    let _ = self.ids.release(&dir);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the config under a temporary name, then renames it into place.
+    fn record_new(&self, config: &ContainerConfig, dir: &Path) -> Result<(), RuntimeError> {
         let new = tempfile::Builder::new()
             .prefix(&format!("{NEW_PREFIX}{}-", config.name))
             .tempdir_in(&self.root)
             .map_err(io_err(&self.root))?;
-        record::write_durable(new.path(), record::CONFIG, &config).map_err(io_err(new.path()))?;
-        match fs::rename(new.path(), &dir) {
+        record::write_durable(new.path(), record::CONFIG, config).map_err(io_err(new.path()))?;
+        match fs::rename(new.path(), dir) {
             // Another create of the name got there first.
             Err(e) if [Errno::ENOTEMPTY, Errno::EEXIST].iter().any(|n| e.raw_os_error() == Some(*n as i32)) => {
                 return Err(RuntimeError::NameInUse(config.name.clone()))
             }
-            other => other.map_err(io_err(&dir))?,
+            other => other.map_err(io_err(dir))?,
         }
         let _ = new.keep();
-        Ok(Container { config, status: Status::Created, dir })
+        Ok(())
     }
 
     /// Removes what interrupted creates left: temporary directories and
@@ -413,7 +427,7 @@ impl Runtime {
         let removed = tokio::task::spawn_blocking(move || fs::remove_dir_all(&data)).await;
         removed.unwrap_or_else(|e| Err(std::io::Error::other(e))).map_err(io_err(&dirs.data))?;
         if let UserNamespace::Own(_) = container.config.userns {
-            self.ids.release(&userns::container(name)).map_err(io_err(&self.root))?;
+            self.ids.release(&dirs.data).map_err(io_err(&self.root))?;
         }
         Ok(())
     }

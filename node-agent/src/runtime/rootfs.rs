@@ -66,8 +66,13 @@ pub fn mount_rootfs(dirs: &Dirs, layers: &[PathBuf], userns: Option<(&fs::File, 
     let options = overlay_options(&layers, &upper, &work);
     // nodev: a device node in an image's layer (or made by a container
     // given CAP_MKNOD) does not open; /dev is a mount of its own.
-    mount(Some("overlay"), &rootfs, Some("overlay"), MsFlags::MS_NODEV, Some(options.as_str()))
-        .map_err(|e| io::Error::other(format!("mounting the overlay root at {}: {e}", rootfs.display())))?;
+    mount(Some("overlay"), &rootfs, Some("overlay"), MsFlags::MS_NODEV, Some(options.as_str())).map_err(|e| {
+        let why = match (e, userns) {
+            (nix::errno::Errno::EINVAL, Some(_)) => " (overlayfs takes idmapped layers from Linux 5.19 on)",
+            _ => "",
+        };
+        io::Error::other(format!("mounting the overlay root at {}: {e}{why}", rootfs.display()))
+    })?;
     Ok(rootfs)
 }
 

@@ -176,6 +176,9 @@ fn user_namespace(dirs: &Dirs, config: &ContainerConfig) -> Result<Option<(PathB
         UserNamespace::Joined { path, ids } => (path.clone(), *ids),
     };
     reachable(&dirs.run, ids)?;
+    if let NetworkMode::Joined { netns, .. } = &config.network {
+        reachable(netns, ids)?;
+    }
     let (uid, gid) = (Some(Uid::from_raw(ids.host_id)), Some(Gid::from_raw(ids.host_id)));
     for owned in
         [dirs.run.clone(), dirs.run.join("etc")].into_iter().chain(ETC_FILES.map(|f| dirs.run.join("etc").join(f)))
@@ -185,11 +188,12 @@ fn user_namespace(dirs: &Dirs, config: &ContainerConfig) -> Result<Option<(PathB
     Ok(Some((path, ids)))
 }
 
-/// A container with its own ids sets up its root as its unprivileged
-/// root: every directory above its run dir must let others through.
-fn reachable(run: &Path, ids: IdMap) -> Result<(), String> {
+/// A container with its own ids sets up its root (and joins its network
+/// namespace) as its unprivileged root: every directory above its run dir
+/// (and above its network namespace's file) must let others through.
+fn reachable(path: &Path, ids: IdMap) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
-    for dir in run.ancestors().skip(1) {
+    for dir in path.ancestors().skip(1) {
         let meta = fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         if meta.mode() & 0o001 == 0 {
             return Err(format!(

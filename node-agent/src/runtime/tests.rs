@@ -1,7 +1,8 @@
 use super::*;
 
 fn runtime(dir: &Path) -> Runtime {
-    Runtime::open(&dir.join("containers"), &dir.join("run"), PathBuf::from("/nonexistent/berth-shim")).unwrap()
+    let ids = userns::IdRanges::new(dir.join("userns"));
+    Runtime::open(&dir.join("containers"), &dir.join("run"), PathBuf::from("/nonexistent/berth-shim"), ids).unwrap()
 }
 
 fn config(name: &str) -> ContainerConfig {
@@ -74,4 +75,26 @@ async fn removing_a_large_writable_layer_leaves_the_agents_thread_free() {
     }
     removal.await.unwrap();
     assert!(!rt.dir("big.1.1").exists());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_container_with_its_own_ids_holds_its_claim_until_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    let own = ContainerConfig { userns: UserNamespace::Auto, ..config("u.1.1") };
+    let made = rt.create(&own).unwrap();
+    let ids = match made.config.userns {
+        UserNamespace::Own(ids) => ids,
+        other => panic!("recorded as {other:?}, not with its ids"),
+    };
+    assert_eq!(rt.get("u.1.1").unwrap().config.userns, UserNamespace::Own(ids), "the ids are in its config");
+    assert_eq!(rt.id_ranges().held(&rt.dir("u.1.1")).unwrap(), Some(ids));
+    // A second create of the name is refused and leaves the first one's claim.
+    assert!(matches!(rt.create(&own), Err(RuntimeError::NameInUse(_))));
+    assert_eq!(rt.id_ranges().held(&rt.dir("u.1.1")).unwrap(), Some(ids));
+    let other = rt.create(&ContainerConfig { userns: UserNamespace::Auto, ..config("u.2.1") }).unwrap();
+    assert_ne!(other.config.userns, UserNamespace::Own(ids), "each container its own block");
+    rt.remove("u.1.1", false).await.unwrap();
+    assert_eq!(rt.id_ranges().held(&rt.dir("u.1.1")).unwrap(), None, "given back");
+    assert_eq!(rt.id_ranges().all().unwrap().len(), 1);
 }

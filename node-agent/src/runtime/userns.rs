@@ -9,14 +9,20 @@
 //! people and `/etc/subuid` hand out, and stop short of the invalid id
 //! 2^32-1 (Kubernetes' kubelet picks its blocks the same way).
 //!
-//! A claim is a file in the claims directory named for its holder and
-//! holding the block's first host id, made under a lock on the directory,
-//! so claims survive agent restarts and two claims never race.
+//! A claim is a file in the host's claims directory (`--userns-dir`, one
+//! for every agent on the host, so two agents' containers never share a
+//! block), named by a hash of its holder's path (a container's directory,
+//! or a sandbox's user namespace file) and holding the block's first host
+//! id and that path. Claims are made under a lock on the directory, so two
+//! never race, and outlive agent restarts; a claim whose holder's path is
+//! gone (an agent stopped between a claim and its use, or between a
+//! removal and its release) is swept.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
@@ -43,16 +49,6 @@ impl IdMap {
     }
 }
 
-/// The holder name of a container's own block.
-pub fn container(name: &str) -> String {
-    format!("container:{name}")
-}
-
-/// The holder name of a task's network sandbox's block.
-pub fn sandbox(task: &str) -> String {
-    format!("netns:{task}")
-}
-
 /// The lowest block not in `used` (first host ids), if one is left.
 pub fn free_block(used: &BTreeSet<u32>) -> Option<IdMap> {
     (0..BLOCKS)
@@ -61,10 +57,17 @@ pub fn free_block(used: &BTreeSet<u32>) -> Option<IdMap> {
         .map(|host_id| IdMap { host_id, size: BLOCK })
 }
 
-/// The node's claims, one file per holder.
+/// The host's claims, one file per holder.
 #[derive(Debug, Clone)]
 pub struct IdRanges {
     dir: PathBuf,
+}
+
+/// One claim: the block, and the path of what holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub ids: IdMap,
+    pub holder: PathBuf,
 }
 
 impl IdRanges {
@@ -73,51 +76,63 @@ impl IdRanges {
     }
 
     /// The block `holder` has, claimed now if it has none.
-    pub fn claim(&self, holder: &str) -> io::Result<IdMap> {
+    pub fn claim(&self, holder: &Path) -> io::Result<IdMap> {
         let _lock = self.lock()?;
         if let Some(ids) = self.held(holder)? {
             return Ok(ids);
         }
-        let used = self.all()?.into_values().map(|ids| ids.host_id).collect();
+        let used = self.all()?.into_iter().map(|c| c.ids.host_id).collect();
         let ids = free_block(&used)
             .ok_or_else(|| io::Error::other(format!("all {BLOCKS} blocks of user namespace ids are taken")))?;
-        let path = self.dir.join(holder);
-        let tmp = self.dir.join(format!(".{holder}.tmp"));
+        let name = file_name(holder);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
         let mut file = fs::File::create(&tmp)?;
-        file.write_all(ids.host_id.to_string().as_bytes())?;
+        file.write_all(format!("{} {}\n", ids.host_id, holder.display()).as_bytes())?;
         file.sync_all()?;
-        fs::rename(&tmp, &path)?;
+        fs::rename(&tmp, self.dir.join(name))?;
         fs::File::open(&self.dir)?.sync_all()?;
         Ok(ids)
     }
 
     /// Gives `holder`'s block back; having none is fine.
-    pub fn release(&self, holder: &str) -> io::Result<()> {
+    pub fn release(&self, holder: &Path) -> io::Result<()> {
         let _lock = self.lock()?;
-        match fs::remove_file(self.dir.join(holder)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        remove(&self.dir.join(file_name(holder)))
     }
 
     /// The block `holder` has, if any.
-    pub fn held(&self, holder: &str) -> io::Result<Option<IdMap>> {
-        read_claim(&self.dir.join(holder))
+    pub fn held(&self, holder: &Path) -> io::Result<Option<IdMap>> {
+        Ok(read_claim(&self.dir.join(file_name(holder)))?.map(|c| c.ids))
     }
 
-    /// Every claim, by holder.
-    pub fn all(&self) -> io::Result<std::collections::BTreeMap<String, IdMap>> {
-        let mut claims = std::collections::BTreeMap::new();
-        for entry in fs::read_dir(&self.dir)? {
+    /// Every claim on the host.
+    pub fn all(&self) -> io::Result<Vec<Claim>> {
+        let mut claims = Vec::new();
+        for entry in fs::read_dir(&self.dir).into_iter().flatten() {
             let entry = entry?;
-            let Some(name) = entry.file_name().to_str().filter(|n| !n.starts_with('.')).map(str::to_owned) else {
-                continue;
-            };
-            if let Some(ids) = read_claim(&entry.path())? {
-                claims.insert(name, ids);
+            if !entry.file_name().to_string_lossy().starts_with('.') {
+                claims.extend(read_claim(&entry.path())?);
             }
         }
         Ok(claims)
+    }
+
+    /// Gives back claims older than `age` whose holder's path is gone;
+    /// returns those holders.
+    pub fn sweep(&self, age: Duration) -> io::Result<Vec<PathBuf>> {
+        let _lock = self.lock()?;
+        let mut swept = Vec::new();
+        for entry in fs::read_dir(&self.dir)?.flatten() {
+            let old = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+            match read_claim(&entry.path()) {
+                Ok(Some(claim)) if !claim.holder.exists() && old.is_some_and(|o| o >= age) => {
+                    remove(&entry.path())?;
+                    swept.push(claim.holder);
+                }
+                _ => {}
+            }
+        }
+        Ok(swept)
     }
 
     fn lock(&self) -> io::Result<Flock<fs::File>> {
@@ -127,14 +142,30 @@ impl IdRanges {
     }
 }
 
-fn read_claim(path: &Path) -> io::Result<Option<IdMap>> {
-    match fs::read_to_string(path) {
-        Ok(text) => match text.trim().parse::<u32>() {
-            Ok(host_id) => Ok(Some(IdMap { host_id, size: BLOCK })),
-            Err(_) => Err(io::Error::other(format!("{}: {text:?} is not a host id", path.display()))),
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+/// A claim's file name: its holder's path hashed (any length of path fits).
+fn file_name(holder: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(holder.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..16])
+}
+
+fn remove(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn read_claim(path: &Path) -> io::Result<Option<Claim>> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let (id, holder) = text.trim_end_matches('\n').split_once(' ').unwrap_or((&text, ""));
+    match id.parse::<u32>() {
+        Ok(host_id) => Ok(Some(Claim { ids: IdMap { host_id, size: BLOCK }, holder: holder.into() })),
+        Err(_) => Err(io::Error::other(format!("{}: {text:?} is not a claim (HOST_ID PATH)", path.display()))),
     }
 }
 
@@ -158,18 +189,33 @@ mod tests {
     fn claims_are_one_per_holder_kept_and_given_back() {
         let dir = tempfile::tempdir().unwrap();
         let ranges = IdRanges::new(dir.path().join("ids"));
-        let a = ranges.claim("container:a").unwrap();
-        let b = ranges.claim("netns:a").unwrap();
-        assert_ne!(a.host_id, b.host_id, "two holders never share a block");
-        assert_eq!(ranges.claim("container:a").unwrap(), a, "a holder keeps its block");
+        let (a, b) = (dir.path().join("agent1/containers/a"), dir.path().join("agent2/containers/a"));
+        let ida = ranges.claim(&a).unwrap();
+        let idb = ranges.claim(&b).unwrap();
+        assert_ne!(ida.host_id, idb.host_id, "two holders (two agents' containers of one name) never share a block");
+        assert_eq!(ranges.claim(&a).unwrap(), ida, "a holder keeps its block");
         // Another agent process (a restart) sees the same claims.
         let again = IdRanges::new(dir.path().join("ids"));
-        assert_eq!(again.held("netns:a").unwrap(), Some(b));
-        ranges.release("container:a").unwrap();
-        ranges.release("container:a").unwrap();
-        assert_eq!(ranges.held("container:a").unwrap(), None);
-        assert_eq!(ranges.claim("container:c").unwrap(), a, "a released block is handed out again");
+        assert_eq!(again.held(&b).unwrap(), Some(idb));
+        ranges.release(&a).unwrap();
+        ranges.release(&a).unwrap();
+        assert_eq!(ranges.held(&a).unwrap(), None);
+        assert_eq!(ranges.claim(&dir.path().join("c")).unwrap(), ida, "a released block is handed out again");
         assert_eq!(ranges.all().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn claims_whose_holder_is_gone_are_swept_once_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let ranges = IdRanges::new(dir.path().join("ids"));
+        let (gone, here) = (dir.path().join("gone"), dir.path().join("here"));
+        fs::create_dir(&here).unwrap();
+        ranges.claim(&gone).unwrap();
+        let kept = ranges.claim(&here).unwrap();
+        assert!(ranges.sweep(Duration::from_secs(600)).unwrap().is_empty(), "too young: its holder may be on its way");
+        assert_eq!(ranges.sweep(Duration::ZERO).unwrap(), [gone.as_path()]);
+        assert_eq!(ranges.held(&gone).unwrap(), None);
+        assert_eq!(ranges.held(&here).unwrap(), Some(kept));
     }
 
     #[test]
@@ -179,7 +225,7 @@ mod tests {
         let threads: Vec<_> = (0..8)
             .map(|i| {
                 let r = ranges.clone();
-                std::thread::spawn(move || r.claim(&format!("container:{i}")).unwrap().host_id)
+                std::thread::spawn(move || r.claim(Path::new(&format!("/c/{i}"))).unwrap().host_id)
             })
             .collect();
         let ids: BTreeSet<u32> = threads.into_iter().map(|t| t.join().unwrap()).collect();
