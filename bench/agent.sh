@@ -8,6 +8,9 @@
 #     docker-registry, pulled by reference). Each pair runs back to back and
 #     with a 0.2 s pause before each start (bench/start_latency.py: A and B
 #     in turn, wall and CPU of each whole process tree);
+#     The cost of a user namespace of its own (`--userns auto`: the
+#     namespace made, the layers idmapped) is the same pair with and
+#     without it, for both images;
 #  2. 100 containers started concurrently (sleep): time until all run;
 #  3. memory: peak RSS of the agent command, RSS/PSS/private of each shim.
 # Usage: bench/agent.sh [RUNS]   (as root). Ends with one line per ratio.
@@ -92,6 +95,16 @@ for image in own other; do
   done
 done
 
+# A user namespace of its own against none, same image, same agent.
+for image in own other; do
+  ref=$own
+  [ "$image" = other ] && ref=$other
+  out=$(python3 bench/start_latency.py --runs "$runs" --pause 0.2 "userns-$image" "plain-$image" -- \
+    "$bin/berth-agent" run --rm --userns auto "$ref" true ::: "$bin/berth-agent" run --rm "$ref" true)
+  echo "$out" | head -2
+  lines+=("$(echo "$out" | tail -1)")
+done
+
 # 100 containers at once.
 ms() { date +%s%N; }
 t0=$(ms)
@@ -113,5 +126,5 @@ for pid in $(pgrep -f "$bin/berth-monitor"); do
   n=$((n + 1))
 done
 echo "shims: $n, RSS mean $((rss / n)) KiB max $max KiB, PSS mean $((pss / n)) KiB, private mean $((priv / n)) KiB"
-echo "start latency and CPU per start against runc (ratios berth/runc; paired: median of pair-by-pair ratios):"
+echo "start latency and CPU per start against runc, and with a user namespace against without (ratios A/B; paired: median of pair-by-pair ratios):"
 printf '%s\n' "${lines[@]}"
