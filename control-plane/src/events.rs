@@ -153,6 +153,7 @@ mod tests {
             pids_limit: None,
             seccomp: Default::default(),
             userns: Default::default(),
+            overrides: Default::default(),
         }
     }
 

@@ -42,6 +42,7 @@ async fn proposals_apply_per_command_and_reopen_from_snapshot() -> anyhow::Resul
         pids_limit: None,
         seccomp: Default::default(),
         userns: Default::default(),
+        overrides: Default::default(),
     };
     let entry = |index, commands| Entry::<TypeConfig> {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),

@@ -143,6 +143,16 @@ enum ServiceCmd {
         /// seccomp=default|unconfined|PROFILE.json: the containers' syscall filter
         #[arg(long = "security-opt", value_name = "seccomp=...")]
         security_opt: Option<String>,
+        /// Replace the image's entrypoint with this one argument ("" clears
+        /// it); the image's Cmd goes too, so give the rest after `--`
+        #[arg(long)]
+        entrypoint: Option<String>,
+        /// The user tasks run as: USER, UID, USER:GROUP or UID:GID (default: the image's)
+        #[arg(long, short = 'u')]
+        user: Option<String>,
+        /// The tasks' working directory (default: the image's)
+        #[arg(long, short = 'w')]
+        workdir: Option<String>,
         /// auto: each task in a user namespace of its own (its root an unprivileged host id); host: the host's ids
         #[arg(long, value_name = "auto|host")]
         userns: Option<String>,
@@ -292,6 +302,9 @@ async fn run(cli: Cli) -> Result<String> {
             pids_limit,
             security_opt,
             userns,
+            entrypoint,
+            user,
+            workdir,
             command,
         }) => {
             let security = spec::security_flags(security_opt.as_deref(), userns.as_deref())?;
@@ -310,6 +323,10 @@ async fn run(cli: Cli) -> Result<String> {
                 constraints,
                 pids_limit: pids_limit.unwrap_or(0),
                 security,
+                set_entrypoint: entrypoint.is_some(),
+                entrypoint: entrypoint.into_iter().filter(|e| !e.is_empty()).collect(),
+                user: user.unwrap_or_default(),
+                workdir: workdir.unwrap_or_default(),
             };
             spec::check(&spec)?;
             let name = spec.name.clone();

@@ -99,7 +99,18 @@ pub fn service(s: &Service, endpoints: &[Endpoint], format: Format) -> String {
     kv("Name", spec.name.clone());
     kv("Version", s.version.to_string());
     kv("Image", spec.image.clone());
+    if let Some(entrypoint) = &spec.overrides.entrypoint {
+        kv("Entrypoint", if entrypoint.is_empty() { "(none)".into() } else { shell_words(entrypoint) });
+    }
     kv("Command", if spec.command.is_empty() { "(image default)".into() } else { shell_words(&spec.command) });
+    for (key, value) in [("User", &spec.overrides.user), ("Workdir", &spec.overrides.workdir)] {
+        if let Some(value) = value {
+            kv(key, value.clone());
+        }
+    }
+    if spec.userns == berth_proto::model::Userns::Auto {
+        kv("Userns", "auto (a user namespace per task)".into());
+    }
     kv("Replicas", spec.replicas.to_string());
     kv("Restart", spec.restart.to_string());
     if !spec.constraints.is_empty() {
@@ -325,6 +336,7 @@ mod tests {
             pids_limit: None,
             seccomp: Default::default(),
             userns: Default::default(),
+            overrides: Default::default(),
         };
         let s = Service { spec, version: 3 };
         let e = |slot: u32, address: &str, node: &str| Endpoint {

@@ -41,6 +41,15 @@ struct SpecFile {
     /// `auto`: a user namespace per task; `host` (the default): the host's ids.
     #[serde(default)]
     userns: Option<String>,
+    /// Replaces the image's entrypoint: a list, or one string (one argument).
+    #[serde(default)]
+    entrypoint: Option<Value>,
+    /// `user`, `uid`, `user:group`, `uid:gid`.
+    #[serde(default)]
+    user: Option<Value>,
+    /// The working directory, an absolute path.
+    #[serde(default)]
+    workdir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,7 +126,34 @@ impl SpecFile {
             constraints: self.constraints,
             pids_limit: self.resources.pids,
             security: security(self.security.seccomp.as_deref(), self.userns.as_deref(), dir)?,
+            set_entrypoint: self.entrypoint.is_some(),
+            entrypoint: self.entrypoint.map(|e| strings(&e).context("entrypoint")).transpose()?.unwrap_or_default(),
+            user: match self.user {
+                None => String::new(),
+                Some(Value::String(s)) => s,
+                Some(Value::Number(n)) => n.to_string(),
+                Some(other) => bail!("user: expected a user or uid such as www-data or 1000:1000, got {other:?}"),
+            },
+            workdir: self.workdir.unwrap_or_default(),
         })
+    }
+}
+
+/// A list of strings, or one string as a list of one.
+fn strings(v: &Value) -> Result<Vec<String>> {
+    match v {
+        // As Docker's: an empty entrypoint clears the image's.
+        Value::String(s) if s.is_empty() => Ok(vec![]),
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Sequence(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) => Ok(n.to_string()),
+                other => bail!("expected strings, got {other:?}"),
+            })
+            .collect(),
+        other => bail!("expected a list of strings or one string, got {other:?}"),
     }
 }
 
@@ -304,6 +340,22 @@ mod tests {
         let flags = security_flags(Some("seccomp=unconfined"), None).expect("ok").expect("some");
         assert_eq!((flags.seccomp.as_str(), flags.userns.as_str()), ("unconfined", ""));
         assert_eq!(security_flags(None, None).expect("ok"), None);
+    }
+
+    #[test]
+    fn entrypoint_user_and_workdir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = "name: a\nimage: b\nentrypoint: [sh, -c]\nuser: 1000\nworkdir: /srv\n---\n\
+                    name: c\nimage: b\nentrypoint: \"\"\nuser: www:adm\n---\nname: d\nimage: b\n";
+        let specs = parse_file(text, dir.path()).expect("parses");
+        let got = |s: &pb::ServiceSpec| (s.set_entrypoint, s.entrypoint.clone(), s.user.clone(), s.workdir.clone());
+        assert_eq!(got(&specs[0]), (true, vec!["sh".into(), "-c".into()], "1000".into(), "/srv".into()));
+        assert_eq!(got(&specs[1]), (true, vec![], "www:adm".into(), String::new()), "\"\" clears it");
+        assert_eq!(got(&specs[2]), (false, vec![], String::new(), String::new()));
+        let err = |t: &str| format!("{:#}", parse_file(t, dir.path()).unwrap_err());
+        assert!(err("name: a\nimage: b\nworkdir: srv\n").contains("workdir"));
+        assert!(err("name: a\nimage: b\nuser: 'a b'\n").contains("user"));
+        assert!(err("name: a\nimage: b\nentrypoint: {x: 1}\n").contains("entrypoint"));
     }
 
     #[test]

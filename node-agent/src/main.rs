@@ -40,7 +40,7 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a container in the foreground (or detached with -d).
-    Run(cmd::run::RunArgs),
+    Run(Box<cmd::run::RunArgs>),
     /// List containers.
     Ps {
         #[arg(short, long, value_enum, default_value_t = cmd::Output::Table)]

@@ -395,3 +395,47 @@ async fn a_full_disk_fails_the_task_with_its_reason_and_the_node_stays_ready() -
     wait_for(Duration::from_secs(60), "the container to go", async || agent.ps().is_empty().then_some(())).await?;
     Ok(())
 }
+
+/// A service replaces its image's entrypoint, user and working directory,
+/// as `docker service create --entrypoint/--user/--workdir` do: an image
+/// whose ENTRYPOINT is a program (as the `redis-cli` image's is) still runs
+/// a shell when asked, and as the user and in the directory asked.
+#[tokio::test]
+async fn a_service_replaces_its_images_entrypoint_user_and_workdir() -> Result<()> {
+    let registry = Registry::start().await?;
+    let mut image = berth_tests::oci::Image::busybox()?;
+    image.config =
+        serde_json::json!({ "Env": ["PATH=/bin"], "Entrypoint": ["echo", "from-the-entrypoint"], "Cmd": ["and-cmd"] });
+    image.push(&registry.addr, "echoer", "1").await?;
+    let reference = format!("{}/echoer:1", registry.addr);
+    let cluster = Cluster::start(1, &[]).await?;
+    let servers = cluster.addrs();
+    let agent = Agent::new(Some(&registry));
+    let daemons = berth_tests::agent::join_ready(&servers, &[(&agent, "solo")]).await?;
+    let script = "echo overridden; id -u; id -g; pwd; sleep 600";
+    let args = ["--entrypoint", "sh", "--user", "1000:2000", "--workdir", "/tmp", "--", "-c", script];
+    let (ok, out, err) =
+        berthctl(&servers, &[&["service", "create", "shell", "--image", &reference][..], &args[..]].concat())?;
+    ensure!(ok, "{out}{err}");
+    let (ok, out, err) =
+        berthctl(&servers, &["service", "create", "plain", "--image", &reference, "--restart", "never"])?;
+    ensure!(ok, "{out}{err}");
+    let logs = |service: &str| berthctl(&servers, &["service", "logs", service]).map(|r| r.1).unwrap_or_default();
+    wait_for(Duration::from_secs(60), "both services' output", async || {
+        let (shell, plain) = (logs("shell"), logs("plain"));
+        (shell.lines().count() >= 4 && !plain.is_empty()).then_some(())
+    })
+    .await
+    .with_context(|| agent.daemon_log())?;
+    let shell: Vec<String> =
+        logs("shell").lines().filter_map(|l| l.split_once("| ")).map(|(_, v)| v.to_owned()).collect();
+    ensure!(shell == ["overridden", "1000", "2000", "/tmp"], "the overrides did not hold: {shell:?}");
+    ensure!(logs("plain").contains("| from-the-entrypoint and-cmd"), "the image's own: {}", logs("plain"));
+    // What was asked is what `service inspect` shows, and a bad value is refused by name.
+    let (ok, out, _) = berthctl(&servers, &["service", "inspect", "shell", "-o", "json"])?;
+    ensure!(ok && out.contains("\"workdir\": \"/tmp\"") && out.contains("\"user\": \"1000:2000\""), "{out}");
+    let (ok, _, err) = berthctl(&servers, &["service", "create", "bad", "--image", &reference, "--workdir", "tmp"])?;
+    ensure!(!ok && err.contains("workdir") && err.contains("absolute path"), "{err}");
+    drop(daemons);
+    Ok(())
+}

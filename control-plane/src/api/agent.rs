@@ -301,6 +301,7 @@ mod tests {
             pids_limit: None,
             seccomp: Default::default(),
             userns: Default::default(),
+            overrides: Default::default(),
         };
         let mut s = State::default();
         apply(&mut s, &Command::CreateService(spec.clone()));
@@ -357,6 +358,7 @@ mod tests {
             pids_limit: None,
             seccomp: Default::default(),
             userns: Default::default(),
+            overrides: Default::default(),
         };
         let mut s = State::default();
         let net = NetworkConfig::new("198.19.0.0/16".parse::<Cidr>().unwrap(), 24).unwrap();

@@ -22,6 +22,7 @@ fn spec(name: &str, replicas: u32) -> ServiceSpec {
         pids_limit: None,
         seccomp: Default::default(),
         userns: Default::default(),
+        overrides: Default::default(),
     }
 }
 

@@ -304,6 +304,7 @@ mod tests {
             pids_limit: None,
             seccomp: Default::default(),
             userns: Default::default(),
+            overrides: Default::default(),
         }
     }
 

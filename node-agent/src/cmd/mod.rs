@@ -76,7 +76,7 @@ pub async fn dispatch(mut args: Args) -> anyhow::Result<u8> {
         return join::join(node, &args.data_dir, &args.run_dir, args.join).await;
     };
     match command {
-        Command::Run(run) => run::run(&node, run).await,
+        Command::Run(run) => run::run(&node, *run).await,
         Command::Ps { output } => containers::ps(&node, output),
         Command::Logs { name, tail, follow } => containers::logs(&node, &name, tail, follow).await,
         Command::Stop { names, time } => containers::stop(&node, &names, time).await,

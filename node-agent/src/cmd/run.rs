@@ -12,7 +12,7 @@ use berth_node_agent::runtime::logs::Follower;
 use berth_node_agent::runtime::{
     record, ContainerConfig, Limits, LogPolicy, NetworkMode, Seccomp, Shim, UserNamespace,
 };
-use berth_proto::model::parse_memory;
+use berth_proto::model::{parse_memory, Overrides};
 
 use super::{cpus_flag, memory_flag, print_lines, Node};
 
@@ -40,9 +40,15 @@ pub struct RunArgs {
     pub env: Vec<String>,
     #[arg(long, value_enum, default_value_t = Network::None)]
     pub network: Network,
-    /// Replace the image's entrypoint.
+    /// Replace the image's entrypoint ("" clears it).
     #[arg(long)]
     pub entrypoint: Option<String>,
+    /// USER, UID, USER:GROUP or UID:GID to run as (default: the image's).
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+    /// The working directory (default: the image's).
+    #[arg(long, short = 'w')]
+    pub workdir: Option<String>,
     /// Rotate the log file when it would pass this size (e.g. 10Mi).
     #[arg(long, default_value = "10Mi")]
     pub log_max_size: String,
@@ -92,6 +98,12 @@ pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
             berth_node_agent::runtime::spec::USERNS_WITH_HOST_NETWORK
         );
     }
+    let overrides = Overrides {
+        entrypoint: args.entrypoint.clone().map(|e| Some(e).filter(|e| !e.is_empty()).into_iter().collect()),
+        user: args.user.clone(),
+        workdir: args.workdir.clone(),
+    };
+    overrides.validate().map_err(|e| anyhow!("--{e}"))?;
     for var in &args.env {
         if !var.contains('=') || var.starts_with('=') {
             bail!("--env {var:?} is not KEY=VALUE");
@@ -113,7 +125,9 @@ pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
         layer_digests: image.layers.clone(),
         image_config: image.config,
         command: args.command.clone(),
-        entrypoint: args.entrypoint.clone().map(|e| vec![e]),
+        entrypoint: overrides.entrypoint,
+        user: overrides.user,
+        workdir: overrides.workdir,
         env: args.env.clone(),
         limits,
         network: match args.network {

@@ -37,6 +37,12 @@ pub struct ContainerConfig {
     pub command: Vec<String>,
     /// Replaces the image's Entrypoint when set.
     pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's User when set.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Replaces the image's WorkingDir when set.
+    #[serde(default)]
+    pub workdir: Option<String>,
     /// `KEY=VALUE`, over the image's environment.
     pub env: Vec<String>,
     pub limits: Limits,
@@ -96,6 +102,8 @@ impl ContainerConfig {
             layer_digests: vec![],
             command: vec![],
             entrypoint: None,
+            user: None,
+            workdir: None,
             env: vec![],
             limits: Limits::default(),
             network: NetworkMode::None,

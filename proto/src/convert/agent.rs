@@ -4,8 +4,8 @@
 //! with `From`.
 
 use crate::model::{
-    validate_image, validate_name, AssignedTask, Assignment, InvalidField, NodeNetwork, Peer, PortSpec, Protocol,
-    Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints, TaskReport, TaskSpec, TaskState, Userns,
+    validate_image, validate_name, AssignedTask, Assignment, InvalidField, NodeNetwork, Overrides, Peer, PortSpec,
+    Protocol, Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints, TaskReport, TaskSpec, TaskState, Userns,
 };
 use crate::pb::agent as pb;
 
@@ -77,6 +77,8 @@ impl TryFrom<pb::AssignedTask> for AssignedTask {
             .ok_or_else(|| InvalidField::new("restart", &t.restart, "one of always, on-failure, never"))?;
         let seccomp = Seccomp::from_wire("seccomp", &t.seccomp, &t.seccomp_profile)?;
         let userns = Userns::parse("userns", &t.userns)?;
+        let overrides = Overrides::from_wire(t.set_entrypoint, t.entrypoint, t.user, t.workdir);
+        overrides.validate()?;
         let address = match t.address.as_str() {
             "" => None,
             a => Some(a.parse().map_err(|_| InvalidField::new("address", a, "an IPv4 address"))?),
@@ -92,6 +94,7 @@ impl TryFrom<pb::AssignedTask> for AssignedTask {
                 pids_limit: Some(t.pids_limit).filter(|n| *n > 0),
                 seccomp,
                 userns,
+                overrides: Box::new(overrides),
             },
             restarts: t.restarts,
             address,
@@ -204,6 +207,7 @@ impl From<Assignment> for pb::AssignedTasks {
 impl From<AssignedTask> for pb::AssignedTask {
     fn from(t: AssignedTask) -> Self {
         let (seccomp, seccomp_profile) = t.spec.seccomp.to_wire();
+        let (set_entrypoint, entrypoint, user, workdir) = t.spec.overrides.to_wire();
         Self {
             id: t.id,
             image: t.spec.image,
@@ -218,6 +222,10 @@ impl From<AssignedTask> for pb::AssignedTask {
             seccomp,
             seccomp_profile,
             userns: t.spec.userns.to_wire(),
+            set_entrypoint,
+            entrypoint,
+            user,
+            workdir,
         }
     }
 }
@@ -297,6 +305,10 @@ mod tests {
                 seccomp: "unconfined".into(),
                 seccomp_profile: String::new(),
                 userns: "auto".into(),
+                set_entrypoint: true,
+                entrypoint: vec![],
+                user: "www".into(),
+                workdir: "/srv".into(),
             }],
             subnet: "198.19.1.0/24".into(),
             cluster_cidr: "198.19.0.0/16".into(),
@@ -343,6 +355,8 @@ mod tests {
         assert_eq!(a.network.unwrap().subnet.to_string(), "198.19.1.0/24");
         assert_eq!(a.services[0].ports[0].protocol, Protocol::Udp);
         assert!(a.refused.is_empty() && a.skipped.is_empty());
+        let cleared = Overrides { entrypoint: Some(vec![]), user: Some("www".into()), workdir: Some("/srv".into()) };
+        assert_eq!(*t.spec.overrides, cleared, "an entrypoint set empty stays set");
         assert_eq!(pb::AssignedTasks::from(a.clone()), wire());
         let empty = Assignment::try_from(pb::AssignedTasks::default()).unwrap();
         assert_eq!(empty, Assignment::default(), "no network yet, no tasks");
@@ -364,6 +378,8 @@ mod tests {
         task(&|t| t.address = "198.19.1".into(), "tasks[0].address");
         task(&|t| t.command = vec!["a\0b".into()], "tasks[0].command");
         task(&|t| t.env = [("A=B".to_owned(), "c".to_owned())].into(), "tasks[0].env.A=B");
+        task(&|t| t.user = "a b".into(), "tasks[0].user");
+        task(&|t| t.workdir = "srv".into(), "tasks[0].workdir");
         let mut twice = wire();
         twice.tasks.push(twice.tasks[0].clone());
         cases.push((twice, "tasks[1].id"));

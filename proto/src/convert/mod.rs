@@ -50,6 +50,7 @@ impl TryFrom<pb::ServiceSpec> for model::ServiceSpec {
             pids_limit,
             seccomp,
             userns,
+            overrides: Box::new(model::Overrides::from_wire(p.set_entrypoint, p.entrypoint, p.user, p.workdir)),
         };
         spec.validate()?;
         Ok(spec)
@@ -73,6 +74,7 @@ fn port_from_pb(i: usize, p: &pb::PortSpec) -> Result<PortSpec, InvalidField> {
 
 impl From<model::ServiceSpec> for pb::ServiceSpec {
     fn from(s: model::ServiceSpec) -> Self {
+        let (set_entrypoint, entrypoint, user, workdir) = s.overrides.to_wire();
         Self {
             name: s.name,
             image: s.image,
@@ -94,6 +96,10 @@ impl From<model::ServiceSpec> for pb::ServiceSpec {
             constraints: s.constraints.iter().map(ToString::to_string).collect(),
             pids_limit: s.pids_limit.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)),
             security: Some(security_to_pb(&s.seccomp, s.userns)),
+            set_entrypoint,
+            entrypoint,
+            user,
+            workdir,
         }
     }
 }

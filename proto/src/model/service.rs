@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{validate_image, Constraint, InvalidField, Seccomp, Userns};
+use super::{validate_image, Constraint, InvalidField, Overrides, Seccomp, Userns};
 
 /// A declared service: its spec and how many times the spec changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +45,10 @@ pub struct ServiceSpec {
     /// A user namespace per task, or the host's ids.
     #[serde(default)]
     pub userns: Userns,
+    /// Entrypoint, user and working directory over the image's (boxed:
+    /// rarely set, and a spec rides in every write command).
+    #[serde(default)]
+    pub overrides: Box<Overrides>,
 }
 
 /// Requested resources; zero means "no request, no limit".
@@ -194,12 +198,17 @@ impl ServiceSpec {
         let too_long = |field: &str, len: usize, limit: usize, what: &str| {
             InvalidField::new(field, format!("{len} {what}"), format!("at most {limit} {what}"))
         };
-        if self.command.len() > limits::COMMAND_ARGS {
-            return Err(too_long("command", self.command.len(), limits::COMMAND_ARGS, "arguments"));
+        // The entrypoint counts with the command: together they are what runs.
+        let entrypoint = self.overrides.entrypoint.iter().flatten();
+        let (args, bytes) = (
+            self.command.iter().chain(entrypoint.clone()).count(),
+            self.command.iter().chain(entrypoint).map(String::len).sum::<usize>(),
+        );
+        if args > limits::COMMAND_ARGS {
+            return Err(too_long("command", args, limits::COMMAND_ARGS, "arguments"));
         }
-        let command_bytes: usize = self.command.iter().map(String::len).sum();
-        if command_bytes > limits::COMMAND_BYTES {
-            return Err(too_long("command", command_bytes, limits::COMMAND_BYTES, "bytes"));
+        if bytes > limits::COMMAND_BYTES {
+            return Err(too_long("command", bytes, limits::COMMAND_BYTES, "bytes"));
         }
         if self.env.len() > limits::ENV_VARS {
             return Err(too_long("env", self.env.len(), limits::ENV_VARS, "variables"));
@@ -218,6 +227,7 @@ impl ServiceSpec {
         if self.constraints.len() > limits::CONSTRAINTS {
             return Err(too_long("constraints", self.constraints.len(), limits::CONSTRAINTS, "constraints"));
         }
+        self.overrides.validate()?;
         if self.command.iter().any(|a| a.contains('\0')) {
             return Err(InvalidField::new("command", format!("{:?}", self.command), "arguments without NUL bytes"));
         }
@@ -298,6 +308,7 @@ mod tests {
             pids_limit: Some(100),
             seccomp: Seccomp::Default,
             userns: Userns::Host,
+            overrides: Box::default(),
         }
     }
 

@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Resources, RestartPolicy, Seccomp, ServiceSpec, Userns};
+use super::{Overrides, Resources, RestartPolicy, Seccomp, ServiceSpec, Userns};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
@@ -59,6 +59,8 @@ pub struct TaskSpec {
     pub seccomp: Seccomp,
     #[serde(default)]
     pub userns: Userns,
+    #[serde(default)]
+    pub overrides: Box<Overrides>,
 }
 
 impl From<&ServiceSpec> for TaskSpec {
@@ -72,6 +74,7 @@ impl From<&ServiceSpec> for TaskSpec {
             pids_limit: s.pids_limit,
             seccomp: s.seccomp.clone(),
             userns: s.userns,
+            overrides: s.overrides.clone(),
         }
     }
 }

@@ -86,7 +86,7 @@ pub fn build(
 ) -> Result<Spec, SpecError> {
     let image = &config.image_config;
     let args = command(config)?;
-    let user = resolve_user(&image.user, passwd, group)?;
+    let user = resolve_user(config.user.as_deref().unwrap_or(&image.user), passwd, group)?;
     let env = environment(config, user.home.as_deref());
     let caps: HashSet<Capability> = DEFAULT_CAPS.into_iter().collect();
     let err = |e: oci_spec::OciSpecError| SpecError::Build(e.to_string());
@@ -102,7 +102,11 @@ pub fn build(
         .terminal(false)
         .args(args)
         .env(env)
-        .cwd(if image.working_dir.is_empty() { "/".to_owned() } else { image.working_dir.clone() })
+        .cwd(match (&config.workdir, image.working_dir.as_str()) {
+            (Some(dir), _) => dir.clone(),
+            (None, "") => "/".to_owned(),
+            (None, dir) => dir.to_owned(),
+        })
         .user(UserBuilder::default().uid(user.uid).gid(user.gid).additional_gids(user.groups).build().map_err(err)?)
         .capabilities(capabilities)
         .no_new_privileges(true)

@@ -58,6 +58,26 @@ fn users_resolve_by_name_or_number() {
     assert_eq!(resolve_user("www:staff", PASSWD, GROUP), Err(SpecError::UnknownGroup("staff".into())));
 }
 
+#[test]
+fn a_given_user_and_workdir_replace_the_images() {
+    let mut c = config();
+    c.image_config.user = "www".into();
+    let process = |c: &ContainerConfig| {
+        build(c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap().process().clone().unwrap()
+    };
+    let p = process(&c);
+    assert_eq!((p.user().uid(), p.user().gid(), p.cwd().to_str()), (33, 33, Some("/srv")), "the image's");
+    c.user = Some("0:40".into());
+    c.workdir = Some("/tmp".into());
+    let p = process(&c);
+    assert_eq!((p.user().uid(), p.user().gid(), p.cwd().to_str()), (0, 40, Some("/tmp")), "the given ones");
+    c.user = Some("nobody-here".into());
+    assert_eq!(
+        build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap_err(),
+        SpecError::UnknownUser("nobody-here".into())
+    );
+}
+
 fn etc() -> EtcFiles {
     EtcFiles { hostname: "/c/hostname".into(), hosts: "/c/hosts".into(), resolv_conf: "/c/resolv.conf".into() }
 }
