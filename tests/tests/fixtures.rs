@@ -46,6 +46,17 @@ async fn save_a_server_data_dir() -> Result<()> {
         "64",
         "--security-opt",
         "seccomp=unconfined",
+        "--userns",
+        "auto",
+        "--entrypoint",
+        "sh",
+        "--user",
+        "1000:1000",
+        "--workdir",
+        "/tmp",
+        "--",
+        "-c",
+        "sleep 1",
     ])?;
     run(&["service", "create", "gone", "--image", image, "--constraint", "node.labels.zone == a"])?;
     run(&["service", "rm", "gone"])?;
@@ -113,7 +124,8 @@ fn save_an_agent_data_dir() -> Result<()> {
     hello_image()?.write_layout(layout.path(), "1")?;
     let agent = Agent::new(None);
     let image = format!("oci:{}:1", layout.path().display());
-    let printed = agent.ok(&["run", "--name", "hello", &image]);
+    // With what a container may record: its own user namespace, a user and a workdir.
+    let printed = agent.ok(&["run", "--name", "hello", "--userns", "auto", "--user", "0:0", "--workdir", "/", &image]);
     ensure!(printed == "hello from berth\n", "{printed:?}");
     let ps: serde_json::Value = serde_json::from_str(&agent.ok(&["ps", "-o", "json"]))?;
     let images = agent.ok(&["image", "ls"]);
