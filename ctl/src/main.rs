@@ -153,6 +153,18 @@ enum ServiceCmd {
         /// The tasks' working directory (default: the image's)
         #[arg(long, short = 'w')]
         workdir: Option<String>,
+        /// The tasks' hostname (default: each task's name)
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Mount the tasks' root filesystem read-only
+        #[arg(long)]
+        read_only: bool,
+        /// A capability over Docker's default set, e.g. NET_ADMIN (repeatable)
+        #[arg(long = "cap-add")]
+        cap_add: Vec<String>,
+        /// A capability to drop from it, or ALL (repeatable)
+        #[arg(long = "cap-drop")]
+        cap_drop: Vec<String>,
         /// auto: each task in a user namespace of its own (its root an unprivileged host id); host: the host's ids
         #[arg(long, value_name = "auto|host")]
         userns: Option<String>,
@@ -305,6 +317,10 @@ async fn run(cli: Cli) -> Result<String> {
             entrypoint,
             user,
             workdir,
+            hostname,
+            read_only,
+            cap_add,
+            cap_drop,
             command,
         }) => {
             let security = spec::security_flags(security_opt.as_deref(), userns.as_deref())?;
@@ -327,6 +343,10 @@ async fn run(cli: Cli) -> Result<String> {
                 entrypoint: entrypoint.into_iter().filter(|e| !e.is_empty()).collect(),
                 user: user.unwrap_or_default(),
                 workdir: workdir.unwrap_or_default(),
+                hostname: hostname.unwrap_or_default(),
+                read_only,
+                cap_add,
+                cap_drop,
             };
             spec::check(&spec)?;
             let name = spec.name.clone();

@@ -103,9 +103,18 @@ pub fn service(s: &Service, endpoints: &[Endpoint], format: Format) -> String {
         kv("Entrypoint", if entrypoint.is_empty() { "(none)".into() } else { shell_words(entrypoint) });
     }
     kv("Command", if spec.command.is_empty() { "(image default)".into() } else { shell_words(&spec.command) });
-    for (key, value) in [("User", &spec.overrides.user), ("Workdir", &spec.overrides.workdir)] {
+    let o = &spec.overrides;
+    for (key, value) in [("User", &o.user), ("Workdir", &o.workdir), ("Hostname", &o.hostname)] {
         if let Some(value) = value {
             kv(key, value.clone());
+        }
+    }
+    if o.read_only {
+        kv("Root", "read-only".into());
+    }
+    for (key, caps) in [("Cap add", &o.cap_add), ("Cap drop", &o.cap_drop)] {
+        if !caps.is_empty() {
+            kv(key, caps.join(", "));
         }
     }
     if spec.userns == berth_proto::model::Userns::Auto {

@@ -50,6 +50,16 @@ struct SpecFile {
     /// The working directory, an absolute path.
     #[serde(default)]
     workdir: Option<String>,
+    #[serde(default)]
+    hostname: Option<String>,
+    #[serde(default)]
+    read_only: bool,
+    /// Capability names (`NET_ADMIN`) over Docker's default set.
+    #[serde(default)]
+    cap_add: Vec<String>,
+    /// Capability names, or `ALL`.
+    #[serde(default)]
+    cap_drop: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +145,10 @@ impl SpecFile {
                 Some(other) => bail!("user: expected a user or uid such as www-data or 1000:1000, got {other:?}"),
             },
             workdir: self.workdir.unwrap_or_default(),
+            hostname: self.hostname.unwrap_or_default(),
+            read_only: self.read_only,
+            cap_add: self.cap_add,
+            cap_drop: self.cap_drop,
         })
     }
 }
@@ -352,6 +366,11 @@ mod tests {
         assert_eq!(got(&specs[0]), (true, vec!["sh".into(), "-c".into()], "1000".into(), "/srv".into()));
         assert_eq!(got(&specs[1]), (true, vec![], "www:adm".into(), String::new()), "\"\" clears it");
         assert_eq!(got(&specs[2]), (false, vec![], String::new(), String::new()));
+        let text = "name: a\nimage: b\nhostname: cache-1\nread_only: true\ncap_add: [net_admin]\ncap_drop: [ALL]\n";
+        let spec = &parse_file(text, dir.path()).expect("parses")[0];
+        assert_eq!((spec.hostname.as_str(), spec.read_only), ("cache-1", true));
+        assert_eq!((spec.cap_add.clone(), spec.cap_drop.clone()), (vec!["net_admin".into()], vec!["ALL".into()]));
+        assert!(err("name: a\nimage: b\ncap_add: [fly]\n").contains("cap_add[0]"));
         let err = |t: &str| format!("{:#}", parse_file(t, dir.path()).unwrap_err());
         assert!(err("name: a\nimage: b\nworkdir: srv\n").contains("workdir"));
         assert!(err("name: a\nimage: b\nuser: 'a b'\n").contains("user"));

@@ -399,7 +399,8 @@ async fn a_full_disk_fails_the_task_with_its_reason_and_the_node_stays_ready() -
 /// A service replaces its image's entrypoint, user and working directory,
 /// as `docker service create --entrypoint/--user/--workdir` do: an image
 /// whose ENTRYPOINT is a program (as the `redis-cli` image's is) still runs
-/// a shell when asked, and as the user and in the directory asked.
+/// a shell when asked, and as the user and in the directory asked; and the
+/// node's defaults: its capabilities, hostname and a writable root.
 #[tokio::test]
 async fn a_service_replaces_its_images_entrypoint_user_and_workdir() -> Result<()> {
     let registry = Registry::start().await?;
@@ -420,10 +421,16 @@ async fn a_service_replaces_its_images_entrypoint_user_and_workdir() -> Result<(
     let (ok, out, err) =
         berthctl(&servers, &["service", "create", "plain", "--image", &reference, "--restart", "never"])?;
     ensure!(ok, "{out}{err}");
+    let locked = "grep CapEff /proc/self/status; hostname; touch /x 2>&1; sleep 600";
+    let args = ["--entrypoint", "sh", "--cap-drop", "ALL", "--cap-add", "net_bind_service", "--read-only"];
+    let args = [&args[..], &["--hostname", "web-host", "--", "-c", locked]].concat();
+    let (ok, out, err) =
+        berthctl(&servers, &[&["service", "create", "locked", "--image", &reference][..], &args[..]].concat())?;
+    ensure!(ok, "{out}{err}");
     let logs = |service: &str| berthctl(&servers, &["service", "logs", service]).map(|r| r.1).unwrap_or_default();
-    wait_for(Duration::from_secs(60), "both services' output", async || {
-        let (shell, plain) = (logs("shell"), logs("plain"));
-        (shell.lines().count() >= 4 && !plain.is_empty()).then_some(())
+    wait_for(Duration::from_secs(60), "the services' output", async || {
+        let (shell, plain, locked) = (logs("shell"), logs("plain"), logs("locked"));
+        (shell.lines().count() >= 4 && !plain.is_empty() && locked.lines().count() >= 3).then_some(())
     })
     .await
     .with_context(|| agent.daemon_log())?;
@@ -431,11 +438,19 @@ async fn a_service_replaces_its_images_entrypoint_user_and_workdir() -> Result<(
         logs("shell").lines().filter_map(|l| l.split_once("| ")).map(|(_, v)| v.to_owned()).collect();
     ensure!(shell == ["overridden", "1000", "2000", "/tmp"], "the overrides did not hold: {shell:?}");
     ensure!(logs("plain").contains("| from-the-entrypoint and-cmd"), "the image's own: {}", logs("plain"));
+    // Only NET_BIND_SERVICE (bit 10), its own hostname, a root it cannot write.
+    let locked: Vec<String> =
+        logs("locked").lines().filter_map(|l| l.split_once("| ")).map(|(_, v)| v.to_owned()).collect();
+    ensure!(locked.first().is_some_and(|l| l == "CapEff:\t0000000000000400"), "{locked:?}");
+    ensure!(locked.get(1).is_some_and(|l| l == "web-host"), "{locked:?}");
+    ensure!(locked.get(2).is_some_and(|l| l.contains("Read-only file system")), "{locked:?}");
     // What was asked is what `service inspect` shows, and a bad value is refused by name.
     let (ok, out, _) = berthctl(&servers, &["service", "inspect", "shell", "-o", "json"])?;
     ensure!(ok && out.contains("\"workdir\": \"/tmp\"") && out.contains("\"user\": \"1000:2000\""), "{out}");
     let (ok, _, err) = berthctl(&servers, &["service", "create", "bad", "--image", &reference, "--workdir", "tmp"])?;
     ensure!(!ok && err.contains("workdir") && err.contains("absolute path"), "{err}");
+    let (ok, _, err) = berthctl(&servers, &["service", "create", "bad", "--image", &reference, "--cap-add", "fly"])?;
+    ensure!(!ok && err.contains("cap_add[0]") && err.contains("FLY"), "{err}");
     drop(daemons);
     Ok(())
 }

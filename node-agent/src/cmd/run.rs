@@ -102,6 +102,7 @@ pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
         entrypoint: args.entrypoint.clone().map(|e| Some(e).filter(|e| !e.is_empty()).into_iter().collect()),
         user: args.user.clone(),
         workdir: args.workdir.clone(),
+        ..Overrides::default()
     };
     overrides.validate().map_err(|e| anyhow!("--{e}"))?;
     for var in &args.env {
@@ -125,9 +126,7 @@ pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
         layer_digests: image.layers.clone(),
         image_config: image.config,
         command: args.command.clone(),
-        entrypoint: overrides.entrypoint,
-        user: overrides.user,
-        workdir: overrides.workdir,
+        overrides,
         env: args.env.clone(),
         limits,
         network: match args.network {

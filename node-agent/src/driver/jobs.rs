@@ -191,9 +191,7 @@ fn container_config(
         layer_digests: pulled.image.layers,
         image_config: pulled.image.config,
         command: spec.command.clone(),
-        entrypoint: spec.overrides.entrypoint.clone(),
-        user: spec.overrides.user.clone(),
-        workdir: spec.overrides.workdir.clone(),
+        overrides: (*spec.overrides).clone(),
         env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         limits: Limits {
             memory_bytes: Some(spec.resources.memory_bytes).filter(|m| *m > 0),

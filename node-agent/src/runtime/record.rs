@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use berth_monitor::record::{now_ms, process_start, read, write, write_durable, Dirs, Exited, LogPolicy, EXITED};
 
-pub use berth_proto::model::Seccomp;
+pub use berth_proto::model::{Overrides, Seccomp};
 
 use super::userns::IdMap;
 use crate::image::ImageConfig;
@@ -35,14 +35,11 @@ pub struct ContainerConfig {
     pub layer_digests: Vec<String>,
     /// Replaces the image's Cmd when not empty.
     pub command: Vec<String>,
-    /// Replaces the image's Entrypoint when set.
-    pub entrypoint: Option<Vec<String>>,
-    /// Replaces the image's User when set.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Replaces the image's WorkingDir when set.
-    #[serde(default)]
-    pub workdir: Option<String>,
+    /// What its spec sets over the image's config and the defaults:
+    /// entrypoint, user, workdir, hostname, read-only root, capabilities
+    /// (flattened: the same keys the config had before they were grouped).
+    #[serde(flatten)]
+    pub overrides: Overrides,
     /// `KEY=VALUE`, over the image's environment.
     pub env: Vec<String>,
     pub limits: Limits,
@@ -101,9 +98,7 @@ impl ContainerConfig {
             layers: vec![],
             layer_digests: vec![],
             command: vec![],
-            entrypoint: None,
-            user: None,
-            workdir: None,
+            overrides: Overrides::default(),
             env: vec![],
             limits: Limits::default(),
             network: NetworkMode::None,
@@ -121,9 +116,13 @@ impl ContainerConfig {
         format!("/{}/{}", self.cgroup_parent.trim_matches('/'), self.name)
     }
 
-    /// The container's hostname: its name, cut to a DNS label's 63 bytes.
+    /// The container's hostname: the one given, or its name cut to a DNS
+    /// label's 63 bytes.
     pub fn hostname(&self) -> String {
-        self.name.chars().take(63).collect()
+        match &self.overrides.hostname {
+            Some(host) => host.clone(),
+            None => self.name.chars().take(63).collect(),
+        }
     }
 }
 

@@ -4,8 +4,9 @@
 //! with `From`.
 
 use crate::model::{
-    validate_image, validate_name, AssignedTask, Assignment, InvalidField, NodeNetwork, Overrides, Peer, PortSpec,
-    Protocol, Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints, TaskReport, TaskSpec, TaskState, Userns,
+    validate_image, validate_name, AssignedTask, Assignment, InvalidField, NodeNetwork, Overrides, OverridesWire, Peer,
+    PortSpec, Protocol, Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints, TaskReport, TaskSpec, TaskState,
+    Userns,
 };
 use crate::pb::agent as pb;
 
@@ -77,7 +78,16 @@ impl TryFrom<pb::AssignedTask> for AssignedTask {
             .ok_or_else(|| InvalidField::new("restart", &t.restart, "one of always, on-failure, never"))?;
         let seccomp = Seccomp::from_wire("seccomp", &t.seccomp, &t.seccomp_profile)?;
         let userns = Userns::parse("userns", &t.userns)?;
-        let overrides = Overrides::from_wire(t.set_entrypoint, t.entrypoint, t.user, t.workdir);
+        let overrides = Overrides::from_wire(OverridesWire {
+            set_entrypoint: t.set_entrypoint,
+            entrypoint: t.entrypoint,
+            user: t.user,
+            workdir: t.workdir,
+            hostname: t.hostname,
+            read_only: t.read_only,
+            cap_add: t.cap_add,
+            cap_drop: t.cap_drop,
+        });
         overrides.validate()?;
         let address = match t.address.as_str() {
             "" => None,
@@ -207,7 +217,8 @@ impl From<Assignment> for pb::AssignedTasks {
 impl From<AssignedTask> for pb::AssignedTask {
     fn from(t: AssignedTask) -> Self {
         let (seccomp, seccomp_profile) = t.spec.seccomp.to_wire();
-        let (set_entrypoint, entrypoint, user, workdir) = t.spec.overrides.to_wire();
+        let OverridesWire { set_entrypoint, entrypoint, user, workdir, hostname, read_only, cap_add, cap_drop } =
+            t.spec.overrides.to_wire();
         Self {
             id: t.id,
             image: t.spec.image,
@@ -226,6 +237,10 @@ impl From<AssignedTask> for pb::AssignedTask {
             entrypoint,
             user,
             workdir,
+            hostname,
+            read_only,
+            cap_add,
+            cap_drop,
         }
     }
 }
@@ -309,6 +324,10 @@ mod tests {
                 entrypoint: vec![],
                 user: "www".into(),
                 workdir: "/srv".into(),
+                hostname: "web".into(),
+                read_only: true,
+                cap_add: vec!["NET_ADMIN".into()],
+                cap_drop: vec!["ALL".into()],
             }],
             subnet: "198.19.1.0/24".into(),
             cluster_cidr: "198.19.0.0/16".into(),
@@ -355,7 +374,15 @@ mod tests {
         assert_eq!(a.network.unwrap().subnet.to_string(), "198.19.1.0/24");
         assert_eq!(a.services[0].ports[0].protocol, Protocol::Udp);
         assert!(a.refused.is_empty() && a.skipped.is_empty());
-        let cleared = Overrides { entrypoint: Some(vec![]), user: Some("www".into()), workdir: Some("/srv".into()) };
+        let cleared = Overrides {
+            entrypoint: Some(vec![]),
+            user: Some("www".into()),
+            workdir: Some("/srv".into()),
+            hostname: Some("web".into()),
+            read_only: true,
+            cap_add: vec!["NET_ADMIN".into()],
+            cap_drop: vec!["ALL".into()],
+        };
         assert_eq!(*t.spec.overrides, cleared, "an entrypoint set empty stays set");
         assert_eq!(pb::AssignedTasks::from(a.clone()), wire());
         let empty = Assignment::try_from(pb::AssignedTasks::default()).unwrap();
@@ -380,6 +407,8 @@ mod tests {
         task(&|t| t.env = [("A=B".to_owned(), "c".to_owned())].into(), "tasks[0].env.A=B");
         task(&|t| t.user = "a b".into(), "tasks[0].user");
         task(&|t| t.workdir = "srv".into(), "tasks[0].workdir");
+        task(&|t| t.cap_add = vec!["FLY".into()], "tasks[0].cap_add[0]");
+        task(&|t| t.hostname = "a_b".into(), "tasks[0].hostname");
         let mut twice = wire();
         twice.tasks.push(twice.tasks[0].clone());
         cases.push((twice, "tasks[1].id"));

@@ -50,7 +50,16 @@ impl TryFrom<pb::ServiceSpec> for model::ServiceSpec {
             pids_limit,
             seccomp,
             userns,
-            overrides: Box::new(model::Overrides::from_wire(p.set_entrypoint, p.entrypoint, p.user, p.workdir)),
+            overrides: Box::new(model::Overrides::from_wire(model::OverridesWire {
+                set_entrypoint: p.set_entrypoint,
+                entrypoint: p.entrypoint,
+                user: p.user,
+                workdir: p.workdir,
+                hostname: p.hostname,
+                read_only: p.read_only,
+                cap_add: p.cap_add,
+                cap_drop: p.cap_drop,
+            })),
         };
         spec.validate()?;
         Ok(spec)
@@ -74,7 +83,8 @@ fn port_from_pb(i: usize, p: &pb::PortSpec) -> Result<PortSpec, InvalidField> {
 
 impl From<model::ServiceSpec> for pb::ServiceSpec {
     fn from(s: model::ServiceSpec) -> Self {
-        let (set_entrypoint, entrypoint, user, workdir) = s.overrides.to_wire();
+        let model::OverridesWire { set_entrypoint, entrypoint, user, workdir, hostname, read_only, cap_add, cap_drop } =
+            s.overrides.to_wire();
         Self {
             name: s.name,
             image: s.image,
@@ -100,6 +110,10 @@ impl From<model::ServiceSpec> for pb::ServiceSpec {
             entrypoint,
             user,
             workdir,
+            hostname,
+            read_only,
+            cap_add,
+            cap_drop,
         }
     }
 }

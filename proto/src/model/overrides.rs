@@ -1,7 +1,10 @@
-//! What a service sets over its image's config, as `docker service create
-//! --entrypoint/--user/--workdir` do: the entrypoint (Docker's rule: a
-//! replaced entrypoint drops the image's Cmd too), the user its process
-//! runs as, and its working directory. Unset, the image's own hold.
+//! What a service sets over its image's config and the node's container
+//! defaults, as `docker service create --entrypoint/--user/--workdir/
+//! --hostname/--read-only/--cap-add/--cap-drop` do: the entrypoint
+//! (Docker's rule: a replaced entrypoint drops the image's Cmd too), the
+//! user its process runs as, its working directory, its hostname, a
+//! read-only root, and capabilities added to or dropped from Docker's
+//! default set. Unset, the image's and the node's defaults hold.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +25,70 @@ pub struct Overrides {
     /// An absolute path inside the container.
     #[serde(default)]
     pub workdir: Option<String>,
+    /// Its hostname (default: the task's name).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The root filesystem mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Capabilities over the default set, by name without `CAP_`
+    /// (`NET_ADMIN`); `ALL` in `cap_drop` starts from none.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+}
+
+/// Linux's capabilities, as `cap_add` and `cap_drop` name them.
+pub const CAPABILITIES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// A capability as people write it (`net_admin`, `CAP_NET_ADMIN`), as
+/// [`CAPABILITIES`] names it; `ALL` stays `ALL`.
+pub fn capability_name(name: &str) -> String {
+    let upper = name.trim().to_ascii_uppercase();
+    upper.strip_prefix("CAP_").map(str::to_owned).unwrap_or(upper)
 }
 
 impl Overrides {
@@ -48,6 +115,39 @@ impl Overrides {
                 ));
             }
         }
+        if let Some(host) = &self.hostname {
+            let label = |l: &str| {
+                (1..=63).contains(&l.len())
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            };
+            if host.len() > 253 || !host.split('.').all(label) {
+                return Err(InvalidField::new(
+                    "hostname",
+                    host,
+                    "a host name: dot-separated labels of 1-63 letters, digits or '-'",
+                ));
+            }
+        }
+        for (field, caps) in [("cap_add", &self.cap_add), ("cap_drop", &self.cap_drop)] {
+            for (i, cap) in caps.iter().enumerate() {
+                let all = cap == "ALL";
+                if !(CAPABILITIES.contains(&cap.as_str()) || all) || (all && field == "cap_add") {
+                    return Err(InvalidField::new(
+                        format!("{field}[{i}]"),
+                        cap,
+                        format!(
+                            "a capability name such as NET_ADMIN{}",
+                            if field == "cap_drop" { " or ALL" } else { "" }
+                        ),
+                    ));
+                }
+            }
+            if caps.len() > CAPABILITIES.len() + 1 {
+                return Err(InvalidField::new(field, caps.len(), format!("at most {} names", CAPABILITIES.len() + 1)));
+            }
+        }
         if let Some(dir) = &self.workdir {
             if !dir.starts_with('/') || dir.contains('\0') || dir.len() > WORKDIR_BYTES {
                 return Err(InvalidField::new(
@@ -60,25 +160,47 @@ impl Overrides {
         Ok(())
     }
 
-    /// The wire's flat fields: whether an entrypoint is set and its
-    /// arguments, the user and the working directory (`""` for unset).
-    pub fn from_wire(set_entrypoint: bool, entrypoint: Vec<String>, user: String, workdir: String) -> Self {
+    /// From the wire's flat fields (`""` for unset; capability names as
+    /// people write them).
+    pub fn from_wire(w: Wire) -> Self {
+        let names = |caps: Vec<String>| caps.iter().map(|c| capability_name(c)).collect();
         Self {
-            entrypoint: set_entrypoint.then_some(entrypoint),
-            user: Some(user).filter(|u| !u.is_empty()),
-            workdir: Some(workdir).filter(|w| !w.is_empty()),
+            entrypoint: w.set_entrypoint.then_some(w.entrypoint),
+            user: Some(w.user).filter(|u| !u.is_empty()),
+            workdir: Some(w.workdir).filter(|d| !d.is_empty()),
+            hostname: Some(w.hostname).filter(|h| !h.is_empty()),
+            read_only: w.read_only,
+            cap_add: names(w.cap_add),
+            cap_drop: names(w.cap_drop),
         }
     }
 
     /// The wire's flat fields, as [`Overrides::from_wire`] takes them.
-    pub fn to_wire(&self) -> (bool, Vec<String>, String, String) {
-        (
-            self.entrypoint.is_some(),
-            self.entrypoint.clone().unwrap_or_default(),
-            self.user.clone().unwrap_or_default(),
-            self.workdir.clone().unwrap_or_default(),
-        )
+    pub fn to_wire(&self) -> Wire {
+        Wire {
+            set_entrypoint: self.entrypoint.is_some(),
+            entrypoint: self.entrypoint.clone().unwrap_or_default(),
+            user: self.user.clone().unwrap_or_default(),
+            workdir: self.workdir.clone().unwrap_or_default(),
+            hostname: self.hostname.clone().unwrap_or_default(),
+            read_only: self.read_only,
+            cap_add: self.cap_add.clone(),
+            cap_drop: self.cap_drop.clone(),
+        }
     }
+}
+
+/// The flat fields the service and task messages carry them in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Wire {
+    pub set_entrypoint: bool,
+    pub entrypoint: Vec<String>,
+    pub user: String,
+    pub workdir: String,
+    pub hostname: String,
+    pub read_only: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
 }
 
 #[cfg(test)]
@@ -94,11 +216,16 @@ mod tests {
                 entrypoint: Some(vec!["sh".into(), "-c".into()]),
                 user: Some("1000:1000".into()),
                 workdir: Some("/srv".into()),
+                hostname: Some("web-1.example".into()),
+                read_only: true,
+                cap_add: vec!["NET_ADMIN".into()],
+                cap_drop: vec!["ALL".into()],
             },
         ] {
-            let (set, args, user, workdir) = o.to_wire();
-            assert_eq!(Overrides::from_wire(set, args, user, workdir), o);
+            assert_eq!(Overrides::from_wire(o.to_wire()), o);
         }
+        let written = Wire { cap_add: vec!["cap_net_raw".into(), "sys_time".into()], ..Wire::default() };
+        assert_eq!(Overrides::from_wire(written).cap_add, ["NET_RAW", "SYS_TIME"], "named as people write them");
     }
 
     #[test]
@@ -111,10 +238,22 @@ mod tests {
         for dir in ["srv", "", "/a\0"] {
             assert_eq!(field(Overrides { workdir: Some(dir.into()), ..Default::default() }), "workdir", "{dir:?}");
         }
+        for host in ["-a", "a_b", "a..b", &"x".repeat(64)] {
+            assert_eq!(field(Overrides { hostname: Some(host.into()), ..Default::default() }), "hostname", "{host:?}");
+        }
+        assert_eq!(
+            field(Overrides { cap_add: vec!["NET_ADMIN".into(), "FLY".into()], ..Default::default() }),
+            "cap_add[1]"
+        );
+        assert_eq!(field(Overrides { cap_add: vec!["ALL".into()], ..Default::default() }), "cap_add[0]");
         let good = Overrides {
             entrypoint: Some(vec!["redis-cli".into()]),
             user: Some("www-data:adm".into()),
             workdir: Some("/var/www".into()),
+            hostname: Some("cache-1".into()),
+            read_only: true,
+            cap_add: vec!["NET_BIND_SERVICE".into()],
+            cap_drop: vec!["ALL".into()],
         };
         assert_eq!(good.validate(), Ok(()));
     }

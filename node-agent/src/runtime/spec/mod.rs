@@ -86,9 +86,9 @@ pub fn build(
 ) -> Result<Spec, SpecError> {
     let image = &config.image_config;
     let args = command(config)?;
-    let user = resolve_user(config.user.as_deref().unwrap_or(&image.user), passwd, group)?;
+    let user = resolve_user(config.overrides.user.as_deref().unwrap_or(&image.user), passwd, group)?;
     let env = environment(config, user.home.as_deref());
-    let caps: HashSet<Capability> = DEFAULT_CAPS.into_iter().collect();
+    let caps = capabilities(config)?;
     let err = |e: oci_spec::OciSpecError| SpecError::Build(e.to_string());
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
@@ -102,7 +102,7 @@ pub fn build(
         .terminal(false)
         .args(args)
         .env(env)
-        .cwd(match (&config.workdir, image.working_dir.as_str()) {
+        .cwd(match (&config.overrides.workdir, image.working_dir.as_str()) {
             (Some(dir), _) => dir.clone(),
             (None, "") => "/".to_owned(),
             (None, dir) => dir.to_owned(),
@@ -189,18 +189,37 @@ pub fn build(
     let mut spec = Spec::default();
     spec.set_hostname(Some(config.hostname()))
         .set_process(Some(process))
-        .set_root(Some(RootBuilder::default().path(rootfs).readonly(false).build().map_err(err)?))
+        .set_root(Some(RootBuilder::default().path(rootfs).readonly(config.overrides.read_only).build().map_err(err)?))
         .set_mounts(Some(mounts))
         .set_linux(Some(linux));
     Ok(spec)
+}
+
+/// Docker's default set, with the config's `cap_drop` taken out (`ALL`:
+/// everything) and its `cap_add` put in, as `docker run --cap-add/--cap-drop`.
+pub fn capabilities(config: &ContainerConfig) -> Result<HashSet<Capability>, SpecError> {
+    let parse = |name: &String| {
+        name.parse::<Capability>().map_err(|_| SpecError::Build(format!("{name:?} is not a capability")))
+    };
+    let mut caps: HashSet<Capability> = DEFAULT_CAPS.into_iter().collect();
+    if config.overrides.cap_drop.iter().any(|c| c == "ALL") {
+        caps.clear();
+    }
+    for name in config.overrides.cap_drop.iter().filter(|c| *c != "ALL") {
+        caps.remove(&parse(name)?);
+    }
+    for name in &config.overrides.cap_add {
+        caps.insert(parse(name)?);
+    }
+    Ok(caps)
 }
 
 /// Docker's rule: the entrypoint (given, or the image's) followed by the
 /// command (given, or the image's Cmd unless the entrypoint was replaced).
 pub fn command(config: &ContainerConfig) -> Result<Vec<String>, SpecError> {
     let image = &config.image_config;
-    let entrypoint = config.entrypoint.clone().unwrap_or_else(|| image.entrypoint.clone());
-    let cmd = match (&config.command, &config.entrypoint) {
+    let entrypoint = config.overrides.entrypoint.clone().unwrap_or_else(|| image.entrypoint.clone());
+    let cmd = match (&config.command, &config.overrides.entrypoint) {
         (given, _) if !given.is_empty() => given.clone(),
         (_, Some(_)) => Vec::new(),
         (_, None) => image.cmd.clone(),

@@ -27,9 +27,9 @@ fn command_follows_docker_rules() {
     c.command = vec!["debug".into()];
     assert_eq!(command(&c).unwrap(), ["/entry", "debug"], "a command replaces Cmd and keeps Entrypoint");
     c.command.clear();
-    c.entrypoint = Some(vec!["/bin/sh".into()]);
+    c.overrides.entrypoint = Some(vec!["/bin/sh".into()]);
     assert_eq!(command(&c).unwrap(), ["/bin/sh"], "a new entrypoint drops the image's Cmd");
-    c.entrypoint = Some(vec![]);
+    c.overrides.entrypoint = Some(vec![]);
     assert_eq!(command(&c), Err(SpecError::NoCommand));
 }
 
@@ -67,15 +67,38 @@ fn a_given_user_and_workdir_replace_the_images() {
     };
     let p = process(&c);
     assert_eq!((p.user().uid(), p.user().gid(), p.cwd().to_str()), (33, 33, Some("/srv")), "the image's");
-    c.user = Some("0:40".into());
-    c.workdir = Some("/tmp".into());
+    c.overrides.user = Some("0:40".into());
+    c.overrides.workdir = Some("/tmp".into());
     let p = process(&c);
     assert_eq!((p.user().uid(), p.user().gid(), p.cwd().to_str()), (0, 40, Some("/tmp")), "the given ones");
-    c.user = Some("nobody-here".into());
+    c.overrides.user = Some("nobody-here".into());
     assert_eq!(
         build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap_err(),
         SpecError::UnknownUser("nobody-here".into())
     );
+}
+
+#[test]
+fn capabilities_hostname_and_a_read_only_root_follow_the_config() {
+    let mut c = config();
+    c.overrides.cap_drop = vec!["ALL".into()];
+    c.overrides.cap_add = vec!["NET_BIND_SERVICE".into(), "NET_ADMIN".into()];
+    c.overrides.hostname = Some("cache-1".into());
+    c.overrides.read_only = true;
+    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
+    let caps = spec.process().as_ref().unwrap().capabilities().clone().unwrap();
+    let want: HashSet<Capability> = [Capability::NetBindService, Capability::NetAdmin].into_iter().collect();
+    assert_eq!((caps.bounding().clone().unwrap(), caps.effective().clone().unwrap()), (want.clone(), want));
+    assert_eq!(spec.hostname().as_deref(), Some("cache-1"));
+    assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
+    // Dropping one keeps the rest of Docker's set.
+    let mut c = config();
+    c.overrides.cap_drop = vec!["NET_RAW".into(), "CHOWN".into()];
+    let caps = capabilities(&c).unwrap();
+    assert_eq!(caps.len(), DEFAULT_CAPS.len() - 2);
+    assert!(!caps.contains(&Capability::NetRaw) && caps.contains(&Capability::Kill));
+    c.overrides.cap_add = vec!["FLY".into()];
+    assert!(capabilities(&c).is_err());
 }
 
 fn etc() -> EtcFiles {
