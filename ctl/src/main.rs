@@ -165,6 +165,12 @@ enum ServiceCmd {
         /// A capability to drop from it, or ALL (repeatable)
         #[arg(long = "cap-drop")]
         cap_drop: Vec<String>,
+        /// The signal that stops a task (default: the image's, else SIGTERM)
+        #[arg(long)]
+        stop_signal: Option<String>,
+        /// How long a stop waits before SIGKILL, e.g. 30s (default: the node's, 10s)
+        #[arg(long)]
+        stop_grace_period: Option<String>,
         /// auto: each task in a user namespace of its own (its root an unprivileged host id); host: the host's ids
         #[arg(long, value_name = "auto|host")]
         userns: Option<String>,
@@ -321,6 +327,8 @@ async fn run(cli: Cli) -> Result<String> {
             read_only,
             cap_add,
             cap_drop,
+            stop_signal,
+            stop_grace_period,
             command,
         }) => {
             let security = spec::security_flags(security_opt.as_deref(), userns.as_deref())?;
@@ -339,14 +347,22 @@ async fn run(cli: Cli) -> Result<String> {
                 constraints,
                 pids_limit: pids_limit.unwrap_or(0),
                 security,
-                set_entrypoint: entrypoint.is_some(),
-                entrypoint: entrypoint.into_iter().filter(|e| !e.is_empty()).collect(),
-                user: user.unwrap_or_default(),
-                workdir: workdir.unwrap_or_default(),
-                hostname: hostname.unwrap_or_default(),
-                read_only,
-                cap_add,
-                cap_drop,
+                overrides: Some(pb::Overrides {
+                    set_entrypoint: entrypoint.is_some(),
+                    entrypoint: entrypoint.into_iter().filter(|e| !e.is_empty()).collect(),
+                    user: user.unwrap_or_default(),
+                    workdir: workdir.unwrap_or_default(),
+                    hostname: hostname.unwrap_or_default(),
+                    read_only,
+                    cap_add,
+                    cap_drop,
+                    stop_signal: stop_signal.unwrap_or_default(),
+                    stop_grace_ms: stop_grace_period
+                        .as_deref()
+                        .map(spec::duration_ms)
+                        .transpose()
+                        .context("--stop-grace-period")?,
+                }),
             };
             spec::check(&spec)?;
             let name = spec.name.clone();

@@ -112,6 +112,12 @@ pub fn service(s: &Service, endpoints: &[Endpoint], format: Format) -> String {
     if o.read_only {
         kv("Root", "read-only".into());
     }
+    if let Some(signal) = &o.stop_signal {
+        kv("Stop with", signal.clone());
+    }
+    if let Some(ms) = o.stop_grace_ms {
+        kv("Stop grace", format!("{:.1}s", ms as f64 / 1000.0));
+    }
     for (key, caps) in [("Cap add", &o.cap_add), ("Cap drop", &o.cap_drop)] {
         if !caps.is_empty() {
             kv(key, caps.join(", "));

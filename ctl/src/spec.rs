@@ -60,6 +60,12 @@ struct SpecFile {
     /// Capability names, or `ALL`.
     #[serde(default)]
     cap_drop: Vec<String>,
+    /// `SIGINT`, `INT`, `2`.
+    #[serde(default)]
+    stop_signal: Option<String>,
+    /// `30s`, `1m30s`, `500ms`, or a number of seconds.
+    #[serde(default)]
+    stop_grace_period: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,21 +142,60 @@ impl SpecFile {
             constraints: self.constraints,
             pids_limit: self.resources.pids,
             security: security(self.security.seccomp.as_deref(), self.userns.as_deref(), dir)?,
-            set_entrypoint: self.entrypoint.is_some(),
-            entrypoint: self.entrypoint.map(|e| strings(&e).context("entrypoint")).transpose()?.unwrap_or_default(),
-            user: match self.user {
-                None => String::new(),
-                Some(Value::String(s)) => s,
-                Some(Value::Number(n)) => n.to_string(),
-                Some(other) => bail!("user: expected a user or uid such as www-data or 1000:1000, got {other:?}"),
-            },
-            workdir: self.workdir.unwrap_or_default(),
-            hostname: self.hostname.unwrap_or_default(),
-            read_only: self.read_only,
-            cap_add: self.cap_add,
-            cap_drop: self.cap_drop,
+            overrides: Some(pb::Overrides {
+                set_entrypoint: self.entrypoint.is_some(),
+                entrypoint: self.entrypoint.map(|e| strings(&e).context("entrypoint")).transpose()?.unwrap_or_default(),
+                user: match self.user {
+                    None => String::new(),
+                    Some(Value::String(s)) => s,
+                    Some(Value::Number(n)) => n.to_string(),
+                    Some(other) => bail!("user: expected a user or uid such as www-data or 1000:1000, got {other:?}"),
+                },
+                workdir: self.workdir.unwrap_or_default(),
+                hostname: self.hostname.unwrap_or_default(),
+                read_only: self.read_only,
+                cap_add: self.cap_add,
+                cap_drop: self.cap_drop,
+                stop_signal: self.stop_signal.unwrap_or_default(),
+                stop_grace_ms: match self.stop_grace_period {
+                    None => None,
+                    Some(Value::Number(n)) => Some(
+                        n.as_u64()
+                            .and_then(|s| s.checked_mul(1000))
+                            .ok_or_else(|| anyhow!("stop_grace_period: {n} is not a whole number of seconds"))?,
+                    ),
+                    Some(Value::String(s)) => Some(duration_ms(&s).context("stop_grace_period")?),
+                    Some(other) => bail!("stop_grace_period: expected a duration such as 30s or 1m30s, got {other:?}"),
+                },
+            }),
         })
     }
+}
+
+/// A duration as Docker writes it: `1h`, `1m30s`, `30s`, `500ms` (parts
+/// added), in milliseconds.
+pub fn duration_ms(text: &str) -> Result<u64> {
+    let bad = || anyhow!("{text:?} is not a duration: expected e.g. 30s, 1m30s or 500ms");
+    let (mut total, mut rest) = (0u64, text.trim());
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let value: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let scale = match &rest[..unit] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(bad()),
+        };
+        total = value.checked_mul(scale).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+        rest = &rest[unit..];
+    }
+    Ok(total)
 }
 
 /// A list of strings, or one string as a list of one.
@@ -362,15 +407,30 @@ mod tests {
         let text = "name: a\nimage: b\nentrypoint: [sh, -c]\nuser: 1000\nworkdir: /srv\n---\n\
                     name: c\nimage: b\nentrypoint: \"\"\nuser: www:adm\n---\nname: d\nimage: b\n";
         let specs = parse_file(text, dir.path()).expect("parses");
-        let got = |s: &pb::ServiceSpec| (s.set_entrypoint, s.entrypoint.clone(), s.user.clone(), s.workdir.clone());
+        let got = |s: &pb::ServiceSpec| {
+            let o = s.overrides.clone().unwrap_or_default();
+            (o.set_entrypoint, o.entrypoint, o.user, o.workdir)
+        };
         assert_eq!(got(&specs[0]), (true, vec!["sh".into(), "-c".into()], "1000".into(), "/srv".into()));
         assert_eq!(got(&specs[1]), (true, vec![], "www:adm".into(), String::new()), "\"\" clears it");
         assert_eq!(got(&specs[2]), (false, vec![], String::new(), String::new()));
         let text = "name: a\nimage: b\nhostname: cache-1\nread_only: true\ncap_add: [net_admin]\ncap_drop: [ALL]\n";
-        let spec = &parse_file(text, dir.path()).expect("parses")[0];
-        assert_eq!((spec.hostname.as_str(), spec.read_only), ("cache-1", true));
-        assert_eq!((spec.cap_add.clone(), spec.cap_drop.clone()), (vec!["net_admin".into()], vec!["ALL".into()]));
+        let o = parse_file(text, dir.path()).expect("parses")[0].overrides.clone().unwrap_or_default();
+        assert_eq!((o.hostname.as_str(), o.read_only), ("cache-1", true));
+        assert_eq!((o.cap_add, o.cap_drop), (vec!["net_admin".to_owned()], vec!["ALL".to_owned()]));
         assert!(err("name: a\nimage: b\ncap_add: [fly]\n").contains("cap_add[0]"));
+        let text = "name: a\nimage: b\nstop_signal: int\nstop_grace_period: 1m30s\n---\nname: c\nimage: b\nstop_grace_period: 0\n";
+        let specs = parse_file(text, dir.path()).expect("parses");
+        let o: Vec<pb::Overrides> = specs.iter().map(|s| s.overrides.clone().unwrap_or_default()).collect();
+        assert_eq!((o[0].stop_signal.as_str(), o[0].stop_grace_ms), ("int", Some(90_000)));
+        assert_eq!(o[1].stop_grace_ms, Some(0), "0 s is a grace of its own, not the default");
+        assert!(err("name: a\nimage: b\nstop_grace_period: soon\n").contains("stop_grace_period"));
+        assert!(err("name: a\nimage: b\nstop_signal: SIGFOO\n").contains("stop_signal"));
+        assert_eq!(duration_ms("500ms").unwrap(), 500);
+        assert_eq!(duration_ms("1h2m3s").unwrap(), 3_723_000);
+        for bad in ["", "10", "s", "1x", "1.5s"] {
+            assert!(duration_ms(bad).is_err(), "{bad:?}");
+        }
         let err = |t: &str| format!("{:#}", parse_file(t, dir.path()).unwrap_err());
         assert!(err("name: a\nimage: b\nworkdir: srv\n").contains("workdir"));
         assert!(err("name: a\nimage: b\nuser: 'a b'\n").contains("user"));

@@ -22,13 +22,27 @@ pub mod tls;
 /// Generated protobuf and gRPC code.
 #[allow(missing_debug_implementations, clippy::all, clippy::unwrap_used)]
 pub mod pb {
-    pub mod cluster {
-        tonic::include_proto!("berth.cluster.v1");
+    /// Laid out as the proto packages are, so that one package's messages
+    /// can name another's (the agent protocol carries the cluster's
+    /// `Overrides`).
+    pub mod berth {
+        pub mod cluster {
+            pub mod v1 {
+                tonic::include_proto!("berth.cluster.v1");
+            }
+        }
+        pub mod raft {
+            pub mod v1 {
+                tonic::include_proto!("berth.raft.v1");
+            }
+        }
+        pub mod agent {
+            pub mod v1 {
+                tonic::include_proto!("berth.agent.v1");
+            }
+        }
     }
-    pub mod raft {
-        tonic::include_proto!("berth.raft.v1");
-    }
-    pub mod agent {
-        tonic::include_proto!("berth.agent.v1");
-    }
+    pub use berth::agent::v1 as agent;
+    pub use berth::cluster::v1 as cluster;
+    pub use berth::raft::v1 as raft;
 }

@@ -665,3 +665,37 @@ async fn a_user_namespace_makes_container_root_an_unprivileged_host_id() {
         refused.stderr
     );
 }
+
+#[tokio::test]
+async fn a_stop_sends_the_containers_stop_signal() {
+    let (registry, image) = registry_with_busybox().await;
+    // An image that asks for SIGUSR2, as a Dockerfile's STOPSIGNAL does.
+    let mut usr2 = Image::busybox().unwrap();
+    usr2.config = serde_json::json!({ "Env": ["PATH=/bin"], "Cmd": ["sh"], "StopSignal": "SIGUSR2" });
+    usr2.push(&registry.addr, "usr2", "1").await.unwrap();
+    let usr2 = format!("{}/usr2:1", registry.addr);
+    let agent = Agent::new(Some(&registry));
+    let script =
+        "trap 'echo got usr1; exit 3' USR1; trap 'echo got usr2; exit 4' USR2; trap 'echo got term; exit 5' TERM; \
+                  echo ready; while true; do sleep 0.1; done";
+    let cases = [
+        ("given", vec!["--stop-signal", "usr1"], image.as_str(), "got usr1", 3),
+        ("imaged", vec![], usr2.as_str(), "got usr2", 4),
+        ("plain", vec![], image.as_str(), "got term", 5),
+    ];
+    for (name, flags, reference, said, code) in cases {
+        let args = [&["run", "-d", "--name", name][..], &flags[..], &[reference, "sh", "-c", script]].concat();
+        agent.ok(&args);
+        for _ in 0..200 {
+            if agent.ok(&["logs", name]).contains("ready") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let stopped = agent.ok(&["stop", name]);
+        assert_eq!(stopped.trim(), format!("{name}\texited with {code}"), "{name}: {}", agent.ok(&["logs", name]));
+        assert!(agent.ok(&["logs", name]).contains(said), "{name}");
+    }
+    let refused = agent.run(&["run", "--rm", "--stop-signal", "SIGFOO", &image, "true"]);
+    assert!(refused.code != 0 && refused.stderr.contains("stop_signal"), "{}", refused.stderr);
+}

@@ -423,7 +423,8 @@ async fn a_service_replaces_its_images_entrypoint_user_and_workdir() -> Result<(
     ensure!(ok, "{out}{err}");
     let locked = "grep CapEff /proc/self/status; hostname; touch /x 2>&1; sleep 600";
     let args = ["--entrypoint", "sh", "--cap-drop", "ALL", "--cap-add", "net_bind_service", "--read-only"];
-    let args = [&args[..], &["--hostname", "web-host", "--", "-c", locked]].concat();
+    let stop = ["--stop-signal", "usr1", "--stop-grace-period", "1m"];
+    let args = [&args[..], &stop[..], &["--hostname", "web-host", "--", "-c", locked]].concat();
     let (ok, out, err) =
         berthctl(&servers, &[&["service", "create", "locked", "--image", &reference][..], &args[..]].concat())?;
     ensure!(ok, "{out}{err}");
@@ -444,6 +445,14 @@ async fn a_service_replaces_its_images_entrypoint_user_and_workdir() -> Result<(
     ensure!(locked.first().is_some_and(|l| l == "CapEff:\t0000000000000400"), "{locked:?}");
     ensure!(locked.get(1).is_some_and(|l| l == "web-host"), "{locked:?}");
     ensure!(locked.get(2).is_some_and(|l| l.contains("Read-only file system")), "{locked:?}");
+    // How it stops reached its node with it.
+    let task =
+        agent.ps().into_iter().find_map(|c| c["name"].as_str().filter(|n| n.starts_with("locked.")).map(str::to_owned));
+    let config = std::fs::read_to_string(
+        agent.container_dir(&task.context("the locked task's container")?).join("config.json"),
+    )?;
+    let config: serde_json::Value = serde_json::from_str(&config)?;
+    ensure!(config["stop_signal"] == "SIGUSR1" && config["stop_grace_ms"] == 60000, "{config}");
     // What was asked is what `service inspect` shows, and a bad value is refused by name.
     let (ok, out, _) = berthctl(&servers, &["service", "inspect", "shell", "-o", "json"])?;
     ensure!(ok && out.contains("\"workdir\": \"/tmp\"") && out.contains("\"user\": \"1000:2000\""), "{out}");

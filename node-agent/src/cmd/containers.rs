@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use berth_node_agent::runtime::cgroup::Cgroups;
 use berth_node_agent::runtime::logs::{self, Follower};
+use berth_node_agent::runtime::record::parse_signal;
 use berth_node_agent::runtime::{Container, Status};
 use berth_proto::model::format_memory;
 use nix::sys::signal::Signal;
@@ -113,16 +114,6 @@ pub fn kill(node: &Node, name: &str, signal: &str) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// `TERM`, `SIGTERM`, `term` or `15`.
-fn parse_signal(s: &str) -> Option<Signal> {
-    if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).ok();
-    }
-    let name = s.to_ascii_uppercase();
-    let name = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
-    name.parse().ok()
-}
-
 pub async fn rm(node: &Node, names: &[String], force: bool) -> anyhow::Result<u8> {
     if names.is_empty() {
         bail!("name at least one container to remove");
@@ -132,19 +123,4 @@ pub async fn rm(node: &Node, names: &[String], force: bool) -> anyhow::Result<u8
         println!("{name}");
     }
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signals_by_name_or_number() {
-        for s in ["TERM", "sigterm", "SIGTERM", "15"] {
-            assert_eq!(parse_signal(s), Some(Signal::SIGTERM), "{s}");
-        }
-        assert_eq!(parse_signal("kill"), Some(Signal::SIGKILL));
-        assert_eq!(parse_signal("NOPE"), None);
-        assert_eq!(parse_signal("0"), None);
-    }
 }

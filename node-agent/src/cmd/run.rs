@@ -12,7 +12,7 @@ use berth_node_agent::runtime::logs::Follower;
 use berth_node_agent::runtime::{
     record, ContainerConfig, Limits, LogPolicy, NetworkMode, Seccomp, Shim, UserNamespace,
 };
-use berth_proto::model::{parse_memory, Overrides};
+use berth_proto::model::{parse_memory, signal_name, Overrides};
 
 use super::{cpus_flag, memory_flag, print_lines, Node};
 
@@ -49,6 +49,9 @@ pub struct RunArgs {
     /// The working directory (default: the image's).
     #[arg(long, short = 'w')]
     pub workdir: Option<String>,
+    /// The signal `stop` sends (default: the image's, else SIGTERM).
+    #[arg(long)]
+    pub stop_signal: Option<String>,
     /// Rotate the log file when it would pass this size (e.g. 10Mi).
     #[arg(long, default_value = "10Mi")]
     pub log_max_size: String,
@@ -102,6 +105,7 @@ pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
         entrypoint: args.entrypoint.clone().map(|e| Some(e).filter(|e| !e.is_empty()).into_iter().collect()),
         user: args.user.clone(),
         workdir: args.workdir.clone(),
+        stop_signal: args.stop_signal.as_deref().map(signal_name),
         ..Overrides::default()
     };
     overrides.validate().map_err(|e| anyhow!("--{e}"))?;

@@ -51,7 +51,9 @@ impl Containers for Runtime {
         Ok(Box::pin(async move { shim.exited().await }))
     }
 
+    /// With the task's own grace when its spec gives one.
     async fn stop(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let grace = self.get(name).map_or(grace, |c| c.config.stop_grace(grace));
         Runtime::stop(self, name, grace).await.map(drop)
     }
 

@@ -14,6 +14,10 @@ pub struct ImageConfig {
     pub exposed_ports: Vec<String>,
     /// The uncompressed digest of every layer, bottom first.
     pub diff_ids: Vec<String>,
+    /// The signal that asks its process to stop (`""`: SIGTERM); images
+    /// stored before it was read have none.
+    #[serde(default)]
+    pub stop_signal: String,
 }
 
 impl ImageConfig {
@@ -28,6 +32,7 @@ impl ImageConfig {
             user: c.user().clone().unwrap_or_default(),
             exposed_ports: c.exposed_ports().clone().unwrap_or_default(),
             diff_ids: image.rootfs().diff_ids().clone(),
+            stop_signal: c.stop_signal().clone().unwrap_or_default(),
         })
     }
 }
@@ -40,7 +45,8 @@ mod tests {
     fn docker_style_config_is_read() {
         let json = br#"{"architecture":"amd64","os":"linux",
             "config":{"Entrypoint":["/bin/sh","-c"],"Cmd":["echo hi"],"Env":["PATH=/bin"],
-                      "WorkingDir":"/srv","User":"1000:1000","ExposedPorts":{"80/tcp":{}}},
+                      "WorkingDir":"/srv","User":"1000:1000","ExposedPorts":{"80/tcp":{}},
+                      "StopSignal":"SIGQUIT"},
             "rootfs":{"type":"layers","diff_ids":["sha256:aa","sha256:bb"]}}"#;
         let c = ImageConfig::parse(json).unwrap();
         assert_eq!(c.entrypoint, ["/bin/sh", "-c"]);
@@ -49,6 +55,7 @@ mod tests {
         assert_eq!(c.user, "1000:1000");
         assert_eq!(c.exposed_ports, ["80/tcp"]);
         assert_eq!(c.diff_ids, ["sha256:aa", "sha256:bb"]);
+        assert_eq!(c.stop_signal, "SIGQUIT");
     }
 
     #[test]

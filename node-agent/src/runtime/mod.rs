@@ -338,11 +338,14 @@ impl Runtime {
         lc.kill(signal, all).map_err(|e| other(format!("sending {signal}: {e}")))
     }
 
-    /// SIGTERM, then SIGKILL to every process after `grace`; returns once
-    /// the shim has recorded the exit.
+    /// Its stop signal (SIGTERM unless its spec or image says otherwise),
+    /// then SIGKILL to every process after `grace`; returns once the shim
+    /// has recorded the exit.
     pub async fn stop(&self, name: &str, grace: Duration) -> Result<Exited, RuntimeError> {
-        if let Status::Running(_) = self.get(name)?.status {
-            let _ = self.kill(name, Signal::SIGTERM, false);
+        let container = self.get(name)?;
+        if let Status::Running(_) = container.status {
+            let signal = container.config.stop_signal().unwrap_or(Signal::SIGTERM);
+            let _ = self.kill(name, signal, false);
             if let Some(exited) = self.wait_for(name, grace).await? {
                 return Ok(exited);
             }

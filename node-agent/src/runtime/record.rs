@@ -14,6 +14,9 @@
 //! which the monitor shares.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
 
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +114,20 @@ impl ContainerConfig {
         }
     }
 
+    /// The signal that asks it to stop: its spec's, its image's, or SIGTERM.
+    pub fn stop_signal(&self) -> Result<Signal, String> {
+        let given = self.overrides.stop_signal.as_deref().filter(|s| !s.is_empty());
+        match given.or(Some(self.image_config.stop_signal.as_str()).filter(|s| !s.is_empty())) {
+            Some(name) => parse_signal(name).ok_or_else(|| format!("stop signal {name:?} is not a signal")),
+            None => Ok(Signal::SIGTERM),
+        }
+    }
+
+    /// How long a stop waits for it before SIGKILL: its spec's, or `default`.
+    pub fn stop_grace(&self, default: Duration) -> Duration {
+        self.overrides.stop_grace_ms.map_or(default, Duration::from_millis)
+    }
+
     /// The container's cgroup, as the runtime spec names it: `/<parent>/<name>`.
     pub fn cgroup_path(&self) -> String {
         format!("/{}/{}", self.cgroup_parent.trim_matches('/'), self.name)
@@ -124,6 +141,14 @@ impl ContainerConfig {
             None => self.name.chars().take(63).collect(),
         }
     }
+}
+
+/// `TERM`, `SIGTERM`, `term` or `15`.
+pub fn parse_signal(s: &str) -> Option<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).ok();
+    }
+    berth_proto::model::signal_name(s).parse().ok()
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,3 +190,32 @@ pub struct Started {
 
 pub const CONFIG: &str = "config.json";
 pub const STARTED: &str = "started.json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name_or_number() {
+        for s in ["TERM", "sigterm", "SIGTERM", "15"] {
+            assert_eq!(parse_signal(s), Some(Signal::SIGTERM), "{s}");
+        }
+        assert_eq!(parse_signal("kill"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("NOPE"), None);
+        assert_eq!(parse_signal("0"), None);
+    }
+
+    #[test]
+    fn a_stop_is_the_specs_the_images_or_sigterm_and_the_nodes_grace() {
+        let mut c = ContainerConfig::sample("web-1");
+        assert_eq!(c.stop_signal(), Ok(Signal::SIGTERM));
+        c.image_config.stop_signal = "SIGQUIT".into();
+        assert_eq!(c.stop_signal(), Ok(Signal::SIGQUIT), "the image's");
+        c.overrides.stop_signal = Some("SIGUSR1".into());
+        assert_eq!(c.stop_signal(), Ok(Signal::SIGUSR1), "the spec's over the image's");
+        let default = Duration::from_secs(10);
+        assert_eq!(c.stop_grace(default), default);
+        c.overrides.stop_grace_ms = Some(0);
+        assert_eq!(c.stop_grace(default), Duration::ZERO, "0 is its own grace");
+    }
+}

@@ -4,9 +4,8 @@
 //! with `From`.
 
 use crate::model::{
-    validate_image, validate_name, AssignedTask, Assignment, InvalidField, NodeNetwork, Overrides, OverridesWire, Peer,
-    PortSpec, Protocol, Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints, TaskReport, TaskSpec, TaskState,
-    Userns,
+    validate_image, validate_name, AssignedTask, Assignment, InvalidField, NodeNetwork, Overrides, Peer, PortSpec,
+    Protocol, Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints, TaskReport, TaskSpec, TaskState, Userns,
 };
 use crate::pb::agent as pb;
 
@@ -78,16 +77,7 @@ impl TryFrom<pb::AssignedTask> for AssignedTask {
             .ok_or_else(|| InvalidField::new("restart", &t.restart, "one of always, on-failure, never"))?;
         let seccomp = Seccomp::from_wire("seccomp", &t.seccomp, &t.seccomp_profile)?;
         let userns = Userns::parse("userns", &t.userns)?;
-        let overrides = Overrides::from_wire(OverridesWire {
-            set_entrypoint: t.set_entrypoint,
-            entrypoint: t.entrypoint,
-            user: t.user,
-            workdir: t.workdir,
-            hostname: t.hostname,
-            read_only: t.read_only,
-            cap_add: t.cap_add,
-            cap_drop: t.cap_drop,
-        });
+        let overrides = Overrides::from_pb(t.overrides.unwrap_or_default());
         overrides.validate()?;
         let address = match t.address.as_str() {
             "" => None,
@@ -217,8 +207,7 @@ impl From<Assignment> for pb::AssignedTasks {
 impl From<AssignedTask> for pb::AssignedTask {
     fn from(t: AssignedTask) -> Self {
         let (seccomp, seccomp_profile) = t.spec.seccomp.to_wire();
-        let OverridesWire { set_entrypoint, entrypoint, user, workdir, hostname, read_only, cap_add, cap_drop } =
-            t.spec.overrides.to_wire();
+        let overrides = Some(t.spec.overrides.to_pb());
         Self {
             id: t.id,
             image: t.spec.image,
@@ -233,14 +222,7 @@ impl From<AssignedTask> for pb::AssignedTask {
             seccomp,
             seccomp_profile,
             userns: t.spec.userns.to_wire(),
-            set_entrypoint,
-            entrypoint,
-            user,
-            workdir,
-            hostname,
-            read_only,
-            cap_add,
-            cap_drop,
+            overrides,
         }
     }
 }
@@ -320,14 +302,18 @@ mod tests {
                 seccomp: "unconfined".into(),
                 seccomp_profile: String::new(),
                 userns: "auto".into(),
-                set_entrypoint: true,
-                entrypoint: vec![],
-                user: "www".into(),
-                workdir: "/srv".into(),
-                hostname: "web".into(),
-                read_only: true,
-                cap_add: vec!["NET_ADMIN".into()],
-                cap_drop: vec!["ALL".into()],
+                overrides: Some(crate::pb::cluster::Overrides {
+                    set_entrypoint: true,
+                    entrypoint: vec![],
+                    user: "www".into(),
+                    workdir: "/srv".into(),
+                    hostname: "web".into(),
+                    read_only: true,
+                    cap_add: vec!["NET_ADMIN".into()],
+                    cap_drop: vec!["ALL".into()],
+                    stop_signal: "SIGINT".into(),
+                    stop_grace_ms: Some(2500),
+                }),
             }],
             subnet: "198.19.1.0/24".into(),
             cluster_cidr: "198.19.0.0/16".into(),
@@ -382,6 +368,8 @@ mod tests {
             read_only: true,
             cap_add: vec!["NET_ADMIN".into()],
             cap_drop: vec!["ALL".into()],
+            stop_signal: Some("SIGINT".into()),
+            stop_grace_ms: Some(2500),
         };
         assert_eq!(*t.spec.overrides, cleared, "an entrypoint set empty stays set");
         assert_eq!(pb::AssignedTasks::from(a.clone()), wire());
@@ -405,10 +393,10 @@ mod tests {
         task(&|t| t.address = "198.19.1".into(), "tasks[0].address");
         task(&|t| t.command = vec!["a\0b".into()], "tasks[0].command");
         task(&|t| t.env = [("A=B".to_owned(), "c".to_owned())].into(), "tasks[0].env.A=B");
-        task(&|t| t.user = "a b".into(), "tasks[0].user");
-        task(&|t| t.workdir = "srv".into(), "tasks[0].workdir");
-        task(&|t| t.cap_add = vec!["FLY".into()], "tasks[0].cap_add[0]");
-        task(&|t| t.hostname = "a_b".into(), "tasks[0].hostname");
+        task(&|t| t.overrides.get_or_insert_default().user = "a b".into(), "tasks[0].user");
+        task(&|t| t.overrides.get_or_insert_default().workdir = "srv".into(), "tasks[0].workdir");
+        task(&|t| t.overrides.get_or_insert_default().cap_add = vec!["FLY".into()], "tasks[0].cap_add[0]");
+        task(&|t| t.overrides.get_or_insert_default().hostname = "a_b".into(), "tasks[0].hostname");
         let mut twice = wire();
         twice.tasks.push(twice.tasks[0].clone());
         cases.push((twice, "tasks[1].id"));

@@ -50,16 +50,7 @@ impl TryFrom<pb::ServiceSpec> for model::ServiceSpec {
             pids_limit,
             seccomp,
             userns,
-            overrides: Box::new(model::Overrides::from_wire(model::OverridesWire {
-                set_entrypoint: p.set_entrypoint,
-                entrypoint: p.entrypoint,
-                user: p.user,
-                workdir: p.workdir,
-                hostname: p.hostname,
-                read_only: p.read_only,
-                cap_add: p.cap_add,
-                cap_drop: p.cap_drop,
-            })),
+            overrides: Box::new(model::Overrides::from_pb(p.overrides.unwrap_or_default())),
         };
         spec.validate()?;
         Ok(spec)
@@ -83,8 +74,7 @@ fn port_from_pb(i: usize, p: &pb::PortSpec) -> Result<PortSpec, InvalidField> {
 
 impl From<model::ServiceSpec> for pb::ServiceSpec {
     fn from(s: model::ServiceSpec) -> Self {
-        let model::OverridesWire { set_entrypoint, entrypoint, user, workdir, hostname, read_only, cap_add, cap_drop } =
-            s.overrides.to_wire();
+        let overrides = Some(s.overrides.to_pb());
         Self {
             name: s.name,
             image: s.image,
@@ -106,14 +96,7 @@ impl From<model::ServiceSpec> for pb::ServiceSpec {
             constraints: s.constraints.iter().map(ToString::to_string).collect(),
             pids_limit: s.pids_limit.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)),
             security: Some(security_to_pb(&s.seccomp, s.userns)),
-            set_entrypoint,
-            entrypoint,
-            user,
-            workdir,
-            hostname,
-            read_only,
-            cap_add,
-            cap_drop,
+            overrides,
         }
     }
 }

@@ -18,7 +18,7 @@ pub use constraint::{Constraint, ConstraintKey};
 pub use invalid::InvalidField;
 pub use network::{Cidr, NetworkConfig, PortRange, MAX_NODE_PREFIX};
 pub use node::{Availability, Node, NodeInfo, NodeStatus, Overlay};
-pub use overrides::{capability_name, Overrides, Wire as OverridesWire, CAPABILITIES};
+pub use overrides::{capability_name, signal_name, Overrides, CAPABILITIES, SIGNALS};
 pub use quantity::{format_memory, parse_cpus, parse_memory};
 pub use reference::validate_image;
 pub use security::{Seccomp, Userns};

@@ -3,12 +3,14 @@
 //! --hostname/--read-only/--cap-add/--cap-drop` do: the entrypoint
 //! (Docker's rule: a replaced entrypoint drops the image's Cmd too), the
 //! user its process runs as, its working directory, its hostname, a
-//! read-only root, and capabilities added to or dropped from Docker's
-//! default set. Unset, the image's and the node's defaults hold.
+//! read-only root, capabilities added to or dropped from Docker's default
+//! set, and how it is stopped (`--stop-signal`, `--stop-grace-period`).
+//! Unset, the image's and the node's defaults hold.
 
 use serde::{Deserialize, Serialize};
 
 use super::InvalidField;
+use crate::pb::cluster as pb;
 
 /// Bounds, with the command's: a spec stays small whatever a client sends.
 pub const USER_BYTES: usize = 256;
@@ -37,6 +39,63 @@ pub struct Overrides {
     pub cap_add: Vec<String>,
     #[serde(default)]
     pub cap_drop: Vec<String>,
+    /// The signal that asks it to stop (`SIGTERM` unless the image says
+    /// otherwise), as `SIGNAME` or a number.
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    /// How long a stop waits for it before SIGKILL (the node's default,
+    /// 10 s, otherwise).
+    #[serde(default)]
+    pub stop_grace_ms: Option<u64>,
+}
+
+/// The longest stop grace a spec may ask for.
+pub const MAX_STOP_GRACE_MS: u64 = 3_600_000;
+
+/// Signals a stop may send, by name.
+pub const SIGNALS: [&str; 31] = [
+    "SIGHUP",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGILL",
+    "SIGTRAP",
+    "SIGABRT",
+    "SIGBUS",
+    "SIGFPE",
+    "SIGKILL",
+    "SIGUSR1",
+    "SIGSEGV",
+    "SIGUSR2",
+    "SIGPIPE",
+    "SIGALRM",
+    "SIGTERM",
+    "SIGSTKFLT",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGSTOP",
+    "SIGTSTP",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGURG",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGWINCH",
+    "SIGIO",
+    "SIGPWR",
+    "SIGSYS",
+];
+
+/// A signal as people write it (`term`, `TERM`, `SIGTERM`, `15`), as
+/// [`SIGNALS`] names it (numbers stay numbers).
+pub fn signal_name(name: &str) -> String {
+    let upper = name.trim().to_ascii_uppercase();
+    if upper.parse::<u32>().is_ok() || upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    }
 }
 
 /// Linux's capabilities, as `cap_add` and `cap_drop` name them.
@@ -148,6 +207,23 @@ impl Overrides {
                 return Err(InvalidField::new(field, caps.len(), format!("at most {} names", CAPABILITIES.len() + 1)));
             }
         }
+        if let Some(signal) = &self.stop_signal {
+            let number = signal.parse::<u32>().is_ok_and(|n| (1..=64).contains(&n));
+            if !(number || SIGNALS.contains(&signal.as_str())) {
+                return Err(InvalidField::new(
+                    "stop_signal",
+                    signal,
+                    "a signal such as SIGTERM, SIGINT or a number from 1 to 64",
+                ));
+            }
+        }
+        if let Some(ms) = self.stop_grace_ms.filter(|ms| *ms > MAX_STOP_GRACE_MS) {
+            return Err(InvalidField::new(
+                "stop_grace_period",
+                format!("{ms} ms"),
+                format!("at most {} s", MAX_STOP_GRACE_MS / 1000),
+            ));
+        }
         if let Some(dir) = &self.workdir {
             if !dir.starts_with('/') || dir.contains('\0') || dir.len() > WORKDIR_BYTES {
                 return Err(InvalidField::new(
@@ -160,9 +236,8 @@ impl Overrides {
         Ok(())
     }
 
-    /// From the wire's flat fields (`""` for unset; capability names as
-    /// people write them).
-    pub fn from_wire(w: Wire) -> Self {
+    /// From the wire (capability and signal names as people write them).
+    pub fn from_pb(w: pb::Overrides) -> Self {
         let names = |caps: Vec<String>| caps.iter().map(|c| capability_name(c)).collect();
         Self {
             entrypoint: w.set_entrypoint.then_some(w.entrypoint),
@@ -172,12 +247,14 @@ impl Overrides {
             read_only: w.read_only,
             cap_add: names(w.cap_add),
             cap_drop: names(w.cap_drop),
+            stop_signal: Some(w.stop_signal).filter(|s| !s.is_empty()).map(|s| signal_name(&s)),
+            stop_grace_ms: w.stop_grace_ms,
         }
     }
 
-    /// The wire's flat fields, as [`Overrides::from_wire`] takes them.
-    pub fn to_wire(&self) -> Wire {
-        Wire {
+    /// As the wire carries it; unset fields are its zero values.
+    pub fn to_pb(&self) -> pb::Overrides {
+        pb::Overrides {
             set_entrypoint: self.entrypoint.is_some(),
             entrypoint: self.entrypoint.clone().unwrap_or_default(),
             user: self.user.clone().unwrap_or_default(),
@@ -186,21 +263,10 @@ impl Overrides {
             read_only: self.read_only,
             cap_add: self.cap_add.clone(),
             cap_drop: self.cap_drop.clone(),
+            stop_signal: self.stop_signal.clone().unwrap_or_default(),
+            stop_grace_ms: self.stop_grace_ms,
         }
     }
-}
-
-/// The flat fields the service and task messages carry them in.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Wire {
-    pub set_entrypoint: bool,
-    pub entrypoint: Vec<String>,
-    pub user: String,
-    pub workdir: String,
-    pub hostname: String,
-    pub read_only: bool,
-    pub cap_add: Vec<String>,
-    pub cap_drop: Vec<String>,
 }
 
 #[cfg(test)]
@@ -220,12 +286,18 @@ mod tests {
                 read_only: true,
                 cap_add: vec!["NET_ADMIN".into()],
                 cap_drop: vec!["ALL".into()],
+                stop_signal: Some("SIGUSR1".into()),
+                stop_grace_ms: Some(0),
             },
         ] {
-            assert_eq!(Overrides::from_wire(o.to_wire()), o);
+            assert_eq!(Overrides::from_pb(o.to_pb()), o);
         }
-        let written = Wire { cap_add: vec!["cap_net_raw".into(), "sys_time".into()], ..Wire::default() };
-        assert_eq!(Overrides::from_wire(written).cap_add, ["NET_RAW", "SYS_TIME"], "named as people write them");
+        let written = pb::Overrides { cap_add: vec!["cap_net_raw".into(), "sys_time".into()], ..Default::default() };
+        assert_eq!(Overrides::from_pb(written).cap_add, ["NET_RAW", "SYS_TIME"], "named as people write them");
+        for (written, named) in [("usr1", "SIGUSR1"), ("SIGINT", "SIGINT"), ("15", "15")] {
+            let o = Overrides::from_pb(pb::Overrides { stop_signal: written.into(), ..Default::default() });
+            assert_eq!(o.stop_signal.as_deref(), Some(named));
+        }
     }
 
     #[test]
@@ -246,6 +318,12 @@ mod tests {
             "cap_add[1]"
         );
         assert_eq!(field(Overrides { cap_add: vec!["ALL".into()], ..Default::default() }), "cap_add[0]");
+        assert_eq!(field(Overrides { stop_signal: Some("SIGFOO".into()), ..Default::default() }), "stop_signal");
+        assert_eq!(field(Overrides { stop_signal: Some("65".into()), ..Default::default() }), "stop_signal");
+        assert_eq!(
+            field(Overrides { stop_grace_ms: Some(MAX_STOP_GRACE_MS + 1), ..Default::default() }),
+            "stop_grace_period"
+        );
         let good = Overrides {
             entrypoint: Some(vec!["redis-cli".into()]),
             user: Some("www-data:adm".into()),
@@ -254,6 +332,8 @@ mod tests {
             read_only: true,
             cap_add: vec!["NET_BIND_SERVICE".into()],
             cap_drop: vec!["ALL".into()],
+            stop_signal: Some("SIGQUIT".into()),
+            stop_grace_ms: Some(30_000),
         };
         assert_eq!(good.validate(), Ok(()));
     }

@@ -12,6 +12,7 @@ fn config() -> ContainerConfig {
             user: String::new(),
             exposed_ports: vec![],
             diff_ids: vec![],
+            stop_signal: String::new(),
         },
         ..ContainerConfig::sample("web-1")
     }
