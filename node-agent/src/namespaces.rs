@@ -16,7 +16,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 
 use crate::runtime::userns::IdMap;
@@ -48,13 +48,7 @@ pub fn net(path: &Path, owner: Option<&Path>) -> io::Result<()> {
 /// it. Mounts stacked at the path (a make retried over one that was not
 /// undone) come off one by one.
 pub fn remove(path: &Path) -> io::Result<()> {
-    for _ in 0..8 {
-        match umount2(path, MntFlags::MNT_DETACH) {
-            Ok(()) => continue,
-            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => break, // not (or no longer) mounted
-            Err(e) => return Err(io::Error::other(format!("unmounting {}: {e}", path.display()))),
-        }
-    }
+    berth_monitor::unmount(path)?;
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

@@ -5,7 +5,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::mount::{umount2, MntFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
@@ -55,15 +55,21 @@ impl Host for Kernel {
 /// Unmounts `RUN/rootfs` while anything is mounted there (mounts may be
 /// stacked).
 pub fn unmount_rootfs(dirs: &Dirs) -> io::Result<()> {
-    let rootfs = dirs.rootfs();
+    unmount(&dirs.rootfs())
+}
+
+/// Unmounts `path` while anything is mounted there (mounts may be
+/// stacked: a rootfs mounted twice, a namespace file bound again over
+/// one left behind); a path with nothing mounted, or none, is fine.
+pub fn unmount(path: &Path) -> io::Result<()> {
     for _ in 0..8 {
-        if !is_mount_point(&rootfs)? {
+        if !is_mount_point(path)? {
             return Ok(());
         }
-        umount2(&rootfs, MntFlags::MNT_DETACH)
-            .map_err(|e| io::Error::other(format!("unmounting {}: {e}", rootfs.display())))?;
+        umount2(path, MntFlags::MNT_DETACH)
+            .map_err(|e| io::Error::other(format!("unmounting {}: {e}", path.display())))?;
     }
-    Err(io::Error::other(format!("{} is still mounted after 8 unmounts", rootfs.display())))
+    Err(io::Error::other(format!("{} is still mounted after 8 unmounts", path.display())))
 }
 
 /// Unmounts the rootfs and whatever else is mounted in the run directory
@@ -89,13 +95,8 @@ fn unmount_under(dir: &Path) -> io::Result<()> {
         other => other?,
     };
     for _ in 0..8 {
-        let table = fs::read_to_string("/proc/self/mountinfo")?;
-        let mut under: Vec<std::path::PathBuf> = table
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .map(|p| std::path::PathBuf::from(unescape(p)))
-            .filter(|p| p.starts_with(&dir) && *p != dir)
-            .collect();
+        let mut under: Vec<PathBuf> =
+            mount_points()?.into_iter().filter(|p| p.starts_with(&dir) && *p != dir).collect();
         if under.is_empty() {
             return Ok(());
         }
@@ -126,8 +127,14 @@ pub fn is_mount_point(path: &Path) -> io::Result<bool> {
         return Ok(true);
     }
     let target = fs::canonicalize(path)?;
+    Ok(mount_points()?.contains(&target))
+}
+
+/// Where things are mounted, from the mount table (its octal escapes
+/// decoded).
+fn mount_points() -> io::Result<Vec<PathBuf>> {
     let table = fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(table.lines().filter_map(|l| l.split(' ').nth(4)).any(|p| Path::new(&unescape(p)) == target))
+    Ok(table.lines().filter_map(|l| l.split(' ').nth(4)).map(|p| PathBuf::from(unescape(p))).collect())
 }
 
 /// Undoes the mount table's escapes (`\040` for a space, and so on).

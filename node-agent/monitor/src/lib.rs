@@ -19,7 +19,7 @@ mod host;
 pub mod logs;
 pub mod record;
 
-pub use host::{is_mount_point, remove_run_dir, unmount_rootfs, Host, Kernel};
+pub use host::{is_mount_point, remove_run_dir, unmount, unmount_rootfs, Host, Kernel};
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};

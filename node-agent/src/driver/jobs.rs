@@ -131,8 +131,7 @@ async fn start<C: Containers, I: Images, N: Network>(
             (joined(attached, address, domain.as_deref()), userns)
         }
     };
-    let mut config = container_config(task, &reference, image, network, &worker.settings);
-    config.userns = userns;
+    let config = container_config(task, &reference, image, (network, userns), &worker.settings);
     worker.containers.create(config).await.map_err(|e| e.to_string())?;
     launch(worker, &task.id, wake).await
 }
@@ -179,7 +178,7 @@ fn container_config(
     task: &AssignedTask,
     reference: &ImageRef,
     pulled: Pulled,
-    network: NetworkMode,
+    (network, userns): (NetworkMode, UserNamespace),
     settings: &super::Settings,
 ) -> ContainerConfig {
     let spec = &task.spec;
@@ -204,6 +203,6 @@ fn container_config(
         created_at_ms: record::now_ms(),
         task: Some(task.id.clone()),
         seccomp: spec.seccomp.clone(),
-        userns: UserNamespace::Host,
+        userns,
     }
 }

@@ -20,7 +20,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -84,13 +84,8 @@ impl IdRanges {
         let used = self.all()?.into_iter().map(|c| c.ids.host_id).collect();
         let ids = free_block(&used)
             .ok_or_else(|| io::Error::other(format!("all {BLOCKS} blocks of user namespace ids are taken")))?;
-        let name = file_name(holder);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(format!("{} {}\n", ids.host_id, holder.display()).as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&tmp, self.dir.join(name))?;
-        fs::File::open(&self.dir)?.sync_all()?;
+        let claim = format!("{} {}\n", ids.host_id, holder.display());
+        crate::durable::write(&self.dir.join(file_name(holder)), claim.as_bytes())?;
         Ok(ids)
     }
 
@@ -107,14 +102,7 @@ impl IdRanges {
 
     /// Every claim on the host.
     pub fn all(&self) -> io::Result<Vec<Claim>> {
-        let mut claims = Vec::new();
-        for entry in fs::read_dir(&self.dir).into_iter().flatten() {
-            let entry = entry?;
-            if !entry.file_name().to_string_lossy().starts_with('.') {
-                claims.extend(read_claim(&entry.path())?);
-            }
-        }
-        Ok(claims)
+        Ok(self.files()?.into_iter().map(|(_, claim)| claim).collect())
     }
 
     /// Gives back claims older than `age` whose holder's path is gone;
@@ -122,17 +110,27 @@ impl IdRanges {
     pub fn sweep(&self, age: Duration) -> io::Result<Vec<PathBuf>> {
         let _lock = self.lock()?;
         let mut swept = Vec::new();
-        for entry in fs::read_dir(&self.dir)?.flatten() {
-            let old = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
-            match read_claim(&entry.path()) {
-                Ok(Some(claim)) if !claim.holder.exists() && old.is_some_and(|o| o >= age) => {
-                    remove(&entry.path())?;
-                    swept.push(claim.holder);
-                }
-                _ => {}
+        for (file, claim) in self.files()? {
+            let old = fs::metadata(&file).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            if !claim.holder.exists() && old.is_some_and(|o| o >= age) {
+                remove(&file)?;
+                swept.push(claim.holder);
             }
         }
         Ok(swept)
+    }
+
+    /// Each claim with its file (temporary files of a claim being made,
+    /// `.NAME.tmp`, are not claims).
+    fn files(&self) -> io::Result<Vec<(PathBuf, Claim)>> {
+        let mut claims = Vec::new();
+        for entry in fs::read_dir(&self.dir).into_iter().flatten() {
+            let entry = entry?;
+            if !entry.file_name().to_string_lossy().starts_with('.') {
+                claims.extend(read_claim(&entry.path())?.map(|claim| (entry.path(), claim)));
+            }
+        }
+        Ok(claims)
     }
 
     fn lock(&self) -> io::Result<Flock<fs::File>> {
