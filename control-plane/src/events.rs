@@ -7,12 +7,12 @@
 //! ```text
 //! service  create | update | remove
 //! node     register | ready | down | drain | activate | update | remove
-//! task     create | assign | <its new state> | restart | stop | remove
+//! task     create | assign | <its new state> | health | restart | stop | remove
 //! ```
 
 use std::collections::BTreeMap;
 
-use berth_proto::model::{Availability, Desired, NodeStatus, Task};
+use berth_proto::model::{Availability, Desired, HealthState, NodeStatus, Task, TaskState};
 
 use crate::state::State;
 
@@ -111,7 +111,7 @@ pub fn diff(old: &State, new: &State) -> Vec<Event> {
         }
         if before.state != t.state {
             let mut e = task(&t.state.to_string()).with("node", node_name(t).unwrap_or_default());
-            if let Some(code) = t.exit_code.filter(|_| t.state != berth_proto::model::TaskState::Running) {
+            if let Some(code) = t.exit_code.filter(|_| t.state != TaskState::Running) {
                 e = e.with("exit_code", code);
             }
             if t.desired == Desired::Running {
@@ -121,6 +121,16 @@ pub fn diff(old: &State, new: &State) -> Vec<Event> {
                 e = e.with("address", address);
             }
             out.push(e);
+        }
+        if before.health != t.health && t.state == TaskState::Running {
+            if let Some(health) = t.health {
+                let e = task("health").with("health", health).with("node", node_name(t).unwrap_or_default());
+                let e = if health == HealthState::Unhealthy { e.with("message", &t.message) } else { e };
+                out.push(match t.serving_address() {
+                    Some(address) => e.with("address", address),
+                    None => e,
+                });
+            }
         }
         if t.restarts > before.restarts {
             out.push(task("restart").with("restarts", t.restarts).with("node", node_name(t).unwrap_or_default()));
@@ -138,6 +148,7 @@ mod tests {
 
     use super::*;
     use crate::state::{apply, Command, TaskChange, TaskReport};
+    use berth_proto::model::HealthState;
 
     fn spec(replicas: u32) -> ServiceSpec {
         ServiceSpec {
@@ -206,8 +217,27 @@ mod tests {
         );
         let report = |state, restarts, exit_code| Command::ReportTasks {
             node: "n1".into(),
-            reports: vec![TaskReport { id: t.id.clone(), state, exit_code, restarts, message: String::new() }],
+            reports: vec![TaskReport {
+                id: t.id.clone(),
+                state,
+                exit_code,
+                restarts,
+                message: String::new(),
+                health: None,
+            }],
             at_ms: 2,
+        };
+        let probed = |health, message: &str| Command::ReportTasks {
+            node: "n1".into(),
+            reports: vec![TaskReport {
+                id: t.id.clone(),
+                state: TaskState::Running,
+                exit_code: None,
+                restarts: 2,
+                message: message.into(),
+                health: Some(health),
+            }],
+            at_ms: 3,
         };
         // (An address from the node's subnet, as IPAM gives it on assignment.)
         s.tasks.get_mut(&t.id).unwrap().address = Some("198.19.1.2".parse().unwrap());
@@ -223,6 +253,19 @@ mod tests {
             step(&mut s, report(TaskState::Running, 2, None)),
             ["task running web.1.1 address=198.19.1.2,node=alpha", "task restart web.1.1 node=alpha,restarts=2"]
         );
+        assert_eq!(step(&mut s, probed(HealthState::Starting, "")), ["task health web.1.1 health=starting,node=alpha"]);
+        assert_eq!(s.tasks[&t.id].serving_address(), None, "a task not yet healthy does not answer");
+        assert_eq!(
+            step(&mut s, probed(HealthState::Healthy, "")),
+            ["task health web.1.1 address=198.19.1.2,health=healthy,node=alpha"]
+        );
+        assert_eq!(
+            step(&mut s, probed(HealthState::Unhealthy, "exit 1: no")),
+            ["task health web.1.1 health=unhealthy,message=exit 1: no,node=alpha"]
+        );
+        step(&mut s, report(TaskState::Exited, 2, Some(143)));
+        assert_eq!(s.tasks[&t.id].health, None, "only a running task has a health");
+        step(&mut s, report(TaskState::Running, 2, None));
 
         assert_eq!(
             step(&mut s, Command::UpdateService(spec(2))),

@@ -4,6 +4,7 @@ mod access;
 mod ca;
 mod client;
 mod config;
+mod health;
 mod lock;
 mod output;
 mod spec;
@@ -174,6 +175,8 @@ enum ServiceCmd {
         /// auto: each task in a user namespace of its own (its root an unprivileged host id); host: the host's ids
         #[arg(long, value_name = "auto|host")]
         userns: Option<String>,
+        #[command(flatten)]
+        health: health::HealthFlags,
         /// The command and its arguments, after `--`
         #[arg(last = true)]
         command: Vec<String>,
@@ -329,6 +332,7 @@ async fn run(cli: Cli) -> Result<String> {
             cap_drop,
             stop_signal,
             stop_grace_period,
+            health,
             command,
         }) => {
             let security = spec::security_flags(security_opt.as_deref(), userns.as_deref())?;
@@ -362,6 +366,7 @@ async fn run(cli: Cli) -> Result<String> {
                         .map(spec::duration_ms)
                         .transpose()
                         .context("--stop-grace-period")?,
+                    health: health.to_pb()?,
                 }),
             };
             spec::check(&spec)?;

@@ -118,6 +118,9 @@ pub fn service(s: &Service, endpoints: &[Endpoint], format: Format) -> String {
     if let Some(ms) = o.stop_grace_ms {
         kv("Stop grace", format!("{:.1}s", ms as f64 / 1000.0));
     }
+    if !o.health.is_unset() {
+        kv("Health", health(&o.health));
+    }
     for (key, caps) in [("Cap add", &o.cap_add), ("Cap drop", &o.cap_drop)] {
         if !caps.is_empty() {
             kv(key, caps.join(", "));
@@ -182,7 +185,11 @@ pub fn tasks(list: &[TaskInfo], format: Format, now: SystemTime) -> String {
                         t.spec.image.clone(),
                         i.node_name.clone().unwrap_or_else(|| "-".into()),
                         t.desired.to_string(),
-                        t.state.to_string(),
+                        match t.health {
+                            // As `docker ps` shows it: running (healthy).
+                            Some(health) => format!("{} ({health})", t.state),
+                            None => t.state.to_string(),
+                        },
                         ago(t.since_ms, now),
                         t.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
                         t.restarts.to_string(),
@@ -197,6 +204,21 @@ pub fn tasks(list: &[TaskInfo], format: Format, now: SystemTime) -> String {
             )
         }
     }
+}
+
+/// A spec's health check on one line: `tcp :6379 every 1s, timeout 2s`.
+fn health(h: &berth_proto::model::Health) -> String {
+    let mut parts = vec![h.probe.as_ref().map_or_else(|| "the image's test".to_owned(), ToString::to_string)];
+    let secs = |ms: u64| format!("{}s", ms as f64 / 1000.0);
+    for (label, ms) in [("every", h.interval_ms), ("timeout", h.timeout_ms), ("start period", h.start_period_ms)] {
+        if let Some(ms) = ms {
+            parts.push(format!("{label} {}", secs(ms)));
+        }
+    }
+    if let Some(r) = h.retries {
+        parts.push(format!("{r} retries"));
+    }
+    parts.join(", ")
 }
 
 /// How long ago a Unix-ms time was, the way people say it: `12s ago`.
@@ -375,6 +397,26 @@ mod tests {
         assert!(service(&s, &[], Format::Table).contains("Endpoints: - (no replica runs)"));
         let json: Value = serde_json::from_str(&service(&s, &endpoints, Format::Json)).unwrap();
         assert_eq!((json["version"].as_u64(), json["endpoints"][1]["address"].as_str()), (Some(3), Some("198.19.2.2")));
+    }
+
+    #[test]
+    fn tasks_show_their_health_beside_their_state() {
+        use berth_proto::model::{HealthState, Task, TaskState};
+        let mut t = Task::new("web", 1, 1, 1, Default::default());
+        t.state = TaskState::Running;
+        t.health = Some(HealthState::Unhealthy);
+        let list = [TaskInfo { task: t, node_name: None }];
+        let text = tasks(&list, Format::Table, UNIX_EPOCH);
+        assert!(text.lines().nth(1).unwrap().contains("running (unhealthy)"), "{text}");
+        let json: Value = serde_json::from_str(&tasks(&list, Format::Json, UNIX_EPOCH)).unwrap();
+        assert_eq!(json[0]["task"]["health"], "unhealthy");
+        let h = berth_proto::model::Health {
+            probe: Some(berth_proto::model::Probe::Tcp { port: 6379 }),
+            interval_ms: Some(1000),
+            retries: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(health(&h), "tcp :6379, every 1s, 2 retries");
     }
 
     #[test]

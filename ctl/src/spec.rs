@@ -15,6 +15,8 @@ use berth_proto::pb::cluster as pb;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+use crate::health::{duration_value, HealthFile};
+
 /// One service in a spec file. Unknown keys are an error, not ignored.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +68,9 @@ struct SpecFile {
     /// `30s`, `1m30s`, `500ms`, or a number of seconds.
     #[serde(default)]
     stop_grace_period: Option<Value>,
+    /// Its health check (see `crate::health::HealthFile`).
+    #[serde(default)]
+    health: Option<HealthFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,16 +162,8 @@ impl SpecFile {
                 cap_add: self.cap_add,
                 cap_drop: self.cap_drop,
                 stop_signal: self.stop_signal.unwrap_or_default(),
-                stop_grace_ms: match self.stop_grace_period {
-                    None => None,
-                    Some(Value::Number(n)) => Some(
-                        n.as_u64()
-                            .and_then(|s| s.checked_mul(1000))
-                            .ok_or_else(|| anyhow!("stop_grace_period: {n} is not a whole number of seconds"))?,
-                    ),
-                    Some(Value::String(s)) => Some(duration_ms(&s).context("stop_grace_period")?),
-                    Some(other) => bail!("stop_grace_period: expected a duration such as 30s or 1m30s, got {other:?}"),
-                },
+                stop_grace_ms: duration_value(self.stop_grace_period).context("stop_grace_period")?,
+                health: self.health.map(HealthFile::into_wire).transpose()?,
             }),
         })
     }
@@ -199,7 +196,7 @@ pub fn duration_ms(text: &str) -> Result<u64> {
 }
 
 /// A list of strings, or one string as a list of one.
-fn strings(v: &Value) -> Result<Vec<String>> {
+pub fn strings(v: &Value) -> Result<Vec<String>> {
     match v {
         // As Docker's: an empty entrypoint clears the image's.
         Value::String(s) if s.is_empty() => Ok(vec![]),

@@ -9,6 +9,7 @@
 //! - [`dns`]: the node's DNS for service discovery.
 //! - [`format`]: the data dir's format version and its migrations.
 //! - [`namespaces`]: user and network namespaces kept at files.
+//! - [`probe`]: health probes from the node into a task (tcp, http).
 pub mod dns;
 pub mod driver;
 pub mod durable;
@@ -16,6 +17,7 @@ pub mod format;
 pub mod image;
 pub mod namespaces;
 pub mod network;
+pub mod probe;
 pub mod runtime;
 pub mod tasks;
 

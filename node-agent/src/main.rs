@@ -55,12 +55,23 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
-    /// Stop a container: SIGTERM, then SIGKILL after the grace period.
+    /// Stop a container: its stop signal, then SIGKILL after the grace period.
     Stop {
         names: Vec<String>,
-        /// Seconds to wait before SIGKILL.
-        #[arg(short, long, default_value_t = 10)]
-        time: u64,
+        /// Seconds to wait before SIGKILL (default: the container's grace, else 10).
+        #[arg(short, long)]
+        time: Option<u64>,
+    },
+    /// Run a command inside a running container (its namespaces, cgroup,
+    /// user, capabilities, working directory and environment; no stdin).
+    Exec {
+        name: String,
+        /// Seconds before the command is killed.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
     /// Send a signal to a container.
     Kill {
@@ -122,5 +133,7 @@ mod tests {
         assert_eq!(joined.join.servers, ["a:1", "b:2"]);
         let run = Args::try_parse_from(["berth-agent", "run", "--name", "c1", "--cpus", "0.5", "img"]).unwrap();
         assert!(matches!(run.command, Some(Command::Run(r)) if r.name.as_deref() == Some("c1")));
+        let exec = Args::try_parse_from(["berth-agent", "exec", "c1", "--", "sh", "-c", "id"]).unwrap();
+        assert!(matches!(exec.command, Some(Command::Exec { command, .. }) if command == ["sh", "-c", "id"]));
     }
 }

@@ -699,3 +699,60 @@ async fn a_stop_sends_the_containers_stop_signal() {
     let refused = agent.run(&["run", "--rm", "--stop-signal", "SIGFOO", &image, "true"]);
     assert!(refused.code != 0 && refused.stderr.contains("stop_signal"), "{}", refused.stderr);
 }
+
+#[tokio::test]
+async fn exec_runs_inside_the_container_as_its_user_and_is_bounded_in_time() {
+    let (registry, image) = registry_with_busybox().await;
+    let agent = Agent::new(Some(&registry));
+    let ready = |name: &str| {
+        for _ in 0..200 {
+            if agent.ok(&["logs", name]).contains("ready") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{name} never got ready");
+    };
+    for (name, userns) in [("ex", "host"), ("exu", "auto")] {
+        agent.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--userns",
+            userns,
+            "--user",
+            "1000:2000",
+            "--workdir",
+            "/tmp",
+            "-e",
+            "GREETING=hi",
+            &image,
+            "sh",
+            "-c",
+            "echo ready; sleep 600",
+        ]);
+        ready(name);
+        // Its pid namespace (its pid 1 is the container's sleep), its mount
+        // namespace (its /etc/hostname), its user, working directory,
+        // environment and hostname.
+        let script = "cat /proc/1/comm /etc/hostname; id -u; id -g; pwd; echo $GREETING; hostname";
+        let out = agent.ok(&["exec", name, "--", "sh", "-c", script]);
+        assert_eq!(lines(&out), ["sleep", name, "1000", "2000", "/tmp", "hi", name], "{name}");
+        // Its cgroup: the exec'd process counts against the container's (the
+        // root of the container's cgroup namespace; elsewhere reads "/..").
+        let cgroup = agent.ok(&["exec", name, "--", "cat", "/proc/self/cgroup"]);
+        assert!(cgroup.lines().all(|l| l.ends_with(":/")), "{name}: {cgroup}");
+        // Its exit code comes back.
+        assert_eq!(agent.run(&["exec", name, "--", "sh", "-c", "exit 7"]).code, 7);
+    }
+    // A command that outlives its timeout is killed and said so.
+    let slow = agent.run(&["exec", "ex", "--timeout", "1", "--", "sleep", "30"]);
+    assert_eq!(slow.code, 124, "{}", slow.stderr);
+    assert!(slow.stderr.contains("timed out after 1s"), "{}", slow.stderr);
+    let procs = agent.ok(&["exec", "ex", "--", "ps", "-o", "comm"]);
+    assert!(!procs.contains("sleep 30") && procs.lines().filter(|l| l.trim() == "sleep").count() == 1, "{procs}");
+    agent.ok(&["rm", "-f", "ex", "exu"]);
+    let gone = agent.run(&["exec", "ex", "--", "true"]);
+    assert!(gone.code != 0 && gone.stderr.contains("ex"), "{}", gone.stderr);
+}

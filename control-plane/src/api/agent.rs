@@ -320,7 +320,14 @@ mod tests {
         apply(&mut s, &Command::UpdateService(spec));
         let report = |state, restarts, at_ms| Command::ReportTasks {
             node: node.id.clone(),
-            reports: vec![Report { id: t.id.clone(), state, exit_code: None, restarts, message: String::new() }],
+            reports: vec![Report {
+                id: t.id.clone(),
+                state,
+                exit_code: None,
+                restarts,
+                message: String::new(),
+                health: None,
+            }],
             at_ms,
         };
         apply(&mut s, &report(TaskState::Running, 2, 2000));
@@ -377,7 +384,14 @@ mod tests {
         apply(&mut s, &Command::Reconcile { changes, at_ms: 1 });
         let report = |node: &NodeRecord, id: &str, state| Command::ReportTasks {
             node: node.id.clone(),
-            reports: vec![Report { id: id.into(), state, exit_code: None, restarts: 0, message: String::new() }],
+            reports: vec![Report {
+                id: id.into(),
+                state,
+                exit_code: None,
+                restarts: 0,
+                message: String::new(),
+                health: None,
+            }],
             at_ms: 2,
         };
         apply(&mut s, &report(&a, &tasks[0].id, TaskState::Running));

@@ -167,6 +167,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
                         t.since_ms = *at_ms;
                     }
                     t.state = r.state;
+                    t.health = r.health.filter(|_| r.state == TaskState::Running);
                     t.exit_code = r.exit_code;
                     t.restarts = restarts;
                     if !r.message.is_empty() || r.state == TaskState::Running {

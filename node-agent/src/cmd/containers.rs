@@ -96,15 +96,31 @@ pub async fn logs(node: &Node, name: &str, tail: Option<usize>, follow: bool) ->
     Ok(0)
 }
 
-pub async fn stop(node: &Node, names: &[String], grace: u64) -> anyhow::Result<u8> {
+pub async fn stop(node: &Node, names: &[String], grace: Option<u64>) -> anyhow::Result<u8> {
     if names.is_empty() {
         bail!("name at least one container to stop");
     }
     for name in names {
-        let exited = node.runtime.stop(name, Duration::from_secs(grace)).await?;
+        let grace = match grace {
+            Some(secs) => Duration::from_secs(secs),
+            None => node.runtime.get(name)?.config.stop_grace(Duration::from_secs(10)),
+        };
+        let exited = node.runtime.stop(name, grace).await?;
         println!("{name}\texited with {}", exited.code);
     }
     Ok(0)
+}
+
+/// Runs `command` in the running container `name`, its output on ours;
+/// exits with its code.
+pub async fn exec(node: &Node, name: &str, command: &[String], timeout: Option<u64>) -> anyhow::Result<u8> {
+    if !matches!(node.runtime.get(name)?.status, Status::Running(_)) {
+        bail!("container {name:?} is not running");
+    }
+    // Without --timeout, a year: the helper always has a bound.
+    let timeout = Duration::from_secs(timeout.unwrap_or(365 * 86400));
+    let status = node.runtime.exec_command(name, command, timeout).stdin(std::process::Stdio::null()).status().await?;
+    Ok(status.code().map_or(125, |c| c.clamp(0, 255) as u8))
 }
 
 pub fn kill(node: &Node, name: &str, signal: &str) -> anyhow::Result<u8> {

@@ -81,6 +81,7 @@ pub async fn dispatch(mut args: Args) -> anyhow::Result<u8> {
         Command::Logs { name, tail, follow } => containers::logs(&node, &name, tail, follow).await,
         Command::Stop { names, time } => containers::stop(&node, &names, time).await,
         Command::Kill { name, signal } => containers::kill(&node, &name, &signal),
+        Command::Exec { name, timeout, command } => containers::exec(&node, &name, &command, timeout).await,
         Command::Rm { names, force } => containers::rm(&node, &names, force).await,
         Command::Image(command) => images::run(&node, command).await,
     }

@@ -2,7 +2,8 @@
 //! in-process. Containers behave by their image's name: `stubborn:*`
 //! ignores SIGTERM (a stop takes the whole grace), `crash:*` exits with 1
 //! as soon as it starts, anything else runs until stopped. Images named
-//! `missing:*` cannot be pulled. Every call is logged with its time.
+//! `missing:*` cannot be pulled. Health probes pass until a test says a
+//! container is sick. Every call is logged with its time.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use berth_proto::model::{Check, Probe};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -18,6 +20,7 @@ use super::ports::{Attached, Containers, Ended, Images, Network, Pulled};
 use crate::image::{Image, ImageConfig, ImageRef, PullError};
 use crate::network::plan::NetStep;
 use crate::runtime::{ContainerConfig, Exited, RuntimeError, Started, Status, UserNamespace};
+use crate::tasks::health::Outcome;
 use crate::tasks::step::Observed;
 
 /// What happened, in order: `("start", "web.1.1", when)`.
@@ -32,6 +35,8 @@ pub struct FakeContainers {
 struct Inner {
     containers: BTreeMap<String, Fake>,
     events: Vec<Event>,
+    /// Starts so far: each run's start time, so runs are told apart.
+    starts: u64,
 }
 
 #[derive(Debug)]
@@ -42,6 +47,8 @@ struct Fake {
     started: Option<Instant>,
     ran_for: Duration,
     ended: Option<oneshot::Sender<()>>,
+    check: Option<Check>,
+    sick: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -81,8 +88,17 @@ impl FakeContainers {
             started: Some(Instant::now()),
             ran_for: Duration::ZERO,
             ended: None,
+            check: None,
+            sick: false,
         };
         inner.containers.insert(task.to_owned(), fake);
+    }
+
+    /// Its probes fail from now on (or pass again); its runs to come too.
+    pub fn sick(&self, task: &str, sick: bool) {
+        if let Some(c) = lock(&self.inner).containers.get_mut(task) {
+            c.sick = sick;
+        }
     }
 
     /// Its shim dies without a record.
@@ -116,6 +132,7 @@ impl Containers for FakeContainers {
             task: name.clone(),
             status: c.status.clone(),
             ran_for: c.ran_for,
+            check: c.check.clone(),
         });
         Ok(list.collect())
     }
@@ -132,6 +149,8 @@ impl Containers for FakeContainers {
             started: None,
             ran_for: Duration::ZERO,
             ended: None,
+            check: config.health_check(),
+            sick: false,
         };
         inner.containers.insert(config.name.clone(), fake);
         inner.log("create", &config.name);
@@ -145,7 +164,10 @@ impl Containers for FakeContainers {
             return Err(RuntimeError::Running(name.into()));
         }
         let (tx, rx) = oneshot::channel();
-        c.status = Status::Running(Started { shim_pid: 1, shim_start: 1, pid: 2, started_at_ms: 1 });
+        inner.starts += 1;
+        let started_at_ms = inner.starts;
+        let c = inner.containers.get_mut(name).ok_or_else(|| RuntimeError::NotFound(name.into()))?;
+        c.status = Status::Running(Started { shim_pid: 1, shim_start: 1, pid: 2, started_at_ms });
         c.started = Some(Instant::now());
         c.ended = Some(tx);
         let crashes = c.image.contains("crash:");
@@ -196,6 +218,16 @@ impl Containers for FakeContainers {
         // As the runtime's: the exit stays on record until the next start.
         inner.log("renew", name);
         Ok(())
+    }
+
+    async fn probe(&self, name: &str, _: &Probe, _: Option<Ipv4Addr>, _: Duration) -> Outcome {
+        let mut inner = lock(&self.inner);
+        inner.log("probe", name);
+        match inner.containers.get(name) {
+            Some(c) if matches!(c.status, Status::Running(_)) && !c.sick => Ok(()),
+            Some(c) if c.sick => Err("fake: sick".into()),
+            _ => Err("fake: not running".into()),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use berth_proto::model::{NodeNetwork, Protocol};
+use berth_proto::model::{NodeNetwork, Probe, Protocol};
 use tracing::{info, warn};
 
 use super::ports::{Attached, Containers, Ended, Images, Network, Pulled};
@@ -22,6 +22,7 @@ use crate::network::plan::NetStep;
 use crate::network::{self as net, IpRoute, NodeNet};
 use crate::runtime::userns::IdRanges;
 use crate::runtime::{record, Container, ContainerConfig, Runtime, RuntimeError, Status};
+use crate::tasks::health::{self, Outcome};
 use crate::tasks::step::Observed;
 
 /// Runs `f` on the blocking pool.
@@ -65,6 +66,20 @@ impl Containers for Runtime {
         let (runtime, name) = (self.clone(), name.to_owned());
         blocking(move || runtime.renew(&name)).await
     }
+
+    async fn probe(&self, name: &str, probe: &Probe, address: Option<Ipv4Addr>, timeout: Duration) -> Outcome {
+        let at = |port: u16| SocketAddr::from((address.unwrap_or(Ipv4Addr::LOCALHOST), port));
+        match probe {
+            Probe::Exec(args) => match self.exec(name, args, timeout, health::OUTPUT_BYTES).await {
+                Ok(out) if out.code == 0 => Ok(()),
+                Ok(out) => Err(format!("exit code {}: {}", out.code, out.output.trim())),
+                Err(e) => Err(e.to_string()),
+            },
+            Probe::Http { port, path } => crate::probe::http(at(*port), path, timeout).await,
+            Probe::Tcp { port } => crate::probe::tcp(at(*port), timeout).await,
+            Probe::Disable => Ok(()),
+        }
+    }
 }
 
 /// The task containers among `containers`, as the worker's step sees them.
@@ -82,7 +97,7 @@ fn observe(containers: Vec<Container>) -> Vec<Observed> {
                 }
                 _ => Duration::ZERO,
             };
-            Some(Observed { task, status: c.status, ran_for })
+            Some(Observed { task, status: c.status, ran_for, check: c.config.health_check() })
         })
         .collect()
 }

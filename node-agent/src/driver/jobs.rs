@@ -1,12 +1,14 @@
 //! The task loop: runs [`step`] over the latest assignment and what the
 //! node has, starts each job it returns on its own (a pass never waits for
 //! one, so a task in its stop grace or a slow pull holds back no other),
-//! and hands the reports to the reporter. A job's end, a container's end,
-//! a new assignment, a taken report and the tick each wake it.
+//! and hands the reports to the reporter; runs the health probes it says
+//! are due, each on its own too. A job's end, a container's end, a probe's
+//! end, a new assignment, a taken report and the tick each wake it.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use berth_proto::model::{AssignedTask, Assignment, TaskReport, Userns};
 use tokio::sync::{watch, Notify};
@@ -20,6 +22,7 @@ use crate::dns;
 use crate::image::ImageRef;
 use crate::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode, RuntimeError, UserNamespace};
 use crate::tasks::books::Books;
+use crate::tasks::health::ProbeJob;
 use crate::tasks::step::{step, Job};
 
 pub(super) async fn run<C: Containers, I: Images, N: Network>(
@@ -35,6 +38,8 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
     let mut books = Books::default();
     let mut jobs = JoinSet::new();
     let mut busy: HashMap<tokio::task::Id, Job> = HashMap::new();
+    let mut probes = JoinSet::new();
+    let mut probing: HashMap<tokio::task::Id, ProbeJob> = HashMap::new();
     loop {
         let assignment = assignments.borrow_and_update().clone().unwrap_or_default();
         while let Some(done) = jobs.try_join_next_with_id() {
@@ -47,6 +52,15 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
                 warn!(task = job.task(), "{why}");
             }
             books.job_ended(&job, outcome, assignment.tasks.get(job.task()), now());
+        }
+        while let Some(done) = probes.try_join_next_with_id() {
+            let (id, outcome) = match done {
+                Ok((id, outcome)) => (id, outcome),
+                Err(e) => (e.id(), Err(format!("the agent's probe failed: {e}"))),
+            };
+            if let Some(probe) = probing.remove(&id) {
+                books.probed(&probe, outcome, now());
+            }
         }
         match worker.containers.list().await {
             // None would mean "restart and report every task": the pass is skipped.
@@ -62,6 +76,17 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
                         outcome
                     });
                     busy.insert(handle.id(), job);
+                }
+                for probe in pass.probes {
+                    let address = assignment.tasks.get(&probe.task).and_then(|t| t.address);
+                    let (todo, worker, wake) = (probe.clone(), worker.clone(), wake.clone());
+                    let handle = probes.spawn(async move {
+                        let timeout = Duration::from_millis(todo.timeout_ms);
+                        let outcome = worker.containers.probe(&todo.task, &todo.probe, address, timeout).await;
+                        wake.notify_one();
+                        outcome
+                    });
+                    probing.insert(handle.id(), probe);
                 }
                 // The reporter sends the latest on its own, and says when it was taken.
                 if pass.reports != *reports.borrow() {
@@ -90,6 +115,10 @@ async fn run_job<C: Containers, I: Images, N: Network>(
     match job {
         Job::Start(task) => start(worker, &task, false, wake).await,
         Job::Restart(task) => start(worker, &task, true, wake).await,
+        Job::Replace(task) => {
+            worker.containers.stop(&task.id, worker.settings.stop_grace).await.map_err(|e| e.to_string())?;
+            start(worker, &task, true, wake).await
+        }
         Job::Stop(task) => {
             let _ = worker.containers.stop(&task, worker.settings.stop_grace).await;
             remove(worker, &task).await

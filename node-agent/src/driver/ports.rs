@@ -10,10 +10,13 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
+use berth_proto::model::Probe;
+
 use crate::image::{Image, ImageRef, PullError};
 use crate::network::plan::NetStep;
 use crate::runtime::userns::IdMap;
 use crate::runtime::{ContainerConfig, RuntimeError};
+use crate::tasks::health::Outcome;
 use crate::tasks::step::Observed;
 
 /// Ends when a started container's shim does (just after its exit record).
@@ -34,6 +37,16 @@ pub trait Containers: Send + Sync + 'static {
     /// Readies a stopped container for a fresh start: a clean writable
     /// layer, the same config and log.
     fn renew(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Runs one health probe of its running container: an exec inside
+    /// it, or a connection from the node to `address` (the host's
+    /// loopback when it has none of its own).
+    fn probe(
+        &self,
+        name: &str,
+        probe: &Probe,
+        address: Option<Ipv4Addr>,
+        timeout: Duration,
+    ) -> impl Future<Output = Outcome> + Send;
 }
 
 /// An image in the node's store, with its unpacked layers.

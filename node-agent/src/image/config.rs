@@ -1,6 +1,7 @@
 //! The parts of an image's configuration that decide how its containers
 //! run, kept in our own type so the rest of the agent never sees oci-spec.
 
+use berth_proto::model::{Health, Probe};
 use oci_spec::image::ImageConfiguration;
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,10 @@ pub struct ImageConfig {
     /// stored before it was read have none.
     #[serde(default)]
     pub stop_signal: String,
+    /// Its `HEALTHCHECK` (Docker's config keeps one; OCI's has no such
+    /// field); images stored before it was read have none.
+    #[serde(default)]
+    pub health: Option<Health>,
 }
 
 impl ImageConfig {
@@ -33,8 +38,54 @@ impl ImageConfig {
             exposed_ports: c.exposed_ports().clone().unwrap_or_default(),
             diff_ids: image.rootfs().diff_ids().clone(),
             stop_signal: c.stop_signal().clone().unwrap_or_default(),
+            health: healthcheck(json),
         })
     }
+}
+
+/// Docker's `config.Healthcheck`: `Test` is `["NONE"]`, `["CMD", args…]`
+/// or `["CMD-SHELL", command]`; durations are in nanoseconds.
+fn healthcheck(json: &[u8]) -> Option<Health> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Docker {
+        #[serde(default)]
+        test: Vec<String>,
+        #[serde(default)]
+        interval: u64,
+        #[serde(default)]
+        timeout: u64,
+        #[serde(default)]
+        start_period: u64,
+        #[serde(default)]
+        retries: u32,
+    }
+    #[derive(Deserialize)]
+    struct Image {
+        config: Option<Config>,
+    }
+    #[derive(Deserialize)]
+    struct Config {
+        #[serde(rename = "Healthcheck")]
+        healthcheck: Option<Docker>,
+    }
+    let d = serde_json::from_slice::<Image>(json).ok()?.config?.healthcheck?;
+    let probe = match d.test.split_first() {
+        Some((kind, _)) if kind == "NONE" => Some(Probe::Disable),
+        Some((kind, args)) if kind == "CMD" && !args.is_empty() => Some(Probe::Exec(args.to_vec())),
+        Some((kind, [shell])) if kind == "CMD-SHELL" => {
+            Some(Probe::Exec(vec!["/bin/sh".into(), "-c".into(), shell.clone()]))
+        }
+        _ => None,
+    };
+    let ms = |ns: u64| Some(ns / 1_000_000).filter(|ms| *ms > 0);
+    Some(Health {
+        probe,
+        interval_ms: ms(d.interval),
+        timeout_ms: ms(d.timeout),
+        retries: Some(d.retries).filter(|r| *r > 0),
+        start_period_ms: ms(d.start_period),
+    })
 }
 
 #[cfg(test)]
@@ -56,6 +107,26 @@ mod tests {
         assert_eq!(c.exposed_ports, ["80/tcp"]);
         assert_eq!(c.diff_ids, ["sha256:aa", "sha256:bb"]);
         assert_eq!(c.stop_signal, "SIGQUIT");
+        assert_eq!(c.health, None);
+    }
+
+    #[test]
+    fn dockers_healthcheck_is_read() {
+        let config = |test: &str| {
+            format!(
+                r#"{{"architecture":"amd64","os":"linux","config":{{"Healthcheck":{{"Test":{test},"Interval":2000000000,"Timeout":500000000,"Retries":4}}}},
+                   "rootfs":{{"type":"layers","diff_ids":[]}}}}"#
+            )
+        };
+        let c = ImageConfig::parse(config(r#"["CMD-SHELL","redis-cli ping"]"#).as_bytes()).unwrap();
+        let health = c.health.expect("a healthcheck");
+        assert_eq!(health.probe, Some(Probe::Exec(vec!["/bin/sh".into(), "-c".into(), "redis-cli ping".into()])));
+        assert_eq!((health.interval_ms, health.timeout_ms, health.retries), (Some(2000), Some(500), Some(4)));
+        assert_eq!(health.start_period_ms, None);
+        let c = ImageConfig::parse(config(r#"["CMD","/bin/check","-q"]"#).as_bytes()).unwrap();
+        assert_eq!(c.health.unwrap().probe, Some(Probe::Exec(vec!["/bin/check".into(), "-q".into()])));
+        let c = ImageConfig::parse(config(r#"["NONE"]"#).as_bytes()).unwrap();
+        assert_eq!(c.health.unwrap().probe, Some(Probe::Disable));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use berth_monitor::record::{now_ms, process_start, read, write, write_durable, Dirs, Exited, LogPolicy, EXITED};
 
+use berth_proto::model::Check;
 pub use berth_proto::model::{Overrides, Seccomp};
 
 use super::userns::IdMap;
@@ -126,6 +127,11 @@ impl ContainerConfig {
     /// How long a stop waits for it before SIGKILL: its spec's, or `default`.
     pub fn stop_grace(&self, default: Duration) -> Duration {
         self.overrides.stop_grace_ms.map_or(default, Duration::from_millis)
+    }
+
+    /// Its health check: its spec's over its image's, if either has one.
+    pub fn health_check(&self) -> Option<Check> {
+        self.overrides.health.resolve(self.image_config.health.as_ref())
     }
 
     /// The container's cgroup, as the runtime spec names it: `/<parent>/<name>`.

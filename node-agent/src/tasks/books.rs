@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use berth_proto::model::{AssignedTask, TaskReport, TaskState};
 
+use super::health::{Outcome, ProbeJob, Tracker};
 use super::job::Job;
 use super::restart;
 
@@ -25,6 +26,8 @@ pub struct Books {
     pub(super) stopped: BTreeSet<String>,
     /// Tasks with a job under way: a pass leaves them alone.
     pub(super) busy: BTreeSet<String>,
+    /// What the probes say of each task running with a health check.
+    pub(super) health: HashMap<String, Tracker>,
 }
 
 /// Restarts of one task: in a row (for the backoff) and in all (reported).
@@ -58,6 +61,13 @@ impl Books {
         streak.row = streak.row.saturating_add(1);
         let retry_at = now.saturating_add(u64::try_from(restart::delay(streak.row).as_millis()).unwrap_or(u64::MAX));
         self.failed.insert(task.to_owned(), Failure { retry_at, why });
+    }
+
+    /// A probe ended; one of a run that has since ended counts for nothing.
+    pub fn probed(&mut self, probe: &ProbeJob, outcome: Outcome, now: u64) {
+        if let Some(h) = self.health.get_mut(&probe.task).filter(|h| h.run == probe.run) {
+            h.probed(outcome, now);
+        }
     }
 
     /// The cluster took `reports`: stops it heard of are done with.

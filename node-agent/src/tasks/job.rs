@@ -11,6 +11,9 @@ pub enum Job {
     /// Start its container again on a fresh writable layer (a new one if
     /// that cannot be done).
     Restart(AssignedTask),
+    /// Stop its running container (its stop signal and grace), then start
+    /// it again as `Restart` does: it failed its health check.
+    Replace(AssignedTask),
     /// SIGTERM, the grace, SIGKILL; then remove it and its namespace.
     Stop(String),
     /// Remove a container that does not run, and its namespace.
@@ -23,7 +26,7 @@ pub enum Job {
 impl Job {
     pub fn task(&self) -> &str {
         match self {
-            Self::Start(t) | Self::Restart(t) => &t.id,
+            Self::Start(t) | Self::Restart(t) | Self::Replace(t) => &t.id,
             Self::Stop(t) | Self::Remove(t) | Self::Detach(t) => t,
         }
     }

@@ -6,6 +6,7 @@
 //! on its advertise address, for the logs of its tasks ([`logs`]).
 
 pub mod books;
+pub mod health;
 pub mod job;
 pub mod logs;
 pub mod plan;

@@ -9,6 +9,7 @@
 //! ```text
 //! wanted, no container                  ─▶ Start
 //! wanted, running                       ─▶ nothing
+//! wanted, running, unhealthy            ─▶ Replace, unless the policy is never
 //! wanted, exited, policy says restart   ─▶ Restart at finish + backoff
 //! wanted, exited, policy says no        ─▶ nothing (reported as exited)
 //! wanted, created                       ─▶ Restart now
@@ -38,13 +39,16 @@ pub struct Want {
 pub struct Have {
     pub task: String,
     pub status: Status,
-    /// How long its last run lasted, once it has exited.
+    /// How long its last run lasted, once it has exited (or so far, when
+    /// it is unhealthy).
     pub ran_for: Duration,
     /// Restarts in a row so far (see [`restart`]).
     pub streak: u32,
     /// When the agent first saw it exited or lost (monotonic ms), since
     /// its last start; unused while it runs.
     pub since: u64,
+    /// Running, and its health check says unhealthy.
+    pub unhealthy: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +58,10 @@ pub enum Action {
     /// Start the task's container afresh once the monotonic clock reads
     /// `at`, recording `streak` restarts in a row.
     Restart { task: String, at: u64, streak: u32 },
+    /// Stop its running container and start it afresh now, recording
+    /// `streak` restarts in a row: it is unhealthy (the failed probes
+    /// were its backoff).
+    Replace { task: String, streak: u32 },
     /// Stop it (SIGTERM, grace, SIGKILL) and remove it: no longer ours.
     Stop { task: String },
     /// Remove a container that no longer runs and is no longer ours.
@@ -68,6 +76,9 @@ pub fn plan(want: &[Want], have: &[Have], now: u64) -> Vec<Action> {
         let task = (*task).to_owned();
         match have_by_task.get(task.as_str()).map(|h| (&h.status, *h)) {
             None => actions.push(Action::Start { task }),
+            Some((Status::Running(_), h)) if h.unhealthy && w.restart != RestartPolicy::Never => {
+                actions.push(Action::Replace { task, streak: restart::streak_after(h.streak, h.ran_for) })
+            }
             Some((Status::Running(_), _)) => {}
             Some((Status::Exited(exit), h)) => {
                 if restart::wanted(w.restart, exit) {
@@ -115,7 +126,8 @@ mod tests {
 
     fn running(task: &str) -> Have {
         let started = Started { shim_pid: 1, shim_start: 1, pid: 2, started_at_ms: 0 };
-        Have { task: task.into(), status: Status::Running(started), ran_for: Duration::ZERO, streak: 0, since: 0 }
+        let status = Status::Running(started);
+        Have { task: task.into(), status, ran_for: Duration::ZERO, streak: 0, since: 0, unhealthy: false }
     }
 
     /// Exited, first seen so at `since` on the agent's clock.
@@ -123,7 +135,7 @@ mod tests {
         // The record's wall-clock time plays no part: far from the agent's clock on purpose.
         let exit = Exited { code, signal: None, oom_killed: false, finished_at_ms: 1 << 50, error: None };
         let ran_for = Duration::from_millis(ran_for_ms);
-        Have { task: task.into(), status: Status::Exited(exit), ran_for, streak, since }
+        Have { task: task.into(), status: Status::Exited(exit), ran_for, streak, since, unhealthy: false }
     }
 
     #[test]

@@ -10,15 +10,17 @@
 //! assignment.tasks ─▶ Want ─┐
 //! observed         ─▶ Have ─┴▶ plan ─▶ due, not busy, not backing off ─▶ jobs
 //! namespaces of no task, no container ─────────────────────────────────▶ Detach jobs
+//! running with a check + books ─▶ health::Tracker, due ─────────────────▶ probes
 //! observed + books ─────────────────────────────────────────────────────▶ reports
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use berth_proto::model::{Assignment, TaskReport, TaskState};
+use berth_proto::model::{Assignment, Check, HealthState, TaskReport, TaskState};
 
 use super::books::{Books, Streak};
+use super::health::{ProbeJob, Tracker};
 pub use super::job::Job;
 use super::plan::{plan, Action, Have, Want};
 use crate::runtime::Status;
@@ -31,6 +33,8 @@ pub struct Observed {
     pub status: Status,
     /// How long its last run lasted, once it has exited.
     pub ran_for: Duration,
+    /// Its health check, if its spec or image has one.
+    pub check: Option<Check>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -39,6 +43,8 @@ pub struct Step {
     /// Every task's state as the cluster should know it; sent when it
     /// differs from the last sent.
     pub reports: Vec<TaskReport>,
+    /// Health probes due now.
+    pub probes: Vec<ProbeJob>,
 }
 
 /// One pass at `now` (monotonic ms): starts the jobs it returns in `books`.
@@ -67,6 +73,7 @@ pub fn step(
     let observed: Vec<&Observed> = observed.iter().filter(|o| !assignment.refused.contains_key(&o.task)).collect();
     let here: BTreeSet<&str> = observed.iter().map(|o| o.task.as_str()).collect();
     books.forget_except(|t| tasks.contains_key(t) || here.contains(t), now);
+    let probes = track_health(tasks.keys(), &observed, books, now);
 
     let wants: Vec<Want> = tasks.values().map(|t| Want { task: t.id.clone(), restart: t.spec.restart }).collect();
     let have: Vec<Have> = observed
@@ -74,30 +81,42 @@ pub fn step(
         .map(|o| Have {
             task: o.task.clone(),
             status: o.status.clone(),
-            ran_for: o.ran_for,
+            ran_for: match books.health.get(&o.task) {
+                Some(h) if h.state == HealthState::Unhealthy => Duration::from_millis(now.saturating_sub(h.since)),
+                _ => o.ran_for,
+            },
             streak: books.streaks.get(&o.task).map_or(0, |s| s.row),
             since: books.seen_stopped.get(&o.task).copied().unwrap_or(now),
+            unhealthy: books.health.get(&o.task).is_some_and(|h| h.state == HealthState::Unhealthy),
         })
         .collect();
     let mut jobs = Vec::new();
     for action in plan(&wants, &have, now) {
-        let (Action::Start { task } | Action::Restart { task, .. } | Action::Stop { task } | Action::Remove { task }) =
-            &action;
+        let (Action::Start { task }
+        | Action::Restart { task, .. }
+        | Action::Replace { task, .. }
+        | Action::Stop { task }
+        | Action::Remove { task }) = &action;
         // A task whose last job failed waits out its backoff, whatever comes next.
         if books.busy.contains(task) || books.failed.get(task).is_some_and(|f| now < f.retry_at) {
             continue;
         }
+        let replace = matches!(action, Action::Replace { .. });
         let job = match action {
             Action::Start { task } => match tasks.get(&task) {
                 Some(t) => Job::Start(t.clone()),
                 None => continue,
             },
             Action::Restart { at, .. } if now < at => continue,
-            Action::Restart { task, streak, .. } => {
+            Action::Restart { task, streak, .. } | Action::Replace { task, streak } => {
                 let Some(t) = tasks.get(&task) else { continue };
                 let counted = books.streaks.entry(task).or_insert(Streak { row: 0, total: t.restarts });
                 *counted = Streak { row: streak, total: counted.total.saturating_add(1) };
-                Job::Restart(t.clone())
+                if replace {
+                    Job::Replace(t.clone())
+                } else {
+                    Job::Restart(t.clone())
+                }
             }
             Action::Stop { task } => {
                 books.stopped.insert(task.clone());
@@ -108,7 +127,7 @@ pub fn step(
                 Job::Remove(task)
             }
         };
-        if matches!(job, Job::Start(_) | Job::Restart(_)) {
+        if matches!(job, Job::Start(_) | Job::Restart(_) | Job::Replace(_)) {
             books.seen_stopped.remove(job.task());
         }
         books.busy.insert(job.task().to_owned());
@@ -121,7 +140,47 @@ pub fn step(
             jobs.push(Job::Detach(ns.clone()));
         }
     }
-    Step { jobs, reports: reports(assignment, &observed, books) }
+    Step { jobs, reports: reports(assignment, &observed, books), probes }
+}
+
+/// Keeps a tracker for each wanted task running with a health check (a
+/// new one for each run) and returns the probes due; a task with a job
+/// under way is not probed.
+fn track_health<'a>(
+    wanted: impl Iterator<Item = &'a String>,
+    observed: &[&Observed],
+    books: &mut Books,
+    now: u64,
+) -> Vec<ProbeJob> {
+    let wanted: BTreeSet<&String> = wanted.collect();
+    let running: BTreeMap<&str, (u64, &Check)> = observed
+        .iter()
+        .filter(|o| wanted.contains(&o.task))
+        .filter_map(|o| match (&o.status, &o.check) {
+            (Status::Running(started), Some(check)) => Some((o.task.as_str(), (started.started_at_ms, check))),
+            _ => None,
+        })
+        .collect();
+    // A run replaced for being unhealthy says so until the next turns healthy.
+    let mut replaced: BTreeMap<String, String> = BTreeMap::new();
+    books.health.retain(|task, h| {
+        let same = running.get(task.as_str()).is_some_and(|(run, _)| *run == h.run);
+        if !same && h.state == HealthState::Unhealthy {
+            replaced.insert(task.clone(), format!("restarted: {}", h.why));
+        }
+        same
+    });
+    let mut due = Vec::new();
+    for (task, (run, check)) in running {
+        let tracker = books.health.entry(task.to_owned()).or_insert_with(|| Tracker {
+            why: replaced.remove(task).unwrap_or_default(),
+            ..Tracker::new(run, check, now)
+        });
+        if !books.busy.contains(task) {
+            due.extend(tracker.due(task, now));
+        }
+    }
+    due
 }
 
 /// What to tell the cluster about this node's tasks.
@@ -136,9 +195,13 @@ fn reports(assignment: &Assignment, observed: &[&Observed], books: &Books) -> Ve
             exit_code,
             restarts: books.restarts(task, assigned.restarts),
             message: message.to_owned(),
+            health: None,
         };
         out.push(match status.get(task.as_str()) {
-            Some(Status::Running(_)) => report(TaskState::Running, None, ""),
+            Some(Status::Running(_)) => match books.health.get(task) {
+                Some(h) => TaskReport { health: Some(h.state), ..report(TaskState::Running, None, &h.why) },
+                None => report(TaskState::Running, None, ""),
+            },
             Some(Status::Exited(e)) => match &e.error {
                 Some(error) => report(TaskState::Failed, None, error),
                 None if e.oom_killed => report(TaskState::Exited, Some(e.code), "killed: out of memory"),
@@ -159,6 +222,7 @@ fn reports(assignment: &Assignment, observed: &[&Observed], books: &Books) -> Ve
             exit_code: None,
             restarts: 0,
             message: format!("this agent cannot run it: {why}"),
+            health: None,
         });
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -171,6 +235,7 @@ fn reports(assignment: &Assignment, observed: &[&Observed], books: &Books) -> Ve
             exit_code: None,
             restarts: books.restarts(task, 0),
             message: String::new(),
+            health: None,
         });
     }
     out

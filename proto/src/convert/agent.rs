@@ -4,8 +4,9 @@
 //! with `From`.
 
 use crate::model::{
-    validate_image, validate_name, AssignedTask, Assignment, InvalidField, NodeNetwork, Overrides, Peer, PortSpec,
-    Protocol, Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints, TaskReport, TaskSpec, TaskState, Userns,
+    validate_image, validate_name, AssignedTask, Assignment, HealthState, InvalidField, NodeNetwork, Overrides, Peer,
+    PortSpec, Protocol, Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints, TaskReport, TaskSpec, TaskState,
+    Userns,
 };
 use crate::pb::agent as pb;
 
@@ -263,6 +264,15 @@ impl TryFrom<pb::TaskReport> for TaskReport {
             exit_code: r.has_exit_code.then_some(r.exit_code),
             restarts: r.restarts,
             message: r.message,
+            // Only a running task has a health to speak of.
+            health: match (state, r.health.as_str()) {
+                (_, "") => None,
+                (TaskState::Running, h) => Some(
+                    HealthState::parse(h)
+                        .ok_or_else(|| InvalidField::new("health", h, "starting, healthy, unhealthy or empty"))?,
+                ),
+                (_, h) => return Err(InvalidField::new("health", h, "empty unless the task is running")),
+            },
         })
     }
 }
@@ -276,6 +286,7 @@ impl From<TaskReport> for pb::TaskReport {
             exit_code: r.exit_code.unwrap_or(0),
             restarts: r.restarts,
             message: r.message,
+            health: r.health.map(|h| h.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -283,6 +294,7 @@ impl From<TaskReport> for pb::TaskReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Health, Probe};
 
     const KEY: &str = "qnvDeyTcnW2qQyOLzmmH+X5TI8tSrZwNzGnE4ujCz1o=";
 
@@ -313,6 +325,13 @@ mod tests {
                     cap_drop: vec!["ALL".into()],
                     stop_signal: "SIGINT".into(),
                     stop_grace_ms: Some(2500),
+                    health: Some(crate::pb::cluster::HealthCheck {
+                        probe: Some(crate::pb::cluster::health_check::Probe::Tcp(crate::pb::cluster::TcpProbe {
+                            port: 80,
+                        })),
+                        retries: Some(1),
+                        ..Default::default()
+                    }),
                 }),
             }],
             subnet: "198.19.1.0/24".into(),
@@ -370,6 +389,7 @@ mod tests {
             cap_drop: vec!["ALL".into()],
             stop_signal: Some("SIGINT".into()),
             stop_grace_ms: Some(2500),
+            health: Health { probe: Some(Probe::Tcp { port: 80 }), retries: Some(1), ..Health::default() },
         };
         assert_eq!(*t.spec.overrides, cleared, "an entrypoint set empty stays set");
         assert_eq!(pb::AssignedTasks::from(a.clone()), wire());
@@ -444,11 +464,18 @@ mod tests {
             exit_code: Some(3),
             restarts: 2,
             message: "x".into(),
+            health: None,
         };
         assert_eq!(TaskReport::try_from(pb::TaskReport::from(report.clone())).unwrap(), report);
+        let healthy = TaskReport { state: TaskState::Running, health: Some(HealthState::Unhealthy), ..report.clone() };
+        assert_eq!(TaskReport::try_from(pb::TaskReport::from(healthy.clone())).unwrap(), healthy);
         for bad in ["pending", "assigned", "", "RUNNING"] {
             let p = pb::TaskReport { state: bad.into(), ..Default::default() };
             assert_eq!(TaskReport::try_from(p).unwrap_err().field, "state", "{bad:?}");
+        }
+        for (state, health) in [("running", "sick"), ("exited", "healthy")] {
+            let p = pb::TaskReport { state: state.into(), health: health.into(), ..Default::default() };
+            assert_eq!(TaskReport::try_from(p).unwrap_err().field, "health", "{state} {health}");
         }
     }
 }

@@ -207,6 +207,7 @@ impl From<model::TaskInfo> for pb::Task {
             restart: t.spec.restart.to_string(),
             since_unix_ms: t.since_ms,
             address: t.address.map(|a| a.to_string()).unwrap_or_default(),
+            health: t.health.map(|h| h.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -244,6 +245,7 @@ impl TryFrom<pb::Task> for model::TaskInfo {
             restarts: p.restarts,
             since_ms: p.since_unix_ms,
             address: optional(&p.address, "address", |a| a.parse().ok(), "an IPv4 address")?,
+            health: optional(&p.health, "health", model::HealthState::parse, "starting, healthy or unhealthy")?,
         };
         Ok(Self { task, node_name: Some(p.node_name).filter(|n| !n.is_empty()) })
     }

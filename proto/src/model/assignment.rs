@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Cidr, InvalidField, PortSpec, TaskSpec, TaskState};
+use super::{Cidr, HealthState, InvalidField, PortSpec, TaskSpec, TaskState};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Assignment {
@@ -89,6 +89,9 @@ pub struct TaskReport {
     pub exit_code: Option<i32>,
     pub restarts: u32,
     pub message: String,
+    /// What its probes say, while it runs with a health check.
+    #[serde(default)]
+    pub health: Option<HealthState>,
 }
 
 impl TaskState {

@@ -3,6 +3,7 @@
 
 mod assignment;
 mod constraint;
+mod health;
 mod invalid;
 mod network;
 mod node;
@@ -15,6 +16,7 @@ mod task;
 
 pub use assignment::{AssignedTask, Assignment, NodeNetwork, Peer, Replica, ServiceEndpoints, TaskReport};
 pub use constraint::{Constraint, ConstraintKey};
+pub use health::{Check, Health, HealthState, Probe};
 pub use invalid::InvalidField;
 pub use network::{Cidr, NetworkConfig, PortRange, MAX_NODE_PREFIX};
 pub use node::{Availability, Node, NodeInfo, NodeStatus, Overlay};

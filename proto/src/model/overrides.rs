@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::InvalidField;
+use super::{Health, InvalidField};
 use crate::pb::cluster as pb;
 
 /// Bounds, with the command's: a spec stays small whatever a client sends.
@@ -47,6 +47,9 @@ pub struct Overrides {
     /// 10 s, otherwise).
     #[serde(default)]
     pub stop_grace_ms: Option<u64>,
+    /// Its health check, over the image's.
+    #[serde(default)]
+    pub health: Health,
 }
 
 /// The longest stop grace a spec may ask for.
@@ -224,6 +227,7 @@ impl Overrides {
                 format!("at most {} s", MAX_STOP_GRACE_MS / 1000),
             ));
         }
+        self.health.validate()?;
         if let Some(dir) = &self.workdir {
             if !dir.starts_with('/') || dir.contains('\0') || dir.len() > WORKDIR_BYTES {
                 return Err(InvalidField::new(
@@ -249,6 +253,7 @@ impl Overrides {
             cap_drop: names(w.cap_drop),
             stop_signal: Some(w.stop_signal).filter(|s| !s.is_empty()).map(|s| signal_name(&s)),
             stop_grace_ms: w.stop_grace_ms,
+            health: w.health.map(Health::from_pb).unwrap_or_default(),
         }
     }
 
@@ -265,6 +270,7 @@ impl Overrides {
             cap_drop: self.cap_drop.clone(),
             stop_signal: self.stop_signal.clone().unwrap_or_default(),
             stop_grace_ms: self.stop_grace_ms,
+            health: Some(self.health.to_pb()).filter(|_| !self.health.is_unset()),
         }
     }
 }
@@ -288,6 +294,7 @@ mod tests {
                 cap_drop: vec!["ALL".into()],
                 stop_signal: Some("SIGUSR1".into()),
                 stop_grace_ms: Some(0),
+                health: Health { retries: Some(2), ..Health::default() },
             },
         ] {
             assert_eq!(Overrides::from_pb(o.to_pb()), o);
@@ -334,6 +341,7 @@ mod tests {
             cap_drop: vec!["ALL".into()],
             stop_signal: Some("SIGQUIT".into()),
             stop_grace_ms: Some(30_000),
+            health: Health::default(),
         };
         assert_eq!(good.validate(), Ok(()));
     }

@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Overrides, Resources, RestartPolicy, Seccomp, ServiceSpec, Userns};
+use super::{HealthState, Overrides, Resources, RestartPolicy, Seccomp, ServiceSpec, Userns};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
@@ -40,6 +40,9 @@ pub struct Task {
     /// Its container's address, from its node's subnet, given when it is
     /// placed and free again once the task is forgotten.
     pub address: Option<Ipv4Addr>,
+    /// What its probes say while it runs with a health check.
+    #[serde(default)]
+    pub health: Option<HealthState>,
 }
 
 /// What a task runs: its service's spec as it was when the task was made.
@@ -166,17 +169,20 @@ impl Task {
             restarts: 0,
             since_ms: 0,
             address: None,
+            health: None,
         }
     }
 }
 
 impl Task {
     /// Its address while it answers for its service: meant to run, reported
-    /// running, with an address. DNS names these and the routing mesh
-    /// balances over them; a task that stopped, failed or is being
-    /// replaced is not one.
+    /// running (and healthy, if it has a health check), with an address.
+    /// DNS names these and the routing mesh balances over them; a task
+    /// that stopped, failed, is being replaced or is not (yet) healthy is
+    /// not one.
     pub fn serving_address(&self) -> Option<Ipv4Addr> {
-        (self.desired == Desired::Running && self.state == TaskState::Running).then_some(self.address?)
+        let healthy = matches!(self.health, None | Some(HealthState::Healthy));
+        (self.desired == Desired::Running && self.state == TaskState::Running && healthy).then_some(self.address?)
     }
 
     /// Whether it counts against its node's capacity: placed, and either

@@ -256,3 +256,41 @@ async fn an_assignment_with_a_network_the_agent_cannot_take_changes_nothing() {
     let bridges: Vec<_> = n.network.steps().into_iter().filter(|s| s.kind() == Kind::Bridge).collect();
     assert_eq!(bridges.len(), 1, "the node's network was not touched: {bridges:?}");
 }
+
+#[tokio::test]
+async fn an_unhealthy_task_is_told_and_replaced_and_a_healthy_one_is_told_healthy() {
+    let checked = |id: &str| pb::AssignedTask {
+        overrides: Some(berth_proto::pb::cluster::Overrides {
+            health: Some(
+                berth_proto::model::Health {
+                    probe: Some(berth_proto::model::Probe::Tcp { port: 80 }),
+                    interval_ms: Some(100),
+                    retries: Some(2),
+                    ..Default::default()
+                }
+                .to_pb(),
+            ),
+            ..Default::default()
+        }),
+        ..task(id, "reg:5000/web:1", "always", "198.19.1.2")
+    };
+    let cluster = FakeCluster::start(assigned(vec![checked("h.1.1")])).await;
+    let n = node(&[&cluster], FakeContainers::default());
+    let health = |c: &FakeCluster| c.last_report().into_iter().find(|r| r.id == "h.1.1").map(|r| r.health);
+    eventually("healthy", || (health(&cluster)? == "healthy").then_some(())).await;
+    assert!(told_health(&cluster, "starting"), "starting until a probe passed");
+    n.containers.sick("h.1.1", true);
+    eventually("replaced", || (n.containers.times("start", "h.1.1").len() >= 2).then_some(())).await;
+    // Told unhealthy, or (the fake stops at once, and a newer report
+    // replaces one not yet sent) told why it restarted.
+    let why = "unhealthy after 2 failed probes: fake: sick";
+    let said = |r: &pb::TaskReport| r.message == why || r.message == format!("restarted: {why}");
+    eventually("told why", || cluster.reports().iter().flatten().any(said).then_some(())).await;
+    assert!(!n.containers.times("stop", "h.1.1").is_empty(), "stopped (its grace), not killed outright");
+    eventually("restart counted", || reported(&cluster, "h.1.1").filter(|(_, r)| *r >= 1)).await;
+}
+
+/// Whether any report told h.1.1's health as `health`.
+fn told_health(cluster: &FakeCluster, health: &str) -> bool {
+    cluster.reports().iter().flatten().any(|r| r.id == "h.1.1" && r.health == health)
+}

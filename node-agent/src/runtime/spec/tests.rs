@@ -13,6 +13,7 @@ fn config() -> ContainerConfig {
             exposed_ports: vec![],
             diff_ids: vec![],
             stop_signal: String::new(),
+            health: None,
         },
         ..ContainerConfig::sample("web-1")
     }

@@ -1,4 +1,4 @@
-use berth_proto::model::{AssignedTask, RestartPolicy, TaskSpec};
+use berth_proto::model::{AssignedTask, Check, HealthState, RestartPolicy, TaskSpec};
 
 use super::*;
 use crate::runtime::{Exited, Started};
@@ -19,7 +19,7 @@ fn a_job(task: &str) -> Job {
 
 fn running(task: &str) -> Observed {
     let started = Started { shim_pid: 1, shim_start: 1, pid: 2, started_at_ms: 0 };
-    Observed { task: task.into(), status: Status::Running(started), ran_for: Duration::ZERO }
+    Observed { task: task.into(), status: Status::Running(started), ran_for: Duration::ZERO, check: None }
 }
 
 /// Exited after a short run; its record's wall-clock time is far in the
@@ -27,7 +27,7 @@ fn running(task: &str) -> Observed {
 /// monotonic clock may count.
 fn exited(task: &str, code: i32) -> Observed {
     let exit = Exited { code, signal: None, oom_killed: false, finished_at_ms: u64::MAX / 4, error: None };
-    Observed { task: task.into(), status: Status::Exited(exit), ran_for: Duration::from_millis(50) }
+    Observed { task: task.into(), status: Status::Exited(exit), ran_for: Duration::from_millis(50), check: None }
 }
 
 fn ids(step: &Step) -> Vec<String> {
@@ -164,7 +164,7 @@ fn namespaces_of_no_task_and_no_container_go() {
 fn lost_and_failed_containers_say_why() {
     let tasks = wanted(&[task("a.1.1", RestartPolicy::Never), task("b.1.1", RestartPolicy::Never)]);
     let mut books = Books::default();
-    let lost = Observed { task: "a.1.1".into(), status: Status::Lost, ran_for: Duration::ZERO };
+    let lost = Observed { task: "a.1.1".into(), status: Status::Lost, ran_for: Duration::ZERO, check: None };
     let mut oom = exited("b.1.1", 137);
     if let Status::Exited(e) = &mut oom.status {
         e.oom_killed = true;
@@ -219,4 +219,74 @@ fn a_container_seen_stopped_while_its_restart_runs_keeps_its_first_time() {
     // It crashed again at once: 100 ms from when that was seen, not at once.
     assert!(step(&tasks, &[exited("a.1.1", 1)], &[], &mut books, 1650).jobs.is_empty());
     assert_eq!(ids(&step(&tasks, &[exited("a.1.1", 1)], &[], &mut books, 1750)), ["Restart a.1.1"]);
+}
+
+/// Running its `run`th run, with a tcp check every second, 2 retries.
+fn checked(task: &str, run: u64) -> Observed {
+    let check = Check {
+        probe: berth_proto::model::Probe::Tcp { port: 80 },
+        interval_ms: 1000,
+        timeout_ms: 500,
+        retries: 2,
+        start_period_ms: 0,
+    };
+    let started = Started { shim_pid: 1, shim_start: 1, pid: 2, started_at_ms: run };
+    Observed { task: task.into(), status: Status::Running(started), ran_for: Duration::ZERO, check: Some(check) }
+}
+
+fn health(step: &Step) -> Vec<(String, Option<HealthState>, String)> {
+    step.reports.iter().map(|r| (r.id.clone(), r.health, r.message.clone())).collect()
+}
+
+#[test]
+fn a_checked_task_is_probed_reported_and_replaced_when_unhealthy() {
+    let tasks = wanted(&[task("web.1.1", RestartPolicy::Always)]);
+    let mut books = Books::default();
+    let first = step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, 0);
+    assert!(first.probes.is_empty(), "the first probe comes one interval after the start");
+    assert_eq!(health(&first), [("web.1.1".into(), Some(HealthState::Starting), String::new())]);
+    let due = step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, 1000);
+    assert_eq!(due.probes.len(), 1);
+    assert!(step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, 1500).probes.is_empty(), "one at a time");
+    books.probed(&due.probes[0], Ok(()), 1500);
+    let healthy = step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, 1600);
+    assert_eq!(health(&healthy), [("web.1.1".into(), Some(HealthState::Healthy), String::new())]);
+
+    // Two failures in a row: unhealthy, and replaced under its policy.
+    for at in [2500, 3600] {
+        let due = step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, at);
+        books.probed(&due.probes[0], Err("connection refused".into()), at + 10);
+    }
+    let sick = step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, 3700);
+    let why = "unhealthy after 2 failed probes: connection refused".to_owned();
+    assert_eq!(health(&sick), [("web.1.1".into(), Some(HealthState::Unhealthy), why.clone())]);
+    assert_eq!(sick.jobs, [Job::Replace(tasks.tasks["web.1.1"].clone())]);
+    assert_eq!(sick.reports[0].restarts, 1, "counted as a restart");
+    assert!(sick.probes.is_empty(), "not probed while it is being replaced");
+    books.job_ended(&sick.jobs[0], Ok(()), tasks.tasks.get("web.1.1"), 3800);
+    let again = step(&tasks, &[checked("web.1.1", 2)], &[], &mut books, 3900);
+    assert!(again.jobs.is_empty());
+    let restarted = format!("restarted: {why}");
+    assert_eq!(health(&again), [("web.1.1".into(), Some(HealthState::Starting), restarted)], "a new run starts over");
+
+    // A probe of the run before counts for nothing.
+    books.probed(&due.probes[0], Ok(()), 4000);
+    let still = step(&tasks, &[checked("web.1.1", 2)], &[], &mut books, 4050);
+    assert_eq!(still.reports[0].health, Some(HealthState::Starting));
+}
+
+#[test]
+fn an_unhealthy_task_that_never_restarts_keeps_running_unhealthy() {
+    let tasks = wanted(&[task("web.1.1", RestartPolicy::Never)]);
+    let mut books = Books::default();
+    step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, 0);
+    for at in [1000, 2000] {
+        let due = step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, at);
+        books.probed(&due.probes[0], Err("no".into()), at);
+    }
+    let sick = step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, 2100);
+    assert!(sick.jobs.is_empty(), "its policy says never");
+    assert_eq!(sick.reports[0].health, Some(HealthState::Unhealthy));
+    let unchecked = step(&tasks, &[running("web.1.1")], &[], &mut books, 2200);
+    assert_eq!(unchecked.reports[0].health, None, "no check, no health");
 }
