@@ -5,7 +5,8 @@
 //! through the overlay (TCP and UDP), and its published ports (TCP and UDP)
 //! from outside on every host
 //! (the routing mesh), also while a host is cut off; an agent restart
-//! leaves its containers alone; a host cut off loses its task to the others, and once healed it
+//! leaves its containers alone; a replica failing its health check leaves
+//! DNS and the mesh until it passes again; a host cut off loses its task to the others, and once healed it
 //! stops its stale container. Every node's DNS names the replicas and
 //! follows them as they scale, fail and move, and keeps answering while
 //! the control plane is away; a host stopped and removed leaves every
@@ -91,6 +92,47 @@ fn dns_addresses(host: &berth_tests::hosts::Host, name: &str) -> Option<Vec<Stri
     let mut addresses: Vec<String> = out.lines().map(str::to_owned).collect();
     addresses.sort();
     Some(addresses)
+}
+
+/// Each task's health from `service ps -o json`: id -> health (or "-").
+fn health_of(servers: &[String], service: &str) -> Option<BTreeMap<String, String>> {
+    let (ok, out, _) = berthctl(servers, &["service", "ps", service, "-o", "json"]).ok()?;
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).ok().filter(|_| ok)?;
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    Some(list.iter().map(|t| (s(&t["task"]["id"]), s(&t["task"]["health"]))).collect())
+}
+
+/// The tasks that answer for `service`, once `service inspect`'s
+/// endpoints number `n`, every host's DNS names just their addresses, and
+/// 20 requests to `mesh` (a published port) come from them and from
+/// nothing else, each of them at least once.
+async fn serving(
+    on: &[&berth_tests::hosts::Host],
+    servers: &[String],
+    service: &str,
+    mesh: &str,
+    n: usize,
+) -> Option<Vec<String>> {
+    let (ok, out, _) = berthctl(servers, &["service", "inspect", service, "-o", "json"]).ok()?;
+    let inspected: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| ok)?;
+    let endpoints = inspected["endpoints"].as_array()?;
+    let mut addresses: Vec<String> =
+        endpoints.iter().filter_map(|e| e["address"].as_str().map(str::to_owned)).collect();
+    let mut tasks: Vec<String> = endpoints.iter().filter_map(|e| e["task"].as_str().map(str::to_owned)).collect();
+    addresses.sort();
+    tasks.sort();
+    (tasks.len() == n).then_some(())?;
+    for host in on {
+        (dns_addresses(host, &format!("{service}.berth.local")).as_ref() == Some(&addresses)).then_some(())?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let page = fetch(mesh).await?;
+        let task = page.strip_prefix("hello-from-")?;
+        tasks.iter().any(|t| t == task).then_some(())?;
+        seen.insert(task.to_owned());
+    }
+    (seen.len() == n).then_some(tasks)
 }
 
 /// A directory of the test's own for logs of its helpers.
@@ -353,6 +395,50 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     })
     .await?;
     let (ok, _, err) = berthctl(&servers, &["service", "rm", "solo"])?;
+    ensure!(ok, "{err}");
+
+    // A replica that fails its health check (an HTTP probe from its node)
+    // leaves every node's DNS, the routing mesh and `service inspect`'s
+    // endpoints, stays running (restart never: not replaced), and comes
+    // back once it passes again; `service ps` says which and why.
+    let serve_ok = format!("mkdir -p /www && echo ok > /www/ok.html && {SERVE}");
+    let create = [
+        &["service", "create", "checked", "--image", &image, "--replicas", "2", "--restart", "never"][..],
+        &["--publish", "9180:8080", "--health-http", "8080/ok.html", "--health-interval", "300ms"],
+        &["--health-retries", "2", "--", "sh", "-c", &serve_ok],
+    ]
+    .concat();
+    let (ok, out, err) = berthctl(&servers, &create)?;
+    ensure!(ok, "{out}{err}");
+    let mesh = format!("{}:9180", on[0].ip);
+    let ids = wait_for(Duration::from_secs(60), "checked's 2 replicas healthy, in DNS and the mesh", async || {
+        let health = health_of(&servers, "checked").filter(|h| h.len() == 2 && h.values().all(|h| h == "healthy"))?;
+        serving(&on, &servers, "checked", &mesh, 2).await?;
+        Some(health.into_keys().collect::<Vec<String>>())
+    })
+    .await?;
+    let (sick, well) = (&ids[0], &ids[1]);
+    let host = agents.iter().position(|a| a.ps().iter().any(|c| c["name"] == sick.as_str())).context("its host")?;
+    agents[host].ok(&["exec", sick, "--", "rm", "/www/ok.html"]);
+    wait_for(Duration::from_secs(30), "the unhealthy replica out of DNS, the mesh and the endpoints", async || {
+        (health_of(&servers, "checked")?.get(sick)? == "unhealthy").then_some(())?;
+        let only = serving(&on, &servers, "checked", &mesh, 1).await?;
+        (only == [well.clone()]).then_some(())
+    })
+    .await?;
+    let (ok, out, err) = berthctl(&servers, &["service", "ps", "checked"])?;
+    ensure!(ok && out.contains("running (unhealthy)") && out.contains("unhealthy after 2 failed probes"), "{out}{err}");
+    ensure!(
+        containers(&agents).iter().flatten().filter(|c| c.starts_with("checked.")).count() == 2,
+        "restart never: the unhealthy replica is left running, not replaced"
+    );
+    agents[host].ok(&["exec", sick, "--", "sh", "-c", "echo ok > /www/ok.html"]);
+    wait_for(Duration::from_secs(30), "the replica back once healthy", async || {
+        (health_of(&servers, "checked")?.get(sick)? == "healthy").then_some(())?;
+        serving(&on, &servers, "checked", &mesh, 2).await
+    })
+    .await?;
+    let (ok, _, err) = berthctl(&servers, &["service", "rm", "checked"])?;
     ensure!(ok, "{err}");
 
     // The routing mesh: port 9080 of every host answers, from every replica
