@@ -5,14 +5,14 @@
 //! fold into one event per thing that changed.
 //!
 //! ```text
-//! service  create | update | remove
+//! service  create | update | remove | paused | completed | rolling_back | rollback_paused | rolled_back
 //! node     register | ready | down | drain | activate | update | remove
 //! task     create | assign | <its new state> | health | restart | stop | remove
 //! ```
 
 use std::collections::BTreeMap;
 
-use berth_proto::model::{Availability, Desired, HealthState, NodeStatus, Task, TaskState};
+use berth_proto::model::{Availability, Desired, HealthState, NodeStatus, RolloutState, Task, TaskState};
 
 use crate::state::State;
 
@@ -58,6 +58,13 @@ pub fn diff(old: &State, new: &State) -> Vec<Event> {
                     .with("replicas", svc.spec.replicas),
             ),
             Some(_) => {}
+        }
+        // A rollout's turns (its start is the update above).
+        let before = old.services.get(name).and_then(|s| s.rollout.as_ref());
+        if let Some(r) = svc.rollout.as_ref().filter(|r| Some(*r) != before && r.state != RolloutState::Updating) {
+            out.push(
+                Event::new("service", r.state.to_string(), name).with("version", r.version).with("message", &r.message),
+            );
         }
     }
     for name in old.services.keys().filter(|n| !new.services.contains_key(*n)) {
@@ -165,6 +172,8 @@ mod tests {
             seccomp: Default::default(),
             userns: Default::default(),
             overrides: Default::default(),
+            update_config: berth_proto::model::UpdateConfig::UPDATE,
+            rollback_config: berth_proto::model::UpdateConfig::ROLLBACK,
         }
     }
 
@@ -212,7 +221,7 @@ mod tests {
         let changes =
             vec![TaskChange::Create(Box::new(t.clone())), TaskChange::Assign { id: t.id.clone(), node: "n1".into() }];
         assert_eq!(
-            step(&mut s, Command::Reconcile { changes, at_ms: 1 }),
+            step(&mut s, Command::Reconcile { changes, at_ms: 1, rollouts: vec![] }),
             ["task create web.1.1 image=registry:5000/web:1,service=web", "task assign web.1.1 node=alpha"]
         );
         let report = |state, restarts, exit_code| Command::ReportTasks {

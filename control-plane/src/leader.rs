@@ -15,11 +15,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_proto::model::{RolloutState, ServiceSpec};
 use tracing::{debug, info, warn};
 
 use crate::node::Node;
 use crate::reconciler::reconcile;
-use crate::state::{now_ms, Command, Response};
+use crate::state::{now_ms, Command, Response, RolloutChange};
 
 /// How often the leader looks at liveness (and tasks) without news.
 pub const PERIOD: Duration = Duration::from_millis(200);
@@ -32,6 +33,8 @@ pub async fn run(node: Arc<Node>) {
     // The log position the last pass looked at, and the one at which the
     // reconciler last found nothing to do.
     let (mut seen, mut at_rest) = (None, None);
+    // When a rollout waits for time (a delay, a monitor), a pass then.
+    let mut wake_at: Option<u64> = None;
     let mut warned = false;
     let mut rest = GAP;
     loop {
@@ -71,18 +74,28 @@ pub async fn run(node: Arc<Node>) {
             }
         }
         let started = std::time::Instant::now();
-        let (position, changes) = match node.applied.read() {
-            Ok(applied) if applied.last_applied == at_rest && at_rest.is_some() => continue,
-            Ok(applied) => (applied.last_applied, reconcile(&applied.state)),
+        let now = now_ms();
+        let due = wake_at.is_some_and(|at| now >= at);
+        let (position, decided) = match node.applied.read() {
+            Ok(applied) if applied.last_applied == at_rest && at_rest.is_some() && !due => continue,
+            Ok(applied) => (applied.last_applied, reconcile(&applied.state, now)),
             Err(_) => return,
         };
         rest = GAP.max(started.elapsed() * DUTY);
-        if changes.is_empty() {
+        wake_at = decided.wake_at;
+        for (service, why) in decided.rollbacks {
+            roll_back(&node, &service, &why).await;
+        }
+        if decided.changes.is_empty() && decided.rollouts.is_empty() {
             at_rest = position;
             continue;
         }
-        let count = changes.len();
-        match node.write(Command::Reconcile { changes, at_ms: now_ms() }).await {
+        let (changes, rollouts) = (decided.changes, decided.rollouts);
+        for r in &rollouts {
+            info!(service = %r.service, version = r.version, state = %r.state, "rollout {}", r.message);
+        }
+        let count = changes.len() + rollouts.len();
+        match node.write(Command::Reconcile { changes, at_ms: now, rollouts }).await {
             Ok(Response::Reconciled { applied: 0 }) => {
                 // Nothing held when applied: the state moved under the
                 // decision. Not again at once (a reconciler that disagreed
@@ -94,5 +107,34 @@ pub async fn run(node: Arc<Node>) {
             Ok(other) => warn!("unexpected reply to a reconcile: {other:?}"),
             Err(e) => warn!("reconciling: {e}"),
         }
+    }
+}
+
+/// Puts a service's previous spec back (with its replicas as they are now),
+/// as a plain update that every release applies alike, then says why.
+async fn roll_back(node: &Node, service: &str, why: &str) {
+    let Some((spec, version)) = node.applied.read().ok().and_then(|a| {
+        let svc = a.state.services.get(service)?;
+        let previous = svc.previous.as_deref()?;
+        Some((ServiceSpec { replicas: svc.spec.replicas, ..previous.clone() }, a.state.template(svc)))
+    }) else {
+        return;
+    };
+    warn!(%service, from_version = version, "rolling back: {why}");
+    match node.write(Command::UpdateService(spec)).await {
+        Ok(Response::Service { service: svc, .. }) => {
+            let change = RolloutChange {
+                service: service.to_owned(),
+                version: svc.version,
+                state: RolloutState::RollingBack,
+                message: format!("rolled back from version {version}: {why}"),
+            };
+            let cmd = Command::Reconcile { changes: vec![], at_ms: now_ms(), rollouts: vec![change] };
+            if let Err(e) = node.write(cmd).await {
+                warn!(%service, "recording why it rolled back: {e}");
+            }
+        }
+        Ok(other) => warn!(%service, "rolling back: {other:?}"),
+        Err(e) => warn!(%service, "rolling back: {e}"),
     }
 }

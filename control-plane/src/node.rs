@@ -39,7 +39,7 @@ const CAUGHT_UP: u64 = 200;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum LeaderOp {
     /// One write; the server batches it with others (see `batcher`).
-    Write(Command),
+    Write(Box<Command>),
     /// A follower's batch of writes, proposed by the leader as one entry.
     Propose(Vec<Command>),
     Read(Query),
@@ -186,7 +186,7 @@ impl Node {
     }
 
     pub async fn write(&self, cmd: Command) -> Result<Response, OpError> {
-        match self.run(LeaderOp::Write(cmd)).await? {
+        match self.run(LeaderOp::Write(Box::new(cmd))).await? {
             LeaderReply::Write(r) => Ok(r),
             other => Err(unexpected(other)),
         }
@@ -256,7 +256,7 @@ impl Node {
     /// One attempt at `op` on this server.
     pub async fn here(&self, op: &LeaderOp) -> Step {
         match op {
-            LeaderOp::Write(cmd) => self.batcher.write(cmd.clone()).await,
+            LeaderOp::Write(cmd) => self.batcher.write((**cmd).clone()).await,
             LeaderOp::Propose(commands) => propose_here(&self.raft, commands.clone()).await,
             LeaderOp::Read(q) => match self.linearizable().await {
                 Ok(()) => Step::Done(self.read_local(q).map(LeaderReply::Read)),

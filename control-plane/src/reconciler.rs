@@ -6,23 +6,48 @@
 //! tasks on down/drained nodes, of removed services ─▶ Shutdown
 //! each slot 1..=replicas without a live task       ─▶ Create (next generation)
 //! slots above replicas                             ─▶ Shutdown (scaled down)
-//! one slot at a time whose task runs an old spec   ─▶ Create its successor; the
-//!                                                     old one stops once it runs
+//! slots whose task runs an old spec, as the rollout
+//! allows (see [`rollout`])                         ─▶ start-first: Create its successor, the
+//!                                                     old one stops once it serves;
+//!                                                     stop-first: Shutdown, then Create
+//! a rollout whose new tasks failed                 ─▶ rollback | pause (RolloutChange)
 //! live tasks not placed                            ─▶ scheduler ─▶ Assign | Unplaced
 //! stopped tasks, or ones on nodes that are gone    ─▶ Remove
 //! ```
 //!
 //! Running it twice without anything happening in between gives nothing
-//! the second time: at rest it is silent.
+//! the second time: at rest it is silent. What waits for time (a rollout's
+//! delay or monitor) says when to look again (`Reconciled::wake_at`).
+
+pub mod rollout;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use berth_proto::model::{Desired, NodeStatus, Task, TaskSpec, TaskState};
+use berth_proto::model::{Desired, NodeStatus, Order, Task, TaskSpec, TaskState};
 
 use crate::scheduler::{self, Decision, NodeView, Request};
-use crate::state::{State, TaskChange};
+use crate::state::{RolloutChange, State, TaskChange};
 
-pub fn reconcile(state: &State) -> Vec<TaskChange> {
+/// What the reconciler would change.
+#[derive(Debug, Default, PartialEq)]
+pub struct Reconciled {
+    pub changes: Vec<TaskChange>,
+    pub rollouts: Vec<RolloutChange>,
+    /// Services whose failed rollout goes back to the previous spec, and why.
+    pub rollbacks: Vec<(String, String)>,
+    /// When to look again though nothing changes (Unix ms).
+    pub wake_at: Option<u64>,
+}
+
+impl Reconciled {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.rollouts.is_empty() && self.rollbacks.is_empty()
+    }
+}
+
+/// `now` is the leader's wall clock (Unix ms), for rollouts' delays and monitors.
+pub fn reconcile(state: &State, now: u64) -> Reconciled {
+    let mut out = Reconciled::default();
     let mut plan = Plan::default();
 
     // Tasks that cannot go on where they are.
@@ -55,43 +80,80 @@ pub fn reconcile(state: &State) -> Vec<TaskChange> {
         let slots = live.remove(name.as_str()).unwrap_or_default();
         let next = |slot: u32| state.generations.get(&format!("{name}.{slot}")).copied().unwrap_or(0) + 1;
         let current = state.template(service);
-        let mut updating = false;
-        let mut outdated = None;
+        // A task of an older version that already runs what the spec asks
+        // (after a rollback, the tasks it kept) is no less current.
+        let spec_now = TaskSpec::from(&service.spec);
+        let fresh = |t: &Task| t.version >= current || t.spec == spec_now;
+        let (mut new_tasks, mut in_flight, mut outdated) = (Vec::new(), 0, BTreeMap::new());
         for slot in 1..=service.spec.replicas {
             let Some((newest, older)) = slots.get(&slot).and_then(|tasks| tasks.split_last()) else {
                 created.push(Task::new(name, slot, next(slot), current, TaskSpec::from(&service.spec)));
+                in_flight += 1;
                 continue;
             };
             if !older.is_empty() {
-                // A successor exists. The old ones go once it runs, or at
+                // A successor exists. The old ones go once it serves, or at
                 // once if they do not run themselves (they serve no one).
                 // A successor that fits nowhere stalls the update with its
                 // reason shown, and the old task keeps serving, as Swarm's
                 // start-first updates do.
                 for old in older {
-                    if newest.state == TaskState::Running || old.state != TaskState::Running {
+                    if newest.serving() || old.state != TaskState::Running {
                         plan.stop(old, format!("replaced by {}", newest.id));
                     }
                 }
                 // One made for a spec that has changed again is dropped, so
                 // a fixed spec can roll out past one that never ran.
-                if newest.version < current {
+                if fresh(newest) {
+                    new_tasks.push(*newest);
+                } else {
                     plan.stop(newest, "superseded by a newer spec".into());
                 }
-                updating |= newest.state != TaskState::Running;
-            } else if newest.version < current && newest.state != TaskState::Running {
-                // It serves no one: replaced now, outside the one-at-a-time
-                // rollout.
+                in_flight += usize::from(!newest.serving());
+            } else if !fresh(newest) && newest.state != TaskState::Running {
+                // It serves no one: replaced now, outside the paced rollout.
                 plan.stop(newest, "superseded by a newer spec".into());
                 created.push(Task::new(name, slot, next(slot), current, TaskSpec::from(&service.spec)));
-            } else if newest.version < current && outdated.is_none() {
-                outdated = Some(slot);
+                in_flight += 1;
+            } else if !fresh(newest) {
+                outdated.insert(slot, *newest);
+            } else {
+                new_tasks.push(*newest);
+                in_flight += usize::from(!newest.serving());
             }
         }
-        // Rolling update: one slot at a time, its successor first.
-        if let (false, Some(slot)) = (updating, outdated) {
-            created.push(Task::new(name, slot, next(slot), current, TaskSpec::from(&service.spec)));
+        let view = rollout::View {
+            current,
+            replicas: service.spec.replicas,
+            rollout: service.rollout.as_ref(),
+            update: service.spec.update_config,
+            rollback: service.spec.rollback_config,
+            has_previous: service.previous.is_some(),
+            new_tasks,
+            outdated: outdated.keys().copied().collect(),
+            in_flight,
+        };
+        let decided = rollout::decide(&view, now);
+        for slot in decided.replace {
+            match (rollout::config(&view).order, outdated.get(&slot)) {
+                (Order::StartFirst, _) => {
+                    created.push(Task::new(name, slot, next(slot), current, TaskSpec::from(&service.spec)))
+                }
+                // Its successor comes once the slot has no live task.
+                (Order::StopFirst, Some(old)) => plan.stop(old, format!("updating to version {current}")),
+                (Order::StopFirst, None) => {}
+            }
         }
+        if let Some((state, message)) = decided.state {
+            out.rollouts.push(RolloutChange { service: name.clone(), version: current, state, message });
+        }
+        if let Some(why) = decided.rollback {
+            out.rollbacks.push((name.clone(), why));
+        }
+        out.wake_at = match (out.wake_at, decided.wake_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         for tasks in slots.range(service.spec.replicas + 1..).map(|(_, t)| t) {
             for t in tasks {
                 plan.stop(t, "scaled down".into());
@@ -111,7 +173,8 @@ pub fn reconcile(state: &State) -> Vec<TaskChange> {
             changes.push(TaskChange::Remove { id: t.id.clone() });
         }
     }
-    changes
+    out.changes = changes;
+    out
 }
 
 #[derive(Default)]

@@ -7,6 +7,7 @@ mod config;
 mod health;
 mod lock;
 mod output;
+mod rollout;
 mod spec;
 mod streams;
 
@@ -177,9 +178,45 @@ enum ServiceCmd {
         userns: Option<String>,
         #[command(flatten)]
         health: health::HealthFlags,
+        #[command(flatten)]
+        rollout: rollout::RolloutFlags,
         /// The command and its arguments, after `--`
         #[arg(last = true)]
         command: Vec<String>,
+    },
+    /// Change a service (what is not given stays); waits, showing each task,
+    /// until it has converged, and fails if its rollout pauses or rolls back
+    Update {
+        name: String,
+        #[arg(long)]
+        image: Option<String>,
+        /// KEY=VALUE to add or change (repeatable)
+        #[arg(long = "env-add", value_name = "KEY=VALUE")]
+        env_add: Vec<String>,
+        /// A variable to remove (repeatable)
+        #[arg(long = "env-rm", value_name = "KEY")]
+        env_rm: Vec<String>,
+        #[arg(long, allow_negative_numbers = true)]
+        replicas: Option<i64>,
+        /// [NAME=]PUBLISHED:TARGET[/udp] to add (repeatable)
+        #[arg(long = "publish-add", value_name = "PORTS")]
+        publish_add: Vec<String>,
+        /// PUBLISHED[/udp] to stop publishing (repeatable)
+        #[arg(long = "publish-rm", value_name = "PORT")]
+        publish_rm: Vec<String>,
+        #[command(flatten)]
+        rollout: rollout::RolloutFlags,
+        /// Return once the change is accepted, without waiting
+        #[arg(long, short)]
+        detach: bool,
+    },
+    /// Put back the spec before the last change of what its tasks run
+    /// (replicas stay); waits until it is rolled back
+    Rollback {
+        name: String,
+        /// Return once the rollback is accepted, without waiting
+        #[arg(long, short)]
+        detach: bool,
     },
     /// List services
     #[command(alias = "list")]
@@ -333,8 +370,10 @@ async fn run(cli: Cli) -> Result<String> {
             stop_signal,
             stop_grace_period,
             health,
+            rollout,
             command,
         }) => {
+            let (update_config, rollback_config) = rollout.over(None, None)?;
             let security = spec::security_flags(security_opt.as_deref(), userns.as_deref())?;
             let spec = pb::ServiceSpec {
                 name,
@@ -368,6 +407,8 @@ async fn run(cli: Cli) -> Result<String> {
                         .context("--stop-grace-period")?,
                     health: health.to_pb()?,
                 }),
+                update_config,
+                rollback_config,
             };
             spec::check(&spec)?;
             let name = spec.name.clone();
@@ -407,6 +448,76 @@ async fn run(cli: Cli) -> Result<String> {
                 out.push_str(&format!("service {name} scaled to {replicas} (version {})\n", svc.version));
             }
             Ok(out)
+        }
+        Command::Service(ServiceCmd::Update {
+            name,
+            image,
+            env_add,
+            env_rm,
+            replicas,
+            publish_add,
+            publish_rm,
+            rollout,
+            detach,
+        }) => {
+            let req = pb::GetServiceRequest { name: name.clone(), stale: false };
+            let reply = client.call("inspect service", async |mut c| c.get_service(req.clone()).await).await?;
+            let before = reply.service.context("the server sent no service")?;
+            let mut spec = before.spec.clone().context("the server sent no spec")?;
+            if let Some(image) = image {
+                spec.image = image;
+            }
+            for e in &env_add {
+                let (k, v) = spec::parse_env(e).context("--env-add")?;
+                spec.env.insert(k, v);
+            }
+            for k in &env_rm {
+                spec.env.remove(k);
+            }
+            if let Some(n) = replicas {
+                spec.replicas = n;
+            }
+            for p in &publish_rm {
+                let (port, protocol) = p.split_once('/').unwrap_or((p, "tcp"));
+                let port: i64 = port.parse().with_context(|| format!("--publish-rm {p:?}: expected PORT[/udp]"))?;
+                let before = spec.ports.len();
+                spec.ports.retain(|s| {
+                    !(s.published == port && (s.protocol == protocol || s.protocol.is_empty() && protocol == "tcp"))
+                });
+                anyhow::ensure!(spec.ports.len() < before, "--publish-rm {p:?}: the service does not publish it");
+            }
+            for p in &publish_add {
+                let port = spec::parse_publish(p).context("--publish-add")?;
+                spec.ports.retain(|s| !(s.published == port.published && s.protocol == port.protocol));
+                spec.ports.push(port);
+            }
+            let (update, rollback) = rollout.over(spec.update_config.take(), spec.rollback_config.take())?;
+            (spec.update_config, spec.rollback_config) = (update, rollback);
+            spec::check(&spec)?;
+            let req = pb::UpdateServiceRequest { spec: Some(spec) };
+            let reply = client.call("update service", async |mut c| c.update_service(req.clone()).await).await?;
+            let svc = to_model(reply.service)?;
+            if svc.version == before.version {
+                return Ok(format!("service {name}: nothing changed (version {})\n", svc.version));
+            }
+            if detach {
+                return Ok(format!("service {name} updated (version {})\n", svc.version));
+            }
+            println!("service {name} updated (version {}); waiting until it converges (--detach not to)", svc.version);
+            rollout::wait(&client, &name, rollout::Goal::Update { version: svc.version }).await
+        }
+        Command::Service(ServiceCmd::Rollback { name, detach }) => {
+            let req = pb::RollbackServiceRequest { name: name.clone() };
+            let reply = client.call("roll back service", async |mut c| c.rollback_service(req.clone()).await).await?;
+            let svc = to_model(reply.service)?;
+            if detach {
+                return Ok(format!("service {name} rolling back (version {})\n", svc.version));
+            }
+            println!(
+                "service {name} rolling back (version {}); waiting until it converges (--detach not to)",
+                svc.version
+            );
+            rollout::wait(&client, &name, rollout::Goal::Rollback { version: svc.version }).await
         }
         Command::Service(ServiceCmd::Ps { name, stale }) => {
             let req = pb::ListTasksRequest { service: name, stale };

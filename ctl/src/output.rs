@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use berth_proto::model::{format_memory, Endpoint, NodeInfo, Service, TaskInfo};
+use berth_proto::model::{format_memory, Endpoint, NodeInfo, Service, TaskInfo, UpdateConfig};
 use berth_proto::pb::cluster as pb;
 use serde_json::{json, Value};
 
@@ -131,6 +131,18 @@ pub fn service(s: &Service, endpoints: &[Endpoint], format: Format) -> String {
     }
     kv("Replicas", spec.replicas.to_string());
     kv("Restart", spec.restart.to_string());
+    if let Some(r) = &s.rollout {
+        let why = if r.message.is_empty() { String::new() } else { format!(": {}", r.message) };
+        kv("Rollout", format!("{} (version {}){why}", r.state, r.version));
+    }
+    for (key, config, default) in [
+        ("Update", &spec.update_config, UpdateConfig::UPDATE),
+        ("Rollback", &spec.rollback_config, UpdateConfig::ROLLBACK),
+    ] {
+        if *config != default {
+            kv(key, update_config(config));
+        }
+    }
     if !spec.constraints.is_empty() {
         kv("Constraints", spec.constraints.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
     }
@@ -204,6 +216,22 @@ pub fn tasks(list: &[TaskInfo], format: Format, now: SystemTime) -> String {
             )
         }
     }
+}
+
+/// An update or rollback config on one line.
+fn update_config(c: &UpdateConfig) -> String {
+    let batch = match c.parallelism {
+        0 => "all".to_owned(),
+        n => n.to_string(),
+    };
+    format!(
+        "{batch} at a time, {}, delay {}s, monitor {}s, on failure {} (tolerating {:.0}%)",
+        c.order,
+        c.delay_ms as f64 / 1000.0,
+        c.monitor_ms as f64 / 1000.0,
+        c.failure_action,
+        c.max_failure_ratio * 100.0
+    )
 }
 
 /// A spec's health check on one line: `tcp :6379 every 1s, timeout 2s`.
@@ -374,8 +402,10 @@ mod tests {
             seccomp: Default::default(),
             userns: Default::default(),
             overrides: Default::default(),
+            update_config: berth_proto::model::UpdateConfig::UPDATE,
+            rollback_config: berth_proto::model::UpdateConfig::ROLLBACK,
         };
-        let s = Service { spec, version: 3 };
+        let s = Service { spec, version: 3, previous: None, rollout: None };
         let e = |slot: u32, address: &str, node: &str| Endpoint {
             task: format!("web.{slot}.1"),
             slot,

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use crate::health::{duration_value, HealthFile};
+use crate::rollout::UpdateConfigFile;
 
 /// One service in a spec file. Unknown keys are an error, not ignored.
 #[derive(Debug, Deserialize)]
@@ -71,6 +72,11 @@ struct SpecFile {
     /// Its health check (see `crate::health::HealthFile`).
     #[serde(default)]
     health: Option<HealthFile>,
+    /// How tasks move to a new spec, and back (see `crate::rollout`).
+    #[serde(default)]
+    update_config: Option<UpdateConfigFile>,
+    #[serde(default)]
+    rollback_config: Option<UpdateConfigFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,6 +171,8 @@ impl SpecFile {
                 stop_grace_ms: duration_value(self.stop_grace_period).context("stop_grace_period")?,
                 health: self.health.map(HealthFile::into_wire).transpose()?,
             }),
+            update_config: self.update_config.map(|c| c.into_wire("update_config")).transpose()?,
+            rollback_config: self.rollback_config.map(|c| c.into_wire("rollback_config")).transpose()?,
         })
     }
 }

@@ -463,3 +463,70 @@ async fn a_service_replaces_its_images_entrypoint_user_and_workdir() -> Result<(
     drop(daemons);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_failed_rollout_rolls_back_on_its_own_and_updates_go_by_their_config() -> Result<()> {
+    let (registry, image) = Registry::with_busybox().await?;
+    let cluster = Cluster::start(1, &[]).await?;
+    let servers = cluster.addrs();
+    let agent = Agent::new(Some(&registry));
+    let daemons = berth_tests::agent::join_ready(&servers, &[(&agent, "solo")]).await?;
+    // Healthy once it has made its file: an exec probe every 300 ms.
+    let serve = "touch /tmp/ready; echo v=$V; exec sleep 600";
+    let health = ["--health-cmd", "test -f /tmp/ready", "--health-interval", "300ms", "--health-retries", "1"];
+    let rollout = ["--update-parallelism", "2", "--update-monitor", "1s", "--rollback-monitor", "1s"];
+    let create =
+        [&["service", "create", "web", "--image", &image, "--replicas", "3", "-e", "V=1"][..], &health, &rollout]
+            .concat();
+    let (ok, out, err) = berthctl(&servers, &[&create[..], &["--", "sh", "-c", serve]].concat())?;
+    ensure!(ok, "{out}{err}");
+    let healthy = |servers: &[String]| -> Option<Vec<String>> {
+        let (ok, out, _) = berthctl(servers, &["service", "ps", "web", "-o", "json"]).ok()?;
+        let list: Vec<serde_json::Value> = serde_json::from_str(&out).ok().filter(|_| ok)?;
+        let ids: Vec<String> = list
+            .iter()
+            .filter(|t| t["task"]["desired"] == "running" && t["task"]["health"] == "healthy")
+            .filter_map(|t| t["task"]["id"].as_str().map(str::to_owned))
+            .collect();
+        (ids.len() == 3).then_some(ids)
+    };
+    let first = wait_for(Duration::from_secs(60), "3 healthy replicas", async || healthy(&servers)).await?;
+
+    // An image that is not there: its new tasks fail, and the service goes
+    // back on its own; the update waits for that and fails, saying why.
+    let nope = format!("{}/nope:1", registry.addr);
+    let (ok, out, err) = berthctl(&servers, &["service", "update", "web", "--image", &nope])?;
+    ensure!(!ok && err.contains("rolled back") && err.contains("failed"), "{out}{err}");
+    ensure!(out.contains("waiting until it converges"), "{out}");
+    let (ok, out, err) = berthctl(&servers, &["service", "inspect", "web"])?;
+    ensure!(ok && out.contains("Rollout:") && out.contains("rolled_back"), "{out}{err}");
+    ensure!(out.contains("rolled back from version 2") && out.contains("web.") && out.contains(" failed"), "{out}");
+    ensure!(out.contains(&format!("Image:     {image}")), "the previous image is back: {out}");
+    // The replicas that never left the old spec were left alone.
+    ensure!(healthy(&servers).as_ref() == Some(&first), "the old replicas were replaced: {:?}", healthy(&servers));
+
+    // A good update converges, two slots at a time, each new task healthy
+    // before an old one stops; the wait prints each task and exits 0.
+    let (ok, out, err) = berthctl(&servers, &["service", "update", "web", "--env-add", "V=2"])?;
+    ensure!(ok && out.contains("web converged: 3/3 replicas serve version"), "{out}{err}");
+    ensure!(out.lines().any(|l| l.contains("running (healthy)")), "{out}");
+    let (ok, out, _) = berthctl(&servers, &["service", "logs", "web"])?;
+    ensure!(ok && out.matches("| v=2").count() == 3, "{out}");
+    // Stop-first: the old task goes before its successor comes.
+    let (ok, out, err) = berthctl(
+        &servers,
+        &["service", "update", "web", "--env-add", "V=3", "--update-order", "stop-first", "--update-parallelism", "1"],
+    )?;
+    ensure!(ok, "{out}{err}");
+    let (ok, events, _) = berthctl(&servers, &["service", "inspect", "web", "-o", "json"])?;
+    ensure!(ok && events.contains("\"order\": \"stop-first\""), "{events}");
+    // A rollback by hand goes back to V=2, and waits for it.
+    let (ok, out, err) = berthctl(&servers, &["service", "rollback", "web"])?;
+    ensure!(ok && out.contains("converged"), "{out}{err}");
+    let (ok, out, _) = berthctl(&servers, &["service", "inspect", "web"])?;
+    ensure!(ok && out.contains("V=2") && out.contains("rolled_back"), "{out}");
+    let (ok, _, err) = berthctl(&servers, &["service", "update", "web", "--update-order", "sideways"])?;
+    ensure!(!ok && err.contains("update_config.order"), "{err}");
+    drop(daemons);
+    Ok(())
+}

@@ -302,6 +302,8 @@ mod tests {
             seccomp: Default::default(),
             userns: Default::default(),
             overrides: Default::default(),
+            update_config: berth_proto::model::UpdateConfig::UPDATE,
+            rollback_config: berth_proto::model::UpdateConfig::ROLLBACK,
         };
         let mut s = State::default();
         apply(&mut s, &Command::CreateService(spec.clone()));
@@ -312,7 +314,7 @@ mod tests {
             TaskChange::Create(Box::new(t.clone())),
             TaskChange::Assign { id: t.id.clone(), node: node.id.clone() },
         ];
-        apply(&mut s, &Command::Reconcile { changes, at_ms: 1000 });
+        apply(&mut s, &Command::Reconcile { changes, at_ms: 1000, rollouts: vec![] });
         assert_eq!(s.tasks[&t.id].since_ms, 1000);
 
         // The service moves on to a new image; the old task still runs the old one.
@@ -366,6 +368,8 @@ mod tests {
             seccomp: Default::default(),
             userns: Default::default(),
             overrides: Default::default(),
+            update_config: berth_proto::model::UpdateConfig::UPDATE,
+            rollback_config: berth_proto::model::UpdateConfig::ROLLBACK,
         };
         let mut s = State::default();
         let net = NetworkConfig::new("198.19.0.0/16".parse::<Cidr>().unwrap(), 24).unwrap();
@@ -381,7 +385,7 @@ mod tests {
         for (t, n) in tasks.iter().zip([&a, &b, &b]) {
             changes.push(TaskChange::Assign { id: t.id.clone(), node: n.id.clone() });
         }
-        apply(&mut s, &Command::Reconcile { changes, at_ms: 1 });
+        apply(&mut s, &Command::Reconcile { changes, at_ms: 1, rollouts: vec![] });
         let report = |node: &NodeRecord, id: &str, state| Command::ReportTasks {
             node: node.id.clone(),
             reports: vec![Report {

@@ -113,6 +113,27 @@ impl Cluster for ClusterApi {
         Ok(Response::new(ApplyServiceReply { service: Some(service), outcome }))
     }
 
+    /// The previous spec, with the replicas as they are now, as an update
+    /// (so it rolls out by the service's rollback config).
+    async fn rollback_service(&self, req: Request<RollbackServiceRequest>) -> Result<Response<ServiceReply>, Status> {
+        self.allow(&req, Access::Operator, "rolling back a service")?;
+        let name = req.into_inner().name;
+        name_arg(&name)?;
+        let svc = match self.node.read(Query::GetService(name.clone()), false).await? {
+            QueryReply::Service(Some(s), _) => s,
+            QueryReply::Service(None, _) => return Err(crate::state::Rejection::NotFound(name).into()),
+            other => return Err(Status::internal(format!("unexpected query reply {other:?}"))),
+        };
+        let Some(previous) = svc.previous else {
+            return Err(Status::failed_precondition(format!(
+                "service {name:?} has no previous spec to roll back to: what its tasks run has not changed since it was created"
+            )));
+        };
+        let spec = berth_proto::model::ServiceSpec { replicas: svc.spec.replicas, ..*previous };
+        let (service, _) = self.write_service(Command::UpdateService(spec)).await?;
+        Ok(Response::new(ServiceReply { service: Some(service), endpoints: vec![] }))
+    }
+
     async fn delete_service(&self, req: Request<DeleteServiceRequest>) -> Result<Response<DeleteServiceReply>, Status> {
         self.allow(&req, Access::Operator, "removing a service")?;
         let name = req.into_inner().name;

@@ -2,11 +2,18 @@
 
 use std::collections::BTreeSet;
 
-use berth_proto::model::{Availability, NetworkConfig, Node, NodeStatus, Resources, RestartPolicy, ServiceSpec};
+use berth_proto::model::{
+    Availability, NetworkConfig, Node, NodeStatus, Order, Resources, RestartPolicy, RolloutState, ServiceSpec,
+    UpdateConfig,
+};
 use proptest::prelude::*;
 
 use super::*;
-use crate::state::{apply, Command};
+use crate::state::{apply, Command, RolloutChange};
+
+/// The leader's clock in these tests: long after every task's `since`
+/// (1), so no rollout waits for its delay or monitor.
+const NOW: u64 = 1_000_000;
 
 fn spec(name: &str, replicas: u32) -> ServiceSpec {
     ServiceSpec {
@@ -23,6 +30,8 @@ fn spec(name: &str, replicas: u32) -> ServiceSpec {
         seccomp: Default::default(),
         userns: Default::default(),
         overrides: Default::default(),
+        update_config: UpdateConfig::UPDATE,
+        rollback_config: UpdateConfig::ROLLBACK,
     }
 }
 
@@ -69,15 +78,21 @@ fn agents_act(s: &mut State) -> bool {
 }
 
 /// Lets agents act and the reconciler answer until neither has anything
-/// left to do.
+/// left to do; a rollback it asks for is done as the leader does it.
 fn settle(s: &mut State) {
     for _ in 0..50 {
         let acted = agents_act(s);
-        let changes = reconcile(s);
-        if changes.is_empty() && !acted {
+        let Reconciled { changes, rollouts, rollbacks, .. } = reconcile(s, NOW);
+        if changes.is_empty() && rollouts.is_empty() && rollbacks.is_empty() && !acted {
             return;
         }
-        apply(s, &Command::Reconcile { changes, at_ms: 1 });
+        apply(s, &Command::Reconcile { changes, at_ms: 1, rollouts });
+        for (name, _) in rollbacks {
+            let svc = &s.services[&name];
+            let previous = svc.previous.clone().expect("a rollback has a spec to go back to");
+            let spec = ServiceSpec { replicas: svc.spec.replicas, ..*previous };
+            apply(s, &Command::UpdateService(spec));
+        }
     }
     panic!("no rest after 50 rounds: {:#?}", s.tasks);
 }
@@ -102,7 +117,7 @@ fn replicas_are_created_spread_and_then_left_alone() {
         m
     });
     assert_eq!(per_node.values().copied().collect::<Vec<_>>(), [2, 2, 1]);
-    assert!(reconcile(&s).is_empty(), "silent at rest");
+    assert!(reconcile(&s, NOW).is_empty(), "silent at rest");
     assert_eq!(s.tasks.keys().cloned().collect::<Vec<_>>(), ["web.1.1", "web.2.1", "web.3.1", "web.4.1", "web.5.1"]);
 }
 
@@ -149,13 +164,13 @@ fn a_changed_spec_rolls_one_slot_at_a_time_successor_first() {
     apply(&mut s, &Command::UpdateService(changed));
     // Round by round: never fewer than 3 running, never two slots in flight.
     for _ in 0..20 {
-        let changes = reconcile(&s);
+        let changes = reconcile(&s, NOW).changes;
         if changes.is_empty() {
             break;
         }
         let creates = changes.iter().filter(|c| matches!(c, TaskChange::Create(_))).count();
         assert!(creates <= 1, "{changes:?}");
-        apply(&mut s, &Command::Reconcile { changes, at_ms: 1 });
+        apply(&mut s, &Command::Reconcile { changes, at_ms: 1, rollouts: vec![] });
         assert!(running(&s, "web").len() >= 3, "{:#?}", s.tasks);
         agents_act(&mut s);
     }
@@ -173,7 +188,7 @@ fn a_task_that_fits_nowhere_says_why_once() {
     let t = &s.tasks["big.1.1"];
     assert_eq!(t.state, TaskState::Pending);
     assert_eq!(t.message, "no node fits: 1 node lack memory (needs 64Gi)");
-    assert!(reconcile(&s).is_empty(), "the same reason is not written again");
+    assert!(reconcile(&s, NOW).is_empty(), "the same reason is not written again");
 }
 
 #[test]
@@ -182,10 +197,14 @@ fn a_rollout_stuck_on_a_spec_that_cannot_run_gives_way_to_a_fixed_one() {
     settle(&mut s);
     let mut huge = spec("web", 2);
     huge.resources.memory_bytes = 1 << 40;
-    apply(&mut s, &Command::UpdateService(huge));
+    huge.update_config.failure_action = berth_proto::model::FailureAction::Pause;
+    apply(&mut s, &Command::UpdateService(huge.clone()));
     settle(&mut s);
     assert_eq!(running(&s, "web").len(), 2, "the old tasks keep serving");
     assert!(s.tasks.values().any(|t| t.version == 2 && t.message.starts_with("no node fits")));
+    let rollout = s.services["web"].rollout.clone().expect("a rollout");
+    assert_eq!(rollout.state, RolloutState::Paused);
+    assert!(rollout.message.contains("web.1.2 cannot be placed: no node fits"), "{}", rollout.message);
     let mut fixed = spec("web", 2);
     fixed.image = "busybox:2".into();
     apply(&mut s, &Command::UpdateService(fixed));
@@ -303,8 +322,8 @@ proptest! {
             if n % 2 == 0 {
                 settle(&mut s);
             } else {
-                let changes = reconcile(&s);
-                apply(&mut s, &Command::Reconcile { changes, at_ms: 1 });
+                let changes = reconcile(&s, NOW).changes;
+                apply(&mut s, &Command::Reconcile { changes, at_ms: 1, rollouts: vec![] });
             }
         }
         settle(&mut s);
@@ -318,13 +337,15 @@ proptest! {
             let live: Vec<&Task> = s.tasks.values().filter(|t| t.service == spec.name && t.desired == Desired::Running).collect();
             let slots: BTreeSet<u32> = live.iter().map(|t| t.slot).collect();
             prop_assert_eq!(slots, (1..=spec.replicas).collect::<BTreeSet<_>>(), "{}", spec.name);
-            // A rollout whose successor fits nowhere stalls, and the slots
-            // after it keep their old running tasks.
-            let stalled = live.iter().any(|t| t.version == current && t.state == TaskState::Pending);
+            // A rollout whose successor fits nowhere stalls (and pauses, or
+            // rolls back and maybe pauses), and the slots after it keep
+            // their old running tasks.
+            let paused = service.rollout.as_ref().is_some_and(|r| matches!(r.state, RolloutState::Paused | RolloutState::RollbackPaused));
+            let stalled = paused || live.iter().any(|t| t.version == current && t.state == TaskState::Pending);
             for slot in 1..=spec.replicas {
                 let here: Vec<&&Task> = live.iter().filter(|t| t.slot == slot).collect();
                 let (newest, older) = here.split_last().unwrap();
-                if newest.version < current {
+                if newest.version < current && newest.spec != TaskSpec::from(spec) {
                     prop_assert!(stalled && newest.state == TaskState::Running && older.is_empty(), "{:?}", newest);
                     continue;
                 }
@@ -338,6 +359,85 @@ proptest! {
                 }
             }
         }
-        prop_assert!(reconcile(&s).is_empty());
+        let left = reconcile(&s, NOW);
+        prop_assert!(left.is_empty(), "{:?}", left);
     }
+}
+
+#[test]
+fn parallelism_replaces_that_many_slots_and_stop_first_stops_the_old_ones_first() {
+    let mut s = cluster(&["a", "b"], &[("web", 4)]);
+    settle(&mut s);
+    let mut changed = spec("web", 4);
+    changed.image = "busybox:2".into();
+    changed.update_config.parallelism = 2;
+    changed.update_config.order = Order::StopFirst;
+    apply(&mut s, &Command::UpdateService(changed));
+    let first = reconcile(&s, NOW).changes;
+    let stops: Vec<&TaskChange> = first.iter().filter(|c| matches!(c, TaskChange::Shutdown { .. })).collect();
+    assert_eq!(stops.len(), 2, "{first:?}");
+    assert!(matches!(stops[0], TaskChange::Shutdown { reason, .. } if reason == "updating to version 2"));
+    assert!(!first.iter().any(|c| matches!(c, TaskChange::Create(_))), "stop-first: nothing new yet");
+    apply(&mut s, &Command::Reconcile { changes: first, at_ms: 1, rollouts: vec![] });
+    for _ in 0..30 {
+        agents_act(&mut s);
+        let running = running(&s, "web").len();
+        assert!((2..=4).contains(&running), "at most 2 slots down at once: {:#?}", s.tasks);
+        let changes = reconcile(&s, NOW).changes;
+        if changes.is_empty() {
+            break;
+        }
+        apply(&mut s, &Command::Reconcile { changes, at_ms: 1, rollouts: vec![] });
+    }
+    assert!(s.tasks.values().all(|t| t.version == 2 && t.spec.image == "busybox:2"), "{:#?}", s.tasks);
+    assert_eq!(running(&s, "web").len(), 4);
+    let done = reconcile(&s, NOW);
+    assert_eq!(done.rollouts.len(), 1, "the rollout is done: {done:?}");
+    assert_eq!(done.rollouts[0].state, RolloutState::Completed);
+    apply(&mut s, &Command::Reconcile { changes: vec![], at_ms: 1, rollouts: done.rollouts });
+    assert_eq!(s.services["web"].rollout.as_ref().map(|r| r.state), Some(RolloutState::Completed));
+    assert!(reconcile(&s, NOW).is_empty(), "said once");
+}
+
+#[test]
+fn a_new_task_that_fails_asks_for_a_rollback_which_rolls_out_as_the_rollback_config_says() {
+    let mut s = cluster(&["a"], &[("web", 2)]);
+    settle(&mut s);
+    let mut bad = spec("web", 2);
+    bad.image = "registry:5000/nope:1".into();
+    apply(&mut s, &Command::UpdateService(bad));
+    let svc = &s.services["web"];
+    assert_eq!(svc.previous.as_ref().map(|p| p.image.as_str()), Some("busybox"));
+    assert_eq!(svc.rollout.as_ref().map(|r| (r.state, r.version)), Some((RolloutState::Updating, 2)));
+    let changes = reconcile(&s, NOW).changes;
+    apply(&mut s, &Command::Reconcile { changes, at_ms: 1, rollouts: vec![] });
+    agents_act(&mut s);
+    let new = s.tasks.get_mut("web.1.2").expect("the first new task");
+    new.state = TaskState::Failed;
+    new.message = "pulling registry:5000/nope:1: manifest unknown".into();
+    let decided = reconcile(&s, NOW);
+    let why = "1 of 2 new tasks failed: web.1.2 failed: pulling registry:5000/nope:1: manifest unknown";
+    assert_eq!(decided.rollbacks, [("web".to_owned(), why.to_owned())]);
+    assert!(!decided.changes.iter().any(|c| matches!(c, TaskChange::Create(_))), "no more new tasks");
+    // What the leader does: the previous spec again, as an update.
+    let previous = s.services["web"].previous.clone().expect("a previous spec");
+    apply(&mut s, &Command::UpdateService(*previous));
+    let svc = &s.services["web"];
+    assert_eq!(svc.rollout.as_ref().map(|r| (r.state, r.version)), Some((RolloutState::RollingBack, 3)));
+    assert_eq!(svc.previous.as_ref().map(|p| p.image.as_str()), Some("registry:5000/nope:1"));
+    settle(&mut s);
+    // The tasks that never left the previous spec stay: nothing to replace.
+    assert_eq!(s.tasks.keys().collect::<Vec<_>>(), ["web.1.1", "web.2.1"], "{:#?}", s.tasks);
+    assert_eq!(running(&s, "web").len(), 2);
+    let svc = &s.services["web"];
+    assert_eq!(svc.rollout.as_ref().map(|r| (r.state, r.version)), Some((RolloutState::RolledBack, 3)));
+    // A scale is no rollout: the previous spec and the rollout stay.
+    apply(&mut s, &Command::UpdateService(spec("web", 3)));
+    let svc = &s.services["web"];
+    assert_eq!(svc.rollout.as_ref().map(|r| (r.state, r.version)), Some((RolloutState::RolledBack, 3)));
+    assert_eq!(svc.previous.as_ref().map(|p| p.image.as_str()), Some("registry:5000/nope:1"));
+    // A rollout's state is set only while it is the one under way.
+    let stale = RolloutChange { service: "web".into(), version: 2, state: RolloutState::Paused, message: "x".into() };
+    apply(&mut s, &Command::Reconcile { changes: vec![], at_ms: 1, rollouts: vec![stale] });
+    assert_eq!(s.services["web"].rollout.as_ref().map(|r| r.state), Some(RolloutState::RolledBack));
 }

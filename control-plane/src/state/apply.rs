@@ -2,9 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use berth_proto::model::{Desired, NodeStatus, Protocol, Resources, Service, ServiceSpec, Task, TaskState};
+use berth_proto::model::{
+    Desired, NodeStatus, Protocol, Resources, Rollout, RolloutState, Service, ServiceSpec, Task, TaskState,
+};
 
-use super::{ipam, trust, Command, Outcome, Rejection, Response, State, TaskChange};
+use super::{ipam, trust, Command, Outcome, Rejection, Response, RolloutChange, State, TaskChange};
 
 /// A published port (per protocol) answers on every node, so only one
 /// service may have it, and only one the hosts do not use themselves.
@@ -70,8 +72,16 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
                 }
                 (_, Some(svc)) => {
                     let tasks_change = !svc.spec.same_tasks(spec);
-                    svc.spec = spec.clone();
+                    // Back to the spec before the last change: a rollback,
+                    // by its own config.
+                    let back = svc.previous.as_ref().is_some_and(|p| p.same_tasks(spec));
+                    let before = std::mem::replace(&mut svc.spec, spec.clone());
                     svc.version += 1;
+                    if tasks_change {
+                        svc.previous = Some(Box::new(before));
+                        let state = if back { RolloutState::RollingBack } else { RolloutState::Updating };
+                        svc.rollout = Some(Rollout { state, version: svc.version, message: String::new() });
+                    }
                     let svc = svc.clone();
                     if tasks_change {
                         state.templates.insert(spec.name.clone(), svc.version);
@@ -79,7 +89,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
                     Response::Service { service: svc, outcome: Outcome::Updated }
                 }
                 (_, None) => {
-                    let svc = Service { spec: spec.clone(), version: 1 };
+                    let svc = Service { spec: spec.clone(), version: 1, previous: None, rollout: None };
                     state.services.insert(spec.name.clone(), svc.clone());
                     state.templates.insert(spec.name.clone(), 1);
                     Response::Service { service: svc, outcome: Outcome::Created }
@@ -178,15 +188,29 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
             }
             Response::Reconciled { applied }
         }
-        Command::Reconcile { changes, at_ms } => {
+        Command::Reconcile { changes, at_ms, rollouts } => {
             let mut held = Held {
                 resources: state.allocations().into_iter().map(|(node, (held, _))| (node, held)).collect(),
                 addresses: ipam::Addresses::of(state),
             };
             let applied = changes.iter().filter(|c| apply_change(state, &mut held, c, *at_ms)).count();
-            Response::Reconciled { applied }
+            Response::Reconciled { applied: applied + rollouts.iter().filter(|r| set_rollout(state, r)).count() }
         }
     }
+}
+
+/// A rollout's new state, if the service still rolls out that version.
+fn set_rollout(state: &mut State, change: &RolloutChange) -> bool {
+    let Some(svc) = state.services.get_mut(&change.service) else { return false };
+    if state.templates.get(&change.service).copied().unwrap_or(svc.version) != change.version {
+        return false;
+    }
+    let rollout = Rollout { state: change.state, version: change.version, message: change.message.clone() };
+    if svc.rollout.as_ref() == Some(&rollout) {
+        return false;
+    }
+    svc.rollout = Some(rollout);
+    true
 }
 
 fn remove_node(state: &mut State, id: &str) -> Response {
@@ -306,6 +330,8 @@ mod tests {
             seccomp: Default::default(),
             userns: Default::default(),
             overrides: Default::default(),
+            update_config: berth_proto::model::UpdateConfig::UPDATE,
+            rollback_config: berth_proto::model::UpdateConfig::ROLLBACK,
         }
     }
 
@@ -481,7 +507,10 @@ mod tests {
             TaskChange::Unplaced { id: t.id.clone(), reason: "late".into() },
             TaskChange::Remove { id: t.id.clone() },
         ];
-        assert_eq!(apply(&mut s, &Command::Reconcile { changes, at_ms: 1 }), Response::Reconciled { applied: 2 });
+        assert_eq!(
+            apply(&mut s, &Command::Reconcile { changes, at_ms: 1, rollouts: vec![] }),
+            Response::Reconciled { applied: 2 }
+        );
         assert_eq!(s.tasks[&t.id].node.as_deref(), Some("n1"));
         assert_eq!(s.tasks[&t.id].state, TaskState::Assigned);
         assert_eq!(s.generations["web.1"], 3);
@@ -489,7 +518,10 @@ mod tests {
             TaskChange::Shutdown { id: t.id.clone(), reason: "scaled down".into() },
             TaskChange::Remove { id: t.id.clone() },
         ];
-        assert_eq!(apply(&mut s, &Command::Reconcile { changes: stop, at_ms: 1 }), Response::Reconciled { applied: 2 });
+        assert_eq!(
+            apply(&mut s, &Command::Reconcile { changes: stop, at_ms: 1, rollouts: vec![] }),
+            Response::Reconciled { applied: 2 }
+        );
         assert!(s.tasks.is_empty());
         assert_eq!(s.generations["web.1"], 3, "generations outlive their tasks");
     }
@@ -513,7 +545,10 @@ mod tests {
             // u64::MAX - 20 + 100 wraps to 79 without the check.
             TaskChange::Assign { id: b.id.clone(), node: "n1".into() },
         ];
-        assert_eq!(apply(&mut s, &Command::Reconcile { changes, at_ms: 1 }), Response::Reconciled { applied: 3 });
+        assert_eq!(
+            apply(&mut s, &Command::Reconcile { changes, at_ms: 1, rollouts: vec![] }),
+            Response::Reconciled { applied: 3 }
+        );
         assert_eq!(s.tasks[&a.id].node.as_deref(), Some("n1"));
         assert_eq!(s.tasks[&b.id].node, None);
     }

@@ -18,7 +18,7 @@ mod trust;
 use std::collections::BTreeMap;
 
 use berth_proto::model::{
-    Availability, InvalidField, NetworkConfig, Node, NodeStatus, Resources, Service, ServiceSpec, Task,
+    Availability, InvalidField, NetworkConfig, Node, NodeStatus, Resources, RolloutState, Service, ServiceSpec, Task,
 };
 use serde::{Deserialize, Serialize};
 
@@ -131,6 +131,10 @@ pub enum Command {
         changes: Vec<TaskChange>,
         /// When the leader decided (Unix ms): a changed task's `since`.
         at_ms: u64,
+        /// Rollouts that paused or completed. (A field rather than a
+        /// variant: a release before rollouts reads the entry and skips it.)
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        rollouts: Vec<RolloutChange>,
     },
     /// The cluster's trust and its first user, written once by the
     /// bootstrap server. Precondition: none is set, or the same cluster's.
@@ -199,6 +203,16 @@ pub enum TaskChange {
     Shutdown { id: String, reason: String },
     /// Forgotten: stopped, or on a node that is gone.
     Remove { id: String },
+}
+
+/// A rollout's new state, decided by the reconciler; applied only while
+/// the service still rolls out `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutChange {
+    pub service: String,
+    pub version: u64,
+    pub state: RolloutState,
+    pub message: String,
 }
 
 /// Wall-clock time in Unix milliseconds, for the `at_ms` of commands: taken

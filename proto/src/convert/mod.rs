@@ -6,7 +6,7 @@
 
 mod agent;
 
-use crate::model::{self, InvalidField, PortSpec, Protocol, Resources, RestartPolicy};
+use crate::model::{self, InvalidField, PortSpec, Protocol, Resources, RestartPolicy, UpdateConfig};
 use crate::pb::cluster as pb;
 
 /// The largest CPU request accepted: far above any host, low enough that
@@ -51,6 +51,8 @@ impl TryFrom<pb::ServiceSpec> for model::ServiceSpec {
             seccomp,
             userns,
             overrides: Box::new(model::Overrides::from_pb(p.overrides.unwrap_or_default())),
+            update_config: UpdateConfig::from_pb(p.update_config, UpdateConfig::UPDATE, "update_config")?,
+            rollback_config: UpdateConfig::from_pb(p.rollback_config, UpdateConfig::ROLLBACK, "rollback_config")?,
         };
         spec.validate()?;
         Ok(spec)
@@ -97,13 +99,24 @@ impl From<model::ServiceSpec> for pb::ServiceSpec {
             pids_limit: s.pids_limit.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)),
             security: Some(security_to_pb(&s.seccomp, s.userns)),
             overrides,
+            update_config: Some(s.update_config.to_pb()),
+            rollback_config: Some(s.rollback_config.to_pb()),
         }
     }
 }
 
 impl From<model::Service> for pb::Service {
     fn from(s: model::Service) -> Self {
-        Self { spec: Some(s.spec.into()), version: s.version }
+        Self {
+            spec: Some(s.spec.into()),
+            version: s.version,
+            rollout: s.rollout.map(|r| pb::Rollout {
+                state: r.state.to_string(),
+                version: r.version,
+                message: r.message,
+            }),
+            previous: s.previous.map(|p| (*p).into()),
+        }
     }
 }
 
@@ -112,7 +125,23 @@ impl TryFrom<pb::Service> for model::Service {
 
     fn try_from(s: pb::Service) -> Result<Self, Self::Error> {
         let spec = s.spec.ok_or_else(|| InvalidField::new("spec", "", "a service spec"))?;
-        Ok(Self { spec: spec.try_into()?, version: s.version })
+        let rollout = match s.rollout {
+            None => None,
+            Some(r) => Some(model::Rollout {
+                state: model::RolloutState::parse(&r.state)
+                    .ok_or_else(|| InvalidField::new("rollout.state", &r.state, "a rollout state such as updating"))?,
+                version: r.version,
+                message: r.message,
+            }),
+        };
+        let previous = match s.previous {
+            None => None,
+            Some(p) => Some(Box::new(
+                model::ServiceSpec::try_from(p)
+                    .map_err(|e| InvalidField { field: format!("previous.{}", e.field), ..e })?,
+            )),
+        };
+        Ok(Self { spec: spec.try_into()?, version: s.version, previous, rollout })
     }
 }
 

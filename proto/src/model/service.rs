@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{validate_image, Constraint, InvalidField, Overrides, Seccomp, Userns};
+use super::{validate_image, Constraint, InvalidField, Overrides, Rollout, Seccomp, UpdateConfig, Userns};
 
 /// A declared service: its spec and how many times the spec changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -15,6 +15,13 @@ pub struct Service {
     pub spec: ServiceSpec,
     /// 1 at creation, +1 for every update that changes the spec.
     pub version: u64,
+    /// The spec before the last change of what its tasks run: what a
+    /// rollback puts back (boxed: rarely read, carried in every snapshot).
+    #[serde(default)]
+    pub previous: Option<Box<ServiceSpec>>,
+    /// Where its last rollout stands; none before its first.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +56,16 @@ pub struct ServiceSpec {
     /// rarely set, and a spec rides in every write command).
     #[serde(default)]
     pub overrides: Box<Overrides>,
+    /// How its tasks move to a new spec.
+    #[serde(default)]
+    pub update_config: UpdateConfig,
+    /// How they move back to the previous one.
+    #[serde(default = "rollback_default")]
+    pub rollback_config: UpdateConfig,
+}
+
+fn rollback_default() -> UpdateConfig {
+    UpdateConfig::ROLLBACK
 }
 
 /// Requested resources; zero means "no request, no limit".
@@ -177,9 +194,11 @@ pub fn validate_name(name: &str) -> Result<(), InvalidField> {
 
 impl ServiceSpec {
     /// Whether tasks made for `other` would be the same as for this spec:
-    /// everything but the replica count matters. Scaling replaces no task.
+    /// everything but the replica count and how tasks are replaced
+    /// matters. Scaling replaces no task.
     pub fn same_tasks(&self, other: &Self) -> bool {
-        Self { replicas: other.replicas, ..self.clone() } == *other
+        let (update_config, rollback_config) = (other.update_config, other.rollback_config);
+        Self { replicas: other.replicas, update_config, rollback_config, ..self.clone() } == *other
     }
 
     /// Checks every field; the first one that is wrong is named.
@@ -228,6 +247,8 @@ impl ServiceSpec {
             return Err(too_long("constraints", self.constraints.len(), limits::CONSTRAINTS, "constraints"));
         }
         self.overrides.validate()?;
+        self.update_config.validate("update_config")?;
+        self.rollback_config.validate("rollback_config")?;
         if self.command.iter().any(|a| a.contains('\0')) {
             return Err(InvalidField::new("command", format!("{:?}", self.command), "arguments without NUL bytes"));
         }
@@ -309,6 +330,8 @@ mod tests {
             seccomp: Seccomp::Default,
             userns: Userns::Host,
             overrides: Box::default(),
+            update_config: UpdateConfig::UPDATE,
+            rollback_config: UpdateConfig::ROLLBACK,
         }
     }
 

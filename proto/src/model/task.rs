@@ -181,8 +181,12 @@ impl Task {
     /// that stopped, failed, is being replaced or is not (yet) healthy is
     /// not one.
     pub fn serving_address(&self) -> Option<Ipv4Addr> {
-        let healthy = matches!(self.health, None | Some(HealthState::Healthy));
-        (self.desired == Desired::Running && self.state == TaskState::Running && healthy).then_some(self.address?)
+        (self.desired == Desired::Running && self.serving()).then_some(self.address?)
+    }
+
+    /// Whether it runs and, if it has a health check, is healthy.
+    pub fn serving(&self) -> bool {
+        self.state == TaskState::Running && matches!(self.health, None | Some(HealthState::Healthy))
     }
 
     /// Whether it counts against its node's capacity: placed, and either

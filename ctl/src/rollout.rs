@@ -1,0 +1,320 @@
+//! Rollouts as people drive them: `--update-*` and `--rollback-*` flags
+//! (as `docker service create` spells them) and a spec file's
+//! `update_config` and `rollback_config`, into the wire's `UpdateConfig`;
+//! and the wait after a change, which prints a line per task as it moves
+//! until the service has converged, and fails when its rollout paused or
+//! was rolled back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use berth_proto::model::{Desired, RolloutState, Service, TaskInfo};
+use berth_proto::pb::cluster as pb;
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use crate::client::Client;
+use crate::health::duration_value;
+use crate::spec::duration_ms;
+
+/// `--update-*` and `--rollback-*`.
+#[derive(Debug, Default, clap::Args)]
+pub struct RolloutFlags {
+    /// Tasks replaced at once; 0 for all (default 1)
+    #[arg(long, value_name = "N")]
+    update_parallelism: Option<u32>,
+    /// Rest between batches, e.g. 10s (default 0s)
+    #[arg(long, value_name = "DURATION")]
+    update_delay: Option<String>,
+    /// start-first (default: the new task serves before the old stops) or stop-first
+    #[arg(long, value_name = "ORDER")]
+    update_order: Option<String>,
+    /// When new tasks fail: rollback (default), pause or continue
+    #[arg(long, value_name = "ACTION")]
+    update_failure_action: Option<String>,
+    /// How long a new task must run (and stay healthy) to count as done (default 5s)
+    #[arg(long, value_name = "DURATION")]
+    update_monitor: Option<String>,
+    /// The share of replicas whose new tasks may fail, 0 to 1 (default 0)
+    #[arg(long, value_name = "RATIO")]
+    update_max_failure_ratio: Option<f64>,
+    /// As --update-parallelism, for rollbacks
+    #[arg(long, value_name = "N")]
+    rollback_parallelism: Option<u32>,
+    /// As --update-delay, for rollbacks
+    #[arg(long, value_name = "DURATION")]
+    rollback_delay: Option<String>,
+    /// As --update-order, for rollbacks
+    #[arg(long, value_name = "ORDER")]
+    rollback_order: Option<String>,
+    /// When a rollback's tasks fail: pause (default) or continue
+    #[arg(long, value_name = "ACTION")]
+    rollback_failure_action: Option<String>,
+    /// As --update-monitor, for rollbacks
+    #[arg(long, value_name = "DURATION")]
+    rollback_monitor: Option<String>,
+    /// As --update-max-failure-ratio, for rollbacks
+    #[arg(long, value_name = "RATIO")]
+    rollback_max_failure_ratio: Option<f64>,
+}
+
+impl RolloutFlags {
+    /// The update and rollback configs: these flags over `update` and
+    /// `rollback` (a service's own, or none for the defaults).
+    pub fn over(
+        &self,
+        update: Option<pb::UpdateConfig>,
+        rollback: Option<pb::UpdateConfig>,
+    ) -> Result<(Option<pb::UpdateConfig>, Option<pb::UpdateConfig>)> {
+        let ms = |flag: &str, d: &Option<String>| d.as_deref().map(duration_ms).transpose().context(flag.to_owned());
+        let update = set(
+            update,
+            pb::UpdateConfig {
+                parallelism: self.update_parallelism,
+                delay_ms: ms("--update-delay", &self.update_delay)?,
+                order: self.update_order.clone().unwrap_or_default(),
+                failure_action: self.update_failure_action.clone().unwrap_or_default(),
+                monitor_ms: ms("--update-monitor", &self.update_monitor)?,
+                max_failure_ratio: self.update_max_failure_ratio,
+            },
+        );
+        let rollback = set(
+            rollback,
+            pb::UpdateConfig {
+                parallelism: self.rollback_parallelism,
+                delay_ms: ms("--rollback-delay", &self.rollback_delay)?,
+                order: self.rollback_order.clone().unwrap_or_default(),
+                failure_action: self.rollback_failure_action.clone().unwrap_or_default(),
+                monitor_ms: ms("--rollback-monitor", &self.rollback_monitor)?,
+                max_failure_ratio: self.rollback_max_failure_ratio,
+            },
+        );
+        Ok((update, rollback))
+    }
+}
+
+/// `given`'s fields over `base`'s; None when neither says anything.
+fn set(base: Option<pb::UpdateConfig>, given: pb::UpdateConfig) -> Option<pb::UpdateConfig> {
+    if given == pb::UpdateConfig::default() {
+        return base;
+    }
+    let base = base.unwrap_or_default();
+    let text = |g: String, b: String| if g.is_empty() { b } else { g };
+    Some(pb::UpdateConfig {
+        parallelism: given.parallelism.or(base.parallelism),
+        delay_ms: given.delay_ms.or(base.delay_ms),
+        order: text(given.order, base.order),
+        failure_action: text(given.failure_action, base.failure_action),
+        monitor_ms: given.monitor_ms.or(base.monitor_ms),
+        max_failure_ratio: given.max_failure_ratio.or(base.max_failure_ratio),
+    })
+}
+
+/// A spec file's `update_config` or `rollback_config`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfigFile {
+    #[serde(default)]
+    parallelism: Option<u32>,
+    /// `10s`, `1m30s`, `500ms`, or a number of seconds.
+    #[serde(default)]
+    delay: Option<Value>,
+    #[serde(default)]
+    order: Option<String>,
+    #[serde(default)]
+    failure_action: Option<String>,
+    #[serde(default)]
+    monitor: Option<Value>,
+    #[serde(default)]
+    max_failure_ratio: Option<f64>,
+}
+
+impl UpdateConfigFile {
+    pub fn into_wire(self, key: &str) -> Result<pb::UpdateConfig> {
+        Ok(pb::UpdateConfig {
+            parallelism: self.parallelism,
+            delay_ms: duration_value(self.delay).with_context(|| format!("{key}.delay"))?,
+            order: self.order.unwrap_or_default(),
+            failure_action: self.failure_action.unwrap_or_default(),
+            monitor_ms: duration_value(self.monitor).with_context(|| format!("{key}.monitor"))?,
+            max_failure_ratio: self.max_failure_ratio,
+        })
+    }
+}
+
+/// What a wait is for: the rollout of `version`, or a rollback by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Goal {
+    Update { version: u64 },
+    Rollback { version: u64 },
+}
+
+/// How the service stands, for one poll of the wait.
+#[derive(Debug, PartialEq, Eq)]
+enum Standing {
+    Moving,
+    Done(String),
+    Failed(String),
+}
+
+/// Whether `service` has converged towards `goal`: done once nothing is
+/// being replaced and every replica serves; failed when the rollout paused,
+/// or (for an update) was rolled back.
+fn standing(service: &Service, tasks: &[TaskInfo], goal: Goal) -> Standing {
+    let (Goal::Update { version } | Goal::Rollback { version }) = goal;
+    let wanted: Vec<&TaskInfo> = tasks.iter().filter(|t| t.task.desired == Desired::Running).collect();
+    let serving = wanted.iter().filter(|t| t.task.serving()).count();
+    let replicas = service.spec.replicas as usize;
+    let rollout = service.rollout.as_ref().filter(|r| r.version >= version);
+    let why =
+        |r: &berth_proto::model::Rollout| if r.message.is_empty() { String::new() } else { format!(": {}", r.message) };
+    if let Some(r) = rollout {
+        match (goal, r.state) {
+            (_, RolloutState::Paused | RolloutState::RollbackPaused) => {
+                return Standing::Failed(format!("the rollout of version {} paused{}", r.version, why(r)));
+            }
+            (Goal::Update { .. }, RolloutState::RolledBack) => {
+                return Standing::Failed(format!("rolled back{}", why(r)))
+            }
+            (_, s) if s.moving() => return Standing::Moving,
+            _ => {}
+        }
+    }
+    if serving == replicas && wanted.len() == replicas {
+        Standing::Done(format!(
+            "{} converged: {serving}/{replicas} replicas serve version {}",
+            service.spec.name, service.version
+        ))
+    } else {
+        Standing::Moving
+    }
+}
+
+/// A task as the wait prints it: `web.2.3  running (healthy)  node-1`.
+fn line(t: &TaskInfo) -> String {
+    let state = match t.task.health {
+        Some(h) => format!("{} ({h})", t.task.state),
+        None => t.task.state.to_string(),
+    };
+    let node = t.node_name.as_deref().unwrap_or("-");
+    let message = if t.task.message.is_empty() { String::new() } else { format!("  {}", t.task.message) };
+    format!("{:<16} {:<20} {node}{message}", t.task.id, state)
+}
+
+/// Polls `name` until it has converged towards `goal` (Ok, with a last
+/// line) or its rollout failed (Err), printing each task as it moves.
+pub async fn wait(client: &Client, name: &str, goal: Goal) -> Result<String> {
+    let mut shown: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let req = pb::GetServiceRequest { name: name.to_owned(), stale: false };
+        let reply = client.call("inspect service", async |mut c| c.get_service(req.clone()).await).await?;
+        let service: Service = reply
+            .service
+            .context("the server sent no service")?
+            .try_into()
+            .context("the server sent an invalid service")?;
+        let req = pb::ListTasksRequest { service: name.to_owned(), stale: false };
+        let reply = client.call("list tasks", async |mut c| c.list_tasks(req.clone()).await).await?;
+        let tasks = reply
+            .tasks
+            .into_iter()
+            .map(|t| t.try_into().context("the server sent an invalid task"))
+            .collect::<Result<Vec<TaskInfo>>>()?;
+        for t in &tasks {
+            let now = line(t);
+            if shown.get(&t.task.id) != Some(&now) {
+                println!("{now}");
+                shown.insert(t.task.id.clone(), now);
+            }
+        }
+        match standing(&service, &tasks, goal) {
+            Standing::Moving => tokio::time::sleep(Duration::from_millis(500)).await,
+            Standing::Done(said) => return Ok(format!("{said}\n")),
+            Standing::Failed(why) => bail!("service {name}: {why}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::model::{HealthState, Rollout, ServiceSpec, Task, TaskState};
+
+    fn service(version: u64, rollout: Option<(RolloutState, u64)>) -> Service {
+        let spec = ServiceSpec {
+            name: "web".into(),
+            image: "registry:5000/web:2".into(),
+            command: vec![],
+            env: Default::default(),
+            replicas: 2,
+            resources: Default::default(),
+            ports: vec![],
+            restart: Default::default(),
+            constraints: vec![],
+            pids_limit: None,
+            seccomp: Default::default(),
+            userns: Default::default(),
+            overrides: Default::default(),
+            update_config: Default::default(),
+            rollback_config: berth_proto::model::UpdateConfig::ROLLBACK,
+        };
+        let rollout = rollout.map(|(state, version)| Rollout { state, version, message: "web.1.2 failed".into() });
+        Service { spec, version, previous: None, rollout }
+    }
+
+    fn task(slot: u32, health: Option<HealthState>) -> TaskInfo {
+        let mut t = Task::new("web", slot, 2, 2, Default::default());
+        t.state = TaskState::Running;
+        t.health = health;
+        TaskInfo { task: t, node_name: Some("n1".into()) }
+    }
+
+    #[test]
+    fn converged_only_when_nothing_moves_and_every_replica_serves() {
+        let both = [task(1, None), task(2, Some(HealthState::Healthy))];
+        let goal = Goal::Update { version: 2 };
+        assert_eq!(standing(&service(2, Some((RolloutState::Updating, 2))), &both, goal), Standing::Moving);
+        let done = standing(&service(2, Some((RolloutState::Completed, 2))), &both, goal);
+        assert_eq!(done, Standing::Done("web converged: 2/2 replicas serve version 2".into()));
+        let starting = [task(1, None), task(2, Some(HealthState::Starting))];
+        assert_eq!(standing(&service(2, Some((RolloutState::Completed, 2))), &starting, goal), Standing::Moving);
+        assert_eq!(
+            standing(&service(3, None), &both, Goal::Update { version: 3 }),
+            standing(&service(3, None), &both, goal)
+        );
+    }
+
+    #[test]
+    fn a_paused_or_rolled_back_rollout_fails_the_wait() {
+        let both = [task(1, None), task(2, None)];
+        let goal = Goal::Update { version: 2 };
+        let paused = standing(&service(2, Some((RolloutState::Paused, 2))), &both, goal);
+        assert_eq!(paused, Standing::Failed("the rollout of version 2 paused: web.1.2 failed".into()));
+        // Rolled back to version 3 (the previous spec again): moving, then failed.
+        assert_eq!(standing(&service(3, Some((RolloutState::RollingBack, 3))), &both, goal), Standing::Moving);
+        let back = standing(&service(3, Some((RolloutState::RolledBack, 3))), &both, goal);
+        assert_eq!(back, Standing::Failed("rolled back: web.1.2 failed".into()));
+        // A rollback asked for is done when rolled back.
+        let asked = standing(&service(3, Some((RolloutState::RolledBack, 3))), &both, Goal::Rollback { version: 3 });
+        assert!(matches!(asked, Standing::Done(_)));
+    }
+
+    #[test]
+    fn flags_lie_over_the_services_configs() {
+        let flags = RolloutFlags {
+            update_parallelism: Some(2),
+            update_delay: Some("1s".into()),
+            rollback_failure_action: Some("continue".into()),
+            ..Default::default()
+        };
+        let base = pb::UpdateConfig { order: "stop-first".into(), parallelism: Some(5), ..Default::default() };
+        let (update, rollback) = flags.over(Some(base), None).unwrap();
+        let update = update.unwrap();
+        assert_eq!((update.parallelism, update.delay_ms, update.order.as_str()), (Some(2), Some(1000), "stop-first"));
+        assert_eq!(rollback.unwrap().failure_action, "continue");
+        assert_eq!(RolloutFlags::default().over(None, None).unwrap(), (None, None), "nothing given, nothing set");
+        let bad = RolloutFlags { update_monitor: Some("soon".into()), ..Default::default() };
+        assert!(format!("{:#}", bad.over(None, None).unwrap_err()).contains("--update-monitor"));
+    }
+}
