@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod health;
 mod lock;
+mod options;
 mod output;
 mod rollout;
 mod spec;
@@ -180,6 +181,8 @@ enum ServiceCmd {
         health: health::HealthFlags,
         #[command(flatten)]
         rollout: rollout::RolloutFlags,
+        #[command(flatten)]
+        options: options::OptionsFlags,
         /// The command and its arguments, after `--`
         #[arg(last = true)]
         command: Vec<String>,
@@ -371,6 +374,7 @@ async fn run(cli: Cli) -> Result<String> {
             stop_grace_period,
             health,
             rollout,
+            options,
             command,
         }) => {
             let (update_config, rollback_config) = rollout.over(None, None)?;
@@ -406,6 +410,7 @@ async fn run(cli: Cli) -> Result<String> {
                         .transpose()
                         .context("--stop-grace-period")?,
                     health: health.to_pb()?,
+                    options: options.to_pb()?,
                 }),
                 update_config,
                 rollback_config,

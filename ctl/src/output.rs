@@ -121,6 +121,36 @@ pub fn service(s: &Service, endpoints: &[Endpoint], format: Format) -> String {
     if !o.health.is_unset() {
         kv("Health", health(&o.health));
     }
+    let opts = &o.options;
+    let joined = |items: Vec<String>| items.join(", ");
+    for (key, value) in [
+        ("Labels", joined(opts.labels.iter().map(|(k, v)| format!("{k}={v}")).collect())),
+        ("Hosts", joined(opts.extra_hosts.iter().map(|(n, a)| format!("{n}:{a}")).collect())),
+        ("DNS", joined(opts.dns.iter().map(ToString::to_string).collect())),
+        ("DNS search", opts.dns_search.join(", ")),
+        ("DNS opts", opts.dns_options.join(", ")),
+        ("Ulimits", joined(opts.ulimits.iter().map(|(k, u)| format!("{k}={}:{}", u.soft, u.hard)).collect())),
+        (
+            "Tmpfs",
+            joined(
+                opts.tmpfs
+                    .iter()
+                    .map(|t| match t.size_bytes {
+                        Some(b) => format!("{} ({})", t.target, format_memory(b)),
+                        None => t.target.clone(),
+                    })
+                    .collect(),
+            ),
+        ),
+    ] {
+        if !value.is_empty() {
+            kv(key, value);
+        }
+    }
+    if let Some(n) = opts.restart_max_attempts {
+        let window = opts.restart_window_ms.map_or(String::new(), |ms| format!(" within {}s", ms as f64 / 1000.0));
+        kv("Restarts", format!("at most {n}{window}"));
+    }
     for (key, caps) in [("Cap add", &o.cap_add), ("Cap drop", &o.cap_drop)] {
         if !caps.is_empty() {
             kv(key, caps.join(", "));

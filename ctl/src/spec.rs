@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use crate::health::{duration_value, HealthFile};
+use crate::options::OptionsFile;
 use crate::rollout::UpdateConfigFile;
 
 /// One service in a spec file. Unknown keys are an error, not ignored.
@@ -72,6 +73,25 @@ struct SpecFile {
     /// Its health check (see `crate::health::HealthFile`).
     #[serde(default)]
     health: Option<HealthFile>,
+    /// Container options (see `crate::options`).
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    extra_hosts: Option<Value>,
+    #[serde(default)]
+    dns: Option<Vec<String>>,
+    #[serde(default)]
+    dns_search: Option<Vec<String>>,
+    #[serde(default)]
+    dns_options: Option<Vec<String>>,
+    #[serde(default)]
+    ulimits: Option<BTreeMap<String, Value>>,
+    #[serde(default)]
+    tmpfs: Option<Vec<Value>>,
+    #[serde(default)]
+    restart_max_attempts: Option<u32>,
+    #[serde(default)]
+    restart_window: Option<Value>,
     /// How tasks move to a new spec, and back (see `crate::rollout`).
     #[serde(default)]
     update_config: Option<UpdateConfigFile>,
@@ -170,6 +190,18 @@ impl SpecFile {
                 stop_signal: self.stop_signal.unwrap_or_default(),
                 stop_grace_ms: duration_value(self.stop_grace_period).context("stop_grace_period")?,
                 health: self.health.map(HealthFile::into_wire).transpose()?,
+                options: OptionsFile {
+                    labels: self.labels,
+                    extra_hosts: self.extra_hosts,
+                    dns: self.dns,
+                    dns_search: self.dns_search,
+                    dns_options: self.dns_options,
+                    ulimits: self.ulimits,
+                    tmpfs: self.tmpfs,
+                    restart_max_attempts: self.restart_max_attempts,
+                    restart_window: self.restart_window,
+                }
+                .into_wire()?,
             }),
             update_config: self.update_config.map(|c| c.into_wire("update_config")).transpose()?,
             rollback_config: self.rollback_config.map(|c| c.into_wire("rollback_config")).transpose()?,

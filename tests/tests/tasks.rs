@@ -456,6 +456,50 @@ async fn a_service_replaces_its_images_entrypoint_user_and_workdir() -> Result<(
     // What was asked is what `service inspect` shows, and a bad value is refused by name.
     let (ok, out, _) = berthctl(&servers, &["service", "inspect", "shell", "-o", "json"])?;
     ensure!(ok && out.contains("\"workdir\": \"/tmp\"") && out.contains("\"user\": \"1000:2000\""), "{out}");
+    // Labels, hosts, DNS settings, ulimits and a tmpfs, as Docker's.
+    let seen = "cat /etc/hosts /etc/resolv.conf; ulimit -n; ulimit -Hn; grep ' /cache ' /proc/mounts; sleep 600";
+    let opts = [
+        &["--label", "team=web", "--add-host", "db.internal:198.18.0.5", "--dns", "198.18.0.53"][..],
+        &["--dns-search", "example.com", "--dns-option", "ndots:2", "--ulimit", "nofile=1024:2048"],
+        &["--tmpfs", "/cache:size=1Mi", "--entrypoint", "sh", "--", "-c", seen],
+    ]
+    .concat();
+    let (ok, out, err) =
+        berthctl(&servers, &[&["service", "create", "opts", "--image", &reference][..], &opts[..]].concat())?;
+    ensure!(ok, "{out}{err}");
+    // A task that keeps failing is given up on after its max attempts.
+    let crashy = ["--restart-max-attempts", "2", "--entrypoint", "sh", "--", "-c", "exit 3"];
+    let (ok, out, err) =
+        berthctl(&servers, &[&["service", "create", "crashy", "--image", &reference][..], &crashy[..]].concat())?;
+    ensure!(ok, "{out}{err}");
+    wait_for(Duration::from_secs(60), "opts' output", async || logs("opts").contains("/cache").then_some(())).await?;
+    let said = logs("opts");
+    for line in [
+        "| 198.18.0.5\tdb.internal",
+        "| nameserver 198.18.0.53",
+        "| search example.com",
+        "| options ndots:2",
+        "| 1024",
+        "| 2048",
+        "| tmpfs /cache tmpfs rw,nosuid,nodev",
+        "size=1024k",
+    ] {
+        ensure!(said.contains(line), "{line:?} not in: {said}");
+    }
+    let (ok, out, _) = berthctl(&servers, &["service", "inspect", "opts"])?;
+    ensure!(
+        ok && out.contains("team=web") && out.contains("nofile=1024:2048") && out.contains("/cache (1Mi)"),
+        "{out}"
+    );
+    let exited_after = |n: u64| {
+        let (ok, out, _) = berthctl(&servers, &["service", "ps", "crashy", "-o", "json"]).ok()?;
+        let list: Vec<serde_json::Value> = serde_json::from_str(&out).ok().filter(|_| ok)?;
+        let t = &list.first()?["task"];
+        (t["state"] == "exited" && t["restarts"].as_u64() == Some(n)).then_some(())
+    };
+    wait_for(Duration::from_secs(60), "crashy given up after 2 restarts", async || exited_after(2)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(exited_after(2).is_some(), "crashy was restarted again");
     let (ok, _, err) = berthctl(&servers, &["service", "create", "bad", "--image", &reference, "--workdir", "tmp"])?;
     ensure!(!ok && err.contains("workdir") && err.contains("absolute path"), "{err}");
     let (ok, _, err) = berthctl(&servers, &["service", "create", "bad", "--image", &reference, "--cap-add", "fly"])?;

@@ -12,6 +12,7 @@
 //! The agent keeps no container state in memory: a container's status is
 //! read from its directory and from whether its shim still lives.
 
+pub mod etc;
 pub mod exec;
 pub mod idmap;
 pub mod record;

@@ -245,10 +245,7 @@ fn write_etc_files(run: &Path, config: &ContainerConfig) -> io::Result<spec::Etc
         NetworkMode::Joined { address, .. } => address.to_string(),
         _ => "127.0.1.1".to_owned(),
     };
-    fs::write(
-        &files.hosts,
-        format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{host}\n"),
-    )?;
+    fs::write(&files.hosts, super::etc::hosts(&host, &own, &config.overrides.options))?;
     let resolv = match &config.network {
         NetworkMode::Host => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         NetworkMode::Joined { resolv_conf: Some(text), .. } => text.clone(),
@@ -262,6 +259,6 @@ fn write_etc_files(run: &Path, config: &ContainerConfig) -> io::Result<spec::Etc
             .collect(),
         NetworkMode::None => String::new(),
     };
-    fs::write(&files.resolv_conf, resolv)?;
+    fs::write(&files.resolv_conf, super::etc::resolv_conf(&resolv, &config.overrides.options))?;
     Ok(files)
 }

@@ -28,6 +28,9 @@ pub struct Books {
     pub(super) busy: BTreeSet<String>,
     /// What the probes say of each task running with a health check.
     pub(super) health: HashMap<String, Tracker>,
+    /// When each task was last restarted (monotonic ms), for a restart
+    /// window; at most as many as its max attempts.
+    pub(super) restarted_at: HashMap<String, Vec<u64>>,
 }
 
 /// Restarts of one task: in a row (for the backoff) and in all (reported).
@@ -77,6 +80,26 @@ impl Books {
         self.stopped.retain(|t| wanted.contains_key(t) || !told.contains(t.as_str()));
     }
 
+    /// Restarts of `task` that count against its max attempts: those within
+    /// `window` of `now`, or all of them without one.
+    pub(super) fn attempts(&self, task: &str, cluster: u32, window: Option<u64>, now: u64) -> u32 {
+        match window {
+            None => self.restarts(task, cluster),
+            Some(w) => {
+                let times = self.restarted_at.get(task).map(Vec::as_slice).unwrap_or_default();
+                times.iter().filter(|at| now.saturating_sub(**at) < w).count() as u32
+            }
+        }
+    }
+
+    /// A restart of `task` at `now`; keeps the last `keep`.
+    pub(super) fn restarted(&mut self, task: &str, now: u64, keep: u32) {
+        let times = self.restarted_at.entry(task.to_owned()).or_default();
+        times.push(now);
+        let extra = times.len().saturating_sub(keep.max(1) as usize);
+        times.drain(..extra);
+    }
+
     /// Restarts of `task` so far, counting on from `cluster`'s count.
     pub(super) fn restarts(&self, task: &str, cluster: u32) -> u32 {
         self.streaks.get(task).map_or(cluster, |s| s.total)
@@ -91,5 +114,6 @@ impl Books {
         let failed = &self.failed;
         self.streaks.retain(|t, _| kept(t) || failed.contains_key(t));
         self.seen_stopped.retain(|t, _| kept(t));
+        self.restarted_at.retain(|t, _| kept(t));
     }
 }

@@ -14,6 +14,7 @@
 //! wanted, exited, policy says no        ─▶ nothing (reported as exited)
 //! wanted, created                       ─▶ Restart now
 //! wanted, lost (its shim died)          ─▶ Restart after backoff, unless the policy is never
+//! (any restart, once max attempts are used up ─▶ nothing: it stays as it is)
 //! not wanted, running                   ─▶ Stop (grace, then remove)
 //! not wanted, anything else             ─▶ Remove
 //! ```
@@ -32,6 +33,8 @@ pub struct Want {
     /// The task id, which is also its container's name.
     pub task: String,
     pub restart: RestartPolicy,
+    /// Restarts after which it is left stopped (`--restart-max-attempts`).
+    pub max_attempts: Option<u32>,
 }
 
 /// A container this node has for a task.
@@ -49,6 +52,8 @@ pub struct Have {
     pub since: u64,
     /// Running, and its health check says unhealthy.
     pub unhealthy: bool,
+    /// Restarts that count against `Want::max_attempts` (within its window).
+    pub attempts: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,14 +79,15 @@ pub fn plan(want: &[Want], have: &[Have], now: u64) -> Vec<Action> {
     let mut actions = Vec::new();
     for (task, w) in &wanted {
         let task = (*task).to_owned();
+        let may_restart = |h: &Have| w.max_attempts.is_none_or(|max| h.attempts < max);
         match have_by_task.get(task.as_str()).map(|h| (&h.status, *h)) {
             None => actions.push(Action::Start { task }),
-            Some((Status::Running(_), h)) if h.unhealthy && w.restart != RestartPolicy::Never => {
+            Some((Status::Running(_), h)) if h.unhealthy && w.restart != RestartPolicy::Never && may_restart(h) => {
                 actions.push(Action::Replace { task, streak: restart::streak_after(h.streak, h.ran_for) })
             }
             Some((Status::Running(_), _)) => {}
             Some((Status::Exited(exit), h)) => {
-                if restart::wanted(w.restart, exit) {
+                if restart::wanted(w.restart, exit) && may_restart(h) {
                     let streak = restart::streak_after(h.streak, h.ran_for);
                     let at = h.since.saturating_add(millis(restart::delay(streak.saturating_sub(1))));
                     actions.push(Action::Restart { task, at, streak });
@@ -93,7 +99,7 @@ pub fn plan(want: &[Want], have: &[Have], now: u64) -> Vec<Action> {
             // the same backoff as any (a shim that keeps dying must not
             // spin), counted from when it was first seen lost: a fixed
             // time, so a later pass finds the restart due.
-            Some((Status::Lost, h)) if w.restart != RestartPolicy::Never => {
+            Some((Status::Lost, h)) if w.restart != RestartPolicy::Never && may_restart(h) => {
                 let streak = h.streak.saturating_add(1);
                 let at = h.since.saturating_add(millis(restart::delay(streak - 1)));
                 actions.push(Action::Restart { task, at, streak })
@@ -121,13 +127,13 @@ mod tests {
     use crate::runtime::{Exited, Started};
 
     fn want(task: &str, restart: RestartPolicy) -> Want {
-        Want { task: task.into(), restart }
+        Want { task: task.into(), restart, max_attempts: None }
     }
 
     fn running(task: &str) -> Have {
         let started = Started { shim_pid: 1, shim_start: 1, pid: 2, started_at_ms: 0 };
         let status = Status::Running(started);
-        Have { task: task.into(), status, ran_for: Duration::ZERO, streak: 0, since: 0, unhealthy: false }
+        Have { task: task.into(), status, ran_for: Duration::ZERO, streak: 0, since: 0, unhealthy: false, attempts: 0 }
     }
 
     /// Exited, first seen so at `since` on the agent's clock.
@@ -135,7 +141,7 @@ mod tests {
         // The record's wall-clock time plays no part: far from the agent's clock on purpose.
         let exit = Exited { code, signal: None, oom_killed: false, finished_at_ms: 1 << 50, error: None };
         let ran_for = Duration::from_millis(ran_for_ms);
-        Have { task: task.into(), status: Status::Exited(exit), ran_for, streak, since, unhealthy: false }
+        Have { task: task.into(), status: Status::Exited(exit), ran_for, streak, since, unhealthy: false, attempts: 0 }
     }
 
     #[test]
@@ -201,5 +207,31 @@ mod tests {
             plan(&[want("a.1.1", RestartPolicy::Never)], &[lost], 77),
             [Action::Restart { task: "a.1.1".into(), at: 77, streak: 2 }]
         );
+    }
+}
+
+#[cfg(test)]
+mod attempts {
+    use super::*;
+    use crate::runtime::Exited;
+
+    #[test]
+    fn max_attempts_used_up_leave_it_stopped() {
+        let w = Want { task: "a.1.1".into(), restart: RestartPolicy::Always, max_attempts: Some(2) };
+        let exit = Exited { code: 1, signal: None, oom_killed: false, finished_at_ms: 0, error: None };
+        let mut h = Have {
+            task: "a.1.1".into(),
+            status: Status::Exited(exit),
+            ran_for: Duration::ZERO,
+            streak: 1,
+            since: 0,
+            unhealthy: false,
+            attempts: 1,
+        };
+        assert_eq!(plan(std::slice::from_ref(&w), std::slice::from_ref(&h), 0).len(), 1, "one attempt left");
+        h.attempts = 2;
+        assert!(plan(std::slice::from_ref(&w), std::slice::from_ref(&h), 0).is_empty(), "none left");
+        h.status = Status::Lost;
+        assert!(plan(std::slice::from_ref(&w), std::slice::from_ref(&h), 0).is_empty(), "not even when lost");
     }
 }

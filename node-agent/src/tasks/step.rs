@@ -75,7 +75,15 @@ pub fn step(
     books.forget_except(|t| tasks.contains_key(t) || here.contains(t), now);
     let probes = track_health(tasks.keys(), &observed, books, now);
 
-    let wants: Vec<Want> = tasks.values().map(|t| Want { task: t.id.clone(), restart: t.spec.restart }).collect();
+    let options = |task: &str| tasks.get(task).map(|t| &t.spec.overrides.options);
+    let wants: Vec<Want> = tasks
+        .values()
+        .map(|t| Want {
+            task: t.id.clone(),
+            restart: t.spec.restart,
+            max_attempts: t.spec.overrides.options.restart_max_attempts,
+        })
+        .collect();
     let have: Vec<Have> = observed
         .iter()
         .map(|o| Have {
@@ -88,6 +96,13 @@ pub fn step(
             streak: books.streaks.get(&o.task).map_or(0, |s| s.row),
             since: books.seen_stopped.get(&o.task).copied().unwrap_or(now),
             unhealthy: books.health.get(&o.task).is_some_and(|h| h.state == HealthState::Unhealthy),
+            attempts: {
+                let (cluster, window) = match tasks.get(&o.task) {
+                    Some(t) => (t.restarts, options(&o.task).and_then(|o| o.restart_window_ms)),
+                    None => (0, None),
+                };
+                books.attempts(&o.task, cluster, window, now)
+            },
         })
         .collect();
     let mut jobs = Vec::new();
@@ -110,6 +125,8 @@ pub fn step(
             Action::Restart { at, .. } if now < at => continue,
             Action::Restart { task, streak, .. } | Action::Replace { task, streak } => {
                 let Some(t) = tasks.get(&task) else { continue };
+                let keep = t.spec.overrides.options.restart_max_attempts.unwrap_or(0);
+                books.restarted(&task, now, keep);
                 let counted = books.streaks.entry(task).or_insert(Streak { row: 0, total: t.restarts });
                 *counted = Streak { row: streak, total: counted.total.saturating_add(1) };
                 if replace {

@@ -78,7 +78,7 @@ impl TryFrom<pb::AssignedTask> for AssignedTask {
             .ok_or_else(|| InvalidField::new("restart", &t.restart, "one of always, on-failure, never"))?;
         let seccomp = Seccomp::from_wire("seccomp", &t.seccomp, &t.seccomp_profile)?;
         let userns = Userns::parse("userns", &t.userns)?;
-        let overrides = Overrides::from_pb(t.overrides.unwrap_or_default());
+        let overrides = Overrides::from_pb(t.overrides.unwrap_or_default())?;
         overrides.validate()?;
         let address = match t.address.as_str() {
             "" => None,
@@ -332,6 +332,7 @@ mod tests {
                         retries: Some(1),
                         ..Default::default()
                     }),
+                    options: None,
                 }),
             }],
             subnet: "198.19.1.0/24".into(),
@@ -390,6 +391,7 @@ mod tests {
             stop_signal: Some("SIGINT".into()),
             stop_grace_ms: Some(2500),
             health: Health { probe: Some(Probe::Tcp { port: 80 }), retries: Some(1), ..Health::default() },
+            options: Default::default(),
         };
         assert_eq!(*t.spec.overrides, cleared, "an entrypoint set empty stays set");
         assert_eq!(pb::AssignedTasks::from(a.clone()), wire());

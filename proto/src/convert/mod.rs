@@ -50,7 +50,7 @@ impl TryFrom<pb::ServiceSpec> for model::ServiceSpec {
             pids_limit,
             seccomp,
             userns,
-            overrides: Box::new(model::Overrides::from_pb(p.overrides.unwrap_or_default())),
+            overrides: Box::new(model::Overrides::from_pb(p.overrides.unwrap_or_default())?),
             update_config: UpdateConfig::from_pb(p.update_config, UpdateConfig::UPDATE, "update_config")?,
             rollback_config: UpdateConfig::from_pb(p.rollback_config, UpdateConfig::ROLLBACK, "rollback_config")?,
         };

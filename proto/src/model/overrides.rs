@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Health, InvalidField};
+use super::{Health, InvalidField, Options};
 use crate::pb::cluster as pb;
 
 /// Bounds, with the command's: a spec stays small whatever a client sends.
@@ -50,6 +50,9 @@ pub struct Overrides {
     /// Its health check, over the image's.
     #[serde(default)]
     pub health: Health,
+    /// Labels, hosts, DNS, ulimits, tmpfs, restart attempts.
+    #[serde(default, skip_serializing_if = "Options::is_empty")]
+    pub options: Options,
 }
 
 /// The longest stop grace a spec may ask for.
@@ -228,6 +231,7 @@ impl Overrides {
             ));
         }
         self.health.validate()?;
+        self.options.validate()?;
         if let Some(dir) = &self.workdir {
             if !dir.starts_with('/') || dir.contains('\0') || dir.len() > WORKDIR_BYTES {
                 return Err(InvalidField::new(
@@ -241,9 +245,9 @@ impl Overrides {
     }
 
     /// From the wire (capability and signal names as people write them).
-    pub fn from_pb(w: pb::Overrides) -> Self {
+    pub fn from_pb(w: pb::Overrides) -> Result<Self, InvalidField> {
         let names = |caps: Vec<String>| caps.iter().map(|c| capability_name(c)).collect();
-        Self {
+        Ok(Self {
             entrypoint: w.set_entrypoint.then_some(w.entrypoint),
             user: Some(w.user).filter(|u| !u.is_empty()),
             workdir: Some(w.workdir).filter(|d| !d.is_empty()),
@@ -254,7 +258,8 @@ impl Overrides {
             stop_signal: Some(w.stop_signal).filter(|s| !s.is_empty()).map(|s| signal_name(&s)),
             stop_grace_ms: w.stop_grace_ms,
             health: w.health.map(Health::from_pb).unwrap_or_default(),
-        }
+            options: Options::from_pb(w.options.unwrap_or_default())?,
+        })
     }
 
     /// As the wire carries it; unset fields are its zero values.
@@ -271,6 +276,7 @@ impl Overrides {
             stop_signal: self.stop_signal.clone().unwrap_or_default(),
             stop_grace_ms: self.stop_grace_ms,
             health: Some(self.health.to_pb()).filter(|_| !self.health.is_unset()),
+            options: Some(self.options.to_pb()).filter(|_| !self.options.is_empty()),
         }
     }
 }
@@ -295,14 +301,15 @@ mod tests {
                 stop_signal: Some("SIGUSR1".into()),
                 stop_grace_ms: Some(0),
                 health: Health { retries: Some(2), ..Health::default() },
+                options: Options { restart_max_attempts: Some(2), ..Options::default() },
             },
         ] {
-            assert_eq!(Overrides::from_pb(o.to_pb()), o);
+            assert_eq!(Overrides::from_pb(o.to_pb()), Ok(o));
         }
         let written = pb::Overrides { cap_add: vec!["cap_net_raw".into(), "sys_time".into()], ..Default::default() };
-        assert_eq!(Overrides::from_pb(written).cap_add, ["NET_RAW", "SYS_TIME"], "named as people write them");
+        assert_eq!(Overrides::from_pb(written).unwrap().cap_add, ["NET_RAW", "SYS_TIME"], "named as people write them");
         for (written, named) in [("usr1", "SIGUSR1"), ("SIGINT", "SIGINT"), ("15", "15")] {
-            let o = Overrides::from_pb(pb::Overrides { stop_signal: written.into(), ..Default::default() });
+            let o = Overrides::from_pb(pb::Overrides { stop_signal: written.into(), ..Default::default() }).unwrap();
             assert_eq!(o.stop_signal.as_deref(), Some(named));
         }
     }
@@ -342,6 +349,7 @@ mod tests {
             stop_signal: Some("SIGQUIT".into()),
             stop_grace_ms: Some(30_000),
             health: Health::default(),
+            options: Options::default(),
         };
         assert_eq!(good.validate(), Ok(()));
     }

@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
+    RootBuilder, Spec, UserBuilder,
 };
 
 use super::record::{ContainerConfig, NetworkMode};
@@ -110,6 +111,7 @@ pub fn build(
         .user(UserBuilder::default().uid(user.uid).gid(user.gid).additional_gids(user.groups).build().map_err(err)?)
         .capabilities(capabilities)
         .no_new_privileges(true)
+        .rlimits(rlimits(config)?)
         .build()
         .map_err(err)?;
 
@@ -186,6 +188,13 @@ pub fn build(
         );
     }
 
+    for t in &config.overrides.options.tmpfs {
+        let mut options = vec!["nosuid".to_owned(), "nodev".to_owned(), "mode=1777".to_owned()];
+        options.extend(t.size_bytes.map(|b| format!("size={b}")));
+        let mount = MountBuilder::default().destination(&t.target).typ("tmpfs").source("tmpfs").options(options);
+        mounts.push(mount.build().map_err(err)?);
+    }
+
     let mut spec = Spec::default();
     spec.set_hostname(Some(config.hostname()))
         .set_process(Some(process))
@@ -193,6 +202,38 @@ pub fn build(
         .set_mounts(Some(mounts))
         .set_linux(Some(linux));
     Ok(spec)
+}
+
+/// The spec's ulimits as the runtime spec's rlimits.
+fn rlimits(config: &ContainerConfig) -> Result<Vec<PosixRlimit>, SpecError> {
+    config
+        .overrides
+        .options
+        .ulimits
+        .iter()
+        .map(|(name, limit)| {
+            let typ = match name.as_str() {
+                "core" => PosixRlimitType::RlimitCore,
+                "cpu" => PosixRlimitType::RlimitCpu,
+                "data" => PosixRlimitType::RlimitData,
+                "fsize" => PosixRlimitType::RlimitFsize,
+                "locks" => PosixRlimitType::RlimitLocks,
+                "memlock" => PosixRlimitType::RlimitMemlock,
+                "msgqueue" => PosixRlimitType::RlimitMsgqueue,
+                "nice" => PosixRlimitType::RlimitNice,
+                "nofile" => PosixRlimitType::RlimitNofile,
+                "nproc" => PosixRlimitType::RlimitNproc,
+                "rss" => PosixRlimitType::RlimitRss,
+                "rtprio" => PosixRlimitType::RlimitRtprio,
+                "rttime" => PosixRlimitType::RlimitRttime,
+                "sigpending" => PosixRlimitType::RlimitSigpending,
+                "stack" => PosixRlimitType::RlimitStack,
+                other => return Err(SpecError::Build(format!("ulimit {other:?} is not known"))),
+            };
+            let rlimit = PosixRlimitBuilder::default().typ(typ).soft(limit.soft).hard(limit.hard).build();
+            rlimit.map_err(|e| SpecError::Build(e.to_string()))
+        })
+        .collect()
 }
 
 /// Docker's default set, with the config's `cap_drop` taken out (`ALL`:
