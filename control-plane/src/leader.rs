@@ -134,7 +134,19 @@ async fn roll_back(node: &Node, service: &str, why: &str) {
                 warn!(%service, "recording why it rolled back: {e}");
             }
         }
-        Ok(other) => warn!(%service, "rolling back: {other:?}"),
+        // Refused (its port taken since, say): the rollout pauses, saying
+        // why, rather than asking again every pass.
+        Ok(Response::Rejected(r)) => pause(node, service, version, format!("could not roll back ({r}): {why}")).await,
+        Ok(other) => warn!(%service, "rolling back: unexpected reply {other:?}"),
+        // No quorum or no longer the leader: whoever leads next decides again.
         Err(e) => warn!(%service, "rolling back: {e}"),
+    }
+}
+
+async fn pause(node: &Node, service: &str, version: u64, message: String) {
+    warn!(%service, "{message}");
+    let change = RolloutChange { service: service.to_owned(), version, state: RolloutState::Paused, message };
+    if let Err(e) = node.write(Command::Reconcile { changes: vec![], at_ms: now_ms(), rollouts: vec![change] }).await {
+        warn!(%service, "recording a paused rollout: {e}");
     }
 }

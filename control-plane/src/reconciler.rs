@@ -80,10 +80,13 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
         let slots = live.remove(name.as_str()).unwrap_or_default();
         let next = |slot: u32| state.generations.get(&format!("{name}.{slot}")).copied().unwrap_or(0) + 1;
         let current = state.template(service);
-        // A task of an older version that already runs what the spec asks
-        // (after a rollback, the tasks it kept) is no less current.
+        // During a rollback, a task of an older version that already runs
+        // what the spec asks (one the failed rollout never reached) is no
+        // less current. (Elsewhere versions decide: a change of service
+        // fields a task does not carry, such as constraints, moves tasks.)
         let spec_now = TaskSpec::from(&service.spec);
-        let fresh = |t: &Task| t.version >= current || t.spec == spec_now;
+        let rolling_back = service.rollout.as_ref().is_some_and(|r| r.version == current && r.state.rolling_back());
+        let fresh = |t: &Task| t.version >= current || rolling_back && t.spec == spec_now;
         let (mut new_tasks, mut in_flight, mut outdated) = (Vec::new(), 0, BTreeMap::new());
         for slot in 1..=service.spec.replicas {
             let Some((newest, older)) = slots.get(&slot).and_then(|tasks| tasks.split_last()) else {

@@ -174,14 +174,19 @@ fn standing(service: &Service, tasks: &[TaskInfo], goal: Goal) -> Standing {
             (_, RolloutState::Paused | RolloutState::RollbackPaused) => {
                 return Standing::Failed(format!("the rollout of version {} paused{}", r.version, why(r)));
             }
-            (Goal::Update { .. }, RolloutState::RolledBack) => {
+            // Rolled back by the cluster (to a newer version than ours); an
+            // update that only went back to the previous spec is done when
+            // it is.
+            (Goal::Update { version }, RolloutState::RolledBack) if r.version > version => {
                 return Standing::Failed(format!("rolled back{}", why(r)))
             }
             (_, s) if s.moving() => return Standing::Moving,
             _ => {}
         }
     }
-    if serving == replicas && wanted.len() == replicas {
+    // Completed (some failures borne, maybe), or every replica serves.
+    let finished = rollout.is_some_and(|r| matches!(r.state, RolloutState::Completed | RolloutState::RolledBack));
+    if finished || serving == replicas && wanted.len() == replicas {
         Standing::Done(format!(
             "{} converged: {serving}/{replicas} replicas serve version {}",
             service.spec.name, service.version
@@ -277,8 +282,15 @@ mod tests {
         assert_eq!(standing(&service(2, Some((RolloutState::Updating, 2))), &both, goal), Standing::Moving);
         let done = standing(&service(2, Some((RolloutState::Completed, 2))), &both, goal);
         assert_eq!(done, Standing::Done("web converged: 2/2 replicas serve version 2".into()));
+        // A change without a rollout (replicas) waits for every replica to serve.
         let starting = [task(1, None), task(2, Some(HealthState::Starting))];
-        assert_eq!(standing(&service(2, Some((RolloutState::Completed, 2))), &starting, goal), Standing::Moving);
+        assert_eq!(
+            standing(&service(3, Some((RolloutState::Completed, 2))), &starting, Goal::Update { version: 3 }),
+            Standing::Moving
+        );
+        // A completed rollout is done, failures it bore and all.
+        let done = standing(&service(2, Some((RolloutState::Completed, 2))), &starting, goal);
+        assert_eq!(done, Standing::Done("web converged: 1/2 replicas serve version 2".into()));
         assert_eq!(
             standing(&service(3, None), &both, Goal::Update { version: 3 }),
             standing(&service(3, None), &both, goal)
@@ -298,6 +310,9 @@ mod tests {
         // A rollback asked for is done when rolled back.
         let asked = standing(&service(3, Some((RolloutState::RolledBack, 3))), &both, Goal::Rollback { version: 3 });
         assert!(matches!(asked, Standing::Done(_)));
+        // An update that went back to the previous spec by itself is done.
+        let same = standing(&service(3, Some((RolloutState::RolledBack, 3))), &both, Goal::Update { version: 3 });
+        assert!(matches!(same, Standing::Done(_)), "{same:?}");
     }
 
     #[test]

@@ -68,13 +68,17 @@ pub fn decide(view: &View, now: u64) -> Decision {
         None => RolloutState::Updating,
     };
     let cfg = config(view);
+    // Only tasks made for this version can fail it.
+    let failed: Vec<(&Task, String)> = view
+        .new_tasks
+        .iter()
+        .filter(|t| t.version == view.current)
+        .filter_map(|t| failure(t, cfg.monitor_ms, now).map(|why| (*t, why)))
+        .collect();
     if state.moving() {
-        // Only tasks made for this version can fail it.
-        let made = view.new_tasks.iter().filter(|t| t.version == view.current);
-        let failures: Vec<String> = made.filter_map(|t| failure(t, cfg.monitor_ms, now)).collect();
         let tolerated = (cfg.max_failure_ratio * f64::from(view.replicas)).floor() as usize;
-        if failures.len() > tolerated && cfg.failure_action != FailureAction::Continue {
-            let why = format!("{} of {} new tasks failed: {}", failures.len(), view.replicas, failures[0]);
+        if failed.len() > tolerated && cfg.failure_action != FailureAction::Continue {
+            let why = format!("{} of {} new tasks failed: {}", failed.len(), view.replicas, failed[0].1);
             match (state, cfg.failure_action) {
                 (RolloutState::Updating, FailureAction::Rollback) if view.has_previous => d.rollback = Some(why),
                 (RolloutState::Updating, _) => d.state = Some((RolloutState::Paused, why)),
@@ -82,14 +86,27 @@ pub fn decide(view: &View, now: u64) -> Decision {
             }
             return d;
         }
+        // A new task waiting for a node fails once it has waited `monitor`:
+        // look again then, even if nothing else happens.
+        d.wake_at = view
+            .new_tasks
+            .iter()
+            .filter(|t| t.version == view.current && t.state == TaskState::Pending && !t.message.is_empty())
+            .map(|t| t.since_ms.saturating_add(cfg.monitor_ms))
+            .filter(|at| *at > now)
+            .min();
     }
+    // Failures borne (within the ratio, or `continue`) hold back neither the
+    // next batch nor the end.
+    let borne = |t: &Task| failed.iter().any(|(f, _)| f.id == t.id);
+    let in_flight = view.in_flight.saturating_sub(failed.iter().filter(|(t, _)| !t.serving()).count());
     if matches!(state, RolloutState::Paused | RolloutState::RollbackPaused) {
         return d;
     }
     if !view.outdated.is_empty() {
         let free = match cfg.parallelism {
             0 => view.outdated.len(),
-            n => (n as usize).saturating_sub(view.in_flight),
+            n => (n as usize).saturating_sub(in_flight),
         };
         // The delay counts from the latest new task that serves.
         let settled = view.new_tasks.iter().filter(|t| t.serving()).map(|t| t.since_ms).max();
@@ -97,15 +114,17 @@ pub fn decide(view: &View, now: u64) -> Decision {
         if free > 0 && now >= ready_at {
             d.replace = view.outdated.iter().take(free).copied().collect();
         } else if free > 0 {
-            d.wake_at = Some(ready_at);
+            d.wake_at = Some(d.wake_at.map_or(ready_at, |w| w.min(ready_at)));
         }
         return d;
     }
-    if state.moving() && view.in_flight == 0 {
-        // Done once every new task has served for the monitor period.
+    if state.moving() && in_flight == 0 {
+        // Done once every new task has served for the monitor period (or
+        // failed within what the config bears).
         let latest = view.new_tasks.iter().map(|t| t.since_ms).max().unwrap_or(0);
         let done_at = latest.saturating_add(cfg.monitor_ms);
-        let all_serve = view.new_tasks.iter().all(|t| t.serving()) && view.new_tasks.len() == view.replicas as usize;
+        let all_serve =
+            view.new_tasks.iter().all(|t| t.serving() || borne(t)) && view.new_tasks.len() == view.replicas as usize;
         if all_serve && now >= done_at {
             let done =
                 if state == RolloutState::RollingBack { RolloutState::RolledBack } else { RolloutState::Completed };
@@ -227,6 +246,29 @@ mod tests {
         let back = Rollout { state: RolloutState::RollingBack, version: 2, message: String::new() };
         let d = decide(&view(vec![&crashed], vec![2], 0, Some(&back)), 10_100);
         assert_eq!(d.state.map(|s| s.0), Some(RolloutState::RollbackPaused));
+    }
+
+    #[test]
+    fn failures_borne_hold_back_neither_the_next_batch_nor_the_end() {
+        let mut failed = task(1, TaskState::Failed, 10_000);
+        failed.message = "exit 1".into();
+        let ok = task(2, TaskState::Running, 10_000);
+        let mut v = view(vec![&failed, &ok], vec![3, 4], 1, None);
+        v.update.failure_action = FailureAction::Continue;
+        assert_eq!(decide(&v, 11_000).replace, [3, 4], "the failed one is not in flight");
+        let (three, four) = (task(3, TaskState::Running, 11_000), task(4, TaskState::Running, 11_000));
+        let going = Rollout { state: RolloutState::Updating, version: 2, message: String::new() };
+        let mut v = view(vec![&failed, &ok, &three, &four], vec![], 1, Some(&going));
+        v.update.failure_action = FailureAction::Continue;
+        assert_eq!(decide(&v, 14_000).state.map(|s| s.0), Some(RolloutState::Completed));
+    }
+
+    #[test]
+    fn a_new_task_waiting_for_a_node_is_looked_at_again_when_its_monitor_ends() {
+        let mut waiting = task(1, TaskState::Pending, 1000);
+        waiting.message = "no node fits".into();
+        let d = decide(&view(vec![&waiting], vec![2, 3, 4], 2, None), 2000);
+        assert_eq!((d.wake_at, d.replace.len()), (Some(4000), 0), "{d:?}");
     }
 
     #[test]

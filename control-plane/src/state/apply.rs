@@ -173,11 +173,14 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
                     // Restarts only add up: an agent that lost count (it
                     // restarted, or reports a task it stopped) does not reset it.
                     let restarts = t.restarts.max(r.restarts);
-                    if t.state != r.state || t.restarts != restarts {
+                    let health = r.health.filter(|_| r.state == TaskState::Running);
+                    // A turn of health is a change of state too: a rollout's
+                    // delay and monitor count from when a task began to serve.
+                    if t.state != r.state || t.restarts != restarts || t.health != health {
                         t.since_ms = *at_ms;
                     }
                     t.state = r.state;
-                    t.health = r.health.filter(|_| r.state == TaskState::Running);
+                    t.health = health;
                     t.exit_code = r.exit_code;
                     t.restarts = restarts;
                     if !r.message.is_empty() || r.state == TaskState::Running {

@@ -121,7 +121,7 @@ pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
     berth_node_agent::runtime::validate_name(&name)?;
     let reference: ImageRef = args.image.parse()?;
     let image =
-        node.store.ensure(&reference, &node.registries).await.with_context(|| format!("pulling {reference}"))?;
+        node.store.ensure(&reference, &node.registries).await.map_err(|e| anyhow::anyhow!(e.about(&reference)))?;
     let config = ContainerConfig {
         name: name.clone(),
         image: reference.to_string(),

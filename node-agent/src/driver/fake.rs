@@ -131,7 +131,10 @@ impl Containers for FakeContainers {
         let list = inner.containers.iter().map(|(name, c)| Observed {
             task: name.clone(),
             status: c.status.clone(),
-            ran_for: c.ran_for,
+            ran_for: match (&c.status, c.started) {
+                (Status::Running(_), Some(started)) => started.elapsed(),
+                _ => c.ran_for,
+            },
             check: c.check.clone(),
         });
         Ok(list.collect())

@@ -68,15 +68,16 @@ impl Containers for Runtime {
     }
 
     async fn probe(&self, name: &str, probe: &Probe, address: Option<Ipv4Addr>, timeout: Duration) -> Outcome {
-        let at = |port: u16| SocketAddr::from((address.unwrap_or(Ipv4Addr::LOCALHOST), port));
+        let no_address = || "a tcp or http probe needs the task's own address, and it has none".to_owned();
+        let at = |port: u16| address.map(|a| SocketAddr::from((a, port))).ok_or_else(no_address);
         match probe {
             Probe::Exec(args) => match self.exec(name, args, timeout, health::OUTPUT_BYTES).await {
                 Ok(out) if out.code == 0 => Ok(()),
                 Ok(out) => Err(format!("exit code {}: {}", out.code, out.output.trim())),
                 Err(e) => Err(e.to_string()),
             },
-            Probe::Http { port, path } => crate::probe::http(at(*port), path, timeout).await,
-            Probe::Tcp { port } => crate::probe::tcp(at(*port), timeout).await,
+            Probe::Http { port, path } => crate::probe::http(at(*port)?, path, timeout).await,
+            Probe::Tcp { port } => crate::probe::tcp(at(*port)?, timeout).await,
             Probe::Disable => Ok(()),
         }
     }
@@ -95,6 +96,8 @@ fn observe(containers: Vec<Container>) -> Vec<Observed> {
                         Duration::from_millis(e.finished_at_ms.saturating_sub(s.started_at_ms))
                     })
                 }
+                // Running: for how long so far.
+                Status::Running(s) => Duration::from_millis(record::now_ms().saturating_sub(s.started_at_ms)),
                 _ => Duration::ZERO,
             };
             Some(Observed { task, status: c.status, ran_for, check: c.config.health_check() })

@@ -38,8 +38,8 @@ pub trait Containers: Send + Sync + 'static {
     /// layer, the same config and log.
     fn renew(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Runs one health probe of its running container: an exec inside
-    /// it, or a connection from the node to `address` (the host's
-    /// loopback when it has none of its own).
+    /// it, or a connection from the node to `address` (a task without one
+    /// fails tcp and http probes).
     fn probe(
         &self,
         name: &str,

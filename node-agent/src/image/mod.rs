@@ -27,7 +27,7 @@ use std::path::Path;
 pub enum PullError {
     #[error("{0}")]
     Reference(BadReference),
-    #[error("registry error for {reference}: {message}")]
+    #[error("pulling {reference}: {message}")]
     Registry { reference: String, message: String },
     #[error("digest mismatch: expected {expected}, got {actual} (corrupted or tampered blob)")]
     Digest { expected: String, actual: String },
@@ -52,20 +52,59 @@ impl From<BadReference> for PullError {
 }
 
 impl PullError {
-    fn registry(reference: &oci_client::Reference, err: oci_client::errors::OciDistributionError) -> Self {
-        use oci_client::errors::OciDistributionError as E;
+    /// A registry's error as Docker says it: what is missing, or what to
+    /// change (and where) when HTTPS meets plain HTTP; else the chain.
+    fn registry(reference: &oci_client::Reference, err: oci_client::errors::OciDistributionError, file: &str) -> Self {
+        use oci_client::errors::{OciDistributionError as E, OciErrorCode};
+        let (image, host) = (reference.whole(), reference.resolve_registry().to_owned());
+        let chain = crate::error_chain(&err);
         let message = match &err {
-            E::DigestError(e) => format!("{e} (corrupted or tampered blob)"),
-            E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => format!(
-                "{} (unauthorized: give the registry's username and password in the registries file)",
-                crate::error_chain(&err)
-            ),
-            E::ImageManifestNotFoundError(_) => {
-                format!("{} (this host is {})", crate::error_chain(&err), source::host_platform())
+            E::RegistryError { envelope, .. } => {
+                let said: Vec<String> = envelope
+                    .errors
+                    .iter()
+                    .map(|e| if e.message.is_empty() { format!("{:?}", e.code) } else { e.message.clone() })
+                    .collect();
+                let missing = envelope
+                    .errors
+                    .iter()
+                    .any(|e| matches!(e.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown));
+                if missing {
+                    return Self::NotFound(format!("image {image} not found: {}", said.join("; ")));
+                }
+                said.join("; ")
             }
-            _ => crate::error_chain(&err),
+            E::ImageManifestNotFoundError(m) => {
+                return Self::NotFound(format!(
+                    "image {image} not found: {m} (this host is {})",
+                    source::host_platform()
+                ))
+            }
+            E::DigestError(e) => format!("{e} (corrupted or tampered blob)"),
+            E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => {
+                format!("{chain} (unauthorized: give the registry's username and password in {file})")
+            }
+            _ if chain.contains("InvalidContentType") || chain.contains("corrupt message") => format!(
+                "registry {host} answered HTTPS with plain HTTP; if it serves only HTTP, add to {file}: \
+                 [[registry]] host = \"{host}\" insecure = true"
+            ),
+            E::ServerError { code: 400, message, .. } if message.contains("HTTPS") => {
+                format!("registry {host} serves HTTPS, but {file} marks it insecure (plain HTTP): remove that line")
+            }
+            _ => chain,
         };
-        Self::Registry { reference: reference.whole(), message }
+        Self::Registry { reference: image, message }
+    }
+
+    /// Said for a pull of `image`: as it is when it names the image, else
+    /// with the image named first.
+    pub fn about(&self, image: &impl std::fmt::Display) -> String {
+        let (said, image) = (self.to_string(), image.to_string());
+        if said.contains(&image) {
+            said
+        } else {
+            format!("pulling {image}: {said}")
+        }
     }
 
     fn io(path: &Path, source: std::io::Error) -> Self {

@@ -23,6 +23,9 @@ use serde::Deserialize;
 pub struct Registries {
     #[serde(default, rename = "registry")]
     pub registries: Vec<Registry>,
+    /// The file it was read from, for messages that say what to add there.
+    #[serde(skip)]
+    pub path: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -50,10 +53,13 @@ impl Registries {
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self { path: Some(path.to_owned()), ..Self::default() })
+            }
             Err(e) => return Err(format!("reading registry config {}: {e}", path.display())),
         };
-        let parsed: Self = toml::from_str(&text).map_err(|e| format!("registry config {}: {e}", path.display()))?;
+        let mut parsed: Self = toml::from_str(&text).map_err(|e| format!("registry config {}: {e}", path.display()))?;
+        parsed.path = Some(path.to_owned());
         for r in &parsed.registries {
             if r.username.is_some() != r.password.is_some() {
                 return Err(format!(
@@ -66,8 +72,19 @@ impl Registries {
         Ok(parsed)
     }
 
-    pub fn protocol(&self) -> ClientProtocol {
-        ClientProtocol::HttpsExcept(self.registries.iter().filter(|r| r.insecure).map(|r| r.host.clone()).collect())
+    /// Plain HTTP for the registries marked insecure and, as Docker, for
+    /// `host` when it is on a loopback address; HTTPS for the rest.
+    pub fn protocol_for(&self, host: &str) -> ClientProtocol {
+        let mut plain: Vec<String> = self.registries.iter().filter(|r| r.insecure).map(|r| r.host.clone()).collect();
+        if is_loopback(host) && !plain.iter().any(|h| h == host) {
+            plain.push(host.to_owned());
+        }
+        ClientProtocol::HttpsExcept(plain)
+    }
+
+    /// The file to name in a message: its path, or the flag that sets it.
+    pub fn file(&self) -> String {
+        self.path.as_ref().map_or_else(|| "the registries file (--registries)".to_owned(), |p| p.display().to_string())
     }
 
     pub fn auth(&self, host: &str) -> RegistryAuth {
@@ -76,6 +93,15 @@ impl Registries {
             _ => RegistryAuth::Anonymous,
         }
     }
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+pub fn is_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -93,7 +119,7 @@ mod tests {
     fn insecure_hosts_and_credentials_are_read() {
         let r = load("[[registry]]\nhost = \"127.0.0.1:5000\"\ninsecure = true\nusername = \"u\"\npassword = \"p\"\n")
             .unwrap();
-        assert_eq!(r.protocol(), ClientProtocol::HttpsExcept(vec!["127.0.0.1:5000".into()]));
+        assert_eq!(r.protocol_for("registry:5000"), ClientProtocol::HttpsExcept(vec!["127.0.0.1:5000".into()]));
         assert!(matches!(r.auth("127.0.0.1:5000"), RegistryAuth::Basic(u, p) if u == "u" && p == "p"));
         assert!(matches!(r.auth("docker.io"), RegistryAuth::Anonymous));
     }
@@ -105,5 +131,16 @@ mod tests {
             .contains("both username and password"));
         assert!(load("[[registry]]\nhost = \"h\"\ninsecur = true\n").unwrap_err().contains("insecur"));
         assert!(Registries::load(Path::new("/nonexistent/registries.toml")).unwrap().registries.is_empty());
+    }
+
+    #[test]
+    fn a_registry_on_loopback_is_plain_http_without_saying_so() {
+        let none = Registries::default();
+        for host in ["127.0.0.1:5000", "localhost:5000", "[::1]:5000", "127.9.9.9"] {
+            assert_eq!(none.protocol_for(host), ClientProtocol::HttpsExcept(vec![host.into()]), "{host}");
+        }
+        for host in ["registry:5000", "198.18.0.1:5000", "localhost.example:5000"] {
+            assert_eq!(none.protocol_for(host), ClientProtocol::HttpsExcept(vec![]), "{host}");
+        }
     }
 }

@@ -24,8 +24,17 @@ pub struct Resolved {
 }
 
 pub enum Source {
-    Registry { client: Client, reference: Reference, auth: RegistryAuth },
-    Layout { dir: PathBuf, tag: Option<String> },
+    /// `file`: the registries file, named in messages.
+    Registry {
+        client: Client,
+        reference: Reference,
+        auth: RegistryAuth,
+        file: String,
+    },
+    Layout {
+        dir: PathBuf,
+        tag: Option<String>,
+    },
 }
 
 impl std::fmt::Debug for Source {
@@ -44,14 +53,15 @@ impl Source {
                 // reqwest is built without a crypto provider; ring is ours.
                 let _ = rustls::crypto::ring::default_provider().install_default();
                 let config = ClientConfig {
-                    protocol: registries.protocol(),
+                    protocol: registries.protocol_for(reference.resolve_registry()),
                     platform_resolver: Some(Box::new(current_platform_resolver)),
                     connect_timeout: Some(std::time::Duration::from_secs(10)),
                     read_timeout: Some(std::time::Duration::from_secs(60)),
                     ..Default::default()
                 };
                 let auth = registries.auth(reference.resolve_registry());
-                Self::Registry { client: Client::new(config), reference: reference.clone(), auth }
+                let file = registries.file();
+                Self::Registry { client: Client::new(config), reference: reference.clone(), auth, file }
             }
             ImageRef::Layout { path, tag } => Self::Layout { dir: path.clone(), tag: tag.clone() },
         }
@@ -59,11 +69,11 @@ impl Source {
 
     pub async fn resolve(&self) -> Result<Resolved, PullError> {
         match self {
-            Self::Registry { client, reference, auth } => {
+            Self::Registry { client, reference, auth, file } => {
                 let (manifest, digest, config) = client
                     .pull_manifest_and_config(reference, auth)
                     .await
-                    .map_err(|e| PullError::registry(reference, e))?;
+                    .map_err(|e| PullError::registry(reference, e, file))?;
                 Ok(Resolved { manifest, digest, config: config.into_bytes() })
             }
             Self::Layout { dir, tag } => {
@@ -79,13 +89,13 @@ impl Source {
     /// from a registry, or the layout's own blob file in place.
     pub async fn layer(&self, layer: &OciDescriptor, scratch: &Path) -> Result<PathBuf, PullError> {
         match self {
-            Self::Registry { client, reference, .. } => {
+            Self::Registry { client, reference, file: registries, .. } => {
                 let path = scratch.join("blob");
                 let file = tokio::fs::File::create(&path).await.map_err(|e| PullError::io(&path, e))?;
                 client.pull_blob(reference, layer, file).await.map_err(|e| match e {
                     // Writing here failed (a full disk), not the registry.
                     oci_client::errors::OciDistributionError::IoError(e) => PullError::io(&path, e),
-                    e => PullError::registry(reference, e),
+                    e => PullError::registry(reference, e, registries),
                 })?;
                 Ok(path)
             }

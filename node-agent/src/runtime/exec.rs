@@ -73,17 +73,22 @@ impl Runtime {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| fail(format!("running {}: {e}", self.shim.display())))?;
-        let (out, err) = (child.stdout.take(), child.stderr.take());
-        let read = async {
-            let (output, helper) = tokio::join!(read_bounded(out, keep), read_bounded(err, keep));
-            let status = child.wait().await;
-            (output, helper, status)
-        };
+        let output = tokio::spawn(read_bounded(child.stdout.take(), keep));
+        let helper = tokio::spawn(read_bounded(child.stderr.take(), keep));
         // The helper enforces the timeout; this only bounds a helper that hangs.
-        let (output, helper, status) = tokio::time::timeout(timeout + Duration::from_secs(10), read)
+        let status = tokio::time::timeout(timeout + Duration::from_secs(10), child.wait())
             .await
             .map_err(|_| fail(format!("the exec helper did not return within {timeout:?}")))?;
         let code = status.map_err(|e| fail(format!("waiting for the exec helper: {e}")))?.code().unwrap_or(-1);
+        // What it left running in the container may hold the pipe open: its
+        // output is what came by shortly after it ended.
+        let collected = |read: tokio::task::JoinHandle<String>| async move {
+            let abort = read.abort_handle();
+            let said = tokio::time::timeout(Duration::from_millis(200), read).await;
+            abort.abort();
+            said.ok().and_then(Result::ok).unwrap_or_default()
+        };
+        let (output, helper) = tokio::join!(collected(output), collected(helper));
         let helper = helper.trim();
         match code {
             TIMED_OUT if !helper.is_empty() => Err(fail(helper.to_owned())),
@@ -104,7 +109,7 @@ impl Runtime {
 
 /// At most `keep` bytes of `pipe` (the rest is read and dropped, so the
 /// writer never blocks).
-async fn read_bounded(pipe: Option<impl AsyncRead + Unpin>, keep: usize) -> String {
+async fn read_bounded(pipe: Option<impl AsyncRead + Unpin + Send>, keep: usize) -> String {
     let Some(mut pipe) = pipe else { return String::new() };
     let (mut kept, mut buf) = (Vec::new(), [0u8; 4096]);
     while let Ok(n) = pipe.read(&mut buf).await {

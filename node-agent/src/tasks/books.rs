@@ -31,6 +31,9 @@ pub struct Books {
     /// When each task was last restarted (monotonic ms), for a restart
     /// window; at most as many as its max attempts.
     pub(super) restarted_at: HashMap<String, Vec<u64>>,
+    /// Why a task's last run was replaced (it turned unhealthy), for its
+    /// next run to say until it passes.
+    pub(super) replaced: HashMap<String, String>,
 }
 
 /// Restarts of one task: in a row (for the backoff) and in all (reported).
@@ -115,5 +118,6 @@ impl Books {
         self.streaks.retain(|t, _| kept(t) || failed.contains_key(t));
         self.seen_stopped.retain(|t, _| kept(t));
         self.restarted_at.retain(|t, _| kept(t));
+        self.replaced.retain(|t, _| kept(t));
     }
 }

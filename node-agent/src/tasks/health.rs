@@ -1,14 +1,29 @@
 //! What the probes say of each running task, decided without IO, as
-//! Docker decides it: a run starts `starting`; its first probe comes one
-//! `interval` after it started and then one every `interval`; a pass makes
-//! it `healthy`; `retries` failures in a row make it `unhealthy`, except
-//! that failures within `start_period` of its start, before any pass, do
-//! not count. A probe that outlasts its `timeout` has failed.
+//! Docker decides it, with Docker's start interval: a run starts
+//! `starting`; until its first pass it is probed every
+//! [`START_INTERVAL_MS`] (or its interval, if shorter), so it serves as
+//! soon as it is ready, not an interval later; after that every
+//! `interval`. A pass makes it `healthy`; `retries` failures in a row make
+//! it `unhealthy`, counted at most one per interval (the quicker probes
+//! of a starting run do not use up its retries), and failures within
+//! `start_period` of its start, before any pass, do not count. A probe
+//! that outlasts its `timeout` has failed.
 //!
 //! A run is told apart by when it started (its record's start time), so a
-//! restarted container starts over as `starting`.
+//! restarted container starts over as `starting`. A run the agent finds
+//! already running (an agent restart) is probed at once and says nothing
+//! of its health until that probe is back, so the cluster keeps what it
+//! knew instead of seeing every checked task `starting` for an interval.
 
 use berth_proto::model::{Check, HealthState, Probe};
+
+/// How often a run is probed until its first pass (Docker's
+/// start_interval, shortened: a rollout waits on it).
+pub const START_INTERVAL_MS: u64 = 100;
+
+/// A run that has been running this long when the agent first sees it
+/// was found, not started (an agent restart): probed at once.
+pub const INHERITED_AFTER_MS: u64 = 1000;
 
 /// The most of a probe's output kept (Docker keeps 4 KiB; the cluster
 /// gets this much in the task's message when it turns unhealthy).
@@ -22,6 +37,10 @@ pub struct Tracker {
     pub run: u64,
     /// When the agent first saw this run (monotonic ms).
     pub since: u64,
+    /// When the last failure that counted was (monotonic ms).
+    pub counted_at: u64,
+    /// Found running, not yet probed: its health is not known here yet.
+    pub unknown: bool,
     pub state: HealthState,
     /// Failures in a row that counted.
     pub failures: u32,
@@ -48,14 +67,21 @@ pub struct ProbeJob {
 pub type Outcome = Result<(), String>;
 
 impl Tracker {
-    pub fn new(run: u64, check: &Check, now: u64) -> Self {
+    /// A run seen first at `now`, after running for `ran_ms` already
+    /// (by its record), whose first probe waits `backoff` more (restarts
+    /// in a row of an unhealthy task back off like crashes).
+    pub fn new(run: u64, check: &Check, now: u64, ran_ms: u64, backoff: u64) -> Self {
+        let inherited = ran_ms >= INHERITED_AFTER_MS;
+        let first = if inherited { 0 } else { start_interval(check).saturating_add(backoff) };
         Self {
             check: check.clone(),
             run,
             since: now,
+            counted_at: now.saturating_sub(ran_ms),
+            unknown: inherited,
             state: HealthState::Starting,
             failures: 0,
-            next_at: now.saturating_add(check.interval_ms),
+            next_at: now.saturating_add(first),
             probing: false,
             why: String::new(),
         }
@@ -71,11 +97,12 @@ impl Tracker {
         Some(ProbeJob { task: task.to_owned(), run: self.run, probe, timeout_ms })
     }
 
-    /// A probe ended at `now`; the next is due one interval later.
+    /// A probe ended at `now`; the next is due one interval later (one
+    /// start interval while it is still starting).
     pub fn probed(&mut self, outcome: Outcome, now: u64) {
         let check = &self.check;
         self.probing = false;
-        self.next_at = now.saturating_add(check.interval_ms);
+        self.unknown = false;
         match outcome {
             Ok(()) => {
                 self.state = HealthState::Healthy;
@@ -84,7 +111,11 @@ impl Tracker {
             }
             Err(_) if self.state == HealthState::Starting && now < self.since.saturating_add(check.start_period_ms) => {
             }
+            // A starting run's quicker probes count one failure an interval.
+            Err(_)
+                if self.state == HealthState::Starting && now < self.counted_at.saturating_add(check.interval_ms) => {}
             Err(output) => {
+                self.counted_at = now;
                 self.failures = self.failures.saturating_add(1);
                 if self.failures >= check.retries && self.state != HealthState::Unhealthy {
                     self.state = HealthState::Unhealthy;
@@ -92,7 +123,15 @@ impl Tracker {
                 }
             }
         }
+        let pause =
+            if self.state == HealthState::Starting { start_interval(&self.check) } else { self.check.interval_ms };
+        self.next_at = now.saturating_add(pause);
     }
+}
+
+/// How often a run is probed before its first pass.
+fn start_interval(check: &Check) -> u64 {
+    check.interval_ms.min(START_INTERVAL_MS)
 }
 
 /// At most [`OUTPUT_BYTES`] of `output`, trimmed, on a char boundary.
@@ -118,23 +157,55 @@ mod tests {
     }
 
     #[test]
-    fn probes_come_every_interval_one_at_a_time() {
+    fn probes_come_every_start_interval_until_a_pass_then_every_interval() {
         let c = check(1000, 3, 0);
-        let mut t = Tracker::new(7, &c, 100);
-        assert_eq!(t.due("a.1.1", 1099), None, "not before one interval");
-        let job = t.due("a.1.1", 1100).expect("due");
+        let mut t = Tracker::new(7, &c, 100, 0, 0);
+        assert_eq!(t.due("a.1.1", 199), None, "not before one start interval");
+        let job = t.due("a.1.1", 200).expect("due");
         assert_eq!((job.run, job.timeout_ms, job.probe), (7, 500, Probe::Tcp { port: 80 }));
         assert_eq!(t.due("a.1.1", 5000), None, "one under way");
-        t.probed(Ok(()), 1300);
+        t.probed(fail("not yet"), 210);
+        assert_eq!((t.state, t.failures), (HealthState::Starting, 0), "a quick probe's failure does not count");
+        assert!(t.due("a.1.1", 310).is_some(), "again a start interval later");
+        t.probed(Ok(()), 320);
         assert_eq!(t.state, HealthState::Healthy);
-        assert_eq!(t.due("a.1.1", 2299), None);
-        assert!(t.due("a.1.1", 2300).is_some());
+        assert_eq!(t.due("a.1.1", 1319), None, "now every interval");
+        assert!(t.due("a.1.1", 1320).is_some());
+        // A backoff (restarts in a row) holds the first probe back.
+        let mut t = Tracker::new(8, &c, 0, 0, 400);
+        assert_eq!(t.due("a.1.1", 499), None);
+        assert!(t.due("a.1.1", 500).is_some());
+    }
+
+    #[test]
+    fn a_starting_run_uses_a_retry_an_interval_at_most() {
+        let c = check(1000, 2, 0);
+        let mut t = Tracker::new(1, &c, 0, 0, 0);
+        for at in (100..1000).step_by(100) {
+            t.probed(fail("refused"), at);
+        }
+        assert_eq!((t.state, t.failures), (HealthState::Starting, 0), "nine quick failures in its first interval");
+        t.probed(fail("refused"), 1000);
+        t.probed(fail("refused"), 1500);
+        assert_eq!(t.failures, 1);
+        t.probed(fail("refused"), 2000);
+        assert_eq!(t.state, HealthState::Unhealthy, "two intervals, two failures");
+    }
+
+    #[test]
+    fn a_run_found_running_is_probed_at_once_and_unknown_until_then() {
+        let c = check(30_000, 3, 0);
+        let mut t = Tracker::new(1, &c, 500, 60_000, 0);
+        assert!(t.unknown);
+        assert!(t.due("a.1.1", 500).is_some(), "at once");
+        t.probed(Ok(()), 510);
+        assert!(!t.unknown && t.state == HealthState::Healthy);
     }
 
     #[test]
     fn retries_failures_in_a_row_make_it_unhealthy_and_a_pass_heals_it() {
         let c = check(1000, 3, 0);
-        let mut t = Tracker::new(1, &c, 0);
+        let mut t = Tracker::new(1, &c, 0, 0, 0);
         t.probed(fail("a"), 1000);
         t.probed(Ok(()), 2000);
         t.probed(fail("b"), 3000);
@@ -152,13 +223,13 @@ mod tests {
     #[test]
     fn failures_in_the_start_period_do_not_count_until_a_pass() {
         let c = check(1000, 1, 5000);
-        let mut t = Tracker::new(1, &c, 10_000);
+        let mut t = Tracker::new(1, &c, 10_000, 0, 0);
         t.probed(fail("booting"), 11_000);
         t.probed(fail("booting"), 14_999);
         assert_eq!((t.state, t.failures), (HealthState::Starting, 0));
         t.probed(fail("late"), 15_000);
         assert_eq!(t.state, HealthState::Unhealthy, "the period is over");
-        let mut t = Tracker::new(1, &c, 10_000);
+        let mut t = Tracker::new(1, &c, 10_000, 0, 0);
         t.probed(Ok(()), 11_000);
         t.probed(fail("down"), 12_000);
         assert_eq!(t.state, HealthState::Unhealthy, "once it passed, the period no longer shields it");

@@ -23,6 +23,7 @@ use super::books::{Books, Streak};
 use super::health::{ProbeJob, Tracker};
 pub use super::job::Job;
 use super::plan::{plan, Action, Have, Want};
+use super::restart;
 use crate::runtime::Status;
 
 /// A container the node has for a task.
@@ -31,7 +32,8 @@ pub struct Observed {
     /// The task, which is also the container's name.
     pub task: String,
     pub status: Status,
-    /// How long its last run lasted, once it has exited.
+    /// How long its last run lasted, once it has exited; how long it has
+    /// run so far, while it runs.
     pub ran_for: Duration,
     /// Its health check, if its spec or image has one.
     pub check: Option<Check>,
@@ -170,34 +172,46 @@ fn track_health<'a>(
     now: u64,
 ) -> Vec<ProbeJob> {
     let wanted: BTreeSet<&String> = wanted.collect();
-    let running: BTreeMap<&str, (u64, &Check)> = observed
+    let running: BTreeMap<&str, (u64, &Check, Duration)> = observed
         .iter()
         .filter(|o| wanted.contains(&o.task))
         .filter_map(|o| match (&o.status, &o.check) {
-            (Status::Running(started), Some(check)) => Some((o.task.as_str(), (started.started_at_ms, check))),
+            (Status::Running(started), Some(check)) => {
+                Some((o.task.as_str(), (started.started_at_ms, check, o.ran_for)))
+            }
             _ => None,
         })
         .collect();
-    // A run replaced for being unhealthy says so until the next turns healthy.
-    let mut replaced: BTreeMap<String, String> = BTreeMap::new();
+    // A run replaced for being unhealthy says so until the next turns
+    // healthy (kept in the books: the container is seen stopped between).
+    let replaced = &mut books.replaced;
     books.health.retain(|task, h| {
-        let same = running.get(task.as_str()).is_some_and(|(run, _)| *run == h.run);
+        let same = running.get(task.as_str()).is_some_and(|(run, ..)| *run == h.run);
         if !same && h.state == HealthState::Unhealthy {
             replaced.insert(task.clone(), format!("restarted: {}", h.why));
         }
         same
     });
     let mut due = Vec::new();
-    for (task, (run, check)) in running {
-        let tracker = books.health.entry(task.to_owned()).or_insert_with(|| Tracker {
-            why: replaced.remove(task).unwrap_or_default(),
-            ..Tracker::new(run, check, now)
-        });
-        if !books.busy.contains(task) {
+    for (task, (run, check, ran)) in running {
+        if !books.health.contains_key(task) {
+            let backoff = restart::delay(books.streaks.get(task).map_or(0, |s| s.row));
+            let (ran, backoff) = (millis(ran), millis(backoff));
+            let why = books.replaced.remove(task).unwrap_or_default();
+            books.health.insert(task.to_owned(), Tracker { why, ..Tracker::new(run, check, now, ran, backoff) });
+        }
+        if books.busy.contains(task) {
+            continue;
+        }
+        if let Some(tracker) = books.health.get_mut(task) {
             due.extend(tracker.due(task, now));
         }
     }
     due
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// What to tell the cluster about this node's tasks.
@@ -216,6 +230,8 @@ fn reports(assignment: &Assignment, observed: &[&Observed], books: &Books) -> Ve
         };
         out.push(match status.get(task.as_str()) {
             Some(Status::Running(_)) => match books.health.get(task) {
+                // Found running, not probed yet: the cluster keeps what it knew.
+                Some(h) if h.unknown => continue,
                 Some(h) => TaskReport { health: Some(h.state), ..report(TaskState::Running, None, &h.why) },
                 None => report(TaskState::Running, None, ""),
             },

@@ -195,8 +195,9 @@ impl Options {
             dns_options: w.dns_options,
             ulimits: w.ulimits.into_iter().map(|(k, u)| (k, Ulimit { soft: u.soft, hard: u.hard })).collect(),
             tmpfs: w.tmpfs.into_iter().map(|t| Tmpfs { target: t.target, size_bytes: t.size_bytes }).collect(),
-            restart_max_attempts: w.restart_max_attempts,
-            restart_window_ms: w.restart_window_ms,
+            // As Swarm's: 0 attempts is no limit, a 0 s window no window.
+            restart_max_attempts: w.restart_max_attempts.filter(|n| *n > 0),
+            restart_window_ms: w.restart_window_ms.filter(|ms| *ms > 0),
         })
     }
 
@@ -252,6 +253,8 @@ mod tests {
     fn wire_round_trip_and_good_values_pass() {
         assert_eq!(Options::from_pb(full().to_pb()), Ok(full()));
         assert_eq!(Options::from_pb(Options::default().to_pb()), Ok(Options::default()));
+        let zeros = pb::Options { restart_max_attempts: Some(0), restart_window_ms: Some(0), ..Default::default() };
+        assert_eq!(Options::from_pb(zeros), Ok(Options::default()), "0 means no limit, as Swarm's");
         assert_eq!(full().validate(), Ok(()));
     }
 
