@@ -234,7 +234,7 @@ pub async fn wait(client: &Client, name: &str, goal: Goal) -> Result<String> {
             }
         }
         match standing(&service, &tasks, goal) {
-            Standing::Moving => tokio::time::sleep(Duration::from_millis(500)).await,
+            Standing::Moving => tokio::time::sleep(Duration::from_millis(200)).await,
             Standing::Done(said) => return Ok(format!("{said}\n")),
             Standing::Failed(why) => bail!("service {name}: {why}"),
         }

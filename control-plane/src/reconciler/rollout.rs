@@ -119,9 +119,11 @@ pub fn decide(view: &View, now: u64) -> Decision {
         return d;
     }
     if state.moving() && in_flight == 0 {
-        // Done once every new task has served for the monitor period (or
-        // failed within what the config bears).
-        let latest = view.new_tasks.iter().map(|t| t.since_ms).max().unwrap_or(0);
+        // Done once every task made for it has served for the monitor
+        // period (or failed within what the config bears); tasks a
+        // rollback kept had served before it began.
+        let made = view.new_tasks.iter().filter(|t| t.version == view.current);
+        let latest = made.map(|t| t.since_ms).max().unwrap_or(0);
         let done_at = latest.saturating_add(cfg.monitor_ms);
         let all_serve =
             view.new_tasks.iter().all(|t| t.serving() || borne(t)) && view.new_tasks.len() == view.replicas as usize;
@@ -246,6 +248,18 @@ mod tests {
         let back = Rollout { state: RolloutState::RollingBack, version: 2, message: String::new() };
         let d = decide(&view(vec![&crashed], vec![2], 0, Some(&back)), 10_100);
         assert_eq!(d.state.map(|s| s.0), Some(RolloutState::RollbackPaused));
+    }
+
+    #[test]
+    fn a_rollback_that_kept_every_task_is_done_at_once() {
+        let mut kept: Vec<Task> = (1..=4).map(|s| task(s, TaskState::Running, 10_000)).collect();
+        for t in &mut kept {
+            t.version = 1;
+        }
+        let refs: Vec<&Task> = kept.iter().collect();
+        let back = Rollout { state: RolloutState::RollingBack, version: 2, message: "x".into() };
+        let d = decide(&view(refs, vec![], 0, Some(&back)), 10_001);
+        assert_eq!(d.state, Some((RolloutState::RolledBack, "x".into())), "nothing new to watch");
     }
 
     #[test]
