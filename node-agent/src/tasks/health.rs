@@ -1,8 +1,8 @@
 //! What the probes say of each running task, decided without IO, as
 //! Docker decides it, with Docker's start interval: a run starts
-//! `starting`; until its first pass it is probed every
-//! [`START_INTERVAL_MS`] (or its interval, if shorter), so it serves as
-//! soon as it is ready, not an interval later; after that every
+//! `starting`; it is probed as soon as it runs and, until its first pass,
+//! every [`START_INTERVAL_MS`] (or its interval, if shorter), so it serves
+//! as soon as it is ready, not an interval later; after that every
 //! `interval`. A pass makes it `healthy`; `retries` failures in a row make
 //! it `unhealthy`, counted at most one per interval (the quicker probes
 //! of a starting run do not use up its retries), and failures within
@@ -71,8 +71,10 @@ impl Tracker {
     /// (by its record), whose first probe waits `backoff` more (restarts
     /// in a row of an unhealthy task back off like crashes).
     pub fn new(run: u64, check: &Check, now: u64, ran_ms: u64, backoff: u64) -> Self {
+        // The first probe as soon as it runs (Kubernetes' readiness probes
+        // start so too): a task serves the moment it is ready.
         let inherited = ran_ms >= INHERITED_AFTER_MS;
-        let first = if inherited { 0 } else { start_interval(check).saturating_add(backoff) };
+        let first = if inherited { 0 } else { backoff };
         Self {
             check: check.clone(),
             run,
@@ -160,8 +162,7 @@ mod tests {
     fn probes_come_every_start_interval_until_a_pass_then_every_interval() {
         let c = check(1000, 3, 0);
         let mut t = Tracker::new(7, &c, 100, 0, 0);
-        assert_eq!(t.due("a.1.1", 199), None, "not before one start interval");
-        let job = t.due("a.1.1", 200).expect("due");
+        let job = t.due("a.1.1", 100).expect("due as soon as it runs");
         assert_eq!((job.run, job.timeout_ms, job.probe), (7, 500, Probe::Tcp { port: 80 }));
         assert_eq!(t.due("a.1.1", 5000), None, "one under way");
         t.probed(fail("not yet"), 210);
@@ -173,8 +174,8 @@ mod tests {
         assert!(t.due("a.1.1", 1320).is_some());
         // A backoff (restarts in a row) holds the first probe back.
         let mut t = Tracker::new(8, &c, 0, 0, 400);
-        assert_eq!(t.due("a.1.1", 499), None);
-        assert!(t.due("a.1.1", 500).is_some());
+        assert_eq!(t.due("a.1.1", 399), None);
+        assert!(t.due("a.1.1", 400).is_some());
     }
 
     #[test]

@@ -243,35 +243,36 @@ fn a_checked_task_is_probed_reported_and_replaced_when_unhealthy() {
     let tasks = wanted(&[task("web.1.1", RestartPolicy::Always)]);
     let mut books = Books::default();
     let first = step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, 0);
-    assert!(first.probes.is_empty(), "the first probe comes one interval after the start");
+    assert_eq!(first.probes.len(), 1, "probed as soon as it runs");
     assert_eq!(health(&first), [("web.1.1".into(), Some(HealthState::Starting), String::new())]);
-    let due = step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, 1000);
-    assert_eq!(due.probes.len(), 1);
-    assert!(step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, 1500).probes.is_empty(), "one at a time");
-    books.probed(&due.probes[0], Ok(()), 1500);
-    let healthy = step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, 1600);
+    assert!(step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, 50).probes.is_empty(), "one at a time");
+    books.probed(&first.probes[0], Ok(()), 60);
+    let healthy = step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, 100);
     assert_eq!(health(&healthy), [("web.1.1".into(), Some(HealthState::Healthy), String::new())]);
+    assert!(healthy.probes.is_empty(), "healthy: the next an interval later");
 
     // Two failures in a row: unhealthy, and replaced under its policy.
-    for at in [2500, 3600] {
+    for at in [1100, 2200] {
         let due = step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, at);
         books.probed(&due.probes[0], Err("connection refused".into()), at + 10);
     }
-    let sick = step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, 3700);
+    let sick = step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, 2300);
     let why = "unhealthy after 2 failed probes: connection refused".to_owned();
     assert_eq!(health(&sick), [("web.1.1".into(), Some(HealthState::Unhealthy), why.clone())]);
     assert_eq!(sick.jobs, [Job::Replace(tasks.tasks["web.1.1"].clone())]);
     assert_eq!(sick.reports[0].restarts, 1, "counted as a restart");
     assert!(sick.probes.is_empty(), "not probed while it is being replaced");
-    books.job_ended(&sick.jobs[0], Ok(()), tasks.tasks.get("web.1.1"), 3800);
-    let again = step(&tasks, &[checked("web.1.1", 2)], &[], &mut books, 3900);
+    books.job_ended(&sick.jobs[0], Ok(()), tasks.tasks.get("web.1.1"), 2400);
+    let again = step(&tasks, &[checked("web.1.1", 2)], &[], &mut books, 2500);
     assert!(again.jobs.is_empty());
+    assert!(again.probes.is_empty(), "its first probe waits the restart backoff");
     let restarted = format!("restarted: {why}");
     assert_eq!(health(&again), [("web.1.1".into(), Some(HealthState::Starting), restarted)], "a new run starts over");
+    assert_eq!(step(&tasks, &[checked("web.1.1", 2)], &[], &mut books, 2600).probes.len(), 1, "100 ms later");
 
     // A probe of the run before counts for nothing.
-    books.probed(&due.probes[0], Ok(()), 4000);
-    let still = step(&tasks, &[checked("web.1.1", 2)], &[], &mut books, 4050);
+    books.probed(&first.probes[0], Ok(()), 2650);
+    let still = step(&tasks, &[checked("web.1.1", 2)], &[], &mut books, 2660);
     assert_eq!(still.reports[0].health, Some(HealthState::Starting));
 }
 
@@ -279,7 +280,8 @@ fn a_checked_task_is_probed_reported_and_replaced_when_unhealthy() {
 fn an_unhealthy_task_that_never_restarts_keeps_running_unhealthy() {
     let tasks = wanted(&[task("web.1.1", RestartPolicy::Never)]);
     let mut books = Books::default();
-    step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, 0);
+    let first = step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, 0);
+    books.probed(&first.probes[0], Err("not yet".into()), 0);
     for at in [1000, 2000] {
         let due = step(&tasks, &[checked("web.1.1", 1)], &[], &mut books, at);
         books.probed(&due.probes[0], Err("no".into()), at);
