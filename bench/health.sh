@@ -33,6 +33,11 @@ cleanup() {
   remove_node_network berthhealth /run/berth-health-bench
   rm -rf /run/berth-health-bench
   umount "$work/docker" 2>/dev/null || true
+  # What dockerd and the agent leave behind once killed: bridges and the
+  # cluster CIDR's fallback route (198.19/16 is the tests' range too).
+  ip link del docker_gwbridge 2>/dev/null || true
+  ip link del docker0 2>/dev/null || true
+  ip route del unreachable 198.19.128.0/18 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT

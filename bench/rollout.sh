@@ -32,6 +32,11 @@ cleanup() {
   remove_node_network berthroll /run/berth-rollout-bench
   rm -rf /run/berth-rollout-bench
   umount "$work/docker" 2>/dev/null || true
+  # What dockerd and the agent leave behind once killed: bridges and the
+  # cluster CIDR's fallback route (198.19/16 is the tests' range too).
+  ip link del docker_gwbridge 2>/dev/null || true
+  ip link del docker0 2>/dev/null || true
+  ip route del unreachable 198.19.128.0/18 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -106,6 +111,11 @@ dockerd --data-root "$work/docker" --exec-root "$work/docker-exec" --pidfile "$w
 pids+=($!)
 export DOCKER_HOST=unix://$work/docker.sock
 wait_until 60 docker info >/dev/null 2>&1
+# Its gateway bridge made beforehand (as bench/swarm.sh does), so Docker
+# takes no subnet of its own choosing.
+docker network create --subnet 198.19.251.0/24 --opt com.docker.network.bridge.name=docker_gwbridge \
+  --opt com.docker.network.bridge.enable_icc=false --opt com.docker.network.bridge.enable_ip_masquerade=true \
+  docker_gwbridge >/dev/null
 docker swarm init --advertise-addr 127.0.0.1 --default-addr-pool 198.19.128.0/17 >/dev/null
 mkdir -p "$work/rootfs"
 cp -a "$work"/agent/images/layers/sha256/*/. "$work/rootfs/"

@@ -122,7 +122,8 @@ pub fn decide(view: &View, now: u64) -> Decision {
         // Done once every task made for it has served for the monitor
         // period (or failed within what the config bears); tasks a
         // rollback kept had served before it began.
-        let made = view.new_tasks.iter().filter(|t| t.version == view.current);
+        // (A borne failure that keeps restarting must not keep moving it.)
+        let made = view.new_tasks.iter().filter(|t| t.version == view.current && t.serving());
         let latest = made.map(|t| t.since_ms).max().unwrap_or(0);
         let done_at = latest.saturating_add(cfg.monitor_ms);
         let all_serve =

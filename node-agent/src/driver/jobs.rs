@@ -62,6 +62,8 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
                 books.probed(&probe, outcome, now());
             }
         }
+        // At the tick, or when the next probe is due if sooner.
+        let mut pause = worker.settings.tick;
         match worker.containers.list().await {
             // None would mean "restart and report every task": the pass is skipped.
             Err(e) => warn!("listing containers: {e}"),
@@ -88,6 +90,9 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
                     });
                     probing.insert(handle.id(), probe);
                 }
+                if let Some(at) = pass.wake_at {
+                    pause = pause.min(Duration::from_millis(at.saturating_sub(now())));
+                }
                 // The reporter sends the latest on its own, and says when it was taken.
                 if pass.reports != *reports.borrow() {
                     reports.send_replace(pass.reports);
@@ -101,7 +106,7 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
                 Err(_) => return,
             },
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(worker.settings.tick) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }

@@ -74,22 +74,25 @@ impl PullError {
                 }
                 said.join("; ")
             }
-            E::ImageManifestNotFoundError(m) => {
-                return Self::NotFound(format!(
-                    "image {image} not found: {m} (this host is {})",
-                    source::host_platform()
-                ))
-            }
+            // The image is there, not for this platform (Docker: "no matching manifest").
+            E::ImageManifestNotFoundError(m) => format!("no matching manifest for {}: {m}", source::host_platform()),
             E::DigestError(e) => format!("{e} (corrupted or tampered blob)"),
             E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => {
                 format!("{chain} (unauthorized: give the registry's username and password in {file})")
             }
             _ if chain.contains("InvalidContentType") || chain.contains("corrupt message") => format!(
-                "registry {host} answered HTTPS with plain HTTP; if it serves only HTTP, add to {file}: \
-                 [[registry]] host = \"{host}\" insecure = true"
+                "registry {host} answered HTTPS with plain HTTP; if it serves only HTTP, add a [[registry]] \
+                 entry to {file} with host = \"{host}\" and insecure = true"
             ),
             E::ServerError { code: 400, message, .. } if message.contains("HTTPS") => {
-                format!("registry {host} serves HTTPS, but {file} marks it insecure (plain HTTP): remove that line")
+                if registries::is_loopback(&host) {
+                    format!(
+                        "registry {host} serves HTTPS, and a registry on loopback is plain HTTP unless {file} \
+                         lists it with insecure = false"
+                    )
+                } else {
+                    format!("registry {host} serves HTTPS, but {file} lists it with insecure = true: remove that line")
+                }
             }
             _ => chain,
         };

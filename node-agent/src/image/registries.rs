@@ -3,14 +3,16 @@
 //!
 //! ```toml
 //! [[registry]]
-//! host = "127.0.0.1:5000"
-//! insecure = true          # plain HTTP; only for registries listed here
+//! host = "registry.internal:5000"
+//! insecure = true          # plain HTTP
 //! username = "ci"
 //! password = "secret"
 //! ```
 //!
-//! Registries not listed are reached over HTTPS, anonymously. Basic
-//! credentials are also what the bearer-token flow exchanges for a token.
+//! Registries not listed are reached over HTTPS, anonymously, except that,
+//! as with Docker, one on a loopback address (`localhost`, `127.x`, `[::1]`)
+//! is plain HTTP unless listed with `insecure = false`. Basic credentials
+//! are also what the bearer-token flow exchanges for a token.
 
 use std::path::Path;
 
@@ -32,8 +34,9 @@ pub struct Registries {
 #[serde(deny_unknown_fields)]
 pub struct Registry {
     pub host: String,
+    /// Plain HTTP; unset: only for a loopback host.
     #[serde(default)]
-    pub insecure: bool,
+    pub insecure: Option<bool>,
     pub username: Option<String>,
     pub password: Option<String>,
 }
@@ -75,8 +78,10 @@ impl Registries {
     /// Plain HTTP for the registries marked insecure and, as Docker, for
     /// `host` when it is on a loopback address; HTTPS for the rest.
     pub fn protocol_for(&self, host: &str) -> ClientProtocol {
-        let mut plain: Vec<String> = self.registries.iter().filter(|r| r.insecure).map(|r| r.host.clone()).collect();
-        if is_loopback(host) && !plain.iter().any(|h| h == host) {
+        let mut plain: Vec<String> =
+            self.registries.iter().filter(|r| r.insecure == Some(true)).map(|r| r.host.clone()).collect();
+        let said = self.registries.iter().find(|r| r.host == host).and_then(|r| r.insecure);
+        if is_loopback(host) && said.is_none() {
             plain.push(host.to_owned());
         }
         ClientProtocol::HttpsExcept(plain)
@@ -142,5 +147,7 @@ mod tests {
         for host in ["registry:5000", "198.18.0.1:5000", "localhost.example:5000"] {
             assert_eq!(none.protocol_for(host), ClientProtocol::HttpsExcept(vec![]), "{host}");
         }
+        let tls = load("[[registry]]\nhost = \"localhost:5000\"\ninsecure = false\n").unwrap();
+        assert_eq!(tls.protocol_for("localhost:5000"), ClientProtocol::HttpsExcept(vec![]), "HTTPS when said so");
     }
 }

@@ -76,10 +76,17 @@ impl Runtime {
         let output = tokio::spawn(read_bounded(child.stdout.take(), keep));
         let helper = tokio::spawn(read_bounded(child.stderr.take(), keep));
         // The helper enforces the timeout; this only bounds a helper that hangs.
-        let status = tokio::time::timeout(timeout + Duration::from_secs(10), child.wait())
-            .await
-            .map_err(|_| fail(format!("the exec helper did not return within {timeout:?}")))?;
-        let code = status.map_err(|e| fail(format!("waiting for the exec helper: {e}")))?.code().unwrap_or(-1);
+        let code = match tokio::time::timeout(timeout + Duration::from_secs(10), child.wait()).await {
+            Ok(Ok(status)) => status.code().unwrap_or(-1),
+            ended => {
+                output.abort();
+                helper.abort();
+                return Err(fail(match ended {
+                    Ok(Err(e)) => format!("waiting for the exec helper: {e}"),
+                    _ => format!("the exec helper did not return within {timeout:?}"),
+                }));
+            }
+        };
         // What it left running in the container may hold the pipe open: its
         // output is what came by shortly after it ended.
         let collected = |read: tokio::task::JoinHandle<String>| async move {

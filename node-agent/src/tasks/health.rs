@@ -78,7 +78,8 @@ impl Tracker {
         Self {
             check: check.clone(),
             run,
-            since: now,
+            // Its start, as far as the agent's clock can say.
+            since: now.saturating_sub(ran_ms),
             counted_at: now.saturating_sub(ran_ms),
             unknown: inherited,
             state: HealthState::Starting,
@@ -104,7 +105,6 @@ impl Tracker {
     pub fn probed(&mut self, outcome: Outcome, now: u64) {
         let check = &self.check;
         self.probing = false;
-        self.unknown = false;
         match outcome {
             Ok(()) => {
                 self.state = HealthState::Healthy;
@@ -124,6 +124,11 @@ impl Tracker {
                     self.why = format!("unhealthy after {} failed probes: {}", self.failures, clip(&output));
                 }
             }
+        }
+        // A run found running stays unreported until it passes or turns
+        // unhealthy: one failed probe says nothing the cluster did not know.
+        if self.state != HealthState::Starting {
+            self.unknown = false;
         }
         let pause =
             if self.state == HealthState::Starting { start_interval(&self.check) } else { self.check.interval_ms };
@@ -199,7 +204,9 @@ mod tests {
         let mut t = Tracker::new(1, &c, 500, 60_000, 0);
         assert!(t.unknown);
         assert!(t.due("a.1.1", 500).is_some(), "at once");
-        t.probed(Ok(()), 510);
+        t.probed(fail("hiccup"), 510);
+        assert!(t.unknown, "one failure says nothing yet");
+        t.probed(Ok(()), 620);
         assert!(!t.unknown && t.state == HealthState::Healthy);
     }
 

@@ -47,6 +47,9 @@ pub struct Step {
     pub reports: Vec<TaskReport>,
     /// Health probes due now.
     pub probes: Vec<ProbeJob>,
+    /// When the next probe is due (monotonic ms), for the driver to look
+    /// again then rather than at its tick.
+    pub wake_at: Option<u64>,
 }
 
 /// One pass at `now` (monotonic ms): starts the jobs it returns in `books`.
@@ -159,7 +162,8 @@ pub fn step(
             jobs.push(Job::Detach(ns.clone()));
         }
     }
-    Step { jobs, reports: reports(assignment, &observed, books), probes }
+    let wake_at = books.health.values().filter(|h| !h.probing).map(|h| h.next_at).min();
+    Step { jobs, reports: reports(assignment, &observed, books), probes, wake_at }
 }
 
 /// Keeps a tracker for each wanted task running with a health check (a
@@ -195,9 +199,12 @@ fn track_health<'a>(
     let mut due = Vec::new();
     for (task, (run, check, ran)) in running {
         if !books.health.contains_key(task) {
-            let backoff = restart::delay(books.streaks.get(task).map_or(0, |s| s.row));
-            let (ran, backoff) = (millis(ran), millis(backoff));
+            // A run that replaced an unhealthy one backs off as a crash's
+            // restart does (a crash's restart has waited already).
             let why = books.replaced.remove(task).unwrap_or_default();
+            let row = books.streaks.get(task).map_or(0, |s| s.row);
+            let backoff = if why.is_empty() { Duration::ZERO } else { restart::delay(row.saturating_sub(1)) };
+            let (ran, backoff) = (millis(ran), millis(backoff));
             books.health.insert(task.to_owned(), Tracker { why, ..Tracker::new(run, check, now, ran, backoff) });
         }
         if books.busy.contains(task) {
