@@ -341,6 +341,13 @@ fn to_model(s: Option<pb::Service>) -> Result<Service> {
     s.context("the server sent no service")?.try_into().context("the server sent an invalid service")
 }
 
+/// A service's tasks, as `service ps` shows them.
+async fn list_tasks(client: &Client, service: &str, stale: bool) -> Result<Vec<TaskInfo>> {
+    let req = pb::ListTasksRequest { service: service.to_owned(), stale };
+    let reply = client.call("list tasks", async |mut c| c.list_tasks(req.clone()).await).await?;
+    reply.tasks.into_iter().map(|t| t.try_into().context("the server sent an invalid task")).collect()
+}
+
 async fn run(cli: Cli) -> Result<String> {
     anyhow::ensure!(cli.timeout.is_finite() && cli.timeout > 0.0, "--timeout must be a positive number of seconds");
     let path = config::path(cli.config)?;
@@ -525,13 +532,7 @@ async fn run(cli: Cli) -> Result<String> {
             rollout::wait(&client, &name, rollout::Goal::Rollback { version: svc.version }).await
         }
         Command::Service(ServiceCmd::Ps { name, stale }) => {
-            let req = pb::ListTasksRequest { service: name, stale };
-            let reply = client.call("list tasks", async |mut c| c.list_tasks(req.clone()).await).await?;
-            let tasks = reply
-                .tasks
-                .into_iter()
-                .map(|t| t.try_into().context("the server sent an invalid task"))
-                .collect::<Result<Vec<TaskInfo>>>()?;
+            let tasks = list_tasks(&client, &name, stale).await?;
             Ok(output::tasks(&tasks, fmt, std::time::SystemTime::now()))
         }
         Command::Service(ServiceCmd::Logs { name, follow, tail }) => {

@@ -214,18 +214,8 @@ pub async fn wait(client: &Client, name: &str, goal: Goal) -> Result<String> {
     loop {
         let req = pb::GetServiceRequest { name: name.to_owned(), stale: false };
         let reply = client.call("inspect service", async |mut c| c.get_service(req.clone()).await).await?;
-        let service: Service = reply
-            .service
-            .context("the server sent no service")?
-            .try_into()
-            .context("the server sent an invalid service")?;
-        let req = pb::ListTasksRequest { service: name.to_owned(), stale: false };
-        let reply = client.call("list tasks", async |mut c| c.list_tasks(req.clone()).await).await?;
-        let tasks = reply
-            .tasks
-            .into_iter()
-            .map(|t| t.try_into().context("the server sent an invalid task"))
-            .collect::<Result<Vec<TaskInfo>>>()?;
+        let service = crate::to_model(reply.service)?;
+        let tasks = crate::list_tasks(client, name, false).await?;
         for t in &tasks {
             let now = line(t);
             if shown.get(&t.task.id) != Some(&now) {

@@ -6,6 +6,7 @@
 //! end, a new assignment, a taken report and the tick each wake it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,31 +37,17 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
     let now = || u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
     let wake = Arc::new(Notify::new());
     let mut books = Books::default();
-    let mut jobs = JoinSet::new();
-    let mut busy: HashMap<tokio::task::Id, Job> = HashMap::new();
-    let mut probes = JoinSet::new();
-    let mut probing: HashMap<tokio::task::Id, ProbeJob> = HashMap::new();
+    let (mut jobs, mut probes) = (Running::<Job>::default(), Running::<ProbeJob>::default());
     loop {
         let assignment = assignments.borrow_and_update().clone().unwrap_or_default();
-        while let Some(done) = jobs.try_join_next_with_id() {
-            let (id, outcome) = match done {
-                Ok((id, outcome)) => (id, outcome),
-                Err(e) => (e.id(), Err(format!("the agent's work on it failed: {e}"))),
-            };
-            let Some(job) = busy.remove(&id) else { continue };
+        for (job, outcome) in jobs.finished("the agent's work on it") {
             if let Err(why) = &outcome {
                 warn!(task = job.task(), "{why}");
             }
             books.job_ended(&job, outcome, assignment.tasks.get(job.task()), now());
         }
-        while let Some(done) = probes.try_join_next_with_id() {
-            let (id, outcome) = match done {
-                Ok((id, outcome)) => (id, outcome),
-                Err(e) => (e.id(), Err(format!("the agent's probe failed: {e}"))),
-            };
-            if let Some(probe) = probing.remove(&id) {
-                books.probed(&probe, outcome, now());
-            }
+        for (probe, outcome) in probes.finished("the agent's probe") {
+            books.probed(&probe, outcome, now());
         }
         // At the tick, or when the next probe is due if sooner.
         let mut pause = worker.settings.tick;
@@ -71,24 +58,17 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
                 let namespaces = worker.network(|n| Ok(n.attached())).await.unwrap_or_default();
                 let pass = step(&assignment, &observed, &namespaces, &mut books, now());
                 for job in pass.jobs {
-                    let (todo, worker, wake) = (job.clone(), worker.clone(), wake.clone());
-                    let handle = jobs.spawn(async move {
-                        let outcome = run_job(&worker, todo, &wake).await;
-                        wake.notify_one();
-                        outcome
-                    });
-                    busy.insert(handle.id(), job);
+                    let (todo, worker) = (job.clone(), worker.clone());
+                    let ended = wake.clone();
+                    jobs.spawn(job, &wake, async move { run_job(&worker, todo, &ended).await });
                 }
                 for probe in pass.probes {
                     let address = assignment.tasks.get(&probe.task).and_then(|t| t.address);
-                    let (todo, worker, wake) = (probe.clone(), worker.clone(), wake.clone());
-                    let handle = probes.spawn(async move {
+                    let (todo, worker) = (probe.clone(), worker.clone());
+                    probes.spawn(probe, &wake, async move {
                         let timeout = Duration::from_millis(todo.timeout_ms);
-                        let outcome = worker.containers.probe(&todo.task, &todo.probe, address, timeout).await;
-                        wake.notify_one();
-                        outcome
+                        worker.containers.probe(&todo.task, &todo.probe, address, timeout).await
                     });
-                    probing.insert(handle.id(), probe);
                 }
                 if let Some(at) = pass.wake_at {
                     pause = pause.min(Duration::from_millis(at.saturating_sub(now())));
@@ -108,6 +88,44 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
             _ = wake.notified() => {}
             _ = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+/// Work under way on its own (jobs, probes), each known by what it is
+/// for; each wakes the loop when it ends.
+struct Running<T> {
+    set: JoinSet<Result<(), String>>,
+    what: HashMap<tokio::task::Id, T>,
+}
+
+impl<T> Default for Running<T> {
+    fn default() -> Self {
+        Self { set: JoinSet::new(), what: HashMap::new() }
+    }
+}
+
+impl<T> Running<T> {
+    fn spawn(&mut self, what: T, wake: &Arc<Notify>, work: impl Future<Output = Result<(), String>> + Send + 'static) {
+        let wake = wake.clone();
+        let handle = self.set.spawn(async move {
+            let outcome = work.await;
+            wake.notify_one();
+            outcome
+        });
+        self.what.insert(handle.id(), what);
+    }
+
+    /// What has ended and how; work that panicked failed (`kind` says what it was).
+    fn finished(&mut self, kind: &str) -> Vec<(T, Result<(), String>)> {
+        let mut out = Vec::new();
+        while let Some(done) = self.set.try_join_next_with_id() {
+            let (id, outcome) = match done {
+                Ok((id, outcome)) => (id, outcome),
+                Err(e) => (e.id(), Err(format!("{kind} failed: {e}"))),
+            };
+            out.extend(self.what.remove(&id).map(|what| (what, outcome)));
+        }
+        out
     }
 }
 

@@ -117,7 +117,7 @@ pub fn plan(want: &[Want], have: &[Have], now: u64) -> Vec<Action> {
     actions
 }
 
-fn millis(d: Duration) -> u64 {
+pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

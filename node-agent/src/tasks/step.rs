@@ -22,7 +22,7 @@ use berth_proto::model::{Assignment, Check, HealthState, TaskReport, TaskState};
 use super::books::{Books, Streak};
 use super::health::{ProbeJob, Tracker};
 pub use super::job::Job;
-use super::plan::{plan, Action, Have, Want};
+use super::plan::{millis, plan, Action, Have, Want};
 use super::restart;
 use crate::runtime::Status;
 
@@ -215,10 +215,6 @@ fn track_health<'a>(
         }
     }
     due
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// What to tell the cluster about this node's tasks.

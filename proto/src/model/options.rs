@@ -220,8 +220,9 @@ impl Options {
     }
 }
 
-/// Dot-separated labels of letters, digits and '-'.
-fn host_name(name: &str) -> bool {
+/// Dot-separated labels of 1-63 letters, digits and '-' (not at either
+/// end), at most 253 bytes: a host name, as RFC 1123 has it.
+pub(super) fn host_name(name: &str) -> bool {
     let label = |l: &str| {
         (1..=63).contains(&l.len())
             && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')

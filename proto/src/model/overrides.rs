@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::options::host_name;
 use super::{Health, InvalidField, Options};
 use crate::pb::cluster as pb;
 
@@ -181,13 +182,7 @@ impl Overrides {
             }
         }
         if let Some(host) = &self.hostname {
-            let label = |l: &str| {
-                (1..=63).contains(&l.len())
-                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-            };
-            if host.len() > 253 || !host.split('.').all(label) {
+            if !host_name(host) {
                 return Err(InvalidField::new(
                     "hostname",
                     host,
