@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib/setup.sh
+. bench/lib.sh
 ensure_packages docker-registry:docker-registry busybox:busybox-static dockerd:docker.io curl:curl python3:python3 \
   ip:iproute2 iptables:iptables
 ensure_rust
@@ -40,42 +41,12 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-ms() { date +%s%N; }
-since() { echo $((($(ms) - $1) / 1000000)); }
-wait_until() { # wait_until SECONDS CMD... : polls every 100 ms
-  local deadline=$((SECONDS + $1)); shift
-  until "$@"; do
-    ((SECONDS < deadline)) || { echo "timed out: $*" >&2; return 1; }
-    sleep 0.1
-  done
-}
 
 # ---- berth: one server, one agent, a registry on loopback holding busybox
-port=$((20000 + RANDOM % 20000))
-mkdir -p "$work/registry"
-printf 'version: 0.1\nlog: {level: error}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: 127.0.0.1:%s}\n' \
-  "$work/registry" "$port" >"$work/registry.yml"
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-pids+=($!)
-wait_until 20 curl -sf "http://127.0.0.1:$port/v2/" -o /dev/null
-image=127.0.0.1:$port/busybox:v1
+berth_server /run/berth-rollout-bench
 nope=127.0.0.1:$port/nope:v1
-"$bin/berth-image" --push "$image" >/dev/null
-server=127.0.0.1:$((port + 1))
-"$bin/berth-server" --bootstrap --data-dir "$work/server" --listen "$server" --cluster-cidr 198.19.128.0/18 \
-  >"$work/server.log" 2>&1 &
-pids+=($!)
-printf '[[registry]]\nhost = "127.0.0.1:%s"\ninsecure = true\n' "$port" >"$work/registries.toml"
-export BERTH_AGENT_DATA_DIR=$work/agent BERTH_AGENT_RUN_DIR=/run/berth-rollout-bench \
-  BERTH_CGROUP_PARENT=berth-bench BERTH_REGISTRIES=$work/registries.toml BERTH_SERVER=$server \
-  BERTH_CONFIG=$work/server/admin.conf
-"$bin/berth-agent" image pull "$image" >/dev/null
-wait_until 30 "$bin/berthctl" cluster join-token worker -q
-BERTH_TOKEN=$("$bin/berthctl" cluster join-token worker -q) \
-  "$bin/berth-agent" --name bench --advertise 127.0.0.1:7500 --bridge berthroll >"$work/agent.log" 2>&1 &
-pids+=($!)
+berth_agent berthroll
 ctl() { "$bin/berthctl" "$@"; }
-wait_until 30 bash -c "$bin/berthctl node ls | grep -q ready"
 health=(--health-cmd 'test -f /tmp/ok' --health-interval 1s --health-retries 1)
 healthy() { # healthy N: N tasks of web run and are healthy
   ctl service ps web -o json | python3 -c 'import json,sys

@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib/setup.sh
+. bench/lib.sh
 ensure_packages docker-registry:docker-registry busybox:busybox-static dockerd:docker.io curl:curl python3:python3 \
   ip:iproute2 iptables:iptables
 ensure_rust
@@ -37,38 +38,13 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-ms() { date +%s%N; }
-since() { echo $((($(ms) - $1) / 1000000)); }
-wait_until() { # wait_until SECONDS CMD... : polls every 20 ms
-  local deadline=$((SECONDS + $1)); shift
-  until "$@"; do
-    ((SECONDS < deadline)) || { echo "timed out: $*" >&2; return 1; }
-    sleep 0.02
-  done
-}
 
 # ---- berth: one server, one agent, a registry on loopback holding busybox
-port=$((20000 + RANDOM % 20000))
-mkdir -p "$work/registry"
-printf 'version: 0.1\nlog: {level: error}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: 127.0.0.1:%s}\n' \
-  "$work/registry" "$port" >"$work/registry.yml"
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-pids+=($!)
-wait_until 20 curl -sf "http://127.0.0.1:$port/v2/" -o /dev/null
-image=127.0.0.1:$port/busybox:v1
-"$bin/berth-image" --push "$image" >/dev/null
-server=127.0.0.1:$((port + 1))
-# Container addresses from 198.19.128.0/18, clear of Docker's networks below.
-"$bin/berth-server" --bootstrap --data-dir "$work/server" --listen "$server" --cluster-cidr 198.19.128.0/18 \
-  >"$work/server.log" 2>&1 &
-pids+=($!)
-printf '[[registry]]\nhost = "127.0.0.1:%s"\ninsecure = true\n' "$port" >"$work/registries.toml"
-export BERTH_AGENT_DATA_DIR=$work/agent BERTH_AGENT_RUN_DIR=/run/berth-swarm-bench \
-  BERTH_CGROUP_PARENT=berth-bench BERTH_REGISTRIES=$work/registries.toml BERTH_SERVER=$server \
-  BERTH_CONFIG=$work/server/admin.conf
-"$bin/berth-agent" image pull "$image" >/dev/null # the image is cached, as on the Swarm side
-# Mutual TLS as a user runs it: the node joins with the worker token.
-wait_until 30 "$bin/berthctl" cluster join-token worker -q
+# (container addresses from 198.19.128.0/18, clear of Docker's networks
+# below; the image is cached, as on the Swarm side)
+berth_server /run/berth-swarm-bench
+# Mutual TLS as a user runs it: the node joins with the worker token,
+# timed here (berth_agent does the same join untimed).
 token=$("$bin/berthctl" cluster join-token worker -q)
 join_t0=$(ms)
 # (info from the join alone: its "registered" line times the join below)
