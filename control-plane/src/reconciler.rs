@@ -84,9 +84,10 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
         // what the spec asks (one the failed rollout never reached) is no
         // less current. (Elsewhere versions decide: a change of service
         // fields a task does not carry, such as constraints, moves tasks.)
-        let spec_now = TaskSpec::from(&service.spec);
+        // (Made only then: a pass looks at every service.)
         let rolling_back = service.rollout.as_ref().is_some_and(|r| r.version == current && r.state.rolling_back());
-        let fresh = |t: &Task| t.version >= current || rolling_back && t.spec == spec_now;
+        let spec_now = rolling_back.then(|| TaskSpec::from(&service.spec));
+        let fresh = |t: &Task| t.version >= current || spec_now.as_ref().is_some_and(|s| t.spec == *s);
         let (mut new_tasks, mut in_flight, mut outdated) = (Vec::new(), 0, BTreeMap::new());
         for slot in 1..=service.spec.replicas {
             let Some((newest, older)) = slots.get(&slot).and_then(|tasks| tasks.split_last()) else {
