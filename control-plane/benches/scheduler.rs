@@ -46,6 +46,7 @@ fn requests(services: usize, replicas: usize) -> Vec<Request> {
                 service: format!("svc-{s}"),
                 resources,
                 constraints: constraints.clone(),
+                ..Request::default()
             });
         }
     }

@@ -174,6 +174,8 @@ mod tests {
             overrides: Default::default(),
             update_config: berth_proto::model::UpdateConfig::UPDATE,
             rollback_config: berth_proto::model::UpdateConfig::ROLLBACK,
+            mode: Default::default(),
+            placement: Default::default(),
         }
     }
 

@@ -5,7 +5,8 @@
 //! ```text
 //! tasks on down/drained nodes, of removed services ─▶ Shutdown
 //! each slot 1..=replicas without a live task       ─▶ Create (next generation)
-//! slots above replicas                             ─▶ Shutdown (scaled down)
+//!   (global: a slot per eligible node, the task pinned to it)
+//! slots above replicas (global: of nodes no longer eligible) ─▶ Shutdown
 //! slots whose task runs an old spec, as the rollout
 //! allows (see [`rollout`])                         ─▶ start-first: Create its successor, the
 //!                                                     old one stops once it serves;
@@ -23,7 +24,7 @@ pub mod rollout;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use berth_proto::model::{Desired, NodeStatus, Order, Task, TaskSpec, TaskState};
+use berth_proto::model::{Desired, Mode, NodeStatus, Order, Service, Task, TaskSpec, TaskState};
 
 use crate::scheduler::{self, Decision, NodeView, Request};
 use crate::state::{RolloutChange, State, TaskChange};
@@ -89,9 +90,14 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
         let spec_now = rolling_back.then(|| TaskSpec::from(&service.spec));
         let fresh = |t: &Task| t.version >= current || spec_now.as_ref().is_some_and(|s| t.spec == *s);
         let (mut new_tasks, mut in_flight, mut outdated) = (Vec::new(), 0, BTreeMap::new());
-        for slot in 1..=service.spec.replicas {
+        let wanted = wanted_slots(state, service, &slots);
+        let make = |slot: u32| Task {
+            pin: wanted.get(&slot).cloned().flatten(),
+            ..Task::new(name, slot, next(slot), current, TaskSpec::from(&service.spec))
+        };
+        for &slot in wanted.keys() {
             let Some((newest, older)) = slots.get(&slot).and_then(|tasks| tasks.split_last()) else {
-                created.push(Task::new(name, slot, next(slot), current, TaskSpec::from(&service.spec)));
+                created.push(make(slot));
                 in_flight += 1;
                 continue;
             };
@@ -117,7 +123,7 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
             } else if !fresh(newest) && newest.state != TaskState::Running {
                 // It serves no one: replaced now, outside the paced rollout.
                 plan.stop(newest, "superseded by a newer spec".into());
-                created.push(Task::new(name, slot, next(slot), current, TaskSpec::from(&service.spec)));
+                created.push(make(slot));
                 in_flight += 1;
             } else if !fresh(newest) {
                 outdated.insert(slot, *newest);
@@ -128,7 +134,7 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
         }
         let view = rollout::View {
             current,
-            replicas: service.spec.replicas,
+            replicas: wanted.len() as u32,
             rollout: service.rollout.as_ref(),
             update: service.spec.update_config,
             rollback: service.spec.rollback_config,
@@ -140,9 +146,7 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
         let decided = rollout::decide(&view, now);
         for slot in decided.replace {
             match (rollout::config(&view).order, outdated.get(&slot)) {
-                (Order::StartFirst, _) => {
-                    created.push(Task::new(name, slot, next(slot), current, TaskSpec::from(&service.spec)))
-                }
+                (Order::StartFirst, _) => created.push(make(slot)),
                 // Its successor comes once the slot has no live task.
                 (Order::StopFirst, Some(old)) => plan.stop(old, format!("updating to version {current}")),
                 (Order::StopFirst, None) => {}
@@ -158,9 +162,13 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        for tasks in slots.range(service.spec.replicas + 1..).map(|(_, t)| t) {
+        let unwanted = match service.spec.mode {
+            Mode::Replicated => "scaled down",
+            Mode::Global => "its node no longer meets the service's constraints",
+        };
+        for (_, tasks) in slots.iter().filter(|(slot, _)| !wanted.contains_key(slot)) {
             for t in tasks {
-                plan.stop(t, "scaled down".into());
+                plan.stop(t, unwanted.into());
             }
         }
     }
@@ -179,6 +187,41 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
     }
     out.changes = changes;
     out
+}
+
+/// The slots a service should have, each with the node its task is
+/// pinned to: 1..=replicas, unpinned; or, for a global service, one per
+/// node that is ready, active and meets its constraints. A node keeps the
+/// slot of the tasks it has; a new one takes the lowest free number.
+fn wanted_slots(state: &State, service: &Service, live: &BTreeMap<u32, Vec<&Task>>) -> BTreeMap<u32, Option<String>> {
+    let spec = &service.spec;
+    if spec.mode == Mode::Replicated {
+        return (1..=spec.replicas).map(|slot| (slot, None)).collect();
+    }
+    let mut held: BTreeMap<&str, u32> = BTreeMap::new();
+    for (&slot, tasks) in live {
+        if let Some(pin) = tasks.last().and_then(|t| t.pin.as_deref()) {
+            held.entry(pin).or_insert(slot);
+        }
+    }
+    let eligible = state
+        .nodes
+        .values()
+        .filter(|n| n.schedulable() && spec.constraints.iter().all(|c| c.allows(&n.name, &n.labels)));
+    let mut wanted = BTreeMap::new();
+    let mut homeless = Vec::new();
+    for node in eligible {
+        match held.get(node.id.as_str()) {
+            Some(&slot) => {
+                wanted.insert(slot, Some(node.id.clone()));
+            }
+            None => homeless.push(node.id.clone()),
+        }
+    }
+    let mut free = (1..).filter(|slot| !live.contains_key(slot) && !wanted.contains_key(slot));
+    let numbered: Vec<(u32, String)> = homeless.into_iter().map(|id| (free.next().unwrap_or(0), id)).collect();
+    wanted.extend(numbered.into_iter().map(|(slot, id)| (slot, Some(id))));
+    wanted
 }
 
 #[derive(Default)]
@@ -247,6 +290,9 @@ fn place(state: &State, stopping: &BTreeSet<&str>, created: &[Task]) -> Vec<Task
                 service: t.service.clone(),
                 resources: t.spec.resources,
                 constraints: spec.constraints.clone(),
+                pin: t.pin.clone(),
+                spread: spec.placement.spread.clone(),
+                max_per_node: spec.placement.max_per_node,
             })
         })
         .collect();

@@ -4,19 +4,25 @@
 //! reconciler feeds it and commits what it decides.
 //!
 //! ```text
-//! filter: ready and active ─▶ constraints hold ─▶ CPU and memory fit what is unallocated
-//!         ─▶ its subnet has an address left
-//! score:  fewest tasks of this service on the node (spread)
+//! filter: its pinned node, if any (a global service's task)
+//!         ─▶ ready and active ─▶ constraints hold ─▶ fewer of the service than its cap per node
+//!         ─▶ CPU and memory fit what is unallocated ─▶ its subnet has an address left
+//! score:  fewest tasks of this service under each spread label's value (preferences, in order)
+//!         ─▶ fewest tasks of this service on the node (spread)
 //!         ─▶ least allocated (dominant share of CPU or memory in use)
 //!         ─▶ node order (ties)
 //! ```
 //!
-//! Tasks of one shape (service, requests, constraints) are placed together:
-//! the nodes that could take one are found once and kept in a heap ordered
-//! by score, so placing k tasks on n nodes costs O(n + k log n) per shape,
-//! not O(k n). A service with no task anywhere yet takes the first k
-//! fitting nodes of a standing least-allocated order instead, which is what
-//! the heap would give and usually costs only a few steps.
+//! Tasks of one shape (service, requests, constraints, placement) are
+//! placed together: the nodes that could take one are found once and kept
+//! in a heap ordered by score, so placing k tasks on n nodes costs
+//! O(n + k log n) per shape, not O(k n). A service with no task anywhere
+//! yet takes the first k fitting nodes of a standing least-allocated order
+//! instead, which is what the heap would give and usually costs only a few
+//! steps. Spread preferences change the score of every node under a label
+//! value at once, which a heap cannot follow: those shapes (rare, and
+//! small) are placed by a scan per task, O(k n). A pinned task looks at its
+//! one node.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -41,12 +47,27 @@ pub struct NodeView {
 }
 
 /// A task to place.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
     pub task: String,
     pub service: String,
     pub resources: Resources,
     pub constraints: Vec<Constraint>,
+    /// The one node it may run on (a global service's task), by id.
+    pub pin: Option<String>,
+    /// Node label keys to spread the service over, the first one first.
+    pub spread: Vec<String>,
+    /// The most tasks of the service one node may carry.
+    pub max_per_node: Option<u32>,
+}
+
+/// What places a request: tasks that share it are placed together.
+type ShapeKey<'a> = (&'a str, Resources, &'a [Constraint], Option<&'a str>, &'a [String], Option<u32>);
+
+impl Request {
+    fn shape(&self) -> ShapeKey<'_> {
+        (&self.service, self.resources, &self.constraints, self.pin.as_deref(), &self.spread, self.max_per_node)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,9 +87,9 @@ pub enum Decision {
 /// of shape first appearance and then request order.
 pub fn schedule(nodes: &[NodeView], requests: &[Request]) -> Vec<Decision> {
     let mut shapes: Vec<(&Request, Vec<&Request>)> = Vec::new();
-    let mut index: HashMap<(&str, Resources, &[Constraint]), usize> = HashMap::new();
+    let mut index: HashMap<ShapeKey, usize> = HashMap::new();
     for r in requests {
-        let key = (r.service.as_str(), r.resources, r.constraints.as_slice());
+        let key = r.shape();
         match index.get(&key) {
             Some(&i) => shapes[i].1.push(r),
             None => {
@@ -99,6 +120,8 @@ struct Placer {
     spread: HashMap<String, HashMap<usize, u32>>,
     /// A buffer for the heap, kept across shapes.
     scratch: Vec<Key>,
+    /// Node indexes by id, for pinned tasks.
+    by_id: HashMap<String, usize>,
 }
 
 impl Placer {
@@ -112,11 +135,16 @@ impl Placer {
                 spread.entry(service.clone()).or_default().insert(i, count);
             }
         }
-        Self { scratch: Vec::with_capacity(nodes.len()), nodes, loads, order, spread }
+        let by_id = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
+        Self { scratch: Vec::with_capacity(nodes.len()), nodes, loads, order, spread, by_id }
     }
 
     fn place_shape(&mut self, shape: &Request, tasks: &[&Request], out: &mut Vec<Decision>) {
-        if let Some(chosen) = self.first_fits(shape, tasks.len()) {
+        if let Some(pin) = &shape.pin {
+            self.place_pinned(pin, shape, tasks, out);
+        } else if !shape.spread.is_empty() {
+            self.place_by_preference(shape, tasks, out);
+        } else if let Some(chosen) = self.first_fits(shape, tasks.len()) {
             for (task, i) in tasks.iter().zip(chosen) {
                 self.place(i, shape, task, out);
             }
@@ -167,6 +195,69 @@ impl Placer {
         self.scratch = heap.into_vec();
     }
 
+    /// A global service's tasks: each on its node or nowhere.
+    fn place_pinned(&mut self, pin: &str, shape: &Request, tasks: &[&Request], out: &mut Vec<Decision>) {
+        for task in tasks {
+            let Some(&i) = self.by_id.get(pin) else {
+                out.push(Decision::Unplaced { task: task.task.clone(), reason: format!("its node {pin} is gone") });
+                continue;
+            };
+            match refusal(&self.nodes[i], shape) {
+                None => self.place(i, shape, task, out),
+                Some(why) => {
+                    let mut refused = Refusals::default();
+                    refused.count(why);
+                    let reason = refused.parts(shape, |_| format!("its node {}", self.nodes[i].name)).join(", ");
+                    out.push(Decision::Unplaced { task: task.task.clone(), reason });
+                }
+            }
+        }
+    }
+
+    /// A service with spread preferences: per task, the fitting node whose
+    /// label values (in order), then itself, carry the fewest of the service.
+    fn place_by_preference(&mut self, shape: &Request, tasks: &[&Request], out: &mut Vec<Decision>) {
+        // Per preference: each node's value (None: the label is missing),
+        // and the service's tasks under each value.
+        let values: Vec<Vec<Option<String>>> =
+            shape.spread.iter().map(|key| self.nodes.iter().map(|n| n.labels.get(key).cloned()).collect()).collect();
+        let mut under: Vec<HashMap<Option<String>, u32>> = vec![HashMap::new(); values.len()];
+        for (i, node) in self.nodes.iter().enumerate() {
+            let count = node.tasks.get(&shape.service).copied().unwrap_or(0);
+            for (p, by_node) in values.iter().enumerate() {
+                *under[p].entry(by_node[i].clone()).or_default() += count;
+            }
+        }
+        for task in tasks {
+            let mut refused = Refusals::default();
+            let mut best: Option<(Vec<u32>, Key, usize)> = None;
+            for i in 0..self.nodes.len() {
+                if let Some(why) = refusal(&self.nodes[i], shape) {
+                    refused.count(why);
+                    continue;
+                }
+                let groups: Vec<u32> =
+                    (0..values.len()).map(|p| under[p].get(&values[p][i]).copied().unwrap_or(0)).collect();
+                let candidate = (groups, self.key(&shape.service, i), i);
+                // Keys are reversed (for the max-heap): the larger one wins.
+                if best.as_ref().is_none_or(|b| (&candidate.0, Reverse(&candidate.1)) < (&b.0, Reverse(&b.1))) {
+                    best = Some(candidate);
+                }
+            }
+            let Some((_, _, i)) = best else {
+                out.push(Decision::Unplaced {
+                    task: task.task.clone(),
+                    reason: refused.explain(shape, self.nodes.len()),
+                });
+                continue;
+            };
+            for (p, by_node) in values.iter().enumerate() {
+                *under[p].entry(by_node[i].clone()).or_default() += 1;
+            }
+            self.place(i, shape, task, out);
+        }
+    }
+
     fn key(&self, service: &str, i: usize) -> Key {
         let count = self.spread.get(service).and_then(|c| c.get(&i)).copied().unwrap_or(0);
         Reverse((count, self.loads[i], i))
@@ -199,6 +290,7 @@ fn load(node: &NodeView) -> u64 {
 enum Why {
     Unschedulable,
     Constraint(usize),
+    PerNode(u32),
     Cpu,
     Memory,
     Addresses,
@@ -210,6 +302,9 @@ fn refusal(node: &NodeView, shape: &Request) -> Option<Why> {
     }
     if let Some(i) = shape.constraints.iter().position(|c| !c.allows(&node.name, &node.labels)) {
         return Some(Why::Constraint(i));
+    }
+    if let Some(max) = shape.max_per_node.filter(|&max| node.tasks.get(&shape.service).is_some_and(|&n| n >= max)) {
+        return Some(Why::PerNode(max));
     }
     let free = |cap: u64, used: u64| cap.saturating_sub(used);
     if shape.resources.cpu_millis > free(node.capacity.cpu_millis, node.allocated.cpu_millis) {
@@ -229,6 +324,7 @@ fn refusal(node: &NodeView, shape: &Request) -> Option<Why> {
 struct Refusals {
     unschedulable: usize,
     constraint: BTreeMap<usize, usize>,
+    per_node: Option<(u32, usize)>,
     cpu: usize,
     memory: usize,
     addresses: usize,
@@ -239,6 +335,7 @@ impl Refusals {
         match why {
             Why::Unschedulable => self.unschedulable += 1,
             Why::Constraint(i) => *self.constraint.entry(i).or_default() += 1,
+            Why::PerNode(max) => self.per_node = Some((max, self.per_node.map_or(0, |p| p.1) + 1)),
             Why::Cpu => self.cpu += 1,
             Why::Memory => self.memory += 1,
             Why::Addresses => self.addresses += 1,
@@ -249,28 +346,44 @@ impl Refusals {
         if nodes == 0 {
             return "no nodes in the cluster".into();
         }
-        let mut parts = Vec::new();
         let n = |k: usize| if k == 1 { "1 node".to_owned() } else { format!("{k} nodes") };
+        format!("no node fits: {}", self.parts(shape, n).join(", "))
+    }
+
+    /// A phrase per reason, `subject(count)` naming the nodes it holds for
+    /// ("2 nodes", or "its node host2" for a pinned task).
+    fn parts(&self, shape: &Request, subject: impl Fn(usize) -> String) -> Vec<String> {
+        let mut parts = Vec::new();
+        // The verb agrees with the subject: "1 node lacks", "2 nodes lack".
+        let say = |k: usize, one: String, many: String| format!("{} {}", subject(k), if k == 1 { one } else { many });
         if self.unschedulable > 0 {
-            parts.push(format!("{} not ready or drained", n(self.unschedulable)));
+            parts.push(say(self.unschedulable, "is not ready or drained".into(), "are not ready or drained".into()));
         }
         for (&i, &k) in &self.constraint {
-            parts.push(format!("{} fail {}", n(k), shape.constraints[i]));
+            let c = &shape.constraints[i];
+            parts.push(say(k, format!("fails {c}"), format!("fail {c}")));
+        }
+        if let Some((max, k)) = self.per_node {
+            let runs = format!("{max} of its tasks already (max_replicas_per_node)");
+            parts.push(say(k, format!("runs {runs}"), format!("run {runs}")));
         }
         if self.cpu > 0 {
-            parts.push(format!("{} lack CPU (needs {})", n(self.cpu), shape.resources.cpu_millis as f64 / 1000.0));
+            let needs = shape.resources.cpu_millis as f64 / 1000.0;
+            parts.push(say(self.cpu, format!("lacks CPU (needs {needs})"), format!("lack CPU (needs {needs})")));
         }
         if self.memory > 0 {
-            parts.push(format!(
-                "{} lack memory (needs {})",
-                n(self.memory),
-                format_memory(shape.resources.memory_bytes)
+            let needs = format_memory(shape.resources.memory_bytes);
+            parts.push(say(
+                self.memory,
+                format!("lacks memory (needs {needs})"),
+                format!("lack memory (needs {needs})"),
             ));
         }
         if self.addresses > 0 {
-            parts.push(format!("{} no free address in their subnet", n(self.addresses)));
+            let (one, many) = ("has no free address in its subnet", "have no free address in their subnets");
+            parts.push(say(self.addresses, one.into(), many.into()));
         }
-        format!("no node fits: {}", parts.join(", "))
+        parts
     }
 }
 

@@ -45,6 +45,8 @@ async fn proposals_apply_per_command_and_reopen_from_snapshot() -> anyhow::Resul
         overrides: Default::default(),
         update_config: berth_proto::model::UpdateConfig::UPDATE,
         rollback_config: berth_proto::model::UpdateConfig::ROLLBACK,
+        mode: Default::default(),
+        placement: Default::default(),
     };
     let entry = |index, commands| Entry::<TypeConfig> {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),

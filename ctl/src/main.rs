@@ -8,6 +8,7 @@ mod health;
 mod lock;
 mod options;
 mod output;
+mod placement;
 mod rollout;
 mod spec;
 mod streams;
@@ -120,8 +121,9 @@ enum ServiceCmd {
         name: String,
         #[arg(long)]
         image: String,
-        #[arg(long, default_value = "1", allow_negative_numbers = true)]
-        replicas: i64,
+        /// Tasks to run (default 1; not for a global service)
+        #[arg(long, allow_negative_numbers = true)]
+        replicas: Option<i64>,
         /// KEY=VALUE (repeatable)
         #[arg(long = "env", short = 'e')]
         env: Vec<String>,
@@ -183,6 +185,8 @@ enum ServiceCmd {
         rollout: rollout::RolloutFlags,
         #[command(flatten)]
         options: options::OptionsFlags,
+        #[command(flatten)]
+        placement: placement::PlacementFlags,
         /// The command and its arguments, after `--`
         #[arg(last = true)]
         command: Vec<String>,
@@ -382,9 +386,12 @@ async fn run(cli: Cli) -> Result<String> {
             health,
             rollout,
             options,
+            placement,
             command,
         }) => {
             let (update_config, rollback_config) = rollout.over(None, None)?;
+            let replicas = replicas.unwrap_or(if placement.is_global() { 0 } else { 1 });
+            let (mode, placement) = placement.to_pb()?;
             let security = spec::security_flags(security_opt.as_deref(), userns.as_deref())?;
             let spec = pb::ServiceSpec {
                 name,
@@ -421,6 +428,8 @@ async fn run(cli: Cli) -> Result<String> {
                 }),
                 update_config,
                 rollback_config,
+                mode,
+                placement,
             };
             spec::check(&spec)?;
             let name = spec.name.clone();

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use berth_proto::model::{format_memory, Endpoint, NodeInfo, Service, TaskInfo, UpdateConfig};
+use berth_proto::model::{format_memory, Endpoint, Mode, NodeInfo, Service, TaskInfo, UpdateConfig};
 use berth_proto::pb::cluster as pb;
 use serde_json::{json, Value};
 
@@ -71,7 +71,10 @@ pub fn services(list: &[Service], format: Format) -> String {
                     vec![
                         s.spec.name.clone(),
                         s.spec.image.clone(),
-                        s.spec.replicas.to_string(),
+                        match s.spec.mode {
+                            Mode::Global => "global".into(),
+                            Mode::Replicated => s.spec.replicas.to_string(),
+                        },
                         ports(s),
                         s.version.to_string(),
                     ]
@@ -159,7 +162,20 @@ pub fn service(s: &Service, endpoints: &[Endpoint], format: Format) -> String {
     if spec.userns == berth_proto::model::Userns::Auto {
         kv("Userns", "auto (a user namespace per task)".into());
     }
-    kv("Replicas", spec.replicas.to_string());
+    match spec.mode {
+        Mode::Global => kv("Mode", "global (a task on every eligible node)".into()),
+        Mode::Replicated => kv("Replicas", spec.replicas.to_string()),
+    }
+    let p = &spec.placement;
+    if !p.spread.is_empty() {
+        kv("Spread", p.spread.iter().map(|k| format!("node.labels.{k}")).collect::<Vec<_>>().join(", "));
+    }
+    if let Some(n) = p.max_per_node {
+        kv("Per node", format!("at most {n}"));
+    }
+    if !p.rebalance {
+        kv("Rebalance", "off".into());
+    }
     kv("Restart", spec.restart.to_string());
     if let Some(r) = &s.rollout {
         let why = if r.message.is_empty() { String::new() } else { format!(": {}", r.message) };
@@ -434,6 +450,8 @@ mod tests {
             overrides: Default::default(),
             update_config: berth_proto::model::UpdateConfig::UPDATE,
             rollback_config: berth_proto::model::UpdateConfig::ROLLBACK,
+            mode: Default::default(),
+            placement: Default::default(),
         };
         let s = Service { spec, version: 3, previous: None, rollout: None };
         let e = |slot: u32, address: &str, node: &str| Endpoint {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use berth_proto::model::{Desired, RolloutState, Service, TaskInfo};
+use berth_proto::model::{Desired, Mode, RolloutState, Service, TaskInfo};
 use berth_proto::pb::cluster as pb;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
@@ -165,7 +165,11 @@ fn standing(service: &Service, tasks: &[TaskInfo], goal: Goal) -> Standing {
     let (Goal::Update { version } | Goal::Rollback { version }) = goal;
     let wanted: Vec<&TaskInfo> = tasks.iter().filter(|t| t.task.desired == Desired::Running).collect();
     let serving = wanted.iter().filter(|t| t.task.serving()).count();
-    let replicas = service.spec.replicas as usize;
+    // A global service wants a task per slot it has (one per eligible node).
+    let replicas = match service.spec.mode {
+        Mode::Replicated => service.spec.replicas as usize,
+        Mode::Global => wanted.iter().map(|t| t.task.slot).collect::<std::collections::BTreeSet<_>>().len(),
+    };
     let rollout = service.rollout.as_ref().filter(|r| r.version >= version);
     let why =
         |r: &berth_proto::model::Rollout| if r.message.is_empty() { String::new() } else { format!(": {}", r.message) };
@@ -253,6 +257,8 @@ mod tests {
             overrides: Default::default(),
             update_config: Default::default(),
             rollback_config: berth_proto::model::UpdateConfig::ROLLBACK,
+            mode: Default::default(),
+            placement: Default::default(),
         };
         let rollout = rollout.map(|(state, version)| Rollout { state, version, message: "web.1.2 failed".into() });
         Service { spec, version, previous: None, rollout }

@@ -29,8 +29,20 @@ struct SpecFile {
     command: Vec<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
-    #[serde(default = "one")]
-    replicas: i64,
+    /// Default 1; none for a global service.
+    #[serde(default)]
+    replicas: Option<i64>,
+    /// `replicated` (the default) or `global`.
+    #[serde(default)]
+    mode: Option<String>,
+    /// `node.labels.KEY`, or a list of them: spread replicas over their values.
+    #[serde(default)]
+    spread: Option<Value>,
+    #[serde(default)]
+    max_replicas_per_node: Option<u32>,
+    /// Whether the leader moves replicas back when a node returns (default true).
+    #[serde(default)]
+    rebalance: Option<bool>,
     #[serde(default)]
     resources: ResourcesFile,
     #[serde(default)]
@@ -119,10 +131,6 @@ struct ResourcesFile {
     pids: i64,
 }
 
-fn one() -> i64 {
-    1
-}
-
 /// Parses every YAML document in `text` (separated by `---`) as a service,
 /// and checks every spec the way the server will, so that a bad document
 /// stops the whole file before anything is written. Files a spec names
@@ -166,7 +174,7 @@ impl SpecFile {
             image: self.image,
             command: self.command,
             env: self.env.into_iter().collect(),
-            replicas: self.replicas,
+            replicas: self.replicas.unwrap_or(if self.mode.as_deref() == Some("global") { 0 } else { 1 }),
             resources: Some(pb::Resources { cpus: self.resources.cpus, memory_bytes }),
             ports,
             restart: self.restart,
@@ -205,6 +213,8 @@ impl SpecFile {
             }),
             update_config: self.update_config.map(|c| c.into_wire("update_config")).transpose()?,
             rollback_config: self.rollback_config.map(|c| c.into_wire("rollback_config")).transpose()?,
+            mode: self.mode.unwrap_or_default(),
+            placement: Some(crate::placement::from_file(self.spread, self.max_replicas_per_node, self.rebalance)?),
         })
     }
 }

@@ -1,6 +1,8 @@
 //! berth across hosts: three hosts (network namespaces on a test network in
 //! 198.18.0.0/16), each running a berth-server and a berth-agent, in one
-//! cluster fixture that the steps share. A service spreads over the three;
+//! cluster fixture that the steps share. A global service runs a task on
+//! each node as it joins, leaves a drained one and comes back to it, and
+//! leaves a removed one; a service spreads over the three;
 //! its logs come from every host; its containers are reached across hosts
 //! through the overlay (TCP and UDP), and its published ports (TCP and UDP)
 //! from outside on every host
@@ -181,14 +183,47 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         .collect();
     let extra = |i: usize| -> Vec<&str> { dns_args[i].iter().map(String::as_str).collect() };
     let mut daemons = Vec::new();
-    for (i, (agent, host)) in agents.iter().zip(&on).enumerate() {
-        daemons.push(agent.join_at(&servers, &host.name, &format!("{}:7500", host.ip), &extra(i))?);
+    let join = |i: usize| agents[i].join_at(&servers, &on[i].name, &format!("{}:7500", on[i].ip), &extra(i));
+    let ready = |n: usize| {
+        let servers = servers.clone();
+        async move || {
+            let (ok, out, _) = berthctl(&servers, &["node", "ls"]).ok()?;
+            (ok && out.matches(" ready ").count() == n).then_some(())
+        }
+    };
+    for i in 0..2 {
+        daemons.push(join(i)?);
     }
-    wait_for(Duration::from_secs(30), "three nodes ready", async || {
-        let (ok, out, _) = berthctl(&servers, &["node", "ls"]).ok()?;
-        (ok && out.matches(" ready ").count() == 3).then_some(())
-    })
-    .await?;
+    wait_for(Duration::from_secs(30), "two nodes ready", ready(2)).await?;
+
+    // A global service: a task on every node, pinned to it, following
+    // nodes as they join and drain (and, at the end, leave).
+    let (ok, out, err) =
+        berthctl(&servers, &["service", "create", "edge", "--image", &image, "--mode", "global", "--", "sleep", "1d"])?;
+    ensure!(ok, "{out}{err}");
+    let edge_on = |want: &'static [&'static str]| {
+        let servers = servers.clone();
+        async move || {
+            let t = tasks(&servers, "edge")?;
+            let mut nodes: Vec<&str> = t.values().filter(|(_, s)| s == "running").map(|(n, _)| n.as_str()).collect();
+            nodes.sort();
+            (nodes == want && t.len() == want.len()).then_some(())
+        }
+    };
+    wait_for(Duration::from_secs(60), "edge on host1 and host2", edge_on(&["host1", "host2"])).await?;
+    daemons.push(join(2)?);
+    wait_for(Duration::from_secs(30), "three nodes ready", ready(3)).await?;
+    wait_for(Duration::from_secs(60), "edge on the host that joined", edge_on(&["host1", "host2", "host3"])).await?;
+    let (ok, out, err) = berthctl(&servers, &["node", "drain", "host2"])?;
+    ensure!(ok, "{out}{err}");
+    wait_for(Duration::from_secs(60), "edge off the drained host", edge_on(&["host1", "host3"])).await?;
+    let (ok, out, err) = berthctl(&servers, &["node", "activate", "host2"])?;
+    ensure!(ok, "{out}{err}");
+    wait_for(Duration::from_secs(60), "edge back on the active host", edge_on(&["host1", "host2", "host3"])).await?;
+    let (ok, out, _) = berthctl(&servers, &["service", "ls"])?;
+    ensure!(ok && out.lines().any(|l| l.starts_with("edge ") && l.contains(" global ")), "{out}");
+    let (ok, _, err) = berthctl(&servers, &["service", "scale", "edge=2"])?;
+    ensure!(!ok && err.contains("replicas") && err.contains("global"), "scaling a global service: {err}");
 
     let (ok, out, err) = berthctl(
         &servers,
@@ -513,13 +548,15 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
 
     // Healed, host3 stops what is no longer its own: exactly 3 containers.
     on[2].heal()?;
-    wait_for(Duration::from_secs(60), "exactly 3 containers once host3 is back", async || {
+    wait_for(Duration::from_secs(60), "exactly 3 web containers once host3 is back", async || {
         let (ok, out, _) = berthctl(&servers, &["node", "ls"]).ok()?;
-        let c = containers(&agents);
-        let total: usize = c.iter().map(Vec::len).sum();
-        (ok && out.matches(" ready ").count() == 3 && total == 3 && c[2].is_empty()).then_some(())
+        let web: Vec<usize> =
+            containers(&agents).iter().map(|c| c.iter().filter(|n| n.starts_with("web.")).count()).collect();
+        (ok && out.matches(" ready ").count() == 3 && web.iter().sum::<usize>() == 3 && web[2] == 0).then_some(())
     })
     .await?;
+    // Host3's edge task went with its node and a new one is back there.
+    wait_for(Duration::from_secs(60), "edge on every host again", edge_on(&["host1", "host2", "host3"])).await?;
 
     // An agent restart leaves its containers' networking alone: host1's
     // task keeps running with its id, address and restart count, answers
@@ -595,8 +632,8 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
 
     let (ok, _, err) = berthctl(&servers, &["service", "rm", "web"])?;
     ensure!(ok, "{err}");
-    wait_for(Duration::from_secs(60), "no containers on any host", async || {
-        containers(&agents).iter().all(Vec::is_empty).then_some(())
+    wait_for(Duration::from_secs(60), "only edge's container on each host", async || {
+        containers(&agents).iter().all(|c| c.len() == 1 && c[0].starts_with("edge.")).then_some(())
     })
     .await?;
 
@@ -632,6 +669,22 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         })
         .await?;
     }
+    // The node left, and its edge task with it; none is made elsewhere.
+    let left = || {
+        let servers = reachable.to_vec();
+        async move || {
+            let t = tasks(&servers, "edge")?;
+            let nodes: Vec<&str> = t.values().map(|(n, _)| n.as_str()).collect();
+            (t.len() == 2 && !nodes.contains(&"host3") && t.values().all(|(_, s)| s == "running")).then_some(())
+        }
+    };
+    wait_for(Duration::from_secs(30), "edge on the two hosts left", left()).await?;
+    let (ok, _, err) = berthctl(reachable, &["service", "rm", "edge"])?;
+    ensure!(ok, "{err}");
+    wait_for(Duration::from_secs(60), "no containers on the hosts left", async || {
+        containers(&agents[..2]).iter().all(Vec::is_empty).then_some(())
+    })
+    .await?;
     drop(daemons);
     drop(resolver);
     Ok(())

@@ -304,6 +304,8 @@ mod tests {
             overrides: Default::default(),
             update_config: berth_proto::model::UpdateConfig::UPDATE,
             rollback_config: berth_proto::model::UpdateConfig::ROLLBACK,
+            mode: Default::default(),
+            placement: Default::default(),
         };
         let mut s = State::default();
         apply(&mut s, &Command::CreateService(spec.clone()));
@@ -370,6 +372,8 @@ mod tests {
             overrides: Default::default(),
             update_config: berth_proto::model::UpdateConfig::UPDATE,
             rollback_config: berth_proto::model::UpdateConfig::ROLLBACK,
+            mode: Default::default(),
+            placement: Default::default(),
         };
         let mut s = State::default();
         let net = NetworkConfig::new("198.19.0.0/16".parse::<Cidr>().unwrap(), 24).unwrap();

@@ -3,13 +3,13 @@
 use std::collections::BTreeSet;
 
 use berth_proto::model::{
-    Availability, NetworkConfig, Node, NodeStatus, Order, Resources, RestartPolicy, RolloutState, ServiceSpec,
+    Availability, Mode, NetworkConfig, Node, NodeStatus, Order, Resources, RestartPolicy, RolloutState, ServiceSpec,
     UpdateConfig,
 };
 use proptest::prelude::*;
 
 use super::*;
-use crate::state::{apply, Command, RolloutChange};
+use crate::state::{apply, Command, Rejection, Response, RolloutChange};
 
 /// The leader's clock in these tests: long after every task's `since`
 /// (1), so no rollout waits for its delay or monitor.
@@ -32,7 +32,13 @@ fn spec(name: &str, replicas: u32) -> ServiceSpec {
         overrides: Default::default(),
         update_config: UpdateConfig::UPDATE,
         rollback_config: UpdateConfig::ROLLBACK,
+        mode: Mode::Replicated,
+        placement: Default::default(),
     }
+}
+
+fn global(name: &str) -> ServiceSpec {
+    ServiceSpec { mode: Mode::Global, ..spec(name, 0) }
 }
 
 fn node(id: &str) -> Node {
@@ -156,6 +162,71 @@ fn tasks_of_a_down_or_drained_node_move_and_come_back_once() {
 }
 
 #[test]
+fn a_global_service_follows_nodes_joining_draining_and_leaving() {
+    let mut s = cluster(&["a", "b"], &[]);
+    let mut edge = global("edge");
+    edge.constraints = vec!["node.labels.role != db".parse().unwrap()];
+    apply(&mut s, &Command::CreateService(edge.clone()));
+    settle(&mut s);
+    assert_eq!(running(&s, "edge"), [(1, "a".into()), (2, "b".into())]);
+    assert!(s.tasks.values().all(|t| t.pin == t.node), "each task is pinned to its node");
+    assert!(reconcile(&s, NOW).is_empty(), "silent at rest");
+
+    // A node joins: it gets the next slot; one that fails the constraint gets none.
+    apply(&mut s, &Command::RegisterNode(node("c")));
+    let mut db = node("d");
+    db.labels.insert("role".into(), "db".into());
+    apply(&mut s, &Command::RegisterNode(db));
+    settle(&mut s);
+    assert_eq!(running(&s, "edge"), [(1, "a".into()), (2, "b".into()), (3, "c".into())]);
+
+    // Drained, its task stops and moves nowhere; active again, it is back
+    // in the lowest free slot.
+    apply(&mut s, &Command::SetAvailability { id: "a".into(), availability: Availability::Drain });
+    settle(&mut s);
+    assert_eq!(running(&s, "edge"), [(2, "b".into()), (3, "c".into())]);
+    apply(&mut s, &Command::SetAvailability { id: "a".into(), availability: Availability::Active });
+    settle(&mut s);
+    assert_eq!(running(&s, "edge"), [(1, "a".into()), (2, "b".into()), (3, "c".into())]);
+
+    // Down and then removed: its task is gone and not made elsewhere.
+    apply(&mut s, &Command::SetNodeStatus { id: "b".into(), status: NodeStatus::Down });
+    settle(&mut s);
+    apply(&mut s, &Command::RemoveNode { id: "b".into() });
+    settle(&mut s);
+    assert_eq!(running(&s, "edge"), [(1, "a".into()), (3, "c".into())]);
+
+    // Its constraint changes: the node that no longer meets it loses its task
+    // (a rolling update replaces the rest on their own nodes).
+    edge.constraints = vec!["node.name != c".parse().unwrap()];
+    apply(&mut s, &Command::UpdateService(edge));
+    settle(&mut s);
+    let now: Vec<(u32, String)> = running(&s, "edge");
+    assert_eq!(now.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>(), ["a", "d"], "{now:?}");
+    assert!(s.tasks.values().filter(|t| t.desired == Desired::Running).all(|t| t.version == 2));
+}
+
+#[test]
+fn a_global_task_that_does_not_fit_its_node_waits_there_with_the_reason() {
+    let mut s = cluster(&["a", "b"], &[]);
+    let mut hog = spec("hog", 1);
+    hog.resources.cpu_millis = 3500;
+    hog.constraints = vec!["node.name == a".parse().unwrap()];
+    apply(&mut s, &Command::CreateService(hog));
+    settle(&mut s);
+    let mut edge = global("edge");
+    edge.resources.cpu_millis = 1000;
+    apply(&mut s, &Command::CreateService(edge));
+    settle(&mut s);
+    assert_eq!(running(&s, "edge"), [(2, "b".into())]);
+    let waiting = s.tasks.values().find(|t| t.service == "edge" && t.node.is_none()).expect("a's task waits");
+    assert_eq!((waiting.pin.as_deref(), waiting.message.as_str()), (Some("a"), "its node a lacks CPU (needs 1)"));
+    // A service's mode is what it was made with.
+    let r = apply(&mut s, &Command::UpdateService(spec("edge", 2)));
+    assert!(matches!(&r, Response::Rejected(Rejection::Invalid(e)) if e.field == "mode"), "{r:?}");
+}
+
+#[test]
 fn a_changed_spec_rolls_one_slot_at_a_time_successor_first() {
     let mut s = cluster(&["a", "b"], &[("web", 3)]);
     settle(&mut s);
@@ -187,7 +258,7 @@ fn a_task_that_fits_nowhere_says_why_once() {
     settle(&mut s);
     let t = &s.tasks["big.1.1"];
     assert_eq!(t.state, TaskState::Pending);
-    assert_eq!(t.message, "no node fits: 1 node lack memory (needs 64Gi)");
+    assert_eq!(t.message, "no node fits: 1 node lacks memory (needs 64Gi)");
     assert!(reconcile(&s, NOW).is_empty(), "the same reason is not written again");
 }
 

@@ -25,6 +25,7 @@ fn requests(service: &str, n: usize, resources: Resources, constraints: &[&str])
             service: service.into(),
             resources,
             constraints: constraints.iter().map(|c| c.parse().unwrap()).collect(),
+            ..Request::default()
         })
         .collect()
 }
@@ -80,7 +81,7 @@ fn constraints_and_unschedulable_nodes_are_honoured_with_reasons() {
     let d = schedule(&[node("a", 4, 8)], &requests("db", 1, Resources::default(), &["node.name != a"]));
     assert_eq!(
         d,
-        [Decision::Unplaced { task: "db.0".into(), reason: "no node fits: 1 node fail node.name != a".into() }]
+        [Decision::Unplaced { task: "db.0".into(), reason: "no node fits: 1 node fails node.name != a".into() }]
     );
 }
 
@@ -97,10 +98,87 @@ fn resources_are_never_overcommitted_and_shortage_is_explained() {
             Decision::Place { .. } => None,
         })
         .collect();
-    assert_eq!(reasons, ["no node fits: 1 node lack CPU (needs 1), 1 node lack memory (needs 1Gi)"; 2]);
+    assert_eq!(reasons, ["no node fits: 1 node lacks CPU (needs 1), 1 node lacks memory (needs 1Gi)"; 2]);
     assert_eq!(
         schedule(&[], &requests("app", 1, req, &[])),
         [Decision::Unplaced { task: "app.0".into(), reason: "no nodes in the cluster".into() }]
+    );
+}
+
+fn labelled(id: &str, zone: &str) -> NodeView {
+    let mut n = node(id, 4, 8);
+    n.labels.insert("zone".into(), zone.into());
+    n
+}
+
+#[test]
+fn spread_preferences_even_out_label_values_before_nodes() {
+    // Zone a has three nodes, b one, and c none: by node, 6 tasks would
+    // put 5 in zone a; spread over zones, b's node takes half of them.
+    // A node without the label is a value of its own (none).
+    let nodes = [labelled("a1", "a"), labelled("a2", "a"), labelled("a3", "a"), labelled("b1", "b"), node("x", 4, 8)];
+    let spread = |n: usize| -> Vec<Request> {
+        requests("web", n, Resources::default(), &[])
+            .into_iter()
+            .map(|r| Request { spread: vec!["zone".into()], ..r })
+            .collect()
+    };
+    let d = schedule(&nodes, &spread(6));
+    assert_eq!(placed(&d), BTreeMap::from([("a1".into(), 1), ("a2".into(), 1), ("b1".into(), 2), ("x".into(), 2)]));
+    // Tasks already there count: zone b is full up to what the others get.
+    let mut b1 = labelled("b1", "b");
+    b1.tasks.insert("web".into(), 2);
+    let d = schedule(&[labelled("a1", "a"), labelled("a2", "a"), b1], &spread(2));
+    assert_eq!(placed(&d), BTreeMap::from([("a1".into(), 1), ("a2".into(), 1)]));
+    // No fitting node: the same reasons as without preferences.
+    let mut off = labelled("a1", "a");
+    off.schedulable = false;
+    let d = schedule(&[off], &spread(1));
+    assert_eq!(
+        d,
+        [Decision::Unplaced { task: "web.0".into(), reason: "no node fits: 1 node is not ready or drained".into() }]
+    );
+}
+
+#[test]
+fn a_cap_per_node_leaves_the_rest_pending_with_the_reason() {
+    let mut a = node("a", 4, 8);
+    a.tasks.insert("web".into(), 1);
+    let capped: Vec<Request> = requests("web", 4, Resources::default(), &[])
+        .into_iter()
+        .map(|r| Request { max_per_node: Some(2), ..r })
+        .collect();
+    let d = schedule(&[a, node("b", 4, 8)], &capped);
+    assert_eq!(placed(&d), BTreeMap::from([("a".into(), 1), ("b".into(), 2)]));
+    let reason = "no node fits: 2 nodes run 2 of its tasks already (max_replicas_per_node)";
+    assert_eq!(d[3], Decision::Unplaced { task: "web.3".into(), reason: reason.into() });
+    // A fresh service takes the quick path; the cap still holds.
+    let d = schedule(&[node("a", 4, 8)], &capped);
+    assert_eq!(placed(&d), BTreeMap::from([("a".into(), 2)]));
+}
+
+#[test]
+fn a_pinned_task_goes_to_its_node_or_says_why_not() {
+    let pinned = |task: &str, node: &str, cpu_millis: u64| Request {
+        task: task.into(),
+        service: "agent".into(),
+        resources: Resources { cpu_millis, memory_bytes: 0 },
+        pin: Some(node.into()),
+        ..Request::default()
+    };
+    let mut busy = node("b", 4, 8);
+    busy.allocated.cpu_millis = 3500;
+    let d = schedule(
+        &[node("a", 4, 8), busy, node("c", 4, 8)],
+        &[pinned("agent.1", "a", 1000), pinned("agent.2", "b", 1000), pinned("agent.3", "gone", 0)],
+    );
+    assert_eq!(
+        d,
+        [
+            Decision::Place { task: "agent.1".into(), node: "a".into() },
+            Decision::Unplaced { task: "agent.2".into(), reason: "its node b lacks CPU (needs 1)".into() },
+            Decision::Unplaced { task: "agent.3".into(), reason: "its node gone is gone".into() },
+        ]
     );
 }
 

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use berth_proto::model::{
-    Desired, NodeStatus, Protocol, Resources, Rollout, RolloutState, Service, ServiceSpec, Task, TaskState,
+    Desired, InvalidField, NodeStatus, Protocol, Resources, Rollout, RolloutState, Service, ServiceSpec, Task,
+    TaskState,
 };
 
 use super::{ipam, trust, Command, Outcome, Rejection, Response, RolloutChange, State, TaskChange};
@@ -67,6 +68,17 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
             match (cmd, existing) {
                 (Command::CreateService(_), Some(_)) => Response::Rejected(Rejection::AlreadyExists(spec.name.clone())),
                 (Command::UpdateService(_), None) => Response::Rejected(Rejection::NotFound(spec.name.clone())),
+                // As Swarm: a service's mode is what it was made with.
+                (_, Some(svc)) if svc.spec.mode != spec.mode => {
+                    Response::Rejected(Rejection::Invalid(InvalidField::new(
+                        "mode",
+                        spec.mode,
+                        format!(
+                            "{}, as the service was created (remove it and create it again to change)",
+                            svc.spec.mode
+                        ),
+                    )))
+                }
                 (_, Some(svc)) if svc.spec == *spec => {
                     Response::Service { service: svc.clone(), outcome: Outcome::Unchanged }
                 }
@@ -335,6 +347,8 @@ mod tests {
             overrides: Default::default(),
             update_config: berth_proto::model::UpdateConfig::UPDATE,
             rollback_config: berth_proto::model::UpdateConfig::ROLLBACK,
+            mode: Default::default(),
+            placement: Default::default(),
         }
     }
 

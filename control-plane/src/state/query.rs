@@ -58,7 +58,13 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
                         task: t.id.clone(),
                         slot: t.slot,
                         address: t.serving_address()?,
-                        node_name: t.node.as_ref().and_then(|id| state.nodes.get(id)).map(|n| n.name.clone()),
+                        // A global task waiting for its node names it already.
+                        node_name: t
+                            .node
+                            .as_ref()
+                            .or(t.pin.as_ref())
+                            .and_then(|id| state.nodes.get(id))
+                            .map(|n| n.name.clone()),
                     })
                 })
                 .collect();
@@ -93,7 +99,13 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
                 .filter(|t| &t.service == service)
                 .map(|t| TaskInfo {
                     task: t.clone(),
-                    node_name: t.node.as_ref().and_then(|id| state.nodes.get(id)).map(|n| n.name.clone()),
+                    // A global task waiting for its node names it already.
+                    node_name: t
+                        .node
+                        .as_ref()
+                        .or(t.pin.as_ref())
+                        .and_then(|id| state.nodes.get(id))
+                        .map(|n| n.name.clone()),
                 })
                 .collect();
             tasks.sort_by_key(|i| (i.task.slot, i.task.generation));

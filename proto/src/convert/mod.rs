@@ -53,6 +53,9 @@ impl TryFrom<pb::ServiceSpec> for model::ServiceSpec {
             overrides: Box::new(model::Overrides::from_pb(p.overrides.unwrap_or_default())?),
             update_config: UpdateConfig::from_pb(p.update_config, UpdateConfig::UPDATE, "update_config")?,
             rollback_config: UpdateConfig::from_pb(p.rollback_config, UpdateConfig::ROLLBACK, "rollback_config")?,
+            mode: model::Mode::parse(&p.mode)
+                .ok_or_else(|| InvalidField::new("mode", &p.mode, "replicated or global"))?,
+            placement: Box::new(model::Placement::from_pb(p.placement)?),
         };
         spec.validate()?;
         Ok(spec)
@@ -101,6 +104,8 @@ impl From<model::ServiceSpec> for pb::ServiceSpec {
             overrides,
             update_config: Some(s.update_config.to_pb()),
             rollback_config: Some(s.rollback_config.to_pb()),
+            mode: s.mode.to_string(),
+            placement: Some(s.placement.to_pb()),
         }
     }
 }
@@ -237,6 +242,7 @@ impl From<model::TaskInfo> for pb::Task {
             since_unix_ms: t.since_ms,
             address: t.address.map(|a| a.to_string()).unwrap_or_default(),
             health: t.health.map(|h| h.to_string()).unwrap_or_default(),
+            pin: t.pin.unwrap_or_default(),
         }
     }
 }
@@ -275,6 +281,7 @@ impl TryFrom<pb::Task> for model::TaskInfo {
             since_ms: p.since_unix_ms,
             address: optional(&p.address, "address", |a| a.parse().ok(), "an IPv4 address")?,
             health: optional(&p.health, "health", model::HealthState::parse, "starting, healthy or unhealthy")?,
+            pin: Some(p.pin).filter(|n| !n.is_empty()),
         };
         Ok(Self { task, node_name: Some(p.node_name).filter(|n| !n.is_empty()) })
     }

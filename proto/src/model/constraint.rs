@@ -52,7 +52,7 @@ impl FromStr for Constraint {
 }
 
 /// Label keys and values: non-empty, printable, no spaces or operators.
-fn valid_word(s: &str) -> bool {
+pub(super) fn valid_word(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.chars().all(|c| c.is_ascii_graphic() && c != '=' && c != '!')
 }
 

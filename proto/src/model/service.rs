@@ -7,7 +7,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{validate_image, Constraint, InvalidField, Overrides, Rollout, Seccomp, UpdateConfig, Userns};
+use super::{
+    validate_image, Constraint, InvalidField, Mode, Overrides, Placement, Rollout, Seccomp, UpdateConfig, Userns,
+};
 
 /// A declared service: its spec and how many times the spec changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +64,14 @@ pub struct ServiceSpec {
     /// How they move back to the previous one.
     #[serde(default = "rollback_default")]
     pub rollback_config: UpdateConfig,
+    /// Replicated (`replicas` tasks) or global (one per eligible node; then
+    /// `replicas` is 0, so a server one release back, which reads no mode,
+    /// runs none rather than the wrong number). Fixed at creation.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Spread preferences, a cap per node, rebalancing (boxed, as overrides).
+    #[serde(default)]
+    pub placement: Box<Placement>,
 }
 
 fn rollback_default() -> UpdateConfig {
@@ -214,6 +224,14 @@ impl ServiceSpec {
         if self.replicas > MAX_REPLICAS {
             return Err(InvalidField::new("replicas", self.replicas, format!("an integer from 0 to {MAX_REPLICAS}")));
         }
+        if self.mode == Mode::Global && self.replicas != 0 {
+            return Err(InvalidField::new(
+                "replicas",
+                self.replicas,
+                "not set: a global service runs one task on every eligible node",
+            ));
+        }
+        self.placement.validate(self.mode)?;
         let too_long = |field: &str, len: usize, limit: usize, what: &str| {
             InvalidField::new(field, format!("{len} {what}"), format!("at most {limit} {what}"))
         };
@@ -332,6 +350,8 @@ mod tests {
             overrides: Box::default(),
             update_config: UpdateConfig::UPDATE,
             rollback_config: UpdateConfig::ROLLBACK,
+            mode: Mode::Replicated,
+            placement: Box::default(),
         }
     }
 
@@ -351,6 +371,10 @@ mod tests {
         assert_eq!(field_of(ServiceSpec { name: "a".repeat(64), ..spec() }), "name");
         assert_eq!(field_of(ServiceSpec { image: "Bad Image".into(), ..spec() }), "image");
         assert_eq!(field_of(ServiceSpec { replicas: MAX_REPLICAS + 1, ..spec() }), "replicas");
+        assert_eq!(field_of(ServiceSpec { mode: Mode::Global, ..spec() }), "replicas");
+        assert_eq!(ServiceSpec { mode: Mode::Global, replicas: 0, ..spec() }.validate(), Ok(()));
+        let capped = Placement { max_per_node: Some(0), ..Placement::default() };
+        assert_eq!(field_of(ServiceSpec { placement: Box::new(capped), ..spec() }), "placement.max_replicas_per_node");
         assert_eq!(field_of(ServiceSpec { env: BTreeMap::from([("A=B".into(), "x".into())]), ..spec() }), "env.A=B");
         // Sizes: the error names the field and the limit, not the value.
         let err =

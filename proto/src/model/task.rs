@@ -43,6 +43,9 @@ pub struct Task {
     /// What its probes say while it runs with a health check.
     #[serde(default)]
     pub health: Option<HealthState>,
+    /// The node a global service's task is for: it runs there or nowhere.
+    #[serde(default)]
+    pub pin: Option<String>,
 }
 
 /// What a task runs: its service's spec as it was when the task was made.
@@ -170,6 +173,7 @@ impl Task {
             since_ms: 0,
             address: None,
             health: None,
+            pin: None,
         }
     }
 }
