@@ -20,11 +20,14 @@
 //! the second time: at rest it is silent. What waits for time (a rollout's
 //! delay or monitor) says when to look again (`Reconciled::wake_at`).
 
+pub mod rebalance;
 pub mod rollout;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use berth_proto::model::{Desired, Mode, NodeStatus, Order, Service, Task, TaskSpec, TaskState};
+use berth_proto::model::{
+    Desired, Mode, NodeStatus, Order, RolloutState, Service, ServiceSpec, Task, TaskSpec, TaskState,
+};
 
 use crate::scheduler::{self, Decision, NodeView, Request};
 use crate::state::{RolloutChange, State, TaskChange};
@@ -77,6 +80,8 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
     }
 
     let mut created: Vec<Task> = Vec::new();
+    // Services that may have a replica moved (see `calm_service`).
+    let mut calm = Vec::new();
     for (name, service) in &state.services {
         let slots = live.remove(name.as_str()).unwrap_or_default();
         let next = |slot: u32| state.generations.get(&format!("{name}.{slot}")).copied().unwrap_or(0) + 1;
@@ -109,7 +114,9 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
                 // start-first updates do.
                 for old in older {
                     if newest.serving() || old.state != TaskState::Running {
-                        plan.stop(old, format!("replaced by {}", newest.id));
+                        // Of the same version: a move (see `rebalance`).
+                        let why = if old.version == newest.version { "rebalanced: " } else { "" };
+                        plan.stop(old, format!("{why}replaced by {}", newest.id));
                     }
                 }
                 // One made for a spec that has changed again is dropped, so
@@ -171,6 +178,24 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
                 plan.stop(t, unwanted.into());
             }
         }
+        // Nothing outdated (so nothing replaced) and nothing in flight.
+        if outdated.is_empty() && in_flight == 0 && slots.len() == wanted.len() {
+            calm.extend(calm_service(service, &slots));
+        }
+    }
+    // One replica moves per pass, when nothing else is being made.
+    if created.is_empty() && !calm.is_empty() {
+        let nodes = views(state, &plan.stopping);
+        for (service, tasks, ready_at) in &calm {
+            let Some(t) = rebalance::pick(&nodes, &service.spec, tasks) else { continue };
+            if now < *ready_at {
+                out.wake_at = Some(out.wake_at.map_or(*ready_at, |w| w.min(*ready_at)));
+                continue;
+            }
+            let generation = state.generations.get(&format!("{}.{}", t.service, t.slot)).copied().unwrap_or(0) + 1;
+            created.push(Task::new(&t.service, t.slot, generation, t.version, t.spec.clone()));
+            break;
+        }
     }
     let Plan { mut changes, stopping } = plan;
     changes.extend(created.iter().cloned().map(|t| TaskChange::Create(Box::new(t))));
@@ -187,6 +212,34 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
     }
     out.changes = changes;
     out
+}
+
+/// A service whose replicas may be moved to even out its spread, with its
+/// tasks and the time from which a move may start: replicated, rebalanced
+/// (`placement.rebalance`), replaced start-first (a stop-first service's
+/// tasks cannot run twice, and a move would), not in a rollout, one task per
+/// slot, and every one serving. A move waits until every replica has served
+/// for the update config's `monitor` (the rate: one move per service per
+/// monitor, and none towards a node that has just flapped back for long).
+fn calm_service<'a>(
+    service: &'a Service,
+    slots: &BTreeMap<u32, Vec<&'a Task>>,
+) -> Option<(&'a Service, Vec<&'a Task>, u64)> {
+    let spec = &service.spec;
+    let rolling = service.rollout.as_ref().is_some_and(|r| r.state.moving() || r.state == RolloutState::Paused);
+    let eligible = spec.mode == Mode::Replicated
+        && spec.placement.rebalance
+        && spec.update_config.order == Order::StartFirst
+        && !rolling;
+    if !eligible {
+        return None;
+    }
+    let tasks: Vec<&Task> = slots.values().filter_map(|t| t.last().copied()).collect();
+    if slots.values().any(|t| t.len() != 1) || !tasks.iter().all(|t| t.serving()) {
+        return None;
+    }
+    let ready_at = tasks.iter().map(|t| t.since_ms.saturating_add(spec.update_config.monitor_ms)).max().unwrap_or(0);
+    Some((service, tasks, ready_at))
 }
 
 /// The slots a service should have, each with the node its task is
@@ -239,8 +292,9 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// Runs the scheduler over every live task without a node (old and new).
-fn place(state: &State, stopping: &BTreeSet<&str>, created: &[Task]) -> Vec<TaskChange> {
+/// The nodes as the scheduler sees them, with the live tasks (those not
+/// told to stop in this pass) counted per service.
+fn views(state: &State, stopping: &BTreeSet<&str>) -> Vec<NodeView> {
     // Tasks told to stop still hold their share until they have stopped.
     let allocations = state.allocations();
     // Addresses stay taken until their task is forgotten (see `state::ipam`).
@@ -270,33 +324,41 @@ fn place(state: &State, stopping: &BTreeSet<&str>, created: &[Task]) -> Vec<Task
             (n.id.as_str(), view)
         })
         .collect();
-    let mut pending: Vec<&Task> = created.iter().collect();
     for t in state.tasks.values() {
         let live = t.desired == Desired::Running && !stopping.contains(t.id.as_str());
-        if live && t.node.is_none() {
-            pending.push(t);
-        }
         if let Some(view) = t.node.as_ref().and_then(|id| nodes.get_mut(id.as_str())).filter(|_| live) {
             *view.tasks.entry(t.service.clone()).or_default() += 1;
         }
     }
+    nodes.into_values().collect()
+}
+
+/// What the scheduler is asked for a task of this service.
+fn request(task: &Task, spec: &ServiceSpec) -> Request {
+    Request {
+        task: task.id.clone(),
+        service: task.service.clone(),
+        resources: task.spec.resources,
+        constraints: spec.constraints.clone(),
+        pin: task.pin.clone(),
+        spread: spec.placement.spread.clone(),
+        max_per_node: spec.placement.max_per_node,
+    }
+}
+
+/// Runs the scheduler over every live task without a node (old and new).
+fn place(state: &State, stopping: &BTreeSet<&str>, created: &[Task]) -> Vec<TaskChange> {
+    let nodes = views(state, stopping);
+    let mut pending: Vec<&Task> = created.iter().collect();
+    pending.extend(
+        state
+            .tasks
+            .values()
+            .filter(|t| t.desired == Desired::Running && !stopping.contains(t.id.as_str()) && t.node.is_none()),
+    );
     pending.sort_by(|a, b| (&a.service, a.slot, a.generation).cmp(&(&b.service, b.slot, b.generation)));
-    let requests: Vec<Request> = pending
-        .iter()
-        .filter_map(|t| {
-            let spec = &state.services.get(&t.service)?.spec;
-            Some(Request {
-                task: t.id.clone(),
-                service: t.service.clone(),
-                resources: t.spec.resources,
-                constraints: spec.constraints.clone(),
-                pin: t.pin.clone(),
-                spread: spec.placement.spread.clone(),
-                max_per_node: spec.placement.max_per_node,
-            })
-        })
-        .collect();
-    let nodes: Vec<NodeView> = nodes.into_values().collect();
+    let requests: Vec<Request> =
+        pending.iter().filter_map(|t| Some(request(t, &state.services.get(&t.service)?.spec))).collect();
     scheduler::schedule(&nodes, &requests)
         .into_iter()
         .filter_map(|d| match d {

@@ -9,7 +9,8 @@
 //! (the routing mesh), also while a host is cut off; an agent restart
 //! leaves its containers alone; a replica failing its health check leaves
 //! DNS and the mesh until it passes again; a host cut off loses its task to the others, and once healed it
-//! stops its stale container. Every node's DNS names the replicas and
+//! stops its stale container and a replica moves back to it (twice, host3
+//! then host2), start-first, never fewer running than asked. Every node's DNS names the replicas and
 //! follows them as they scale, fail and move, and keeps answering while
 //! the control plane is away; a host stopped and removed leaves every
 //! other node's peers and nothing of its overlay behind.
@@ -138,6 +139,28 @@ async fn serving(
 }
 
 /// A directory of the test's own for logs of its helpers.
+/// Waits until `service`'s `n` replicas run on `n` different nodes, and
+/// fails at once if any look finds fewer than `n` running.
+async fn rebalanced(servers: &[String], service: &str, n: usize) -> Result<()> {
+    let mut looks = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let Some(t) = tasks(servers, service) else {
+            ensure!(std::time::Instant::now() < deadline, "service ps failed until the deadline");
+            continue;
+        };
+        looks += 1;
+        let running: Vec<&String> = t.values().filter(|(_, s)| s == "running").map(|(node, _)| node).collect();
+        ensure!(running.len() >= n, "look {looks}: fewer than {n} {service} replicas run: {t:?}");
+        let nodes: std::collections::BTreeSet<&&String> = running.iter().collect();
+        if t.len() == n && nodes.len() == n {
+            return Ok(());
+        }
+        ensure!(std::time::Instant::now() < deadline, "{service} not rebalanced after {looks} looks: {t:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn scratch_dir(hosts: &Hosts) -> Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("berth-hosts-{}", hosts.bridge));
     std::fs::create_dir_all(&dir)?;
@@ -504,6 +527,8 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     // Cut host3 off: the two others keep a quorum, see its node go down and
     // run its task. (berthctl asks only the servers it can reach.)
     let reachable = &servers[..2];
+    let stale = tasks(&servers, "web").and_then(|t| t.into_iter().find(|(_, (n, _))| n == "host3")).map(|(id, _)| id);
+    let stale = stale.context("no web task on host3")?;
     on[2].cut()?;
     wait_for(Duration::from_secs(60), "host3's task on the other hosts", async || {
         let t = tasks(reachable, "web")?;
@@ -548,15 +573,41 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
 
     // Healed, host3 stops what is no longer its own: exactly 3 containers.
     on[2].heal()?;
-    wait_for(Duration::from_secs(60), "exactly 3 web containers once host3 is back", async || {
+    wait_for(Duration::from_secs(60), "host3 to stop its stale web container", async || {
         let (ok, out, _) = berthctl(&servers, &["node", "ls"]).ok()?;
-        let web: Vec<usize> =
-            containers(&agents).iter().map(|c| c.iter().filter(|n| n.starts_with("web.")).count()).collect();
-        (ok && out.matches(" ready ").count() == 3 && web.iter().sum::<usize>() == 3 && web[2] == 0).then_some(())
+        (ok && out.matches(" ready ").count() == 3 && !containers(&agents)[2].contains(&stale)).then_some(())
     })
     .await?;
     // Host3's edge task went with its node and a new one is back there.
     wait_for(Duration::from_secs(60), "edge on every host again", edge_on(&["host1", "host2", "host3"])).await?;
+    // A web replica moves back to host3 (one host failure no longer takes
+    // two of them), start-first: at no moment do fewer than 3 run.
+    rebalanced(&servers, "web", 3).await?;
+    // Again with host2, so that host1 carried all three in between.
+    let stale = tasks(&servers, "web").and_then(|t| t.into_iter().find(|(_, (n, _))| n == "host2")).map(|(id, _)| id);
+    let stale = stale.context("no web task on host2")?;
+    let others = [servers[0].clone(), servers[2].clone()];
+    on[1].cut()?;
+    wait_for(Duration::from_secs(60), "host2's task on the other hosts", async || {
+        let t = tasks(&others, "web")?;
+        (t.len() == 3 && t.values().all(|(n, s)| n != "host2" && s == "running")).then_some(())
+    })
+    .await
+    .with_context(|| cluster.logs())?;
+    on[1].heal()?;
+    wait_for(Duration::from_secs(60), "host2 to stop its stale web container", async || {
+        let (ok, out, _) = berthctl(&servers, &["node", "ls"]).ok()?;
+        (ok && out.matches(" ready ").count() == 3 && !containers(&agents)[1].contains(&stale)).then_some(())
+    })
+    .await?;
+    rebalanced(&servers, "web", 3).await?;
+    // The moved replicas' old containers stop once their successors serve.
+    wait_for(Duration::from_secs(30), "one web container per host", async || {
+        let web: Vec<usize> =
+            containers(&agents).iter().map(|c| c.iter().filter(|n| n.starts_with("web.")).count()).collect();
+        (web == [1, 1, 1]).then_some(())
+    })
+    .await?;
 
     // An agent restart leaves its containers' networking alone: host1's
     // task keeps running with its id, address and restart count, answers

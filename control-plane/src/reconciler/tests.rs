@@ -150,7 +150,8 @@ fn tasks_of_a_down_or_drained_node_move_and_come_back_once() {
     assert_eq!(tasks.len(), 4);
     assert!(tasks.iter().all(|(_, n)| n == "b"), "{tasks:?}");
     assert!(s.tasks.keys().any(|id| id.ends_with(".2")), "replacements take the next generation");
-    // a comes back: nothing moves back, nothing runs twice.
+    // a comes back: two replicas move back (see the rebalancing test), and
+    // nothing runs twice.
     apply(&mut s, &Command::RegisterNode(node("a")));
     settle(&mut s);
     assert_eq!(running(&s, "web").len(), 4);
@@ -224,6 +225,102 @@ fn a_global_task_that_does_not_fit_its_node_waits_there_with_the_reason() {
     // A service's mode is what it was made with.
     let r = apply(&mut s, &Command::UpdateService(spec("edge", 2)));
     assert!(matches!(&r, Response::Rejected(Rejection::Invalid(e)) if e.field == "mode"), "{r:?}");
+}
+
+/// Serving tasks of a service per node.
+fn spread(s: &State, service: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for (_, n) in running(s, service) {
+        *out.entry(n).or_default() += 1;
+    }
+    out
+}
+
+/// Passes as `settle` does, checking after each that `service` never has
+/// fewer running tasks than `want`; how many tasks were made on the way.
+fn settle_above(s: &mut State, service: &str, want: usize) -> usize {
+    let mut made = 0;
+    for _ in 0..50 {
+        let acted = agents_act(s);
+        let r = reconcile(s, NOW);
+        if r.is_empty() && !acted {
+            return made;
+        }
+        made += r.changes.iter().filter(|c| matches!(c, TaskChange::Create(_))).count();
+        apply(s, &Command::Reconcile { changes: r.changes, at_ms: 1, rollouts: r.rollouts });
+        assert!(running(s, service).len() >= want, "below {want}: {:#?}", s.tasks);
+    }
+    panic!("no rest after 50 rounds: {:#?}", s.tasks);
+}
+
+#[test]
+fn replicas_move_back_one_at_a_time_without_dropping_below_the_count() {
+    // Cut c, then b: all three end on a.
+    let mut s = cluster(&["a", "b", "c"], &[("web", 3)]);
+    settle(&mut s);
+    for lost in ["c", "b"] {
+        apply(&mut s, &Command::SetNodeStatus { id: lost.into(), status: NodeStatus::Down });
+        settle(&mut s);
+    }
+    assert_eq!(spread(&s, "web"), BTreeMap::from([("a".into(), 3)]));
+    // Both back: one replica moves to each, start-first, never under 3.
+    for back in ["b", "c"] {
+        apply(&mut s, &Command::RegisterNode(node(back)));
+    }
+    // One move in flight at a time: the first pass makes one task only.
+    let first = reconcile(&s, NOW).changes;
+    assert_eq!(first.iter().filter(|c| matches!(c, TaskChange::Create(_))).count(), 1, "{first:?}");
+    assert_eq!(settle_above(&mut s, "web", 3), 2, "two moves, nothing more");
+    assert_eq!(spread(&s, "web"), BTreeMap::from([("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]));
+    assert_eq!(s.tasks.len(), 3, "the moved ones stopped and were forgotten");
+    assert!(reconcile(&s, NOW).is_empty(), "silent once even");
+    // The old ones said why they stopped (seen in events).
+    let mut t = s.clone();
+    apply(&mut t, &Command::SetNodeStatus { id: "c".into(), status: NodeStatus::Down });
+    settle(&mut t);
+    apply(&mut t, &Command::RegisterNode(node("c")));
+    agents_act(&mut t);
+    let mut reasons = Vec::new();
+    for _ in 0..10 {
+        agents_act(&mut t);
+        let r = reconcile(&t, NOW);
+        for c in &r.changes {
+            if let TaskChange::Shutdown { reason, .. } = c {
+                reasons.push(reason.clone());
+            }
+        }
+        apply(&mut t, &Command::Reconcile { changes: r.changes, at_ms: 1, rollouts: r.rollouts });
+    }
+    assert!(reasons.iter().any(|r| r.starts_with("rebalanced: replaced by web.")), "{reasons:?}");
+}
+
+#[test]
+fn a_move_waits_for_every_replica_to_have_served_its_monitor_and_some_services_never_move() {
+    let lopsided = |spec: ServiceSpec| {
+        let mut s = cluster(&["a", "b"], &[]);
+        apply(&mut s, &Command::CreateService(spec));
+        apply(&mut s, &Command::SetNodeStatus { id: "b".into(), status: NodeStatus::Down });
+        settle(&mut s);
+        apply(&mut s, &Command::RegisterNode(node("b")));
+        s
+    };
+    // Tasks ran since 1; the monitor (5 s) ends at 5001: the leader is told to look again then.
+    let s = lopsided(spec("web", 2));
+    let early = reconcile(&s, 2_000);
+    assert!(early.changes.is_empty(), "{early:?}");
+    assert_eq!(early.wake_at, Some(1 + UpdateConfig::UPDATE.monitor_ms));
+    assert_eq!(reconcile(&s, 1 + UpdateConfig::UPDATE.monitor_ms).changes.len(), 2, "made and placed");
+
+    // Opted out, or stop-first (its tasks cannot run twice): nothing moves.
+    let mut off = spec("web", 2);
+    off.placement.rebalance = false;
+    let mut stop_first = spec("web", 2);
+    stop_first.update_config.order = Order::StopFirst;
+    for spec in [off, stop_first] {
+        let s = lopsided(spec);
+        assert!(reconcile(&s, NOW).is_empty());
+        assert_eq!(spread(&s, "web"), BTreeMap::from([("a".into(), 2)]));
+    }
 }
 
 #[test]
