@@ -161,7 +161,7 @@ def main():
     ups, downs, totals = [], [], []
     for r in range(rounds):
         start = time.monotonic()
-        subprocess.check_output([ctl, "service", "scale", f"{service}={base + 1}"])
+        subprocess.check_output([ctl, "service", "scale", "--detach", f"{service}={base + 1}"])
         t_run, e = wait("the new replica's running event", 60, lambda: events.find(start, "running", service))
         address = e["attributes"]["address"]
         t_dns = wait(f"{address} on every node's DNS", 30, lambda: watcher.everywhere(address, start, True))
@@ -169,7 +169,7 @@ def main():
         totals.append((t_dns - start) * 1000)
 
         start = time.monotonic()
-        subprocess.check_output([ctl, "service", "scale", f"{service}={base}"])
+        subprocess.check_output([ctl, "service", "scale", "--detach", f"{service}={base}"])
         t_stop, _ = wait("the replica's stop event", 60, lambda: events.find(start, "stop", service))
         t_gone = wait(f"{address} gone from every node's DNS", 30, lambda: watcher.everywhere(address, start, False))
         downs.append((t_gone - t_stop) * 1000)

@@ -85,7 +85,7 @@ for mode in none tcp http exec; do
   esac
   checked=1
   [ "$mode" = none ] && checked=0
-  ctl service create web --image "$image" --replicas 100 "${flags[@]}" -- sh -c "$SERVE" >/dev/null
+  ctl service create --detach web --image "$image" --replicas 100 "${flags[@]}" -- sh -c "$SERVE" >/dev/null
   wait_until 300 settled 100 "$checked"
   sleep 3
   measure "berth agent, probe $mode" "$agent"

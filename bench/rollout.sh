@@ -55,7 +55,7 @@ sys.exit(0 if sum(x.get("health") == "healthy" for x in t) >= int(sys.argv[1]) e
 }
 b_update=() b_back=()
 for run in $(seq "$runs"); do
-  ctl service create web --image "$image" --replicas 20 "${health[@]}" --update-parallelism 2 \
+  ctl service create --detach web --image "$image" --replicas 20 "${health[@]}" --update-parallelism 2 \
     --update-monitor 2s --update-failure-action rollback --rollback-monitor 2s --rollback-parallelism 2 \
     -- sh -c "$CMD" >/dev/null
   wait_until 120 healthy 20

@@ -73,11 +73,11 @@ registered=$(grep -m1 ' registered' "$work/agent.log" | sed 's/\x1b\[[0-9;]*m//g
 b_join_log=$((($(date -d "$registered" +%s%N) - join_t0) / 1000000))
 
 t0=$(ms)
-ctl service create web --image "$image" --replicas 20 -- sh -c "$CMD" >/dev/null
+ctl service create --detach web --image "$image" --replicas 20 -- sh -c "$CMD" >/dev/null
 wait_until 120 berth_running 20
 b_create=$(since "$t0")
 t0=$(ms)
-ctl service scale web=100 >/dev/null
+ctl service scale --detach web=100 >/dev/null
 wait_until 300 berth_running 100
 b_scale=$(since "$t0")
 read -r vname vpid < <("$bin/berth-agent" ps -o json | python3 -c 'import json,sys

@@ -58,6 +58,9 @@ enum Command {
     Apply {
         #[arg(short = 'f', long = "file")]
         file: String,
+        /// Return once the specs are accepted, without waiting for each service to converge
+        #[arg(long, short)]
+        detach: bool,
     },
     /// The Raft cluster of servers
     #[command(subcommand)]
@@ -187,6 +190,9 @@ enum ServiceCmd {
         options: options::OptionsFlags,
         #[command(flatten)]
         placement: placement::PlacementFlags,
+        /// Return once the service is accepted, without waiting for its tasks
+        #[arg(long, short)]
+        detach: bool,
         /// The command and its arguments, after `--`
         #[arg(last = true)]
         command: Vec<String>,
@@ -246,6 +252,9 @@ enum ServiceCmd {
     Scale {
         #[arg(required = true)]
         targets: Vec<String>,
+        /// Return once the counts are accepted, without waiting
+        #[arg(long, short)]
+        detach: bool,
     },
     /// A service's tasks: slot, node, desired and current state, exit code, restarts, why pending
     Ps {
@@ -352,6 +361,49 @@ async fn list_tasks(client: &Client, service: &str, stale: bool) -> Result<Vec<T
     reply.tasks.into_iter().map(|t| t.try_into().context("the server sent an invalid task")).collect()
 }
 
+/// Says what was accepted, then (unless `detach`) waits for each service
+/// in turn to converge on its version, showing its tasks as they move, as
+/// `docker service create` does; fails if a rollout fails.
+async fn converge(client: &Client, done: &[(String, u64, String)], detach: bool) -> Result<String> {
+    let said = |(name, version, what): &(String, u64, String)| format!("service {name} {what} (version {version})");
+    if detach {
+        return Ok(done.iter().map(|d| said(d) + "\n").collect());
+    }
+    let mut out = String::new();
+    for d in done {
+        println!("{}; waiting until it converges (--detach not to)", said(d));
+        out = rollout::wait(client, &d.0, rollout::Goal::Update { version: d.1 }).await?;
+        if d != done.last().unwrap_or(d) {
+            print!("{out}");
+        }
+    }
+    Ok(out)
+}
+
+/// Sets a service's replicas on the server; a server of the release before
+/// `ScaleService` gets the spec read and written back with the new count.
+/// Returns the service's version after.
+async fn scale(client: &Client, name: &str, replicas: i64) -> Result<u64> {
+    let req = pb::ScaleServiceRequest { name: name.to_owned(), replicas };
+    let reply = client
+        .call("scale service", async |mut c| match c.scale_service(req.clone()).await {
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(tonic::Response::new(None)),
+            r => r.map(|r| r.map(Some)),
+        })
+        .await?;
+    if let Some(reply) = reply {
+        return Ok(to_model(reply.service)?.version);
+    }
+    let req = pb::GetServiceRequest { name: name.to_owned(), stale: false };
+    let reply = client.call("inspect service", async |mut c| c.get_service(req.clone()).await).await?;
+    let mut spec = reply.service.and_then(|s| s.spec).context("the server sent no service")?;
+    spec.replicas = replicas;
+    spec::check(&spec)?;
+    let req = pb::UpdateServiceRequest { spec: Some(spec) };
+    let reply = client.call("scale service", async |mut c| c.update_service(req.clone()).await).await?;
+    Ok(to_model(reply.service)?.version)
+}
+
 async fn run(cli: Cli) -> Result<String> {
     anyhow::ensure!(cli.timeout.is_finite() && cli.timeout > 0.0, "--timeout must be a positive number of seconds");
     let path = config::path(cli.config)?;
@@ -387,6 +439,7 @@ async fn run(cli: Cli) -> Result<String> {
             rollout,
             options,
             placement,
+            detach,
             command,
         }) => {
             let (update_config, rollback_config) = rollout.over(None, None)?;
@@ -436,7 +489,7 @@ async fn run(cli: Cli) -> Result<String> {
             let req = pb::CreateServiceRequest { spec: Some(spec) };
             let reply = client.call("create service", async |mut c| c.create_service(req.clone()).await).await?;
             let svc = to_model(reply.service)?;
-            Ok(format!("service {name} created (version {})\n", svc.version))
+            converge(&client, &[(name, svc.version, "created".to_owned())], detach).await
         }
         Command::Service(ServiceCmd::Ls { stale }) => {
             let req = pb::ListServicesRequest { stale };
@@ -454,21 +507,14 @@ async fn run(cli: Cli) -> Result<String> {
                 .collect::<Result<Vec<Endpoint>>>()?;
             Ok(output::service(&to_model(reply.service)?, &endpoints, fmt))
         }
-        Command::Service(ServiceCmd::Scale { targets }) => {
-            let mut out = String::new();
+        Command::Service(ServiceCmd::Scale { targets, detach }) => {
+            let mut done = Vec::new();
             for target in targets {
                 let (name, replicas) = spec::parse_scale(&target)?;
-                let req = pb::GetServiceRequest { name: name.clone(), stale: false };
-                let reply = client.call("inspect service", async |mut c| c.get_service(req.clone()).await).await?;
-                let mut spec = reply.service.and_then(|s| s.spec).context("the server sent no service")?;
-                spec.replicas = replicas;
-                spec::check(&spec)?;
-                let req = pb::UpdateServiceRequest { spec: Some(spec) };
-                let reply = client.call("scale service", async |mut c| c.update_service(req.clone()).await).await?;
-                let svc = to_model(reply.service)?;
-                out.push_str(&format!("service {name} scaled to {replicas} (version {})\n", svc.version));
+                let version = scale(&client, &name, replicas).await?;
+                done.push((name, version, "scaled".to_owned()));
             }
-            Ok(out)
+            converge(&client, &done, detach).await
         }
         Command::Service(ServiceCmd::Update {
             name,
@@ -561,7 +607,7 @@ async fn run(cli: Cli) -> Result<String> {
             client.call("remove service", async |mut c| c.delete_service(req.clone()).await).await?;
             Ok(format!("service {name} removed\n"))
         }
-        Command::Apply { file } => {
+        Command::Apply { file, detach } => {
             let text = if file == "-" {
                 std::io::read_to_string(std::io::stdin()).context("cannot read the spec from stdin")?
             } else {
@@ -573,7 +619,7 @@ async fn run(cli: Cli) -> Result<String> {
                 _ => std::path::PathBuf::from("."),
             };
             let specs = spec::parse_file(&text, &dir).with_context(|| format!("invalid spec file {file}"))?;
-            let mut out = String::new();
+            let mut done = Vec::new();
             for spec in specs {
                 let name = spec.name.clone();
                 let req = pb::ApplyServiceRequest { spec: Some(spec) };
@@ -581,9 +627,9 @@ async fn run(cli: Cli) -> Result<String> {
                     .call(&format!("apply service {name}"), async |mut c| c.apply_service(req.clone()).await)
                     .await?;
                 let svc = to_model(reply.service)?;
-                out.push_str(&format!("service {name} {} (version {})\n", reply.outcome, svc.version));
+                done.push((name, svc.version, reply.outcome));
             }
-            Ok(out)
+            converge(&client, &done, detach).await
         }
         Command::Cluster(ClusterCmd::Status { local }) => {
             let req = pb::ClusterStatusRequest { local };

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use berth_proto::model::{Desired, Mode, RolloutState, Service, TaskInfo};
+use berth_proto::model::{Desired, Mode, RolloutState, Service, TaskInfo, TaskState};
 use berth_proto::pb::cluster as pb;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
@@ -188,6 +188,15 @@ fn standing(service: &Service, tasks: &[TaskInfo], goal: Goal) -> Standing {
             _ => {}
         }
     }
+    // No rollout (a new service, a scale): a task of this version that
+    // could not run (its image, command, resources) fails the wait, as a
+    // failed new task would fail a rollout; a crashing one is restarted.
+    if rollout.is_none() {
+        let failed = wanted.iter().find(|t| t.task.version >= version && t.task.state == TaskState::Failed);
+        if let Some(t) = failed {
+            return Standing::Failed(format!("task {} failed: {}", t.task.id, t.task.message));
+        }
+    }
     // Completed (some failures borne, maybe), or every replica serves.
     let finished = rollout.is_some_and(|r| matches!(r.state, RolloutState::Completed | RolloutState::RolledBack));
     if finished || serving == replicas && wanted.len() == replicas {
@@ -309,6 +318,30 @@ mod tests {
         // An update that went back to the previous spec by itself is done.
         let same = standing(&service(3, Some((RolloutState::RolledBack, 3))), &both, Goal::Update { version: 3 });
         assert!(matches!(same, Standing::Done(_)), "{same:?}");
+    }
+
+    #[test]
+    fn a_new_service_fails_the_wait_when_a_task_cannot_run_and_a_global_one_counts_its_slots() {
+        // Created (version 1, no rollout): a failed task ends the wait.
+        let mut failed = task(2, None);
+        (failed.task.version, failed.task.state) = (1, TaskState::Failed);
+        failed.task.message = "pulling r:5000/web:9: manifest unknown".into();
+        let mut new = service(1, None);
+        new.spec.replicas = 2;
+        let mut running = task(1, None);
+        running.task.version = 1;
+        let got = standing(&new, &[running.clone(), failed], Goal::Update { version: 1 });
+        assert_eq!(got, Standing::Failed("task web.2.2 failed: pulling r:5000/web:9: manifest unknown".into()));
+        // A global service has no count: one serving task per slot it has.
+        new.spec.mode = Mode::Global;
+        new.spec.replicas = 0;
+        let three: Vec<TaskInfo> = (1..=3)
+            .map(|slot| TaskInfo { task: Task { version: 1, ..task(slot, None).task }, ..running.clone() })
+            .collect();
+        assert_eq!(
+            standing(&new, &three, Goal::Update { version: 1 }),
+            Standing::Done("web converged: 3/3 replicas serve version 1".into())
+        );
     }
 
     #[test]

@@ -392,9 +392,13 @@ pub fn berthctl(servers: &[String], args: &[&str]) -> Result<(bool, String, Stri
     berthctl_as(&keys().admin_conf, servers, args)
 }
 
-/// Runs berthctl with the config `conf`.
+/// Runs berthctl with the config `conf`; one that has not ended after 5
+/// minutes (a wait that never converges) is killed, so a test fails
+/// rather than hangs.
 pub fn berthctl_as(conf: &Path, servers: &[String], args: &[&str]) -> Result<(bool, String, String)> {
-    let out = Command::new(bin("berthctl"))
+    let out = Command::new("timeout")
+        .args(["--kill-after=10", "300"])
+        .arg(bin("berthctl"))
         .env("BERTH_CONFIG", conf)
         .env("BERTH_SERVER", servers.join(","))
         .args(args)

@@ -35,10 +35,11 @@ async fn save_a_server_data_dir() -> Result<()> {
         Ok(())
     };
     let image = "registry.invalid:5000/web:1";
-    run(&["service", "create", "web", "--image", image, "--replicas", "2", "-e", "A=1", "-p", "8080:80"])?;
+    run(&["service", "create", "--detach", "web", "--image", image, "--replicas", "2", "-e", "A=1", "-p", "8080:80"])?;
     run(&[
         "service",
         "create",
+        "--detach",
         "jail",
         "--image",
         image,
@@ -89,9 +90,9 @@ async fn save_a_server_data_dir() -> Result<()> {
         "-c",
         "sleep 1",
     ])?;
-    run(&["service", "create", "gone", "--image", image, "--constraint", "node.labels.zone == a"])?;
+    run(&["service", "create", "--detach", "gone", "--image", image, "--constraint", "node.labels.zone == a"])?;
     run(&["service", "rm", "gone"])?;
-    run(&["service", "scale", "web=3"])?;
+    run(&["service", "scale", "--detach", "web=3"])?;
     // The tasks are placed (their image cannot be pulled; they fail and retry).
     wait_for(Duration::from_secs(30), "4 tasks placed", async || {
         let (ok, out, _) = berthctl(&servers, &["service", "ps", "web"]).ok()?;

@@ -223,7 +223,8 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     // nodes as they join and drain (and, at the end, leave).
     let (ok, out, err) =
         berthctl(&servers, &["service", "create", "edge", "--image", &image, "--mode", "global", "--", "sleep", "1d"])?;
-    ensure!(ok, "{out}{err}");
+    // It waited for both tasks to run (as `docker service create` does).
+    ensure!(ok && out.contains("edge converged: 2/2 replicas serve version 1"), "{out}{err}");
     let edge_on = |want: &'static [&'static str]| {
         let servers = servers.clone();
         async move || {
@@ -245,7 +246,7 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     wait_for(Duration::from_secs(60), "edge back on the active host", edge_on(&["host1", "host2", "host3"])).await?;
     let (ok, out, _) = berthctl(&servers, &["service", "ls"])?;
     ensure!(ok && out.lines().any(|l| l.starts_with("edge ") && l.contains(" global ")), "{out}");
-    let (ok, _, err) = berthctl(&servers, &["service", "scale", "edge=2"])?;
+    let (ok, _, err) = berthctl(&servers, &["service", "scale", "--detach", "edge=2"])?;
     ensure!(!ok && err.contains("replicas") && err.contains("global"), "scaling a global service: {err}");
 
     let (ok, out, err) = berthctl(
@@ -268,7 +269,9 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
             SERVE,
         ],
     )?;
-    ensure!(ok, "{out}{err}");
+    // Each task's line as it moved, then the service converged.
+    ensure!(ok && out.contains("web converged: 3/3 replicas serve version 1"), "{out}{err}");
+    ensure!(out.contains("web.1.1") && out.contains("running"), "{out}");
     let running = wait_for(Duration::from_secs(60), "3 tasks running on 3 hosts", async || {
         let t = tasks(&servers, "web")?;
         let nodes: std::collections::BTreeSet<&String> = t.values().map(|(n, _)| n).collect();
@@ -302,7 +305,7 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     let client = format!("while true; do {}; sleep 0.3; done", fetches.join("; "));
     let (ok, out, err) = berthctl(
         &servers,
-        &["service", "create", "client", "--image", &image, "--replicas", "3", "--", "sh", "-c", &client],
+        &["service", "create", "--detach", "client", "--image", &image, "--replicas", "3", "--", "sh", "-c", &client],
     )?;
     ensure!(ok, "{out}{err}");
     wait_for(
@@ -380,8 +383,9 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
 
     // The answers follow the service as it scales up and down.
     for n in [4usize, 3] {
-        let (ok, _, err) = berthctl(&servers, &["service", "scale", &format!("web={n}")])?;
-        ensure!(ok, "{err}");
+        // Server-side, and waited for.
+        let (ok, out, err) = berthctl(&servers, &["service", "scale", &format!("web={n}")])?;
+        ensure!(ok && out.contains(&format!("web converged: {n}/{n} replicas")), "{out}{err}");
         wait_for(Duration::from_secs(30), &format!("{n} web addresses in every node's DNS"), async || {
             let want = running_addresses(&servers, "web").filter(|a| a.len() == n)?;
             for host in &on {
@@ -414,6 +418,7 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         &[
             "service",
             "create",
+            "--detach",
             "solo",
             "--image",
             &image,
@@ -461,7 +466,7 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     // back once it passes again; `service ps` says which and why.
     let serve_ok = format!("mkdir -p /www && echo ok > /www/ok.html && {SERVE}");
     let create = [
-        &["service", "create", "checked", "--image", &image, "--replicas", "2", "--restart", "never"][..],
+        &["service", "create", "--detach", "checked", "--image", &image, "--replicas", "2", "--restart", "never"][..],
         &["--publish", "9180:8080", "--health-http", "8080/ok.html", "--health-interval", "300ms"],
         &["--health-retries", "2", "--", "sh", "-c", &serve_ok],
     ]

@@ -49,8 +49,10 @@ async fn task_containers_reach_each_other_by_address() -> Result<()> {
     let (a, b) = (Agent::new(Some(&registry)), Agent::new(Some(&registry)));
     let daemons = berth_tests::agent::join_ready(&servers, &[(&a, "alpha"), (&b, "beta")]).await?;
 
-    let (ok, out, err) =
-        berthctl(&servers, &["service", "create", "web", "--image", &image, "--replicas", "2", "--", "sh", "-c", WEB])?;
+    let (ok, out, err) = berthctl(
+        &servers,
+        &["service", "create", "--detach", "web", "--image", &image, "--replicas", "2", "--", "sh", "-c", WEB],
+    )?;
     ensure!(ok, "{out}{err}");
     let web = wait_for(Duration::from_secs(60), "2 web tasks running", async || {
         running(&servers, "web").filter(|t| t.len() == 2)
@@ -85,7 +87,7 @@ async fn task_containers_reach_each_other_by_address() -> Result<()> {
     let client = format!("echo map $(cat /proc/self/uid_map); while true; do {}; sleep 0.5; done", fetch.join("; "));
     let (ok, out, err) = berthctl(
         &servers,
-        &["service", "create", "client", "--image", &image, "--userns", "auto", "--", "sh", "-c", &client],
+        &["service", "create", "--detach", "client", "--image", &image, "--userns", "auto", "--", "sh", "-c", &client],
     )?;
     ensure!(ok, "{out}{err}");
     let logs = wait_for(Duration::from_secs(60), "the client to fetch from both web tasks", async || {

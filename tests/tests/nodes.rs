@@ -103,7 +103,16 @@ async fn nodes_join_fail_return_and_leave() -> Result<()> {
     cluster.servers[1].freeze()?;
     let (ok, out, err) = berthctl(
         &servers,
-        &["service", "create", "fresh", "--image", "127.0.0.1:9/none:1", "--constraint", "node.name == beta"],
+        &[
+            "service",
+            "create",
+            "--detach",
+            "fresh",
+            "--image",
+            "127.0.0.1:9/none:1",
+            "--constraint",
+            "node.name == beta",
+        ],
     )?;
     ensure!(ok, "{out}{err}");
     let seen = wait_for(Duration::from_secs(60), "beta to act on its new task", async || {
@@ -211,7 +220,7 @@ async fn services_are_spread_over_ready_nodes_within_constraints_and_capacity() 
     })
     .await?;
     let create = |args: &[&str]| -> Result<()> {
-        let mut all = vec!["service", "create"];
+        let mut all = vec!["service", "create", "--detach"];
         all.extend_from_slice(args);
         let (ok, out, err) = berthctl(&servers, &all)?;
         ensure!(ok, "{out}{err}");
@@ -274,7 +283,7 @@ async fn services_are_spread_over_ready_nodes_within_constraints_and_capacity() 
     let spec = "name: web\nimage: busybox:1.36\nreplicas: 1\nresources: {cpus: 0.5}\n";
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(file.path(), spec)?;
-    berthctl(&servers, &["apply", "-f", file.path().to_str().unwrap_or_default()])?;
+    berthctl(&servers, &["apply", "--detach", "-f", file.path().to_str().unwrap_or_default()])?;
     let web = wait_for(Duration::from_secs(20), "web scaled to 1", placed("web", &[("alpha", 1)])).await?;
     ensure!(web[0].0.starts_with("web.1."), "the lowest slot stays: {web:?}");
     Ok(())

@@ -42,6 +42,7 @@ async fn writes_through_any_server_read_back_everywhere() -> Result<()> {
         &[
             "service",
             "create",
+            "--detach",
             "web",
             "--image",
             "busybox",
@@ -76,12 +77,12 @@ async fn writes_through_any_server_read_back_everywhere() -> Result<()> {
     let file = cluster.dir.path().join("web.yaml");
     std::fs::write(&file, "name: web\nimage: busybox\nreplicas: 2\ncommand: [httpd, -f]\nenv: {A: \"1\"}\nresources: {cpus: 0.5, memory: 64Mi}\nports: [\"8080:80\"]\n")?;
     let f = file.to_str().unwrap_or_default();
-    let (ok, out, err) = berthctl(&addrs, &["apply", "-f", f])?;
+    let (ok, out, err) = berthctl(&addrs, &["apply", "--detach", "-f", f])?;
     ensure!(ok && out.contains("web unchanged (version 1)"), "apply same spec: {out} {err}");
     std::fs::write(&file, "name: web\nimage: busybox\nreplicas: 5\n---\nname: api\nimage: busybox\n")?;
-    let (ok, out, _) = berthctl(&addrs, &["apply", "-f", f])?;
+    let (ok, out, _) = berthctl(&addrs, &["apply", "--detach", "-f", f])?;
     ensure!(ok && out.contains("web updated (version 2)") && out.contains("api created (version 1)"), "apply: {out}");
-    let (ok, out, _) = berthctl(&addrs, &["apply", "-f", f])?;
+    let (ok, out, _) = berthctl(&addrs, &["apply", "--detach", "-f", f])?;
     ensure!(ok && out.contains("web unchanged") && out.contains("api unchanged"), "re-apply: {out}");
 
     let (ok, out, _) = berthctl(&addrs, &["service", "rm", "api"])?;
@@ -105,7 +106,7 @@ async fn writes_through_any_server_read_back_everywhere() -> Result<()> {
     cluster.servers[follower].kill9();
     let st = cluster.status().await?;
     ensure!(st.members.len() == 2 && st.members.iter().all(|m| m.id != id), "after remove: {st:?}");
-    let (ok, _, err) = berthctl(&addrs, &["service", "create", "after-remove", "--image", "busybox"])?;
+    let (ok, _, err) = berthctl(&addrs, &["service", "create", "--detach", "after-remove", "--image", "busybox"])?;
     ensure!(ok, "write after removing a member: {err}");
     let (ok, _, err) = berthctl(&addrs, &["cluster", "remove", "99"])?;
     ensure!(!ok && err.contains("no server with id 99"), "{err}");
@@ -240,7 +241,8 @@ async fn no_quorum_fails_clearly_then_recovers() -> Result<()> {
     ensure!(started.elapsed() < Duration::from_secs(30), "the error comes back instead of hanging");
     ensure!(err.code() == Code::Unavailable && err.message().contains("majority"), "clear error: {err:?}");
     let addrs = cluster.addrs();
-    let (ok, _, msg) = berthctl(&[addrs[survivor].clone()], &["service", "create", "still-no", "--image", "busybox"])?;
+    let (ok, _, msg) =
+        berthctl(&[addrs[survivor].clone()], &["service", "create", "--detach", "still-no", "--image", "busybox"])?;
     ensure!(!ok && msg.contains("majority"), "berthctl says what is wrong: {msg}");
 
     cluster.servers[leader].thaw()?;
@@ -304,14 +306,16 @@ async fn bad_input_is_rejected_and_harmless() -> Result<()> {
     // A spec file with an unknown field: berthctl names it and writes nothing.
     let file = cluster.dir.path().join("bad.yaml");
     std::fs::write(&file, "name: web\nimage: busybox\nreplica: 3\n")?;
-    let (ok, _, err) = berthctl(&cluster.addrs(), &["apply", "-f", file.to_str().unwrap_or_default()])?;
+    let (ok, _, err) = berthctl(&cluster.addrs(), &["apply", "--detach", "-f", file.to_str().unwrap_or_default()])?;
     ensure!(!ok && err.contains("replica"), "unknown field named: {err}");
-    let (ok, _, err) =
-        berthctl(&cluster.addrs(), &["service", "create", "web", "--image", "busybox", "--memory", "lots"])?;
+    let (ok, _, err) = berthctl(
+        &cluster.addrs(),
+        &["service", "create", "--detach", "web", "--image", "busybox", "--memory", "lots"],
+    )?;
     ensure!(!ok && err.contains("--memory"), "bad flag named: {err}");
     // A file whose second service is invalid writes neither.
     std::fs::write(&file, "name: first\nimage: busybox\n---\nname: second\nimage: busybox\nports: [\"80:99999\"]\n")?;
-    let (ok, _, err) = berthctl(&cluster.addrs(), &["apply", "-f", file.to_str().unwrap_or_default()])?;
+    let (ok, _, err) = berthctl(&cluster.addrs(), &["apply", "--detach", "-f", file.to_str().unwrap_or_default()])?;
     ensure!(!ok && err.contains("document 2") && err.contains("ports[0].target"), "{err}");
     let list = c.list_services(ListServicesRequest { stale: false }).await?.into_inner();
     ensure!(list.services.is_empty(), "a rejected file changes nothing: {:?}", list.services);

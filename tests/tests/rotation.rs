@@ -60,7 +60,7 @@ async fn certificates_renew_and_the_root_rotates_while_a_service_runs_and_a_lead
     let daemons = berth_tests::agent::join_ready(&servers, &[(&a, "alpha"), (&b, "beta")]).await?;
     let (ok, out, err) = berthctl(
         &servers,
-        &["service", "create", "web", "--image", &image, "--replicas", "2", "--", "sh", "-c", SERVE],
+        &["service", "create", "--detach", "web", "--image", &image, "--replicas", "2", "--", "sh", "-c", SERVE],
     )?;
     ensure!(ok, "{out}{err}");
     let running = wait_for(Duration::from_secs(60), "2 tasks running", async || {
@@ -115,7 +115,7 @@ async fn certificates_renew_and_the_root_rotates_while_a_service_runs_and_a_lead
     let status = ca_status(&servers).context("ca status during the rotation")?;
     ensure!(status["rotating"] == true || status["trusted"].as_array().is_some_and(|t| t.len() == 1), "{status}");
     // A write while the leader is gone and the rotation goes on.
-    let (ok, out, err) = berthctl(&servers, &["service", "scale", "web=3"])?;
+    let (ok, out, err) = berthctl(&servers, &["service", "scale", "--detach", "web=3"])?;
     ensure!(ok, "{out}{err}");
     cluster.servers[leader].restart()?;
     let done = wait_for(Duration::from_secs(120), "the rotation to finish", async || {

@@ -215,11 +215,11 @@ async fn tokens_admit_their_role_and_users_get_only_their_roles_rights() -> Resu
         confs.insert(role, conf);
     }
     let as_user = |role: &str, args: &[&str]| berthctl_as(&confs[role], &addrs, args).unwrap();
-    let (ok, _, err) = as_user("read", &["service", "create", "web", "--image", "busybox:1.36"]);
+    let (ok, _, err) = as_user("read", &["service", "create", "--detach", "web", "--image", "busybox:1.36"]);
     assert!(!ok && err.contains("needs the operator role"), "{err}");
     let (ok, _, err) = as_user("read", &["service", "ls"]);
     assert!(ok, "{err}");
-    let (ok, _, err) = as_user("operator", &["service", "create", "web", "--image", "busybox:1.36"]);
+    let (ok, _, err) = as_user("operator", &["service", "create", "--detach", "web", "--image", "busybox:1.36"]);
     assert!(ok, "{err}");
     let (ok, _, err) = as_user("operator", &["user", "add", "mallory", "--role", "admin"]);
     assert!(!ok && err.contains("needs the admin role"), "{err}");
@@ -255,7 +255,7 @@ async fn tokens_admit_their_role_and_users_get_only_their_roles_rights() -> Resu
     assert!(c == Code::InvalidArgument && why.contains("env.FAT") && why.contains("at most 32768 bytes"), "{why}");
     // Ports the hosts use are not for services.
     let (ok, _, err) =
-        berthctl(&addrs, &["service", "create", "ssh", "--image", "busybox:1.36", "--publish", "22:22"])?;
+        berthctl(&addrs, &["service", "create", "--detach", "ssh", "--image", "busybox:1.36", "--publish", "22:22"])?;
     assert!(!ok && err.contains("22/tcp cannot be published") && err.contains("1024-65535"), "{err}");
     let listed = admin.list_services(ListServicesRequest::default()).await?.into_inner().services;
     let names: Vec<String> = listed.into_iter().filter_map(|s| s.spec.map(|s| s.name)).collect();
@@ -339,7 +339,7 @@ async fn autolock_keeps_a_restarted_server_locked_until_it_is_given_the_key() ->
     let key = out.split_whitespace().find(|w| w.starts_with("BERTH-UNLOCK-1-")).context("no key printed")?.to_owned();
     let (_, quiet, _) = berthctl(&addrs, &["cluster", "unlock-key", "-q"])?;
     assert_eq!(quiet.trim(), key);
-    let (ok, _, err) = berthctl(&addrs, &["service", "create", "locked-in", "--image", "busybox:1.36"])?;
+    let (ok, _, err) = berthctl(&addrs, &["service", "create", "--detach", "locked-in", "--image", "busybox:1.36"])?;
     assert!(ok, "{err}");
     wait_for(Duration::from_secs(30), "every server's store key sealed", async || {
         (0..3).all(|i| key_file(i).contains("\"sealed\"")).then_some(())

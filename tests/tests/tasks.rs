@@ -85,7 +85,8 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
     let events = berthctl_background(&servers, cluster.dir.path().join("events.log"), &["events"])?;
     // A change made once the stream is there, so none of what follows is missed.
     wait_for(Duration::from_secs(30), "the events stream", async || {
-        let _ = berthctl(&servers, &["service", "create", "probe", "--image", "probe:1", "--replicas", "0"]);
+        let _ =
+            berthctl(&servers, &["service", "create", "--detach", "probe", "--image", "probe:1", "--replicas", "0"]);
         events.log_text().contains(" service create probe ").then_some(())
     })
     .await?;
@@ -96,7 +97,7 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
     let daemons = berth_tests::agent::join_ready(&servers, &[(&a, "alpha"), (&b, "beta")]).await?;
     let (ok, out, err) = berthctl(
         &servers,
-        &["service", "create", "web", "--image", &image, "--replicas", "3", "--", "sh", "-c", SERVE],
+        &["service", "create", "--detach", "web", "--image", &image, "--replicas", "3", "--", "sh", "-c", SERVE],
     )?;
     ensure!(ok, "{out}{err}");
     let running = wait_for(Duration::from_secs(60), "3 tasks running", async || {
@@ -206,7 +207,7 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
         ),
     )?;
     let before: Vec<String> = tasks(&servers, "web").context("tasks")?.into_keys().collect();
-    let (ok, out, err) = berthctl(&servers, &["apply", "-f", spec.to_str().context("path")?])?;
+    let (ok, out, err) = berthctl(&servers, &["apply", "--detach", "-f", spec.to_str().context("path")?])?;
     ensure!(ok && out.contains("updated"), "{out}{err}");
     wait_for(Duration::from_secs(120), "the update to roll out", async || {
         let all = all_tasks(&servers, "web")?;
@@ -251,7 +252,7 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
     // are still starting, so their agents' reports (and whatever placement
     // the old leader had not committed) go through the new leader.
     let leader = cluster.leader().await?;
-    let (ok, out, err) = berthctl(&servers, &["service", "scale", "web=6"])?;
+    let (ok, out, err) = berthctl(&servers, &["service", "scale", "--detach", "web=6"])?;
     ensure!(ok, "{out}{err}");
     cluster.servers[leader].kill9();
     wait_for(Duration::from_secs(60), "6 tasks running after the leader died", async || {
@@ -262,9 +263,9 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
     .with_context(|| cluster.logs())?;
 
     // Scale down: the highest slots go, their containers with them.
-    let (ok, _, err) = berthctl(&servers, &["service", "create", "web", "--image", &image])?;
+    let (ok, _, err) = berthctl(&servers, &["service", "create", "--detach", "web", "--image", &image])?;
     ensure!(!ok && err.contains("already exists"), "{err}");
-    let (ok, out, err) = berthctl(&servers, &["service", "scale", "web=1"])?;
+    let (ok, out, err) = berthctl(&servers, &["service", "scale", "--detach", "web=1"])?;
     ensure!(ok && out.contains("scaled to 1"), "{out}{err}");
     wait_for(Duration::from_secs(60), "one container left", async || {
         let c = containers(&[&a, &b]);
@@ -277,7 +278,8 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
     let on_alpha = ["--replicas", "1", "--constraint", "node.name == alpha"];
     let stubborn = "trap '' TERM; echo stubborn; while true; do sleep 0.2; done";
     let create = |name: &str, command: &str| {
-        let args = [&["service", "create", name, "--image", &image][..], &on_alpha, &["--", "sh", "-c", command]];
+        let args =
+            [&["service", "create", "--detach", name, "--image", &image][..], &on_alpha, &["--", "sh", "-c", command]];
         berthctl(&servers, &args.concat())
     };
     let (ok, out, err) = create("stubborn", stubborn)?;
@@ -289,7 +291,7 @@ async fn tasks_run_restart_scale_and_go_away() -> Result<()> {
         on("stubborn")
     })
     .await?;
-    let (ok, out, err) = berthctl(&servers, &["service", "scale", "stubborn=0"])?;
+    let (ok, out, err) = berthctl(&servers, &["service", "scale", "--detach", "stubborn=0"])?;
     ensure!(ok, "{out}{err}");
     let (ok, out, err) = create("quick", SERVE)?;
     ensure!(ok, "{out}{err}");
@@ -329,7 +331,7 @@ async fn a_task_that_keeps_failing_is_restarted_with_backoff() -> Result<()> {
     let agent = Agent::new(Some(&registry));
     let daemon = agent.join(&servers, "solo", &[])?;
     let (ok, out, err) =
-        berthctl(&servers, &["service", "create", "crash", "--image", &image, "--", "sh", "-c", CRASH])?;
+        berthctl(&servers, &["service", "create", "--detach", "crash", "--image", &image, "--", "sh", "-c", CRASH])?;
     ensure!(ok, "{out}{err}");
     // Restarts at once, then after 0.1, 0.2, 0.4, 0.8, 1.6, 3.2 s...: about
     // seven in the first 6.3 s, and never a tight loop.
@@ -365,7 +367,8 @@ async fn a_full_disk_fails_the_task_with_its_reason_and_the_node_stays_ready() -
     // Where images are kept: too small for this one.
     let disk = berth_tests::disk::Tmpfs::mount(&agent.data.path().join("images"), "256k")?;
     let _daemons = berth_tests::agent::join_ready(&servers, &[(&agent, "full")]).await?;
-    let (ok, out, err) = berthctl(&servers, &["service", "create", "web", "--image", &image, "--", "sh", "-c", SERVE])?;
+    let (ok, out, err) =
+        berthctl(&servers, &["service", "create", "--detach", "web", "--image", &image, "--", "sh", "-c", SERVE])?;
     ensure!(ok, "{out}{err}");
     let failed = wait_for(Duration::from_secs(60), "the task to fail for want of space", async || {
         let (_, out, _) = berthctl(&servers, &["service", "ps", "web", "-o", "json"]).ok()?;
@@ -415,18 +418,22 @@ async fn a_service_replaces_its_images_entrypoint_user_and_workdir() -> Result<(
     let daemons = berth_tests::agent::join_ready(&servers, &[(&agent, "solo")]).await?;
     let script = "echo overridden; id -u; id -g; pwd; sleep 600";
     let args = ["--entrypoint", "sh", "--user", "1000:2000", "--workdir", "/tmp", "--", "-c", script];
-    let (ok, out, err) =
-        berthctl(&servers, &[&["service", "create", "shell", "--image", &reference][..], &args[..]].concat())?;
+    let (ok, out, err) = berthctl(
+        &servers,
+        &[&["service", "create", "--detach", "shell", "--image", &reference][..], &args[..]].concat(),
+    )?;
     ensure!(ok, "{out}{err}");
     let (ok, out, err) =
-        berthctl(&servers, &["service", "create", "plain", "--image", &reference, "--restart", "never"])?;
+        berthctl(&servers, &["service", "create", "--detach", "plain", "--image", &reference, "--restart", "never"])?;
     ensure!(ok, "{out}{err}");
     let locked = "grep CapEff /proc/self/status; hostname; touch /x 2>&1; sleep 600";
     let args = ["--entrypoint", "sh", "--cap-drop", "ALL", "--cap-add", "net_bind_service", "--read-only"];
     let stop = ["--stop-signal", "usr1", "--stop-grace-period", "1m"];
     let args = [&args[..], &stop[..], &["--hostname", "web-host", "--", "-c", locked]].concat();
-    let (ok, out, err) =
-        berthctl(&servers, &[&["service", "create", "locked", "--image", &reference][..], &args[..]].concat())?;
+    let (ok, out, err) = berthctl(
+        &servers,
+        &[&["service", "create", "--detach", "locked", "--image", &reference][..], &args[..]].concat(),
+    )?;
     ensure!(ok, "{out}{err}");
     let logs = |service: &str| berthctl(&servers, &["service", "logs", service]).map(|r| r.1).unwrap_or_default();
     wait_for(Duration::from_secs(60), "the services' output", async || {
@@ -464,13 +471,17 @@ async fn a_service_replaces_its_images_entrypoint_user_and_workdir() -> Result<(
         &["--tmpfs", "/cache:size=1Mi", "--entrypoint", "sh", "--", "-c", seen],
     ]
     .concat();
-    let (ok, out, err) =
-        berthctl(&servers, &[&["service", "create", "opts", "--image", &reference][..], &opts[..]].concat())?;
+    let (ok, out, err) = berthctl(
+        &servers,
+        &[&["service", "create", "--detach", "opts", "--image", &reference][..], &opts[..]].concat(),
+    )?;
     ensure!(ok, "{out}{err}");
     // A task that keeps failing is given up on after its max attempts.
     let crashy = ["--restart-max-attempts", "2", "--entrypoint", "sh", "--", "-c", "exit 3"];
-    let (ok, out, err) =
-        berthctl(&servers, &[&["service", "create", "crashy", "--image", &reference][..], &crashy[..]].concat())?;
+    let (ok, out, err) = berthctl(
+        &servers,
+        &[&["service", "create", "--detach", "crashy", "--image", &reference][..], &crashy[..]].concat(),
+    )?;
     ensure!(ok, "{out}{err}");
     wait_for(Duration::from_secs(60), "opts' output", async || logs("opts").contains("/cache").then_some(())).await?;
     let said = logs("opts");
@@ -500,10 +511,17 @@ async fn a_service_replaces_its_images_entrypoint_user_and_workdir() -> Result<(
     wait_for(Duration::from_secs(60), "crashy given up after 2 restarts", async || exited_after(2)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     ensure!(exited_after(2).is_some(), "crashy was restarted again");
-    let (ok, _, err) = berthctl(&servers, &["service", "create", "bad", "--image", &reference, "--workdir", "tmp"])?;
+    let (ok, _, err) =
+        berthctl(&servers, &["service", "create", "--detach", "bad", "--image", &reference, "--workdir", "tmp"])?;
     ensure!(!ok && err.contains("workdir") && err.contains("absolute path"), "{err}");
-    let (ok, _, err) = berthctl(&servers, &["service", "create", "bad", "--image", &reference, "--cap-add", "fly"])?;
+    let (ok, _, err) =
+        berthctl(&servers, &["service", "create", "--detach", "bad", "--image", &reference, "--cap-add", "fly"])?;
     ensure!(!ok && err.contains("cap_add[0]") && err.contains("FLY"), "{err}");
+    // A create waits for its tasks, and fails with the reason when one cannot run.
+    let missing = format!("{}/nope:1", registry.addr);
+    let (ok, out, err) = berthctl(&servers, &["service", "create", "missing", "--image", &missing])?;
+    ensure!(!ok && err.contains("task missing.1.1 failed") && err.contains("not found"), "{out}{err}");
+    ensure!(out.contains("service missing created (version 1); waiting"), "{out}");
     drop(daemons);
     Ok(())
 }
@@ -519,9 +537,12 @@ async fn a_failed_rollout_rolls_back_on_its_own_and_updates_go_by_their_config()
     let serve = "touch /tmp/ready; echo v=$V; exec sleep 600";
     let health = ["--health-cmd", "test -f /tmp/ready", "--health-interval", "300ms", "--health-retries", "1"];
     let rollout = ["--update-parallelism", "2", "--update-monitor", "1s", "--rollback-monitor", "1s"];
-    let create =
-        [&["service", "create", "web", "--image", &image, "--replicas", "3", "-e", "V=1"][..], &health, &rollout]
-            .concat();
+    let create = [
+        &["service", "create", "--detach", "web", "--image", &image, "--replicas", "3", "-e", "V=1"][..],
+        &health,
+        &rollout,
+    ]
+    .concat();
     let (ok, out, err) = berthctl(&servers, &[&create[..], &["--", "sh", "-c", serve]].concat())?;
     ensure!(ok, "{out}{err}");
     let healthy = |servers: &[String]| -> Option<Vec<String>> {

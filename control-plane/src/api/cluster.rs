@@ -22,6 +22,8 @@ pub struct ClusterApi {
     pub node: Arc<Node>,
     /// Each caller's open log follows and event watches.
     watches: Quota,
+    /// What every member reads, for commands newer releases add.
+    levels: super::levels::Levels,
 }
 
 /// Marks a request that a server passed on, so it is not passed on again.
@@ -37,7 +39,11 @@ fn name_arg(name: &str) -> Result<(), Status> {
 
 impl ClusterApi {
     pub fn new(node: Arc<Node>, watches_per_caller: usize) -> Self {
-        Self { node, watches: Quota::new("log streams and event watches", watches_per_caller) }
+        Self {
+            node,
+            watches: Quota::new("log streams and event watches", watches_per_caller),
+            levels: Default::default(),
+        }
     }
 
     /// A permit for one more open-ended stream of the caller.
@@ -86,6 +92,7 @@ impl ClusterApi {
             last_log_index: m.last_log_index,
             snapshot_index: m.snapshot.map(|l| l.index),
             members,
+            reads: crate::state::READS,
         }
     }
 }
@@ -103,6 +110,31 @@ impl Cluster for ClusterApi {
         self.allow(&req, Access::Operator, "updating a service")?;
         let spec = spec_from_request(req.into_inner().spec).map_err(invalid)?;
         let (service, _) = self.write_service(Command::UpdateService(spec)).await?;
+        Ok(Response::new(ServiceReply { service: Some(service), endpoints: vec![] }))
+    }
+
+    async fn scale_service(&self, req: Request<ScaleServiceRequest>) -> Result<Response<ServiceReply>, Status> {
+        self.allow(&req, Access::Operator, "scaling a service")?;
+        let ScaleServiceRequest { name, replicas } = req.into_inner();
+        name_arg(&name)?;
+        let max = berth_proto::model::MAX_REPLICAS;
+        let replicas = u32::try_from(replicas)
+            .ok()
+            .filter(|r| *r <= max)
+            .ok_or_else(|| invalid(InvalidField::new("replicas", replicas, format!("an integer from 0 to {max}"))))?;
+        let cmd = if self.levels.cluster(&self.node).await >= 1 {
+            Command::ScaleService { name, replicas }
+        } else {
+            // A member of the release before: the spec as read now, with
+            // the new count (a change meanwhile may be lost, as before).
+            let spec = match self.node.read(Query::GetService(name.clone()), false).await? {
+                QueryReply::Service(Some(s), _) => s.spec,
+                QueryReply::Service(None, _) => return Err(crate::state::Rejection::NotFound(name).into()),
+                other => return Err(Status::internal(format!("unexpected query reply {other:?}"))),
+            };
+            Command::UpdateService(berth_proto::model::ServiceSpec { replicas, ..spec })
+        };
+        let (service, _) = self.write_service(cmd).await?;
         Ok(Response::new(ServiceReply { service: Some(service), endpoints: vec![] }))
     }
 

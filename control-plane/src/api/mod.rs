@@ -8,6 +8,7 @@ mod access;
 mod agent;
 mod auth;
 mod cluster;
+mod levels;
 mod raft;
 mod streams;
 

@@ -108,6 +108,14 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
                 }
             }
         }
+        // An update of the spec as it is now, but for its replicas.
+        Command::ScaleService { name, replicas } => match state.services.get(name) {
+            Some(svc) => {
+                let spec = ServiceSpec { replicas: *replicas, ..svc.spec.clone() };
+                apply(state, &Command::UpdateService(spec))
+            }
+            None => Response::Rejected(Rejection::NotFound(name.clone())),
+        },
         Command::DeleteService { name } => match state.services.remove(name) {
             Some(_) => {
                 // Its tasks stop now, so a service created again under the
@@ -575,6 +583,32 @@ mod tests {
             Response::Service { service, outcome } => (service.version, outcome),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_scale_changes_the_count_alone_and_keeps_an_update_made_meanwhile() {
+        let mut s = State::default();
+        apply(&mut s, &Command::CreateService(spec("web", 1)));
+        // Another client changed the image after this one read the spec.
+        apply(&mut s, &Command::UpdateService(ServiceSpec { image: "busybox:2".into(), ..spec("web", 1) }));
+        let scale = |replicas| Command::ScaleService { name: "web".into(), replicas };
+        assert_eq!(outcome(apply(&mut s, &scale(4))), (3, Outcome::Updated));
+        let svc = &s.services["web"];
+        assert_eq!((svc.spec.replicas, svc.spec.image.as_str()), (4, "busybox:2"));
+        assert_eq!(s.templates["web"], 2, "a count is no new template: nothing rolls");
+        assert_eq!(outcome(apply(&mut s, &scale(4))), (3, Outcome::Unchanged));
+        let r = apply(&mut s, &Command::ScaleService { name: "api".into(), replicas: 1 });
+        assert_eq!(r, Response::Rejected(Rejection::NotFound("api".into())));
+        // Checked as any spec is: no count for a global service.
+        apply(
+            &mut s,
+            &Command::CreateService(ServiceSpec { mode: berth_proto::model::Mode::Global, ..spec("all", 0) }),
+        );
+        let r = apply(&mut s, &Command::ScaleService { name: "all".into(), replicas: 2 });
+        assert!(matches!(&r, Response::Rejected(Rejection::Invalid(e)) if e.field == "replicas"), "{r:?}");
+        // The entry as the log carries it.
+        let json = serde_json::to_string(&scale(2)).unwrap();
+        assert_eq!(json, r#"{"ScaleService":{"name":"web","replicas":2}}"#);
     }
 
     #[test]

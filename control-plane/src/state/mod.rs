@@ -26,6 +26,11 @@ pub use apply::apply;
 pub use query::{query, Query, QueryReply};
 pub use trust::{Access, JoinRole, Rotation, Trust, User};
 
+/// The newest commands this release applies, as a level that only goes up:
+/// 1 reads `ScaleService`. A command of a level is written only while every
+/// member reads it (`api::levels`), so one release apart interoperate.
+pub const READS: u32 = 1;
+
 /// Everything the cluster agrees on: services, nodes and tasks; IPAM joins later.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -89,6 +94,13 @@ pub enum Command {
     UpdateService(ServiceSpec),
     /// Create or update, whichever applies: idempotent.
     ApplyService(ServiceSpec),
+    /// Only the replica count changes, whatever else changed meanwhile.
+    /// Precondition: the service exists. Written only once every member
+    /// reads it (`READS` >= 1, see `api::levels`).
+    ScaleService {
+        name: String,
+        replicas: u32,
+    },
     /// Precondition: the service exists.
     DeleteService {
         name: String,
