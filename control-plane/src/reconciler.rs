@@ -79,6 +79,12 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
         slots.sort_by_key(|t| t.generation);
     }
 
+    // Services with a move given up lately, and until when they wait.
+    let mut held_back: BTreeMap<&str, u64> = BTreeMap::new();
+    for t in state.tasks.values().filter(|t| abandoned_lately(t, now)) {
+        let until = t.since_ms.saturating_add(MOVE_BACKOFF_MS);
+        held_back.entry(&t.service).and_modify(|u| *u = (*u).max(until)).or_insert(until);
+    }
     let mut created: Vec<Task> = Vec::new();
     // Services that may have a replica moved (see `calm_service`).
     let mut calm = Vec::new();
@@ -95,6 +101,7 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
         let spec_now = rolling_back.then(|| TaskSpec::from(&service.spec));
         let fresh = |t: &Task| t.version >= current || spec_now.as_ref().is_some_and(|s| t.spec == *s);
         let (mut new_tasks, mut in_flight, mut outdated) = (Vec::new(), 0, BTreeMap::new());
+        let monitor = service.spec.update_config.monitor_ms;
         let wanted = wanted_slots(state, service, &slots);
         let make = |slot: u32| Task {
             pin: wanted.get(&slot).cloned().flatten(),
@@ -106,6 +113,14 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
                 in_flight += 1;
                 continue;
             };
+            // A move (a successor of the old task's version, see
+            // `rebalance`) that failed is given up: the old task serves on,
+            // and the service draws no move for a while (`MOVE_BACKOFF_MS`).
+            let moving = !older.is_empty() && older.iter().all(|o| o.version == newest.version);
+            if let Some(why) = moving.then(|| rollout::failure(newest, monitor, now)).flatten() {
+                plan.stop(newest, format!("{ABANDONED}{why}"));
+                continue;
+            }
             if !older.is_empty() {
                 // A successor exists. The old ones go once it serves, or at
                 // once if they do not run themselves (they serve no one).
@@ -120,9 +135,12 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
                     }
                 }
                 // One made for a spec that has changed again is dropped, so
-                // a fixed spec can roll out past one that never ran.
+                // a fixed spec can roll out past one that never ran; one
+                // that serves (its old ones go now) waits its turn.
                 if fresh(newest) {
                     new_tasks.push(*newest);
+                } else if newest.serving() {
+                    outdated.insert(slot, *newest);
                 } else {
                     plan.stop(newest, "superseded by a newer spec".into());
                 }
@@ -151,8 +169,15 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
             in_flight,
         };
         let decided = rollout::decide(&view, now);
+        // A global task is replaced on its own node, stop-first (as a
+        // Kubernetes DaemonSet's by default): its node might not have room
+        // for two.
+        let order = match service.spec.mode {
+            Mode::Replicated => rollout::config(&view).order,
+            Mode::Global => Order::StopFirst,
+        };
         for slot in decided.replace {
-            match (rollout::config(&view).order, outdated.get(&slot)) {
+            match (order, outdated.get(&slot)) {
                 (Order::StartFirst, _) => created.push(make(slot)),
                 // Its successor comes once the slot has no live task.
                 (Order::StopFirst, Some(old)) => plan.stop(old, format!("updating to version {current}")),
@@ -169,17 +194,17 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let unwanted = match service.spec.mode {
-            Mode::Replicated => "scaled down",
-            Mode::Global => "its node no longer meets the service's constraints",
-        };
         for (_, tasks) in slots.iter().filter(|(slot, _)| !wanted.contains_key(slot)) {
             for t in tasks {
-                plan.stop(t, unwanted.into());
+                plan.stop(t, unwanted(state, t));
             }
         }
         // Nothing outdated (so nothing replaced) and nothing in flight.
-        if outdated.is_empty() && in_flight == 0 && slots.len() == wanted.len() {
+        let backing_off = held_back.get(name.as_str()).copied();
+        if let Some(until) = backing_off {
+            out.wake_at = Some(out.wake_at.map_or(until, |w| w.min(until)));
+        }
+        if outdated.is_empty() && in_flight == 0 && slots.len() == wanted.len() && backing_off.is_none() {
             calm.extend(calm_service(service, &slots));
         }
     }
@@ -206,12 +231,38 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
         let node_gone =
             t.node.as_ref().is_none_or(|id| state.nodes.get(id).is_none_or(|n| n.status == NodeStatus::Down));
         let ended = matches!(t.state, TaskState::Shutdown | TaskState::Exited | TaskState::Failed);
-        if ended || node_gone {
+        // A move given up is kept a while: it holds its service's next one back.
+        if (ended || node_gone) && !abandoned_lately(t, now) {
             changes.push(TaskChange::Remove { id: t.id.clone() });
         }
     }
     out.changes = changes;
     out
+}
+
+/// How a task of a failed move is stopped (and known again).
+const ABANDONED: &str = "rebalance abandoned: ";
+
+/// How long after a failed move its service draws no other.
+pub const MOVE_BACKOFF_MS: u64 = 60_000;
+
+/// A task of a move given up less than `MOVE_BACKOFF_MS` ago.
+fn abandoned_lately(t: &Task, now: u64) -> bool {
+    t.desired == Desired::Shutdown
+        && t.message.starts_with(ABANDONED)
+        && now < t.since_ms.saturating_add(MOVE_BACKOFF_MS)
+}
+
+/// Why a task whose slot the service no longer wants stops: scaled down,
+/// or (global) what became of its node.
+fn unwanted(state: &State, t: &Task) -> String {
+    let Some(id) = &t.pin else { return "scaled down".into() };
+    match state.nodes.get(id) {
+        None => format!("node {id} was removed"),
+        Some(n) if n.status == NodeStatus::Down => format!("node {} is down", n.name),
+        Some(n) if !n.schedulable() => format!("node {} is drained", n.name),
+        Some(n) => format!("node {} no longer meets the service's constraints", n.name),
+    }
 }
 
 /// A service whose replicas may be moved to even out its spread, with its
@@ -226,7 +277,10 @@ fn calm_service<'a>(
     slots: &BTreeMap<u32, Vec<&'a Task>>,
 ) -> Option<(&'a Service, Vec<&'a Task>, u64)> {
     let spec = &service.spec;
-    let rolling = service.rollout.as_ref().is_some_and(|r| r.state.moving() || r.state == RolloutState::Paused);
+    let rolling = service
+        .rollout
+        .as_ref()
+        .is_some_and(|r| r.state.moving() || matches!(r.state, RolloutState::Paused | RolloutState::RollbackPaused));
     let eligible = spec.mode == Mode::Replicated
         && spec.placement.rebalance
         && spec.update_config.order == Order::StartFirst

@@ -512,7 +512,7 @@ async fn run(cli: Cli) -> Result<String> {
             for target in targets {
                 let (name, replicas) = spec::parse_scale(&target)?;
                 let version = scale(&client, &name, replicas).await?;
-                done.push((name, version, "scaled".to_owned()));
+                done.push((name, version, format!("scaled to {replicas}")));
             }
             converge(&client, &done, detach).await
         }

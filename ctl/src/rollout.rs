@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use berth_proto::model::{Desired, Mode, RolloutState, Service, TaskInfo, TaskState};
+use berth_proto::model::{Desired, Mode, NodeInfo, RestartPolicy, RolloutState, Service, TaskInfo, TaskState};
 use berth_proto::pb::cluster as pb;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
@@ -161,14 +161,14 @@ enum Standing {
 /// Whether `service` has converged towards `goal`: done once nothing is
 /// being replaced and every replica serves; failed when the rollout paused,
 /// or (for an update) was rolled back.
-fn standing(service: &Service, tasks: &[TaskInfo], goal: Goal) -> Standing {
+/// A global service wants a task on each of its `eligible` nodes.
+fn standing(service: &Service, tasks: &[TaskInfo], goal: Goal, eligible: usize) -> Standing {
     let (Goal::Update { version } | Goal::Rollback { version }) = goal;
     let wanted: Vec<&TaskInfo> = tasks.iter().filter(|t| t.task.desired == Desired::Running).collect();
     let serving = wanted.iter().filter(|t| t.task.serving()).count();
-    // A global service wants a task per slot it has (one per eligible node).
     let replicas = match service.spec.mode {
         Mode::Replicated => service.spec.replicas as usize,
-        Mode::Global => wanted.iter().map(|t| t.task.slot).collect::<std::collections::BTreeSet<_>>().len(),
+        Mode::Global => eligible,
     };
     let rollout = service.rollout.as_ref().filter(|r| r.version >= version);
     let why =
@@ -188,13 +188,12 @@ fn standing(service: &Service, tasks: &[TaskInfo], goal: Goal) -> Standing {
             _ => {}
         }
     }
-    // No rollout (a new service, a scale): a task of this version that
-    // could not run (its image, command, resources) fails the wait, as a
-    // failed new task would fail a rollout; a crashing one is restarted.
+    // No rollout (a new service, a scale): a task that could not run (its
+    // image, command, resources) or ended for good fails the wait, as it
+    // would fail a rollout; a crashing one is restarted.
     if rollout.is_none() {
-        let failed = wanted.iter().find(|t| t.task.version >= version && t.task.state == TaskState::Failed);
-        if let Some(t) = failed {
-            return Standing::Failed(format!("task {} failed: {}", t.task.id, t.task.message));
+        if let Some(why) = wanted.iter().find_map(|t| ended(t, service)) {
+            return Standing::Failed(why);
         }
     }
     // Completed (some failures borne, maybe), or every replica serves.
@@ -209,6 +208,26 @@ fn standing(service: &Service, tasks: &[TaskInfo], goal: Goal) -> Standing {
     }
 }
 
+/// Why a task meant to run will not serve without a change, if so.
+fn ended(t: &TaskInfo, service: &Service) -> Option<String> {
+    let t = &t.task;
+    let again = match service.spec.restart {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => t.exit_code != Some(0),
+        RestartPolicy::Never => false,
+    };
+    match t.state {
+        TaskState::Failed => Some(format!("task {} failed: {}", t.id, t.message)),
+        TaskState::Exited if !again => Some(format!(
+            "task {} exited with {} and is not restarted (restart {})",
+            t.id,
+            t.exit_code.unwrap_or(-1),
+            service.spec.restart
+        )),
+        _ => None,
+    }
+}
+
 /// A task as the wait prints it: `web.2.3  running (healthy)  node-1`.
 fn line(t: &TaskInfo) -> String {
     let state = match t.task.health {
@@ -220,6 +239,20 @@ fn line(t: &TaskInfo) -> String {
     format!("{:<16} {:<20} {node}{message}", t.task.id, state)
 }
 
+/// The nodes a global service runs on: ready, active, within its constraints.
+async fn eligible_nodes(client: &Client, service: &Service) -> Result<usize> {
+    let reply =
+        client.call("list nodes", async |mut c| c.list_nodes(pb::ListNodesRequest { stale: false }).await).await?;
+    let mut n = 0;
+    for node in reply.nodes {
+        let node = NodeInfo::try_from(node).context("the server sent an invalid node")?.node;
+        n += usize::from(
+            node.schedulable() && service.spec.constraints.iter().all(|c| c.allows(&node.name, &node.labels)),
+        );
+    }
+    Ok(n)
+}
+
 /// Polls `name` until it has converged towards `goal` (Ok, with a last
 /// line) or its rollout failed (Err), printing each task as it moves.
 pub async fn wait(client: &Client, name: &str, goal: Goal) -> Result<String> {
@@ -229,6 +262,10 @@ pub async fn wait(client: &Client, name: &str, goal: Goal) -> Result<String> {
         let reply = client.call("inspect service", async |mut c| c.get_service(req.clone()).await).await?;
         let service = crate::to_model(reply.service)?;
         let tasks = crate::list_tasks(client, name, false).await?;
+        let eligible = match service.spec.mode {
+            Mode::Global => eligible_nodes(client, &service).await?,
+            Mode::Replicated => 0,
+        };
         for t in &tasks {
             let now = line(t);
             if shown.get(&t.task.id) != Some(&now) {
@@ -236,7 +273,7 @@ pub async fn wait(client: &Client, name: &str, goal: Goal) -> Result<String> {
                 shown.insert(t.task.id.clone(), now);
             }
         }
-        match standing(&service, &tasks, goal) {
+        match standing(&service, &tasks, goal, eligible) {
             Standing::Moving => tokio::time::sleep(Duration::from_millis(200)).await,
             Standing::Done(said) => return Ok(format!("{said}\n")),
             Standing::Failed(why) => bail!("service {name}: {why}"),
@@ -284,21 +321,21 @@ mod tests {
     fn converged_only_when_nothing_moves_and_every_replica_serves() {
         let both = [task(1, None), task(2, Some(HealthState::Healthy))];
         let goal = Goal::Update { version: 2 };
-        assert_eq!(standing(&service(2, Some((RolloutState::Updating, 2))), &both, goal), Standing::Moving);
-        let done = standing(&service(2, Some((RolloutState::Completed, 2))), &both, goal);
+        assert_eq!(standing(&service(2, Some((RolloutState::Updating, 2))), &both, goal, 0), Standing::Moving);
+        let done = standing(&service(2, Some((RolloutState::Completed, 2))), &both, goal, 0);
         assert_eq!(done, Standing::Done("web converged: 2/2 replicas serve version 2".into()));
         // A change without a rollout (replicas) waits for every replica to serve.
         let starting = [task(1, None), task(2, Some(HealthState::Starting))];
         assert_eq!(
-            standing(&service(3, Some((RolloutState::Completed, 2))), &starting, Goal::Update { version: 3 }),
+            standing(&service(3, Some((RolloutState::Completed, 2))), &starting, Goal::Update { version: 3 }, 0),
             Standing::Moving
         );
         // A completed rollout is done, failures it bore and all.
-        let done = standing(&service(2, Some((RolloutState::Completed, 2))), &starting, goal);
+        let done = standing(&service(2, Some((RolloutState::Completed, 2))), &starting, goal, 0);
         assert_eq!(done, Standing::Done("web converged: 1/2 replicas serve version 2".into()));
         assert_eq!(
-            standing(&service(3, None), &both, Goal::Update { version: 3 }),
-            standing(&service(3, None), &both, goal)
+            standing(&service(3, None), &both, Goal::Update { version: 3 }, 0),
+            standing(&service(3, None), &both, goal, 0)
         );
     }
 
@@ -306,17 +343,17 @@ mod tests {
     fn a_paused_or_rolled_back_rollout_fails_the_wait() {
         let both = [task(1, None), task(2, None)];
         let goal = Goal::Update { version: 2 };
-        let paused = standing(&service(2, Some((RolloutState::Paused, 2))), &both, goal);
+        let paused = standing(&service(2, Some((RolloutState::Paused, 2))), &both, goal, 0);
         assert_eq!(paused, Standing::Failed("the rollout of version 2 paused: web.1.2 failed".into()));
         // Rolled back to version 3 (the previous spec again): moving, then failed.
-        assert_eq!(standing(&service(3, Some((RolloutState::RollingBack, 3))), &both, goal), Standing::Moving);
-        let back = standing(&service(3, Some((RolloutState::RolledBack, 3))), &both, goal);
+        assert_eq!(standing(&service(3, Some((RolloutState::RollingBack, 3))), &both, goal, 0), Standing::Moving);
+        let back = standing(&service(3, Some((RolloutState::RolledBack, 3))), &both, goal, 0);
         assert_eq!(back, Standing::Failed("rolled back: web.1.2 failed".into()));
         // A rollback asked for is done when rolled back.
-        let asked = standing(&service(3, Some((RolloutState::RolledBack, 3))), &both, Goal::Rollback { version: 3 });
+        let asked = standing(&service(3, Some((RolloutState::RolledBack, 3))), &both, Goal::Rollback { version: 3 }, 0);
         assert!(matches!(asked, Standing::Done(_)));
         // An update that went back to the previous spec by itself is done.
-        let same = standing(&service(3, Some((RolloutState::RolledBack, 3))), &both, Goal::Update { version: 3 });
+        let same = standing(&service(3, Some((RolloutState::RolledBack, 3))), &both, Goal::Update { version: 3 }, 0);
         assert!(matches!(same, Standing::Done(_)), "{same:?}");
     }
 
@@ -330,16 +367,25 @@ mod tests {
         new.spec.replicas = 2;
         let mut running = task(1, None);
         running.task.version = 1;
-        let got = standing(&new, &[running.clone(), failed], Goal::Update { version: 1 });
+        let got = standing(&new, &[running.clone(), failed], Goal::Update { version: 1 }, 0);
         assert_eq!(got, Standing::Failed("task web.2.2 failed: pulling r:5000/web:9: manifest unknown".into()));
-        // A global service has no count: one serving task per slot it has.
+        // A task that exited and is not restarted (restart never) ends it too.
+        let mut done = task(1, None);
+        (done.task.version, done.task.state, done.task.exit_code) = (1, TaskState::Exited, Some(0));
+        new.spec.restart = RestartPolicy::Never;
+        let got = standing(&new, &[done], Goal::Update { version: 1 }, 0);
+        assert_eq!(got, Standing::Failed("task web.1.2 exited with 0 and is not restarted (restart never)".into()));
+        // A global service wants a task on every eligible node: not done
+        // before the leader has made them.
         new.spec.mode = Mode::Global;
         new.spec.replicas = 0;
         let three: Vec<TaskInfo> = (1..=3)
             .map(|slot| TaskInfo { task: Task { version: 1, ..task(slot, None).task }, ..running.clone() })
             .collect();
+        assert_eq!(standing(&new, &[], Goal::Update { version: 1 }, 3), Standing::Moving);
+        assert_eq!(standing(&new, &three[..2], Goal::Update { version: 1 }, 3), Standing::Moving);
         assert_eq!(
-            standing(&new, &three, Goal::Update { version: 1 }),
+            standing(&new, &three, Goal::Update { version: 1 }, 3),
             Standing::Done("web converged: 3/3 replicas serve version 1".into())
         );
     }

@@ -147,6 +147,7 @@ async fn rebalanced(servers: &[String], service: &str, n: usize) -> Result<()> {
     loop {
         let Some(t) = tasks(servers, service) else {
             ensure!(std::time::Instant::now() < deadline, "service ps failed until the deadline");
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         looks += 1;

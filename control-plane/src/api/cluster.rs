@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::convert::spec_from_request;
-use berth_proto::model::{validate_name, Availability, InvalidField, NodeInfo};
+use berth_proto::model::{self, validate_name, Availability, InvalidField, NodeInfo};
 use berth_proto::pb::cluster::cluster_client::ClusterClient;
 use berth_proto::pb::cluster::cluster_server::Cluster;
 use berth_proto::pb::cluster::*;
@@ -63,6 +63,33 @@ impl ClusterApi {
         }
     }
 
+    /// A client's spec, checked. A client of the release before global
+    /// services sends no placement (newer ones always do for an update):
+    /// the service keeps its mode and placement rather than losing them.
+    /// A global service or a placement is refused until every member reads
+    /// them (`state::READS` 1), so no server drops them from its state.
+    async fn spec_in(&self, spec: Option<ServiceSpec>, existing: bool) -> Result<model::ServiceSpec, Status> {
+        let mut spec = spec.ok_or_else(|| invalid(InvalidField::new("spec", "", "a service spec")))?;
+        if existing && spec.placement.is_none() {
+            if let QueryReply::Service(Some(now), _) =
+                self.node.read(Query::GetService(spec.name.clone()), false).await?
+            {
+                spec.mode = now.spec.mode.to_string();
+                spec.placement = Some(now.spec.placement.to_pb());
+            }
+        }
+        let spec = spec_from_request(Some(spec)).map_err(invalid)?;
+        let placed = model::Placement { rebalance: true, ..(*spec.placement).clone() };
+        let new = spec.mode == model::Mode::Global || placed != model::Placement::default();
+        if new && self.levels.cluster(&self.node).await < 1 {
+            return Err(Status::failed_precondition(
+                "mode: global and placement (spread, max_replicas_per_node) need every server of this release or \
+                 newer; upgrade the others first (`berthctl cluster status` lists them)",
+            ));
+        }
+        Ok(spec)
+    }
+
     /// This server's own view of Raft.
     async fn local_status(&self) -> ClusterStatusReply {
         let m = self.node.metrics();
@@ -101,14 +128,14 @@ impl ClusterApi {
 impl Cluster for ClusterApi {
     async fn create_service(&self, req: Request<CreateServiceRequest>) -> Result<Response<ServiceReply>, Status> {
         self.allow(&req, Access::Operator, "creating a service")?;
-        let spec = spec_from_request(req.into_inner().spec).map_err(invalid)?;
+        let spec = self.spec_in(req.into_inner().spec, false).await?;
         let (service, _) = self.write_service(Command::CreateService(spec)).await?;
         Ok(Response::new(ServiceReply { service: Some(service), endpoints: vec![] }))
     }
 
     async fn update_service(&self, req: Request<UpdateServiceRequest>) -> Result<Response<ServiceReply>, Status> {
         self.allow(&req, Access::Operator, "updating a service")?;
-        let spec = spec_from_request(req.into_inner().spec).map_err(invalid)?;
+        let spec = self.spec_in(req.into_inner().spec, true).await?;
         let (service, _) = self.write_service(Command::UpdateService(spec)).await?;
         Ok(Response::new(ServiceReply { service: Some(service), endpoints: vec![] }))
     }
@@ -140,7 +167,7 @@ impl Cluster for ClusterApi {
 
     async fn apply_service(&self, req: Request<ApplyServiceRequest>) -> Result<Response<ApplyServiceReply>, Status> {
         self.allow(&req, Access::Operator, "applying a service")?;
-        let spec = spec_from_request(req.into_inner().spec).map_err(invalid)?;
+        let spec = self.spec_in(req.into_inner().spec, true).await?;
         let (service, outcome) = self.write_service(Command::ApplyService(spec)).await?;
         Ok(Response::new(ApplyServiceReply { service: Some(service), outcome }))
     }

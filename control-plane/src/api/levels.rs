@@ -20,22 +20,28 @@ use crate::state::READS;
 /// that went back a release is caught within this.
 const FRESH: Duration = Duration::from_secs(30);
 
-/// The cluster's level, asked of every member now and then.
+/// The cluster's level, asked of every member now and then, and again
+/// whenever the membership changes.
 #[derive(Debug, Clone, Default)]
 pub struct Levels {
-    seen: Arc<Mutex<Option<(Instant, u32)>>>,
+    seen: Arc<Mutex<Option<Seen>>>,
 }
+
+/// When the level was asked, of which membership (its log id), and what it was.
+type Seen = (Instant, Option<openraft::LogId<u64>>, u32);
 
 impl Levels {
     /// The lowest level any member reads; 0 when one cannot be asked.
     pub async fn cluster(&self, node: &Node) -> u32 {
-        if let Some((at, level)) = *self.seen.lock().unwrap_or_else(|e| e.into_inner()) {
-            if at.elapsed() < FRESH {
+        let metrics = node.metrics();
+        let membership = *metrics.membership_config.log_id();
+        if let Some((at, of, level)) = *self.seen.lock().unwrap_or_else(|e| e.into_inner()) {
+            if at.elapsed() < FRESH && of == membership {
                 return level;
             }
         }
         let members: Vec<(u64, String)> =
-            node.metrics().membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+            metrics.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
         let mut lowest = READS;
         for (id, addr) in members.into_iter().filter(|(id, _)| *id != node.id) {
             lowest = lowest.min(ask(node, &addr).await.unwrap_or_else(|| {
@@ -43,7 +49,7 @@ impl Levels {
                 0
             }));
         }
-        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), lowest));
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), membership, lowest));
         lowest
     }
 }

@@ -146,7 +146,7 @@ pub fn decide(view: &View, now: u64) -> Decision {
 /// Why a new task counts as a failure of its rollout, if it does: it could
 /// not run, stopped, restarted, is unhealthy, or has waited `monitor` for
 /// a node that fits.
-fn failure(t: &Task, monitor_ms: u64, now: u64) -> Option<String> {
+pub fn failure(t: &Task, monitor_ms: u64, now: u64) -> Option<String> {
     let said = |what: String| match t.message.as_str() {
         "" => what,
         m => format!("{what}: {m}"),

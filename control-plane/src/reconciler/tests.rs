@@ -9,6 +9,7 @@ use berth_proto::model::{
 use proptest::prelude::*;
 
 use super::*;
+use crate::reconciler::MOVE_BACKOFF_MS;
 use crate::state::{apply, Command, Rejection, Response, RolloutChange};
 
 /// The leader's clock in these tests: long after every task's `since`
@@ -292,6 +293,61 @@ fn replicas_move_back_one_at_a_time_without_dropping_below_the_count() {
         apply(&mut t, &Command::Reconcile { changes: r.changes, at_ms: 1, rollouts: r.rollouts });
     }
     assert!(reasons.iter().any(|r| r.starts_with("rebalanced: replaced by web.")), "{reasons:?}");
+}
+
+#[test]
+fn a_failed_move_is_given_up_and_the_service_waits_before_the_next() {
+    let mut s = cluster(&["a", "b"], &[]);
+    apply(&mut s, &Command::CreateService(spec("web", 2)));
+    apply(&mut s, &Command::SetNodeStatus { id: "b".into(), status: NodeStatus::Down });
+    settle(&mut s);
+    apply(&mut s, &Command::RegisterNode(node("b")));
+    let step = |s: &mut State, now: u64| {
+        let r = reconcile(s, now);
+        apply(s, &Command::Reconcile { changes: r.changes, at_ms: now, rollouts: r.rollouts });
+        r.wake_at
+    };
+    step(&mut s, NOW);
+    let moved = s.tasks.values().find(|t| t.node.as_deref() == Some("b")).expect("a move to b").id.clone();
+    // Its node cannot run it.
+    let t = s.tasks.get_mut(&moved).unwrap();
+    (t.state, t.message, t.since_ms) = (TaskState::Failed, "pulling busybox: manifest unknown".into(), NOW + 1);
+    step(&mut s, NOW + 1);
+    let t = &s.tasks[&moved];
+    assert_eq!(t.desired, Desired::Shutdown);
+    assert!(t.message.starts_with("rebalance abandoned: web.") && t.message.contains("manifest unknown"), "{t:?}");
+    assert_eq!(running(&s, "web").len(), 2, "the old task serves on");
+    // Within the wait nothing moves, the given-up task stays listed, and
+    // the leader is told to look again when the wait ends.
+    let within = reconcile(&s, NOW + 2);
+    assert!(within.changes.is_empty(), "{within:?}");
+    assert_eq!(within.wake_at, Some(NOW + 1 + MOVE_BACKOFF_MS));
+    // After it, it is forgotten and the move is tried again.
+    let later = reconcile(&s, NOW + 2 + MOVE_BACKOFF_MS).changes;
+    assert!(later.contains(&TaskChange::Remove { id: moved }), "{later:?}");
+    assert!(later.iter().any(|c| matches!(c, TaskChange::Create(_))), "{later:?}");
+}
+
+#[test]
+fn a_serving_successor_outdated_by_a_new_spec_keeps_its_slot_until_replaced() {
+    // A move's successor serves when the spec changes: its old task goes,
+    // it stays (the slot never empties) and the rollout replaces it.
+    let mut s = cluster(&["a", "b"], &[]);
+    apply(&mut s, &Command::CreateService(spec("web", 1)));
+    settle(&mut s);
+    let old = s.tasks.keys().next().unwrap().clone();
+    let successor = Task { node: Some("b".into()), state: TaskState::Running, ..s.tasks[&old].clone() };
+    let successor = Task { id: "web.1.2".into(), generation: 2, ..successor };
+    s.tasks.insert(successor.id.clone(), successor);
+    s.generations.insert("web.1".into(), 2);
+    apply(&mut s, &Command::UpdateService(ServiceSpec { image: "busybox:2".into(), ..spec("web", 1) }));
+    let changes = reconcile(&s, NOW).changes;
+    let stopped: Vec<&String> =
+        changes.iter().filter_map(|c| if let TaskChange::Shutdown { id, .. } = c { Some(id) } else { None }).collect();
+    assert_eq!(stopped, [&old], "{changes:?}");
+    settle(&mut s);
+    assert_eq!(running(&s, "web").len(), 1);
+    assert!(s.tasks.values().all(|t| t.spec.image == "busybox:2"), "{:#?}", s.tasks);
 }
 
 #[test]

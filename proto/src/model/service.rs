@@ -204,11 +204,13 @@ pub fn validate_name(name: &str) -> Result<(), InvalidField> {
 
 impl ServiceSpec {
     /// Whether tasks made for `other` would be the same as for this spec:
-    /// everything but the replica count and how tasks are replaced
-    /// matters. Scaling replaces no task.
+    /// everything but the replica count, how tasks are replaced and whether
+    /// the leader rebalances them matters. Scaling replaces no task.
     pub fn same_tasks(&self, other: &Self) -> bool {
         let (update_config, rollback_config) = (other.update_config, other.rollback_config);
-        Self { replicas: other.replicas, update_config, rollback_config, ..self.clone() } == *other
+        // Rebalancing is the leader's business; it moves no task by itself.
+        let placement = Box::new(Placement { rebalance: other.placement.rebalance, ..(*self.placement).clone() });
+        Self { replicas: other.replicas, update_config, rollback_config, placement, ..self.clone() } == *other
     }
 
     /// Checks every field; the first one that is wrong is named.
