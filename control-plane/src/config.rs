@@ -91,6 +91,11 @@ pub struct Args {
     /// once with the cluster network, by the cluster's first leader.
     #[arg(long, env = "BERTH_PUBLISHED_PORT_RANGE")]
     pub published_port_range: Option<String>,
+    /// Registry credentials and insecure (plain HTTP) registries, TOML, as
+    /// the agents' (default /etc/berth/registries.toml): this server
+    /// resolves services' tags to digests with it.
+    #[arg(long, env = "BERTH_REGISTRIES")]
+    pub registries: Option<PathBuf>,
 }
 
 /// Settings after merging flags, environment, file and defaults.
@@ -114,6 +119,7 @@ pub struct Config {
     pub max_watches_per_caller: usize,
     pub node_down_after: Duration,
     pub network: NetworkConfig,
+    pub registries: berth_proto::registries::Registries,
 }
 
 /// What a client's or agent's request may weigh: every spec fits with room
@@ -161,6 +167,10 @@ impl Args {
                 self.node_subnet_prefix.or(file.node_subnet_prefix),
                 self.published_port_range.or(file.published_port_range),
             )?,
+            registries: berth_proto::registries::Registries::load(
+                &self.registries.or(file.registries).unwrap_or_else(|| "/etc/berth/registries.toml".into()),
+            )
+            .map_err(anyhow::Error::msg)?,
         };
         if cfg.max_streams_per_connection == 0 || cfg.max_watches_per_caller == 0 {
             bail!("--max-streams-per-connection and --max-watches-per-caller must be more than 0");

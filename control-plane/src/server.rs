@@ -114,7 +114,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = berth_proto::client::server(cfg.max_streams_per_connection)
         .add_service(
-            ClusterServer::new(ClusterApi::new(node.clone(), cfg.max_watches_per_caller))
+            ClusterServer::new(ClusterApi::new(node.clone(), cfg.max_watches_per_caller, cfg.registries.clone()))
                 .max_decoding_message_size(cfg.max_request_bytes)
                 .max_encoding_message_size(MAX_MESSAGE),
         )

@@ -58,6 +58,10 @@ enum Command {
     Apply {
         #[arg(short = 'f', long = "file")]
         file: String,
+        /// Leave the image's tag as it is (by default the server pins the
+        /// digest it names now, so every task runs the same image)
+        #[arg(long)]
+        no_resolve_image: bool,
         /// Return once the specs are accepted, without waiting for each service to converge
         #[arg(long, short)]
         detach: bool,
@@ -190,6 +194,10 @@ enum ServiceCmd {
         options: options::OptionsFlags,
         #[command(flatten)]
         placement: placement::PlacementFlags,
+        /// Leave the image's tag as it is (by default the server pins the
+        /// digest it names now, so every task runs the same image)
+        #[arg(long)]
+        no_resolve_image: bool,
         /// Return once the service is accepted, without waiting for its tasks
         #[arg(long, short)]
         detach: bool,
@@ -219,6 +227,10 @@ enum ServiceCmd {
         publish_rm: Vec<String>,
         #[command(flatten)]
         rollout: rollout::RolloutFlags,
+        /// Leave the image's tag as it is (by default the server pins the
+        /// digest it names now, so every task runs the same image)
+        #[arg(long)]
+        no_resolve_image: bool,
         /// Return once the change is accepted, without waiting
         #[arg(long, short)]
         detach: bool,
@@ -361,6 +373,13 @@ async fn list_tasks(client: &Client, service: &str, stale: bool) -> Result<Vec<T
     reply.tasks.into_iter().map(|t| t.try_into().context("the server sent an invalid task")).collect()
 }
 
+/// What the server went on without, on stderr.
+fn warn(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
 /// Says what was accepted, then (unless `detach`) waits for each service
 /// in turn to converge on its version, showing its tasks as they move, as
 /// `docker service create` does; fails if a rollout fails.
@@ -399,7 +418,7 @@ async fn scale(client: &Client, name: &str, replicas: i64) -> Result<u64> {
     let mut spec = reply.service.and_then(|s| s.spec).context("the server sent no service")?;
     spec.replicas = replicas;
     spec::check(&spec)?;
-    let req = pb::UpdateServiceRequest { spec: Some(spec) };
+    let req = pb::UpdateServiceRequest { spec: Some(spec), no_resolve_image: true };
     let reply = client.call("scale service", async |mut c| c.update_service(req.clone()).await).await?;
     Ok(to_model(reply.service)?.version)
 }
@@ -439,6 +458,7 @@ async fn run(cli: Cli) -> Result<String> {
             rollout,
             options,
             placement,
+            no_resolve_image,
             detach,
             command,
         }) => {
@@ -486,8 +506,9 @@ async fn run(cli: Cli) -> Result<String> {
             };
             spec::check(&spec)?;
             let name = spec.name.clone();
-            let req = pb::CreateServiceRequest { spec: Some(spec) };
+            let req = pb::CreateServiceRequest { spec: Some(spec), no_resolve_image };
             let reply = client.call("create service", async |mut c| c.create_service(req.clone()).await).await?;
+            warn(&reply.warnings);
             let svc = to_model(reply.service)?;
             converge(&client, &[(name, svc.version, "created".to_owned())], detach).await
         }
@@ -525,6 +546,7 @@ async fn run(cli: Cli) -> Result<String> {
             publish_add,
             publish_rm,
             rollout,
+            no_resolve_image,
             detach,
         }) => {
             let req = pb::GetServiceRequest { name: name.clone(), stale: false };
@@ -561,8 +583,9 @@ async fn run(cli: Cli) -> Result<String> {
             let (update, rollback) = rollout.over(spec.update_config.take(), spec.rollback_config.take())?;
             (spec.update_config, spec.rollback_config) = (update, rollback);
             spec::check(&spec)?;
-            let req = pb::UpdateServiceRequest { spec: Some(spec) };
+            let req = pb::UpdateServiceRequest { spec: Some(spec), no_resolve_image };
             let reply = client.call("update service", async |mut c| c.update_service(req.clone()).await).await?;
+            warn(&reply.warnings);
             let svc = to_model(reply.service)?;
             if svc.version == before.version {
                 return Ok(format!("service {name}: nothing changed (version {})\n", svc.version));
@@ -607,7 +630,7 @@ async fn run(cli: Cli) -> Result<String> {
             client.call("remove service", async |mut c| c.delete_service(req.clone()).await).await?;
             Ok(format!("service {name} removed\n"))
         }
-        Command::Apply { file, detach } => {
+        Command::Apply { file, no_resolve_image, detach } => {
             let text = if file == "-" {
                 std::io::read_to_string(std::io::stdin()).context("cannot read the spec from stdin")?
             } else {
@@ -622,10 +645,11 @@ async fn run(cli: Cli) -> Result<String> {
             let mut done = Vec::new();
             for spec in specs {
                 let name = spec.name.clone();
-                let req = pb::ApplyServiceRequest { spec: Some(spec) };
+                let req = pb::ApplyServiceRequest { spec: Some(spec), no_resolve_image };
                 let reply = client
                     .call(&format!("apply service {name}"), async |mut c| c.apply_service(req.clone()).await)
                     .await?;
+                warn(&reply.warnings);
                 let svc = to_model(reply.service)?;
                 done.push((name, svc.version, reply.outcome));
             }

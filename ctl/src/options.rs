@@ -1,7 +1,8 @@
 //! Container options as people write them: `service create --label,
 //! --add-host, --dns, --dns-search, --dns-option, --ulimit, --tmpfs,
 //! --restart-max-attempts, --restart-window` (as `docker service create`
-//! spells them) and the same keys in a spec file, into the wire's
+//! spells them), `--pull` (as `docker run`), and the same keys in a spec
+//! file, into the wire's
 //! `Options`. The server checks the values.
 
 use std::collections::BTreeMap;
@@ -43,6 +44,10 @@ pub struct OptionsFlags {
     /// Restarts count within this window, e.g. 1m (default: all of them)
     #[arg(long, value_name = "DURATION")]
     restart_window: Option<String>,
+    /// When a node asks the registry for the image: missing (default: only
+    /// when it does not have it), always (every start) or never
+    #[arg(long, value_name = "POLICY")]
+    pull: Option<String>,
 }
 
 impl OptionsFlags {
@@ -68,6 +73,7 @@ impl OptionsFlags {
                 .map(duration_ms)
                 .transpose()
                 .context("--restart-window")?,
+            pull: self.pull.clone().unwrap_or_default(),
         };
         Ok(Some(options).filter(|o| *o != pb::Options::default()))
     }
@@ -111,6 +117,8 @@ pub struct OptionsFile {
     pub tmpfs: Option<Vec<Value>>,
     pub restart_max_attempts: Option<u32>,
     pub restart_window: Option<Value>,
+    /// `always`, `missing` or `never`.
+    pub pull: Option<String>,
 }
 
 impl OptionsFile {
@@ -183,6 +191,7 @@ impl OptionsFile {
             tmpfs,
             restart_max_attempts: self.restart_max_attempts,
             restart_window_ms: duration_value(self.restart_window).context("restart_window")?,
+            pull: self.pull.unwrap_or_default(),
         };
         Ok(Some(options).filter(|o| *o != pb::Options::default()))
     }

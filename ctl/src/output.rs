@@ -70,7 +70,8 @@ pub fn services(list: &[Service], format: Format) -> String {
                 .map(|s| {
                     vec![
                         s.spec.name.clone(),
-                        s.spec.image.clone(),
+                        // The tag it was pinned from (inspect shows the digest).
+                        s.spec.image.split('@').next().unwrap_or_default().to_owned(),
                         match s.spec.mode {
                             Mode::Global => "global".into(),
                             Mode::Replicated => s.spec.replicas.to_string(),
@@ -149,6 +150,9 @@ pub fn service(s: &Service, endpoints: &[Endpoint], format: Format) -> String {
         if !value.is_empty() {
             kv(key, value);
         }
+    }
+    if opts.pull != berth_proto::model::Pull::Missing {
+        kv("Pull", opts.pull.to_string());
     }
     if let Some(n) = opts.restart_max_attempts {
         let window = opts.restart_window_ms.map_or(String::new(), |ms| format!(" within {}s", ms as f64 / 1000.0));

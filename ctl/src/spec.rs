@@ -104,6 +104,9 @@ struct SpecFile {
     restart_max_attempts: Option<u32>,
     #[serde(default)]
     restart_window: Option<Value>,
+    /// When nodes ask the registry: `missing` (default), `always`, `never`.
+    #[serde(default)]
+    pull: Option<String>,
     /// How tasks move to a new spec, and back (see `crate::rollout`).
     #[serde(default)]
     update_config: Option<UpdateConfigFile>,
@@ -208,6 +211,7 @@ impl SpecFile {
                     tmpfs: self.tmpfs,
                     restart_max_attempts: self.restart_max_attempts,
                     restart_window: self.restart_window,
+                    pull: self.pull,
                 }
                 .into_wire()?,
             }),

@@ -16,6 +16,7 @@ pub mod join;
 pub mod model;
 pub mod pki;
 pub mod quota;
+pub mod registries;
 pub mod renew;
 pub mod tls;
 

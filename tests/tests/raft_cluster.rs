@@ -20,7 +20,7 @@ async fn writes_through_any_server_read_back_everywhere() -> Result<()> {
     ensure!(st.members.iter().filter(|m| m.role == "leader").count() == 1, "one leader: {st:?}");
 
     for (i, s) in cluster.servers.iter().enumerate() {
-        let req = CreateServiceRequest { spec: Some(spec(&format!("svc-{i}"))) };
+        let req = CreateServiceRequest { spec: Some(spec(&format!("svc-{i}"))), no_resolve_image: true };
         s.client().create_service(req).await?;
     }
     for s in &cluster.servers {
@@ -130,7 +130,7 @@ async fn leader_kills_lose_no_acknowledged_write() -> Result<()> {
                 n += 1;
                 // Each write goes to the next server in turn; failures are simply not acknowledged.
                 let addr = &addrs[n % addrs.len()];
-                let req = CreateServiceRequest { spec: Some(spec(&name)) };
+                let req = CreateServiceRequest { spec: Some(spec(&name)), no_resolve_image: true };
                 if client(addr).create_service(req).await.is_ok() {
                     acked.lock().map(|mut a| a.insert(name)).ok();
                 } else {
@@ -175,7 +175,7 @@ async fn whole_cluster_restart_keeps_state() -> Result<()> {
     for i in 0..20 {
         cluster.servers[i % 3]
             .client()
-            .create_service(CreateServiceRequest { spec: Some(spec(&format!("keep-{i:02}"))) })
+            .create_service(CreateServiceRequest { spec: Some(spec(&format!("keep-{i:02}"))), no_resolve_image: true })
             .await?;
     }
     for s in &mut cluster.servers {
@@ -188,7 +188,10 @@ async fn whole_cluster_restart_keeps_state() -> Result<()> {
     cluster.leader().await?;
     let reply = cluster.servers[1].client().list_services(ListServicesRequest { stale: false }).await?.into_inner();
     ensure!(reply.services.len() == 20, "20 services after restart, got {}", reply.services.len());
-    cluster.servers[2].client().create_service(CreateServiceRequest { spec: Some(spec("after-restart")) }).await?;
+    cluster.servers[2]
+        .client()
+        .create_service(CreateServiceRequest { spec: Some(spec("after-restart")), no_resolve_image: true })
+        .await?;
     cluster.wait_converged().await?;
     for i in 0..3 {
         ensure!(cluster.local_services(i).await?.len() == 21, "server {i} has every service");
@@ -204,7 +207,7 @@ async fn late_member_catches_up_from_snapshot() -> Result<()> {
     for i in 0..60 {
         cluster.servers[0]
             .client()
-            .create_service(CreateServiceRequest { spec: Some(spec(&format!("s{i:02}"))) })
+            .create_service(CreateServiceRequest { spec: Some(spec(&format!("s{i:02}"))), no_resolve_image: true })
             .await?;
     }
     let st = cluster.servers[0].local_status().await?;
@@ -216,7 +219,10 @@ async fn late_member_catches_up_from_snapshot() -> Result<()> {
     ensure!(st.snapshot_index.is_some_and(|i| i >= 20), "the late member installed a snapshot: {st:?}");
     ensure!(cluster.local_services(late).await?.len() == 60, "the late member holds all 60 services");
     // And it keeps up afterwards.
-    cluster.servers[late].client().create_service(CreateServiceRequest { spec: Some(spec("fresh")) }).await?;
+    cluster.servers[late]
+        .client()
+        .create_service(CreateServiceRequest { spec: Some(spec("fresh")), no_resolve_image: true })
+        .await?;
     cluster.wait_converged().await?;
     ensure!(cluster.local_services(late).await?.contains(&"fresh".to_string()));
     Ok(())
@@ -235,7 +241,7 @@ async fn no_quorum_fails_clearly_then_recovers() -> Result<()> {
     let started = std::time::Instant::now();
     let err = cluster.servers[survivor]
         .client()
-        .create_service(CreateServiceRequest { spec: Some(spec("no-quorum")) })
+        .create_service(CreateServiceRequest { spec: Some(spec("no-quorum")), no_resolve_image: true })
         .await
         .expect_err("no quorum, no write");
     ensure!(started.elapsed() < Duration::from_secs(30), "the error comes back instead of hanging");
@@ -248,7 +254,7 @@ async fn no_quorum_fails_clearly_then_recovers() -> Result<()> {
     cluster.servers[leader].thaw()?;
     cluster.servers[other].thaw()?;
     wait_for(Duration::from_secs(30), "writes to succeed again", async || {
-        let req = CreateServiceRequest { spec: Some(spec("quorum-back")) };
+        let req = CreateServiceRequest { spec: Some(spec("quorum-back")), no_resolve_image: true };
         match cluster.servers[survivor].client().create_service(req).await {
             Ok(_) => Some(()),
             Err(e) if e.code() == Code::AlreadyExists => Some(()),
@@ -290,13 +296,20 @@ async fn bad_input_is_rejected_and_harmless() -> Result<()> {
         ("env.", ServiceSpec { env: [(String::new(), "v".into())].into(), ..spec("x") }),
     ];
     for (field, bad) in cases {
-        let err = c.create_service(CreateServiceRequest { spec: Some(bad.clone()) }).await.expect_err("rejected");
+        let err = c
+            .create_service(CreateServiceRequest { spec: Some(bad.clone()), no_resolve_image: true })
+            .await
+            .expect_err("rejected");
         ensure!(err.code() == Code::InvalidArgument, "{field}: {err:?}");
         ensure!(err.message().contains(field), "{field} is named in {:?}", err.message());
-        let err = c.apply_service(ApplyServiceRequest { spec: Some(bad) }).await.expect_err("rejected");
+        let err = c
+            .apply_service(ApplyServiceRequest { spec: Some(bad), no_resolve_image: true })
+            .await
+            .expect_err("rejected");
         ensure!(err.code() == Code::InvalidArgument, "{field} via apply: {err:?}");
     }
-    let err = c.create_service(CreateServiceRequest { spec: None }).await.expect_err("rejected");
+    let err =
+        c.create_service(CreateServiceRequest { spec: None, no_resolve_image: false }).await.expect_err("rejected");
     ensure!(err.code() == Code::InvalidArgument && err.message().contains("spec"), "{err:?}");
     let err = c.delete_service(DeleteServiceRequest { name: "../etc".into() }).await.expect_err("rejected");
     ensure!(err.code() == Code::InvalidArgument && err.message().contains("name"), "{err:?}");
@@ -340,7 +353,7 @@ async fn bad_input_is_rejected_and_harmless() -> Result<()> {
         let st = s.local_status().await?;
         ensure!(st.leader_id.is_some(), "{} still works after garbage", s.addr);
     }
-    c.create_service(CreateServiceRequest { spec: Some(spec("after-garbage")) }).await?;
+    c.create_service(CreateServiceRequest { spec: Some(spec("after-garbage")), no_resolve_image: true }).await?;
     ensure!(cluster.status().await?.members.len() == 3);
     for s in &mut cluster.servers {
         ensure!(s.is_running(), "{} survived", s.addr);
@@ -367,7 +380,7 @@ async fn a_full_disk_stops_the_server_and_loses_nothing_acknowledged() -> Result
         let name = format!("fill-{}", acked.len());
         let mut s = spec(&name);
         s.env = (0..8).map(|i| (format!("K{i}"), value.clone())).collect();
-        match client(&addr).create_service(CreateServiceRequest { spec: Some(s) }).await {
+        match client(&addr).create_service(CreateServiceRequest { spec: Some(s), no_resolve_image: true }).await {
             Ok(_) => acked.insert(name),
             Err(e) => break e,
         };
@@ -399,7 +412,7 @@ async fn a_full_disk_stops_the_server_and_loses_nothing_acknowledged() -> Result
     let lost: Vec<_> = acked.difference(&held).collect();
     ensure!(lost.is_empty(), "lost {} acknowledged writes: {lost:?}", lost.len());
     // And it takes writes again.
-    client(&addr).create_service(CreateServiceRequest { spec: Some(spec("after")) }).await?;
+    client(&addr).create_service(CreateServiceRequest { spec: Some(spec("after")), no_resolve_image: true }).await?;
     Ok(())
 }
 
@@ -421,7 +434,7 @@ async fn the_store_on_disk_holds_no_secret_in_the_clear() -> Result<()> {
     for i in 0..8 {
         let mut s = spec(&format!("vault-{i}"));
         s.env.insert("PASSWORD".into(), "correct-horse-battery-staple".into());
-        client(&addr).create_service(CreateServiceRequest { spec: Some(s) }).await?;
+        client(&addr).create_service(CreateServiceRequest { spec: Some(s), no_resolve_image: true }).await?;
     }
     cluster.servers[0].stop()?;
     let dir = cluster.server_dir(0);

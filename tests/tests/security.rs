@@ -239,7 +239,7 @@ async fn tokens_admit_their_role_and_users_get_only_their_roles_rights() -> Resu
     assert!(!ok && err.contains("last admin"), "{err}");
     // The gRPC view agrees with berthctl's.
     let mut admin = client_as(&server, &keys.admin);
-    admin.create_service(CreateServiceRequest { spec: Some(spec("api")) }).await?;
+    admin.create_service(CreateServiceRequest { spec: Some(spec("api")), no_resolve_image: true }).await?;
     let token = admin.join_token(JoinTokenRequest { role: "bogus".into(), rotate: false }).await;
     assert!(code(token).1.contains("expected worker or server"));
 
@@ -247,11 +247,11 @@ async fn tokens_admit_their_role_and_users_get_only_their_roles_rights() -> Resu
     // it; a spec within it but past a field's limit names the field.
     let mut huge = spec("huge");
     huge.env.insert("BIG".into(), "x".repeat(2 << 20));
-    let (c, why) = code(admin.create_service(CreateServiceRequest { spec: Some(huge) }).await);
+    let (c, why) = code(admin.create_service(CreateServiceRequest { spec: Some(huge), no_resolve_image: true }).await);
     assert!(matches!(c, Code::OutOfRange | Code::ResourceExhausted) && why.contains("1572864"), "{c:?} {why}");
     let mut fat = spec("fat");
     fat.env.insert("FAT".into(), "x".repeat(64 << 10));
-    let (c, why) = code(admin.create_service(CreateServiceRequest { spec: Some(fat) }).await);
+    let (c, why) = code(admin.create_service(CreateServiceRequest { spec: Some(fat), no_resolve_image: true }).await);
     assert!(c == Code::InvalidArgument && why.contains("env.FAT") && why.contains("at most 32768 bytes"), "{why}");
     // Ports the hosts use are not for services.
     let (ok, _, err) =

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::agent::Agent;
+use berth_tests::oci::Image;
 use berth_tests::registry::Registry;
 use berth_tests::{berthctl, wait_for, Cluster, Process};
 
@@ -592,6 +593,48 @@ async fn a_failed_rollout_rolls_back_on_its_own_and_updates_go_by_their_config()
     ensure!(ok && out.contains("V=2") && out.contains("rolled_back"), "{out}");
     let (ok, _, err) = berthctl(&servers, &["service", "update", "web", "--update-order", "sideways"])?;
     ensure!(!ok && err.contains("update_config.order"), "{err}");
+
+    // Tags are pinned: the server resolves moving:1 when a spec takes it,
+    // so a tag moved mid-rollout mixes no images, even with every start
+    // asking the registry (--pull always). Each image says which it is.
+    let marked = |mark: &str| -> Result<Image> {
+        let mut image = Image::busybox()?;
+        image.config = serde_json::json!({ "Env": ["PATH=/bin", format!("MARK={mark}")], "Cmd": ["sh"] });
+        Ok(image)
+    };
+    marked("a")?.push(&registry.addr, "moving", "1").await?;
+    let moving = format!("{}/moving:1", registry.addr);
+    let args = ["--replicas", "3", "--pull", "always", "--update-parallelism", "1", "--update-delay", "1s"];
+    let says = "echo mark=$MARK v=$V; exec sleep 600";
+    let create = [&["service", "create", "pinned", "--image", &moving][..], &args, &["--", "sh", "-c", says]].concat();
+    let (ok, out, err) = berthctl(&servers, &create)?;
+    ensure!(ok && out.contains("pinned converged: 3/3"), "{out}{err}");
+    let (ok, out, _) = berthctl(&servers, &["service", "inspect", "pinned"])?;
+    ensure!(ok && out.contains(&format!("Image:     {moving}@sha256:")), "{out}");
+    let (ok, out, err) = berthctl(&servers, &["service", "update", "--detach", "pinned", "--env-add", "V=2"])?;
+    ensure!(ok, "{out}{err}");
+    marked("b")?.push(&registry.addr, "moving", "1").await?;
+    wait_for(Duration::from_secs(60), "pinned's rollout to end", async || {
+        let (ok, out, _) = berthctl(&servers, &["service", "ps", "pinned", "-o", "json"]).ok()?;
+        let list: Vec<serde_json::Value> = serde_json::from_str(&out).ok().filter(|_| ok)?;
+        let live: Vec<&serde_json::Value> = list.iter().filter(|t| t["task"]["desired"] == "running").collect();
+        let done = live.len() == 3 && live.iter().all(|t| t["task"]["state"] == "running" && t["task"]["version"] == 2);
+        done.then_some(())
+    })
+    .await?;
+    let (ok, logs, _) = berthctl(&servers, &["service", "logs", "pinned"])?;
+    ensure!(ok && logs.matches("mark=a v=2").count() == 3 && !logs.contains("mark=b"), "{logs}");
+    // Named again, the tag is resolved again: the new image rolls out.
+    let (ok, out, err) = berthctl(&servers, &["service", "update", "pinned", "--image", &moving])?;
+    ensure!(ok && out.contains("converged"), "{out}{err}");
+    let (ok, logs, _) = berthctl(&servers, &["service", "logs", "pinned"])?;
+    ensure!(ok && logs.matches("mark=b v=2").count() == 3, "{logs}");
+    // As it is, with --no-resolve-image.
+    let (ok, out, err) =
+        berthctl(&servers, &["service", "update", "--detach", "pinned", "--image", &moving, "--no-resolve-image"])?;
+    ensure!(ok, "{out}{err}");
+    let (ok, out, _) = berthctl(&servers, &["service", "inspect", "pinned"])?;
+    ensure!(ok && out.contains(&format!("Image:     {moving}\n")), "{out}");
     drop(daemons);
     Ok(())
 }

@@ -24,6 +24,8 @@ pub struct ClusterApi {
     watches: Quota,
     /// What every member reads, for commands newer releases add.
     levels: super::levels::Levels,
+    /// How to reach registries, to resolve tags.
+    registries: Arc<berth_proto::registries::Registries>,
 }
 
 /// Marks a request that a server passed on, so it is not passed on again.
@@ -38,9 +40,10 @@ fn name_arg(name: &str) -> Result<(), Status> {
 }
 
 impl ClusterApi {
-    pub fn new(node: Arc<Node>, watches_per_caller: usize) -> Self {
+    pub fn new(node: Arc<Node>, watches_per_caller: usize, registries: berth_proto::registries::Registries) -> Self {
         Self {
             node,
+            registries: Arc::new(registries),
             watches: Quota::new("log streams and event watches", watches_per_caller),
             levels: Default::default(),
         }
@@ -63,22 +66,32 @@ impl ClusterApi {
         }
     }
 
-    /// A client's spec, checked. A client of the release before global
-    /// services sends no placement (newer ones always do for an update):
-    /// the service keeps its mode and placement rather than losing them.
-    /// A global service or a placement is refused until every member reads
-    /// them (`state::READS` 1), so no server drops them from its state.
-    async fn spec_in(&self, spec: Option<ServiceSpec>, existing: bool) -> Result<model::ServiceSpec, Status> {
+    /// A client's spec, checked, its image's tag resolved to a digest if
+    /// `resolve` (see `pin`), and what could not be done. A client of the
+    /// release before global services sends no placement (newer ones always
+    /// do for an update): the service keeps its mode and placement rather
+    /// than losing them. A global service or a placement is refused until
+    /// every member reads them (`state::READS` 1), so no server drops them
+    /// from its state.
+    async fn spec_in(
+        &self,
+        spec: Option<ServiceSpec>,
+        existing: bool,
+        resolve: bool,
+    ) -> Result<(model::ServiceSpec, Vec<String>), Status> {
         let mut spec = spec.ok_or_else(|| invalid(InvalidField::new("spec", "", "a service spec")))?;
-        if existing && spec.placement.is_none() {
-            if let QueryReply::Service(Some(now), _) =
-                self.node.read(Query::GetService(spec.name.clone()), false).await?
-            {
-                spec.mode = now.spec.mode.to_string();
-                spec.placement = Some(now.spec.placement.to_pb());
-            }
+        let now = match existing {
+            true => match self.node.read(Query::GetService(spec.name.clone()), false).await? {
+                QueryReply::Service(now, _) => now,
+                other => return Err(Status::internal(format!("unexpected query reply {other:?}"))),
+            },
+            false => None,
+        };
+        if let Some(now) = now.as_ref().filter(|_| spec.placement.is_none()) {
+            spec.mode = now.spec.mode.to_string();
+            spec.placement = Some(now.spec.placement.to_pb());
         }
-        let spec = spec_from_request(Some(spec)).map_err(invalid)?;
+        let mut spec = spec_from_request(Some(spec)).map_err(invalid)?;
         let placed = model::Placement { rebalance: true, ..(*spec.placement).clone() };
         let new = spec.mode == model::Mode::Global || placed != model::Placement::default();
         if new && self.levels.cluster(&self.node).await < 1 {
@@ -87,7 +100,27 @@ impl ClusterApi {
                  newer; upgrade the others first (`berthctl cluster status` lists them)",
             ));
         }
-        Ok(spec)
+        let mut warnings = Vec::new();
+        if resolve {
+            match super::pin::pin(&self.registries, &spec.image).await {
+                Ok(pinned) => spec.image = pinned,
+                Err(why) => {
+                    // The tag as pinned before stays pinned: a registry away
+                    // for a moment is no reason to roll every task.
+                    let before = now.map(|s| s.spec.image).filter(|i| super::pin::unpinned(i) == spec.image);
+                    warnings.push(format!(
+                        "image {} could not be resolved to a digest on its registry ({why}); {}",
+                        spec.image,
+                        match &before {
+                            Some(i) => format!("it stays {i}"),
+                            None => "each node pulls the tag itself, so replicas may run different images".into(),
+                        }
+                    ));
+                    spec.image = before.unwrap_or(spec.image);
+                }
+            }
+        }
+        Ok((spec, warnings))
     }
 
     /// This server's own view of Raft.
@@ -128,16 +161,18 @@ impl ClusterApi {
 impl Cluster for ClusterApi {
     async fn create_service(&self, req: Request<CreateServiceRequest>) -> Result<Response<ServiceReply>, Status> {
         self.allow(&req, Access::Operator, "creating a service")?;
-        let spec = self.spec_in(req.into_inner().spec, false).await?;
+        let CreateServiceRequest { spec, no_resolve_image } = req.into_inner();
+        let (spec, warnings) = self.spec_in(spec, false, !no_resolve_image).await?;
         let (service, _) = self.write_service(Command::CreateService(spec)).await?;
-        Ok(Response::new(ServiceReply { service: Some(service), endpoints: vec![] }))
+        Ok(Response::new(ServiceReply { service: Some(service), endpoints: vec![], warnings }))
     }
 
     async fn update_service(&self, req: Request<UpdateServiceRequest>) -> Result<Response<ServiceReply>, Status> {
         self.allow(&req, Access::Operator, "updating a service")?;
-        let spec = self.spec_in(req.into_inner().spec, true).await?;
+        let UpdateServiceRequest { spec, no_resolve_image } = req.into_inner();
+        let (spec, warnings) = self.spec_in(spec, true, !no_resolve_image).await?;
         let (service, _) = self.write_service(Command::UpdateService(spec)).await?;
-        Ok(Response::new(ServiceReply { service: Some(service), endpoints: vec![] }))
+        Ok(Response::new(ServiceReply { service: Some(service), endpoints: vec![], warnings }))
     }
 
     async fn scale_service(&self, req: Request<ScaleServiceRequest>) -> Result<Response<ServiceReply>, Status> {
@@ -162,14 +197,15 @@ impl Cluster for ClusterApi {
             Command::UpdateService(berth_proto::model::ServiceSpec { replicas, ..spec })
         };
         let (service, _) = self.write_service(cmd).await?;
-        Ok(Response::new(ServiceReply { service: Some(service), endpoints: vec![] }))
+        Ok(Response::new(ServiceReply { service: Some(service), endpoints: vec![], warnings: vec![] }))
     }
 
     async fn apply_service(&self, req: Request<ApplyServiceRequest>) -> Result<Response<ApplyServiceReply>, Status> {
         self.allow(&req, Access::Operator, "applying a service")?;
-        let spec = self.spec_in(req.into_inner().spec, true).await?;
+        let ApplyServiceRequest { spec, no_resolve_image } = req.into_inner();
+        let (spec, warnings) = self.spec_in(spec, true, !no_resolve_image).await?;
         let (service, outcome) = self.write_service(Command::ApplyService(spec)).await?;
-        Ok(Response::new(ApplyServiceReply { service: Some(service), outcome }))
+        Ok(Response::new(ApplyServiceReply { service: Some(service), outcome, warnings }))
     }
 
     /// The previous spec, with the replicas as they are now, as an update
@@ -190,7 +226,7 @@ impl Cluster for ClusterApi {
         };
         let spec = berth_proto::model::ServiceSpec { replicas: svc.spec.replicas, ..*previous };
         let (service, _) = self.write_service(Command::UpdateService(spec)).await?;
-        Ok(Response::new(ServiceReply { service: Some(service), endpoints: vec![] }))
+        Ok(Response::new(ServiceReply { service: Some(service), endpoints: vec![], warnings: vec![] }))
     }
 
     async fn delete_service(&self, req: Request<DeleteServiceRequest>) -> Result<Response<DeleteServiceReply>, Status> {
@@ -212,6 +248,7 @@ impl Cluster for ClusterApi {
             QueryReply::Service(Some(s), endpoints) => Ok(Response::new(ServiceReply {
                 service: Some(s.into()),
                 endpoints: endpoints.into_iter().map(Into::into).collect(),
+                warnings: vec![],
             })),
             QueryReply::Service(None, _) => Err(crate::state::Rejection::NotFound(name).into()),
             other => Err(Status::internal(format!("unexpected query reply {other:?}"))),

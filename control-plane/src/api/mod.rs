@@ -9,6 +9,7 @@ mod agent;
 mod auth;
 mod cluster;
 mod levels;
+mod pin;
 mod raft;
 mod streams;
 

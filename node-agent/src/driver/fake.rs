@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use berth_proto::model::{Check, Probe};
+use berth_proto::model::{Check, Probe, Pull};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -238,7 +238,7 @@ impl Containers for FakeContainers {
 pub struct FakeImages;
 
 impl Images for FakeImages {
-    async fn ensure(&self, image: &ImageRef) -> Result<Pulled, PullError> {
+    async fn ensure(&self, image: &ImageRef, _pull: Pull) -> Result<Pulled, PullError> {
         let reference = image.to_string();
         if reference.contains("missing:") {
             return Err(PullError::NotFound(format!("{reference}: manifest unknown")));

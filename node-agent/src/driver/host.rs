@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use berth_proto::model::{NodeNetwork, Probe, Protocol};
+use berth_proto::model::{NodeNetwork, Probe, Protocol, Pull};
 use tracing::{info, warn};
 
 use super::ports::{Attached, Containers, Ended, Images, Network, Pulled};
@@ -113,8 +113,13 @@ pub struct StoreImages {
 }
 
 impl Images for StoreImages {
-    async fn ensure(&self, image: &ImageRef) -> Result<Pulled, PullError> {
-        let image = self.store.ensure(image, &self.registries).await?;
+    async fn ensure(&self, image: &ImageRef, pull: Pull) -> Result<Pulled, PullError> {
+        let image = match pull {
+            Pull::Missing => self.store.ensure(image, &self.registries).await?,
+            // Layers it has are not fetched again; the manifest is.
+            Pull::Always => self.store.pull(image, &self.registries).await?,
+            Pull::Never => self.store.get(image)?,
+        };
         Ok(Pulled { layers: self.store.layer_dirs(&image)?, image })
     }
 }

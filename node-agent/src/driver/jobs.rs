@@ -167,7 +167,8 @@ async fn start<C: Containers, I: Images, N: Network>(
         Err(e) => return Err(e.to_string()),
     }
     let reference: ImageRef = task.spec.image.parse().map_err(|e: crate::image::BadReference| e.to_string())?;
-    let image = worker.images.ensure(&reference).await.map_err(|e| e.about(&reference))?;
+    let pull = task.spec.overrides.options.pull;
+    let image = worker.images.ensure(&reference, pull).await.map_err(|e| e.about(&reference))?;
     let own_ids = task.spec.userns == Userns::Auto;
     let (network, userns) = match task.address {
         // Without a network namespace made for it, the runtime claims its ids.

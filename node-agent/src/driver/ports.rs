@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-use berth_proto::model::Probe;
+use berth_proto::model::{Probe, Pull};
 
 use crate::image::{Image, ImageRef, PullError};
 use crate::network::plan::NetStep;
@@ -58,8 +58,9 @@ pub struct Pulled {
 }
 
 pub trait Images: Send + Sync + 'static {
-    /// The image from the store, pulled first if it is not there.
-    fn ensure(&self, image: &ImageRef) -> impl Future<Output = Result<Pulled, PullError>> + Send;
+    /// The image from the store, asking the registry as `pull` says:
+    /// when it is not there, every time, or never.
+    fn ensure(&self, image: &ImageRef, pull: Pull) -> impl Future<Output = Result<Pulled, PullError>> + Send;
 }
 
 /// A task's network namespace, ready for its container.

@@ -10,14 +10,13 @@
 
 mod config;
 mod reference;
-mod registries;
 mod source;
 mod store;
 mod unpack;
 
+pub use berth_proto::registries::{self, Registries};
 pub use config::ImageConfig;
 pub use reference::{BadReference, ImageRef};
-pub use registries::Registries;
 pub use store::{Image, Store};
 pub use unpack::{unpack, UnpackError, Unpacked};
 

@@ -5,13 +5,13 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use oci_client::client::{current_platform_resolver, ClientConfig};
+use oci_client::client::current_platform_resolver;
 use oci_client::manifest::{OciDescriptor, OciImageIndex, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 
-use super::registries::Registries;
+use super::Registries;
 use super::{ImageRef, PullError};
 
 /// A resolved image: its platform manifest, that manifest's digest, and the
@@ -50,18 +50,8 @@ impl Source {
     pub fn new(image: &ImageRef, registries: &Registries) -> Self {
         match image {
             ImageRef::Registry(reference) => {
-                // reqwest is built without a crypto provider; ring is ours.
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                let config = ClientConfig {
-                    protocol: registries.protocol_for(reference.resolve_registry()),
-                    platform_resolver: Some(Box::new(current_platform_resolver)),
-                    connect_timeout: Some(std::time::Duration::from_secs(10)),
-                    read_timeout: Some(std::time::Duration::from_secs(60)),
-                    ..Default::default()
-                };
-                let auth = registries.auth(reference.resolve_registry());
-                let file = registries.file();
-                Self::Registry { client: Client::new(config), reference: reference.clone(), auth, file }
+                let (client, auth) = registries.client(reference.resolve_registry());
+                Self::Registry { client, reference: reference.clone(), auth, file: registries.file() }
             }
             ImageRef::Layout { path, tag } => Self::Layout { dir: path.clone(), tag: tag.clone() },
         }

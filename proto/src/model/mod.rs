@@ -23,7 +23,7 @@ pub use health::{Check, Health, HealthState, Probe};
 pub use invalid::InvalidField;
 pub use network::{Cidr, NetworkConfig, PortRange, MAX_NODE_PREFIX};
 pub use node::{Availability, Node, NodeInfo, NodeStatus, Overlay};
-pub use options::{Options, Tmpfs, Ulimit, ULIMITS};
+pub use options::{Options, Pull, Tmpfs, Ulimit, ULIMITS};
 pub use overrides::{capability_name, signal_name, Overrides, CAPABILITIES, SIGNALS};
 pub use placement::{Mode, Placement, MAX_SPREAD};
 pub use quantity::{format_memory, parse_cpus, parse_memory};

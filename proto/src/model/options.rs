@@ -42,6 +42,49 @@ pub struct Options {
     /// the count over (none: every restart counts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_window_ms: Option<u64>,
+    /// When its node asks the registry for the image.
+    #[serde(default, skip_serializing_if = "Pull::is_missing")]
+    pub pull: Pull,
+}
+
+/// When a node asks the registry for a task's image (Kubernetes'
+/// `imagePullPolicy`, Docker's `--pull`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pull {
+    /// Only when the node does not have it (a pinned digest names one image).
+    #[default]
+    Missing,
+    /// Every time a task starts: the registry is asked (and its access
+    /// checked) even when the node has the image.
+    Always,
+    /// Never: the image must be on the node already.
+    Never,
+}
+
+impl Pull {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "" | "missing" => Some(Self::Missing),
+            "always" => Some(Self::Always),
+            "never" => Some(Self::Never),
+            _ => None,
+        }
+    }
+
+    fn is_missing(&self) -> bool {
+        *self == Self::Missing
+    }
+}
+
+impl std::fmt::Display for Pull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Missing => "missing",
+            Self::Always => "always",
+            Self::Never => "never",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +241,7 @@ impl Options {
             // As Swarm's: 0 attempts is no limit, a 0 s window no window.
             restart_max_attempts: w.restart_max_attempts.filter(|n| *n > 0),
             restart_window_ms: w.restart_window_ms.filter(|ms| *ms > 0),
+            pull: Pull::parse(&w.pull).ok_or_else(|| InvalidField::new("pull", &w.pull, "always, missing or never"))?,
         })
     }
 
@@ -216,6 +260,7 @@ impl Options {
                 .collect(),
             restart_max_attempts: self.restart_max_attempts,
             restart_window_ms: self.restart_window_ms,
+            pull: if self.pull.is_missing() { String::new() } else { self.pull.to_string() },
         }
     }
 }
@@ -247,6 +292,7 @@ mod tests {
             tmpfs: vec![Tmpfs { target: "/cache".into(), size_bytes: Some(64 << 20) }],
             restart_max_attempts: Some(3),
             restart_window_ms: Some(60_000),
+            pull: Pull::Always,
         }
     }
 
@@ -280,5 +326,10 @@ mod tests {
         assert_eq!(Options::from_pb(wire).unwrap_err().field, "extra_hosts[0]");
         let wire = pb::Options { dns: vec!["resolver".into()], ..Default::default() };
         assert_eq!(Options::from_pb(wire).unwrap_err().field, "dns[0]");
+        let wire = pb::Options { pull: "sometimes".into(), ..Default::default() };
+        assert_eq!(Options::from_pb(wire).unwrap_err().field, "pull");
+        // The default is left out of stored specs, as before the field.
+        assert_eq!(serde_json::to_string(&Options::default()).unwrap(), "{}");
+        assert_eq!(Pull::parse("never"), Some(Pull::Never));
     }
 }

@@ -181,7 +181,10 @@ fn berth_writer(addrs: &[String], acked: Arc<Mutex<Vec<String>>>) -> WriteFn {
         };
         let acked = acked.clone();
         Box::pin(async move {
-            let ok = cl.create_service(CreateServiceRequest { spec: Some(spec(&name)) }).await.is_ok();
+            let ok = cl
+                .create_service(CreateServiceRequest { spec: Some(spec(&name)), no_resolve_image: true })
+                .await
+                .is_ok();
             if ok {
                 acked.lock().map(|mut a| a.push(name)).ok();
             }

@@ -13,11 +13,16 @@
 //! as with Docker, one on a loopback address (`localhost`, `127.x`, `[::1]`)
 //! is plain HTTP unless listed with `insecure = false`. Basic credentials
 //! are also what the bearer-token flow exchanges for a token.
+//!
+//! Agents read it to pull; servers read it to resolve a service's tag to
+//! the digest its tasks then pull (`berth-server --registries`).
 
 use std::path::Path;
+use std::time::Duration;
 
-use oci_client::client::ClientProtocol;
+use oci_client::client::{current_platform_resolver, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
+use oci_client::Client;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -90,6 +95,22 @@ impl Registries {
     /// The file to name in a message: its path, or the flag that sets it.
     pub fn file(&self) -> String {
         self.path.as_ref().map_or_else(|| "the registries file (--registries)".to_owned(), |p| p.display().to_string())
+    }
+
+    /// A client for the registry at `host`, reached as this file says (for
+    /// an index, it picks the manifest of this machine's platform), and the
+    /// credentials to present.
+    pub fn client(&self, host: &str) -> (Client, RegistryAuth) {
+        // reqwest is built without a crypto provider; ring is ours.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = ClientConfig {
+            protocol: self.protocol_for(host),
+            platform_resolver: Some(Box::new(current_platform_resolver)),
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        (Client::new(config), self.auth(host))
     }
 
     pub fn auth(&self, host: &str) -> RegistryAuth {
