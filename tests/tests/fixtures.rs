@@ -90,11 +90,31 @@ async fn save_a_server_data_dir() -> Result<()> {
         "-c",
         "sleep 1",
     ])?;
+    // A global service with a pinned image pulled on every start, and a
+    // replicated one spread by zone, one per node, left where it is.
+    let pinned = format!("{image}@sha256:{}", "ab".repeat(32));
+    run(&["service", "create", "--detach", "edge", "--image", &pinned, "--mode", "global", "--pull", "always"])?;
+    run(&[
+        "service",
+        "create",
+        "--detach",
+        "zoned",
+        "--image",
+        image,
+        "--no-resolve-image",
+        "--replicas",
+        "2",
+        "--placement-pref",
+        "spread=node.labels.zone",
+        "--replicas-max-per-node",
+        "1",
+        "--no-rebalance",
+    ])?;
     run(&["service", "create", "--detach", "gone", "--image", image, "--constraint", "node.labels.zone == a"])?;
     run(&["service", "rm", "gone"])?;
     run(&["service", "scale", "--detach", "web=3"])?;
     // The tasks are placed (their image cannot be pulled; they fail and retry).
-    wait_for(Duration::from_secs(30), "4 tasks placed", async || {
+    wait_for(Duration::from_secs(30), "web's tasks placed", async || {
         let (ok, out, _) = berthctl(&servers, &["service", "ps", "web"]).ok()?;
         (ok && out.matches("alpha").count() >= 3).then_some(())
     })
