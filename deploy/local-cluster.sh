@@ -69,7 +69,7 @@ up() {
   [ -f "$DIR/size" ] && { echo "a local cluster is already up in $DIR: run '$0 down' first" >&2; exit 1; }
   ip link show "$BRIDGE" > /dev/null 2>&1 && { echo "$BRIDGE exists: run '$0 down' first" >&2; exit 1; }
   ensure_packages kill:procps curl:curl docker-registry:docker-registry busybox:busybox-static \
-    ip:iproute2 iptables:iptables nsenter:util-linux conntrack:conntrack dig:bind9-dnsutils
+    ip:iproute2 iptables:iptables nsenter:util-linux conntrack:conntrack dig:bind9-dnsutils tini-static:tini
   ensure_rust
   build_release > /dev/null
   mkdir -p "$DIR"

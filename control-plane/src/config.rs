@@ -167,10 +167,7 @@ impl Args {
                 self.node_subnet_prefix.or(file.node_subnet_prefix),
                 self.published_port_range.or(file.published_port_range),
             )?,
-            registries: berth_proto::registries::Registries::load(
-                &self.registries.or(file.registries).unwrap_or_else(|| "/etc/berth/registries.toml".into()),
-            )
-            .map_err(anyhow::Error::msg)?,
+            registries: registries(self.registries.or(file.registries))?,
         };
         if cfg.max_streams_per_connection == 0 || cfg.max_watches_per_caller == 0 {
             bail!("--max-streams-per-connection and --max-watches-per-caller must be more than 0");
@@ -192,6 +189,20 @@ impl Args {
             bail!("--snapshot-logs must be at least 1");
         }
         Ok(cfg)
+    }
+}
+
+/// The registries file given, which must load; else the agents' default,
+/// which may be missing or (an agent's, root's only) unreadable: then no
+/// registry is special, and a warning says so.
+fn registries(given: Option<PathBuf>) -> Result<berth_proto::registries::Registries> {
+    use berth_proto::registries::Registries;
+    match given {
+        Some(path) => Registries::load(&path).map_err(anyhow::Error::msg),
+        None => Ok(Registries::load(std::path::Path::new("/etc/berth/registries.toml")).unwrap_or_else(|e| {
+            tracing::warn!("{e}; resolving tags with no registry credentials (--registries names another file)");
+            Registries::default()
+        })),
     }
 }
 

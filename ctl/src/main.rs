@@ -171,6 +171,9 @@ enum ServiceCmd {
         /// Mount the tasks' root filesystem read-only
         #[arg(long)]
         read_only: bool,
+        /// Run a tiny init (the node's tini) as PID 1 that reaps orphans and passes signals on
+        #[arg(long)]
+        init: bool,
         /// A capability over Docker's default set, e.g. NET_ADMIN (repeatable)
         #[arg(long = "cap-add")]
         cap_add: Vec<String>,
@@ -450,6 +453,7 @@ async fn run(cli: Cli) -> Result<String> {
             workdir,
             hostname,
             read_only,
+            init,
             cap_add,
             cap_drop,
             stop_signal,
@@ -498,6 +502,7 @@ async fn run(cli: Cli) -> Result<String> {
                         .context("--stop-grace-period")?,
                     health: health.to_pb()?,
                     options: options.to_pb()?,
+                    init,
                 }),
                 update_config,
                 rollback_config,

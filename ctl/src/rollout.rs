@@ -192,10 +192,17 @@ fn standing(service: &Service, tasks: &[TaskInfo], goal: Goal, eligible: usize) 
     // image, command, resources) or ended for good fails the wait, as it
     // would fail a rollout; a crashing one is restarted.
     if rollout.is_none() {
-        if let Some(why) = wanted.iter().find_map(|t| ended(t, service)) {
+        // An earlier rollout still moving (a scale right after an update
+        // that did not wait) is waited for too.
+        if service.rollout.as_ref().is_some_and(|r| r.state.moving()) {
+            return Standing::Moving;
+        }
+        if let Some(why) = wanted.iter().find_map(|t| ended(t, service)?.err()) {
             return Standing::Failed(why);
         }
     }
+    // Tasks that ran to completion count with those that serve.
+    let serving = serving + wanted.iter().filter(|t| ended(t, service) == Some(Ok(()))).count();
     // Completed (some failures borne, maybe), or every replica serves.
     let finished = rollout.is_some_and(|r| matches!(r.state, RolloutState::Completed | RolloutState::RolledBack));
     if finished || serving == replicas && wanted.len() == replicas {
@@ -208,22 +215,27 @@ fn standing(service: &Service, tasks: &[TaskInfo], goal: Goal, eligible: usize) 
     }
 }
 
-/// Why a task meant to run will not serve without a change, if so.
-fn ended(t: &TaskInfo, service: &Service) -> Option<String> {
+/// How a task meant to run stands for the wait, when it will not serve
+/// without a change: done (it exited 0 and is not to run again) or failed.
+fn ended(t: &TaskInfo, service: &Service) -> Option<Result<(), String>> {
     let t = &t.task;
+    let success = t.exit_code == Some(0);
     let again = match service.spec.restart {
         RestartPolicy::Always => true,
-        RestartPolicy::OnFailure => t.exit_code != Some(0),
+        RestartPolicy::OnFailure => !success,
         RestartPolicy::Never => false,
     };
+    let given_up = service.spec.overrides.options.restart_max_attempts.is_some_and(|n| t.restarts >= n);
     match t.state {
-        TaskState::Failed => Some(format!("task {} failed: {}", t.id, t.message)),
-        TaskState::Exited if !again => Some(format!(
-            "task {} exited with {} and is not restarted (restart {})",
+        TaskState::Failed => Some(Err(format!("task {} failed: {}", t.id, t.message))),
+        TaskState::Exited if !again && success => Some(Ok(())),
+        TaskState::Exited if !again || given_up => Some(Err(format!(
+            "task {} exited with {} and is not restarted (restart {}{})",
             t.id,
             t.exit_code.unwrap_or(-1),
-            service.spec.restart
-        )),
+            service.spec.restart,
+            if given_up { format!(", gave up after {} restarts", t.restarts) } else { String::new() }
+        ))),
         _ => None,
     }
 }
@@ -369,12 +381,28 @@ mod tests {
         running.task.version = 1;
         let got = standing(&new, &[running.clone(), failed], Goal::Update { version: 1 }, 0);
         assert_eq!(got, Standing::Failed("task web.2.2 failed: pulling r:5000/web:9: manifest unknown".into()));
-        // A task that exited and is not restarted (restart never) ends it too.
+        // A task that exited and is not restarted (restart never) ends it
+        // too: as done when it succeeded, as failed when it did not.
         let mut done = task(1, None);
         (done.task.version, done.task.state, done.task.exit_code) = (1, TaskState::Exited, Some(0));
         new.spec.restart = RestartPolicy::Never;
+        new.spec.replicas = 1;
+        let got = standing(&new, &[done.clone()], Goal::Update { version: 1 }, 0);
+        assert_eq!(got, Standing::Done("web converged: 1/1 replicas serve version 1".into()));
+        done.task.exit_code = Some(3);
+        let got = standing(&new, &[done.clone()], Goal::Update { version: 1 }, 0);
+        assert_eq!(got, Standing::Failed("task web.1.2 exited with 3 and is not restarted (restart never)".into()));
+        // One restarted until its node gave up, likewise.
+        new.spec.restart = RestartPolicy::Always;
+        new.spec.overrides.options.restart_max_attempts = Some(2);
+        done.task.restarts = 2;
         let got = standing(&new, &[done], Goal::Update { version: 1 }, 0);
-        assert_eq!(got, Standing::Failed("task web.1.2 exited with 0 and is not restarted (restart never)".into()));
+        assert_eq!(
+            got,
+            Standing::Failed(
+                "task web.1.2 exited with 3 and is not restarted (restart always, gave up after 2 restarts)".into()
+            )
+        );
         // A global service wants a task on every eligible node: not done
         // before the leader has made them.
         new.spec.mode = Mode::Global;

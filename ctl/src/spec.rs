@@ -70,6 +70,9 @@ struct SpecFile {
     hostname: Option<String>,
     #[serde(default)]
     read_only: bool,
+    /// A tiny init as PID 1 (`docker run --init`).
+    #[serde(default)]
+    init: bool,
     /// Capability names (`NET_ADMIN`) over Docker's default set.
     #[serde(default)]
     cap_add: Vec<String>,
@@ -214,6 +217,7 @@ impl SpecFile {
                     pull: self.pull,
                 }
                 .into_wire()?,
+                init: self.init,
             }),
             update_config: self.update_config.map(|c| c.into_wire("update_config")).transpose()?,
             rollback_config: self.rollback_config.map(|c| c.into_wire("rollback_config")).transpose()?,

@@ -99,8 +99,10 @@ impl Registries {
 
     /// A client for the registry at `host`, reached as this file says (for
     /// an index, it picks the manifest of this machine's platform), and the
-    /// credentials to present.
-    pub fn client(&self, host: &str) -> (Client, RegistryAuth) {
+    /// credentials to present. It fails (rather than panic, as the crate's
+    /// own fallback would) when no TLS client can be made, e.g. a host
+    /// without CA certificates.
+    pub fn client(&self, host: &str) -> Result<(Client, RegistryAuth), String> {
         // reqwest is built without a crypto provider; ring is ours.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = ClientConfig {
@@ -110,7 +112,8 @@ impl Registries {
             read_timeout: Some(Duration::from_secs(60)),
             ..Default::default()
         };
-        (Client::new(config), self.auth(host))
+        let client = Client::try_from(config).map_err(|e| format!("cannot make a client for registry {host}: {e}"))?;
+        Ok((client, self.auth(host)))
     }
 
     pub fn auth(&self, host: &str) -> RegistryAuth {

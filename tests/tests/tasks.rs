@@ -461,6 +461,20 @@ async fn a_service_replaces_its_images_entrypoint_user_and_workdir() -> Result<(
     )?;
     let config: serde_json::Value = serde_json::from_str(&config)?;
     ensure!(config["stop_signal"] == "SIGUSR1" && config["stop_grace_ms"] == 60000, "{config}");
+    // --init: the node's tini is PID 1 (read-only root and all), the
+    // command runs under it, and an orphan left behind is reaped.
+    let reaper = "tr '\\0' ' ' < /proc/1/cmdline; echo; (sleep 0.1 &); sleep 1; \
+        echo zombies=$(grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l); exec sleep 600";
+    let args = ["--init", "--read-only", "--entrypoint", "sh", "--", "-c", reaper];
+    let (ok, out, err) =
+        berthctl(&servers, &[&["service", "create", "reaper", "--image", &reference][..], &args].concat())?;
+    ensure!(ok, "{out}{err}");
+    wait_for(Duration::from_secs(30), "reaper's output", async || {
+        let said = logs("reaper");
+        (said.contains("| /dev/init -- sh -c ") && said.contains("| zombies=0")).then_some(())
+    })
+    .await
+    .with_context(|| logs("reaper"))?;
     // What was asked is what `service inspect` shows, and a bad value is refused by name.
     let (ok, out, _) = berthctl(&servers, &["service", "inspect", "shell", "-o", "json"])?;
     ensure!(ok && out.contains("\"workdir\": \"/tmp\"") && out.contains("\"user\": \"1000:2000\""), "{out}");

@@ -24,8 +24,8 @@ pub struct ClusterApi {
     watches: Quota,
     /// What every member reads, for commands newer releases add.
     levels: super::levels::Levels,
-    /// How to reach registries, to resolve tags.
-    registries: Arc<berth_proto::registries::Registries>,
+    /// Resolves tags to digests.
+    pinner: Arc<super::pin::Pinner>,
 }
 
 /// Marks a request that a server passed on, so it is not passed on again.
@@ -43,7 +43,7 @@ impl ClusterApi {
     pub fn new(node: Arc<Node>, watches_per_caller: usize, registries: berth_proto::registries::Registries) -> Self {
         Self {
             node,
-            registries: Arc::new(registries),
+            pinner: Arc::new(super::pin::Pinner::new(registries)),
             watches: Quota::new("log streams and event watches", watches_per_caller),
             levels: Default::default(),
         }
@@ -92,17 +92,28 @@ impl ClusterApi {
             spec.placement = Some(now.spec.placement.to_pb());
         }
         let mut spec = spec_from_request(Some(spec)).map_err(invalid)?;
+        // What a server of the release before would drop from its state.
         let placed = model::Placement { rebalance: true, ..(*spec.placement).clone() };
-        let new = spec.mode == model::Mode::Global || placed != model::Placement::default();
-        if new && self.levels.cluster(&self.node).await < 1 {
-            return Err(Status::failed_precondition(
-                "mode: global and placement (spread, max_replicas_per_node) need every server of this release or \
-                 newer; upgrade the others first (`berthctl cluster status` lists them)",
-            ));
+        let new = spec.mode == model::Mode::Global
+            || placed != model::Placement::default()
+            || spec.overrides.options.pull != model::Pull::Missing
+            || spec.overrides.init;
+        if new {
+            let (level, behind) = self.levels.cluster(&self.node).await;
+            if level < 1 {
+                return Err(Status::failed_precondition(format!(
+                    "mode: global, placement (spread, max_replicas_per_node), pull and init need every server of \
+                     this release or newer; {behind} (`berthctl cluster status` lists the servers)"
+                )));
+            }
         }
         let mut warnings = Vec::new();
-        if resolve {
-            match super::pin::pin(&self.registries, &spec.image).await {
+        // Resolved when the image is named anew: not for a spec that keeps
+        // the stored image (an update of something else, of a service made
+        // with --no-resolve-image too), nor for one that must never pull.
+        let kept = now.as_ref().is_some_and(|s| s.spec.image == spec.image);
+        if resolve && !kept && spec.overrides.options.pull != model::Pull::Never {
+            match self.pinner.pin(&spec.image).await {
                 Ok(pinned) => spec.image = pinned,
                 Err(why) => {
                     // The tag as pinned before stays pinned: a registry away
@@ -184,7 +195,7 @@ impl Cluster for ClusterApi {
             .ok()
             .filter(|r| *r <= max)
             .ok_or_else(|| invalid(InvalidField::new("replicas", replicas, format!("an integer from 0 to {max}"))))?;
-        let cmd = if self.levels.cluster(&self.node).await >= 1 {
+        let cmd = if self.levels.cluster(&self.node).await.0 >= 1 {
             Command::ScaleService { name, replicas }
         } else {
             // A member of the release before: the spec as read now, with

@@ -6,6 +6,7 @@
 //! then the caller does what the older releases understand. So a rolling
 //! upgrade never puts an entry in the log that a server cannot apply.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,33 +25,51 @@ const FRESH: Duration = Duration::from_secs(30);
 /// whenever the membership changes.
 #[derive(Debug, Clone, Default)]
 pub struct Levels {
-    seen: Arc<Mutex<Option<Seen>>>,
+    seen: Arc<Mutex<Seen>>,
 }
 
-/// When the level was asked, of which membership (its log id), and what it was.
-type Seen = (Instant, Option<openraft::LogId<u64>>, u32);
+#[derive(Debug, Default)]
+struct Seen {
+    /// When it was asked, of which membership (its log id), and the answer.
+    last: Option<(Instant, Option<openraft::LogId<u64>>, u32, String)>,
+    /// What each member said last: a member that cannot be asked now (a
+    /// server down, as Raft allows) is taken at its word of before.
+    said: HashMap<u64, u32>,
+}
 
 impl Levels {
-    /// The lowest level any member reads; 0 when one cannot be asked.
-    pub async fn cluster(&self, node: &Node) -> u32 {
+    /// The lowest level any member reads (0 for one never heard), and who
+    /// holds it back, for messages.
+    pub async fn cluster(&self, node: &Node) -> (u32, String) {
         let metrics = node.metrics();
         let membership = *metrics.membership_config.log_id();
-        if let Some((at, of, level)) = *self.seen.lock().unwrap_or_else(|e| e.into_inner()) {
-            if at.elapsed() < FRESH && of == membership {
-                return level;
+        if let Some((at, of, level, behind)) = &self.seen.lock().unwrap_or_else(|e| e.into_inner()).last {
+            if at.elapsed() < FRESH && *of == membership {
+                return (*level, behind.clone());
             }
         }
         let members: Vec<(u64, String)> =
             metrics.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
-        let mut lowest = READS;
+        let mut answers = Vec::new();
         for (id, addr) in members.into_iter().filter(|(id, _)| *id != node.id) {
-            lowest = lowest.min(ask(node, &addr).await.unwrap_or_else(|| {
-                tracing::debug!(member = id, %addr, "cannot tell what it reads; writing as the oldest release");
-                0
-            }));
+            answers.push((id, addr.clone(), ask(node, &addr).await));
         }
-        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), membership, lowest));
-        lowest
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut lowest, mut behind) = (READS, Vec::new());
+        for (id, addr, answer) in answers {
+            let level = match answer {
+                Some(level) => *seen.said.entry(id).insert_entry(level).get(),
+                None => seen.said.get(&id).copied().unwrap_or(0),
+            };
+            if level < READS {
+                let why = if answer.is_some() { "runs an older release" } else { "cannot be asked" };
+                behind.push(format!("server {id} at {addr} {why}"));
+            }
+            lowest = lowest.min(level);
+        }
+        let behind = if behind.is_empty() { "every server reads them".into() } else { behind.join(", ") };
+        seen.last = Some((Instant::now(), membership, lowest, behind.clone()));
+        (lowest, behind)
     }
 }
 

@@ -79,6 +79,9 @@ pub struct JoinArgs {
     /// MTU of the bridge and of containers' eth0 (room for the overlay's headers).
     #[arg(long, default_value_t = berth_node_agent::network::DEFAULT_MTU)]
     pub mtu: u32,
+    /// The static init run as PID 1 of tasks that ask for one (`--init`).
+    #[arg(long, env = "BERTH_INIT_PATH", default_value = berth_node_agent::driver::DEFAULT_INIT)]
+    pub init_path: std::path::PathBuf,
     /// The most processes a task's container may have (0: no limit).
     #[arg(long, default_value_t = berth_node_agent::driver::DEFAULT_PIDS_LIMIT)]
     pub pids_limit: u64,
@@ -148,6 +151,7 @@ pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -
         dns_domain: network.dns.as_ref().map(|d| d.domain.clone()),
         features: Features { overlay: network.overlay.is_some(), dns: network.dns.is_some() },
         pids_limit: Some(args.pids_limit).filter(|p| *p > 0),
+        init_path: args.init_path.clone(),
         ..driver::Settings::default()
     };
     let api = berth_proto::client::server(berth_proto::client::MAX_STREAMS)

@@ -69,6 +69,12 @@ pub struct RunArgs {
     /// Seconds between SIGTERM and SIGKILL when stopping on Ctrl-C.
     #[arg(long, default_value_t = 10)]
     pub stop_timeout: u64,
+    /// Run the node's tini as PID 1, reaping orphans and passing signals on
+    #[arg(long)]
+    pub init: bool,
+    /// The static init --init runs
+    #[arg(long, env = "BERTH_INIT_PATH", default_value = berth_node_agent::driver::DEFAULT_INIT)]
+    pub init_path: std::path::PathBuf,
     pub image: String,
     /// Command and arguments (replacing the image's Cmd).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -151,6 +157,7 @@ pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
             UsernsFlag::Host => UserNamespace::Host,
             UsernsFlag::Auto => UserNamespace::Auto,
         },
+        init_binary: args.init.then(|| args.init_path.clone()),
     };
     node.runtime.create(&config)?;
     let shim = match node.runtime.start(&name).await {

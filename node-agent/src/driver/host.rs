@@ -118,7 +118,12 @@ impl Images for StoreImages {
             Pull::Missing => self.store.ensure(image, &self.registries).await?,
             // Layers it has are not fetched again; the manifest is.
             Pull::Always => self.store.pull(image, &self.registries).await?,
-            Pull::Never => self.store.get(image)?,
+            Pull::Never => self.store.get(image).map_err(|e| match e {
+                PullError::NotPulled(name) => {
+                    PullError::NotFound(format!("image {name} is not on this node, and its pull policy is never"))
+                }
+                e => e,
+            })?,
         };
         Ok(Pulled { layers: self.store.layer_dirs(&image)?, image })
     }

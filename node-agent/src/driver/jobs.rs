@@ -257,5 +257,6 @@ fn container_config(
         task: Some(task.id.clone()),
         seccomp: spec.seccomp.clone(),
         userns,
+        init_binary: spec.overrides.init.then(|| settings.init_path.clone()),
     }
 }

@@ -56,7 +56,13 @@ pub struct Settings {
     /// The most processes (and threads) a task's container may have: a
     /// fork bomb in one task takes down neither the node nor its others.
     pub pids_limit: Option<u64>,
+    /// The static init a task with `init` runs as PID 1 (tini-static).
+    pub init_path: std::path::PathBuf,
 }
+
+/// Where Debian's tini package puts its static build, what `--init` runs
+/// (Docker's `docker-init` is tini too).
+pub const DEFAULT_INIT: &str = "/usr/bin/tini-static";
 
 /// Tasks' process limit unless the node says otherwise (`--pids-limit`),
 /// as Podman's and CRI-O's defaults bound it.
@@ -72,6 +78,7 @@ impl Default for Settings {
             dns_domain: None,
             features: Features { overlay: false, dns: false },
             pids_limit: Some(DEFAULT_PIDS_LIMIT),
+            init_path: DEFAULT_INIT.into(),
         }
     }
 }

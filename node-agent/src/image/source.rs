@@ -47,14 +47,16 @@ impl std::fmt::Debug for Source {
 }
 
 impl Source {
-    pub fn new(image: &ImageRef, registries: &Registries) -> Self {
-        match image {
+    pub fn new(image: &ImageRef, registries: &Registries) -> Result<Self, PullError> {
+        Ok(match image {
             ImageRef::Registry(reference) => {
-                let (client, auth) = registries.client(reference.resolve_registry());
+                let (client, auth) = registries
+                    .client(reference.resolve_registry())
+                    .map_err(|message| PullError::Registry { reference: reference.whole(), message })?;
                 Self::Registry { client, reference: reference.clone(), auth, file: registries.file() }
             }
             ImageRef::Layout { path, tag } => Self::Layout { dir: path.clone(), tag: tag.clone() },
-        }
+        })
     }
 
     pub async fn resolve(&self) -> Result<Resolved, PullError> {

@@ -64,7 +64,7 @@ impl Store {
 
     /// Fetches the image unless every layer is already here, and records it.
     pub async fn pull(&self, image: &ImageRef, registries: &Registries) -> Result<Image, PullError> {
-        let source = Source::new(image, registries);
+        let source = Source::new(image, registries)?;
         let resolved = source.resolve().await?;
         let config_digest = sha256_of(&resolved.config);
         if config_digest != resolved.manifest.config.digest {

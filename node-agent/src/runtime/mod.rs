@@ -173,6 +173,15 @@ impl Runtime {
     /// no readable config, and is swept when the name is wanted again.
     pub fn create(&self, config: &ContainerConfig) -> Result<Container, RuntimeError> {
         validate_name(&config.name)?;
+        if let Some(init) = config.init_binary.as_ref().filter(|i| !i.is_file()) {
+            return Err(RuntimeError::Other {
+                name: config.name.clone(),
+                message: format!(
+                    "init: {} is not on this node; install tini (its static build), or point --init-path at a static init",
+                    init.display()
+                ),
+            });
+        }
         let dir = self.dir(&config.name);
         if dir.exists() {
             if !is_debris(&dir) {

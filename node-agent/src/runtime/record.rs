@@ -61,6 +61,11 @@ pub struct ContainerConfig {
     /// Whose ids it has; containers recorded before user namespaces have the host's.
     #[serde(default)]
     pub userns: UserNamespace,
+    /// The host's init binary, run as PID 1 with the command under it
+    /// (`--init`); none for containers recorded before it. (Not `init`:
+    /// the overrides, flattened above, have that key.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_binary: Option<PathBuf>,
 }
 
 /// A container's user namespace.
@@ -112,6 +117,7 @@ impl ContainerConfig {
             task: None,
             seccomp: Seccomp::Default,
             userns: UserNamespace::Host,
+            init_binary: None,
         }
     }
 

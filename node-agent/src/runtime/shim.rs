@@ -126,7 +126,9 @@ fn start(dirs: &Dirs) -> Result<(Watch, Watched), String> {
     let process = spec.process().as_ref().ok_or("the spec has no process")?;
     let path_var =
         process.env().iter().flatten().find_map(|v| v.strip_prefix("PATH=")).unwrap_or(spec::DEFAULT_PATH).to_owned();
-    let arg0 = process.args().iter().flatten().next().ok_or(spec::SpecError::NoCommand.to_string())?;
+    // The command's own (under an init, after `/dev/init --`).
+    let first = if config.init_binary.is_some() { 2 } else { 0 };
+    let arg0 = process.args().iter().flatten().nth(first).ok_or(spec::SpecError::NoCommand.to_string())?;
     rootfs::find_executable(&rootfs, arg0, &path_var)?;
     let bundle = dirs.run.join("bundle");
     fs::create_dir_all(&bundle).map_err(|e| format!("creating {}: {e}", bundle.display()))?;

@@ -333,6 +333,7 @@ mod tests {
                         ..Default::default()
                     }),
                     options: None,
+                    init: true,
                 }),
             }],
             subnet: "198.19.1.0/24".into(),
@@ -392,6 +393,7 @@ mod tests {
             stop_grace_ms: Some(2500),
             health: Health { probe: Some(Probe::Tcp { port: 80 }), retries: Some(1), ..Health::default() },
             options: Default::default(),
+            init: true,
         };
         assert_eq!(*t.spec.overrides, cleared, "an entrypoint set empty stays set");
         assert_eq!(pb::AssignedTasks::from(a.clone()), wire());

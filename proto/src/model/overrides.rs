@@ -54,6 +54,10 @@ pub struct Overrides {
     /// Labels, hosts, DNS, ulimits, tmpfs, restart attempts.
     #[serde(default, skip_serializing_if = "Options::is_empty")]
     pub options: Options,
+    /// A tiny init as PID 1 that reaps orphans and passes signals on
+    /// (`docker run --init`; the node's tini).
+    #[serde(default)]
+    pub init: bool,
 }
 
 /// The longest stop grace a spec may ask for.
@@ -254,6 +258,7 @@ impl Overrides {
             stop_grace_ms: w.stop_grace_ms,
             health: w.health.map(Health::from_pb).unwrap_or_default(),
             options: Options::from_pb(w.options.unwrap_or_default())?,
+            init: w.init,
         })
     }
 
@@ -272,6 +277,7 @@ impl Overrides {
             stop_grace_ms: self.stop_grace_ms,
             health: Some(self.health.to_pb()).filter(|_| !self.health.is_unset()),
             options: Some(self.options.to_pb()).filter(|_| !self.options.is_empty()),
+            init: self.init,
         }
     }
 }
@@ -297,6 +303,7 @@ mod tests {
                 stop_grace_ms: Some(0),
                 health: Health { retries: Some(2), ..Health::default() },
                 options: Options { restart_max_attempts: Some(2), ..Options::default() },
+                init: true,
             },
         ] {
             assert_eq!(Overrides::from_pb(o.to_pb()), Ok(o));
@@ -345,6 +352,7 @@ mod tests {
             stop_grace_ms: Some(30_000),
             health: Health::default(),
             options: Options::default(),
+            init: false,
         };
         assert_eq!(good.validate(), Ok(()));
     }

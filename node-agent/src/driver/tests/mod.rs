@@ -41,6 +41,7 @@ fn node(clusters: &[&FakeCluster], containers: FakeContainers) -> Node {
         dns_domain: Some("berth.local".into()),
         features: Features { overlay: false, dns: true },
         pids_limit: Some(64),
+        init_path: "/usr/bin/tini-static".into(),
     };
     let network = FakeNetwork::default();
     let worker =

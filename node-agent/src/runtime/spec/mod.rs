@@ -68,6 +68,9 @@ pub enum SpecError {
     Seccomp(String),
 }
 
+/// Where a container sees its init (`ContainerConfig::init`).
+pub const INIT: &str = "/dev/init";
+
 /// Files the container sees at `/etc/hostname`, `/etc/hosts`,
 /// `/etc/resolv.conf`, bind-mounted from the container's directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +89,10 @@ pub fn build(
     userns: Option<&Path>,
 ) -> Result<Spec, SpecError> {
     let image = &config.image_config;
-    let args = command(config)?;
+    let mut args = command(config)?;
+    if config.init_binary.is_some() {
+        args.splice(0..0, [INIT.to_owned(), "--".to_owned()]);
+    }
     let user = resolve_user(config.overrides.user.as_deref().unwrap_or(&image.user), passwd, group)?;
     let env = environment(config, user.home.as_deref());
     let caps = capabilities(config)?;
@@ -186,6 +192,14 @@ pub fn build(
                 .build()
                 .map_err(err)?,
         );
+    }
+
+    // The init, read-only on the runtime's /dev tmpfs: nothing of the
+    // image's root is touched, read-only or not.
+    if let Some(init) = &config.init_binary {
+        let options = ["bind", "ro", "nosuid", "nodev", "rprivate"].map(str::to_owned).to_vec();
+        let mount = MountBuilder::default().destination(INIT).typ("bind").source(init).options(options);
+        mounts.push(mount.build().map_err(err)?);
     }
 
     for t in &config.overrides.options.tmpfs {

@@ -138,6 +138,32 @@ fn spec_carries_limits_namespaces_and_hardening() {
     assert!(dests.contains(&"/etc/resolv.conf".into()) && dests.contains(&"/sys".into()));
 }
 
+#[test]
+fn an_init_runs_the_command_under_it_from_a_read_only_mount() {
+    let mut c = config();
+    c.init_binary = Some("/usr/bin/tini-static".into());
+    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
+    let process = spec.process().as_ref().unwrap();
+    assert_eq!(process.args().as_ref().unwrap(), &["/dev/init", "--", "/entry", "serve"]);
+    let init = spec.mounts().as_ref().unwrap().iter().find(|m| m.destination() == std::path::Path::new(INIT));
+    let init = init.expect("the init is mounted");
+    assert_eq!(init.source().as_deref(), Some(std::path::Path::new("/usr/bin/tini-static")));
+    assert!(init.options().as_ref().unwrap().contains(&"ro".to_owned()));
+    // The record of a container from before the field has none.
+    let old: ContainerConfig = serde_json::from_value({
+        let mut v = serde_json::to_value(config()).unwrap();
+        v.as_object_mut().unwrap().remove("init_binary");
+        v
+    })
+    .unwrap();
+    assert_eq!(old.init_binary, None);
+    // The record keeps both the asking (`init`, of the overrides) and the binary.
+    let record = serde_json::to_value(&c).unwrap();
+    assert_eq!((record["init"].clone(), record["init_binary"].clone()), (false.into(), "/usr/bin/tini-static".into()));
+    let back: ContainerConfig = serde_json::from_value(record).unwrap();
+    assert_eq!(back, c);
+}
+
 /// What guards devices on either cgroup version, as generated: no
 /// CAP_MKNOD (above), a deny-all device rule (which libcontainer opens to
 /// the standard character devices on v1), and the default filter.
