@@ -17,6 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib/setup.sh
+. bench/lib.sh
 ensure_packages runc:runc busybox:busybox-static umoci:umoci skopeo:skopeo docker-registry:docker-registry \
   python3:python3
 ensure_rust
@@ -49,14 +50,6 @@ printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdir
 docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
 registry_pid=$!
 printf '[[registry]]\nhost = "127.0.0.1:%s"\ninsecure = true\n' "$port" >"$BERTH_REGISTRIES"
-umoci init --layout "$work/umoci"
-umoci new --image "$work/umoci:bb"
-umoci unpack --image "$work/umoci:bb" "$work/unpacked" >/dev/null
-mkdir -p "$work/unpacked/rootfs/bin"
-cp /bin/busybox "$work/unpacked/rootfs/bin/busybox"
-for applet in sh true echo sleep; do ln -s busybox "$work/unpacked/rootfs/bin/$applet"; done
-umoci repack --image "$work/umoci:bb" "$work/unpacked"
-umoci config --image "$work/umoci:bb" --config.cmd sh
 other=127.0.0.1:$port/umoci/busybox:1
 python3 -c 'import socket, sys, time
 for _ in range(100):
@@ -64,7 +57,7 @@ for _ in range(100):
         socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close(); break
     except OSError:
         time.sleep(0.1)' "$port"
-skopeo copy -q --dest-tls-verify=false "oci:$work/umoci:bb" "docker://$other"
+umoci_busybox "$work" "$other" sh true echo sleep
 
 # A runc bundle with the same root filesystem as each image (its unpacked layer).
 bundle() { # IMAGE DIR
@@ -106,7 +99,6 @@ for image in own other; do
 done
 
 # 100 containers at once.
-ms() { date +%s%N; }
 t0=$(ms)
 seq 1 100 | xargs -P 100 -I{} "$bin/berth-agent" run -d --name s{} "$own" sleep 600 >/dev/null
 while [ "$("$bin/berth-agent" ps -o json | grep -c '"state": "running"')" -lt 100 ]; do sleep 0.01; done

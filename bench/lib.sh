@@ -51,3 +51,20 @@ berth_agent() {
   pids+=("$agent")
   wait_until 30 bash -c "$bin/berthctl node ls | grep -q ready"
 }
+
+# umoci_busybox DIR REF APPLET...: an image made as a user would make it,
+# not by berth's tools: umoci builds Debian's static busybox (with these
+# applets) in one layer under DIR, skopeo pushes it to REF (a registry on
+# loopback, plain HTTP). Its root filesystem stays in DIR/unpacked/rootfs.
+umoci_busybox() {
+  local dir=$1 ref=$2 applet; shift 2
+  umoci init --layout "$dir/umoci"
+  umoci new --image "$dir/umoci:bb"
+  umoci unpack --image "$dir/umoci:bb" "$dir/unpacked" >/dev/null
+  mkdir -p "$dir/unpacked/rootfs/bin" "$dir/unpacked/rootfs/tmp"
+  cp /bin/busybox "$dir/unpacked/rootfs/bin/busybox"
+  for applet in "$@"; do ln -s busybox "$dir/unpacked/rootfs/bin/$applet"; done
+  umoci repack --image "$dir/umoci:bb" "$dir/unpacked"
+  umoci config --image "$dir/umoci:bb" --config.cmd sh --config.env PATH=/bin
+  skopeo copy -q --dest-tls-verify=false "oci:$dir/umoci:bb" "docker://$ref"
+}

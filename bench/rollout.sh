@@ -8,13 +8,13 @@
 #      failure action rollback: time until the CLI says it rolled back.
 # Both CLIs wait on their own (berthctl service update, docker service
 # update without --detach), so each figure is what a user waits for.
-# Usage: bench/rollout.sh [RUNS]   (as root)
+# Usage: [BENCH_IMAGE=umoci] bench/rollout.sh [RUNS]   (as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib/setup.sh
 . bench/lib.sh
 ensure_packages docker-registry:docker-registry busybox:busybox-static dockerd:docker.io curl:curl python3:python3 \
-  ip:iproute2 iptables:iptables
+  ip:iproute2 iptables:iptables umoci:umoci skopeo:skopeo
 ensure_rust
 runs=${1:-3}
 bin=$(build_release)
@@ -44,6 +44,13 @@ trap cleanup EXIT
 
 # ---- berth: one server, one agent, a registry on loopback holding busybox
 berth_server /run/berth-rollout-bench
+# BENCH_IMAGE=umoci: both sides run an image umoci built and skopeo pushed
+# instead of the tests' own.
+if [ "${BENCH_IMAGE:-}" = umoci ]; then
+  image=127.0.0.1:$port/umoci/busybox:1
+  umoci_busybox "$work" "$image" sh test touch sleep true
+  "$bin/berth-agent" image pull "$image" >/dev/null
+fi
 nope=127.0.0.1:$port/nope:v1
 berth_agent berthroll
 ctl() { "$bin/berthctl" "$@"; }
@@ -88,9 +95,13 @@ docker network create --subnet 198.19.251.0/24 --opt com.docker.network.bridge.n
   --opt com.docker.network.bridge.enable_icc=false --opt com.docker.network.bridge.enable_ip_masquerade=true \
   docker_gwbridge >/dev/null
 docker swarm init --advertise-addr 127.0.0.1 --default-addr-pool 198.19.128.0/17 >/dev/null
-mkdir -p "$work/rootfs"
-cp -a "$work"/agent/images/layers/sha256/*/. "$work/rootfs/"
-tar -C "$work/rootfs" -c . | docker import - bench/busybox:v1 >/dev/null
+if [ "${BENCH_IMAGE:-}" = umoci ]; then
+  tar -C "$work/unpacked/rootfs" -c . | docker import - bench/busybox:v1 >/dev/null
+else
+  mkdir -p "$work/rootfs"
+  cp -a "$work"/agent/images/layers/sha256/*/. "$work/rootfs/"
+  tar -C "$work/rootfs" -c . | docker import - bench/busybox:v1 >/dev/null
+fi
 s_update=() s_back=()
 for run in $(seq "$runs"); do
   docker service create --quiet --name web --replicas 20 --health-cmd 'test -f /tmp/ok' --health-interval 1s \
