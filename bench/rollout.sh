@@ -115,7 +115,8 @@ for run in $(seq "$runs"); do
   docker service update --quiet --image "$nope" web >"$work/swarm-bad.log" 2>&1 || true
   s_back+=("$(since "$t0")")
   docker service inspect web --format '{{.UpdateStatus.State}}' | grep -q rollback_completed ||
-    { echo "swarm did not roll back: $(docker service inspect web --format '{{json .UpdateStatus}}')" >&2; exit 1; }
+    { echo "swarm did not roll back: $(docker service inspect web --format '{{json .UpdateStatus}}')" >&2
+      cat "$work/swarm-bad.log" >&2; exit 1; }
   docker service rm web >/dev/null
   wait_until 120 bash -c '[ -z "$(docker ps -q)" ]'
 done
