@@ -58,13 +58,7 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
                         task: t.id.clone(),
                         slot: t.slot,
                         address: t.serving_address()?,
-                        // A global task waiting for its node names it already.
-                        node_name: t
-                            .node
-                            .as_ref()
-                            .or(t.pin.as_ref())
-                            .and_then(|id| state.nodes.get(id))
-                            .map(|n| n.name.clone()),
+                        node_name: node_name(state, t),
                     })
                 })
                 .collect();
@@ -97,16 +91,7 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
                 .tasks
                 .values()
                 .filter(|t| &t.service == service)
-                .map(|t| TaskInfo {
-                    task: t.clone(),
-                    // A global task waiting for its node names it already.
-                    node_name: t
-                        .node
-                        .as_ref()
-                        .or(t.pin.as_ref())
-                        .and_then(|id| state.nodes.get(id))
-                        .map(|n| n.name.clone()),
-                })
+                .map(|t| TaskInfo { task: t.clone(), node_name: node_name(state, t) })
                 .collect();
             tasks.sort_by_key(|i| (i.task.slot, i.task.generation));
             QueryReply::Tasks(tasks)
@@ -118,6 +103,11 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
             QueryReply::Nodes(nodes)
         }
     }
+}
+
+/// The name of a task's node; a global task waiting for its node names it already.
+fn node_name(state: &State, t: &berth_proto::model::Task) -> Option<String> {
+    t.node.as_ref().or(t.pin.as_ref()).and_then(|id| state.nodes.get(id)).map(|n| n.name.clone())
 }
 
 /// A node with what the tasks placed on it hold.
