@@ -2,7 +2,9 @@
 //! 198.18.0.0/16), each running a berth-server and a berth-agent, in one
 //! cluster fixture that the steps share. A global service runs a task on
 //! each node as it joins, leaves a drained one and comes back to it, and
-//! leaves a removed one; a service spreads over the three;
+//! leaves a removed one; a service spread by zone, at most 2 a node, fills
+//! zone b's one host first and leaves the seventh replica waiting; a
+//! service spreads over the three;
 //! its logs come from every host; its containers are reached across hosts
 //! through the overlay (TCP and UDP), and its published ports (TCP and UDP)
 //! from outside on every host
@@ -203,7 +205,13 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     // Each node's DNS answers on its host's address too, and asks the test resolver.
     let dns_args: Vec<Vec<String>> = on
         .iter()
-        .map(|h| vec!["--dns-listen".into(), format!("{}:53", h.ip), "--dns-upstream".into(), upstream.clone()])
+        .enumerate()
+        .map(|(i, h)| {
+            // host1 and host2 in zone a, host3 in zone b.
+            let zone = if i < 2 { "zone=a" } else { "zone=b" };
+            let dns = ["--dns-listen".into(), format!("{}:53", h.ip), "--dns-upstream".into(), upstream.clone()];
+            [&dns[..], &["--label".into(), zone.into()]].concat()
+        })
         .collect();
     let extra = |i: usize| -> Vec<&str> { dns_args[i].iter().map(String::as_str).collect() };
     let mut daemons = Vec::new();
@@ -249,6 +257,38 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     ensure!(ok && out.lines().any(|l| l.starts_with("edge ") && l.contains(" global ")), "{out}");
     let (ok, _, err) = berthctl(&servers, &["service", "scale", "--detach", "edge=2"])?;
     ensure!(!ok && err.contains("replicas") && err.contains("global"), "scaling a global service: {err}");
+
+    // Spread over zones first: zone b's one host takes half of 4 replicas.
+    // At most 2 per node: of 7, the seventh waits, saying why.
+    let zoned = ["--placement-pref", "spread=node.labels.zone", "--replicas-max-per-node", "2"];
+    let args =
+        [&["service", "create", "zoned", "--image", &image, "--replicas", "4"][..], &zoned, &["--", "sleep", "1d"]];
+    let (ok, out, err) = berthctl(&servers, &args.concat())?;
+    ensure!(ok && out.contains("zoned converged: 4/4"), "{out}{err}");
+    let per_host = |servers: &[String]| -> Option<BTreeMap<String, usize>> {
+        let mut n = BTreeMap::new();
+        for (node, _) in tasks(servers, "zoned")?.values().filter(|(_, s)| s == "running") {
+            *n.entry(node.clone()).or_default() += 1;
+        }
+        Some(n)
+    };
+    let want = BTreeMap::from([("host1".into(), 1), ("host2".into(), 1), ("host3".into(), 2)]);
+    ensure!(per_host(&servers) == Some(want), "{:?}", per_host(&servers));
+    let (ok, out, err) = berthctl(&servers, &["service", "scale", "--detach", "zoned=7"])?;
+    ensure!(ok, "{out}{err}");
+    wait_for(Duration::from_secs(60), "6 zoned tasks, 2 a host, and one waiting", async || {
+        let full = BTreeMap::from([("host1".into(), 2), ("host2".into(), 2), ("host3".into(), 2)]);
+        let (ok, out, _) = berthctl(&servers, &["service", "ps", "zoned"]).ok()?;
+        let waiting = out.contains("3 nodes run 2 of its tasks already (max_replicas_per_node)");
+        (ok && waiting && per_host(&servers)? == full).then_some(())
+    })
+    .await?;
+    let (ok, _, err) = berthctl(&servers, &["service", "rm", "zoned"])?;
+    ensure!(ok, "{err}");
+    wait_for(Duration::from_secs(60), "zoned's containers gone", async || {
+        containers(&agents).iter().flatten().all(|c| !c.starts_with("zoned.")).then_some(())
+    })
+    .await?;
 
     let (ok, out, err) = berthctl(
         &servers,
