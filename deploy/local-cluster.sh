@@ -82,7 +82,7 @@ up() {
     ((i == 1)) || role=(--join "198.18.0.1:7400" --token "$server_token")
     # nsenter execs the program, so $! is the server's pid.
     nsenter --net="/run/netns/berth-h$i" "$BIN/berth-server" --data-dir "$DIR/server-$i" --listen "198.18.0.$i:7400" \
-      --cluster-cidr 198.19.0.0/16 "${role[@]}" > "$DIR/server-$i.log" 2>&1 &
+      --cluster-cidr 198.19.0.0/16 --registries "$DIR/registries.toml" "${role[@]}" > "$DIR/server-$i.log" 2>&1 &
     echo $! > "$DIR/server-$i.pid"
     if ((i == 1)); then
       wait_for 30 test -s "$BERTH_CONFIG"
