@@ -151,8 +151,9 @@ down() {
           BERTH_CGROUP_PARENT="berth-local-h$i" "$BIN/berth-agent" rm -f "$c" > /dev/null 2>&1 || true
       done
     fi
-    for f in /run/berth-local/h"$i"/netns/*; do
-      [ -e "$f" ] && { umount -l "$f" 2> /dev/null || true; rm -f "$f"; }
+    # Task namespaces, and (tasks with --userns auto) the user namespaces' dir.
+    for f in /run/berth-local/h"$i"/netns/users/* /run/berth-local/h"$i"/netns/*; do
+      [ -e "$f" ] && { umount -l "$f" 2> /dev/null || true; rm -rf "$f"; }
     done
     rmdir /sys/fs/cgroup/*/berth-local-h"$i" /sys/fs/cgroup/berth-local-h"$i" 2> /dev/null || true
     ip netns del "berth-h$i" 2> /dev/null || true

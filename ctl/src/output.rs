@@ -244,7 +244,8 @@ pub fn tasks(list: &[TaskInfo], format: Format, now: SystemTime) -> String {
                     let t = &i.task;
                     vec![
                         t.id.clone(),
-                        t.spec.image.clone(),
+                        // The tag it was pinned from (-o json has the digest).
+                        t.spec.image.split('@').next().unwrap_or_default().to_owned(),
                         i.node_name.clone().unwrap_or_else(|| "-".into()),
                         t.desired.to_string(),
                         match t.health {
