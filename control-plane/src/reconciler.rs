@@ -44,6 +44,11 @@ pub struct Reconciled {
 }
 
 impl Reconciled {
+    /// Look again at `at` at the latest.
+    fn wake(&mut self, at: u64) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty() && self.rollouts.is_empty() && self.rollbacks.is_empty()
     }
@@ -90,7 +95,7 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
     let mut calm = Vec::new();
     for (name, service) in &state.services {
         let slots = live.remove(name.as_str()).unwrap_or_default();
-        let next = |slot: u32| state.generations.get(&format!("{name}.{slot}")).copied().unwrap_or(0) + 1;
+        let next = |slot: u32| next_generation(state, name, slot);
         let current = state.template(service);
         // During a rollback, a task of an older version that already runs
         // what the spec asks (one the failed rollout never reached) is no
@@ -190,10 +195,9 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
         if let Some(why) = decided.rollback {
             out.rollbacks.push((name.clone(), why));
         }
-        out.wake_at = match (out.wake_at, decided.wake_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        if let Some(at) = decided.wake_at {
+            out.wake(at);
+        }
         for (_, tasks) in slots.iter().filter(|(slot, _)| !wanted.contains_key(slot)) {
             for t in tasks {
                 plan.stop(t, unwanted(state, t));
@@ -202,7 +206,7 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
         // Nothing outdated (so nothing replaced) and nothing in flight.
         let backing_off = held_back.get(name.as_str()).copied();
         if let Some(until) = backing_off {
-            out.wake_at = Some(out.wake_at.map_or(until, |w| w.min(until)));
+            out.wake(until);
         }
         if outdated.is_empty() && in_flight == 0 && slots.len() == wanted.len() && backing_off.is_none() {
             calm.extend(calm_service(service, &slots));
@@ -214,10 +218,10 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
         for (service, tasks, ready_at) in &calm {
             let Some(t) = rebalance::pick(&nodes, &service.spec, tasks) else { continue };
             if now < *ready_at {
-                out.wake_at = Some(out.wake_at.map_or(*ready_at, |w| w.min(*ready_at)));
+                out.wake(*ready_at);
                 continue;
             }
-            let generation = state.generations.get(&format!("{}.{}", t.service, t.slot)).copied().unwrap_or(0) + 1;
+            let generation = next_generation(state, &t.service, t.slot);
             created.push(Task::new(&t.service, t.slot, generation, t.version, t.spec.clone()));
             break;
         }
@@ -238,6 +242,11 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
     }
     out.changes = changes;
     out
+}
+
+/// The generation a slot's next task takes.
+fn next_generation(state: &State, service: &str, slot: u32) -> u32 {
+    state.generations.get(&format!("{service}.{slot}")).copied().unwrap_or(0) + 1
 }
 
 /// How a task of a failed move is stopped (and known again).
