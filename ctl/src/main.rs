@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod health;
 mod lock;
+mod mounts;
 mod options;
 mod output;
 mod placement;

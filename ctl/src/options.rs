@@ -1,5 +1,5 @@
 //! Container options as people write them: `service create --label,
-//! --add-host, --dns, --dns-search, --dns-option, --ulimit, --tmpfs,
+//! --add-host, --dns, --dns-search, --dns-option, --ulimit, --tmpfs, --mount,
 //! --restart-max-attempts, --restart-window` (as `docker service create`
 //! spells them), `--pull` (as `docker run`), and the same keys in a spec
 //! file, into the wire's
@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use crate::health::duration_value;
+use crate::mounts;
 use crate::spec::{duration_ms, memory};
 
 #[derive(Debug, Default, clap::Args)]
@@ -38,6 +39,11 @@ pub struct OptionsFlags {
     /// PATH[:size=SIZE] memory filesystem in each container, e.g. /cache:size=64Mi (repeatable)
     #[arg(long = "tmpfs", value_name = "PATH[:size=SIZE]")]
     tmpfs: Vec<String>,
+    /// type=volume|bind|tmpfs,source=NAME|PATH,target=PATH[,readonly]: a named
+    /// volume kept on the node (made on first use), a host path, or memory
+    /// (repeatable); NAME may hold {{.Task.Slot}} for a volume per replica
+    #[arg(long = "mount", value_name = "type=T,source=S,target=PATH")]
+    mount: Vec<String>,
     /// Restarts after which a task's node gives up (default: never)
     #[arg(long, value_name = "N")]
     restart_max_attempts: Option<u32>,
@@ -52,6 +58,9 @@ pub struct OptionsFlags {
 
 impl OptionsFlags {
     pub fn to_pb(&self) -> Result<Option<pb::Options>> {
+        let parsed = self.mount.iter().map(|m| mounts::flag(m).context("--mount")).collect::<Result<_>>()?;
+        let (mounts, mut tmpfs) = mounts::split(parsed);
+        tmpfs.splice(0..0, self.tmpfs.iter().map(|t| tmpfs_flag(t).context("--tmpfs")).collect::<Result<Vec<_>>>()?);
         let options = pb::Options {
             labels: self
                 .labels
@@ -65,7 +74,8 @@ impl OptionsFlags {
             dns_search: self.dns_search.clone(),
             dns_options: self.dns_option.clone(),
             ulimits: self.ulimit.iter().map(|u| ulimit_flag(u).context("--ulimit")).collect::<Result<_>>()?,
-            tmpfs: self.tmpfs.iter().map(|t| tmpfs_flag(t).context("--tmpfs")).collect::<Result<_>>()?,
+            tmpfs,
+            mounts,
             restart_max_attempts: self.restart_max_attempts,
             restart_window_ms: self
                 .restart_window
@@ -115,6 +125,8 @@ pub struct OptionsFile {
     pub ulimits: Option<BTreeMap<String, Value>>,
     /// `[/run, {target: /cache, size: 64Mi}]`.
     pub tmpfs: Option<Vec<Value>>,
+    /// `[data:/data, /srv/conf:/conf:ro, {type: volume, source: data, target: /data}]`.
+    pub volumes: Option<Vec<Value>>,
     pub restart_max_attempts: Option<u32>,
     pub restart_window: Option<Value>,
     /// `always`, `missing` or `never`.
@@ -158,7 +170,10 @@ impl OptionsFile {
                 Ok((name, limit))
             })
             .collect::<Result<_>>()?;
-        let tmpfs = self
+        let volumes = self.volumes.unwrap_or_default();
+        let parsed = volumes.iter().enumerate().map(|(i, v)| mounts::entry(i, v)).collect::<Result<_>>()?;
+        let (mounts, from_volumes) = mounts::split(parsed);
+        let mut tmpfs: Vec<pb::Tmpfs> = self
             .tmpfs
             .unwrap_or_default()
             .iter()
@@ -181,6 +196,7 @@ impl OptionsFile {
                 other => bail!("tmpfs[{i}]: expected a path or {{target, size}}, got {other:?}"),
             })
             .collect::<Result<_>>()?;
+        tmpfs.extend(from_volumes);
         let options = pb::Options {
             labels: self.labels.unwrap_or_default().into_iter().collect(),
             extra_hosts,
@@ -189,6 +205,7 @@ impl OptionsFile {
             dns_options: self.dns_options.unwrap_or_default(),
             ulimits,
             tmpfs,
+            mounts,
             restart_max_attempts: self.restart_max_attempts,
             restart_window_ms: duration_value(self.restart_window).context("restart_window")?,
             pull: self.pull.unwrap_or_default(),

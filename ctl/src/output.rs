@@ -146,6 +146,18 @@ pub fn service(s: &Service, endpoints: &[Endpoint], format: Format) -> String {
                     .collect(),
             ),
         ),
+        (
+            "Mounts",
+            joined(
+                opts.mounts
+                    .iter()
+                    .map(|m| {
+                        let ro = if m.readonly { " (read-only)" } else { "" };
+                        format!("{} {} -> {}{ro}", m.kind, m.source, m.target)
+                    })
+                    .collect(),
+            ),
+        ),
     ] {
         if !value.is_empty() {
             kv(key, value);

@@ -103,6 +103,9 @@ struct SpecFile {
     ulimits: Option<BTreeMap<String, Value>>,
     #[serde(default)]
     tmpfs: Option<Vec<Value>>,
+    /// Volumes and binds: `[data:/data, {type: bind, source: /srv, target: /srv}]`.
+    #[serde(default)]
+    volumes: Option<Vec<Value>>,
     #[serde(default)]
     restart_max_attempts: Option<u32>,
     #[serde(default)]
@@ -212,6 +215,7 @@ impl SpecFile {
                     dns_options: self.dns_options,
                     ulimits: self.ulimits,
                     tmpfs: self.tmpfs,
+                    volumes: self.volumes,
                     restart_max_attempts: self.restart_max_attempts,
                     restart_window: self.restart_window,
                     pull: self.pull,

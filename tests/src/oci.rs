@@ -63,6 +63,15 @@ impl Tar {
         self
     }
 
+    /// A directory of `mode` owned by `uid` and `gid`.
+    pub fn dir_owned(mut self, path: &str, mode: u32, (uid, gid): (u64, u64)) -> Self {
+        let mut h = Self::header(tar::EntryType::Directory, mode, 0);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        let _ = self.0.append_data(&mut h, path, &[][..]);
+        self
+    }
+
     pub fn file(mut self, path: &str, mode: u32, data: &[u8]) -> Self {
         let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64);
         let _ = self.0.append_data(&mut h, path, data);

@@ -71,8 +71,8 @@ impl ClusterApi {
     /// release before global services sends no placement (newer ones always
     /// do for an update): the service keeps its mode and placement rather
     /// than losing them. A global service or a placement is refused until
-    /// every member reads them (`state::READS` 1), so no server drops them
-    /// from its state.
+    /// every member reads them (`state::READS` 1), and mounts likewise (2),
+    /// so no server drops them from its state.
     async fn spec_in(
         &self,
         spec: Option<ServiceSpec>,
@@ -92,18 +92,13 @@ impl ClusterApi {
             spec.placement = Some(now.spec.placement.to_pb());
         }
         let mut spec = spec_from_request(Some(spec)).map_err(invalid)?;
-        // What a server of the release before would drop from its state.
-        let placed = model::Placement { rebalance: true, ..(*spec.placement).clone() };
-        let new = spec.mode == model::Mode::Global
-            || placed != model::Placement::default()
-            || spec.overrides.options.pull != model::Pull::Missing
-            || spec.overrides.init;
-        if new {
+        let (needs, what) = needed_level(&spec);
+        if needs > 0 {
             let (level, behind) = self.levels.cluster(&self.node).await;
-            if level < 1 {
+            if level < needs {
                 return Err(Status::failed_precondition(format!(
-                    "mode: global, placement (spread, max_replicas_per_node), pull and init need every server of \
-                     this release or newer; {behind} (`berthctl cluster status` lists the servers)"
+                    "{what} need every server of this release or newer; {behind} (`berthctl cluster status` \
+                     lists the servers)"
                 )));
             }
         }
@@ -435,5 +430,47 @@ impl ClusterApi {
             QueryReply::Node(None) => Err(crate::state::Rejection::NodeNotFound(name.to_owned()).into()),
             other => Err(Status::internal(format!("unexpected query reply {other:?}"))),
         }
+    }
+}
+
+/// The level every member must read before `spec` may be written (what a
+/// server of an older release would drop from its state), and what needs it.
+fn needed_level(spec: &model::ServiceSpec) -> (u32, &'static str) {
+    if !spec.overrides.options.mounts.is_empty() {
+        return (2, "volumes and bind mounts");
+    }
+    let placed = model::Placement { rebalance: true, ..(*spec.placement).clone() };
+    let first = spec.mode == model::Mode::Global
+        || placed != model::Placement::default()
+        || spec.overrides.options.pull != model::Pull::Missing
+        || spec.overrides.init;
+    match first {
+        true => (1, "mode: global, placement (spread, max_replicas_per_node), pull and init"),
+        false => (0, ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_an_older_server_would_drop_wait_for_the_level_that_reads_them() {
+        let spec = |edit: &dyn Fn(&mut ServiceSpec)| {
+            let mut w = ServiceSpec { name: "web".into(), image: "busybox".into(), replicas: 1, ..Default::default() };
+            edit(&mut w);
+            needed_level(&spec_from_request(Some(w)).unwrap()).0
+        };
+        assert_eq!(spec(&|_| {}), 0);
+        assert_eq!(spec(&|w| (w.mode, w.replicas) = ("global".into(), 0)), 1);
+        let mount = berth_proto::pb::cluster::Mount {
+            r#type: "volume".into(),
+            source: "data".into(),
+            target: "/data".into(),
+            readonly: false,
+        };
+        let options = berth_proto::pb::cluster::Options { mounts: vec![mount], ..Default::default() };
+        let overrides = berth_proto::pb::cluster::Overrides { options: Some(options), ..Default::default() };
+        assert_eq!(spec(&|w| w.overrides = Some(overrides.clone())), 2);
     }
 }

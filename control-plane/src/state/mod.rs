@@ -27,9 +27,9 @@ pub use query::{query, Query, QueryReply};
 pub use trust::{Access, JoinRole, Rotation, Trust, User};
 
 /// The newest commands this release applies, as a level that only goes up:
-/// 1 reads `ScaleService`. A command of a level is written only while every
+/// 1 reads `ScaleService`, 2 mounts (volumes, binds). A command of a level is written only while every
 /// member reads it (`api::levels`), so one release apart interoperate.
-pub const READS: u32 = 1;
+pub const READS: u32 = 2;
 
 /// Everything the cluster agrees on: services, nodes and tasks; IPAM joins later.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

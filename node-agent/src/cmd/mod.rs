@@ -52,8 +52,13 @@ impl Node {
         berth_node_agent::format::upgrade(&args.data_dir)?;
         let store = Store::open(&args.data_dir.join("images"))?;
         let ids = IdRanges::new(args.userns_dir.clone());
-        let runtime =
-            Runtime::open(&args.data_dir.join("containers"), &args.run_dir.join("containers"), shim_path()?, ids)?;
+        let runtime = Runtime::open(
+            &args.data_dir.join("containers"),
+            &args.run_dir.join("containers"),
+            shim_path()?,
+            ids,
+            &args.data_dir.join("volumes"),
+        )?;
         let registries = Registries::load(&args.registries).map_err(anyhow::Error::msg)?;
         Ok(Self { store, runtime, registries, cgroup_parent: args.cgroup_parent.clone() })
     }

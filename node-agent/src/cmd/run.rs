@@ -158,6 +158,7 @@ pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
             UsernsFlag::Auto => UserNamespace::Auto,
         },
         init_binary: args.init.then(|| args.init_path.clone()),
+        volumes: None,
     };
     node.runtime.create(&config)?;
     let shim = match node.runtime.start(&name).await {

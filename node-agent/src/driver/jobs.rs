@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::model::{AssignedTask, Assignment, TaskReport, Userns};
+use berth_proto::model::{AssignedTask, Assignment, Task, TaskReport, Userns};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -235,6 +235,12 @@ fn container_config(
     settings: &super::Settings,
 ) -> ContainerConfig {
     let spec = &task.spec;
+    let mut overrides = (*spec.overrides).clone();
+    // Each replica's own volume, when the name holds the slot.
+    let slot = Task::slot_of(&task.id).unwrap_or(0);
+    for m in &mut overrides.options.mounts {
+        m.source = m.volume(slot).unwrap_or(std::mem::take(&mut m.source));
+    }
     ContainerConfig {
         name: task.id.clone(),
         image: reference.to_string(),
@@ -243,7 +249,7 @@ fn container_config(
         layer_digests: pulled.image.layers,
         image_config: pulled.image.config,
         command: spec.command.clone(),
-        overrides: (*spec.overrides).clone(),
+        overrides,
         env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         limits: Limits {
             memory_bytes: Some(spec.resources.memory_bytes).filter(|m| *m > 0),
@@ -258,5 +264,6 @@ fn container_config(
         seccomp: spec.seccomp.clone(),
         userns,
         init_binary: spec.overrides.init.then(|| settings.init_path.clone()),
+        volumes: None,
     }
 }

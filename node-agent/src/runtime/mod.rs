@@ -15,12 +15,14 @@
 pub mod etc;
 pub mod exec;
 pub mod idmap;
+pub mod mounts;
 pub mod record;
 pub mod rootfs;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod userns;
+pub mod volumes;
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
@@ -28,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use berth_proto::model::MountKind;
 use libcontainer::container::Container as Lc;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -55,6 +58,8 @@ pub enum RuntimeError {
     Other { name: String, message: String },
     #[error("{path}: {error}")]
     Io { path: String, error: std::io::Error },
+    #[error("volume {volume} is in use by {}; remove them first", users.join(", "))]
+    VolumeInUse { volume: String, users: Vec<String> },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
@@ -124,6 +129,7 @@ pub struct Runtime {
     run_root: PathBuf,
     shim: PathBuf,
     ids: userns::IdRanges,
+    volumes: volumes::Volumes,
 }
 
 pub fn validate_name(name: &str) -> Result<(), RuntimeError> {
@@ -141,12 +147,44 @@ pub fn validate_name(name: &str) -> Result<(), RuntimeError> {
 impl Runtime {
     /// `root` (on disk) and `run_root` (under /run) hold one directory per
     /// container (see [`Dirs`]); `shim` is the berth-shim binary; `ids`
-    /// the host's claims of user namespace ids. Both roots are resolved to
+    /// the host's claims of user namespace ids; `volumes` holds the node's
+    /// named volumes. The roots are resolved to
     /// absolute paths without symlinks: they end up in mount options and
     /// are compared with the mount table (and name claims' holders).
-    pub fn open(root: &Path, run_root: &Path, shim: PathBuf, ids: userns::IdRanges) -> Result<Self, RuntimeError> {
+    pub fn open(
+        root: &Path,
+        run_root: &Path,
+        shim: PathBuf,
+        ids: userns::IdRanges,
+        volumes: &Path,
+    ) -> Result<Self, RuntimeError> {
+        let volumes = volumes::Volumes::open(volumes).map_err(io_err(volumes))?;
         let resolve = |dir: &Path| fs::create_dir_all(dir).and_then(|()| fs::canonicalize(dir)).map_err(io_err(dir));
-        Ok(Self { root: resolve(root)?, run_root: resolve(run_root)?, shim, ids })
+        Ok(Self { root: resolve(root)?, run_root: resolve(run_root)?, shim, ids, volumes })
+    }
+
+    /// The node's named volumes.
+    pub fn volumes(&self) -> &volumes::Volumes {
+        &self.volumes
+    }
+
+    /// The containers that mount volume `name`, running or not.
+    pub fn volume_users(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
+        let mounts = |c: &Container| {
+            c.config.overrides.options.mounts.iter().any(|m| m.kind == MountKind::Volume && m.source == name)
+        };
+        Ok(self.list()?.into_iter().filter(mounts).map(|c| c.config.name).collect())
+    }
+
+    /// Removes volume `name` and its files, unless a container mounts it
+    /// (as `docker volume rm`); false when there was none.
+    pub fn remove_volume(&self, name: &str) -> Result<bool, RuntimeError> {
+        let _held = self.volumes.lock().map_err(io_err(self.volumes.root()))?;
+        let users = self.volume_users(name)?;
+        if !users.is_empty() {
+            return Err(RuntimeError::VolumeInUse { volume: name.to_owned(), users });
+        }
+        self.volumes.remove(name).map_err(io_err(self.volumes.root()))
     }
 
     /// The host's claims of user namespace ids: containers' own, and task
@@ -191,6 +229,36 @@ impl Runtime {
             fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
         }
         let mut config = config.clone();
+        // Its volumes made, under their lock until its config is in place.
+        let named: Vec<&str> = config
+            .overrides
+            .options
+            .mounts
+            .iter()
+            .filter(|m| m.kind == MountKind::Volume)
+            .map(|m| m.source.as_str())
+            .collect();
+        let _held = match named.is_empty() {
+            true => None,
+            false => Some(self.volumes.lock().map_err(io_err(self.volumes.root()))?),
+        };
+        for name in &named {
+            self.volumes.ensure(name).map_err(|e| RuntimeError::Other {
+                name: config.name.clone(),
+                message: format!("volume {name}: {e}"),
+            })?;
+        }
+        if !named.is_empty() {
+            config.volumes = Some(self.volumes.root().to_path_buf());
+        }
+        for m in config.overrides.options.mounts.iter().filter(|m| m.kind == MountKind::Bind) {
+            if !Path::new(&m.source).exists() {
+                return Err(RuntimeError::Other {
+                    name: config.name.clone(),
+                    message: format!("bind source {} does not exist on this node", m.source),
+                });
+            }
+        }
         let mut fresh = false;
         if config.userns == UserNamespace::Auto {
             fresh = self.ids.held(&dir).map_err(io_err(&self.root))?.is_none();

@@ -66,6 +66,10 @@ pub struct ContainerConfig {
     /// the overrides, flattened above, have that key.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_binary: Option<PathBuf>,
+    /// Where the node's named volumes are, for its volume mounts
+    /// ([`crate::runtime::Runtime::create`] sets it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<PathBuf>,
 }
 
 /// A container's user namespace.
@@ -118,6 +122,7 @@ impl ContainerConfig {
             seccomp: Seccomp::Default,
             userns: UserNamespace::Host,
             init_binary: None,
+            volumes: None,
         }
     }
 

@@ -101,7 +101,7 @@ pub fn find_executable(rootfs: &Path, arg0: &str, path_var: &str) -> Result<(), 
 
 /// `path` (absolute inside the container) resolved to a host path under
 /// `rootfs`, following symlinks without leaving it.
-fn resolve_in(rootfs: &Path, path: &str) -> Option<PathBuf> {
+pub(crate) fn resolve_in(rootfs: &Path, path: &str) -> Option<PathBuf> {
     let mut parts: Vec<String> = path.split('/').filter(|p| !p.is_empty()).map(str::to_owned).rev().collect();
     let mut resolved: Vec<String> = Vec::new();
     let mut hops = 0;

@@ -33,7 +33,7 @@ use berth_monitor::{Watch, Watched};
 
 use super::record::{self, ContainerConfig, Dirs, Exited, NetworkMode, Started, UserNamespace};
 use super::userns::IdMap;
-use super::{rootfs, spec};
+use super::{mounts, rootfs, spec};
 
 /// Runs the container to its end. Reports on stdout first (`ok PID` once
 /// it runs, or `error MESSAGE`), then supervises.
@@ -119,10 +119,11 @@ fn start(dirs: &Dirs) -> Result<(Watch, Watched), String> {
     };
     let rootfs = rootfs::mount_rootfs(dirs, &config.layers, held.as_ref().map(|(f, ids)| (f, *ids)))
         .map_err(|e| e.to_string())?;
+    let sources = mounts::ready(dirs, &config, &rootfs, held.as_ref().map(|(f, _)| f))?;
     let read_etc = |name: &str| fs::read_to_string(rootfs.join("etc").join(name)).unwrap_or_default();
     let userns_path = userns.as_ref().map(|(path, _)| path.as_path());
-    let spec = spec::build(&config, &read_etc("passwd"), &read_etc("group"), rootfs.clone(), &etc, userns_path)
-        .map_err(|e| e.to_string())?;
+    let host = spec::Host { rootfs: rootfs.clone(), etc, userns: userns_path, mounts: &sources };
+    let spec = spec::build(&config, &read_etc("passwd"), &read_etc("group"), &host).map_err(|e| e.to_string())?;
     let process = spec.process().as_ref().ok_or("the spec has no process")?;
     let path_var =
         process.env().iter().flatten().find_map(|v| v.strip_prefix("PATH=")).unwrap_or(spec::DEFAULT_PATH).to_owned();

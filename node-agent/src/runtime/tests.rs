@@ -2,7 +2,8 @@ use super::*;
 
 fn runtime(dir: &Path) -> Runtime {
     let ids = userns::IdRanges::new(dir.join("userns"));
-    Runtime::open(&dir.join("containers"), &dir.join("run"), PathBuf::from("/nonexistent/berth-shim"), ids).unwrap()
+    let shim = PathBuf::from("/nonexistent/berth-shim");
+    Runtime::open(&dir.join("containers"), &dir.join("run"), shim, ids, &dir.join("volumes")).unwrap()
 }
 
 fn config(name: &str) -> ContainerConfig {

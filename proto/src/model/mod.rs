@@ -5,6 +5,7 @@ mod assignment;
 mod constraint;
 mod health;
 mod invalid;
+mod mounts;
 mod network;
 mod node;
 mod options;
@@ -21,6 +22,7 @@ pub use assignment::{AssignedTask, Assignment, NodeNetwork, Peer, Replica, Servi
 pub use constraint::{Constraint, ConstraintKey};
 pub use health::{Check, Health, HealthState, Probe};
 pub use invalid::InvalidField;
+pub use mounts::{volume_name_ok, Mount, MountKind, SLOT};
 pub use network::{Cidr, NetworkConfig, PortRange, MAX_NODE_PREFIX};
 pub use node::{Availability, Node, NodeInfo, NodeStatus, Overlay};
 pub use options::{Options, Pull, Tmpfs, Ulimit, ULIMITS};

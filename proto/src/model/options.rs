@@ -1,6 +1,6 @@
 //! More of what a service sets for its containers, as `docker service
 //! create` does: labels, extra `/etc/hosts` entries, DNS settings, resource
-//! limits (ulimits), tmpfs mounts, and how many times a task may restart
+//! limits (ulimits), tmpfs mounts, volumes and bind mounts, and how many times a task may restart
 //! (`--restart-max-attempts` within `--restart-window`). Part of the
 //! spec's [`super::Overrides`]; all empty by default.
 
@@ -9,7 +9,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::InvalidField;
+use super::mounts::clean_path;
+use super::{InvalidField, Mount};
 use crate::pb::cluster as pb;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +36,9 @@ pub struct Options {
     /// Memory filesystems mounted in it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tmpfs: Vec<Tmpfs>,
+    /// Volumes and host paths mounted in it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
     /// Restarts after which the agent gives up (none: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_max_attempts: Option<u32>,
@@ -139,6 +143,7 @@ impl Options {
             ("dns_search", self.dns_search.len()),
             ("dns_options", self.dns_options.len()),
             ("tmpfs", self.tmpfs.len()),
+            ("mounts", self.mounts.len()),
         ];
         for (field, n) in lists {
             if n > MAX_ENTRIES {
@@ -194,12 +199,7 @@ impl Options {
             }
         }
         for (i, t) in self.tmpfs.iter().enumerate() {
-            let clean = t.target.starts_with('/')
-                && t.target.len() <= 4096
-                && !t.target.contains('\0')
-                && !t.target.split('/').any(|p| p == "..")
-                && t.target != "/";
-            if !clean {
+            if !clean_path(&t.target) {
                 return Err(InvalidField::new(
                     format!("tmpfs[{i}]"),
                     &t.target,
@@ -208,6 +208,18 @@ impl Options {
             }
             if t.size_bytes == Some(0) {
                 return Err(InvalidField::new(format!("tmpfs[{i}].size"), 0, "a size above 0"));
+            }
+        }
+        let mut targets = std::collections::BTreeSet::new();
+        for (i, m) in self.mounts.iter().enumerate() {
+            m.validate(i)?;
+            if !targets.insert(m.target.trim_end_matches('/')) {
+                return Err(InvalidField::new(format!("mounts[{i}].target"), &m.target, "a target no other mount has"));
+            }
+        }
+        for (i, t) in self.tmpfs.iter().enumerate() {
+            if targets.contains(t.target.trim_end_matches('/')) {
+                return Err(InvalidField::new(format!("tmpfs[{i}]"), &t.target, "a target no other mount has"));
             }
         }
         Ok(())
@@ -238,6 +250,7 @@ impl Options {
             dns_options: w.dns_options,
             ulimits: w.ulimits.into_iter().map(|(k, u)| (k, Ulimit { soft: u.soft, hard: u.hard })).collect(),
             tmpfs: w.tmpfs.into_iter().map(|t| Tmpfs { target: t.target, size_bytes: t.size_bytes }).collect(),
+            mounts: w.mounts.into_iter().enumerate().map(|(i, m)| Mount::from_pb(i, m)).collect::<Result<_, _>>()?,
             // As Swarm's: 0 attempts is no limit, a 0 s window no window.
             restart_max_attempts: w.restart_max_attempts.filter(|n| *n > 0),
             restart_window_ms: w.restart_window_ms.filter(|ms| *ms > 0),
@@ -258,6 +271,7 @@ impl Options {
                 .iter()
                 .map(|t| pb::Tmpfs { target: t.target.clone(), size_bytes: t.size_bytes })
                 .collect(),
+            mounts: self.mounts.iter().map(Mount::to_pb).collect(),
             restart_max_attempts: self.restart_max_attempts,
             restart_window_ms: self.restart_window_ms,
             pull: if self.pull.is_missing() { String::new() } else { self.pull.to_string() },
@@ -290,6 +304,12 @@ mod tests {
             dns_options: vec!["ndots:2".into()],
             ulimits: [("nofile".to_owned(), Ulimit { soft: 1024, hard: 2048 })].into(),
             tmpfs: vec![Tmpfs { target: "/cache".into(), size_bytes: Some(64 << 20) }],
+            mounts: vec![Mount {
+                kind: super::super::MountKind::Volume,
+                source: "data".into(),
+                target: "/data".into(),
+                readonly: false,
+            }],
             restart_max_attempts: Some(3),
             restart_window_ms: Some(60_000),
             pull: Pull::Always,
@@ -321,6 +341,12 @@ mod tests {
             let tmpfs = vec![Tmpfs { target: target.into(), size_bytes: None }];
             assert_eq!(field(Options { tmpfs, ..full() }), "tmpfs[0]", "{target}");
         }
+        let mut twice = full();
+        twice.mounts.push(twice.mounts[0].clone());
+        assert_eq!(field(twice), "mounts[1].target");
+        let mut over_tmpfs = full();
+        over_tmpfs.tmpfs[0].target = "/data/".into();
+        assert_eq!(field(over_tmpfs), "tmpfs[0]", "one target, two mounts");
         assert_eq!(field(Options { labels: [("a b".to_owned(), String::new())].into(), ..full() }), "labels.a b");
         let wire = pb::Options { extra_hosts: vec!["db".into()], ..Default::default() };
         assert_eq!(Options::from_pb(wire).unwrap_err().field, "extra_hosts[0]");

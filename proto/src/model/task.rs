@@ -155,6 +155,11 @@ impl Task {
         format!("{service}.{slot}.{generation}")
     }
 
+    /// The slot a task id (`SERVICE.SLOT.GENERATION`) names.
+    pub fn slot_of(id: &str) -> Option<u32> {
+        id.rsplit('.').nth(1)?.parse().ok()
+    }
+
     /// A new task for a slot, not placed yet.
     pub fn new(service: &str, slot: u32, generation: u32, version: u64, spec: TaskSpec) -> Self {
         Self {

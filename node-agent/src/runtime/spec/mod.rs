@@ -80,14 +80,20 @@ pub struct EtcFiles {
     pub resolv_conf: PathBuf,
 }
 
-pub fn build(
-    config: &ContainerConfig,
-    passwd: &str,
-    group: &str,
-    rootfs: PathBuf,
-    etc: &EtcFiles,
-    userns: Option<&Path>,
-) -> Result<Spec, SpecError> {
+/// What the host has readied for a container before its spec is built.
+#[derive(Debug, Clone)]
+pub struct Host<'a> {
+    /// Its mounted root.
+    pub rootfs: PathBuf,
+    pub etc: EtcFiles,
+    /// Its user namespace, when it has its own ids.
+    pub userns: Option<&'a Path>,
+    /// The host source of each of its mounts, in order (see [`super::mounts`]).
+    pub mounts: &'a [PathBuf],
+}
+
+pub fn build(config: &ContainerConfig, passwd: &str, group: &str, host: &Host) -> Result<Spec, SpecError> {
+    let (etc, userns) = (&host.etc, host.userns);
     let image = &config.image_config;
     let mut args = command(config)?;
     if config.init_binary.is_some() {
@@ -209,10 +215,26 @@ pub fn build(
         mounts.push(mount.build().map_err(err)?);
     }
 
+    let wanted = &config.overrides.options.mounts;
+    if wanted.len() != host.mounts.len() {
+        return Err(SpecError::Build(format!("{} mounts, {} sources readied", wanted.len(), host.mounts.len())));
+    }
+    for (m, source) in wanted.iter().zip(host.mounts) {
+        // nosuid and nodev: data, never a way to run as someone else or reach a device.
+        let mut options = ["rbind", "rprivate", "nosuid", "nodev"].map(str::to_owned).to_vec();
+        if m.readonly {
+            options.push("ro".to_owned());
+        }
+        let mount = MountBuilder::default().destination(&m.target).typ("bind").source(source).options(options);
+        mounts.push(mount.build().map_err(err)?);
+    }
+
     let mut spec = Spec::default();
     spec.set_hostname(Some(config.hostname()))
         .set_process(Some(process))
-        .set_root(Some(RootBuilder::default().path(rootfs).readonly(config.overrides.read_only).build().map_err(err)?))
+        .set_root(Some(
+            RootBuilder::default().path(&host.rootfs).readonly(config.overrides.read_only).build().map_err(err)?,
+        ))
         .set_mounts(Some(mounts))
         .set_linux(Some(linux));
     Ok(spec)

@@ -64,9 +64,7 @@ fn users_resolve_by_name_or_number() {
 fn a_given_user_and_workdir_replace_the_images() {
     let mut c = config();
     c.image_config.user = "www".into();
-    let process = |c: &ContainerConfig| {
-        build(c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap().process().clone().unwrap()
-    };
+    let process = |c: &ContainerConfig| build(c, PASSWD, GROUP, &host(None)).unwrap().process().clone().unwrap();
     let p = process(&c);
     assert_eq!((p.user().uid(), p.user().gid(), p.cwd().to_str()), (33, 33, Some("/srv")), "the image's");
     c.overrides.user = Some("0:40".into());
@@ -74,10 +72,7 @@ fn a_given_user_and_workdir_replace_the_images() {
     let p = process(&c);
     assert_eq!((p.user().uid(), p.user().gid(), p.cwd().to_str()), (0, 40, Some("/tmp")), "the given ones");
     c.overrides.user = Some("nobody-here".into());
-    assert_eq!(
-        build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap_err(),
-        SpecError::UnknownUser("nobody-here".into())
-    );
+    assert_eq!(build(&c, PASSWD, GROUP, &host(None)).unwrap_err(), SpecError::UnknownUser("nobody-here".into()));
 }
 
 #[test]
@@ -87,7 +82,7 @@ fn capabilities_hostname_and_a_read_only_root_follow_the_config() {
     c.overrides.cap_add = vec!["NET_BIND_SERVICE".into(), "NET_ADMIN".into()];
     c.overrides.hostname = Some("cache-1".into());
     c.overrides.read_only = true;
-    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
+    let spec = build(&c, PASSWD, GROUP, &host(None)).unwrap();
     let caps = spec.process().as_ref().unwrap().capabilities().clone().unwrap();
     let want: HashSet<Capability> = [Capability::NetBindService, Capability::NetAdmin].into_iter().collect();
     assert_eq!((caps.bounding().clone().unwrap(), caps.effective().clone().unwrap()), (want.clone(), want));
@@ -107,11 +102,41 @@ fn etc() -> EtcFiles {
     EtcFiles { hostname: "/c/hostname".into(), hosts: "/c/hosts".into(), resolv_conf: "/c/resolv.conf".into() }
 }
 
+fn host(userns: Option<&Path>) -> Host<'_> {
+    Host { rootfs: "/c/rootfs".into(), etc: etc(), userns, mounts: &[] }
+}
+
+#[test]
+fn volumes_and_binds_are_bind_mounts_without_suid_or_devices() {
+    use berth_proto::model::{Mount, MountKind};
+    let mut c = config();
+    let mount = |kind, source: &str, target: &str, readonly| Mount {
+        kind,
+        source: source.into(),
+        target: target.into(),
+        readonly,
+    };
+    c.overrides.options.mounts =
+        vec![mount(MountKind::Volume, "data", "/data", false), mount(MountKind::Bind, "/srv/conf", "/conf", true)];
+    let sources = [PathBuf::from("/v/data/data"), PathBuf::from("/srv/conf")];
+    let spec = build(&c, PASSWD, GROUP, &Host { mounts: &sources, ..host(None) }).unwrap();
+    let mounts = spec.mounts().as_ref().unwrap();
+    let found = |target: &str| mounts.iter().find(|m| m.destination() == Path::new(target)).unwrap().clone();
+    let data = found("/data");
+    assert_eq!(data.source().as_deref(), Some(Path::new("/v/data/data")));
+    assert_eq!(data.options().clone().unwrap(), ["rbind", "rprivate", "nosuid", "nodev"]);
+    let conf = found("/conf");
+    assert_eq!(conf.source().as_deref(), Some(Path::new("/srv/conf")));
+    assert!(conf.options().as_ref().unwrap().contains(&"ro".to_owned()));
+    let unready = build(&c, PASSWD, GROUP, &host(None)).unwrap_err();
+    assert!(unready.to_string().contains("2 mounts, 0 sources"), "{unready}");
+}
+
 #[test]
 fn spec_carries_limits_namespaces_and_hardening() {
     let mut c = config();
     c.limits = Limits { memory_bytes: Some(64 << 20), cpu_millis: Some(500), pids: Some(20) };
-    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
+    let spec = build(&c, PASSWD, GROUP, &host(None)).unwrap();
     let linux = spec.linux().as_ref().unwrap();
     let res = linux.resources().as_ref().unwrap();
     assert_eq!(res.memory().as_ref().unwrap().limit(), Some(64 << 20));
@@ -142,7 +167,7 @@ fn spec_carries_limits_namespaces_and_hardening() {
 fn an_init_runs_the_command_under_it_from_a_read_only_mount() {
     let mut c = config();
     c.init_binary = Some("/usr/bin/tini-static".into());
-    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
+    let spec = build(&c, PASSWD, GROUP, &host(None)).unwrap();
     let process = spec.process().as_ref().unwrap();
     assert_eq!(process.args().as_ref().unwrap(), &["/dev/init", "--", "/entry", "serve"]);
     let init = spec.mounts().as_ref().unwrap().iter().find(|m| m.destination() == std::path::Path::new(INIT));
@@ -170,7 +195,7 @@ fn an_init_runs_the_command_under_it_from_a_read_only_mount() {
 #[test]
 fn devices_are_denied_and_the_default_filter_is_on_unless_unconfined() {
     let mut c = config();
-    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
+    let spec = build(&c, PASSWD, GROUP, &host(None)).unwrap();
     let linux = spec.linux().as_ref().unwrap();
     let devices = linux.resources().as_ref().unwrap().devices().clone().unwrap();
     assert_eq!(devices.len(), 1);
@@ -182,17 +207,17 @@ fn devices_are_denied_and_the_default_filter_is_on_unless_unconfined() {
     assert!(!allowed.names().iter().any(|n| n == "mount"));
 
     c.seccomp = Seccomp::Unconfined;
-    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
+    let spec = build(&c, PASSWD, GROUP, &host(None)).unwrap();
     assert!(spec.linux().as_ref().unwrap().seccomp().is_none());
     c.seccomp = Seccomp::Profile("{\"defaultAction\": \"SCMP_ACT_BOGUS\"}".into());
-    assert!(matches!(build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None), Err(SpecError::Seccomp(_))));
+    assert!(matches!(build(&c, PASSWD, GROUP, &host(None)), Err(SpecError::Seccomp(_))));
 }
 
 #[test]
 fn host_network_drops_only_the_network_namespace() {
     let mut c = config();
     c.network = NetworkMode::Host;
-    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
+    let spec = build(&c, PASSWD, GROUP, &host(None)).unwrap();
     let ns: Vec<_> = spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
     assert!(!ns.contains(&LinuxNamespaceType::Network));
     assert!(ns.contains(&LinuxNamespaceType::Pid));
@@ -206,7 +231,7 @@ fn a_joined_network_uses_the_namespace_made_for_it() {
         address: [198, 19, 1, 2].into(),
         resolv_conf: None,
     };
-    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
+    let spec = build(&c, PASSWD, GROUP, &host(None)).unwrap();
     let namespaces = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
     let net: Vec<_> = namespaces.iter().filter(|n| n.typ() == LinuxNamespaceType::Network).collect();
     assert_eq!(net.len(), 1);
@@ -222,7 +247,7 @@ fn a_user_namespace_is_joined_by_path_with_its_ids_recorded() {
     let mut c = config();
     c.userns = UserNamespace::Own(ids);
     let path = Path::new("/run/berth-agent/containers/web-1/userns");
-    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), Some(path)).unwrap();
+    let spec = build(&c, PASSWD, GROUP, &host(Some(path))).unwrap();
     let linux = spec.linux().as_ref().unwrap();
     let namespaces = linux.namespaces().clone().unwrap();
     let user: Vec<_> = namespaces.iter().filter(|n| n.typ() == LinuxNamespaceType::User).collect();
@@ -236,10 +261,10 @@ fn a_user_namespace_is_joined_by_path_with_its_ids_recorded() {
     // is owned by it; the host's network cannot be.
     assert!(namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none()));
     c.network = NetworkMode::Host;
-    let refused = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), Some(path)).unwrap_err();
+    let refused = build(&c, PASSWD, GROUP, &host(Some(path))).unwrap_err();
     assert!(refused.to_string().contains("host's network"), "{refused}");
     // The host's ids: no user namespace, no maps.
-    let spec = build(&config(), PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
+    let spec = build(&config(), PASSWD, GROUP, &host(None)).unwrap();
     let linux = spec.linux().as_ref().unwrap();
     assert!(linux.namespaces().as_ref().unwrap().iter().all(|n| n.typ() != LinuxNamespaceType::User));
     assert!(linux.uid_mappings().is_none());
@@ -268,7 +293,7 @@ fn limits_reach_cgroup_v2_files() {
     }
     let mut c = config();
     c.limits = Limits { memory_bytes: Some(64 << 20), cpu_millis: Some(500), pids: Some(20) };
-    let spec = build(&c, PASSWD, GROUP, "/c/rootfs".into(), &etc(), None).unwrap();
+    let spec = build(&c, PASSWD, GROUP, &host(None)).unwrap();
     let linux = spec.linux().as_ref().unwrap();
     let cgroup = linux.cgroups_path().as_ref().unwrap();
     let manager = libcgroups::v2::manager::Manager::new(r.to_path_buf(), cgroup.clone()).unwrap();

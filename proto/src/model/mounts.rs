@@ -1,0 +1,164 @@
+//! What a service mounts into its containers besides its image: named
+//! volumes, which live on the node and outlive every task that uses them
+//! (`docker service create --mount type=volume,...`), and bind mounts of a
+//! host path (`type=bind`). Memory filesystems are [`super::Tmpfs`].
+//!
+//! A volume's name may hold `{{.Task.Slot}}`, as in Swarm's templated
+//! mounts: each replica then has a volume of its own (`data-1`, `data-2`,
+//! ...), which stays with its slot through restarts, updates and moves.
+
+use serde::{Deserialize, Serialize};
+
+use super::InvalidField;
+use crate::pb::cluster as pb;
+
+/// The template a volume name may hold: the task's slot.
+pub const SLOT: &str = "{{.Task.Slot}}";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    #[serde(rename = "type")]
+    pub kind: MountKind,
+    /// The volume's name, or the host path of a bind.
+    pub source: String,
+    /// An absolute path in the container.
+    pub target: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    /// A named volume on the node, made on first use.
+    Volume,
+    /// A host path, which must exist on the node.
+    Bind,
+}
+
+impl MountKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "volume" => Some(Self::Volume),
+            "bind" => Some(Self::Bind),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for MountKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Volume => "volume",
+            Self::Bind => "bind",
+        })
+    }
+}
+
+/// A volume name as Docker takes it: a letter or digit, then letters,
+/// digits, '_', '.' or '-', at most 128 bytes.
+pub fn volume_name_ok(name: &str) -> bool {
+    name.len() <= 128
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// An absolute path without `..` or NUL, at most 4096 bytes, other than `/`.
+pub(super) fn clean_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() <= 4096
+        && !path.contains('\0')
+        && !path.split('/').any(|p| p == "..")
+        && !path.trim_end_matches('/').is_empty()
+}
+
+impl Mount {
+    /// The volume a task of `slot` mounts (its template filled in); none for a bind.
+    pub fn volume(&self, slot: u32) -> Option<String> {
+        (self.kind == MountKind::Volume).then(|| self.source.replace(SLOT, &slot.to_string()))
+    }
+
+    /// Checks it as entry `i` of the mounts.
+    pub fn validate(&self, i: usize) -> Result<(), InvalidField> {
+        if !clean_path(&self.target) {
+            return Err(InvalidField::new(
+                format!("mounts[{i}].target"),
+                &self.target,
+                "an absolute path other than / without '..'",
+            ));
+        }
+        let ok = match self.kind {
+            MountKind::Volume => volume_name_ok(&self.source.replace(SLOT, "1")),
+            MountKind::Bind => clean_path(&self.source),
+        };
+        if !ok {
+            let expected = match self.kind {
+                MountKind::Volume => {
+                    "a volume name: a letter or digit, then letters, digits, '_', '.' or '-' (at most 128), \
+                     and {{.Task.Slot}} for a volume per replica"
+                }
+                MountKind::Bind => "an absolute host path other than / without '..'",
+            };
+            return Err(InvalidField::new(format!("mounts[{i}].source"), &self.source, expected));
+        }
+        Ok(())
+    }
+
+    pub fn from_pb(i: usize, w: pb::Mount) -> Result<Self, InvalidField> {
+        let kind = MountKind::parse(&w.r#type)
+            .ok_or_else(|| InvalidField::new(format!("mounts[{i}].type"), &w.r#type, "volume or bind"))?;
+        Ok(Self { kind, source: w.source, target: w.target, readonly: w.readonly })
+    }
+
+    pub fn to_pb(&self) -> pb::Mount {
+        pb::Mount {
+            r#type: self.kind.to_string(),
+            source: self.source.clone(),
+            target: self.target.clone(),
+            readonly: self.readonly,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume(source: &str, target: &str) -> Mount {
+        Mount { kind: MountKind::Volume, source: source.into(), target: target.into(), readonly: false }
+    }
+
+    #[test]
+    fn a_template_names_a_volume_per_slot() {
+        assert_eq!(volume("data-{{.Task.Slot}}", "/data").volume(3).as_deref(), Some("data-3"));
+        assert_eq!(volume("data", "/data").volume(3).as_deref(), Some("data"));
+        let bind = Mount { kind: MountKind::Bind, source: "/srv".into(), ..volume("", "/srv") };
+        assert_eq!(bind.volume(1), None);
+    }
+
+    #[test]
+    fn bad_mounts_are_named() {
+        let field = |m: Mount| m.validate(2).unwrap_err().field;
+        assert_eq!(volume("data-{{.Task.Slot}}", "/data").validate(0), Ok(()));
+        assert_eq!(field(volume("data", "data")), "mounts[2].target");
+        assert_eq!(field(volume("data", "/")), "mounts[2].target");
+        assert_eq!(field(volume("../etc", "/data")), "mounts[2].source");
+        assert_eq!(field(volume("a/b", "/data")), "mounts[2].source");
+        assert_eq!(field(volume(&"v".repeat(129), "/data")), "mounts[2].source");
+        let bind = |source: &str| Mount { kind: MountKind::Bind, ..volume(source, "/data") };
+        assert_eq!(bind("/srv/data").validate(0), Ok(()));
+        for bad in ["srv", "/", "/srv/../etc", "//"] {
+            assert_eq!(field(bind(bad)), "mounts[2].source", "{bad}");
+        }
+        let wire = pb::Mount { r#type: "nfs".into(), source: "x".into(), target: "/x".into(), readonly: false };
+        assert_eq!(Mount::from_pb(1, wire).unwrap_err().field, "mounts[1].type");
+    }
+
+    #[test]
+    fn wire_and_stored_forms() {
+        let m = Mount { readonly: true, ..volume("data", "/data") };
+        assert_eq!(Mount::from_pb(0, m.to_pb()), Ok(m.clone()));
+        let json = serde_json::to_string(&volume("data", "/data")).unwrap();
+        assert_eq!(json, r#"{"type":"volume","source":"data","target":"/data"}"#);
+    }
+}
