@@ -29,6 +29,7 @@ fn nodes(n: usize) -> Vec<NodeView> {
             tasks: BTreeMap::new(),
             // A /24 per node.
             addresses_left: Some(253),
+            mounts: true,
         })
         .collect()
 }

@@ -20,6 +20,7 @@
 //! the second time: at rest it is silent. What waits for time (a rollout's
 //! delay or monitor) says when to look again (`Reconciled::wake_at`).
 
+mod data;
 pub mod rebalance;
 pub mod rollout;
 
@@ -290,8 +291,10 @@ fn calm_service<'a>(
         .rollout
         .as_ref()
         .is_some_and(|r| r.state.moving() || matches!(r.state, RolloutState::Paused | RolloutState::RollbackPaused));
+    // A replica with volumes stays with its data.
     let eligible = spec.mode == Mode::Replicated
         && spec.placement.rebalance
+        && spec.overrides.options.mounts.is_empty()
         && spec.update_config.order == Order::StartFirst
         && !rolling;
     if !eligible {
@@ -383,6 +386,7 @@ fn views(state: &State, stopping: &BTreeSet<&str>) -> Vec<NodeView> {
                     let held = addressed.get(n.id.as_str()).copied().unwrap_or(0);
                     s.task_capacity().saturating_sub(held).min(u32::MAX as u64) as u32
                 }),
+                mounts: state.volumes.contains_key(&n.id),
             };
             (n.id.as_str(), view)
         })
@@ -397,7 +401,7 @@ fn views(state: &State, stopping: &BTreeSet<&str>) -> Vec<NodeView> {
 }
 
 /// What the scheduler is asked for a task of this service.
-fn request(task: &Task, spec: &ServiceSpec) -> Request {
+fn request(task: &Task, spec: &ServiceSpec, holders: &data::Holders) -> Request {
     Request {
         task: task.id.clone(),
         service: task.service.clone(),
@@ -406,6 +410,7 @@ fn request(task: &Task, spec: &ServiceSpec) -> Request {
         pin: task.pin.clone(),
         spread: spec.placement.spread.clone(),
         max_per_node: spec.placement.max_per_node,
+        data: holders.data(task),
     }
 }
 
@@ -420,8 +425,9 @@ fn place(state: &State, stopping: &BTreeSet<&str>, created: &[Task]) -> Vec<Task
             .filter(|t| t.desired == Desired::Running && !stopping.contains(t.id.as_str()) && t.node.is_none()),
     );
     pending.sort_by(|a, b| (&a.service, a.slot, a.generation).cmp(&(&b.service, b.slot, b.generation)));
+    let holders = data::Holders::of(state);
     let requests: Vec<Request> =
-        pending.iter().filter_map(|t| Some(request(t, &state.services.get(&t.service)?.spec))).collect();
+        pending.iter().filter_map(|t| Some(request(t, &state.services.get(&t.service)?.spec, &holders))).collect();
     scheduler::schedule(&nodes, &requests)
         .into_iter()
         .filter_map(|d| match d {

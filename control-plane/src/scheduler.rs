@@ -5,9 +5,11 @@
 //!
 //! ```text
 //! filter: its pinned node, if any (a global service's task)
-//!         ─▶ ready and active ─▶ constraints hold ─▶ fewer of the service than its cap per node
+//!         ─▶ ready and active ─▶ constraints hold ─▶ its agent mounts volumes (if it has mounts)
+//!         ─▶ holds its pinned volumes (once they exist) ─▶ fewer of the service than its cap per node
 //!         ─▶ CPU and memory fit what is unallocated ─▶ its subnet has an address left
-//! score:  fewest tasks of this service under each spread label's value (preferences, in order)
+//! score:  most of its volumes held (data stays where it is)
+//!         ─▶ fewest tasks of this service under each spread label's value (preferences, in order)
 //!         ─▶ fewest tasks of this service on the node (spread)
 //!         ─▶ least allocated (dominant share of CPU or memory in use)
 //!         ─▶ node order (ties)
@@ -44,6 +46,9 @@ pub struct NodeView {
     pub tasks: BTreeMap<String, u32>,
     /// Task addresses its subnet has left; None when it hands out none.
     pub addresses_left: Option<u32>,
+    /// Its agent has told its volumes: it can mount them (one from before
+    /// volumes would run a task without its mounts).
+    pub mounts: bool,
 }
 
 /// A task to place.
@@ -59,14 +64,31 @@ pub struct Request {
     pub spread: Vec<String>,
     /// The most tasks of the service one node may carry.
     pub max_per_node: Option<u32>,
+    /// Where its volumes are.
+    pub data: Data,
+}
+
+/// Where a task's named volumes are, as the reconciler finds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Data {
+    /// It mounts volumes or host paths: only nodes that can mount take it.
+    pub mounts: bool,
+    /// Nodes holding some of its volumes, by id, with how many: the more,
+    /// the better.
+    pub held: BTreeMap<String, u32>,
+    /// With pinned volumes that exist: the nodes holding every one of
+    /// them (the only ones it may go to), and the volumes and where they
+    /// are, for people.
+    pub pinned: Option<(BTreeSet<String>, String)>,
 }
 
 /// What places a request: tasks that share it are placed together.
-type ShapeKey<'a> = (&'a str, Resources, &'a [Constraint], Option<&'a str>, &'a [String], Option<u32>);
+type ShapeKey<'a> = (&'a str, Resources, &'a [Constraint], Option<&'a str>, &'a [String], Option<u32>, &'a Data);
 
 impl Request {
     fn shape(&self) -> ShapeKey<'_> {
-        (&self.service, self.resources, &self.constraints, self.pin.as_deref(), &self.spread, self.max_per_node)
+        let (service, pin) = (self.service.as_str(), self.pin.as_deref());
+        (service, self.resources, &self.constraints, pin, &self.spread, self.max_per_node, &self.data)
     }
 }
 
@@ -106,8 +128,9 @@ pub fn schedule(nodes: &[NodeView], requests: &[Request]) -> Vec<Decision> {
     decisions
 }
 
-/// Heap key: fewest of this service first, then least allocated, then node order.
-type Key = Reverse<(u32, u64, usize)>;
+/// Heap key: most of its data first, then fewest of this service, then
+/// least allocated, then node order.
+type Key = Reverse<(u32, u32, u64, usize)>;
 
 /// The nodes as placement goes on, with indexes kept in step.
 struct Placer {
@@ -158,7 +181,7 @@ impl Placer {
     /// so walk the nodes by load and take the first `k` that fit. None when
     /// the service has tasks already or fewer than `k` nodes fit.
     fn first_fits(&self, shape: &Request, k: usize) -> Option<Vec<usize>> {
-        if self.spread.get(&shape.service).is_some_and(|c| !c.is_empty()) {
+        if self.spread.get(&shape.service).is_some_and(|c| !c.is_empty()) || !shape.data.held.is_empty() {
             return None;
         }
         let chosen: Vec<usize> =
@@ -173,13 +196,13 @@ impl Placer {
         keys.clear();
         for (i, node) in self.nodes.iter().enumerate() {
             match refusal(node, shape) {
-                None => keys.push(self.key(&shape.service, i)),
+                None => keys.push(self.key(shape, i)),
                 Some(why) => refused.count(why),
             }
         }
         let mut heap = BinaryHeap::from(keys);
         for task in tasks {
-            let Some(Reverse((_, _, i))) = heap.pop() else {
+            let Some(Reverse((_, _, _, i))) = heap.pop() else {
                 out.push(Decision::Unplaced {
                     task: task.task.clone(),
                     reason: refused.explain(shape, self.nodes.len()),
@@ -188,7 +211,7 @@ impl Placer {
             };
             self.place(i, shape, task, out);
             match refusal(&self.nodes[i], shape) {
-                None => heap.push(self.key(&shape.service, i)),
+                None => heap.push(self.key(shape, i)),
                 Some(why) => refused.count(why),
             }
         }
@@ -236,9 +259,12 @@ impl Placer {
                     refused.count(why);
                     continue;
                 }
-                let groups: Vec<u32> =
-                    (0..values.len()).map(|p| under[p].get(&values[p][i]).copied().unwrap_or(0)).collect();
-                let candidate = (groups, self.key(&shape.service, i), i);
+                let key = self.key(shape, i);
+                // Its data first (the key's first part), then the groups.
+                let groups: Vec<u32> = std::iter::once(key.0 .0)
+                    .chain((0..values.len()).map(|p| under[p].get(&values[p][i]).copied().unwrap_or(0)))
+                    .collect();
+                let candidate = (groups, key, i);
                 // Keys are reversed (for the max-heap): the larger one wins.
                 if best.as_ref().is_none_or(|b| (&candidate.0, Reverse(&candidate.1)) < (&b.0, Reverse(&b.1))) {
                     best = Some(candidate);
@@ -258,9 +284,10 @@ impl Placer {
         }
     }
 
-    fn key(&self, service: &str, i: usize) -> Key {
-        let count = self.spread.get(service).and_then(|c| c.get(&i)).copied().unwrap_or(0);
-        Reverse((count, self.loads[i], i))
+    fn key(&self, shape: &Request, i: usize) -> Key {
+        let count = self.spread.get(&shape.service).and_then(|c| c.get(&i)).copied().unwrap_or(0);
+        let held = shape.data.held.get(&self.nodes[i].id).copied().unwrap_or(0);
+        Reverse((u32::MAX - held, count, self.loads[i], i))
     }
 
     fn place(&mut self, i: usize, shape: &Request, task: &Request, out: &mut Vec<Decision>) {
@@ -290,6 +317,8 @@ fn load(node: &NodeView) -> u64 {
 enum Why {
     Unschedulable,
     Constraint(usize),
+    NoMounts,
+    NotData,
     PerNode(u32),
     Cpu,
     Memory,
@@ -302,6 +331,12 @@ fn refusal(node: &NodeView, shape: &Request) -> Option<Why> {
     }
     if let Some(i) = shape.constraints.iter().position(|c| !c.allows(&node.name, &node.labels)) {
         return Some(Why::Constraint(i));
+    }
+    if shape.data.mounts && !node.mounts {
+        return Some(Why::NoMounts);
+    }
+    if shape.data.pinned.as_ref().is_some_and(|(nodes, _)| !nodes.contains(&node.id)) {
+        return Some(Why::NotData);
     }
     if let Some(max) = shape.max_per_node.filter(|&max| node.tasks.get(&shape.service).is_some_and(|&n| n >= max)) {
         return Some(Why::PerNode(max));
@@ -324,6 +359,8 @@ fn refusal(node: &NodeView, shape: &Request) -> Option<Why> {
 struct Refusals {
     unschedulable: usize,
     constraint: BTreeMap<usize, usize>,
+    no_mounts: usize,
+    not_data: usize,
     per_node: Option<(u32, usize)>,
     cpu: usize,
     memory: usize,
@@ -335,6 +372,8 @@ impl Refusals {
         match why {
             Why::Unschedulable => self.unschedulable += 1,
             Why::Constraint(i) => *self.constraint.entry(i).or_default() += 1,
+            Why::NoMounts => self.no_mounts += 1,
+            Why::NotData => self.not_data += 1,
             Why::PerNode(max) => self.per_node = Some((max, self.per_node.map_or(0, |p| p.1) + 1)),
             Why::Cpu => self.cpu += 1,
             Why::Memory => self.memory += 1,
@@ -362,6 +401,14 @@ impl Refusals {
         for (&i, &k) in &self.constraint {
             let c = &shape.constraints[i];
             parts.push(say(k, format!("fails {c}"), format!("fail {c}")));
+        }
+        if self.no_mounts > 0 {
+            let (one, many) = ("runs an agent that cannot mount volumes", "run agents that cannot mount volumes");
+            parts.push(say(self.no_mounts, one.into(), many.into()));
+        }
+        if let Some((_, where_)) = shape.data.pinned.as_ref().filter(|_| self.not_data > 0) {
+            let lack = format!("its pinned {where_}");
+            parts.push(say(self.not_data, format!("does not hold {lack}"), format!("do not hold {lack}")));
         }
         if let Some((max, k)) = self.per_node {
             let runs = format!("{max} of its tasks already (max_replicas_per_node)");

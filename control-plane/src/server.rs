@@ -110,16 +110,22 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     node.network = cfg.network;
     let node = Arc::new(node);
     let leader_work = tokio::spawn(crate::leader::run(node.clone()));
+    let levels = crate::api::Levels::default();
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = berth_proto::client::server(cfg.max_streams_per_connection)
         .add_service(
-            ClusterServer::new(ClusterApi::new(node.clone(), cfg.max_watches_per_caller, cfg.registries.clone()))
-                .max_decoding_message_size(cfg.max_request_bytes)
-                .max_encoding_message_size(MAX_MESSAGE),
+            ClusterServer::new(ClusterApi::new(
+                node.clone(),
+                cfg.max_watches_per_caller,
+                cfg.registries.clone(),
+                levels.clone(),
+            ))
+            .max_decoding_message_size(cfg.max_request_bytes)
+            .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            AgentServer::new(AgentApi { node: node.clone() })
+            AgentServer::new(AgentApi { node: node.clone(), levels: levels.clone() })
                 .max_decoding_message_size(cfg.max_request_bytes)
                 .max_encoding_message_size(MAX_MESSAGE),
         )

@@ -13,6 +13,7 @@ mod placement;
 mod rollout;
 mod spec;
 mod streams;
+mod volumes;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -73,6 +74,9 @@ enum Command {
     /// Nodes: the hosts that run berth-agent
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Named volumes: the data nodes keep for their tasks
+    #[command(subcommand)]
+    Volume(VolumeCmd),
     /// Print changes to services, nodes and tasks as they happen, until interrupted
     Events,
     /// Users: who may use the cluster, and with which role
@@ -95,6 +99,27 @@ enum UserCmd {
     Ls,
     /// Remove a user: its credential stops working at once, on every server
     Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumeCmd {
+    /// List volumes: the node each is on, and the tasks that mount it
+    #[command(alias = "list")]
+    Ls {
+        /// Only this node's (name or id)
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Show a volume, on every node that has one of that name
+    Inspect { name: String },
+    /// Remove a volume and its data, unless a task mounts it
+    #[command(alias = "remove")]
+    Rm {
+        name: String,
+        /// Only on this node (default: every node that has it)
+        #[arg(long)]
+        node: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -687,6 +712,9 @@ async fn run(cli: Cli) -> Result<String> {
             client.call("set node availability", async |mut c| c.set_node_availability(req.clone()).await).await?;
             Ok(format!("node {name} is now {availability}\n"))
         }
+        Command::Volume(VolumeCmd::Ls { node }) => volumes::ls(&client, node, fmt).await,
+        Command::Volume(VolumeCmd::Inspect { name }) => volumes::inspect(&client, &name, fmt).await,
+        Command::Volume(VolumeCmd::Rm { name, node }) => volumes::rm(&client, &name, node).await,
         Command::Node(NodeCmd::Rm { name }) => {
             let req = pb::RemoveNodeRequest { name: name.clone() };
             client.call("remove node", async |mut c| c.remove_node(req.clone()).await).await?;

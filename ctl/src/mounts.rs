@@ -1,8 +1,9 @@
 //! Mounts as people write them: `--mount type=volume,source=data,target=/data`
 //! (Docker's comma-separated form: `src`, `dst` and `destination`, `ro` and
-//! `readonly[=true|false]`, `tmpfs-size`), and a spec file's `volumes:`
-//! entries in Compose's two forms, `data:/data[:ro]` and `{type, source,
-//! target, read_only}`. A tmpfs mount becomes one of the options' tmpfs.
+//! `readonly[=true|false]`, `tmpfs-size`, and berth's `volume-pin`), and a
+//! spec file's `volumes:` entries in Compose's two forms, `data:/data[:ro]`
+//! and `{type, source, target, read_only, volume: {pin}}`. A tmpfs mount
+//! becomes one of the options' tmpfs.
 
 use anyhow::{anyhow, bail, Result};
 use berth_proto::pb::cluster as pb;
@@ -31,7 +32,8 @@ pub fn split(parsed: Vec<Parsed>) -> (Vec<pb::Mount>, Vec<pb::Tmpfs>) {
 
 /// `--mount type=volume,source=data,target=/data[,readonly]`.
 pub fn flag(text: &str) -> Result<Parsed> {
-    let (mut kind, mut source, mut target, mut readonly, mut size) = ("volume".to_owned(), None, None, false, None);
+    let (mut kind, mut source, mut target, mut size) = ("volume".to_owned(), None, None, None);
+    let (mut readonly, mut pin) = (false, false);
     for part in text.split(',').filter(|p| !p.is_empty()) {
         let (key, value) = part.split_once('=').map_or((part, None), |(k, v)| (k, Some(v)));
         match (key, value) {
@@ -39,22 +41,24 @@ pub fn flag(text: &str) -> Result<Parsed> {
             ("source" | "src", Some(v)) => source = Some(v.to_owned()),
             ("target" | "dst" | "destination", Some(v)) => target = Some(v.to_owned()),
             ("readonly" | "ro", None) => readonly = true,
-            ("readonly" | "ro", Some(v)) => {
-                readonly = match v {
+            ("volume-pin", None) => pin = true,
+            ("readonly" | "ro" | "volume-pin", Some(v)) => {
+                let yes = match v {
                     "true" | "1" => true,
                     "false" | "0" => false,
                     _ => bail!("{text:?}: {key}={v:?}: expected true or false"),
-                }
+                };
+                *(if key == "volume-pin" { &mut pin } else { &mut readonly }) = yes;
             }
             ("tmpfs-size", Some(v)) => size = Some(bytes(v)?),
             _ => bail!(
                 "{text:?}: {part:?} is not a mount option: expected type=volume|bind|tmpfs, source=, target=, \
-                 readonly or tmpfs-size="
+                 readonly, volume-pin or tmpfs-size="
             ),
         }
     }
     let target = target.ok_or_else(|| anyhow!("{text:?}: no target= (where the container sees it)"))?;
-    build(&kind, source, target, readonly, size).map_err(|e| anyhow!("{text:?}: {e}"))
+    build(&kind, source, target, (readonly, pin), size).map_err(|e| anyhow!("{text:?}: {e}"))
 }
 
 /// A spec file's `volumes:` entry `i`.
@@ -64,7 +68,7 @@ pub fn entry(i: usize, value: &Value) -> Result<Parsed> {
         Value::String(short) => short_form(short).map_err(at),
         Value::Mapping(m) => {
             for key in m.keys() {
-                let known = ["type", "source", "target", "read_only", "readonly", "tmpfs"];
+                let known = ["type", "source", "target", "read_only", "readonly", "tmpfs", "volume"];
                 match key.as_str() {
                     Some(k) if known.contains(&k) => {}
                     Some(k) => {
@@ -85,6 +89,20 @@ pub fn entry(i: usize, value: &Value) -> Result<Parsed> {
                 Some(Value::Bool(b)) => *b,
                 Some(other) => bail!("volumes[{i}].read_only: expected true or false, got {other:?}"),
             };
+            let pin = match m.get("volume") {
+                None => false,
+                Some(Value::Mapping(v)) => {
+                    if let Some(k) = v.keys().find(|k| k.as_str() != Some("pin")) {
+                        bail!("volumes[{i}].volume: {k:?} is not supported: expected pin");
+                    }
+                    match v.get("pin") {
+                        None => false,
+                        Some(Value::Bool(b)) => *b,
+                        Some(other) => bail!("volumes[{i}].volume.pin: expected true or false, got {other:?}"),
+                    }
+                }
+                Some(other) => bail!("volumes[{i}].volume: expected {{pin: true}}, got {other:?}"),
+            };
             let size = match m.get("tmpfs").and_then(|t| t.get("size")) {
                 None => None,
                 Some(Value::Number(n)) => n.as_u64(),
@@ -93,7 +111,7 @@ pub fn entry(i: usize, value: &Value) -> Result<Parsed> {
             };
             let kind = text("type")?.unwrap_or_else(|| "volume".into());
             let target = text("target")?.ok_or_else(|| anyhow!("volumes[{i}]: no target"))?;
-            build(&kind, text("source")?, target, readonly, size).map_err(at)
+            build(&kind, text("source")?, target, (readonly, pin), size).map_err(at)
         }
         other => bail!("volumes[{i}]: expected SOURCE:TARGET[:ro] or {{type, source, target}}, got {other:?}"),
     }
@@ -115,10 +133,16 @@ fn short_form(text: &str) -> Result<Parsed> {
         other => bail!("{text:?}: {other:?} is not a mode: expected ro or rw"),
     };
     let kind = if source.starts_with(['/', '.', '~']) { "bind" } else { "volume" };
-    build(kind, Some(source.to_owned()), target.to_owned(), readonly, None)
+    build(kind, Some(source.to_owned()), target.to_owned(), (readonly, false), None)
 }
 
-fn build(kind: &str, source: Option<String>, target: String, readonly: bool, size: Option<u64>) -> Result<Parsed> {
+fn build(
+    kind: &str,
+    source: Option<String>,
+    target: String,
+    (readonly, pin): (bool, bool),
+    size: Option<u64>,
+) -> Result<Parsed> {
     match kind {
         "volume" | "bind" => {
             if size.is_some() {
@@ -128,11 +152,11 @@ fn build(kind: &str, source: Option<String>, target: String, readonly: bool, siz
                 "volume" => anyhow!("no source: name the volume (berth keeps no anonymous volumes)"),
                 _ => anyhow!("no source: the host path to mount"),
             })?;
-            Ok(Parsed::Mount(pb::Mount { r#type: kind.to_owned(), source, target, readonly }))
+            Ok(Parsed::Mount(pb::Mount { r#type: kind.to_owned(), source, target, readonly, pin }))
         }
         "tmpfs" => {
-            if source.is_some() || readonly {
-                bail!("a tmpfs mount takes no source and is never read-only");
+            if source.is_some() || readonly || pin {
+                bail!("a tmpfs mount takes no source, is never read-only and cannot be pinned");
             }
             Ok(Parsed::Tmpfs(pb::Tmpfs { target, size_bytes: size }))
         }
@@ -149,7 +173,13 @@ mod tests {
     use super::*;
 
     fn mount(kind: &str, source: &str, target: &str, readonly: bool) -> Parsed {
-        Parsed::Mount(pb::Mount { r#type: kind.into(), source: source.into(), target: target.into(), readonly })
+        Parsed::Mount(pb::Mount {
+            r#type: kind.into(),
+            source: source.into(),
+            target: target.into(),
+            readonly,
+            pin: false,
+        })
     }
 
     #[test]
@@ -164,6 +194,8 @@ mod tests {
             flag("type=tmpfs,target=/cache,tmpfs-size=64Mi").unwrap(),
             Parsed::Tmpfs(pb::Tmpfs { target: "/cache".into(), size_bytes: Some(64 << 20) })
         );
+        let pinned = flag("source=data,target=/data,volume-pin").unwrap();
+        assert!(matches!(pinned, Parsed::Mount(m) if m.pin && !m.readonly));
         let err = |t: &str| format!("{:#}", flag(t).unwrap_err());
         assert!(err("type=nfs,source=a,target=/a").contains("type \"nfs\" is not supported"));
         assert!(err("source=data").contains("no target="));
@@ -185,7 +217,10 @@ mod tests {
             entry(0, &yaml("{type: tmpfs, target: /t, tmpfs: {size: 1Mi}}")).unwrap(),
             Parsed::Tmpfs(pb::Tmpfs { target: "/t".into(), size_bytes: Some(1 << 20) })
         );
+        let pinned = entry(0, &yaml("{source: data, target: /d, volume: {pin: true}}")).unwrap();
+        assert!(matches!(pinned, Parsed::Mount(m) if m.pin));
         let err = |s: &str| format!("{:#}", entry(3, &yaml(s)).unwrap_err());
+        assert!(err("{source: data, target: /d, volume: {nocopy: true}}").contains("volumes[3].volume"));
         assert!(err("/data").starts_with("volumes[3]: \"/data\": expected SOURCE:TARGET"));
         assert!(err("data:/data:rx").contains("\"rx\" is not a mode"));
         assert!(err("{source: data, target: /d, driver: nfs}").contains("\"driver\" is not a key"));

@@ -313,7 +313,7 @@ fn health(h: &berth_proto::model::Health) -> String {
 }
 
 /// How long ago a Unix-ms time was, the way people say it: `12s ago`.
-fn ago(at_ms: u64, now: SystemTime) -> String {
+pub fn ago(at_ms: u64, now: SystemTime) -> String {
     let Ok(now) = now.duration_since(UNIX_EPOCH) else { return "-".into() };
     if at_ms == 0 {
         return "-".into();

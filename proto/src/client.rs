@@ -354,6 +354,12 @@ mod tests {
         ) -> Result<tonic::Response<pb::ReportTasksReply>, Status> {
             Err(Status::invalid_argument("no"))
         }
+        async fn report_volumes(
+            &self,
+            _: tonic::Request<pb::ReportVolumesRequest>,
+        ) -> Result<tonic::Response<pb::ReportVolumesReply>, Status> {
+            Err(Status::invalid_argument("no"))
+        }
     }
 
     use crate::pb::agent as pb;

@@ -1,10 +1,16 @@
-//! Data that outlives its tasks: a named volume made on first use keeps
-//! what a task wrote through a crash, a restart and an update (a new
-//! task), starts with what the image has at its target (files, owner and
-//! mode, as Docker copies them), and is shared with a task that has ids
-//! of its own (seen through an idmapped mount, kept on disk with the ids
-//! the container sees). A bind mount shows a host directory, read-only
-//! when asked; a missing bind source fails the task saying so.
+//! Data that outlives its tasks, on two agents: a named volume made on
+//! first use keeps what a task wrote through a crash, a restart and an
+//! update (whose new task goes where the volume is, though start-first
+//! spreading alone would take it to the other node), starts with what the
+//! image has at its target (files, owner and mode, as Docker copies
+//! them), and is shared with a task that has ids of its own (seen through
+//! an idmapped mount, kept on disk with the ids the container sees). A
+//! pinned volume's task waits while its node is down, saying where its
+//! data is, and runs there again when the node is back. `volume ls` and
+//! `inspect` show where volumes are and what mounts them; `volume rm` is
+//! refused while a task mounts one, then removes it from its node. A bind
+//! mount shows a host directory, read-only when asked; a missing bind
+//! source fails the task saying so.
 
 use std::time::Duration;
 
@@ -13,6 +19,33 @@ use berth_tests::agent::Agent;
 use berth_tests::oci::{blob, Compression, Image, Tar};
 use berth_tests::registry::Registry;
 use berth_tests::{berthctl, wait_for, Cluster};
+
+/// A service's tasks meant to run, from `service ps -o json`: (id, node, state, message).
+fn tasks(servers: &[String], service: &str) -> Vec<(String, String, String, String)> {
+    let Ok((true, out, _)) = berthctl(servers, &["service", "ps", service, "-o", "json"]) else { return vec![] };
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    list.iter()
+        .filter(|t| t["task"]["desired"] == "running")
+        .map(|t| (s(&t["task"]["id"]), s(&t["node_name"]), s(&t["task"]["state"]), s(&t["task"]["message"])))
+        .collect()
+}
+
+/// The volumes `volume ls -o json` shows: (name, node, used_by).
+fn volumes(servers: &[String]) -> Vec<(String, String, Vec<String>)> {
+    let Ok((true, out, _)) = berthctl(servers, &["volume", "ls", "-o", "json"]) else { return vec![] };
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
+    list.iter()
+        .map(|v| {
+            let users = v["used_by"].as_array().into_iter().flatten().filter_map(|u| u.as_str()).map(String::from);
+            (
+                v["name"].as_str().unwrap_or("-").to_owned(),
+                v["node"].as_str().unwrap_or("-").to_owned(),
+                users.collect(),
+            )
+        })
+        .collect()
+}
 
 /// What a service's tasks printed, without the `TASK@NODE | ` prefixes.
 fn said(servers: &[String], service: &str) -> Vec<String> {
@@ -38,8 +71,9 @@ async fn a_volume_keeps_its_data_through_restarts_and_updates() -> Result<()> {
     let reference = format!("{}/store:1", registry.addr);
     let cluster = Cluster::start(1, &[]).await?;
     let servers = cluster.addrs();
-    let agent = Agent::new(Some(&registry));
-    let daemons = berth_tests::agent::join_ready(&servers, &[(&agent, "solo")]).await?;
+    let (one, two) = (Agent::new(Some(&registry)), Agent::new(Some(&registry)));
+    let mut daemons = berth_tests::agent::join_ready(&servers, &[(&one, "one"), (&two, "two")]).await?;
+    let agent_on = |node: &str| if node == "one" { &one } else { &two };
 
     // Each run adds a line and prints how many there are.
     let script = "stat -c 'owner=%u mode=%a' /data; cat /data/seed; echo run >> /data/runs; \
@@ -53,8 +87,16 @@ async fn a_volume_keeps_its_data_through_restarts_and_updates() -> Result<()> {
     wait_runs(&servers, "store", &["runs=1"]).await?;
     let first = said(&servers, "store");
     ensure!(first[..2] == ["owner=1000 mode=750", "from the image"], "not filled from the image: {first:?}");
+    let home = tasks(&servers, "store").first().map(|t| t.1.clone()).context("store's node")?;
+    let agent = agent_on(&home);
     let on_disk = agent.data.path().join("volumes/data/data");
     ensure!(std::fs::read_to_string(on_disk.join("runs"))? == "run\n", "the volume on the node");
+    // The cluster knows where it is, and what mounts it.
+    wait_for(Duration::from_secs(30), "data in volume ls", async || {
+        (volumes(&servers) == [("data".into(), home.clone(), vec!["store.1.1".into()])]).then_some(())
+    })
+    .await
+    .with_context(|| format!("{:?}", volumes(&servers)))?;
 
     // A crash: the agent restarts the task on a fresh writable layer; the volume stays.
     let pid = agent.ps().iter().find(|c| c["name"] == "store.1.1").and_then(|c| c["pid"].as_i64()).context("pid")?;
@@ -64,6 +106,8 @@ async fn a_volume_keeps_its_data_through_restarts_and_updates() -> Result<()> {
     let (ok, out, err) = berthctl(&servers, &["service", "update", "store", "--env-add", "V=2"])?;
     ensure!(ok, "{out}{err}");
     wait_runs(&servers, "store", &["runs=1", "runs=2", "runs=3"]).await?;
+    let now = tasks(&servers, "store");
+    ensure!(now.len() == 1 && now[0].1 == home, "the new task went where its data is: {now:?}");
 
     // A task with ids of its own shares it: it sees the same owners, and
     // what it writes is kept with the ids it sees.
@@ -75,6 +119,49 @@ async fn a_volume_keeps_its_data_through_restarts_and_updates() -> Result<()> {
     ensure!(owner == 0, "the file the tasks' root wrote is root's on disk: {owner}");
     let (ok, out, _) = berthctl(&servers, &["service", "inspect", "other"])?;
     ensure!(ok && out.contains("volume data -> /data"), "{out}");
+
+    // A pinned volume: its task waits for its node rather than start empty elsewhere.
+    let (ok, out, err) = create("pinned", &["--mount", "source=pdata,target=/data,volume-pin"])?;
+    ensure!(ok, "{out}{err}");
+    wait_runs(&servers, "pinned", &["runs=1"]).await?;
+    let pinned_on = tasks(&servers, "pinned").first().map(|t| t.1.clone()).context("pinned's node")?;
+    wait_for(Duration::from_secs(30), "pdata in volume ls", async || {
+        volumes(&servers).iter().any(|v| v.0 == "pdata" && v.1 == pinned_on).then_some(())
+    })
+    .await?;
+    let index = if pinned_on == "one" { 0 } else { 1 };
+    let stopped = daemons.remove(index);
+    drop(stopped);
+    let waiting = format!("does not hold its pinned volume pdata (on {pinned_on})");
+    wait_for(Duration::from_secs(60), "pinned waiting for its node", async || {
+        tasks(&servers, "pinned").iter().any(|t| t.2 == "pending" && t.3.contains(&waiting)).then_some(())
+    })
+    .await
+    .with_context(|| format!("{:?}", tasks(&servers, "pinned")))?;
+    let back = agent_on(&pinned_on).join(&servers, &pinned_on, &[])?;
+    daemons.insert(index, back);
+    wait_runs(&servers, "pinned", &["runs=1", "runs=2"]).await?;
+    ensure!(tasks(&servers, "pinned").iter().all(|t| t.1 == pinned_on), "{:?}", tasks(&servers, "pinned"));
+
+    // A volume in use is not removed; one no task mounts is, with its files.
+    let (ok, _, err) = berthctl(&servers, &["volume", "rm", "pdata"])?;
+    ensure!(!ok && err.contains("in use by pinned."), "{err}");
+    let (ok, out, err) = berthctl(&servers, &["service", "rm", "pinned"])?;
+    ensure!(ok, "{out}{err}");
+    let pdata = agent_on(&pinned_on).data.path().join("volumes/pdata");
+    let (ok, out, err) = wait_for(Duration::from_secs(30), "pdata removed", async || {
+        let (ok, out, err) = berthctl(&servers, &["volume", "rm", "pdata"]).ok()?;
+        // Until its container is gone its node refuses.
+        (ok || !err.contains("in use")).then_some((ok, out, err))
+    })
+    .await?;
+    ensure!(ok && out.contains(&format!("volume pdata removed from {pinned_on}")), "{out}{err}");
+    ensure!(!pdata.exists(), "its files are gone");
+    ensure!(volumes(&servers).iter().all(|v| v.0 != "pdata"), "{:?}", volumes(&servers));
+    let (ok, _, err) = berthctl(&servers, &["volume", "rm", "pdata"])?;
+    ensure!(!ok && err.contains("volume pdata not found"), "{err}");
+    let (ok, out, _) = berthctl(&servers, &["volume", "inspect", "data"])?;
+    ensure!(ok && out.contains("Used by:") && out.contains("other."), "{out}");
 
     // A bind mount, read-only, and one whose source is missing.
     let host = tempfile::tempdir()?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use berth_proto::model::{
     validate_name, AssignedTask, Assignment, Availability, Desired, Node as NodeRecord, NodeNetwork, NodeStatus,
-    Overlay, Peer, Replica, Resources, ServiceEndpoints,
+    NodeVolume, Overlay, Peer, Replica, Resources, ServiceEndpoints,
 };
 use berth_proto::pb::agent::agent_server::Agent;
 use berth_proto::pb::agent::*;
@@ -33,6 +33,8 @@ const MAX_LABELS: usize = 64;
 #[derive(Debug, Clone)]
 pub struct AgentApi {
     pub node: Arc<Node>,
+    /// The cluster's level, shared with the Cluster API's.
+    pub levels: super::levels::Levels,
 }
 
 /// Checks a registration and turns it into the node to record; a node
@@ -220,6 +222,30 @@ impl Agent for AgentApi {
         self.node.write(Command::ReportTasks { node: node_id, reports, at_ms: now_ms() }).await?;
         Ok(Response::new(ReportTasksReply {}))
     }
+
+    /// Refused until every member reads volumes: the agent tells again
+    /// while its watch shows the cluster without them.
+    async fn report_volumes(&self, req: Request<ReportVolumesRequest>) -> Result<Response<ReportVolumesReply>, Status> {
+        auth::node(&self.node, &req, &req.get_ref().node_id)?;
+        let ReportVolumesRequest { node_id, volumes } = req.into_inner();
+        let volumes = volumes_from(volumes)?;
+        let (level, behind) = self.levels.cluster(&self.node).await;
+        if level < 2 {
+            return Err(Status::failed_precondition(format!("volumes need every server of this release; {behind}")));
+        }
+        match self.node.write(Command::ReportVolumes { node: node_id, volumes }).await? {
+            Applied::Rejected(r) => Err(r.into()),
+            _ => Ok(Response::new(ReportVolumesReply {})),
+        }
+    }
+}
+
+/// A node's volume list from the wire, checked.
+pub fn volumes_from(volumes: Vec<berth_proto::pb::agent::NodeVolume>) -> Result<Vec<NodeVolume>, Status> {
+    let volumes: Vec<NodeVolume> =
+        volumes.into_iter().map(|v| NodeVolume { name: v.name, created_at_ms: v.created_at_ms }).collect();
+    crate::state::check_volumes(&volumes).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(volumes)
 }
 
 /// What a node is asked to do now: its tasks, each with its own spec (not
@@ -253,7 +279,8 @@ pub fn assigned(state: &State, node_id: &str) -> Assignment {
         .collect();
     let subnet = state.nodes.get(node_id).and_then(|n| n.subnet);
     let network = subnet.zip(state.network).map(|(subnet, net)| NodeNetwork { subnet, cluster: net.cidr });
-    Assignment { tasks, network, peers, services: endpoints(state), ..Assignment::default() }
+    let volumes = state.volumes.get(node_id).map(|v| v.iter().map(|v| v.name.clone()).collect());
+    Assignment { tasks, network, peers, services: endpoints(state), volumes, ..Assignment::default() }
 }
 
 /// Every service, its ports, and its replicas that serve now

@@ -40,12 +40,17 @@ fn name_arg(name: &str) -> Result<(), Status> {
 }
 
 impl ClusterApi {
-    pub fn new(node: Arc<Node>, watches_per_caller: usize, registries: berth_proto::registries::Registries) -> Self {
+    pub fn new(
+        node: Arc<Node>,
+        watches_per_caller: usize,
+        registries: berth_proto::registries::Registries,
+        levels: super::levels::Levels,
+    ) -> Self {
         Self {
             node,
             pinner: Arc::new(super::pin::Pinner::new(registries)),
             watches: Quota::new("log streams and event watches", watches_per_caller),
-            levels: Default::default(),
+            levels,
         }
     }
 
@@ -387,6 +392,16 @@ impl Cluster for ClusterApi {
         }
     }
 
+    async fn list_volumes(&self, req: Request<ListVolumesRequest>) -> Result<Response<ListVolumesReply>, Status> {
+        self.allow(&req, Access::Read, "listing volumes")?;
+        Ok(Response::new(super::volumes::list(&self.node, &self.levels, req.into_inner()).await?))
+    }
+
+    async fn delete_volume(&self, req: Request<DeleteVolumeRequest>) -> Result<Response<DeleteVolumeReply>, Status> {
+        self.allow(&req, Access::Operator, "removing a volume")?;
+        Ok(Response::new(super::volumes::delete(&self.node, &self.levels, req.into_inner()).await?))
+    }
+
     async fn join_token(&self, req: Request<JoinTokenRequest>) -> Result<Response<JoinTokenReply>, Status> {
         self.allow(&req, Access::Admin, "managing join tokens")?;
         Ok(Response::new(access::join_token(&self.node, req.into_inner()).await?))
@@ -467,7 +482,7 @@ mod tests {
             r#type: "volume".into(),
             source: "data".into(),
             target: "/data".into(),
-            readonly: false,
+            ..Default::default()
         };
         let options = berth_proto::pb::cluster::Options { mounts: vec![mount], ..Default::default() };
         let overrides = berth_proto::pb::cluster::Overrides { options: Some(options), ..Default::default() };

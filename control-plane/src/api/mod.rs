@@ -12,9 +12,11 @@ mod levels;
 mod pin;
 mod raft;
 mod streams;
+mod volumes;
 
 pub use agent::AgentApi;
 pub use cluster::ClusterApi;
+pub use levels::Levels;
 pub use raft::RaftApi;
 use tonic::Status;
 

@@ -48,6 +48,8 @@ pub fn pick<'a>(nodes: &[NodeView], spec: &ServiceSpec, tasks: &[&'a Task]) -> O
         pin: None,
         spread: keys.clone(),
         max_per_node: spec.placement.max_per_node,
+        // Services with mounts are never rebalanced (see `calm_service`).
+        data: Default::default(),
     };
     let dst = match scheduler::schedule(nodes, &[probe]).pop()? {
         Decision::Place { node, .. } => nodes.iter().position(|n| n.id == node)?,
@@ -99,6 +101,7 @@ mod tests {
             allocated: Resources::default(),
             tasks: if web > 0 { BTreeMap::from([("web".to_owned(), web)]) } else { BTreeMap::new() },
             addresses_left: None,
+            mounts: true,
         }
     }
 

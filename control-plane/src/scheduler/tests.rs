@@ -15,6 +15,7 @@ fn node(id: &str, cpus: u64, mem_gi: u64) -> NodeView {
         allocated: Resources::default(),
         tasks: BTreeMap::new(),
         addresses_left: None,
+        mounts: true,
     }
 }
 
@@ -310,4 +311,46 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn data_draws_its_task_and_a_pinned_volume_binds_it() {
+    let (mut a, b) = (node("a", 4, 8), node("b", 4, 8));
+    // a is busier and already runs the service: without data, b would win.
+    a.tasks.insert("db".into(), 1);
+    a.allocated = Resources { cpu_millis: 3000, memory_bytes: 0 };
+    let mut r = requests("db", 1, Resources::default(), &[]).remove(0);
+    r.data = Data { mounts: true, held: [("a".into(), 1)].into(), pinned: None };
+    assert_eq!(placed(&schedule(&[a.clone(), b.clone()], &[r.clone()])), BTreeMap::from([("a".into(), 1)]));
+    // Unpinned, a task whose data's node is down goes elsewhere.
+    let mut down = a.clone();
+    down.schedulable = false;
+    assert_eq!(placed(&schedule(&[down.clone(), b.clone()], &[r.clone()])), BTreeMap::from([("b".into(), 1)]));
+    // Pinned, it waits, saying where its data is.
+    r.data.pinned = Some((["a".into()].into(), "volume data (on a)".into()));
+    let d = schedule(&[down, b.clone()], &[r.clone()]);
+    let Decision::Unplaced { reason, .. } = &d[0] else { panic!("{d:?}") };
+    assert_eq!(
+        reason,
+        "no node fits: 1 node is not ready or drained, 1 node does not hold its pinned volume data (on a)"
+    );
+    // With spread preferences too, the data comes first.
+    r.spread = vec!["zone".into()];
+    r.data.pinned = None;
+    let (mut za, mut zb) = (a, b);
+    za.labels.insert("zone".into(), "x".into());
+    zb.labels.insert("zone".into(), "y".into());
+    assert_eq!(placed(&schedule(&[za, zb], &[r])), BTreeMap::from([("a".into(), 1)]));
+}
+
+#[test]
+fn a_task_with_mounts_skips_agents_that_cannot_mount() {
+    let (mut old, new) = (node("old", 8, 8), node("new", 1, 1));
+    old.mounts = false;
+    let mut r = requests("db", 1, Resources::default(), &[]).remove(0);
+    r.data.mounts = true;
+    assert_eq!(placed(&schedule(&[old.clone(), new], &[r.clone()])), BTreeMap::from([("new".into(), 1)]));
+    let d = schedule(&[old], &[r]);
+    let Decision::Unplaced { reason, .. } = &d[0] else { panic!("{d:?}") };
+    assert_eq!(reason, "no node fits: 1 node runs an agent that cannot mount volumes");
 }

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use berth_proto::model::{
-    Desired, InvalidField, NodeStatus, Protocol, Resources, Rollout, RolloutState, Service, ServiceSpec, Task,
-    TaskState,
+    volume_name_ok, Desired, InvalidField, NodeStatus, NodeVolume, Protocol, Resources, Rollout, RolloutState, Service,
+    ServiceSpec, Task, TaskState, MAX_NODE_VOLUMES,
 };
 
 use super::{ipam, trust, Command, Outcome, Rejection, Response, RolloutChange, State, TaskChange};
@@ -186,6 +186,18 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
         Command::Holds { holder, root } => trust::holds(state, holder, root),
         Command::RenewUser { name, fingerprint } => trust::renew_user(state, name, fingerprint),
         Command::ConfirmUser { name, fingerprint } => trust::confirm_user(state, name, fingerprint),
+        Command::ReportVolumes { node, volumes } => {
+            if let Err(e) = check_volumes(volumes) {
+                return Response::Rejected(Rejection::Invalid(e));
+            }
+            match state.nodes.contains_key(node) {
+                true => {
+                    state.volumes.insert(node.clone(), volumes.clone());
+                    Response::Done
+                }
+                false => Response::Rejected(Rejection::NodeNotFound(node.clone())),
+            }
+        }
         Command::ReportTasks { node, reports, at_ms } => {
             let mut applied = 0;
             for r in reports {
@@ -236,6 +248,21 @@ fn set_rollout(state: &mut State, change: &RolloutChange) -> bool {
     true
 }
 
+/// A node's volume list: at most `MAX_NODE_VOLUMES`, each a valid name, once.
+pub fn check_volumes(volumes: &[NodeVolume]) -> Result<(), InvalidField> {
+    if volumes.len() > MAX_NODE_VOLUMES {
+        let expected = format!("at most {MAX_NODE_VOLUMES} volumes on a node");
+        return Err(InvalidField::new("volumes", format!("{} volumes", volumes.len()), expected));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, v) in volumes.iter().enumerate() {
+        if !volume_name_ok(&v.name) || !seen.insert(&v.name) {
+            return Err(InvalidField::new(format!("volumes[{i}].name"), &v.name, "a volume name, listed once"));
+        }
+    }
+    Ok(())
+}
+
 fn remove_node(state: &mut State, id: &str) -> Response {
     let Some(node) = state.nodes.get(id) else {
         return Response::Rejected(Rejection::NodeNotFound(id.to_owned()));
@@ -250,6 +277,7 @@ fn remove_node(state: &mut State, id: &str) -> Response {
     }
     state.nodes.remove(id);
     state.removed_nodes.insert(id.to_owned());
+    state.volumes.remove(id);
     state.tasks.retain(|_, t| !on_node(t));
     Response::Deleted
 }
@@ -334,6 +362,7 @@ fn apply_change(state: &mut State, held: &mut Held, change: &TaskChange, at_ms: 
 
 #[cfg(test)]
 mod tests {
+    use crate::state::QueryReply;
     use berth_proto::model::{RestartPolicy, ServiceSpec, TaskSpec};
 
     use super::*;
@@ -515,6 +544,51 @@ mod tests {
         apply(&mut s, &Command::RemoveNode { id: "a".into() });
         apply(&mut s, &Command::RegisterNode(node("c")));
         assert_eq!(s.nodes["c"].subnet.unwrap().to_string(), "198.19.0.0/24", "a removed node's subnet is free again");
+    }
+
+    #[test]
+    fn a_nodes_volumes_are_replaced_whole_shown_with_their_users_and_go_with_it() {
+        let mut s = State::default();
+        apply(&mut s, &Command::RegisterNode(node("n1")));
+        let vol = |name: &str| NodeVolume { name: name.into(), created_at_ms: 5 };
+        let report = |node: &str, volumes: Vec<NodeVolume>| Command::ReportVolumes { node: node.into(), volumes };
+        assert!(matches!(apply(&mut s, &report("n9", vec![])), Response::Rejected(Rejection::NodeNotFound(_))));
+        let bad = apply(&mut s, &report("n1", vec![vol("data"), vol("data")]));
+        assert!(matches!(&bad, Response::Rejected(Rejection::Invalid(f)) if f.field == "volumes[1].name"), "{bad:?}");
+        let bad = apply(&mut s, &report("n1", vec![vol("../x")]));
+        assert!(matches!(bad, Response::Rejected(Rejection::Invalid(_))));
+        assert!(s.volumes.is_empty(), "a rejected report changes nothing");
+        assert_eq!(apply(&mut s, &report("n1", vec![vol("data-1"), vol("cache")])), Response::Done);
+        // A task on n1 mounting its slot's volume uses it.
+        apply(&mut s, &Command::CreateService(spec("db", 1)));
+        let mut spec = TaskSpec::default();
+        spec.overrides.options.mounts = vec![berth_proto::model::Mount {
+            kind: berth_proto::model::MountKind::Volume,
+            source: "data-{{.Task.Slot}}".into(),
+            target: "/data".into(),
+            readonly: false,
+            pin: false,
+        }];
+        let t = Task::new("db", 1, 1, 1, spec);
+        let changes = vec![TaskChange::Create(Box::new(t.clone())), TaskChange::Assign { id: t.id, node: "n1".into() }];
+        apply(&mut s, &Command::Reconcile { changes, at_ms: 1, rollouts: vec![] });
+        let QueryReply::Volumes(listed) = super::super::query(&s, &super::super::Query::ListVolumes) else { panic!() };
+        let seen: Vec<(&str, &str, Vec<String>)> =
+            listed.iter().map(|v| (v.name.as_str(), v.node.as_str(), v.used_by.clone())).collect();
+        assert_eq!(seen, [("cache", "n1", vec![]), ("data-1", "n1", vec!["db.1.1".to_owned()])]);
+        apply(&mut s, &report("n1", vec![vol("cache")]));
+        assert_eq!(s.volumes["n1"], [vol("cache")], "the whole list, replaced");
+        apply(
+            &mut s,
+            &Command::Reconcile {
+                changes: vec![TaskChange::Shutdown { id: "db.1.1".into(), reason: "x".into() }],
+                at_ms: 2,
+                rollouts: vec![],
+            },
+        );
+        apply(&mut s, &Command::SetNodeStatus { id: "n1".into(), status: NodeStatus::Down });
+        assert_eq!(apply(&mut s, &Command::RemoveNode { id: "n1".into() }), Response::Deleted);
+        assert!(s.volumes.is_empty(), "a removed node's volumes are forgotten");
     }
 
     #[test]

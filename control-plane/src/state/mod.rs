@@ -18,11 +18,12 @@ mod trust;
 use std::collections::BTreeMap;
 
 use berth_proto::model::{
-    Availability, InvalidField, NetworkConfig, Node, NodeStatus, Resources, RolloutState, Service, ServiceSpec, Task,
+    Availability, InvalidField, NetworkConfig, Node, NodeStatus, NodeVolume, Resources, RolloutState, Service,
+    ServiceSpec, Task,
 };
 use serde::{Deserialize, Serialize};
 
-pub use apply::apply;
+pub use apply::{apply, check_volumes};
 pub use query::{query, Query, QueryReply};
 pub use trust::{Access, JoinRole, Rotation, Trust, User};
 
@@ -62,6 +63,11 @@ pub struct State {
     /// joins again, with a token, as a new node.
     #[serde(default)]
     pub removed_nodes: std::collections::BTreeSet<String>,
+    /// Each node's named volumes, by node id, as its agent last told; a
+    /// node missing here has an agent that never did (one from before
+    /// volumes, or one that has not yet), and takes no task with mounts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volumes: BTreeMap<String, Vec<NodeVolume>>,
 }
 
 impl State {
@@ -134,6 +140,13 @@ pub enum Command {
         reports: Vec<TaskReport>,
         /// When the server took the report (Unix ms): a changed task's `since`.
         at_ms: u64,
+    },
+    /// What a node's agent says its named volumes are (the whole list).
+    /// Precondition: the node exists. Written only once every member reads
+    /// it (`READS` >= 2).
+    ReportVolumes {
+        node: String,
+        volumes: Vec<NodeVolume>,
     },
     /// The reconciler's decisions, applied in order. Each is checked again
     /// against the state it meets and skipped if it no longer applies (the

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_proto::model::{Endpoint, NodeInfo, Resources, Service, TaskInfo};
+use berth_proto::model::{Desired, Endpoint, NodeInfo, Resources, Service, TaskInfo, VolumeInfo};
 use serde::{Deserialize, Serialize};
 
 use super::State;
@@ -25,6 +25,8 @@ pub enum Query {
     CaStatus {
         servers: Vec<u64>,
     },
+    /// Every node's named volumes, with the tasks that mount them.
+    ListVolumes,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +38,7 @@ pub enum QueryReply {
     Tasks(Vec<TaskInfo>),
     Trust(Option<super::Trust>),
     Users(Vec<super::User>),
+    Volumes(Vec<VolumeInfo>),
     /// Root digests, the signing one first, and `Trust::pending`.
     CaStatus {
         root: String,
@@ -96,6 +99,7 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
             tasks.sort_by_key(|i| (i.task.slot, i.task.generation));
             QueryReply::Tasks(tasks)
         }
+        Query::ListVolumes => QueryReply::Volumes(volumes(state)),
         Query::ListNodes => {
             let allocations = state.allocations();
             let mut nodes: Vec<NodeInfo> = state.nodes.values().map(|n| info(n, &allocations)).collect();
@@ -103,6 +107,35 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
             QueryReply::Nodes(nodes)
         }
     }
+}
+
+/// Each node's volumes, by name then node name, and the tasks meant to
+/// run there that mount them.
+fn volumes(state: &State) -> Vec<VolumeInfo> {
+    let mut users: BTreeMap<(&str, String), Vec<String>> = BTreeMap::new();
+    for t in state.tasks.values().filter(|t| t.desired == Desired::Running) {
+        let Some(node) = t.node.as_deref() else { continue };
+        for name in t.spec.overrides.options.mounts.iter().filter_map(|m| m.volume(t.slot)) {
+            users.entry((node, name)).or_default().push(t.id.clone());
+        }
+    }
+    let mut out: Vec<VolumeInfo> = state
+        .volumes
+        .iter()
+        .flat_map(|(node_id, volumes)| {
+            let node = state.nodes.get(node_id).map_or_else(|| node_id.clone(), |n| n.name.clone());
+            let users = &users;
+            volumes.iter().map(move |v| VolumeInfo {
+                name: v.name.clone(),
+                node_id: node_id.clone(),
+                node: node.clone(),
+                created_at_ms: v.created_at_ms,
+                used_by: users.get(&(node_id.as_str(), v.name.clone())).cloned().unwrap_or_default(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.name, &a.node).cmp(&(&b.name, &b.node)));
+    out
 }
 
 /// The name of a task's node; a global task waiting for its node names it already.

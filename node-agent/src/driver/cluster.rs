@@ -11,9 +11,9 @@
 use std::time::Duration;
 
 use berth_proto::client::{reason, Servers, MAX_MESSAGE};
-use berth_proto::model::{Assignment, TaskReport};
+use berth_proto::model::{Assignment, NodeVolume, TaskReport};
 use berth_proto::pb::agent::agent_client::AgentClient;
-use berth_proto::pb::agent::{ReportTasksRequest, WatchTasksRequest};
+use berth_proto::pb::agent::{ReportTasksRequest, ReportVolumesRequest, WatchTasksRequest};
 use tokio::sync::watch;
 use tracing::warn;
 
@@ -102,6 +102,30 @@ pub async fn report(
                     servers.failed().await;
                 }
             }
+        }
+    }
+}
+
+/// Tells the cluster the node's volumes, once; false when no server took them.
+pub async fn report_volumes(servers: &mut Servers, node_id: &str, volumes: &[NodeVolume]) -> bool {
+    let request = ReportVolumesRequest {
+        node_id: node_id.to_owned(),
+        volumes: volumes
+            .iter()
+            .map(|v| berth_proto::pb::agent::NodeVolume { name: v.name.clone(), created_at_ms: v.created_at_ms })
+            .collect(),
+    };
+    match agent(servers).report_volumes(request).await {
+        Ok(_) => {
+            servers.succeeded();
+            true
+        }
+        Err(status) => {
+            warn!(server = servers.current(), "reporting volumes: {}", reason(&status));
+            if status.code() == tonic::Code::Unavailable {
+                servers.failed().await;
+            }
+            false
         }
     }
 }

@@ -37,6 +37,8 @@ struct Inner {
     events: Vec<Event>,
     /// Starts so far: each run's start time, so runs are told apart.
     starts: u64,
+    /// Named volumes, made as the runtime makes them: by a create that mounts one.
+    volumes: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug)]
@@ -156,8 +158,14 @@ impl Containers for FakeContainers {
             sick: false,
         };
         inner.containers.insert(config.name.clone(), fake);
+        inner.volumes.extend(config.overrides.options.mounts.iter().filter_map(|m| m.volume(0)));
         inner.log("create", &config.name);
         Ok(())
+    }
+
+    async fn volumes(&self) -> Result<Vec<berth_proto::model::NodeVolume>, RuntimeError> {
+        let volumes = lock(&self.inner).volumes.clone();
+        Ok(volumes.into_iter().map(|name| berth_proto::model::NodeVolume { name, created_at_ms: 1 }).collect())
     }
 
     async fn start(&self, name: &str) -> Result<Ended, RuntimeError> {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use berth_proto::model::{NodeNetwork, Probe, Protocol, Pull};
+use berth_proto::model::{NodeNetwork, NodeVolume, Probe, Protocol, Pull};
 use tracing::{info, warn};
 
 use super::ports::{Attached, Containers, Ended, Images, Network, Pulled};
@@ -44,6 +44,18 @@ impl Containers for Runtime {
         let runtime = self.clone();
         // Creating syncs the config to disk: the syncs of tasks starting together overlap.
         blocking(move || runtime.create(&config).map(drop)).await
+    }
+
+    async fn volumes(&self) -> Result<Vec<NodeVolume>, RuntimeError> {
+        let runtime = self.clone();
+        blocking(move || {
+            let volumes = runtime.volumes();
+            let list = volumes
+                .list()
+                .map_err(|error| RuntimeError::Io { path: volumes.root().display().to_string(), error })?;
+            Ok(list.into_iter().map(|v| NodeVolume { name: v.name, created_at_ms: v.created_at_ms }).collect())
+        })
+        .await
     }
 
     async fn start(&self, name: &str) -> Result<Ended, RuntimeError> {

@@ -6,6 +6,7 @@
 //!
 //! ```text
 //!                 ┌─▶ netloop: plan::next ─▶ Network::apply ─────────────────▶ bridge, overlay, mesh, DNS
+//!                 ├─▶ volloop: volumes on disk ≠ the cluster's list ─▶ cluster::report_volumes
 //! cluster::watch ─┤   (Assignment, from whichever server answers)
 //!                 └─▶ jobs: step(assignment, containers, books, now) ─▶ jobs ─▶ Containers, Images, Network
 //!                                                                └─▶ reports ─▶ cluster::report
@@ -19,6 +20,7 @@ mod host;
 mod jobs;
 mod netloop;
 pub mod ports;
+mod volloop;
 
 #[cfg(test)]
 mod fake;
@@ -100,6 +102,7 @@ impl<C: Containers, I: Images, N: Network> Worker<C, I, N> {
         let (reports_tx, reports_rx) = watch::channel(Vec::new());
         let (taken_tx, taken_rx) = watch::channel(Vec::new());
         let watch = cluster::watch(servers.clone(), node_id.clone(), self.settings.watch_deadline, assigned_tx);
+        let volumes = (servers.clone(), node_id.clone());
         let report = cluster::report(servers, node_id, reports_rx, taken_tx);
         let work = async {
             if assigned.wait_for(Option::is_some).await.is_err() {
@@ -107,6 +110,7 @@ impl<C: Containers, I: Images, N: Network> Worker<C, I, N> {
             }
             tokio::join!(
                 netloop::run(self.clone(), assigned.clone()),
+                volloop::run(self.clone(), assigned.clone(), volumes.0, volumes.1),
                 jobs::run(self.clone(), assigned, reports_tx, taken_rx)
             );
         };

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-use berth_proto::model::{Probe, Pull};
+use berth_proto::model::{NodeVolume, Probe, Pull};
 
 use crate::image::{Image, ImageRef, PullError};
 use crate::network::plan::NetStep;
@@ -37,6 +37,8 @@ pub trait Containers: Send + Sync + 'static {
     /// Readies a stopped container for a fresh start: a clean writable
     /// layer, the same config and log.
     fn renew(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// The node's named volumes.
+    fn volumes(&self) -> impl Future<Output = Result<Vec<NodeVolume>, RuntimeError>> + Send;
     /// Runs one health probe of its running container: an exec inside
     /// it, or a connection from the node to `address` (a task without one
     /// fails tcp and http probes).

@@ -1,6 +1,7 @@
 //! The `Node` gRPC service this agent serves on its advertise address: the
 //! logs of its task containers, for `berthctl service logs` (a server calls
-//! every node that runs the service and merges the streams).
+//! every node that runs the service and merges the streams), and the
+//! removal of a named volume, for `berthctl volume rm`.
 //!
 //! Logs are read from the files the containers' monitors write, so a
 //! stream costs the containers nothing. A follow stream lists the node's
@@ -21,14 +22,16 @@ use std::time::Duration;
 
 use berth_proto::model::validate_name;
 use berth_proto::pb::agent::node_server::Node;
-use berth_proto::pb::agent::{TaskLogLine, TaskLogLines, TaskLogsRequest};
+use berth_proto::pb::agent::{
+    NodeVolume, RemoveVolumeReply, RemoveVolumeRequest, TaskLogLine, TaskLogLines, TaskLogsRequest,
+};
 use berth_proto::quota::{Held, Quota};
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::runtime::logs::{self, Follower, LogLine, Stream};
-use crate::runtime::{Container, Runtime};
+use crate::runtime::{Container, Runtime, RuntimeError};
 
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// Bytes of text per message (at least one line), so a long log is not
@@ -57,20 +60,47 @@ impl Node for NodeApi {
     type TaskLogsStream = Held<ReceiverStream<Lines>>;
 
     async fn task_logs(&self, req: Request<TaskLogsRequest>) -> Result<Response<Self::TaskLogsStream>, Status> {
-        // Only the cluster's servers read logs here (they check users' rights).
-        let caller = match req.extensions().get::<berth_proto::tls::Caller>() {
-            Some(berth_proto::tls::Caller(Some(id))) if id.role == berth_proto::pki::Role::Server => id.to_string(),
-            Some(berth_proto::tls::Caller(Some(id))) => {
-                return Err(Status::permission_denied(format!("only servers may read a node's logs, not {id}")))
-            }
-            _ => return Err(Status::unauthenticated("reading a node's logs needs a server's certificate")),
-        };
+        let caller = server(&req, "read a node's logs")?;
         let permit = self.streams.take(&caller)?;
         let req = req.into_inner();
         validate_name(&req.service).map_err(|e| Status::invalid_argument(format!("service {e}")))?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(stream(self.runtime.clone(), req, tx));
         Ok(Response::new(Held::new(ReceiverStream::new(rx), permit)))
+    }
+
+    async fn remove_volume(&self, req: Request<RemoveVolumeRequest>) -> Result<Response<RemoveVolumeReply>, Status> {
+        server(&req, "remove a node's volumes")?;
+        let name = req.into_inner().name;
+        let runtime = self.runtime.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let removed = runtime.remove_volume(&name)?;
+            let volumes = runtime
+                .volumes()
+                .list()
+                .map_err(|e| RuntimeError::Io { path: runtime.volumes().root().display().to_string(), error: e })?;
+            Ok::<_, RuntimeError>((removed, volumes))
+        });
+        let (removed, volumes) = match done.await.map_err(|e| Status::internal(e.to_string()))? {
+            Ok(done) => done,
+            Err(e @ RuntimeError::VolumeInUse { .. }) => return Err(Status::failed_precondition(e.to_string())),
+            Err(e) => return Err(Status::internal(e.to_string())),
+        };
+        let volumes =
+            volumes.into_iter().map(|v| NodeVolume { name: v.name, created_at_ms: v.created_at_ms }).collect();
+        Ok(Response::new(RemoveVolumeReply { removed, volumes }))
+    }
+}
+
+/// Only the cluster's servers call here (they check users' rights):
+/// the caller's name, or why not.
+fn server<T>(req: &Request<T>, what: &str) -> Result<String, Status> {
+    match req.extensions().get::<berth_proto::tls::Caller>() {
+        Some(berth_proto::tls::Caller(Some(id))) if id.role == berth_proto::pki::Role::Server => Ok(id.to_string()),
+        Some(berth_proto::tls::Caller(Some(id))) => {
+            Err(Status::permission_denied(format!("only servers may {what}, not {id}")))
+        }
+        _ => Err(Status::unauthenticated(format!("to {what} needs a server's certificate"))),
     }
 }
 

@@ -30,7 +30,8 @@ impl TryFrom<pb::AssignedTasks> for Assignment {
                 Some(NodeNetwork { subnet: cidr("subnet", subnet)?, cluster: cidr("cluster_cidr", cluster)? })
             }
         };
-        let mut a = Assignment { network, ..Assignment::default() };
+        let volumes = p.volumes_known.then(|| p.volumes.into_iter().collect());
+        let mut a = Assignment { network, volumes, ..Assignment::default() };
         for (i, t) in p.tasks.into_iter().enumerate() {
             let id = t.id.clone();
             if check_task_id(&id).is_err() || a.tasks.contains_key(&id) || a.refused.contains_key(&id) {
@@ -201,6 +202,8 @@ impl From<Assignment> for pb::AssignedTasks {
                 })
                 .collect(),
             services: a.services.into_iter().map(Into::into).collect(),
+            volumes_known: a.volumes.is_some(),
+            volumes: a.volumes.unwrap_or_default().into_iter().collect(),
         }
     }
 }
@@ -354,6 +357,8 @@ mod tests {
                 }],
                 endpoints: vec![pb::Endpoint { task: "web.1.2".into(), slot: 1, address: "198.19.1.2".into() }],
             }],
+            volumes_known: true,
+            volumes: vec!["data".into()],
         }
     }
 
@@ -380,6 +385,7 @@ mod tests {
         );
         assert_eq!(a.network.unwrap().subnet.to_string(), "198.19.1.0/24");
         assert_eq!(a.services[0].ports[0].protocol, Protocol::Udp);
+        assert_eq!(a.volumes, Some(["data".to_owned()].into()));
         assert!(a.refused.is_empty() && a.skipped.is_empty());
         let cleared = Overrides {
             entrypoint: Some(vec![]),

@@ -32,6 +32,9 @@ pub struct Assignment {
     /// Every service in the cluster, by name: its ports and where its
     /// serving replicas answer, on any node (for the mesh and DNS).
     pub services: Vec<ServiceEndpoints>,
+    /// The node's named volumes as the cluster knows them; none until its
+    /// agent has told (its agent compares, and tells when they differ).
+    pub volumes: Option<std::collections::BTreeSet<String>>,
 }
 
 /// This node's containers' subnet (its first address is the node's

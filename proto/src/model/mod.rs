@@ -22,7 +22,7 @@ pub use assignment::{AssignedTask, Assignment, NodeNetwork, Peer, Replica, Servi
 pub use constraint::{Constraint, ConstraintKey};
 pub use health::{Check, Health, HealthState, Probe};
 pub use invalid::InvalidField;
-pub use mounts::{volume_name_ok, Mount, MountKind, SLOT};
+pub use mounts::{volume_name_ok, Mount, MountKind, NodeVolume, VolumeInfo, MAX_NODE_VOLUMES, SLOT};
 pub use network::{Cidr, NetworkConfig, PortRange, MAX_NODE_PREFIX};
 pub use node::{Availability, Node, NodeInfo, NodeStatus, Overlay};
 pub use options::{Options, Pull, Tmpfs, Ulimit, ULIMITS};

@@ -12,6 +12,27 @@ use serde::{Deserialize, Serialize};
 use super::InvalidField;
 use crate::pb::cluster as pb;
 
+/// A named volume on a node, as its agent tells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeVolume {
+    pub name: String,
+    pub created_at_ms: u64,
+}
+
+/// A volume as `volume ls` shows it: where it is, and which tasks mount it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub node_id: String,
+    pub node: String,
+    pub created_at_ms: u64,
+    /// Tasks on its node meant to run that mount it.
+    pub used_by: Vec<String>,
+}
+
+/// The most volumes one node may report.
+pub const MAX_NODE_VOLUMES: usize = 10_000;
+
 /// The template a volume name may hold: the task's slot.
 pub const SLOT: &str = "{{.Task.Slot}}";
 
@@ -25,6 +46,11 @@ pub struct Mount {
     pub target: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub readonly: bool,
+    /// A volume only: once it exists on a node, its tasks run only there
+    /// (they wait while that node is down, rather than start empty
+    /// elsewhere). Unpinned, they prefer that node.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pin: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,13 +127,16 @@ impl Mount {
             };
             return Err(InvalidField::new(format!("mounts[{i}].source"), &self.source, expected));
         }
+        if self.pin && self.kind != MountKind::Volume {
+            return Err(InvalidField::new(format!("mounts[{i}].pin"), true, "pin only on a volume"));
+        }
         Ok(())
     }
 
     pub fn from_pb(i: usize, w: pb::Mount) -> Result<Self, InvalidField> {
         let kind = MountKind::parse(&w.r#type)
             .ok_or_else(|| InvalidField::new(format!("mounts[{i}].type"), &w.r#type, "volume or bind"))?;
-        Ok(Self { kind, source: w.source, target: w.target, readonly: w.readonly })
+        Ok(Self { kind, source: w.source, target: w.target, readonly: w.readonly, pin: w.pin })
     }
 
     pub fn to_pb(&self) -> pb::Mount {
@@ -116,6 +145,7 @@ impl Mount {
             source: self.source.clone(),
             target: self.target.clone(),
             readonly: self.readonly,
+            pin: self.pin,
         }
     }
 }
@@ -125,7 +155,7 @@ mod tests {
     use super::*;
 
     fn volume(source: &str, target: &str) -> Mount {
-        Mount { kind: MountKind::Volume, source: source.into(), target: target.into(), readonly: false }
+        Mount { kind: MountKind::Volume, source: source.into(), target: target.into(), readonly: false, pin: false }
     }
 
     #[test]
@@ -150,13 +180,14 @@ mod tests {
         for bad in ["srv", "/", "/srv/../etc", "//"] {
             assert_eq!(field(bind(bad)), "mounts[2].source", "{bad}");
         }
-        let wire = pb::Mount { r#type: "nfs".into(), source: "x".into(), target: "/x".into(), readonly: false };
+        assert_eq!(field(Mount { pin: true, ..bind("/srv") }), "mounts[2].pin");
+        let wire = pb::Mount { r#type: "nfs".into(), source: "x".into(), target: "/x".into(), ..Default::default() };
         assert_eq!(Mount::from_pb(1, wire).unwrap_err().field, "mounts[1].type");
     }
 
     #[test]
     fn wire_and_stored_forms() {
-        let m = Mount { readonly: true, ..volume("data", "/data") };
+        let m = Mount { readonly: true, pin: true, ..volume("data", "/data") };
         assert_eq!(Mount::from_pb(0, m.to_pb()), Ok(m.clone()));
         let json = serde_json::to_string(&volume("data", "/data")).unwrap();
         assert_eq!(json, r#"{"type":"volume","source":"data","target":"/data"}"#);

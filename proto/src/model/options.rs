@@ -309,6 +309,7 @@ mod tests {
                 source: "data".into(),
                 target: "/data".into(),
                 readonly: false,
+                pin: false,
             }],
             restart_max_attempts: Some(3),
             restart_window_ms: Some(60_000),

@@ -47,6 +47,12 @@ impl pb::agent_server::Agent for Authority {
     async fn report_tasks(&self, _: Request<pb::ReportTasksRequest>) -> Result<Response<pb::ReportTasksReply>, Status> {
         Err(Status::unimplemented("no"))
     }
+    async fn report_volumes(
+        &self,
+        _: Request<pb::ReportVolumesRequest>,
+    ) -> Result<Response<pb::ReportVolumesReply>, Status> {
+        Err(Status::unimplemented("no"))
+    }
 }
 
 /// Polls `check` for up to 20 s (only to stop a hang).

@@ -42,6 +42,12 @@ impl pb::agent_server::Agent for WhoAmI {
     async fn report_tasks(&self, _: Request<pb::ReportTasksRequest>) -> Result<Response<pb::ReportTasksReply>, Status> {
         Err(Status::unimplemented("no"))
     }
+    async fn report_volumes(
+        &self,
+        _: Request<pb::ReportVolumesRequest>,
+    ) -> Result<Response<pb::ReportVolumesReply>, Status> {
+        Err(Status::unimplemented("no"))
+    }
 }
 
 struct World {

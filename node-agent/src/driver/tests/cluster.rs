@@ -28,6 +28,7 @@ struct Inner {
     silent: AtomicBool,
     watches: AtomicUsize,
     reports: Mutex<Vec<Vec<TaskReport>>>,
+    volume_reports: Mutex<Vec<Vec<String>>>,
 }
 
 impl FakeCluster {
@@ -39,6 +40,7 @@ impl FakeCluster {
             silent: AtomicBool::new(false),
             watches: AtomicUsize::new(0),
             reports: Mutex::default(),
+            volume_reports: Mutex::default(),
         });
         let service = AgentServer::new(Api(inner.clone()));
         let incoming = berth_proto::tls::incoming(listener, trust().0.clone());
@@ -72,6 +74,11 @@ impl FakeCluster {
     /// The last report it took.
     pub fn last_report(&self) -> Vec<TaskReport> {
         self.inner.reports.lock().unwrap().last().cloned().unwrap_or_default()
+    }
+
+    /// Every volume list it took, by name.
+    pub fn volume_reports(&self) -> Vec<Vec<String>> {
+        self.inner.volume_reports.lock().unwrap().clone()
     }
 
     /// Every report it took.
@@ -147,5 +154,13 @@ impl Agent for Api {
     async fn report_tasks(&self, req: Request<ReportTasksRequest>) -> Result<Response<ReportTasksReply>, Status> {
         self.0.reports.lock().unwrap().push(req.into_inner().tasks);
         Ok(Response::new(ReportTasksReply {}))
+    }
+
+    /// Taken as a cluster takes it: its watches say so from then on.
+    async fn report_volumes(&self, req: Request<ReportVolumesRequest>) -> Result<Response<ReportVolumesReply>, Status> {
+        let names: Vec<String> = req.into_inner().volumes.into_iter().map(|v| v.name).collect();
+        self.0.volume_reports.lock().unwrap().push(names.clone());
+        self.0.assignment.send_modify(|a| (a.volumes_known, a.volumes) = (true, names));
+        Ok(Response::new(ReportVolumesReply {}))
     }
 }

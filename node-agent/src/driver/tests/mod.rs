@@ -289,3 +289,29 @@ async fn an_unhealthy_task_is_told_and_replaced_and_a_healthy_one_is_told_health
     assert!(!n.containers.times("stop", "h.1.1").is_empty(), "stopped (its grace), not killed outright");
     eventually("restart counted", || reported(&cluster, "h.1.1").filter(|(_, r)| *r >= 1)).await;
 }
+
+#[tokio::test]
+async fn the_nodes_volumes_are_told_once_the_cluster_knows_other_ones() {
+    let mount = berth_proto::pb::cluster::Mount {
+        r#type: "volume".into(),
+        source: "data-{{.Task.Slot}}".into(),
+        target: "/data".into(),
+        ..Default::default()
+    };
+    let options = berth_proto::pb::cluster::Options { mounts: vec![mount], ..Default::default() };
+    let overrides = berth_proto::pb::cluster::Overrides { options: Some(options), ..Default::default() };
+    let db = pb::AssignedTask { overrides: Some(overrides), ..task("db.2.1", "reg:5000/db:1", "always", "") };
+    // The cluster has heard of no volume of this node: an empty list is told at once.
+    let cluster = FakeCluster::start(assigned(vec![])).await;
+    let n = node(&[&cluster], FakeContainers::default());
+    eventually("the empty list told", || (cluster.volume_reports() == [Vec::<String>::new()]).then_some(())).await;
+    // The task's container makes its slot's volume; the node tells the new list.
+    let mut with_db = assigned(vec![db]);
+    (with_db.volumes_known, with_db.volumes) = (true, vec![]);
+    cluster.assign(with_db);
+    eventually("data-2 told", || cluster.volume_reports().last().filter(|v| *v == &["data-2"]).cloned()).await;
+    // Once the cluster's list agrees, nothing more is told.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(cluster.volume_reports().len(), 2, "{:?}", cluster.volume_reports());
+    drop(n);
+}

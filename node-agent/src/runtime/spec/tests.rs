@@ -115,6 +115,7 @@ fn volumes_and_binds_are_bind_mounts_without_suid_or_devices() {
         source: source.into(),
         target: target.into(),
         readonly,
+        pin: false,
     };
     c.overrides.options.mounts =
         vec![mount(MountKind::Volume, "data", "/data", false), mount(MountKind::Bind, "/srv/conf", "/conf", true)];
