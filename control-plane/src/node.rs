@@ -55,9 +55,14 @@ pub enum LeaderOp {
     Remove {
         id: NodeId,
     },
-    /// A berth-agent's proof of life, kept in the leader's memory.
+    /// A berth-agent's proof of life, kept in the leader's memory; with
+    /// `lease`, the leader answers the node's lease (`LeaderReply::Lease`).
+    /// A leader of the release before ignores the field and answers `Done`:
+    /// no lease.
     Heartbeat {
         node: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        lease: bool,
     },
     /// A node with a join token asks for its certificate (`trust::admit`).
     Admit {
@@ -80,9 +85,17 @@ pub enum LeaderReply {
     Write(Response),
     Proposed(Vec<Response>),
     Read(QueryReply),
-    Joined { id: NodeId },
+    Joined {
+        id: NodeId,
+    },
     Admitted(Joined),
     Done,
+    /// A node's lease: for `ms` after it sent its heartbeat it may run the
+    /// `exclusive` tasks (0: no lease). See [`Node::lease`].
+    Lease {
+        ms: u64,
+        exclusive: Vec<String>,
+    },
 }
 
 /// What one attempt of an op came to; also the answer of `Raft.Forward`.
@@ -273,7 +286,7 @@ impl Node {
             LeaderOp::Join { addr } => self.join(addr).await,
             LeaderOp::Promote { id } => self.promote(*id).await,
             LeaderOp::Remove { id } => self.remove(*id).await,
-            LeaderOp::Heartbeat { node } => self.heartbeat(node),
+            LeaderOp::Heartbeat { node, lease } => self.heartbeat(node, *lease),
         }
     }
 
@@ -304,7 +317,7 @@ impl Node {
         crate::trust::renew(applied.state.trust.as_ref(), name, role, known, csr)
     }
 
-    fn heartbeat(&self, node: &str) -> Step {
+    fn heartbeat(&self, node: &str, lease: bool) -> Step {
         let known = match self.applied.read() {
             Ok(applied) => applied.state.nodes.contains_key(node),
             Err(_) => return Step::Done(Err(OpError::Internal("state lock poisoned".into()))),
@@ -313,9 +326,43 @@ impl Node {
             return Step::Done(Err(OpError::NotFound(format!("node {node} is not registered; register again"))));
         }
         match self.with_liveness(|l| l.heartbeat(node, std::time::Instant::now())) {
+            Some(()) if lease => Step::Done(Ok(self.lease(node))),
             Some(()) => Step::Done(Ok(LeaderReply::Done)),
             None => Step::NotLeader,
         }
+    }
+
+    /// The lease a node's heartbeat earns: half the node-down timeout, and
+    /// only from a leader a quorum acknowledged within an eighth of it.
+    ///
+    /// Why that fences: the node counts the lease from when it sent the
+    /// heartbeat (s), and stops its exclusive tasks when the lease ends
+    /// (s + down/2), within a short grace. This leader heard from a quorum
+    /// at q >= s - down/8, so no other leader's term began before q, and
+    /// a new leader takes the node for down no sooner than a full timeout
+    /// into its term (`Liveness` starts afresh): after s + 7·down/8. This
+    /// leader itself waits a full timeout after the node's last heartbeat.
+    /// Either way the node's tasks are stopped before anyone moves them.
+    /// The tasks are the leader's own view, so a node that comes back from
+    /// a partition never restarts a task that has moved meanwhile.
+    fn lease(&self, node: &str) -> LeaderReply {
+        let fresh = self.node_down_after.as_millis() as u64 / 8;
+        let acked = self.metrics().millis_since_quorum_ack;
+        if acked.is_none_or(|ms| ms > fresh) {
+            return LeaderReply::Lease { ms: 0, exclusive: vec![] };
+        }
+        let exclusive = match self.applied.read() {
+            Ok(applied) => applied
+                .state
+                .tasks
+                .values()
+                .filter(|t| t.node.as_deref() == Some(node) && t.desired == berth_proto::model::Desired::Running)
+                .filter(|t| t.spec.overrides.options.exclusive())
+                .map(|t| t.id.clone())
+                .collect(),
+            Err(_) => return LeaderReply::Lease { ms: 0, exclusive: vec![] },
+        };
+        LeaderReply::Lease { ms: self.node_down_after.as_millis() as u64 / 2, exclusive }
     }
 
     async fn join(&self, addr: &str) -> Step {

@@ -178,7 +178,9 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
         // A global task is replaced on its own node, stop-first (as a
         // Kubernetes DaemonSet's by default): its node might not have room
         // for two.
+        // A slot with an exclusive volume never has two copies: stop-first.
         let order = match service.spec.mode {
+            Mode::Replicated if service.spec.overrides.options.exclusive() => Order::StopFirst,
             Mode::Replicated => rollout::config(&view).order,
             Mode::Global => Order::StopFirst,
         };
@@ -425,11 +427,22 @@ fn place(state: &State, stopping: &BTreeSet<&str>, created: &[Task]) -> Vec<Task
             .filter(|t| t.desired == Desired::Running && !stopping.contains(t.id.as_str()) && t.node.is_none()),
     );
     pending.sort_by(|a, b| (&a.service, a.slot, a.generation).cmp(&(&b.service, b.slot, b.generation)));
+    // A slot with an exclusive volume waits until its other copy has stopped
+    // (or its node is down: by then that node has fenced it).
+    let mut waiting = Vec::new();
+    pending.retain(|t| match data::other_copy(state, t) {
+        Some(why) => {
+            waiting.push(Decision::Unplaced { task: t.id.clone(), reason: why });
+            false
+        }
+        None => true,
+    });
     let holders = data::Holders::of(state);
     let requests: Vec<Request> =
         pending.iter().filter_map(|t| Some(request(t, &state.services.get(&t.service)?.spec, &holders))).collect();
     scheduler::schedule(&nodes, &requests)
         .into_iter()
+        .chain(waiting)
         .filter_map(|d| match d {
             Decision::Place { task, node } => Some(TaskChange::Assign { id: task, node }),
             // Said once: an unchanged reason is not written again.

@@ -1,8 +1,9 @@
 //! Mounts as people write them: `--mount type=volume,source=data,target=/data`
 //! (Docker's comma-separated form: `src`, `dst` and `destination`, `ro` and
-//! `readonly[=true|false]`, `tmpfs-size`, and berth's `volume-pin`), and a
-//! spec file's `volumes:` entries in Compose's two forms, `data:/data[:ro]`
-//! and `{type, source, target, read_only, volume: {pin}}`. A tmpfs mount
+//! `readonly[=true|false]`, `tmpfs-size`, and berth's `volume-pin` and
+//! `volume-exclusive`), and a spec file's `volumes:` entries in Compose's
+//! two forms, `data:/data[:ro]` and `{type, source, target, read_only,
+//! volume: {pin, exclusive}}`. A tmpfs mount
 //! becomes one of the options' tmpfs.
 
 use anyhow::{anyhow, bail, Result};
@@ -33,7 +34,7 @@ pub fn split(parsed: Vec<Parsed>) -> (Vec<pb::Mount>, Vec<pb::Tmpfs>) {
 /// `--mount type=volume,source=data,target=/data[,readonly]`.
 pub fn flag(text: &str) -> Result<Parsed> {
     let (mut kind, mut source, mut target, mut size) = ("volume".to_owned(), None, None, None);
-    let (mut readonly, mut pin) = (false, false);
+    let (mut readonly, mut pin, mut exclusive) = (false, false, false);
     for part in text.split(',').filter(|p| !p.is_empty()) {
         let (key, value) = part.split_once('=').map_or((part, None), |(k, v)| (k, Some(v)));
         match (key, value) {
@@ -42,23 +43,28 @@ pub fn flag(text: &str) -> Result<Parsed> {
             ("target" | "dst" | "destination", Some(v)) => target = Some(v.to_owned()),
             ("readonly" | "ro", None) => readonly = true,
             ("volume-pin", None) => pin = true,
-            ("readonly" | "ro" | "volume-pin", Some(v)) => {
+            ("volume-exclusive", None) => exclusive = true,
+            ("readonly" | "ro" | "volume-pin" | "volume-exclusive", Some(v)) => {
                 let yes = match v {
                     "true" | "1" => true,
                     "false" | "0" => false,
                     _ => bail!("{text:?}: {key}={v:?}: expected true or false"),
                 };
-                *(if key == "volume-pin" { &mut pin } else { &mut readonly }) = yes;
+                *(match key {
+                    "volume-pin" => &mut pin,
+                    "volume-exclusive" => &mut exclusive,
+                    _ => &mut readonly,
+                }) = yes;
             }
             ("tmpfs-size", Some(v)) => size = Some(bytes(v)?),
             _ => bail!(
                 "{text:?}: {part:?} is not a mount option: expected type=volume|bind|tmpfs, source=, target=, \
-                 readonly, volume-pin or tmpfs-size="
+                 readonly, volume-pin, volume-exclusive or tmpfs-size="
             ),
         }
     }
     let target = target.ok_or_else(|| anyhow!("{text:?}: no target= (where the container sees it)"))?;
-    build(&kind, source, target, (readonly, pin), size).map_err(|e| anyhow!("{text:?}: {e}"))
+    build(&kind, source, target, Flags { readonly, pin, exclusive }, size).map_err(|e| anyhow!("{text:?}: {e}"))
 }
 
 /// A spec file's `volumes:` entry `i`.
@@ -89,20 +95,24 @@ pub fn entry(i: usize, value: &Value) -> Result<Parsed> {
                 Some(Value::Bool(b)) => *b,
                 Some(other) => bail!("volumes[{i}].read_only: expected true or false, got {other:?}"),
             };
-            let pin = match m.get("volume") {
-                None => false,
+            let (mut pin, mut exclusive) = (false, false);
+            match m.get("volume") {
+                None => {}
                 Some(Value::Mapping(v)) => {
-                    if let Some(k) = v.keys().find(|k| k.as_str() != Some("pin")) {
-                        bail!("volumes[{i}].volume: {k:?} is not supported: expected pin");
-                    }
-                    match v.get("pin") {
-                        None => false,
-                        Some(Value::Bool(b)) => *b,
-                        Some(other) => bail!("volumes[{i}].volume.pin: expected true or false, got {other:?}"),
+                    for (k, value) in v {
+                        let flag = match k.as_str() {
+                            Some("pin") => &mut pin,
+                            Some("exclusive") => &mut exclusive,
+                            _ => bail!("volumes[{i}].volume: {k:?} is not supported: expected pin or exclusive"),
+                        };
+                        *flag = match value {
+                            Value::Bool(b) => *b,
+                            other => bail!("volumes[{i}].volume.{k:?}: expected true or false, got {other:?}"),
+                        };
                     }
                 }
-                Some(other) => bail!("volumes[{i}].volume: expected {{pin: true}}, got {other:?}"),
-            };
+                Some(other) => bail!("volumes[{i}].volume: expected {{pin: true, exclusive: true}}, got {other:?}"),
+            }
             let size = match m.get("tmpfs").and_then(|t| t.get("size")) {
                 None => None,
                 Some(Value::Number(n)) => n.as_u64(),
@@ -111,7 +121,7 @@ pub fn entry(i: usize, value: &Value) -> Result<Parsed> {
             };
             let kind = text("type")?.unwrap_or_else(|| "volume".into());
             let target = text("target")?.ok_or_else(|| anyhow!("volumes[{i}]: no target"))?;
-            build(&kind, text("source")?, target, (readonly, pin), size).map_err(at)
+            build(&kind, text("source")?, target, Flags { readonly, pin, exclusive }, size).map_err(at)
         }
         other => bail!("volumes[{i}]: expected SOURCE:TARGET[:ro] or {{type, source, target}}, got {other:?}"),
     }
@@ -133,16 +143,19 @@ fn short_form(text: &str) -> Result<Parsed> {
         other => bail!("{text:?}: {other:?} is not a mode: expected ro or rw"),
     };
     let kind = if source.starts_with(['/', '.', '~']) { "bind" } else { "volume" };
-    build(kind, Some(source.to_owned()), target.to_owned(), (readonly, false), None)
+    build(kind, Some(source.to_owned()), target.to_owned(), Flags { readonly, ..Flags::default() }, None)
 }
 
-fn build(
-    kind: &str,
-    source: Option<String>,
-    target: String,
-    (readonly, pin): (bool, bool),
-    size: Option<u64>,
-) -> Result<Parsed> {
+/// A mount's yes-or-no options.
+#[derive(Debug, Clone, Copy, Default)]
+struct Flags {
+    readonly: bool,
+    pin: bool,
+    exclusive: bool,
+}
+
+fn build(kind: &str, source: Option<String>, target: String, flags: Flags, size: Option<u64>) -> Result<Parsed> {
+    let Flags { readonly, pin, exclusive } = flags;
     match kind {
         "volume" | "bind" => {
             if size.is_some() {
@@ -152,11 +165,11 @@ fn build(
                 "volume" => anyhow!("no source: name the volume (berth keeps no anonymous volumes)"),
                 _ => anyhow!("no source: the host path to mount"),
             })?;
-            Ok(Parsed::Mount(pb::Mount { r#type: kind.to_owned(), source, target, readonly, pin }))
+            Ok(Parsed::Mount(pb::Mount { r#type: kind.to_owned(), source, target, readonly, pin, exclusive }))
         }
         "tmpfs" => {
-            if source.is_some() || readonly || pin {
-                bail!("a tmpfs mount takes no source, is never read-only and cannot be pinned");
+            if source.is_some() || readonly || pin || exclusive {
+                bail!("a tmpfs mount takes no source, is never read-only, pinned or exclusive");
             }
             Ok(Parsed::Tmpfs(pb::Tmpfs { target, size_bytes: size }))
         }
@@ -178,7 +191,7 @@ mod tests {
             source: source.into(),
             target: target.into(),
             readonly,
-            pin: false,
+            ..Default::default()
         })
     }
 
@@ -194,8 +207,8 @@ mod tests {
             flag("type=tmpfs,target=/cache,tmpfs-size=64Mi").unwrap(),
             Parsed::Tmpfs(pb::Tmpfs { target: "/cache".into(), size_bytes: Some(64 << 20) })
         );
-        let pinned = flag("source=data,target=/data,volume-pin").unwrap();
-        assert!(matches!(pinned, Parsed::Mount(m) if m.pin && !m.readonly));
+        let pinned = flag("source=data,target=/data,volume-pin,volume-exclusive=true").unwrap();
+        assert!(matches!(pinned, Parsed::Mount(m) if m.pin && m.exclusive && !m.readonly));
         let err = |t: &str| format!("{:#}", flag(t).unwrap_err());
         assert!(err("type=nfs,source=a,target=/a").contains("type \"nfs\" is not supported"));
         assert!(err("source=data").contains("no target="));
@@ -217,8 +230,8 @@ mod tests {
             entry(0, &yaml("{type: tmpfs, target: /t, tmpfs: {size: 1Mi}}")).unwrap(),
             Parsed::Tmpfs(pb::Tmpfs { target: "/t".into(), size_bytes: Some(1 << 20) })
         );
-        let pinned = entry(0, &yaml("{source: data, target: /d, volume: {pin: true}}")).unwrap();
-        assert!(matches!(pinned, Parsed::Mount(m) if m.pin));
+        let pinned = entry(0, &yaml("{source: data, target: /d, volume: {pin: true, exclusive: true}}")).unwrap();
+        assert!(matches!(pinned, Parsed::Mount(m) if m.pin && m.exclusive));
         let err = |s: &str| format!("{:#}", entry(3, &yaml(s)).unwrap_err());
         assert!(err("{source: data, target: /d, volume: {nocopy: true}}").contains("volumes[3].volume"));
         assert!(err("/data").starts_with("volumes[3]: \"/data\": expected SOURCE:TARGET"));

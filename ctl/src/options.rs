@@ -41,7 +41,9 @@ pub struct OptionsFlags {
     tmpfs: Vec<String>,
     /// type=volume|bind|tmpfs,source=NAME|PATH,target=PATH[,readonly]: a named
     /// volume kept on the node (made on first use), a host path, or memory
-    /// (repeatable); NAME may hold {{.Task.Slot}} for a volume per replica
+    /// (repeatable); NAME may hold {{.Task.Slot}} for a volume per replica;
+    /// volume-pin: its task runs only where the volume is; volume-exclusive:
+    /// never two copies at once, even across a partition
     #[arg(long = "mount", value_name = "type=T,source=S,target=PATH")]
     mount: Vec<String>,
     /// Restarts after which a task's node gives up (default: never)

@@ -152,8 +152,10 @@ pub fn service(s: &Service, endpoints: &[Endpoint], format: Format) -> String {
                 opts.mounts
                     .iter()
                     .map(|m| {
-                        let ro = if m.readonly { " (read-only)" } else { "" };
-                        format!("{} {} -> {}{ro}", m.kind, m.source, m.target)
+                        let flags = [(m.readonly, "read-only"), (m.pin, "pinned"), (m.exclusive, "exclusive")];
+                        let flags: Vec<&str> = flags.iter().filter(|(on, _)| *on).map(|(_, f)| *f).collect();
+                        let flags = if flags.is_empty() { String::new() } else { format!(" ({})", flags.join(", ")) };
+                        format!("{} {} -> {}{flags}", m.kind, m.source, m.target)
                     })
                     .collect(),
             ),

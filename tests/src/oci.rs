@@ -170,12 +170,13 @@ impl Image {
 
     /// busybox, and in a second layer each of tests/payload/NAME.c built
     /// static with gcc as `/bin/NAME`: `udp-echo` (busybox has no UDP
-    /// server) and `syscalls` (what seccomp denies).
+    /// server), `syscalls` (what seccomp denies) and `stamp` (when it ran,
+    /// to the nanosecond, which busybox's date cannot say).
     pub fn busybox_with_payloads() -> Result<Self> {
         let payload = Path::new(env!("CARGO_MANIFEST_DIR")).join("payload");
         let dir = tempfile::tempdir()?;
         let mut tar = Tar::default().dir("bin/");
-        for name in ["udp-echo", "syscalls"] {
+        for name in ["udp-echo", "syscalls", "stamp"] {
             let (source, out) = (payload.join(format!("{name}.c")), dir.path().join(name));
             let built =
                 std::process::Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&out).arg(&source).status()?;

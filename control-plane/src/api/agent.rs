@@ -21,7 +21,7 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::auth;
-use crate::node::{LeaderOp, Node};
+use crate::node::{LeaderOp, LeaderReply, Node};
 use crate::state::{now_ms, Command, Response as Applied, State, TaskReport as Report};
 
 /// The most a node may offer: a million CPUs' worth of millis, and 1 PiB.
@@ -146,7 +146,7 @@ impl Agent for AgentApi {
         match self.node.write(Command::RegisterNode(record)).await? {
             Applied::Node(n) => {
                 // A fresh registration counts as a heartbeat.
-                let _ = self.node.run(LeaderOp::Heartbeat { node: n.id.clone() }).await;
+                let _ = self.node.run(LeaderOp::Heartbeat { node: n.id.clone(), lease: false }).await;
                 Ok(Response::new(RegisterReply { node_id: n.id }))
             }
             Applied::Rejected(r) => Err(r.into()),
@@ -157,7 +157,11 @@ impl Agent for AgentApi {
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
         auth::node(&self.node, &req, &req.get_ref().node_id)?;
         let HeartbeatRequest { node_id, root } = req.into_inner();
-        self.node.run(LeaderOp::Heartbeat { node: node_id.clone() }).await?;
+        let (lease_ms, exclusive) =
+            match self.node.run(LeaderOp::Heartbeat { node: node_id.clone(), lease: true }).await? {
+                LeaderReply::Lease { ms, exclusive } => (ms, exclusive),
+                _ => (0, vec![]),
+            };
         // The roots this server's state trusts: a node holding others renews.
         // During a rotation, which root the node's certificate is from (as
         // the node has saved it) is recorded when it changes.
@@ -172,7 +176,7 @@ impl Agent for AgentApi {
         if behind {
             self.node.write(Command::Holds { holder, root }).await?;
         }
-        Ok(Response::new(HeartbeatReply { roots_digest }))
+        Ok(Response::new(HeartbeatReply { roots_digest, lease_ms, exclusive }))
     }
 
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<JoinReply>, Status> {

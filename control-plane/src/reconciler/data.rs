@@ -4,13 +4,33 @@
 //! better); a pinned one, once it exists, binds it: the task runs only on
 //! a node holding every pinned volume it mounts, and waits (with where
 //! its data is) while that node is down, rather than start empty elsewhere.
+//!
+//! An exclusive volume's slot never runs twice: its next task is placed only
+//! once the slot's other copy has ended, or its node is down (a node whose
+//! lease lapsed has stopped it by then; see `Node::lease`).
 
 use std::collections::{BTreeSet, HashMap};
 
-use berth_proto::model::Task;
+use berth_proto::model::{NodeStatus, Task, TaskState};
 
 use crate::scheduler::Data;
 use crate::state::State;
+
+/// Why `task` (one with an exclusive volume) must wait: another task of its
+/// slot has not ended on a node that is up.
+pub fn other_copy(state: &State, task: &Task) -> Option<String> {
+    if !task.spec.overrides.options.exclusive() {
+        return None;
+    }
+    state.tasks.values().find_map(|o| {
+        let same_slot = o.service == task.service && o.slot == task.slot && o.id != task.id;
+        let ended = matches!(o.state, TaskState::Shutdown | TaskState::Exited | TaskState::Failed);
+        let node = o.node.as_ref().and_then(|n| state.nodes.get(n)).filter(|n| n.status != NodeStatus::Down)?;
+        (same_slot && !ended).then(|| {
+            format!("waiting for {} to stop on {}: an exclusive volume runs in one place at a time", o.id, node.name)
+        })
+    })
+}
 
 /// Which nodes hold each volume, once per pass.
 #[derive(Debug)]
@@ -68,7 +88,14 @@ mod tests {
     use super::*;
 
     fn mount(source: &str, target: &str, pin: bool) -> Mount {
-        Mount { kind: MountKind::Volume, source: source.into(), target: target.into(), readonly: false, pin }
+        Mount {
+            kind: MountKind::Volume,
+            source: source.into(),
+            target: target.into(),
+            readonly: false,
+            pin,
+            exclusive: false,
+        }
     }
 
     fn task(slot: u32, mounts: Vec<Mount>) -> Task {

@@ -665,3 +665,59 @@ fn a_new_task_that_fails_asks_for_a_rollback_which_rolls_out_as_the_rollback_con
     apply(&mut s, &Command::Reconcile { changes: vec![], at_ms: 1, rollouts: vec![stale] });
     assert_eq!(s.services["web"].rollout.as_ref().map(|r| r.state), Some(RolloutState::RolledBack));
 }
+
+fn exclusive(name: &str, replicas: u32) -> ServiceSpec {
+    let mut spec = spec(name, replicas);
+    spec.overrides.options.mounts = vec![berth_proto::model::Mount {
+        kind: berth_proto::model::MountKind::Volume,
+        source: "data-{{.Task.Slot}}".into(),
+        target: "/data".into(),
+        readonly: false,
+        pin: false,
+        exclusive: true,
+    }];
+    spec
+}
+
+#[test]
+fn an_exclusive_slot_never_has_two_copies_on_nodes_that_are_up() {
+    let mut s = cluster(&["a", "b"], &[]);
+    for n in ["a", "b"] {
+        apply(&mut s, &Command::ReportVolumes { node: n.into(), volumes: vec![] });
+    }
+    apply(&mut s, &Command::CreateService(exclusive("db", 1)));
+    settle(&mut s);
+    let home = running(&s, "db")[0].1.clone();
+    // Drained: the new copy waits until the old one has stopped.
+    apply(&mut s, &Command::SetAvailability { id: home.clone(), availability: Availability::Drain });
+    // (The same pass stops the old copy, makes the new one and holds it back.)
+    let first = reconcile(&s, NOW);
+    let waiting = first.changes.iter().find_map(|c| match c {
+        TaskChange::Unplaced { id, reason } if id == "db.1.2" => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        waiting.as_deref(),
+        Some(format!("waiting for db.1.1 to stop on {home}: an exclusive volume runs in one place at a time").as_str())
+    );
+    settle(&mut s);
+    assert_eq!(running(&s, "db").len(), 1);
+    assert_ne!(running(&s, "db")[0].1, home);
+    // An update is stop-first, though the service asks for start-first.
+    assert_eq!(s.services["db"].spec.update_config.order, Order::StartFirst);
+    let mut changed = exclusive("db", 1);
+    changed.env.insert("V".into(), "2".into());
+    apply(&mut s, &Command::UpdateService(changed));
+    let Reconciled { changes, .. } = reconcile(&s, NOW);
+    assert!(changes.iter().any(|c| matches!(c, TaskChange::Shutdown { id, .. } if id == "db.1.2")), "{changes:?}");
+    assert!(!changes.iter().any(|c| matches!(c, TaskChange::Create(_))), "no new copy beside the old: {changes:?}");
+    settle(&mut s);
+    assert_eq!(running(&s, "db").len(), 1);
+    // A down node's copy does not hold the slot: the node fenced it.
+    let node = running(&s, "db")[0].1.clone();
+    apply(&mut s, &Command::SetAvailability { id: home, availability: Availability::Active });
+    apply(&mut s, &Command::SetNodeStatus { id: node.clone(), status: NodeStatus::Down });
+    settle(&mut s);
+    let now = running(&s, "db");
+    assert!(now.len() == 1 && now[0].1 != node, "{now:?}");
+}

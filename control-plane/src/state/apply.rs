@@ -568,6 +568,7 @@ mod tests {
             target: "/data".into(),
             readonly: false,
             pin: false,
+            exclusive: false,
         }];
         let t = Task::new("db", 1, 1, 1, spec);
         let changes = vec![TaskChange::Create(Box::new(t.clone())), TaskChange::Assign { id: t.id, node: "n1".into() }];

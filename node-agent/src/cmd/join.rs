@@ -220,6 +220,9 @@ async fn stay(
 ) -> anyhow::Result<u8> {
     let worker = std::sync::Arc::new(worker);
     let mut running: Option<(String, tokio::task::JoinHandle<()>)> = None;
+    // What the heartbeats earn: until when this node may run the tasks
+    // with an exclusive volume that the leader names (see `tasks::fence`).
+    let (lease_tx, lease) = tokio::sync::watch::channel(None);
     loop {
         let id = loop {
             match AgentClient::new(servers.channel()).register(request.clone()).await {
@@ -244,7 +247,8 @@ async fn stay(
             if let Some((_, old)) = running.take() {
                 old.abort();
             }
-            running = Some((id.clone(), tokio::spawn(worker.clone().run(id.clone(), servers.clone()))));
+            let work = worker.clone().run(id.clone(), servers.clone(), lease.clone());
+            running = Some((id.clone(), tokio::spawn(work)));
         }
         let mut tick = tokio::time::interval(period);
         loop {
@@ -254,12 +258,21 @@ async fn stay(
             let root = tls.identity().map(|i| i.issuer).unwrap_or_default();
             let mut beat = tonic::Request::new(HeartbeatRequest { node_id: id.clone(), root });
             beat.set_timeout((period * 2).clamp(Duration::from_millis(500), CALL_TIMEOUT));
+            // A lease counts from before the beat left: the leader heard it later.
+            let sent = tokio::time::Instant::now();
             match AgentClient::new(servers.channel()).heartbeat(beat).await {
                 Ok(reply) => {
                     servers.succeeded();
+                    let reply = reply.into_inner();
                     // The cluster's roots: the renewal acts when they are not ours.
-                    let digest = reply.into_inner().roots_digest;
+                    let digest = reply.roots_digest;
                     roots.send_if_modified(|heard| std::mem::replace(heard, digest.clone()) != digest);
+                    // No lease (no leader that hears a quorum): the last one runs out.
+                    if reply.lease_ms > 0 {
+                        let until = sent + Duration::from_millis(reply.lease_ms);
+                        let exclusive = reply.exclusive.into_iter().collect();
+                        lease_tx.send_replace(Some(driver::Lease { until, exclusive }));
+                    }
                 }
                 Err(s) if s.code() == tonic::Code::NotFound => {
                     warn!("the cluster no longer knows this node; registering again");

@@ -163,6 +163,13 @@ impl Containers for FakeContainers {
         Ok(())
     }
 
+    async fn fence(&self, name: &str, _grace: Duration) -> Result<(), RuntimeError> {
+        let mut inner = lock(&self.inner);
+        inner.log("fence", name);
+        inner.end(name, exit(137));
+        Ok(())
+    }
+
     async fn volumes(&self) -> Result<Vec<berth_proto::model::NodeVolume>, RuntimeError> {
         let volumes = lock(&self.inner).volumes.clone();
         Ok(volumes.into_iter().map(|name| berth_proto::model::NodeVolume { name, created_at_ms: 1 }).collect())

@@ -58,6 +58,10 @@ impl Containers for Runtime {
         .await
     }
 
+    async fn fence(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
+        Runtime::stop(self, name, grace).await.map(drop)
+    }
+
     async fn start(&self, name: &str) -> Result<Ended, RuntimeError> {
         let mut shim = Runtime::start(self, name).await?;
         info!(task = name, pid = shim.pid, "task started");

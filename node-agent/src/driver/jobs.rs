@@ -18,11 +18,12 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::ports::{Attached, Containers, Images, Network, Pulled};
-use super::Worker;
+use super::{Lease, Worker};
 use crate::dns;
 use crate::image::ImageRef;
 use crate::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode, RuntimeError, UserNamespace};
 use crate::tasks::books::Books;
+use crate::tasks::fence::fence;
 use crate::tasks::health::ProbeJob;
 use crate::tasks::step::{step, Job};
 
@@ -31,6 +32,7 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
     mut assignments: watch::Receiver<Option<Assignment>>,
     reports: watch::Sender<Vec<TaskReport>>,
     mut taken: watch::Receiver<Vec<TaskReport>>,
+    lease: watch::Receiver<Option<Lease>>,
 ) {
     // The agent's own clock: a step of the wall clock never delays a restart.
     let origin = Instant::now();
@@ -39,7 +41,8 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
     let mut books = Books::default();
     let (mut jobs, mut probes) = (Running::<Job>::default(), Running::<ProbeJob>::default());
     loop {
-        let assignment = assignments.borrow_and_update().clone().unwrap_or_default();
+        let mut assignment = assignments.borrow_and_update().clone().unwrap_or_default();
+        fence(&mut assignment, Lease::names(&lease.borrow()));
         for (job, outcome) in jobs.finished("the agent's work on it") {
             if let Err(why) = &outcome {
                 warn!(task = job.task(), "{why}");
@@ -58,9 +61,9 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
                 let namespaces = worker.network(|n| Ok(n.attached())).await.unwrap_or_default();
                 let pass = step(&assignment, &observed, &namespaces, &mut books, now());
                 for job in pass.jobs {
-                    let (todo, worker) = (job.clone(), worker.clone());
+                    let (todo, worker, lease) = (job.clone(), worker.clone(), lease.clone());
                     let ended = wake.clone();
-                    jobs.spawn(job, &wake, async move { run_job(&worker, todo, &ended).await });
+                    jobs.spawn(job, &wake, async move { run_job(&worker, todo, &ended, &lease).await });
                 }
                 for probe in pass.probes {
                     let address = assignment.tasks.get(&probe.task).and_then(|t| t.address);
@@ -134,17 +137,25 @@ async fn run_job<C: Containers, I: Images, N: Network>(
     worker: &Arc<Worker<C, I, N>>,
     job: Job,
     wake: &Arc<Notify>,
+    lease: &watch::Receiver<Option<Lease>>,
 ) -> Result<(), String> {
     match job {
-        Job::Start(task) => start(worker, &task, false, wake).await,
-        Job::Restart(task) => start(worker, &task, true, wake).await,
+        Job::Start(task) => start(worker, &task, false, (wake, lease)).await,
+        Job::Restart(task) => start(worker, &task, true, (wake, lease)).await,
         Job::Replace(task) => {
             worker.containers.stop(&task.id, worker.settings.stop_grace).await.map_err(|e| e.to_string())?;
-            start(worker, &task, true, wake).await
+            start(worker, &task, true, (wake, lease)).await
         }
         Job::Stop(task) => {
             let _ = worker.containers.stop(&task, worker.settings.stop_grace).await;
             remove(worker, &task).await
+        }
+        Job::Fence(task) => {
+            warn!(task, "the node's lease lapsed: stopping this task, whose volume is exclusive");
+            if let Err(e) = worker.containers.fence(&task, worker.settings.fence_grace).await {
+                warn!(task, "fencing: {e}");
+            }
+            Ok(())
         }
         Job::Remove(task) => remove(worker, &task).await,
         Job::Detach(task) => detach(worker, task).await,
@@ -157,10 +168,10 @@ async fn start<C: Containers, I: Images, N: Network>(
     worker: &Arc<Worker<C, I, N>>,
     task: &AssignedTask,
     again: bool,
-    wake: &Arc<Notify>,
+    (wake, lease): (&Arc<Notify>, &watch::Receiver<Option<Lease>>),
 ) -> Result<(), String> {
     if again && worker.containers.renew(&task.id).await.is_ok() {
-        return launch(worker, &task.id, wake).await;
+        return launch(worker, task, (wake, lease)).await;
     }
     match worker.containers.remove(&task.id).await {
         Ok(()) | Err(RuntimeError::NotFound(_)) => {}
@@ -186,15 +197,21 @@ async fn start<C: Containers, I: Images, N: Network>(
     };
     let config = container_config(task, &reference, image, (network, userns), &worker.settings);
     worker.containers.create(config).await.map_err(|e| e.to_string())?;
-    launch(worker, &task.id, wake).await
+    launch(worker, task, (wake, lease)).await
 }
 
+/// Starts a created container; one with an exclusive volume only while
+/// the lease still names it (a pull may have outlasted it).
 async fn launch<C: Containers, I: Images, N: Network>(
     worker: &Arc<Worker<C, I, N>>,
-    task: &str,
-    wake: &Arc<Notify>,
+    task: &AssignedTask,
+    (wake, lease): (&Arc<Notify>, &watch::Receiver<Option<Lease>>),
 ) -> Result<(), String> {
-    let ended = worker.containers.start(task).await.map_err(|e| e.to_string())?;
+    let named = Lease::names(&lease.borrow()).is_some_and(|l| l.contains(&task.id));
+    if task.spec.overrides.options.exclusive() && !named {
+        return Err("the node holds no lease for it from the cluster's leader (its volume is exclusive)".into());
+    }
+    let ended = worker.containers.start(&task.id).await.map_err(|e| e.to_string())?;
     let wake = wake.clone();
     tokio::spawn(async move {
         ended.await;

@@ -60,6 +60,25 @@ pub struct Settings {
     pub pids_limit: Option<u64>,
     /// The static init a task with `init` runs as PID 1 (tini-static).
     pub init_path: std::path::PathBuf,
+    /// How long a task whose lease lapsed gets between SIGTERM and SIGKILL
+    /// (see `tasks::fence`): short, since the lease ends only a little
+    /// before the cluster may start it elsewhere.
+    pub fence_grace: Duration,
+}
+
+/// The node's lease from the cluster's leader (see `tasks::fence`): until
+/// when it holds, and the tasks with an exclusive volume it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub until: tokio::time::Instant,
+    pub exclusive: std::collections::BTreeSet<String>,
+}
+
+impl Lease {
+    /// The tasks it names, while it holds.
+    pub fn names(lease: &Option<Self>) -> Option<&std::collections::BTreeSet<String>> {
+        lease.as_ref().filter(|l| tokio::time::Instant::now() < l.until).map(|l| &l.exclusive)
+    }
 }
 
 /// Where Debian's tini package puts its static build, what `--init` runs
@@ -81,6 +100,7 @@ impl Default for Settings {
             features: Features { overlay: false, dns: false },
             pids_limit: Some(DEFAULT_PIDS_LIMIT),
             init_path: DEFAULT_INIT.into(),
+            fence_grace: Duration::from_millis(500),
         }
     }
 }
@@ -96,8 +116,9 @@ pub struct Worker<C, I, N> {
 
 impl<C: Containers, I: Images, N: Network> Worker<C, I, N> {
     /// Runs until the future is dropped: watches `servers` for what node
-    /// `node_id` should do, does it, and reports back.
-    pub async fn run(self: Arc<Self>, node_id: String, servers: Servers) {
+    /// `node_id` should do, does it, and reports back; `lease` is what the
+    /// node's heartbeats earn.
+    pub async fn run(self: Arc<Self>, node_id: String, servers: Servers, lease: watch::Receiver<Option<Lease>>) {
         let (assigned_tx, mut assigned) = watch::channel(None);
         let (reports_tx, reports_rx) = watch::channel(Vec::new());
         let (taken_tx, taken_rx) = watch::channel(Vec::new());
@@ -111,7 +132,7 @@ impl<C: Containers, I: Images, N: Network> Worker<C, I, N> {
             tokio::join!(
                 netloop::run(self.clone(), assigned.clone()),
                 volloop::run(self.clone(), assigned.clone(), volumes.0, volumes.1),
-                jobs::run(self.clone(), assigned, reports_tx, taken_rx)
+                jobs::run(self.clone(), assigned, reports_tx, taken_rx, lease)
             );
         };
         tokio::join!(watch, report, work);

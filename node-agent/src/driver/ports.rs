@@ -32,6 +32,9 @@ pub trait Containers: Send + Sync + 'static {
     fn start(&self, name: &str) -> impl Future<Output = Result<Ended, RuntimeError>> + Send;
     /// SIGTERM, then SIGKILL after `grace`; returns once it has exited.
     fn stop(&self, name: &str, grace: Duration) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// SIGTERM, then SIGKILL after `grace` whatever its own; returns once
+    /// it has exited. It is kept.
+    fn fence(&self, name: &str, grace: Duration) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Removes it and all it left, killing it first if it runs.
     fn remove(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Readies a stopped container for a fresh start: a clean writable

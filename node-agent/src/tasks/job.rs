@@ -16,6 +16,9 @@ pub enum Job {
     Replace(AssignedTask),
     /// SIGTERM, the grace, SIGKILL; then remove it and its namespace.
     Stop(String),
+    /// Its lease lapsed: SIGTERM, a short grace, SIGKILL; it is kept, to
+    /// start again once a lease names it.
+    Fence(String),
     /// Remove a container that does not run, and its namespace.
     Remove(String),
     /// Remove a namespace of no task and no container (left by an agent
@@ -27,7 +30,7 @@ impl Job {
     pub fn task(&self) -> &str {
         match self {
             Self::Start(t) | Self::Restart(t) | Self::Replace(t) => &t.id,
-            Self::Stop(t) | Self::Remove(t) | Self::Detach(t) => t,
+            Self::Stop(t) | Self::Fence(t) | Self::Remove(t) | Self::Detach(t) => t,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! ```text
 //! assignment.tasks ─▶ Want ─┐
 //! observed         ─▶ Have ─┴▶ plan ─▶ due, not busy, not backing off ─▶ jobs
+//! fenced, running ─────────────────────────────────────────────────────▶ Fence jobs
 //! namespaces of no task, no container ─────────────────────────────────▶ Detach jobs
 //! running with a check + books ─▶ health::Tracker, due ─────────────────▶ probes
 //! observed + books ─────────────────────────────────────────────────────▶ reports
@@ -77,7 +78,7 @@ pub fn step(
     // A task this node cannot take is left as it is, and told failed.
     let observed: Vec<&Observed> = observed.iter().filter(|o| !assignment.refused.contains_key(&o.task)).collect();
     let here: BTreeSet<&str> = observed.iter().map(|o| o.task.as_str()).collect();
-    books.forget_except(|t| tasks.contains_key(t) || here.contains(t), now);
+    books.forget_except(|t| tasks.contains_key(t) || assignment.fenced.contains(t) || here.contains(t), now);
     let probes = track_health(tasks.keys(), &observed, books, now);
 
     let options = |task: &str| tasks.get(task).map(|t| &t.spec.overrides.options);
@@ -91,6 +92,7 @@ pub fn step(
         .collect();
     let have: Vec<Have> = observed
         .iter()
+        .filter(|o| !assignment.fenced.contains(&o.task))
         .map(|o| Have {
             task: o.task.clone(),
             status: o.status.clone(),
@@ -155,8 +157,17 @@ pub fn step(
         books.busy.insert(job.task().to_owned());
         jobs.push(job);
     }
+    for o in observed.iter().filter(|o| assignment.fenced.contains(&o.task)) {
+        if matches!(o.status, Status::Running(_)) && !books.busy.contains(&o.task) {
+            books.busy.insert(o.task.clone());
+            jobs.push(Job::Fence(o.task.clone()));
+        }
+    }
     for ns in namespaces {
-        let keep = tasks.contains_key(ns) || assignment.refused.contains_key(ns) || here.contains(ns.as_str());
+        let keep = tasks.contains_key(ns)
+            || assignment.refused.contains_key(ns)
+            || assignment.fenced.contains(ns)
+            || here.contains(ns.as_str());
         if !keep && !books.busy.contains(ns) && books.failed.get(ns).is_none_or(|f| now >= f.retry_at) {
             books.busy.insert(ns.clone());
             jobs.push(Job::Detach(ns.clone()));

@@ -35,6 +35,10 @@ pub struct Assignment {
     /// The node's named volumes as the cluster knows them; none until its
     /// agent has told (its agent compares, and tells when they differ).
     pub volumes: Option<std::collections::BTreeSet<String>>,
+    /// Tasks with an exclusive volume taken out of `tasks` because the node
+    /// holds no lease for them now (the agent's fence, never on the wire):
+    /// not started, and stopped if they run.
+    pub fenced: std::collections::BTreeSet<String>,
 }
 
 /// This node's containers' subnet (its first address is the node's

@@ -51,6 +51,12 @@ pub struct Mount {
     /// elsewhere). Unpinned, they prefer that node.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pin: bool,
+    /// A volume only: one writer. A replica slot that mounts it never runs
+    /// on two nodes at once, even across a partition: its node runs it only
+    /// while it holds a lease from the cluster's leader, shorter than the
+    /// time after which the node is taken for down (see the agent's fence).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exclusive: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,13 +136,16 @@ impl Mount {
         if self.pin && self.kind != MountKind::Volume {
             return Err(InvalidField::new(format!("mounts[{i}].pin"), true, "pin only on a volume"));
         }
+        if self.exclusive && self.kind != MountKind::Volume {
+            return Err(InvalidField::new(format!("mounts[{i}].exclusive"), true, "exclusive only on a volume"));
+        }
         Ok(())
     }
 
     pub fn from_pb(i: usize, w: pb::Mount) -> Result<Self, InvalidField> {
         let kind = MountKind::parse(&w.r#type)
             .ok_or_else(|| InvalidField::new(format!("mounts[{i}].type"), &w.r#type, "volume or bind"))?;
-        Ok(Self { kind, source: w.source, target: w.target, readonly: w.readonly, pin: w.pin })
+        Ok(Self { kind, source: w.source, target: w.target, readonly: w.readonly, pin: w.pin, exclusive: w.exclusive })
     }
 
     pub fn to_pb(&self) -> pb::Mount {
@@ -146,6 +155,7 @@ impl Mount {
             target: self.target.clone(),
             readonly: self.readonly,
             pin: self.pin,
+            exclusive: self.exclusive,
         }
     }
 }
@@ -155,7 +165,8 @@ mod tests {
     use super::*;
 
     fn volume(source: &str, target: &str) -> Mount {
-        Mount { kind: MountKind::Volume, source: source.into(), target: target.into(), readonly: false, pin: false }
+        let (source, target) = (source.into(), target.into());
+        Mount { kind: MountKind::Volume, source, target, readonly: false, pin: false, exclusive: false }
     }
 
     #[test]
@@ -181,13 +192,14 @@ mod tests {
             assert_eq!(field(bind(bad)), "mounts[2].source", "{bad}");
         }
         assert_eq!(field(Mount { pin: true, ..bind("/srv") }), "mounts[2].pin");
+        assert_eq!(field(Mount { exclusive: true, ..bind("/srv") }), "mounts[2].exclusive");
         let wire = pb::Mount { r#type: "nfs".into(), source: "x".into(), target: "/x".into(), ..Default::default() };
         assert_eq!(Mount::from_pb(1, wire).unwrap_err().field, "mounts[1].type");
     }
 
     #[test]
     fn wire_and_stored_forms() {
-        let m = Mount { readonly: true, pin: true, ..volume("data", "/data") };
+        let m = Mount { readonly: true, pin: true, exclusive: true, ..volume("data", "/data") };
         assert_eq!(Mount::from_pb(0, m.to_pb()), Ok(m.clone()));
         let json = serde_json::to_string(&volume("data", "/data")).unwrap();
         assert_eq!(json, r#"{"type":"volume","source":"data","target":"/data"}"#);

@@ -134,6 +134,11 @@ impl Options {
         *self == Self::default()
     }
 
+    /// Whether it mounts a single-writer volume (see [`Mount::exclusive`]).
+    pub fn exclusive(&self) -> bool {
+        self.mounts.iter().any(|m| m.exclusive)
+    }
+
     /// Checks each field, naming the first that is wrong.
     pub fn validate(&self) -> Result<(), InvalidField> {
         let lists = [
@@ -310,6 +315,7 @@ mod tests {
                 target: "/data".into(),
                 readonly: false,
                 pin: false,
+                exclusive: false,
             }],
             restart_max_attempts: Some(3),
             restart_window_ms: Some(60_000),

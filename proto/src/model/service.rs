@@ -234,6 +234,26 @@ impl ServiceSpec {
             ));
         }
         self.placement.validate(self.mode)?;
+        for (i, m) in self.overrides.options.mounts.iter().enumerate().filter(|(_, m)| m.exclusive) {
+            let field = format!("mounts[{i}].exclusive");
+            if self.mode == Mode::Global {
+                return Err(InvalidField::new(
+                    field,
+                    true,
+                    "a replicated service: a global one's volumes are per node",
+                ));
+            }
+            if self.replicas > 1 && !m.source.contains(super::SLOT) {
+                return Err(InvalidField::new(
+                    field,
+                    true,
+                    format!(
+                        "a volume per replica for {} replicas (source: {}-{{{{.Task.Slot}}}}), or 1 replica",
+                        self.replicas, m.source
+                    ),
+                ));
+            }
+        }
         let too_long = |field: &str, len: usize, limit: usize, what: &str| {
             InvalidField::new(field, format!("{len} {what}"), format!("at most {limit} {what}"))
         };
@@ -419,6 +439,28 @@ mod tests {
         );
         let zero = PortSpec { published: None, target: 0, protocol: Protocol::Tcp, name: None };
         assert_eq!(field_of(ServiceSpec { ports: vec![zero], ..spec() }), "ports[0].target");
+    }
+
+    #[test]
+    fn an_exclusive_volume_has_one_writer() {
+        let with = |source: &str, replicas: u32, mode: Mode| {
+            let mut s = ServiceSpec { replicas, mode, ..spec() };
+            s.overrides.options.mounts = vec![super::super::Mount {
+                kind: super::super::MountKind::Volume,
+                source: source.into(),
+                target: "/data".into(),
+                readonly: false,
+                pin: false,
+                exclusive: true,
+            }];
+            s.validate()
+        };
+        assert_eq!(with("data", 1, Mode::Replicated), Ok(()));
+        assert_eq!(with("data-{{.Task.Slot}}", 3, Mode::Replicated), Ok(()));
+        let shared = with("data", 3, Mode::Replicated).unwrap_err();
+        assert_eq!(shared.field, "mounts[0].exclusive");
+        assert!(shared.expected.contains("data-{{.Task.Slot}}"), "{shared}");
+        assert_eq!(with("data", 0, Mode::Global).unwrap_err().field, "mounts[0].exclusive");
     }
 
     #[test]

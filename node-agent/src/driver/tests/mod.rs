@@ -22,6 +22,8 @@ const GRACE: Duration = Duration::from_secs(2);
 struct Node {
     containers: FakeContainers,
     network: FakeNetwork,
+    /// What its heartbeats would have earned.
+    lease: tokio::sync::watch::Sender<Option<super::Lease>>,
     worker: tokio::task::JoinHandle<()>,
 }
 
@@ -42,6 +44,7 @@ fn node(clusters: &[&FakeCluster], containers: FakeContainers) -> Node {
         features: Features { overlay: false, dns: true },
         pids_limit: Some(64),
         init_path: "/usr/bin/tini-static".into(),
+        fence_grace: Duration::from_millis(100),
     };
     let network = FakeNetwork::default();
     let worker =
@@ -49,7 +52,8 @@ fn node(clusters: &[&FakeCluster], containers: FakeContainers) -> Node {
     let addrs: Vec<String> = clusters.iter().map(|c| c.addr.clone()).collect();
     let connector = cluster::trust().1.connector(client::Peer::Server);
     let servers = Servers::new(&addrs, &client::Settings::calls(Duration::from_secs(2)), &connector).unwrap();
-    Node { containers, network, worker: tokio::spawn(worker.run("n1".into(), servers)) }
+    let (lease, leased) = tokio::sync::watch::channel(None);
+    Node { containers, network, lease, worker: tokio::spawn(worker.run("n1".into(), servers, leased)) }
 }
 
 fn task(id: &str, image: &str, restart: &str, address: &str) -> pb::AssignedTask {
@@ -314,4 +318,43 @@ async fn the_nodes_volumes_are_told_once_the_cluster_knows_other_ones() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(cluster.volume_reports().len(), 2, "{:?}", cluster.volume_reports());
     drop(n);
+}
+
+#[tokio::test]
+async fn an_exclusive_task_runs_only_while_a_lease_names_it() {
+    let mount = berth_proto::pb::cluster::Mount {
+        r#type: "volume".into(),
+        source: "data".into(),
+        target: "/data".into(),
+        exclusive: true,
+        ..Default::default()
+    };
+    let options = berth_proto::pb::cluster::Options { mounts: vec![mount], ..Default::default() };
+    let overrides = berth_proto::pb::cluster::Overrides { options: Some(options), ..Default::default() };
+    let db = pb::AssignedTask { overrides: Some(overrides), ..task("db.1.1", "reg:5000/db:1", "always", "") };
+    let web = task("web.1.1", "reg:5000/web:1", "always", "");
+    let cluster = FakeCluster::start(assigned(vec![db, web])).await;
+    let n = node(&[&cluster], FakeContainers::default());
+    // No lease: the other task starts, the exclusive one does not.
+    eventually("web running", || is(&cluster, "web.1.1", "running").then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(n.containers.times("start", "db.1.1").is_empty(), "started without a lease");
+    // A lease that names it: it starts.
+    let lease = |ms: u64, names: &[&str]| super::Lease {
+        until: Instant::now() + Duration::from_millis(ms),
+        exclusive: names.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    n.lease.send_replace(Some(lease(60_000, &["db.1.1"])));
+    eventually("db running", || is(&cluster, "db.1.1", "running").then_some(())).await;
+    // The lease lapses: it is stopped (kept), the other task runs on.
+    n.lease.send_replace(Some(lease(200, &["db.1.1"])));
+    eventually("db fenced", || (!n.containers.times("fence", "db.1.1").is_empty()).then_some(())).await;
+    assert!(n.containers.times("stop", "web.1.1").is_empty() && n.containers.times("remove", "db.1.1").is_empty());
+    // A lease that no longer names it (the leader moved it) starts nothing.
+    n.lease.send_replace(Some(lease(60_000, &[])));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(n.containers.times("start", "db.1.1").len(), 1);
+    // Named again: it runs again.
+    n.lease.send_replace(Some(lease(60_000, &["db.1.1"])));
+    eventually("db started again", || (n.containers.times("start", "db.1.1").len() == 2).then_some(())).await;
 }

@@ -116,6 +116,7 @@ fn volumes_and_binds_are_bind_mounts_without_suid_or_devices() {
         target: target.into(),
         readonly,
         pin: false,
+        exclusive: false,
     };
     c.overrides.options.mounts =
         vec![mount(MountKind::Volume, "data", "/data", false), mount(MountKind::Bind, "/srv/conf", "/conf", true)];
