@@ -69,7 +69,7 @@ pub async fn run(node: Arc<Node>) {
             if let Command::SetNodeStatus { id, status } = &cmd {
                 info!(node = %id, %status, "node status");
             }
-            if let Err(e) = node.write(cmd).await {
+            if let Err(e) = node.write_as_leader(cmd).await {
                 warn!("recording a node status change: {e}");
             }
         }
@@ -95,7 +95,7 @@ pub async fn run(node: Arc<Node>) {
             info!(service = %r.service, version = r.version, state = %r.state, "rollout {}", r.message);
         }
         let count = changes.len() + rollouts.len();
-        match node.write(Command::Reconcile { changes, at_ms: now, rollouts }).await {
+        match node.write_as_leader(Command::Reconcile { changes, at_ms: now, rollouts }).await {
             Ok(Response::Reconciled { applied: 0 }) => {
                 // Nothing held when applied: the state moved under the
                 // decision. Not again at once (a reconciler that disagreed

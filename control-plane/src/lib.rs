@@ -26,6 +26,7 @@ pub mod node;
 pub mod reconciler;
 pub mod rotation;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod store;

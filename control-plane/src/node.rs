@@ -98,6 +98,9 @@ pub enum LeaderReply {
     },
 }
 
+/// Below this node-down timeout (ms) no node gets a lease (see `Node::lease`).
+pub const MIN_LEASED_DOWN_MS: u64 = 2_000;
+
 /// What one attempt of an op came to; also the answer of `Raft.Forward`.
 /// One lives per request and is matched in many places, so the large
 /// variant is not boxed.
@@ -202,6 +205,30 @@ impl Node {
         match self.run(LeaderOp::Write(Box::new(cmd))).await? {
             LeaderReply::Write(r) => Ok(r),
             other => Err(unexpected(other)),
+        }
+    }
+
+    /// A write of this server's own decision as the leader (a node's
+    /// liveness, seen from its memory), proposed here and never forwarded:
+    /// a leader that lost its office meanwhile must not have a stale view
+    /// committed by its successor (it once marked a node down that the new
+    /// leader heard from, which moved an exclusive volume's task while it
+    /// ran). Proposed while still leading, it commits only with a quorum
+    /// that still follows this leader.
+    pub async fn write_as_leader(&self, cmd: Command) -> Result<Response, OpError> {
+        let op = LeaderOp::Write(Box::new(cmd));
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let step = timeout_at(deadline, self.here(&op)).await;
+            match step {
+                Ok(Step::Done(Ok(LeaderReply::Write(r)))) => return Ok(r),
+                Ok(Step::Done(Ok(other))) => return Err(unexpected(other)),
+                Ok(Step::Done(Err(e))) => return Err(e),
+                Ok(Step::NotLeader) => return Err(OpError::Unavailable("this server is no longer the leader".into())),
+                Ok(Step::Retry(_)) if Instant::now() + RETRY < deadline => tokio::time::sleep(RETRY).await,
+                Ok(Step::Retry(why)) => return Err(OpError::Unavailable(why)),
+                Err(_) => return Err(OpError::Unavailable("no quorum confirmed it in time".into())),
+            }
         }
     }
 
@@ -332,23 +359,27 @@ impl Node {
         }
     }
 
-    /// The lease a node's heartbeat earns: half the node-down timeout, and
-    /// only from a leader a quorum acknowledged within an eighth of it.
+    /// The lease a node's heartbeat earns: 7/10 of the node-down timeout,
+    /// and only from a leader a quorum acknowledged within an eighth of it
+    /// (and only with a timeout of 2 s or more: below that the margins
+    /// below do not hold, and exclusive tasks wait).
     ///
     /// Why that fences: the node counts the lease from when it sent the
-    /// heartbeat (s), and stops its exclusive tasks when the lease ends
-    /// (s + down/2), within a short grace. This leader heard from a quorum
-    /// at q >= s - down/8, so no other leader's term began before q, and
-    /// a new leader takes the node for down no sooner than a full timeout
-    /// into its term (`Liveness` starts afresh): after s + 7·down/8. This
+    /// heartbeat (s). Its agent stops its exclusive tasks half a second
+    /// before the lease ends, and each one's monitor kills it at the end,
+    /// whatever the agent does: by s + 0.7·down + 0.1 s (its poll). This
+    /// leader heard from a quorum at q >= s - down/8 - 0.15 s (metrics
+    /// are up to 1.5 Raft heartbeats old), so no other leader's term began
+    /// before q, and a new leader takes the node for down no sooner than a
+    /// full timeout into its term (`Liveness` starts afresh): after
+    /// s + 7·down/8 - 0.15 s, which is later whenever down > 1.43 s. This
     /// leader itself waits a full timeout after the node's last heartbeat.
-    /// Either way the node's tasks are stopped before anyone moves them.
-    /// The tasks are the leader's own view, so a node that comes back from
-    /// a partition never restarts a task that has moved meanwhile.
+    /// The tasks named are the leader's own view, so a node that comes back
+    /// from a partition never restarts a task that has moved meanwhile.
     fn lease(&self, node: &str) -> LeaderReply {
-        let fresh = self.node_down_after.as_millis() as u64 / 8;
+        let down = self.node_down_after.as_millis() as u64;
         let acked = self.metrics().millis_since_quorum_ack;
-        if acked.is_none_or(|ms| ms > fresh) {
+        if down < MIN_LEASED_DOWN_MS || acked.is_none_or(|ms| ms > down / 8) {
             return LeaderReply::Lease { ms: 0, exclusive: vec![] };
         }
         let exclusive = match self.applied.read() {
@@ -362,7 +393,7 @@ impl Node {
                 .collect(),
             Err(_) => return LeaderReply::Lease { ms: 0, exclusive: vec![] },
         };
-        LeaderReply::Lease { ms: self.node_down_after.as_millis() as u64 / 2, exclusive }
+        LeaderReply::Lease { ms: down * 7 / 10, exclusive }
     }
 
     async fn join(&self, addr: &str) -> Step {

@@ -107,6 +107,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let raft = Raft::new(id, Arc::new(cfg.raft_config()?), network, log, sm).await.context("cannot start Raft")?;
     let mut node = Node::new(id, raft.clone(), applied, peers, cfg.request_timeout);
     node.node_down_after = cfg.node_down_after;
+    let down_ms = cfg.node_down_after.as_millis() as u64;
+    if down_ms < crate::node::MIN_LEASED_DOWN_MS || cfg.heartbeat.as_millis() as u64 * 3 / 2 > down_ms / 8 {
+        warn!(
+            "with --node-down-after-ms {down_ms} (and Raft heartbeats every {:?}) no node gets a lease: tasks \
+             with an exclusive volume will not run (2000 ms or more, and heartbeats at most 1/12 of it)",
+            cfg.heartbeat
+        );
+    }
     node.network = cfg.network;
     let node = Arc::new(node);
     let leader_work = tokio::spawn(crate::leader::run(node.clone()));

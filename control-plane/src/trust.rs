@@ -58,6 +58,7 @@ pub fn found(validity: Duration) -> Result<(Founding, Credentials, Credentials),
         cross: None,
         holders: Default::default(),
         autolock: None,
+        secrets_key: Some(crate::secrets::new_key()),
     };
     Ok((Founding { trust, admin: admin_user, server_id }, server, admin))
 }

@@ -4,6 +4,7 @@ mod access;
 mod ca;
 mod client;
 mod config;
+mod files;
 mod health;
 mod lock;
 mod mounts;
@@ -19,7 +20,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use berth_proto::model::{Endpoint, NodeInfo, Service, TaskInfo};
+use berth_proto::model::{Endpoint, FileKind, NodeInfo, Service, TaskInfo};
 use berth_proto::pb::cluster as pb;
 use clap::{Parser, Subcommand};
 
@@ -34,8 +35,10 @@ struct Cli {
     #[arg(long = "server", short = 's', global = true, env = "BERTH_SERVER", value_delimiter = ',')]
     servers: Vec<String>,
     /// berthctl's config: contexts of servers and credentials
-    /// (default ~/.config/berth/config; the bootstrap server writes DATA_DIR/admin.conf)
-    #[arg(long, global = true, env = "BERTH_CONFIG")]
+    /// (default ~/.config/berth/config; the bootstrap server writes
+    /// DATA_DIR/admin.conf). Before the command, as Docker's: after it,
+    /// `--config` names a service's config
+    #[arg(long, env = "BERTH_CONFIG")]
     config: Option<std::path::PathBuf>,
     /// The context of the config to use (default: its current one)
     #[arg(long, global = true, env = "BERTH_CONTEXT")]
@@ -77,6 +80,12 @@ enum Command {
     /// Named volumes: the data nodes keep for their tasks
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Secrets: values the cluster keeps sealed and hands only to the tasks that name them
+    #[command(subcommand)]
+    Secret(FileCmd),
+    /// Configs: files the cluster keeps and hands to the tasks that name them
+    #[command(subcommand)]
+    Config(FileCmd),
     /// Print changes to services, nodes and tasks as they happen, until interrupted
     Events,
     /// Users: who may use the cluster, and with which role
@@ -99,6 +108,23 @@ enum UserCmd {
     Ls,
     /// Remove a user: its credential stops working at once, on every server
     Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum FileCmd {
+    /// Store a value (at most 500 KiB), read from FILE, or from stdin with -
+    Create { name: String, file: String },
+    /// List them: size, age and the services that use each (never a secret's value)
+    #[command(alias = "list")]
+    Ls,
+    /// Show one (a config with its value; a secret's is never shown)
+    Inspect { name: String },
+    /// Remove them, unless a service uses one
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,6 +280,18 @@ enum ServiceCmd {
         /// PUBLISHED[/udp] to stop publishing (repeatable)
         #[arg(long = "publish-rm", value_name = "PORT")]
         publish_rm: Vec<String>,
+        /// A secret to add or replace at its target, as --secret takes it (repeatable)
+        #[arg(long = "secret-add", value_name = "SECRET")]
+        secret_add: Vec<String>,
+        /// A secret to stop using, by name (repeatable)
+        #[arg(long = "secret-rm", value_name = "NAME")]
+        secret_rm: Vec<String>,
+        /// A config to add or replace at its target, as --config takes it (repeatable)
+        #[arg(long = "config-add", value_name = "CONFIG")]
+        config_add: Vec<String>,
+        /// A config to stop using, by name (repeatable)
+        #[arg(long = "config-rm", value_name = "NAME")]
+        config_rm: Vec<String>,
         #[command(flatten)]
         rollout: rollout::RolloutFlags,
         /// Leave the image's tag as it is (by default the server pins the
@@ -431,6 +469,15 @@ async fn converge(client: &Client, done: &[(String, u64, String)], detach: bool)
 /// Sets a service's replicas on the server; a server of the release before
 /// `ScaleService` gets the spec read and written back with the new count.
 /// Returns the service's version after.
+async fn file_cmd(client: &Client, kind: FileKind, cmd: FileCmd, fmt: Format) -> Result<String> {
+    match cmd {
+        FileCmd::Create { name, file } => files::create(client, kind, &name, &file).await,
+        FileCmd::Ls => files::ls(client, kind, fmt).await,
+        FileCmd::Inspect { name } => files::inspect(client, kind, &name, fmt).await,
+        FileCmd::Rm { names } => files::rm(client, kind, &names).await,
+    }
+}
+
 async fn scale(client: &Client, name: &str, replicas: i64) -> Result<u64> {
     let req = pb::ScaleServiceRequest { name: name.to_owned(), replicas };
     let reply = client
@@ -576,6 +623,10 @@ async fn run(cli: Cli) -> Result<String> {
             replicas,
             publish_add,
             publish_rm,
+            secret_add,
+            secret_rm,
+            config_add,
+            config_rm,
             rollout,
             no_resolve_image,
             detach,
@@ -611,6 +662,10 @@ async fn run(cli: Cli) -> Result<String> {
                 spec.ports.retain(|s| !(s.published == port.published && s.protocol == port.protocol));
                 spec.ports.push(port);
             }
+            let overrides = spec.overrides.get_or_insert_with(Default::default);
+            let options = overrides.options.get_or_insert_with(Default::default);
+            files::change(&mut options.secrets, &secret_add, &secret_rm).context("--secret-add/--secret-rm")?;
+            files::change(&mut options.configs, &config_add, &config_rm).context("--config-add/--config-rm")?;
             let (update, rollback) = rollout.over(spec.update_config.take(), spec.rollback_config.take())?;
             (spec.update_config, spec.rollback_config) = (update, rollback);
             spec::check(&spec)?;
@@ -712,6 +767,8 @@ async fn run(cli: Cli) -> Result<String> {
             client.call("set node availability", async |mut c| c.set_node_availability(req.clone()).await).await?;
             Ok(format!("node {name} is now {availability}\n"))
         }
+        Command::Secret(cmd) => file_cmd(&client, FileKind::Secret, cmd, fmt).await,
+        Command::Config(cmd) => file_cmd(&client, FileKind::Config, cmd, fmt).await,
         Command::Volume(VolumeCmd::Ls { node }) => volumes::ls(&client, node, fmt).await,
         Command::Volume(VolumeCmd::Inspect { name }) => volumes::inspect(&client, &name, fmt).await,
         Command::Volume(VolumeCmd::Rm { name, node }) => volumes::rm(&client, &name, node).await,
@@ -741,5 +798,14 @@ async fn run(cli: Cli) -> Result<String> {
             client.call("remove server", async |mut c| c.remove_member(pb::RemoveMemberRequest { id }).await).await?;
             Ok(format!("server {id} removed from the cluster\n"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use crate::health::duration_value;
-use crate::mounts;
 use crate::spec::{duration_ms, memory};
+use crate::{files, mounts};
 
 #[derive(Debug, Default, clap::Args)]
 pub struct OptionsFlags {
@@ -46,6 +46,13 @@ pub struct OptionsFlags {
     /// never two copies at once, even across a partition
     #[arg(long = "mount", value_name = "type=T,source=S,target=PATH")]
     mount: Vec<String>,
+    /// NAME, or source=NAME,target=PATH,uid=U,gid=G,mode=0400: a secret as a
+    /// read-only file in memory, at /run/secrets/NAME by default (repeatable)
+    #[arg(long = "secret", value_name = "SECRET")]
+    secret: Vec<String>,
+    /// The same for a config, at /NAME by default (repeatable)
+    #[arg(long = "config", value_name = "CONFIG")]
+    config: Vec<String>,
     /// Restarts after which a task's node gives up (default: never)
     #[arg(long, value_name = "N")]
     restart_max_attempts: Option<u32>,
@@ -78,6 +85,8 @@ impl OptionsFlags {
             ulimits: self.ulimit.iter().map(|u| ulimit_flag(u).context("--ulimit")).collect::<Result<_>>()?,
             tmpfs,
             mounts,
+            secrets: self.secret.iter().map(|t| files::flag(t).context("--secret")).collect::<Result<_>>()?,
+            configs: self.config.iter().map(|t| files::flag(t).context("--config")).collect::<Result<_>>()?,
             restart_max_attempts: self.restart_max_attempts,
             restart_window_ms: self
                 .restart_window
@@ -129,6 +138,9 @@ pub struct OptionsFile {
     pub tmpfs: Option<Vec<Value>>,
     /// `[data:/data, /srv/conf:/conf:ro, {type: volume, source: data, target: /data}]`.
     pub volumes: Option<Vec<Value>>,
+    /// `[db_password, {source: tls, target: /etc/tls.key, mode: 0400}]`.
+    pub secrets: Option<Vec<Value>>,
+    pub configs: Option<Vec<Value>>,
     pub restart_max_attempts: Option<u32>,
     pub restart_window: Option<Value>,
     /// `always`, `missing` or `never`.
@@ -199,6 +211,10 @@ impl OptionsFile {
             })
             .collect::<Result<_>>()?;
         tmpfs.extend(from_volumes);
+        let refs = |field: &str, list: Option<Vec<Value>>| -> Result<Vec<pb::FileRef>> {
+            list.unwrap_or_default().iter().enumerate().map(|(i, v)| files::entry(field, i, v)).collect()
+        };
+        let (secrets, configs) = (refs("secrets", self.secrets)?, refs("configs", self.configs)?);
         let options = pb::Options {
             labels: self.labels.unwrap_or_default().into_iter().collect(),
             extra_hosts,
@@ -208,6 +224,8 @@ impl OptionsFile {
             ulimits,
             tmpfs,
             mounts,
+            secrets,
+            configs,
             restart_max_attempts: self.restart_max_attempts,
             restart_window_ms: duration_value(self.restart_window).context("restart_window")?,
             pull: self.pull.unwrap_or_default(),

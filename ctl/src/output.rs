@@ -160,6 +160,8 @@ pub fn service(s: &Service, endpoints: &[Endpoint], format: Format) -> String {
                     .collect(),
             ),
         ),
+        ("Secrets", files(&opts.secrets, berth_proto::model::FileKind::Secret)),
+        ("Configs", files(&opts.configs, berth_proto::model::FileKind::Config)),
     ] {
         if !value.is_empty() {
             kv(key, value);
@@ -312,6 +314,16 @@ fn health(h: &berth_proto::model::Health) -> String {
         parts.push(format!("{r} retries"));
     }
     parts.join(", ")
+}
+
+/// A service's secrets or configs as `service inspect` shows them: where
+/// each is and whose, never a value.
+fn files(refs: &[berth_proto::model::FileRef], kind: berth_proto::model::FileKind) -> String {
+    let shown: Vec<String> = refs
+        .iter()
+        .map(|r| format!("{} -> {} ({}:{}, {:04o})", r.source, r.path(kind), r.uid, r.gid, r.mode))
+        .collect();
+    shown.join(", ")
 }
 
 /// How long ago a Unix-ms time was, the way people say it: `12s ago`.

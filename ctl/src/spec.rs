@@ -106,6 +106,11 @@ struct SpecFile {
     /// Volumes and binds: `[data:/data, {type: bind, source: /srv, target: /srv}]`.
     #[serde(default)]
     volumes: Option<Vec<Value>>,
+    /// `[db_password, {source: tls, target: /etc/tls.key, mode: 0400}]`.
+    #[serde(default)]
+    secrets: Option<Vec<Value>>,
+    #[serde(default)]
+    configs: Option<Vec<Value>>,
     #[serde(default)]
     restart_max_attempts: Option<u32>,
     #[serde(default)]
@@ -216,6 +221,8 @@ impl SpecFile {
                     ulimits: self.ulimits,
                     tmpfs: self.tmpfs,
                     volumes: self.volumes,
+                    secrets: self.secrets,
+                    configs: self.configs,
                     restart_max_attempts: self.restart_max_attempts,
                     restart_window: self.restart_window,
                     pull: self.pull,

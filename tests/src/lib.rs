@@ -392,6 +392,24 @@ pub fn berthctl(servers: &[String], args: &[&str]) -> Result<(bool, String, Stri
     berthctl_as(&keys().admin_conf, servers, args)
 }
 
+/// Runs berthctl with `input` on its stdin.
+pub fn berthctl_stdin(servers: &[String], args: &[&str], input: &[u8]) -> Result<(bool, String, String)> {
+    use std::io::Write;
+    let mut child = Command::new("timeout")
+        .args(["--kill-after=10", "300"])
+        .arg(bin("berthctl"))
+        .env("BERTH_CONFIG", &keys().admin_conf)
+        .env("BERTH_SERVER", servers.join(","))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("berthctl's stdin")?.write_all(input)?;
+    let out = child.wait_with_output()?;
+    Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into()))
+}
+
 /// Runs berthctl with the config `conf`; one that has not ended after 5
 /// minutes (a wait that never converges) is killed, so a test fails
 /// rather than hangs.

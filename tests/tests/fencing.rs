@@ -2,11 +2,13 @@
 //! partition: three hosts (a server and an agent each, network namespaces
 //! on this machine), a service with an exclusive volume whose task
 //! appends its name and the time in nanoseconds to a log on the test host
-//! (a bind mount every host shares) every 20 ms. Ten times over, the host running it is
-//! cut off: its agent, with no lease from a leader, stops the task before
-//! the others take its node for down and start a new copy; healed, it
-//! never starts the old one again. In the log, once a copy has written,
-//! no copy before it ever writes again.
+//! (a bind mount every host shares) every 20 ms. Ten times over, the host
+//! running it is cut off: its agent, with no lease from a leader, stops
+//! the task before the others take its node for down and start a new
+//! copy; healed, it never starts the old one again. Twice more its agent
+//! is killed instead: the task's monitor kills it when the last lease
+//! ends, with no agent to say so. In the log, once a copy has written, no
+//! copy before it ever writes again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -45,12 +47,21 @@ fn lines(log: &std::path::Path) -> Vec<(u128, String)> {
 /// that wrote again after another had begun (two ran at once).
 fn turns(lines: &[(u128, String)]) -> Result<Vec<String>> {
     let mut order: Vec<String> = Vec::new();
+    let mut began: Vec<u128> = Vec::new();
     for (at, copy) in lines {
         if order.last() == Some(copy) {
             continue;
         }
-        ensure!(!order.contains(copy), "{copy} wrote at {at} ns after {:?} had begun: two copies ran", order.last());
+        if let Some(i) = order.iter().position(|c| c == copy) {
+            let later = &order[i + 1..];
+            anyhow::bail!(
+                "{copy} wrote at {at} ns, {} ms after {later:?} had begun ({:?}): two copies ran",
+                (at - began[i + 1]) / 1_000_000,
+                &began[i + 1..]
+            );
+        }
         order.push(copy.clone());
+        began.push(*at);
     }
     Ok(order)
 }
@@ -62,8 +73,8 @@ async fn an_exclusive_replica_never_runs_twice_across_partitions() -> Result<()>
     Image::busybox_with_payloads()?.push(&registry.addr, "busybox", "v1").await?;
     let image = format!("{}/busybox:v1", registry.addr);
     let on: Vec<&berth_tests::hosts::Host> = hosts.hosts.iter().collect();
-    // Down after 2 s: the lease is 1 s (test agents beat every 300 ms).
-    let cluster = Cluster::start_on(&on, &["--node-down-after-ms", "2000"]).await?;
+    // Down after 3 s: the lease is 2.1 s (test agents beat every 300 ms).
+    let cluster = Cluster::start_on(&on, &["--node-down-after-ms", "3000"]).await?;
     let servers = cluster.addrs();
     let agents: Vec<Agent> = on.iter().map(|h| Agent::on(Some(&registry), h)).collect();
     let mut daemons = Vec::new();
@@ -95,11 +106,19 @@ async fn an_exclusive_replica_never_runs_twice_across_partitions() -> Result<()>
     ensure!(first.0 > 1_000_000_000_000_000_000, "times in ns: {first:?}");
 
     let mut moved_to: BTreeMap<String, usize> = BTreeMap::new();
-    for round in 1..=10 {
+    for round in 1..=12 {
         let (task, node, _) = writer(&servers).context("the writer's task")?;
         let cut = on.iter().position(|h| h.name == node).context("the writer's host")?;
-        let others: Vec<String> = (0..3).filter(|i| *i != cut).map(|i| servers[i].clone()).collect();
-        on[cut].cut()?;
+        // Rounds 11 and 12 kill its agent rather than cut its host off.
+        let killed = round > 10;
+        let others: Vec<String> = match killed {
+            false => (0..3).filter(|i| *i != cut).map(|i| servers[i].clone()).collect(),
+            true => servers.clone(),
+        };
+        match killed {
+            false => on[cut].cut()?,
+            true => daemons[cut].kill9(),
+        }
         // The others take its node for down and run a new copy.
         let (moved, to) =
             wait_for(Duration::from_secs(60), &format!("round {round}: the writer off {node}"), async || {
@@ -113,7 +132,10 @@ async fn an_exclusive_replica_never_runs_twice_across_partitions() -> Result<()>
         })
         .await?;
         *moved_to.entry(to).or_default() += 1;
-        on[cut].heal()?;
+        match killed {
+            false => on[cut].heal()?,
+            true => daemons[cut] = agents[cut].join_at(&servers, &node, &format!("{}:7500", on[cut].ip), &[])?,
+        }
         // Healed, its node is ready again and its old copy is gone, never started again.
         wait_for(Duration::from_secs(60), &format!("round {round}: {node} back without {task}"), async || {
             let (ok, out, _) = berthctl(&servers, &["node", "ls"]).ok()?;
@@ -121,12 +143,24 @@ async fn an_exclusive_replica_never_runs_twice_across_partitions() -> Result<()>
             (ok && out.matches(" ready ").count() == 3 && gone).then_some(())
         })
         .await?;
-        turns(&lines(&log)).with_context(|| format!("round {round}"))?;
+        turns(&lines(&log)).with_context(|| {
+            let logs: Vec<String> = agents.iter().map(|a| a.daemon_log()).collect();
+            let lease: Vec<String> = logs
+                .iter()
+                .enumerate()
+                .flat_map(|(i, l)| {
+                    l.lines()
+                        .filter(|l| l.contains("lease") || l.contains("writer"))
+                        .map(move |l| format!("agent{i}: {l}"))
+                })
+                .collect();
+            format!("round {round} (cut {node}, {task} -> {moved})\n{}\n{}", lease.join("\n"), cluster.logs())
+        })?;
     }
     // Half a second more of writing, then the whole log once again.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let order = turns(&lines(&log))?;
-    ensure!(order.len() == 11, "one copy per round and the first: {order:?}");
+    ensure!(order.len() == 13, "one copy per round and the first: {order:?}");
     ensure!(moved_to.len() >= 2, "the copies went to more than one host: {moved_to:?}");
     drop(daemons);
     Ok(())

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use berth_proto::model::{
-    validate_name, AssignedTask, Assignment, Availability, Desired, Node as NodeRecord, NodeNetwork, NodeStatus,
+    validate_name, AssignedTask, Assignment, Availability, Desired, Files, Node as NodeRecord, NodeNetwork, NodeStatus,
     NodeVolume, Overlay, Peer, Replica, Resources, ServiceEndpoints,
 };
 use berth_proto::pb::agent::agent_server::Agent;
@@ -262,8 +262,14 @@ pub fn assigned(state: &State, node_id: &str) -> Assignment {
         .values()
         .filter(|t| t.node.as_deref() == Some(node_id) && t.desired == Desired::Running)
         .map(|t| {
-            let task =
-                AssignedTask { id: t.id.clone(), spec: t.spec.clone(), restarts: t.restarts, address: t.address };
+            let files = files_of(state, &t.spec);
+            let task = AssignedTask {
+                id: t.id.clone(),
+                spec: t.spec.clone(),
+                restarts: t.restarts,
+                address: t.address,
+                files,
+            };
             (t.id.clone(), task)
         })
         .collect();
@@ -285,6 +291,23 @@ pub fn assigned(state: &State, node_id: &str) -> Assignment {
     let network = subnet.zip(state.network).map(|(subnet, net)| NodeNetwork { subnet, cluster: net.cidr });
     let volumes = state.volumes.get(node_id).map(|v| v.iter().map(|v| v.name.clone()).collect());
     Assignment { tasks, network, peers, services: endpoints(state), volumes, ..Assignment::default() }
+}
+
+/// The values of the secrets and configs a task names (a secret opened
+/// with the cluster's key): what only its node is sent. One the state no
+/// longer has is left out, and the agent fails the task saying so.
+fn files_of(state: &State, spec: &berth_proto::model::TaskSpec) -> Files {
+    let options = &spec.overrides.options;
+    let key = state.trust.as_ref().and_then(|t| t.secrets_key.as_deref());
+    let secrets = options.secrets.iter().filter_map(|r| {
+        let sealed = &state.secrets.get(&r.source)?.data;
+        Some((r.source.clone(), crate::secrets::open(key?, sealed)?))
+    });
+    let configs = options
+        .configs
+        .iter()
+        .filter_map(|r| Some((r.source.clone(), hex::decode(&state.configs.get(&r.source)?.data).ok()?)));
+    Files { secrets: secrets.collect(), configs: configs.collect() }
 }
 
 /// Every service, its ports, and its replicas that serve now

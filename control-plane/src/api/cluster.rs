@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::convert::spec_from_request;
-use berth_proto::model::{self, validate_name, Availability, InvalidField, NodeInfo};
+use berth_proto::model::{self, validate_name, Availability, FileKind, InvalidField, NodeInfo};
 use berth_proto::pb::cluster::cluster_client::ClusterClient;
 use berth_proto::pb::cluster::cluster_server::Cluster;
 use berth_proto::pb::cluster::*;
@@ -392,6 +392,46 @@ impl Cluster for ClusterApi {
         }
     }
 
+    async fn create_secret(&self, req: Request<CreateFileRequest>) -> Result<Response<FileReply>, Status> {
+        self.allow(&req, Access::Operator, "creating a secret")?;
+        let reply = super::files::create(&self.node, &self.levels, FileKind::Secret, req.into_inner()).await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn list_secrets(&self, req: Request<ListFilesRequest>) -> Result<Response<ListFilesReply>, Status> {
+        self.allow(&req, Access::Read, "listing secrets")?;
+        Ok(Response::new(super::files::list(&self.node, &self.levels, FileKind::Secret).await?))
+    }
+
+    async fn delete_secret(&self, req: Request<DeleteFileRequest>) -> Result<Response<DeleteFileReply>, Status> {
+        self.allow(&req, Access::Operator, "removing a secret")?;
+        let name = req.into_inner().name;
+        Ok(Response::new(super::files::delete(&self.node, &self.levels, FileKind::Secret, name).await?))
+    }
+
+    async fn create_config(&self, req: Request<CreateFileRequest>) -> Result<Response<FileReply>, Status> {
+        self.allow(&req, Access::Operator, "creating a config")?;
+        let reply = super::files::create(&self.node, &self.levels, FileKind::Config, req.into_inner()).await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn list_configs(&self, req: Request<ListFilesRequest>) -> Result<Response<ListFilesReply>, Status> {
+        self.allow(&req, Access::Read, "listing configs")?;
+        Ok(Response::new(super::files::list(&self.node, &self.levels, FileKind::Config).await?))
+    }
+
+    async fn get_config(&self, req: Request<GetConfigRequest>) -> Result<Response<GetConfigReply>, Status> {
+        self.allow(&req, Access::Read, "reading a config")?;
+        let name = req.into_inner().name;
+        Ok(Response::new(super::files::get_config(&self.node, &self.levels, name).await?))
+    }
+
+    async fn delete_config(&self, req: Request<DeleteFileRequest>) -> Result<Response<DeleteFileReply>, Status> {
+        self.allow(&req, Access::Operator, "removing a config")?;
+        let name = req.into_inner().name;
+        Ok(Response::new(super::files::delete(&self.node, &self.levels, FileKind::Config, name).await?))
+    }
+
     async fn list_volumes(&self, req: Request<ListVolumesRequest>) -> Result<Response<ListVolumesReply>, Status> {
         self.allow(&req, Access::Read, "listing volumes")?;
         Ok(Response::new(super::volumes::list(&self.node, &self.levels, req.into_inner()).await?))
@@ -451,8 +491,9 @@ impl ClusterApi {
 /// The level every member must read before `spec` may be written (what a
 /// server of an older release would drop from its state), and what needs it.
 fn needed_level(spec: &model::ServiceSpec) -> (u32, &'static str) {
-    if !spec.overrides.options.mounts.is_empty() {
-        return (2, "volumes and bind mounts");
+    let options = &spec.overrides.options;
+    if !options.mounts.is_empty() || !options.secrets.is_empty() || !options.configs.is_empty() {
+        return (2, "volumes, bind mounts, secrets and configs");
     }
     let placed = model::Placement { rebalance: true, ..(*spec.placement).clone() };
     let first = spec.mode == model::Mode::Global

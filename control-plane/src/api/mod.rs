@@ -8,6 +8,7 @@ mod access;
 mod agent;
 mod auth;
 mod cluster;
+mod files;
 mod levels;
 mod pin;
 mod raft;
@@ -57,6 +58,9 @@ impl From<Rejection> for Status {
             Rejection::NoTrust => Status::unavailable(r.to_string()),
             Rejection::UserExists(_) => Status::already_exists(r.to_string()),
             Rejection::UserNotFound(_) => Status::not_found(r.to_string()),
+            Rejection::FileExists { .. } => Status::already_exists(r.to_string()),
+            Rejection::FileNotFound { .. } => Status::not_found(r.to_string()),
+            Rejection::FileInUse { .. } => Status::failed_precondition(r.to_string()),
         }
     }
 }

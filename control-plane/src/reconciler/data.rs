@@ -6,8 +6,9 @@
 //! its data is) while that node is down, rather than start empty elsewhere.
 //!
 //! An exclusive volume's slot never runs twice: its next task is placed only
-//! once the slot's other copy has ended, or its node is down (a node whose
-//! lease lapsed has stopped it by then; see `Node::lease`).
+//! once its node reports the slot's other copy shut down, or the node is
+//! down (a node whose lease lapsed has stopped it by then; see
+//! `Node::lease`).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -24,7 +25,9 @@ pub fn other_copy(state: &State, task: &Task) -> Option<String> {
     }
     state.tasks.values().find_map(|o| {
         let same_slot = o.service == task.service && o.slot == task.slot && o.id != task.id;
-        let ended = matches!(o.state, TaskState::Shutdown | TaskState::Exited | TaskState::Failed);
+        // Only a stop its node has carried out: an exited or failed copy
+        // could still be restarted there.
+        let ended = o.state == TaskState::Shutdown;
         let node = o.node.as_ref().and_then(|n| state.nodes.get(n)).filter(|n| n.status != NodeStatus::Down)?;
         (same_slot && !ended).then(|| {
             format!("waiting for {} to stop on {}: an exclusive volume runs in one place at a time", o.id, node.name)

@@ -700,6 +700,18 @@ fn an_exclusive_slot_never_has_two_copies_on_nodes_that_are_up() {
         waiting.as_deref(),
         Some(format!("waiting for db.1.1 to stop on {home}: an exclusive volume runs in one place at a time").as_str())
     );
+    // Exited is not enough (its node could start it again): only shut down.
+    apply(&mut s, &Command::Reconcile { changes: first.changes, at_ms: 1, rollouts: vec![] });
+    s.tasks.get_mut("db.1.1").unwrap().state = TaskState::Exited;
+    let again = reconcile(&s, NOW);
+    assert!(
+        !again.changes.iter().any(|c| matches!(c, TaskChange::Assign { .. } | TaskChange::Remove { .. })),
+        "{again:?}"
+    );
+    let removal = apply(&mut s, &Command::RemoveNode { id: home.clone() });
+    assert!(matches!(removal, crate::state::Response::Rejected(_)), "a node still stopping it stays: {removal:?}");
+    // Its node removes the container and says so.
+    s.tasks.get_mut("db.1.1").unwrap().state = TaskState::Shutdown;
     settle(&mut s);
     assert_eq!(running(&s, "db").len(), 1);
     assert_ne!(running(&s, "db")[0].1, home);

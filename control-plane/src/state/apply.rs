@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use berth_proto::model::{
-    volume_name_ok, Desired, InvalidField, NodeStatus, NodeVolume, Protocol, Resources, Rollout, RolloutState, Service,
-    ServiceSpec, Task, TaskState, MAX_NODE_VOLUMES,
+    volume_name_ok, Desired, FileKind, InvalidField, NodeStatus, NodeVolume, Protocol, Resources, Rollout,
+    RolloutState, Service, ServiceSpec, Task, TaskState, MAX_NODE_VOLUMES,
 };
 
 use super::{ipam, trust, Command, Outcome, Rejection, Response, RolloutChange, State, TaskChange};
@@ -63,6 +63,9 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
             }
             if let Some(taken) = port_taken(state, spec) {
                 return Response::Rejected(taken);
+            }
+            if let Some(missing) = super::files::missing(state, spec) {
+                return Response::Rejected(Rejection::Invalid(missing));
             }
             let existing = state.services.get_mut(&spec.name);
             match (cmd, existing) {
@@ -186,6 +189,11 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
         Command::Holds { holder, root } => trust::holds(state, holder, root),
         Command::RenewUser { name, fingerprint } => trust::renew_user(state, name, fingerprint),
         Command::ConfirmUser { name, fingerprint } => trust::confirm_user(state, name, fingerprint),
+        Command::SetSecretsKey { key } => trust::set_secrets_key(state, key),
+        Command::CreateSecret { name, file } => super::files::create(state, FileKind::Secret, name, file),
+        Command::RemoveSecret { name } => super::files::remove(state, FileKind::Secret, name),
+        Command::CreateConfig { name, file } => super::files::create(state, FileKind::Config, name, file),
+        Command::RemoveConfig { name } => super::files::remove(state, FileKind::Config, name),
         Command::ReportVolumes { node, volumes } => {
             if let Err(e) = check_volumes(volumes) {
                 return Response::Rejected(Rejection::Invalid(e));
@@ -274,6 +282,11 @@ fn remove_node(state: &mut State, id: &str) -> Response {
     let on_node = |t: &Task| t.node.as_deref() == Some(id);
     if node.status == NodeStatus::Ready && state.tasks.values().any(|t| on_node(t) && t.desired == Desired::Running) {
         return in_use("still runs tasks; wait until they have moved");
+    }
+    // Forgetting an exclusive copy in its stop grace would free its slot.
+    let stopping = |t: &Task| t.spec.overrides.options.exclusive() && t.state != TaskState::Shutdown;
+    if node.status == NodeStatus::Ready && state.tasks.values().any(|t| on_node(t) && stopping(t)) {
+        return in_use("still stops a task with an exclusive volume; wait until it has stopped");
     }
     state.nodes.remove(id);
     state.removed_nodes.insert(id.to_owned());

@@ -11,6 +11,7 @@
 //! (`crate::store`) wraps them; API handlers only validate and submit.
 
 mod apply;
+pub mod files;
 mod ipam;
 mod query;
 mod trust;
@@ -24,7 +25,8 @@ use berth_proto::model::{
 use serde::{Deserialize, Serialize};
 
 pub use apply::{apply, check_volumes};
-pub use query::{query, Query, QueryReply};
+pub use files::StoredFile;
+pub use query::{query, FileKindWire, Query, QueryReply};
 pub use trust::{Access, JoinRole, Rotation, Trust, User};
 
 /// The newest commands this release applies, as a level that only goes up:
@@ -68,6 +70,11 @@ pub struct State {
     /// volumes, or one that has not yet), and takes no task with mounts.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub volumes: BTreeMap<String, Vec<NodeVolume>>,
+    /// Secrets (values sealed) and configs, by name (see `files`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, files::StoredFile>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, files::StoredFile>,
 }
 
 impl State {
@@ -140,6 +147,28 @@ pub enum Command {
         reports: Vec<TaskReport>,
         /// When the server took the report (Unix ms): a changed task's `since`.
         at_ms: u64,
+    },
+    /// The cluster's secrets key, if it has none yet (see `crate::secrets`).
+    SetSecretsKey {
+        key: String,
+    },
+    /// A secret, its value sealed with the secrets key. Precondition: no
+    /// secret of that name; the value opens with the key.
+    CreateSecret {
+        name: String,
+        file: files::StoredFile,
+    },
+    /// Precondition: it exists and no service names it.
+    RemoveSecret {
+        name: String,
+    },
+    /// The same for configs, whose values are plain.
+    CreateConfig {
+        name: String,
+        file: files::StoredFile,
+    },
+    RemoveConfig {
+        name: String,
     },
     /// What a node's agent says its named volumes are (the whole list).
     /// Precondition: the node exists. Written only once every member reads
@@ -317,6 +346,12 @@ pub enum Rejection {
     NotRenewed(String),
     #[error("autolock changed meanwhile (another admin?): run the command again")]
     AutolockChanged,
+    #[error("{kind} {name:?} already exists; a {kind} never changes: create one under a new name and update the services that use it")]
+    FileExists { kind: String, name: String },
+    #[error("{kind} {name:?} not found; `berthctl {kind} ls` lists them")]
+    FileNotFound { kind: String, name: String },
+    #[error("{kind} {name:?} is in use by service(s) {}; update or remove them first", users.join(", "))]
+    FileInUse { kind: String, name: String, users: Vec<String> },
 }
 
 impl std::fmt::Display for Outcome {

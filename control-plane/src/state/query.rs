@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_proto::model::{Desired, Endpoint, NodeInfo, Resources, Service, TaskInfo, VolumeInfo};
+use berth_proto::model::{Desired, Endpoint, FileInfo, FileKind, NodeInfo, Resources, Service, TaskInfo, VolumeInfo};
 use serde::{Deserialize, Serialize};
 
 use super::State;
@@ -27,6 +27,26 @@ pub enum Query {
     },
     /// Every node's named volumes, with the tasks that mount them.
     ListVolumes,
+    /// Secrets or configs, without their values.
+    ListFiles(FileKindWire),
+    /// A config with its value (a secret's is never read back).
+    GetConfig(String),
+}
+
+/// Which files a query asks for (serde needs its own enum here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKindWire {
+    Secret,
+    Config,
+}
+
+impl From<FileKindWire> for FileKind {
+    fn from(k: FileKindWire) -> Self {
+        match k {
+            FileKindWire::Secret => Self::Secret,
+            FileKindWire::Config => Self::Config,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +59,9 @@ pub enum QueryReply {
     Trust(Option<super::Trust>),
     Users(Vec<super::User>),
     Volumes(Vec<VolumeInfo>),
+    Files(Vec<FileInfo>),
+    /// A config and its value (hex, as stored).
+    Config(Option<(FileInfo, String)>),
     /// Root digests, the signing one first, and `Trust::pending`.
     CaStatus {
         root: String,
@@ -100,12 +123,31 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
             QueryReply::Tasks(tasks)
         }
         Query::ListVolumes => QueryReply::Volumes(volumes(state)),
+        Query::ListFiles(kind) => {
+            let kind = FileKind::from(*kind);
+            let map = if kind == FileKind::Secret { &state.secrets } else { &state.configs };
+            QueryReply::Files(map.iter().map(|(name, f)| file_info(state, kind, name, f)).collect())
+        }
+        Query::GetConfig(name) => QueryReply::Config(
+            state.configs.get(name).map(|f| (file_info(state, FileKind::Config, name, f), f.data.clone())),
+        ),
         Query::ListNodes => {
             let allocations = state.allocations();
             let mut nodes: Vec<NodeInfo> = state.nodes.values().map(|n| info(n, &allocations)).collect();
             nodes.sort_by(|a, b| a.node.name.cmp(&b.node.name));
             QueryReply::Nodes(nodes)
         }
+    }
+}
+
+/// What the read APIs show of a secret or config: never a secret's value.
+fn file_info(state: &State, kind: FileKind, name: &str, f: &super::StoredFile) -> FileInfo {
+    FileInfo {
+        name: name.to_owned(),
+        created_at_ms: f.created_at_ms,
+        bytes: f.bytes,
+        digest: f.digest.clone(),
+        used_by: super::files::users(state, kind, name).into_iter().collect(),
     }
 }
 

@@ -45,6 +45,10 @@ pub struct Trust {
     /// seals every server's store key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autolock: Option<String>,
+    /// What seals secrets' values (hex; `crate::secrets`): made at the
+    /// bootstrap, or for a cluster from before secrets with its first one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_key: Option<String>,
 }
 
 impl Trust {
@@ -282,4 +286,15 @@ pub struct Rotation {
     /// The admin who rotates, and the fingerprint of their new certificate.
     pub user: String,
     pub fingerprint: String,
+}
+
+/// The first key wins: a second (from a create racing the first) is a no-op.
+pub fn set_secrets_key(state: &mut State, key: &str) -> Response {
+    let Some(trust) = state.trust.as_mut() else {
+        return Response::Rejected(Rejection::NoTrust);
+    };
+    if trust.secrets_key.is_none() && crate::secrets::seal(key, b"").is_some() {
+        trust.secrets_key = Some(key.to_owned());
+    }
+    Response::Done
 }

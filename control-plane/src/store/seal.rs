@@ -115,7 +115,7 @@ pub enum KeyError {
     WrongKey(String),
 }
 
-fn seal_with(cipher: &XChaCha20Poly1305, plain: &[u8]) -> Vec<u8> {
+pub(crate) fn seal_with(cipher: &XChaCha20Poly1305, plain: &[u8]) -> Vec<u8> {
     let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
     // Encrypting into a Vec fails only when it cannot grow.
     let sealed = cipher.encrypt(&nonce, plain).unwrap_or_default();
@@ -125,7 +125,7 @@ fn seal_with(cipher: &XChaCha20Poly1305, plain: &[u8]) -> Vec<u8> {
     out
 }
 
-fn open_with(cipher: &XChaCha20Poly1305, sealed: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn open_with(cipher: &XChaCha20Poly1305, sealed: &[u8]) -> Option<Vec<u8>> {
     let (nonce, body) = (sealed.get(..NONCE)?, sealed.get(NONCE..)?);
     cipher.decrypt(XNonce::from_slice(nonce), body).ok()
 }

@@ -16,6 +16,7 @@
 
 pub mod cgroup;
 mod host;
+pub mod lease;
 pub mod logs;
 pub mod record;
 
@@ -46,11 +47,13 @@ pub struct Watch {
     /// The container's cgroup, as the runtime spec names it.
     pub cgroup: String,
     pub log: LogPolicy,
+    /// It runs only under a lease (an exclusive volume): see [`lease`].
+    pub leased: bool,
 }
 
 impl Watch {
     /// The command line: `DATA RUN CGROUP LOG_MAX_BYTES LOG_MAX_FILES PID
-    /// STDOUT_FD STDERR_FD`.
+    /// STDOUT_FD STDERR_FD [leased]`.
     pub fn args(&self, pid: i32, stdout: RawFd, stderr: RawFd) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![self.dirs.data.clone().into(), self.dirs.run.clone().into()];
         args.extend(
@@ -64,14 +67,21 @@ impl Watch {
             ]
             .map(Into::into),
         );
+        if self.leased {
+            args.push("leased".into());
+        }
         args
     }
 
     /// Parses [`Watch::args`]: the watch, the pid and the two descriptors.
     /// Paths may be any bytes; the rest must be text.
     pub fn parse(args: &[OsString]) -> Result<(Self, i32, RawFd, RawFd), String> {
+        let (args, leased) = match args {
+            [first @ .., last] if last == "leased" => (first, true),
+            all => (all, false),
+        };
         let [data, run, cgroup, max_bytes, max_files, pid, out, err] = args else {
-            return Err(format!("expected 8 arguments, got {}", args.len()));
+            return Err(format!("expected 8 arguments (and `leased`), got {}", args.len()));
         };
         let text = |what: &str, arg: &OsString| -> Result<String, String> {
             arg.to_str().map(str::to_owned).ok_or_else(|| format!("{what} {arg:?} is not text"))
@@ -92,7 +102,7 @@ impl Watch {
             number::<RawFd>(what, &text).ok().filter(|fd| *fd > 2).ok_or(format!("{what} {text:?} is not a descriptor"))
         };
         let dirs = Dirs { data: data.into(), run: run.into() };
-        let watch = Self { dirs, cgroup: text("CGROUP", cgroup)?, log };
+        let watch = Self { dirs, cgroup: text("CGROUP", cgroup)?, log, leased };
         Ok((watch, pid, fd("STDOUT_FD", out)?, fd("STDERR_FD", err)?))
     }
 }
@@ -100,7 +110,7 @@ impl Watch {
 /// `berth-monitor` with its arguments, as the shim execs it.
 pub fn main(args: &[OsString]) -> Result<(), String> {
     let (watch, pid, out, err) = Watch::parse(args)
-        .map_err(|e| format!("{e}\nusage: berth-monitor DATA RUN CGROUP LOG_MAX_BYTES LOG_MAX_FILES PID STDOUT_FD STDERR_FD (exec'd by berth-shim)"))?;
+        .map_err(|e| format!("{e}\nusage: berth-monitor DATA RUN CGROUP LOG_MAX_BYTES LOG_MAX_FILES PID STDOUT_FD STDERR_FD [leased] (exec'd by berth-shim)"))?;
     let watched = Watched { pid, stdout: inherited_fd(out)?, stderr: inherited_fd(err)? };
     // A shim ignores these already (and exec keeps ignored dispositions);
     // said again so the monitor does not depend on it.
@@ -133,7 +143,19 @@ pub fn ignore(sig: Signal) -> nix::Result<SigHandler> {
 pub fn supervise(watch: &Watch, watched: Watched, host: &mut impl Host) {
     let dirs = &watch.dirs;
     let mut log = LogWriter::open(&dirs.data, watch.log).ok();
-    copy_output(&mut log, &watched.stdout, &watched.stderr);
+    let lease = watch.leased.then(|| dirs.run.join(lease::FILE));
+    let mut fenced = false;
+    let mut check = || {
+        if let Some(file) = lease.as_deref().filter(|_| !fenced) {
+            if lease::lapsed(file, lease::now_ns()) {
+                eprintln!("berth-monitor: its lease lapsed: killing the container (its volume is exclusive)");
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(watched.pid), Signal::SIGKILL);
+                fenced = true;
+            }
+        }
+    };
+    check();
+    copy_output(&mut log, &watched.stdout, &watched.stderr, lease.is_some(), &mut check);
     let (code, signal) = host.reap(watched.pid);
     let oom_killed = host.oom_kills(&watch.cgroup) > 0;
     // When the init of a PID namespace is reaped, every other process of
@@ -152,7 +174,14 @@ pub fn supervise(watch: &Watch, watched: Watched, host: &mut impl Host) {
 
 /// Copies both pipes into the log until both reach end of file, which
 /// happens when every process of the container's PID namespace is gone.
-fn copy_output(log: &mut Option<LogWriter>, stdout: &OwnedFd, stderr: &OwnedFd) {
+/// With `leased`, `check` runs at least every `lease::POLL`.
+fn copy_output(
+    log: &mut Option<LogWriter>,
+    stdout: &OwnedFd,
+    stderr: &OwnedFd,
+    leased: bool,
+    check: &mut impl FnMut(),
+) {
     let mut open = [true, true];
     let mut buf = vec![0u8; 64 * 1024];
     let streams = [Stream::Stdout, Stream::Stderr];
@@ -160,7 +189,10 @@ fn copy_output(log: &mut Option<LogWriter>, stdout: &OwnedFd, stderr: &OwnedFd) 
     while open.iter().any(|o| *o) {
         let polled: Vec<usize> = (0..2).filter(|&i| open[i]).collect();
         let mut pfds: Vec<PollFd> = polled.iter().map(|&i| PollFd::new(fds[i].as_fd(), PollFlags::POLLIN)).collect();
-        match poll(&mut pfds, PollTimeout::NONE) {
+        let timeout = if leased { PollTimeout::from(lease::POLL_MS) } else { PollTimeout::NONE };
+        let polled_now = poll(&mut pfds, timeout);
+        check();
+        match polled_now {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return,
             Ok(_) => {}
@@ -224,6 +256,7 @@ mod tests {
             dirs: Dirs { data: data.path().into(), run: data.path().join("run") },
             cgroup: "/berth/c".into(),
             log: LogPolicy::default(),
+            leased: false,
         };
         let (out_r, out_w) = nix::unistd::pipe().unwrap();
         let (err_r, err_w) = nix::unistd::pipe().unwrap();
@@ -247,9 +280,10 @@ mod tests {
             dirs: Dirs { data: "/var/lib/c/web".into(), run: "/run/c/web".into() },
             cgroup: "/berth/web".into(),
             log: LogPolicy { max_bytes: 4096, max_files: 3 },
+            leased: false,
         };
         let args = watch.args(42, 5, 6);
-        assert_eq!(Watch::parse(&args).unwrap(), (watch, 42, 5, 6));
+        assert_eq!(Watch::parse(&args).unwrap(), (watch.clone(), 42, 5, 6));
         let mut bad = args.clone();
         bad[3] = "lots".into();
         assert!(Watch::parse(&bad).unwrap_err().contains("LOG_MAX_BYTES \"lots\""));
@@ -260,5 +294,9 @@ mod tests {
         bad[7] = "1".into();
         assert!(Watch::parse(&bad).unwrap_err().contains("STDERR_FD \"1\" is not a descriptor"));
         assert!(Watch::parse(&args[..7]).unwrap_err().contains("expected 8 arguments"));
+        let leased = Watch { leased: true, ..watch };
+        let args = leased.args(42, 5, 6);
+        assert_eq!(args.last().map(|a| a.to_str()), Some(Some("leased")));
+        assert_eq!(Watch::parse(&args).unwrap(), (leased, 42, 5, 6));
     }
 }

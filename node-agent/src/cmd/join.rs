@@ -222,7 +222,7 @@ async fn stay(
     let mut running: Option<(String, tokio::task::JoinHandle<()>)> = None;
     // What the heartbeats earn: until when this node may run the tasks
     // with an exclusive volume that the leader names (see `tasks::fence`).
-    let (lease_tx, lease) = tokio::sync::watch::channel(None);
+    let (lease_tx, lease) = tokio::sync::watch::channel(driver::Leases::default());
     loop {
         let id = loop {
             match AgentClient::new(servers.channel()).register(request.clone()).await {
@@ -260,7 +260,9 @@ async fn stay(
             beat.set_timeout((period * 2).clamp(Duration::from_millis(500), CALL_TIMEOUT));
             // A lease counts from before the beat left: the leader heard it later.
             let sent = tokio::time::Instant::now();
-            match AgentClient::new(servers.channel()).heartbeat(beat).await {
+            let beat = AgentClient::new(servers.channel()).heartbeat(beat).await;
+            lease_tx.send_if_modified(|l| !std::mem::replace(&mut l.heard, true));
+            match beat {
                 Ok(reply) => {
                     servers.succeeded();
                     let reply = reply.into_inner();
@@ -268,10 +270,10 @@ async fn stay(
                     let digest = reply.roots_digest;
                     roots.send_if_modified(|heard| std::mem::replace(heard, digest.clone()) != digest);
                     // No lease (no leader that hears a quorum): the last one runs out.
-                    if reply.lease_ms > 0 {
-                        let until = sent + Duration::from_millis(reply.lease_ms);
+                    let until = sent.checked_add(Duration::from_millis(reply.lease_ms));
+                    if let Some(until) = until.filter(|_| reply.lease_ms > 0) {
                         let exclusive = reply.exclusive.into_iter().collect();
-                        lease_tx.send_replace(Some(driver::Lease { until, exclusive }));
+                        lease_tx.send_modify(|l| l.lease = Some(driver::Lease { until, exclusive }));
                     }
                 }
                 Err(s) if s.code() == tonic::Code::NotFound => {

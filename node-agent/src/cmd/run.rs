@@ -161,7 +161,7 @@ pub async fn run(node: &Node, args: RunArgs) -> anyhow::Result<u8> {
         volumes: None,
     };
     node.runtime.create(&config)?;
-    let shim = match node.runtime.start(&name).await {
+    let shim = match node.runtime.start(&name, &Default::default()).await {
         Ok(shim) => shim,
         Err(e) => {
             if args.rm {

@@ -51,6 +51,7 @@ struct Fake {
     ended: Option<oneshot::Sender<()>>,
     check: Option<Check>,
     sick: bool,
+    exclusive: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,6 +93,7 @@ impl FakeContainers {
             ended: None,
             check: None,
             sick: false,
+            exclusive: false,
         };
         inner.containers.insert(task.to_owned(), fake);
     }
@@ -138,6 +140,7 @@ impl Containers for FakeContainers {
                 _ => c.ran_for,
             },
             check: c.check.clone(),
+            exclusive: c.exclusive,
         });
         Ok(list.collect())
     }
@@ -156,6 +159,7 @@ impl Containers for FakeContainers {
             ended: None,
             check: config.health_check(),
             sick: false,
+            exclusive: config.overrides.options.exclusive(),
         };
         inner.containers.insert(config.name.clone(), fake);
         inner.volumes.extend(config.overrides.options.mounts.iter().filter_map(|m| m.volume(0)));
@@ -175,7 +179,12 @@ impl Containers for FakeContainers {
         Ok(volumes.into_iter().map(|name| berth_proto::model::NodeVolume { name, created_at_ms: 1 }).collect())
     }
 
-    async fn start(&self, name: &str) -> Result<Ended, RuntimeError> {
+    async fn renew_lease(&self, name: &str, _deadline_ns: u64) -> Result<(), RuntimeError> {
+        lock(&self.inner).log("renew", name);
+        Ok(())
+    }
+
+    async fn start(&self, name: &str, _launch: crate::runtime::Launch) -> Result<Ended, RuntimeError> {
         let mut inner = lock(&self.inner);
         let c = inner.containers.get_mut(name).ok_or_else(|| RuntimeError::NotFound(name.into()))?;
         if matches!(c.status, Status::Running(_)) {

@@ -21,7 +21,7 @@ use crate::network::overlay::{self, Keys, Overlay};
 use crate::network::plan::NetStep;
 use crate::network::{self as net, IpRoute, NodeNet};
 use crate::runtime::userns::IdRanges;
-use crate::runtime::{record, Container, ContainerConfig, Runtime, RuntimeError, Status};
+use crate::runtime::{record, Container, ContainerConfig, Launch, Runtime, RuntimeError, Status};
 use crate::tasks::health::{self, Outcome};
 use crate::tasks::step::Observed;
 
@@ -62,8 +62,13 @@ impl Containers for Runtime {
         Runtime::stop(self, name, grace).await.map(drop)
     }
 
-    async fn start(&self, name: &str) -> Result<Ended, RuntimeError> {
-        let mut shim = Runtime::start(self, name).await?;
+    async fn renew_lease(&self, name: &str, deadline_ns: u64) -> Result<(), RuntimeError> {
+        let (runtime, name) = (self.clone(), name.to_owned());
+        blocking(move || runtime.renew_lease(&name, deadline_ns)).await
+    }
+
+    async fn start(&self, name: &str, launch: Launch) -> Result<Ended, RuntimeError> {
+        let mut shim = Runtime::start(self, name, &launch).await?;
         info!(task = name, pid = shim.pid, "task started");
         Ok(Box::pin(async move { shim.exited().await }))
     }
@@ -116,7 +121,8 @@ fn observe(containers: Vec<Container>) -> Vec<Observed> {
                 Status::Running(s) => Duration::from_millis(record::now_ms().saturating_sub(s.started_at_ms)),
                 _ => Duration::ZERO,
             };
-            Some(Observed { task, status: c.status, ran_for, check: c.config.health_check() })
+            let exclusive = c.config.overrides.options.exclusive();
+            Some(Observed { task, status: c.status, ran_for, check: c.config.health_check(), exclusive })
         })
         .collect()
 }

@@ -5,34 +5,36 @@
 //! are due, each on its own too. A job's end, a container's end, a probe's
 //! end, a new assignment, a taken report and the tick each wake it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::model::{AssignedTask, Assignment, Task, TaskReport, Userns};
+use berth_proto::model::{AssignedTask, Assignment, FileKind, Task, TaskReport, Userns};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::warn;
 
 use super::ports::{Attached, Containers, Images, Network, Pulled};
-use super::{Lease, Worker};
+use super::{Leases, Worker};
 use crate::dns;
 use crate::image::ImageRef;
-use crate::runtime::{record, ContainerConfig, Limits, LogPolicy, NetworkMode, RuntimeError, UserNamespace};
+use crate::runtime::{
+    record, ContainerConfig, Launch, Limits, LogPolicy, NetworkMode, RuntimeError, Status, UserNamespace,
+};
 use crate::tasks::books::Books;
 use crate::tasks::fence::fence;
 use crate::tasks::health::ProbeJob;
-use crate::tasks::step::{step, Job};
+use crate::tasks::step::{step, Job, Observed};
 
 pub(super) async fn run<C: Containers, I: Images, N: Network>(
     worker: Arc<Worker<C, I, N>>,
     mut assignments: watch::Receiver<Option<Assignment>>,
     reports: watch::Sender<Vec<TaskReport>>,
     mut taken: watch::Receiver<Vec<TaskReport>>,
-    lease: watch::Receiver<Option<Lease>>,
+    lease: watch::Receiver<Leases>,
 ) {
     // The agent's own clock: a step of the wall clock never delays a restart.
     let origin = Instant::now();
@@ -40,9 +42,10 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
     let wake = Arc::new(Notify::new());
     let mut books = Books::default();
     let (mut jobs, mut probes) = (Running::<Job>::default(), Running::<ProbeJob>::default());
+    // Each leased container's deadline as last written (see `renew`).
+    let mut renewed: HashMap<String, tokio::time::Instant> = HashMap::new();
     loop {
         let mut assignment = assignments.borrow_and_update().clone().unwrap_or_default();
-        fence(&mut assignment, Lease::names(&lease.borrow()));
         for (job, outcome) in jobs.finished("the agent's work on it") {
             if let Err(why) = &outcome {
                 warn!(task = job.task(), "{why}");
@@ -58,6 +61,9 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
             // None would mean "restart and report every task": the pass is skipped.
             Err(e) => warn!("listing containers: {e}"),
             Ok(observed) => {
+                let leases = lease.borrow().clone();
+                fence(&mut assignment, names(&leases, &observed, worker.settings.fence_grace).as_ref());
+                renew(&worker, &leases, &observed, &mut renewed).await;
                 let namespaces = worker.network(|n| Ok(n.attached())).await.unwrap_or_default();
                 let pass = step(&assignment, &observed, &namespaces, &mut books, now());
                 for job in pass.jobs {
@@ -90,6 +96,41 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
             },
             _ = wake.notified() => {}
             _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// The exclusive tasks the node may run now: those its lease names while
+/// it holds; before its first heartbeat is answered (an agent that just
+/// started), those that run already (their monitors hold them to the
+/// deadline they had), so nothing is fenced, nor started, unheard.
+fn names(leases: &Leases, observed: &[Observed], grace: Duration) -> Option<BTreeSet<String>> {
+    if !leases.heard {
+        let running = observed.iter().filter(|o| o.exclusive && matches!(o.status, Status::Running(_)));
+        return Some(running.map(|o| o.task.clone()).collect());
+    }
+    leases.valid(grace).map(|l| l.exclusive.clone())
+}
+
+/// Moves every running exclusive container's deadline to the lease's end
+/// while the node holds one (see `berth_monitor::lease`). One the lease no
+/// longer names is being stopped, and keeps its grace while the node is
+/// in touch: the cluster starts it nowhere else until it reports it ended.
+async fn renew<C: Containers, I: Images, N: Network>(
+    worker: &Arc<Worker<C, I, N>>,
+    leases: &Leases,
+    observed: &[Observed],
+    renewed: &mut HashMap<String, tokio::time::Instant>,
+) {
+    renewed.retain(|task, _| observed.iter().any(|o| o.task == *task));
+    let Some(lease) = leases.valid(Duration::ZERO) else { return };
+    for o in observed.iter().filter(|o| o.exclusive && matches!(o.status, Status::Running(_))) {
+        if renewed.get(&o.task) == Some(&lease.until) {
+            continue;
+        }
+        match worker.containers.renew_lease(&o.task, Leases::deadline_ns(lease)).await {
+            Ok(()) => drop(renewed.insert(o.task.clone(), lease.until)),
+            Err(e) => warn!(task = o.task, "renewing its lease: {e}"),
         }
     }
 }
@@ -137,7 +178,7 @@ async fn run_job<C: Containers, I: Images, N: Network>(
     worker: &Arc<Worker<C, I, N>>,
     job: Job,
     wake: &Arc<Notify>,
-    lease: &watch::Receiver<Option<Lease>>,
+    lease: &watch::Receiver<Leases>,
 ) -> Result<(), String> {
     match job {
         Job::Start(task) => start(worker, &task, false, (wake, lease)).await,
@@ -168,7 +209,7 @@ async fn start<C: Containers, I: Images, N: Network>(
     worker: &Arc<Worker<C, I, N>>,
     task: &AssignedTask,
     again: bool,
-    (wake, lease): (&Arc<Notify>, &watch::Receiver<Option<Lease>>),
+    (wake, lease): (&Arc<Notify>, &watch::Receiver<Leases>),
 ) -> Result<(), String> {
     if again && worker.containers.renew(&task.id).await.is_ok() {
         return launch(worker, task, (wake, lease)).await;
@@ -201,23 +242,48 @@ async fn start<C: Containers, I: Images, N: Network>(
 }
 
 /// Starts a created container; one with an exclusive volume only while
-/// the lease still names it (a pull may have outlasted it).
+/// the lease still names it (a pull may have outlasted it), its monitor
+/// held to the lease's end.
 async fn launch<C: Containers, I: Images, N: Network>(
     worker: &Arc<Worker<C, I, N>>,
     task: &AssignedTask,
-    (wake, lease): (&Arc<Notify>, &watch::Receiver<Option<Lease>>),
+    (wake, lease): (&Arc<Notify>, &watch::Receiver<Leases>),
 ) -> Result<(), String> {
-    let named = Lease::names(&lease.borrow()).is_some_and(|l| l.contains(&task.id));
-    if task.spec.overrides.options.exclusive() && !named {
-        return Err("the node holds no lease for it from the cluster's leader (its volume is exclusive)".into());
-    }
-    let ended = worker.containers.start(&task.id).await.map_err(|e| e.to_string())?;
+    let lease_ns = match task.spec.overrides.options.exclusive() {
+        false => None,
+        true => {
+            let leases = lease.borrow();
+            let named = leases.valid(worker.settings.fence_grace).filter(|l| l.exclusive.contains(&task.id));
+            let why = "the node holds no lease for it from the cluster's leader (its volume is exclusive)";
+            Some(Leases::deadline_ns(named.ok_or(why)?))
+        }
+    };
+    let launch = Launch { files: values(task)?, lease_ns };
+    let ended = worker.containers.start(&task.id, launch).await.map_err(|e| e.to_string())?;
     let wake = wake.clone();
     tokio::spawn(async move {
         ended.await;
         wake.notify_one();
     });
     Ok(())
+}
+
+/// The values of the secrets and configs a task names, in order (see
+/// `runtime::files`), from its assignment.
+fn values(task: &AssignedTask) -> Result<Vec<Vec<u8>>, String> {
+    let options = &task.spec.overrides.options;
+    let refs = options
+        .secrets
+        .iter()
+        .map(|r| (FileKind::Secret, r))
+        .chain(options.configs.iter().map(|r| (FileKind::Config, r)));
+    refs.map(|(kind, r)| {
+        task.files
+            .get(kind, &r.source)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| format!("{} {} was not sent with the task (was it removed?)", kind.as_str(), r.source))
+    })
+    .collect()
 }
 
 /// Removes the task's container (gone already is fine) and its namespace.

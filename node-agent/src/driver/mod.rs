@@ -74,10 +74,27 @@ pub struct Lease {
     pub exclusive: std::collections::BTreeSet<String>,
 }
 
-impl Lease {
-    /// The tasks it names, while it holds.
-    pub fn names(lease: &Option<Self>) -> Option<&std::collections::BTreeSet<String>> {
-        lease.as_ref().filter(|l| tokio::time::Instant::now() < l.until).map(|l| &l.exclusive)
+/// What the node's heartbeats have earned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leases {
+    /// A heartbeat has been answered (or has failed) since the agent
+    /// started: until then nothing is fenced, nor started under a lease.
+    pub heard: bool,
+    pub lease: Option<Lease>,
+}
+
+impl Leases {
+    /// The lease, while it holds with `grace` to spare: a task it stops
+    /// gets its grace before the lease's end, when its monitor kills it.
+    pub fn valid(&self, grace: Duration) -> Option<&Lease> {
+        let now = tokio::time::Instant::now();
+        self.lease.as_ref().filter(|l| self.heard && now + grace < l.until)
+    }
+
+    /// The lease's end on the host's monotonic clock (ns), as the monitor reads it.
+    pub fn deadline_ns(lease: &Lease) -> u64 {
+        let left = lease.until.saturating_duration_since(tokio::time::Instant::now());
+        berth_monitor::lease::now_ns().saturating_add(left.as_nanos().min(u64::MAX as u128) as u64)
     }
 }
 
@@ -118,7 +135,7 @@ impl<C: Containers, I: Images, N: Network> Worker<C, I, N> {
     /// Runs until the future is dropped: watches `servers` for what node
     /// `node_id` should do, does it, and reports back; `lease` is what the
     /// node's heartbeats earn.
-    pub async fn run(self: Arc<Self>, node_id: String, servers: Servers, lease: watch::Receiver<Option<Lease>>) {
+    pub async fn run(self: Arc<Self>, node_id: String, servers: Servers, lease: watch::Receiver<Leases>) {
         let (assigned_tx, mut assigned) = watch::channel(None);
         let (reports_tx, reports_rx) = watch::channel(Vec::new());
         let (taken_tx, taken_rx) = watch::channel(Vec::new());

@@ -15,7 +15,7 @@ use berth_proto::model::{NodeVolume, Probe, Pull};
 use crate::image::{Image, ImageRef, PullError};
 use crate::network::plan::NetStep;
 use crate::runtime::userns::IdMap;
-use crate::runtime::{ContainerConfig, RuntimeError};
+use crate::runtime::{ContainerConfig, Launch, RuntimeError};
 use crate::tasks::health::Outcome;
 use crate::tasks::step::Observed;
 
@@ -28,8 +28,11 @@ pub trait Containers: Send + Sync + 'static {
     fn list(&self) -> impl Future<Output = Result<Vec<Observed>, RuntimeError>> + Send;
     /// Records a new container (its name must be free).
     fn create(&self, config: ContainerConfig) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-    /// Starts it, and returns once it runs.
-    fn start(&self, name: &str) -> impl Future<Output = Result<Ended, RuntimeError>> + Send;
+    /// Starts it with the values of the secrets and configs it names and
+    /// its lease's end (see `Runtime::start`), and returns once it runs.
+    fn start(&self, name: &str, launch: Launch) -> impl Future<Output = Result<Ended, RuntimeError>> + Send;
+    /// Moves a running leased container's deadline (ns, host monotonic clock).
+    fn renew_lease(&self, name: &str, deadline_ns: u64) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// SIGTERM, then SIGKILL after `grace`; returns once it has exited.
     fn stop(&self, name: &str, grace: Duration) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// SIGTERM, then SIGKILL after `grace` whatever its own; returns once

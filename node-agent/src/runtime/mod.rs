@@ -14,6 +14,7 @@
 
 pub mod etc;
 pub mod exec;
+pub mod files;
 pub mod idmap;
 pub mod mounts;
 pub mod record;
@@ -123,6 +124,19 @@ impl Shim {
     }
 }
 
+/// What a start needs besides the container's config (see [`Runtime::start`]).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Launch {
+    pub files: Vec<Vec<u8>>,
+    pub lease_ns: Option<u64>,
+}
+
+impl std::fmt::Debug for Launch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Launch {{ files: {}, lease_ns: {:?} }}", self.files.len(), self.lease_ns)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Runtime {
     root: PathBuf,
@@ -159,8 +173,20 @@ impl Runtime {
         volumes: &Path,
     ) -> Result<Self, RuntimeError> {
         let volumes = volumes::Volumes::open(volumes).map_err(io_err(volumes))?;
+        volumes.sweep();
         let resolve = |dir: &Path| fs::create_dir_all(dir).and_then(|()| fs::canonicalize(dir)).map_err(io_err(dir));
         Ok(Self { root: resolve(root)?, run_root: resolve(run_root)?, shim, ids, volumes })
+    }
+
+    /// Moves a running container's lease deadline (see
+    /// `berth_monitor::lease`); nothing for one that does not run.
+    pub fn renew_lease(&self, name: &str, deadline_ns: u64) -> Result<(), RuntimeError> {
+        let run = self.dirs(name).run;
+        if !run.is_dir() {
+            return Ok(());
+        }
+        let file = run.join(berth_monitor::lease::FILE);
+        berth_monitor::lease::write(&file, deadline_ns).map_err(io_err(&file))
     }
 
     /// The node's named volumes.
@@ -324,7 +350,11 @@ impl Runtime {
 
     /// Starts the container's shim and waits for its report. A container
     /// that ran before starts afresh.
-    pub async fn start(&self, name: &str) -> Result<Shim, RuntimeError> {
+    /// `launch` has the values of the secrets and configs its config names
+    /// (see [`files`]), written to memory for this run only, and, for a
+    /// container with an exclusive volume, its lease's deadline (see
+    /// `berth_monitor::lease`).
+    pub async fn start(&self, name: &str, launch: &Launch) -> Result<Shim, RuntimeError> {
         let _lock = self.lock(name).await?;
         let container = self.get(name)?;
         let dirs = self.dirs(name);
@@ -340,6 +370,14 @@ impl Runtime {
         // Owner only: its rootfs (with whatever setuid files its image has)
         // is mounted here, and no host user may reach it.
         fs::DirBuilder::new().mode(0o700).create(&dirs.run).map_err(io_err(&dirs.run))?;
+        if let Err(e) = files::write(&dirs.run, &container.config, &launch.files) {
+            let _ = berth_monitor::remove_run_dir(&dirs);
+            return Err(RuntimeError::Start { name: name.into(), message: format!("secrets and configs: {e}") });
+        }
+        if let Some(deadline) = launch.lease_ns {
+            let file = dirs.run.join(berth_monitor::lease::FILE);
+            berth_monitor::lease::write(&file, deadline).map_err(io_err(&file))?;
+        }
         let shim_log = dirs.data.join("shim.log");
         let log = fs::File::create(&shim_log).map_err(io_err(&shim_log))?;
         let mut child = tokio::process::Command::new(&self.shim)

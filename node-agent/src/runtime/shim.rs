@@ -33,7 +33,7 @@ use berth_monitor::{Watch, Watched};
 
 use super::record::{self, ContainerConfig, Dirs, Exited, NetworkMode, Started, UserNamespace};
 use super::userns::IdMap;
-use super::{mounts, rootfs, spec};
+use super::{files, mounts, rootfs, spec};
 
 /// Runs the container to its end. Reports on stdout first (`ok PID` once
 /// it runs, or `error MESSAGE`), then supervises.
@@ -122,7 +122,8 @@ fn start(dirs: &Dirs) -> Result<(Watch, Watched), String> {
     let sources = mounts::ready(dirs, &config, &rootfs, held.as_ref().map(|(f, _)| f))?;
     let read_etc = |name: &str| fs::read_to_string(rootfs.join("etc").join(name)).unwrap_or_default();
     let userns_path = userns.as_ref().map(|(path, _)| path.as_path());
-    let host = spec::Host { rootfs: rootfs.clone(), etc, userns: userns_path, mounts: &sources };
+    let files = files::targets(&config, &dirs.run);
+    let host = spec::Host { rootfs: rootfs.clone(), etc, userns: userns_path, mounts: &sources, files: &files };
     let spec = spec::build(&config, &read_etc("passwd"), &read_etc("group"), &host).map_err(|e| e.to_string())?;
     let process = spec.process().as_ref().ok_or("the spec has no process")?;
     let path_var =
@@ -160,7 +161,8 @@ fn start(dirs: &Dirs) -> Result<(Watch, Watched), String> {
         started_at_ms: record::now_ms(),
     };
     record::write(&dirs.data, record::STARTED, &started).map_err(|e| format!("writing {}: {e}", record::STARTED))?;
-    let watch = Watch { dirs: dirs.clone(), cgroup: config.cgroup_path(), log: config.log };
+    let leased = config.overrides.options.exclusive();
+    let watch = Watch { dirs: dirs.clone(), cgroup: config.cgroup_path(), log: config.log, leased };
     Ok((watch, Watched { pid, stdout: out_r, stderr: err_r }))
 }
 

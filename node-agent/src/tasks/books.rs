@@ -34,6 +34,8 @@ pub struct Books {
     /// Why a task's last run was replaced (it turned unhealthy), for its
     /// next run to say until it passes.
     pub(super) replaced: HashMap<String, String>,
+    /// Tasks stopped by the fence (see `super::fence`), until they run again.
+    pub(super) fenced: BTreeSet<String>,
 }
 
 /// Restarts of one task: in a row (for the backoff) and in all (reported).
@@ -119,5 +121,6 @@ impl Books {
         self.seen_stopped.retain(|t, _| kept(t));
         self.restarted_at.retain(|t, _| kept(t));
         self.replaced.retain(|t, _| kept(t));
+        self.fenced.retain(|t| kept(t));
     }
 }

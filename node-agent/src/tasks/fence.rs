@@ -48,7 +48,7 @@ mod tests {
             pin: false,
             exclusive,
         }];
-        AssignedTask { id: id.into(), spec, restarts: 0, address: None }
+        AssignedTask { id: id.into(), spec, restarts: 0, address: None, files: Default::default() }
     }
 
     fn assignment() -> Assignment {

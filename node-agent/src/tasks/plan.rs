@@ -12,6 +12,7 @@
 //! wanted, running, unhealthy            ─▶ Replace, unless the policy is never
 //! wanted, exited, policy says restart   ─▶ Restart at finish + backoff
 //! wanted, exited, policy says no        ─▶ nothing (reported as exited)
+//! wanted, exited by the fence           ─▶ Restart now (see `super::fence`)
 //! wanted, created                       ─▶ Restart now
 //! wanted, lost (its shim died)          ─▶ Restart after backoff, unless the policy is never
 //! (any restart, once max attempts are used up ─▶ nothing: it stays as it is)
@@ -54,6 +55,9 @@ pub struct Have {
     pub unhealthy: bool,
     /// Restarts that count against `Want::max_attempts` (within its window).
     pub attempts: u32,
+    /// It was stopped because the node's lease lapsed (see `super::fence`):
+    /// it starts again now, whatever its policy says.
+    pub fenced: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +90,9 @@ pub fn plan(want: &[Want], have: &[Have], now: u64) -> Vec<Action> {
                 actions.push(Action::Replace { task, streak: restart::streak_after(h.streak, h.ran_for) })
             }
             Some((Status::Running(_), _)) => {}
+            Some((Status::Exited(_), h)) if h.fenced => {
+                actions.push(Action::Restart { task, at: now, streak: h.streak })
+            }
             Some((Status::Exited(exit), h)) => {
                 if restart::wanted(w.restart, exit) && may_restart(h) {
                     let streak = restart::streak_after(h.streak, h.ran_for);
@@ -133,7 +140,16 @@ mod tests {
     fn running(task: &str) -> Have {
         let started = Started { shim_pid: 1, shim_start: 1, pid: 2, started_at_ms: 0 };
         let status = Status::Running(started);
-        Have { task: task.into(), status, ran_for: Duration::ZERO, streak: 0, since: 0, unhealthy: false, attempts: 0 }
+        Have {
+            task: task.into(),
+            status,
+            ran_for: Duration::ZERO,
+            streak: 0,
+            since: 0,
+            unhealthy: false,
+            attempts: 0,
+            fenced: false,
+        }
     }
 
     /// Exited, first seen so at `since` on the agent's clock.
@@ -141,7 +157,16 @@ mod tests {
         // The record's wall-clock time plays no part: far from the agent's clock on purpose.
         let exit = Exited { code, signal: None, oom_killed: false, finished_at_ms: 1 << 50, error: None };
         let ran_for = Duration::from_millis(ran_for_ms);
-        Have { task: task.into(), status: Status::Exited(exit), ran_for, streak, since, unhealthy: false, attempts: 0 }
+        Have {
+            task: task.into(),
+            status: Status::Exited(exit),
+            ran_for,
+            streak,
+            since,
+            unhealthy: false,
+            attempts: 0,
+            fenced: false,
+        }
     }
 
     #[test]
@@ -227,11 +252,20 @@ mod attempts {
             since: 0,
             unhealthy: false,
             attempts: 1,
+            fenced: false,
         };
         assert_eq!(plan(std::slice::from_ref(&w), std::slice::from_ref(&h), 0).len(), 1, "one attempt left");
         h.attempts = 2;
         assert!(plan(std::slice::from_ref(&w), std::slice::from_ref(&h), 0).is_empty(), "none left");
         h.status = Status::Lost;
         assert!(plan(std::slice::from_ref(&w), std::slice::from_ref(&h), 0).is_empty(), "not even when lost");
+        // Stopped by the fence, a task runs again whatever its policy and attempts.
+        let never = Want { restart: RestartPolicy::Never, ..w.clone() };
+        h.status = Status::Exited(Exited { code: 0, signal: None, oom_killed: false, finished_at_ms: 0, error: None });
+        h.fenced = true;
+        assert_eq!(
+            plan(std::slice::from_ref(&never), std::slice::from_ref(&h), 7),
+            [Action::Restart { task: "a.1.1".into(), at: 7, streak: 1 }]
+        );
     }
 }

@@ -38,6 +38,8 @@ pub struct Observed {
     pub ran_for: Duration,
     /// Its health check, if its spec or image has one.
     pub check: Option<Check>,
+    /// It mounts an exclusive volume: it runs only under a lease.
+    pub exclusive: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -68,9 +70,16 @@ pub fn step(
             // not seen stopped anew: its backoff counts from before.
             Status::Exited(_) | Status::Lost if !books.busy.contains(&o.task) => {
                 books.seen_stopped.entry(o.task.clone()).or_insert(now);
+                // Ended while the node holds no lease for it: its monitor's fence.
+                if assignment.fenced.contains(&o.task) {
+                    books.fenced.insert(o.task.clone());
+                }
             }
             Status::Running(_) => {
                 books.failed.remove(&o.task);
+                if !assignment.fenced.contains(&o.task) && !books.busy.contains(&o.task) {
+                    books.fenced.remove(&o.task);
+                }
             }
             _ => {}
         }
@@ -103,6 +112,7 @@ pub fn step(
             streak: books.streaks.get(&o.task).map_or(0, |s| s.row),
             since: books.seen_stopped.get(&o.task).copied().unwrap_or(now),
             unhealthy: books.health.get(&o.task).is_some_and(|h| h.state == HealthState::Unhealthy),
+            fenced: books.fenced.contains(&o.task),
             attempts: {
                 let (cluster, window) = match tasks.get(&o.task) {
                     Some(t) => (t.restarts, options(&o.task).and_then(|o| o.restart_window_ms)),
@@ -160,6 +170,7 @@ pub fn step(
     for o in observed.iter().filter(|o| assignment.fenced.contains(&o.task)) {
         if matches!(o.status, Status::Running(_)) && !books.busy.contains(&o.task) {
             books.busy.insert(o.task.clone());
+            books.fenced.insert(o.task.clone());
             jobs.push(Job::Fence(o.task.clone()));
         }
     }

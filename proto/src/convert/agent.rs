@@ -4,9 +4,9 @@
 //! with `From`.
 
 use crate::model::{
-    validate_image, validate_name, AssignedTask, Assignment, HealthState, InvalidField, NodeNetwork, Overrides, Peer,
-    PortSpec, Protocol, Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints, TaskReport, TaskSpec, TaskState,
-    Userns,
+    validate_image, validate_name, AssignedTask, Assignment, Files, HealthState, InvalidField, NodeNetwork, Overrides,
+    Peer, PortSpec, Protocol, Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints, TaskReport, TaskSpec,
+    TaskState, Userns,
 };
 use crate::pb::agent as pb;
 
@@ -100,6 +100,10 @@ impl TryFrom<pb::AssignedTask> for AssignedTask {
             },
             restarts: t.restarts,
             address,
+            files: Files {
+                secrets: t.secrets.into_iter().map(|f| (f.name, f.data)).collect(),
+                configs: t.configs.into_iter().map(|f| (f.name, f.data)).collect(),
+            },
         })
     }
 }
@@ -227,6 +231,8 @@ impl From<AssignedTask> for pb::AssignedTask {
             seccomp_profile,
             userns: t.spec.userns.to_wire(),
             overrides,
+            secrets: t.files.secrets.into_iter().map(|(name, data)| pb::FileData { name, data }).collect(),
+            configs: t.files.configs.into_iter().map(|(name, data)| pb::FileData { name, data }).collect(),
         }
     }
 }
@@ -338,6 +344,8 @@ mod tests {
                     options: None,
                     init: true,
                 }),
+                secrets: vec![pb::FileData { name: "db".into(), data: b"hunter2".to_vec() }],
+                configs: vec![],
             }],
             subnet: "198.19.1.0/24".into(),
             cluster_cidr: "198.19.0.0/16".into(),
@@ -386,6 +394,7 @@ mod tests {
         assert_eq!(a.network.unwrap().subnet.to_string(), "198.19.1.0/24");
         assert_eq!(a.services[0].ports[0].protocol, Protocol::Udp);
         assert_eq!(a.volumes, Some(["data".to_owned()].into()));
+        assert_eq!(t.files.get(crate::model::FileKind::Secret, "db"), Some(&b"hunter2"[..]));
         assert!(a.refused.is_empty() && a.skipped.is_empty());
         let cleared = Overrides {
             entrypoint: Some(vec![]),

@@ -58,6 +58,8 @@ pub struct AssignedTask {
     pub restarts: u32,
     /// Its container's address in the node's subnet.
     pub address: Option<Ipv4Addr>,
+    /// The values of the secrets and configs its spec names.
+    pub files: super::Files,
 }
 
 /// Another node's end of the overlay.

@@ -95,13 +95,24 @@ pub fn volume_name_ok(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
-/// An absolute path without `..` or NUL, at most 4096 bytes, other than `/`.
+/// An absolute path in its plain form (no `.`, `..` or empty part but a
+/// trailing slash, no NUL), at most 4096 bytes, other than `/`.
 pub(super) fn clean_path(path: &str) -> bool {
+    let trimmed = path.trim_end_matches('/');
     path.starts_with('/')
         && path.len() <= 4096
         && !path.contains('\0')
-        && !path.split('/').any(|p| p == "..")
-        && !path.trim_end_matches('/').is_empty()
+        && !trimmed.is_empty()
+        && !trimmed[1..].split('/').any(|p| p.is_empty() || p == "." || p == "..")
+}
+
+/// Where nothing may be mounted in a container: the kernel's filesystems
+/// and the files the runtime provides (a mount there would hide them, or
+/// the init under /dev).
+pub(super) fn reserved(target: &str) -> bool {
+    let t = target.trim_end_matches('/');
+    ["/proc", "/sys", "/dev"].iter().any(|r| t == *r || t.starts_with(&format!("{r}/")))
+        || ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"].contains(&t)
 }
 
 impl Mount {
@@ -112,15 +123,16 @@ impl Mount {
 
     /// Checks it as entry `i` of the mounts.
     pub fn validate(&self, i: usize) -> Result<(), InvalidField> {
-        if !clean_path(&self.target) {
+        if !clean_path(&self.target) || reserved(&self.target) {
             return Err(InvalidField::new(
                 format!("mounts[{i}].target"),
                 &self.target,
-                "an absolute path other than / without '..'",
+                "an absolute path other than / without '.', '..' or '//', outside /proc, /sys and /dev",
             ));
         }
         let ok = match self.kind {
-            MountKind::Volume => volume_name_ok(&self.source.replace(SLOT, "1")),
+            // The longest slot a name may take.
+            MountKind::Volume => volume_name_ok(&self.source.replace(SLOT, &u32::MAX.to_string())),
             MountKind::Bind => clean_path(&self.source),
         };
         if !ok {
@@ -183,9 +195,16 @@ mod tests {
         assert_eq!(volume("data-{{.Task.Slot}}", "/data").validate(0), Ok(()));
         assert_eq!(field(volume("data", "data")), "mounts[2].target");
         assert_eq!(field(volume("data", "/")), "mounts[2].target");
+        for target in ["/data/.", "//data", "/a//b", "/dev", "/dev/shm", "/proc/x", "/sys", "/etc/hosts"] {
+            assert_eq!(field(volume("data", target)), "mounts[2].target", "{target}");
+        }
+        assert_eq!(volume("data", "/data/").validate(0), Ok(()));
+        assert_eq!(volume("data", "/devices").validate(0), Ok(()));
         assert_eq!(field(volume("../etc", "/data")), "mounts[2].source");
         assert_eq!(field(volume("a/b", "/data")), "mounts[2].source");
         assert_eq!(field(volume(&"v".repeat(129), "/data")), "mounts[2].source");
+        let long = format!("{}{SLOT}", "v".repeat(120));
+        assert_eq!(field(volume(&long, "/data")), "mounts[2].source", "too long once the slot is 10 digits");
         let bind = |source: &str| Mount { kind: MountKind::Bind, ..volume(source, "/data") };
         assert_eq!(bind("/srv/data").validate(0), Ok(()));
         for bad in ["srv", "/", "/srv/../etc", "//"] {

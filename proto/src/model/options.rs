@@ -9,8 +9,9 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::mounts::clean_path;
-use super::{InvalidField, Mount};
+use super::files::{FileKind, MAX_FILE_REFS};
+use super::mounts::{clean_path, reserved};
+use super::{FileRef, InvalidField, Mount};
 use crate::pb::cluster as pb;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +40,12 @@ pub struct Options {
     /// Volumes and host paths mounted in it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
+    /// Secrets, each a read-only file in memory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileRef>,
+    /// Configs, the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileRef>,
     /// Restarts after which the agent gives up (none: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_max_attempts: Option<u32>,
@@ -204,11 +211,11 @@ impl Options {
             }
         }
         for (i, t) in self.tmpfs.iter().enumerate() {
-            if !clean_path(&t.target) {
+            if !clean_path(&t.target) || reserved(&t.target) {
                 return Err(InvalidField::new(
                     format!("tmpfs[{i}]"),
                     &t.target,
-                    "an absolute path other than / without '..'",
+                    "an absolute path other than / without '.', '..' or '//', outside /proc, /sys and /dev",
                 ));
             }
             if t.size_bytes == Some(0) {
@@ -223,8 +230,23 @@ impl Options {
             }
         }
         for (i, t) in self.tmpfs.iter().enumerate() {
-            if targets.contains(t.target.trim_end_matches('/')) {
+            if !targets.insert(t.target.trim_end_matches('/')) {
                 return Err(InvalidField::new(format!("tmpfs[{i}]"), &t.target, "a target no other mount has"));
+            }
+        }
+        let mut paths: std::collections::BTreeSet<String> = targets.iter().map(|t| (*t).to_owned()).collect();
+        for (kind, refs) in [(FileKind::Secret, &self.secrets), (FileKind::Config, &self.configs)] {
+            let field = if kind == FileKind::Secret { "secrets" } else { "configs" };
+            if refs.len() > MAX_FILE_REFS {
+                let expected = format!("at most {MAX_FILE_REFS}");
+                return Err(InvalidField::new(field, format!("{} entries", refs.len()), expected));
+            }
+            for (i, r) in refs.iter().enumerate() {
+                r.validate(kind, i)?;
+                if !paths.insert(r.path(kind)) {
+                    let expected = "a target no other mount, secret or config has";
+                    return Err(InvalidField::new(format!("{field}[{i}].target"), &r.target, expected));
+                }
             }
         }
         Ok(())
@@ -256,6 +278,8 @@ impl Options {
             ulimits: w.ulimits.into_iter().map(|(k, u)| (k, Ulimit { soft: u.soft, hard: u.hard })).collect(),
             tmpfs: w.tmpfs.into_iter().map(|t| Tmpfs { target: t.target, size_bytes: t.size_bytes }).collect(),
             mounts: w.mounts.into_iter().enumerate().map(|(i, m)| Mount::from_pb(i, m)).collect::<Result<_, _>>()?,
+            secrets: files(FileKind::Secret, w.secrets)?,
+            configs: files(FileKind::Config, w.configs)?,
             // As Swarm's: 0 attempts is no limit, a 0 s window no window.
             restart_max_attempts: w.restart_max_attempts.filter(|n| *n > 0),
             restart_window_ms: w.restart_window_ms.filter(|ms| *ms > 0),
@@ -277,11 +301,17 @@ impl Options {
                 .map(|t| pb::Tmpfs { target: t.target.clone(), size_bytes: t.size_bytes })
                 .collect(),
             mounts: self.mounts.iter().map(Mount::to_pb).collect(),
+            secrets: self.secrets.iter().map(FileRef::to_pb).collect(),
+            configs: self.configs.iter().map(FileRef::to_pb).collect(),
             restart_max_attempts: self.restart_max_attempts,
             restart_window_ms: self.restart_window_ms,
             pull: if self.pull.is_missing() { String::new() } else { self.pull.to_string() },
         }
     }
+}
+
+fn files(kind: FileKind, wire: Vec<pb::FileRef>) -> Result<Vec<FileRef>, InvalidField> {
+    wire.into_iter().enumerate().map(|(i, r)| FileRef::from_pb(kind, i, r)).collect()
 }
 
 /// Dot-separated labels of 1-63 letters, digits and '-' (not at either
@@ -317,6 +347,8 @@ mod tests {
                 pin: false,
                 exclusive: false,
             }],
+            secrets: vec![FileRef { mode: 0o400, uid: 1000, ..FileRef::named("db") }],
+            configs: vec![FileRef { target: "/etc/app.conf".into(), ..FileRef::named("app") }],
             restart_max_attempts: Some(3),
             restart_window_ms: Some(60_000),
             pull: Pull::Always,
@@ -351,6 +383,9 @@ mod tests {
         let mut twice = full();
         twice.mounts.push(twice.mounts[0].clone());
         assert_eq!(field(twice), "mounts[1].target");
+        let mut clash = full();
+        clash.configs[0].target = "/data".into();
+        assert_eq!(field(clash), "configs[0].target", "a config over a volume");
         let mut over_tmpfs = full();
         over_tmpfs.tmpfs[0].target = "/data/".into();
         assert_eq!(field(over_tmpfs), "tmpfs[0]", "one target, two mounts");

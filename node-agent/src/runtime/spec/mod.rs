@@ -90,6 +90,8 @@ pub struct Host<'a> {
     pub userns: Option<&'a Path>,
     /// The host source of each of its mounts, in order (see [`super::mounts`]).
     pub mounts: &'a [PathBuf],
+    /// Its secrets and configs: each file's host path and target (see [`super::files`]).
+    pub files: &'a [(PathBuf, String)],
 }
 
 pub fn build(config: &ContainerConfig, passwd: &str, group: &str, host: &Host) -> Result<Spec, SpecError> {
@@ -208,11 +210,14 @@ pub fn build(config: &ContainerConfig, passwd: &str, group: &str, host: &Host) -
         mounts.push(mount.build().map_err(err)?);
     }
 
+    // What the spec mounts, parents before what lies under them (as Docker
+    // sorts them): a volume at /data never hides a tmpfs at /data/cache.
+    let mut own: Vec<Mount> = Vec::new();
     for t in &config.overrides.options.tmpfs {
         let mut options = vec!["nosuid".to_owned(), "nodev".to_owned(), "mode=1777".to_owned()];
         options.extend(t.size_bytes.map(|b| format!("size={b}")));
         let mount = MountBuilder::default().destination(&t.target).typ("tmpfs").source("tmpfs").options(options);
-        mounts.push(mount.build().map_err(err)?);
+        own.push(mount.build().map_err(err)?);
     }
 
     let wanted = &config.overrides.options.mounts;
@@ -226,8 +231,16 @@ pub fn build(config: &ContainerConfig, passwd: &str, group: &str, host: &Host) -
             options.push("ro".to_owned());
         }
         let mount = MountBuilder::default().destination(&m.target).typ("bind").source(source).options(options);
-        mounts.push(mount.build().map_err(err)?);
+        own.push(mount.build().map_err(err)?);
     }
+
+    for (source, target) in host.files {
+        let options = ["rbind", "ro", "nosuid", "nodev", "noexec", "rprivate"].map(str::to_owned).to_vec();
+        let mount = MountBuilder::default().destination(target).typ("bind").source(source).options(options);
+        own.push(mount.build().map_err(err)?);
+    }
+    own.sort_by_key(|m| m.destination().components().count());
+    mounts.extend(own);
 
     let mut spec = Spec::default();
     spec.set_hostname(Some(config.hostname()))

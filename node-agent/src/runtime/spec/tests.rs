@@ -103,7 +103,7 @@ fn etc() -> EtcFiles {
 }
 
 fn host(userns: Option<&Path>) -> Host<'_> {
-    Host { rootfs: "/c/rootfs".into(), etc: etc(), userns, mounts: &[] }
+    Host { rootfs: "/c/rootfs".into(), etc: etc(), userns, mounts: &[], files: &[] }
 }
 
 #[test]
@@ -130,6 +130,23 @@ fn volumes_and_binds_are_bind_mounts_without_suid_or_devices() {
     let conf = found("/conf");
     assert_eq!(conf.source().as_deref(), Some(Path::new("/srv/conf")));
     assert!(conf.options().as_ref().unwrap().contains(&"ro".to_owned()));
+    let files = [(PathBuf::from("/run/c/files/0"), "/run/secrets/db".to_owned())];
+    let spec = build(&c, PASSWD, GROUP, &Host { mounts: &sources, files: &files, ..host(None) }).unwrap();
+    let secret = spec
+        .mounts()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.destination() == Path::new("/run/secrets/db"))
+        .unwrap()
+        .clone();
+    assert_eq!(secret.options().clone().unwrap(), ["rbind", "ro", "nosuid", "nodev", "noexec", "rprivate"]);
+    // Parents first, whatever the order given.
+    c.overrides.options.tmpfs = vec![berth_proto::model::Tmpfs { target: "/data/cache".into(), size_bytes: None }];
+    let spec = build(&c, PASSWD, GROUP, &Host { mounts: &sources, ..host(None) }).unwrap();
+    let order: Vec<&Path> = spec.mounts().as_ref().unwrap().iter().map(|m| m.destination().as_path()).collect();
+    let at = |p: &str| order.iter().position(|d| *d == Path::new(p)).unwrap();
+    assert!(at("/data") < at("/data/cache"), "{order:?}");
     let unready = build(&c, PASSWD, GROUP, &host(None)).unwrap_err();
     assert!(unready.to_string().contains("2 mounts, 0 sources"), "{unready}");
 }

@@ -5,7 +5,7 @@ use crate::runtime::{Exited, Started};
 
 fn task(id: &str, restart: RestartPolicy) -> AssignedTask {
     let spec = TaskSpec { image: "registry:5000/web:1".into(), restart, ..Default::default() };
-    AssignedTask { id: id.into(), spec, restarts: 0, address: None }
+    AssignedTask { id: id.into(), spec, restarts: 0, address: None, files: Default::default() }
 }
 
 fn wanted(list: &[AssignedTask]) -> Assignment {
@@ -19,7 +19,13 @@ fn a_job(task: &str) -> Job {
 
 fn running(task: &str) -> Observed {
     let started = Started { shim_pid: 1, shim_start: 1, pid: 2, started_at_ms: 0 };
-    Observed { task: task.into(), status: Status::Running(started), ran_for: Duration::ZERO, check: None }
+    Observed {
+        task: task.into(),
+        status: Status::Running(started),
+        ran_for: Duration::ZERO,
+        check: None,
+        exclusive: false,
+    }
 }
 
 /// Exited after a short run; its record's wall-clock time is far in the
@@ -27,7 +33,13 @@ fn running(task: &str) -> Observed {
 /// monotonic clock may count.
 fn exited(task: &str, code: i32) -> Observed {
     let exit = Exited { code, signal: None, oom_killed: false, finished_at_ms: u64::MAX / 4, error: None };
-    Observed { task: task.into(), status: Status::Exited(exit), ran_for: Duration::from_millis(50), check: None }
+    Observed {
+        task: task.into(),
+        status: Status::Exited(exit),
+        ran_for: Duration::from_millis(50),
+        check: None,
+        exclusive: false,
+    }
 }
 
 fn ids(step: &Step) -> Vec<String> {
@@ -164,7 +176,8 @@ fn namespaces_of_no_task_and_no_container_go() {
 fn lost_and_failed_containers_say_why() {
     let tasks = wanted(&[task("a.1.1", RestartPolicy::Never), task("b.1.1", RestartPolicy::Never)]);
     let mut books = Books::default();
-    let lost = Observed { task: "a.1.1".into(), status: Status::Lost, ran_for: Duration::ZERO, check: None };
+    let lost =
+        Observed { task: "a.1.1".into(), status: Status::Lost, ran_for: Duration::ZERO, check: None, exclusive: false };
     let mut oom = exited("b.1.1", 137);
     if let Status::Exited(e) = &mut oom.status {
         e.oom_killed = true;
@@ -231,7 +244,13 @@ fn checked(task: &str, run: u64) -> Observed {
         start_period_ms: 0,
     };
     let started = Started { shim_pid: 1, shim_start: 1, pid: 2, started_at_ms: run };
-    Observed { task: task.into(), status: Status::Running(started), ran_for: Duration::ZERO, check: Some(check) }
+    Observed {
+        task: task.into(),
+        status: Status::Running(started),
+        ran_for: Duration::ZERO,
+        check: Some(check),
+        exclusive: false,
+    }
 }
 
 fn health(step: &Step) -> Vec<(String, Option<HealthState>, String)> {
