@@ -352,9 +352,15 @@ impl Node {
         if !known {
             return Step::Done(Err(OpError::NotFound(format!("node {node} is not registered; register again"))));
         }
-        match self.with_liveness(|l| l.heartbeat(node, std::time::Instant::now())) {
-            Some(()) if lease => Step::Done(Ok(self.lease(node))),
-            Some(()) => Step::Done(Ok(LeaderReply::Done)),
+        let now = std::time::Instant::now();
+        let beat = |l: &mut Liveness| {
+            let was_alive = l.alive(node, now);
+            l.heartbeat(node, now);
+            was_alive
+        };
+        match self.with_liveness(beat) {
+            Some(was_alive) if lease => Step::Done(Ok(self.lease(node, was_alive))),
+            Some(_) => Step::Done(Ok(LeaderReply::Done)),
             None => Step::NotLeader,
         }
     }
@@ -376,13 +382,21 @@ impl Node {
     /// leader itself waits a full timeout after the node's last heartbeat.
     /// The tasks named are the leader's own view, so a node that comes back
     /// from a partition never restarts a task that has moved meanwhile.
-    fn lease(&self, node: &str) -> LeaderReply {
+    fn lease(&self, node: &str, was_alive: bool) -> LeaderReply {
         let down = self.node_down_after.as_millis() as u64;
         let acked = self.metrics().millis_since_quorum_ack;
-        if down < MIN_LEASED_DOWN_MS || acked.is_none_or(|ms| ms > down / 8) {
+        // A node this leader has not heard within the timeout (first heard
+        // this term, or maybe being marked down now) earns none until it is
+        // heard again; nor one the state has as down (its tasks move).
+        if !was_alive || down < MIN_LEASED_DOWN_MS || acked.is_none_or(|ms| ms > down / 8) {
             return LeaderReply::Lease { ms: 0, exclusive: vec![] };
         }
         let exclusive = match self.applied.read() {
+            Ok(applied)
+                if applied.state.nodes.get(node).is_none_or(|n| n.status == berth_proto::model::NodeStatus::Down) =>
+            {
+                return LeaderReply::Lease { ms: 0, exclusive: vec![] }
+            }
             Ok(applied) => applied
                 .state
                 .tasks

@@ -403,7 +403,10 @@ impl Refusals {
             parts.push(say(k, format!("fails {c}"), format!("fail {c}")));
         }
         if self.no_mounts > 0 {
-            let (one, many) = ("runs an agent that cannot mount volumes", "run agents that cannot mount volumes");
+            let (one, many) = (
+                "runs an agent that cannot mount volumes, secrets or configs",
+                "run agents that cannot mount volumes, secrets or configs",
+            );
             parts.push(say(self.no_mounts, one.into(), many.into()));
         }
         if let Some((_, where_)) = shape.data.pinned.as_ref().filter(|_| self.not_data > 0) {

@@ -98,7 +98,11 @@ pub async fn inspect(client: &Client, kind: FileKind, name: &str, fmt: Format) -
     let mut out = String::new();
     let _ = writeln!(out, "{:<10}{}", "Name:", info.name);
     let _ = writeln!(out, "{:<10}{}", "Created:", ago(info.created_at_ms, SystemTime::now()));
-    let _ = writeln!(out, "{:<10}{} bytes, sha256 {}", "Value:", info.bytes, info.digest);
+    let value = match info.digest.as_str() {
+        "" => format!("{} bytes", info.bytes),
+        digest => format!("{} bytes, sha256 {digest}", info.bytes),
+    };
+    let _ = writeln!(out, "{:<10}{value}", "Value:");
     let users = if info.used_by.is_empty() { "-".into() } else { info.used_by.join(", ") };
     let _ = writeln!(out, "{:<10}{users}", "Used by:");
     if let Some(data) = data {

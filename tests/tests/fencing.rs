@@ -7,7 +7,8 @@
 //! the task before the others take its node for down and start a new
 //! copy; healed, it never starts the old one again. Twice more its agent
 //! is killed instead: the task's monitor kills it when the last lease
-//! ends, with no agent to say so. In the log, once a copy has written, no
+//! ends, with no agent to say so (the task has closed its output, so the
+//! monitor watches beyond the end of it). In the log, once a copy has written, no
 //! copy before it ever writes again.
 
 use std::collections::BTreeMap;
@@ -94,7 +95,9 @@ async fn an_exclusive_replica_never_runs_twice_across_partitions() -> Result<()>
     let bind = format!("type=bind,source={},target=/shared", shared.path().display());
     let args =
         ["service", "create", "writer", "--image", &image, "--mount", "source=wdata,target=/data,volume-exclusive"];
-    let (ok, out, err) = berthctl(&servers, &[&args[..], &["--mount", &bind, "--", "stamp", "/shared/log"]].concat())?;
+    // Its output closed first: the monitor watches the lease beyond the end of it.
+    let command = ["--", "sh", "-c", "exec >/dev/null 2>&1; exec stamp /shared/log"];
+    let (ok, out, err) = berthctl(&servers, &[&args[..], &["--mount", &bind], &command[..]].concat())?;
     ensure!(ok, "{out}{err}");
     let first = wait_for(Duration::from_secs(30), "the first copy writing", async || lines(&log).first().cloned())
         .await

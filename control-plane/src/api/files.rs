@@ -71,12 +71,13 @@ pub async fn create(
         }
         FileKind::Config => hex::encode(&req.data),
     };
-    let file = StoredFile {
-        created_at_ms: now_ms(),
-        bytes: req.data.len() as u64,
-        digest: berth_proto::pki::fingerprint(&req.data),
-        data,
+    // A secret's digest would let anyone who may list secrets test guesses
+    // of a weak value offline: only configs show one.
+    let digest = match kind {
+        FileKind::Secret => String::new(),
+        FileKind::Config => berth_proto::pki::fingerprint(&req.data),
     };
+    let file = StoredFile { created_at_ms: now_ms(), bytes: req.data.len() as u64, digest, data };
     let cmd = match kind {
         FileKind::Secret => Command::CreateSecret { name: req.name.clone(), file: file.clone() },
         FileKind::Config => Command::CreateConfig { name: req.name.clone(), file: file.clone() },

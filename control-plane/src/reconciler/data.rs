@@ -55,8 +55,12 @@ impl<'a> Holders<'a> {
 
     /// Where `task`'s volumes are.
     pub fn data(&self, task: &Task) -> Data {
-        let mounts = &task.spec.overrides.options.mounts;
-        let mut data = Data { mounts: !mounts.is_empty(), ..Data::default() };
+        let options = &task.spec.overrides.options;
+        let mounts = &options.mounts;
+        // Secrets and configs are files mounted too: an agent from before
+        // volumes would run the task without them.
+        let needs = !mounts.is_empty() || !options.secrets.is_empty() || !options.configs.is_empty();
+        let mut data = Data { mounts: needs, ..Data::default() };
         let mut pinned: Option<BTreeSet<String>> = None;
         let mut said = Vec::new();
         for m in mounts {

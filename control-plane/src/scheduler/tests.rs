@@ -352,5 +352,5 @@ fn a_task_with_mounts_skips_agents_that_cannot_mount() {
     assert_eq!(placed(&schedule(&[old.clone(), new], &[r.clone()])), BTreeMap::from([("new".into(), 1)]));
     let d = schedule(&[old], &[r]);
     let Decision::Unplaced { reason, .. } = &d[0] else { panic!("{d:?}") };
-    assert_eq!(reason, "no node fits: 1 node runs an agent that cannot mount volumes");
+    assert_eq!(reason, "no node fits: 1 node runs an agent that cannot mount volumes, secrets or configs");
 }

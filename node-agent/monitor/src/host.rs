@@ -18,6 +18,8 @@ pub trait Host {
     /// Waits for the process to end: its exit code (128 + signal when a
     /// signal ended it) and the signal.
     fn reap(&mut self, pid: i32) -> (i32, Option<i32>);
+    /// The same without waiting: none while it runs.
+    fn try_reap(&mut self, pid: i32) -> Option<(i32, Option<i32>)>;
     fn oom_kills(&self, cgroup: &str) -> u64;
     fn remove_cgroup(&mut self, cgroup: &str) -> io::Result<()>;
     fn remove_run_dir(&mut self, dirs: &Dirs) -> io::Result<()>;
@@ -35,6 +37,18 @@ impl Host for Kernel {
                 Ok(WaitStatus::Exited(_, code)) => return (code, None),
                 Ok(WaitStatus::Signaled(_, sig, _)) => return (128 + sig as i32, Some(sig as i32)),
                 _ => return (255, None),
+            }
+        }
+    }
+
+    fn try_reap(&mut self, pid: i32) -> Option<(i32, Option<i32>)> {
+        loop {
+            match waitpid(Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(WaitStatus::StillAlive) => return None,
+                Ok(WaitStatus::Exited(_, code)) => return Some((code, None)),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Some((128 + sig as i32, Some(sig as i32))),
+                _ => return Some((255, None)),
             }
         }
     }

@@ -1,6 +1,8 @@
 //! The lease watchdog of a container with an exclusive volume. Its agent
-//! keeps `RUN/lease` holding a deadline on the host's monotonic clock (ns,
-//! as text), renewed with every lease its heartbeats earn. The monitor
+//! keeps `RUN/lease` holding a deadline on the host's boot clock (ns, as
+//! text; CLOCK_BOOTTIME, which unlike the monotonic clock goes on while
+//! the host is suspended, as the servers' clocks do), renewed with every
+//! lease its heartbeats earn. The monitor
 //! looks every `POLL_MS` and kills the container once the deadline has
 //! passed, or the file is missing or unreadable. So the fence holds even
 //! when the agent itself is gone (crashed, stopped for an upgrade, hung):
@@ -13,9 +15,9 @@ pub const FILE: &str = "lease";
 /// How often the monitor looks, at most.
 pub const POLL_MS: u16 = 100;
 
-/// The host's monotonic clock, in ns (shared by every process on the host).
+/// The host's boot clock, in ns (shared by every process on the host).
 pub fn now_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
         .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
         .unwrap_or(u64::MAX)
 }

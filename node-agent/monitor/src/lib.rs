@@ -156,7 +156,18 @@ pub fn supervise(watch: &Watch, watched: Watched, host: &mut impl Host) {
     };
     check();
     copy_output(&mut log, &watched.stdout, &watched.stderr, lease.is_some(), &mut check);
-    let (code, signal) = host.reap(watched.pid);
+    // Output may end before the container does (it closed its stdout and
+    // stderr): a leased one is watched on until it is reaped.
+    let (code, signal) = match lease.is_some() {
+        false => host.reap(watched.pid),
+        true => loop {
+            check();
+            if let Some(reaped) = host.try_reap(watched.pid) {
+                break reaped;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(lease::POLL_MS.into()));
+        },
+    };
     let oom_killed = host.oom_kills(&watch.cgroup) > 0;
     // When the init of a PID namespace is reaped, every other process of
     // the namespace is gone too, so the cgroup is empty and can go.
@@ -234,6 +245,9 @@ mod tests {
         fn reap(&mut self, pid: i32) -> (i32, Option<i32>) {
             self.calls.push(format!("reap {pid} exit-record={}", self.exit_file.exists()));
             (3, None)
+        }
+        fn try_reap(&mut self, pid: i32) -> Option<(i32, Option<i32>)> {
+            Some(self.reap(pid))
         }
         fn oom_kills(&self, _cgroup: &str) -> u64 {
             1

@@ -259,9 +259,22 @@ async fn stay(
             let mut beat = tonic::Request::new(HeartbeatRequest { node_id: id.clone(), root });
             beat.set_timeout((period * 2).clamp(Duration::from_millis(500), CALL_TIMEOUT));
             // A lease counts from before the beat left: the leader heard it later.
-            let sent = tokio::time::Instant::now();
+            let sent = berth_monitor::lease::now_ns();
             let beat = AgentClient::new(servers.channel()).heartbeat(beat).await;
-            lease_tx.send_if_modified(|l| !std::mem::replace(&mut l.heard, true));
+            // Heard and the lease it brought, in one change: the worker never
+            // sees the one without the other.
+            let earned = beat.as_ref().ok().map(|r| r.get_ref()).filter(|r| r.lease_ms > 0).map(|r| {
+                let until = sent.saturating_add(r.lease_ms.saturating_mul(1_000_000));
+                driver::Lease { until, exclusive: r.exclusive.iter().cloned().collect() }
+            });
+            lease_tx.send_if_modified(|l| {
+                let changed = !l.heard || earned.is_some();
+                l.heard = true;
+                if let Some(lease) = earned {
+                    l.lease = Some(lease);
+                }
+                changed
+            });
             match beat {
                 Ok(reply) => {
                     servers.succeeded();
@@ -269,12 +282,6 @@ async fn stay(
                     // The cluster's roots: the renewal acts when they are not ours.
                     let digest = reply.roots_digest;
                     roots.send_if_modified(|heard| std::mem::replace(heard, digest.clone()) != digest);
-                    // No lease (no leader that hears a quorum): the last one runs out.
-                    let until = sent.checked_add(Duration::from_millis(reply.lease_ms));
-                    if let Some(until) = until.filter(|_| reply.lease_ms > 0) {
-                        let exclusive = reply.exclusive.into_iter().collect();
-                        lease_tx.send_modify(|l| l.lease = Some(driver::Lease { until, exclusive }));
-                    }
                 }
                 Err(s) if s.code() == tonic::Code::NotFound => {
                     warn!("the cluster no longer knows this node; registering again");

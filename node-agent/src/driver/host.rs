@@ -59,6 +59,10 @@ impl Containers for Runtime {
     }
 
     async fn fence(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
+        if Runtime::get(self, name)?.status == Status::Lost {
+            // No monitor: what is left of it is killed, cgroup and all.
+            return self.kill(name, nix::sys::signal::Signal::SIGKILL, true);
+        }
         Runtime::stop(self, name, grace).await.map(drop)
     }
 

@@ -43,7 +43,7 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
     let mut books = Books::default();
     let (mut jobs, mut probes) = (Running::<Job>::default(), Running::<ProbeJob>::default());
     // Each leased container's deadline as last written (see `renew`).
-    let mut renewed: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut renewed: HashMap<String, u64> = HashMap::new();
     loop {
         let mut assignment = assignments.borrow_and_update().clone().unwrap_or_default();
         for (job, outcome) in jobs.finished("the agent's work on it") {
@@ -120,7 +120,7 @@ async fn renew<C: Containers, I: Images, N: Network>(
     worker: &Arc<Worker<C, I, N>>,
     leases: &Leases,
     observed: &[Observed],
-    renewed: &mut HashMap<String, tokio::time::Instant>,
+    renewed: &mut HashMap<String, u64>,
 ) {
     renewed.retain(|task, _| observed.iter().any(|o| o.task == *task));
     let Some(lease) = leases.valid(Duration::ZERO) else { return };
@@ -128,7 +128,7 @@ async fn renew<C: Containers, I: Images, N: Network>(
         if renewed.get(&o.task) == Some(&lease.until) {
             continue;
         }
-        match worker.containers.renew_lease(&o.task, Leases::deadline_ns(lease)).await {
+        match worker.containers.renew_lease(&o.task, lease.until).await {
             Ok(()) => drop(renewed.insert(o.task.clone(), lease.until)),
             Err(e) => warn!(task = o.task, "renewing its lease: {e}"),
         }
@@ -255,7 +255,7 @@ async fn launch<C: Containers, I: Images, N: Network>(
             let leases = lease.borrow();
             let named = leases.valid(worker.settings.fence_grace).filter(|l| l.exclusive.contains(&task.id));
             let why = "the node holds no lease for it from the cluster's leader (its volume is exclusive)";
-            Some(Leases::deadline_ns(named.ok_or(why)?))
+            Some(named.ok_or(why)?.until)
         }
     };
     let launch = Launch { files: values(task)?, lease_ns };

@@ -67,10 +67,11 @@ pub struct Settings {
 }
 
 /// The node's lease from the cluster's leader (see `tasks::fence`): until
-/// when it holds, and the tasks with an exclusive volume it names.
+/// when it holds (ns on the host's boot clock, `berth_monitor::lease`, as
+/// the monitors read it), and the tasks with an exclusive volume it names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    pub until: tokio::time::Instant,
+    pub until: u64,
     pub exclusive: std::collections::BTreeSet<String>,
 }
 
@@ -87,14 +88,8 @@ impl Leases {
     /// The lease, while it holds with `grace` to spare: a task it stops
     /// gets its grace before the lease's end, when its monitor kills it.
     pub fn valid(&self, grace: Duration) -> Option<&Lease> {
-        let now = tokio::time::Instant::now();
-        self.lease.as_ref().filter(|l| self.heard && now + grace < l.until)
-    }
-
-    /// The lease's end on the host's monotonic clock (ns), as the monitor reads it.
-    pub fn deadline_ns(lease: &Lease) -> u64 {
-        let left = lease.until.saturating_duration_since(tokio::time::Instant::now());
-        berth_monitor::lease::now_ns().saturating_add(left.as_nanos().min(u64::MAX as u128) as u64)
+        let now = berth_monitor::lease::now_ns().saturating_add(grace.as_nanos().min(u64::MAX as u128) as u64);
+        self.lease.as_ref().filter(|l| self.heard && now < l.until)
     }
 }
 

@@ -54,11 +54,18 @@ pub fn write(run: &Path, config: &ContainerConfig, values: &[Vec<u8>]) -> io::Re
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount(Some("tmpfs"), &dir, Some("tmpfs"), flags, Some(format!("mode=0711,size={size}").as_str()))
         .map_err(|e| io::Error::other(format!("mounting a memory filesystem at {}: {e}", dir.display())))?;
-    let shift = config.userns.ids().map_or(0, |ids| ids.host_id);
+    let ids = config.userns.ids();
+    let shift = ids.map_or(0, |ids| ids.host_id);
     for (i, (r, value)) in refs.iter().zip(values).enumerate() {
         let path = dir.join(i.to_string());
         fs::write(&path, value)?;
-        let id = |n: u32| n.checked_add(shift).ok_or_else(|| io::Error::other(format!("id {n} is out of range")));
+        // With ids of its own, only ids inside its block are its own.
+        let id = |n: u32| match ids {
+            Some(ids) if n >= ids.size => {
+                Err(io::Error::other(format!("id {n} is outside the container's ids (0-{})", ids.size - 1)))
+            }
+            _ => n.checked_add(shift).ok_or_else(|| io::Error::other(format!("id {n} is out of range"))),
+        };
         chown(&path, Some(Uid::from_raw(id(r.uid)?)), Some(Gid::from_raw(id(r.gid)?)))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(r.mode))?;
     }

@@ -36,6 +36,8 @@ pub struct Books {
     pub(super) replaced: HashMap<String, String>,
     /// Tasks stopped by the fence (see `super::fence`), until they run again.
     pub(super) fenced: BTreeSet<String>,
+    /// Tasks the last pass's assignment named (wanted, fenced or refused).
+    pub(super) assigned: BTreeSet<String>,
 }
 
 /// Restarts of one task: in a row (for the backoff) and in all (reported).

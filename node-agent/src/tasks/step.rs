@@ -87,6 +87,15 @@ pub fn step(
     // A task this node cannot take is left as it is, and told failed.
     let observed: Vec<&Observed> = observed.iter().filter(|o| !assignment.refused.contains_key(&o.task)).collect();
     let here: BTreeSet<&str> = observed.iter().map(|o| o.task.as_str()).collect();
+    // A task that left the assignment with no container here (never made:
+    // fenced, refused, its start failed) is told shut down once, as a
+    // stopped one is: its slot may be waiting for that word.
+    let named =
+        |t: &String| tasks.contains_key(t) || assignment.fenced.contains(t) || assignment.refused.contains_key(t);
+    let left: Vec<String> =
+        books.assigned.iter().filter(|t| !named(t) && !here.contains(t.as_str())).cloned().collect();
+    books.stopped.extend(left);
+    books.assigned = tasks.keys().chain(&assignment.fenced).chain(assignment.refused.keys()).cloned().collect();
     books.forget_except(|t| tasks.contains_key(t) || assignment.fenced.contains(t) || here.contains(t), now);
     let probes = track_health(tasks.keys(), &observed, books, now);
 
@@ -168,7 +177,8 @@ pub fn step(
         jobs.push(job);
     }
     for o in observed.iter().filter(|o| assignment.fenced.contains(&o.task)) {
-        if matches!(o.status, Status::Running(_)) && !books.busy.contains(&o.task) {
+        // A lost one too: its processes may live on with nothing watching them.
+        if matches!(o.status, Status::Running(_) | Status::Lost) && !books.busy.contains(&o.task) {
             books.busy.insert(o.task.clone());
             books.fenced.insert(o.task.clone());
             jobs.push(Job::Fence(o.task.clone()));

@@ -86,8 +86,9 @@ impl FileRef {
         }
         let relative_ok =
             !self.target.is_empty() && !self.target.split('/').any(|p| p.is_empty() || p == "." || p == "..");
-        let absolute_ok = clean_path(&self.target) && !reserved(&self.target) && !self.target.ends_with('/');
-        if !(absolute_ok || relative_ok) || self.target.contains('\0') {
+        let path = self.path(kind);
+        let absolute_ok = clean_path(&path) && !path.ends_with('/');
+        if !(absolute_ok && (self.target.starts_with('/') || relative_ok)) || reserved(&path) {
             let expected = "an absolute path, or a file name under the default directory, without '..'";
             return Err(InvalidField::new(field("target"), &self.target, expected));
         }
@@ -185,7 +186,7 @@ mod tests {
         let field = |r: FileRef| r.validate(FileKind::Secret, 1).unwrap_err().field;
         assert_eq!(field(FileRef::named("a/b")), "secrets[1].source");
         assert_eq!(field(FileRef::named("")), "secrets[1].source");
-        for target in ["../etc/passwd", "a/../b", "/", "a//b", "", "/proc/x", "/etc/hosts", "/etc/x/"] {
+        for target in ["../etc/passwd", "a/../b", "/", "a//b", "", "/proc/x", "/etc/hosts", "/etc/x/", "./x"] {
             assert_eq!(
                 field(FileRef { target: target.into(), ..FileRef::named("db") }),
                 "secrets[1].target",
@@ -194,5 +195,8 @@ mod tests {
         }
         assert_eq!(field(FileRef { mode: 0o1777, ..FileRef::named("db") }), "secrets[1].mode");
         assert_eq!(FileRef { target: "sub/db".into(), ..FileRef::named("db") }.validate(FileKind::Config, 0), Ok(()));
+        let config = |t: &str| FileRef { target: t.into(), ..FileRef::named("db") }.validate(FileKind::Config, 0);
+        assert!(config("etc/hosts").is_err() && config("proc/x").is_err(), "relative, then reserved");
+        assert!(config(&"a".repeat(5000)).is_err(), "bounded");
     }
 }

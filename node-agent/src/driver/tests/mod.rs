@@ -344,7 +344,7 @@ async fn an_exclusive_task_runs_only_while_a_lease_names_it() {
     let lease = |ms: u64, names: &[&str]| super::Leases {
         heard: true,
         lease: Some(super::Lease {
-            until: Instant::now() + Duration::from_millis(ms),
+            until: berth_monitor::lease::now_ns() + ms * 1_000_000,
             exclusive: names.iter().map(|s| (*s).to_owned()).collect(),
         }),
     };

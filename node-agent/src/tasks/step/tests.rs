@@ -310,3 +310,17 @@ fn an_unhealthy_task_that_never_restarts_keeps_running_unhealthy() {
     let unchecked = step(&tasks, &[running("web.1.1")], &[], &mut books, 2200);
     assert_eq!(unchecked.reports[0].health, None, "no check, no health");
 }
+
+#[test]
+fn a_task_that_leaves_without_a_container_is_told_shut_down_once() {
+    // Fenced before it was ever made, then moved away by the cluster.
+    let fenced = Assignment { fenced: ["db.1.1".to_owned()].into(), ..Assignment::default() };
+    let mut books = Books::default();
+    let first = step(&fenced, &[], &[], &mut books, 0);
+    assert!(first.jobs.is_empty() && first.reports.is_empty(), "{first:?}");
+    let gone = step(&Assignment::default(), &[], &[], &mut books, 10);
+    assert_eq!(states(&gone), [("db.1.1".to_owned(), TaskState::Shutdown)]);
+    // Once the cluster has taken it, it is not told again.
+    books.reported(&gone.reports, &Default::default());
+    assert!(step(&Assignment::default(), &[], &[], &mut books, 20).reports.is_empty());
+}
