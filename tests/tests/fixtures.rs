@@ -110,6 +110,28 @@ async fn save_a_server_data_dir() -> Result<()> {
         "1",
         "--no-rebalance",
     ])?;
+    // Volumes (a slot's own, pinned and exclusive), a bind, a secret and a config.
+    let value = tempfile::NamedTempFile::new()?;
+    std::fs::write(value.path(), "fixture-value")?;
+    let value = value.path().display().to_string();
+    run(&["secret", "create", "db_password", &value])?;
+    run(&["config", "create", "app.conf", &value])?;
+    run(&[
+        "service",
+        "create",
+        "--detach",
+        "data",
+        "--image",
+        image,
+        "--mount",
+        "source=data-{{.Task.Slot}},target=/data,volume-pin,volume-exclusive",
+        "--mount",
+        "type=bind,source=/srv,target=/srv,readonly",
+        "--secret",
+        "src=db_password,mode=0400,uid=1000",
+        "--config",
+        "src=app.conf,target=/etc/app.conf",
+    ])?;
     run(&["service", "create", "--detach", "gone", "--image", image, "--constraint", "node.labels.zone == a"])?;
     run(&["service", "rm", "gone"])?;
     run(&["service", "scale", "--detach", "web=3"])?;
