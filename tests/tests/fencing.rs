@@ -162,8 +162,12 @@ async fn an_exclusive_replica_never_runs_twice_across_partitions() -> Result<()>
     }
     // Half a second more of writing, then the whole log once again.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let order = turns(&lines(&log))?;
+    let all = lines(&log);
+    let order = turns(&all)?;
     ensure!(order.len() == 13, "one copy per round and the first: {order:?}");
+    // How long the slot went without a copy at each move (for the record).
+    let gaps: Vec<u128> = all.windows(2).filter(|w| w[0].1 != w[1].1).map(|w| (w[1].0 - w[0].0) / 1_000_000).collect();
+    eprintln!("gaps between copies, ms (10 cuts, then 2 agent kills): {gaps:?}");
     ensure!(moved_to.len() >= 2, "the copies went to more than one host: {moved_to:?}");
     drop(daemons);
     Ok(())
