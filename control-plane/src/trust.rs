@@ -234,6 +234,30 @@ mod tests {
     }
 
     #[test]
+    fn an_older_cluster_gets_its_secrets_key_once_and_secrets_must_open_with_it() {
+        use crate::state::{apply, Command, Rejection, Response, State, StoredFile};
+        let (founding, _, _) = found(Duration::from_secs(3600)).unwrap();
+        assert!(founding.trust.secrets_key.is_some(), "a new cluster has one from the start");
+        let mut state = State::default();
+        let older = Trust { secrets_key: None, ..founding.trust.clone() };
+        apply(&mut state, &Command::InitTrust { trust: Box::new(older), admin: founding.admin.clone() });
+        let key = crate::secrets::new_key();
+        let file = |data: String| StoredFile { created_at_ms: 1, bytes: 2, digest: String::new(), data };
+        let sealed = crate::secrets::seal(&key, b"pw").unwrap();
+        let create = |data: &str| Command::CreateSecret { name: "db".into(), file: file(data.into()) };
+        // No key yet: nothing can be sealed for it.
+        assert!(matches!(apply(&mut state, &create(&sealed)), Response::Rejected(Rejection::Invalid(_))));
+        assert_eq!(apply(&mut state, &Command::SetSecretsKey { key: key.clone() }), Response::Done);
+        // A second key (a racing first secret) changes nothing.
+        apply(&mut state, &Command::SetSecretsKey { key: crate::secrets::new_key() });
+        assert_eq!(state.trust.as_ref().and_then(|t| t.secrets_key.clone()), Some(key));
+        let other = crate::secrets::seal(&crate::secrets::new_key(), b"pw").unwrap();
+        assert!(matches!(apply(&mut state, &create(&other)), Response::Rejected(Rejection::Invalid(_))));
+        assert_eq!(apply(&mut state, &create(&sealed)), Response::Done);
+        assert!(matches!(apply(&mut state, &create(&sealed)), Response::Rejected(Rejection::FileExists { .. })));
+    }
+
+    #[test]
     fn a_rotation_trusts_both_roots_until_every_node_holds_the_new_ones_then_only_it() {
         use crate::state::{apply, Command, Response, State};
         let (founding, _, admin) = found(Duration::from_secs(3600)).unwrap();
