@@ -237,12 +237,9 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
     for t in state.tasks.values().filter(|t| t.desired == Desired::Shutdown) {
         let node_gone =
             t.node.as_ref().is_none_or(|id| state.nodes.get(id).is_none_or(|n| n.status == NodeStatus::Down));
-        // An exclusive copy holds its slot until its node says it is shut
-        // down (see `data::other_copy`).
-        let ended = match t.spec.overrides.options.exclusive() {
-            true => t.state == TaskState::Shutdown,
-            false => matches!(t.state, TaskState::Shutdown | TaskState::Exited | TaskState::Failed),
-        };
+        // (An exclusive copy holds its slot until its node says it is shut
+        // down: see `data::other_copy`.)
+        let ended = t.ended();
         // A move given up is kept a while: it holds its service's next one back.
         if (ended || node_gone) && !abandoned_lately(t, now) {
             changes.push(TaskChange::Remove { id: t.id.clone() });

@@ -233,10 +233,7 @@ impl Agent for AgentApi {
         auth::node(&self.node, &req, &req.get_ref().node_id)?;
         let ReportVolumesRequest { node_id, volumes } = req.into_inner();
         let volumes = volumes_from(volumes)?;
-        let (level, behind) = self.levels.cluster(&self.node).await;
-        if level < 2 {
-            return Err(Status::failed_precondition(format!("volumes need every server of this release; {behind}")));
-        }
+        self.levels.require(&self.node, 2, "volumes").await?;
         match self.node.write(Command::ReportVolumes { node: node_id, volumes }).await? {
             Applied::Rejected(r) => Err(r.into()),
             _ => Ok(Response::new(ReportVolumesReply {})),

@@ -99,13 +99,7 @@ impl ClusterApi {
         let mut spec = spec_from_request(Some(spec)).map_err(invalid)?;
         let (needs, what) = needed_level(&spec);
         if needs > 0 {
-            let (level, behind) = self.levels.cluster(&self.node).await;
-            if level < needs {
-                return Err(Status::failed_precondition(format!(
-                    "{what} need every server of this release or newer; {behind} (`berthctl cluster status` \
-                     lists the servers)"
-                )));
-            }
+            self.levels.require(&self.node, needs, what).await?;
         }
         let mut warnings = Vec::new();
         // Resolved when the image is named anew: not for a spec that keeps

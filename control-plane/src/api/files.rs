@@ -2,20 +2,13 @@
 //! the answering server, before its command is written), list, read a
 //! config back, remove. No call returns a secret's value.
 
-use berth_proto::model::{file_name_ok, FileInfo, FileKind, InvalidField, MAX_FILE_BYTES};
+use berth_proto::model::{check_file, FileInfo, FileKind};
 use berth_proto::pb::cluster as pb;
 use tonic::Status;
 
 use super::levels::Levels;
 use crate::node::Node;
-use crate::state::{now_ms, Command, FileKindWire, Query, QueryReply, Response as Applied, StoredFile};
-
-fn wire(kind: FileKind) -> FileKindWire {
-    match kind {
-        FileKind::Secret => FileKindWire::Secret,
-        FileKind::Config => FileKindWire::Config,
-    }
-}
+use crate::state::{now_ms, Command, Query, QueryReply, Response as Applied, StoredFile};
 
 pub fn info(f: FileInfo) -> pb::FileInfo {
     pb::FileInfo { name: f.name, created_at_ms: f.created_at_ms, bytes: f.bytes, digest: f.digest, used_by: f.used_by }
@@ -23,13 +16,7 @@ pub fn info(f: FileInfo) -> pb::FileInfo {
 
 /// Secrets and configs are written only once every member reads them.
 async fn ready(node: &Node, levels: &Levels, kind: FileKind) -> Result<(), Status> {
-    let (level, behind) = levels.cluster(node).await;
-    match level >= 2 {
-        true => Ok(()),
-        false => {
-            Err(Status::failed_precondition(format!("{}s need every server of this release; {behind}", kind.as_str())))
-        }
-    }
+    levels.require(node, 2, &format!("{}s", kind.as_str())).await
 }
 
 /// The cluster's secrets key, made now if it has none (the first one written wins).
@@ -54,15 +41,7 @@ pub async fn create(
     kind: FileKind,
     req: pb::CreateFileRequest,
 ) -> Result<pb::FileReply, Status> {
-    if !file_name_ok(&req.name) {
-        let expected = "a name: a letter or digit, then letters, digits, '_', '.' or '-' (at most 64)";
-        return Err(Status::invalid_argument(InvalidField::new("name", &req.name, expected).to_string()));
-    }
-    if req.data.len() > MAX_FILE_BYTES {
-        let field =
-            InvalidField::new("data", format!("{} bytes", req.data.len()), format!("at most {MAX_FILE_BYTES} bytes"));
-        return Err(Status::invalid_argument(field.to_string()));
-    }
+    check_file(&req.name, req.data.len() as u64).map_err(|e| Status::invalid_argument(e.to_string()))?;
     ready(node, levels, kind).await?;
     let data = match kind {
         FileKind::Secret => {
@@ -99,7 +78,7 @@ pub async fn create(
 
 pub async fn list(node: &Node, levels: &Levels, kind: FileKind) -> Result<pb::ListFilesReply, Status> {
     ready(node, levels, kind).await?;
-    match node.read(Query::ListFiles(wire(kind)), false).await? {
+    match node.read(Query::ListFiles(kind), false).await? {
         QueryReply::Files(files) => Ok(pb::ListFilesReply { files: files.into_iter().map(info).collect() }),
         other => Err(Status::internal(format!("unexpected query reply {other:?}"))),
     }

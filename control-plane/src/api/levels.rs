@@ -80,3 +80,18 @@ async fn ask(node: &Node, addr: &str) -> Option<u32> {
     req.set_timeout(Duration::from_secs(2));
     Some(ClusterClient::new(channel).cluster_status(req).await.ok()?.into_inner().reads)
 }
+
+impl Levels {
+    /// Ok once every member reads `level`; otherwise the refusal, saying
+    /// `what` needs it and which servers hold it back.
+    pub async fn require(&self, node: &Node, level: u32, what: &str) -> Result<(), tonic::Status> {
+        let (lowest, behind) = self.cluster(node).await;
+        match lowest >= level {
+            true => Ok(()),
+            false => Err(tonic::Status::failed_precondition(format!(
+                "{what} need every server of this release or newer; {behind} (`berthctl cluster status` lists the \
+                 servers)"
+            ))),
+        }
+    }
+}

@@ -20,11 +20,7 @@ use crate::state::{Command, Query, QueryReply, Response as Applied};
 
 /// Volumes are read and written only once every member knows them.
 async fn ready(node: &Node, levels: &Levels) -> Result<(), Status> {
-    let (level, behind) = levels.cluster(node).await;
-    match level >= 2 {
-        true => Ok(()),
-        false => Err(Status::failed_precondition(format!("volumes need every server of this release; {behind}"))),
-    }
+    levels.require(node, 2, "volumes").await
 }
 
 async fn volumes(node: &Node, on: &str) -> Result<Vec<VolumeInfo>, Status> {

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use berth_proto::model::{NodeStatus, Task, TaskState};
+use berth_proto::model::{NodeStatus, Task};
 
 use crate::scheduler::Data;
 use crate::state::State;
@@ -25,9 +25,8 @@ pub fn other_copy(state: &State, task: &Task) -> Option<String> {
     }
     state.tasks.values().find_map(|o| {
         let same_slot = o.service == task.service && o.slot == task.slot && o.id != task.id;
-        // Only a stop its node has carried out: an exited or failed copy
-        // could still be restarted there.
-        let ended = o.state == TaskState::Shutdown;
+        // Only a stop its node has carried out (`Task::ended`).
+        let ended = o.ended();
         let node = o.node.as_ref().and_then(|n| state.nodes.get(n)).filter(|n| n.status != NodeStatus::Down)?;
         (same_slot && !ended).then(|| {
             format!("waiting for {} to stop on {}: an exclusive volume runs in one place at a time", o.id, node.name)

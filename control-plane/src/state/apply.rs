@@ -284,7 +284,7 @@ fn remove_node(state: &mut State, id: &str) -> Response {
         return in_use("still runs tasks; wait until they have moved");
     }
     // Forgetting an exclusive copy in its stop grace would free its slot.
-    let stopping = |t: &Task| t.spec.overrides.options.exclusive() && t.state != TaskState::Shutdown;
+    let stopping = |t: &Task| t.spec.overrides.options.exclusive() && !t.ended();
     if node.status == NodeStatus::Ready && state.tasks.values().any(|t| on_node(t) && stopping(t)) {
         return in_use("still stops a task with an exclusive volume; wait until it has stopped");
     }

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use berth_proto::model::{file_name_ok, FileKind, InvalidField, ServiceSpec, MAX_FILE_BYTES};
+use berth_proto::model::{check_file, FileKind, InvalidField, ServiceSpec};
 use serde::{Deserialize, Serialize};
 
 use super::{Rejection, Response, State};
@@ -30,17 +30,8 @@ fn files(state: &mut State, kind: FileKind) -> &mut BTreeMap<String, StoredFile>
 }
 
 pub fn create(state: &mut State, kind: FileKind, name: &str, file: &StoredFile) -> Response {
-    if !file_name_ok(name) {
-        let expected = "a name: a letter or digit, then letters, digits, '_', '.' or '-' (at most 64)";
-        return Response::Rejected(Rejection::Invalid(InvalidField::new("name", name, expected)));
-    }
-    if file.bytes > MAX_FILE_BYTES as u64 {
-        let expected = format!("at most {MAX_FILE_BYTES} bytes");
-        return Response::Rejected(Rejection::Invalid(InvalidField::new(
-            "data",
-            format!("{} bytes", file.bytes),
-            expected,
-        )));
+    if let Err(e) = check_file(name, file.bytes) {
+        return Response::Rejected(Rejection::Invalid(e));
     }
     if kind == FileKind::Secret {
         let key = state.trust.as_ref().and_then(|t| t.secrets_key.as_deref());
@@ -69,26 +60,15 @@ pub fn remove(state: &mut State, kind: FileKind, name: &str) -> Response {
     }
 }
 
-fn refs(spec: &ServiceSpec, kind: FileKind) -> &[berth_proto::model::FileRef] {
-    match kind {
-        FileKind::Secret => &spec.overrides.options.secrets,
-        FileKind::Config => &spec.overrides.options.configs,
-    }
-}
-
 /// Services that name it: in their spec, or in a task still meant to run
 /// (an old one, mid-rollout). As in Swarm, the spec before the last change
 /// does not count: a rollback to it needs it made again.
 pub fn users(state: &State, kind: FileKind, name: &str) -> BTreeSet<String> {
-    let names = |spec: &ServiceSpec| refs(spec, kind).iter().any(|r| r.source == name);
+    let names = |spec: &ServiceSpec| spec.overrides.options.refs(kind).iter().any(|r| r.source == name);
     let mut out: BTreeSet<String> =
         state.services.values().filter(|s| names(&s.spec)).map(|s| s.spec.name.clone()).collect();
     for t in state.tasks.values().filter(|t| t.desired == berth_proto::model::Desired::Running) {
-        let task_refs = match kind {
-            FileKind::Secret => &t.spec.overrides.options.secrets,
-            FileKind::Config => &t.spec.overrides.options.configs,
-        };
-        if task_refs.iter().any(|r| r.source == name) {
+        if t.spec.overrides.options.refs(kind).iter().any(|r| r.source == name) {
             out.insert(t.service.clone());
         }
     }
@@ -100,7 +80,9 @@ pub fn missing(state: &State, spec: &ServiceSpec) -> Option<InvalidField> {
     for (kind, have, field) in
         [(FileKind::Secret, &state.secrets, "secrets"), (FileKind::Config, &state.configs, "configs")]
     {
-        if let Some((i, r)) = refs(spec, kind).iter().enumerate().find(|(_, r)| !have.contains_key(&r.source)) {
+        if let Some((i, r)) =
+            spec.overrides.options.refs(kind).iter().enumerate().find(|(_, r)| !have.contains_key(&r.source))
+        {
             let expected = format!("an existing {} (`berthctl {} ls` lists them)", kind.as_str(), kind.as_str());
             return Some(InvalidField::new(format!("{field}[{i}].source"), &r.source, expected));
         }

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use apply::{apply, check_volumes};
 pub use files::StoredFile;
-pub use query::{query, FileKindWire, Query, QueryReply};
+pub use query::{query, Query, QueryReply};
 pub use trust::{Access, JoinRole, Rotation, Trust, User};
 
 /// The newest commands this release applies, as a level that only goes up:

@@ -28,25 +28,9 @@ pub enum Query {
     /// Every node's named volumes, with the tasks that mount them.
     ListVolumes,
     /// Secrets or configs, without their values.
-    ListFiles(FileKindWire),
+    ListFiles(FileKind),
     /// A config with its value (a secret's is never read back).
     GetConfig(String),
-}
-
-/// Which files a query asks for (serde needs its own enum here).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FileKindWire {
-    Secret,
-    Config,
-}
-
-impl From<FileKindWire> for FileKind {
-    fn from(k: FileKindWire) -> Self {
-        match k {
-            FileKindWire::Secret => Self::Secret,
-            FileKindWire::Config => Self::Config,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,7 +108,7 @@ pub fn query(state: &State, q: &Query) -> QueryReply {
         }
         Query::ListVolumes => QueryReply::Volumes(volumes(state)),
         Query::ListFiles(kind) => {
-            let kind = FileKind::from(*kind);
+            let kind = *kind;
             let map = if kind == FileKind::Secret { &state.secrets } else { &state.configs };
             QueryReply::Files(map.iter().map(|(name, f)| file_info(state, kind, name, f)).collect())
         }

@@ -110,10 +110,7 @@ pub async fn report(
 pub async fn report_volumes(servers: &mut Servers, node_id: &str, volumes: &[NodeVolume]) -> bool {
     let request = ReportVolumesRequest {
         node_id: node_id.to_owned(),
-        volumes: volumes
-            .iter()
-            .map(|v| berth_proto::pb::agent::NodeVolume { name: v.name.clone(), created_at_ms: v.created_at_ms })
-            .collect(),
+        volumes: volumes.iter().cloned().map(Into::into).collect(),
     };
     match agent(servers).report_volumes(request).await {
         Ok(_) => {

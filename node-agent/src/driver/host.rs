@@ -48,14 +48,7 @@ impl Containers for Runtime {
 
     async fn volumes(&self) -> Result<Vec<NodeVolume>, RuntimeError> {
         let runtime = self.clone();
-        blocking(move || {
-            let volumes = runtime.volumes();
-            let list = volumes
-                .list()
-                .map_err(|error| RuntimeError::Io { path: volumes.root().display().to_string(), error })?;
-            Ok(list.into_iter().map(|v| NodeVolume { name: v.name, created_at_ms: v.created_at_ms }).collect())
-        })
-        .await
+        blocking(move || runtime.node_volumes()).await
     }
 
     async fn fence(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {

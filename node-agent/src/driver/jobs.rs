@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::model::{AssignedTask, Assignment, FileKind, Task, TaskReport, Userns};
+use berth_proto::model::{AssignedTask, Assignment, Task, TaskReport, Userns};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -271,19 +271,17 @@ async fn launch<C: Containers, I: Images, N: Network>(
 /// The values of the secrets and configs a task names, in order (see
 /// `runtime::files`), from its assignment.
 fn values(task: &AssignedTask) -> Result<Vec<Vec<u8>>, String> {
-    let options = &task.spec.overrides.options;
-    let refs = options
-        .secrets
-        .iter()
-        .map(|r| (FileKind::Secret, r))
-        .chain(options.configs.iter().map(|r| (FileKind::Config, r)));
-    refs.map(|(kind, r)| {
-        task.files
-            .get(kind, &r.source)
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| format!("{} {} was not sent with the task (was it removed?)", kind.as_str(), r.source))
-    })
-    .collect()
+    task.spec
+        .overrides
+        .options
+        .files()
+        .map(|(kind, r)| {
+            task.files
+                .get(kind, &r.source)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| format!("{} {} was not sent with the task (was it removed?)", kind.as_str(), r.source))
+        })
+        .collect()
 }
 
 /// Removes the task's container (gone already is fine) and its namespace.

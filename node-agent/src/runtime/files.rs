@@ -16,7 +16,6 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use berth_proto::model::FileKind;
 use nix::mount::{mount, MsFlags};
 use nix::unistd::{chown, Gid, Uid};
 
@@ -26,17 +25,14 @@ const DIR: &str = "files";
 
 /// Each file's host path and its path in the container, in order.
 pub fn targets(config: &ContainerConfig, run: &Path) -> Vec<(PathBuf, String)> {
-    let options = &config.overrides.options;
-    let refs = options.secrets.iter().map(|r| r.path(FileKind::Secret));
-    let refs = refs.chain(options.configs.iter().map(|r| r.path(FileKind::Config)));
+    let refs = config.overrides.options.files().map(|(kind, r)| r.path(kind));
     refs.enumerate().map(|(i, target)| (run.join(DIR).join(i.to_string()), target)).collect()
 }
 
 /// Writes `values` (one per reference, in order) into a fresh memory
 /// filesystem under the run directory `run`.
 pub fn write(run: &Path, config: &ContainerConfig, values: &[Vec<u8>]) -> io::Result<()> {
-    let options = &config.overrides.options;
-    let refs: Vec<_> = options.secrets.iter().chain(&options.configs).collect();
+    let refs: Vec<_> = config.overrides.options.files().map(|(_, r)| r).collect();
     if refs.len() != values.len() {
         return Err(io::Error::other(format!(
             "{} secrets and configs named, {} values given",

@@ -194,6 +194,15 @@ impl Runtime {
         &self.volumes
     }
 
+    /// The node's named volumes, as it tells the cluster of them.
+    pub fn node_volumes(&self) -> Result<Vec<berth_proto::model::NodeVolume>, RuntimeError> {
+        let list = self.volumes.list().map_err(io_err(self.volumes.root()))?;
+        Ok(list
+            .into_iter()
+            .map(|v| berth_proto::model::NodeVolume { name: v.name, created_at_ms: v.created_at_ms })
+            .collect())
+    }
+
     /// The containers that mount volume `name`, running or not.
     pub fn volume_users(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
         let mounts = |c: &Container| {

@@ -22,9 +22,7 @@ use std::time::Duration;
 
 use berth_proto::model::validate_name;
 use berth_proto::pb::agent::node_server::Node;
-use berth_proto::pb::agent::{
-    NodeVolume, RemoveVolumeReply, RemoveVolumeRequest, TaskLogLine, TaskLogLines, TaskLogsRequest,
-};
+use berth_proto::pb::agent::{RemoveVolumeReply, RemoveVolumeRequest, TaskLogLine, TaskLogLines, TaskLogsRequest};
 use berth_proto::quota::{Held, Quota};
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
@@ -75,20 +73,14 @@ impl Node for NodeApi {
         let runtime = self.runtime.clone();
         let done = tokio::task::spawn_blocking(move || {
             let removed = runtime.remove_volume(&name)?;
-            let volumes = runtime
-                .volumes()
-                .list()
-                .map_err(|e| RuntimeError::Io { path: runtime.volumes().root().display().to_string(), error: e })?;
-            Ok::<_, RuntimeError>((removed, volumes))
+            Ok::<_, RuntimeError>((removed, runtime.node_volumes()?))
         });
         let (removed, volumes) = match done.await.map_err(|e| Status::internal(e.to_string()))? {
             Ok(done) => done,
             Err(e @ RuntimeError::VolumeInUse { .. }) => return Err(Status::failed_precondition(e.to_string())),
             Err(e) => return Err(Status::internal(e.to_string())),
         };
-        let volumes =
-            volumes.into_iter().map(|v| NodeVolume { name: v.name, created_at_ms: v.created_at_ms }).collect();
-        Ok(Response::new(RemoveVolumeReply { removed, volumes }))
+        Ok(Response::new(RemoveVolumeReply { removed, volumes: volumes.into_iter().map(Into::into).collect() }))
     }
 }
 

@@ -4,9 +4,9 @@
 //! with `From`.
 
 use crate::model::{
-    validate_image, validate_name, AssignedTask, Assignment, Files, HealthState, InvalidField, NodeNetwork, Overrides,
-    Peer, PortSpec, Protocol, Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints, TaskReport, TaskSpec,
-    TaskState, Userns,
+    validate_image, validate_name, AssignedTask, Assignment, Files, HealthState, InvalidField, NodeNetwork, NodeVolume,
+    Overrides, Peer, PortSpec, Protocol, Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints, TaskReport,
+    TaskSpec, TaskState, Userns,
 };
 use crate::pb::agent as pb;
 
@@ -234,6 +234,12 @@ impl From<AssignedTask> for pb::AssignedTask {
             secrets: t.files.secrets.into_iter().map(|(name, data)| pb::FileData { name, data }).collect(),
             configs: t.files.configs.into_iter().map(|(name, data)| pb::FileData { name, data }).collect(),
         }
+    }
+}
+
+impl From<NodeVolume> for pb::NodeVolume {
+    fn from(v: NodeVolume) -> Self {
+        Self { name: v.name, created_at_ms: v.created_at_ms }
     }
 }
 

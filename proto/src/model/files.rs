@@ -18,7 +18,8 @@ pub const MAX_FILE_BYTES: usize = 500 * 1024;
 pub const MAX_FILE_REFS: usize = 64;
 
 /// Which of the two a reference names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FileKind {
     Secret,
     Config,
@@ -62,6 +63,20 @@ pub fn file_name_ok(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
+/// What a secret's or config's name must be, as its errors say.
+const NAME_EXPECTED: &str = "a name: a letter or digit, then letters, digits, '_', '.' or '-' (at most 64)";
+
+/// A new secret's or config's name and value's size (fields `name`, `data`).
+pub fn check_file(name: &str, bytes: u64) -> Result<(), InvalidField> {
+    if !file_name_ok(name) {
+        return Err(InvalidField::new("name", name, NAME_EXPECTED));
+    }
+    if bytes > MAX_FILE_BYTES as u64 {
+        return Err(InvalidField::new("data", format!("{bytes} bytes"), format!("at most {MAX_FILE_BYTES} bytes")));
+    }
+    Ok(())
+}
+
 impl FileRef {
     /// A reference with the defaults: the name as its target, root's, 0444.
     pub fn named(source: &str) -> Self {
@@ -81,8 +96,7 @@ impl FileRef {
     pub fn validate(&self, kind: FileKind, i: usize) -> Result<(), InvalidField> {
         let field = |f: &str| format!("{}[{i}].{f}", kind.field());
         if !file_name_ok(&self.source) {
-            let expected = "a name: a letter or digit, then letters, digits, '_', '.' or '-' (at most 64)";
-            return Err(InvalidField::new(field("source"), &self.source, expected));
+            return Err(InvalidField::new(field("source"), &self.source, NAME_EXPECTED));
         }
         let relative_ok =
             !self.target.is_empty() && !self.target.split('/').any(|p| p.is_empty() || p == "." || p == "..");

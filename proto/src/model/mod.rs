@@ -21,7 +21,7 @@ mod task;
 
 pub use assignment::{AssignedTask, Assignment, NodeNetwork, Peer, Replica, ServiceEndpoints, TaskReport};
 pub use constraint::{Constraint, ConstraintKey};
-pub use files::{file_name_ok, FileInfo, FileKind, FileRef, Files, MAX_FILE_BYTES, MAX_FILE_REFS};
+pub use files::{check_file, file_name_ok, FileInfo, FileKind, FileRef, Files, MAX_FILE_BYTES, MAX_FILE_REFS};
 pub use health::{Check, Health, HealthState, Probe};
 pub use invalid::InvalidField;
 pub use mounts::{volume_name_ok, Mount, MountKind, NodeVolume, VolumeInfo, MAX_NODE_VOLUMES, SLOT};

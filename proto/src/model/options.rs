@@ -141,6 +141,21 @@ impl Options {
         *self == Self::default()
     }
 
+    /// Its secrets or its configs.
+    pub fn refs(&self, kind: FileKind) -> &[FileRef] {
+        match kind {
+            FileKind::Secret => &self.secrets,
+            FileKind::Config => &self.configs,
+        }
+    }
+
+    /// Every secret, then every config, each with its kind: the order in
+    /// which an agent hands their values to a container's start.
+    pub fn files(&self) -> impl Iterator<Item = (FileKind, &FileRef)> {
+        let secrets = self.secrets.iter().map(|r| (FileKind::Secret, r));
+        secrets.chain(self.configs.iter().map(|r| (FileKind::Config, r)))
+    }
+
     /// Whether it mounts a single-writer volume (see [`Mount::exclusive`]).
     pub fn exclusive(&self) -> bool {
         self.mounts.iter().any(|m| m.exclusive)

@@ -198,6 +198,16 @@ impl Task {
         self.state == TaskState::Running && matches!(self.health, None | Some(HealthState::Healthy))
     }
 
+    /// Whether its node is done with it: shut down, exited or failed; for a
+    /// task with an exclusive volume, shut down only (an exited or failed
+    /// copy could still be restarted there, and its slot must not run twice).
+    pub fn ended(&self) -> bool {
+        match self.spec.overrides.options.exclusive() {
+            true => self.state == TaskState::Shutdown,
+            false => matches!(self.state, TaskState::Shutdown | TaskState::Exited | TaskState::Failed),
+        }
+    }
+
     /// Whether it counts against its node's capacity: placed, and either
     /// meant to run or not yet stopped.
     pub fn holds_resources(&self) -> bool {
