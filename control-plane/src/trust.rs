@@ -254,7 +254,16 @@ mod tests {
         let other = crate::secrets::seal(&crate::secrets::new_key(), b"pw").unwrap();
         assert!(matches!(apply(&mut state, &create(&other)), Response::Rejected(Rejection::Invalid(_))));
         assert_eq!(apply(&mut state, &create(&sealed)), Response::Done);
-        assert!(matches!(apply(&mut state, &create(&sealed)), Response::Rejected(Rejection::FileExists { .. })));
+        // The same value again (sealed anew: another nonce) is no change; another value is refused.
+        let again =
+            crate::secrets::seal(&state.trust.as_ref().and_then(|t| t.secrets_key.clone()).unwrap(), b"pw").unwrap();
+        assert_ne!(again, sealed);
+        let before = state.clone();
+        assert_eq!(apply(&mut state, &create(&again)), Response::Reconciled { applied: 0 });
+        assert_eq!(state, before);
+        let changed =
+            crate::secrets::seal(&state.trust.as_ref().and_then(|t| t.secrets_key.clone()).unwrap(), b"pw2").unwrap();
+        assert!(matches!(apply(&mut state, &create(&changed)), Response::Rejected(Rejection::FileExists { .. })));
     }
 
     #[test]

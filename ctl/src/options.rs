@@ -95,6 +95,7 @@ impl OptionsFlags {
                 .transpose()
                 .context("--restart-window")?,
             pull: self.pull.clone().unwrap_or_default(),
+            depends_on: vec![],
         };
         Ok(Some(options).filter(|o| *o != pb::Options::default()))
     }
@@ -229,6 +230,7 @@ impl OptionsFile {
             restart_max_attempts: self.restart_max_attempts,
             restart_window_ms: duration_value(self.restart_window).context("restart_window")?,
             pull: self.pull.unwrap_or_default(),
+            depends_on: vec![],
         };
         Ok(Some(options).filter(|o| *o != pb::Options::default()))
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use berth_proto::model::{
     validate_name, AssignedTask, Assignment, Availability, Desired, Files, Node as NodeRecord, NodeNetwork, NodeStatus,
-    NodeVolume, Overlay, Peer, Replica, Resources, ServiceEndpoints,
+    NodeVolume, Overlay, Peer, Replica, Resources, ServiceEndpoints, TaskState,
 };
 use berth_proto::pb::agent::agent_server::Agent;
 use berth_proto::pb::agent::*;
@@ -307,19 +307,23 @@ fn files_of(state: &State, spec: &berth_proto::model::TaskSpec) -> Files {
     Files { secrets: secrets.collect(), configs: configs.collect() }
 }
 
-/// Every service, its ports, and its replicas that serve now
-/// (`Task::serving_address`), wherever they are: the same for every node.
+/// Every service, its ports, its replicas that serve now
+/// (`Task::serving_address`), wherever they are, and whether any task of it
+/// runs: the same for every node.
 pub fn endpoints(state: &State) -> Vec<ServiceEndpoints> {
     let mut services: BTreeMap<&str, ServiceEndpoints> = state
         .services
         .values()
         .map(|s| {
             let ports = s.spec.ports.clone();
-            (s.spec.name.as_str(), ServiceEndpoints { name: s.spec.name.clone(), ports, replicas: vec![] })
+            let name = s.spec.name.clone();
+            (s.spec.name.as_str(), ServiceEndpoints { name, ports, replicas: vec![], started: false })
         })
         .collect();
     for t in state.tasks.values() {
-        if let (Some(address), Some(service)) = (t.serving_address(), services.get_mut(t.service.as_str())) {
+        let Some(service) = services.get_mut(t.service.as_str()) else { continue };
+        service.started |= t.desired == Desired::Running && t.state == TaskState::Running;
+        if let Some(address) = t.serving_address() {
             service.replicas.push(Replica { task: t.id.clone(), slot: t.slot, address: address.into() });
         }
     }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::convert::spec_from_request;
-use berth_proto::model::{self, validate_name, Availability, FileKind, InvalidField, NodeInfo};
+use berth_proto::model::{self, validate_service_name, Availability, FileKind, InvalidField, NodeInfo};
 use berth_proto::pb::cluster::cluster_client::ClusterClient;
 use berth_proto::pb::cluster::cluster_server::Cluster;
 use berth_proto::pb::cluster::*;
@@ -36,7 +36,7 @@ fn invalid(e: InvalidField) -> Status {
 }
 
 fn name_arg(name: &str) -> Result<(), Status> {
-    validate_name(name).map_err(invalid)
+    validate_service_name(name).map_err(invalid)
 }
 
 impl ClusterApi {
@@ -489,6 +489,9 @@ fn needed_level(spec: &model::ServiceSpec) -> (u32, &'static str) {
     if !options.mounts.is_empty() || !options.secrets.is_empty() || !options.configs.is_empty() {
         return (2, "volumes, bind mounts, secrets and configs");
     }
+    if model::stack_of(&spec.name).is_some() || !options.depends_on.is_empty() {
+        return (2, "stacks (STACK_SERVICE names) and depends_on");
+    }
     let placed = model::Placement { rebalance: true, ..(*spec.placement).clone() };
     let first = spec.mode == model::Mode::Global
         || placed != model::Placement::default()
@@ -520,6 +523,11 @@ mod tests {
             ..Default::default()
         };
         let options = berth_proto::pb::cluster::Options { mounts: vec![mount], ..Default::default() };
+        let overrides = berth_proto::pb::cluster::Overrides { options: Some(options), ..Default::default() };
+        assert_eq!(spec(&|w| w.overrides = Some(overrides.clone())), 2);
+        assert_eq!(spec(&|w| w.name = "shop_web".into()), 2, "a stack's service");
+        let dependency = berth_proto::pb::cluster::Dependency { service: "db".into(), condition: String::new() };
+        let options = berth_proto::pb::cluster::Options { depends_on: vec![dependency], ..Default::default() };
         let overrides = berth_proto::pb::cluster::Overrides { options: Some(options), ..Default::default() };
         assert_eq!(spec(&|w| w.overrides = Some(overrides.clone())), 2);
     }

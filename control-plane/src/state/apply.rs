@@ -9,6 +9,30 @@ use berth_proto::model::{
 
 use super::{ipam, trust, Command, Outcome, Rejection, Response, RolloutChange, State, TaskChange};
 
+/// The first of `spec`'s dependencies that is not an existing service, or
+/// that waits, through others, for `spec`'s service: a cycle would hold
+/// every service in it forever.
+fn dependency_problem(state: &State, spec: &ServiceSpec) -> Option<InvalidField> {
+    for (i, d) in spec.overrides.options.depends_on.iter().enumerate() {
+        let field = format!("depends_on[{i}].service");
+        if !state.services.contains_key(&d.service) {
+            return Some(InvalidField::new(field, &d.service, "an existing service (create it first)"));
+        }
+        let (mut seen, mut next) = (std::collections::BTreeSet::new(), vec![d.service.as_str()]);
+        while let Some(name) = next.pop() {
+            if name == spec.name {
+                let expected = format!("a service that does not wait for {} in turn", spec.name);
+                return Some(InvalidField::new(field, &d.service, expected));
+            }
+            if seen.insert(name) {
+                let deps = state.services.get(name).map(|s| &s.spec.overrides.options.depends_on);
+                next.extend(deps.into_iter().flatten().map(|d| d.service.as_str()));
+            }
+        }
+    }
+    None
+}
+
 /// A published port (per protocol) answers on every node, so only one
 /// service may have it, and only one the hosts do not use themselves.
 fn port_taken(state: &State, spec: &ServiceSpec) -> Option<Rejection> {
@@ -66,6 +90,9 @@ pub fn apply(state: &mut State, cmd: &Command) -> Response {
             }
             if let Some(missing) = super::files::missing(state, spec) {
                 return Response::Rejected(Rejection::Invalid(missing));
+            }
+            if let Some(bad) = dependency_problem(state, spec) {
+                return Response::Rejected(Rejection::Invalid(bad));
             }
             let existing = state.services.get_mut(&spec.name);
             match (cmd, existing) {
@@ -738,5 +765,38 @@ mod tests {
         let r = apply(&mut s, &Command::CreateService(spec("Bad_Name", 1)));
         assert!(matches!(r, Response::Rejected(Rejection::Invalid(f)) if f.field == "name"));
         assert!(s.services.is_empty());
+    }
+
+    #[test]
+    fn dependencies_must_exist_and_never_come_back_around() {
+        use berth_proto::model::{Condition, Dependency};
+        let with = |name: &str, deps: &[&str]| {
+            let mut spec = spec(name, 1);
+            spec.overrides.options.depends_on =
+                deps.iter().map(|d| Dependency { service: (*d).into(), condition: Condition::Started }).collect();
+            spec
+        };
+        let invalid = |r: Response| match r {
+            Response::Rejected(Rejection::Invalid(f)) => (f.field, f.expected),
+            other => panic!("{other:?}"),
+        };
+        let mut s = State::default();
+        let (field, expected) = invalid(apply(&mut s, &Command::CreateService(with("shop_web", &["shop_db"]))));
+        assert_eq!(
+            (field.as_str(), expected.as_str()),
+            ("depends_on[0].service", "an existing service (create it first)")
+        );
+        assert!(s.services.is_empty());
+        apply(&mut s, &Command::CreateService(with("shop_db", &[])));
+        apply(&mut s, &Command::CreateService(with("shop_cache", &["shop_db"])));
+        assert_eq!(
+            outcome(apply(&mut s, &Command::CreateService(with("shop_web", &["shop_cache"])))).1,
+            Outcome::Created
+        );
+        // db -> web -> cache -> db would hold all three forever.
+        let (field, expected) = invalid(apply(&mut s, &Command::UpdateService(with("shop_db", &["shop_web"]))));
+        assert_eq!(field, "depends_on[0].service");
+        assert!(expected.contains("does not wait for shop_db"), "{expected}");
+        assert!(s.services["shop_db"].spec.overrides.options.depends_on.is_empty(), "nothing changed");
     }
 }

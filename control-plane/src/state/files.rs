@@ -1,7 +1,7 @@
 //! Secrets and configs in the replicated state: made once (as Swarm's, a
 //! value never changes; a new one under another name, then a service
-//! update, rotates it), named by services, removed only when nothing
-//! names them. A secret's value is sealed with the cluster's secrets key
+//! update, rotates it; made again with the same value, it is left as it
+//! is), named by services, removed only when nothing names them. A secret's value is sealed with the cluster's secrets key
 //! (`Trust::secrets_key`, see `crate::secrets`) before it is written, so it
 //! is in the clear in no entry, snapshot or reply; a config's is plain.
 
@@ -40,9 +40,21 @@ pub fn create(state: &mut State, kind: FileKind, name: &str, file: &StoredFile) 
             return Response::Rejected(Rejection::Invalid(InvalidField::new("data", "(sealed)", expected)));
         }
     }
+    // Made again with the same value (a stack deployed again): nothing to do.
+    let key = state.trust.as_ref().and_then(|t| t.secrets_key.clone());
     let map = files(state, kind);
-    if map.contains_key(name) {
-        return Response::Rejected(Rejection::FileExists { kind: kind.as_str().into(), name: name.into() });
+    if let Some(existing) = map.get(name) {
+        let same = match kind {
+            FileKind::Config => existing.data == file.data,
+            FileKind::Secret => key.is_some_and(|k| {
+                let open = |sealed: &str| crate::secrets::open(&k, sealed);
+                open(&existing.data).is_some_and(|old| Some(old) == open(&file.data))
+            }),
+        };
+        return match same {
+            true => Response::Reconciled { applied: 0 },
+            false => Response::Rejected(Rejection::FileExists { kind: kind.as_str().into(), name: name.into() }),
+        };
     }
     map.insert(name.to_owned(), file.clone());
     Response::Done

@@ -44,9 +44,15 @@ pub fn upstreams(resolv_conf: &str, except: &[IpAddr]) -> Vec<SocketAddr> {
 
 /// A container's `resolv.conf`: the node's DNS, and the cluster domain to
 /// search, so `web` and `2.web` name replicas (ndots 2: a name with one dot
-/// is tried in the cluster first).
-pub fn resolv_conf(nameserver: IpAddr, domain: &str) -> String {
-    format!("nameserver {nameserver}\nsearch {domain}\noptions ndots:2\n")
+/// is tried in the cluster first). A stack's task searches its stack's
+/// names first (`db` is `db.shop.berth.local`, the stack's `shop_db`), as
+/// a Kubernetes pod searches its namespace.
+pub fn resolv_conf(nameserver: IpAddr, domain: &str, stack: Option<&str>) -> String {
+    let search = match stack {
+        Some(stack) => format!("{stack}.{domain} {domain}"),
+        None => domain.to_owned(),
+    };
+    format!("nameserver {nameserver}\nsearch {search}\noptions ndots:2\n")
 }
 
 #[cfg(test)]
@@ -60,6 +66,13 @@ mod tests {
         let own: IpAddr = "198.19.1.1".parse().unwrap();
         let got = upstreams(text, &[own]);
         assert_eq!(got, ["198.18.0.53:53".parse().unwrap(), SocketAddr::new("fe80::1".parse().unwrap(), 53)]);
-        assert_eq!(resolv_conf(own, "berth.local"), "nameserver 198.19.1.1\nsearch berth.local\noptions ndots:2\n");
+        assert_eq!(
+            resolv_conf(own, "berth.local", None),
+            "nameserver 198.19.1.1\nsearch berth.local\noptions ndots:2\n"
+        );
+        assert_eq!(
+            resolv_conf(own, "berth.local", Some("shop")),
+            "nameserver 198.19.1.1\nsearch shop.berth.local berth.local\noptions ndots:2\n"
+        );
     }
 }

@@ -6,6 +6,8 @@
 //! web.                         A    every running replica of web (a bare service name)
 //! web.berth.local.             A    the same (AAAA for replicas with IPv6 addresses)
 //! 2.web.berth.local.           A    replica 2 of web
+//! db.shop.berth.local.         A    the replicas of shop_db, service db of stack shop
+//!                                   (2.db.shop and SRV names likewise)
 //! _http._tcp.web.berth.local. SRV  0 10 80 1.web.berth.local. (one per replica; their
 //!                                   addresses in the additional section)
 //! 5.1.19.198.in-addr.arpa.     PTR  2.web.berth.local. (for a replica's address; ip6.arpa too)
@@ -104,8 +106,18 @@ impl Zone {
         }
         if self.domain.zone_of(&name) {
             let inner = (name.num_labels() - self.domain.num_labels()) as usize;
-            let labels: Vec<String> =
+            let mut labels: Vec<String> =
                 name.iter().take(inner).map(|l| String::from_utf8_lossy(l).into_owned()).collect();
+            // `db.shop` is the stack's service `shop_db`: two labels, one service.
+            let mut service_labels = 1;
+            if let [.., short, stack] = labels.as_slice() {
+                let joined = format!("{stack}_{short}");
+                if self.services.contains_key(&joined) {
+                    labels.truncate(labels.len() - 2);
+                    labels.push(joined);
+                    service_labels = 2;
+                }
+            }
             return match labels.as_slice() {
                 [] if matches!(qtype, RecordType::SOA | RecordType::ANY) => self.found(vec![self.soa()]),
                 [] => Answer::NoData { soa: self.soa() },
@@ -114,7 +126,7 @@ impl Zone {
                     Ok(slot) => self.addresses(&name, service, Some(slot), qtype),
                     Err(_) => Answer::NxDomain { soa: self.soa() },
                 },
-                [port, protocol, service] => self.services(&name, port, protocol, service, qtype),
+                [port, protocol, service] => self.services(&name, [port, protocol, service], service_labels, qtype),
                 _ => Answer::NxDomain { soa: self.soa() },
             };
         }
@@ -130,8 +142,15 @@ impl Zone {
     }
 
     /// SRV records of a named port, one per replica, each naming the
-    /// replica by slot; their addresses go in the additional section.
-    fn services(&self, name: &Name, port: &str, protocol: &str, service: &str, qtype: RecordType) -> Answer {
+    /// replica by slot under the service's name as asked (of
+    /// `service_labels` labels); their addresses go in the additional section.
+    fn services(
+        &self,
+        name: &Name,
+        [port, protocol, service]: [&str; 3],
+        service_labels: usize,
+        qtype: RecordType,
+    ) -> Answer {
         let port = self.services.get(service).and_then(|s| {
             let p = s.ports.iter().find(|p| {
                 Some(p.name.as_str()) == port.strip_prefix('_')
@@ -143,7 +162,7 @@ impl Zone {
         if !matches!(qtype, RecordType::SRV | RecordType::ANY) || s.replicas.is_empty() {
             return Answer::NoData { soa: self.soa() };
         }
-        let base = name.trim_to(self.domain.num_labels() as usize + 1);
+        let base = name.trim_to(self.domain.num_labels() as usize + service_labels);
         let (mut answers, mut additionals) = (Vec::new(), Vec::new());
         for (slot, address) in &s.replicas {
             let Ok(target) = base.prepend_label(slot.to_string()) else { continue };

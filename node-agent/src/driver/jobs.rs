@@ -233,7 +233,7 @@ async fn start<C: Containers, I: Images, N: Network>(
                 Some((path, ids)) => UserNamespace::Joined { path, ids },
                 None => UserNamespace::Host,
             };
-            (joined(attached, address, domain.as_deref()), userns)
+            (joined(attached, address, domain.as_deref(), &task.id), userns)
         }
     };
     let config = container_config(task, &reference, image, (network, userns), &worker.settings);
@@ -301,9 +301,10 @@ async fn detach<C: Containers, I: Images, N: Network>(
 }
 
 /// A task's namespace as its container joins it: the node's DNS as its
-/// resolver when the node runs one.
-fn joined(attached: Attached, address: Ipv4Addr, domain: Option<&str>) -> NetworkMode {
-    let resolv_conf = domain.map(|d| dns::resolv_conf(attached.gateway.into(), d));
+/// resolver when the node runs one (searching its stack's names first).
+fn joined(attached: Attached, address: Ipv4Addr, domain: Option<&str>, task: &str) -> NetworkMode {
+    let stack = task.split('.').next().and_then(berth_proto::model::stack_of).map(|(stack, _)| stack);
+    let resolv_conf = domain.map(|d| dns::resolv_conf(attached.gateway.into(), d, stack));
     NetworkMode::Joined { netns: attached.netns, address, resolv_conf }
 }
 

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use berth_proto::model::validate_name;
+use berth_proto::model::validate_service_name;
 use berth_proto::pb::agent::node_server::Node;
 use berth_proto::pb::agent::{RemoveVolumeReply, RemoveVolumeRequest, TaskLogLine, TaskLogLines, TaskLogsRequest};
 use berth_proto::quota::{Held, Quota};
@@ -61,7 +61,7 @@ impl Node for NodeApi {
         let caller = server(&req, "read a node's logs")?;
         let permit = self.streams.take(&caller)?;
         let req = req.into_inner();
-        validate_name(&req.service).map_err(|e| Status::invalid_argument(format!("service {e}")))?;
+        validate_service_name(&req.service).map_err(|e| Status::invalid_argument(format!("service {e}")))?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(stream(self.runtime.clone(), req, tx));
         Ok(Response::new(Held::new(ReceiverStream::new(rx), permit)))

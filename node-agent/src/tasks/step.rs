@@ -9,6 +9,7 @@
 //! ```text
 //! assignment.tasks ─▶ Want ─┐
 //! observed         ─▶ Have ─┴▶ plan ─▶ due, not busy, not backing off ─▶ jobs
+//! (a start of a task whose dependencies are not up waits: depends::waiting)
 //! fenced, running ─────────────────────────────────────────────────────▶ Fence jobs
 //! namespaces of no task, no container ─────────────────────────────────▶ Detach jobs
 //! running with a check + books ─▶ health::Tracker, due ─────────────────▶ probes
@@ -131,6 +132,7 @@ pub fn step(
             },
         })
         .collect();
+    let waiting = super::depends::waiting(assignment);
     let mut jobs = Vec::new();
     for action in plan(&wants, &have, now) {
         let (Action::Start { task }
@@ -140,6 +142,10 @@ pub fn step(
         | Action::Remove { task }) = &action;
         // A task whose last job failed waits out its backoff, whatever comes next.
         if books.busy.contains(task) || books.failed.get(task).is_some_and(|f| now < f.retry_at) {
+            continue;
+        }
+        // Whatever starts it, first or again, waits for its dependencies.
+        if waiting.contains_key(task) && !matches!(action, Action::Stop { .. } | Action::Remove { .. }) {
             continue;
         }
         let replace = matches!(action, Action::Replace { .. });
@@ -199,7 +205,7 @@ pub fn step(
     // lists every container, per probe: 100 checked tasks cost 4x the CPU.
     let starting = books.health.values().filter(|h| !h.probing && h.state == HealthState::Starting);
     let wake_at = starting.map(|h| h.next_at).min();
-    Step { jobs, reports: reports(assignment, &observed, books), probes, wake_at }
+    Step { jobs, reports: reports(assignment, &observed, books, &waiting), probes, wake_at }
 }
 
 /// Keeps a tracker for each wanted task running with a health check (a
@@ -254,7 +260,12 @@ fn track_health<'a>(
 }
 
 /// What to tell the cluster about this node's tasks.
-fn reports(assignment: &Assignment, observed: &[&Observed], books: &Books) -> Vec<TaskReport> {
+fn reports(
+    assignment: &Assignment,
+    observed: &[&Observed],
+    books: &Books,
+    waiting: &BTreeMap<String, String>,
+) -> Vec<TaskReport> {
     let (tasks, status) = (&assignment.tasks, observed.iter().map(|o| (o.task.as_str(), &o.status)));
     let status: BTreeMap<&str, &Status> = status.collect();
     let mut out = Vec::new();
@@ -277,13 +288,14 @@ fn reports(assignment: &Assignment, observed: &[&Observed], books: &Books) -> Ve
             Some(Status::Exited(e)) => match &e.error {
                 Some(error) => report(TaskState::Failed, None, error),
                 None if e.oom_killed => report(TaskState::Exited, Some(e.code), "killed: out of memory"),
-                None => report(TaskState::Exited, Some(e.code), ""),
+                None => report(TaskState::Exited, Some(e.code), waiting.get(task).map_or("", String::as_str)),
             },
             Some(Status::Lost) => report(TaskState::Failed, None, "its shim died"),
             Some(Status::Created) => continue,
-            None => match books.failed.get(task) {
-                Some(f) => report(TaskState::Failed, None, &f.why),
-                None => continue,
+            None => match (books.failed.get(task), waiting.get(task)) {
+                (Some(f), _) => report(TaskState::Failed, None, &f.why),
+                (None, Some(why)) => report(TaskState::Assigned, None, why),
+                (None, None) => continue,
             },
         });
     }

@@ -4,9 +4,9 @@
 //! with `From`.
 
 use crate::model::{
-    validate_image, validate_name, AssignedTask, Assignment, Files, HealthState, InvalidField, NodeNetwork, NodeVolume,
-    Overrides, Peer, PortSpec, Protocol, Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints, TaskReport,
-    TaskSpec, TaskState, Userns,
+    validate_image, validate_service_name, AssignedTask, Assignment, Files, HealthState, InvalidField, NodeNetwork,
+    NodeVolume, Overrides, Peer, PortSpec, Protocol, Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints,
+    TaskReport, TaskSpec, TaskState, Userns,
 };
 use crate::pb::agent as pb;
 
@@ -114,7 +114,7 @@ fn check_task_id(id: &str) -> Result<(), InvalidField> {
     let mut parts = id.rsplitn(3, '.');
     let (generation, slot, service) = (parts.next(), parts.next(), parts.next());
     let number = |s: Option<&str>| s.is_some_and(|s| s.parse::<u32>().is_ok() && !s.starts_with('+'));
-    let ok = number(generation) && number(slot) && service.is_some_and(|s| validate_name(s).is_ok());
+    let ok = number(generation) && number(slot) && service.is_some_and(|s| validate_service_name(s).is_ok());
     if ok {
         Ok(())
     } else {
@@ -153,14 +153,14 @@ impl TryFrom<pb::ServiceEndpoints> for ServiceEndpoints {
     type Error = InvalidField;
 
     fn try_from(s: pb::ServiceEndpoints) -> Result<Self, Self::Error> {
-        validate_name(&s.name)?;
+        validate_service_name(&s.name)?;
         let ports = s
             .ports
             .iter()
             .enumerate()
             .map(|(i, p)| port(p).map_err(|e| within("ports", i, e)))
             .collect::<Result<_, _>>()?;
-        let replicas = s
+        let replicas: Vec<Replica> = s
             .endpoints
             .into_iter()
             .enumerate()
@@ -169,7 +169,9 @@ impl TryFrom<pb::ServiceEndpoints> for ServiceEndpoints {
                 Ok(Replica { task: e.task, slot: e.slot, address: address.map_err(|err| within("endpoints", i, err))? })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { name: s.name, ports, replicas })
+        // A serving replica runs, whatever a server that does not tell says.
+        let started = s.started || !replicas.is_empty();
+        Ok(Self { name: s.name, ports, replicas, started })
     }
 }
 
@@ -257,6 +259,7 @@ impl From<ServiceEndpoints> for pb::ServiceEndpoints {
                     name: p.name.unwrap_or_default(),
                 })
                 .collect(),
+            started: s.started,
             endpoints: s
                 .replicas
                 .into_iter()
@@ -272,7 +275,7 @@ impl TryFrom<pb::TaskReport> for TaskReport {
     fn try_from(r: pb::TaskReport) -> Result<Self, Self::Error> {
         let state = TaskState::parse(&r.state)
             .filter(|s| s.reported())
-            .ok_or_else(|| InvalidField::new("state", &r.state, "running, exited, failed or shutdown"))?;
+            .ok_or_else(|| InvalidField::new("state", &r.state, "assigned, running, exited, failed or shutdown"))?;
         Ok(Self {
             id: r.id,
             state,
@@ -370,6 +373,7 @@ mod tests {
                     name: "dns".into(),
                 }],
                 endpoints: vec![pb::Endpoint { task: "web.1.2".into(), slot: 1, address: "198.19.1.2".into() }],
+                started: true,
             }],
             volumes_known: true,
             volumes: vec!["data".into()],
@@ -494,7 +498,7 @@ mod tests {
         assert_eq!(TaskReport::try_from(pb::TaskReport::from(report.clone())).unwrap(), report);
         let healthy = TaskReport { state: TaskState::Running, health: Some(HealthState::Unhealthy), ..report.clone() };
         assert_eq!(TaskReport::try_from(pb::TaskReport::from(healthy.clone())).unwrap(), healthy);
-        for bad in ["pending", "assigned", "", "RUNNING"] {
+        for bad in ["pending", "", "RUNNING"] {
             let p = pb::TaskReport { state: bad.into(), ..Default::default() };
             assert_eq!(TaskReport::try_from(p).unwrap_err().field, "state", "{bad:?}");
         }

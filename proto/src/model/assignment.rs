@@ -80,6 +80,8 @@ pub struct ServiceEndpoints {
     pub ports: Vec<PortSpec>,
     /// Its replicas that serve now (`Task::serving_address`), by slot.
     pub replicas: Vec<Replica>,
+    /// Whether any of its tasks runs now, serving or not.
+    pub started: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,8 +106,9 @@ pub struct TaskReport {
 }
 
 impl TaskState {
-    /// Whether an agent may report it (the others are the cluster's own).
+    /// Whether an agent may report it (the others are the cluster's own):
+    /// assigned is a task that waits for its dependencies to start.
     pub fn reported(self) -> bool {
-        matches!(self, Self::Running | Self::Exited | Self::Failed | Self::Shutdown)
+        matches!(self, Self::Assigned | Self::Running | Self::Exited | Self::Failed | Self::Shutdown)
     }
 }

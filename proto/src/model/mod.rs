@@ -3,6 +3,7 @@
 
 mod assignment;
 mod constraint;
+mod depends;
 mod files;
 mod health;
 mod invalid;
@@ -21,6 +22,7 @@ mod task;
 
 pub use assignment::{AssignedTask, Assignment, NodeNetwork, Peer, Replica, ServiceEndpoints, TaskReport};
 pub use constraint::{Constraint, ConstraintKey};
+pub use depends::{Condition, Dependency, MAX_DEPENDENCIES};
 pub use files::{check_file, file_name_ok, FileInfo, FileKind, FileRef, Files, MAX_FILE_BYTES, MAX_FILE_REFS};
 pub use health::{Check, Health, HealthState, Probe};
 pub use invalid::InvalidField;
@@ -34,5 +36,8 @@ pub use quantity::{format_memory, parse_cpus, parse_memory};
 pub use reference::validate_image;
 pub use rollout::{FailureAction, Order, Rollout, RolloutState, UpdateConfig};
 pub use security::{Seccomp, Userns};
-pub use service::{validate_name, PortSpec, Protocol, Resources, RestartPolicy, Service, ServiceSpec, MAX_REPLICAS};
+pub use service::{
+    stack_of, validate_name, validate_service_name, PortSpec, Protocol, Resources, RestartPolicy, Service, ServiceSpec,
+    MAX_REPLICAS,
+};
 pub use task::{Desired, Endpoint, Task, TaskInfo, TaskSpec, TaskState};

@@ -1,7 +1,8 @@
 //! More of what a service sets for its containers, as `docker service
 //! create` does: labels, extra `/etc/hosts` entries, DNS settings, resource
 //! limits (ulimits), tmpfs mounts, volumes and bind mounts, and how many times a task may restart
-//! (`--restart-max-attempts` within `--restart-window`). Part of the
+//! (`--restart-max-attempts` within `--restart-window`), and the services
+//! its tasks wait for (`depends_on`). Part of the
 //! spec's [`super::Overrides`]; all empty by default.
 
 use std::collections::BTreeMap;
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::files::{FileKind, MAX_FILE_REFS};
 use super::mounts::{clean_path, reserved};
-use super::{FileRef, InvalidField, Mount};
+use super::{Dependency, FileRef, InvalidField, Mount};
 use crate::pb::cluster as pb;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +57,9 @@ pub struct Options {
     /// When its node asks the registry for the image.
     #[serde(default, skip_serializing_if = "Pull::is_missing")]
     pub pull: Pull,
+    /// Services that must be up before each start of its tasks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Dependency>,
 }
 
 /// When a node asks the registry for a task's image (Kubernetes'
@@ -299,6 +303,12 @@ impl Options {
             restart_max_attempts: w.restart_max_attempts.filter(|n| *n > 0),
             restart_window_ms: w.restart_window_ms.filter(|ms| *ms > 0),
             pull: Pull::parse(&w.pull).ok_or_else(|| InvalidField::new("pull", &w.pull, "always, missing or never"))?,
+            depends_on: w
+                .depends_on
+                .into_iter()
+                .enumerate()
+                .map(|(i, d)| Dependency::from_pb(i, d))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -321,6 +331,7 @@ impl Options {
             restart_max_attempts: self.restart_max_attempts,
             restart_window_ms: self.restart_window_ms,
             pull: if self.pull.is_missing() { String::new() } else { self.pull.to_string() },
+            depends_on: self.depends_on.iter().map(Dependency::to_pb).collect(),
         }
     }
 }
@@ -367,6 +378,7 @@ mod tests {
             restart_max_attempts: Some(3),
             restart_window_ms: Some(60_000),
             pull: Pull::Always,
+            depends_on: vec![Dependency { service: "shop_db".into(), condition: super::super::Condition::Healthy }],
         }
     }
 

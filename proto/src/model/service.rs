@@ -184,14 +184,9 @@ impl fmt::Display for RestartPolicy {
     }
 }
 
-/// A service name is a DNS label (RFC 1123): it becomes a DNS name later.
+/// A node's or user's name is a DNS label (RFC 1123): it becomes a DNS name later.
 pub fn validate_name(name: &str) -> Result<(), InvalidField> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if dns_label(name) {
         Ok(())
     } else {
         Err(InvalidField::new(
@@ -200,6 +195,40 @@ pub fn validate_name(name: &str) -> Result<(), InvalidField> {
             "a DNS label: 1 to 63 lowercase letters, digits or '-', not starting or ending with '-'",
         ))
     }
+}
+
+fn dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// A service's name: a DNS label, or `STACK_NAME` for a service of a stack
+/// (`berthctl stack deploy`), as Swarm names them, each part a DNS label
+/// and the whole at most 63 characters (it is one label in DNS).
+pub fn validate_service_name(name: &str) -> Result<(), InvalidField> {
+    let ok = match name.split_once('_') {
+        Some((stack, short)) => name.len() <= 63 && dns_label(stack) && dns_label(short),
+        None => dns_label(name),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidField::new(
+            "name",
+            name,
+            "a DNS label (1 to 63 lowercase letters, digits or '-', not starting or ending with '-'), or two \
+             joined by '_' as STACK_SERVICE",
+        ))
+    }
+}
+
+/// The stack a service's name puts it in, and its name there: `shop_db`
+/// is `db` of stack `shop`.
+pub fn stack_of(name: &str) -> Option<(&str, &str)> {
+    name.split_once('_')
 }
 
 impl ServiceSpec {
@@ -215,7 +244,8 @@ impl ServiceSpec {
 
     /// Checks every field; the first one that is wrong is named.
     pub fn validate(&self) -> Result<(), InvalidField> {
-        validate_name(&self.name)?;
+        validate_service_name(&self.name)?;
+        super::depends::validate(&self.name, &self.overrides.options.depends_on)?;
         validate_image(&self.image).map_err(|why| {
             InvalidField::new(
                 "image",

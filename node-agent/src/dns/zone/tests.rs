@@ -156,3 +156,26 @@ fn the_domain_must_be_a_name() {
     assert!(Zone::new("", 5).is_err());
     assert!(Zone::new("bad name!", 5).is_err());
 }
+
+#[test]
+fn a_stacks_service_answers_by_its_full_name_and_by_its_name_under_the_stack() {
+    let mut z = Zone::new("berth.local", 5).unwrap();
+    let pg = NamedPort { name: "pg".into(), protocol: Protocol::Tcp, port: 5432 };
+    let db = Service { name: "shop_db".into(), replicas: vec![(1, ip("198.19.1.7"))], ports: vec![pg] };
+    let web = Service { name: "web".into(), replicas: vec![(1, ip("198.19.1.2"))], ports: vec![] };
+    z.update(None, vec![db, web]);
+    for asked in ["shop_db.berth.local.", "shop_db.", "db.shop.berth.local.", "1.db.shop.berth.local."] {
+        assert_eq!(addresses(z.answer(&name(asked), RecordType::A)), [ip("198.19.1.7")], "{asked}");
+    }
+    // What a stack's container searches first misses other services, so
+    // the cluster-wide name answers next.
+    assert!(matches!(z.answer(&name("web.shop.berth.local."), RecordType::A), Answer::NxDomain { .. }));
+    assert!(matches!(z.answer(&name("db.other.berth.local."), RecordType::A), Answer::NxDomain { .. }));
+    let Answer::Found { answers, additionals } = z.answer(&name("_pg._tcp.db.shop.berth.local."), RecordType::SRV)
+    else {
+        panic!("no SRV")
+    };
+    let RData::SRV(srv) = &answers[0].data else { panic!("{answers:?}") };
+    assert_eq!((srv.port, srv.target.clone()), (5432, name("1.db.shop.berth.local.")));
+    assert_eq!(additionals[0].name, name("1.db.shop.berth.local."));
+}

@@ -30,6 +30,7 @@ fn assignment() -> Assignment {
             name: "web".into(),
             ports: vec![port(Some(8080), 80, Protocol::Tcp, Some("http"))],
             replicas: vec![replica(1, "198.19.1.2"), replica(2, "198.19.2.2")],
+            started: true,
         }],
         ..Assignment::default()
     }
@@ -116,11 +117,13 @@ fn the_mesh_gets_published_ports_only_in_a_stable_order() {
                 port(Some(8080), 80, Protocol::Udp, None),
             ],
             replicas: vec![replica(1, "198.19.1.2"), replica(2, "fd00::2"), replica(3, "198.19.2.2")],
+            started: true,
         },
         ServiceEndpoints {
             name: "db".into(),
             ports: vec![port(Some(5432), 5432, Protocol::Tcp, None)],
             replicas: vec![],
+            started: false,
         },
     ];
     let got = published(&services);

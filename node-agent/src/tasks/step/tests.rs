@@ -324,3 +324,43 @@ fn a_task_that_leaves_without_a_container_is_told_shut_down_once() {
     books.reported(&gone.reports, &Default::default());
     assert!(step(&Assignment::default(), &[], &[], &mut books, 20).reports.is_empty());
 }
+
+#[test]
+fn a_task_waits_for_its_dependencies_at_every_start_and_a_running_one_is_left_alone() {
+    use berth_proto::model::{Condition, Dependency, Replica, ServiceEndpoints};
+    let mut web = task("shop_web.1.1", RestartPolicy::Always);
+    web.spec.overrides.options.depends_on =
+        vec![Dependency { service: "shop_db".into(), condition: Condition::Healthy }];
+    let mut a = wanted(&[web]);
+    let db = |serving: bool| ServiceEndpoints {
+        name: "shop_db".into(),
+        ports: vec![],
+        replicas: match serving {
+            true => vec![Replica { task: "shop_db.1.1".into(), slot: 1, address: "198.19.1.3".parse().unwrap() }],
+            false => vec![],
+        },
+        started: true,
+    };
+    a.services = vec![db(false)];
+    let mut books = Books::default();
+    let first = step(&a, &[], &[], &mut books, 0);
+    assert!(first.jobs.is_empty(), "db runs but is not healthy yet");
+    assert_eq!(first.reports[0].state, TaskState::Assigned);
+    assert_eq!(first.reports[0].message, "waiting for shop_db to be healthy");
+    a.services = vec![db(true)];
+    let go = step(&a, &[], &[], &mut books, 10);
+    assert_eq!(go.jobs, [Job::Start(a.tasks["shop_web.1.1"].clone())]);
+    books.job_ended(&a_job("shop_web.1.1"), Ok(()), a.tasks.get("shop_web.1.1"), 20);
+    a.services = vec![db(false)];
+    let running = step(&a, &[running("shop_web.1.1")], &[], &mut books, 30);
+    assert!(running.jobs.is_empty(), "a running task is not stopped for its dependency");
+    assert_eq!(states(&running), [("shop_web.1.1".into(), TaskState::Running)]);
+    // It crashes while db is down: no restart until db serves again.
+    let crashed = step(&a, &[exited("shop_web.1.1", 1)], &[], &mut books, 40);
+    let later = step(&a, &[exited("shop_web.1.1", 1)], &[], &mut books, 600_000);
+    assert!(crashed.jobs.is_empty() && later.jobs.is_empty(), "{:?}", later.jobs);
+    assert_eq!(later.reports[0].message, "waiting for shop_db to be healthy");
+    a.services = vec![db(true)];
+    let back = step(&a, &[exited("shop_web.1.1", 1)], &[], &mut books, 600_010);
+    assert_eq!(ids(&back), ["Restart shop_web.1.1"]);
+}
