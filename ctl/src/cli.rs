@@ -50,6 +50,9 @@ pub enum Command {
         #[arg(long, short)]
         detach: bool,
     },
+    /// Stacks: an application's services from Compose files
+    #[command(subcommand)]
+    Stack(StackCmd),
     /// The Raft cluster of servers
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -104,6 +107,41 @@ pub enum FileCmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StackCmd {
+    /// Create or update a stack's services from Compose files: each service
+    /// is NAME_SERVICE, changed ones roll out, unchanged ones are left alone
+    Deploy {
+        /// A Compose file (repeatable: later files merge over earlier ones, as
+        /// Compose merges them; - reads stdin)
+        #[arg(short = 'c', long = "compose-file", required = true)]
+        files: Vec<String>,
+        name: String,
+        /// Remove the stack's services that the files no longer have
+        #[arg(long)]
+        prune: bool,
+        /// Refuse keys berth does not support instead of ignoring them
+        #[arg(long)]
+        strict: bool,
+        /// Leave the images' tags as they are (see `apply --no-resolve-image`)
+        #[arg(long)]
+        no_resolve_image: bool,
+        /// Return once the specs are accepted, without waiting for each service to converge
+        #[arg(long, short)]
+        detach: bool,
+    },
+    /// List stacks and how many services each has
+    #[command(alias = "list")]
+    Ls,
+    /// List a stack's services
+    Services { name: String },
+    /// List the tasks of a stack's services
+    Ps { name: String },
+    /// Remove a stack's services, secrets and configs (its volumes keep their data)
+    #[command(alias = "remove")]
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -36,16 +36,22 @@ fn value(file: &str) -> Result<Vec<u8>> {
 }
 
 pub async fn create(client: &Client, kind: FileKind, name: &str, file: &str) -> Result<String> {
-    let req = pb::CreateFileRequest { name: name.to_owned(), data: value(file)? };
+    let bytes = store(client, kind, name, value(file)?).await?;
+    Ok(format!("{} {name} created ({bytes} bytes)\n", kind.as_str()))
+}
+
+/// Stores `data` as the secret or config `name` (the same value again is
+/// no change); its size as stored.
+pub async fn store(client: &Client, kind: FileKind, name: &str, data: Vec<u8>) -> Result<u64> {
+    let req = pb::CreateFileRequest { name: name.to_owned(), data };
     let reply = match kind {
         FileKind::Secret => client.call("create secret", async |mut c| c.create_secret(req.clone()).await).await?,
         FileKind::Config => client.call("create config", async |mut c| c.create_config(req.clone()).await).await?,
     };
-    let bytes = reply.file.map_or(0, |f| f.bytes);
-    Ok(format!("{} {name} created ({bytes} bytes)\n", kind.as_str()))
+    Ok(reply.file.map_or(0, |f| f.bytes))
 }
 
-async fn list(client: &Client, kind: FileKind) -> Result<Vec<pb::FileInfo>> {
+pub async fn list(client: &Client, kind: FileKind) -> Result<Vec<pb::FileInfo>> {
     let req = pb::ListFilesRequest {};
     let reply = match kind {
         FileKind::Secret => client.call("list secrets", async |mut c| c.list_secrets(req).await).await?,

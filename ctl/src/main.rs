@@ -4,6 +4,7 @@ mod access;
 mod ca;
 mod cli;
 mod client;
+mod compose;
 mod config;
 mod files;
 mod health;
@@ -14,6 +15,7 @@ mod output;
 mod placement;
 mod rollout;
 mod spec;
+mod stack;
 mod streams;
 mod volumes;
 
@@ -25,7 +27,7 @@ use berth_proto::model::{Endpoint, FileKind, NodeInfo, Service, TaskInfo};
 use berth_proto::pb::cluster as pb;
 use clap::Parser;
 
-use cli::{CaCmd, Cli, ClusterCmd, Command, FileCmd, NodeCmd, ServiceCmd, UserCmd, VolumeCmd};
+use cli::{CaCmd, Cli, ClusterCmd, Command, FileCmd, NodeCmd, ServiceCmd, StackCmd, UserCmd, VolumeCmd};
 
 use client::Client;
 use output::Format;
@@ -387,6 +389,13 @@ async fn run(cli: Cli) -> Result<String> {
             client.call("set node availability", async |mut c| c.set_node_availability(req.clone()).await).await?;
             Ok(format!("node {name} is now {availability}\n"))
         }
+        Command::Stack(StackCmd::Deploy { files, name, prune, strict, no_resolve_image, detach }) => {
+            stack::deploy(&client, stack::Deploy { files, name, prune, strict, no_resolve_image, detach }).await
+        }
+        Command::Stack(StackCmd::Ls) => stack::ls(&client, fmt).await,
+        Command::Stack(StackCmd::Services { name }) => stack::list(&client, &name, fmt).await,
+        Command::Stack(StackCmd::Ps { name }) => stack::ps(&client, &name, fmt).await,
+        Command::Stack(StackCmd::Rm { name }) => stack::rm(&client, &name).await,
         Command::Secret(cmd) => file_cmd(&client, FileKind::Secret, cmd, fmt).await,
         Command::Config(cmd) => file_cmd(&client, FileKind::Config, cmd, fmt).await,
         Command::Volume(VolumeCmd::Ls { node }) => volumes::ls(&client, node, fmt).await,
