@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # Agent tests: a real registry, and static busybox as the payload of test images.
 ensure_packages kill:procps gcc:gcc docker-registry:docker-registry busybox:busybox-static openssl:openssl \
   ip:iproute2 iptables:iptables nsenter:util-linux tcpdump:tcpdump wg:wireguard-tools \
-  conntrack:conntrack dig:bind9-dnsutils dnsmasq:dnsmasq-base tini-static:tini
+  conntrack:conntrack dig:bind9-dnsutils dnsmasq:dnsmasq-base tini-static:tini \
+  redis-server:redis-server
 ensure_rust
 
 cargo fmt --all -- --check

@@ -93,6 +93,34 @@ impl Tar {
         self
     }
 
+    /// Programs of this host (such as Debian's `redis-server`) and the
+    /// shared libraries `ldd` says they load, each at its own path: a real
+    /// application for an image, no test code of ours.
+    pub fn host_programs(mut self, paths: &[&str]) -> Result<Self> {
+        let mut files = std::collections::BTreeSet::new();
+        for path in paths {
+            let out = std::process::Command::new("ldd").arg(path).output().with_context(|| format!("ldd {path}"))?;
+            anyhow::ensure!(out.status.success(), "ldd {path}: {}", String::from_utf8_lossy(&out.stderr));
+            files.insert((*path).to_owned());
+            let text = String::from_utf8_lossy(&out.stdout);
+            files.extend(
+                text.lines().filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')).map(str::to_owned)),
+            );
+        }
+        let mut dirs = std::collections::BTreeSet::new();
+        for file in files {
+            let data = std::fs::read(&file).with_context(|| format!("reading {file}"))?;
+            let inside = file.trim_start_matches('/');
+            for (i, _) in inside.match_indices('/') {
+                if dirs.insert(inside[..=i].to_owned()) {
+                    self = self.dir(&inside[..=i]);
+                }
+            }
+            self = self.file(inside, 0o755, &data);
+        }
+        Ok(self)
+    }
+
     pub fn finish(self) -> Result<Vec<u8>> {
         Ok(self.0.into_inner()?)
     }
