@@ -132,6 +132,18 @@ async fn save_a_server_data_dir() -> Result<()> {
         "--config",
         "src=app.conf,target=/etc/app.conf",
     ])?;
+    // A stack: STACK_SERVICE names, and a service that waits for another.
+    let project = tempfile::tempdir()?;
+    let compose = project.path().join("compose.yaml");
+    std::fs::write(
+        &compose,
+        format!(
+            "services:\n  db: {{image: \"{image}\", healthcheck: {{test: [CMD, true]}}}}\n  \
+             web: {{image: \"{image}\", depends_on: {{db: {{condition: service_healthy}}}}}}\n"
+        ),
+    )?;
+    let compose = compose.display().to_string();
+    run(&["stack", "deploy", "--detach", "--no-resolve-image", "-c", &compose, "app"])?;
     run(&["service", "create", "--detach", "gone", "--image", image, "--constraint", "node.labels.zone == a"])?;
     run(&["service", "rm", "gone"])?;
     run(&["service", "scale", "--detach", "web=3"])?;
