@@ -48,6 +48,8 @@ pub async fn deploy(client: &Client, d: Deploy) -> Result<String> {
         Some(Some(p)) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    // Absolute: a relative bind's source is a path on the nodes.
+    let dir = std::path::absolute(&dir).with_context(|| format!("the project's directory {}", dir.display()))?;
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let mut report = Report::default();
     let stack = compose::load(&sources, &d.name, &dir, &env, &mut report)?;
@@ -69,7 +71,7 @@ pub async fn deploy(client: &Client, d: Deploy) -> Result<String> {
             match crate::files::store(client, kind, &f.name, f.data.clone()).await {
                 Ok(_) if had.contains(&f.name) => {}
                 Ok(_) => writeln!(out, "{what} {} created", f.name)?,
-                Err(e) if had.contains(&f.name) => bail!(
+                Err(e) if had.contains(&f.name) && e.to_string().contains("already exists") => bail!(
                     "{what} {} exists with another value, and a {what} never changes: give it a new name in the \
                      file (name: {}_v2) and deploy again; the services roll to it ({e:#})",
                     f.name,
@@ -166,26 +168,34 @@ pub async fn ps(client: &Client, stack: &str, fmt: Format) -> Result<String> {
     Ok(crate::output::tasks(&tasks, fmt, std::time::SystemTime::now()))
 }
 
-/// Removes the stack's services, then its secrets and configs (those named
-/// `STACK_...`), as `docker stack rm` does; volumes stay, with their data.
+/// Removes the stack's services, then the secrets and configs they used
+/// that the stack named (`STACK_...`: one made by hand under another name,
+/// or an external one, stays), as `docker stack rm` does; volumes stay,
+/// with their data. A removal that fails is told, and the rest go on.
 pub async fn rm(client: &Client, stack: &str) -> Result<String> {
     let list = services(client, stack).await?;
-    let mut out = String::new();
-    for s in &list {
-        let req = pb::DeleteServiceRequest { name: s.spec.name.clone() };
-        client.call("remove service", async |mut c| c.delete_service(req.clone()).await).await?;
-        writeln!(out, "service {} removed", s.spec.name)?;
+    if list.is_empty() {
+        bail!("nothing found in stack {stack}");
     }
-    for kind in [FileKind::Secret, FileKind::Config] {
-        for f in crate::files::list(client, kind).await? {
-            if stack_of(&f.name).is_none_or(|(of, _)| of != stack) {
-                continue;
-            }
-            out.push_str(&crate::files::rm(client, kind, std::slice::from_ref(&f.name)).await?);
+    let (mut out, mut failed) = (String::new(), Vec::new());
+    let mut used: BTreeSet<(FileKind, String)> = BTreeSet::new();
+    for s in &list {
+        used.extend(s.spec.overrides.options.files().map(|(kind, r)| (kind, r.source.clone())));
+        let req = pb::DeleteServiceRequest { name: s.spec.name.clone() };
+        match client.call("remove service", async |mut c| c.delete_service(req.clone()).await).await {
+            Ok(_) => writeln!(out, "service {} removed", s.spec.name)?,
+            Err(e) => failed.push(format!("service {}: {e:#}", s.spec.name)),
         }
     }
-    if out.is_empty() {
-        bail!("nothing found in stack {stack}");
+    for (kind, name) in used.iter().filter(|(_, n)| stack_of(n).is_some_and(|(of, _)| of == stack)) {
+        match crate::files::rm(client, *kind, std::slice::from_ref(name)).await {
+            Ok(said) => out.push_str(&said),
+            Err(e) => failed.push(format!("{} {name}: {e:#}", kind.as_str())),
+        }
+    }
+    if !failed.is_empty() {
+        print!("{out}");
+        bail!("stack {stack} is not all removed:\n  {}", failed.join("\n  "));
     }
     Ok(out)
 }

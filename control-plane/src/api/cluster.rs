@@ -486,11 +486,12 @@ impl ClusterApi {
 /// server of an older release would drop from its state), and what needs it.
 fn needed_level(spec: &model::ServiceSpec) -> (u32, &'static str) {
     let options = &spec.overrides.options;
+    // The highest level any field needs.
+    if model::stack_of(&spec.name).is_some() || !options.depends_on.is_empty() {
+        return (3, "stacks (STACK_SERVICE names) and depends_on");
+    }
     if !options.mounts.is_empty() || !options.secrets.is_empty() || !options.configs.is_empty() {
         return (2, "volumes, bind mounts, secrets and configs");
-    }
-    if model::stack_of(&spec.name).is_some() || !options.depends_on.is_empty() {
-        return (2, "stacks (STACK_SERVICE names) and depends_on");
     }
     let placed = model::Placement { rebalance: true, ..(*spec.placement).clone() };
     let first = spec.mode == model::Mode::Global
@@ -525,10 +526,12 @@ mod tests {
         let options = berth_proto::pb::cluster::Options { mounts: vec![mount], ..Default::default() };
         let overrides = berth_proto::pb::cluster::Overrides { options: Some(options), ..Default::default() };
         assert_eq!(spec(&|w| w.overrides = Some(overrides.clone())), 2);
-        assert_eq!(spec(&|w| w.name = "shop_web".into()), 2, "a stack's service");
+        assert_eq!(spec(&|w| w.name = "shop_web".into()), 3, "a stack's service");
+        let with_mount = Some(overrides.clone());
+        assert_eq!(spec(&|w| (w.name, w.overrides) = ("shop_db".into(), with_mount.clone())), 3, "the highest level");
         let dependency = berth_proto::pb::cluster::Dependency { service: "db".into(), condition: String::new() };
         let options = berth_proto::pb::cluster::Options { depends_on: vec![dependency], ..Default::default() };
         let overrides = berth_proto::pb::cluster::Overrides { options: Some(options), ..Default::default() };
-        assert_eq!(spec(&|w| w.overrides = Some(overrides.clone())), 2);
+        assert_eq!(spec(&|w| w.overrides = Some(overrides.clone())), 3);
     }
 }

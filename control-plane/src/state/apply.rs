@@ -9,11 +9,17 @@ use berth_proto::model::{
 
 use super::{ipam, trust, Command, Outcome, Rejection, Response, RolloutChange, State, TaskChange};
 
-/// The first of `spec`'s dependencies that is not an existing service, or
-/// that waits, through others, for `spec`'s service: a cycle would hold
-/// every service in it forever.
+/// The first of `spec`'s new dependencies (one its service has already is
+/// left alone, so a dependency removed since does not stop a scale or a
+/// rollback) that is not an existing service, or that waits, through
+/// others, for `spec`'s service: a cycle would hold every service in it
+/// forever.
 fn dependency_problem(state: &State, spec: &ServiceSpec) -> Option<InvalidField> {
+    let had = state.services.get(&spec.name).map(|s| &s.spec.overrides.options.depends_on);
     for (i, d) in spec.overrides.options.depends_on.iter().enumerate() {
+        if had.is_some_and(|had| had.contains(d)) {
+            continue;
+        }
         let field = format!("depends_on[{i}].service");
         if !state.services.contains_key(&d.service) {
             return Some(InvalidField::new(field, &d.service, "an existing service (create it first)"));
@@ -798,5 +804,10 @@ mod tests {
         assert_eq!(field, "depends_on[0].service");
         assert!(expected.contains("does not wait for shop_db"), "{expected}");
         assert!(s.services["shop_db"].spec.overrides.options.depends_on.is_empty(), "nothing changed");
+        // A dependency that went away does not stop the service changing otherwise.
+        apply(&mut s, &Command::DeleteService { name: "shop_cache".into() });
+        let mut scaled = with("shop_web", &["shop_cache"]);
+        scaled.replicas = 3;
+        assert_eq!(outcome(apply(&mut s, &Command::UpdateService(scaled))).1, Outcome::Updated);
     }
 }

@@ -30,9 +30,10 @@ pub use query::{query, Query, QueryReply};
 pub use trust::{Access, JoinRole, Rotation, Trust, User};
 
 /// The newest commands this release applies, as a level that only goes up:
-/// 1 reads `ScaleService`, 2 mounts (volumes, binds). A command of a level is written only while every
-/// member reads it (`api::levels`), so one release apart interoperate.
-pub const READS: u32 = 2;
+/// 1 reads `ScaleService`, 2 mounts (volumes, binds), secrets and configs, 3 stacks' `STACK_SERVICE`
+/// names and `depends_on`. A command of a level is written only while every member reads it
+/// (`api::levels`), so one release apart interoperate.
+pub const READS: u32 = 3;
 
 /// Everything the cluster agrees on: services, nodes and tasks; IPAM joins later.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

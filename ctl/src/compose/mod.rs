@@ -80,6 +80,8 @@ pub fn load(sources: &[Source], stack: &str, dir: &Path, env: &Vars, report: &mu
         Err(e) => bail!("cannot read {}: {e}", dotenv.display()),
     }
     vars.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // As Compose gives it: the project's name, here the stack's.
+    vars.entry("COMPOSE_PROJECT_NAME".into()).or_insert_with(|| stack.to_owned());
     let mut whole = Value::Mapping(Mapping::new());
     for s in sources {
         let mut file: Value = serde_yaml_ng::from_str(&s.text).map_err(|e| anyhow!("{}: {e}", s.name))?;

@@ -819,11 +819,12 @@ fn depends_on(v: Option<&Value>, at: &str, names: &Names, report: &mut Report) -
             None | Some("service_started") => "started",
             Some("service_healthy") => "healthy",
             Some("service_completed_successfully") => {
+                // Waiting for it to start would wait for ever once it has run.
                 report.unsupported.push(format!(
-                    "{at}.condition: service_completed_successfully: berth has no run-to-completion jobs; it waits \
-                     for {service} to start"
+                    "{at}.condition: service_completed_successfully: berth has no run-to-completion jobs; the \
+                     dependency is left out"
                 ));
-                "started"
+                continue;
             }
             Some(other) => bail!("{at}.condition: {other:?}: expected service_started or service_healthy"),
         };

@@ -246,6 +246,13 @@ fn bad_files_name_the_line_or_the_path_and_what_is_expected() {
     );
     assert!(err(&["services:\n  Web: {image: x}\n"]).contains("shop_Web"));
     assert!(err(&["services: {}\n"]).contains("services: the file has none"));
+    // A one-shot dependency would hold its dependents for ever once it has run: left out, and said so.
+    let dir = tempfile::tempdir().unwrap();
+    let mut report = Report::default();
+    let file = "services:\n  migrate: {image: m}\n  web: {image: w, depends_on: {migrate: {condition: service_completed_successfully}}}\n";
+    let stack = load_in(dir.path(), &[file], &mut report).unwrap();
+    assert!(stack.services.iter().all(|s| options(s).depends_on.is_empty()));
+    assert!(report.unsupported[0].starts_with("services.web.depends_on.migrate.condition"), "{report:?}");
 }
 
 #[test]

@@ -2,9 +2,10 @@
 //! service that depends on another starts only once that one runs (or
 //! serves, when it must be healthy). Its node's agent checks this at every
 //! start, the first and each restart, from the endpoints every agent
-//! holds, so the order holds after a crash or a whole cluster's reboot,
-//! not only at deploy (Swarm ignores `depends_on`). A task that already
-//! runs is left alone when a dependency goes away.
+//! holds, so the order holds when a task restarts or moves, not only at
+//! deploy (Swarm ignores `depends_on`), as fresh as the cluster's view of
+//! the dependency. A task that already runs is left alone when a
+//! dependency goes away.
 
 use serde::{Deserialize, Serialize};
 

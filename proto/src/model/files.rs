@@ -18,7 +18,7 @@ pub const MAX_FILE_BYTES: usize = 500 * 1024;
 pub const MAX_FILE_REFS: usize = 64;
 
 /// Which of the two a reference names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileKind {
     Secret,

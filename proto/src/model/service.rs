@@ -210,7 +210,10 @@ fn dns_label(name: &str) -> bool {
 /// and the whole at most 63 characters (it is one label in DNS).
 pub fn validate_service_name(name: &str) -> Result<(), InvalidField> {
     let ok = match name.split_once('_') {
-        Some((stack, short)) => name.len() <= 63 && dns_label(stack) && dns_label(short),
+        // An all-digit name in a stack would read in DNS as a replica's slot.
+        Some((stack, short)) => {
+            name.len() <= 63 && dns_label(stack) && dns_label(short) && !short.bytes().all(|b| b.is_ascii_digit())
+        }
         None => dns_label(name),
     };
     if ok {
@@ -220,7 +223,7 @@ pub fn validate_service_name(name: &str) -> Result<(), InvalidField> {
             "name",
             name,
             "a DNS label (1 to 63 lowercase letters, digits or '-', not starting or ending with '-'), or two \
-             joined by '_' as STACK_SERVICE",
+             joined by '_' as STACK_SERVICE, SERVICE not all digits",
         ))
     }
 }
@@ -384,6 +387,18 @@ impl ServiceSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stacks_service_is_two_labels_joined_by_one_underscore() {
+        for ok in ["web", "shop_db", "a-1_b-2"] {
+            assert!(validate_service_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["shop_", "_db", "a_b_c", "Shop_db", "shop_2", "web_-x", &format!("s_{}", "d".repeat(62))] {
+            assert_eq!(validate_service_name(bad).unwrap_err().field, "name", "{bad}");
+        }
+        assert_eq!(stack_of("shop_db"), Some(("shop", "db")));
+        assert!(validate_name("shop_db").is_err(), "a node's name is one label");
+    }
 
     pub(crate) fn spec() -> ServiceSpec {
         ServiceSpec {
