@@ -30,6 +30,7 @@ fn nodes(n: usize) -> Vec<NodeView> {
             // A /24 per node.
             addresses_left: Some(253),
             mounts: true,
+            reads: berth_proto::model::AGENT_READS,
         })
         .collect()
 }

@@ -213,6 +213,7 @@ mod tests {
             availability: Availability::Active,
             subnet: None,
             overlay: None,
+            reads: 0,
         };
         assert_eq!(
             step(&mut s, Command::RegisterNode(node.clone())),

@@ -79,6 +79,7 @@ mod tests {
                     availability: Availability::Active,
                     subnet: None,
                     overlay: None,
+                    reads: 0,
                 };
                 ((*id).into(), node)
             })

@@ -391,6 +391,7 @@ fn views(state: &State, stopping: &BTreeSet<&str>) -> Vec<NodeView> {
                     s.task_capacity().saturating_sub(held).min(u32::MAX as u64) as u32
                 }),
                 mounts: state.volumes.contains_key(&n.id),
+                reads: n.reads,
             };
             (n.id.as_str(), view)
         })
@@ -415,6 +416,17 @@ fn request(task: &Task, spec: &ServiceSpec, holders: &data::Holders) -> Request 
         spread: spec.placement.spread.clone(),
         max_per_node: spec.placement.max_per_node,
         data: holders.data(task),
+        needs: agent_needs(spec),
+    }
+}
+
+/// The agent level a service's tasks need: an agent before stacks would
+/// skip a `STACK_SERVICE` task unreported, and start one without waiting
+/// for its dependencies.
+pub fn agent_needs(spec: &ServiceSpec) -> u32 {
+    match berth_proto::model::stack_of(&spec.name).is_some() || !spec.overrides.options.depends_on.is_empty() {
+        true => berth_proto::model::AGENT_READS,
+        false => 0,
     }
 }
 

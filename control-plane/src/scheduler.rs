@@ -49,6 +49,8 @@ pub struct NodeView {
     /// Its agent has told its volumes: it can mount them (one from before
     /// volumes would run a task without its mounts).
     pub mounts: bool,
+    /// The newest task fields its agent understands (`Node::reads`).
+    pub reads: u32,
 }
 
 /// A task to place.
@@ -66,6 +68,8 @@ pub struct Request {
     pub max_per_node: Option<u32>,
     /// Where its volumes are.
     pub data: Data,
+    /// The agent level its fields need (3: a stack's name, depends_on).
+    pub needs: u32,
 }
 
 /// Where a task's named volumes are, as the reconciler finds them.
@@ -318,6 +322,7 @@ enum Why {
     Unschedulable,
     Constraint(usize),
     NoMounts,
+    OldAgent,
     NotData,
     PerNode(u32),
     Cpu,
@@ -334,6 +339,9 @@ fn refusal(node: &NodeView, shape: &Request) -> Option<Why> {
     }
     if shape.data.mounts && !node.mounts {
         return Some(Why::NoMounts);
+    }
+    if shape.needs > node.reads {
+        return Some(Why::OldAgent);
     }
     if shape.data.pinned.as_ref().is_some_and(|(nodes, _)| !nodes.contains(&node.id)) {
         return Some(Why::NotData);
@@ -360,6 +368,7 @@ struct Refusals {
     unschedulable: usize,
     constraint: BTreeMap<usize, usize>,
     no_mounts: usize,
+    old_agent: usize,
     not_data: usize,
     per_node: Option<(u32, usize)>,
     cpu: usize,
@@ -373,6 +382,7 @@ impl Refusals {
             Why::Unschedulable => self.unschedulable += 1,
             Why::Constraint(i) => *self.constraint.entry(i).or_default() += 1,
             Why::NoMounts => self.no_mounts += 1,
+            Why::OldAgent => self.old_agent += 1,
             Why::NotData => self.not_data += 1,
             Why::PerNode(max) => self.per_node = Some((max, self.per_node.map_or(0, |p| p.1) + 1)),
             Why::Cpu => self.cpu += 1,
@@ -408,6 +418,13 @@ impl Refusals {
                 "run agents that cannot mount volumes, secrets or configs",
             );
             parts.push(say(self.no_mounts, one.into(), many.into()));
+        }
+        if self.old_agent > 0 {
+            let (one, many) = (
+                "runs an agent too old for stacks and depends_on (upgrade it)",
+                "run agents too old for stacks and depends_on (upgrade them)",
+            );
+            parts.push(say(self.old_agent, one.into(), many.into()));
         }
         if let Some((_, where_)) = shape.data.pinned.as_ref().filter(|_| self.not_data > 0) {
             let lack = format!("its pinned {where_}");

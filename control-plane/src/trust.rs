@@ -325,6 +325,7 @@ mod tests {
                 availability: Default::default(),
                 subnet: None,
                 overlay: None,
+                reads: 0,
             };
             state.nodes.insert(id.into(), node);
         }

@@ -115,6 +115,7 @@ pub fn node_from(req: RegisterRequest) -> Result<NodeRecord, Status> {
         availability: Availability::Active,
         subnet: None,
         overlay,
+        reads: req.reads,
     })
 }
 
@@ -491,6 +492,7 @@ mod tests {
             capacity: Some(NodeCapacity { cpu_millis: 2000, memory_bytes: 1 << 30 }),
             wireguard_public_key: KEY.into(),
             wireguard_port: 51820,
+            reads: 3,
         }
     }
 

@@ -189,6 +189,7 @@ mod tests {
                 availability: Default::default(),
                 subnet: None,
                 overlay: None,
+                reads: 0,
             };
             s.nodes.insert(id.into(), n);
         }

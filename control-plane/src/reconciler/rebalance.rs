@@ -50,6 +50,7 @@ pub fn pick<'a>(nodes: &[NodeView], spec: &ServiceSpec, tasks: &[&'a Task]) -> O
         max_per_node: spec.placement.max_per_node,
         // Services with mounts are never rebalanced (see `calm_service`).
         data: Default::default(),
+        needs: super::agent_needs(spec),
     };
     let dst = match scheduler::schedule(nodes, &[probe]).pop()? {
         Decision::Place { node, .. } => nodes.iter().position(|n| n.id == node)?,
@@ -102,6 +103,7 @@ mod tests {
             tasks: if web > 0 { BTreeMap::from([("web".to_owned(), web)]) } else { BTreeMap::new() },
             addresses_left: None,
             mounts: true,
+            reads: berth_proto::model::AGENT_READS,
         }
     }
 

@@ -53,6 +53,7 @@ fn node(id: &str) -> Node {
         availability: Availability::Active,
         subnet: None,
         overlay: None,
+        reads: berth_proto::model::AGENT_READS,
     }
 }
 

@@ -16,6 +16,7 @@ fn node(id: &str, cpus: u64, mem_gi: u64) -> NodeView {
         tasks: BTreeMap::new(),
         addresses_left: None,
         mounts: true,
+        reads: berth_proto::model::AGENT_READS,
     }
 }
 
@@ -353,4 +354,18 @@ fn a_task_with_mounts_skips_agents_that_cannot_mount() {
     let d = schedule(&[old], &[r]);
     let Decision::Unplaced { reason, .. } = &d[0] else { panic!("{d:?}") };
     assert_eq!(reason, "no node fits: 1 node runs an agent that cannot mount volumes, secrets or configs");
+}
+
+#[test]
+fn a_stacks_task_skips_agents_too_old_for_it() {
+    let (mut old, new) = (node("old", 8, 8), node("new", 1, 1));
+    old.reads = 2;
+    let mut r = requests("shop_db", 1, Resources::default(), &[]).remove(0);
+    r.needs = 3;
+    assert_eq!(placed(&schedule(&[old.clone(), new], &[r.clone()])), BTreeMap::from([("new".into(), 1)]));
+    let d = schedule(&[old.clone()], &[r.clone()]);
+    let Decision::Unplaced { reason, .. } = &d[0] else { panic!("{d:?}") };
+    assert_eq!(reason, "no node fits: 1 node runs an agent too old for stacks and depends_on (upgrade it)");
+    r.needs = 0;
+    assert_eq!(placed(&schedule(&[old], &[r])), BTreeMap::from([("old".into(), 1)]), "other tasks go anywhere");
 }

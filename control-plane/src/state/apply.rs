@@ -446,6 +446,7 @@ mod tests {
             availability: Default::default(),
             subnet: None,
             overlay: None,
+            reads: 0,
         }
     }
 

@@ -331,6 +331,7 @@ fn registration(data_dir: &Path, args: &JoinArgs, node_id: String) -> anyhow::Re
         capacity: Some(NodeCapacity { cpu_millis, memory_bytes }),
         wireguard_public_key: overlay.as_ref().map(|k| k.public.clone()).unwrap_or_default(),
         wireguard_port: if overlay.is_some() { u32::from(args.wireguard_port) } else { 0 },
+        reads: berth_proto::model::AGENT_READS,
     })
 }
 

@@ -189,6 +189,7 @@ impl From<model::NodeInfo> for pb::Node {
             subnet: n.subnet.map(|s| s.to_string()).unwrap_or_default(),
             wireguard_public_key: n.overlay.as_ref().map(|o| o.public_key.clone()).unwrap_or_default(),
             wireguard_endpoint: n.overlay.map(|o| o.endpoint).unwrap_or_default(),
+            agent_reads: n.reads,
         }
     }
 }
@@ -212,6 +213,7 @@ impl TryFrom<pb::Node> for model::NodeInfo {
             subnet: optional(&p.subnet, "subnet", |s| s.parse().ok(), "an IPv4 network like 198.19.1.0/24")?,
             overlay: (!p.wireguard_public_key.is_empty())
                 .then_some(model::Overlay { public_key: p.wireguard_public_key, endpoint: p.wireguard_endpoint }),
+            reads: p.agent_reads,
         };
         Ok(Self { node, allocated: resources_from_pb("allocated", p.allocated)?, tasks: p.tasks })
     }

@@ -28,7 +28,7 @@ pub use health::{Check, Health, HealthState, Probe};
 pub use invalid::InvalidField;
 pub use mounts::{volume_name_ok, Mount, MountKind, NodeVolume, VolumeInfo, MAX_NODE_VOLUMES, SLOT};
 pub use network::{Cidr, NetworkConfig, PortRange, MAX_NODE_PREFIX};
-pub use node::{Availability, Node, NodeInfo, NodeStatus, Overlay};
+pub use node::{Availability, Node, NodeInfo, NodeStatus, Overlay, AGENT_READS};
 pub use options::{Options, Pull, Tmpfs, Ulimit, ULIMITS};
 pub use overrides::{capability_name, signal_name, Overrides, CAPABILITIES, SIGNALS};
 pub use placement::{Mode, Placement, MAX_SPREAD};

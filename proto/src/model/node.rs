@@ -25,7 +25,16 @@ pub struct Node {
     pub subnet: Option<Cidr>,
     /// Its end of the overlay, if it has one.
     pub overlay: Option<Overlay>,
+    /// The newest task fields its agent understands (`AGENT_READS` of its
+    /// release; 0 from one before agents said): a task that needs more is
+    /// not placed there.
+    #[serde(default)]
+    pub reads: u32,
 }
+
+/// What this release's agents understand: 3 is stacks' `STACK_SERVICE`
+/// task names and `depends_on`.
+pub const AGENT_READS: u32 = 3;
 
 /// A node's WireGuard identity and where it listens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
