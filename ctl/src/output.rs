@@ -98,7 +98,7 @@ pub fn service(s: &Service, endpoints: &[Endpoint], format: Format) -> String {
     let spec = &s.spec;
     let mut out = String::new();
     let mut kv = |k: &str, v: String| {
-        let _ = writeln!(out, "{:<11}{v}", format!("{k}:"));
+        let _ = writeln!(out, "{:<10} {v}", format!("{k}:"));
     };
     kv("Name", spec.name.clone());
     kv("Version", s.version.to_string());
