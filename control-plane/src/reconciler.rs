@@ -424,9 +424,10 @@ fn request(task: &Task, spec: &ServiceSpec, holders: &data::Holders) -> Request 
 /// skip a `STACK_SERVICE` task unreported, and start one without waiting
 /// for its dependencies.
 pub fn agent_needs(spec: &ServiceSpec) -> u32 {
-    match berth_proto::model::stack_of(&spec.name).is_some() || !spec.overrides.options.depends_on.is_empty() {
-        true => berth_proto::model::AGENT_READS,
-        false => 0,
+    if spec.uses_stacks() {
+        berth_proto::model::AGENT_READS
+    } else {
+        0
     }
 }
 

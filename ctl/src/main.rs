@@ -55,6 +55,21 @@ fn to_model(s: Option<pb::Service>) -> Result<Service> {
     s.context("the server sent no service")?.try_into().context("the server sent an invalid service")
 }
 
+/// The text of `file`, or of stdin for `-`; `what` it holds, for the error.
+fn read_file(file: &str, what: &str) -> Result<String> {
+    match file {
+        "-" => std::io::read_to_string(std::io::stdin()).with_context(|| format!("cannot read {what} from stdin")),
+        path => std::fs::read_to_string(path).with_context(|| format!("cannot read {path}")),
+    }
+}
+
+/// Every service, as `service ls` shows them.
+async fn list_services(client: &Client, stale: bool) -> Result<Vec<Service>> {
+    let req = pb::ListServicesRequest { stale };
+    let reply = client.call("list services", async |mut c| c.list_services(req).await).await?;
+    reply.services.into_iter().map(|s| to_model(Some(s))).collect()
+}
+
 /// A service's tasks, as `service ps` shows them.
 async fn list_tasks(client: &Client, service: &str, stale: bool) -> Result<Vec<TaskInfo>> {
     let req = pb::ListTasksRequest { service: service.to_owned(), stale };
@@ -212,12 +227,7 @@ async fn run(cli: Cli) -> Result<String> {
             let svc = to_model(reply.service)?;
             converge(&client, &[(name, svc.version, "created".to_owned())], detach).await
         }
-        Command::Service(ServiceCmd::Ls { stale }) => {
-            let req = pb::ListServicesRequest { stale };
-            let reply = client.call("list services", async |mut c| c.list_services(req).await).await?;
-            let list = reply.services.into_iter().map(|s| to_model(Some(s))).collect::<Result<Vec<_>>>()?;
-            Ok(output::services(&list, fmt))
-        }
+        Command::Service(ServiceCmd::Ls { stale }) => Ok(output::services(&list_services(&client, stale).await?, fmt)),
         Command::Service(ServiceCmd::Inspect { name, stale }) => {
             let req = pb::GetServiceRequest { name, stale };
             let reply = client.call("inspect service", async |mut c| c.get_service(req.clone()).await).await?;
@@ -339,11 +349,7 @@ async fn run(cli: Cli) -> Result<String> {
             Ok(format!("service {name} removed\n"))
         }
         Command::Apply { file, no_resolve_image, detach } => {
-            let text = if file == "-" {
-                std::io::read_to_string(std::io::stdin()).context("cannot read the spec from stdin")?
-            } else {
-                std::fs::read_to_string(&file).with_context(|| format!("cannot read {file}"))?
-            };
+            let text = read_file(&file, "the spec")?;
             // Files a spec names are relative to the spec's own directory.
             let dir = match std::path::Path::new(&file).parent() {
                 Some(d) if file != "-" && !d.as_os_str().is_empty() => d.to_path_buf(),

@@ -37,11 +37,7 @@ pub struct Deploy {
 pub async fn deploy(client: &Client, d: Deploy) -> Result<String> {
     let mut sources = Vec::new();
     for f in &d.files {
-        let text = match f.as_str() {
-            "-" => std::io::read_to_string(std::io::stdin()).context("cannot read the file from stdin")?,
-            path => std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?,
-        };
-        sources.push(Source { name: f.clone(), text });
+        sources.push(Source { name: f.clone(), text: crate::read_file(f, "the file")? });
     }
     // The project's directory: the first file's, as Compose has it.
     let dir = match d.files.iter().find(|f| *f != "-").map(|f| Path::new(f).parent()) {
@@ -115,22 +111,15 @@ pub async fn deploy(client: &Client, d: Deploy) -> Result<String> {
 
 /// The stack's services, by name.
 async fn services(client: &Client, stack: &str) -> Result<Vec<Service>> {
-    let reply = client
-        .call("list services", async |mut c| c.list_services(pb::ListServicesRequest { stale: false }).await)
-        .await?;
-    let all = reply.services.into_iter().map(|s| crate::to_model(Some(s))).collect::<Result<Vec<_>>>()?;
+    let all = crate::list_services(client, false).await?;
     Ok(all.into_iter().filter(|s| stack_of(&s.spec.name).is_some_and(|(of, _)| of == stack)).collect())
 }
 
 /// Every stack and how many services it has.
 pub async fn ls(client: &Client, fmt: Format) -> Result<String> {
-    let reply = client
-        .call("list services", async |mut c| c.list_services(pb::ListServicesRequest { stale: false }).await)
-        .await?;
     let mut stacks: BTreeMap<String, usize> = BTreeMap::new();
-    for s in &reply.services {
-        let name = s.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default();
-        if let Some((stack, _)) = stack_of(name) {
+    for s in crate::list_services(client, false).await? {
+        if let Some((stack, _)) = stack_of(&s.spec.name) {
             *stacks.entry(stack.to_owned()).or_default() += 1;
         }
     }

@@ -487,7 +487,7 @@ impl ClusterApi {
 fn needed_level(spec: &model::ServiceSpec) -> (u32, &'static str) {
     let options = &spec.overrides.options;
     // The highest level any field needs.
-    if model::stack_of(&spec.name).is_some() || !options.depends_on.is_empty() {
+    if spec.uses_stacks() {
         return (3, "stacks (STACK_SERVICE names) and depends_on");
     }
     if !options.mounts.is_empty() || !options.secrets.is_empty() || !options.configs.is_empty() {

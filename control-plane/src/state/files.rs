@@ -1,7 +1,8 @@
 //! Secrets and configs in the replicated state: made once (as Swarm's, a
 //! value never changes; a new one under another name, then a service
 //! update, rotates it; made again with the same value, it is left as it
-//! is), named by services, removed only when nothing names them. A secret's value is sealed with the cluster's secrets key
+//! is), named by services, removed only when nothing names them. A
+//! secret's value is sealed with the cluster's secrets key
 //! (`Trust::secrets_key`, see `crate::secrets`) before it is written, so it
 //! is in the clear in no entry, snapshot or reply; a config's is plain.
 

@@ -235,6 +235,12 @@ pub fn stack_of(name: &str) -> Option<(&str, &str)> {
 }
 
 impl ServiceSpec {
+    /// Whether it uses what stacks brought: a `STACK_SERVICE` name or
+    /// dependencies (servers and agents before them cannot read them).
+    pub fn uses_stacks(&self) -> bool {
+        stack_of(&self.name).is_some() || !self.overrides.options.depends_on.is_empty()
+    }
+
     /// Whether tasks made for `other` would be the same as for this spec:
     /// everything but the replica count, how tasks are replaced and whether
     /// the leader rebalances them matters. Scaling replaces no task.
