@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::network::Peers;
 use crate::node::{forward, propose_here, LeaderOp, LeaderReply, OpError, Step};
 use crate::state::Command;
+use crate::stats::Stats;
 use crate::store::{NodeId, Raft};
 
 /// Batches under way at once; writes arriving meanwhile form the next one.
@@ -47,7 +48,7 @@ impl Batcher {
     /// Starts the batcher of server `id`; a batch that takes longer than
     /// `patience` is given up (its writes may still commit) so that a lost
     /// quorum cannot hold its slot forever.
-    pub fn spawn(id: NodeId, raft: Raft, peers: Peers, patience: Duration) -> Self {
+    pub fn spawn(id: NodeId, raft: Raft, peers: Peers, patience: Duration, stats: Stats) -> Self {
         let (tx, mut rx) = mpsc::channel::<Pending>(4 * MAX_BATCH);
         tokio::spawn(async move {
             let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
@@ -61,9 +62,9 @@ impl Batcher {
                         Err(_) => break,
                     }
                 }
-                let (raft, peers) = (raft.clone(), peers.clone());
+                let (raft, peers, stats) = (raft.clone(), peers.clone(), stats.clone());
                 tokio::spawn(async move {
-                    send(id, &raft, &peers, patience, batch).await;
+                    send(id, &raft, &peers, &stats, patience, batch).await;
                     drop(permit);
                 });
             }
@@ -82,14 +83,14 @@ impl Batcher {
 }
 
 /// Proposes a batch here when leading, else forwards it to the leader, and answers every writer.
-async fn send(id: NodeId, raft: &Raft, peers: &Peers, patience: Duration, batch: Vec<Pending>) {
+async fn send(id: NodeId, raft: &Raft, peers: &Peers, stats: &Stats, patience: Duration, batch: Vec<Pending>) {
     let (commands, replies): (Vec<Command>, Vec<oneshot::Sender<Step>>) =
         batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
     let n = commands.len();
     let leader = raft.metrics().borrow().current_leader;
     let attempt = async {
         match leader {
-            Some(l) if l == id => propose_here(raft, commands).await,
+            Some(l) if l == id => propose_here(raft, stats, commands).await,
             Some(l) => forward(raft, peers, l, &LeaderOp::Propose(commands)).await,
             None => Step::Retry("no leader is elected yet".into()),
         }

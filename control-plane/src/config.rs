@@ -96,6 +96,11 @@ pub struct Args {
     /// resolves services' tags to digests with it.
     #[arg(long, env = "BERTH_REGISTRIES")]
     pub registries: Option<PathBuf>,
+    /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics (off
+    /// unless set; metrics hold no secrets, but keep it on a loopback or
+    /// management address)
+    #[arg(long, env = "BERTH_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Settings after merging flags, environment, file and defaults.
@@ -120,6 +125,7 @@ pub struct Config {
     pub node_down_after: Duration,
     pub network: NetworkConfig,
     pub registries: berth_proto::registries::Registries,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// What a client's or agent's request may weigh: every spec fits with room
@@ -168,6 +174,7 @@ impl Args {
                 self.published_port_range.or(file.published_port_range),
             )?,
             registries: registries(self.registries.or(file.registries))?,
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
         };
         if cfg.max_streams_per_connection == 0 || cfg.max_watches_per_caller == 0 {
             bail!("--max-streams-per-connection and --max-watches-per-caller must be more than 0");

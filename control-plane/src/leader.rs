@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::node::Node;
 use crate::reconciler::reconcile;
-use crate::state::{now_ms, Command, Response, RolloutChange};
+use crate::state::{now_ms, Command, Response, RolloutChange, State, TaskChange};
 
 /// How often the leader looks at liveness (and tasks) without news.
 pub const PERIOD: Duration = Duration::from_millis(200);
@@ -76,11 +76,16 @@ pub async fn run(node: Arc<Node>) {
         let started = std::time::Instant::now();
         let now = now_ms();
         let due = wake_at.is_some_and(|at| now >= at);
-        let (position, decided) = match node.applied.read() {
+        let (position, decided, waiting) = match node.applied.read() {
             Ok(applied) if applied.last_applied == at_rest && at_rest.is_some() && !due => continue,
-            Ok(applied) => (applied.last_applied, reconcile(&applied.state, now)),
+            Ok(applied) => {
+                let decided = reconcile(&applied.state, now);
+                let waiting = waiting_since(&applied.state, &decided.changes, now);
+                (applied.last_applied, decided, waiting)
+            }
             Err(_) => return,
         };
+        node.stats.reconcile_seconds.observe(started.elapsed().as_secs_f64());
         rest = GAP.max(started.elapsed() * DUTY);
         wake_at = decided.wake_at;
         for (service, why) in decided.rollbacks {
@@ -103,11 +108,30 @@ pub async fn run(node: Arc<Node>) {
                 debug!(count, "no reconcile change applied");
                 tokio::time::sleep(PERIOD).await;
             }
-            Ok(Response::Reconciled { applied }) => debug!(count, applied, "reconciled"),
+            Ok(Response::Reconciled { applied }) => {
+                debug!(count, applied, "reconciled");
+                let placed = now_ms();
+                for since in waiting {
+                    node.stats.placements.inc();
+                    node.stats.placement_seconds.observe(placed.saturating_sub(since) as f64 / 1000.0);
+                }
+            }
             Ok(other) => warn!("unexpected reply to a reconcile: {other:?}"),
             Err(e) => warn!("reconciling: {e}"),
         }
     }
+}
+
+/// For each task the pass places, since when it waited for a node: a
+/// pending task since it was left pending, a new one since this pass.
+fn waiting_since(state: &State, changes: &[TaskChange], now: u64) -> Vec<u64> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            TaskChange::Assign { id, .. } => Some(state.tasks.get(id).map_or(now, |t| t.since_ms)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Puts a service's previous spec back (with its replicas as they are now),

@@ -17,6 +17,7 @@
 pub mod api;
 pub mod autolock;
 pub mod batcher;
+pub mod beats;
 pub mod config;
 pub mod events;
 pub mod leader;
@@ -29,5 +30,6 @@ pub mod scheduler;
 pub mod secrets;
 pub mod server;
 pub mod state;
+pub mod stats;
 pub mod store;
 pub mod trust;

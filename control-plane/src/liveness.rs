@@ -26,7 +26,12 @@ impl Liveness {
     }
 
     pub fn heartbeat(&mut self, node: &str, now: Instant) {
-        self.last_seen.insert(node.to_owned(), now);
+        match self.last_seen.get_mut(node) {
+            Some(seen) => *seen = now,
+            None => {
+                self.last_seen.insert(node.to_owned(), now);
+            }
+        }
     }
 
     /// Whether the node has been heard from within the timeout.

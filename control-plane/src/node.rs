@@ -24,9 +24,11 @@ use serde::{Deserialize, Serialize};
 use tokio::time::{timeout_at, Instant};
 
 use crate::batcher::Batcher;
+use crate::beats::{BeatCache, BeatView};
 use crate::liveness::Liveness;
 use crate::network::{decode, encode, Peers};
 use crate::state::{query, Command, Proposal, Query, QueryReply, Response};
+use crate::stats::Stats;
 use crate::store::{Applied, LogId, NodeId, Raft};
 use crate::trust::Joined;
 
@@ -143,6 +145,9 @@ pub struct Node {
     pub node_down_after: Duration,
     /// The network this server sets if it is the first leader.
     pub network: NetworkConfig,
+    /// What `/metrics` shows of this server's work.
+    pub stats: Stats,
+    beats: BeatCache,
 }
 
 impl std::fmt::Debug for Node {
@@ -152,10 +157,19 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    pub fn new(id: NodeId, raft: Raft, applied: Arc<RwLock<Applied>>, peers: Peers, request_timeout: Duration) -> Self {
-        let batcher = Batcher::spawn(id, raft.clone(), peers.clone(), request_timeout);
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        applied: Arc<RwLock<Applied>>,
+        peers: Peers,
+        request_timeout: Duration,
+        stats: Stats,
+    ) -> Self {
+        let batcher = Batcher::spawn(id, raft.clone(), peers.clone(), request_timeout, stats.clone());
         Self {
             id,
+            stats,
+            beats: BeatCache::default(),
             raft,
             applied,
             peers,
@@ -171,13 +185,17 @@ impl Node {
     /// Runs `f` on this leader's liveness tracker, made afresh for each
     /// term it leads; None when this server does not lead.
     pub fn with_liveness<T>(&self, f: impl FnOnce(&mut Liveness) -> T) -> Option<T> {
-        let m = self.metrics();
-        if m.current_leader != Some(self.id) {
+        let (leader, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader, m.current_term)
+        };
+        if leader != Some(self.id) {
             return None;
         }
         let mut slot = self.liveness.lock().ok()?;
-        if slot.as_ref().is_none_or(|(term, _)| *term != m.current_term) {
-            *slot = Some((m.current_term, Liveness::new(self.node_down_after, std::time::Instant::now())));
+        if slot.as_ref().is_none_or(|(t, _)| *t != term) {
+            *slot = Some((term, Liveness::new(self.node_down_after, std::time::Instant::now())));
         }
         slot.as_mut().map(|(_, l)| f(l))
     }
@@ -297,7 +315,7 @@ impl Node {
     pub async fn here(&self, op: &LeaderOp) -> Step {
         match op {
             LeaderOp::Write(cmd) => self.batcher.write((**cmd).clone()).await,
-            LeaderOp::Propose(commands) => propose_here(&self.raft, commands.clone()).await,
+            LeaderOp::Propose(commands) => propose_here(&self.raft, &self.stats, commands.clone()).await,
             LeaderOp::Read(q) => match self.linearizable().await {
                 Ok(()) => Step::Done(self.read_local(q).map(LeaderReply::Read)),
                 Err(step) => step,
@@ -345,9 +363,11 @@ impl Node {
     }
 
     fn heartbeat(&self, node: &str, lease: bool) -> Step {
-        let known = match self.applied.read() {
-            Ok(applied) => applied.state.nodes.contains_key(node),
-            Err(_) => return Step::Done(Err(OpError::Internal("state lock poisoned".into()))),
+        let Some((known, ready)) = self.applied.read().ok().map(|a| {
+            let n = a.state.nodes.get(node);
+            (n.is_some(), n.is_some_and(|n| n.status != berth_proto::model::NodeStatus::Down))
+        }) else {
+            return Step::Done(Err(OpError::Internal("state lock poisoned".into())));
         };
         if !known {
             return Step::Done(Err(OpError::NotFound(format!("node {node} is not registered; register again"))));
@@ -359,7 +379,7 @@ impl Node {
             was_alive
         };
         match self.with_liveness(beat) {
-            Some(was_alive) if lease => Step::Done(Ok(self.lease(node, was_alive))),
+            Some(was_alive) if lease => Step::Done(Ok(self.lease(node, was_alive && ready))),
             Some(_) => Step::Done(Ok(LeaderReply::Done)),
             None => Step::NotLeader,
         }
@@ -382,32 +402,27 @@ impl Node {
     /// leader itself waits a full timeout after the node's last heartbeat.
     /// The tasks named are the leader's own view, so a node that comes back
     /// from a partition never restarts a task that has moved meanwhile.
-    fn lease(&self, node: &str, was_alive: bool) -> LeaderReply {
+    ///
+    /// `heard` is false for a node this leader has not heard within the
+    /// timeout (first heard this term, or maybe being marked down now) and
+    /// for one the state has as down (its tasks move): it earns none until
+    /// it is heard again.
+    fn lease(&self, node: &str, heard: bool) -> LeaderReply {
         let down = self.node_down_after.as_millis() as u64;
-        let acked = self.metrics().millis_since_quorum_ack;
-        // A node this leader has not heard within the timeout (first heard
-        // this term, or maybe being marked down now) earns none until it is
-        // heard again; nor one the state has as down (its tasks move).
-        if !was_alive || down < MIN_LEASED_DOWN_MS || acked.is_none_or(|ms| ms > down / 8) {
+        let acked = self.raft.metrics().borrow().millis_since_quorum_ack;
+        if !heard || down < MIN_LEASED_DOWN_MS || acked.is_none_or(|ms| ms > down / 8) {
             return LeaderReply::Lease { ms: 0, exclusive: vec![] };
         }
-        let exclusive = match self.applied.read() {
-            Ok(applied)
-                if applied.state.nodes.get(node).is_none_or(|n| n.status == berth_proto::model::NodeStatus::Down) =>
-            {
-                return LeaderReply::Lease { ms: 0, exclusive: vec![] }
-            }
-            Ok(applied) => applied
-                .state
-                .tasks
-                .values()
-                .filter(|t| t.node.as_deref() == Some(node) && t.desired == berth_proto::model::Desired::Running)
-                .filter(|t| t.spec.overrides.options.exclusive())
-                .map(|t| t.id.clone())
-                .collect(),
-            Err(_) => return LeaderReply::Lease { ms: 0, exclusive: vec![] },
-        };
+        let exclusive = self.beat_view().exclusive.get(node).cloned().unwrap_or_default();
         LeaderReply::Lease { ms: down * 7 / 10, exclusive }
+    }
+
+    /// What heartbeats need of the state now (see `beats`).
+    pub fn beat_view(&self) -> Arc<BeatView> {
+        match self.applied.read() {
+            Ok(a) => self.beats.at(&a.state, a.last_applied),
+            Err(_) => Arc::default(),
+        }
     }
 
     async fn join(&self, addr: &str) -> Step {
@@ -506,9 +521,17 @@ pub(crate) async fn forward(raft: &Raft, peers: &Peers, leader: NodeId, op: &Lea
 }
 
 /// Proposes `commands` as one entry if this server leads; never forwards.
-pub(crate) async fn propose_here(raft: &Raft, commands: Vec<Command>) -> Step {
+pub(crate) async fn propose_here(raft: &Raft, stats: &Stats, commands: Vec<Command>) -> Step {
     let n = commands.len();
-    match raft.client_write(Proposal(commands)).await {
+    let started = std::time::Instant::now();
+    let written = raft.client_write(Proposal(commands)).await;
+    if written.is_ok() {
+        stats.proposals.inc();
+        stats.proposed_commands.observe(n as f64);
+        stats.commit_seconds.observe(started.elapsed().as_secs_f64());
+        stats.commit_micros.inc_by(started.elapsed().as_micros() as u64);
+    }
+    match written {
         Ok(r) if r.data.len() == n => Step::Done(Ok(LeaderReply::Proposed(r.data))),
         Ok(r) => Step::Done(Err(OpError::Internal(format!(
             "state machine gave {} responses for {n} commands",

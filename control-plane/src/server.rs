@@ -95,7 +95,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     } else {
         None
     };
-    let (mut log, sm) = store::open(&cfg.data_dir, unlock.as_ref())?;
+    let (mut log, mut sm) = store::open(&cfg.data_dir, unlock.as_ref())?;
+    let stats = crate::stats::Stats::default();
+    sm.count_in(&stats);
     let sealer = sm.sealer();
     let last_index = openraft::storage::RaftLogStorage::get_log_state(&mut log)
         .await
@@ -105,7 +107,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let applied = sm.applied();
     let network = Network { peers: peers.clone() };
     let raft = Raft::new(id, Arc::new(cfg.raft_config()?), network, log, sm).await.context("cannot start Raft")?;
-    let mut node = Node::new(id, raft.clone(), applied, peers, cfg.request_timeout);
+    let mut node = Node::new(id, raft.clone(), applied.clone(), peers, cfg.request_timeout, stats.clone());
     node.node_down_after = cfg.node_down_after;
     let down_ms = cfg.node_down_after.as_millis() as u64;
     if down_ms < crate::node::MIN_LEASED_DOWN_MS || cfg.heartbeat.as_millis() as u64 * 3 / 2 > down_ms / 8 {
@@ -118,6 +120,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     node.network = cfg.network;
     let node = Arc::new(node);
     let leader_work = tokio::spawn(crate::leader::run(node.clone()));
+    let leader_changes = tokio::spawn(crate::stats::count_leader_changes(raft.clone(), stats.leader_changes.clone()));
+    let metrics = match cfg.metrics_listen {
+        Some(addr) => {
+            let listener =
+                TcpListener::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            let registry = Arc::new(stats.registry(raft.clone(), applied));
+            info!(%addr, "serving metrics at http://{addr}/metrics");
+            Some(tokio::spawn(berth_proto::metrics::serve(listener, registry)))
+        }
+        None => None,
+    };
     let levels = crate::api::Levels::default();
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -179,6 +192,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     }
     info!(id, "shutting down");
     leader_work.abort();
+    leader_changes.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     key_keeper.abort();
     certificates.abort();
     let _ = stop_tx.send(());

@@ -1,5 +1,6 @@
 //! Output for people (aligned tables) and for scripts (`-o json`).
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -425,6 +426,17 @@ pub fn cluster_status(s: &pb::ClusterStatusReply, format: Format) -> String {
             "last_log_index": s.last_log_index,
             "snapshot_index": s.snapshot_index,
             "members": members,
+            "figures": s.figures.as_ref().map(|f| json!({
+                "services": f.services,
+                "tasks": f.tasks.iter().collect::<BTreeMap<_, _>>(),
+                "nodes": f.nodes.iter().collect::<BTreeMap<_, _>>(),
+                "leader_changes": f.leader_changes,
+                "proposals": f.proposals,
+                "commit_ms_mean": f.commit_ms_mean,
+                "snapshot_bytes": f.snapshot_bytes,
+                "watch_streams": f.watch_streams,
+                "heartbeats": f.heartbeats,
+            })),
         }));
     }
     let mut out = format!(
@@ -442,7 +454,42 @@ pub fn cluster_status(s: &pb::ClusterStatusReply, format: Format) -> String {
         .map(|m| vec![m.id.to_string(), m.address.clone(), m.role.clone(), opt(m.matched_index)])
         .collect();
     out.push_str(&table(&["ID", "ADDRESS", "ROLE", "MATCHED"], &rows));
+    if let Some(f) = &s.figures {
+        out.push('\n');
+        out.push_str(&figures(f, s.answered_by));
+    }
     out
+}
+
+/// The cluster's counts, then the answering server's work.
+fn figures(f: &pb::Figures, server: u64) -> String {
+    // Non-zero counts, in a fixed order.
+    let some = |m: &std::collections::HashMap<String, u64>| {
+        let sorted: BTreeMap<&String, &u64> = m.iter().filter(|(_, n)| **n > 0).collect();
+        let parts: Vec<String> = sorted.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        if parts.is_empty() {
+            "none".to_string()
+        } else {
+            parts.join(", ")
+        }
+    };
+    let snapshot = match f.snapshot_bytes {
+        0 => "none built".to_string(),
+        b => format!("{:.1} KiB", b as f64 / 1024.0),
+    };
+    format!(
+        "Services: {}   Tasks: {}   Nodes: {}\n\
+         Server {server} since it started: {} proposals (commit {:.1} ms mean), {} leader changes seen, \
+         {} agent watches, {} heartbeats, last snapshot {snapshot}\n",
+        f.services,
+        some(&f.tasks),
+        some(&f.nodes),
+        f.proposals,
+        f.commit_ms_mean,
+        f.leader_changes,
+        f.watch_streams,
+        f.heartbeats,
+    )
 }
 
 fn pretty(v: &Value) -> String {
@@ -456,6 +503,30 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn cluster_status_shows_the_main_figures_and_none_from_an_older_server() {
+        let mut s = pb::ClusterStatusReply { answered_by: 2, leader_id: Some(2), term: 3, ..Default::default() };
+        let older = cluster_status(&s, Format::Table);
+        assert!(!older.contains("Services:"), "{older}");
+        s.figures = Some(pb::Figures {
+            services: 2,
+            tasks: [("running".to_string(), 5), ("pending".to_string(), 1), ("failed".to_string(), 0)].into(),
+            nodes: [("ready".to_string(), 3), ("down".to_string(), 0)].into(),
+            leader_changes: 1,
+            proposals: 40,
+            commit_ms_mean: 2.5,
+            snapshot_bytes: 0,
+            watch_streams: 3,
+            heartbeats: 900,
+        });
+        let out = cluster_status(&s, Format::Table);
+        assert!(out.contains("Services: 2   Tasks: 1 pending, 5 running   Nodes: 3 ready\n"), "{out}");
+        assert!(out.contains("Server 2 since it started: 40 proposals (commit 2.5 ms mean), 1 leader changes seen, 3 agent watches, 900 heartbeats, last snapshot none built\n"), "{out}");
+        let json: Value = serde_json::from_str(&cluster_status(&s, Format::Json)).unwrap();
+        assert_eq!(json["figures"]["tasks"]["running"], 5);
+        assert_eq!(json["figures"]["watch_streams"], 3);
+    }
 
     #[test]
     fn table_aligns_columns() {

@@ -19,6 +19,7 @@ pub mod namespaces;
 pub mod network;
 pub mod probe;
 pub mod runtime;
+pub mod stats;
 pub mod tasks;
 
 /// An error and its causes on one line, `outer: cause: root cause`: the

@@ -13,12 +13,16 @@ pub mod client;
 pub mod contexts;
 pub mod convert;
 pub mod join;
+pub mod metrics;
 pub mod model;
 pub mod pki;
 pub mod quota;
 pub mod registries;
 pub mod renew;
 pub mod tls;
+
+/// For `Message::encoded_len` (what a message weighs on the wire) where `pb` is used.
+pub use prost;
 
 /// Generated protobuf and gRPC code.
 #[allow(missing_debug_implementations, clippy::all, clippy::unwrap_used)]

@@ -131,12 +131,15 @@ impl Server {
             }
             None => Command::new(bin("berth-server")),
         };
+        // Container addresses from the range tests may use (DESIGN.md),
+        // unless the settings name a range of it themselves.
+        let cidr: &[&str] =
+            if self.settings.iter().any(|s| s == "--cluster-cidr") { &[] } else { &["--cluster-cidr", CLUSTER_CIDR] };
         self.process.start(
             cmd.arg("--data-dir")
                 .arg(&self.data_dir)
                 .args(&self.settings)
-                // Container addresses from the range tests may use (DESIGN.md).
-                .args(["--cluster-cidr", CLUSTER_CIDR])
+                .args(cidr)
                 .args(first_start)
                 .env("BERTH_LOG", "info,openraft=warn"),
         )
@@ -156,6 +159,11 @@ impl Server {
 
     pub fn kill9(&mut self) {
         self.process.kill9();
+    }
+
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
     }
 
     /// Its exit status, once it has exited by itself.
@@ -423,4 +431,26 @@ pub fn berthctl_as(conf: &Path, servers: &[String], args: &[&str]) -> Result<(bo
         .stdin(Stdio::null())
         .output()?;
     Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into()))
+}
+
+/// The text of `http://ADDR/metrics`, as Prometheus would scrape it.
+pub fn scrape(addr: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = addr.parse().with_context(|| format!("{addr} is not IP:PORT"))?;
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: berth\r\n\r\n")?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)?;
+    let (head, body) = reply.split_once("\r\n\r\n").context("no blank line after the headers")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("GET http://{addr}/metrics: {head}");
+    }
+    Ok(body.to_owned())
+}
+
+/// One series' value in scraped text: `name` is the series as written,
+/// labels included (`berth_tasks{state="running"}`).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }

@@ -182,7 +182,9 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     Image::busybox_with_payloads()?.push(&registry.addr, "busybox", "v1").await?;
     let image = format!("{}/busybox:v1", registry.addr);
     let on: Vec<&berth_tests::hosts::Host> = hosts.hosts.iter().collect();
-    let mut cluster = Cluster::start_on(&on, &["--node-down-after-ms", "2000"]).await?;
+    // Each host is a network namespace of its own: the same port on each.
+    let mut cluster =
+        Cluster::start_on(&on, &["--node-down-after-ms", "2000", "--metrics-listen", "0.0.0.0:9090"]).await?;
     let servers = cluster.addrs();
     // An upstream resolver for names outside the cluster, on the test network.
     let upstream = hosts.gateway.to_string();
@@ -210,7 +212,8 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
             // host1 and host2 in zone a, host3 in zone b.
             let zone = if i < 2 { "zone=a" } else { "zone=b" };
             let dns = ["--dns-listen".into(), format!("{}:53", h.ip), "--dns-upstream".into(), upstream.clone()];
-            [&dns[..], &["--label".into(), zone.into()]].concat()
+            let metrics = ["--metrics-listen".into(), format!("{}:9100", h.ip)];
+            [&dns[..], &metrics[..], &["--label".into(), zone.into()]].concat()
         })
         .collect();
     let extra = |i: usize| -> Vec<&str> { dns_args[i].iter().map(String::as_str).collect() };
@@ -421,6 +424,53 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
             ensure!(srv.lines().any(|l| l.starts_with(target) && l.contains("\tA\t")), "no A for {target}: {srv}");
         }
     }
+
+    // What `/metrics` shows. Each agent: the questions its DNS answered
+    // just now (one NXDOMAIN, one forwarded), its overlay peers; together:
+    // the web tasks running, started, pulled for and talking over the
+    // overlay. The servers: the nodes and tasks, the agents' watches and
+    // heartbeats, and the leader's work.
+    let mut agents_sum = BTreeMap::<&str, f64>::new();
+    let sums = [
+        "berth_agent_containers{state=\"running\"}",
+        "berth_agent_container_start_seconds_count",
+        "berth_agent_image_pull_bytes_total",
+        "berth_agent_overlay_sent_bytes_total",
+    ];
+    for host in &on {
+        let text = berth_tests::scrape(&format!("{}:9100", host.ip))?;
+        let m = |name: &str| berth_tests::metric(&text, name).unwrap_or(-1.0);
+        ensure!(m("berth_agent_dns_queries_total{rcode=\"nxdomain\"}") >= 1.0, "{}: {text}", host.name);
+        ensure!(m("berth_agent_dns_queries_total{rcode=\"noerror\"}") >= 5.0, "{}: {text}", host.name);
+        ensure!(m("berth_agent_dns_forwarded_total") >= 1.0, "{}: {text}", host.name);
+        ensure!(m("berth_agent_overlay_peers") == 2.0, "{}: {text}", host.name);
+        for name in sums {
+            *agents_sum.entry(name).or_default() += m(name).max(0.0);
+        }
+    }
+    // 3 web replicas and 3 edge tasks.
+    ensure!(agents_sum[sums[0]] >= 6.0 && agents_sum[sums[1]] >= 6.0, "{agents_sum:?}");
+    ensure!(agents_sum[sums[2]] > 0.0 && agents_sum[sums[3]] > 0.0, "{agents_sum:?}");
+    let leader = cluster.leader().await?;
+    let mut servers_sum = BTreeMap::<&str, f64>::new();
+    for (i, host) in on.iter().enumerate() {
+        let text = berth_tests::scrape(&format!("{}:9090", host.ip))?;
+        let m = |name: &str| berth_tests::metric(&text, name).unwrap_or(-1.0);
+        ensure!(m("berth_nodes{status=\"ready\"}") == 3.0, "{}: {text}", host.name);
+        ensure!(m("berth_tasks{state=\"running\"}") >= 6.0, "{}: {text}", host.name);
+        ensure!(m("berth_raft_is_leader") == f64::from(u8::from(i == leader)), "{}: {text}", host.name);
+        if i == leader {
+            ensure!(m("berth_raft_proposals_total") >= 1.0 && m("berth_raft_commit_seconds_count") >= 1.0, "{text}");
+        }
+        for name in ["berth_watch_streams", "berth_heartbeats_total", "berth_placements_total"] {
+            *servers_sum.entry(name).or_default() += m(name).max(0.0);
+        }
+    }
+    ensure!(servers_sum["berth_watch_streams"] == 3.0, "one watch per agent: {servers_sum:?}");
+    ensure!(
+        servers_sum["berth_heartbeats_total"] >= 3.0 && servers_sum["berth_placements_total"] >= 3.0,
+        "{servers_sum:?}"
+    );
 
     // The answers follow the service as it scales up and down.
     for n in [4usize, 3] {

@@ -212,6 +212,9 @@ async fn late_member_catches_up_from_snapshot() -> Result<()> {
     }
     let st = cluster.servers[0].local_status().await?;
     ensure!(st.snapshot_index.is_some(), "the leader took a snapshot: {st:?}");
+    // Its figures say what it built and what it proposed.
+    let f = st.figures.clone().unwrap_or_default();
+    ensure!(f.services == 60 && f.snapshot_bytes > 0 && f.proposals >= 60 && f.commit_ms_mean > 0.0, "{f:?}");
     let late = cluster.add_server(false, &opts)?;
     cluster.wait_for_voters(3).await?;
     cluster.wait_converged().await?;

@@ -17,12 +17,14 @@ use berth_proto::model::{
 };
 use berth_proto::pb::agent::agent_server::Agent;
 use berth_proto::pb::agent::*;
+use berth_proto::prost::Message as _;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::auth;
 use crate::node::{LeaderOp, LeaderReply, Node};
 use crate::state::{now_ms, Command, Response as Applied, State, TaskReport as Report};
+use crate::stats::Open;
 
 /// The most a node may offer: a million CPUs' worth of millis, and 1 PiB.
 const MAX_CPU_MILLIS: u64 = 1_000_000_000;
@@ -157,6 +159,7 @@ impl Agent for AgentApi {
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
         auth::node(&self.node, &req, &req.get_ref().node_id)?;
+        self.node.stats.heartbeats.inc();
         let HeartbeatRequest { node_id, root } = req.into_inner();
         let (lease_ms, exclusive) =
             match self.node.run(LeaderOp::Heartbeat { node: node_id.clone(), lease: true }).await? {
@@ -166,17 +169,19 @@ impl Agent for AgentApi {
         // The roots this server's state trusts: a node holding others renews.
         // During a rotation, which root the node's certificate is from (as
         // the node has saved it) is recorded when it changes.
-        let holder = format!("node/{node_id}");
-        let (roots_digest, behind) = match self.node.applied.read().as_deref().map(|a| a.state.trust.as_ref()) {
-            Ok(Some(t)) => (
-                berth_proto::renew::roots_digest(&t.roots_pem()),
-                t.rotating() && !root.is_empty() && t.holders.get(&holder) != Some(&root),
-            ),
-            _ => (String::new(), false),
-        };
-        if behind {
-            self.node.write(Command::Holds { holder, root }).await?;
+        let view = self.node.beat_view();
+        if view.rotating && !root.is_empty() {
+            let holder = format!("node/{node_id}");
+            let behind = self
+                .node
+                .applied
+                .read()
+                .is_ok_and(|a| a.state.trust.as_ref().is_some_and(|t| t.holders.get(&holder) != Some(&root)));
+            if behind {
+                self.node.write(Command::Holds { holder, root }).await?;
+            }
         }
+        let roots_digest = view.roots_digest.clone();
         Ok(Response::new(HeartbeatReply { roots_digest, lease_ms, exclusive }))
     }
 
@@ -195,6 +200,7 @@ impl Agent for AgentApi {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let node = self.node.clone();
         tokio::spawn(async move {
+            let _open = Open::count(&node.stats.watch_streams);
             let mut last: Option<Assignment> = None;
             let mut sent_at = tokio::time::Instant::now();
             loop {
@@ -204,7 +210,10 @@ impl Agent for AgentApi {
                     Err(_) => return,
                 };
                 if last.as_ref() != Some(&current) || sent_at.elapsed() >= WATCH_REFRESH {
-                    if tx.send(Ok(current.clone().into())).await.is_err() {
+                    let message = AssignedTasks::from(current.clone());
+                    node.stats.watch_messages.inc();
+                    node.stats.watch_bytes.inc_by(message.encoded_len() as u64);
+                    if tx.send(Ok(message)).await.is_err() {
                         return;
                     }
                     last = Some(current);

@@ -158,6 +158,7 @@ impl ClusterApi {
             snapshot_index: m.snapshot.map(|l| l.index),
             members,
             reads: crate::state::READS,
+            figures: self.node.applied.read().ok().map(|a| self.node.stats.figures(&a.state)),
         }
     }
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::seal::Sealer;
 use super::{flush, format, read_err, write_err, Entry, LogId, Membership, NodeId, SnapshotMeta, TypeConfig};
 use crate::state::{apply, Proposal, Response, State};
+use crate::stats::Stats;
 
 const SNAP_META: &[u8] = b"meta";
 pub(super) const SNAP_DATA: &[u8] = b"data";
@@ -37,6 +38,7 @@ pub struct StateMachineStore {
     /// Snapshot data is sealed on disk, and in the clear everywhere else.
     sealer: Sealer,
     applied: Arc<RwLock<Applied>>,
+    stats: Stats,
 }
 
 fn lock_err() -> StorageError<NodeId> {
@@ -47,7 +49,7 @@ impl StateMachineStore {
     /// Opens the store with the state of the last snapshot.
     pub(super) fn open(db: sled::Db, sealer: Sealer) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let snap = db.open_tree("snap")?;
-        let mut store = Self { db, snap, sealer, applied: Arc::default() };
+        let mut store = Self { db, snap, sealer, applied: Arc::default(), stats: Stats::default() };
         if let Some(s) = store.stored_snapshot()? {
             let applied = decode_snapshot(&s.meta, s.snapshot.get_ref())?;
             store.applied = Arc::new(RwLock::new(applied));
@@ -58,6 +60,11 @@ impl StateMachineStore {
     /// The key this store seals with (autolock reseals its file).
     pub fn sealer(&self) -> Sealer {
         self.sealer.clone()
+    }
+
+    /// Counts what this store applies and builds in `stats` (the server's).
+    pub fn count_in(&mut self, stats: &Stats) {
+        self.stats = stats.clone();
     }
 
     /// A handle for readers: API handlers read the applied state through it.
@@ -127,6 +134,7 @@ fn decode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<Applied, StorageE
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let started = std::time::Instant::now();
         let (data, last_log_id, last_membership) = {
             let a = self.applied.read().map_err(|_| lock_err())?;
             let marked = Marked { format: format::FORMAT, applied: &a };
@@ -138,6 +146,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         };
         let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
         self.save_snapshot(&meta, &data).await?;
+        self.stats.snapshot_bytes.set(data.len() as i64);
+        self.stats.snapshot_seconds.observe(started.elapsed().as_secs_f64());
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -156,6 +166,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let mut a = self.applied.write().map_err(|_| lock_err())?;
+        let started = std::time::Instant::now();
         let mut replies = Vec::new();
         for entry in entries {
             a.last_applied = Some(entry.log_id);
@@ -168,6 +179,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Normal(Proposal(commands)) => commands.iter().map(|c| apply(&mut a.state, c)).collect(),
             });
         }
+        self.stats.applied_entries.inc_by(replies.len() as u64);
+        self.stats.apply_seconds.observe(started.elapsed().as_secs_f64());
         Ok(replies)
     }
 

@@ -18,6 +18,7 @@ use anyhow::{bail, Context};
 use berth_node_agent::driver::{self, HostNetwork, StoreImages, Worker};
 use berth_node_agent::network::overlay::Keys;
 use berth_node_agent::network::plan::Features;
+use berth_node_agent::stats::AgentStats;
 use berth_node_agent::tasks::logs::NodeApi;
 use berth_proto::client::{Peer, Servers, Settings, Tls};
 use berth_proto::model::Protocol;
@@ -99,9 +100,13 @@ pub struct JoinArgs {
     /// host's /etc/resolv.conf by default.
     #[arg(long = "dns-upstream", value_delimiter = ',')]
     pub dns_upstreams: Vec<std::net::IpAddr>,
+    /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics (off
+    /// unless set; keep it on a loopback or management address)
+    #[arg(long, env = "BERTH_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
-pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -> anyhow::Result<u8> {
+pub async fn join(mut node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -> anyhow::Result<u8> {
     berth_node_agent::dns::zone::Zone::new(&args.cluster_domain, args.dns_ttl)
         .map_err(|e| anyhow::anyhow!("--cluster-domain: {e}"))?;
     if args.servers.is_empty() {
@@ -116,7 +121,10 @@ pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -
     let request = registration(data_dir, &args, creds.identity()?.name)?;
     let (roots_tx, roots) = tokio::sync::watch::channel(String::new());
     let ids = node.runtime.id_ranges().clone();
+    let stats = AgentStats::default();
+    node.store.count_in(&stats);
     let mut network = HostNetwork::new(args.bridge.clone(), args.mtu, run_dir.join("netns"), ids);
+    network.stats = stats.clone();
     network.dns = Some(berth_node_agent::dns::Settings {
         domain: args.cluster_domain.clone(),
         ttl: args.dns_ttl,
@@ -152,7 +160,20 @@ pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -
         features: Features { overlay: network.overlay.is_some(), dns: network.dns.is_some() },
         pids_limit: Some(args.pids_limit).filter(|p| *p > 0),
         init_path: args.init_path.clone(),
+        stats: stats.clone(),
         ..driver::Settings::default()
+    };
+    let metrics = match args.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr} (--metrics-listen)"))?;
+            let mut registry = stats.registry();
+            registry.register_collector(Box::new(network.overlay_traffic()));
+            info!(%addr, "serving metrics at http://{addr}/metrics");
+            Some(tokio::spawn(berth_proto::metrics::serve(listener, std::sync::Arc::new(registry))))
+        }
+        None => None,
     };
     let api = berth_proto::client::server(berth_proto::client::MAX_STREAMS)
         .add_service(NodeServer::new(NodeApi::new(node.runtime.clone())))
@@ -171,12 +192,16 @@ pub async fn join(node: Node, data_dir: &Path, run_dir: &Path, args: JoinArgs) -
     let images = StoreImages { store: node.store, registries: node.registries };
     let worker = Worker { containers: node.runtime, images, network, settings };
     let mut shutdown = std::pin::pin!(shutdown());
-    tokio::select! {
+    let outcome = tokio::select! {
         _ = &mut shutdown => Ok(0),
         result = api => result.map(|_| 0).context("serving the node API"),
         result = stay(worker, data_dir, request, period, servers, (tls, roots_tx)) => result,
         () = renewal.run() => Ok(0),
+    };
+    if let Some(m) = metrics {
+        m.abort();
     }
+    outcome
 }
 
 /// Trades the join token for this node's certificate, from the first

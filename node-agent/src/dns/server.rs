@@ -30,6 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::warn;
 
 use super::zone::{Answer, Zone};
+use crate::stats::AgentStats;
 
 /// How long an upstream resolver has to answer before the next is asked.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,7 +53,12 @@ impl Dns {
     /// Serves `zone` on UDP and TCP at each of `addresses`, forwarding
     /// other names to `upstreams`, on a thread of its own; an address that
     /// cannot be bound is an error here, before anything runs.
-    pub fn serve(zone: Zone, addresses: &[SocketAddr], upstreams: Vec<SocketAddr>) -> io::Result<Self> {
+    pub fn serve(
+        zone: Zone,
+        addresses: &[SocketAddr],
+        upstreams: Vec<SocketAddr>,
+        stats: AgentStats,
+    ) -> io::Result<Self> {
         let mut sockets = Vec::new();
         for address in addresses {
             let named = |proto: &'static str| {
@@ -69,6 +75,7 @@ impl Dns {
             zone: zone.clone(),
             upstreams: upstreams.into(),
             forwards: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS)),
+            stats,
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -108,11 +115,35 @@ struct Handler {
     upstreams: Arc<[SocketAddr]>,
     /// A permit per question with the upstreams.
     forwards: Arc<tokio::sync::Semaphore>,
+    stats: AgentStats,
 }
 
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut response: R) -> ResponseInfo {
+    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response: R) -> ResponseInfo {
+        let started = std::time::Instant::now();
+        let info = self.answer(request, response).await;
+        self.stats.dns_queries.get_or_create(&[("rcode", rcode(info.response_code))]).inc();
+        self.stats.dns_seconds.observe(started.elapsed().as_secs_f64());
+        info
+    }
+}
+
+/// A response code as the `rcode` label names it.
+fn rcode(code: ResponseCode) -> &'static str {
+    match code {
+        ResponseCode::NoError => "noerror",
+        ResponseCode::NXDomain => "nxdomain",
+        ResponseCode::ServFail => "servfail",
+        ResponseCode::FormErr => "formerr",
+        ResponseCode::NotImp => "notimp",
+        ResponseCode::Refused => "refused",
+        _ => "other",
+    }
+}
+
+impl Handler {
+    async fn answer<R: ResponseHandler>(&self, request: &Request, mut response: R) -> ResponseInfo {
         let builder = MessageResponseBuilder::from_message_request(request);
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.recursion_available = true;
@@ -149,6 +180,7 @@ impl RequestHandler for Handler {
                 let Ok(_permit) = self.forwards.try_acquire() else {
                     return reply_error(&mut response, builder, meta, ResponseCode::ServFail).await;
                 };
+                self.stats.dns_forwarded.inc();
                 let tcp = request.protocol() == Protocol::Tcp;
                 match forward(request.as_slice(), request.metadata.id, &self.upstreams, tcp).await {
                     Some(reply) => {
@@ -254,7 +286,8 @@ mod tests {
         let mut zone = Zone::new("berth.local", 5).unwrap();
         let web = Service { name: "web".into(), replicas: vec![(1, [198, 19, 1, 2].into())], ports: vec![] };
         zone.update(None, vec![web]);
-        let dns = Dns::serve(zone, &[at], vec![]).unwrap();
+        let stats = AgentStats::default();
+        let dns = Dns::serve(zone, &[at], vec![], stats.clone()).unwrap();
         let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         client.connect(at).await.unwrap();
         let answered = |m: &Message, id: u16| {
@@ -310,6 +343,10 @@ mod tests {
         fresh.connect(at).await.unwrap();
         let reply = ask(&fresh, &query(100, "web.berth.local.")).await;
         assert!(reply.is_some_and(|m| answered(&m, 100)), "the server stopped answering after malformed input");
+        // Each question answered is counted by its code (the two before
+        // this line were answered, so counted, before their replies came).
+        assert!(stats.dns_queries.get_or_create(&[("rcode", "noerror")]).get() >= 2);
+        assert_eq!(stats.dns_forwarded.get(), 0, "nothing was asked outside the zone");
         let question = query(200, "web.berth.local.");
         let reply = ask_tcp(&question, at).await.expect("a TCP answer");
         assert!(answered(&Message::from_vec(&reply).unwrap(), 200));
@@ -320,7 +357,7 @@ mod tests {
         let mut again = None;
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            again = Dns::serve(Zone::new("berth.local", 5).unwrap(), &[at], vec![]).ok();
+            again = Dns::serve(Zone::new("berth.local", 5).unwrap(), &[at], vec![], AgentStats::default()).ok();
             if again.is_some() {
                 break;
             }
@@ -347,7 +384,7 @@ mod tests {
             None,
             vec![Service { name: "web".into(), replicas: vec![(1, [198, 19, 1, 2].into())], ports: vec![] }],
         );
-        let _dns = Dns::serve(zone, &[at], vec![silent.local_addr().unwrap()]).unwrap();
+        let _dns = Dns::serve(zone, &[at], vec![silent.local_addr().unwrap()], AgentStats::default()).unwrap();
         let before = open_fds();
 
         // 2000 questions for names elsewhere, in bursts the socket buffers hold.

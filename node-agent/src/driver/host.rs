@@ -11,6 +11,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use berth_proto::metrics::{
+    self, prometheus_client::collector::Collector, prometheus_client::encoding::DescriptorEncoder,
+};
 use berth_proto::model::{NodeNetwork, NodeVolume, Probe, Protocol, Pull};
 use tracing::{info, warn};
 
@@ -22,6 +25,7 @@ use crate::network::plan::NetStep;
 use crate::network::{self as net, IpRoute, NodeNet};
 use crate::runtime::userns::IdRanges;
 use crate::runtime::{record, Container, ContainerConfig, Launch, Runtime, RuntimeError, Status};
+use crate::stats::AgentStats;
 use crate::tasks::health::{self, Outcome};
 use crate::tasks::step::Observed;
 
@@ -166,7 +170,9 @@ pub struct HostNetwork {
     /// The node's DNS, when it runs one.
     pub dns: Option<dns::Settings>,
     live_net: Mutex<Option<Arc<NodeNet<IpRoute>>>>,
-    live_overlay: Mutex<Option<Overlay>>,
+    live_overlay: Arc<Mutex<Option<Overlay>>>,
+    /// DNS counts its questions here.
+    pub stats: AgentStats,
     live_dns: Mutex<Option<(Dns, NodeNetwork)>>,
 }
 
@@ -185,9 +191,15 @@ impl HostNetwork {
             reserved: Vec::new(),
             dns: None,
             live_net: Mutex::new(None),
-            live_overlay: Mutex::new(None),
+            live_overlay: Arc::default(),
+            stats: AgentStats::default(),
             live_dns: Mutex::new(None),
         }
+    }
+
+    /// What `/metrics` reads of the overlay at each scrape.
+    pub fn overlay_traffic(&self) -> OverlayTraffic {
+        OverlayTraffic(self.live_overlay.clone())
     }
 
     fn net(&self) -> io::Result<Arc<NodeNet<IpRoute>>> {
@@ -205,9 +217,31 @@ impl HostNetwork {
             settings.upstreams.iter().map(|ip| SocketAddr::new(*ip, 53)).collect()
         };
         let zone = zone::Zone::new(&settings.domain, settings.ttl).map_err(io::Error::other)?;
-        let server = Dns::serve(zone, &addresses, upstreams.clone())?;
+        let server = Dns::serve(zone, &addresses, upstreams.clone(), self.stats.clone())?;
         info!(?addresses, ?upstreams, domain = %settings.domain, "DNS up");
         Ok(server)
+    }
+}
+
+/// The overlay's peers and bytes, read from boringtun when scraped (no
+/// overlay yet: nothing is written).
+#[derive(Debug)]
+pub struct OverlayTraffic(Arc<Mutex<Option<Overlay>>>);
+
+impl Collector for OverlayTraffic {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let traffic = lock(&self.0).as_ref().map(Overlay::traffic);
+        let t = match traffic {
+            Some(Ok(t)) => t,
+            Some(Err(err)) => {
+                warn!("reading the overlay's traffic: {err}");
+                return Ok(());
+            }
+            None => return Ok(()),
+        };
+        metrics::gauge(&mut e, "overlay_peers", "WireGuard peers of this node", t.peers as i64)?;
+        metrics::counter(&mut e, "overlay_received_bytes", "Bytes received from overlay peers", t.rx_bytes)?;
+        metrics::counter(&mut e, "overlay_sent_bytes", "Bytes sent to overlay peers", t.tx_bytes)
     }
 }
 

@@ -53,6 +53,8 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
             books.job_ended(&job, outcome, assignment.tasks.get(job.task()), now());
         }
         for (probe, outcome) in probes.finished("the agent's probe") {
+            let result = if outcome.is_ok() { "ok" } else { "failed" };
+            worker.settings.stats.probes.get_or_create(&[("result", result)]).inc();
             books.probed(&probe, outcome, now());
         }
         // At the tick, or when the next probe is due if sooner.
@@ -61,6 +63,7 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
             // None would mean "restart and report every task": the pass is skipped.
             Err(e) => warn!("listing containers: {e}"),
             Ok(observed) => {
+                worker.settings.stats.containers_now(observed.iter().map(|o| o.status.state()));
                 let leases = lease.borrow().clone();
                 fence(&mut assignment, names(&leases, &observed, worker.settings.fence_grace).as_ref());
                 renew(&worker, &leases, &observed, &mut renewed).await;
@@ -180,12 +183,27 @@ async fn run_job<C: Containers, I: Images, N: Network>(
     wake: &Arc<Notify>,
     lease: &watch::Receiver<Leases>,
 ) -> Result<(), String> {
+    let stats = &worker.settings.stats;
+    let started = std::time::Instant::now();
+    let timed = |outcome: Result<(), String>| {
+        match &outcome {
+            Ok(()) => stats.start_seconds.observe(started.elapsed().as_secs_f64()),
+            Err(_) => {
+                stats.start_failures.inc();
+            }
+        }
+        outcome
+    };
     match job {
-        Job::Start(task) => start(worker, &task, false, (wake, lease)).await,
-        Job::Restart(task) => start(worker, &task, true, (wake, lease)).await,
+        Job::Start(task) => timed(start(worker, &task, false, (wake, lease)).await),
+        Job::Restart(task) => {
+            stats.restarts.inc();
+            timed(start(worker, &task, true, (wake, lease)).await)
+        }
         Job::Replace(task) => {
+            stats.restarts.inc();
             worker.containers.stop(&task.id, worker.settings.stop_grace).await.map_err(|e| e.to_string())?;
-            start(worker, &task, true, (wake, lease)).await
+            timed(start(worker, &task, true, (wake, lease)).await)
         }
         Job::Stop(task) => {
             let _ = worker.containers.stop(&task, worker.settings.stop_grace).await;

@@ -64,6 +64,8 @@ pub struct Settings {
     /// (see `tasks::fence`): short, since the lease ends only a little
     /// before the cluster may start it elsewhere.
     pub fence_grace: Duration,
+    /// What `/metrics` shows of the worker's work.
+    pub stats: crate::stats::AgentStats,
 }
 
 /// The node's lease from the cluster's leader (see `tasks::fence`): until
@@ -113,6 +115,7 @@ impl Default for Settings {
             pids_limit: Some(DEFAULT_PIDS_LIMIT),
             init_path: DEFAULT_INIT.into(),
             fence_grace: Duration::from_millis(500),
+            stats: crate::stats::AgentStats::default(),
         }
     }
 }

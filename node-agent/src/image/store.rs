@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::source::{digest_hex, sha256_of, Source};
 use super::{unpack, ImageConfig, ImageRef, PullError, Registries};
+use crate::stats::AgentStats;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
@@ -41,6 +42,7 @@ pub struct Image {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    stats: AgentStats,
 }
 
 type Images = BTreeMap<String, Image>;
@@ -51,7 +53,12 @@ impl Store {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(|e| PullError::io(&path, e))?;
         }
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self { root: root.to_path_buf(), stats: AgentStats::default() })
+    }
+
+    /// Counts pulls and downloaded bytes in `stats` (the agent's).
+    pub fn count_in(&mut self, stats: &AgentStats) {
+        self.stats = stats.clone();
     }
 
     /// The image from the store, pulled first if it is not there.
@@ -64,6 +71,7 @@ impl Store {
 
     /// Fetches the image unless every layer is already here, and records it.
     pub async fn pull(&self, image: &ImageRef, registries: &Registries) -> Result<Image, PullError> {
+        let started = std::time::Instant::now();
         let source = Source::new(image, registries)?;
         let resolved = source.resolve().await?;
         let config_digest = sha256_of(&resolved.config);
@@ -97,6 +105,7 @@ impl Store {
             Ok(())
         })
         .await?;
+        self.stats.pull_seconds.observe(started.elapsed().as_secs_f64());
         Ok(record)
     }
 
@@ -176,6 +185,9 @@ impl Store {
         let tmp_root = self.root.join("tmp");
         let scratch = tempfile::tempdir_in(&tmp_root).map_err(|e| PullError::io(&tmp_root, e))?;
         let blob = source.layer(layer, scratch.path()).await?;
+        if matches!(source, Source::Registry { .. }) {
+            self.stats.pull_bytes.inc_by(fs::metadata(&blob).map_or(0, |m| m.len()));
+        }
         let fs_dir = scratch.path().join("fs");
         let (digest, diff_id) = (layer.digest.clone(), diff_id.to_owned());
         let target = fs_dir.clone();

@@ -378,6 +378,11 @@ impl Overlay {
         size_sockets(self.port)
     }
 
+    /// The peers the device has and the bytes they carried (`get=1`).
+    pub fn traffic(&self) -> io::Result<crate::stats::Traffic> {
+        Ok(crate::stats::Traffic::of(&self.uapi.request("get=1")?))
+    }
+
     /// Makes the peers `peers`, changing only what differs.
     pub fn set_peers(&mut self, peers: BTreeMap<String, Peer>) -> io::Result<()> {
         for request in peer_changes(&self.peers, &peers) {

@@ -25,6 +25,8 @@ struct Node {
     /// What its heartbeats would have earned.
     lease: tokio::sync::watch::Sender<super::Leases>,
     worker: tokio::task::JoinHandle<()>,
+    /// What its `/metrics` would show.
+    stats: crate::stats::AgentStats,
 }
 
 impl Drop for Node {
@@ -45,7 +47,9 @@ fn node(clusters: &[&FakeCluster], containers: FakeContainers) -> Node {
         pids_limit: Some(64),
         init_path: "/usr/bin/tini-static".into(),
         fence_grace: Duration::from_millis(100),
+        stats: crate::stats::AgentStats::default(),
     };
+    let stats = settings.stats.clone();
     let network = FakeNetwork::default();
     let worker =
         Arc::new(Worker { containers: containers.clone(), images: FakeImages, network: network.clone(), settings });
@@ -53,7 +57,7 @@ fn node(clusters: &[&FakeCluster], containers: FakeContainers) -> Node {
     let connector = cluster::trust().1.connector(client::Peer::Server);
     let servers = Servers::new(&addrs, &client::Settings::calls(Duration::from_secs(2)), &connector).unwrap();
     let (lease, leased) = tokio::sync::watch::channel(super::Leases { heard: true, lease: None });
-    Node { containers, network, lease, worker: tokio::spawn(worker.run("n1".into(), servers, leased)) }
+    Node { containers, network, lease, worker: tokio::spawn(worker.run("n1".into(), servers, leased)), stats }
 }
 
 fn task(id: &str, image: &str, restart: &str, address: &str) -> pb::AssignedTask {
@@ -114,6 +118,9 @@ async fn a_crashing_task_restarts_with_growing_pauses() {
         assert!(*gap + Duration::from_millis(2) >= Duration::from_millis(floor), "{gaps:?}");
     }
     eventually("restarts reported", || reported(&cluster, "c.1.1").filter(|(_, r)| *r >= 3)).await;
+    // Each start after the first was a restart, and each was timed.
+    assert!(n.stats.restarts.get() >= 4, "restarts counted: {}", n.stats.restarts.get());
+    assert_eq!(n.stats.start_failures.get(), 0);
     // The node's network followed the same assignment on its own loop.
     let kinds: Vec<Kind> = n.network.steps().iter().map(|s| s.kind()).collect();
     assert_eq!(kinds, [Kind::Bridge, Kind::Mesh, Kind::Dns, Kind::Zone]);
@@ -292,6 +299,14 @@ async fn an_unhealthy_task_is_told_and_replaced_and_a_healthy_one_is_told_health
     eventually("told why", || cluster.reports().iter().flatten().any(said).then_some(())).await;
     assert!(!n.containers.times("stop", "h.1.1").is_empty(), "stopped (its grace), not killed outright");
     eventually("restart counted", || reported(&cluster, "h.1.1").filter(|(_, r)| *r >= 1)).await;
+    let probes = |result| n.stats.probes.get_or_create(&[("result", result)]).get();
+    assert!(
+        probes("ok") >= 1 && probes("failed") >= 2,
+        "probes counted: {} ok, {} failed",
+        probes("ok"),
+        probes("failed")
+    );
+    assert!(n.stats.restarts.get() >= 1);
 }
 
 #[tokio::test]
