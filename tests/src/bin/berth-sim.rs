@@ -1,0 +1,491 @@
+//! berth-sim: how far berth's control plane goes. Real berth-server
+//! processes (3 by default, on loopback) and, in this one process, NODES
+//! simulated agents over the real agent API, with no containers.
+//!
+//! Each simulated node is admitted with the worker token (a certificate
+//! of its own), registers, heartbeats at the agents' interval, watches its
+//! tasks, and reports each one running a moment after it is assigned
+//! (failed, at `--fail-rate`), and shut down once it leaves its list, as
+//! an agent does. Then the scenarios run, each with a report:
+//!
+//! 1. join: NODES nodes admitted, registered and ready;
+//! 2. place: services of TASKS tasks in all created, until every task is
+//!    reported running (tasks per second, from the first create);
+//! 3. one change: one more task of a small service; the bytes every node's
+//!    watch received for it (the watches' keepalives left out);
+//! 4. failover: the leader killed (-9) at full load; the time until the
+//!    cluster takes a write again.
+//!
+//! The last line sums it up for `bench/scale.sh`. Figures come from the
+//! servers' `/metrics` and `cluster status`, and from what the simulated
+//! nodes received.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use berth_proto::client::{Peer, Servers, Settings, Tls};
+use berth_proto::pb::agent::agent_client::AgentClient;
+use berth_proto::pb::agent::{
+    AssignedTasks, HeartbeatRequest, NodeCapacity, RegisterRequest, ReportTasksRequest, TaskReport, WatchTasksRequest,
+};
+use berth_proto::pb::cluster::{CreateServiceRequest, Figures, ScaleServiceRequest};
+use berth_proto::pki::Role;
+use berth_tests::{client, keys, spec, wait_for, Cluster};
+use clap::Parser;
+use prost::Message as _;
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Simulated nodes
+    nodes: usize,
+    /// Tasks to place over them
+    tasks: usize,
+    /// berth-servers (separate processes)
+    #[arg(long, default_value = "3")]
+    servers: usize,
+    /// Replicas per service (the tasks are spread over TASKS / this services)
+    #[arg(long, default_value = "1000")]
+    per_service: usize,
+    /// How often each node heartbeats (the agent's default)
+    #[arg(long, default_value = "1000")]
+    heartbeat_ms: u64,
+    /// A task is reported running this long after its node first sees it
+    #[arg(long, default_value = "200")]
+    run_after_ms: u64,
+    /// The share of tasks reported failed instead of running (0 to 1)
+    #[arg(long, default_value = "0")]
+    fail_rate: f64,
+    /// Nodes being admitted at once
+    #[arg(long, default_value = "32")]
+    admit_at_once: usize,
+    /// The cluster network: every task takes an address of its node's
+    /// subnet (nothing is sent to them; 198.18.0.0/15 is the range
+    /// tests may use, DESIGN.md)
+    #[arg(long, default_value = "198.18.0.0/15")]
+    cluster_cidr: String,
+    #[arg(long, default_value = "25")]
+    node_subnet_prefix: u8,
+    /// Extra berth-server flag (repeatable), e.g. --server-arg=--snapshot-logs=2000
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Leave the failover out
+    #[arg(long)]
+    no_failover: bool,
+}
+
+/// What the simulated nodes did and received, summed over all of them.
+#[derive(Debug, Default)]
+struct Counters {
+    registered: AtomicU64,
+    heartbeats: AtomicU64,
+    heartbeat_errors: AtomicU64,
+    /// Heartbeat round trips, in microseconds.
+    heartbeat_us: Mutex<Vec<u32>>,
+    watch_messages: AtomicU64,
+    watch_bytes: AtomicU64,
+    /// Messages that differed from the node's last one (not keepalives).
+    change_messages: AtomicU64,
+    change_bytes: AtomicU64,
+    assigned: AtomicI64,
+    running: AtomicI64,
+    reports: AtomicU64,
+    report_errors: AtomicU64,
+    watch_errors: AtomicU64,
+}
+
+fn count(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// A node's WireGuard key: 32 bytes, base64, unique to it (never used).
+fn fake_key(i: usize) -> String {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+/// Admits `n` nodes, `at_once` at a time (on this thread: the admission's
+/// future is not `Send`), and starts each one as soon as it has its certificate.
+async fn admit_all(n: usize, addrs: &[String], token: &str, args: &Arc<Args>, c: &Arc<Counters>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let local = tokio::task::LocalSet::new();
+    let turns = Arc::new(tokio::sync::Semaphore::new(args.admit_at_once.max(1)));
+    for i in 0..n {
+        let (tx, turns, addrs, token) = (tx.clone(), turns.clone(), addrs.to_vec(), token.to_owned());
+        local.spawn_local(async move {
+            let Ok(_turn) = turns.acquire_owned().await else { return };
+            let admitted = berth_proto::join::admit(&addrs, &token, Role::Worker, Duration::from_secs(300)).await;
+            let _ = tx.send((i, admitted));
+        });
+    }
+    drop(tx);
+    local
+        .run_until(async {
+            while let Some((i, admitted)) = rx.recv().await {
+                let (addrs, args, c) = (addrs.to_vec(), args.clone(), c.clone());
+                tokio::spawn(async move {
+                    let run = async { node(i, admitted?, addrs, args, c).await };
+                    if let Err(e) = run.await {
+                        eprintln!("node {i}: {e:#}");
+                    }
+                });
+            }
+        })
+        .await;
+}
+
+/// One simulated node, for as long as the process runs.
+async fn node(
+    i: usize,
+    (id, creds): (String, berth_proto::pki::Credentials),
+    addrs: Vec<String>,
+    args: Arc<Args>,
+    c: Arc<Counters>,
+) -> Result<()> {
+    let tls = Tls::new(&creds)?;
+    let root = tls.identity().map(|i| i.issuer).unwrap_or_default();
+    let servers = Servers::new(&addrs, &Settings::calls(Duration::from_secs(10)), &tls.connector(Peer::Server))?;
+    let request = RegisterRequest {
+        node_id: id.clone(),
+        name: format!("sim-{i}"),
+        // Only a string to the cluster: nothing is sent there.
+        advertise_address: format!("198.18.{}.{}:7500", i / 250, i % 250 + 1),
+        capacity: Some(NodeCapacity { cpu_millis: 256_000, memory_bytes: 1 << 40 }),
+        wireguard_public_key: fake_key(i),
+        wireguard_port: 51820,
+        reads: berth_proto::model::AGENT_READS,
+        ..Default::default()
+    };
+    let mut s = servers.clone();
+    loop {
+        match agent(&s).register(request.clone()).await {
+            Ok(_) => break,
+            Err(e) if e.code() == tonic::Code::InvalidArgument => bail!("node {i}: registration refused: {e}"),
+            Err(_) => s.failed().await,
+        }
+    }
+    c.registered.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(heartbeats(servers.clone(), id.clone(), root, args.heartbeat_ms, c.clone()));
+    watch(servers, id, args, c).await;
+    Ok(())
+}
+
+fn agent(servers: &Servers) -> AgentClient<Channel> {
+    let max = berth_proto::client::MAX_MESSAGE;
+    AgentClient::new(servers.channel()).max_decoding_message_size(max).max_encoding_message_size(max)
+}
+
+async fn heartbeats(mut servers: Servers, node_id: String, root: String, every_ms: u64, c: Arc<Counters>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(every_ms));
+    // Spread the nodes' beats over the period, as agents started at different times would.
+    tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % every_ms)).await;
+    loop {
+        tick.tick().await;
+        let started = Instant::now();
+        let beat = HeartbeatRequest { node_id: node_id.clone(), root: root.clone() };
+        match agent(&servers).heartbeat(beat).await {
+            Ok(_) => {
+                c.heartbeats.fetch_add(1, Ordering::Relaxed);
+                let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                c.heartbeat_us.lock().unwrap_or_else(|p| p.into_inner()).push(us);
+            }
+            Err(_) => {
+                c.heartbeat_errors.fetch_add(1, Ordering::Relaxed);
+                servers.failed().await;
+            }
+        }
+    }
+}
+
+/// A task as the node has it: when it is due to be reported, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Starting(Instant),
+    Reported,
+}
+
+/// Watches the node's tasks, fails over between servers, and reports.
+async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Counters>) {
+    let mut held: HashMap<String, Held> = HashMap::new();
+    let mut last_hash = 0u64;
+    let run_after = Duration::from_millis(args.run_after_ms);
+    loop {
+        let request = WatchTasksRequest { node_id: node_id.clone() };
+        let mut stream = match agent(&servers).watch_tasks(request).await {
+            Ok(s) => s.into_inner(),
+            Err(_) => {
+                c.watch_errors.fetch_add(1, Ordering::Relaxed);
+                servers.failed().await;
+                continue;
+            }
+        };
+        loop {
+            let next_due = held.values().filter_map(|h| match h {
+                Held::Starting(at) => Some(*at + run_after),
+                Held::Reported => None,
+            });
+            let wait =
+                next_due.min().map_or(Duration::from_secs(3600), |at| at.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                message = tokio::time::timeout(Duration::from_secs(15), stream.message()) => {
+                    let Ok(Ok(Some(m))) = message else {
+                        c.watch_errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    };
+                    let gone = received(&m, &mut held, &mut last_hash, &c);
+                    if !gone.is_empty() {
+                        let reports = gone.into_iter().map(|id| report(id, "shutdown")).collect();
+                        send(&servers, &node_id, reports, &c).await;
+                    }
+                }
+                () = tokio::time::sleep(wait) => {
+                    let now = Instant::now();
+                    let due: Vec<String> = held
+                        .iter()
+                        .filter(|(_, h)| matches!(h, Held::Starting(at) if *at + run_after <= now))
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    let reports = due
+                        .iter()
+                        .map(|id| report(id.clone(), if rand::random::<f64>() < args.fail_rate { "failed" } else { "running" }))
+                        .collect();
+                    if send(&servers, &node_id, reports, &c).await {
+                        for id in due {
+                            held.insert(id, Held::Reported);
+                            c.running.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        servers.failed().await;
+    }
+}
+
+/// Takes a message in: counts it, notes new tasks; returns those gone.
+fn received(m: &AssignedTasks, held: &mut HashMap<String, Held>, last_hash: &mut u64, c: &Counters) -> Vec<String> {
+    let bytes = m.encoded_len() as u64;
+    c.watch_messages.fetch_add(1, Ordering::Relaxed);
+    c.watch_bytes.fetch_add(bytes, Ordering::Relaxed);
+    let mut h = DefaultHasher::new();
+    m.encode_to_vec().hash(&mut h);
+    let hash = h.finish();
+    if hash != *last_hash {
+        *last_hash = hash;
+        c.change_messages.fetch_add(1, Ordering::Relaxed);
+        c.change_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    let now = Instant::now();
+    for t in &m.tasks {
+        if !held.contains_key(&t.id) {
+            held.insert(t.id.clone(), Held::Starting(now));
+            c.assigned.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let listed: std::collections::HashSet<&str> = m.tasks.iter().map(|t| t.id.as_str()).collect();
+    let gone: Vec<String> = held.keys().filter(|id| !listed.contains(id.as_str())).cloned().collect();
+    for id in &gone {
+        if held.remove(id) == Some(Held::Reported) {
+            c.running.fetch_sub(1, Ordering::Relaxed);
+        }
+        c.assigned.fetch_sub(1, Ordering::Relaxed);
+    }
+    gone
+}
+
+fn report(id: String, state: &str) -> TaskReport {
+    TaskReport { id, state: state.into(), ..Default::default() }
+}
+
+/// Sends reports; whether a server took them.
+async fn send(servers: &Servers, node_id: &str, tasks: Vec<TaskReport>, c: &Counters) -> bool {
+    if tasks.is_empty() {
+        return true;
+    }
+    let request = ReportTasksRequest { node_id: node_id.into(), tasks };
+    match agent(servers).report_tasks(request).await {
+        Ok(_) => {
+            c.reports.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(_) => {
+            c.report_errors.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// The leader's figures, through any server.
+async fn figures(cluster: &mut Cluster) -> Option<Figures> {
+    cluster.status().await.ok()?.figures
+}
+
+/// Peak resident memory of each running server, in MiB.
+fn server_rss_mb(cluster: &Cluster) -> Vec<f64> {
+    cluster
+        .servers
+        .iter()
+        .filter_map(|s| s.pid())
+        .filter_map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb / 1024.0)
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Arc::new(Args::parse());
+    if args.nodes == 0 {
+        bail!("NODES must be at least 1");
+    }
+    let mut server_args: Vec<String> = vec![
+        "--cluster-cidr".into(),
+        args.cluster_cidr.clone(),
+        "--node-subnet-prefix".into(),
+        args.node_subnet_prefix.to_string(),
+    ];
+    server_args.extend(args.server_args.iter().cloned());
+    let flags: Vec<&str> = server_args.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::start(args.servers, &flags).await?;
+    let addrs = cluster.addrs();
+    let token = keys().worker_token.context("no worker token")?;
+    let c = Arc::new(Counters::default());
+
+    // 1. Join.
+    let started = Instant::now();
+    admit_all(args.nodes, &addrs, &token, &args, &c).await;
+    let n = args.nodes as u64;
+    wait_for(Duration::from_secs(600), "every node ready", async || {
+        let f = figures(&mut cluster).await?;
+        (f.nodes.get("ready").copied() == Some(n)).then_some(())
+    })
+    .await?;
+    let join_s = started.elapsed().as_secs_f64();
+    println!("join: {n} nodes ready in {join_s:.1} s ({:.0} nodes/s)", n as f64 / join_s);
+
+    // 2. Place.
+    let per = args.per_service.max(1);
+    let mut left = args.tasks;
+    let started = Instant::now();
+    let mut k = 0;
+    while left > 0 {
+        let replicas = left.min(per);
+        let mut s = spec(&format!("sim{k}"));
+        s.replicas = replicas as i64;
+        client(&addrs[k % addrs.len()])
+            .create_service(CreateServiceRequest { spec: Some(s), no_resolve_image: true })
+            .await
+            .context("creating a service")?;
+        left -= replicas;
+        k += 1;
+    }
+    let total = args.tasks as u64;
+    let mut last_print = Instant::now();
+    wait_for(Duration::from_secs(3600), "every task running", async || {
+        let f = figures(&mut cluster).await?;
+        let running = f.tasks.get("running").copied().unwrap_or(0);
+        if last_print.elapsed() > Duration::from_secs(10) {
+            println!("  {:.0} s: {running} running, {:?}", started.elapsed().as_secs_f64(), f.tasks);
+            last_print = Instant::now();
+        }
+        (running >= total).then_some(())
+    })
+    .await?;
+    let place_s = started.elapsed().as_secs_f64();
+    let tasks_per_s = total as f64 / place_s;
+    println!("place: {total} tasks in {k} services running in {place_s:.1} s ({tasks_per_s:.0} tasks/s)");
+    let f = figures(&mut cluster).await.unwrap_or_default();
+    println!(
+        "  leader: {} proposals, commit {:.1} ms mean, {} watches, snapshot {} bytes",
+        f.proposals, f.commit_ms_mean, f.watch_streams, f.snapshot_bytes
+    );
+
+    // 3. One change: the bytes each node receives for one task placed elsewhere.
+    let probe = spec("probe");
+    client(&addrs[0]).create_service(CreateServiceRequest { spec: Some(probe), no_resolve_image: true }).await?;
+    let settle = async |cluster: &mut Cluster, want: u64| {
+        wait_for(Duration::from_secs(120), "the probe task running", async || {
+            let f = figures(cluster).await?;
+            (f.tasks.get("running").copied().unwrap_or(0) >= want).then_some(())
+        })
+        .await
+    };
+    settle(&mut cluster, total + 1).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = count(&c.change_bytes);
+    let scale = ScaleServiceRequest { name: "probe".into(), replicas: 2 };
+    client(&addrs[0]).scale_service(scale).await?;
+    settle(&mut cluster, total + 2).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let node_bytes_per_change = (count(&c.change_bytes) - before) as f64 / n as f64;
+    println!("one change: {node_bytes_per_change:.0} bytes to each node (all its watch's messages for one task placed and running)");
+
+    // 4. Failover at full load.
+    let mut failover_ms = -1.0;
+    let rss = server_rss_mb(&cluster);
+    if !args.no_failover && args.servers > 1 {
+        let leader = cluster.leader().await?;
+        let survivors: Vec<String> =
+            addrs.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, a)| a.clone()).collect();
+        let killed = Instant::now();
+        cluster.servers[leader].kill9();
+        let mut attempt = 0;
+        wait_for(Duration::from_secs(60), "a write after the leader's death", async || {
+            attempt += 1;
+            let mut c = client(&survivors[attempt % survivors.len()]);
+            let mut req = tonic::Request::new(CreateServiceRequest {
+                spec: Some(spec(&format!("after-{attempt}"))),
+                no_resolve_image: true,
+            });
+            req.set_timeout(Duration::from_millis(500));
+            c.create_service(req).await.ok().map(|_| ())
+        })
+        .await?;
+        failover_ms = killed.elapsed().as_secs_f64() * 1000.0;
+        println!("failover: a write taken {failover_ms:.0} ms after the leader was killed");
+        cluster.servers[leader].restart()?;
+    }
+
+    let mut beats = c.heartbeat_us.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    beats.sort_unstable();
+    println!(
+        "nodes: {} heartbeats (p50 {:.1} ms, p99 {:.1} ms, {} failed), {} watch messages ({:.1} MB; {} changes, {:.1} MB), {} reports ({} failed), {} watch restarts",
+        count(&c.heartbeats),
+        percentile(&beats, 0.5),
+        percentile(&beats, 0.99),
+        count(&c.heartbeat_errors),
+        count(&c.watch_messages),
+        count(&c.watch_bytes) as f64 / 1e6,
+        count(&c.change_messages),
+        count(&c.change_bytes) as f64 / 1e6,
+        count(&c.reports),
+        count(&c.report_errors),
+        count(&c.watch_errors),
+    );
+    let rss_max = rss.iter().copied().fold(0.0, f64::max);
+    println!("servers: peak RSS {:?} MiB", rss.iter().map(|r| r.round() as u64).collect::<Vec<_>>());
+    let by_state: BTreeMap<String, u64> = f.tasks.into_iter().collect();
+    println!("tasks by state: {by_state:?}");
+    println!(
+        "nodes={n} tasks={total} tasks_per_s={tasks_per_s:.0} failover_ms={failover_ms:.0} node_bytes_per_change={node_bytes_per_change:.0} server_rss_mb={rss_max:.0}"
+    );
+    Ok(())
+}
