@@ -24,6 +24,7 @@ pub mod leader;
 pub mod liveness;
 pub mod network;
 pub mod node;
+pub mod publish;
 pub mod reconciler;
 pub mod rotation;
 pub mod scheduler;

@@ -146,9 +146,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            AgentServer::new(AgentApi { node: node.clone(), levels: levels.clone() })
-                .max_decoding_message_size(cfg.max_request_bytes)
-                .max_encoding_message_size(MAX_MESSAGE),
+            AgentServer::new(AgentApi {
+                node: node.clone(),
+                published: crate::publish::spawn(node.clone()),
+                levels: levels.clone(),
+            })
+            .max_decoding_message_size(cfg.max_request_bytes)
+            .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(LockServer::new(autolock::Unlocked))
         .add_service(

@@ -47,6 +47,10 @@ pub struct Stats {
     pub watch_streams: Gauge,
     pub watch_messages: Counter,
     pub watch_bytes: Counter,
+    /// Messages that were deltas (the rest are whole lists).
+    pub watch_deltas: Counter,
+    /// Time to make one publication of the state for the watches.
+    pub publish_seconds: Histogram,
     /// Reconciler passes this server ran as leader, and their time.
     pub reconcile_seconds: Histogram,
     /// Tasks placed on a node.
@@ -72,6 +76,8 @@ impl Default for Stats {
             watch_streams: Gauge::default(),
             watch_messages: Counter::default(),
             watch_bytes: Counter::default(),
+            watch_deltas: Counter::default(),
+            publish_seconds: seconds(),
             reconcile_seconds: seconds(),
             placements: Counter::default(),
             placement_seconds: seconds(),
@@ -105,6 +111,12 @@ impl Stats {
         r.register("watch_streams", "Agents' task watches open on this server", s.watch_streams);
         r.register("watch_messages", "Messages sent on agents' task watches", s.watch_messages);
         r.register("watch_bytes", "Bytes (encoded) sent on agents' task watches", s.watch_bytes);
+        r.register("watch_deltas", "Watch messages that were deltas (the rest are whole lists)", s.watch_deltas);
+        r.register(
+            "watch_publish_seconds",
+            "Time to make one publication of the state for the watches",
+            s.publish_seconds,
+        );
         r.register("reconcile_seconds", "Reconciler passes run as leader, and their time", s.reconcile_seconds);
         r.register("placements", "Tasks placed on a node", s.placements);
         r.register(

@@ -176,6 +176,16 @@ impl Servers {
         Ok(Self { list, at: 0, backoff: Backoff::default() })
     }
 
+    /// Starts at the server `key` falls on (FNV-1a of it, modulo), so that
+    /// many nodes given the same list spread over the servers instead of
+    /// all calling the first (one server serving every watch and beat).
+    pub fn spread(mut self, key: &str) -> Self {
+        let hash =
+            key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        self.at = (hash % self.list.len() as u64) as usize;
+        self
+    }
+
     /// The channel to the server in use.
     pub fn channel(&self) -> Channel {
         self.list[self.at].1.clone()
@@ -314,6 +324,22 @@ mod tests {
         assert_eq!(servers.current(), "127.0.0.1:2");
         servers.failed().await;
         assert_eq!(servers.current(), "127.0.0.1:1");
+    }
+
+    #[tokio::test]
+    async fn nodes_given_the_same_list_spread_over_the_servers() {
+        let s = Settings::calls(Duration::from_secs(1));
+        let (_, c) = trust();
+        let list: Vec<String> = (1..=3).map(|p| format!("127.0.0.1:{p}")).collect();
+        let servers = Servers::new(&list, &s, &c).unwrap();
+        let mut count: std::collections::BTreeMap<String, usize> = Default::default();
+        for n in 0..999 {
+            *count.entry(servers.clone().spread(&format!("node-{n}")).current().to_owned()).or_default() += 1;
+        }
+        assert_eq!(count.len(), 3, "{count:?}");
+        assert!(count.values().all(|n| *n > 250), "{count:?}");
+        // The same node always starts at the same server.
+        assert_eq!(servers.clone().spread("node-7").current(), servers.clone().spread("node-7").current());
     }
 
     /// An agent service that refuses to register and never answers heartbeats.

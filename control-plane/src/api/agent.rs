@@ -8,13 +8,9 @@
 /// it wakes when the applied state moves.
 const WATCH_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use berth_proto::model::{
-    validate_name, AssignedTask, Assignment, Availability, Desired, Files, Node as NodeRecord, NodeNetwork, NodeStatus,
-    NodeVolume, Overlay, Peer, Replica, Resources, ServiceEndpoints, TaskState,
-};
+use berth_proto::model::{validate_name, Availability, Node as NodeRecord, NodeStatus, NodeVolume, Overlay, Resources};
 use berth_proto::pb::agent::agent_server::Agent;
 use berth_proto::pb::agent::*;
 use berth_proto::prost::Message as _;
@@ -23,7 +19,8 @@ use tonic::{Request, Response, Status};
 
 use super::auth;
 use crate::node::{LeaderOp, LeaderReply, Node};
-use crate::state::{now_ms, Command, Response as Applied, State, TaskReport as Report};
+use crate::publish::{Published, Share};
+use crate::state::{now_ms, Command, Response as Applied, TaskReport as Report};
 use crate::stats::Open;
 
 /// The most a node may offer: a million CPUs' worth of millis, and 1 PiB.
@@ -35,6 +32,8 @@ const MAX_LABELS: usize = 64;
 #[derive(Debug, Clone)]
 pub struct AgentApi {
     pub node: Arc<Node>,
+    /// What the watches send (see `publish`).
+    pub published: tokio::sync::watch::Receiver<Arc<Published>>,
     /// The cluster's level, shared with the Cluster API's.
     pub levels: super::levels::Levels,
 }
@@ -196,30 +195,46 @@ impl Agent for AgentApi {
 
     async fn watch_tasks(&self, req: Request<WatchTasksRequest>) -> Result<Response<Self::WatchTasksStream>, Status> {
         auth::node(&self.node, &req, &req.get_ref().node_id)?;
-        let node_id = req.into_inner().node_id;
+        let WatchTasksRequest { node_id, deltas } = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let node = self.node.clone();
+        let (node, mut published) = (self.node.clone(), self.published.clone());
         tokio::spawn(async move {
             let _open = Open::count(&node.stats.watch_streams);
-            let mut last: Option<Assignment> = None;
+            // What the stream last sent: the revision, and the node's share.
+            let mut sent: Option<(u64, Arc<Share>)> = None;
             let mut sent_at = tokio::time::Instant::now();
+            // Never a list older than the state when the watch began (a
+            // publication made before, while no watch asked for newer ones,
+            // would stop tasks placed since).
+            let fresh = node.metrics().last_applied.map_or(1, |l| l.index.max(1));
             loop {
-                let seen = node.metrics().last_applied;
-                let current = match node.applied.read() {
-                    Ok(applied) => assigned(&applied.state, &node_id),
-                    Err(_) => return,
+                let p = published.borrow_and_update().clone();
+                let keepalive = sent_at.elapsed() >= WATCH_REFRESH;
+                let message = match &sent {
+                    None if p.revision < fresh => None,
+                    Some((rev, share)) if !keepalive && !p.moved(&node_id, *rev, share) => None,
+                    Some((rev, share)) if deltas => Some(match p.delta(&node_id, *rev, share) {
+                        Some((changed, removed)) => AssignedTasks::delta(changed, removed, p.revision),
+                        None => full(&p, &node_id),
+                    }),
+                    _ => Some(full(&p, &node_id)),
                 };
-                if last.as_ref() != Some(&current) || sent_at.elapsed() >= WATCH_REFRESH {
-                    let message = AssignedTasks::from(current.clone());
+                if let Some(message) = message {
                     node.stats.watch_messages.inc();
                     node.stats.watch_bytes.inc_by(message.encoded_len() as u64);
+                    if message.delta {
+                        node.stats.watch_deltas.inc();
+                    }
                     if tx.send(Ok(message)).await.is_err() {
                         return;
                     }
-                    last = Some(current);
+                    sent = Some((p.revision, p.share(&node_id)));
                     sent_at = tokio::time::Instant::now();
                 }
-                node.applied_after(seen, WATCH_REFRESH.saturating_sub(sent_at.elapsed())).await;
+                let refresh = WATCH_REFRESH.saturating_sub(sent_at.elapsed());
+                if let Ok(Err(_)) = tokio::time::timeout(refresh, published.changed()).await {
+                    return; // the publisher stopped: the server is shutting down
+                }
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -259,89 +274,9 @@ pub fn volumes_from(volumes: Vec<berth_proto::pb::agent::NodeVolume>) -> Result<
     Ok(volumes)
 }
 
-/// What a node is asked to do now: its tasks, each with its own spec (not
-/// its service's current one: old tasks of a rolling update run the old
-/// spec) and the restarts the cluster has counted, so an agent that
-/// restarts goes on counting from there; and what its network needs.
-pub fn assigned(state: &State, node_id: &str) -> Assignment {
-    let tasks = state
-        .tasks
-        .values()
-        .filter(|t| t.node.as_deref() == Some(node_id) && t.desired == Desired::Running)
-        .map(|t| {
-            let files = files_of(state, &t.spec);
-            let task = AssignedTask {
-                id: t.id.clone(),
-                spec: t.spec.clone(),
-                restarts: t.restarts,
-                address: t.address,
-                files,
-            };
-            (t.id.clone(), task)
-        })
-        .collect();
-    let peers = state
-        .nodes
-        .values()
-        .filter(|n| n.id != node_id)
-        .filter_map(|n| {
-            let (overlay, subnet) = (n.overlay.as_ref()?, n.subnet?);
-            Some(Peer {
-                node_id: n.id.clone(),
-                public_key: overlay.public_key.clone(),
-                endpoint: overlay.endpoint.parse().ok()?,
-                subnet,
-            })
-        })
-        .collect();
-    let subnet = state.nodes.get(node_id).and_then(|n| n.subnet);
-    let network = subnet.zip(state.network).map(|(subnet, net)| NodeNetwork { subnet, cluster: net.cidr });
-    let volumes = state.volumes.get(node_id).map(|v| v.iter().map(|v| v.name.clone()).collect());
-    Assignment { tasks, network, peers, services: endpoints(state), volumes, ..Assignment::default() }
-}
-
-/// The values of the secrets and configs a task names (a secret opened
-/// with the cluster's key): what only its node is sent. One the state no
-/// longer has is left out, and the agent fails the task saying so.
-fn files_of(state: &State, spec: &berth_proto::model::TaskSpec) -> Files {
-    let options = &spec.overrides.options;
-    let key = state.trust.as_ref().and_then(|t| t.secrets_key.as_deref());
-    let secrets = options.secrets.iter().filter_map(|r| {
-        let sealed = &state.secrets.get(&r.source)?.data;
-        Some((r.source.clone(), crate::secrets::open(key?, sealed)?))
-    });
-    let configs = options
-        .configs
-        .iter()
-        .filter_map(|r| Some((r.source.clone(), hex::decode(&state.configs.get(&r.source)?.data).ok()?)));
-    Files { secrets: secrets.collect(), configs: configs.collect() }
-}
-
-/// Every service, its ports, its replicas that serve now
-/// (`Task::serving_address`), wherever they are, and whether any task of it
-/// runs: the same for every node.
-pub fn endpoints(state: &State) -> Vec<ServiceEndpoints> {
-    let mut services: BTreeMap<&str, ServiceEndpoints> = state
-        .services
-        .values()
-        .map(|s| {
-            let ports = s.spec.ports.clone();
-            let name = s.spec.name.clone();
-            (s.spec.name.as_str(), ServiceEndpoints { name, ports, replicas: vec![], started: false })
-        })
-        .collect();
-    for t in state.tasks.values() {
-        let Some(service) = services.get_mut(t.service.as_str()) else { continue };
-        service.started |= t.desired == Desired::Running && t.state == TaskState::Running;
-        if let Some(address) = t.serving_address() {
-            service.replicas.push(Replica { task: t.id.clone(), slot: t.slot, address: address.into() });
-        }
-    }
-    let mut services: Vec<ServiceEndpoints> = services.into_values().collect();
-    for s in &mut services {
-        s.replicas.sort_by_key(|e| e.slot);
-    }
-    services
+/// The node's whole list, as of the publication.
+fn full(p: &Published, node: &str) -> AssignedTasks {
+    AssignedTasks { revision: p.revision, ..p.full(node).into() }
 }
 
 #[cfg(test)]
@@ -349,6 +284,10 @@ mod tests {
     use berth_proto::model::{RestartPolicy, ServiceSpec, Task, TaskSpec, TaskState};
 
     use super::*;
+    use berth_proto::model::AssignedTask;
+
+    use crate::publish::assigned;
+    use crate::state::State;
     use crate::state::{apply, TaskChange};
 
     #[test]

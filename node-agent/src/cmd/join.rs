@@ -136,8 +136,10 @@ pub async fn join(mut node: Node, data_dir: &Path, run_dir: &Path, args: JoinArg
         network.overlay = keys.map(|k| (k, args.wireguard_port));
     }
     let period = Duration::from_millis(args.heartbeat_ms.max(10));
+    // Nodes given the same list start at different servers (by id).
     let servers = Servers::new(&args.servers, &Settings::calls(CALL_TIMEOUT), &tls.connector(Peer::Server))
-        .context("--server")?;
+        .context("--server")?
+        .spread(&request.node_id);
     let listen = listen_address(args.listen.as_deref(), &request.advertise_address)?;
     let listener = match tokio::net::TcpListener::bind(listen).await {
         // An advertised address this host does not have (NAT, a cloud

@@ -28,12 +28,14 @@ fn agent(servers: &Servers) -> AgentClient<tonic::transport::Channel> {
 pub async fn watch(mut servers: Servers, node_id: String, deadline: Duration, tx: watch::Sender<Option<Assignment>>) {
     while !tx.is_closed() {
         let server = servers.current().to_owned();
-        let request = WatchTasksRequest { node_id: node_id.clone() };
+        let request = WatchTasksRequest { node_id: node_id.clone(), deltas: true };
         match agent(&servers).watch_tasks(request).await {
             Ok(stream) => {
                 let mut stream = stream.into_inner();
+                // What this stream has said so far: deltas build on it.
+                let mut current: Option<Assignment> = None;
                 loop {
-                    let message = match tokio::time::timeout(deadline, stream.message()).await {
+                    let mut message = match tokio::time::timeout(deadline, stream.message()).await {
                         Err(_) => {
                             warn!(%server, "task watch: nothing for {deadline:?}; trying another server");
                             break;
@@ -45,26 +47,35 @@ pub async fn watch(mut servers: Servers, node_id: String, deadline: Duration, tx
                             break;
                         }
                     };
-                    match Assignment::try_from(message) {
-                        Ok(assignment) => {
-                            servers.succeeded();
-                            let before = tx.borrow().as_ref().map(|a| (a.refused.clone(), a.skipped.clone()));
-                            if before != Some((assignment.refused.clone(), assignment.skipped.clone())) {
-                                for (task, why) in &assignment.refused {
-                                    warn!(%server, %task, "task watch: this agent cannot run the task: {why}");
-                                }
-                                for why in &assignment.skipped {
-                                    warn!(%server, "task watch: left out of the assignment: {why}");
-                                }
-                            }
-                            if tx.send(Some(assignment)).is_err() {
-                                return;
-                            }
+                    let (delta, removed) = (message.delta, message.take_removed());
+                    let assignment = match (Assignment::try_from(message), current.take()) {
+                        (Ok(changed), Some(mut whole)) if delta => {
+                            whole.apply(changed, removed);
+                            whole
                         }
-                        Err(e) => {
+                        (Ok(_), None) if delta => {
+                            warn!(%server, "task watch: a delta before any whole list; watching again");
+                            break;
+                        }
+                        (Ok(whole), _) => whole,
+                        (Err(e), _) => {
                             warn!(%server, "task watch: this agent cannot take the assignment ({e}); keeping the last one");
                             break;
                         }
+                    };
+                    servers.succeeded();
+                    let before = tx.borrow().as_ref().map(|a| (a.refused.clone(), a.skipped.clone()));
+                    if before != Some((assignment.refused.clone(), assignment.skipped.clone())) {
+                        for (task, why) in &assignment.refused {
+                            warn!(%server, %task, "task watch: this agent cannot run the task: {why}");
+                        }
+                        for why in &assignment.skipped {
+                            warn!(%server, "task watch: left out of the assignment: {why}");
+                        }
+                    }
+                    current = Some(assignment.clone());
+                    if tx.send(Some(assignment)).is_err() {
+                        return;
                     }
                 }
             }

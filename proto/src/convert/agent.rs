@@ -5,8 +5,8 @@
 
 use crate::model::{
     validate_image, validate_service_name, AssignedTask, Assignment, Files, HealthState, InvalidField, NodeNetwork,
-    NodeVolume, Overrides, Peer, PortSpec, Protocol, Replica, Resources, RestartPolicy, Seccomp, ServiceEndpoints,
-    TaskReport, TaskSpec, TaskState, Userns,
+    NodeVolume, Overrides, Peer, PortSpec, Protocol, Removed, Replica, Resources, RestartPolicy, Seccomp,
+    ServiceEndpoints, TaskReport, TaskSpec, TaskState, Userns,
 };
 use crate::pb::agent as pb;
 
@@ -210,6 +210,34 @@ impl From<Assignment> for pb::AssignedTasks {
             services: a.services.into_iter().map(Into::into).collect(),
             volumes_known: a.volumes.is_some(),
             volumes: a.volumes.unwrap_or_default().into_iter().collect(),
+            revision: 0,
+            delta: false,
+            removed_tasks: vec![],
+            removed_peers: vec![],
+            removed_services: vec![],
+        }
+    }
+}
+
+impl pb::AssignedTasks {
+    /// A delta message: `changed` and what is gone, as of `revision`.
+    pub fn delta(changed: Assignment, removed: Removed, revision: u64) -> Self {
+        Self {
+            revision,
+            delta: true,
+            removed_tasks: removed.tasks,
+            removed_peers: removed.peers,
+            removed_services: removed.services,
+            ..changed.into()
+        }
+    }
+
+    /// Takes out the delta's removed lists (empty in a whole list).
+    pub fn take_removed(&mut self) -> Removed {
+        Removed {
+            tasks: std::mem::take(&mut self.removed_tasks),
+            peers: std::mem::take(&mut self.removed_peers),
+            services: std::mem::take(&mut self.removed_services),
         }
     }
 }
@@ -377,6 +405,7 @@ mod tests {
             }],
             volumes_known: true,
             volumes: vec!["data".into()],
+            ..Default::default()
         }
     }
 

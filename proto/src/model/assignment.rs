@@ -41,6 +41,58 @@ pub struct Assignment {
     pub fenced: std::collections::BTreeSet<String>,
 }
 
+/// What changed in a node's assignment since the revision its watch last
+/// sent (the task watch's deltas): tasks, peers and services that are new
+/// or changed, whole, and those gone. The network and volumes are always
+/// sent whole (they are small and per node).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub tasks: Vec<String>,
+    pub peers: Vec<String>,
+    pub services: Vec<String>,
+}
+
+impl Assignment {
+    /// Applies a delta: `changed` holds what is new or changed (as
+    /// `Assignment::try_from` read it), `removed` what is gone. Peers and
+    /// services stay in the order the full form has (by node id, by name),
+    /// so an assignment kept up by deltas equals the full one.
+    pub fn apply(&mut self, changed: Assignment, removed: Removed) {
+        for id in &removed.tasks {
+            self.tasks.remove(id);
+            self.refused.remove(id);
+        }
+        for (id, task) in changed.tasks {
+            self.refused.remove(&id);
+            self.tasks.insert(id, task);
+        }
+        for (id, why) in changed.refused {
+            self.tasks.remove(&id);
+            self.refused.insert(id, why);
+        }
+        self.skipped = changed.skipped;
+        self.network = changed.network;
+        self.volumes = changed.volumes;
+        merge(&mut self.peers, changed.peers, &removed.peers, |p| &p.node_id);
+        merge(&mut self.services, changed.services, &removed.services, |s| &s.name);
+    }
+}
+
+/// `list` (sorted by `key`) with `removed` taken out and `changed` put in.
+fn merge<T>(list: &mut Vec<T>, changed: Vec<T>, removed: &[String], key: impl Fn(&T) -> &String) {
+    if changed.is_empty() && removed.is_empty() {
+        return;
+    }
+    let mut by: BTreeMap<String, T> = std::mem::take(list).into_iter().map(|t| (key(&t).clone(), t)).collect();
+    for r in removed {
+        by.remove(r);
+    }
+    for c in changed {
+        by.insert(key(&c).clone(), c);
+    }
+    *list = by.into_values().collect();
+}
+
 /// This node's containers' subnet (its first address is the node's
 /// bridge) within the cluster's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

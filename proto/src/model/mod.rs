@@ -20,7 +20,7 @@ mod security;
 mod service;
 mod task;
 
-pub use assignment::{AssignedTask, Assignment, NodeNetwork, Peer, Replica, ServiceEndpoints, TaskReport};
+pub use assignment::{AssignedTask, Assignment, NodeNetwork, Peer, Removed, Replica, ServiceEndpoints, TaskReport};
 pub use constraint::{Constraint, ConstraintKey};
 pub use depends::{Condition, Dependency, MAX_DEPENDENCIES};
 pub use files::{check_file, file_name_ok, FileInfo, FileKind, FileRef, Files, MAX_FILE_BYTES, MAX_FILE_REFS};

@@ -78,6 +78,9 @@ struct Args {
     /// Leave the failover out
     #[arg(long)]
     no_failover: bool,
+    /// Ask for whole lists, as an agent of the release before deltas does
+    #[arg(long)]
+    whole_lists: bool,
 }
 
 /// What the simulated nodes did and received, summed over all of them.
@@ -151,7 +154,8 @@ async fn node(
 ) -> Result<()> {
     let tls = Tls::new(&creds)?;
     let root = tls.identity().map(|i| i.issuer).unwrap_or_default();
-    let servers = Servers::new(&addrs, &Settings::calls(Duration::from_secs(10)), &tls.connector(Peer::Server))?;
+    let servers =
+        Servers::new(&addrs, &Settings::calls(Duration::from_secs(10)), &tls.connector(Peer::Server))?.spread(&id);
     let request = RegisterRequest {
         node_id: id.clone(),
         name: format!("sim-{i}"),
@@ -217,7 +221,7 @@ async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Co
     let mut last_hash = 0u64;
     let run_after = Duration::from_millis(args.run_after_ms);
     loop {
-        let request = WatchTasksRequest { node_id: node_id.clone() };
+        let request = WatchTasksRequest { node_id: node_id.clone(), deltas: !args.whole_lists };
         let mut stream = match agent(&servers).watch_tasks(request).await {
             Ok(s) => s.into_inner(),
             Err(_) => {
@@ -274,11 +278,18 @@ fn received(m: &AssignedTasks, held: &mut HashMap<String, Held>, last_hash: &mut
     let bytes = m.encoded_len() as u64;
     c.watch_messages.fetch_add(1, Ordering::Relaxed);
     c.watch_bytes.fetch_add(bytes, Ordering::Relaxed);
-    let mut h = DefaultHasher::new();
-    m.encode_to_vec().hash(&mut h);
-    let hash = h.finish();
-    if hash != *last_hash {
-        *last_hash = hash;
+    // A delta with nothing in it is a keepalive; a whole list is a
+    // keepalive when it repeats the last one.
+    let news = if m.delta {
+        let removed = m.removed_tasks.len() + m.removed_peers.len() + m.removed_services.len();
+        !m.tasks.is_empty() || !m.peers.is_empty() || !m.services.is_empty() || removed > 0
+    } else {
+        let mut h = DefaultHasher::new();
+        m.encode_to_vec().hash(&mut h);
+        let hash = h.finish();
+        std::mem::replace(last_hash, hash) != hash
+    };
+    if news {
         c.change_messages.fetch_add(1, Ordering::Relaxed);
         c.change_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -289,8 +300,12 @@ fn received(m: &AssignedTasks, held: &mut HashMap<String, Held>, last_hash: &mut
             c.assigned.fetch_add(1, Ordering::Relaxed);
         }
     }
-    let listed: std::collections::HashSet<&str> = m.tasks.iter().map(|t| t.id.as_str()).collect();
-    let gone: Vec<String> = held.keys().filter(|id| !listed.contains(id.as_str())).cloned().collect();
+    let gone: Vec<String> = if m.delta {
+        m.removed_tasks.iter().filter(|id| held.contains_key(*id)).cloned().collect()
+    } else {
+        let listed: std::collections::HashSet<&str> = m.tasks.iter().map(|t| t.id.as_str()).collect();
+        held.keys().filter(|id| !listed.contains(id.as_str())).cloned().collect()
+    };
     for id in &gone {
         if held.remove(id) == Some(Held::Reported) {
             c.running.fetch_sub(1, Ordering::Relaxed);
@@ -390,10 +405,22 @@ async fn main() -> Result<()> {
         let replicas = left.min(per);
         let mut s = spec(&format!("sim{k}"));
         s.replicas = replicas as i64;
-        client(&addrs[k % addrs.len()])
-            .create_service(CreateServiceRequest { spec: Some(s), no_resolve_image: true })
+        // As a user would: again (on the next server) while the cluster is busy.
+        let mut tries = 0;
+        while let Err(e) = client(&addrs[(k + tries) % addrs.len()])
+            .create_service(CreateServiceRequest { spec: Some(s.clone()), no_resolve_image: true })
             .await
-            .context("creating a service")?;
+        {
+            if e.code() == tonic::Code::AlreadyExists && tries > 0 {
+                break; // an earlier try took effect after all
+            }
+            tries += 1;
+            eprintln!("creating sim{k}: {:?}: {}", e.code(), e.message());
+            if tries > 20 || e.code() == tonic::Code::InvalidArgument {
+                bail!("creating sim{k}: {e}");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         left -= replicas;
         k += 1;
     }

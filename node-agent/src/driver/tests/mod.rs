@@ -378,3 +378,21 @@ async fn an_exclusive_task_runs_only_while_a_lease_names_it() {
     n.lease.send_replace(lease(60_000, &["db.1.1"]));
     eventually("db started again", || (n.containers.times("start", "db.1.1").len() == 2).then_some(())).await;
 }
+
+#[tokio::test]
+async fn deltas_add_and_remove_tasks_on_the_whole_list_they_follow() {
+    let cluster = FakeCluster::start(assigned(vec![task("a.1.1", "reg:5000/web:1", "always", "")])).await;
+    let n = node(&[&cluster], FakeContainers::default());
+    eventually("a.1.1 running", || is(&cluster, "a.1.1", "running").then_some(())).await;
+    // A delta names only what is new: a.1.1 stays.
+    let add = pb::AssignedTasks { delta: true, ..assigned(vec![task("b.1.1", "reg:5000/web:1", "always", "")]) };
+    cluster.assign(add);
+    eventually("b.1.1 running", || is(&cluster, "b.1.1", "running").then_some(())).await;
+    assert!(is(&cluster, "a.1.1", "running"));
+    assert_eq!(n.containers.times("start", "a.1.1").len(), 1, "a.1.1 left alone");
+    // One that takes a.1.1 away: only a.1.1 stops.
+    cluster.assign(pb::AssignedTasks { delta: true, removed_tasks: vec!["a.1.1".into()], ..assigned(vec![]) });
+    eventually("a.1.1 shut down", || told(&cluster, "a.1.1", "shutdown").then_some(())).await;
+    assert!(is(&cluster, "b.1.1", "running"));
+    assert!(n.containers.times("stop", "b.1.1").is_empty());
+}

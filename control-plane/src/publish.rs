@@ -1,0 +1,514 @@
+//! What agents' task watches carry, made once per publication and shared
+//! by every watch on this server, with a log of what changed, so that a
+//! watch sends its node only what changed since its last message.
+//!
+//! Before this, each watch built its node's whole assignment from the
+//! state on every commit (every task walked, every service's endpoints
+//! made) and sent it whole: N nodes × the cluster per change. Now the
+//! server makes one `Published` per batch of commits (`next`, from the
+//! last one: a task whose assignment did not change keeps its `Arc`), and
+//! a watch takes its node's share (`Share`, compared by pointer first)
+//! and the shared changes since the revision it last sent (`log`). What
+//! a node receives for a change elsewhere is that change, not the cluster.
+//!
+//! ```text
+//!   state ──next()──▶ Published{rev, services, peers, shares, log} ──watch──▶ every stream
+//!                                                      │
+//!   stream(sent rev r, sent share) ──delta(node, r)────┘──▶ changed tasks/peers/services + removed
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_proto::model::{
+    AssignedTask, Assignment, Desired, Files, NodeNetwork, Peer, Removed, Replica, ServiceEndpoints, TaskSpec,
+    TaskState,
+};
+
+use crate::node::Node;
+use crate::state::State;
+
+/// The least time between two publications: a burst of commits makes one.
+const GAP: Duration = Duration::from_millis(50);
+/// A publication that took t is followed by at least DUTY × t of rest, so
+/// publishing takes at most about a third of the server however big the
+/// cluster is.
+const DUTY: u32 = 2;
+
+/// Publishes the applied state for this server's watches, while any
+/// watches; a watch subscribes with `Receiver::clone` and is woken by each
+/// publication.
+pub fn spawn(node: Arc<Node>) -> tokio::sync::watch::Receiver<Arc<Published>> {
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(Published::default()));
+    tokio::spawn(async move {
+        let mut seen = None;
+        let mut rest = GAP;
+        loop {
+            tokio::time::sleep(rest).await;
+            // A new watch waits at most this long for a publication of a state that did not move.
+            let applied = node.applied_after(seen, Duration::from_millis(200)).await;
+            if tx.is_closed() {
+                return;
+            }
+            let stale = tx.borrow().revision != applied.map_or(0, |l| l.index) || seen.is_none();
+            if tx.receiver_count() <= 1 || !stale {
+                continue;
+            }
+            let started = Instant::now();
+            let next = match node.applied.read() {
+                Ok(a) => {
+                    seen = a.last_applied;
+                    Published::next(&tx.borrow(), &a.state, a.last_applied.map_or(0, |l| l.index))
+                }
+                Err(_) => return,
+            };
+            tx.send_replace(Arc::new(next));
+            node.stats.publish_seconds.observe(started.elapsed().as_secs_f64());
+            rest = GAP.max(started.elapsed() * DUTY);
+        }
+    });
+    rx
+}
+
+/// Publications a watch may lag behind and still get a delta; one that
+/// lags more gets its whole list again.
+const LOG_KEPT: usize = 1024;
+
+/// One node's own part: its tasks, its network and its volumes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Share {
+    pub tasks: BTreeMap<String, Arc<AssignedTask>>,
+    pub network: Option<NodeNetwork>,
+    pub volumes: Option<BTreeSet<String>>,
+}
+
+/// A service or a peer changed (or came), or went, at a revision.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Change {
+    Service(String),
+    Peer(String),
+}
+
+#[derive(Debug, Default)]
+pub struct Published {
+    /// The applied index it was made at.
+    pub revision: u64,
+    pub services: BTreeMap<String, Arc<ServiceEndpoints>>,
+    /// Every node with an overlay, by id.
+    pub peers: BTreeMap<String, Arc<Peer>>,
+    pub shares: HashMap<String, Arc<Share>>,
+    /// Services and peers that changed, came or went, by the revision that
+    /// published it; complete for every revision after `since`.
+    log: BTreeMap<u64, Vec<Change>>,
+    since: u64,
+}
+
+impl Published {
+    /// The publication of `state` at `revision`, reusing what did not
+    /// change since `prev`.
+    pub fn next(prev: &Published, state: &State, revision: u64) -> Published {
+        let services: BTreeMap<String, Arc<ServiceEndpoints>> = endpoints(state)
+            .into_iter()
+            .map(|s| {
+                let kept = prev.services.get(&s.name).filter(|p| ***p == s).cloned();
+                (s.name.clone(), kept.unwrap_or_else(|| Arc::new(s)))
+            })
+            .collect();
+        let peers: BTreeMap<String, Arc<Peer>> = state
+            .nodes
+            .values()
+            .filter_map(|n| {
+                let (overlay, subnet) = (n.overlay.as_ref()?, n.subnet?);
+                let peer = Peer {
+                    node_id: n.id.clone(),
+                    public_key: overlay.public_key.clone(),
+                    endpoint: overlay.endpoint.parse().ok()?,
+                    subnet,
+                };
+                let kept = prev.peers.get(&n.id).filter(|p| ***p == peer).cloned();
+                Some((n.id.clone(), kept.unwrap_or_else(|| Arc::new(peer))))
+            })
+            .collect();
+        let shares = shares(prev, state);
+        let mut changes = Vec::new();
+        changes.extend(changed(&prev.services, &services).map(Change::Service));
+        changes.extend(changed(&prev.peers, &peers).map(Change::Peer));
+        let mut log = prev.log.clone();
+        let mut since = prev.since;
+        if !changes.is_empty() {
+            log.insert(revision, changes);
+        }
+        while log.len() > LOG_KEPT {
+            if let Some((rev, _)) = log.pop_first() {
+                since = rev;
+            }
+        }
+        Published { revision, services, peers, shares, log, since }
+    }
+
+    /// The node's share (an empty one for a node with nothing).
+    pub fn share(&self, node: &str) -> Arc<Share> {
+        self.shares.get(node).cloned().unwrap_or_default()
+    }
+
+    /// The node's whole assignment.
+    pub fn full(&self, node: &str) -> Assignment {
+        let share = self.share(node);
+        Assignment {
+            tasks: share.tasks.iter().map(|(id, t)| (id.clone(), (**t).clone())).collect(),
+            network: share.network,
+            volumes: share.volumes.clone(),
+            peers: self.peers.values().filter(|p| p.node_id != node).map(|p| (**p).clone()).collect(),
+            services: self.services.values().map(|s| (**s).clone()).collect(),
+            ..Assignment::default()
+        }
+    }
+
+    /// What changed for `node` since a stream sent it revision `sent` with
+    /// share `before`: None when the log no longer reaches back that far
+    /// (the stream sends the whole list), else the changes (maybe none).
+    pub fn delta(&self, node: &str, sent: u64, before: &Share) -> Option<(Assignment, Removed)> {
+        if sent < self.since {
+            return None;
+        }
+        let mut changed = Assignment::default();
+        let mut removed = Removed::default();
+        let share = self.share(node);
+        for (id, task) in &share.tasks {
+            if before.tasks.get(id) != Some(task) {
+                changed.tasks.insert(id.clone(), (**task).clone());
+            }
+        }
+        removed.tasks = before.tasks.keys().filter(|id| !share.tasks.contains_key(*id)).cloned().collect();
+        changed.network = share.network;
+        changed.volumes = share.volumes.clone();
+        let touched: BTreeSet<&Change> = self.log.range(sent + 1..).flat_map(|(_, c)| c).collect();
+        for change in touched {
+            match change {
+                Change::Service(name) => match self.services.get(name) {
+                    Some(s) => changed.services.push((**s).clone()),
+                    None => removed.services.push(name.clone()),
+                },
+                Change::Peer(id) if id == node => {}
+                Change::Peer(id) => match self.peers.get(id) {
+                    Some(p) => changed.peers.push((**p).clone()),
+                    None => removed.peers.push(id.clone()),
+                },
+            }
+        }
+        Some((changed, removed))
+    }
+
+    /// Whether anything for `node` may have changed since revision `sent`
+    /// with share `before` (a cheap look: no change means no message).
+    pub fn moved(&self, node: &str, sent: u64, before: &Arc<Share>) -> bool {
+        !Arc::ptr_eq(&self.share(node), before) && *self.share(node) != **before
+            || self.log.range(sent + 1..).next().is_some()
+            || sent < self.since
+    }
+}
+
+/// Names in `before` or `after` whose value differs (or that only one has).
+fn changed<'a, T: PartialEq>(
+    before: &'a BTreeMap<String, Arc<T>>,
+    after: &'a BTreeMap<String, Arc<T>>,
+) -> impl Iterator<Item = String> + 'a {
+    let gone = before.keys().filter(|k| !after.contains_key(*k));
+    let new_or_changed =
+        after.iter().filter(|(k, v)| before.get(*k).is_none_or(|b| !Arc::ptr_eq(b, v))).map(|(k, _)| k);
+    gone.chain(new_or_changed).cloned()
+}
+
+/// Every node's share, reusing the last publication's tasks (and shares)
+/// where nothing in them changed.
+fn shares(prev: &Published, state: &State) -> HashMap<String, Arc<Share>> {
+    let mut tasks: HashMap<&str, BTreeMap<String, Arc<AssignedTask>>> = HashMap::new();
+    for t in state.tasks.values().filter(|t| t.desired == Desired::Running) {
+        let Some(node) = t.node.as_deref() else { continue };
+        let files = files_of(state, &t.spec);
+        let task =
+            AssignedTask { id: t.id.clone(), spec: t.spec.clone(), restarts: t.restarts, address: t.address, files };
+        let kept = prev.shares.get(node).and_then(|s| s.tasks.get(&t.id)).filter(|p| ***p == task).cloned();
+        tasks.entry(node).or_default().insert(t.id.clone(), kept.unwrap_or_else(|| Arc::new(task)));
+    }
+    state
+        .nodes
+        .keys()
+        .map(|id| {
+            let network = state.nodes[id]
+                .subnet
+                .zip(state.network)
+                .map(|(subnet, net)| NodeNetwork { subnet, cluster: net.cidr });
+            let volumes = state.volumes.get(id).map(|v| v.iter().map(|v| v.name.clone()).collect());
+            let share = Share { tasks: tasks.remove(id.as_str()).unwrap_or_default(), network, volumes };
+            let share = match prev.shares.get(id) {
+                Some(p) if **p == share => p.clone(),
+                _ => Arc::new(share),
+            };
+            (id.clone(), share)
+        })
+        .collect()
+}
+
+/// What a node is asked to do now, made from the state alone: its tasks,
+/// each with its own spec (not its service's current one: old tasks of a
+/// rolling update run the old spec) and the restarts the cluster has
+/// counted, so an agent that restarts goes on counting from there; and
+/// what its network needs. A publication's `full` gives the same.
+pub fn assigned(state: &State, node_id: &str) -> Assignment {
+    Published::next(&Published::default(), state, 0).full(node_id)
+}
+
+/// The values of the secrets and configs a task names (a secret opened
+/// with the cluster's key): what only its node is sent. One the state no
+/// longer has is left out, and the agent fails the task saying so.
+fn files_of(state: &State, spec: &TaskSpec) -> Files {
+    let options = &spec.overrides.options;
+    if options.secrets.is_empty() && options.configs.is_empty() {
+        return Files::default();
+    }
+    let key = state.trust.as_ref().and_then(|t| t.secrets_key.as_deref());
+    let secrets = options.secrets.iter().filter_map(|r| {
+        let sealed = &state.secrets.get(&r.source)?.data;
+        Some((r.source.clone(), crate::secrets::open(key?, sealed)?))
+    });
+    let configs = options
+        .configs
+        .iter()
+        .filter_map(|r| Some((r.source.clone(), hex::decode(&state.configs.get(&r.source)?.data).ok()?)));
+    Files { secrets: secrets.collect(), configs: configs.collect() }
+}
+
+/// Every service, its ports, its replicas that serve now
+/// (`Task::serving_address`), wherever they are, and whether any task of it
+/// runs: the same for every node.
+pub fn endpoints(state: &State) -> Vec<ServiceEndpoints> {
+    let mut services: BTreeMap<&str, ServiceEndpoints> = state
+        .services
+        .values()
+        .map(|s| {
+            let ports = s.spec.ports.clone();
+            let name = s.spec.name.clone();
+            (s.spec.name.as_str(), ServiceEndpoints { name, ports, replicas: vec![], started: false })
+        })
+        .collect();
+    for t in state.tasks.values() {
+        let Some(service) = services.get_mut(t.service.as_str()) else { continue };
+        service.started |= t.desired == Desired::Running && t.state == TaskState::Running;
+        if let Some(address) = t.serving_address() {
+            service.replicas.push(Replica { task: t.id.clone(), slot: t.slot, address: address.into() });
+        }
+    }
+    let mut services: Vec<ServiceEndpoints> = services.into_values().collect();
+    for s in &mut services {
+        s.replicas.sort_by_key(|e| e.slot);
+    }
+    services
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_proto::model::{
+        Availability, Cidr, Mode, Node, NodeStatus, Overlay, Resources, RestartPolicy, ServiceSpec, Task, UpdateConfig,
+    };
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::state::{apply, Command};
+
+    const NODES: [&str; 3] = ["n1", "n2", "n3"];
+
+    fn spec(name: &str) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            image: "busybox".into(),
+            command: vec![],
+            env: Default::default(),
+            replicas: 1,
+            resources: Default::default(),
+            ports: vec![],
+            restart: RestartPolicy::Always,
+            constraints: vec![],
+            pids_limit: None,
+            seccomp: Default::default(),
+            userns: Default::default(),
+            overrides: Default::default(),
+            update_config: UpdateConfig::UPDATE,
+            rollback_config: UpdateConfig::ROLLBACK,
+            mode: Mode::Replicated,
+            placement: Default::default(),
+        }
+    }
+
+    fn node(i: usize) -> Node {
+        Node {
+            id: NODES[i].into(),
+            name: NODES[i].into(),
+            address: String::new(),
+            labels: Default::default(),
+            capacity: Resources { cpu_millis: 4000, memory_bytes: 8 << 30 },
+            status: NodeStatus::Ready,
+            availability: Availability::Active,
+            subnet: Some(format!("198.19.{}.0/24", i + 1).parse::<Cidr>().unwrap()),
+            overlay: Some(Overlay { public_key: format!("key-{i}"), endpoint: format!("198.18.0.{}:51820", i + 1) }),
+            reads: berth_proto::model::AGENT_READS,
+        }
+    }
+
+    /// Things that happen to a cluster between two publications.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A task of service s, slot, on node n, running or not.
+        Place {
+            s: usize,
+            slot: u32,
+            n: usize,
+            running: bool,
+        },
+        /// The k-th task (mod their number) stops being wanted, or goes.
+        Stop(usize),
+        Forget(usize),
+        /// It restarted (its count moves).
+        Restart(usize),
+        RemoveService(usize),
+        AddService(usize),
+        /// A node's overlay endpoint moves, or the node goes.
+        MovePeer(usize, u8),
+        RemoveNode(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..3usize, 1..4u32, 0..3usize, any::<bool>()).prop_map(|(s, slot, n, running)| Op::Place { s, slot, n, running }),
+            2 => any::<usize>().prop_map(Op::Stop),
+            1 => any::<usize>().prop_map(Op::Forget),
+            2 => any::<usize>().prop_map(Op::Restart),
+            1 => (0..3usize).prop_map(Op::RemoveService),
+            1 => (0..3usize).prop_map(Op::AddService),
+            1 => (0..3usize, any::<u8>()).prop_map(|(n, p)| Op::MovePeer(n, p)),
+            1 => (0..3usize).prop_map(Op::RemoveNode),
+        ]
+    }
+
+    fn cluster() -> State {
+        let mut state = State::default();
+        for (i, id) in NODES.iter().enumerate() {
+            apply(&mut state, &Command::CreateService(spec(&format!("s{i}"))));
+            state.nodes.insert((*id).into(), node(i));
+        }
+        state
+    }
+
+    fn nth(state: &State, k: usize) -> Option<String> {
+        let n = state.tasks.len();
+        (n > 0).then(|| state.tasks.keys().nth(k % n).cloned()).flatten()
+    }
+
+    fn run(state: &mut State, op: &Op) {
+        match op {
+            Op::Place { s, slot, n, running } => {
+                let mut t = Task::new(&format!("s{s}"), *slot, 1, 1, Default::default());
+                t.node = Some(NODES[*n].into());
+                t.address = Some([198, 19, *n as u8 + 1, *slot as u8 + 1].into());
+                t.state = if *running { TaskState::Running } else { TaskState::Assigned };
+                state.tasks.insert(t.id.clone(), t);
+            }
+            Op::Stop(k) => {
+                if let Some(id) = nth(state, *k) {
+                    state.tasks.get_mut(&id).unwrap().desired = Desired::Shutdown;
+                }
+            }
+            Op::Forget(k) => {
+                if let Some(id) = nth(state, *k) {
+                    state.tasks.remove(&id);
+                }
+            }
+            Op::Restart(k) => {
+                if let Some(id) = nth(state, *k) {
+                    state.tasks.get_mut(&id).unwrap().restarts += 1;
+                }
+            }
+            Op::RemoveService(s) => drop(state.services.remove(&format!("s{s}"))),
+            Op::AddService(s) => drop(apply(state, &Command::CreateService(spec(&format!("s{s}"))))),
+            Op::MovePeer(n, port) => {
+                if let Some(o) = state.nodes.get_mut(NODES[*n]).and_then(|n| n.overlay.as_mut()) {
+                    o.endpoint = format!("198.18.0.{}:{}", n + 1, 1000 + u16::from(*port));
+                }
+            }
+            Op::RemoveNode(n) => drop(state.nodes.remove(NODES[*n])),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// What an agent keeps by applying each delta is, after every
+        /// publication, the whole list it would have been sent, for every
+        /// node, whichever publications a watch skipped.
+        #[test]
+        fn deltas_applied_in_turn_make_the_whole_list(ops in prop::collection::vec((op(), any::<bool>()), 1..40)) {
+            let mut state = cluster();
+            let mut p = Published::next(&Published::default(), &state, 1);
+            // Per node: what its agent has, and what its stream last sent.
+            let mut agents: Vec<(Assignment, u64, Arc<Share>)> =
+                NODES.iter().map(|n| (p.full(n), p.revision, p.share(n))).collect();
+            for (i, (op, watched)) in ops.iter().enumerate() {
+                run(&mut state, op);
+                p = Published::next(&p, &state, i as u64 + 2);
+                if !watched {
+                    continue; // the streams slept through this one
+                }
+                for (n, (agent, rev, share)) in NODES.iter().zip(agents.iter_mut()) {
+                    let (changed, removed) = p.delta(n, *rev, share).expect("the log reaches back");
+                    let moved = p.moved(n, *rev, share);
+                    let before = agent.clone();
+                    agent.apply(changed, removed);
+                    prop_assert_eq!(&*agent, &p.full(n), "node {} after {:?}", n, op);
+                    prop_assert!(moved || *agent == before, "a change the quick look missed: {:?}", op);
+                    *rev = p.revision;
+                    *share = p.share(n);
+                }
+                prop_assert_eq!(p.full("n1"), assigned(&state, "n1"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_change_elsewhere_sends_only_that_change() {
+        let mut state = cluster();
+        for (n, slot) in [(0, 1), (1, 2), (2, 3)] {
+            run(&mut state, &Op::Place { s: 0, slot, n, running: true });
+        }
+        let p1 = Published::next(&Published::default(), &state, 1);
+        run(&mut state, &Op::Place { s: 1, slot: 1, n: 2, running: true });
+        let p2 = Published::next(&p1, &state, 2);
+        // n1's share is the same one: nothing of its own moved.
+        assert!(Arc::ptr_eq(&p1.share("n1"), &p2.share("n1")));
+        let (changed, removed) = p2.delta("n1", 1, &p1.share("n1")).unwrap();
+        assert!(changed.tasks.is_empty() && changed.peers.is_empty() && removed == Removed::default());
+        let names: Vec<&str> = changed.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["s1"], "only the service that changed");
+        // The node that got the task gets it, and the same service change.
+        let (changed, _) = p2.delta("n3", 1, &p1.share("n3")).unwrap();
+        assert_eq!(changed.tasks.keys().collect::<Vec<_>>(), ["s1.1.1"]);
+        // Nothing moved at all: no message.
+        let p3 = Published::next(&p2, &state, 3);
+        assert!(!p3.moved("n1", 2, &p2.share("n1")));
+    }
+
+    #[test]
+    fn a_watch_that_lags_past_the_log_gets_the_whole_list() {
+        let mut state = cluster();
+        let mut p = Published::next(&Published::default(), &state, 1);
+        let first = p.share("n1");
+        for i in 0..LOG_KEPT as u64 + 5 {
+            // A service's endpoints change at every publication.
+            run(&mut state, &Op::Place { s: 0, slot: 1, n: 1, running: i % 2 == 0 });
+            p = Published::next(&p, &state, i + 2);
+        }
+        assert!(p.delta("n1", 1, &first).is_none(), "too far behind for a delta");
+        assert!(p.moved("n1", 1, &first));
+        assert!(p.delta("n1", p.revision - 3, &p.share("n1")).is_some());
+    }
+}
