@@ -151,32 +151,14 @@ pub fn diff(old: &State, new: &State) -> Vec<Event> {
 
 #[cfg(test)]
 mod tests {
-    use berth_proto::model::{Node, Resources, RestartPolicy, ServiceSpec, TaskSpec, TaskState};
+    use berth_proto::model::{Node, Resources, ServiceSpec, TaskSpec, TaskState};
 
     use super::*;
     use crate::state::{apply, Command, TaskChange, TaskReport};
     use berth_proto::model::HealthState;
 
     fn spec(replicas: u32) -> ServiceSpec {
-        ServiceSpec {
-            name: "web".into(),
-            image: "registry:5000/web:1".into(),
-            command: vec![],
-            env: Default::default(),
-            replicas,
-            resources: Default::default(),
-            ports: vec![],
-            restart: RestartPolicy::Always,
-            constraints: vec![],
-            pids_limit: None,
-            seccomp: Default::default(),
-            userns: Default::default(),
-            overrides: Default::default(),
-            update_config: berth_proto::model::UpdateConfig::UPDATE,
-            rollback_config: berth_proto::model::UpdateConfig::ROLLBACK,
-            mode: Default::default(),
-            placement: Default::default(),
-        }
+        ServiceSpec { image: "registry:5000/web:1".into(), ..crate::testing::spec("web", replicas) }
     }
 
     fn lines(events: &[Event]) -> Vec<String> {

@@ -33,4 +33,6 @@ pub mod server;
 pub mod state;
 pub mod stats;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod trust;

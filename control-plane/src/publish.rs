@@ -309,50 +309,20 @@ pub fn endpoints(state: &State) -> Vec<ServiceEndpoints> {
 
 #[cfg(test)]
 mod tests {
-    use berth_proto::model::{
-        Availability, Cidr, Mode, Node, NodeStatus, Overlay, Resources, RestartPolicy, ServiceSpec, Task, UpdateConfig,
-    };
+    use berth_proto::model::{Cidr, Node, Overlay, Task};
     use proptest::prelude::*;
 
     use super::*;
     use crate::state::{apply, Command};
+    use crate::testing::{self, spec};
 
     const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
-    fn spec(name: &str) -> ServiceSpec {
-        ServiceSpec {
-            name: name.into(),
-            image: "busybox".into(),
-            command: vec![],
-            env: Default::default(),
-            replicas: 1,
-            resources: Default::default(),
-            ports: vec![],
-            restart: RestartPolicy::Always,
-            constraints: vec![],
-            pids_limit: None,
-            seccomp: Default::default(),
-            userns: Default::default(),
-            overrides: Default::default(),
-            update_config: UpdateConfig::UPDATE,
-            rollback_config: UpdateConfig::ROLLBACK,
-            mode: Mode::Replicated,
-            placement: Default::default(),
-        }
-    }
-
     fn node(i: usize) -> Node {
         Node {
-            id: NODES[i].into(),
-            name: NODES[i].into(),
-            address: String::new(),
-            labels: Default::default(),
-            capacity: Resources { cpu_millis: 4000, memory_bytes: 8 << 30 },
-            status: NodeStatus::Ready,
-            availability: Availability::Active,
             subnet: Some(format!("198.19.{}.0/24", i + 1).parse::<Cidr>().unwrap()),
             overlay: Some(Overlay { public_key: format!("key-{i}"), endpoint: format!("198.18.0.{}:51820", i + 1) }),
-            reads: berth_proto::model::AGENT_READS,
+            ..testing::node(NODES[i])
         }
     }
 
@@ -394,7 +364,7 @@ mod tests {
     fn cluster() -> State {
         let mut state = State::default();
         for (i, id) in NODES.iter().enumerate() {
-            apply(&mut state, &Command::CreateService(spec(&format!("s{i}"))));
+            apply(&mut state, &Command::CreateService(spec(&format!("s{i}"), 1)));
             state.nodes.insert((*id).into(), node(i));
         }
         state
@@ -430,7 +400,7 @@ mod tests {
                 }
             }
             Op::RemoveService(s) => drop(state.services.remove(&format!("s{s}"))),
-            Op::AddService(s) => drop(apply(state, &Command::CreateService(spec(&format!("s{s}"))))),
+            Op::AddService(s) => drop(apply(state, &Command::CreateService(spec(&format!("s{s}"), 1)))),
             Op::MovePeer(n, port) => {
                 if let Some(o) = state.nodes.get_mut(NODES[*n]).and_then(|n| n.overlay.as_mut()) {
                     o.endpoint = format!("198.18.0.{}:{}", n + 1, 1000 + u16::from(*port));

@@ -3,58 +3,21 @@
 use std::collections::BTreeSet;
 
 use berth_proto::model::{
-    Availability, Mode, NetworkConfig, Node, NodeStatus, Order, Resources, RestartPolicy, RolloutState, ServiceSpec,
-    UpdateConfig,
+    Availability, Mode, NetworkConfig, NodeStatus, Order, Resources, RolloutState, ServiceSpec, UpdateConfig,
 };
 use proptest::prelude::*;
 
 use super::*;
 use crate::reconciler::MOVE_BACKOFF_MS;
 use crate::state::{apply, Command, Rejection, Response, RolloutChange};
+use crate::testing::{node, spec};
 
 /// The leader's clock in these tests: long after every task's `since`
 /// (1), so no rollout waits for its delay or monitor.
 const NOW: u64 = 1_000_000;
 
-fn spec(name: &str, replicas: u32) -> ServiceSpec {
-    ServiceSpec {
-        name: name.into(),
-        image: "busybox".into(),
-        command: vec![],
-        env: Default::default(),
-        replicas,
-        resources: Default::default(),
-        ports: vec![],
-        restart: RestartPolicy::Always,
-        constraints: vec![],
-        pids_limit: None,
-        seccomp: Default::default(),
-        userns: Default::default(),
-        overrides: Default::default(),
-        update_config: UpdateConfig::UPDATE,
-        rollback_config: UpdateConfig::ROLLBACK,
-        mode: Mode::Replicated,
-        placement: Default::default(),
-    }
-}
-
 fn global(name: &str) -> ServiceSpec {
     ServiceSpec { mode: Mode::Global, ..spec(name, 0) }
-}
-
-fn node(id: &str) -> Node {
-    Node {
-        id: id.into(),
-        name: id.into(),
-        address: String::new(),
-        labels: Default::default(),
-        capacity: Resources { cpu_millis: 4000, memory_bytes: 8 << 30 },
-        status: NodeStatus::Ready,
-        availability: Availability::Active,
-        subnet: None,
-        overlay: None,
-        reads: berth_proto::model::AGENT_READS,
-    }
 }
 
 fn cluster(nodes: &[&str], services: &[(&str, u32)]) -> State {

@@ -409,31 +409,11 @@ fn apply_change(state: &mut State, held: &mut Held, change: &TaskChange, at_ms: 
 #[cfg(test)]
 mod tests {
     use crate::state::QueryReply;
-    use berth_proto::model::{RestartPolicy, ServiceSpec, TaskSpec};
+    use berth_proto::model::{ServiceSpec, TaskSpec};
 
     use super::*;
 
-    fn spec(name: &str, replicas: u32) -> ServiceSpec {
-        ServiceSpec {
-            name: name.into(),
-            image: "busybox".into(),
-            command: vec![],
-            env: Default::default(),
-            replicas,
-            resources: Default::default(),
-            ports: vec![],
-            restart: RestartPolicy::Always,
-            constraints: vec![],
-            pids_limit: None,
-            seccomp: Default::default(),
-            userns: Default::default(),
-            overrides: Default::default(),
-            update_config: berth_proto::model::UpdateConfig::UPDATE,
-            rollback_config: berth_proto::model::UpdateConfig::ROLLBACK,
-            mode: Default::default(),
-            placement: Default::default(),
-        }
-    }
+    use crate::testing::spec;
 
     fn node(id: &str) -> berth_proto::model::Node {
         berth_proto::model::Node {
