@@ -526,10 +526,11 @@ pub(crate) async fn propose_here(raft: &Raft, stats: &Stats, commands: Vec<Comma
     let started = std::time::Instant::now();
     let written = raft.client_write(Proposal(commands)).await;
     if written.is_ok() {
+        let took = started.elapsed();
         stats.proposals.inc();
         stats.proposed_commands.observe(n as f64);
-        stats.commit_seconds.observe(started.elapsed().as_secs_f64());
-        stats.commit_micros.inc_by(started.elapsed().as_micros() as u64);
+        stats.commit_seconds.observe(took.as_secs_f64());
+        stats.commit_micros.inc_by(took.as_micros() as u64);
     }
     match written {
         Ok(r) if r.data.len() == n => Step::Done(Ok(LeaderReply::Proposed(r.data))),

@@ -64,8 +64,9 @@ pub fn spawn(node: Arc<Node>) -> tokio::sync::watch::Receiver<Arc<Published>> {
                 Err(_) => return,
             };
             tx.send_replace(Arc::new(next));
-            node.stats.publish_seconds.observe(started.elapsed().as_secs_f64());
-            rest = GAP.max(started.elapsed() * DUTY);
+            let took = started.elapsed();
+            node.stats.publish_seconds.observe(took.as_secs_f64());
+            rest = GAP.max(took * DUTY);
         }
     });
     rx
@@ -108,13 +109,8 @@ impl Published {
     /// The publication of `state` at `revision`, reusing what did not
     /// change since `prev`.
     pub fn next(prev: &Published, state: &State, revision: u64) -> Published {
-        let services: BTreeMap<String, Arc<ServiceEndpoints>> = endpoints(state)
-            .into_iter()
-            .map(|s| {
-                let kept = prev.services.get(&s.name).filter(|p| ***p == s).cloned();
-                (s.name.clone(), kept.unwrap_or_else(|| Arc::new(s)))
-            })
-            .collect();
+        let services: BTreeMap<String, Arc<ServiceEndpoints>> =
+            endpoints(state).into_iter().map(|s| (s.name.clone(), keep(prev.services.get(&s.name), s))).collect();
         let peers: BTreeMap<String, Arc<Peer>> = state
             .nodes
             .values()
@@ -126,8 +122,7 @@ impl Published {
                     endpoint: overlay.endpoint.parse().ok()?,
                     subnet,
                 };
-                let kept = prev.peers.get(&n.id).filter(|p| ***p == peer).cloned();
-                Some((n.id.clone(), kept.unwrap_or_else(|| Arc::new(peer))))
+                Some((n.id.clone(), keep(prev.peers.get(&n.id), peer)))
             })
             .collect();
         let shares = shares(prev, state);
@@ -203,9 +198,19 @@ impl Published {
     /// Whether anything for `node` may have changed since revision `sent`
     /// with share `before` (a cheap look: no change means no message).
     pub fn moved(&self, node: &str, sent: u64, before: &Arc<Share>) -> bool {
-        !Arc::ptr_eq(&self.share(node), before) && *self.share(node) != **before
+        let share = self.share(node);
+        !Arc::ptr_eq(&share, before) && *share != **before
             || self.log.range(sent + 1..).next().is_some()
             || sent < self.since
+    }
+}
+
+/// The last publication's `Arc` when it holds the same value, so that
+/// "changed" is a pointer compare; else a new one.
+fn keep<T: PartialEq>(prev: Option<&Arc<T>>, now: T) -> Arc<T> {
+    match prev {
+        Some(p) if **p == now => p.clone(),
+        _ => Arc::new(now),
     }
 }
 
@@ -227,26 +232,33 @@ fn shares(prev: &Published, state: &State) -> HashMap<String, Arc<Share>> {
     for t in state.tasks.values().filter(|t| t.desired == Desired::Running) {
         let Some(node) = t.node.as_deref() else { continue };
         let files = files_of(state, &t.spec);
-        let task =
-            AssignedTask { id: t.id.clone(), spec: t.spec.clone(), restarts: t.restarts, address: t.address, files };
-        let kept = prev.shares.get(node).and_then(|s| s.tasks.get(&t.id)).filter(|p| ***p == task).cloned();
-        tasks.entry(node).or_default().insert(t.id.clone(), kept.unwrap_or_else(|| Arc::new(task)));
+        // Compared in place first: most tasks did not change, and making
+        // one to compare would copy its whole spec every publication.
+        let prev_task = prev
+            .shares
+            .get(node)
+            .and_then(|s| s.tasks.get(&t.id))
+            .filter(|p| p.restarts == t.restarts && p.address == t.address && p.files == files && p.spec == t.spec);
+        let task = match prev_task {
+            Some(p) => p.clone(),
+            None => Arc::new(AssignedTask {
+                id: t.id.clone(),
+                spec: t.spec.clone(),
+                restarts: t.restarts,
+                address: t.address,
+                files,
+            }),
+        };
+        tasks.entry(node).or_default().insert(t.id.clone(), task);
     }
     state
         .nodes
-        .keys()
-        .map(|id| {
-            let network = state.nodes[id]
-                .subnet
-                .zip(state.network)
-                .map(|(subnet, net)| NodeNetwork { subnet, cluster: net.cidr });
+        .iter()
+        .map(|(id, n)| {
+            let network = n.subnet.zip(state.network).map(|(subnet, net)| NodeNetwork { subnet, cluster: net.cidr });
             let volumes = state.volumes.get(id).map(|v| v.iter().map(|v| v.name.clone()).collect());
             let share = Share { tasks: tasks.remove(id.as_str()).unwrap_or_default(), network, volumes };
-            let share = match prev.shares.get(id) {
-                Some(p) if **p == share => p.clone(),
-                _ => Arc::new(share),
-            };
-            (id.clone(), share)
+            (id.clone(), keep(prev.shares.get(id), share))
         })
         .collect()
 }

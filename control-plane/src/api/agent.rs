@@ -281,35 +281,19 @@ fn full(p: &Published, node: &str) -> AssignedTasks {
 
 #[cfg(test)]
 mod tests {
-    use berth_proto::model::{RestartPolicy, ServiceSpec, Task, TaskSpec, TaskState};
+    use berth_proto::model::{AssignedTask, RestartPolicy, ServiceSpec, Task, TaskSpec, TaskState};
 
     use super::*;
-    use berth_proto::model::AssignedTask;
-
     use crate::publish::assigned;
-    use crate::state::State;
-    use crate::state::{apply, TaskChange};
+    use crate::state::{apply, State, TaskChange};
 
     #[test]
     fn tasks_keep_their_own_spec_and_say_since_when() {
         let mut spec = ServiceSpec {
-            name: "web".into(),
             image: "registry:5000/web:1".into(),
             command: vec!["serve".into()],
-            env: Default::default(),
-            replicas: 1,
-            resources: Default::default(),
-            ports: vec![],
             restart: RestartPolicy::OnFailure,
-            constraints: vec![],
-            pids_limit: None,
-            seccomp: Default::default(),
-            userns: Default::default(),
-            overrides: Default::default(),
-            update_config: berth_proto::model::UpdateConfig::UPDATE,
-            rollback_config: berth_proto::model::UpdateConfig::ROLLBACK,
-            mode: Default::default(),
-            placement: Default::default(),
+            ..crate::testing::spec("web", 1)
         };
         let mut s = State::default();
         apply(&mut s, &Command::CreateService(spec.clone()));

@@ -32,8 +32,9 @@ pub async fn watch(mut servers: Servers, node_id: String, deadline: Duration, tx
         match agent(&servers).watch_tasks(request).await {
             Ok(stream) => {
                 let mut stream = stream.into_inner();
-                // What this stream has said so far: deltas build on it.
-                let mut current: Option<Assignment> = None;
+                // Whether this stream has sent its whole list: its deltas
+                // build on what `tx` holds from then on.
+                let mut whole = false;
                 loop {
                     let mut message = match tokio::time::timeout(deadline, stream.message()).await {
                         Err(_) => {
@@ -48,33 +49,40 @@ pub async fn watch(mut servers: Servers, node_id: String, deadline: Duration, tx
                         }
                     };
                     let (delta, removed) = (message.delta, message.take_removed());
-                    let assignment = match (Assignment::try_from(message), current.take()) {
-                        (Ok(changed), Some(mut whole)) if delta => {
-                            whole.apply(changed, removed);
-                            whole
-                        }
-                        (Ok(_), None) if delta => {
-                            warn!(%server, "task watch: a delta before any whole list; watching again");
-                            break;
-                        }
-                        (Ok(whole), _) => whole,
-                        (Err(e), _) => {
+                    let changed = match Assignment::try_from(message) {
+                        Ok(changed) => changed,
+                        Err(e) => {
                             warn!(%server, "task watch: this agent cannot take the assignment ({e}); keeping the last one");
                             break;
                         }
                     };
+                    if delta && !whole {
+                        warn!(%server, "task watch: a delta before any whole list; watching again");
+                        break;
+                    }
                     servers.succeeded();
                     let before = tx.borrow().as_ref().map(|a| (a.refused.clone(), a.skipped.clone()));
-                    if before != Some((assignment.refused.clone(), assignment.skipped.clone())) {
-                        for (task, why) in &assignment.refused {
-                            warn!(%server, %task, "task watch: this agent cannot run the task: {why}");
-                        }
-                        for why in &assignment.skipped {
-                            warn!(%server, "task watch: left out of the assignment: {why}");
+                    if delta {
+                        tx.send_modify(|a| {
+                            if let Some(a) = a {
+                                a.apply(changed, removed);
+                            }
+                        });
+                    } else {
+                        tx.send_replace(Some(changed));
+                        whole = true;
+                    }
+                    if let Some(now) = tx.borrow().as_ref() {
+                        if before != Some((now.refused.clone(), now.skipped.clone())) {
+                            for (task, why) in &now.refused {
+                                warn!(%server, %task, "task watch: this agent cannot run the task: {why}");
+                            }
+                            for why in &now.skipped {
+                                warn!(%server, "task watch: left out of the assignment: {why}");
+                            }
                         }
                     }
-                    current = Some(assignment.clone());
-                    if tx.send(Some(assignment)).is_err() {
+                    if tx.is_closed() {
                         return;
                     }
                 }
