@@ -49,8 +49,8 @@ pub struct Args {
     /// Leader heartbeat period in milliseconds (default 100)
     #[arg(long, env = "BERTH_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
-    /// Minimum election timeout in milliseconds; the maximum is twice it (default 300).
-    /// A follower that hears no leader for max + a random timeout in [min, max] stands for election
+    /// Election timeout in milliseconds (default 300): a voter that hears no leader for a random
+    /// time in [this, 1.5 x this] stands for election if a majority says it would vote for it
     #[arg(long, env = "BERTH_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
     /// Take a snapshot after this many log entries (default 10000)
@@ -272,12 +272,16 @@ impl Config {
     }
 
     pub fn raft_config(&self) -> Result<openraft::Config> {
-        let election = self.election_timeout.as_millis() as u64;
+        // berth stands and beats itself (`elect`): openraft's timers are
+        // only its append deadline and the lease after which it grants a vote.
+        let (deadline, min, lease) = crate::elect::openraft_timers(self.heartbeat, self.election_timeout);
         let config = openraft::Config {
             cluster_name: "berth".into(),
-            heartbeat_interval: self.heartbeat.as_millis() as u64,
-            election_timeout_min: election,
-            election_timeout_max: election * 2,
+            heartbeat_interval: deadline,
+            election_timeout_min: min,
+            election_timeout_max: lease,
+            enable_elect: false,
+            enable_heartbeat: false,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
             max_in_snapshot_log_to_keep: self.keep_logs,
             ..Default::default()

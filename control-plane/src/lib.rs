@@ -19,6 +19,7 @@ pub mod autolock;
 pub mod batcher;
 pub mod beats;
 pub mod config;
+pub mod elect;
 pub mod events;
 pub mod leader;
 pub mod liveness;

@@ -106,7 +106,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .map(|l| l.index);
     let applied = sm.applied();
     let network = Network { peers: peers.clone() };
+    let log_reader = log.clone();
     let raft = Raft::new(id, Arc::new(cfg.raft_config()?), network, log, sm).await.context("cannot start Raft")?;
+    let elections =
+        crate::elect::Elections::new(id, raft.clone(), log_reader, peers.clone(), cfg.heartbeat, cfg.election_timeout);
     let mut node = Node::new(id, raft.clone(), applied.clone(), peers, cfg.request_timeout, stats.clone());
     node.node_down_after = cfg.node_down_after;
     let down_ms = cfg.node_down_after.as_millis() as u64;
@@ -120,6 +123,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     node.network = cfg.network;
     let node = Arc::new(node);
     let leader_work = tokio::spawn(crate::leader::run(node.clone()));
+    let standing = tokio::spawn(elections.clone().run());
     let leader_changes = tokio::spawn(crate::stats::count_leader_changes(raft.clone(), stats.leader_changes.clone()));
     let metrics = match cfg.metrics_listen {
         Some(addr) => {
@@ -156,7 +160,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         )
         .add_service(LockServer::new(autolock::Unlocked))
         .add_service(
-            RaftServer::new(RaftApi { node: node.clone() })
+            RaftServer::new(RaftApi { node: node.clone(), elections })
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
@@ -196,6 +200,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     }
     info!(id, "shutting down");
     leader_work.abort();
+    standing.abort();
     leader_changes.abort();
     if let Some(m) = metrics {
         m.abort();

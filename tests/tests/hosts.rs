@@ -164,6 +164,18 @@ async fn rebalanced(servers: &[String], service: &str, n: usize) -> Result<()> {
     }
 }
 
+/// The Raft term and leader id every server on `hosts` agrees on (from /metrics).
+fn raft_agreed(hosts: &[&berth_tests::hosts::Host]) -> Option<(f64, f64)> {
+    let views = hosts
+        .iter()
+        .map(|h| {
+            let text = berth_tests::scrape(&format!("{}:9090", h.ip)).ok()?;
+            Some((berth_tests::metric(&text, "berth_raft_term")?, berth_tests::metric(&text, "berth_raft_leader")?))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    (views.iter().all(|v| *v == views[0]) && views[0].1 > 0.0).then(|| views[0])
+}
+
 fn scratch_dir(hosts: &Hosts) -> Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("berth-hosts-{}", hosts.bridge));
     std::fs::create_dir_all(&dir)?;
@@ -625,6 +637,10 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     let reachable = &servers[..2];
     let stale = tasks(&servers, "web").and_then(|t| t.into_iter().find(|(_, (n, _))| n == "host3")).map(|(id, _)| id);
     let stale = stale.context("no web task on host3")?;
+    // Raft too: a cut-off follower's server stands for no election (pre-vote),
+    // and when it comes back it leaves the leader in office.
+    let before = wait_for(Duration::from_secs(30), "servers to agree on a leader", async || raft_agreed(&on)).await?;
+    let host3_led = cluster.leader().await? == 2;
     on[2].cut()?;
     wait_for(Duration::from_secs(60), "host3's task on the other hosts", async || {
         let t = tasks(reachable, "web")?;
@@ -634,6 +650,8 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     .with_context(|| cluster.logs())?;
     let (ok, out, _) = berthctl(reachable, &["node", "ls"])?;
     ensure!(ok && out.lines().any(|l| l.starts_with("host3 ") && l.contains(" down ")), "{out}");
+    let during = wait_for(Duration::from_secs(30), "host1 and host2 to agree", async || raft_agreed(&on[..2])).await?;
+    ensure!(host3_led || during == before, "cutting off a follower changed (term, leader): {before:?} -> {during:?}");
     // Their DNS has too, and knows the replica that took its place.
     for host in &on[..2] {
         wait_for(Duration::from_secs(30), &format!("{}'s DNS to follow the move", host.name), async || {
@@ -674,6 +692,8 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
         (ok && out.matches(" ready ").count() == 3 && !containers(&agents)[2].contains(&stale)).then_some(())
     })
     .await?;
+    let after = wait_for(Duration::from_secs(30), "all servers to agree", async || raft_agreed(&on)).await?;
+    ensure!(after == during, "host3's server came back and deposed the leader: {during:?} -> {after:?}");
     // Host3's edge task went with its node and a new one is back there.
     wait_for(Duration::from_secs(60), "edge on every host again", edge_on(&["host1", "host2", "host3"])).await?;
     // A web replica moves back to host3 (one host failure no longer takes
@@ -683,6 +703,7 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     let stale = tasks(&servers, "web").and_then(|t| t.into_iter().find(|(_, (n, _))| n == "host2")).map(|(id, _)| id);
     let stale = stale.context("no web task on host2")?;
     let others = [servers[0].clone(), servers[2].clone()];
+    let host2_led = cluster.leader().await? == 1;
     on[1].cut()?;
     wait_for(Duration::from_secs(60), "host2's task on the other hosts", async || {
         let t = tasks(&others, "web")?;
@@ -690,12 +711,17 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     })
     .await
     .with_context(|| cluster.logs())?;
+    let during =
+        wait_for(Duration::from_secs(30), "host1 and host3 to agree", async || raft_agreed(&[on[0], on[2]])).await?;
+    ensure!(host2_led || during == after, "cutting off a follower changed (term, leader): {after:?} -> {during:?}");
     on[1].heal()?;
     wait_for(Duration::from_secs(60), "host2 to stop its stale web container", async || {
         let (ok, out, _) = berthctl(&servers, &["node", "ls"]).ok()?;
         (ok && out.matches(" ready ").count() == 3 && !containers(&agents)[1].contains(&stale)).then_some(())
     })
     .await?;
+    let healed = wait_for(Duration::from_secs(30), "all servers to agree", async || raft_agreed(&on)).await?;
+    ensure!(healed == during, "host2's server came back and deposed the leader: {during:?} -> {healed:?}");
     rebalanced(&servers, "web", 3).await?;
     // The moved replicas' old containers stop once their successors serve.
     wait_for(Duration::from_secs(30), "one web container per host", async || {

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context as _, Result};
 use berth_proto::pb::cluster::*;
 use berth_tests::{berthctl, client, spec, wait_for, Cluster};
 use tonic::Code;
@@ -144,7 +144,7 @@ async fn leader_kills_lose_no_acknowledged_write() -> Result<()> {
         let leader = cluster.leader().await?;
         let before = acked.lock().map(|a| a.len()).unwrap_or(0);
         cluster.servers[leader].kill9();
-        let new_leader = cluster.leader().await?;
+        let new_leader = cluster.leader().await.with_context(|| cluster.logs())?;
         ensure!(new_leader != leader, "round {round}: a new leader takes over");
         wait_for(Duration::from_secs(30), "writes to resume", async || {
             (acked.lock().map(|a| a.len()).unwrap_or(0) > before).then_some(())

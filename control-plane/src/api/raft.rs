@@ -5,9 +5,9 @@ use std::sync::Arc;
 use berth_proto::pb::raft::raft_server::Raft as RaftService;
 use berth_proto::pb::raft::Payload;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
-use openraft::LogId;
 use tonic::{Request, Response, Status};
 
+use crate::elect::{Elections, PreVote};
 use crate::network::{decode, encode};
 use crate::node::{LeaderOp, Node};
 use crate::store::{NodeId, TypeConfig};
@@ -15,29 +15,10 @@ use crate::store::{NodeId, TypeConfig};
 #[derive(Debug, Clone)]
 pub struct RaftApi {
     pub node: Arc<Node>,
+    pub elections: Elections,
 }
 
 type Reply = Result<Response<Payload>, Status>;
-
-impl RaftApi {
-    /// A candidate this server turned down for having an older log means
-    /// the leader is gone and this server would make a better one: it
-    /// stands for election at once instead of waiting out its timer. (With
-    /// openraft 0.9's fixed per-server timeouts, the loser otherwise often
-    /// goes first again, and failover took a second round: 2.2 s median
-    /// instead of 1.2 s in bench/raft.sh.) A server that still follows a
-    /// live leader rejects by lease and keeps its leader, so a lagging or
-    /// partitioned candidate cannot make it disrupt a healthy cluster.
-    async fn stand_if_better(&self, granted: bool, candidate_log: Option<LogId<NodeId>>) {
-        let m = self.node.metrics();
-        let is_voter = m.membership_config.membership().voter_ids().any(|v| v == self.node.id);
-        let theirs = candidate_log.map(|l| l.index);
-        if !granted && is_voter && m.current_leader.is_none() && theirs < m.last_log_index {
-            tracing::info!(?theirs, ours = ?m.last_log_index, "turned down a candidate with a shorter log; standing for election");
-            let _ = self.node.raft.trigger().elect().await;
-        }
-    }
-}
 
 #[tonic::async_trait]
 impl RaftService for RaftApi {
@@ -50,12 +31,14 @@ impl RaftService for RaftApi {
     async fn vote(&self, req: Request<Payload>) -> Reply {
         super::auth::server(&req)?;
         let rpc: VoteRequest<NodeId> = decode(req.get_ref())?;
-        let candidate_log = rpc.last_log_id;
-        let result = self.node.raft.vote(rpc).await;
-        if let Ok(resp) = &result {
-            self.stand_if_better(resp.vote_granted, candidate_log).await;
-        }
-        Ok(Response::new(encode(&result)?))
+        Ok(Response::new(encode(&self.node.raft.vote(rpc).await)?))
+    }
+
+    async fn pre_vote(&self, req: Request<Payload>) -> Reply {
+        super::auth::server(&req)?;
+        let ask: PreVote = decode(req.get_ref())?;
+        let yes = self.elections.answer(&ask).await.map_err(|e| Status::unavailable(format!("Raft stopped: {e}")))?;
+        Ok(Response::new(encode(&yes)?))
     }
 
     async fn install_snapshot(&self, req: Request<Payload>) -> Reply {

@@ -135,11 +135,17 @@ fn decode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<Applied, StorageE
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let started = std::time::Instant::now();
-        let (data, last_log_id, last_membership) = {
-            let a = self.applied.read().map_err(|_| lock_err())?;
-            let marked = Marked { format: format::FORMAT, applied: &a };
-            (serde_json::to_vec(&marked).map_err(read_err)?, a.last_applied, a.membership.clone())
-        };
+        // A copy, so that the lock is held for the copy only: serializing
+        // under it stalled every apply (and the workers waiting on the
+        // lock) for as long as the JSON took, hundreds of ms at 100,000
+        // services. The JSON is made on a blocking thread.
+        let copy = self.applied.read().map_err(|_| lock_err())?.clone();
+        let (last_log_id, last_membership) = (copy.last_applied, copy.membership.clone());
+        let data =
+            tokio::task::spawn_blocking(move || serde_json::to_vec(&Marked { format: format::FORMAT, applied: &copy }))
+                .await
+                .map_err(read_err)?
+                .map_err(read_err)?;
         let snapshot_id = match last_log_id {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
             None => format!("empty-{}", rand::random::<u32>()),
