@@ -105,11 +105,22 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .last_log_id
         .map(|l| l.index);
     let applied = sm.applied();
-    let network = Network { peers: peers.clone() };
+    // Raft runs on a runtime of its own, with connections of its own to
+    // the other servers: agents' calls keep this runtime's workers busy,
+    // and heartbeats and appends that queue behind them went out late
+    // enough for followers to stand for election (see `RaftRuntime`).
+    let raft_runtime = RaftRuntime::start()?;
+    let raft_peers = Peers::new(&tls);
+    let network = Network { peers: raft_peers.clone() };
     let log_reader = log.clone();
-    let raft = Raft::new(id, Arc::new(cfg.raft_config()?), network, log, sm).await.context("cannot start Raft")?;
+    let raft_cfg = Arc::new(cfg.raft_config()?);
+    let raft = raft_runtime
+        .spawn(Raft::new(id, raft_cfg, network, log, sm))
+        .await
+        .context("Raft's runtime stopped")?
+        .context("cannot start Raft")?;
     let elections =
-        crate::elect::Elections::new(id, raft.clone(), log_reader, peers.clone(), cfg.heartbeat, cfg.election_timeout);
+        crate::elect::Elections::new(id, raft.clone(), log_reader, raft_peers, cfg.heartbeat, cfg.election_timeout);
     let mut node = Node::new(id, raft.clone(), applied.clone(), peers, cfg.request_timeout, stats.clone());
     node.node_down_after = cfg.node_down_after;
     let down_ms = cfg.node_down_after.as_millis() as u64;
@@ -123,7 +134,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     node.network = cfg.network;
     let node = Arc::new(node);
     let leader_work = tokio::spawn(crate::leader::run(node.clone()));
-    let standing = tokio::spawn(elections.clone().run());
+    let standing = raft_runtime.spawn(elections.clone().run());
     let leader_changes = tokio::spawn(crate::stats::count_leader_changes(raft.clone(), stats.leader_changes.clone()));
     let metrics = match cfg.metrics_listen {
         Some(addr) => {
@@ -216,6 +227,42 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     raft.shutdown().await.map_err(|e| anyhow!("raft shutdown: {e}"))?;
     info!(id, "stopped");
     Ok(())
+}
+
+/// The runtime Raft's core, its replication and `elect` run on: one
+/// worker thread. Shut down in the background when dropped, which an
+/// async context allows (dropping a runtime there panics).
+struct RaftRuntime(Option<tokio::runtime::Runtime>);
+
+impl RaftRuntime {
+    fn start() -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("raft")
+            .enable_all()
+            .build()
+            .context("cannot start Raft's runtime")?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn spawn<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.0 {
+            Some(runtime) => runtime.spawn(work),
+            None => tokio::spawn(work),
+        }
+    }
+}
+
+impl Drop for RaftRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Listens on `listen` again once the locked phase has let it go (its
