@@ -13,7 +13,10 @@
 //!    reported running (tasks per second, from the first create);
 //! 3. one change: one more task of a small service; the bytes every node's
 //!    watch received for it (the watches' keepalives left out);
-//! 4. failover: the leader killed (-9) at full load; the time until the
+//! 4. away and back: a tenth of the nodes stop beating and watching, as
+//!    hosts cut off would; the time until the cluster has them down and
+//!    their tasks running on other nodes, then until they are ready again;
+//! 5. failover: the leader killed (-9) at full load; the time until the
 //!    cluster takes a write again.
 //!
 //! The last line sums it up for `bench/scale.sh`. Figures come from the
@@ -83,6 +86,15 @@ struct Args {
     whole_lists: bool,
 }
 
+/// One simulated node as the scenarios steer and see it.
+#[derive(Debug, Default)]
+struct Slot {
+    /// Cut off: no heartbeats, no watch (its tasks it keeps, as an agent does).
+    away: std::sync::atomic::AtomicBool,
+    /// The tasks it holds.
+    held: AtomicU64,
+}
+
 /// What the simulated nodes did and received, summed over all of them.
 #[derive(Debug, Default)]
 struct Counters {
@@ -116,7 +128,8 @@ fn fake_key(i: usize) -> String {
 
 /// Admits `n` nodes, `at_once` at a time (on this thread: the admission's
 /// future is not `Send`), and starts each one as soon as it has its certificate.
-async fn admit_all(n: usize, addrs: &[String], token: &str, args: &Arc<Args>, c: &Arc<Counters>) {
+async fn admit_all(slots: &[Arc<Slot>], addrs: &[String], token: &str, args: &Arc<Args>, c: &Arc<Counters>) {
+    let n = slots.len();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let local = tokio::task::LocalSet::new();
     let turns = Arc::new(tokio::sync::Semaphore::new(args.admit_at_once.max(1)));
@@ -132,9 +145,9 @@ async fn admit_all(n: usize, addrs: &[String], token: &str, args: &Arc<Args>, c:
     local
         .run_until(async {
             while let Some((i, admitted)) = rx.recv().await {
-                let (addrs, args, c) = (addrs.to_vec(), args.clone(), c.clone());
+                let (addrs, args, c, slot) = (addrs.to_vec(), args.clone(), c.clone(), slots[i].clone());
                 tokio::spawn(async move {
-                    let run = async { node(i, admitted?, addrs, args, c).await };
+                    let run = async { node(i, admitted?, addrs, args, c, slot).await };
                     if let Err(e) = run.await {
                         eprintln!("node {i}: {e:#}");
                     }
@@ -151,6 +164,7 @@ async fn node(
     addrs: Vec<String>,
     args: Arc<Args>,
     c: Arc<Counters>,
+    slot: Arc<Slot>,
 ) -> Result<()> {
     let tls = Tls::new(&creds)?;
     let root = tls.identity().map(|i| i.issuer).unwrap_or_default();
@@ -176,8 +190,8 @@ async fn node(
         }
     }
     c.registered.fetch_add(1, Ordering::Relaxed);
-    tokio::spawn(heartbeats(servers.clone(), id.clone(), root, args.heartbeat_ms, c.clone()));
-    watch(servers, id, args, c).await;
+    tokio::spawn(heartbeats(servers.clone(), id.clone(), root, args.heartbeat_ms, c.clone(), slot.clone()));
+    watch(servers, id, args, c, slot).await;
     Ok(())
 }
 
@@ -186,12 +200,22 @@ fn agent(servers: &Servers) -> AgentClient<Channel> {
     AgentClient::new(servers.channel()).max_decoding_message_size(max).max_encoding_message_size(max)
 }
 
-async fn heartbeats(mut servers: Servers, node_id: String, root: String, every_ms: u64, c: Arc<Counters>) {
+async fn heartbeats(
+    mut servers: Servers,
+    node_id: String,
+    root: String,
+    every_ms: u64,
+    c: Arc<Counters>,
+    slot: Arc<Slot>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(every_ms));
     // Spread the nodes' beats over the period, as agents started at different times would.
     tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % every_ms)).await;
     loop {
         tick.tick().await;
+        if slot.away.load(Ordering::Relaxed) {
+            continue;
+        }
         let started = Instant::now();
         let beat = HeartbeatRequest { node_id: node_id.clone(), root: root.clone() };
         match agent(&servers).heartbeat(beat).await {
@@ -216,11 +240,14 @@ enum Held {
 }
 
 /// Watches the node's tasks, fails over between servers, and reports.
-async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Counters>) {
+async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Counters>, slot: Arc<Slot>) {
     let mut held: HashMap<String, Held> = HashMap::new();
     let mut last_hash = 0u64;
     let run_after = Duration::from_millis(args.run_after_ms);
     loop {
+        while slot.away.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let request = WatchTasksRequest { node_id: node_id.clone(), deltas: !args.whole_lists };
         let mut stream = match agent(&servers).watch_tasks(request).await {
             Ok(s) => s.into_inner(),
@@ -235,8 +262,13 @@ async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Co
                 Held::Starting(at) => Some(*at + run_after),
                 Held::Reported => None,
             });
+            // At most 200 ms, to see the node sent away.
             let wait =
                 next_due.min().map_or(Duration::from_secs(3600), |at| at.saturating_duration_since(Instant::now()));
+            let wait = wait.min(Duration::from_millis(200));
+            if slot.away.load(Ordering::Relaxed) {
+                break;
+            }
             tokio::select! {
                 message = tokio::time::timeout(Duration::from_secs(15), stream.message()) => {
                     let Ok(Ok(Some(m))) = message else {
@@ -244,6 +276,7 @@ async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Co
                         break;
                     };
                     let gone = received(&m, &mut held, &mut last_hash, &c);
+                    slot.held.store(held.len() as u64, Ordering::Relaxed);
                     if !gone.is_empty() {
                         let reports = gone.into_iter().map(|id| report(id, "shutdown")).collect();
                         send(&servers, &node_id, reports, &c).await;
@@ -256,6 +289,9 @@ async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Co
                         .filter(|(_, h)| matches!(h, Held::Starting(at) if *at + run_after <= now))
                         .map(|(id, _)| id.clone())
                         .collect();
+                    if due.is_empty() {
+                        continue;
+                    }
                     let reports = due
                         .iter()
                         .map(|id| report(id.clone(), if rand::random::<f64>() < args.fail_rate { "failed" } else { "running" }))
@@ -383,10 +419,11 @@ async fn main() -> Result<()> {
     let addrs = cluster.addrs();
     let token = keys().worker_token.context("no worker token")?;
     let c = Arc::new(Counters::default());
+    let slots: Vec<Arc<Slot>> = (0..args.nodes).map(|_| Arc::default()).collect();
 
     // 1. Join.
     let started = Instant::now();
-    admit_all(args.nodes, &addrs, &token, &args, &c).await;
+    admit_all(&slots, &addrs, &token, &args, &c).await;
     let n = args.nodes as u64;
     wait_for(Duration::from_secs(600), "every node ready", async || {
         let f = figures(&mut cluster).await?;
@@ -465,7 +502,41 @@ async fn main() -> Result<()> {
     let node_bytes_per_change = (count(&c.change_bytes) - before) as f64 / n as f64;
     println!("one change: {node_bytes_per_change:.0} bytes to each node (all its watch's messages for one task placed and running)");
 
-    // 4. Failover at full load.
+    // 4. Away and back: a tenth of the nodes cut off, then back.
+    let away = &slots[..(slots.len() / 10).max(1)];
+    let moved: u64 = away.iter().map(|s| s.held.load(Ordering::Relaxed)).sum();
+    let running_before = c.running.load(Ordering::Relaxed);
+    let started = Instant::now();
+    for s in away {
+        s.away.store(true, Ordering::Relaxed);
+    }
+    let down = away.len() as u64;
+    wait_for(Duration::from_secs(600), "the away nodes down", async || {
+        let f = figures(&mut cluster).await?;
+        (f.nodes.get("down").copied() == Some(down)).then_some(())
+    })
+    .await?;
+    let down_s = started.elapsed().as_secs_f64();
+    wait_for(Duration::from_secs(600), "the away nodes' tasks running elsewhere", async || {
+        (c.running.load(Ordering::Relaxed) >= running_before + moved as i64).then_some(())
+    })
+    .await?;
+    let moved_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    for s in away {
+        s.away.store(false, Ordering::Relaxed);
+    }
+    wait_for(Duration::from_secs(600), "every node ready again", async || {
+        let f = figures(&mut cluster).await?;
+        (f.nodes.get("ready").copied() == Some(n)).then_some(())
+    })
+    .await?;
+    println!(
+        "away: {down} nodes down after {down_s:.1} s, their {moved} tasks running elsewhere after {moved_s:.1} s; back and ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // 5. Failover at full load.
     let mut failover_ms = -1.0;
     let rss = server_rss_mb(&cluster);
     if !args.no_failover && args.servers > 1 {
