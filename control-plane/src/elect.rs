@@ -60,7 +60,9 @@ pub struct Standing {
 /// as long as its own, the rule of the real vote.
 pub fn grants(me: &Standing, theirs: Option<LogId>, timeout: Duration) -> bool {
     let leader_live = match me.leading {
-        Some(acked) => acked.is_some_and(|a| a < timeout),
+        // A leader no quorum has acknowledged yet (one just restored at
+        // start) counts as live: its first round trips are under way.
+        Some(acked) => acked.is_none_or(|a| a < timeout),
         None => me.heard < timeout,
     };
     !leader_live && theirs >= me.last_log_id
@@ -196,9 +198,12 @@ impl Elections {
                 continue;
             }
             // A leader, or a candidate this server voted for, heard while
-            // asking: standing now would depose it.
+            // asking: standing now would depose it. Or this server said
+            // yes to another candidate meanwhile: both standing would split
+            // the vote.
             let Ok(now) = self.heard().await else { return };
-            if now < tried.elapsed() {
+            let said_yes = self.said_yes.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+            if now < tried.elapsed() || said_yes < tried.elapsed() {
                 continue;
             }
             tracing::info!(voters = voters.len(), heard = ?me.heard, "no leader heard: standing for election");
@@ -283,7 +288,7 @@ mod tests {
         };
         assert!(!grants(&leader(Some(50)), log(2, 10), E));
         assert!(grants(&leader(Some(2000)), log(2, 10), E), "a leader cut off from its quorum is no leader");
-        assert!(grants(&leader(None), log(2, 10), E));
+        assert!(!grants(&leader(None), log(2, 10), E), "a leader just restored is given its first round trips");
     }
 
     #[test]

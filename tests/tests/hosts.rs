@@ -704,6 +704,7 @@ async fn a_service_spreads_over_hosts_and_survives_a_cut_off_host() -> Result<()
     let stale = stale.context("no web task on host2")?;
     let others = [servers[0].clone(), servers[2].clone()];
     let host2_led = cluster.leader().await? == 1;
+    let after = wait_for(Duration::from_secs(30), "servers to agree on a leader", async || raft_agreed(&on)).await?;
     on[1].cut()?;
     wait_for(Duration::from_secs(60), "host2's task on the other hosts", async || {
         let t = tasks(&others, "web")?;
