@@ -119,7 +119,7 @@ impl Elections {
         let me = self.standing().await?;
         let yes = grants(&me, ask.last_log_id, self.timeout);
         if yes {
-            *self.said_yes.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            *self.said_yes() = Instant::now();
         }
         tracing::debug!(candidate = ask.candidate, yes, ?me, theirs = ?ask.last_log_id, "pre-vote");
         Ok(yes)
@@ -148,6 +148,10 @@ impl Elections {
     async fn heard(&self) -> Result<Duration, Fatal<NodeId>> {
         let touched = self.raft.with_raft_state(|st| st.vote_last_modified()).await?;
         Ok(touched.map_or(self.started.elapsed(), |t| t.elapsed().min(self.started.elapsed())))
+    }
+
+    fn said_yes(&self) -> std::sync::MutexGuard<'_, Instant> {
+        self.said_yes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn next_timeout(&self) -> Duration {
@@ -183,8 +187,7 @@ impl Elections {
             }
             // Quiet: nothing heard from a leader, nor asked, nor said yes, for this long.
             let Ok(heard) = self.heard().await else { return };
-            let said_yes = self.said_yes.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
-            let quiet = heard.min(tried.elapsed()).min(said_yes);
+            let quiet = heard.min(tried.elapsed()).min(self.said_yes().elapsed());
             if quiet < wait {
                 // Wakes at the timeout, or within a heartbeat to see whether it leads now.
                 tokio::time::sleep(self.heartbeat.min(wait - quiet)).await;
@@ -202,8 +205,7 @@ impl Elections {
             // yes to another candidate meanwhile: both standing would split
             // the vote.
             let Ok(now) = self.heard().await else { return };
-            let said_yes = self.said_yes.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
-            if now < tried.elapsed() || said_yes < tried.elapsed() {
+            if now < tried.elapsed() || self.said_yes().elapsed() < tried.elapsed() {
                 continue;
             }
             tracing::info!(voters = voters.len(), heard = ?me.heard, "no leader heard: standing for election");

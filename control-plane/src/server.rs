@@ -232,7 +232,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
 /// The runtime Raft's core, its replication and `elect` run on: one
 /// worker thread. Shut down in the background when dropped, which an
 /// async context allows (dropping a runtime there panics).
-struct RaftRuntime(Option<tokio::runtime::Runtime>);
+struct RaftRuntime {
+    handle: tokio::runtime::Handle,
+    /// Taken only when dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+}
 
 impl RaftRuntime {
     fn start() -> Result<Self> {
@@ -242,7 +246,7 @@ impl RaftRuntime {
             .enable_all()
             .build()
             .context("cannot start Raft's runtime")?;
-        Ok(Self(Some(runtime)))
+        Ok(Self { handle: runtime.handle().clone(), runtime: Some(runtime) })
     }
 
     fn spawn<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
@@ -250,16 +254,13 @@ impl RaftRuntime {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        match &self.0 {
-            Some(runtime) => runtime.spawn(work),
-            None => tokio::spawn(work),
-        }
+        self.handle.spawn(work)
     }
 }
 
 impl Drop for RaftRuntime {
     fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
+        if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
     }

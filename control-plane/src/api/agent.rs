@@ -345,23 +345,9 @@ mod tests {
     fn endpoints_are_the_running_replicas_with_addresses_on_any_node() {
         use berth_proto::model::{Cidr, NetworkConfig, PortSpec, Protocol};
         let spec = ServiceSpec {
-            name: "web".into(),
             image: "registry:5000/web:1".into(),
-            command: vec![],
-            env: Default::default(),
-            replicas: 3,
-            resources: Default::default(),
             ports: vec![PortSpec { published: Some(8080), target: 80, protocol: Protocol::Tcp, name: None }],
-            restart: RestartPolicy::Always,
-            constraints: vec![],
-            pids_limit: None,
-            seccomp: Default::default(),
-            userns: Default::default(),
-            overrides: Default::default(),
-            update_config: berth_proto::model::UpdateConfig::UPDATE,
-            rollback_config: berth_proto::model::UpdateConfig::ROLLBACK,
-            mode: Default::default(),
-            placement: Default::default(),
+            ..crate::testing::spec("web", 3)
         };
         let mut s = State::default();
         let net = NetworkConfig::new("198.19.0.0/16".parse::<Cidr>().unwrap(), 24).unwrap();
