@@ -84,11 +84,14 @@ pub struct Share {
     pub volumes: Option<BTreeSet<String>>,
 }
 
-/// A service or a peer changed (or came), or went, at a revision.
+/// A service or a peer changed (or came), or went, at a revision; or only
+/// some of a service's replicas (and maybe its `started`) did.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Change {
     Service(String),
     Peer(String),
+    /// The tasks whose replicas came, changed or went.
+    Replicas(String, Vec<String>),
 }
 
 #[derive(Debug, Default)]
@@ -127,7 +130,12 @@ impl Published {
             .collect();
         let shares = shares(prev, state);
         let mut changes = Vec::new();
-        changes.extend(changed(&prev.services, &services).map(Change::Service));
+        for name in changed(&prev.services, &services) {
+            changes.push(match (prev.services.get(&name), services.get(&name)) {
+                (Some(before), Some(now)) if before.ports == now.ports => Change::Replicas(name, replicas(before, now)),
+                _ => Change::Service(name),
+            });
+        }
         changes.extend(changed(&prev.peers, &peers).map(Change::Peer));
         let mut log = prev.log.clone();
         let mut since = prev.since;
@@ -163,7 +171,9 @@ impl Published {
     /// What changed for `node` since a stream sent it revision `sent` with
     /// share `before`: None when the log no longer reaches back that far
     /// (the stream sends the whole list), else the changes (maybe none).
-    pub fn delta(&self, node: &str, sent: u64, before: &Share) -> Option<(Assignment, Removed)> {
+    /// With `partial`, a service none but replicas of which changed comes
+    /// with only those (see `Removed`); else whole.
+    pub fn delta(&self, node: &str, sent: u64, before: &Share, partial: bool) -> Option<(Assignment, Removed)> {
         if sent < self.since {
             return None;
         }
@@ -178,18 +188,40 @@ impl Published {
         removed.tasks = before.tasks.keys().filter(|id| !share.tasks.contains_key(*id)).cloned().collect();
         changed.network = share.network;
         changed.volumes = share.volumes.clone();
-        let touched: BTreeSet<&Change> = self.log.range(sent + 1..).flat_map(|(_, c)| c).collect();
-        for change in touched {
+        // Per service touched: None when it changed whole, else its replicas' tasks.
+        let mut services: BTreeMap<&str, Option<BTreeSet<&str>>> = BTreeMap::new();
+        let mut peers = BTreeSet::new();
+        for change in self.log.range(sent + 1..).flat_map(|(_, c)| c) {
             match change {
-                Change::Service(name) => match self.services.get(name) {
-                    Some(s) => changed.services.push((**s).clone()),
-                    None => removed.services.push(name.clone()),
-                },
+                Change::Service(name) => drop(services.insert(name, None)),
+                Change::Replicas(name, tasks) => {
+                    if let Some(set) = services.entry(name).or_insert_with(|| Some(BTreeSet::new())) {
+                        set.extend(tasks.iter().map(String::as_str));
+                    }
+                }
                 Change::Peer(id) if id == node => {}
-                Change::Peer(id) => match self.peers.get(id) {
-                    Some(p) => changed.peers.push((**p).clone()),
-                    None => removed.peers.push(id.clone()),
-                },
+                Change::Peer(id) => drop(peers.insert(id)),
+            }
+        }
+        for (name, tasks) in services {
+            match (self.services.get(name), tasks) {
+                (None, _) => removed.services.push(name.to_owned()),
+                (Some(s), Some(tasks)) if partial => {
+                    let replicas: Vec<Replica> =
+                        s.replicas.iter().filter(|r| tasks.contains(r.task.as_str())).cloned().collect();
+                    let here: BTreeSet<&str> = replicas.iter().map(|r| r.task.as_str()).collect();
+                    let gone = tasks.difference(&here).map(|t| (*t).to_owned()).collect();
+                    removed.replicas.insert(name.to_owned(), gone);
+                    let (name, ports, started) = (s.name.clone(), s.ports.clone(), s.started);
+                    changed.services.push(ServiceEndpoints { name, ports, replicas, started });
+                }
+                (Some(s), _) => changed.services.push((**s).clone()),
+            }
+        }
+        for id in peers {
+            match self.peers.get(id) {
+                Some(p) => changed.peers.push((**p).clone()),
+                None => removed.peers.push(id.clone()),
             }
         }
         Some((changed, removed))
@@ -223,6 +255,18 @@ fn changed<'a, T: PartialEq>(
     let new_or_changed =
         after.iter().filter(|(k, v)| before.get(*k).is_none_or(|b| !Arc::ptr_eq(b, v))).map(|(k, _)| k);
     gone.chain(new_or_changed).cloned()
+}
+
+/// The tasks whose replicas differ between two versions of a service
+/// (came, went, or moved slot or address).
+fn replicas(before: &ServiceEndpoints, now: &ServiceEndpoints) -> Vec<String> {
+    let old: HashMap<&str, &Replica> = before.replicas.iter().map(|r| (r.task.as_str(), r)).collect();
+    let new: HashMap<&str, &Replica> = now.replicas.iter().map(|r| (r.task.as_str(), r)).collect();
+    let gone = old.keys().filter(|t| !new.contains_key(*t));
+    let came_or_moved = new.iter().filter(|(t, r)| old.get(*t) != Some(*r)).map(|(t, _)| t);
+    let mut tasks: Vec<String> = gone.chain(came_or_moved).map(|t| (*t).to_owned()).collect();
+    tasks.sort_unstable();
+    tasks
 }
 
 /// Every node's share, reusing the last publication's tasks (and shares)
@@ -322,6 +366,7 @@ pub fn endpoints(state: &State) -> Vec<ServiceEndpoints> {
 #[cfg(test)]
 mod tests {
     use berth_proto::model::{Cidr, Node, Overlay, Task};
+    use berth_proto::prost::Message as _;
     use proptest::prelude::*;
 
     use super::*;
@@ -392,7 +437,7 @@ mod tests {
             Op::Place { s, slot, n, running } => {
                 let mut t = Task::new(&format!("s{s}"), *slot, 1, 1, Default::default());
                 t.node = Some(NODES[*n].into());
-                t.address = Some([198, 19, *n as u8 + 1, *slot as u8 + 1].into());
+                t.address = Some([198, 19, *n as u8 + 1, (*slot % 250) as u8 + 1].into());
                 t.state = if *running { TaskState::Running } else { TaskState::Assigned };
                 state.tasks.insert(t.id.clone(), t);
             }
@@ -429,7 +474,10 @@ mod tests {
         /// publication, the whole list it would have been sent, for every
         /// node, whichever publications a watch skipped.
         #[test]
-        fn deltas_applied_in_turn_make_the_whole_list(ops in prop::collection::vec((op(), any::<bool>()), 1..40)) {
+        fn deltas_applied_in_turn_make_the_whole_list(
+            ops in prop::collection::vec((op(), any::<bool>()), 1..40),
+            partial in any::<bool>(),
+        ) {
             let mut state = cluster();
             let mut p = Published::next(&Published::default(), &state, 1);
             // Per node: what its agent has, and what its stream last sent.
@@ -442,7 +490,7 @@ mod tests {
                     continue; // the streams slept through this one
                 }
                 for (n, (agent, rev, share)) in NODES.iter().zip(agents.iter_mut()) {
-                    let (changed, removed) = p.delta(n, *rev, share).expect("the log reaches back");
+                    let (changed, removed) = p.delta(n, *rev, share, partial).expect("the log reaches back");
                     let moved = p.moved(n, *rev, share);
                     let before = agent.clone();
                     agent.apply(changed, removed);
@@ -467,16 +515,47 @@ mod tests {
         let p2 = Published::next(&p1, &state, 2);
         // n1's share is the same one: nothing of its own moved.
         assert!(Arc::ptr_eq(&p1.share("n1"), &p2.share("n1")));
-        let (changed, removed) = p2.delta("n1", 1, &p1.share("n1")).unwrap();
+        let (changed, removed) = p2.delta("n1", 1, &p1.share("n1"), false).unwrap();
         assert!(changed.tasks.is_empty() && changed.peers.is_empty() && removed == Removed::default());
         let names: Vec<&str> = changed.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["s1"], "only the service that changed");
         // The node that got the task gets it, and the same service change.
-        let (changed, _) = p2.delta("n3", 1, &p1.share("n3")).unwrap();
+        let (changed, _) = p2.delta("n3", 1, &p1.share("n3"), false).unwrap();
         assert_eq!(changed.tasks.keys().collect::<Vec<_>>(), ["s1.1.1"]);
         // Nothing moved at all: no message.
         let p3 = Published::next(&p2, &state, 3);
         assert!(!p3.moved("n1", 2, &p2.share("n1")));
+    }
+
+    #[test]
+    fn one_replica_of_a_large_service_is_sent_alone() {
+        let mut state = cluster();
+        for slot in 1..=1000 {
+            run(&mut state, &Op::Place { s: 0, slot, n: (slot % 3) as usize, running: true });
+        }
+        let p1 = Published::next(&Published::default(), &state, 1);
+        let whole = p1.full("n1");
+        // One replica stops serving, another moves address.
+        let (a, b) = ("s0.7.1", "s0.8.1");
+        state.tasks.get_mut(a).unwrap().state = TaskState::Failed;
+        state.tasks.get_mut(b).unwrap().address = Some([198, 19, 9, 9].into());
+        let p2 = Published::next(&p1, &state, 2);
+        let (changed, removed) = p2.delta("n1", 1, &p1.share("n1"), true).unwrap();
+        assert_eq!(changed.services.len(), 1);
+        let names: Vec<&str> = changed.services[0].replicas.iter().map(|r| r.task.as_str()).collect();
+        assert_eq!(names, [b], "only the replica that moved");
+        assert_eq!(removed.replicas, BTreeMap::from([("s0".to_owned(), vec![a.to_owned()])]));
+        // Over the wire: a hundred bytes or so, and the agent's list made whole.
+        let mut message = berth_proto::pb::agent::AssignedTasks::delta(changed, removed, 2);
+        assert!(message.encoded_len() < 200, "{} bytes", message.encoded_len());
+        let removed = message.take_removed();
+        let mut agent = whole;
+        agent.apply(Assignment::try_from(message).unwrap(), removed);
+        assert_eq!(agent, p2.full("n1"));
+        // Whole services for an agent that did not ask for parts.
+        let (changed, removed) = p2.delta("n1", 1, &p1.share("n1"), false).unwrap();
+        assert_eq!(changed.services[0].replicas.len(), 999);
+        assert!(removed.replicas.is_empty());
     }
 
     #[test]
@@ -489,8 +568,8 @@ mod tests {
             run(&mut state, &Op::Place { s: 0, slot: 1, n: 1, running: i % 2 == 0 });
             p = Published::next(&p, &state, i + 2);
         }
-        assert!(p.delta("n1", 1, &first).is_none(), "too far behind for a delta");
+        assert!(p.delta("n1", 1, &first, true).is_none(), "too far behind for a delta");
         assert!(p.moved("n1", 1, &first));
-        assert!(p.delta("n1", p.revision - 3, &p.share("n1")).is_some());
+        assert!(p.delta("n1", p.revision - 3, &p.share("n1"), true).is_some());
     }
 }

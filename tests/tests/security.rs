@@ -106,7 +106,7 @@ async fn strangers_and_workers_are_refused_on_every_port() -> Result<()> {
     };
     let (c, why) = code(as_agent.register(register.clone()).await);
     assert!(c == Code::PermissionDenied && why.contains("only as itself"), "{why}");
-    let (c, _) = code(as_agent.watch_tasks(WatchTasksRequest { node_id: victim.clone(), deltas: false }).await);
+    let (c, _) = code(as_agent.watch_tasks(WatchTasksRequest { node_id: victim.clone(), ..Default::default() }).await);
     assert_eq!(c, Code::PermissionDenied);
     let (c, _) = code(as_agent.heartbeat(HeartbeatRequest { node_id: victim.clone(), ..Default::default() }).await);
     assert_eq!(c, Code::PermissionDenied);

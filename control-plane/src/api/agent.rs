@@ -195,7 +195,7 @@ impl Agent for AgentApi {
 
     async fn watch_tasks(&self, req: Request<WatchTasksRequest>) -> Result<Response<Self::WatchTasksStream>, Status> {
         auth::node(&self.node, &req, &req.get_ref().node_id)?;
-        let WatchTasksRequest { node_id, deltas } = req.into_inner();
+        let WatchTasksRequest { node_id, deltas, replica_deltas } = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let (node, mut published) = (self.node.clone(), self.published.clone());
         tokio::spawn(async move {
@@ -213,7 +213,7 @@ impl Agent for AgentApi {
                 let message = match &sent {
                     None if p.revision < fresh => None,
                     Some((rev, share)) if !keepalive && !p.moved(&node_id, *rev, share) => None,
-                    Some((rev, share)) if deltas => Some(match p.delta(&node_id, *rev, share) {
+                    Some((rev, share)) if deltas => Some(match p.delta(&node_id, *rev, share, replica_deltas) {
                         Some((changed, removed)) => AssignedTasks::delta(changed, removed, p.revision),
                         None => full(&p, &node_id),
                     }),

@@ -28,7 +28,7 @@ fn agent(servers: &Servers) -> AgentClient<tonic::transport::Channel> {
 pub async fn watch(mut servers: Servers, node_id: String, deadline: Duration, tx: watch::Sender<Option<Assignment>>) {
     while !tx.is_closed() {
         let server = servers.current().to_owned();
-        let request = WatchTasksRequest { node_id: node_id.clone(), deltas: true };
+        let request = WatchTasksRequest { node_id: node_id.clone(), deltas: true, replica_deltas: true };
         match agent(&servers).watch_tasks(request).await {
             Ok(stream) => {
                 let mut stream = stream.into_inner();

@@ -221,23 +221,38 @@ impl From<Assignment> for pb::AssignedTasks {
 
 impl pb::AssignedTasks {
     /// A delta message: `changed` and what is gone, as of `revision`.
-    pub fn delta(changed: Assignment, removed: Removed, revision: u64) -> Self {
-        Self {
+    pub fn delta(changed: Assignment, mut removed: Removed, revision: u64) -> Self {
+        let mut message = Self {
             revision,
             delta: true,
             removed_tasks: removed.tasks,
             removed_peers: removed.peers,
             removed_services: removed.services,
             ..changed.into()
+        };
+        for s in &mut message.services {
+            if let Some(gone) = removed.replicas.remove(&s.name) {
+                s.partial = true;
+                s.removed_endpoints = gone;
+            }
         }
+        message
     }
 
-    /// Takes out the delta's removed lists (empty in a whole list).
+    /// Takes out the delta's removed lists (empty in a whole list),
+    /// partial services' included.
     pub fn take_removed(&mut self) -> Removed {
+        let replicas = self
+            .services
+            .iter_mut()
+            .filter(|s| s.partial)
+            .map(|s| (s.name.clone(), std::mem::take(&mut s.removed_endpoints)))
+            .collect();
         Removed {
             tasks: std::mem::take(&mut self.removed_tasks),
             peers: std::mem::take(&mut self.removed_peers),
             services: std::mem::take(&mut self.removed_services),
+            replicas,
         }
     }
 }
@@ -288,6 +303,8 @@ impl From<ServiceEndpoints> for pb::ServiceEndpoints {
                 })
                 .collect(),
             started: s.started,
+            partial: false,
+            removed_endpoints: vec![],
             endpoints: s
                 .replicas
                 .into_iter()
@@ -402,6 +419,7 @@ mod tests {
                 }],
                 endpoints: vec![pb::Endpoint { task: "web.1.2".into(), slot: 1, address: "198.19.1.2".into() }],
                 started: true,
+                ..Default::default()
             }],
             volumes_known: true,
             volumes: vec!["data".into()],
@@ -512,6 +530,43 @@ mod tests {
         assert_eq!(a.refused["api.1.1"].field, "restart");
         assert_eq!((a.services.len(), a.skipped.len(), a.peers.len()), (1, 1, 1));
         assert_eq!(a.skipped[0].field, "services[1].name");
+    }
+
+    #[test]
+    fn a_partial_service_patches_the_replicas_it_names() {
+        let mut whole = wire();
+        let endpoint =
+            |task: &str, slot, address: &str| pb::Endpoint { task: task.into(), slot, address: address.into() };
+        whole.services[0].endpoints.push(endpoint("web.2.1", 2, "198.19.1.3"));
+        whole.services[0].endpoints.push(endpoint("web.3.1", 3, "198.19.1.4"));
+        let mut agent = Assignment::try_from(whole).unwrap();
+        // web.2.1 went, web.3.1 moved, web.2.2 came; "db" is a service this
+        // agent never had, and a bad partial one is skipped alone.
+        let web = pb::ServiceEndpoints {
+            name: "web".into(),
+            endpoints: vec![endpoint("web.3.1", 3, "198.19.2.9"), endpoint("web.2.2", 2, "198.19.1.5")],
+            started: true,
+            partial: true,
+            removed_endpoints: vec!["web.2.1".into()],
+            ..Default::default()
+        };
+        let db = pb::ServiceEndpoints { name: "db".into(), partial: true, started: true, ..Default::default() };
+        let bad = pb::ServiceEndpoints { name: "Bad".into(), partial: true, ..Default::default() };
+        let mut message = pb::AssignedTasks { services: vec![web, db, bad], ..wire() };
+        message.tasks.clear();
+        let removed = message.take_removed();
+        assert_eq!(removed.replicas.keys().collect::<Vec<_>>(), ["Bad", "db", "web"]);
+        agent.apply(Assignment::try_from(message).unwrap(), removed);
+        let replicas: Vec<(&str, String)> =
+            agent.services[1].replicas.iter().map(|r| (r.task.as_str(), r.address.to_string())).collect();
+        assert_eq!(
+            replicas,
+            [("web.1.2", "198.19.1.2".into()), ("web.2.2", "198.19.1.5".into()), ("web.3.1", "198.19.2.9".into())],
+            "by slot, web.2.1 gone, web.3.1 moved"
+        );
+        assert!(agent.services[1].ports.is_empty(), "the part's ports replace the service's");
+        assert_eq!(agent.services[0].name, "db", "a service it never had is taken as it comes, in order");
+        assert_eq!(agent.services.len(), 2);
     }
 
     #[test]

@@ -45,11 +45,18 @@ pub struct Assignment {
 /// sent (the task watch's deltas): tasks, peers and services that are new
 /// or changed, whole, and those gone. The network and volumes are always
 /// sent whole (they are small and per node).
+///
+/// A service of a thousand replicas is tens of kilobytes; one replica that
+/// moves is a hundred bytes. So a service may also come partial, holding
+/// only its replicas that are new or changed: `replicas` names those
+/// services, each with the tasks whose replicas are gone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Removed {
     pub tasks: Vec<String>,
     pub peers: Vec<String>,
     pub services: Vec<String>,
+    /// Services sent partial, by name: the tasks whose replicas are gone.
+    pub replicas: BTreeMap<String, Vec<String>>,
 }
 
 impl Assignment {
@@ -74,7 +81,37 @@ impl Assignment {
         self.network = changed.network;
         self.volumes = changed.volumes;
         merge(&mut self.peers, changed.peers, &removed.peers, |p| &p.node_id);
-        merge(&mut self.services, changed.services, &removed.services, |s| &s.name);
+        let (whole, partial): (Vec<_>, Vec<_>) =
+            changed.services.into_iter().partition(|s| !removed.replicas.contains_key(&s.name));
+        merge(&mut self.services, whole, &removed.services, |s| &s.name);
+        for part in partial {
+            let gone = &removed.replicas[&part.name];
+            match self.services.binary_search_by(|s| s.name.cmp(&part.name)) {
+                Ok(i) => self.services[i].patch(part, gone),
+                // Replicas of a service it never had: a server's mistake;
+                // the part is the best it knows (the next whole list mends it).
+                Err(i) => self.services.insert(i, part),
+            }
+        }
+    }
+}
+
+impl ServiceEndpoints {
+    /// Takes a partial service: its ports and `started` whole, `part`'s
+    /// replicas in place of those of their tasks, and `gone` taken out;
+    /// kept in the full form's order (by slot, then task).
+    fn patch(&mut self, part: ServiceEndpoints, gone: &[String]) {
+        self.ports = part.ports;
+        self.started = part.started;
+        let replaced: std::collections::BTreeSet<&str> =
+            gone.iter().chain(part.replicas.iter().map(|r| &r.task)).map(String::as_str).collect();
+        let mut by: BTreeMap<(u32, String), Replica> = std::mem::take(&mut self.replicas)
+            .into_iter()
+            .filter(|r| !replaced.contains(r.task.as_str()))
+            .map(|r| ((r.slot, r.task.clone()), r))
+            .collect();
+        by.extend(part.replicas.into_iter().map(|r| ((r.slot, r.task.clone()), r)));
+        self.replicas = by.into_values().collect();
     }
 }
 

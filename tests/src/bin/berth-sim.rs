@@ -11,8 +11,10 @@
 //! 1. join: NODES nodes admitted, registered and ready;
 //! 2. place: services of TASKS tasks in all created, until every task is
 //!    reported running (tasks per second, from the first create);
-//! 3. one change: one more task of a small service; the bytes every node's
-//!    watch received for it (the watches' keepalives left out);
+//! 3. one change: one more task of a small service, then one replica of a
+//!    large service failed and running again; the bytes every node's watch
+//!    received for each (the watches' keepalives left out; the summary
+//!    takes the larger);
 //! 4. away and back: a tenth of the nodes stop beating and watching, as
 //!    hosts cut off would; the time until the cluster has them down and
 //!    their tasks running on other nodes, then until they are ready again;
@@ -84,6 +86,10 @@ struct Args {
     /// Ask for whole lists, as an agent of the release before deltas does
     #[arg(long)]
     whole_lists: bool,
+    /// Ask for deltas but whole services, as an agent of the release
+    /// before replica deltas does
+    #[arg(long)]
+    whole_services: bool,
 }
 
 /// One simulated node as the scenarios steer and see it.
@@ -93,6 +99,8 @@ struct Slot {
     away: std::sync::atomic::AtomicBool,
     /// The tasks it holds.
     held: AtomicU64,
+    /// Report one of its running tasks failed (once).
+    fail_one: std::sync::atomic::AtomicBool,
 }
 
 /// What the simulated nodes did and received, summed over all of them.
@@ -109,6 +117,8 @@ struct Counters {
     change_messages: AtomicU64,
     change_bytes: AtomicU64,
     assigned: AtomicI64,
+    /// Tasks that failed and were started again (`Slot::fail_one`).
+    restarted: AtomicU64,
     running: AtomicI64,
     reports: AtomicU64,
     report_errors: AtomicU64,
@@ -248,7 +258,11 @@ async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Co
         while slot.away.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let request = WatchTasksRequest { node_id: node_id.clone(), deltas: !args.whole_lists };
+        let request = WatchTasksRequest {
+            node_id: node_id.clone(),
+            deltas: !args.whole_lists,
+            replica_deltas: !args.whole_services,
+        };
         let mut stream = match agent(&servers).watch_tasks(request).await {
             Ok(s) => s.into_inner(),
             Err(_) => {
@@ -283,6 +297,17 @@ async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Co
                     }
                 }
                 () = tokio::time::sleep(wait) => {
+                    if slot.fail_one.swap(false, Ordering::Relaxed) {
+                        // It fails, and is started again as an agent restarts a task.
+                        let running = held.iter().find(|(id, h)| **h == Held::Reported && id.starts_with("sim"));
+                        if let Some(id) = running.map(|(id, _)| id.clone()) {
+                            if send(&servers, &node_id, vec![report(id.clone(), "failed")], &c).await {
+                                held.insert(id, Held::Starting(Instant::now()));
+                                c.running.fetch_sub(1, Ordering::Relaxed);
+                                c.restarted.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
                     let now = Instant::now();
                     let due: Vec<String> = held
                         .iter()
@@ -499,8 +524,27 @@ async fn main() -> Result<()> {
     client(&addrs[0]).scale_service(scale).await?;
     settle(&mut cluster, total + 2).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let node_bytes_per_change = (count(&c.change_bytes) - before) as f64 / n as f64;
-    println!("one change: {node_bytes_per_change:.0} bytes to each node (all its watch's messages for one task placed and running)");
+    let small_change = (count(&c.change_bytes) - before) as f64 / n as f64;
+    println!(
+        "one change: {small_change:.0} bytes to each node (all its watch's messages for one task placed and running)"
+    );
+    // And in a large service: one of its replicas fails and starts again.
+    let (restarted, before) = (count(&c.restarted), count(&c.change_bytes));
+    let Some(victim) = slots.iter().find(|s| s.held.load(Ordering::Relaxed) > 0) else { bail!("no node holds a task") };
+    victim.fail_one.store(true, Ordering::Relaxed);
+    wait_for(Duration::from_secs(120), "the failed replica running again", async || {
+        let f = figures(&mut cluster).await?;
+        let failed = count(&c.restarted) > restarted;
+        (failed && f.tasks.get("running").copied().unwrap_or(0) >= total + 2).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let large_change = (count(&c.change_bytes) - before) as f64 / n as f64;
+    println!(
+        "one change in a service of {} replicas: {large_change:.0} bytes to each node (one replica failed and running again)",
+        args.per_service.min(args.tasks)
+    );
+    let node_bytes_per_change = small_change.max(large_change);
 
     // 4. Away and back: a tenth of the nodes cut off, then back.
     let away = &slots[..(slots.len() / 10).max(1)];
