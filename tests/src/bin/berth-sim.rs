@@ -39,7 +39,7 @@ use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::{
     AssignedTasks, HeartbeatRequest, NodeCapacity, RegisterRequest, ReportTasksRequest, TaskReport, WatchTasksRequest,
 };
-use berth_proto::pb::cluster::{CreateServiceRequest, Figures, ScaleServiceRequest};
+use berth_proto::pb::cluster::{CreateServiceRequest, Figures, ScaleServiceRequest, ServiceSpec};
 use berth_proto::pki::Role;
 use berth_tests::{client, keys, spec, wait_for, Cluster};
 use clap::Parser;
@@ -376,6 +376,28 @@ fn received(m: &AssignedTasks, held: &mut HashMap<String, Held>, last_hash: &mut
     gone
 }
 
+/// Creates the service as a user would: again (on the next server, from
+/// the `k`th) while the cluster is busy.
+async fn create(addrs: &[String], k: usize, spec: ServiceSpec) -> Result<()> {
+    let name = spec.name.clone();
+    let mut tries = 0;
+    while let Err(e) = client(&addrs[(k + tries) % addrs.len()])
+        .create_service(CreateServiceRequest { spec: Some(spec.clone()), no_resolve_image: true })
+        .await
+    {
+        if e.code() == tonic::Code::AlreadyExists && tries > 0 {
+            break; // an earlier try took effect after all
+        }
+        tries += 1;
+        eprintln!("creating {name}: {:?}: {}", e.code(), e.message());
+        if tries > 20 || e.code() == tonic::Code::InvalidArgument {
+            bail!("creating {name}: {e}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
 fn report(id: String, state: &str) -> TaskReport {
     TaskReport { id, state: state.into(), ..Default::default() }
 }
@@ -467,22 +489,7 @@ async fn main() -> Result<()> {
         let replicas = left.min(per);
         let mut s = spec(&format!("sim{k}"));
         s.replicas = replicas as i64;
-        // As a user would: again (on the next server) while the cluster is busy.
-        let mut tries = 0;
-        while let Err(e) = client(&addrs[(k + tries) % addrs.len()])
-            .create_service(CreateServiceRequest { spec: Some(s.clone()), no_resolve_image: true })
-            .await
-        {
-            if e.code() == tonic::Code::AlreadyExists && tries > 0 {
-                break; // an earlier try took effect after all
-            }
-            tries += 1;
-            eprintln!("creating sim{k}: {:?}: {}", e.code(), e.message());
-            if tries > 20 || e.code() == tonic::Code::InvalidArgument {
-                bail!("creating sim{k}: {e}");
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        create(&addrs, k, s).await?;
         left -= replicas;
         k += 1;
     }
@@ -509,7 +516,7 @@ async fn main() -> Result<()> {
 
     // 3. One change: the bytes each node receives for one task placed elsewhere.
     let probe = spec("probe");
-    client(&addrs[0]).create_service(CreateServiceRequest { spec: Some(probe), no_resolve_image: true }).await?;
+    create(&addrs, 0, probe).await?;
     let settle = async |cluster: &mut Cluster, want: u64| {
         wait_for(Duration::from_secs(120), "the probe task running", async || {
             let f = figures(cluster).await?;
@@ -521,7 +528,15 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = count(&c.change_bytes);
     let scale = ScaleServiceRequest { name: "probe".into(), replicas: 2 };
-    client(&addrs[0]).scale_service(scale).await?;
+    let mut tries = 0;
+    while let Err(e) = client(&addrs[tries % addrs.len()]).scale_service(scale.clone()).await {
+        tries += 1;
+        eprintln!("scaling probe: {:?}: {}", e.code(), e.message());
+        if tries > 20 || e.code() == tonic::Code::InvalidArgument {
+            bail!("scaling probe: {e}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     settle(&mut cluster, total + 2).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let small_change = (count(&c.change_bytes) - before) as f64 / n as f64;
