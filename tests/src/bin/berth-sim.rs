@@ -39,6 +39,7 @@ use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::{
     AssignedTasks, HeartbeatRequest, NodeCapacity, RegisterRequest, ReportTasksRequest, TaskReport, WatchTasksRequest,
 };
+use berth_proto::pb::cluster::cluster_client::ClusterClient;
 use berth_proto::pb::cluster::{CreateServiceRequest, Figures, ScaleServiceRequest, ServiceSpec};
 use berth_proto::pki::Role;
 use berth_tests::{client, keys, spec, wait_for, Cluster};
@@ -379,19 +380,33 @@ fn received(m: &AssignedTasks, held: &mut HashMap<String, Held>, last_hash: &mut
 /// Creates the service as a user would: again (on the next server, from
 /// the `k`th) while the cluster is busy.
 async fn create(addrs: &[String], k: usize, spec: ServiceSpec) -> Result<()> {
-    let name = spec.name.clone();
-    let mut tries = 0;
-    while let Err(e) = client(&addrs[(k + tries) % addrs.len()])
-        .create_service(CreateServiceRequest { spec: Some(spec.clone()), no_resolve_image: true })
-        .await
-    {
-        if e.code() == tonic::Code::AlreadyExists && tries > 0 {
-            break; // an earlier try took effect after all
+    let what = format!("creating {}", spec.name);
+    retry(&what, addrs, k, async |mut c, tries| {
+        let request = CreateServiceRequest { spec: Some(spec.clone()), no_resolve_image: true };
+        match c.create_service(request).await {
+            // An earlier try took effect after all.
+            Err(e) if e.code() == tonic::Code::AlreadyExists && tries > 0 => Ok(()),
+            r => r.map(drop),
         }
+    })
+    .await
+}
+
+/// Calls `call` (with a client of the next server each time, from the
+/// `k`th, and the tries so far) until it succeeds, as a user would while
+/// the cluster is busy: at most 21 tries, a second apart.
+async fn retry(
+    what: &str,
+    addrs: &[String],
+    k: usize,
+    mut call: impl AsyncFnMut(ClusterClient<Channel>, usize) -> Result<(), tonic::Status>,
+) -> Result<()> {
+    let mut tries = 0;
+    while let Err(e) = call(client(&addrs[(k + tries) % addrs.len()]), tries).await {
         tries += 1;
-        eprintln!("creating {name}: {:?}: {}", e.code(), e.message());
+        eprintln!("{what}: {:?}: {}", e.code(), e.message());
         if tries > 20 || e.code() == tonic::Code::InvalidArgument {
-            bail!("creating {name}: {e}");
+            bail!("{what}: {e}");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -528,15 +543,7 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = count(&c.change_bytes);
     let scale = ScaleServiceRequest { name: "probe".into(), replicas: 2 };
-    let mut tries = 0;
-    while let Err(e) = client(&addrs[tries % addrs.len()]).scale_service(scale.clone()).await {
-        tries += 1;
-        eprintln!("scaling probe: {:?}: {}", e.code(), e.message());
-        if tries > 20 || e.code() == tonic::Code::InvalidArgument {
-            bail!("scaling probe: {e}");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    retry("scaling probe", &addrs, 0, async |mut c, _| c.scale_service(scale.clone()).await.map(drop)).await?;
     settle(&mut cluster, total + 2).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let small_change = (count(&c.change_bytes) - before) as f64 / n as f64;
