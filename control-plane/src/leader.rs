@@ -28,6 +28,11 @@ pub const PERIOD: Duration = Duration::from_millis(200);
 const GAP: Duration = Duration::from_millis(10);
 /// A pass that took t is followed by at least DUTY × t of rest.
 const DUTY: u32 = 3;
+/// The most task changes one pass writes. A Raft entry is replicated
+/// whole, in one append with one deadline; a pass that placed 100 services
+/// of 1000 replicas at once wrote 161,000 changes (a new task is about
+/// 1 KB), an entry no follower could take in time (berth-sim, 1000 nodes).
+const MAX_CHANGES: usize = 5000;
 
 pub async fn run(node: Arc<Node>) {
     // The log position the last pass looked at, and the one at which the
@@ -79,13 +84,17 @@ pub async fn run(node: Arc<Node>) {
         let (position, decided, waiting) = match node.applied.read() {
             Ok(applied) if applied.last_applied == at_rest && at_rest.is_some() && !due => continue,
             Ok(applied) => {
-                let decided = reconcile(&applied.state, now);
+                let mut decided = reconcile(&applied.state, now);
+                // The rest are decided again by the next pass (each pass looks at
+                // the state afresh, so any prefix of its decisions may be written alone).
+                decided.changes.truncate(MAX_CHANGES);
                 let waiting = waiting_since(&applied.state, &decided.changes, now);
                 (applied.last_applied, decided, waiting)
             }
             Err(_) => return,
         };
         node.stats.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+        debug!(changes = decided.changes.len(), took = ?started.elapsed(), ?position, "reconcile pass");
         rest = GAP.max(started.elapsed() * DUTY);
         wake_at = decided.wake_at;
         for (service, why) in decided.rollbacks {

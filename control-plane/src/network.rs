@@ -10,7 +10,9 @@ use std::time::Duration;
 use berth_proto::client::{Channels, Peer, Settings, Tls};
 use berth_proto::pb::raft::raft_client::RaftClient;
 use berth_proto::pb::raft::Payload;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -67,6 +69,19 @@ pub fn decode<T: DeserializeOwned>(p: &Payload) -> Result<T, tonic::Status> {
     serde_json::from_slice(&p.json).map_err(|e| tonic::Status::invalid_argument(format!("malformed payload: {e}")))
 }
 
+/// The most an append carries when it holds more than one entry. openraft
+/// sends up to 300 entries at once and gives an append one deadline (about
+/// 200 ms) whatever its size; a follower that fell behind by large entries
+/// (a thousand-task service is about 1 MB) was sent hundreds of MB, which
+/// never arrived in time, and again on every retry, so it never caught up
+/// and the cluster lost its leader (1000 simulated nodes, berth-sim).
+const MAX_APPEND_BYTES: usize = 1 << 20;
+
+/// How many of `entries` to send instead, when `bytes` are too many.
+fn too_large(bytes: usize, entries: usize) -> Option<u64> {
+    (bytes > MAX_APPEND_BYTES && entries > 1).then(|| (entries * MAX_APPEND_BYTES / bytes).max(1) as u64)
+}
+
 /// openraft's network: makes one client per target server.
 #[derive(Debug, Clone)]
 pub struct Network {
@@ -106,8 +121,22 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let payload = encode(req).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
+        self.send(rpc, payload, option).await
+    }
+
+    async fn send<Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        payload: Payload,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let client = self.client.as_mut().map_err(|s| RPCError::Unreachable(Unreachable::new(s)))?;
-        let mut request = tonic::Request::new(encode(req).map_err(|s| RPCError::Network(NetworkError::new(&s)))?);
+        let mut request = tonic::Request::new(payload);
         request.set_timeout(option.hard_ttl());
         let reply = match rpc {
             Rpc::Append => client.append_entries(request).await,
@@ -127,7 +156,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, &option).await
+        let payload = encode(&rpc).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
+        if let Some(fit) = too_large(payload.json.len(), rpc.entries.len()) {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
+        }
+        self.send(Rpc::Append, payload, &option).await
     }
 
     async fn install_snapshot(
@@ -150,5 +183,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     fn backoff(&self) -> openraft::network::Backoff {
         // A dead peer is retried quickly enough that a restarted server catches up at once.
         openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_append_past_the_limit_is_split_in_proportion_but_one_entry_goes_whole() {
+        assert_eq!(too_large(MAX_APPEND_BYTES, 300), None, "at the limit it goes");
+        assert_eq!(too_large(MAX_APPEND_BYTES * 4, 300), Some(75));
+        assert_eq!(too_large(MAX_APPEND_BYTES * 1000, 300), Some(1), "at least one entry");
+        assert_eq!(too_large(MAX_APPEND_BYTES * 8, 1), None, "one entry cannot be split");
     }
 }

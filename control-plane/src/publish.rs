@@ -22,12 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_proto::model::{
-    AssignedTask, Assignment, Desired, Files, NodeNetwork, Peer, Removed, Replica, ServiceEndpoints, TaskSpec,
+    AssignedTask, Assignment, Desired, Files, NodeNetwork, Peer, Removed, Replica, ServiceEndpoints, Task, TaskSpec,
     TaskState,
 };
 
 use crate::node::Node;
-use crate::state::State;
+use crate::state::{State, Touched};
 
 /// The least time between two publications: a burst of commits makes one.
 const GAP: Duration = Duration::from_millis(50);
@@ -56,10 +56,12 @@ pub fn spawn(node: Arc<Node>) -> tokio::sync::watch::Receiver<Arc<Published>> {
                 continue;
             }
             let started = Instant::now();
+            let prev = tx.borrow().clone();
             let next = match node.applied.read() {
                 Ok(a) => {
                     seen = a.last_applied;
-                    Published::next(&tx.borrow(), &a.state, a.last_applied.map_or(0, |l| l.index))
+                    let touched = a.touches.after(prev.revision).filter(|_| prev.revision > 0);
+                    Published::next(&prev, &a.state, a.last_applied.map_or(0, |l| l.index), touched.as_deref())
                 }
                 Err(_) => return,
             };
@@ -104,31 +106,28 @@ pub struct Published {
     pub shares: HashMap<String, Arc<Share>>,
     /// Services and peers that changed, came or went, by the revision that
     /// published it; complete for every revision after `since`.
-    log: BTreeMap<u64, Vec<Change>>,
+    log: BTreeMap<u64, Arc<[Change]>>,
     since: u64,
 }
 
 impl Published {
     /// The publication of `state` at `revision`, reusing what did not
-    /// change since `prev`.
-    pub fn next(prev: &Published, state: &State, revision: u64) -> Published {
-        let services: BTreeMap<String, Arc<ServiceEndpoints>> =
-            endpoints(state).into_iter().map(|s| (s.name.clone(), keep(prev.services.get(&s.name), s))).collect();
-        let peers: BTreeMap<String, Arc<Peer>> = state
-            .nodes
-            .values()
-            .filter_map(|n| {
-                let (overlay, subnet) = (n.overlay.as_ref()?, n.subnet?);
-                let peer = Peer {
-                    node_id: n.id.clone(),
-                    public_key: overlay.public_key.clone(),
-                    endpoint: overlay.endpoint.parse().ok()?,
-                    subnet,
-                };
-                Some((n.id.clone(), keep(prev.peers.get(&n.id), peer)))
-            })
-            .collect();
-        let shares = shares(prev, state);
+    /// change since `prev`. With `touched` (the tasks the commands since
+    /// `prev` may have changed, `state::Touches`), only their services and
+    /// nodes are made again; without, everything is.
+    pub fn next(prev: &Published, state: &State, revision: u64, touched: Option<&[&Touched]>) -> Published {
+        let (services, peers, shares) = match touched {
+            Some(touched) => {
+                (services_touched(prev, state, touched), prev.peers.clone(), shares_touched(prev, state, touched))
+            }
+            None => {
+                let services = endpoints(state)
+                    .into_iter()
+                    .map(|s| (s.name.clone(), keep(prev.services.get(&s.name), s)))
+                    .collect();
+                (services, peers(prev, state), shares(prev, state))
+            }
+        };
         let mut changes = Vec::new();
         for name in changed(&prev.services, &services) {
             changes.push(match (prev.services.get(&name), services.get(&name)) {
@@ -140,7 +139,7 @@ impl Published {
         let mut log = prev.log.clone();
         let mut since = prev.since;
         if !changes.is_empty() {
-            log.insert(revision, changes);
+            log.insert(revision, changes.into());
         }
         while log.len() > LOG_KEPT {
             if let Some((rev, _)) = log.pop_first() {
@@ -155,14 +154,19 @@ impl Published {
         self.shares.get(node).cloned().unwrap_or_default()
     }
 
-    /// The node's whole assignment.
+    /// The node's whole assignment: its whole share, and `whole` less its
+    /// own peer.
     pub fn full(&self, node: &str) -> Assignment {
-        let share = self.share(node);
+        let (own, _) = self.own(node, &Share::default());
+        let Assignment { mut peers, services, .. } = self.whole();
+        peers.retain(|p| p.node_id != node);
+        Assignment { peers, services, ..own }
+    }
+
+    /// Every service and every peer: what every node's whole list shares.
+    pub fn whole(&self) -> Assignment {
         Assignment {
-            tasks: share.tasks.iter().map(|(id, t)| (id.clone(), (**t).clone())).collect(),
-            network: share.network,
-            volumes: share.volumes.clone(),
-            peers: self.peers.values().filter(|p| p.node_id != node).map(|p| (**p).clone()).collect(),
+            peers: self.peers.values().map(|p| (**p).clone()).collect(),
             services: self.services.values().map(|s| (**s).clone()).collect(),
             ..Assignment::default()
         }
@@ -172,26 +176,51 @@ impl Published {
     /// share `before`: None when the log no longer reaches back that far
     /// (the stream sends the whole list), else the changes (maybe none).
     /// With `partial`, a service none but replicas of which changed comes
-    /// with only those (see `Removed`); else whole.
+    /// with only those (see `Removed`); else whole. It is `own` and
+    /// `common` together, less the node's own peer.
     pub fn delta(&self, node: &str, sent: u64, before: &Share, partial: bool) -> Option<(Assignment, Removed)> {
+        let (mut changed, mut removed) = self.common(sent, partial)?;
+        changed.peers.retain(|p| p.node_id != node);
+        removed.peers.retain(|p| p != node);
+        let (own, gone) = self.own(node, before);
+        changed.tasks = own.tasks;
+        (changed.network, changed.volumes, removed.tasks) = (own.network, own.volumes, gone.tasks);
+        Some((changed, removed))
+    }
+
+    /// What changed in `node`'s own share since `before`: its tasks, and
+    /// its network and volumes (always sent).
+    pub fn own(&self, node: &str, before: &Share) -> (Assignment, Removed) {
+        let share = self.share(node);
+        let changed = Assignment {
+            tasks: share
+                .tasks
+                .iter()
+                .filter(|(id, task)| before.tasks.get(*id) != Some(task))
+                .map(|(id, task)| (id.clone(), (**task).clone()))
+                .collect(),
+            network: share.network,
+            volumes: share.volumes.clone(),
+            ..Assignment::default()
+        };
+        let tasks = before.tasks.keys().filter(|id| !share.tasks.contains_key(*id)).cloned().collect();
+        (changed, Removed { tasks, ..Removed::default() })
+    }
+
+    /// The services and peers (every node's, the one asking's too) that
+    /// changed since revision `sent`: the same for every node that was
+    /// sent `sent`, so made once for all of them. None when the log no
+    /// longer reaches back that far.
+    pub fn common(&self, sent: u64, partial: bool) -> Option<(Assignment, Removed)> {
         if sent < self.since {
             return None;
         }
         let mut changed = Assignment::default();
         let mut removed = Removed::default();
-        let share = self.share(node);
-        for (id, task) in &share.tasks {
-            if before.tasks.get(id) != Some(task) {
-                changed.tasks.insert(id.clone(), (**task).clone());
-            }
-        }
-        removed.tasks = before.tasks.keys().filter(|id| !share.tasks.contains_key(*id)).cloned().collect();
-        changed.network = share.network;
-        changed.volumes = share.volumes.clone();
         // Per service touched: None when it changed whole, else its replicas' tasks.
         let mut services: BTreeMap<&str, Option<BTreeSet<&str>>> = BTreeMap::new();
         let mut peers = BTreeSet::new();
-        for change in self.log.range(sent + 1..).flat_map(|(_, c)| c) {
+        for change in self.log.range(sent + 1..).flat_map(|(_, c)| c.iter()) {
             match change {
                 Change::Service(name) => drop(services.insert(name, None)),
                 Change::Replicas(name, tasks) => {
@@ -199,7 +228,6 @@ impl Published {
                         set.extend(tasks.iter().map(String::as_str));
                     }
                 }
-                Change::Peer(id) if id == node => {}
                 Change::Peer(id) => drop(peers.insert(id)),
             }
         }
@@ -269,42 +297,129 @@ fn replicas(before: &ServiceEndpoints, now: &ServiceEndpoints) -> Vec<String> {
     tasks
 }
 
+/// Every node with an overlay and a subnet, as a peer.
+fn peers(prev: &Published, state: &State) -> BTreeMap<String, Arc<Peer>> {
+    state
+        .nodes
+        .values()
+        .filter_map(|n| {
+            let (overlay, subnet) = (n.overlay.as_ref()?, n.subnet?);
+            let peer = Peer {
+                node_id: n.id.clone(),
+                public_key: overlay.public_key.clone(),
+                endpoint: overlay.endpoint.parse().ok()?,
+                subnet,
+            };
+            Some((n.id.clone(), keep(prev.peers.get(&n.id), peer)))
+        })
+        .collect()
+}
+
+/// The last publication's services, those of `touched` tasks made again:
+/// the touched tasks' replicas taken out and put back as they are now.
+fn services_touched(prev: &Published, state: &State, touched: &[&Touched]) -> BTreeMap<String, Arc<ServiceEndpoints>> {
+    let mut by_service: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for t in touched {
+        by_service.entry(t.service.as_str()).or_default().insert(t.id.as_str());
+    }
+    let mut services = prev.services.clone();
+    for (name, ids) in by_service {
+        let Some(before) = prev.services.get(name).filter(|_| state.services.contains_key(name)) else {
+            continue; // a service comes and goes by a command that touches all
+        };
+        let mut now = ServiceEndpoints { replicas: Vec::with_capacity(before.replicas.len()), ..(**before).clone() };
+        now.replicas.extend(before.replicas.iter().filter(|r| !ids.contains(r.task.as_str())).cloned());
+        let tasks = ids.iter().filter_map(|id| state.tasks.get(*id)).filter(|t| t.service == name);
+        now.replicas.extend(tasks.filter_map(|t| t.serving_address().map(|a| replica(t, a))));
+        now.replicas.sort_by(|a, b| (a.slot, &a.task).cmp(&(b.slot, &b.task)));
+        // Tasks not touched are as they were: none ran if none did then.
+        let runs = |t: &Task| t.desired == Desired::Running && t.state == TaskState::Running;
+        now.started = ids.iter().filter_map(|id| state.tasks.get(*id)).any(|t| t.service == name && runs(t))
+            || before.started && started(state, name);
+        services.insert(name.to_owned(), keep(Some(before), now));
+    }
+    services
+}
+
+/// Whether any task of the service runs, as `endpoints` says it: its tasks
+/// are named after it (`SERVICE.SLOT.GENERATION`), so most answers take a
+/// look at those alone; a "no" is made sure of over every task.
+fn started(state: &State, service: &str) -> bool {
+    let runs = |t: &Task| t.service == service && t.desired == Desired::Running && t.state == TaskState::Running;
+    state.tasks.range(format!("{service}.")..format!("{service}/")).any(|(_, t)| runs(t))
+        || state.tasks.values().any(runs)
+}
+
+/// The last publication's shares, those of the nodes `touched` tasks were
+/// or are on made again.
+fn shares_touched(prev: &Published, state: &State, touched: &[&Touched]) -> HashMap<String, Arc<Share>> {
+    let mut by_node: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for t in touched {
+        let now = state.tasks.get(&t.id).and_then(|t| t.node.as_deref());
+        for node in t.node.as_deref().into_iter().chain(now) {
+            by_node.entry(node).or_default().insert(t.id.as_str());
+        }
+    }
+    let mut shares = prev.shares.clone();
+    for (node, ids) in by_node {
+        let Some(before) = prev.shares.get(node).filter(|_| state.nodes.contains_key(node)) else {
+            continue; // a node comes and goes by a command that touches all
+        };
+        let mut tasks = before.tasks.clone();
+        for id in ids {
+            tasks.remove(id);
+            let task = state.tasks.get(id).filter(|t| t.desired == Desired::Running && t.node.as_deref() == Some(node));
+            if let Some(t) = task {
+                tasks.insert(t.id.clone(), assigned_task(before.tasks.get(id), state, t));
+            }
+        }
+        shares.insert(node.to_owned(), keep(Some(before), share(state, node, tasks)));
+    }
+    shares
+}
+
 /// Every node's share, reusing the last publication's tasks (and shares)
 /// where nothing in them changed.
 fn shares(prev: &Published, state: &State) -> HashMap<String, Arc<Share>> {
     let mut tasks: HashMap<&str, BTreeMap<String, Arc<AssignedTask>>> = HashMap::new();
     for t in state.tasks.values().filter(|t| t.desired == Desired::Running) {
         let Some(node) = t.node.as_deref() else { continue };
-        let files = files_of(state, &t.spec);
-        // Compared in place first: most tasks did not change, and making
-        // one to compare would copy its whole spec every publication.
-        let prev_task = prev
-            .shares
-            .get(node)
-            .and_then(|s| s.tasks.get(&t.id))
-            .filter(|p| p.restarts == t.restarts && p.address == t.address && p.files == files && p.spec == t.spec);
-        let task = match prev_task {
-            Some(p) => p.clone(),
-            None => Arc::new(AssignedTask {
-                id: t.id.clone(),
-                spec: t.spec.clone(),
-                restarts: t.restarts,
-                address: t.address,
-                files,
-            }),
-        };
-        tasks.entry(node).or_default().insert(t.id.clone(), task);
+        let prev_task = prev.shares.get(node).and_then(|s| s.tasks.get(&t.id));
+        tasks.entry(node).or_default().insert(t.id.clone(), assigned_task(prev_task, state, t));
     }
     state
         .nodes
-        .iter()
-        .map(|(id, n)| {
-            let network = n.subnet.zip(state.network).map(|(subnet, net)| NodeNetwork { subnet, cluster: net.cidr });
-            let volumes = state.volumes.get(id).map(|v| v.iter().map(|v| v.name.clone()).collect());
-            let share = Share { tasks: tasks.remove(id.as_str()).unwrap_or_default(), network, volumes };
+        .keys()
+        .map(|id| {
+            let share = share(state, id, tasks.remove(id.as_str()).unwrap_or_default());
             (id.clone(), keep(prev.shares.get(id), share))
         })
         .collect()
+}
+
+/// A node's share of its `tasks`, with its network and volumes.
+fn share(state: &State, node: &str, tasks: BTreeMap<String, Arc<AssignedTask>>) -> Share {
+    let subnet = state.nodes.get(node).and_then(|n| n.subnet);
+    let network = subnet.zip(state.network).map(|(subnet, net)| NodeNetwork { subnet, cluster: net.cidr });
+    let volumes = state.volumes.get(node).map(|v| v.iter().map(|v| v.name.clone()).collect());
+    Share { tasks, network, volumes }
+}
+
+/// Task `t` as its node is sent it: the last publication's, `prev`, when
+/// nothing in it changed (compared in place first: most tasks did not
+/// change, and making one to compare would copy its whole spec).
+fn assigned_task(prev: Option<&Arc<AssignedTask>>, state: &State, t: &Task) -> Arc<AssignedTask> {
+    let files = files_of(state, &t.spec);
+    match prev.filter(|p| p.restarts == t.restarts && p.address == t.address && p.files == files && p.spec == t.spec) {
+        Some(p) => p.clone(),
+        None => Arc::new(AssignedTask {
+            id: t.id.clone(),
+            spec: t.spec.clone(),
+            restarts: t.restarts,
+            address: t.address,
+            files,
+        }),
+    }
 }
 
 /// What a node is asked to do now, made from the state alone: its tasks,
@@ -313,7 +428,7 @@ fn shares(prev: &Published, state: &State) -> HashMap<String, Arc<Share>> {
 /// counted, so an agent that restarts goes on counting from there; and
 /// what its network needs. A publication's `full` gives the same.
 pub fn assigned(state: &State, node_id: &str) -> Assignment {
-    Published::next(&Published::default(), state, 0).full(node_id)
+    Published::next(&Published::default(), state, 0, None).full(node_id)
 }
 
 /// The values of the secrets and configs a task names (a secret opened
@@ -353,24 +468,28 @@ pub fn endpoints(state: &State) -> Vec<ServiceEndpoints> {
         let Some(service) = services.get_mut(t.service.as_str()) else { continue };
         service.started |= t.desired == Desired::Running && t.state == TaskState::Running;
         if let Some(address) = t.serving_address() {
-            service.replicas.push(Replica { task: t.id.clone(), slot: t.slot, address: address.into() });
+            service.replicas.push(replica(t, address));
         }
     }
     let mut services: Vec<ServiceEndpoints> = services.into_values().collect();
     for s in &mut services {
-        s.replicas.sort_by_key(|e| e.slot);
+        s.replicas.sort_by(|a, b| (a.slot, &a.task).cmp(&(b.slot, &b.task)));
     }
     services
 }
 
+fn replica(t: &Task, address: impl Into<std::net::IpAddr>) -> Replica {
+    Replica { task: t.id.clone(), slot: t.slot, address: address.into() }
+}
+
 #[cfg(test)]
 mod tests {
-    use berth_proto::model::{Cidr, Node, Overlay, Task};
+    use berth_proto::model::{Cidr, NetworkConfig, Node, Overlay, Task, TaskReport};
     use berth_proto::prost::Message as _;
     use proptest::prelude::*;
 
     use super::*;
-    use crate::state::{apply, Command};
+    use crate::state::{apply, touches, Command, TaskChange, Touches};
     use crate::testing::{self, spec};
 
     const NODES: [&str; 3] = ["n1", "n2", "n3"];
@@ -479,13 +598,13 @@ mod tests {
             partial in any::<bool>(),
         ) {
             let mut state = cluster();
-            let mut p = Published::next(&Published::default(), &state, 1);
+            let mut p = Published::next(&Published::default(), &state, 1, None);
             // Per node: what its agent has, and what its stream last sent.
             let mut agents: Vec<(Assignment, u64, Arc<Share>)> =
                 NODES.iter().map(|n| (p.full(n), p.revision, p.share(n))).collect();
             for (i, (op, watched)) in ops.iter().enumerate() {
                 run(&mut state, op);
-                p = Published::next(&p, &state, i as u64 + 2);
+                p = Published::next(&p, &state, i as u64 + 2, None);
                 if !watched {
                     continue; // the streams slept through this one
                 }
@@ -504,15 +623,115 @@ mod tests {
         }
     }
 
+    /// A reconciler's decision or an agent's report about the k-th task (or a new one).
+    #[derive(Debug, Clone)]
+    enum Cmd {
+        Create {
+            s: usize,
+            slot: u32,
+        },
+        Assign(usize, usize),
+        Shutdown(usize),
+        Remove(usize),
+        Report(usize, TaskState, u32),
+        /// A command that may change more than tasks.
+        Scale(usize, u32),
+    }
+
+    fn cmd() -> impl Strategy<Value = Cmd> {
+        let state = prop_oneof![Just(TaskState::Running), Just(TaskState::Failed), Just(TaskState::Exited)];
+        prop_oneof![
+            3 => (0..3usize, 1..6u32).prop_map(|(s, slot)| Cmd::Create { s, slot }),
+            4 => (any::<usize>(), 0..3usize).prop_map(|(k, n)| Cmd::Assign(k, n)),
+            1 => any::<usize>().prop_map(Cmd::Shutdown),
+            1 => any::<usize>().prop_map(Cmd::Remove),
+            5 => (any::<usize>(), state, 0..3u32).prop_map(|(k, st, r)| Cmd::Report(k, st, r)),
+            1 => (0..3usize, 1..5u32).prop_map(|(s, r)| Cmd::Scale(s, r)),
+        ]
+    }
+
+    fn command(state: &State, c: &Cmd) -> Command {
+        let nth = |k: usize| nth(state, k).unwrap_or_default();
+        let decided = |change: TaskChange| Command::Reconcile { changes: vec![change], at_ms: 1, rollouts: vec![] };
+        match c {
+            Cmd::Create { s, slot } => {
+                let generation = state.generations.get(&format!("s{s}.{slot}")).map_or(1, |g| g + 1);
+                decided(TaskChange::Create(Box::new(Task::new(
+                    &format!("s{s}"),
+                    *slot,
+                    generation,
+                    1,
+                    Default::default(),
+                ))))
+            }
+            Cmd::Assign(k, n) => decided(TaskChange::Assign { id: nth(*k), node: NODES[*n].into() }),
+            Cmd::Shutdown(k) => decided(TaskChange::Shutdown { id: nth(*k), reason: "stop".into() }),
+            Cmd::Remove(k) => decided(TaskChange::Remove { id: nth(*k) }),
+            Cmd::Report(k, st, restarts) => {
+                let id = nth(*k);
+                let node = state.tasks.get(&id).and_then(|t| t.node.clone()).unwrap_or_default();
+                let report = TaskReport {
+                    id,
+                    state: *st,
+                    exit_code: None,
+                    restarts: *restarts,
+                    message: String::new(),
+                    health: None,
+                };
+                Command::ReportTasks { node, reports: vec![report], at_ms: 1 }
+            }
+            Cmd::Scale(s, replicas) => Command::ScaleService { name: format!("s{s}"), replicas: *replicas },
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        /// A publication made again from the touched tasks alone is the one
+        /// made from the whole state, whatever reports and decisions came
+        /// between two publications.
+        #[test]
+        fn publications_made_from_touches_are_the_whole_ones(
+            batches in prop::collection::vec(prop::collection::vec(cmd(), 1..6), 1..25),
+        ) {
+            let mut state = cluster();
+            let network = NetworkConfig::new("198.18.0.0/15".parse().unwrap(), 24).unwrap();
+            apply(&mut state, &Command::InitNetwork(network));
+            let mut touched = Touches::default();
+            let mut index = 1;
+            let mut p = Published::next(&Published::default(), &state, index, None);
+            for batch in &batches {
+                for c in batch {
+                    let c = command(&state, c);
+                    let touch = touches(&state, &c);
+                    apply(&mut state, &c);
+                    touched.push(index, index + 1, touch);
+                    index += 1;
+                }
+                let whole = Published::next(&p, &state, index, None);
+                let Some(tasks) = touched.after(p.revision) else {
+                    p = whole; // a command that touches all came between
+                    continue;
+                };
+                let made = Published::next(&p, &state, index, Some(&tasks));
+                prop_assert_eq!(&made.services, &whole.services, "after {:?}", batch);
+                prop_assert_eq!(&made.peers, &whole.peers);
+                prop_assert_eq!(&made.shares, &whole.shares, "after {:?}", batch);
+                prop_assert_eq!(&made.log, &whole.log, "after {:?}", batch);
+                p = made;
+            }
+        }
+    }
+
     #[test]
     fn a_change_elsewhere_sends_only_that_change() {
         let mut state = cluster();
         for (n, slot) in [(0, 1), (1, 2), (2, 3)] {
             run(&mut state, &Op::Place { s: 0, slot, n, running: true });
         }
-        let p1 = Published::next(&Published::default(), &state, 1);
+        let p1 = Published::next(&Published::default(), &state, 1, None);
         run(&mut state, &Op::Place { s: 1, slot: 1, n: 2, running: true });
-        let p2 = Published::next(&p1, &state, 2);
+        let p2 = Published::next(&p1, &state, 2, None);
         // n1's share is the same one: nothing of its own moved.
         assert!(Arc::ptr_eq(&p1.share("n1"), &p2.share("n1")));
         let (changed, removed) = p2.delta("n1", 1, &p1.share("n1"), false).unwrap();
@@ -523,7 +742,7 @@ mod tests {
         let (changed, _) = p2.delta("n3", 1, &p1.share("n3"), false).unwrap();
         assert_eq!(changed.tasks.keys().collect::<Vec<_>>(), ["s1.1.1"]);
         // Nothing moved at all: no message.
-        let p3 = Published::next(&p2, &state, 3);
+        let p3 = Published::next(&p2, &state, 3, None);
         assert!(!p3.moved("n1", 2, &p2.share("n1")));
     }
 
@@ -533,13 +752,13 @@ mod tests {
         for slot in 1..=1000 {
             run(&mut state, &Op::Place { s: 0, slot, n: (slot % 3) as usize, running: true });
         }
-        let p1 = Published::next(&Published::default(), &state, 1);
+        let p1 = Published::next(&Published::default(), &state, 1, None);
         let whole = p1.full("n1");
         // One replica stops serving, another moves address.
         let (a, b) = ("s0.7.1", "s0.8.1");
         state.tasks.get_mut(a).unwrap().state = TaskState::Failed;
         state.tasks.get_mut(b).unwrap().address = Some([198, 19, 9, 9].into());
-        let p2 = Published::next(&p1, &state, 2);
+        let p2 = Published::next(&p1, &state, 2, None);
         let (changed, removed) = p2.delta("n1", 1, &p1.share("n1"), true).unwrap();
         assert_eq!(changed.services.len(), 1);
         let names: Vec<&str> = changed.services[0].replicas.iter().map(|r| r.task.as_str()).collect();
@@ -561,12 +780,12 @@ mod tests {
     #[test]
     fn a_watch_that_lags_past_the_log_gets_the_whole_list() {
         let mut state = cluster();
-        let mut p = Published::next(&Published::default(), &state, 1);
+        let mut p = Published::next(&Published::default(), &state, 1, None);
         let first = p.share("n1");
         for i in 0..LOG_KEPT as u64 + 5 {
             // A service's endpoints change at every publication.
             run(&mut state, &Op::Place { s: 0, slot: 1, n: 1, running: i % 2 == 0 });
-            p = Published::next(&p, &state, i + 2);
+            p = Published::next(&p, &state, i + 2, None);
         }
         assert!(p.delta("n1", 1, &first, true).is_none(), "too far behind for a delta");
         assert!(p.moved("n1", 1, &first));

@@ -163,7 +163,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .add_service(
             AgentServer::new(AgentApi {
                 node: node.clone(),
-                published: crate::publish::spawn(node.clone()),
+                watches: crate::api::Watches::new(crate::publish::spawn(node.clone())),
                 levels: levels.clone(),
             })
             .max_decoding_message_size(cfg.max_request_bytes)

@@ -141,7 +141,8 @@ impl Server {
                 .args(&self.settings)
                 .args(cidr)
                 .args(first_start)
-                .env("BERTH_LOG", "info,openraft=warn"),
+                // BERTH_SERVER_LOG (a filter) looks closer at a run's servers.
+                .env("BERTH_LOG", std::env::var("BERTH_SERVER_LOG").unwrap_or_else(|_| "info,openraft=warn".into())),
         )
     }
 

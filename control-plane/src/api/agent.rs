@@ -4,24 +4,18 @@
 //! memory (see `liveness`); watches are served from the answering server's
 //! applied state; reports are written through the leader as one command.
 
-/// A watch repeats its list at least this often, as a keepalive; otherwise
-/// it wakes when the applied state moves.
-const WATCH_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
-
 use std::sync::Arc;
 
 use berth_proto::model::{validate_name, Availability, Node as NodeRecord, NodeStatus, NodeVolume, Overlay, Resources};
 use berth_proto::pb::agent::agent_server::Agent;
 use berth_proto::pb::agent::*;
-use berth_proto::prost::Message as _;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::auth;
 use crate::node::{LeaderOp, LeaderReply, Node};
-use crate::publish::{Published, Share};
+
 use crate::state::{now_ms, Command, Response as Applied, TaskReport as Report};
-use crate::stats::Open;
 
 /// The most a node may offer: a million CPUs' worth of millis, and 1 PiB.
 const MAX_CPU_MILLIS: u64 = 1_000_000_000;
@@ -32,8 +26,8 @@ const MAX_LABELS: usize = 64;
 #[derive(Debug, Clone)]
 pub struct AgentApi {
     pub node: Arc<Node>,
-    /// What the watches send (see `publish`).
-    pub published: tokio::sync::watch::Receiver<Arc<Published>>,
+    /// What the watches send (see `publish` and `watch`).
+    pub watches: super::watch::Watches,
     /// The cluster's level, shared with the Cluster API's.
     pub levels: super::levels::Levels,
 }
@@ -196,48 +190,7 @@ impl Agent for AgentApi {
     async fn watch_tasks(&self, req: Request<WatchTasksRequest>) -> Result<Response<Self::WatchTasksStream>, Status> {
         auth::node(&self.node, &req, &req.get_ref().node_id)?;
         let WatchTasksRequest { node_id, deltas, replica_deltas } = req.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let (node, mut published) = (self.node.clone(), self.published.clone());
-        tokio::spawn(async move {
-            let _open = Open::count(&node.stats.watch_streams);
-            // What the stream last sent: the revision, and the node's share.
-            let mut sent: Option<(u64, Arc<Share>)> = None;
-            let mut sent_at = tokio::time::Instant::now();
-            // Never a list older than the state when the watch began (a
-            // publication made before, while no watch asked for newer ones,
-            // would stop tasks placed since).
-            let fresh = node.metrics().last_applied.map_or(1, |l| l.index.max(1));
-            loop {
-                let p = published.borrow_and_update().clone();
-                let keepalive = sent_at.elapsed() >= WATCH_REFRESH;
-                let message = match &sent {
-                    None if p.revision < fresh => None,
-                    Some((rev, share)) if !keepalive && !p.moved(&node_id, *rev, share) => None,
-                    Some((rev, share)) if deltas => Some(match p.delta(&node_id, *rev, share, replica_deltas) {
-                        Some((changed, removed)) => AssignedTasks::delta(changed, removed, p.revision),
-                        None => full(&p, &node_id),
-                    }),
-                    _ => Some(full(&p, &node_id)),
-                };
-                if let Some(message) = message {
-                    node.stats.watch_messages.inc();
-                    node.stats.watch_bytes.inc_by(message.encoded_len() as u64);
-                    if message.delta {
-                        node.stats.watch_deltas.inc();
-                    }
-                    if tx.send(Ok(message)).await.is_err() {
-                        return;
-                    }
-                    sent = Some((p.revision, p.share(&node_id)));
-                    sent_at = tokio::time::Instant::now();
-                }
-                let refresh = WATCH_REFRESH.saturating_sub(sent_at.elapsed());
-                if let Ok(Err(_)) = tokio::time::timeout(refresh, published.changed()).await {
-                    return; // the publisher stopped: the server is shutting down
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(self.watches.stream(self.node.clone(), node_id, deltas, replica_deltas)))
     }
 
     async fn report_tasks(&self, req: Request<ReportTasksRequest>) -> Result<Response<ReportTasksReply>, Status> {
@@ -275,10 +228,6 @@ pub fn volumes_from(volumes: Vec<berth_proto::pb::agent::NodeVolume>) -> Result<
 }
 
 /// The node's whole list, as of the publication.
-fn full(p: &Published, node: &str) -> AssignedTasks {
-    AssignedTasks { revision: p.revision, ..p.full(node).into() }
-}
-
 #[cfg(test)]
 mod tests {
     use berth_proto::model::{AssignedTask, RestartPolicy, ServiceSpec, Task, TaskSpec, TaskState};

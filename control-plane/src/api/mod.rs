@@ -14,12 +14,14 @@ mod pin;
 mod raft;
 mod streams;
 mod volumes;
+mod watch;
 
 pub use agent::AgentApi;
 pub use cluster::ClusterApi;
 pub use levels::Levels;
 pub use raft::RaftApi;
 use tonic::Status;
+pub use watch::Watches;
 
 use crate::node::OpError;
 use crate::state::Rejection;

@@ -14,6 +14,7 @@ mod apply;
 pub mod files;
 mod ipam;
 mod query;
+mod touch;
 mod trust;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use apply::{apply, check_volumes};
 pub use files::StoredFile;
 pub use query::{query, Query, QueryReply};
+pub use touch::{merged, touches, Touch, Touched, Touches};
 pub use trust::{Access, JoinRole, Rotation, Trust, User};
 
 /// The newest commands this release applies, as a level that only goes up:

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::seal::Sealer;
 use super::{flush, format, read_err, write_err, Entry, LogId, Membership, NodeId, SnapshotMeta, TypeConfig};
-use crate::state::{apply, Proposal, Response, State};
+use crate::state::{apply, merged, touches, Proposal, Response, State, Touch, Touches};
 use crate::stats::Stats;
 
 const SNAP_META: &[u8] = b"meta";
@@ -29,6 +29,9 @@ pub struct Applied {
     pub last_applied: Option<LogId>,
     pub membership: Membership,
     pub state: State,
+    /// What the last entries' commands touched (see `state::touch`).
+    #[serde(skip)]
+    pub touches: Touches,
 }
 
 #[derive(Debug, Clone)]
@@ -175,15 +178,28 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let started = std::time::Instant::now();
         let mut replies = Vec::new();
         for entry in entries {
+            let before = a.last_applied.map_or(0, |l| l.index);
             a.last_applied = Some(entry.log_id);
-            replies.push(match entry.payload {
-                EntryPayload::Blank => Vec::new(),
+            let (reply, touch) = match entry.payload {
+                EntryPayload::Blank => (Vec::new(), Touch::Tasks(Vec::new())),
                 EntryPayload::Membership(m) => {
                     a.membership = StoredMembership::new(Some(entry.log_id), m);
-                    Vec::new()
+                    (Vec::new(), Touch::Tasks(Vec::new()))
                 }
-                EntryPayload::Normal(Proposal(commands)) => commands.iter().map(|c| apply(&mut a.state, c)).collect(),
-            });
+                EntryPayload::Normal(Proposal(commands)) => {
+                    let mut touched = Vec::with_capacity(commands.len());
+                    let reply = commands
+                        .iter()
+                        .map(|c| {
+                            touched.push(touches(&a.state, c));
+                            apply(&mut a.state, c)
+                        })
+                        .collect();
+                    (reply, merged(touched))
+                }
+            };
+            a.touches.push(before, entry.log_id.index, touch);
+            replies.push(reply);
         }
         self.stats.applied_entries.inc_by(replies.len() as u64);
         self.stats.apply_seconds.observe(started.elapsed().as_secs_f64());

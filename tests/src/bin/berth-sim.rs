@@ -15,10 +15,14 @@
 //!    large service failed and running again; the bytes every node's watch
 //!    received for each (the watches' keepalives left out; the summary
 //!    takes the larger);
-//! 4. away and back: a tenth of the nodes stop beating and watching, as
+//! 4. steady state: a minute with nothing to do; the servers' CPU, the
+//!    Raft writes and the watch bytes it costs (heartbeats and keepalives);
+//! 5. away and back: a tenth of the nodes stop beating and watching, as
 //!    hosts cut off would; the time until the cluster has them down and
 //!    their tasks running on other nodes, then until they are ready again;
-//! 5. failover: the leader killed (-9) at full load; the time until the
+//! 6. rolling update: a large service's spec changed, a tenth of its
+//!    replicas replaced at a time; the time until its rollout completes;
+//! 7. failover: the leader killed (-9) at full load; the time until the
 //!    cluster takes a write again.
 //!
 //! The last line sums it up for `bench/scale.sh`. Figures come from the
@@ -40,7 +44,10 @@ use berth_proto::pb::agent::{
     AssignedTasks, HeartbeatRequest, NodeCapacity, RegisterRequest, ReportTasksRequest, TaskReport, WatchTasksRequest,
 };
 use berth_proto::pb::cluster::cluster_client::ClusterClient;
-use berth_proto::pb::cluster::{CreateServiceRequest, Figures, ScaleServiceRequest, ServiceSpec};
+use berth_proto::pb::cluster::{
+    CreateServiceRequest, Figures, GetServiceRequest, ScaleServiceRequest, ServiceSpec, UpdateConfig,
+    UpdateServiceRequest,
+};
 use berth_proto::pki::Role;
 use berth_tests::{client, keys, spec, wait_for, Cluster};
 use clap::Parser;
@@ -455,6 +462,24 @@ fn server_rss_mb(cluster: &Cluster) -> Vec<f64> {
         .collect()
 }
 
+/// CPU time (user and system) the running servers have used, in seconds.
+fn servers_cpu_s(cluster: &Cluster) -> f64 {
+    let ticks = 100.0; // USER_HZ: 100 on every Linux this runs on
+    cluster
+        .servers
+        .iter()
+        .filter_map(|s| s.pid())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command (which may hold spaces), from the 3rd: utime is the 14th, stime the 15th.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let (utime, stime): (f64, f64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+            Some((utime + stime) / ticks)
+        })
+        .sum()
+}
+
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -568,7 +593,21 @@ async fn main() -> Result<()> {
     );
     let node_bytes_per_change = small_change.max(large_change);
 
-    // 4. Away and back: a tenth of the nodes cut off, then back.
+    // 4. Steady state: a minute with nothing to do (before nodes go away and
+    // come back, after which replicas move back to them for a while).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = (servers_cpu_s(&cluster), figures(&mut cluster).await.unwrap_or_default(), count(&c.watch_bytes));
+    let minute = Duration::from_secs(60);
+    tokio::time::sleep(minute).await;
+    let after = (servers_cpu_s(&cluster), figures(&mut cluster).await.unwrap_or_default(), count(&c.watch_bytes));
+    let cpu_pct = (after.0 - before.0) / minute.as_secs_f64() * 100.0;
+    println!(
+        "steady minute: servers {cpu_pct:.1}% of a core in all, {} Raft proposals, {:.0} watch bytes per node per s",
+        after.1.proposals.saturating_sub(before.1.proposals),
+        (after.2 - before.2) as f64 / n as f64 / minute.as_secs_f64(),
+    );
+
+    // 5. Away and back: a tenth of the nodes cut off, then back.
     let away = &slots[..(slots.len() / 10).max(1)];
     let moved: u64 = away.iter().map(|s| s.held.load(Ordering::Relaxed)).sum();
     let running_before = c.running.load(Ordering::Relaxed);
@@ -602,7 +641,31 @@ async fn main() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    // 5. Failover at full load.
+    // 6. Rolling update: the first service's replicas replaced, a tenth at a time.
+    let replicas = args.per_service.min(args.tasks).max(1);
+    let mut update = spec("sim0");
+    update.replicas = replicas as i64;
+    update.env = [("VERSION".to_owned(), "2".to_owned())].into();
+    let step = (replicas / 10).max(1);
+    update.update_config =
+        Some(UpdateConfig { parallelism: Some(step as u32), monitor_ms: Some(1000), ..Default::default() });
+    let started = Instant::now();
+    let req = UpdateServiceRequest { spec: Some(update), no_resolve_image: true };
+    retry("updating sim0", &addrs, 0, async |mut c, _| c.update_service(req.clone()).await.map(drop)).await?;
+    wait_for(Duration::from_secs(1800), "sim0's rollout completed", async || {
+        let mut c = client(&addrs[0]);
+        let s = c.get_service(GetServiceRequest { name: "sim0".into(), stale: true }).await.ok()?.into_inner();
+        let rollout = s.service?.rollout?;
+        (rollout.state == "completed").then_some(())
+    })
+    .await?;
+    let update_s = started.elapsed().as_secs_f64();
+    println!(
+        "rolling update: {replicas} replicas replaced, {step} at a time (monitor 1 s), in {update_s:.1} s ({:.0} tasks/s)",
+        replicas as f64 / update_s
+    );
+
+    // 7. Failover at full load.
     let mut failover_ms = -1.0;
     let rss = server_rss_mb(&cluster);
     if !args.no_failover && args.servers > 1 {

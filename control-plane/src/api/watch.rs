@@ -1,0 +1,255 @@
+//! The watch of a node's tasks (`Agent::watch_tasks`): a stream that sends
+//! the node's whole list, then what changed at each publication (see
+//! `publish`), and the last message again as a keepalive.
+//!
+//! A message has two parts. The node's own (its tasks, network and
+//! volumes) differs from node to node. The services and peers are the
+//! same for every node that was last sent the same revision, so that part
+//! is made, and converted to the wire, once per publication and revision
+//! sent (`Wire`), and each watch copies it into its node's message. Made
+//! by each watch, it was most of a server's work at a thousand nodes: the
+//! same filtering of a thousand-replica service and the same address
+//! formatting, once per node.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_proto::pb::agent::AssignedTasks;
+use berth_proto::prost::Message as _;
+use tokio::sync::watch::Receiver;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::node::Node;
+use crate::publish::{Published, Share};
+use crate::stats::Open;
+
+/// A watch repeats its list at least this often, as a keepalive; otherwise
+/// it wakes when the applied state moves.
+const WATCH_REFRESH: Duration = Duration::from_secs(5);
+
+/// This server's publications and their common parts on the wire, shared
+/// by all its watches.
+#[derive(Debug, Clone)]
+pub struct Watches {
+    published: Receiver<Arc<Published>>,
+    wire: Arc<Mutex<Wire>>,
+}
+
+/// The common parts made for the newest publication a watch asked about.
+#[derive(Debug, Default)]
+struct Wire {
+    revision: u64,
+    whole: Option<Arc<AssignedTasks>>,
+    /// By (revision sent, partial services); None: the log does not reach back.
+    deltas: HashMap<(u64, bool), Option<Arc<AssignedTasks>>>,
+}
+
+impl Watches {
+    pub fn new(published: Receiver<Arc<Published>>) -> Self {
+        Self { published, wire: Arc::default() }
+    }
+
+    /// The stream of `node_id`'s messages: whole lists only, or deltas
+    /// (`deltas`) with partial services (`replica_deltas`).
+    pub fn stream(
+        &self,
+        node: Arc<Node>,
+        node_id: String,
+        deltas: bool,
+        replica_deltas: bool,
+    ) -> ReceiverStream<Result<AssignedTasks, Status>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (watches, mut published) = (self.clone(), self.published.clone());
+        tokio::spawn(async move {
+            let _open = Open::count(&node.stats.watch_streams);
+            // What the stream last sent: the revision, and the node's share.
+            let mut sent: Option<(u64, Arc<Share>)> = None;
+            let mut sent_at = tokio::time::Instant::now();
+            // Never a list older than the state when the watch began (a
+            // publication made before, while no watch asked for newer ones,
+            // would stop tasks placed since).
+            let fresh = node.metrics().last_applied.map_or(1, |l| l.index.max(1));
+            loop {
+                let p = published.borrow_and_update().clone();
+                let keepalive = sent_at.elapsed() >= WATCH_REFRESH;
+                let message = match &sent {
+                    None if p.revision < fresh => None,
+                    Some((rev, share)) if !keepalive && !p.moved(&node_id, *rev, share) => None,
+                    Some((rev, share)) if deltas => Some(watches.delta(&p, &node_id, *rev, share, replica_deltas)),
+                    _ => Some(watches.whole(&p, &node_id)),
+                };
+                if let Some(message) = message {
+                    node.stats.watch_messages.inc();
+                    node.stats.watch_bytes.inc_by(message.encoded_len() as u64);
+                    if message.delta {
+                        node.stats.watch_deltas.inc();
+                    }
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                    sent = Some((p.revision, p.share(&node_id)));
+                    sent_at = tokio::time::Instant::now();
+                }
+                let refresh = WATCH_REFRESH.saturating_sub(sent_at.elapsed());
+                if let Ok(Err(_)) = tokio::time::timeout(refresh, published.changed()).await {
+                    return; // the publisher stopped: the server is shutting down
+                }
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+
+    /// `node`'s whole list at `p`.
+    fn whole(&self, p: &Published, node: &str) -> AssignedTasks {
+        let (own, _) = p.own(node, &Share::default());
+        let own = AssignedTasks { revision: p.revision, ..own.into() };
+        let make = || Arc::new(AssignedTasks::from(p.whole()));
+        let common = self.memo(p, |wire| match wire {
+            Some(wire) => wire.whole.get_or_insert_with(make).clone(),
+            None => make(),
+        });
+        joined(own, &common, node)
+    }
+
+    /// What changed for `node` at `p` since it was sent revision `sent`
+    /// with share `before`; its whole list when the log does not reach back.
+    fn delta(&self, p: &Published, node: &str, sent: u64, before: &Share, partial: bool) -> AssignedTasks {
+        let make = || p.common(sent, partial).map(|(c, r)| Arc::new(AssignedTasks::delta(c, r, p.revision)));
+        let common = self.memo(p, |wire| match wire {
+            Some(wire) => wire.deltas.entry((sent, partial)).or_insert_with(make).clone(),
+            None => make(),
+        });
+        match common {
+            Some(common) => {
+                let (own, gone) = p.own(node, before);
+                joined(AssignedTasks::delta(own, gone, p.revision), &common, node)
+            }
+            None => self.whole(p, node),
+        }
+    }
+
+    /// Runs `f` with the common parts of `p` made so far (made under the
+    /// lock: another watch wanting the same would make the same), or
+    /// without any for a watch still on an older publication than the
+    /// newest asked about.
+    fn memo<T>(&self, p: &Published, f: impl FnOnce(Option<&mut Wire>) -> T) -> T {
+        let mut wire = self.wire.lock().ok().filter(|w| p.revision >= w.revision);
+        if let Some(w) = wire.as_deref_mut().filter(|w| p.revision > w.revision) {
+            *w = Wire { revision: p.revision, ..Wire::default() };
+        }
+        f(wire.as_deref_mut())
+    }
+}
+
+/// `node`'s message: its own part, and the common part less its own peer.
+fn joined(own: AssignedTasks, common: &AssignedTasks, node: &str) -> AssignedTasks {
+    AssignedTasks {
+        peers: common.peers.iter().filter(|p| p.node_id != node).cloned().collect(),
+        removed_peers: common.removed_peers.iter().filter(|p| *p != node).cloned().collect(),
+        services: common.services.clone(),
+        removed_services: common.removed_services.clone(),
+        ..own
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_proto::model::{Cidr, Desired, Overlay, Task, TaskState};
+
+    use super::*;
+    use crate::state::{apply, Command, State};
+    use crate::testing;
+
+    const NODES: [&str; 3] = ["n1", "n2", "n3"];
+
+    /// Three nodes with overlays, two services with replicas on each.
+    fn state() -> State {
+        let mut state = State::default();
+        for (i, id) in NODES.iter().enumerate() {
+            let node = berth_proto::model::Node {
+                subnet: Some(format!("198.19.{}.0/24", i + 1).parse::<Cidr>().unwrap()),
+                overlay: Some(Overlay {
+                    public_key: format!("key-{i}"),
+                    endpoint: format!("198.18.0.{}:51820", i + 1),
+                }),
+                ..testing::node(id)
+            };
+            state.nodes.insert((*id).into(), node);
+        }
+        for s in ["web", "db"] {
+            apply(&mut state, &Command::CreateService(testing::spec(s, 30)));
+            for slot in 1..=30u32 {
+                place(&mut state, s, slot, slot as usize % 3);
+            }
+        }
+        state
+    }
+
+    fn place(state: &mut State, service: &str, slot: u32, n: usize) {
+        let mut t = Task::new(service, slot, 1, 1, Default::default());
+        t.node = Some(NODES[n].into());
+        t.address = Some([198, 19, n as u8 + 1, slot as u8].into());
+        t.state = TaskState::Running;
+        state.tasks.insert(t.id.clone(), t);
+    }
+
+    /// Each node's message as the model makes it for that node alone.
+    fn alone(p: &Published, node: &str, sent: Option<(u64, &Share)>, partial: bool) -> AssignedTasks {
+        match sent.and_then(|(rev, share)| p.delta(node, rev, share, partial)) {
+            Some((changed, removed)) => AssignedTasks::delta(changed, removed, p.revision),
+            None => AssignedTasks { revision: p.revision, ..p.full(node).into() },
+        }
+    }
+
+    /// Whichever node's watch made the common part first, every node's
+    /// message is the one made for it alone: whole lists, deltas with
+    /// whole or partial services, and a watch still on an older
+    /// publication after a newer one was asked about.
+    #[test]
+    fn messages_joined_from_shared_parts_are_each_nodes_own() {
+        let mut state = state();
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(Published::default()));
+        let watches = Watches::new(rx);
+        let p1 = Published::next(&Published::default(), &state, 1, None);
+        for node in NODES {
+            let message = watches.whole(&p1, node);
+            assert_eq!(message, alone(&p1, node, None, false), "{node}");
+            assert!(message.peers.iter().all(|p| p.node_id != node), "{node} is not its own peer");
+            assert_eq!((message.peers.len(), message.services.len()), (2, 2));
+        }
+        // A task placed, one failed, one stopped, a node's endpoint moved.
+        place(&mut state, "web", 31, 0);
+        state.tasks.get_mut("web.2.1").unwrap().state = TaskState::Failed;
+        state.tasks.get_mut("db.3.1").unwrap().desired = Desired::Shutdown;
+        state.nodes.get_mut("n2").unwrap().overlay.as_mut().unwrap().endpoint = "198.18.0.9:51820".into();
+        let p2 = Published::next(&p1, &state, 2, None);
+        for partial in [true, false] {
+            for node in NODES {
+                let share = p1.share(node);
+                let message = watches.delta(&p2, node, 1, &share, partial);
+                assert_eq!(message, alone(&p2, node, Some((1, &share)), partial), "{node}, partial {partial}");
+                assert!(message.delta);
+                let moved_peer = (node != "n2") as usize;
+                assert_eq!(message.peers.len(), moved_peer, "{node}: n2's new endpoint, to the others");
+            }
+        }
+        // n1's new task is its own; the others see only its endpoint.
+        assert_eq!(watches.delta(&p2, "n1", 1, &p1.share("n1"), true).tasks.len(), 1);
+        assert!(watches.delta(&p2, "n3", 1, &p1.share("n3"), true).tasks.is_empty());
+        // A watch behind the newest publication still gets its own message.
+        for node in NODES {
+            assert_eq!(watches.whole(&p1, node), alone(&p1, node, None, false));
+        }
+        // One the log no longer reaches back to gets its whole list.
+        let mut p = p2;
+        for i in 0..1100u64 {
+            state.tasks.get_mut("web.5.1").unwrap().state = [TaskState::Running, TaskState::Failed][i as usize % 2];
+            p = Published::next(&p, &state, i + 3, None);
+        }
+        let behind = watches.delta(&p, "n1", 1, &p1.share("n1"), true);
+        assert_eq!(behind, alone(&p, "n1", None, true));
+        assert!(!behind.delta);
+    }
+}

@@ -1,0 +1,189 @@
+//! Which tasks a command may change, told before it applies, so that what
+//! is made from the state (the watches' publication, `crate::publish`) can
+//! redo only those tasks' services and nodes rather than walk every task.
+//!
+//! Only the commands that come by the thousand are told task by task: the
+//! agents' reports and the reconciler's decisions. Any other command may
+//! change more than tasks (a service's ports, a node's overlay, a secret a
+//! task reads) and is told as `Touch::All`: what follows it is made whole,
+//! as before there were touches. A command told task by task changes
+//! nothing but those tasks (`apply` keeps to this; the publication's tests
+//! check it).
+
+use std::collections::VecDeque;
+
+use super::{Command, State, TaskChange};
+
+/// A task as it was before a command that may change it: its node then,
+/// and its service (which never changes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touched {
+    pub id: String,
+    pub service: String,
+    pub node: Option<String>,
+}
+
+/// What one log entry's commands may have changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touch {
+    Tasks(Vec<Touched>),
+    All,
+}
+
+/// The tasks `cmd` may change, as they are in `state` before it applies.
+pub fn touches(state: &State, cmd: &Command) -> Touch {
+    let was = |id: &str| {
+        state.tasks.get(id).map(|t| Touched { id: t.id.clone(), service: t.service.clone(), node: t.node.clone() })
+    };
+    match cmd {
+        // A report of a task not on that node changes nothing.
+        Command::ReportTasks { reports, .. } => Touch::Tasks(reports.iter().filter_map(|r| was(&r.id)).collect()),
+        // Rollout changes are the service's own, which publications do not carry.
+        Command::Reconcile { changes, .. } => Touch::Tasks(
+            changes
+                .iter()
+                .filter_map(|c| match c {
+                    TaskChange::Create(t) => Some(Touched { id: t.id.clone(), service: t.service.clone(), node: None }),
+                    TaskChange::Assign { id, .. }
+                    | TaskChange::Unplaced { id, .. }
+                    | TaskChange::Shutdown { id, .. }
+                    | TaskChange::Remove { id } => was(id),
+                })
+                .collect(),
+        ),
+        _ => Touch::All,
+    }
+}
+
+/// The touches of the last log entries applied, for whoever makes things
+/// from the state and wants to know what moved since the index it made
+/// them at. Memory only (never in a snapshot): a server starts without,
+/// and its first publication is made whole.
+#[derive(Debug, Clone, Default)]
+pub struct Touches {
+    /// Every entry applied after this index is in `log`; None until the
+    /// first entry is applied here.
+    since: Option<u64>,
+    log: VecDeque<(u64, Touch)>,
+    /// Tasks told in `log`, to bound its memory.
+    tasks: usize,
+}
+
+/// Tasks told in the log at most (a few MB); older entries are dropped,
+/// and a reader behind them makes its things whole.
+const KEPT_TASKS: usize = 200_000;
+
+impl Touches {
+    /// Notes what the entry at `index` touched; `before` is the index
+    /// applied before it.
+    pub fn push(&mut self, before: u64, index: u64, touch: Touch) {
+        self.since.get_or_insert(before);
+        self.tasks += touch_len(&touch);
+        self.log.push_back((index, touch));
+        while self.tasks > KEPT_TASKS {
+            let Some((i, t)) = self.log.pop_front() else { break };
+            self.tasks -= touch_len(&t);
+            self.since = Some(i);
+        }
+    }
+
+    /// The tasks touched by entries after `index`, up to the newest; None
+    /// when they are not all known, or when one entry touched more.
+    pub fn after(&self, index: u64) -> Option<Vec<&Touched>> {
+        if self.since? > index {
+            return None;
+        }
+        let mut tasks = Vec::new();
+        for (_, touch) in self.log.iter().filter(|(i, _)| *i > index) {
+            match touch {
+                Touch::Tasks(t) => tasks.extend(t),
+                Touch::All => return None,
+            }
+        }
+        Some(tasks)
+    }
+}
+
+fn touch_len(t: &Touch) -> usize {
+    match t {
+        Touch::Tasks(t) => t.len().max(1),
+        Touch::All => 1,
+    }
+}
+
+/// Merges the touches of one entry's commands.
+pub fn merged(touches: impl IntoIterator<Item = Touch>) -> Touch {
+    let mut all = Vec::new();
+    for t in touches {
+        match t {
+            Touch::Tasks(t) => all.extend(t),
+            Touch::All => return Touch::All,
+        }
+    }
+    Touch::Tasks(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tasks(ids: &[&str]) -> Touch {
+        Touch::Tasks(ids.iter().map(|id| Touched { id: (*id).into(), service: "s".into(), node: None }).collect())
+    }
+
+    #[test]
+    fn touches_are_known_only_after_the_first_entry_and_until_an_all() {
+        let mut t = Touches::default();
+        assert!(t.after(0).is_none(), "nothing applied here yet");
+        t.push(4, 5, tasks(&["a"]));
+        t.push(5, 6, tasks(&["b", "c"]));
+        assert!(t.after(3).is_none(), "entry 4 was applied before (a snapshot)");
+        let ids = |v: Option<Vec<&Touched>>| v.map(|v| v.iter().map(|t| t.id.clone()).collect::<Vec<_>>());
+        assert_eq!(ids(t.after(4)), Some(vec!["a".into(), "b".into(), "c".into()]));
+        assert_eq!(ids(t.after(5)), Some(vec!["b".into(), "c".into()]));
+        assert_eq!(ids(t.after(6)), Some(vec![]));
+        t.push(6, 7, Touch::All);
+        assert!(t.after(5).is_none(), "entry 7 touched more than tasks");
+        assert_eq!(ids(t.after(7)), Some(vec![]));
+    }
+
+    #[test]
+    fn old_entries_go_once_too_many_tasks_are_told() {
+        let mut t = Touches::default();
+        let many: Vec<String> = (0..KEPT_TASKS / 2 + 1).map(|i| i.to_string()).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        t.push(0, 1, tasks(&refs));
+        t.push(1, 2, tasks(&refs));
+        assert!(t.after(0).is_none(), "entry 1 was dropped");
+        assert_eq!(t.after(1).map(|v| v.len()), Some(refs.len()));
+    }
+
+    #[test]
+    fn reports_and_decisions_touch_their_tasks_as_they_were_and_the_rest_all() {
+        let mut state = State::default();
+        let mut task = berth_proto::model::Task::new("web", 1, 1, 1, Default::default());
+        task.node = Some("n1".into());
+        state.tasks.insert(task.id.clone(), task.clone());
+        let report = |id: &str| berth_proto::model::TaskReport {
+            id: id.into(),
+            state: berth_proto::model::TaskState::Running,
+            exit_code: None,
+            restarts: 0,
+            message: String::new(),
+            health: None,
+        };
+        let cmd =
+            Command::ReportTasks { node: "n1".into(), reports: vec![report("web.1.1"), report("gone.1.1")], at_ms: 0 };
+        let was = Touched { id: "web.1.1".into(), service: "web".into(), node: Some("n1".into()) };
+        assert_eq!(touches(&state, &cmd), Touch::Tasks(vec![was.clone()]));
+        let new = berth_proto::model::Task::new("web", 2, 1, 1, Default::default());
+        let changes = vec![
+            TaskChange::Create(Box::new(new)),
+            TaskChange::Shutdown { id: "web.1.1".into(), reason: String::new() },
+        ];
+        let cmd = Command::Reconcile { changes, at_ms: 0, rollouts: vec![] };
+        let created = Touched { id: "web.2.1".into(), service: "web".into(), node: None };
+        assert_eq!(touches(&state, &cmd), Touch::Tasks(vec![created, was]));
+        assert_eq!(touches(&state, &Command::DeleteService { name: "web".into() }), Touch::All);
+    }
+}
