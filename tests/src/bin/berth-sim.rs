@@ -447,37 +447,31 @@ async fn figures(cluster: &mut Cluster) -> Option<Figures> {
     cluster.status().await.ok()?.figures
 }
 
+/// What `read` makes of `/proc/PID/FILE` of each running server.
+fn per_server<T>(cluster: &Cluster, file: &str, read: impl Fn(&str) -> Option<T>) -> Vec<T> {
+    let pids = cluster.servers.iter().filter_map(|s| s.pid());
+    pids.filter_map(|pid| read(&std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?)).collect()
+}
+
 /// Peak resident memory of each running server, in MiB.
 fn server_rss_mb(cluster: &Cluster) -> Vec<f64> {
-    cluster
-        .servers
-        .iter()
-        .filter_map(|s| s.pid())
-        .filter_map(|pid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kb / 1024.0)
-        })
-        .collect()
+    per_server(cluster, "status", |status| {
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    })
 }
 
 /// CPU time (user and system) the running servers have used, in seconds.
 fn servers_cpu_s(cluster: &Cluster) -> f64 {
     let ticks = 100.0; // USER_HZ: 100 on every Linux this runs on
-    cluster
-        .servers
-        .iter()
-        .filter_map(|s| s.pid())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // Fields after the command (which may hold spaces), from the 3rd: utime is the 14th, stime the 15th.
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let (utime, stime): (f64, f64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
-            Some((utime + stime) / ticks)
-        })
-        .sum()
+    let used = per_server(cluster, "stat", |stat| {
+        // Fields after the command (which may hold spaces), from the 3rd: utime is the 14th, stime the 15th.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let (utime, stime): (f64, f64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+        Some((utime + stime) / ticks)
+    });
+    used.iter().sum()
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
