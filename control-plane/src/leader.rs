@@ -42,6 +42,7 @@ pub async fn run(node: Arc<Node>) {
     let mut wake_at: Option<u64> = None;
     let mut warned = false;
     let mut rest = GAP;
+    let mut led_term = None;
     loop {
         tokio::time::sleep(rest).await;
         node.applied_after(seen, PERIOD).await;
@@ -56,6 +57,13 @@ pub async fn run(node: Arc<Node>) {
             at_rest = None;
             continue;
         };
+        // Once per term: a leader whose log lacks this line never acted as
+        // one (see bench/results/scale.md, a leader that wrote nothing).
+        let term = node.metrics().current_term;
+        if led_term != Some(term) {
+            info!(term, "leading: watching liveness and reconciling");
+            led_term = Some(term);
+        }
         let network = node.applied.read().map(|a| a.state.network).ok().flatten();
         match network {
             None => match node.write(Command::InitNetwork(node.network)).await {
