@@ -316,7 +316,8 @@ fn peers(prev: &Published, state: &State) -> BTreeMap<String, Arc<Peer>> {
 }
 
 /// The last publication's services, those of `touched` tasks made again:
-/// the touched tasks' replicas taken out and put back as they are now.
+/// the touched tasks' replicas taken out and put back as they are now
+/// (`ServiceEndpoints::patch`, as an agent takes a partial service).
 fn services_touched(prev: &Published, state: &State, touched: &[&Touched]) -> BTreeMap<String, Arc<ServiceEndpoints>> {
     let mut by_service: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for t in touched {
@@ -327,15 +328,14 @@ fn services_touched(prev: &Published, state: &State, touched: &[&Touched]) -> BT
         let Some(before) = prev.services.get(name).filter(|_| state.services.contains_key(name)) else {
             continue; // a service comes and goes by a command that touches all
         };
-        let mut now = ServiceEndpoints { replicas: Vec::with_capacity(before.replicas.len()), ..(**before).clone() };
-        now.replicas.extend(before.replicas.iter().filter(|r| !ids.contains(r.task.as_str())).cloned());
-        let tasks = ids.iter().filter_map(|id| state.tasks.get(*id)).filter(|t| t.service == name);
-        now.replicas.extend(tasks.filter_map(|t| t.serving_address().map(|a| replica(t, a))));
-        now.replicas.sort_by(|a, b| (a.slot, &a.task).cmp(&(b.slot, &b.task)));
+        let tasks: Vec<&Task> =
+            ids.iter().filter_map(|id| state.tasks.get(*id)).filter(|t| t.service == name).collect();
         // Tasks not touched are as they were: none ran if none did then.
-        let runs = |t: &Task| t.desired == Desired::Running && t.state == TaskState::Running;
-        now.started = ids.iter().filter_map(|id| state.tasks.get(*id)).any(|t| t.service == name && runs(t))
-            || before.started && started(state, name);
+        let started = tasks.iter().any(|t| runs(t)) || before.started && started(state, name);
+        let replicas = tasks.iter().filter_map(|t| t.serving_address().map(|a| replica(t, a))).collect();
+        let gone: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+        let mut now = (**before).clone();
+        now.patch(ServiceEndpoints { replicas, started, ..(**before).clone() }, &gone);
         services.insert(name.to_owned(), keep(Some(before), now));
     }
     services
@@ -345,9 +345,14 @@ fn services_touched(prev: &Published, state: &State, touched: &[&Touched]) -> BT
 /// are named after it (`SERVICE.SLOT.GENERATION`), so most answers take a
 /// look at those alone; a "no" is made sure of over every task.
 fn started(state: &State, service: &str) -> bool {
-    let runs = |t: &Task| t.service == service && t.desired == Desired::Running && t.state == TaskState::Running;
-    state.tasks.range(format!("{service}.")..format!("{service}/")).any(|(_, t)| runs(t))
-        || state.tasks.values().any(runs)
+    let of_it = |t: &Task| t.service == service && runs(t);
+    state.tasks.range(format!("{service}.")..format!("{service}/")).any(|(_, t)| of_it(t))
+        || state.tasks.values().any(of_it)
+}
+
+/// Wanted running and running: what makes a service `started`.
+fn runs(t: &Task) -> bool {
+    t.desired == Desired::Running && t.state == TaskState::Running
 }
 
 /// The last publication's shares, those of the nodes `touched` tasks were
@@ -466,7 +471,7 @@ pub fn endpoints(state: &State) -> Vec<ServiceEndpoints> {
         .collect();
     for t in state.tasks.values() {
         let Some(service) = services.get_mut(t.service.as_str()) else { continue };
-        service.started |= t.desired == Desired::Running && t.state == TaskState::Running;
+        service.started |= runs(t);
         if let Some(address) = t.serving_address() {
             service.replicas.push(replica(t, address));
         }

@@ -14,7 +14,6 @@ use tonic::{Request, Response, Status};
 
 use super::auth;
 use crate::node::{LeaderOp, LeaderReply, Node};
-
 use crate::state::{now_ms, Command, Response as Applied, TaskReport as Report};
 
 /// The most a node may offer: a million CPUs' worth of millis, and 1 PiB.
@@ -227,7 +226,6 @@ pub fn volumes_from(volumes: Vec<berth_proto::pb::agent::NodeVolume>) -> Result<
     Ok(volumes)
 }
 
-/// The node's whole list, as of the publication.
 #[cfg(test)]
 mod tests {
     use berth_proto::model::{AssignedTask, RestartPolicy, ServiceSpec, Task, TaskSpec, TaskState};

@@ -100,7 +100,7 @@ impl ServiceEndpoints {
     /// Takes a partial service: its ports and `started` whole, `part`'s
     /// replicas in place of those of their tasks, and `gone` taken out;
     /// kept in the full form's order (by slot, then task).
-    fn patch(&mut self, part: ServiceEndpoints, gone: &[String]) {
+    pub fn patch(&mut self, part: ServiceEndpoints, gone: &[String]) {
         self.ports = part.ports;
         self.started = part.started;
         let replaced: std::collections::BTreeSet<&str> =
