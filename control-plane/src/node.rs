@@ -232,14 +232,16 @@ impl Node {
     /// committed by its successor (it once marked a node down that the new
     /// leader heard from, which moved an exclusive volume's task while it
     /// ran). Proposed while still leading, it commits only with a quorum
-    /// that still follows this leader.
+    /// that still follows this leader. It bypasses the batcher, which
+    /// forwards a batch to whichever server leads when the batch is sent
+    /// (that let the deposed leader's "node down" through again).
     pub async fn write_as_leader(&self, cmd: Command) -> Result<Response, OpError> {
-        let op = LeaderOp::Write(Box::new(cmd));
+        let op = LeaderOp::Propose(vec![cmd]);
         let deadline = Instant::now() + self.request_timeout;
         loop {
             let step = timeout_at(deadline, self.here(&op)).await;
             match step {
-                Ok(Step::Done(Ok(LeaderReply::Write(r)))) => return Ok(r),
+                Ok(Step::Done(Ok(LeaderReply::Proposed(mut r)))) if r.len() == 1 => return Ok(r.remove(0)),
                 Ok(Step::Done(Ok(other))) => return Err(unexpected(other)),
                 Ok(Step::Done(Err(e))) => return Err(e),
                 Ok(Step::NotLeader) => return Err(OpError::Unavailable("this server is no longer the leader".into())),
