@@ -78,12 +78,15 @@ pub async fn run(node: Arc<Node>) {
             }
             Some(_) => {}
         }
-        for cmd in transitions {
-            if let Command::SetNodeStatus { id, status } = &cmd {
+        // One entry for all: a hundred nodes cut off at once are one write, not a hundred in turn.
+        for cmd in &transitions {
+            if let Command::SetNodeStatus { id, status } = cmd {
                 info!(node = %id, %status, "node status");
             }
-            if let Err(e) = node.write_as_leader(cmd).await {
-                warn!("recording a node status change: {e}");
+        }
+        if !transitions.is_empty() {
+            if let Err(e) = node.write_as_leader(transitions).await {
+                warn!("recording node status changes: {e}");
             }
         }
         let started = std::time::Instant::now();
@@ -117,15 +120,16 @@ pub async fn run(node: Arc<Node>) {
             info!(service = %r.service, version = r.version, state = %r.state, "rollout {}", r.message);
         }
         let count = changes.len() + rollouts.len();
-        match node.write_as_leader(Command::Reconcile { changes, at_ms: now, rollouts }).await {
-            Ok(Response::Reconciled { applied: 0 }) => {
+        let written = node.write_as_leader(vec![Command::Reconcile { changes, at_ms: now, rollouts }]).await;
+        match written.map(|mut r| r.pop()) {
+            Ok(Some(Response::Reconciled { applied: 0 })) => {
                 // Nothing held when applied: the state moved under the
                 // decision. Not again at once (a reconciler that disagreed
                 // with apply would otherwise write in a tight loop).
                 debug!(count, "no reconcile change applied");
                 tokio::time::sleep(PERIOD).await;
             }
-            Ok(Response::Reconciled { applied }) => {
+            Ok(Some(Response::Reconciled { applied })) => {
                 debug!(count, applied, "reconciled");
                 let placed = now_ms();
                 for since in waiting {

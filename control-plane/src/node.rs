@@ -234,14 +234,15 @@ impl Node {
     /// ran). Proposed while still leading, it commits only with a quorum
     /// that still follows this leader. It bypasses the batcher, which
     /// forwards a batch to whichever server leads when the batch is sent
-    /// (that let the deposed leader's "node down" through again).
-    pub async fn write_as_leader(&self, cmd: Command) -> Result<Response, OpError> {
-        let op = LeaderOp::Propose(vec![cmd]);
+    /// (that let the deposed leader's "node down" through again). The
+    /// commands go as one entry, with one response each.
+    pub async fn write_as_leader(&self, commands: Vec<Command>) -> Result<Vec<Response>, OpError> {
+        let op = LeaderOp::Propose(commands);
         let deadline = Instant::now() + self.request_timeout;
         loop {
             let step = timeout_at(deadline, self.here(&op)).await;
             match step {
-                Ok(Step::Done(Ok(LeaderReply::Proposed(mut r)))) if r.len() == 1 => return Ok(r.remove(0)),
+                Ok(Step::Done(Ok(LeaderReply::Proposed(r)))) => return Ok(r),
                 Ok(Step::Done(Ok(other))) => return Err(unexpected(other)),
                 Ok(Step::Done(Err(e))) => return Err(e),
                 Ok(Step::NotLeader) => return Err(OpError::Unavailable("this server is no longer the leader".into())),

@@ -27,7 +27,7 @@ use berth_proto::model::{
 };
 
 use crate::node::Node;
-use crate::state::{State, Touched};
+use crate::state::{ServicesTouched, State, Touched};
 
 /// The least time between two publications: a burst of commits makes one.
 const GAP: Duration = Duration::from_millis(50);
@@ -179,13 +179,26 @@ impl Published {
     /// with only those (see `Removed`); else whole. It is `own` and
     /// `common` together, less the node's own peer.
     pub fn delta(&self, node: &str, sent: u64, before: &Share, partial: bool) -> Option<(Assignment, Removed)> {
-        let (mut changed, mut removed) = self.common(sent, partial)?;
+        Some(self.with_own(node, self.common(sent, partial)?, before))
+    }
+
+    /// What a watch resumed from another server's revision is sent first:
+    /// `touched_common` and the node's own part whole
+    /// (`Removed::tasks_whole`), which this server cannot know it sent.
+    pub fn resumed(&self, node: &str, touched: &ServicesTouched, partial: bool) -> (Assignment, Removed) {
+        let (changed, removed) = self.with_own(node, self.touched_common(touched, partial), &Share::default());
+        (changed, Removed { tasks_whole: true, ..removed })
+    }
+
+    /// A common part less `node`'s own peer, with its own part since `before`.
+    fn with_own(&self, node: &str, common: (Assignment, Removed), before: &Share) -> (Assignment, Removed) {
+        let (mut changed, mut removed) = common;
         changed.peers.retain(|p| p.node_id != node);
         removed.peers.retain(|p| p != node);
         let (own, gone) = self.own(node, before);
         changed.tasks = own.tasks;
         (changed.network, changed.volumes, removed.tasks) = (own.network, own.volumes, gone.tasks);
-        Some((changed, removed))
+        (changed, removed)
     }
 
     /// What changed in `node`'s own share since `before`: its tasks, and
@@ -231,6 +244,43 @@ impl Published {
                 Change::Peer(id) => drop(peers.insert(id)),
             }
         }
+        self.services_part(services, partial, &mut changed, &mut removed);
+        for id in peers {
+            match self.peers.get(id) {
+                Some(p) => changed.peers.push((**p).clone()),
+                None => removed.peers.push(id.clone()),
+            }
+        }
+        Some((changed, removed))
+    }
+
+    /// What a watch resumed from another server's revision is sent of the
+    /// services and peers: the services touched since (`touched`, from
+    /// `state::Touches`, which knows each log entry's; this server's log
+    /// is by its own publications, and a replica that came and went
+    /// between two of them is in neither, though the other server may
+    /// have sent it). Peers change only with commands that touch all,
+    /// which leave no resume.
+    pub fn touched_common(&self, touched: &ServicesTouched, partial: bool) -> (Assignment, Removed) {
+        let services = touched
+            .iter()
+            .map(|(name, tasks)| (name.as_str(), tasks.as_ref().map(|t| t.iter().map(String::as_str).collect())))
+            .collect();
+        let (mut changed, mut removed) = (Assignment::default(), Removed::default());
+        self.services_part(services, partial, &mut changed, &mut removed);
+        (changed, removed)
+    }
+
+    /// Puts `services` into a message as they are now: those gone as
+    /// removed, those with only some replicas named (Some) as partial
+    /// services when `partial`, the rest whole.
+    fn services_part(
+        &self,
+        services: BTreeMap<&str, Option<BTreeSet<&str>>>,
+        partial: bool,
+        changed: &mut Assignment,
+        removed: &mut Removed,
+    ) {
         for (name, tasks) in services {
             match (self.services.get(name), tasks) {
                 (None, _) => removed.services.push(name.to_owned()),
@@ -246,13 +296,6 @@ impl Published {
                 (Some(s), _) => changed.services.push((**s).clone()),
             }
         }
-        for id in peers {
-            match self.peers.get(id) {
-                Some(p) => changed.peers.push((**p).clone()),
-                None => removed.peers.push(id.clone()),
-            }
-        }
-        Some((changed, removed))
     }
 
     /// Whether anything for `node` may have changed since revision `sent`
@@ -489,7 +532,9 @@ fn replica(t: &Task, address: impl Into<std::net::IpAddr>) -> Replica {
 
 #[cfg(test)]
 mod tests {
-    use berth_proto::model::{Cidr, NetworkConfig, Node, Overlay, Task, TaskReport};
+    use berth_proto::model::{
+        Availability, Cidr, NetworkConfig, Node, NodeStatus, Overlay, PortSpec, Protocol, ServiceSpec, Task, TaskReport,
+    };
     use berth_proto::prost::Message as _;
     use proptest::prelude::*;
 
@@ -639,8 +684,13 @@ mod tests {
         Shutdown(usize),
         Remove(usize),
         Report(usize, TaskState, u32),
-        /// A command that may change more than tasks.
+        /// Commands that change a service's spec.
         Scale(usize, u32),
+        Port(usize, u16),
+        Delete(usize),
+        Recreate(usize),
+        /// A node's status or availability changes.
+        Status(usize, bool),
     }
 
     fn cmd() -> impl Strategy<Value = Cmd> {
@@ -652,7 +702,15 @@ mod tests {
             1 => any::<usize>().prop_map(Cmd::Remove),
             5 => (any::<usize>(), state, 0..3u32).prop_map(|(k, st, r)| Cmd::Report(k, st, r)),
             1 => (0..3usize, 1..5u32).prop_map(|(s, r)| Cmd::Scale(s, r)),
+            1 => (0..3usize, 1..3u16).prop_map(|(s, p)| Cmd::Port(s, p)),
+            1 => (0..3usize).prop_map(Cmd::Delete),
+            1 => (0..3usize).prop_map(Cmd::Recreate),
+            1 => (0..3usize, any::<bool>()).prop_map(|(n, down)| Cmd::Status(n, down)),
         ]
+    }
+
+    fn spec_of(s: usize) -> ServiceSpec {
+        spec(&format!("s{s}"), 1)
     }
 
     fn command(state: &State, c: &Cmd) -> Command {
@@ -686,6 +744,17 @@ mod tests {
                 Command::ReportTasks { node, reports: vec![report], at_ms: 1 }
             }
             Cmd::Scale(s, replicas) => Command::ScaleService { name: format!("s{s}"), replicas: *replicas },
+            Cmd::Port(s, port) => {
+                let target = PortSpec { published: None, target: 8000 + port, protocol: Protocol::Tcp, name: None };
+                let spec = state.services.get(&format!("s{s}")).map(|svc| svc.spec.clone());
+                Command::UpdateService(ServiceSpec { ports: vec![target], ..spec.unwrap_or_else(|| spec_of(*s)) })
+            }
+            Cmd::Delete(s) => Command::DeleteService { name: format!("s{s}") },
+            Cmd::Recreate(s) => Command::CreateService(spec_of(*s)),
+            Cmd::Status(n, true) => Command::SetNodeStatus { id: NODES[*n].into(), status: NodeStatus::Down },
+            Cmd::Status(n, false) => {
+                Command::SetAvailability { id: NODES[*n].into(), availability: Availability::Drain }
+            }
         }
     }
 
@@ -724,6 +793,72 @@ mod tests {
                 prop_assert_eq!(&made.shares, &whole.shares, "after {:?}", batch);
                 prop_assert_eq!(&made.log, &whole.log, "after {:?}", batch);
                 p = made;
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// A watch that follows one server and then resumes on another,
+        /// whose publications came at other revisions, holds the whole
+        /// list once the other's first message is applied (made from the
+        /// tasks touched since), and from then on with its deltas. After a
+        /// command that touched all, it is sent the whole list.
+        #[test]
+        fn a_watch_resumed_on_another_server_makes_the_whole_list(
+            cmds in prop::collection::vec((cmd(), any::<bool>(), any::<bool>()), 1..40),
+            moves_at in 0..40usize,
+            partial in any::<bool>(),
+        ) {
+            let mut state = cluster();
+            let network = NetworkConfig::new("198.18.0.0/15".parse().unwrap(), 24).unwrap();
+            apply(&mut state, &Command::InitNetwork(network));
+            let mut touched = Touches::default();
+            let mut index = 1;
+            let (mut a, mut b) = (Published::default(), Published::default());
+            a = Published::next(&a, &state, index, None);
+            b = Published::next(&b, &state, index, None);
+            // Per node: what its agent has, what its stream last sent, and
+            // whether it has resumed on b.
+            let mut agents: Vec<(Assignment, u64, Arc<Share>, bool)> =
+                NODES.iter().map(|n| (a.full(n), a.revision, a.share(n), false)).collect();
+            let mut on_b = false;
+            for (i, (c, a_publishes, b_publishes)) in cmds.iter().enumerate() {
+                let c = command(&state, c);
+                let touch = touches(&state, &c);
+                apply(&mut state, &c);
+                touched.push(index, index + 1, touch);
+                index += 1;
+                if *a_publishes {
+                    a = Published::next(&a, &state, index, None);
+                }
+                if *b_publishes {
+                    b = Published::next(&b, &state, index, None);
+                }
+                let p = if on_b { &b } else { &a };
+                for (n, (agent, rev, share, resumed)) in NODES.iter().zip(agents.iter_mut()) {
+                    if p.revision <= *rev {
+                        continue; // the server waits for a state as new as the agent's
+                    }
+                    if on_b && !*resumed {
+                        match touched.services_after(*rev) {
+                            Some(t) => {
+                                let (changed, removed) = p.resumed(n, &t, partial);
+                                agent.apply(changed, removed);
+                            }
+                            None => *agent = p.full(n),
+                        }
+                        *resumed = true;
+                    } else {
+                        let (changed, removed) = p.delta(n, *rev, share, partial).expect("the log reaches back");
+                        agent.apply(changed, removed);
+                    }
+                    prop_assert_eq!(&*agent, &p.full(n), "node {} after {:?} (on b: {})", n, c, on_b);
+                    *rev = p.revision;
+                    *share = p.share(n);
+                }
+                on_b |= i == moves_at;
             }
         }
     }

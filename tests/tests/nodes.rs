@@ -99,7 +99,8 @@ async fn nodes_join_fail_return_and_leave() -> Result<()> {
 
     // A frozen server (its connections open, nothing answered) must not
     // leave a node's task list stale: beta watches servers[1] first. Its
-    // heartbeats move on to servers[2]; its watch, past its deadline, too.
+    // heartbeats move on to servers[2]; its watch, past its deadline, too,
+    // resumed from the revision it holds.
     cluster.servers[1].freeze()?;
     let (ok, out, err) = berthctl(
         &servers,
@@ -122,9 +123,17 @@ async fn nodes_join_fail_return_and_leave() -> Result<()> {
     .await;
     cluster.servers[1].thaw()?;
     let seen = seen.map_err(|e| {
-        anyhow::anyhow!("{e}: {}", std::fs::read_to_string(b.dir.path().join("agent.log")).unwrap_or_default())
+        let log = std::fs::read_to_string(b.dir.path().join("agent.log")).unwrap_or_default();
+        anyhow::anyhow!("{e}: {log}\n{}", cluster.logs())
     })?;
     ensure!(seen.3.contains("pulling 127.0.0.1:9/none:1"), "it tried to pull the image: {seen:?}");
+    // If its watch was on servers[1] (it may have moved before), servers[2]
+    // sent what changed since the revision beta held, not the cluster.
+    let log = std::fs::read_to_string(b.dir.path().join("agent.log"))?;
+    let watch: Vec<&str> = log.lines().filter(|l| l.contains("task watch: ")).collect();
+    eprintln!("beta's watch, servers[1] frozen:\n{}", watch.join("\n"));
+    let left = watch.iter().any(|l| l.contains(&servers[1]));
+    ensure!(!left || log.contains("task watch: resumed"), "beta's watch started over on servers[2]: {log}");
     wait_for(Duration::from_secs(30), "beta ready", ready("beta")).await?;
     let (ok, _, err) = berthctl(&servers, &["service", "rm", "fresh"])?;
     ensure!(ok, "{err}");

@@ -188,8 +188,7 @@ impl Agent for AgentApi {
 
     async fn watch_tasks(&self, req: Request<WatchTasksRequest>) -> Result<Response<Self::WatchTasksStream>, Status> {
         auth::node(&self.node, &req, &req.get_ref().node_id)?;
-        let WatchTasksRequest { node_id, deltas, replica_deltas } = req.into_inner();
-        Ok(Response::new(self.watches.stream(self.node.clone(), node_id, deltas, replica_deltas)))
+        Ok(Response::new(self.watches.stream(self.node.clone(), req.into_inner())))
     }
 
     async fn report_tasks(&self, req: Request<ReportTasksRequest>) -> Result<Response<ReportTasksReply>, Status> {

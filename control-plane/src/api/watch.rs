@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_proto::pb::agent::AssignedTasks;
+use berth_proto::model::Removed;
+use berth_proto::pb::agent::{AssignedTasks, WatchTasksRequest};
 use berth_proto::prost::Message as _;
 use tokio::sync::watch::Receiver;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
@@ -23,6 +24,7 @@ use tonic::Status;
 
 use crate::node::Node;
 use crate::publish::{Published, Share};
+use crate::state::ServicesTouched;
 use crate::stats::Open;
 
 /// A watch repeats its list at least this often, as a keepalive; otherwise
@@ -44,6 +46,9 @@ struct Wire {
     whole: Option<Arc<AssignedTasks>>,
     /// By (revision sent, partial services); None: the log does not reach back.
     deltas: HashMap<(u64, bool), Option<Arc<AssignedTasks>>>,
+    /// The same for streams resumed from another server's revision (made
+    /// from the touched tasks); None: they are not known.
+    resumed: HashMap<(u64, bool), Option<Arc<AssignedTasks>>>,
 }
 
 impl Watches {
@@ -51,15 +56,12 @@ impl Watches {
         Self { published, wire: Arc::default() }
     }
 
-    /// The stream of `node_id`'s messages: whole lists only, or deltas
-    /// (`deltas`) with partial services (`replica_deltas`).
-    pub fn stream(
-        &self,
-        node: Arc<Node>,
-        node_id: String,
-        deltas: bool,
-        replica_deltas: bool,
-    ) -> ReceiverStream<Result<AssignedTasks, Status>> {
+    /// The stream of a node's messages, as `asked`: whole lists only, or
+    /// deltas with partial services (`replica_deltas`), resumed from the
+    /// revision the agent holds (`resume`).
+    pub fn stream(&self, node: Arc<Node>, asked: WatchTasksRequest) -> ReceiverStream<Result<AssignedTasks, Status>> {
+        let WatchTasksRequest { node_id, deltas, replica_deltas, resume } = asked;
+        let resume = Some(resume).filter(|r| deltas && *r > 0);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let (watches, mut published) = (self.clone(), self.published.clone());
         tokio::spawn(async move {
@@ -69,15 +71,22 @@ impl Watches {
             let mut sent_at = tokio::time::Instant::now();
             // Never a list older than the state when the watch began (a
             // publication made before, while no watch asked for newer ones,
-            // would stop tasks placed since).
-            let fresh = node.metrics().last_applied.map_or(1, |l| l.index.max(1));
+            // would stop tasks placed since), nor than the agent's.
+            let fresh = node.metrics().last_applied.map_or(1, |l| l.index.max(1)).max(resume.unwrap_or(0));
             loop {
                 let p = published.borrow_and_update().clone();
                 let keepalive = sent_at.elapsed() >= WATCH_REFRESH;
-                let message = match &sent {
-                    None if p.revision < fresh => None,
-                    Some((rev, share)) if !keepalive && !p.moved(&node_id, *rev, share) => None,
-                    Some((rev, share)) if deltas => Some(watches.delta(&p, &node_id, *rev, share, replica_deltas)),
+                let message = match (&sent, resume) {
+                    (None, _) if p.revision < fresh => None,
+                    (None, Some(from)) => {
+                        let touched = || {
+                            let applied = node.applied.read().ok()?;
+                            applied.touches.services_after(from)
+                        };
+                        Some(watches.resumed(&p, &node_id, from, touched, replica_deltas))
+                    }
+                    (Some((rev, share)), _) if !keepalive && !p.moved(&node_id, *rev, share) => None,
+                    (Some((rev, share)), _) if deltas => Some(watches.delta(&p, &node_id, *rev, share, replica_deltas)),
                     _ => Some(watches.whole(&p, &node_id)),
                 };
                 if let Some(message) = message {
@@ -127,6 +136,46 @@ impl Watches {
                 joined(AssignedTasks::delta(own, gone, p.revision), &common, node)
             }
             None => self.whole(p, node),
+        }
+    }
+
+    /// The first message of a stream resumed from revision `from`, which
+    /// another server sent: the services of the tasks `touched` since
+    /// (None: not known, or a command that touched all came since), and
+    /// the node's own part whole (this server does not know what of it
+    /// the other sent); else its whole list.
+    fn resumed(
+        &self,
+        p: &Published,
+        node: &str,
+        from: u64,
+        touched: impl FnOnce() -> Option<ServicesTouched>,
+        partial: bool,
+    ) -> AssignedTasks {
+        let make = || {
+            let touched = touched()?;
+            let (changed, removed) = p.touched_common(&touched, partial);
+            Some(Arc::new(AssignedTasks::delta(changed, removed, p.revision)))
+        };
+        let common = self.memo(p, |wire| match wire {
+            Some(wire) => wire.resumed.entry((from, partial)).or_insert_with(make).clone(),
+            None => make(),
+        });
+        match common {
+            Some(common) => {
+                let (own, _) = p.own(node, &Share::default());
+                let gone = Removed { tasks_whole: true, ..Removed::default() };
+                joined(AssignedTasks::delta(own, gone, p.revision), &common, node)
+            }
+            None => {
+                tracing::debug!(
+                    node,
+                    from,
+                    revision = p.revision,
+                    "watch not resumed: what changed since is not known"
+                );
+                self.whole(p, node)
+            }
         }
     }
 
@@ -251,5 +300,63 @@ mod tests {
         let behind = watches.delta(&p, "n1", 1, &p1.share("n1"), true);
         assert_eq!(behind, alone(&p, "n1", None, true));
         assert!(!behind.delta);
+    }
+
+    /// A watch resumed from a revision another server sent starts with
+    /// the services of the tasks touched since and its node's tasks
+    /// whole; over the wire, the agent's list becomes the whole one, a
+    /// task that left it gone too. Without touches, the whole list.
+    #[test]
+    fn a_resumed_watch_starts_with_the_touched_services_and_its_tasks_whole() {
+        let mut state = state();
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(Published::default()));
+        let watches = Watches::new(rx);
+        // (What the agent left out and why is each message's own: not compared.)
+        let over_the_wire = |m: AssignedTasks| berth_proto::model::Assignment {
+            skipped: vec![],
+            ..berth_proto::model::Assignment::try_from(m).unwrap()
+        };
+        // The agent's list, from another server at revision 3.
+        let theirs = Published::next(&Published::default(), &state, 3, None);
+        let held = over_the_wire(alone(&theirs, "n1", None, true));
+        // This server published at 2 and then at 5; meanwhile one of n1's
+        // tasks went, one came, and another service's replica moved.
+        let p2 = Published::next(&Published::default(), &state, 2, None);
+        let mut touched = ServicesTouched::new();
+        for id in ["web.3.1", "web.31.1", "db.5.1"] {
+            let service = id.split('.').next().unwrap();
+            touched
+                .entry(service.into())
+                .or_insert_with(|| Some(Default::default()))
+                .as_mut()
+                .unwrap()
+                .insert(id.into());
+        }
+        state.tasks.remove("web.3.1");
+        place(&mut state, "web", 31, 0);
+        state.tasks.get_mut("db.5.1").unwrap().address = Some([198, 19, 9, 9].into());
+        let p5 = Published::next(&p2, &state, 5, None);
+        for partial in [true, false] {
+            let mut message = watches.resumed(&p5, "n1", 3, || Some(touched.clone()), partial);
+            let (changed, removed) = p5.resumed("n1", &touched, partial);
+            assert_eq!(message, AssignedTasks::delta(changed, removed, 5), "partial {partial}");
+            assert!(message.delta && message.tasks_whole);
+            assert_eq!(message.tasks.len(), p5.share("n1").tasks.len(), "n1's tasks, all of them");
+            let names: Vec<&str> = message.services.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(names, ["db", "web"], "the two services touched, not the cluster");
+            if partial {
+                assert_eq!(message.services[0].endpoints.len(), 1, "db's moved replica alone");
+            }
+            let removed = message.take_removed();
+            let mut agent = held.clone();
+            agent.apply(over_the_wire(message), removed);
+            assert_eq!(agent, over_the_wire(alone(&p5, "n1", None, true)));
+            assert!(!agent.refused.contains_key("web.3.1") && !agent.tasks.contains_key("web.3.1"));
+        }
+        // Touches not known that far back (or a command that touched all): the whole list.
+        let p6 = Published::next(&p5, &state, 6, None);
+        let whole = watches.resumed(&p6, "n1", 3, || None, true);
+        assert!(!whole.delta && !whole.tasks_whole);
+        assert_eq!(whole, alone(&p6, "n1", None, true));
     }
 }

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use apply::{apply, check_volumes};
 pub use files::StoredFile;
 pub use query::{query, Query, QueryReply};
-pub use touch::{merged, touches, Touch, Touched, Touches};
+pub use touch::{merged, touches, ServicesTouched, Touch, Touched, Touches};
 pub use trust::{Access, JoinRole, Rotation, Trust, User};
 
 /// The newest commands this release applies, as a level that only goes up:

@@ -3,14 +3,18 @@
 //! redo only those tasks' services and nodes rather than walk every task.
 //!
 //! Only the commands that come by the thousand are told task by task: the
-//! agents' reports and the reconciler's decisions. Any other command may
-//! change more than tasks (a service's ports, a node's overlay, a secret a
-//! task reads) and is told as `Touch::All`: what follows it is made whole,
-//! as before there were touches. A command told task by task changes
-//! nothing but those tasks (`apply` keeps to this; the publication's tests
-//! check it).
+//! agents' reports and the reconciler's decisions; a node's status and
+//! availability touch no task (nothing published shows them). A service's
+//! spec is told by the service's name (`Touch::Services`): a publication
+//! after it is made whole, but a watch resumed on another server needs
+//! only that service (`Touches::services_after`). Any other command may
+//! change more (a node's overlay, a secret a task reads) and is told as
+//! `Touch::All`: what follows it is made whole, as before there were
+//! touches. A command told task by task changes nothing but those tasks
+//! (`apply` keeps to this; the publication's tests check it, and that a
+//! resumed watch's list is the whole one).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::{Command, State, TaskChange};
 
@@ -27,8 +31,18 @@ pub struct Touched {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Touch {
     Tasks(Vec<Touched>),
+    /// Services' specs by name (created, changed, scaled or gone), and so
+    /// maybe any of their tasks, on any node; and these tasks. Of what
+    /// every node's list shares (`crate::publish`), only these services
+    /// change: a watch resumed from another server needs no more.
+    Services(Vec<String>, Vec<Touched>),
     All,
 }
+
+/// The services whose endpoints some entries may have changed: per
+/// service, the tasks whose replicas may have moved, or None when the
+/// service itself may have changed.
+pub type ServicesTouched = BTreeMap<String, Option<BTreeSet<String>>>;
 
 /// The tasks `cmd` may change, as they are in `state` before it applies.
 pub fn touches(state: &State, cmd: &Command) -> Touch {
@@ -39,6 +53,16 @@ pub fn touches(state: &State, cmd: &Command) -> Touch {
         // A report of a task not on that node changes nothing.
         Command::ReportTasks { reports, .. } => Touch::Tasks(reports.iter().filter_map(|r| was(&r.id)).collect()),
         // Rollout changes are the service's own, which publications do not carry.
+        // A node's status and availability are not published (the tasks
+        // they move come with the reconciler's decisions).
+        Command::SetNodeStatus { .. } | Command::SetAvailability { .. } => Touch::Tasks(vec![]),
+        // A service's spec changes only its own endpoints (ports, replicas, started).
+        Command::CreateService(spec) | Command::UpdateService(spec) | Command::ApplyService(spec) => {
+            Touch::Services(vec![spec.name.clone()], vec![])
+        }
+        Command::ScaleService { name, .. } | Command::DeleteService { name } => {
+            Touch::Services(vec![name.clone()], vec![])
+        }
         Command::Reconcile { changes, .. } => Touch::Tasks(
             changes
                 .iter()
@@ -97,30 +121,66 @@ impl Touches {
         for (_, touch) in self.log.iter().filter(|(i, _)| *i > index) {
             match touch {
                 Touch::Tasks(t) => tasks.extend(t),
-                Touch::All => return None,
+                Touch::Services(..) | Touch::All => return None,
             }
         }
         Some(tasks)
+    }
+
+    /// The services entries after `index` may have changed the endpoints
+    /// of, up to the newest; None when they are not all known, or when one
+    /// entry may have changed more (nodes, so peers).
+    pub fn services_after(&self, index: u64) -> Option<ServicesTouched> {
+        if self.since? > index {
+            return None;
+        }
+        let mut services = ServicesTouched::new();
+        for (_, touch) in self.log.iter().filter(|(i, _)| *i > index) {
+            let (whole, tasks) = match touch {
+                Touch::Tasks(t) => (&[][..], t),
+                Touch::Services(names, t) => (&names[..], t),
+                Touch::All => return None,
+            };
+            for name in whole {
+                services.insert(name.clone(), None);
+            }
+            for t in tasks {
+                if let Some(ids) = services.entry(t.service.clone()).or_insert_with(|| Some(BTreeSet::new())) {
+                    ids.insert(t.id.clone());
+                }
+            }
+        }
+        Some(services)
     }
 }
 
 fn touch_len(t: &Touch) -> usize {
     match t {
         Touch::Tasks(t) => t.len().max(1),
+        Touch::Services(names, t) => (names.len() + t.len()).max(1),
         Touch::All => 1,
     }
 }
 
 /// Merges the touches of one entry's commands.
 pub fn merged(touches: impl IntoIterator<Item = Touch>) -> Touch {
-    let mut all = Vec::new();
+    let (mut names, mut tasks) = (Vec::new(), Vec::new());
+    let mut services = false;
     for t in touches {
         match t {
-            Touch::Tasks(t) => all.extend(t),
+            Touch::Tasks(t) => tasks.extend(t),
+            Touch::Services(n, t) => {
+                services = true;
+                names.extend(n);
+                tasks.extend(t);
+            }
             Touch::All => return Touch::All,
         }
     }
-    Touch::Tasks(all)
+    match services {
+        true => Touch::Services(names, tasks),
+        false => Touch::Tasks(tasks),
+    }
 }
 
 #[cfg(test)]
@@ -184,6 +244,23 @@ mod tests {
         let cmd = Command::Reconcile { changes, at_ms: 0, rollouts: vec![] };
         let created = Touched { id: "web.2.1".into(), service: "web".into(), node: None };
         assert_eq!(touches(&state, &cmd), Touch::Tasks(vec![created, was]));
-        assert_eq!(touches(&state, &Command::DeleteService { name: "web".into() }), Touch::All);
+        let web = Touch::Services(vec!["web".into()], vec![]);
+        assert_eq!(touches(&state, &Command::DeleteService { name: "web".into() }), web);
+        assert_eq!(touches(&state, &Command::RemoveNode { id: "n1".into() }), Touch::All);
+    }
+
+    #[test]
+    fn the_services_touched_are_named_whole_or_by_their_tasks_until_an_all() {
+        let mut t = Touches::default();
+        t.push(0, 1, tasks(&["s.1.1"]));
+        t.push(1, 2, merged([Touch::Services(vec!["db".into()], vec![]), tasks(&["s.2.1"])]));
+        let services = t.services_after(0).unwrap();
+        let ids = |v: &[&str]| Some(v.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>());
+        assert_eq!(services, ServicesTouched::from([("db".into(), None), ("s".into(), ids(&["s.1.1", "s.2.1"]))]));
+        assert!(t.after(0).is_none(), "a publication after a spec changed is made whole");
+        assert_eq!(t.services_after(1).unwrap().len(), 2);
+        t.push(2, 3, Touch::All);
+        assert!(t.services_after(1).is_none(), "entry 3 may have changed nodes");
+        assert_eq!(t.services_after(3), Some(ServicesTouched::new()));
     }
 }

@@ -15,7 +15,7 @@ use berth_proto::model::{Assignment, NodeVolume, TaskReport};
 use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::{ReportTasksRequest, ReportVolumesRequest, WatchTasksRequest};
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{info, warn};
 
 fn agent(servers: &Servers) -> AgentClient<tonic::transport::Channel> {
     AgentClient::new(servers.channel()).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
@@ -25,20 +25,34 @@ fn agent(servers: &Servers) -> AgentClient<tonic::transport::Channel> {
 /// A message whose network the agent cannot take changes nothing: the last
 /// assignment stands, and another server is tried (one element it cannot
 /// read costs only that element: see `Assignment`).
+///
+/// A watch that moves to another server resumes from the revision of the
+/// list it holds: that server sends what changed since, not the cluster
+/// (a thousand nodes that all came back at once to the servers left
+/// after a failover were sent about 6 MB each).
 pub async fn watch(mut servers: Servers, node_id: String, deadline: Duration, tx: watch::Sender<Option<Assignment>>) {
+    // The revision of the list `tx` holds, as the last message gave it
+    // (none from a server of the release before).
+    let mut held: Option<u64> = None;
     while !tx.is_closed() {
         let server = servers.current().to_owned();
-        let request = WatchTasksRequest { node_id: node_id.clone(), deltas: true, replica_deltas: true };
+        let resume = held.filter(|_| tx.borrow().is_some()).unwrap_or(0);
+        let request = WatchTasksRequest { node_id: node_id.clone(), deltas: true, replica_deltas: true, resume };
         match agent(&servers).watch_tasks(request).await {
             Ok(stream) => {
                 let mut stream = stream.into_inner();
-                // Whether this stream has sent its whole list: its deltas
-                // build on what `tx` holds from then on.
+                // Whether this stream has sent its whole list, or resumed
+                // the one `tx` holds: its deltas build on it from then on.
                 let mut whole = false;
                 loop {
                     let mut message = match tokio::time::timeout(deadline, stream.message()).await {
                         Err(_) => {
                             warn!(%server, "task watch: nothing for {deadline:?}; trying another server");
+                            // A revision no server reaches (a cluster restored
+                            // from a backup, say) must not hold the next one up.
+                            if !whole {
+                                held = None;
+                            }
                             break;
                         }
                         Ok(Ok(Some(message))) => message,
@@ -48,7 +62,7 @@ pub async fn watch(mut servers: Servers, node_id: String, deadline: Duration, tx
                             break;
                         }
                     };
-                    let (delta, removed) = (message.delta, message.take_removed());
+                    let (delta, revision, removed) = (message.delta, message.revision, message.take_removed());
                     let changed = match Assignment::try_from(message) {
                         Ok(changed) => changed,
                         Err(e) => {
@@ -56,10 +70,17 @@ pub async fn watch(mut servers: Servers, node_id: String, deadline: Duration, tx
                             break;
                         }
                     };
-                    if delta && !whole {
+                    let resumed = delta && !whole && resume > 0 && removed.tasks_whole;
+                    if delta && !whole && !resumed {
                         warn!(%server, "task watch: a delta before any whole list; watching again");
+                        held = None;
                         break;
                     }
+                    if resumed {
+                        info!(%server, from = resume, to = revision, "task watch: resumed (what changed since, not the whole list)");
+                        whole = true;
+                    }
+                    held = Some(revision).filter(|r| *r > 0);
                     servers.succeeded();
                     let before = tx.borrow().as_ref().map(|a| (a.refused.clone(), a.skipped.clone()));
                     if delta {

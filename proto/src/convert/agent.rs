@@ -215,6 +215,7 @@ impl From<Assignment> for pb::AssignedTasks {
             removed_tasks: vec![],
             removed_peers: vec![],
             removed_services: vec![],
+            tasks_whole: false,
         }
     }
 }
@@ -228,6 +229,7 @@ impl pb::AssignedTasks {
             removed_tasks: removed.tasks,
             removed_peers: removed.peers,
             removed_services: removed.services,
+            tasks_whole: removed.tasks_whole,
             ..changed.into()
         };
         for s in &mut message.services {
@@ -253,6 +255,7 @@ impl pb::AssignedTasks {
             peers: std::mem::take(&mut self.removed_peers),
             services: std::mem::take(&mut self.removed_services),
             replicas,
+            tasks_whole: std::mem::take(&mut self.tasks_whole),
         }
     }
 }

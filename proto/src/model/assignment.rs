@@ -57,6 +57,10 @@ pub struct Removed {
     pub services: Vec<String>,
     /// Services sent partial, by name: the tasks whose replicas are gone.
     pub replicas: BTreeMap<String, Vec<String>>,
+    /// The changed tasks are the node's whole list: every other one is
+    /// gone (a watch resumed on another server, which cannot know what
+    /// the last one sent of the node's own).
+    pub tasks_whole: bool,
 }
 
 impl Assignment {
@@ -65,6 +69,10 @@ impl Assignment {
     /// services stay in the order the full form has (by node id, by name),
     /// so an assignment kept up by deltas equals the full one.
     pub fn apply(&mut self, changed: Assignment, removed: Removed) {
+        if removed.tasks_whole {
+            self.tasks.clear();
+            self.refused.clear();
+        }
         for id in &removed.tasks {
             self.tasks.remove(id);
             self.refused.remove(id);

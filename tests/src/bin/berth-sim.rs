@@ -98,6 +98,10 @@ struct Args {
     /// before replica deltas does
     #[arg(long)]
     whole_services: bool,
+    /// Start every watch from the whole list, as an agent of the release
+    /// before resumption does when its server goes
+    #[arg(long)]
+    no_resume: bool,
 }
 
 /// One simulated node as the scenarios steer and see it.
@@ -105,8 +109,9 @@ struct Args {
 struct Slot {
     /// Cut off: no heartbeats, no watch (its tasks it keeps, as an agent does).
     away: std::sync::atomic::AtomicBool,
-    /// The tasks it holds.
+    /// The tasks it holds, and of those the ones it reported running.
     held: AtomicU64,
+    running: AtomicI64,
     /// Report one of its running tasks failed (once).
     fail_one: std::sync::atomic::AtomicBool,
 }
@@ -131,6 +136,8 @@ struct Counters {
     reports: AtomicU64,
     report_errors: AtomicU64,
     watch_errors: AtomicU64,
+    /// Watches that started on another server with what changed since, not the whole list.
+    watch_resumed: AtomicU64,
 }
 
 fn count(c: &AtomicU64) -> u64 {
@@ -261,6 +268,8 @@ enum Held {
 async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Counters>, slot: Arc<Slot>) {
     let mut held: HashMap<String, Held> = HashMap::new();
     let mut last_hash = 0u64;
+    // The revision of the list the node holds, to resume from on another server.
+    let mut revision = 0;
     let run_after = Duration::from_millis(args.run_after_ms);
     loop {
         while slot.away.load(Ordering::Relaxed) {
@@ -270,6 +279,7 @@ async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Co
             node_id: node_id.clone(),
             deltas: !args.whole_lists,
             replica_deltas: !args.whole_services,
+            resume: if args.no_resume { 0 } else { revision },
         };
         let mut stream = match agent(&servers).watch_tasks(request).await {
             Ok(s) => s.into_inner(),
@@ -297,7 +307,8 @@ async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Co
                         c.watch_errors.fetch_add(1, Ordering::Relaxed);
                         break;
                     };
-                    let gone = received(&m, &mut held, &mut last_hash, &c);
+                    revision = m.revision;
+                    let gone = received(&m, &mut held, &mut last_hash, &c, &slot);
                     slot.held.store(held.len() as u64, Ordering::Relaxed);
                     if !gone.is_empty() {
                         let reports = gone.into_iter().map(|id| report(id, "shutdown")).collect();
@@ -311,7 +322,7 @@ async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Co
                         if let Some(id) = running.map(|(id, _)| id.clone()) {
                             if send(&servers, &node_id, vec![report(id.clone(), "failed")], &c).await {
                                 held.insert(id, Held::Starting(Instant::now()));
-                                c.running.fetch_sub(1, Ordering::Relaxed);
+                                ran(&c, &slot, -1);
                                 c.restarted.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -332,7 +343,7 @@ async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Co
                     if send(&servers, &node_id, reports, &c).await {
                         for id in due {
                             held.insert(id, Held::Reported);
-                            c.running.fetch_add(1, Ordering::Relaxed);
+                            ran(&c, &slot, 1);
                         }
                     }
                 }
@@ -343,10 +354,19 @@ async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Co
 }
 
 /// Takes a message in: counts it, notes new tasks; returns those gone.
-fn received(m: &AssignedTasks, held: &mut HashMap<String, Held>, last_hash: &mut u64, c: &Counters) -> Vec<String> {
+fn received(
+    m: &AssignedTasks,
+    held: &mut HashMap<String, Held>,
+    last_hash: &mut u64,
+    c: &Counters,
+    slot: &Slot,
+) -> Vec<String> {
     let bytes = m.encoded_len() as u64;
     c.watch_messages.fetch_add(1, Ordering::Relaxed);
     c.watch_bytes.fetch_add(bytes, Ordering::Relaxed);
+    if m.tasks_whole {
+        c.watch_resumed.fetch_add(1, Ordering::Relaxed);
+    }
     // A delta with nothing in it is a keepalive; a whole list is a
     // keepalive when it repeats the last one.
     let news = if m.delta {
@@ -369,7 +389,7 @@ fn received(m: &AssignedTasks, held: &mut HashMap<String, Held>, last_hash: &mut
             c.assigned.fetch_add(1, Ordering::Relaxed);
         }
     }
-    let gone: Vec<String> = if m.delta {
+    let gone: Vec<String> = if m.delta && !m.tasks_whole {
         m.removed_tasks.iter().filter(|id| held.contains_key(*id)).cloned().collect()
     } else {
         let listed: std::collections::HashSet<&str> = m.tasks.iter().map(|t| t.id.as_str()).collect();
@@ -377,11 +397,17 @@ fn received(m: &AssignedTasks, held: &mut HashMap<String, Held>, last_hash: &mut
     };
     for id in &gone {
         if held.remove(id) == Some(Held::Reported) {
-            c.running.fetch_sub(1, Ordering::Relaxed);
+            ran(c, slot, -1);
         }
         c.assigned.fetch_sub(1, Ordering::Relaxed);
     }
     gone
+}
+
+/// `n` more (or fewer) tasks reported running, by the node of `slot`.
+fn ran(c: &Counters, slot: &Slot, n: i64) {
+    c.running.fetch_add(n, Ordering::Relaxed);
+    slot.running.fetch_add(n, Ordering::Relaxed);
 }
 
 /// Creates the service as a user would: again (on the next server, from
@@ -604,7 +630,12 @@ async fn main() -> Result<()> {
     // 5. Away and back: a tenth of the nodes cut off, then back.
     let away = &slots[..(slots.len() / 10).max(1)];
     let moved: u64 = away.iter().map(|s| s.held.load(Ordering::Relaxed)).sum();
-    let running_before = c.running.load(Ordering::Relaxed);
+    // The cluster's count, not the nodes' sum: a report whose answer was
+    // lost (a timeout) leaves a node counting a task the cluster replaced,
+    // and the wait below never ended (what looked like a leader that wrote
+    // nothing for minutes).
+    let f = figures(&mut cluster).await.context("the cluster's figures")?;
+    let running_before = f.tasks.get("running").copied().unwrap_or(0) as i64;
     let started = Instant::now();
     for s in away {
         s.away.store(true, Ordering::Relaxed);
@@ -616,8 +647,19 @@ async fn main() -> Result<()> {
     })
     .await?;
     let down_s = started.elapsed().as_secs_f64();
+    // Every task running before reported running again by a node still
+    // here (what the cluster did, not what the away nodes held: a node
+    // taken for down meanwhile and back moves its tasks too).
+    let staying = &slots[away.len()..];
+    let mut said = Instant::now();
     wait_for(Duration::from_secs(600), "the away nodes' tasks running elsewhere", async || {
-        (c.running.load(Ordering::Relaxed) >= running_before + moved as i64).then_some(())
+        let here = staying.iter().map(|s| s.running.load(Ordering::Relaxed)).sum::<i64>();
+        if said.elapsed() > Duration::from_secs(10) {
+            let held: u64 = staying.iter().map(|s| s.held.load(Ordering::Relaxed)).sum();
+            println!("  {here} of {running_before} running on the nodes still here ({held} held)");
+            said = Instant::now();
+        }
+        (here >= running_before).then_some(())
     })
     .await?;
     let moved_s = started.elapsed().as_secs_f64();
@@ -688,7 +730,7 @@ async fn main() -> Result<()> {
     let mut beats = c.heartbeat_us.lock().unwrap_or_else(|p| p.into_inner()).clone();
     beats.sort_unstable();
     println!(
-        "nodes: {} heartbeats (p50 {:.1} ms, p99 {:.1} ms, {} failed), {} watch messages ({:.1} MB; {} changes, {:.1} MB), {} reports ({} failed), {} watch restarts",
+        "nodes: {} heartbeats (p50 {:.1} ms, p99 {:.1} ms, {} failed), {} watch messages ({:.1} MB; {} changes, {:.1} MB), {} reports ({} failed), {} watch restarts ({} resumed)",
         count(&c.heartbeats),
         percentile(&beats, 0.5),
         percentile(&beats, 0.99),
@@ -700,6 +742,7 @@ async fn main() -> Result<()> {
         count(&c.reports),
         count(&c.report_errors),
         count(&c.watch_errors),
+        count(&c.watch_resumed),
     );
     let rss_max = rss.iter().copied().fold(0.0, f64::max);
     println!("servers: peak RSS {:?} MiB", rss.iter().map(|r| r.round() as u64).collect::<Vec<_>>());
