@@ -120,16 +120,15 @@ pub async fn run(node: Arc<Node>) {
             info!(service = %r.service, version = r.version, state = %r.state, "rollout {}", r.message);
         }
         let count = changes.len() + rollouts.len();
-        let written = node.write_as_leader(vec![Command::Reconcile { changes, at_ms: now, rollouts }]).await;
-        match written.map(|mut r| r.pop()) {
-            Ok(Some(Response::Reconciled { applied: 0 })) => {
+        match own(&node, Command::Reconcile { changes, at_ms: now, rollouts }).await {
+            Ok(Response::Reconciled { applied: 0 }) => {
                 // Nothing held when applied: the state moved under the
                 // decision. Not again at once (a reconciler that disagreed
                 // with apply would otherwise write in a tight loop).
                 debug!(count, "no reconcile change applied");
                 tokio::time::sleep(PERIOD).await;
             }
-            Ok(Some(Response::Reconciled { applied })) => {
+            Ok(Response::Reconciled { applied }) => {
                 debug!(count, applied, "reconciled");
                 let placed = now_ms();
                 for since in waiting {
@@ -166,7 +165,9 @@ async fn roll_back(node: &Node, service: &str, why: &str) {
         return;
     };
     warn!(%service, from_version = version, "rolling back: {why}");
-    match node.write(Command::UpdateService(spec)).await {
+    // The leader's own decision, as its reconciles are: a deposed leader's
+    // rollback must not overwrite an update its successor took meanwhile.
+    match own(node, Command::UpdateService(spec)).await {
         Ok(Response::Service { service: svc, .. }) => {
             let change = RolloutChange {
                 service: service.to_owned(),
@@ -175,7 +176,7 @@ async fn roll_back(node: &Node, service: &str, why: &str) {
                 message: format!("rolled back from version {version}: {why}"),
             };
             let cmd = Command::Reconcile { changes: vec![], at_ms: now_ms(), rollouts: vec![change] };
-            if let Err(e) = node.write(cmd).await {
+            if let Err(e) = own(node, cmd).await {
                 warn!(%service, "recording why it rolled back: {e}");
             }
         }
@@ -191,7 +192,13 @@ async fn roll_back(node: &Node, service: &str, why: &str) {
 async fn pause(node: &Node, service: &str, version: u64, message: String) {
     warn!(%service, "{message}");
     let change = RolloutChange { service: service.to_owned(), version, state: RolloutState::Paused, message };
-    if let Err(e) = node.write(Command::Reconcile { changes: vec![], at_ms: now_ms(), rollouts: vec![change] }).await {
+    if let Err(e) = own(node, Command::Reconcile { changes: vec![], at_ms: now_ms(), rollouts: vec![change] }).await {
         warn!(%service, "recording a paused rollout: {e}");
     }
+}
+
+/// Writes one decision of this leader's (`Node::write_as_leader`).
+async fn own(node: &Node, cmd: Command) -> Result<Response, crate::node::OpError> {
+    let mut replies = node.write_as_leader(vec![cmd]).await?;
+    replies.pop().ok_or_else(|| crate::node::OpError::Internal("no response to a proposal".into()))
 }

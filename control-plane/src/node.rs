@@ -42,7 +42,9 @@ const CAUGHT_UP: u64 = 200;
 pub enum LeaderOp {
     /// One write; the server batches it with others (see `batcher`).
     Write(Box<Command>),
-    /// A follower's batch of writes, proposed by the leader as one entry.
+    /// Commands proposed as one entry where this op runs, never
+    /// forwarded on: a follower's batch sent to the leader, or the
+    /// leader's own decisions (`Node::write_as_leader`).
     Propose(Vec<Command>),
     Read(Query),
     /// Admit a server at this address as a learner.
@@ -231,8 +233,10 @@ impl Node {
     /// a leader that lost its office meanwhile must not have a stale view
     /// committed by its successor (it once marked a node down that the new
     /// leader heard from, which moved an exclusive volume's task while it
-    /// ran). Proposed while still leading, it commits only with a quorum
-    /// that still follows this leader. It bypasses the batcher, which
+    /// ran). Proposed here, it is an entry of this server's term, which
+    /// commits only if this term's log survives (it reached a quorum, or
+    /// the next leader, while this server led), never as a new proposal
+    /// of its successor. It bypasses the batcher, which
     /// forwards a batch to whichever server leads when the batch is sent
     /// (that let the deposed leader's "node down" through again). The
     /// commands go as one entry, with one response each.

@@ -101,9 +101,21 @@ impl Watches {
                     sent = Some((p.revision, p.share(&node_id)));
                     sent_at = tokio::time::Instant::now();
                 }
-                let refresh = WATCH_REFRESH.saturating_sub(sent_at.elapsed());
-                if let Ok(Err(_)) = tokio::time::timeout(refresh, published.changed()).await {
-                    return; // the publisher stopped: the server is shutting down
+                // A keepalive is due only once something was sent: a stream
+                // waiting for a state as new as a resumed agent's (this
+                // server lagging) waits for publications alone, and ends
+                // when its agent gives up on it.
+                let refresh = match sent {
+                    Some(_) => WATCH_REFRESH.saturating_sub(sent_at.elapsed()),
+                    None => WATCH_REFRESH,
+                };
+                tokio::select! {
+                    changed = tokio::time::timeout(refresh, published.changed()) => {
+                        if let Ok(Err(_)) = changed {
+                            return; // the publisher stopped: the server is shutting down
+                        }
+                    }
+                    () = tx.closed() => return,
                 }
             }
         });
