@@ -52,7 +52,6 @@ pub fn touches(state: &State, cmd: &Command) -> Touch {
     match cmd {
         // A report of a task not on that node changes nothing.
         Command::ReportTasks { reports, .. } => Touch::Tasks(reports.iter().filter_map(|r| was(&r.id)).collect()),
-        // Rollout changes are the service's own, which publications do not carry.
         // A node's status and availability are not published (the tasks
         // they move come with the reconciler's decisions).
         Command::SetNodeStatus { .. } | Command::SetAvailability { .. } => Touch::Tasks(vec![]),
@@ -63,6 +62,7 @@ pub fn touches(state: &State, cmd: &Command) -> Touch {
         Command::ScaleService { name, .. } | Command::DeleteService { name } => {
             Touch::Services(vec![name.clone()], vec![])
         }
+        // Rollout changes are the service's own, which publications do not carry.
         Command::Reconcile { changes, .. } => Touch::Tasks(
             changes
                 .iter()
