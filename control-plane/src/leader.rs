@@ -18,9 +18,10 @@ use std::time::Duration;
 use berth_proto::model::{RolloutState, ServiceSpec};
 use tracing::{debug, info, warn};
 
+use crate::api::Levels;
 use crate::node::Node;
 use crate::reconciler::reconcile;
-use crate::state::{now_ms, Command, Response, RolloutChange, State, TaskChange};
+use crate::state::{expand, now_ms, Command, Response, RolloutChange, State, TaskChange, READS_NEW_TASKS};
 
 /// How often the leader looks at liveness (and tasks) without news.
 pub const PERIOD: Duration = Duration::from_millis(200);
@@ -30,11 +31,14 @@ const GAP: Duration = Duration::from_millis(10);
 const DUTY: u32 = 3;
 /// The most task changes one pass writes. A Raft entry is replicated
 /// whole, in one append with one deadline; a pass that placed 100 services
-/// of 1000 replicas at once wrote 161,000 changes (a new task is about
+/// of 1000 replicas at once wrote 161,000 changes (a new task was about
 /// 1 KB), an entry no follower could take in time (berth-sim, 1000 nodes).
-const MAX_CHANGES: usize = 5000;
+/// A new task placed is now one `New` of about 120 bytes: 10,000 of them
+/// are about 1.2 MB (twice that many changes, and 5 MB, for a cluster
+/// that still has a member of the release before).
+const MAX_CHANGES: usize = 10_000;
 
-pub async fn run(node: Arc<Node>) {
+pub async fn run(node: Arc<Node>, levels: Levels) {
     // The log position the last pass looked at, and the one at which the
     // reconciler last found nothing to do.
     let (mut seen, mut at_rest) = (None, None);
@@ -89,20 +93,38 @@ pub async fn run(node: Arc<Node>) {
                 warn!("recording node status changes: {e}");
             }
         }
+        // What every member reads (asked now and then; see `api::levels`).
+        let (level, _) = levels.cluster(&node).await;
         let started = std::time::Instant::now();
         let now = now_ms();
         let due = wake_at.is_some_and(|at| now >= at);
-        let (position, decided, waiting) = match node.applied.read() {
-            Ok(applied) if applied.last_applied == at_rest && at_rest.is_some() && !due => continue,
-            Ok(applied) => {
+        // On a blocking thread: at 100,000 tasks a pass takes 50-300 ms of
+        // CPU, which on one of the runtime's workers held up heartbeats.
+        let pass = {
+            let node = node.clone();
+            tokio::task::spawn_blocking(move || {
+                let applied = node.applied.read().ok()?;
+                if applied.last_applied == at_rest && at_rest.is_some() && !due {
+                    return Some(None);
+                }
                 let mut decided = reconcile(&applied.state, now);
+                if level < READS_NEW_TASKS {
+                    decided.changes = expand(&applied.state, decided.changes);
+                }
                 // The rest are decided again by the next pass (each pass looks at
                 // the state afresh, so any prefix of its decisions may be written alone).
                 decided.changes.truncate(MAX_CHANGES);
                 let waiting = waiting_since(&applied.state, &decided.changes, now);
-                (applied.last_applied, decided, waiting)
-            }
-            Err(_) => return,
+                Some(Some((applied.last_applied, decided, waiting)))
+            })
+            .await
+        };
+        let (position, decided, waiting) = match pass {
+            Ok(Some(Some(pass))) => pass,
+            // At rest, and nothing changed since.
+            Ok(Some(None)) => continue,
+            // The state lock poisoned, or the runtime shutting down.
+            Ok(None) | Err(_) => return,
         };
         node.stats.reconcile_seconds.observe(started.elapsed().as_secs_f64());
         debug!(changes = decided.changes.len(), took = ?started.elapsed(), ?position, "reconcile pass");
@@ -149,6 +171,7 @@ fn waiting_since(state: &State, changes: &[TaskChange], now: u64) -> Vec<u64> {
         .iter()
         .filter_map(|c| match c {
             TaskChange::Assign { id, .. } => Some(state.tasks.get(id).map_or(now, |t| t.since_ms)),
+            TaskChange::New(t) => t.node.is_some().then_some(now),
             _ => None,
         })
         .collect()

@@ -31,7 +31,7 @@ use berth_proto::model::{
 };
 
 use crate::scheduler::{self, Decision, NodeView, Request};
-use crate::state::{RolloutChange, State, TaskChange};
+use crate::state::{NewTask, RolloutChange, State, TaskChange};
 
 /// What the reconciler would change.
 #[derive(Debug, Default, PartialEq)]
@@ -91,7 +91,9 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
         let until = t.since_ms.saturating_add(MOVE_BACKOFF_MS);
         held_back.entry(&t.service).and_modify(|u| *u = (*u).max(until)).or_insert(until);
     }
+    // New tasks of their services' current specs, and (at most one) a move's.
     let mut created: Vec<Task> = Vec::new();
+    let mut moved: Option<Task> = None;
     // Services that may have a replica moved (see `calm_service`).
     let mut calm = Vec::new();
     for (name, service) in &state.services {
@@ -225,13 +227,13 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
                 continue;
             }
             let generation = next_generation(state, &t.service, t.slot);
-            created.push(Task::new(&t.service, t.slot, generation, t.version, t.spec.clone()));
+            moved = Some(Task::new(&t.service, t.slot, generation, t.version, t.spec.clone()));
             break;
         }
     }
     let Plan { mut changes, stopping } = plan;
-    changes.extend(created.iter().cloned().map(|t| TaskChange::Create(Box::new(t))));
-    changes.extend(place(state, &stopping, &created));
+    let decisions = place(state, &stopping, created.iter().chain(&moved));
+    changes.extend(written(state, decisions, created, moved));
 
     // Forget what has stopped, or can no longer tell us it has.
     for t in state.tasks.values().filter(|t| t.desired == Desired::Shutdown) {
@@ -363,46 +365,47 @@ impl<'a> Plan<'a> {
 }
 
 /// The nodes as the scheduler sees them, with the live tasks (those not
-/// told to stop in this pass) counted per service.
+/// told to stop in this pass) counted per service. One walk of the tasks:
+/// a pass over 100,000 makes this for each of its placements.
 fn views(state: &State, stopping: &BTreeSet<&str>) -> Vec<NodeView> {
-    // Tasks told to stop still hold their share until they have stopped.
-    let allocations = state.allocations();
-    // Addresses stay taken until their task is forgotten (see `state::ipam`).
-    let mut addressed: BTreeMap<&str, u64> = BTreeMap::new();
-    for t in state.tasks.values().filter(|t| t.address.is_some()) {
-        if let Some(n) = &t.node {
-            *addressed.entry(n.as_str()).or_default() += 1;
-        }
-    }
-    let mut nodes: BTreeMap<&str, NodeView> = state
+    let mut nodes: Vec<NodeView> = state
         .nodes
         .values()
-        .map(|n| {
-            let view = NodeView {
-                id: n.id.clone(),
-                name: n.name.clone(),
-                labels: n.labels.clone(),
-                schedulable: n.schedulable(),
-                capacity: n.capacity,
-                allocated: allocations.get(&n.id).map(|a| a.0).unwrap_or_default(),
-                tasks: BTreeMap::new(),
-                addresses_left: n.subnet.map(|s| {
-                    let held = addressed.get(n.id.as_str()).copied().unwrap_or(0);
-                    s.task_capacity().saturating_sub(held).min(u32::MAX as u64) as u32
-                }),
-                mounts: state.volumes.contains_key(&n.id),
-                reads: n.reads,
-            };
-            (n.id.as_str(), view)
+        .map(|n| NodeView {
+            id: n.id.clone(),
+            name: n.name.clone(),
+            labels: n.labels.clone(),
+            schedulable: n.schedulable(),
+            capacity: n.capacity,
+            allocated: Default::default(),
+            tasks: BTreeMap::new(),
+            addresses_left: n.subnet.map(|s| s.task_capacity().min(u32::MAX as u64) as u32),
+            mounts: state.volumes.contains_key(&n.id),
+            reads: n.reads,
         })
         .collect();
+    let at: std::collections::HashMap<&str, usize> =
+        state.nodes.keys().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
     for t in state.tasks.values() {
-        let live = t.desired == Desired::Running && !stopping.contains(t.id.as_str());
-        if let Some(view) = t.node.as_ref().and_then(|id| nodes.get_mut(id.as_str())).filter(|_| live) {
-            *view.tasks.entry(t.service.clone()).or_default() += 1;
+        let Some(view) = t.node.as_deref().and_then(|id| at.get(id)).map(|&i| &mut nodes[i]) else { continue };
+        // Tasks told to stop still hold their share until they have stopped.
+        if t.holds_resources() {
+            view.allocated += t.spec.resources;
+        }
+        // Addresses stay taken until their task is forgotten (see `state::ipam`).
+        if t.address.is_some() {
+            view.addresses_left = view.addresses_left.map(|left| left.saturating_sub(1));
+        }
+        if t.desired == Desired::Running && !stopping.contains(t.id.as_str()) {
+            match view.tasks.get_mut(&t.service) {
+                Some(count) => *count += 1,
+                None => {
+                    view.tasks.insert(t.service.clone(), 1);
+                }
+            }
         }
     }
-    nodes.into_values().collect()
+    nodes
 }
 
 /// What the scheduler is asked for a task of this service.
@@ -432,9 +435,9 @@ pub fn agent_needs(spec: &ServiceSpec) -> u32 {
 }
 
 /// Runs the scheduler over every live task without a node (old and new).
-fn place(state: &State, stopping: &BTreeSet<&str>, created: &[Task]) -> Vec<TaskChange> {
+fn place<'a>(state: &'a State, stopping: &BTreeSet<&str>, created: impl Iterator<Item = &'a Task>) -> Vec<Decision> {
     let nodes = views(state, stopping);
-    let mut pending: Vec<&Task> = created.iter().collect();
+    let mut pending: Vec<&Task> = created.collect();
     pending.extend(
         state
             .tasks
@@ -455,18 +458,53 @@ fn place(state: &State, stopping: &BTreeSet<&str>, created: &[Task]) -> Vec<Task
     let holders = data::Holders::of(state);
     let requests: Vec<Request> =
         pending.iter().filter_map(|t| Some(request(t, &state.services.get(&t.service)?.spec, &holders))).collect();
-    scheduler::schedule(&nodes, &requests)
-        .into_iter()
-        .chain(waiting)
-        .filter_map(|d| match d {
-            Decision::Place { task, node } => Some(TaskChange::Assign { id: task, node }),
+    scheduler::schedule(&nodes, &requests).into_iter().chain(waiting).collect()
+}
+
+/// The scheduler's decisions and the new tasks as changes: first the
+/// tasks that were pending already (they have waited longest, and a pass
+/// cut short keeps a prefix of its changes, see `leader`), then each new
+/// task as one `New` with its node (a move's, whose spec is its old
+/// task's, as a `Create` and an `Assign`).
+fn written(state: &State, decisions: Vec<Decision>, created: Vec<Task>, moved: Option<Task>) -> Vec<TaskChange> {
+    let mut out = Vec::with_capacity(decisions.len());
+    let mut new: BTreeMap<String, Decision> = BTreeMap::new();
+    for d in decisions {
+        let (Decision::Place { task, .. } | Decision::Unplaced { task, .. }) = &d;
+        if !state.tasks.contains_key(task) {
+            new.insert(task.clone(), d);
+            continue;
+        }
+        match d {
+            Decision::Place { task, node } => out.push(TaskChange::Assign { id: task, node }),
             // Said once: an unchanged reason is not written again.
             Decision::Unplaced { task, reason } => {
                 let known = state.tasks.get(&task).is_some_and(|t| t.message == reason);
-                (!known).then_some(TaskChange::Unplaced { id: task, reason })
+                if !known {
+                    out.push(TaskChange::Unplaced { id: task, reason });
+                }
             }
-        })
-        .collect()
+        }
+    }
+    let mut decided = |id: &str| match new.remove(id) {
+        Some(Decision::Place { node, .. }) => (Some(node), None),
+        Some(Decision::Unplaced { task, reason }) => (None, Some(TaskChange::Unplaced { id: task, reason })),
+        None => (None, None),
+    };
+    for t in created {
+        let (node, unplaced) = decided(&t.id);
+        let Task { service, slot, generation, version, pin, .. } = t;
+        out.push(TaskChange::New(NewTask { service, slot, generation, version, pin, node }));
+        out.extend(unplaced);
+    }
+    if let Some(t) = moved {
+        let (node, unplaced) = decided(&t.id);
+        let id = t.id.clone();
+        out.push(TaskChange::Create(Box::new(t)));
+        out.extend(node.map(|node| TaskChange::Assign { id, node }));
+        out.extend(unplaced);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -133,7 +133,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     }
     node.network = cfg.network;
     let node = Arc::new(node);
-    let leader_work = tokio::spawn(crate::leader::run(node.clone()));
+    let levels = crate::api::Levels::default();
+    let leader_work = tokio::spawn(crate::leader::run(node.clone(), levels.clone()));
     let standing = raft_runtime.spawn(elections.clone().run());
     let leader_changes = tokio::spawn(crate::stats::count_leader_changes(raft.clone(), stats.leader_changes.clone()));
     let metrics = match cfg.metrics_listen {
@@ -146,7 +147,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         }
         None => None,
     };
-    let levels = crate::api::Levels::default();
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = berth_proto::client::server(cfg.max_streams_per_connection)

@@ -57,7 +57,7 @@ fn settle(s: &mut State) {
         if changes.is_empty() && rollouts.is_empty() && rollbacks.is_empty() && !acted {
             return;
         }
-        apply(s, &Command::Reconcile { changes, at_ms: 1, rollouts });
+        write(s, changes, rollouts);
         for (name, _) in rollbacks {
             let svc = &s.services[&name];
             let previous = svc.previous.clone().expect("a rollback has a spec to go back to");
@@ -66,6 +66,18 @@ fn settle(s: &mut State) {
         }
     }
     panic!("no rest after 50 rounds: {:#?}", s.tasks);
+}
+
+/// Applies a pass's decisions as the leader writes them, and checks that
+/// they leave the state as the release before's form of them (`expand`)
+/// does: every test here checks `New` against `Create` and `Assign`.
+fn write(s: &mut State, changes: Vec<TaskChange>, rollouts: Vec<RolloutChange>) {
+    let mut before = s.clone();
+    let expanded = crate::state::expand(&before, changes.clone());
+    assert!(!expanded.iter().any(|c| matches!(c, TaskChange::New(_))));
+    apply(&mut before, &Command::Reconcile { changes: expanded, at_ms: 1, rollouts: rollouts.clone() });
+    apply(s, &Command::Reconcile { changes, at_ms: 1, rollouts });
+    assert_eq!(*s, before, "New and its expansion differ");
 }
 
 /// Running tasks per service, by slot.
@@ -211,7 +223,7 @@ fn settle_above(s: &mut State, service: &str, want: usize) -> usize {
         if r.is_empty() && !acted {
             return made;
         }
-        made += r.changes.iter().filter(|c| matches!(c, TaskChange::Create(_))).count();
+        made += r.changes.iter().filter(|c| makes(c)).count();
         apply(s, &Command::Reconcile { changes: r.changes, at_ms: 1, rollouts: r.rollouts });
         assert!(running(s, service).len() >= want, "below {want}: {:#?}", s.tasks);
     }
@@ -234,7 +246,7 @@ fn replicas_move_back_one_at_a_time_without_dropping_below_the_count() {
     }
     // One move in flight at a time: the first pass makes one task only.
     let first = reconcile(&s, NOW).changes;
-    assert_eq!(first.iter().filter(|c| matches!(c, TaskChange::Create(_))).count(), 1, "{first:?}");
+    assert_eq!(first.iter().filter(|c| makes(c)).count(), 1, "{first:?}");
     assert_eq!(settle_above(&mut s, "web", 3), 2, "two moves, nothing more");
     assert_eq!(spread(&s, "web"), BTreeMap::from([("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]));
     assert_eq!(s.tasks.len(), 3, "the moved ones stopped and were forgotten");
@@ -289,7 +301,7 @@ fn a_failed_move_is_given_up_and_the_service_waits_before_the_next() {
     // After it, it is forgotten and the move is tried again.
     let later = reconcile(&s, NOW + 2 + MOVE_BACKOFF_MS).changes;
     assert!(later.contains(&TaskChange::Remove { id: moved }), "{later:?}");
-    assert!(later.iter().any(|c| matches!(c, TaskChange::Create(_))), "{later:?}");
+    assert!(later.iter().any(makes), "{later:?}");
 }
 
 #[test]
@@ -356,7 +368,7 @@ fn a_changed_spec_rolls_one_slot_at_a_time_successor_first() {
         if changes.is_empty() {
             break;
         }
-        let creates = changes.iter().filter(|c| matches!(c, TaskChange::Create(_))).count();
+        let creates = changes.iter().filter(|c| makes(c)).count();
         assert!(creates <= 1, "{changes:?}");
         apply(&mut s, &Command::Reconcile { changes, at_ms: 1, rollouts: vec![] });
         assert!(running(&s, "web").len() >= 3, "{:#?}", s.tasks);
@@ -511,7 +523,7 @@ proptest! {
                 settle(&mut s);
             } else {
                 let changes = reconcile(&s, NOW).changes;
-                apply(&mut s, &Command::Reconcile { changes, at_ms: 1, rollouts: vec![] });
+                write(&mut s, changes, vec![]);
             }
         }
         settle(&mut s);
@@ -565,7 +577,7 @@ fn parallelism_replaces_that_many_slots_and_stop_first_stops_the_old_ones_first(
     let stops: Vec<&TaskChange> = first.iter().filter(|c| matches!(c, TaskChange::Shutdown { .. })).collect();
     assert_eq!(stops.len(), 2, "{first:?}");
     assert!(matches!(stops[0], TaskChange::Shutdown { reason, .. } if reason == "updating to version 2"));
-    assert!(!first.iter().any(|c| matches!(c, TaskChange::Create(_))), "stop-first: nothing new yet");
+    assert!(!first.iter().any(makes), "stop-first: nothing new yet");
     apply(&mut s, &Command::Reconcile { changes: first, at_ms: 1, rollouts: vec![] });
     for _ in 0..30 {
         agents_act(&mut s);
@@ -606,7 +618,7 @@ fn a_new_task_that_fails_asks_for_a_rollback_which_rolls_out_as_the_rollback_con
     let decided = reconcile(&s, NOW);
     let why = "1 of 2 new tasks failed: web.1.2 failed: pulling registry:5000/nope:1: manifest unknown";
     assert_eq!(decided.rollbacks, [("web".to_owned(), why.to_owned())]);
-    assert!(!decided.changes.iter().any(|c| matches!(c, TaskChange::Create(_))), "no more new tasks");
+    assert!(!decided.changes.iter().any(makes), "no more new tasks");
     // What the leader does: the previous spec again, as an update.
     let previous = s.services["web"].previous.clone().expect("a previous spec");
     apply(&mut s, &Command::UpdateService(*previous));
@@ -686,7 +698,7 @@ fn an_exclusive_slot_never_has_two_copies_on_nodes_that_are_up() {
     apply(&mut s, &Command::UpdateService(changed));
     let Reconciled { changes, .. } = reconcile(&s, NOW);
     assert!(changes.iter().any(|c| matches!(c, TaskChange::Shutdown { id, .. } if id == "db.1.2")), "{changes:?}");
-    assert!(!changes.iter().any(|c| matches!(c, TaskChange::Create(_))), "no new copy beside the old: {changes:?}");
+    assert!(!changes.iter().any(makes), "no new copy beside the old: {changes:?}");
     settle(&mut s);
     assert_eq!(running(&s, "db").len(), 1);
     // A down node's copy does not hold the slot: the node fenced it.
@@ -696,4 +708,9 @@ fn an_exclusive_slot_never_has_two_copies_on_nodes_that_are_up() {
     settle(&mut s);
     let now = running(&s, "db");
     assert!(now.len() == 1 && now[0].1 != node, "{now:?}");
+}
+
+/// Whether a change makes a task: a new one (`New`) or a move (`Create`).
+fn makes(c: &TaskChange) -> bool {
+    matches!(c, TaskChange::Create(_) | TaskChange::New(_))
 }

@@ -341,50 +341,65 @@ fn stop(t: &mut Task, reason: &str, at_ms: Option<u64>) {
     }
 }
 
-/// Applies one reconciler decision if it still makes sense; says whether
-/// it did. An assignment must still fit what its node has left, so no
-/// sequence of commits can overcommit a node.
 /// What the nodes' tasks hold while a `Reconcile` is applied.
 struct Held {
     resources: BTreeMap<String, Resources>,
     addresses: ipam::Addresses,
 }
 
+/// A new task, unless its id is taken or its service gone.
+fn create(state: &mut State, task: Task, at_ms: u64) -> bool {
+    if state.tasks.contains_key(&task.id) || !state.services.contains_key(&task.service) {
+        return false;
+    }
+    let slot = format!("{}.{}", task.service, task.slot);
+    let last = state.generations.entry(slot).or_default();
+    *last = (*last).max(task.generation);
+    state.tasks.insert(task.id.clone(), Task { since_ms: at_ms, ..task });
+    true
+}
+
+/// A pending task placed on `node`, if it still fits what the node has
+/// left, so that no sequence of commits can overcommit a node.
+fn assign(state: &mut State, held: &mut Held, id: &str, node: &str, at_ms: u64) -> bool {
+    let (Some(n), Some(t)) = (state.nodes.get(node), state.tasks.get(id)) else { return false };
+    let need = t.spec.resources;
+    let used = held.resources.get(node).copied().unwrap_or_default();
+    // Checked: a sum past u64 does not fit (and must not wrap into fitting).
+    let within = |used: u64, need: u64, capacity: u64| used.checked_add(need).is_some_and(|sum| sum <= capacity);
+    let fits = within(used.cpu_millis, need.cpu_millis, n.capacity.cpu_millis)
+        && within(used.memory_bytes, need.memory_bytes, n.capacity.memory_bytes);
+    if !(n.schedulable() && fits && t.desired == Desired::Running && t.node.is_none()) {
+        return false;
+    }
+    // A full subnet refuses it like a full node.
+    let Ok(address) = held.addresses.take(n) else { return false };
+    *held.resources.entry(node.to_owned()).or_default() += need;
+    let Some(t) = state.tasks.get_mut(id) else { return false };
+    t.node = Some(node.to_owned());
+    t.address = address;
+    t.state = TaskState::Assigned;
+    t.since_ms = at_ms;
+    t.message.clear();
+    true
+}
+
+/// Applies one reconciler decision if it still makes sense; says whether it did.
 fn apply_change(state: &mut State, held: &mut Held, change: &TaskChange, at_ms: u64) -> bool {
     match change {
-        TaskChange::Create(task) => {
-            if state.tasks.contains_key(&task.id) || !state.services.contains_key(&task.service) {
-                return false;
+        TaskChange::Create(task) => create(state, (**task).clone(), at_ms),
+        TaskChange::New(new) => {
+            let Some(task) = new.task(state) else { return false };
+            let id = task.id.clone();
+            // Made even if its node no longer takes it: it waits, pending,
+            // for the next pass (as a `Create` whose `Assign` failed).
+            let made = create(state, task, at_ms);
+            if let Some(node) = new.node.as_ref().filter(|_| made) {
+                assign(state, held, &id, node, at_ms);
             }
-            let slot = format!("{}.{}", task.service, task.slot);
-            let last = state.generations.entry(slot).or_default();
-            *last = (*last).max(task.generation);
-            state.tasks.insert(task.id.clone(), Task { since_ms: at_ms, ..(**task).clone() });
-            true
+            made
         }
-        TaskChange::Assign { id, node } => {
-            let (Some(n), Some(t)) = (state.nodes.get(node), state.tasks.get(id)) else { return false };
-            let need = t.spec.resources;
-            let used = held.resources.get(node).copied().unwrap_or_default();
-            // Checked: a sum past u64 does not fit (and must not wrap into fitting).
-            let within =
-                |used: u64, need: u64, capacity: u64| used.checked_add(need).is_some_and(|sum| sum <= capacity);
-            let fits = within(used.cpu_millis, need.cpu_millis, n.capacity.cpu_millis)
-                && within(used.memory_bytes, need.memory_bytes, n.capacity.memory_bytes);
-            if !(n.schedulable() && fits && t.desired == Desired::Running && t.node.is_none()) {
-                return false;
-            }
-            // A full subnet refuses it like a full node.
-            let Ok(address) = held.addresses.take(n) else { return false };
-            *held.resources.entry(node.clone()).or_default() += need;
-            let Some(t) = state.tasks.get_mut(id) else { return false };
-            t.node = Some(node.clone());
-            t.address = address;
-            t.state = TaskState::Assigned;
-            t.since_ms = at_ms;
-            t.message.clear();
-            true
-        }
+        TaskChange::Assign { id, node } => assign(state, held, id, node, at_ms),
         TaskChange::Unplaced { id, reason } => match state.tasks.get_mut(id) {
             Some(t) if t.node.is_none() && t.desired == Desired::Running => {
                 t.message = reason.clone();
@@ -408,7 +423,7 @@ fn apply_change(state: &mut State, held: &mut Held, change: &TaskChange, at_ms: 
 
 #[cfg(test)]
 mod tests {
-    use crate::state::QueryReply;
+    use crate::state::{NewTask, QueryReply};
     use berth_proto::model::{ServiceSpec, TaskSpec};
 
     use super::*;
@@ -651,6 +666,49 @@ mod tests {
         );
         assert!(s.tasks.is_empty());
         assert_eq!(s.generations["web.1"], 3, "generations outlive their tasks");
+    }
+
+    #[test]
+    fn a_new_task_runs_its_services_spec_of_the_version_decided_and_is_placed_if_it_fits() {
+        let mut s = State::default();
+        apply(&mut s, &Command::CreateService(ServiceSpec { image: "busybox:2".into(), ..spec("web", 3) }));
+        let small = berth_proto::model::Node { capacity: Resources { cpu_millis: 100, memory_bytes: 1 }, ..node("n1") };
+        apply(&mut s, &Command::RegisterNode(small));
+        let new = |slot, node: Option<&str>| {
+            let node = node.map(str::to_owned);
+            TaskChange::New(NewTask { service: "web".into(), slot, generation: 1, version: 1, pin: None, node })
+        };
+        let changes = vec![new(1, Some("n1")), new(2, None), new(1, Some("n1")), new(3, Some("nowhere"))];
+        let entry = serde_json::to_vec(&changes[0]).unwrap();
+        assert!(entry.len() < 120, "{}", String::from_utf8_lossy(&entry));
+        assert_eq!(
+            apply(&mut s, &Command::Reconcile { changes, at_ms: 7, rollouts: vec![] }),
+            Response::Reconciled { applied: 3 },
+            "the second web.1.1 is not made again"
+        );
+        let t = &s.tasks["web.1.1"];
+        assert_eq!((t.node.as_deref(), t.state, t.since_ms), (Some("n1"), TaskState::Assigned, 7));
+        assert_eq!((t.spec.image.as_str(), t.version), ("busybox:2", 1));
+        assert_eq!((s.tasks["web.2.1"].node.as_deref(), s.tasks["web.2.1"].state), (None, TaskState::Pending));
+        // Made, though its node is unknown: it waits for the next pass.
+        assert_eq!(s.tasks["web.3.1"].node, None);
+        assert_eq!(s.generations["web.1"], 1);
+
+        // Decided for version 1, applied after an update: skipped, as
+        // its expansion for the release before is dropped.
+        apply(&mut s, &Command::UpdateService(ServiceSpec { image: "busybox:3".into(), ..spec("web", 3) }));
+        let late = TaskChange::New(NewTask {
+            service: "web".into(),
+            slot: 2,
+            generation: 2,
+            version: 1,
+            pin: None,
+            node: Some("n1".into()),
+        });
+        assert!(super::super::expand(&s, vec![late.clone()]).is_empty());
+        let r = apply(&mut s, &Command::Reconcile { changes: vec![late], at_ms: 8, rollouts: vec![] });
+        assert_eq!(r, Response::Reconciled { applied: 0 });
+        assert!(!s.tasks.contains_key("web.2.2"));
     }
 
     #[test]

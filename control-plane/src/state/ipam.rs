@@ -31,7 +31,14 @@ impl Addresses {
         let mut used: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
         for t in state.tasks.values() {
             if let (Some(node), Some(addr)) = (&t.node, t.address) {
-                used.entry(node.clone()).or_default().insert(addr);
+                match used.get_mut(node) {
+                    Some(set) => {
+                        set.insert(addr);
+                    }
+                    None => {
+                        used.insert(node.clone(), BTreeSet::from([addr]));
+                    }
+                }
             }
         }
         Self { used }

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use berth_proto::model::{
     Availability, InvalidField, NetworkConfig, Node, NodeStatus, NodeVolume, Resources, RolloutState, Service,
-    ServiceSpec, Task,
+    ServiceSpec, Task, TaskSpec,
 };
 use serde::{Deserialize, Serialize};
 
@@ -33,9 +33,12 @@ pub use trust::{Access, JoinRole, Rotation, Trust, User};
 
 /// The newest commands this release applies, as a level that only goes up:
 /// 1 reads `ScaleService`, 2 mounts (volumes, binds), secrets and configs, 3 stacks' `STACK_SERVICE`
-/// names and `depends_on`. A command of a level is written only while every member reads it
-/// (`api::levels`), so one release apart interoperate.
-pub const READS: u32 = 3;
+/// names and `depends_on`, 4 `TaskChange::New`. A command of a level is written only while every
+/// member reads it (`api::levels`), so one release apart interoperate.
+pub const READS: u32 = 4;
+
+/// The level from which the reconciler writes new tasks as `TaskChange::New`.
+pub const READS_NEW_TASKS: u32 = 4;
 
 /// Everything the cluster agrees on: services, nodes and tasks; IPAM joins later.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -86,10 +89,16 @@ impl State {
     pub fn allocations(&self) -> BTreeMap<String, (Resources, u32)> {
         let mut out: BTreeMap<String, (Resources, u32)> = BTreeMap::new();
         for t in self.tasks.values().filter(|t| t.holds_resources()) {
-            if let Some(node) = &t.node {
-                let held = out.entry(node.clone()).or_default();
-                held.0 += t.spec.resources;
-                held.1 += 1;
+            let Some(node) = &t.node else { continue };
+            // (Looked up before inserting: a key made per task is 100,000 allocations a pass.)
+            match out.get_mut(node) {
+                Some(held) => {
+                    held.0 += t.spec.resources;
+                    held.1 += 1;
+                }
+                None => {
+                    out.insert(node.clone(), (t.spec.resources, 1));
+                }
             }
         }
         out
@@ -260,6 +269,65 @@ pub enum TaskChange {
     Shutdown { id: String, reason: String },
     /// Forgotten: stopped, or on a node that is gone.
     Remove { id: String },
+    /// A new task of its service's current spec, placed at once when
+    /// `node` is set: a `Create` and an `Assign` in about a tenth of the
+    /// bytes, since the spec is the service's own (a pass that places
+    /// thousands of tasks wrote a megabyte per thousand). Written only once
+    /// every member reads it (`READS_NEW_TASKS`); before, `expand` makes the two.
+    New(NewTask),
+}
+
+/// What a new task is made of, besides its service's spec (see `TaskChange::New`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTask {
+    pub service: String,
+    pub slot: u32,
+    pub generation: u32,
+    /// The service's template version it was decided for: applied only
+    /// while that is still the one (the spec it runs is then the one decided).
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+    /// Where the scheduler placed it; none leaves it pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+impl NewTask {
+    pub fn id(&self) -> String {
+        Task::id_for(&self.service, self.slot, self.generation)
+    }
+
+    /// The task it makes, unplaced, if its service still runs the decided
+    /// version's spec.
+    pub fn task(&self, state: &State) -> Option<Task> {
+        let service = state.services.get(&self.service)?;
+        (state.template(service) == self.version).then(|| Task {
+            pin: self.pin.clone(),
+            ..Task::new(&self.service, self.slot, self.generation, self.version, TaskSpec::from(&service.spec))
+        })
+    }
+}
+
+/// The same decisions as an older release writes them: each `New` as a
+/// `Create` and, if placed, an `Assign` (while some member does not read
+/// `READS_NEW_TASKS`). A `New` whose service moved on is dropped, as its
+/// apply would skip it.
+pub fn expand(state: &State, changes: Vec<TaskChange>) -> Vec<TaskChange> {
+    let mut out = Vec::with_capacity(changes.len());
+    for change in changes {
+        let TaskChange::New(new) = change else {
+            out.push(change);
+            continue;
+        };
+        let Some(task) = new.task(state) else { continue };
+        let id = task.id.clone();
+        out.push(TaskChange::Create(Box::new(task)));
+        if let Some(node) = new.node {
+            out.push(TaskChange::Assign { id, node });
+        }
+    }
+    out
 }
 
 /// A rollout's new state, decided by the reconciler; applied only while

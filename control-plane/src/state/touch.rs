@@ -68,6 +68,7 @@ pub fn touches(state: &State, cmd: &Command) -> Touch {
                 .iter()
                 .filter_map(|c| match c {
                     TaskChange::Create(t) => Some(Touched { id: t.id.clone(), service: t.service.clone(), node: None }),
+                    TaskChange::New(t) => Some(Touched { id: t.id(), service: t.service.clone(), node: None }),
                     TaskChange::Assign { id, .. }
                     | TaskChange::Unplaced { id, .. }
                     | TaskChange::Shutdown { id, .. }

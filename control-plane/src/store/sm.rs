@@ -48,6 +48,65 @@ fn lock_err() -> StorageError<NodeId> {
     write_err(std::io::Error::other("state machine lock poisoned"))
 }
 
+/// The write lock, taken without queueing for a while. A writer that
+/// waits in the lock's queue holds back every reader that comes after it,
+/// and while a long reader (a reconcile pass: 50-300 ms at 100,000 tasks)
+/// held the lock, heartbeats and API calls piled up behind the waiting
+/// apply on the runtime's workers, which then answered nothing. Readers
+/// on the runtime take the lock for microseconds, so a try a few hundred
+/// microseconds apart finds it free soon after the long reader ends;
+/// after `PATIENCE` the apply queues as before, so it is never starved.
+fn write_politely(applied: &RwLock<Applied>) -> Result<std::sync::RwLockWriteGuard<'_, Applied>, StorageError<NodeId>> {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    while started.elapsed() < PATIENCE {
+        match applied.try_write() {
+            Ok(guard) => return Ok(guard),
+            Err(std::sync::TryLockError::Poisoned(_)) => return Err(lock_err()),
+            Err(std::sync::TryLockError::WouldBlock) => std::thread::sleep(std::time::Duration::from_micros(200)),
+        }
+    }
+    applied.write().map_err(|_| lock_err())
+}
+
+/// Applies committed entries in order, noting what each touched.
+fn apply_entries(
+    applied: &RwLock<Applied>,
+    stats: &Stats,
+    entries: Vec<Entry>,
+) -> Result<Vec<Vec<Response>>, StorageError<NodeId>> {
+    let mut a = write_politely(applied)?;
+    let started = std::time::Instant::now();
+    let mut replies = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let before = a.last_applied.map_or(0, |l| l.index);
+        a.last_applied = Some(entry.log_id);
+        let (reply, touch) = match entry.payload {
+            EntryPayload::Blank => (Vec::new(), Touch::Tasks(Vec::new())),
+            EntryPayload::Membership(m) => {
+                a.membership = StoredMembership::new(Some(entry.log_id), m);
+                (Vec::new(), Touch::Tasks(Vec::new()))
+            }
+            EntryPayload::Normal(Proposal(commands)) => {
+                let mut touched = Vec::with_capacity(commands.len());
+                let reply = commands
+                    .iter()
+                    .map(|c| {
+                        touched.push(touches(&a.state, c));
+                        apply(&mut a.state, c)
+                    })
+                    .collect();
+                (reply, merged(touched))
+            }
+        };
+        a.touches.push(before, entry.log_id.index, touch);
+        replies.push(reply);
+    }
+    stats.applied_entries.inc_by(replies.len() as u64);
+    stats.apply_seconds.observe(started.elapsed().as_secs_f64());
+    Ok(replies)
+}
+
 impl StateMachineStore {
     /// Opens the store with the state of the last snapshot.
     pub(super) fn open(db: sled::Db, sealer: Sealer) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
@@ -141,14 +200,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         // A copy, so that the lock is held for the copy only: serializing
         // under it stalled every apply (and the workers waiting on the
         // lock) for as long as the JSON took, hundreds of ms at 100,000
-        // services. The JSON is made on a blocking thread.
-        let copy = self.applied.read().map_err(|_| lock_err())?.clone();
-        let (last_log_id, last_membership) = (copy.last_applied, copy.membership.clone());
-        let data =
-            tokio::task::spawn_blocking(move || serde_json::to_vec(&Marked { format: format::FORMAT, applied: &copy }))
-                .await
-                .map_err(read_err)?
-                .map_err(read_err)?;
+        // services. Both on a blocking thread, not Raft's runtime (see `apply`).
+        let applied = self.applied.clone();
+        let (last_log_id, last_membership, data) = tokio::task::spawn_blocking(move || {
+            let copy = applied.read().map_err(|_| lock_err())?.clone();
+            let data = serde_json::to_vec(&Marked { format: format::FORMAT, applied: &copy }).map_err(read_err)?;
+            Ok::<_, StorageError<NodeId>>((copy.last_applied, copy.membership, data))
+        })
+        .await
+        .map_err(read_err)??;
         let snapshot_id = match last_log_id {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
             None => format!("empty-{}", rand::random::<u32>()),
@@ -174,36 +234,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut a = self.applied.write().map_err(|_| lock_err())?;
-        let started = std::time::Instant::now();
-        let mut replies = Vec::new();
-        for entry in entries {
-            let before = a.last_applied.map_or(0, |l| l.index);
-            a.last_applied = Some(entry.log_id);
-            let (reply, touch) = match entry.payload {
-                EntryPayload::Blank => (Vec::new(), Touch::Tasks(Vec::new())),
-                EntryPayload::Membership(m) => {
-                    a.membership = StoredMembership::new(Some(entry.log_id), m);
-                    (Vec::new(), Touch::Tasks(Vec::new()))
-                }
-                EntryPayload::Normal(Proposal(commands)) => {
-                    let mut touched = Vec::with_capacity(commands.len());
-                    let reply = commands
-                        .iter()
-                        .map(|c| {
-                            touched.push(touches(&a.state, c));
-                            apply(&mut a.state, c)
-                        })
-                        .collect();
-                    (reply, merged(touched))
-                }
-            };
-            a.touches.push(before, entry.log_id.index, touch);
-            replies.push(reply);
-        }
-        self.stats.applied_entries.inc_by(replies.len() as u64);
-        self.stats.apply_seconds.observe(started.elapsed().as_secs_f64());
-        Ok(replies)
+        // On a blocking thread: the write lock waits for readers (a
+        // reconcile pass at 100,000 tasks holds it for 50-300 ms), and on
+        // Raft's one-worker runtime that wait stopped heartbeats and
+        // append replies too, so followers stood for election under load.
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let (applied, stats) = (self.applied.clone(), self.stats.clone());
+        tokio::task::spawn_blocking(move || apply_entries(&applied, &stats, entries))
+            .await
+            .map_err(|e| write_err(std::io::Error::other(format!("applying entries: {e}"))))?
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

@@ -51,6 +51,7 @@ use berth_proto::pb::cluster::{
 use berth_proto::pki::Role;
 use berth_tests::{client, keys, spec, wait_for, Cluster};
 use clap::Parser;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use prost::Message as _;
 use tonic::transport::Channel;
 
@@ -102,6 +103,10 @@ struct Args {
     /// before resumption does when its server goes
     #[arg(long)]
     no_resume: bool,
+    /// Services being created at once (1: one after the other, as one
+    /// script does; more, as several users or a stack deploy do)
+    #[arg(long, default_value = "1")]
+    creates_at_once: usize,
 }
 
 /// One simulated node as the scenarios steer and see it.
@@ -545,14 +550,32 @@ async fn main() -> Result<()> {
     let mut left = args.tasks;
     let started = Instant::now();
     let mut k = 0;
+    let (mut creating, mut took) = (FuturesUnordered::new(), Vec::new());
     while left > 0 {
         let replicas = left.min(per);
         let mut s = spec(&format!("sim{k}"));
         s.replicas = replicas as i64;
-        create(&addrs, k, s).await?;
+        if creating.len() >= args.creates_at_once.max(1) {
+            took.push(creating.next().await.context("no create under way")??);
+        }
+        let addrs = &addrs;
+        creating.push(async move {
+            let at = Instant::now();
+            create(addrs, k, s).await.map(|()| at.elapsed().as_millis() as u32)
+        });
         left -= replicas;
         k += 1;
     }
+    while let Some(done) = creating.next().await {
+        took.push(done?);
+    }
+    took.sort_unstable();
+    println!(
+        "  created in {:.1} s, each answered in {:.2} s (median), {:.2} s (max)",
+        started.elapsed().as_secs_f64(),
+        percentile(&took, 0.5),
+        percentile(&took, 1.0)
+    );
     let total = args.tasks as u64;
     let mut last_print = Instant::now();
     wait_for(Duration::from_secs(3600), "every task running", async || {
