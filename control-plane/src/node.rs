@@ -37,6 +37,21 @@ const RETRY: Duration = Duration::from_millis(50);
 /// A learner within this many entries of the leader is close enough to vote.
 const CAUGHT_UP: u64 = 200;
 
+/// Whether a server that reads commands up to level `reads` may join: a
+/// learner is sent the log as it is, and entries of a level it cannot read
+/// (`state::READS`) would stop it for good. (So going back a release is
+/// not possible once the log holds the newer commands.)
+fn may_join(addr: &str, reads: u32) -> Result<(), OpError> {
+    match reads >= crate::state::READS {
+        true => Ok(()),
+        false => Err(OpError::FailedPrecondition(format!(
+            "the server at {addr} runs an older release than this cluster's leader (it reads commands up to level \
+             {reads}, the leader {} and may write them): start it with the leader's release, then join it",
+            crate::state::READS
+        ))),
+    }
+}
+
 /// Work that only the leader may do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum LeaderOp {
@@ -47,9 +62,13 @@ pub enum LeaderOp {
     /// leader's own decisions (`Node::write_as_leader`).
     Propose(Vec<Command>),
     Read(Query),
-    /// Admit a server at this address as a learner.
+    /// Admit a server at this address as a learner, if it reads what
+    /// this cluster writes (`reads`: its `state::READS`; a release before
+    /// the field sends none, 0).
     Join {
         addr: String,
+        #[serde(default)]
+        reads: u32,
     },
     /// Make a caught-up learner a voter.
     Promote {
@@ -335,7 +354,7 @@ impl Node {
                 Ok(()) => Step::Done(self.renew(name, role, csr).map(LeaderReply::Admitted)),
                 Err(step) => step,
             },
-            LeaderOp::Join { addr } => self.join(addr).await,
+            LeaderOp::Join { addr, reads } => self.join(addr, *reads).await,
             LeaderOp::Promote { id } => self.promote(*id).await,
             LeaderOp::Remove { id } => self.remove(*id).await,
             LeaderOp::Heartbeat { node, lease } => self.heartbeat(node, *lease),
@@ -432,9 +451,12 @@ impl Node {
         }
     }
 
-    async fn join(&self, addr: &str) -> Step {
+    async fn join(&self, addr: &str, reads: u32) -> Step {
         if self.metrics().current_leader != Some(self.id) {
             return Step::NotLeader;
+        }
+        if let Err(e) = may_join(addr, reads) {
+            return Step::Done(Err(e));
         }
         let _guard = self.join_lock.lock().await;
         let membership = self.metrics().membership_config.clone();
@@ -568,5 +590,24 @@ fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -
             Step::Done(Err(OpError::FailedPrecondition(e.to_string())))
         }
         e => fatal(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_server_that_cannot_read_the_log_may_not_join() {
+        assert!(may_join("198.18.0.4:7000", crate::state::READS).is_ok());
+        let Err(OpError::FailedPrecondition(why)) = may_join("198.18.0.4:7000", crate::state::READS - 1) else {
+            panic!("an older server joined")
+        };
+        assert!(why.contains("198.18.0.4:7000") && why.contains("older release"), "{why}");
+        // A joiner of the release before the field says nothing: level 0.
+        let old: LeaderOp = serde_json::from_str(r#"{"Join":{"addr":"198.18.0.4:7000"}}"#).unwrap();
+        assert_eq!(old, LeaderOp::Join { addr: "198.18.0.4:7000".into(), reads: 0 });
     }
 }

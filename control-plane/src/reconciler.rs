@@ -4,13 +4,14 @@
 //!
 //! ```text
 //! tasks on down/drained nodes, of removed services ─▶ Shutdown
-//! each slot 1..=replicas without a live task       ─▶ Create (next generation)
+//! each slot 1..=replicas without a live task       ─▶ New (next generation, with its node)
 //!   (global: a slot per eligible node, the task pinned to it)
 //! slots above replicas (global: of nodes no longer eligible) ─▶ Shutdown
 //! slots whose task runs an old spec, as the rollout
-//! allows (see [`rollout`])                         ─▶ start-first: Create its successor, the
+//! allows (see [`rollout`])                         ─▶ start-first: New successor, the
 //!                                                     old one stops once it serves;
-//!                                                     stop-first: Shutdown, then Create
+//!                                                     stop-first: Shutdown, then New
+//! one replica moved to even out a calm service     ─▶ Create (its old task's spec), Assign
 //! a rollout whose new tasks failed                 ─▶ rollback | pause (RolloutChange)
 //! live tasks not placed                            ─▶ scheduler ─▶ Assign | Unplaced
 //! stopped tasks, or ones on nodes that are gone    ─▶ Remove

@@ -400,7 +400,10 @@ async fn try_join(peers: &Peers, via: &str, advertise: &str) -> Result<Option<No
     let Some(leader) = status.members.iter().find(|m| Some(m.id) == status.leader_id) else {
         return Ok(None);
     };
-    let reply = peers.raft(&leader.address)?.forward(encode(&LeaderOp::Join { addr: advertise.to_string() })?).await?;
+    let reply = peers
+        .raft(&leader.address)?
+        .forward(encode(&LeaderOp::Join { addr: advertise.to_string(), reads: crate::state::READS })?)
+        .await?;
     match decode::<Step>(reply.get_ref())? {
         Step::Done(Ok(LeaderReply::Joined { id })) => Ok(Some(id)),
         Step::Done(Ok(other)) => bail!("unexpected join reply {other:?}"),

@@ -261,8 +261,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let incoming = decode_snapshot(meta, &data)?;
         self.save_snapshot(meta, &data).await?;
-        *self.applied.write().map_err(|_| lock_err())? = incoming;
-        Ok(())
+        // Off Raft's runtime, as an apply (see `apply`).
+        let applied = self.applied.clone();
+        tokio::task::spawn_blocking(move || write_politely(&applied).map(|mut a| *a = incoming))
+            .await
+            .map_err(|e| write_err(std::io::Error::other(format!("installing a snapshot: {e}"))))?
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {

@@ -653,12 +653,12 @@ async fn main() -> Result<()> {
     // 5. Away and back: a tenth of the nodes cut off, then back.
     let away = &slots[..(slots.len() / 10).max(1)];
     let moved: u64 = away.iter().map(|s| s.held.load(Ordering::Relaxed)).sum();
-    // The cluster's count, not the nodes' sum: a report whose answer was
-    // lost (a timeout) leaves a node counting a task the cluster replaced,
-    // and the wait below never ended (what looked like a leader that wrote
-    // nothing for minutes).
-    let f = figures(&mut cluster).await.context("the cluster's figures")?;
-    let running_before = f.tasks.get("running").copied().unwrap_or(0) as i64;
+    // Every task the services ask for (the probe's two too), as the cluster
+    // counts them: neither the nodes' sum (a report whose answer was lost
+    // leaves a node counting a task the cluster replaced) nor the cluster's
+    // running count before (a replaced task not yet forgotten counts there
+    // for a moment) is a target that is sure to be reached.
+    let want = total + 2;
     let started = Instant::now();
     for s in away {
         s.away.store(true, Ordering::Relaxed);
@@ -670,19 +670,25 @@ async fn main() -> Result<()> {
     })
     .await?;
     let down_s = started.elapsed().as_secs_f64();
-    // Every task running before reported running again by a node still
-    // here (what the cluster did, not what the away nodes held: a node
-    // taken for down meanwhile and back moves its tasks too).
+    // Then every task running again and none waiting (a node taken for
+    // down meanwhile and back moves its tasks too).
     let staying = &slots[away.len()..];
     let mut said = Instant::now();
     wait_for(Duration::from_secs(600), "the away nodes' tasks running elsewhere", async || {
-        let here = staying.iter().map(|s| s.running.load(Ordering::Relaxed)).sum::<i64>();
+        let f = figures(&mut cluster).await?;
+        let count = |state: &str| f.tasks.get(state).copied().unwrap_or(0);
         if said.elapsed() > Duration::from_secs(10) {
-            let held: u64 = staying.iter().map(|s| s.held.load(Ordering::Relaxed)).sum();
-            println!("  {here} of {running_before} running on the nodes still here ({held} held)");
+            let here = staying.iter().map(|s| s.running.load(Ordering::Relaxed)).sum::<i64>();
+            println!(
+                "  {} of {want} running ({here} reported by the nodes still here), {:?}",
+                count("running"),
+                f.tasks
+            );
             said = Instant::now();
         }
-        (here >= running_before).then_some(())
+        // (More than wanted for a moment: the away nodes' tasks until they are forgotten.)
+        let settled = count("pending") == 0 && count("assigned") == 0 && count("running") >= want;
+        (settled && f.nodes.get("down").copied() == Some(down)).then_some(())
     })
     .await?;
     let moved_s = started.elapsed().as_secs_f64();
