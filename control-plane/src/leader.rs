@@ -48,22 +48,35 @@ pub async fn run(node: Arc<Node>, levels: Levels) {
     let mut warned = false;
     let mut rest = GAP;
     let mut led_term = None;
+    // How many silent nodes liveness held ready at the last look (see `liveness`).
+    let mut was_held = 0;
     let level = Arc::new(AtomicU32::new(0));
     tokio::spawn(follow_level(node.clone(), levels, level.clone()));
     loop {
         tokio::time::sleep(rest).await;
         node.applied_after(seen, PERIOD).await;
         seen = node.metrics().last_applied;
-        let Some(transitions) = node.with_liveness(|l| match node.applied.read() {
+        let Some((transitions, held)) = node.with_liveness(|l| match node.applied.read() {
             Ok(applied) => {
                 l.retain(&applied.state.nodes);
                 l.transitions(&applied.state.nodes, std::time::Instant::now())
             }
-            Err(_) => Vec::new(),
+            Err(_) => (Vec::new(), 0),
         }) else {
             at_rest = None;
             continue;
         };
+        if (held > 0) != (was_held > 0) {
+            match held {
+                0 => info!(was_held, "the silent nodes are fewer than half now; their status follows liveness again"),
+                _ => warn!(
+                    held,
+                    "more than half the nodes are silent at once: holding them ready (this server is more likely \
+                     behind than they are gone; see liveness)"
+                ),
+            }
+            was_held = held;
+        }
         // Once per term: a leader whose log lacks this line never acted as
         // one (see bench/results/scale.md, a leader that wrote nothing).
         let term = node.metrics().current_term;

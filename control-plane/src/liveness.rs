@@ -4,6 +4,18 @@
 //!
 //! A new leader has heard no one yet, so it waits a full timeout from its
 //! own start before calling any node down.
+//!
+//! Nor does it call most of the cluster down at once. When at least `MASS`
+//! nodes are silent in one look and, with the nodes already down, they are
+//! more than half of all nodes, the leader is more likely behind (its
+//! runtimes starved, its own link cut) than most of its nodes gone, and
+//! moving all their tasks onto the rest would bury those too. It holds
+//! them ready, and says so, until fewer are silent: Kubernetes likewise
+//! stops evicting when a whole zone turns unhealthy at once. (Seen with
+//! 1000 simulated nodes on 2 cores and services created eight at a time:
+//! the leader took 3,389 nodes down in waves, and every task was placed
+//! again.) Small clusters are never held: two of three nodes gone is not
+//! a crowd, and their tasks move.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -11,6 +23,9 @@ use std::time::{Duration, Instant};
 use berth_proto::model::{Node, NodeStatus};
 
 use crate::state::Command;
+
+/// The fewest nodes silent at once that may be a crowd (see the module doc).
+pub const MASS: usize = 10;
 
 #[derive(Debug)]
 pub struct Liveness {
@@ -40,22 +55,27 @@ impl Liveness {
     }
 
     /// Status changes to commit: ready nodes not heard from within the
-    /// timeout (counted from this leader's start at the earliest) go down;
-    /// down nodes heard from again come back.
-    pub fn transitions(&self, nodes: &BTreeMap<String, Node>, now: Instant) -> Vec<Command> {
+    /// timeout (counted from this leader's start at the earliest) go down,
+    /// unless they are a crowd (see the module doc); down nodes heard from
+    /// again come back. Also how many silent nodes are held ready.
+    pub fn transitions(&self, nodes: &BTreeMap<String, Node>, now: Instant) -> (Vec<Command>, usize) {
         let settled = now.saturating_duration_since(self.since) >= self.timeout;
-        nodes
+        let silent = nodes.values().filter(|n| n.status == NodeStatus::Ready && !self.alive(&n.id, now)).count();
+        let already = nodes.values().filter(|n| n.status == NodeStatus::Down).count();
+        let crowd = silent >= MASS && (silent + already) * 2 > nodes.len();
+        let commands = nodes
             .values()
             .filter_map(|n| {
                 let alive = self.alive(&n.id, now);
                 let status = match n.status {
-                    NodeStatus::Ready if !alive && settled => NodeStatus::Down,
+                    NodeStatus::Ready if !alive && settled && !crowd => NodeStatus::Down,
                     NodeStatus::Down if alive => NodeStatus::Ready,
                     _ => return None,
                 };
                 Some(Command::SetNodeStatus { id: n.id.clone(), status })
             })
-            .collect()
+            .collect();
+        (commands, if crowd && settled { silent } else { 0 })
     }
 
     /// Forgets nodes that left the cluster.
@@ -91,7 +111,7 @@ mod tests {
             .collect()
     }
 
-    fn ids(cmds: &[Command]) -> Vec<(String, NodeStatus)> {
+    fn ids((cmds, _held): (Vec<Command>, usize)) -> Vec<(String, NodeStatus)> {
         cmds.iter()
             .map(|c| match c {
                 Command::SetNodeStatus { id, status } => (id.clone(), *status),
@@ -106,21 +126,57 @@ mod tests {
         let s = |secs: u64| t0 + Duration::from_secs(secs);
         let mut live = Liveness::new(Duration::from_secs(5), t0);
         let mut all = nodes(&[("a", NodeStatus::Ready), ("b", NodeStatus::Ready)]);
-        assert!(live.transitions(&all, s(4)).is_empty(), "a new leader waits a full timeout");
+        assert!(live.transitions(&all, s(4)).0.is_empty(), "a new leader waits a full timeout");
         live.heartbeat("a", s(3));
-        assert_eq!(ids(&live.transitions(&all, s(5))), [("b".into(), NodeStatus::Down)]);
-        assert_eq!(
-            ids(&live.transitions(&all, s(8))),
-            [("a".into(), NodeStatus::Down), ("b".into(), NodeStatus::Down)]
-        );
+        assert_eq!(ids(live.transitions(&all, s(5))), [("b".into(), NodeStatus::Down)]);
+        assert_eq!(ids(live.transitions(&all, s(8))), [("a".into(), NodeStatus::Down), ("b".into(), NodeStatus::Down)]);
         all.get_mut("a").unwrap().status = NodeStatus::Down;
         live.heartbeat("a", s(9));
         assert_eq!(
-            ids(&live.transitions(&all, s(10))),
+            ids(live.transitions(&all, s(10))),
             [("a".into(), NodeStatus::Ready), ("b".into(), NodeStatus::Down)]
         );
         all.remove("b");
         live.retain(&all);
         assert!(!live.alive("b", s(10)));
+    }
+
+    #[test]
+    fn a_crowd_falling_silent_at_once_is_held_ready_and_a_few_are_not() {
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut live = Liveness::new(Duration::from_secs(5), t0);
+        let names: Vec<String> = (0..20).map(|i| format!("n{i:02}")).collect();
+        let mut all = nodes(&names.iter().map(|n| (n.as_str(), NodeStatus::Ready)).collect::<Vec<_>>());
+        // Nine stay, eleven fall silent: more than half, and a crowd.
+        for n in &names[..9] {
+            live.heartbeat(n, s(6));
+        }
+        let (cmds, held) = live.transitions(&all, s(7));
+        assert_eq!((cmds.len(), held), (0, 11), "{cmds:?}");
+        // Four of them beat again: seven silent, no longer a crowd; they go down.
+        for n in &names[9..13] {
+            live.heartbeat(n, s(7));
+        }
+        let (cmds, held) = live.transitions(&all, s(8));
+        assert_eq!(held, 0);
+        assert_eq!(cmds.len(), 7);
+        // Seven down already: ten more silent would make seventeen of twenty.
+        for n in &names[13..] {
+            all.get_mut(n).unwrap().status = NodeStatus::Down;
+        }
+        for n in &names[..3] {
+            live.heartbeat(n, s(20));
+        }
+        let (cmds, held) = live.transitions(&all, s(21));
+        assert_eq!((cmds.len(), held), (0, 10));
+        // A small cluster is never held: two of three silent go down.
+        let small = nodes(&[("a", NodeStatus::Ready), ("b", NodeStatus::Ready), ("c", NodeStatus::Ready)]);
+        let mut live = Liveness::new(Duration::from_secs(5), t0);
+        live.heartbeat("a", s(6));
+        assert_eq!(
+            ids(live.transitions(&small, s(7))),
+            [("b".into(), NodeStatus::Down), ("c".into(), NodeStatus::Down)]
+        );
     }
 }
