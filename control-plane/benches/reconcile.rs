@@ -14,8 +14,7 @@
 use berth_control_plane::reconciler::reconcile;
 use berth_control_plane::state::{apply, Command, Proposal, State, TaskChange};
 use berth_proto::model::{
-    Availability, Mode, NetworkConfig, Node, NodeStatus, Resources, RestartPolicy, ServiceSpec, TaskReport, TaskState,
-    UpdateConfig,
+    Availability, NetworkConfig, Node, NodeStatus, Resources, ServiceSpec, TaskReport, TaskState,
 };
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 
@@ -23,26 +22,15 @@ const NODES: usize = 1000;
 const SERVICES: usize = 100;
 const REPLICAS: u32 = 1000;
 
+/// A service as berth-sim asks for it, through the API's own conversion.
 fn service(k: usize) -> ServiceSpec {
-    ServiceSpec {
+    let spec = berth_proto::pb::cluster::ServiceSpec {
         name: format!("sim{k}"),
         image: "busybox:1.36".into(),
-        command: vec![],
-        env: Default::default(),
-        replicas: REPLICAS,
-        resources: Default::default(),
-        ports: vec![],
-        restart: RestartPolicy::Always,
-        constraints: vec![],
-        pids_limit: None,
-        seccomp: Default::default(),
-        userns: Default::default(),
-        overrides: Default::default(),
-        update_config: UpdateConfig::UPDATE,
-        rollback_config: UpdateConfig::ROLLBACK,
-        mode: Mode::Replicated,
-        placement: Default::default(),
-    }
+        replicas: i64::from(REPLICAS),
+        ..Default::default()
+    };
+    berth_proto::convert::spec_from_request(Some(spec)).expect("a valid spec")
 }
 
 /// Reconciles and applies until nothing changes, then reports every placed task running.
