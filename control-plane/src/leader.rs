@@ -50,8 +50,8 @@ pub async fn run(node: Arc<Node>, levels: Levels) {
     let mut led_term = None;
     // How many silent nodes liveness held ready at the last look (see `liveness`).
     let mut was_held = 0;
-    let level = Arc::new(AtomicU32::new(0));
-    tokio::spawn(follow_level(node.clone(), levels, level.clone()));
+    let cluster_level = Arc::new(AtomicU32::new(0));
+    tokio::spawn(follow_level(node.clone(), levels, cluster_level.clone()));
     loop {
         tokio::time::sleep(rest).await;
         node.applied_after(seen, PERIOD).await;
@@ -109,7 +109,7 @@ pub async fn run(node: Arc<Node>, levels: Levels) {
                 warn!("recording node status changes: {e}");
             }
         }
-        let level = level.load(Ordering::Relaxed);
+        let level = cluster_level.load(Ordering::Relaxed);
         let started = std::time::Instant::now();
         let now = now_ms();
         let due = wake_at.is_some_and(|at| now >= at);
