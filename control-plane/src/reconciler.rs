@@ -112,9 +112,10 @@ pub fn reconcile(state: &State, now: u64) -> Reconciled {
         let (mut new_tasks, mut in_flight, mut outdated) = (Vec::new(), 0, BTreeMap::new());
         let monitor = service.spec.update_config.monitor_ms;
         let wanted = wanted_slots(state, service, &slots);
-        let make = |slot: u32| Task {
-            pin: wanted.get(&slot).cloned().flatten(),
-            ..Task::new(name, slot, next(slot), current, TaskSpec::from(&service.spec))
+        let make = |slot: u32| {
+            let pin = wanted.get(&slot).cloned().flatten();
+            NewTask { service: name.clone(), slot, generation: next(slot), version: current, pin, node: None }
+                .made_for(service)
         };
         for &slot in wanted.keys() {
             let Some((newest, older)) = slots.get(&slot).and_then(|tasks| tasks.split_last()) else {

@@ -304,10 +304,15 @@ impl NewTask {
     /// version's spec.
     pub fn task(&self, state: &State) -> Option<Task> {
         let service = state.services.get(&self.service)?;
-        (state.template(service) == self.version).then(|| Task {
-            pin: self.pin.clone(),
-            ..Task::new(&self.service, self.slot, self.generation, self.version, TaskSpec::from(&service.spec))
-        })
+        (state.template(service) == self.version).then(|| self.made_for(service))
+    }
+
+    /// The task it makes of `service`'s spec as it is (its template version
+    /// checked by the caller): the one function both the reconciler, which
+    /// schedules it, and `apply`, which makes it, use.
+    pub fn made_for(&self, service: &Service) -> Task {
+        let spec = TaskSpec::from(&service.spec);
+        Task { pin: self.pin.clone(), ..Task::new(&self.service, self.slot, self.generation, self.version, spec) }
     }
 }
 
