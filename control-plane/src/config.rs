@@ -39,6 +39,22 @@ pub struct Args {
     /// Join the cluster that the server at this address belongs to
     #[arg(long, env = "BERTH_JOIN")]
     pub join: Option<String>,
+    /// With --bootstrap: start the new cluster from this backup
+    /// (`berthctl cluster backup FILE`) instead of from nothing
+    #[arg(long, env = "BERTH_RESTORE", requires = "bootstrap")]
+    #[serde(skip)]
+    pub restore: Option<PathBuf>,
+    /// With --restore: a file holding the cluster's unlock key, for a
+    /// backup taken while autolock was on
+    #[arg(long, env = "BERTH_UNLOCK_KEY_FILE", requires = "restore")]
+    #[serde(skip)]
+    pub unlock_key_file: Option<PathBuf>,
+    /// When a majority of the servers is lost for good: make this server,
+    /// with all it holds, the only member of a cluster of its own, which
+    /// other servers then join. Once only: remove it after this start
+    #[arg(long, env = "BERTH_FORCE_NEW_CLUSTER", conflicts_with_all = ["bootstrap", "join"])]
+    #[serde(skip)]
+    pub force_new_cluster: bool,
     /// The server join token for --join (`berthctl cluster join-token server`)
     #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -113,6 +129,9 @@ pub struct Config {
     pub bootstrap: bool,
     pub join: Option<String>,
     pub token: Option<String>,
+    pub restore: Option<PathBuf>,
+    pub unlock_key_file: Option<PathBuf>,
+    pub force_new_cluster: bool,
     pub cert_validity: Duration,
     pub heartbeat: Duration,
     pub election_timeout: Duration,
@@ -155,6 +174,9 @@ impl Args {
             bootstrap: self.bootstrap || file.bootstrap,
             join: self.join.or(file.join),
             token: self.token.or(file.token),
+            restore: self.restore,
+            unlock_key_file: self.unlock_key_file,
+            force_new_cluster: self.force_new_cluster,
             cert_validity: validity(self.cert_validity.or(file.cert_validity).as_deref().unwrap_or("90d"))?,
             heartbeat: ms(self.heartbeat_ms, file.heartbeat_ms, 100),
             election_timeout: ms(self.election_timeout_ms, file.election_timeout_ms, 300),
@@ -184,6 +206,12 @@ impl Args {
         }
         if cfg.bootstrap && cfg.join.is_some() {
             bail!("--bootstrap and --join exclude each other: bootstrap the first server, join the others");
+        }
+        if cfg.restore.is_some() && !cfg.bootstrap {
+            bail!("--restore starts a new cluster: give --bootstrap with it");
+        }
+        if cfg.force_new_cluster && (cfg.bootstrap || cfg.join.is_some()) {
+            bail!("--force-new-cluster keeps this server's state: it excludes --bootstrap and --join");
         }
         if cfg.heartbeat.is_zero() || cfg.election_timeout <= cfg.heartbeat * 2 {
             bail!(
@@ -373,6 +401,20 @@ mod tests {
         for bad in ["", "90", "d", "30s", "1y", "-1d", "99999999999999999999d"] {
             assert!(validity(bad).unwrap_err().to_string().contains("--cert-validity"), "{bad}");
         }
+    }
+
+    #[test]
+    fn restore_needs_bootstrap_and_forcing_keeps_state() {
+        let e = Args::try_parse_from(["berth-server", "--data-dir", "/x", "--restore", "b.bak"]).unwrap_err();
+        assert!(e.to_string().contains("--bootstrap"), "{e}");
+        let ok = Args::parse_from(["berth-server", "--data-dir", "/x", "--restore", "b.bak", "--bootstrap"]).resolve();
+        assert_eq!(ok.unwrap().restore, Some(PathBuf::from("b.bak")));
+        for other in [&["--bootstrap"][..], &["--join", "198.18.0.1:7400"]] {
+            let args = [&["berth-server", "--data-dir", "/x", "--force-new-cluster"][..], other].concat();
+            assert!(Args::try_parse_from(args).is_err(), "{other:?}");
+        }
+        let e = Args::try_parse_from(["berth-server", "--data-dir", "/x", "--unlock-key-file", "k"]).unwrap_err();
+        assert!(e.to_string().contains("--restore"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod autolock;
+pub mod backup;
 pub mod batcher;
 pub mod beats;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod network;
 pub mod node;
 pub mod publish;
 pub mod reconciler;
+pub mod recovery;
 pub mod rotation;
 pub mod scheduler;
 pub mod secrets;

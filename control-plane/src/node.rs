@@ -366,6 +366,17 @@ impl Node {
         self.metrics().membership_config.membership().nodes().map(|(id, _)| *id).collect()
     }
 
+    /// Confirms that this server leads and has applied every entry it
+    /// committed: its state holds every write acknowledged before the call.
+    pub async fn confirm_leading(&self) -> Result<(), OpError> {
+        match self.linearizable().await {
+            Ok(()) => Ok(()),
+            Err(Step::NotLeader) => Err(OpError::Unavailable("this server no longer leads; try again".into())),
+            Err(Step::Retry(why)) => Err(OpError::Unavailable(why)),
+            Err(Step::Done(r)) => r.map(|_| ()),
+        }
+    }
+
     /// Waits until this leader's applied state is as fresh as any read may see.
     async fn linearizable(&self) -> Result<(), Step> {
         match self.raft.ensure_linearizable().await {

@@ -6,6 +6,10 @@
 //! The identity is saved before Raft starts, so any later start needs only
 //! the data dir, and an unfinished promotion is resumed.
 //!
+//! A server may also start from a backup (`--restore`) or, having lost
+//! its majority for good, as a cluster of its own (`--force-new-cluster`):
+//! see `recovery`.
+//!
 //! Trust comes first: bootstrap makes the cluster's root, this server's
 //! certificate and the first admin's credential (`DATA_DIR/admin.conf`),
 //! and writes the replicated part as the cluster's first command; a
@@ -60,7 +64,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let saved = Identity::load(&cfg.data_dir)?;
     let (listen, advertise) = cfg.addresses(saved.as_ref())?;
     let mut listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let (identity, creds) = match saved {
+    let (mut identity, creds) = match saved {
+        Some(i) if cfg.restore.is_some() => bail!(
+            "{} already holds server {}: --restore makes a new cluster in a new, empty data dir",
+            cfg.data_dir.display(),
+            i.id
+        ),
         Some(i) => {
             if cfg.bootstrap || cfg.join.is_some() {
                 info!(id = i.id, "data dir already holds server {}; --bootstrap/--join ignored", i.id);
@@ -75,7 +84,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             })?;
             (i, creds)
         }
-        None => first_start(&cfg, listen, &advertise).await?,
+        None if cfg.force_new_cluster => bail!(
+            "--force-new-cluster keeps a surviving server's state, and {} holds none: give that server's data dir",
+            cfg.data_dir.display()
+        ),
+        None => match &cfg.restore {
+            Some(file) => crate::recovery::restore(&cfg, file, listen, &advertise).await?,
+            None => first_start(&cfg, listen, &advertise).await?,
+        },
     };
     let tls = Tls::new(&creds)?;
     let peers = Peers::new(&tls);
@@ -96,6 +112,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         None
     };
     let (mut log, mut sm) = store::open(&cfg.data_dir, unlock.as_ref())?;
+    if cfg.force_new_cluster {
+        crate::recovery::force_new_cluster(&cfg.data_dir, &mut identity, &log, &sm).await?;
+    }
     let stats = crate::stats::Stats::default();
     sm.count_in(&stats);
     let sealer = sm.sealer();

@@ -412,6 +412,10 @@ pub enum ClusterCmd {
     },
     /// Give restarted, locked servers the unlock key, read from stdin
     Unlock,
+    /// Save the cluster's replicated state to FILE (owner-only; it holds the
+    /// root key). `berth-server --restore FILE --bootstrap` starts a new
+    /// cluster from it
+    Backup { file: std::path::PathBuf },
 }
 
 #[derive(Debug, Subcommand)]

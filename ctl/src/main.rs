@@ -1,6 +1,7 @@
 //! berthctl: declare services and look at the cluster.
 
 mod access;
+mod backup;
 mod ca;
 mod cli;
 mod client;
@@ -429,6 +430,7 @@ async fn run(cli: Cli) -> Result<String> {
         Command::Cluster(ClusterCmd::Unlock) => {
             lock::unlock(servers, Duration::from_secs_f64(cli.timeout), &context.credentials()).await
         }
+        Command::Cluster(ClusterCmd::Backup { file }) => backup::backup(&client, &file).await,
         Command::Cluster(ClusterCmd::Remove { id }) => {
             client.call("remove server", async |mut c| c.remove_member(pb::RemoveMemberRequest { id }).await).await?;
             Ok(format!("server {id} removed from the cluster\n"))

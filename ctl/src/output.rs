@@ -426,6 +426,7 @@ pub fn cluster_status(s: &pb::ClusterStatusReply, format: Format) -> String {
             "last_log_index": s.last_log_index,
             "snapshot_index": s.snapshot_index,
             "members": members,
+            "warnings": voter_warnings(s),
             "figures": s.figures.as_ref().map(|f| json!({
                 "services": f.services,
                 "tasks": f.tasks.iter().collect::<BTreeMap<_, _>>(),
@@ -454,9 +455,32 @@ pub fn cluster_status(s: &pb::ClusterStatusReply, format: Format) -> String {
         .map(|m| vec![m.id.to_string(), m.address.clone(), m.role.clone(), opt(m.matched_index)])
         .collect();
     out.push_str(&table(&["ID", "ADDRESS", "ROLE", "MATCHED"], &rows));
+    for w in voter_warnings(s) {
+        out.push_str(&format!("\nWARNING: {w}\n"));
+    }
     if let Some(f) = &s.figures {
         out.push('\n');
         out.push_str(&figures(f, s.answered_by));
+    }
+    out
+}
+
+/// What is wrong with the number of voters: fewer than three survive no
+/// loss, and an even number survives no more losses than one fewer does.
+fn voter_warnings(s: &pb::ClusterStatusReply) -> Vec<String> {
+    let voters = s.members.iter().filter(|m| m.role != "learner").count();
+    let mut out = Vec::new();
+    if voters < 3 {
+        out.push(format!(
+            "{voters} voting server{}: losing one stops the cluster; run three or five (`berthctl cluster join-token server`)",
+            if voters == 1 { "" } else { "s" }
+        ));
+    } else if voters % 2 == 0 {
+        out.push(format!(
+            "{voters} voting servers: an even number tolerates no more failures than {} do, and needs one more for \
+             every write; add or remove one",
+            voters - 1
+        ));
     }
     out
 }
@@ -526,6 +550,31 @@ mod tests {
         let json: Value = serde_json::from_str(&cluster_status(&s, Format::Json)).unwrap();
         assert_eq!(json["figures"]["tasks"]["running"], 5);
         assert_eq!(json["figures"]["watch_streams"], 3);
+    }
+
+    #[test]
+    fn cluster_status_warns_of_too_few_or_an_even_number_of_voters() {
+        let member = |id: u64, role: &str| pb::Member { id, role: role.into(), ..Default::default() };
+        let with = |roles: &[&str]| pb::ClusterStatusReply {
+            members: roles.iter().enumerate().map(|(i, r)| member(i as u64 + 1, r)).collect(),
+            ..Default::default()
+        };
+        let one = cluster_status(&with(&["leader"]), Format::Table);
+        assert!(one.contains("WARNING: 1 voting server: losing one stops the cluster"), "{one}");
+        let learner = cluster_status(&with(&["leader", "follower", "learner"]), Format::Table);
+        assert!(learner.contains("WARNING: 2 voting servers"), "a learner does not vote: {learner}");
+        let four = cluster_status(&with(&["leader", "follower", "follower", "follower"]), Format::Table);
+        assert!(four.contains("WARNING: 4 voting servers: an even number tolerates no more failures than 3"), "{four}");
+        for fine in
+            [&["leader", "follower", "follower"][..], &["leader", "follower", "follower", "follower", "follower"]]
+        {
+            let out = cluster_status(&with(fine), Format::Table);
+            assert!(!out.contains("WARNING"), "{out}");
+            let json: Value = serde_json::from_str(&cluster_status(&with(fine), Format::Json)).unwrap();
+            assert_eq!(json["warnings"], serde_json::json!([]));
+        }
+        let json: Value = serde_json::from_str(&cluster_status(&with(&["leader", "follower"]), Format::Json)).unwrap();
+        assert!(json["warnings"][0].as_str().unwrap().starts_with("2 voting servers"));
     }
 
     #[test]

@@ -154,6 +154,15 @@ impl Server {
         self.spawn(&[])
     }
 
+    /// Restarts a stopped server with its data dir and settings, and `once`
+    /// for this start only (`--force-new-cluster`).
+    pub fn restart_with(&mut self, once: &[&str]) -> Result<()> {
+        if self.is_running() {
+            bail!("server {} is still running", self.addr);
+        }
+        self.spawn(&once.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.process.is_running()
     }
@@ -252,6 +261,23 @@ impl Cluster {
     /// Starts one more server: the bootstrap one, or one joining through server 0.
     pub fn add_server(&mut self, bootstrap: bool, extra: &[&str]) -> Result<usize> {
         self.add_server_at(bootstrap, extra, format!("127.0.0.1:{}", free_port()), None)
+    }
+
+    /// Starts one more server at `addr` (one of a stopped server, say) with
+    /// a new data dir and these first-start flags (`--restore F --bootstrap`).
+    pub fn add_server_with(&mut self, addr: &str, first_start: &[&str], extra: &[&str]) -> Result<usize> {
+        let i = self.servers.len();
+        let mut server = Server {
+            addr: addr.to_owned(),
+            data_dir: self.server_dir(i),
+            settings: extra.iter().map(|s| s.to_string()).collect(),
+            process: Process::new(self.dir.path().join(format!("server-{i}.log"))),
+            netns: None,
+        };
+        let args: Vec<String> = ["--listen", addr].iter().chain(first_start).map(|s| s.to_string()).collect();
+        server.spawn(&args)?;
+        self.servers.push(server);
+        Ok(i)
     }
 
     fn add_server_at(&mut self, bootstrap: bool, extra: &[&str], addr: String, netns: Option<String>) -> Result<usize> {

@@ -29,7 +29,7 @@ pub struct ClusterApi {
 }
 
 /// Marks a request that a server passed on, so it is not passed on again.
-const FORWARDED: &str = "berth-forwarded";
+pub(super) const FORWARDED: &str = "berth-forwarded";
 
 fn invalid(e: InvalidField) -> Status {
     Status::invalid_argument(format!("invalid service spec: {e}"))
@@ -313,6 +313,14 @@ impl Cluster for ClusterApi {
     async fn autolock(&self, req: Request<AutolockRequest>) -> Result<Response<AutolockReply>, Status> {
         self.allow(&req, Access::Admin, "autolock")?;
         Ok(Response::new(access::autolock(&self.node, req.into_inner()).await?))
+    }
+
+    type BackupStream = super::backup::Chunks;
+
+    async fn backup(&self, req: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        self.allow(&req, Access::Admin, "taking a backup")?;
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        Ok(Response::new(super::backup::backup(&self.node, forwarded).await?))
     }
 
     type ServiceLogsStream = Held<ReceiverStream<Result<LogLines, Status>>>;

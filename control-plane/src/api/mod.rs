@@ -7,6 +7,7 @@
 mod access;
 mod agent;
 mod auth;
+mod backup;
 mod cluster;
 mod files;
 mod levels;

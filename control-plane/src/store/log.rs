@@ -51,6 +51,34 @@ impl LogStore {
         Ok(())
     }
 
+    /// Empties the log up to and past `last` and votes for `id` in a term
+    /// at least `last`'s and the stored vote's: the log of a store that
+    /// starts over from a state (see `recover`), durably.
+    pub(super) async fn start_over(&self, last: LogId, id: NodeId) -> Result<(), StorageError<NodeId>> {
+        let voted = self.get_meta::<Vote<NodeId>>(VOTE)?.map_or(0, |v| v.leader_id.term);
+        self.put_meta(LAST_PURGED, &last)?;
+        self.put_meta(COMMITTED, &Some(last))?;
+        self.put_meta(VOTE, &Vote::new(voted.max(last.leader_id.term), id))?;
+        let mut batch = sled::Batch::default();
+        for kv in self.log.iter() {
+            batch.remove(kv.map_err(read_err)?.0);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        flush(&self.db).await.map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    /// Writes `entries` as `append` does, and flushes: for tests, which
+    /// cannot make openraft's callback.
+    #[cfg(test)]
+    pub(super) fn put(&self, entries: &[Entry]) {
+        for e in entries {
+            let json = serde_json::to_vec(e).expect("an entry encodes");
+            self.log.insert(index_key(e.get_log_id().index), self.sealer.seal(&json)).expect("insert");
+        }
+        self.db.flush().expect("flush");
+    }
+
     /// The flusher: waits for queued appends, fsyncs once for all of them,
     /// then reports each durable, in order.
     fn flusher(&mut self) -> &mpsc::UnboundedSender<LogFlushed<TypeConfig>> {

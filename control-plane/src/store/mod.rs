@@ -20,6 +20,7 @@
 
 pub mod format;
 mod log;
+pub mod recover;
 pub mod seal;
 mod sm;
 pub mod upgrade;
@@ -30,7 +31,7 @@ use std::path::Path;
 use openraft::{BasicNode, StorageError, StorageIOError};
 
 pub use log::LogStore;
-pub use sm::{Applied, StateMachineStore};
+pub use sm::{decode_state, encode_state, Applied, StateMachineStore};
 
 use crate::state::{Proposal, Response};
 

@@ -67,6 +67,17 @@ impl UnlockKey {
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new(&self.0.into())
     }
+
+    /// `plain` sealed with this key (a backup of an autolocked cluster).
+    pub fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        seal_with(&self.cipher(), plain)
+    }
+
+    /// What [`Self::seal`] sealed; None if it was sealed with another key
+    /// or damaged.
+    pub fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        open_with(&self.cipher(), sealed)
+    }
 }
 
 impl std::fmt::Display for UnlockKey {

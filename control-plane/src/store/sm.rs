@@ -70,7 +70,7 @@ fn write_politely(applied: &RwLock<Applied>) -> Result<std::sync::RwLockWriteGua
 }
 
 /// Applies committed entries in order, noting what each touched.
-fn apply_entries(
+pub(super) fn apply_entries(
     applied: &RwLock<Applied>,
     stats: &Stats,
     entries: Vec<Entry>,
@@ -172,6 +172,17 @@ impl StateMachineStore {
         flush(&self.db).await.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         Ok(())
     }
+
+    /// Makes `applied` this store's state and its only snapshot, whatever
+    /// was stored before (see `recover`), durably.
+    pub(super) async fn replace(&self, meta: &SnapshotMeta, applied: Applied) -> Result<(), StorageError<NodeId>> {
+        let data = encode_state(&applied).map_err(write_err)?;
+        self.snap.insert(SNAP_META, serde_json::to_vec(meta).map_err(write_err)?).map_err(write_err)?;
+        self.snap.insert(SNAP_DATA, self.sealer.seal(&data)).map_err(write_err)?;
+        flush(&self.db).await.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        *self.applied.write().map_err(|_| lock_err())? = applied;
+        Ok(())
+    }
 }
 
 /// A snapshot's data: the applied state and the format it is written in.
@@ -182,13 +193,25 @@ struct Marked<'a> {
     applied: &'a Applied,
 }
 
-/// The applied state a snapshot holds, migrated from the format it names;
-/// its position and membership come from the meta.
+/// The applied state as a snapshot's data (and a backup's) holds it: JSON
+/// marked with this build's format.
+pub fn encode_state(applied: &Applied) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&Marked { format: format::FORMAT, applied })
+}
+
+/// The applied state in `data` (see [`encode_state`]), migrated from the
+/// format it names.
+pub fn decode_state(data: &[u8]) -> Result<Applied, String> {
+    let value = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+    let value = format::THIS.migrate_snapshot(value).map_err(|e| e.to_string())?;
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+/// The applied state a snapshot holds; its position and membership come
+/// from the meta.
 fn decode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<Applied, StorageError<NodeId>> {
     let fail = |e: String| StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e));
-    let value = serde_json::from_slice(data).map_err(|e| fail(e.to_string()))?;
-    let value = format::THIS.migrate_snapshot(value).map_err(|e| fail(e.to_string()))?;
-    let mut applied: Applied = serde_json::from_value(value).map_err(|e| fail(e.to_string()))?;
+    let mut applied = decode_state(data).map_err(fail)?;
     applied.last_applied = meta.last_log_id;
     applied.membership = meta.last_membership.clone();
     Ok(applied)
@@ -204,7 +227,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let applied = self.applied.clone();
         let (last_log_id, last_membership, data) = tokio::task::spawn_blocking(move || {
             let copy = applied.read().map_err(|_| lock_err())?.clone();
-            let data = serde_json::to_vec(&Marked { format: format::FORMAT, applied: &copy }).map_err(read_err)?;
+            let data = encode_state(&copy).map_err(read_err)?;
             Ok::<_, StorageError<NodeId>>((copy.last_applied, copy.membership, data))
         })
         .await
