@@ -98,3 +98,33 @@ async fn every_saved_data_dir_loads_and_holds_what_its_release_reported() {
     }
     assert_eq!(format::FORMAT, format::MIGRATIONS.last().map_or(1, |m| m.to));
 }
+
+/// Every backup an earlier release took (`backup.bak` beside its data dir)
+/// decodes in this build, holds the services that release reported, and
+/// restores into a new store whose only member is the restoring server.
+#[tokio::test]
+async fn every_saved_backup_restores_with_what_its_release_reported() {
+    let with_backup: Vec<PathBuf> = fixtures().into_iter().filter(|f| f.join("backup.bak").exists()).collect();
+    assert!(!with_backup.is_empty(), "no fixture holds a backup");
+    for fixture in with_backup {
+        let name = fixture.display().to_string();
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap()).unwrap();
+        let file = std::fs::read(fixture.join("backup.bak")).unwrap();
+        let (header, applied) =
+            berth_control_plane::backup::decode(&file, None).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let services: Vec<Service> = serde_json::from_value(expected["services"].clone()).unwrap();
+        assert_eq!(applied.state.services.values().cloned().collect::<Vec<_>>(), services, "{name}");
+        assert_eq!(Some(&header.cluster), applied.state.trust.as_ref().map(|t| &t.cluster), "{name}");
+
+        let fresh = tempfile::tempdir().unwrap();
+        let (log, sm) = store::open(fresh.path(), None).unwrap();
+        let last = store::recover::reseat(&log, &sm, applied, 1, "198.18.0.1:7400").await.unwrap();
+        assert_eq!(last.index, header.index, "{name}");
+        drop((log, sm));
+        let (_, mut sm) = store::open(fresh.path(), None).unwrap();
+        let (at, membership) = sm.applied_state().await.unwrap();
+        assert_eq!((at, membership.membership().voter_ids().collect::<Vec<_>>()), (Some(last), vec![1]), "{name}");
+        assert_eq!(sm.applied().read().unwrap().state.services.len(), services.len(), "{name}");
+    }
+}

@@ -18,7 +18,9 @@ use berth_tests::{berthctl, wait_for, Cluster};
 
 /// A server's data dir after services were created, changed, scaled and
 /// removed, with a node that joined and tasks it took: a snapshot (every 6
-/// entries) and the log after it. `expected.json` says what it holds.
+/// entries) and the log after it, and a backup of the cluster
+/// (`backup.bak`, from releases that take them). `expected.json` says what
+/// it holds.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "writes tests/fixtures; run by hand for a release"]
 async fn save_a_server_data_dir() -> Result<()> {
@@ -155,6 +157,8 @@ async fn save_a_server_data_dir() -> Result<()> {
     .await?;
     let (ok, services, err) = berthctl(&servers, &["-o", "json", "service", "ls"])?;
     ensure!(ok, "{err}");
+    let backup = cluster.dir.path().join("backup.bak");
+    run(&["cluster", "backup", backup.to_str().unwrap_or_default()])?;
     drop(daemons);
     cluster.servers[0].stop()?;
 
@@ -167,6 +171,7 @@ async fn save_a_server_data_dir() -> Result<()> {
             .status()?;
         ensure!(copied.success(), "copying {file}");
     }
+    std::fs::copy(&backup, out.join("backup.bak"))?;
     let services: serde_json::Value = serde_json::from_str(&services).context("service ls -o json")?;
     let expected = serde_json::json!({
         "services": services,
