@@ -73,6 +73,14 @@ pub enum Command {
     /// Users: who may use the cluster, and with which role
     #[command(subcommand)]
     User(UserCmd),
+    /// berthctl's release, and that of each server it knows
+    Version,
+    /// A completion script for a shell, on stdout (bash: `berthctl
+    /// completion bash > /etc/bash_completion.d/berthctl`)
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -137,8 +137,35 @@ async fn scale(client: &Client, name: &str, replicas: i64) -> Result<u64> {
     Ok(to_model(reply.service)?.version)
 }
 
+/// berthctl's release, then each server's as it answers for itself.
+async fn versions(servers: &[String], timeout: Duration, context: &berth_proto::contexts::Context) -> String {
+    let mut out = format!("berthctl  {}\n", env!("CARGO_PKG_VERSION"));
+    for addr in servers {
+        let asked = match Client::new(std::slice::from_ref(addr), timeout, &context.credentials()) {
+            Ok(one) => one
+                .call("cluster status", async |mut c| c.cluster_status(pb::ClusterStatusRequest { local: true }).await)
+                .await
+                .map(|s| match s.version.as_str() {
+                    "" => format!("server {}  (a release from before servers told theirs)", s.answered_by),
+                    v => format!("server {}  {v}", s.answered_by),
+                }),
+            Err(e) => Err(e),
+        };
+        match asked {
+            Ok(line) => out.push_str(&format!("{addr}  {line}\n")),
+            Err(e) => out.push_str(&format!("{addr}  unreachable: {e:#}\n")),
+        }
+    }
+    out
+}
+
 async fn run(cli: Cli) -> Result<String> {
     anyhow::ensure!(cli.timeout.is_finite() && cli.timeout > 0.0, "--timeout must be a positive number of seconds");
+    if let Command::Completion { shell } = cli.command {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "berthctl", &mut out);
+        return Ok(String::from_utf8_lossy(&out).into_owned());
+    }
     let path = config::path(cli.config)?;
     let context = config::load(&path, cli.context.as_deref())?;
     let servers = if cli.servers.is_empty() { &context.servers } else { &cli.servers };
@@ -430,6 +457,8 @@ async fn run(cli: Cli) -> Result<String> {
         Command::Cluster(ClusterCmd::Unlock) => {
             lock::unlock(servers, Duration::from_secs_f64(cli.timeout), &context.credentials()).await
         }
+        Command::Version => Ok(versions(servers, Duration::from_secs_f64(cli.timeout), &context).await),
+        Command::Completion { .. } => Ok(String::new()),
         Command::Cluster(ClusterCmd::Backup { file }) => backup::backup(&client, &file).await,
         Command::Cluster(ClusterCmd::Remove { id }) => {
             client.call("remove server", async |mut c| c.remove_member(pb::RemoveMemberRequest { id }).await).await?;
@@ -440,6 +469,18 @@ async fn run(cli: Cli) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn completions_need_no_cluster_and_cover_every_command() {
+        use clap::Parser;
+        for shell in ["bash", "zsh", "fish"] {
+            let cli = super::Cli::parse_from(["berthctl", "--config", "/nonexistent", "completion", shell]);
+            let script = super::run(cli).await.unwrap();
+            for word in ["service", "backup", "join-token", "completion"] {
+                assert!(script.contains(word), "{shell}: {word}");
+            }
+        }
+    }
+
     #[test]
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;

@@ -95,6 +95,12 @@ async fn writes_through_any_server_read_back_everywhere() -> Result<()> {
     ensure!(ok && st["members"].as_array().map(Vec::len) == Some(3), "{out}");
     let (ok, out, _) = berthctl(&addrs, &["cluster", "status"])?;
     ensure!(ok && out.contains("Leader:") && out.contains("ROLE"), "{out}");
+    let (ok, out, _) = berthctl(&addrs, &["version"])?;
+    let release = env!("CARGO_PKG_VERSION");
+    ensure!(ok && out.starts_with(&format!("berthctl  {release}\n")), "{out}");
+    for addr in &addrs {
+        ensure!(out.lines().any(|l| l.starts_with(addr.as_str()) && l.ends_with(release)), "{addr}: {out}");
+    }
 
     // Remove a follower: the cluster goes on with two voters.
     let leader = cluster.leader().await?;

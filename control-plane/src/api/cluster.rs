@@ -159,6 +159,7 @@ impl ClusterApi {
             members,
             reads: crate::state::READS,
             figures: self.node.applied.read().ok().map(|a| self.node.stats.figures(&a.state)),
+            version: env!("CARGO_PKG_VERSION").into(),
         }
     }
 }
