@@ -187,9 +187,14 @@ impl Agent {
         self.ps().into_iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no container {name}"))
     }
 
-    /// Cgroup directories of this agent's parent that exist now.
+    /// Cgroup directories of container `name` (its own and its shim's) that exist now.
     pub fn cgroup_dirs(&self, name: &str) -> Vec<PathBuf> {
-        cgroup_roots().into_iter().map(|r| r.join(&self.cgroup_parent).join(name)).filter(|p| p.exists()).collect()
+        let shims = format!("{}-shims", self.cgroup_parent);
+        cgroup_roots()
+            .into_iter()
+            .flat_map(|r| [r.join(&self.cgroup_parent).join(name), r.join(&shims).join(name)])
+            .filter(|p| p.exists())
+            .collect()
     }
 }
 
@@ -231,6 +236,7 @@ impl Drop for Agent {
         }
         for root in cgroup_roots() {
             let _ = std::fs::remove_dir(root.join(&self.cgroup_parent));
+            let _ = std::fs::remove_dir(root.join(format!("{}-shims", self.cgroup_parent)));
         }
         // Task namespaces the agent's daemon did not get to remove.
         let netns = self.run_root().join("netns");
@@ -299,4 +305,15 @@ fn shell_words(line: &str) -> Vec<String> {
         words.push(word);
     }
     words
+}
+
+/// The hierarchies systemd keeps track of its units' processes in: the
+/// unified one (all of /sys/fs/cgroup on a v2 host, `unified` on a hybrid
+/// one) and, on v1 hosts, its own named one (`systemd`).
+pub fn tracking_roots() -> Vec<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup");
+    if base.join("cgroup.controllers").exists() {
+        return vec![base.to_path_buf()];
+    }
+    ["unified", "systemd"].into_iter().map(|h| base.join(h)).filter(|p| p.join("cgroup.procs").exists()).collect()
 }

@@ -206,6 +206,80 @@ async fn containers_outlive_the_agent_process() {
     agent.ok(&["stop", "-t", "1", "survivor"]);
 }
 
+/// What systemd does when it stops or restarts the agent's unit (with the
+/// default KillMode): SIGKILL to every process in the unit's cgroup. The
+/// agent is one of them; a container it started, and the container's
+/// monitor, are not (they live in cgroups of their own), so the container
+/// runs on and is still watched and logged.
+#[tokio::test]
+async fn stopping_the_agents_systemd_unit_leaves_its_containers_running() {
+    let (registry, image) = registry_with_busybox().await;
+    let agent = Agent::new(Some(&registry));
+    agent.ok(&["image", "pull", &image]);
+    let roots = berth_tests::agent::tracking_roots();
+    assert!(!roots.is_empty(), "no hierarchy that systemd tracks units in");
+    let unit: Vec<_> = roots.iter().map(|r| r.join(format!("berth-test-{}.service", std::process::id()))).collect();
+    for dir in &unit {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    // The agent started inside the unit, as systemd starts a unit's process.
+    let inner =
+        agent.command(&["run", "--name", "unit", &image, "sh", "-c", "while true; do echo tick; sleep 0.2; done"]);
+    let enter: Vec<String> = unit.iter().map(|d| format!("echo $$ > {}/cgroup.procs", d.display())).collect();
+    let mut wrapped = std::process::Command::new("sh");
+    wrapped.arg("-c").arg(format!("{} && exec \"$0\" \"$@\"", enter.join(" && "))).arg(inner.get_program());
+    wrapped.args(inner.get_args());
+    for (key, value) in inner.get_envs() {
+        if let Some(value) = value {
+            wrapped.env(key, value);
+        }
+    }
+    let mut foreground = wrapped.stdout(std::process::Stdio::null()).spawn().unwrap();
+    berth_tests::wait_for(Duration::from_secs(20), "the container to run", async || {
+        agent.ps().iter().any(|c| c["name"] == "unit" && c["state"] == "running").then_some(())
+    })
+    .await
+    .unwrap();
+    let procs = |dir: &std::path::Path| -> Vec<i32> {
+        let text = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+    };
+    let started: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(agent.container_dir("unit").join("started.json")).unwrap()).unwrap();
+    let (shim, init) = (started["shim_pid"].as_i64(), started["pid"].as_i64());
+    assert!(shim.is_some() && init.is_some(), "{started}");
+    for dir in &unit {
+        let inside = procs(dir);
+        assert!(inside.contains(&(foreground.id() as i32)), "the agent is in its unit: {inside:?}");
+        for pid in [shim, init].into_iter().flatten() {
+            assert!(!inside.contains(&(pid as i32)), "{pid} is in the agent's unit {}: {inside:?}", dir.display());
+        }
+    }
+    // Stop the unit: kill every process in its cgroup until none is left.
+    berth_tests::wait_for(Duration::from_secs(10), "the unit's cgroup to be empty", async || {
+        let left: Vec<i32> = unit.iter().flat_map(|d| procs(d)).collect();
+        for pid in &left {
+            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left.is_empty().then_some(())
+    })
+    .await
+    .unwrap();
+    let _ = foreground.wait();
+    for dir in &unit {
+        std::fs::remove_dir(dir).unwrap();
+    }
+    let c = agent.ps_one("unit");
+    assert_eq!(c["state"], "running", "{c}");
+    let before = agent.ok(&["logs", "unit"]).lines().count();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(agent.ok(&["logs", "unit"]).lines().count() > before, "the monitor stopped logging");
+    agent.ok(&["stop", "-t", "1", "unit"]);
+    agent.ok(&["rm", "unit"]);
+    assert!(agent.cgroup_dirs("unit").is_empty(), "left: {:?}", agent.cgroup_dirs("unit"));
+}
+
 #[tokio::test]
 async fn layers_whiteouts_opaque_dirs_and_image_config_are_honoured() {
     let registry = Registry::start().await.unwrap();

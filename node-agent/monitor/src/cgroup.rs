@@ -44,24 +44,49 @@ impl Cgroups {
         Self { root, version: if unified { Version::V2 } else { Version::V1 } }
     }
 
-    /// Removes the (empty) cgroup at `path` from every hierarchy that has
-    /// it; one that is already gone is not an error. Goes through every
-    /// hierarchy even when one fails, and returns the first failure.
-    pub fn remove(&self, path: &str) -> std::io::Result<()> {
+    /// The directory of the cgroup at `path` in each hierarchy.
+    fn dirs(&self, path: &str) -> std::io::Result<Vec<PathBuf>> {
         let rel = path.trim_start_matches('/');
-        let dirs: Vec<PathBuf> = match self.version {
+        Ok(match self.version {
             Version::V2 => vec![self.root.join(rel)],
             // v1 mounts one hierarchy per controller (or group of them)
-            // under the root; aliases such as cpu -> cpu,cpuacct repeat one.
+            // under the root, systemd's own (name=systemd, and on hybrid
+            // hosts the unified one) among them; aliases such as cpu ->
+            // cpu,cpuacct repeat one.
             Version::V1 => fs::read_dir(&self.root)?
                 .flatten()
                 .map(|e| e.path())
                 .filter(|p| p.is_dir())
                 .map(|p| p.join(rel))
                 .collect(),
-        };
+        })
+    }
+
+    /// Moves process `pid` into the cgroup at `path` in every hierarchy
+    /// that takes it, making the cgroup where it is missing; answers how
+    /// many did. A hierarchy that refuses (a v1 cpuset with no CPUs of its
+    /// own) keeps the process where it was, and loses the cgroup made for it.
+    pub fn enter(&self, path: &str, pid: u32) -> usize {
+        let mut entered = 0;
+        for dir in self.dirs(path).unwrap_or_default() {
+            let made = !dir.exists() && fs::create_dir_all(&dir).is_ok();
+            match fs::write(dir.join("cgroup.procs"), pid.to_string()) {
+                Ok(()) => entered += 1,
+                Err(_) if made => {
+                    let _ = fs::remove_dir(&dir);
+                }
+                Err(_) => {}
+            }
+        }
+        entered
+    }
+
+    /// Removes the (empty) cgroup at `path` from every hierarchy that has
+    /// it; one that is already gone is not an error. Goes through every
+    /// hierarchy even when one fails, and returns the first failure.
+    pub fn remove(&self, path: &str) -> std::io::Result<()> {
         let mut first_error = None;
-        for dir in dirs {
+        for dir in self.dirs(path)? {
             if let Err(e) = remove_dir(&dir) {
                 first_error.get_or_insert(std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())));
             }
@@ -88,6 +113,19 @@ impl Cgroups {
                 }
             }
         }
+    }
+}
+
+/// The cgroup a container's shim, then its monitor, lives in: beside its
+/// parent, `/PARENT/NAME` -> `/PARENT-shims/NAME`. Not the agent's (under
+/// systemd, its unit's): stopping or restarting the agent's unit kills
+/// every process in the unit's cgroup, and a monitor killed leaves its
+/// container unwatched and its output unread. Nor the container's own:
+/// its limits and usage are the container's alone.
+pub fn shim_path(container: &str) -> String {
+    match container.trim_matches('/').rsplit_once('/') {
+        Some((parent, name)) => format!("/{parent}-shims/{name}"),
+        None => format!("/shims/{}", container.trim_matches('/')),
     }
 }
 
@@ -169,6 +207,31 @@ mod tests {
             assert!(r.join(hierarchy).join("berth").is_dir(), "the parent stays in {hierarchy}");
         }
         cg.remove("/berth/c1").unwrap();
+    }
+
+    #[test]
+    fn a_shim_lives_beside_its_containers_parent() {
+        assert_eq!(shim_path("/berth/web.1.ab"), "/berth-shims/web.1.ab");
+        assert_eq!(shim_path("/berth/agent1/c"), "/berth/agent1-shims/c");
+        assert_eq!(shim_path("/c"), "/shims/c");
+    }
+
+    #[test]
+    fn entering_makes_the_cgroup_in_every_v1_hierarchy() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for hierarchy in ["memory", "systemd", "unified"] {
+            fs::create_dir_all(r.join(hierarchy)).unwrap();
+        }
+        let cg = Cgroups { root: r.to_path_buf(), version: Version::V1 };
+        assert_eq!(cg.enter("/berth-shims/c1", 42), 3);
+        for hierarchy in ["memory", "systemd", "unified"] {
+            let procs = r.join(hierarchy).join("berth-shims/c1/cgroup.procs");
+            assert_eq!(fs::read_to_string(procs).unwrap(), "42", "{hierarchy}");
+        }
+        let v2 = Cgroups { root: r.join("unified"), version: Version::V2 };
+        assert_eq!(v2.enter("/", 7), 1);
+        assert_eq!(fs::read_to_string(r.join("unified/cgroup.procs")).unwrap(), "7");
     }
 
     #[test]

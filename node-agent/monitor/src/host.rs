@@ -22,6 +22,9 @@ pub trait Host {
     fn try_reap(&mut self, pid: i32) -> Option<(i32, Option<i32>)>;
     fn oom_kills(&self, cgroup: &str) -> u64;
     fn remove_cgroup(&mut self, cgroup: &str) -> io::Result<()>;
+    /// Leaves the shim's cgroup of the container whose cgroup is `cgroup`
+    /// (for the root) and removes it (`cgroup::shim_path`).
+    fn leave_shim_cgroup(&mut self, cgroup: &str) -> io::Result<()>;
     fn remove_run_dir(&mut self, dirs: &Dirs) -> io::Result<()>;
 }
 
@@ -59,6 +62,12 @@ impl Host for Kernel {
 
     fn remove_cgroup(&mut self, cgroup: &str) -> io::Result<()> {
         Cgroups::detect().remove(cgroup)
+    }
+
+    fn leave_shim_cgroup(&mut self, cgroup: &str) -> io::Result<()> {
+        let cgroups = Cgroups::detect();
+        cgroups.enter("/", std::process::id());
+        cgroups.remove(&crate::cgroup::shim_path(cgroup))
     }
 
     fn remove_run_dir(&mut self, dirs: &Dirs) -> io::Result<()> {

@@ -174,6 +174,9 @@ pub fn supervise(watch: &Watch, watched: Watched, host: &mut impl Host) {
     if let Err(e) = host.remove_cgroup(&watch.cgroup) {
         eprintln!("berth-monitor: removing cgroup {}: {e}", watch.cgroup);
     }
+    if let Err(e) = host.leave_shim_cgroup(&watch.cgroup) {
+        eprintln!("berth-monitor: removing the shim's cgroup of {}: {e}", watch.cgroup);
+    }
     if let Err(e) = host.remove_run_dir(dirs) {
         eprintln!("berth-monitor: {e}");
     }
@@ -256,6 +259,10 @@ mod tests {
             self.calls.push(format!("rmcg {cgroup} exit-record={}", self.exit_file.exists()));
             Err(std::io::Error::other("busy"))
         }
+        fn leave_shim_cgroup(&mut self, cgroup: &str) -> std::io::Result<()> {
+            self.calls.push(format!("leave shim cgroup of {cgroup} exit-record={}", self.exit_file.exists()));
+            Ok(())
+        }
         fn remove_run_dir(&mut self, _dirs: &Dirs) -> std::io::Result<()> {
             self.calls.push(format!("rmrun exit-record={}", self.exit_file.exists()));
             Err(std::io::Error::other("still mounted"))
@@ -280,7 +287,12 @@ mod tests {
         supervise(&watch, Watched { pid: 42, stdout: out_r, stderr: err_r }, &mut host);
         assert_eq!(
             host.calls,
-            ["reap 42 exit-record=false", "rmcg /berth/c exit-record=false", "rmrun exit-record=false"]
+            [
+                "reap 42 exit-record=false",
+                "rmcg /berth/c exit-record=false",
+                "leave shim cgroup of /berth/c exit-record=false",
+                "rmrun exit-record=false"
+            ]
         );
         let exited: Exited = record::read(data.path(), record::EXITED).unwrap().unwrap();
         assert_eq!((exited.code, exited.oom_killed), (3, true));

@@ -551,6 +551,9 @@ impl Runtime {
         }
         let dirs = self.dirs(name);
         berth_monitor::remove_run_dir(&dirs).map_err(io_err(&dirs.run))?;
+        // What a monitor that died left of its cgroup (it removes it itself).
+        let shim = berth_monitor::cgroup::shim_path(&container.config.cgroup_path());
+        let _ = berth_monitor::cgroup::Cgroups::detect().remove(&shim);
         // A large writable layer takes long to delete: off the caller's thread.
         let data = dirs.data.clone();
         let removed = tokio::task::spawn_blocking(move || fs::remove_dir_all(&data)).await;

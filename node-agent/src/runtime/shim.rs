@@ -10,8 +10,10 @@
 //!                              waitpid ─▶ OOM count ─▶ release ─▶ DATA/exit.json
 //! ```
 //!
-//! The shim runs in its own session, so the agent can die or restart while
-//! the container runs on. libcontainer forks, so it is only ever called
+//! The shim runs in its own session and its own cgroup (beside the
+//! containers', not in the agent's: `berth_monitor::cgroup::shim_path`), so
+//! the agent, or its systemd unit, can die or restart while the container
+//! runs on. libcontainer forks, so it is only ever called
 //! here, never from the multi-threaded agent. Once the container runs the
 //! shim execs the small monitor (see the `berth_monitor` crate).
 
@@ -109,6 +111,11 @@ fn start(dirs: &Dirs) -> Result<(Watch, Watched), String> {
     let config: ContainerConfig = record::read(&dirs.data, record::CONFIG)
         .map_err(|e| format!("reading {}: {e}", path.display()))?
         .ok_or_else(|| format!("{} is missing", path.display()))?;
+    // Out of the agent's cgroup before anything forks, so that the
+    // container and its monitor outlive the agent's systemd unit
+    // (`berth_monitor::cgroup::shim_path`); the monitor removes it.
+    let shim_cgroup = berth_monitor::cgroup::shim_path(&config.cgroup_path());
+    berth_monitor::cgroup::Cgroups::detect().enter(&shim_cgroup, std::process::id());
     let etc = write_etc_files(&dirs.run, &config).map_err(|e| format!("writing /etc files: {e}"))?;
     let userns = user_namespace(dirs, &config)?;
     let held = match &userns {
