@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 ensure_packages kill:procps gcc:gcc docker-registry:docker-registry busybox:busybox-static openssl:openssl \
   ip:iproute2 iptables:iptables nsenter:util-linux tcpdump:tcpdump wg:wireguard-tools \
   conntrack:conntrack dig:bind9-dnsutils dnsmasq:dnsmasq-base tini-static:tini \
-  redis-server:redis-server
+  redis-server:redis-server fakeroot:fakeroot strip:binutils systemd-analyze:systemd
 ensure_rust
 
 cargo fmt --all -- --check

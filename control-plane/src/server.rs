@@ -100,6 +100,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     // Autolock: a sealed store key waits for `berthctl cluster unlock`.
     let unlock = if store::seal::locked(&cfg.data_dir)? {
         info!(id, "the store is locked (autolock): waiting for `berthctl cluster unlock`");
+        berth_proto::systemd::ready("locked (autolock): waiting for `berthctl cluster unlock`");
         let data_dir = cfg.data_dir.clone();
         let waited = autolock::wait_for_unlock(listener, tls.clone(), data_dir, cfg.max_streams_per_connection);
         let key = tokio::select! {
@@ -214,6 +215,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let key_keeper = tokio::spawn(autolock::keep(node.clone(), sealer, last_index));
     let certificates = crate::rotation::spawn(node.clone(), tls.clone(), creds, cfg.data_dir.join(TLS_DIR));
     info!(id, %listen, %advertise, "berth-server serving");
+    berth_proto::systemd::ready(&format!("server {id} serving on {listen} as {advertise}"));
 
     tokio::select! {
         _ = &mut shutdown => {}
@@ -229,6 +231,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         }
     }
     info!(id, "shutting down");
+    berth_proto::systemd::stopping();
     leader_work.abort();
     standing.abort();
     leader_changes.abort();

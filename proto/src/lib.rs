@@ -19,6 +19,7 @@ pub mod pki;
 pub mod quota;
 pub mod registries;
 pub mod renew;
+pub mod systemd;
 pub mod tls;
 
 /// For `Message::encoded_len` (what a message weighs on the wire) where `pb` is used.

@@ -69,8 +69,17 @@ pub fn tls_of(conf: &Path) -> Result<Tls> {
     Ok(Tls::new(&config.context(None, conf)?.credentials())?)
 }
 
-/// Path of a workspace binary (built by `cargo build --workspace --bins`).
+/// Path of a workspace binary (built by `cargo build --workspace --bins`),
+/// or of one installed in `BERTH_BIN_DIR` (the package test sets it).
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("BERTH_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    built(name)
+}
+
+/// Path of a binary of this build, wherever `BERTH_BIN_DIR` points.
+pub fn built(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     // target/<profile>/deps/test-xxxx -> target/<profile>/<name>
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();

@@ -194,12 +194,14 @@ pub async fn join(mut node: Node, data_dir: &Path, run_dir: &Path, args: JoinArg
     let images = StoreImages { store: node.store, registries: node.registries };
     let worker = Worker { containers: node.runtime, images, network, settings };
     let mut shutdown = std::pin::pin!(shutdown());
+    berth_proto::systemd::ready(&format!("serving on {listen}; registering"));
     let outcome = tokio::select! {
         _ = &mut shutdown => Ok(0),
         result = api => result.map(|_| 0).context("serving the node API"),
         result = stay(worker, data_dir, request, period, servers, (tls, roots_tx)) => result,
         () = renewal.run() => Ok(0),
     };
+    berth_proto::systemd::stopping();
     if let Some(m) = metrics {
         m.abort();
     }
@@ -270,6 +272,7 @@ async fn stay(
             request.node_id = id.clone();
         }
         info!(node = %id, server = servers.current(), "registered");
+        berth_proto::systemd::status(&format!("node {id}, registered through {}", servers.current()));
         if running.as_ref().is_none_or(|(running_for, _)| *running_for != id) {
             if let Some((_, old)) = running.take() {
                 old.abort();
