@@ -81,6 +81,28 @@ impl Cgroups {
         entered
     }
 
+    /// Moves `pid` into the cgroups that process `of` is in, in the
+    /// hierarchies without resource controllers: systemd's named one
+    /// (`name=systemd`) and, on a hybrid host, the unified one. libcontainer
+    /// joins a process to a container's cgroups in the hierarchies it
+    /// manages; in these a process it joins would stay where it was (an
+    /// exec'd command in the agent's cgroup, outside the container's
+    /// cgroup namespace). On a v2 host libcontainer manages the one
+    /// hierarchy: nothing to do. Answers how many it joined.
+    pub fn join_tracking(&self, of: u32, pid: u32) -> usize {
+        if self.version == Version::V2 {
+            return 0;
+        }
+        let text = fs::read_to_string(format!("/proc/{of}/cgroup")).unwrap_or_default();
+        tracking_dirs(&text)
+            .into_iter()
+            .filter(|(hierarchy, path)| {
+                let dir = self.root.join(hierarchy).join(path.trim_start_matches('/'));
+                fs::write(dir.join("cgroup.procs"), pid.to_string()).is_ok()
+            })
+            .count()
+    }
+
     /// Removes the (empty) cgroup at `path` from every hierarchy that has
     /// it; one that is already gone is not an error. Goes through every
     /// hierarchy even when one fails, and returns the first failure.
@@ -114,6 +136,24 @@ impl Cgroups {
             }
         }
     }
+}
+
+/// From a v1 or hybrid host's `/proc/PID/cgroup`, the hierarchies with no
+/// resource controllers (their directory under the root) and the path in
+/// each: `N:name=systemd:/x` -> (`systemd`, `/x`), `0::/x` -> (`unified`, `/x`).
+fn tracking_dirs(proc_cgroup: &str) -> Vec<(String, String)> {
+    proc_cgroup
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let hierarchy = match controllers {
+                "" => "unified",
+                named => named.strip_prefix("name=")?,
+            };
+            Some((hierarchy.to_owned(), path.to_owned()))
+        })
+        .collect()
 }
 
 /// The cgroup a container's shim, then its monitor, lives in: beside its
@@ -214,6 +254,18 @@ mod tests {
         assert_eq!(shim_path("/berth/web.1.ab"), "/berth-shims/web.1.ab");
         assert_eq!(shim_path("/berth/agent1/c"), "/berth/agent1-shims/c");
         assert_eq!(shim_path("/c"), "/shims/c");
+    }
+
+    #[test]
+    fn the_hierarchies_without_controllers_are_systemds_and_the_unified_one() {
+        let text = "9:name=systemd:/berth-shims/c1\n4:memory:/berth/c1\n2:cpu,cpuacct:/berth/c1\n0::/berth-shims/c1\n";
+        assert_eq!(
+            tracking_dirs(text),
+            [
+                ("systemd".to_owned(), "/berth-shims/c1".to_owned()),
+                ("unified".to_owned(), "/berth-shims/c1".to_owned())
+            ]
+        );
     }
 
     #[test]

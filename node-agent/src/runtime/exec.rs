@@ -149,6 +149,13 @@ fn run(dirs: &Dirs, timeout: Duration, args: Vec<String>) -> Result<i32, (i32, S
     let config: ContainerConfig = record::read(&dirs.data, record::CONFIG)
         .map_err(|e| failed(format!("reading its config: {e}")))?
         .ok_or_else(|| failed("no such container".into()))?;
+    // Into the container's cgroups where libcontainer will not put the
+    // command (systemd's hierarchies on v1 and hybrid hosts), as the
+    // container's own processes are.
+    if let Ok(Some(started)) = record::read::<record::Started>(&dirs.data, record::STARTED) {
+        let cgroups = berth_monitor::cgroup::Cgroups::detect();
+        cgroups.join_tracking(started.pid as u32, std::process::id());
+    }
     let bundle = dirs.run.join("bundle").join("config.json");
     let spec = Spec::load(&bundle).map_err(|e| failed(format!("{} (is it running?): {e}", bundle.display())))?;
     let process = spec.process().as_ref().ok_or_else(|| failed("its spec has no process".into()))?;
