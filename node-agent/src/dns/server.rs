@@ -176,6 +176,7 @@ impl Handler {
                 meta.response_code = ResponseCode::NXDomain;
                 response.send_response(builder.build(meta, &none, &none, [&soa], &none)).await
             }
+            Answer::NotReady => return reply_error(&mut response, builder, meta, ResponseCode::ServFail).await,
             Answer::Elsewhere => {
                 let Ok(_permit) = self.forwards.try_acquire() else {
                     return reply_error(&mut response, builder, meta, ResponseCode::ServFail).await;

@@ -50,6 +50,10 @@ pub enum Answer {
     NxDomain { soa: Record },
     /// Not the cluster's to answer.
     Elsewhere,
+    /// The cluster's, but the zone has not been given the cluster's
+    /// endpoints yet (an agent just started): SERVFAIL, which a client
+    /// retries, rather than a NXDOMAIN it would remember.
+    NotReady,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +64,8 @@ pub struct Zone {
     cluster: Option<Cidr>,
     services: BTreeMap<String, Service>,
     by_address: BTreeMap<IpAddr, Name>,
+    /// It has been given the cluster's endpoints at least once.
+    loaded: bool,
 }
 
 impl Zone {
@@ -73,12 +79,13 @@ impl Zone {
         }
         let mut domain = domain;
         domain.set_fqdn(true);
-        Ok(Self { domain, ttl, cluster: None, services: BTreeMap::new(), by_address: BTreeMap::new() })
+        Ok(Self { domain, ttl, cluster: None, services: BTreeMap::new(), by_address: BTreeMap::new(), loaded: false })
     }
 
     /// Replaces what the zone knows with the cluster's current endpoints.
     pub fn update(&mut self, cluster: Option<Cidr>, services: Vec<Service>) {
         self.cluster = cluster;
+        self.loaded = true;
         self.by_address.clear();
         self.services.clear();
         for s in services {
@@ -103,6 +110,9 @@ impl Zone {
         name.set_fqdn(true);
         if let Some(answer) = self.reverse(&name, qtype) {
             return answer;
+        }
+        if self.domain.zone_of(&name) && !self.loaded {
+            return Answer::NotReady;
         }
         if self.domain.zone_of(&name) {
             let inner = (name.num_labels() - self.domain.num_labels()) as usize;

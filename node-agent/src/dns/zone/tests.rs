@@ -48,6 +48,18 @@ fn a_service_answers_with_its_running_replicas_by_any_of_its_names() {
 }
 
 #[test]
+fn before_its_first_endpoints_the_zone_denies_nothing_and_forwards_the_rest() {
+    let mut z = Zone::new("berth.local", 5).unwrap();
+    // Not NXDOMAIN, which a client would remember: the name may well exist.
+    assert_eq!(z.answer(&name("web.berth.local."), RecordType::A), Answer::NotReady);
+    assert_eq!(z.answer(&name("1.web.berth.local."), RecordType::A), Answer::NotReady);
+    assert_eq!(z.answer(&name("example.com."), RecordType::A), Answer::Elsewhere);
+    // An empty cluster is an answer too.
+    z.update(Some("198.19.0.0/16".parse().unwrap()), vec![]);
+    assert!(matches!(z.answer(&name("web.berth.local."), RecordType::A), Answer::NxDomain { .. }));
+}
+
+#[test]
 fn unknown_names_in_the_domain_do_not_exist_and_others_are_elsewhere() {
     let z = zone();
     for missing in ["db.berth.local.", "3.web.berth.local.", "x.web.berth.local.", "a.b.c.berth.local."] {
