@@ -16,6 +16,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # End-to-end tests start the real binaries.
 cargo build --workspace --bins
+# The upgrade test starts from the previous release.
+bash tests/previous.sh >/dev/null
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"

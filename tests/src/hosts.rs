@@ -22,7 +22,8 @@ use anyhow::{bail, Context, Result};
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// One host: a network namespace with one address on the test network.
-#[derive(Debug)]
+/// A clone names the same host (`Hosts` owns and removes it).
+#[derive(Debug, Clone)]
 pub struct Host {
     pub name: String,
     /// The namespace's name under /run/netns.
