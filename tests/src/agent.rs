@@ -187,14 +187,17 @@ impl Agent {
         self.ps().into_iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no container {name}"))
     }
 
-    /// Cgroup directories of container `name` (its own and its shim's) that exist now.
+    /// Cgroup directories of container `name` that exist now.
     pub fn cgroup_dirs(&self, name: &str) -> Vec<PathBuf> {
+        cgroup_roots().into_iter().map(|r| r.join(&self.cgroup_parent).join(name)).filter(|p| p.exists()).collect()
+    }
+
+    /// Cgroup directories left of container `name`: its own and its shim's.
+    pub fn leftover_cgroups(&self, name: &str) -> Vec<PathBuf> {
         let shims = format!("{}-shims", self.cgroup_parent);
-        cgroup_roots()
-            .into_iter()
-            .flat_map(|r| [r.join(&self.cgroup_parent).join(name), r.join(&shims).join(name)])
-            .filter(|p| p.exists())
-            .collect()
+        let mut dirs = self.cgroup_dirs(name);
+        dirs.extend(cgroup_roots().into_iter().map(|r| r.join(&shims).join(name)).filter(|p| p.exists()));
+        dirs
     }
 }
 

@@ -126,7 +126,7 @@ async fn lifecycle_exit_codes_stop_kill_logs_and_no_leftovers() {
     assert_eq!(agent.run(&["run", "--name", "done", &image, "sh", "-c", "exit 4"]).code, 4);
     assert!(agent.container_dir("done").join("exit.json").exists());
     assert!(!agent.run_dir("done").exists(), "runtime state outlived the container");
-    assert!(agent.cgroup_dirs("done").is_empty());
+    assert!(agent.leftover_cgroups("done").is_empty());
     agent.ok(&["rm", "done"]);
 
     // Stop with grace: the container's TERM handler runs.
@@ -168,7 +168,7 @@ async fn lifecycle_exit_codes_stop_kill_logs_and_no_leftovers() {
     assert!(rm.stderr.contains("is running"), "{}", rm.stderr);
     agent.ok(&["rm", "-f", "gone"]);
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the process survived");
-    assert!(agent.cgroup_dirs("gone").is_empty(), "the cgroup survived");
+    assert!(agent.leftover_cgroups("gone").is_empty(), "the cgroup survived");
     assert!(!agent.container_dir("gone").exists() && !agent.run_dir("gone").exists());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(agent.run_dir("gone").to_str().unwrap()), "the rootfs is still mounted");
@@ -277,7 +277,7 @@ async fn stopping_the_agents_systemd_unit_leaves_its_containers_running() {
     assert!(agent.ok(&["logs", "unit"]).lines().count() > before, "the monitor stopped logging");
     agent.ok(&["stop", "-t", "1", "unit"]);
     agent.ok(&["rm", "unit"]);
-    assert!(agent.cgroup_dirs("unit").is_empty(), "left: {:?}", agent.cgroup_dirs("unit"));
+    assert!(agent.leftover_cgroups("unit").is_empty(), "left: {:?}", agent.leftover_cgroups("unit"));
 }
 
 #[tokio::test]
@@ -508,7 +508,7 @@ async fn a_shim_whose_monitor_is_missing_supervises_the_container_itself() {
     assert_eq!((ran.code, ran.stdout.trim()), (6, "out"), "{}", ran.stderr);
     let shim_log = std::fs::read_to_string(agent.container_dir("solo").join("shim.log")).unwrap();
     assert!(shim_log.contains("supervising without the monitor"), "{shim_log}");
-    assert!(!agent.run_dir("solo").exists() && agent.cgroup_dirs("solo").is_empty());
+    assert!(!agent.run_dir("solo").exists() && agent.leftover_cgroups("solo").is_empty());
 }
 
 #[tokio::test]
