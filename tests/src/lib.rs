@@ -275,21 +275,29 @@ impl Cluster {
     /// Starts one more server at `addr` (one of a stopped server, say) with
     /// a new data dir and these first-start flags (`--restore F --bootstrap`).
     pub fn add_server_with(&mut self, addr: &str, first_start: &[&str], extra: &[&str]) -> Result<usize> {
-        let i = self.servers.len();
-        let mut server = Server {
-            addr: addr.to_owned(),
-            data_dir: self.server_dir(i),
-            settings: extra.iter().map(|s| s.to_string()).collect(),
-            process: Process::new(self.dir.path().join(format!("server-{i}.log"))),
-            netns: None,
-        };
-        let args: Vec<String> = ["--listen", addr].iter().chain(first_start).map(|s| s.to_string()).collect();
-        server.spawn(&args)?;
-        self.servers.push(server);
-        Ok(i)
+        let first_start = first_start.iter().map(|s| s.to_string()).collect();
+        self.spawn_server(addr.to_owned(), None, first_start, extra)
     }
 
     fn add_server_at(&mut self, bootstrap: bool, extra: &[&str], addr: String, netns: Option<String>) -> Result<usize> {
+        let first_start = if bootstrap {
+            vec!["--bootstrap".to_string()]
+        } else {
+            let token = keys().server_token.context("the cluster's server token is not known yet")?;
+            vec!["--join".into(), self.servers[0].addr.clone(), "--token".into(), token]
+        };
+        self.spawn_server(addr, netns, first_start, extra)
+    }
+
+    /// Starts server `servers.len()` at `addr` with a new data dir, listening
+    /// there, with `first_start` on this start only and `extra` on every one.
+    fn spawn_server(
+        &mut self,
+        addr: String,
+        netns: Option<String>,
+        first_start: Vec<String>,
+        extra: &[&str],
+    ) -> Result<usize> {
         let i = self.servers.len();
         let mut server = Server {
             addr: addr.clone(),
@@ -298,15 +306,7 @@ impl Cluster {
             process: Process::new(self.dir.path().join(format!("server-{i}.log"))),
             netns,
         };
-        let mut args = vec!["--listen".to_string(), addr];
-        if bootstrap {
-            args.push("--bootstrap".into());
-        } else {
-            args.push("--join".into());
-            args.push(self.servers[0].addr.clone());
-            args.push("--token".into());
-            args.push(keys().server_token.context("the cluster's server token is not known yet")?);
-        }
+        let args: Vec<String> = ["--listen".to_string(), addr].into_iter().chain(first_start).collect();
         server.spawn(&args)?;
         self.servers.push(server);
         Ok(i)
