@@ -55,7 +55,7 @@ Version: $version
 Architecture: $arch
 Maintainer: berth developers <berth@example.invalid>
 Installed-Size: $size
-Depends: libc6 (>= 2.34), libseccomp2, iproute2, iptables, conntrack, util-linux
+Depends: libc6 (>= $GLIBC_FLOOR), iproute2, iptables, conntrack, util-linux
 Section: admin
 Priority: optional
 Description: container orchestrator: Raft control plane and node agent

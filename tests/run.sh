@@ -18,6 +18,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 # The upgrade test starts from the previous release.
 bash tests/previous.sh >/dev/null
+# The package and release tests take the release package, and run it on
+# the oldest glibc it supports.
+bash deploy/package.sh >/dev/null
+bash tests/oldest-glibc.sh >/dev/null
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"

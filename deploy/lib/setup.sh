@@ -37,25 +37,60 @@ ensure_rust() {
   rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt 2>/dev/null || true
 }
 
+# GLIBC_FLOOR is the oldest glibc that release binaries run on (Debian 11,
+# Ubuntu 20.04 and RHEL 9 have it or newer).
+GLIBC_FLOOR=2.31
+
+# ensure_zigbuild puts cargo-zigbuild and zig (pinned, from PyPI, in a
+# virtualenv under target/tools/) first on PATH. Zig links against stubs of
+# any glibc version, which is how release binaries get an older floor than
+# the build machine's own glibc.
+ensure_zigbuild() {
+  local venv=$PWD/target/tools/zig
+  if [ ! -x "$venv/bin/cargo-zigbuild" ]; then
+    ensure_packages python3:python3
+    rm -rf "$venv"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      rm -rf "$venv"
+      ensure_packages /usr/share/doc/python3-venv:python3-venv
+      python3 -m venv "$venv" || return 1
+    fi
+    echo "installing zig and cargo-zigbuild into $venv" >&2
+    "$venv/bin/pip" install -q ziglang==0.17.1 cargo-zigbuild==0.24.1 >&2 || { rm -rf "$venv"; return 1; }
+  fi
+  PATH=$venv/bin:$PATH
+}
+
 # build_release builds every binary optimized and gathers them in
-# target/berth/, whose path it prints. berth-monitor is linked statically
-# there: one runs per container, and static it maps no shared libraries
-# (RSS 2.3 -> 1.5 MB). The static build has its own --target directory so
-# that it never invalidates the ordinary build.
+# target/berth/, whose path it prints. They need glibc $GLIBC_FLOOR or
+# newer, whatever glibc builds them: zig links them (in their own target
+# directory, target/compat, so the ordinary build is never invalidated),
+# and the shim carries libseccomp inside. berth-monitor is linked
+# statically: one runs per container, and static it maps no shared
+# libraries (RSS 2.3 -> 1.5 MB), and a static binary needs no glibc at all.
 #
 # Callers use `bin=$(build_release)`: set -e does not reach into a command
 # substitution, so every step checks itself.
 build_release() {
-  cargo build --release --workspace --bins >&2 || return 1
-  local host flags out=target/berth
+  local host flags target out=target/berth compat=target/compat seccomp
   host=$(rustc -vV | sed -n 's/^host: //p')
   [ -n "$host" ] || { echo "build_release: cannot tell the host target from rustc -vV" >&2; return 1; }
+  [[ $host == *-linux-gnu ]] || { echo "build_release: the host target $host is not a glibc Linux" >&2; return 1; }
+  ensure_zigbuild || return 1
+  seccomp=$(gcc -print-file-name=libseccomp.a)
+  [ -f "$seccomp" ] || { echo "build_release: no libseccomp.a (from libseccomp-dev)" >&2; return 1; }
+  # A directory of its own, so that the linker searches no system library
+  # directory (whose libc is the build machine's).
+  mkdir -p "$compat/seccomp" && cp -f "$seccomp" "$compat/seccomp/" || return 1
+  target=$host.$GLIBC_FLOOR
+  LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$PWD/$compat/seccomp \
+    cargo zigbuild --release --workspace --bins --target "$target" --target-dir "$compat" >&2 || return 1
   flags="CARGO_TARGET_$(echo "$host" | tr 'a-z-' 'A-Z_')_RUSTFLAGS"
   # RUSTFLAGS would override the per-target flags, so it is cleared here.
   env -u RUSTFLAGS "$flags=-C target-feature=+crt-static" \
     cargo build --release -p berth-monitor --target "$host" >&2 || return 1
   mkdir -p "$out" || return 1
-  find target/release -maxdepth 1 -type f -perm -u+x -name 'berth*' -exec cp -f {} "$out/" \; || return 1
+  find "$compat/$host/release" -maxdepth 1 -type f -perm -u+x -name 'berth*' -exec cp -f {} "$out/" \; || return 1
   cp -f "target/$host/release/berth-monitor" "$out/" || return 1
   echo "$PWD/$out"
 }
