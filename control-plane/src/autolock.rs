@@ -114,7 +114,7 @@ pub async fn wait_for_unlock(listener: TcpListener, tls: Tls, dir: PathBuf, max_
 /// before Raft runs), so an older view never unseals a key the cluster has
 /// since locked.
 pub async fn keep(node: Arc<Node>, sealer: Sealer, start: Option<u64>) {
-    let mut seen = node.metrics().last_applied;
+    let mut seen = node.last_applied();
     while seen.map(|l| l.index) < start {
         seen = node.applied_after(seen, Duration::from_secs(5)).await;
     }

@@ -173,6 +173,9 @@ impl Elections {
         let mut wait = self.next_timeout();
         let mut tried = self.started;
         loop {
+            // Taken before the look at the role, so that no change after it is missed.
+            let mut server = self.raft.server_metrics();
+            server.borrow_and_update();
             let (leading, voters) = self.membership();
             if leading {
                 if self.raft.trigger().heartbeat().await.is_err() {
@@ -189,8 +192,14 @@ impl Elections {
             let Ok(heard) = self.heard().await else { return };
             let quiet = heard.min(tried.elapsed()).min(self.said_yes().elapsed());
             if quiet < wait {
-                // Wakes at the timeout, or within a heartbeat to see whether it leads now.
-                tokio::time::sleep(self.heartbeat.min(wait - quiet)).await;
+                // Wakes when the timeout would run out, or when this server's
+                // role changes (elected: it sends heartbeats from then on).
+                // Not every heartbeat: each look asks Raft's core, and ten
+                // looks a second were most of an idle follower's work.
+                tokio::select! {
+                    _ = tokio::time::sleep(wait - quiet) => {}
+                    changed = server.changed() => if changed.is_err() { return },
+                }
                 continue;
             }
             let Ok(me) = self.standing().await else { return };

@@ -55,7 +55,7 @@ pub async fn run(node: Arc<Node>, levels: Levels) {
     loop {
         tokio::time::sleep(rest).await;
         node.applied_after(seen, PERIOD).await;
-        seen = node.metrics().last_applied;
+        seen = node.last_applied();
         let Some((transitions, held)) = node.with_liveness(|l| match node.applied.read() {
             Ok(applied) => {
                 l.retain(&applied.state.nodes);
@@ -64,6 +64,8 @@ pub async fn run(node: Arc<Node>, levels: Levels) {
             Err(_) => (Vec::new(), 0),
         }) else {
             at_rest = None;
+            // A follower has nothing to do here until it leads.
+            node.until_leading().await;
             continue;
         };
         if (held > 0) != (was_held > 0) {

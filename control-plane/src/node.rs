@@ -21,6 +21,7 @@ use berth_proto::model::NetworkConfig;
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, RaftMetrics};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio::time::{timeout_at, Instant};
 
 use crate::batcher::Batcher;
@@ -155,6 +156,8 @@ pub struct Node {
     pub id: NodeId,
     pub raft: Raft,
     pub applied: Arc<RwLock<Applied>>,
+    /// The last applied entry, moving with `applied` (see `applied_after`).
+    applied_index: watch::Receiver<Option<LogId>>,
     pub peers: Peers,
     pub request_timeout: Duration,
     batcher: Batcher,
@@ -182,6 +185,7 @@ impl Node {
         id: NodeId,
         raft: Raft,
         applied: Arc<RwLock<Applied>>,
+        applied_index: watch::Receiver<Option<LogId>>,
         peers: Peers,
         request_timeout: Duration,
         stats: Stats,
@@ -193,6 +197,7 @@ impl Node {
             beats: BeatCache::default(),
             raft,
             applied,
+            applied_index,
             peers,
             request_timeout,
             batcher,
@@ -225,18 +230,34 @@ impl Node {
         self.raft.metrics().borrow().clone()
     }
 
+    /// Waits until this server leads (at once if it does). When Raft has
+    /// stopped, waits a `leader::PERIOD` instead, so a caller's loop does
+    /// not spin.
+    pub async fn until_leading(&self) {
+        let mut server = self.raft.server_metrics();
+        if server.wait_for(|m| m.current_leader == Some(self.id)).await.is_err() {
+            tokio::time::sleep(crate::leader::PERIOD).await;
+        }
+    }
+
+    /// The id of the last entry this server applied.
+    pub fn last_applied(&self) -> Option<LogId> {
+        *self.applied_index.borrow()
+    }
+
     /// Waits until this server has applied past `seen`, or for `limit`;
     /// answers what is applied then. Watches of the applied state (tasks
-    /// for agents, events for people) wake on this instead of polling.
+    /// for agents, events for people) wake on this instead of polling, and
+    /// only when the state moves (not on openraft's metrics, which change
+    /// with every heartbeat).
     pub async fn applied_after(&self, seen: Option<LogId>, limit: Duration) -> Option<LogId> {
-        let mut metrics = self.raft.metrics();
-        let stopped =
-            matches!(tokio::time::timeout(limit, metrics.wait_for(|m| m.last_applied != seen)).await, Ok(Err(_)));
+        let mut index = self.applied_index.clone();
+        let stopped = matches!(tokio::time::timeout(limit, index.wait_for(|a| *a != seen)).await, Ok(Err(_)));
         if stopped {
             // Raft has stopped: nothing will move again; do not let callers spin.
             tokio::time::sleep(limit).await;
         }
-        let applied = metrics.borrow().last_applied;
+        let applied = *index.borrow();
         applied
     }
 

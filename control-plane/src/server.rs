@@ -125,6 +125,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .last_log_id
         .map(|l| l.index);
     let applied = sm.applied();
+    let applied_index = sm.applied_index();
     // Raft runs on a runtime of its own, with connections of its own to
     // the other servers: agents' calls keep this runtime's workers busy,
     // and heartbeats and appends that queue behind them went out late
@@ -141,7 +142,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .context("cannot start Raft")?;
     let elections =
         crate::elect::Elections::new(id, raft.clone(), log_reader, raft_peers, cfg.heartbeat, cfg.election_timeout);
-    let mut node = Node::new(id, raft.clone(), applied.clone(), peers, cfg.request_timeout, stats.clone());
+    let mut node = Node::new(id, raft.clone(), applied.clone(), applied_index, peers, cfg.request_timeout, stats.clone());
     node.node_down_after = cfg.node_down_after;
     let down_ms = cfg.node_down_after.as_millis() as u64;
     if down_ms < crate::node::MIN_LEASED_DOWN_MS || cfg.heartbeat.as_millis() as u64 * 3 / 2 > down_ms / 8 {
@@ -304,16 +305,15 @@ async fn rebind(listen: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Resolves when Raft has stopped by itself: a storage error (a full disk,
-/// an I/O error), or a panic in its core.
+/// an I/O error), or a panic in its core. It waits for the server metrics'
+/// channel to close, which happens when Raft's core ends (its full metrics
+/// change with every heartbeat, and would wake this as often).
 async fn stopped(raft: &Raft) -> openraft::error::Fatal<NodeId> {
-    let mut metrics = raft.metrics();
-    loop {
-        if let Err(fatal) = &metrics.borrow_and_update().running_state {
-            return fatal.clone();
-        }
-        if metrics.changed().await.is_err() {
-            return openraft::error::Fatal::Stopped;
-        }
+    let mut server = raft.server_metrics();
+    while server.changed().await.is_ok() {}
+    match &raft.metrics().borrow().running_state {
+        Err(fatal) => fatal.clone(),
+        Ok(()) => openraft::error::Fatal::Stopped,
     }
 }
 

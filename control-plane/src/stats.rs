@@ -240,9 +240,10 @@ impl Stats {
     }
 }
 
-/// Counts leader changes as this server sees them, until Raft stops.
+/// Counts leader changes as this server sees them, until Raft stops. The
+/// server metrics change with the vote, role, leader or membership only.
 pub async fn count_leader_changes(raft: Raft, changes: Counter) {
-    let mut rx = raft.metrics();
+    let mut rx = raft.server_metrics();
     let mut leader = rx.borrow().current_leader;
     while rx.changed().await.is_ok() {
         let now = rx.borrow().current_leader;

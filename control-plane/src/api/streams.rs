@@ -37,7 +37,7 @@ fn state_of(node: &Node) -> Result<State, Status> {
 
 /// Sends every change applied from now on, until the receiver goes.
 pub async fn events(node: Arc<Node>, tx: mpsc::Sender<Result<Event, Status>>) {
-    let mut seen = node.metrics().last_applied;
+    let mut seen = node.last_applied();
     let Ok(mut before) = state_of(&node) else { return };
     while !tx.is_closed() {
         let now = node.applied_after(seen, IDLE).await;

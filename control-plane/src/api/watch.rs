@@ -72,7 +72,7 @@ impl Watches {
             // Never a list older than the state when the watch began (a
             // publication made before, while no watch asked for newer ones,
             // would stop tasks placed since), nor than the agent's.
-            let fresh = node.metrics().last_applied.map_or(1, |l| l.index.max(1)).max(resume.unwrap_or(0));
+            let fresh = node.last_applied().map_or(1, |l| l.index.max(1)).max(resume.unwrap_or(0));
             loop {
                 let p = published.borrow_and_update().clone();
                 let keepalive = sent_at.elapsed() >= WATCH_REFRESH;

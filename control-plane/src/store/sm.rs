@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError, StoredMembership};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use super::seal::Sealer;
 use super::{flush, format, read_err, write_err, Entry, LogId, Membership, NodeId, SnapshotMeta, TypeConfig};
@@ -41,6 +42,9 @@ pub struct StateMachineStore {
     /// Snapshot data is sealed on disk, and in the clear everywhere else.
     sealer: Sealer,
     applied: Arc<RwLock<Applied>>,
+    /// The last applied entry's id, sent each time the applied state moves
+    /// (see `applied_index`).
+    moved: Arc<watch::Sender<Option<LogId>>>,
     stats: Stats,
 }
 
@@ -111,9 +115,17 @@ impl StateMachineStore {
     /// Opens the store with the state of the last snapshot.
     pub(super) fn open(db: sled::Db, sealer: Sealer) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let snap = db.open_tree("snap")?;
-        let mut store = Self { db, snap, sealer, applied: Arc::default(), stats: Stats::default() };
+        let mut store = Self {
+            db,
+            snap,
+            sealer,
+            applied: Arc::default(),
+            moved: Arc::new(watch::channel(None).0),
+            stats: Stats::default(),
+        };
         if let Some(s) = store.stored_snapshot()? {
             let applied = decode_snapshot(&s.meta, s.snapshot.get_ref())?;
+            store.moved.send_replace(applied.last_applied);
             store.applied = Arc::new(RwLock::new(applied));
         }
         Ok(store)
@@ -132,6 +144,16 @@ impl StateMachineStore {
     /// A handle for readers: API handlers read the applied state through it.
     pub fn applied(&self) -> Arc<RwLock<Applied>> {
         self.applied.clone()
+    }
+
+    /// The id of the last applied entry, changed only when the applied
+    /// state moves (an apply, an installed snapshot), and closed when Raft
+    /// stops: what watches of the state wait on. openraft's own metrics
+    /// channel sends on every turn of its core, each heartbeat sent or
+    /// answered, and woke every such waiter ten and more times a second on
+    /// an idle cluster.
+    pub fn applied_index(&self) -> watch::Receiver<Option<LogId>> {
+        self.moved.subscribe()
     }
 
     fn stored_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
@@ -181,6 +203,7 @@ impl StateMachineStore {
         self.snap.insert(SNAP_DATA, self.sealer.seal(&data)).map_err(write_err)?;
         flush(&self.db).await.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         *self.applied.write().map_err(|_| lock_err())? = applied;
+        self.moved.send_replace(meta.last_log_id);
         Ok(())
     }
 }
@@ -262,10 +285,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // Raft's one-worker runtime that wait stopped heartbeats and
         // append replies too, so followers stood for election under load.
         let entries: Vec<Entry> = entries.into_iter().collect();
+        let last = entries.last().map(|e| e.log_id);
         let (applied, stats) = (self.applied.clone(), self.stats.clone());
-        tokio::task::spawn_blocking(move || apply_entries(&applied, &stats, entries))
+        let replies = tokio::task::spawn_blocking(move || apply_entries(&applied, &stats, entries))
             .await
-            .map_err(|e| write_err(std::io::Error::other(format!("applying entries: {e}"))))?
+            .map_err(|e| write_err(std::io::Error::other(format!("applying entries: {e}"))))??;
+        if last.is_some() {
+            self.moved.send_replace(last);
+        }
+        Ok(replies)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -288,7 +316,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let applied = self.applied.clone();
         tokio::task::spawn_blocking(move || write_politely(&applied).map(|mut a| *a = incoming))
             .await
-            .map_err(|e| write_err(std::io::Error::other(format!("installing a snapshot: {e}"))))?
+            .map_err(|e| write_err(std::io::Error::other(format!("installing a snapshot: {e}"))))??;
+        self.moved.send_replace(meta.last_log_id);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {

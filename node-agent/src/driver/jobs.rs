@@ -57,7 +57,8 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
             worker.settings.stats.probes.get_or_create(&[("result", result)]).inc();
             books.probed(&probe, outcome, now());
         }
-        // At the tick, or when the next probe is due if sooner.
+        // At the tick while something is under way, at rest's pause when
+        // not; or when the next probe is due if sooner.
         let mut pause = worker.settings.tick;
         match worker.containers.list().await {
             // None would mean "restart and report every task": the pass is skipped.
@@ -81,6 +82,10 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
                         let timeout = Duration::from_millis(todo.timeout_ms);
                         worker.containers.probe(&todo.task, &todo.probe, address, timeout).await
                     });
+                }
+                // A leased container's deadline is renewed on these looks.
+                if jobs.is_empty() && probes.is_empty() && !observed.iter().any(|o| o.exclusive) {
+                    pause = worker.settings.rest;
                 }
                 if let Some(at) = pass.wake_at {
                     pause = pause.min(Duration::from_millis(at.saturating_sub(now())));
@@ -152,6 +157,10 @@ impl<T> Default for Running<T> {
 }
 
 impl<T> Running<T> {
+    fn is_empty(&self) -> bool {
+        self.what.is_empty()
+    }
+
     fn spawn(&mut self, what: T, wake: &Arc<Notify>, work: impl Future<Output = Result<(), String>> + Send + 'static) {
         let wake = wake.clone();
         let handle = self.set.spawn(async move {

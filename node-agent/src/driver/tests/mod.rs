@@ -40,6 +40,7 @@ fn node(clusters: &[&FakeCluster], containers: FakeContainers) -> Node {
     let settings = Settings {
         stop_grace: GRACE,
         tick: Duration::from_millis(50),
+        rest: Duration::from_millis(50),
         watch_deadline: Duration::from_secs(1),
         cgroup_parent: "berth-test".into(),
         dns_domain: Some("berth.local".into()),
