@@ -25,6 +25,7 @@ use berth_proto::model::{
     AssignedTask, Assignment, Desired, Files, NodeNetwork, Peer, Removed, Replica, ServiceEndpoints, Task, TaskSpec,
     TaskState,
 };
+use tokio::sync::Notify;
 
 use crate::node::Node;
 use crate::state::{ServicesTouched, State, Touched};
@@ -36,18 +37,27 @@ const GAP: Duration = Duration::from_millis(50);
 /// cluster is.
 const DUTY: u32 = 2;
 
+/// How long the publisher waits with nothing applied and no new watch
+/// before it looks whether its watches are all gone.
+const IDLE: Duration = Duration::from_secs(5);
+
 /// Publishes the applied state for this server's watches, while any
 /// watches; a watch subscribes with `Receiver::clone` and is woken by each
-/// publication.
-pub fn spawn(node: Arc<Node>) -> tokio::sync::watch::Receiver<Arc<Published>> {
+/// publication. A new watch rings the bell (the `Notify`) so that a state
+/// published before it came, or not at all, is published for it at once.
+pub fn spawn(node: Arc<Node>) -> (tokio::sync::watch::Receiver<Arc<Published>>, Arc<Notify>) {
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(Published::default()));
+    let wanted = Arc::new(Notify::new());
+    let bell = wanted.clone();
     tokio::spawn(async move {
         let mut seen = None;
         let mut rest = GAP;
         loop {
             tokio::time::sleep(rest).await;
-            // A new watch waits at most this long for a publication of a state that did not move.
-            let applied = node.applied_after(seen, Duration::from_millis(200)).await;
+            let applied = tokio::select! {
+                applied = node.applied_after(seen, IDLE) => applied,
+                () = bell.notified() => node.last_applied(),
+            };
             if tx.is_closed() {
                 return;
             }
@@ -75,7 +85,7 @@ pub fn spawn(node: Arc<Node>) -> tokio::sync::watch::Receiver<Arc<Published>> {
             rest = GAP.max(took * DUTY);
         }
     });
-    rx
+    (rx, wanted)
 }
 
 /// Publications a watch may lag behind and still get a delta; one that

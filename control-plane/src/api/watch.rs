@@ -19,6 +19,7 @@ use berth_proto::model::Removed;
 use berth_proto::pb::agent::{AssignedTasks, WatchTasksRequest};
 use berth_proto::prost::Message as _;
 use tokio::sync::watch::Receiver;
+use tokio::sync::Notify;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -36,6 +37,8 @@ const WATCH_REFRESH: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Watches {
     published: Receiver<Arc<Published>>,
+    /// Rung by each new watch (see `publish::spawn`).
+    wanted: Arc<Notify>,
     wire: Arc<Mutex<Wire>>,
 }
 
@@ -52,8 +55,8 @@ struct Wire {
 }
 
 impl Watches {
-    pub fn new(published: Receiver<Arc<Published>>) -> Self {
-        Self { published, wire: Arc::default() }
+    pub fn new((published, wanted): (Receiver<Arc<Published>>, Arc<Notify>)) -> Self {
+        Self { published, wanted, wire: Arc::default() }
     }
 
     /// The stream of a node's messages, as `asked`: whole lists only, or
@@ -64,6 +67,7 @@ impl Watches {
         let resume = Some(resume).filter(|r| deltas && *r > 0);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let (watches, mut published) = (self.clone(), self.published.clone());
+        self.wanted.notify_one();
         tokio::spawn(async move {
             let _open = Open::count(&node.stats.watch_streams);
             // What the stream last sent: the revision, and the node's share.
@@ -272,7 +276,7 @@ mod tests {
     fn messages_joined_from_shared_parts_are_each_nodes_own() {
         let mut state = state();
         let (_tx, rx) = tokio::sync::watch::channel(Arc::new(Published::default()));
-        let watches = Watches::new(rx);
+        let watches = Watches::new((rx, Arc::default()));
         let p1 = Published::next(&Published::default(), &state, 1, None);
         for node in NODES {
             let message = watches.whole(&p1, node);
@@ -322,7 +326,7 @@ mod tests {
     fn a_resumed_watch_starts_with_the_touched_services_and_its_tasks_whole() {
         let mut state = state();
         let (_tx, rx) = tokio::sync::watch::channel(Arc::new(Published::default()));
-        let watches = Watches::new(rx);
+        let watches = Watches::new((rx, Arc::default()));
         // (What the agent left out and why is each message's own: not compared.)
         let over_the_wire = |m: AssignedTasks| berth_proto::model::Assignment {
             skipped: vec![],
