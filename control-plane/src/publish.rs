@@ -63,6 +63,10 @@ pub fn spawn(node: Arc<Node>) -> (tokio::sync::watch::Receiver<Arc<Published>>, 
             }
             let stale = tx.borrow().revision != applied.map_or(0, |l| l.index) || seen.is_none();
             if tx.receiver_count() <= 1 || !stale {
+                // Nothing to publish for this state (a new watch rings for
+                // it). Without this, a server no agent watched looked again
+                // every GAP, twenty times a second, for as long as it ran.
+                seen = applied;
                 continue;
             }
             let started = Instant::now();

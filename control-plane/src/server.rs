@@ -142,7 +142,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .context("cannot start Raft")?;
     let elections =
         crate::elect::Elections::new(id, raft.clone(), log_reader, raft_peers, cfg.heartbeat, cfg.election_timeout);
-    let mut node = Node::new(id, raft.clone(), applied.clone(), applied_index, peers, cfg.request_timeout, stats.clone());
+    let mut node =
+        Node::new(id, raft.clone(), applied.clone(), applied_index, peers, cfg.request_timeout, stats.clone());
     node.node_down_after = cfg.node_down_after;
     let down_ms = cfg.node_down_after.as_millis() as u64;
     if down_ms < crate::node::MIN_LEASED_DOWN_MS || cfg.heartbeat.as_millis() as u64 * 3 / 2 > down_ms / 8 {
