@@ -8,8 +8,9 @@
 # unit (README.md, "Run on real hosts").
 #
 # BERTH_PACKAGE_BIN=DIR packages the binaries in DIR instead of building
-# them (the package test takes the debug build), and BERTH_PACKAGE_OUT=DIR
-# writes the package there.
+# them (release binaries gathered elsewhere; ones that need a newer glibc
+# or libseccomp's library are refused), and BERTH_PACKAGE_OUT=DIR writes
+# the package there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib/setup.sh
@@ -17,6 +18,18 @@ ensure_packages dpkg-deb:dpkg fakeroot:fakeroot strip:binutils
 
 if [ -n "${BERTH_PACKAGE_BIN:-}" ]; then
   bin=$BERTH_PACKAGE_BIN
+  # The package says what release builds need: refuse binaries that need more.
+  for b in berth-server berth-agent berth-shim berth-monitor berthctl; do
+    newest=$(objdump -T "$bin/$b" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1 || true)
+    if [ -n "$newest" ] && [ "$(printf '%s\n%s\n' "$newest" "$GLIBC_FLOOR" | sort -V | tail -1)" != "$GLIBC_FLOOR" ]; then
+      echo "package.sh: $bin/$b needs glibc $newest, newer than $GLIBC_FLOOR (build it with build_release)" >&2
+      exit 1
+    fi
+    if objdump -p "$bin/$b" | grep -q 'NEEDED.*libseccomp'; then
+      echo "package.sh: $bin/$b links libseccomp dynamically; the package does not depend on it (build it with build_release)" >&2
+      exit 1
+    fi
+  done
 else
   ensure_rust
   bin=$(build_release)

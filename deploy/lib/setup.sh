@@ -46,8 +46,9 @@ GLIBC_FLOOR=2.31
 # any glibc version, which is how release binaries get an older floor than
 # the build machine's own glibc.
 ensure_zigbuild() {
-  local venv=$PWD/target/tools/zig
-  if [ ! -x "$venv/bin/cargo-zigbuild" ]; then
+  local venv=$PWD/target/tools/zig pins="ziglang==0.17.1 cargo-zigbuild==0.24.1"
+  # Made again when the pins change, so a bump reaches machines that have it.
+  if [ ! -x "$venv/bin/cargo-zigbuild" ] || [ "$(cat "$venv/pins" 2>/dev/null)" != "$pins" ]; then
     ensure_packages python3:python3
     rm -rf "$venv"
     if ! python3 -m venv "$venv" >/dev/null 2>&1; then
@@ -56,7 +57,9 @@ ensure_zigbuild() {
       python3 -m venv "$venv" || return 1
     fi
     echo "installing zig and cargo-zigbuild into $venv" >&2
-    "$venv/bin/pip" install -q ziglang==0.17.1 cargo-zigbuild==0.24.1 >&2 || { rm -rf "$venv"; return 1; }
+    # shellcheck disable=SC2086 # the pins are words
+    "$venv/bin/pip" install -q $pins >&2 || { rm -rf "$venv"; return 1; }
+    echo "$pins" > "$venv/pins"
   fi
   PATH=$venv/bin:$PATH
 }

@@ -91,6 +91,10 @@ async fn the_release_package_runs_on_glibc_2_31() -> Result<()> {
         if let Some((major, minor)) = glibc_versions(&path)?.into_iter().max() {
             ensure!((major, minor) <= FLOOR, "{b} needs GLIBC_{major}.{minor}, newer than {want}");
         }
+        // Debian 11's minimal root has libseccomp too (apt needs it), so
+        // loading there would not tell that the package leaves it out.
+        let (_, headers) = output(Command::new("objdump").arg("-p").arg(&path))?;
+        ensure!(!headers.contains("libseccomp"), "{b} links libseccomp dynamically: {headers}");
         // The loader checks every symbol version a binary needs before
         // main runs, so running it at all proves it loads here.
         let (ok, said) =

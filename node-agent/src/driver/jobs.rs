@@ -84,7 +84,7 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
                     });
                 }
                 // A leased container's deadline is renewed on these looks.
-                if jobs.is_empty() && probes.is_empty() && !observed.iter().any(|o| o.exclusive) {
+                if jobs.is_empty() && probes.is_empty() && !pass.waiting && !observed.iter().any(|o| o.exclusive) {
                     pause = worker.settings.rest;
                 }
                 if let Some(at) = pass.wake_at {

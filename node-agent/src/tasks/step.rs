@@ -54,6 +54,10 @@ pub struct Step {
     /// When a starting run's next probe is due (monotonic ms), for the
     /// driver to look again then rather than at its tick.
     pub wake_at: Option<u64>,
+    /// Whether something waits on time: a restart or a retry backing off,
+    /// a start waiting for its dependencies. The driver then looks at its
+    /// tick, not at rest's pause.
+    pub waiting: bool,
 }
 
 /// One pass at `now` (monotonic ms): starts the jobs it returns in `books`.
@@ -134,6 +138,7 @@ pub fn step(
         .collect();
     let waiting = super::depends::waiting(assignment);
     let mut jobs = Vec::new();
+    let mut held = false;
     for action in plan(&wants, &have, now) {
         let (Action::Start { task }
         | Action::Restart { task, .. }
@@ -141,11 +146,16 @@ pub fn step(
         | Action::Stop { task }
         | Action::Remove { task }) = &action;
         // A task whose last job failed waits out its backoff, whatever comes next.
-        if books.busy.contains(task) || books.failed.get(task).is_some_and(|f| now < f.retry_at) {
+        if books.busy.contains(task) {
+            continue;
+        }
+        if books.failed.get(task).is_some_and(|f| now < f.retry_at) {
+            held = true;
             continue;
         }
         // Whatever starts it, first or again, waits for its dependencies.
         if waiting.contains_key(task) && !matches!(action, Action::Stop { .. } | Action::Remove { .. }) {
+            held = true;
             continue;
         }
         let replace = matches!(action, Action::Replace { .. });
@@ -154,7 +164,10 @@ pub fn step(
                 Some(t) => Job::Start(t.clone()),
                 None => continue,
             },
-            Action::Restart { at, .. } if now < at => continue,
+            Action::Restart { at, .. } if now < at => {
+                held = true;
+                continue;
+            }
             Action::Restart { task, streak, .. } | Action::Replace { task, streak } => {
                 let Some(t) = tasks.get(&task) else { continue };
                 let keep = t.spec.overrides.options.restart_max_attempts.unwrap_or(0);
@@ -195,9 +208,14 @@ pub fn step(
             || assignment.refused.contains_key(ns)
             || assignment.fenced.contains(ns)
             || here.contains(ns.as_str());
-        if !keep && !books.busy.contains(ns) && books.failed.get(ns).is_none_or(|f| now >= f.retry_at) {
+        if keep || books.busy.contains(ns) {
+            continue;
+        }
+        if books.failed.get(ns).is_none_or(|f| now >= f.retry_at) {
             books.busy.insert(ns.clone());
             jobs.push(Job::Detach(ns.clone()));
+        } else {
+            held = true;
         }
     }
     // Only a starting run's probes are due sooner than the tick matters for
@@ -205,7 +223,7 @@ pub fn step(
     // lists every container, per probe: 100 checked tasks cost 4x the CPU.
     let starting = books.health.values().filter(|h| !h.probing && h.state == HealthState::Starting);
     let wake_at = starting.map(|h| h.next_at).min();
-    Step { jobs, reports: reports(assignment, &observed, books, &waiting), probes, wake_at }
+    Step { jobs, reports: reports(assignment, &observed, books, &waiting), probes, wake_at, waiting: held }
 }
 
 /// Keeps a tracker for each wanted task running with a health check (a
