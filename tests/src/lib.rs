@@ -78,6 +78,15 @@ pub fn bin(name: &str) -> PathBuf {
     built(name)
 }
 
+/// The release package, `target/berth/berth_VERSION_amd64.deb`, as
+/// tests/run.sh has deploy/package.sh build it before the tests.
+pub fn release_package() -> anyhow::Result<PathBuf> {
+    let name = format!("berth_{}_amd64.deb", env!("CARGO_PKG_VERSION"));
+    let deb = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/berth").join(name);
+    anyhow::ensure!(deb.exists(), "{} is missing: run deploy/package.sh (tests/run.sh does)", deb.display());
+    Ok(deb)
+}
+
 /// Path of a binary of this build, wherever `BERTH_BIN_DIR` points.
 pub fn built(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();

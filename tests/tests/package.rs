@@ -1,6 +1,7 @@
 //! The Debian package, installed and run: the release package that
-//! deploy/package.sh builds (tests/run.sh runs it first); dpkg installs the package into an empty root (its
-//! maintainer scripts run there, under busybox's sh); its systemd units
+//! deploy/package.sh builds (tests/run.sh runs it first); dpkg installs
+//! it into an empty root (its maintainer scripts run there, under
+//! busybox's sh); its systemd units
 //! pass `systemd-analyze verify`; deploy/install.sh lays out the same
 //! without it; and a cluster of two hosts (network
 //! namespaces on a test network) runs from the installed binaries alone:
@@ -17,7 +18,7 @@ use berth_tests::agent::Agent;
 use berth_tests::hosts::Hosts;
 use berth_tests::oci::Image;
 use berth_tests::registry::{Auth, Registry};
-use berth_tests::{berthctl, wait_for, Cluster};
+use berth_tests::{berthctl, release_package, wait_for, Cluster};
 
 const BINARIES: [&str; 5] = ["berth-server", "berth-agent", "berth-shim", "berth-monitor", "berthctl"];
 
@@ -56,11 +57,8 @@ fn exe(pid: u32) -> PathBuf {
 async fn the_package_installs_and_a_cluster_of_hosts_runs_from_it() -> Result<()> {
     let work = tempfile::tempdir()?;
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    // The release package, as tests/run.sh has deploy/package.sh build it.
-    let name = format!("berth_{}_amd64.deb", env!("CARGO_PKG_VERSION"));
-    let release = repo.join("target/berth");
-    let deb = release.join(&name);
-    ensure!(deb.exists(), "{} is missing: run deploy/package.sh (tests/run.sh does)", deb.display());
+    let deb = release_package()?;
+    let release = deb.parent().context("the package's directory")?.to_path_buf();
 
     let root = work.path().join("root");
     empty_root(&root)?;

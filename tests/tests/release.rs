@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _, Result};
 use berth_tests::hosts::Hosts;
-use berth_tests::wait_for;
+use berth_tests::{release_package, wait_for};
 
 /// glibc's version that release binaries must run on (GLIBC_FLOOR in deploy/lib/setup.sh).
 const FLOOR: (u32, u32) = (2, 31);
@@ -20,11 +20,6 @@ const BINARIES: [&str; 5] = ["berth-server", "berth-agent", "berth-shim", "berth
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn made_by(path: PathBuf, script: &str) -> Result<PathBuf> {
-    ensure!(path.exists(), "{} is missing: run {script} (tests/run.sh does)", path.display());
-    Ok(path)
 }
 
 fn output(cmd: &mut Command) -> Result<(bool, String)> {
@@ -71,8 +66,9 @@ impl Drop for Unpacked {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_release_package_runs_on_glibc_2_31() -> Result<()> {
     let version = env!("CARGO_PKG_VERSION");
-    let deb = made_by(repo().join(format!("target/berth/berth_{version}_amd64.deb")), "deploy/package.sh")?;
-    let root = made_by(repo().join("target/roots/debian-11"), "tests/oldest-glibc.sh")?;
+    let deb = release_package()?;
+    let root = repo().join("target/roots/debian-11");
+    ensure!(root.exists(), "{} is missing: run tests/oldest-glibc.sh (tests/run.sh does)", root.display());
     let (ok, said) = output(Command::new("chroot").arg(&root).args(["ldd", "--version"]))?;
     let want = format!("{}.{}", FLOOR.0, FLOOR.1);
     ensure!(ok && said.lines().next().unwrap_or_default().ends_with(&want), "the root's glibc: {said}");

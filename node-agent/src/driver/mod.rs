@@ -44,7 +44,8 @@ pub struct Settings {
     /// Grace between SIGTERM and SIGKILL when a task is stopped.
     pub stop_grace: Duration,
     /// How often the worker looks again without news while something is
-    /// under way (a job, a probe, a leased container), and a failed
+    /// under way (a job, a probe, a leased container) or waits on time
+    /// (`Step::waiting`), and a failed
     /// network step is tried again.
     pub tick: Duration,
     /// How often it looks when nothing is under way: a container started

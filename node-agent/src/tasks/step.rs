@@ -145,10 +145,10 @@ pub fn step(
         | Action::Replace { task, .. }
         | Action::Stop { task }
         | Action::Remove { task }) = &action;
-        // A task whose last job failed waits out its backoff, whatever comes next.
         if books.busy.contains(task) {
             continue;
         }
+        // A task whose last job failed waits out its backoff, whatever comes next.
         if books.failed.get(task).is_some_and(|f| now < f.retry_at) {
             held = true;
             continue;
