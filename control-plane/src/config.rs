@@ -65,6 +65,11 @@ pub struct Args {
     /// Leader heartbeat period in milliseconds (default 100)
     #[arg(long, env = "BERTH_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
+    /// Leader heartbeat period in milliseconds while nothing is written (default 1000; 0: always
+    /// --heartbeat-ms). Followers are told, and wait that much longer before they stand, so a leader
+    /// lost at rest is replaced about this much later
+    #[arg(long, env = "BERTH_QUIET_HEARTBEAT_MS")]
+    pub quiet_heartbeat_ms: Option<u64>,
     /// Election timeout in milliseconds (default 300): a voter that hears no leader for a random
     /// time in [this, 1.5 x this] stands for election if a majority says it would vote for it
     #[arg(long, env = "BERTH_ELECTION_TIMEOUT_MS")]
@@ -134,6 +139,8 @@ pub struct Config {
     pub force_new_cluster: bool,
     pub cert_validity: Duration,
     pub heartbeat: Duration,
+    /// The heartbeat while nothing is written; None: always `heartbeat`.
+    pub quiet_heartbeat: Option<Duration>,
     pub election_timeout: Duration,
     pub snapshot_logs: u64,
     pub keep_logs: u64,
@@ -179,6 +186,7 @@ impl Args {
             force_new_cluster: self.force_new_cluster,
             cert_validity: validity(self.cert_validity.or(file.cert_validity).as_deref().unwrap_or("90d"))?,
             heartbeat: ms(self.heartbeat_ms, file.heartbeat_ms, 100),
+            quiet_heartbeat: Some(ms(self.quiet_heartbeat_ms, file.quiet_heartbeat_ms, 1_000)).filter(|q| !q.is_zero()),
             election_timeout: ms(self.election_timeout_ms, file.election_timeout_ms, 300),
             snapshot_logs: self.snapshot_logs.or(file.snapshot_logs).unwrap_or(10_000),
             keep_logs: self.keep_logs.or(file.keep_logs).unwrap_or(1_000),
@@ -218,6 +226,14 @@ impl Args {
                 "election timeout ({:?}) must be more than twice the heartbeat ({:?})",
                 cfg.election_timeout,
                 cfg.heartbeat
+            );
+        }
+        if let Some(quiet) = cfg.quiet_heartbeat.filter(|q| *q <= cfg.heartbeat || *q > crate::quiet::MAX_PROMISE) {
+            bail!(
+                "--quiet-heartbeat-ms ({}) must be 0 (off), or more than the heartbeat ({:?}) and at most {} ms",
+                quiet.as_millis(),
+                cfg.heartbeat,
+                crate::quiet::MAX_PROMISE.as_millis()
             );
         }
         if cfg.snapshot_logs == 0 {

@@ -22,7 +22,8 @@
 //! times an append out after its `heartbeat_interval`, and on a loaded
 //! machine a 100 ms deadline failed every append, so the leader could not
 //! commit. openraft is given a longer interval, which is only its deadline
-//! now, and berth sends a heartbeat every `heartbeat`.
+//! now, and berth sends a heartbeat every `heartbeat`, or every quiet
+//! beat while there is nothing to replicate (`quiet`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +36,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::network::{decode, encode, Peers};
+use crate::quiet::{may_rest, Quiet};
 use crate::store::{LogId, LogStore, NodeId, Raft};
 
 /// A pre-vote request: would you vote for me, with this log?
@@ -85,8 +87,18 @@ pub fn openraft_timers(h: Duration, e: Duration) -> (u64, u64, u64) {
     (deadline, (deadline + lease) / 2, lease)
 }
 
+/// The leader's beats and the followers' patience.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    /// The election timeout.
+    pub timeout: Duration,
+    /// The beat while there is nothing to replicate; None: always `heartbeat`.
+    pub quiet: Option<Duration>,
+}
+
 /// This server's side of elections: answers pre-votes and, while it
-/// follows, stands when its leader has gone quiet; while it leads, beats.
+/// follows, stands when its leader has gone silent; while it leads, beats.
 #[derive(Clone)]
 pub struct Elections {
     id: NodeId,
@@ -95,6 +107,8 @@ pub struct Elections {
     peers: Peers,
     heartbeat: Duration,
     timeout: Duration,
+    quiet_beat: Option<Duration>,
+    quiet: Quiet,
     /// When this server started: it has heard no leader since then at most.
     started: Instant,
     /// When it last said yes to a pre-vote: that candidate is about to
@@ -109,15 +123,32 @@ impl std::fmt::Debug for Elections {
 }
 
 impl Elections {
-    pub fn new(id: NodeId, raft: Raft, log: LogStore, peers: Peers, heartbeat: Duration, timeout: Duration) -> Self {
+    pub fn new(id: NodeId, raft: Raft, log: LogStore, peers: Peers, timing: Timing, quiet: Quiet) -> Self {
         let started = Instant::now();
-        Self { id, raft, log, peers, heartbeat, timeout, started, said_yes: Arc::new(Mutex::new(started)) }
+        Self {
+            id,
+            raft,
+            log,
+            peers,
+            heartbeat: timing.heartbeat,
+            timeout: timing.timeout,
+            quiet_beat: timing.quiet,
+            quiet,
+            started,
+            said_yes: Arc::new(Mutex::new(started)),
+        }
+    }
+
+    /// What this server promised or was promised (`quiet`).
+    pub fn quiet(&self) -> &Quiet {
+        &self.quiet
     }
 
     /// The answer to `ask`.
     pub async fn answer(&self, ask: &PreVote) -> Result<bool, Fatal<NodeId>> {
         let me = self.standing().await?;
-        let yes = grants(&me, ask.last_log_id, self.timeout);
+        // A quiet leader is heard, and hears its quorum, that much less often.
+        let yes = grants(&me, ask.last_log_id, self.timeout + self.quiet.grace());
         if yes {
             *self.said_yes() = Instant::now();
         }
@@ -172,32 +203,37 @@ impl Elections {
     pub async fn run(self) {
         let mut wait = self.next_timeout();
         let mut tried = self.started;
+        // The leader's last log index, and since when it has been that.
+        let mut still = (None, Instant::now());
         loop {
             // Taken before the look at the role, so that no change after it is missed.
             let mut server = self.raft.server_metrics();
             server.borrow_and_update();
             let (leading, voters) = self.membership();
             if leading {
-                if self.raft.trigger().heartbeat().await.is_err() {
+                self.quiet.heard(None);
+                if !self.beat(&mut still).await {
                     return;
                 }
-                tokio::time::sleep(self.heartbeat).await;
                 continue;
             }
+            self.quiet.promise(None);
             if !voters.iter().any(|(id, _)| *id == self.id) {
                 tokio::time::sleep(self.heartbeat).await;
                 continue;
             }
-            // Quiet: nothing heard from a leader, nor asked, nor said yes, for this long.
+            // Silent: nothing heard from a leader, nor asked, nor said yes, for this long.
             let Ok(heard) = self.heard().await else { return };
-            let quiet = heard.min(tried.elapsed()).min(self.said_yes().elapsed());
-            if quiet < wait {
+            let silent = heard.min(tried.elapsed()).min(self.said_yes().elapsed());
+            // A quiet leader promised its next heartbeat that much later.
+            let patience = wait + self.quiet.grace();
+            if silent < patience {
                 // Wakes when the timeout would run out, or when this server's
                 // role changes (elected: it sends heartbeats from then on).
                 // Not every heartbeat: each look asks Raft's core, and ten
                 // looks a second were most of an idle follower's work.
                 tokio::select! {
-                    _ = tokio::time::sleep(wait - quiet) => {}
+                    _ = tokio::time::sleep(patience - silent) => {}
                     changed = server.changed() => if changed.is_err() { return },
                 }
                 continue;
@@ -220,6 +256,50 @@ impl Elections {
             tracing::info!(voters = voters.len(), heard = ?me.heard, "no leader heard: standing for election");
             if self.raft.trigger().elect().await.is_err() {
                 return;
+            }
+        }
+    }
+
+    /// One heartbeat of a leader, and the pause after it: the ordinary
+    /// beat, or a quiet one (promised in the heartbeat, see `quiet`) ended
+    /// early when an entry is appended. False once Raft stops.
+    async fn beat(&self, still: &mut (Option<u64>, Instant)) -> bool {
+        let mut metrics = self.raft.metrics();
+        let rest = {
+            let m = metrics.borrow_and_update();
+            if m.last_log_index != still.0 {
+                *still = (m.last_log_index, Instant::now());
+            }
+            let config = m.membership_config.membership();
+            let others = config.voter_ids().filter(|id| *id != self.id);
+            let matched = m.replication.iter().flat_map(|r| r.values().map(|l| l.map(|l| l.index)));
+            let rest = may_rest(still.1.elapsed(), still.0, matched, self.quiet.all_heed(others), self.quiet.held());
+            self.quiet_beat.filter(|_| rest && m.replication.is_some())
+        };
+        // Promised before it is sent.
+        self.quiet.promise(rest);
+        if self.raft.trigger().heartbeat().await.is_err() {
+            return false;
+        }
+        let Some(gap) = rest else {
+            tokio::time::sleep(self.heartbeat).await;
+            return true;
+        };
+        let until = Instant::now() + gap;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                    let m = metrics.borrow_and_update();
+                    if m.last_log_index != still.0 || m.state != ServerState::Leader {
+                        // Written to: the ordinary beat from now on.
+                        self.quiet.promise(None);
+                        return true;
+                    }
+                }
             }
         }
     }

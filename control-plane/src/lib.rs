@@ -27,6 +27,7 @@ pub mod liveness;
 pub mod network;
 pub mod node;
 pub mod publish;
+pub mod quiet;
 pub mod reconciler;
 pub mod recovery;
 pub mod rotation;

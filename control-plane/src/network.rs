@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 
+use crate::quiet::{self, Quiet};
 use crate::store::{NodeId, TypeConfig};
 
 pub use berth_proto::client::MAX_MESSAGE;
@@ -37,8 +38,18 @@ pub struct Peers {
 
 impl Peers {
     pub fn new(tls: &Tls) -> Self {
+        Self::dialing(tls, Peer::Server)
+    }
+
+    /// Raft's own: its connections ask for `RAFT_NAME`, which the other
+    /// server serves on its Raft runtime (`tls::incoming_split`).
+    pub fn for_raft(tls: &Tls) -> Self {
+        Self::dialing(tls, Peer::Raft)
+    }
+
+    fn dialing(tls: &Tls, servers: Peer) -> Self {
         Self {
-            channels: Channels::new(Settings::peers(), tls.connector(Peer::Server)),
+            channels: Channels::new(Settings::peers(), tls.connector(servers)),
             agents: Channels::new(Settings::peers(), tls.connector(Peer::Worker)),
         }
     }
@@ -86,13 +97,15 @@ fn too_large(bytes: usize, entries: usize) -> Option<u64> {
 #[derive(Debug, Clone)]
 pub struct Network {
     pub peers: Peers,
+    /// What the heartbeats promise, and who heeds it (`quiet`).
+    pub quiet: Quiet,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        PeerClient { target, client: self.peers.raft(&node.addr) }
+        PeerClient { target, client: self.peers.raft(&node.addr), quiet: self.quiet.clone() }
     }
 }
 
@@ -100,6 +113,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     target: NodeId,
     client: Result<RaftClient<Channel>, tonic::Status>,
+    quiet: Quiet,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -122,7 +136,7 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let payload = encode(req).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
-        self.send(rpc, payload, option).await
+        self.send(rpc, payload, option, None).await
     }
 
     async fn send<Resp, E>(
@@ -130,6 +144,7 @@ impl PeerClient {
         rpc: Rpc,
         payload: Payload,
         option: &RPCOption,
+        promise: Option<Duration>,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
         Resp: DeserializeOwned,
@@ -138,12 +153,19 @@ impl PeerClient {
         let client = self.client.as_mut().map_err(|s| RPCError::Unreachable(Unreachable::new(s)))?;
         let mut request = tonic::Request::new(payload);
         request.set_timeout(option.hard_ttl());
+        if let Some(gap) = promise {
+            request.metadata_mut().insert(quiet::PROMISE, (gap.as_millis() as u64).into());
+        }
         let reply = match rpc {
             Rpc::Append => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
-        let payload = reply.map_err(|s| RPCError::Unreachable(Unreachable::new(&s)))?.into_inner();
+        let reply = reply.map_err(|s| RPCError::Unreachable(Unreachable::new(&s)))?;
+        if let Rpc::Append = rpc {
+            self.quiet.answered(self.target, reply.metadata().contains_key(quiet::HEEDED));
+        }
+        let payload = reply.into_inner();
         let result: Result<Resp, RaftError<NodeId, E>> =
             decode(&payload).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -160,7 +182,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         if let Some(fit) = too_large(payload.json.len(), rpc.entries.len()) {
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
         }
-        self.send(Rpc::Append, payload, &option).await
+        // Only a heartbeat promises: an append with entries means the
+        // ordinary beat to whoever takes it, and from its leader before
+        // the entries are acknowledged (its loop would see them a moment later).
+        if !rpc.entries.is_empty() {
+            self.quiet.promise(None);
+        }
+        let promise = self.quiet.promising().filter(|_| rpc.entries.is_empty());
+        self.send(Rpc::Append, payload, &option, promise).await
     }
 
     async fn install_snapshot(

@@ -172,6 +172,8 @@ pub struct Node {
     /// What `/metrics` shows of this server's work.
     pub stats: Stats,
     beats: BeatCache,
+    /// The heartbeats' promise, which a lease in use holds off (`quiet`).
+    pub quiet: crate::quiet::Quiet,
 }
 
 impl std::fmt::Debug for Node {
@@ -205,6 +207,7 @@ impl Node {
             liveness: std::sync::Mutex::new(None),
             node_down_after: Duration::from_secs(4),
             network: NetworkConfig::DEFAULT,
+            quiet: crate::quiet::Quiet::default(),
         }
     }
 
@@ -467,11 +470,15 @@ impl Node {
     /// it is heard again.
     fn lease(&self, node: &str, heard: bool) -> LeaderReply {
         let down = self.node_down_after.as_millis() as u64;
+        let exclusive = self.beat_view().exclusive.get(node).cloned().unwrap_or_default();
+        if !exclusive.is_empty() {
+            // The bound above needs the ordinary beat's quorum acks.
+            self.quiet.hold(self.node_down_after);
+        }
         let acked = self.raft.metrics().borrow().millis_since_quorum_ack;
         if !heard || down < MIN_LEASED_DOWN_MS || acked.is_none_or(|ms| ms > down / 8) {
             return LeaderReply::Lease { ms: 0, exclusive: vec![] };
         }
-        let exclusive = self.beat_view().exclusive.get(node).cloned().unwrap_or_default();
         LeaderReply::Lease { ms: down * 7 / 10, exclusive }
     }
 

@@ -131,8 +131,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     // and heartbeats and appends that queue behind them went out late
     // enough for followers to stand for election (see `RaftRuntime`).
     let raft_runtime = RaftRuntime::start()?;
-    let raft_peers = Peers::new(&tls);
-    let network = Network { peers: raft_peers.clone() };
+    let raft_peers = Peers::for_raft(&tls);
+    let quiet = crate::quiet::Quiet::default();
+    let network = Network { peers: raft_peers.clone(), quiet: quiet.clone() };
     let log_reader = log.clone();
     let raft_cfg = Arc::new(cfg.raft_config()?);
     let raft = raft_runtime
@@ -140,11 +141,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .await
         .context("Raft's runtime stopped")?
         .context("cannot start Raft")?;
-    let elections =
-        crate::elect::Elections::new(id, raft.clone(), log_reader, raft_peers, cfg.heartbeat, cfg.election_timeout);
+    let timing =
+        crate::elect::Timing { heartbeat: cfg.heartbeat, timeout: cfg.election_timeout, quiet: cfg.quiet_heartbeat };
+    let elections = crate::elect::Elections::new(id, raft.clone(), log_reader, raft_peers, timing, quiet.clone());
     let mut node =
         Node::new(id, raft.clone(), applied.clone(), applied_index, peers, cfg.request_timeout, stats.clone());
     node.node_down_after = cfg.node_down_after;
+    node.quiet = quiet.clone();
     let down_ms = cfg.node_down_after.as_millis() as u64;
     if down_ms < crate::node::MIN_LEASED_DOWN_MS || cfg.heartbeat.as_millis() as u64 * 3 / 2 > down_ms / 8 {
         warn!(
@@ -163,14 +166,31 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         Some(addr) => {
             let listener =
                 TcpListener::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?;
-            let registry = Arc::new(stats.registry(raft.clone(), applied));
+            let registry = Arc::new(stats.registry(raft.clone(), applied, quiet.clone()));
             info!(%addr, "serving metrics at http://{addr}/metrics");
             Some(tokio::spawn(berth_proto::metrics::serve(listener, registry)))
         }
         None => None,
     };
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let until_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let raft_api = || {
+        RaftServer::new(RaftApi { node: node.clone(), elections: elections.clone() })
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    };
+    // Other servers' Raft connections are served on Raft's runtime (see
+    // `berth_proto::tls::incoming_split`); the rest, and Raft from servers
+    // of a release that does not ask apart, here.
+    let (incoming, raft_incoming) = berth_proto::tls::incoming_split(listener, tls.clone());
+    let raft_lane = raft_runtime.spawn(
+        berth_proto::client::server(cfg.max_streams_per_connection)
+            .add_service(raft_api())
+            .serve_with_incoming_shutdown(raft_incoming, until_stop(stop_rx.clone())),
+    );
     let server = berth_proto::client::server(cfg.max_streams_per_connection)
         .add_service(
             ClusterServer::new(ClusterApi::new(
@@ -192,14 +212,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(LockServer::new(autolock::Unlocked))
-        .add_service(
-            RaftServer::new(RaftApi { node: node.clone(), elections })
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .serve_with_incoming_shutdown(berth_proto::tls::incoming(listener, tls.clone()), async {
-            let _ = stop_rx.await;
-        });
+        .add_service(raft_api())
+        .serve_with_incoming_shutdown(incoming, until_stop(stop_rx));
     let server = tokio::spawn(server);
 
     if identity.bootstrap && !raft.is_initialized().await? {
@@ -242,9 +256,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     }
     key_keeper.abort();
     certificates.abort();
-    let _ = stop_tx.send(());
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Err(e))) => warn!("gRPC server ended with an error: {e}"),
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(5), async { (server.await, raft_lane.await) }).await {
+        Ok((Ok(Err(e)), _) | (_, Ok(Err(e)))) => warn!("gRPC server ended with an error: {e}"),
         Err(_) => warn!("gRPC server did not stop within 5s"),
         _ => {}
     }

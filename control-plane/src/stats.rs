@@ -19,6 +19,7 @@ use berth_proto::metrics::{counts, gauge, gauges, seconds};
 use berth_proto::model::{NodeStatus, TaskState};
 use openraft::ServerState;
 
+use crate::quiet::Quiet;
 use crate::state::State;
 use crate::store::Applied;
 use crate::store::Raft;
@@ -88,7 +89,7 @@ impl Default for Stats {
 
 impl Stats {
     /// A registry with these figures and those read at scrape time from `raft` and `applied`.
-    pub fn registry(&self, raft: Raft, applied: Arc<RwLock<Applied>>) -> Registry {
+    pub fn registry(&self, raft: Raft, applied: Arc<RwLock<Applied>>, quiet: Quiet) -> Registry {
         let mut r = Registry::with_prefix("berth");
         let s = self.clone();
         r.register("raft_proposals", "Raft entries of commands this server proposed as leader", s.proposals);
@@ -124,7 +125,7 @@ impl Stats {
             "From a task waiting for a node to its placement committed",
             s.placement_seconds,
         );
-        r.register_collector(Box::new(Collected { raft, applied }));
+        r.register_collector(Box::new(Collected { raft, applied, quiet }));
         r
     }
 }
@@ -133,6 +134,7 @@ impl Stats {
 struct Collected {
     raft: Raft,
     applied: Arc<RwLock<Applied>>,
+    quiet: Quiet,
 }
 
 impl std::fmt::Debug for Collected {
@@ -158,6 +160,12 @@ impl Collector for Collected {
         gauge(&mut e, "raft_term", "This server's Raft term", m.current_term as i64)?;
         gauge(&mut e, "raft_leader", "The leader's server id (0: none known)", m.current_leader.unwrap_or(0) as i64)?;
         gauge(&mut e, "raft_is_leader", "1 while this server leads", i64::from(m.state == ServerState::Leader))?;
+        gauge(
+            &mut e,
+            "raft_quiet_beat_ms",
+            "The gap the leader's heartbeats promise now: 0 at the ordinary beat (see quiet)",
+            self.quiet.grace().as_millis() as i64,
+        )?;
         gauge(
             &mut e,
             "raft_last_log_index",

@@ -14,6 +14,13 @@
 //! `JOIN_NAME` without asking for a certificate: that is how a node with a
 //! join token and nothing else gets its first one (the only call such a
 //! connection may make). Every other handshake must present a certificate.
+//!
+//! Servers dial each other's Raft with `RAFT_NAME`, and a server hands
+//! those connections to a listener of their own (`incoming_split`): the
+//! heartbeats that keep a leader are then served on Raft's runtime, not
+//! behind agents' calls, with one thread woken per heartbeat instead of
+//! several. A server that does not split (an older release) serves them
+//! with the rest, as it did before: the name is verified as `SERVER_NAME`.
 
 use std::future::Future;
 use std::io;
@@ -40,6 +47,9 @@ use crate::pki::{certificates, fingerprint, Credentials, Identity, PkiError, Rol
 
 /// The name a joining node asks for: the handshake that needs no certificate.
 pub const JOIN_NAME: &str = "berth-join";
+/// The name a server's Raft connections ask for: verified as a server's
+/// (`SERVER_NAME`), and served apart by a server that splits its listener.
+pub const RAFT_NAME: &str = "berth-raft";
 /// What a joining node's handshake fails with when the server's root is not
 /// the one its token pins: no retry changes that.
 pub const NOT_PINNED: &str = "the server's root certificate is not the one the join token names";
@@ -51,6 +61,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Peer {
     /// A server of our cluster.
     Server,
+    /// A server of our cluster, for Raft's own connections (`RAFT_NAME`).
+    Raft,
     /// A worker node of our cluster (servers reading an agent's logs).
     Worker,
     /// A server of the cluster whose root has this digest, for a node
@@ -62,6 +74,7 @@ impl Peer {
     fn server_name(self) -> ServerName<'static> {
         let name = match self {
             Peer::Server => SERVER_NAME,
+            Peer::Raft => RAFT_NAME,
             Peer::Worker => WORKER_NAME,
             Peer::Join => JOIN_NAME,
         };
@@ -212,7 +225,14 @@ impl ServerCertVerifier for OfCluster<WebPkiServerVerifier> {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        let raft = ServerName::try_from(RAFT_NAME).ok();
+        let server = ServerName::try_from(SERVER_NAME).ok();
+        // Raft's connections ask for RAFT_NAME; the certificate is a server's.
+        let name = match (&raft, &server) {
+            (Some(raft), Some(server)) if server_name == raft => server,
+            _ => server_name,
+        };
+        let verified = self.inner.verify_server_cert(end_entity, intermediates, name, ocsp, now)?;
         check_cluster(end_entity, &self.cluster)?;
         Ok(verified)
     }
@@ -360,8 +380,63 @@ impl tower_service::Service<Uri> for Connector {
 /// One accepted connection, its handshake done.
 #[derive(Debug)]
 pub struct Conn {
-    io: tokio_rustls::server::TlsStream<TcpStream>,
+    io: tokio_rustls::server::TlsStream<Socket>,
     caller: Caller,
+}
+
+impl Conn {
+    /// Moves the socket to the reactor of the runtime this is called on.
+    /// A socket is woken by the reactor it was accepted on, and a
+    /// connection served on another runtime would cost a wake of each for
+    /// every packet.
+    fn rehome(&mut self) -> io::Result<()> {
+        let socket = &mut self.io.get_mut().0;
+        let tcp = socket.0.take().ok_or_else(|| io::Error::other("the socket was lost moving"))?;
+        socket.0 = Some(TcpStream::from_std(tcp.into_std()?)?);
+        Ok(())
+    }
+}
+
+/// A TCP stream that can be taken out and registered again (`rehome`);
+/// None only if that failed, and the connection is then dropped.
+#[derive(Debug)]
+struct Socket(Option<TcpStream>);
+
+impl Socket {
+    fn tcp(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        match &mut self.0 {
+            Some(tcp) => Ok(Pin::new(tcp)),
+            None => Err(io::Error::from(io::ErrorKind::NotConnected)),
+        }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.tcp()?.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.tcp()?.poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tcp()?.poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tcp()?.poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.tcp()?.poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
 }
 
 impl Connected for Conn {
@@ -402,49 +477,92 @@ impl AsyncWrite for Conn {
 /// The connections accepted on `listener` whose TLS handshake succeeds.
 /// Each handshake runs on its own task, so a slow or garbled one (random
 /// bytes, a port scan) holds up nobody else.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Tls,
-) -> tonic::codegen::tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
+pub fn incoming(listener: TcpListener, tls: Tls) -> Incoming {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            // The server gone (its stream dropped), the listener goes too.
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = tx.closed() => return,
-            };
-            let (tcp, from) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors, most likely: let some close.
-                    tracing::warn!("accepting a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            if tx.is_closed() {
-                return;
-            }
-            let (tx, tls) = (tx.clone(), tls.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, &tls)).await {
-                    Ok(Ok(conn)) => {
-                        let _ = tx.send(Ok(conn)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%from, "TLS handshake failed: {e}"),
-                    Err(_) => tracing::debug!(%from, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx)
+    tokio::spawn(accept(listener, tls, tx, None));
+    Incoming { rx, rehome: false }
 }
 
-async fn handshake(tcp: TcpStream, tls: &Tls) -> io::Result<Conn> {
+/// As `incoming`, with the connections that asked for `RAFT_NAME` apart,
+/// in the second stream: a server serves those on Raft's runtime. Each of
+/// those moves to the reactor of the runtime that takes it from the stream.
+pub fn incoming_split(listener: TcpListener, tls: Tls) -> (Incoming, Incoming) {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let (raft_tx, raft_rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(accept(listener, tls, tx, Some(raft_tx)));
+    (Incoming { rx, rehome: false }, Incoming { rx: raft_rx, rehome: true })
+}
+
+/// A stream of accepted connections, for tonic's `serve_with_incoming`.
+#[derive(Debug)]
+pub struct Incoming {
+    rx: tokio::sync::mpsc::Receiver<io::Result<Conn>>,
+    rehome: bool,
+}
+
+impl tonic::codegen::tokio_stream::Stream for Incoming {
+    type Item = io::Result<Conn>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            let conn = std::task::ready!(self.rx.poll_recv(cx));
+            match conn {
+                Some(Ok(mut conn)) if self.rehome => match conn.rehome() {
+                    Ok(()) => return Poll::Ready(Some(Ok(conn))),
+                    Err(e) => tracing::debug!("cannot move a connection to this runtime: {e}"),
+                },
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+}
+
+type Accepted = tokio::sync::mpsc::Sender<io::Result<Conn>>;
+
+/// Accepts until `tx`'s stream is dropped; Raft's connections go to `raft`
+/// when there is one.
+async fn accept(listener: TcpListener, tls: Tls, tx: Accepted, raft: Option<Accepted>) {
+    loop {
+        // The server gone (its stream dropped), the listener goes too.
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = tx.closed() => return,
+        };
+        let (tcp, from) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, most likely: let some close.
+                tracing::warn!("accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if tx.is_closed() {
+            return;
+        }
+        let (tx, raft, tls) = (tx.clone(), raft.clone(), tls.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, &tls)).await {
+                Ok(Ok((conn, for_raft))) => {
+                    let lane = match raft {
+                        Some(raft) if for_raft => raft,
+                        _ => tx,
+                    };
+                    let _ = lane.send(Ok(conn)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%from, "TLS handshake failed: {e}"),
+                Err(_) => tracing::debug!(%from, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// The connection, and whether it asked for `RAFT_NAME`.
+async fn handshake(tcp: TcpStream, tls: &Tls) -> io::Result<(Conn, bool)> {
     tcp.set_nodelay(true)?;
-    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-    let joining = start.client_hello().server_name() == Some(JOIN_NAME);
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), Socket(Some(tcp))).await?;
+    let hello = start.client_hello();
+    let (joining, for_raft) = (hello.server_name() == Some(JOIN_NAME), hello.server_name() == Some(RAFT_NAME));
     let config = {
         let configs = tls.read();
         if joining {
@@ -460,7 +578,7 @@ async fn handshake(tcp: TcpStream, tls: &Tls) -> io::Result<Conn> {
         Some(cert) => Some(Identity::from_der(cert).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?),
         None => None,
     };
-    Ok(Conn { io, caller: Caller(caller) })
+    Ok((Conn { io, caller: Caller(caller) }, for_raft))
 }
 
 #[cfg(test)]

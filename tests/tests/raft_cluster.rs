@@ -463,3 +463,61 @@ async fn the_store_on_disk_holds_no_secret_in_the_clear() -> Result<()> {
     ensure!(held.contains(&"vault-7".to_owned()), "{held:?}");
     Ok(())
 }
+
+/// A leader with nothing to write beats quietly (`quiet`): its followers
+/// take the promise and stand for nobody meanwhile; a write brings the
+/// ordinary beat back at once; and a leader lost at rest is still replaced,
+/// with nothing acknowledged lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_at_rest_beats_quietly_and_a_write_or_its_loss_ends_it() -> Result<()> {
+    let mut cluster = Cluster::prepare()?;
+    let metrics: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", berth_tests::free_port())).collect();
+    for (i, m) in metrics.iter().enumerate() {
+        cluster.add_server(i == 0, &["--metrics-listen", m])?;
+        if i == 0 {
+            cluster.founded().await?;
+        }
+    }
+    cluster.wait_for_voters(3).await?;
+    let gauge =
+        |i: usize, name: &str| berth_tests::scrape(&metrics[i]).ok().and_then(|t| berth_tests::metric(&t, name));
+    let quiet = |i: usize| gauge(i, "berth_raft_quiet_beat_ms");
+    let create = |name: &str| CreateServiceRequest { spec: Some(spec(name)), no_resolve_image: true };
+    cluster.servers[0].client().create_service(create("before")).await?;
+
+    // Nothing written for a while: every server shows the leader's promise.
+    wait_for(Duration::from_secs(30), "the leader to beat quietly, promised to all", async || {
+        (0..3).all(|i| quiet(i) == Some(1000.0)).then_some(())
+    })
+    .await
+    .with_context(|| cluster.logs())?;
+    let term = |i: usize| gauge(i, "berth_raft_term");
+    let terms: Vec<_> = (0..3).map(term).collect();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ensure!(
+        (0..3).map(term).collect::<Vec<_>>() == terms,
+        "no election at rest: terms {terms:?}, now {:?}\n{}",
+        (0..3).map(term).collect::<Vec<_>>(),
+        cluster.logs()
+    );
+    ensure!((0..3).all(|i| quiet(i) == Some(1000.0)), "still quiet after 5 s");
+
+    // A write: the leader beats at the ordinary pace again (for at least 3 s after it).
+    let leader = cluster.leader().await?;
+    cluster.servers[(leader + 1) % 3].client().create_service(create("wakes")).await?;
+    wait_for(Duration::from_secs(2), "a write to end the quiet beat", async || {
+        (quiet(leader) == Some(0.0)).then_some(())
+    })
+    .await?;
+
+    // Lost at rest: another leader, which takes writes, and nothing acknowledged is lost.
+    wait_for(Duration::from_secs(30), "quiet again", async || (quiet(leader) == Some(1000.0)).then_some(())).await?;
+    cluster.servers[leader].kill9();
+    let next = cluster.leader().await.with_context(|| cluster.logs())?;
+    ensure!(next != leader, "a new leader");
+    cluster.servers[next].client().create_service(create("after")).await?;
+    cluster.wait_converged().await?;
+    let held = cluster.local_services(next).await?;
+    ensure!(held == ["after", "before", "wakes"], "the new leader holds {held:?}");
+    Ok(())
+}

@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use berth_proto::pb::raft::raft_server::Raft as RaftService;
 use berth_proto::pb::raft::Payload;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
 use tonic::{Request, Response, Status};
 
 use crate::elect::{Elections, PreVote};
 use crate::network::{decode, encode};
 use crate::node::{LeaderOp, Node};
+use crate::quiet;
 use crate::store::{NodeId, TypeConfig};
 
 #[derive(Debug, Clone)]
@@ -24,8 +25,16 @@ type Reply = Result<Response<Payload>, Status>;
 impl RaftService for RaftApi {
     async fn append_entries(&self, req: Request<Payload>) -> Reply {
         super::auth::server(&req)?;
+        let promise = quiet::promise_of(req.metadata().get(quiet::PROMISE).and_then(|v| v.to_str().ok()));
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
-        Ok(Response::new(encode(&self.node.raft.append_entries(rpc).await)?))
+        let answer = self.node.raft.append_entries(rpc).await;
+        // From our leader (not one of an older term): its promise holds.
+        if matches!(&answer, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+            self.elections.quiet().heard(promise);
+        }
+        let mut reply = Response::new(encode(&answer)?);
+        reply.metadata_mut().insert(quiet::HEEDED, tonic::metadata::MetadataValue::from_static("1"));
+        Ok(reply)
     }
 
     async fn vote(&self, req: Request<Payload>) -> Reply {

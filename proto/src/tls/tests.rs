@@ -12,9 +12,9 @@ use crate::pki::{Ca, JoinToken};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
-/// Answers a registration with who the caller is.
+/// Answers a registration with who the caller is, after its own name.
 #[derive(Debug)]
-struct WhoAmI;
+struct WhoAmI(&'static str);
 
 #[tonic::async_trait]
 impl pb::agent_server::Agent for WhoAmI {
@@ -26,7 +26,7 @@ impl pb::agent_server::Agent for WhoAmI {
     }
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterReply>, Status> {
         let who = match req.extensions().get::<Caller>() {
-            Some(Caller(Some(id))) => format!("{} {} of {}", id.role, id.name, id.cluster),
+            Some(Caller(Some(id))) => format!("{}{} {} of {}", self.0, id.role, id.name, id.cluster),
             Some(Caller(None)) => "anonymous".to_owned(),
             None => "no caller".to_owned(),
         };
@@ -55,6 +55,11 @@ struct World {
     addr: String,
 }
 
+fn serve(incoming: Incoming, lane: &'static str) {
+    let service = pb::agent_server::AgentServer::new(WhoAmI(lane));
+    tokio::spawn(crate::client::server(crate::client::MAX_STREAMS).add_service(service).serve_with_incoming(incoming));
+}
+
 impl World {
     async fn start() -> Self {
         let ca = Ca::new("c1").unwrap();
@@ -66,11 +71,24 @@ impl World {
     async fn serving(ca: Ca, server: &Credentials) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let incoming = incoming(listener, Tls::new(server).unwrap());
-        let service = pb::agent_server::AgentServer::new(WhoAmI);
-        tokio::spawn(
-            crate::client::server(crate::client::MAX_STREAMS).add_service(service).serve_with_incoming(incoming),
-        );
+        serve(incoming(listener, Tls::new(server).unwrap()), "");
+        World { ca, addr }
+    }
+
+    /// A server that serves Raft's connections apart, on a runtime of
+    /// their own as berth-server does, each lane answering with its name.
+    async fn split(ca: Ca, server: &Credentials) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (rest, raft) = incoming_split(listener, Tls::new(server).unwrap());
+        serve(rest, "rest: ");
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                serve(raft, "raft: ");
+                std::future::pending::<()>().await
+            })
+        });
         World { ca, addr }
     }
 
@@ -101,6 +119,24 @@ async fn each_caller_is_known_by_its_certificate() {
     // A renewed certificate is used by the next connection.
     worker.update(&w.creds(Role::Worker, "n2")).unwrap();
     assert_eq!(w.call(&worker, Peer::Server).await.unwrap(), "worker n2 of c1");
+}
+
+#[tokio::test]
+async fn raft_connections_are_served_apart_and_verified_as_a_servers() {
+    let ca = Ca::new("c1").unwrap();
+    let server = ca.credentials("c1", Role::Server, "s1", DAY, &ca.cert).unwrap();
+    let worker = ca.credentials("c1", Role::Worker, "n1", DAY, &ca.cert).unwrap();
+    let peer = Tls::new(&ca.credentials("c1", Role::Server, "s2", DAY, &ca.cert).unwrap()).unwrap();
+    let split = World::split(ca, &server).await;
+    assert_eq!(split.call(&peer, Peer::Raft).await.unwrap(), "raft: server s2 of c1");
+    assert_eq!(split.call(&peer, Peer::Server).await.unwrap(), "rest: server s2 of c1");
+    // A server that does not split (a release before) serves them with the rest.
+    let unsplit = World::serving(split.ca, &server).await;
+    assert_eq!(unsplit.call(&peer, Peer::Raft).await.unwrap(), "server s2 of c1");
+    // The name is checked as a server's: a worker answering it is refused.
+    let at_worker = World::serving(unsplit.ca, &worker).await;
+    let err = at_worker.call(&peer, Peer::Raft).await.unwrap_err();
+    assert!(err.contains("not valid for name \"berth-server\""), "{err}");
 }
 
 #[tokio::test]
