@@ -185,10 +185,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         // Only a heartbeat promises: an append with entries means the
         // ordinary beat to whoever takes it, and from its leader before
         // the entries are acknowledged (its loop would see them a moment later).
-        if !rpc.entries.is_empty() {
+        let promise = if rpc.entries.is_empty() {
+            self.quiet.promising()
+        } else {
             self.quiet.promise(None);
-        }
-        let promise = self.quiet.promising().filter(|_| rpc.entries.is_empty());
+            None
+        };
         self.send(Rpc::Append, payload, &option, promise).await
     }
 

@@ -470,8 +470,9 @@ impl Node {
     /// it is heard again.
     fn lease(&self, node: &str, heard: bool) -> LeaderReply {
         let down = self.node_down_after.as_millis() as u64;
-        let exclusive = self.beat_view().exclusive.get(node).cloned().unwrap_or_default();
-        if !exclusive.is_empty() {
+        let view = self.beat_view();
+        let exclusive = view.exclusive.get(node).filter(|e| !e.is_empty());
+        if exclusive.is_some() {
             // The bound above needs the ordinary beat's quorum acks.
             self.quiet.hold(self.node_down_after);
         }
@@ -479,7 +480,7 @@ impl Node {
         if !heard || down < MIN_LEASED_DOWN_MS || acked.is_none_or(|ms| ms > down / 8) {
             return LeaderReply::Lease { ms: 0, exclusive: vec![] };
         }
-        LeaderReply::Lease { ms: down * 7 / 10, exclusive }
+        LeaderReply::Lease { ms: down * 7 / 10, exclusive: exclusive.cloned().unwrap_or_default() }
     }
 
     /// What heartbeats need of the state now (see `beats`).

@@ -225,13 +225,9 @@ impl ServerCertVerifier for OfCluster<WebPkiServerVerifier> {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let raft = ServerName::try_from(RAFT_NAME).ok();
-        let server = ServerName::try_from(SERVER_NAME).ok();
         // Raft's connections ask for RAFT_NAME; the certificate is a server's.
-        let name = match (&raft, &server) {
-            (Some(raft), Some(server)) if server_name == raft => server,
-            _ => server_name,
-        };
+        let server = Peer::Server.server_name();
+        let name = if *server_name == Peer::Raft.server_name() { &server } else { server_name };
         let verified = self.inner.verify_server_cert(end_entity, intermediates, name, ocsp, now)?;
         check_cluster(end_entity, &self.cluster)?;
         Ok(verified)
@@ -435,7 +431,7 @@ impl AsyncWrite for Socket {
         self.tcp()?.poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
-        true
+        self.0.as_ref().is_some_and(TcpStream::is_write_vectored)
     }
 }
 
