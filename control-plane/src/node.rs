@@ -486,7 +486,7 @@ impl Node {
     /// What heartbeats need of the state now (see `beats`).
     pub fn beat_view(&self) -> Arc<BeatView> {
         match self.applied.read() {
-            Ok(a) => self.beats.at(&a.state, a.last_applied),
+            Ok(a) => self.beats.at(&a),
             Err(_) => Arc::default(),
         }
     }

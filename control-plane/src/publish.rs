@@ -28,7 +28,7 @@ use berth_proto::model::{
 use tokio::sync::Notify;
 
 use crate::node::Node;
-use crate::state::{ServicesTouched, State, Touched};
+use crate::state::{ServicesTouched, Since, State, Touched};
 
 /// The least time between two publications: a burst of commits makes one.
 const GAP: Duration = Duration::from_millis(50);
@@ -77,7 +77,7 @@ pub fn spawn(node: Arc<Node>) -> (tokio::sync::watch::Receiver<Arc<Published>>, 
             let made = tokio::task::spawn_blocking(move || {
                 let a = reader.applied.read().ok()?;
                 let touched = a.touches.after(prev.revision).filter(|_| prev.revision > 0);
-                let next = Published::next(&prev, &a.state, a.last_applied.map_or(0, |l| l.index), touched.as_deref());
+                let next = Published::next(&prev, &a.state, a.last_applied.map_or(0, |l| l.index), touched.as_ref());
                 Some((a.last_applied, next))
             })
             .await;
@@ -133,10 +133,19 @@ impl Published {
     /// change since `prev`. With `touched` (the tasks the commands since
     /// `prev` may have changed, `state::Touches`), only their services and
     /// nodes are made again; without, everything is.
-    pub fn next(prev: &Published, state: &State, revision: u64, touched: Option<&[&Touched]>) -> Published {
+    pub fn next(prev: &Published, state: &State, revision: u64, touched: Option<&Since>) -> Published {
         let (services, peers, shares) = match touched {
-            Some(touched) => {
-                (services_touched(prev, state, touched), prev.peers.clone(), shares_touched(prev, state, touched))
+            Some(since) => {
+                let of_services = since.of_services(state);
+                let tasks: Vec<&Touched> = since.tasks.iter().copied().chain(&of_services).collect();
+                let mut services = services_touched(prev, state, &tasks);
+                for name in &since.services {
+                    match endpoints_of(state, name) {
+                        Some(now) => drop(services.insert((*name).to_owned(), keep(prev.services.get(*name), now))),
+                        None => drop(services.remove(*name)),
+                    }
+                }
+                (services, prev.peers.clone(), shares_touched(prev, state, &tasks))
             }
             None => {
                 let services = endpoints(state)
@@ -387,7 +396,7 @@ fn services_touched(prev: &Published, state: &State, touched: &[&Touched]) -> BT
     let mut services = prev.services.clone();
     for (name, ids) in by_service {
         let Some(before) = prev.services.get(name).filter(|_| state.services.contains_key(name)) else {
-            continue; // a service comes and goes by a command that touches all
+            continue; // a service comes and goes by a spec's command, which `next` makes whole
         };
         let tasks: Vec<&Task> =
             ids.iter().filter_map(|id| state.tasks.get(*id)).filter(|t| t.service == name).collect();
@@ -521,27 +530,23 @@ fn files_of(state: &State, spec: &TaskSpec) -> Files {
 /// (`Task::serving_address`), wherever they are, and whether any task of it
 /// runs: the same for every node.
 pub fn endpoints(state: &State) -> Vec<ServiceEndpoints> {
-    let mut services: BTreeMap<&str, ServiceEndpoints> = state
-        .services
-        .values()
-        .map(|s| {
-            let ports = s.spec.ports.clone();
-            let name = s.spec.name.clone();
-            (s.spec.name.as_str(), ServiceEndpoints { name, ports, replicas: vec![], started: false })
-        })
-        .collect();
-    for t in state.tasks.values() {
-        let Some(service) = services.get_mut(t.service.as_str()) else { continue };
+    state.services.keys().filter_map(|name| endpoints_of(state, name)).collect()
+}
+
+/// One service's endpoints, from its own tasks (`State::tasks_of`); None
+/// when there is no such service.
+fn endpoints_of(state: &State, name: &str) -> Option<ServiceEndpoints> {
+    let spec = &state.services.get(name)?.spec;
+    let mut service =
+        ServiceEndpoints { name: spec.name.clone(), ports: spec.ports.clone(), replicas: vec![], started: false };
+    for t in state.tasks_of(name) {
         service.started |= runs(t);
         if let Some(address) = t.serving_address() {
             service.replicas.push(replica(t, address));
         }
     }
-    let mut services: Vec<ServiceEndpoints> = services.into_values().collect();
-    for s in &mut services {
-        s.replicas.sort_by(|a, b| (a.slot, &a.task).cmp(&(b.slot, &b.task)));
-    }
-    services
+    service.replicas.sort_by(|a, b| (a.slot, &a.task).cmp(&(b.slot, &b.task)));
+    Some(service)
 }
 
 fn replica(t: &Task, address: impl Into<std::net::IpAddr>) -> Replica {

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use apply::{apply, check_volumes};
 pub use files::StoredFile;
 pub use query::{query, Query, QueryReply};
-pub use touch::{merged, touches, ServicesTouched, Touch, Touched, Touches};
+pub use touch::{merged, touches, ServicesTouched, Since, Touch, Touched, Touches};
 pub use trust::{Access, JoinRole, Rotation, Trust, User};
 
 /// The newest commands this release applies, as a level that only goes up:
@@ -84,6 +84,16 @@ pub struct State {
 }
 
 impl State {
+    /// The tasks of `service`. Task ids are `SERVICE.SLOT.GENERATION`
+    /// (`Task::id_for`), so they are one range of the map, not a walk of
+    /// every task.
+    pub fn tasks_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Task> {
+        self.tasks
+            .range(format!("{service}.")..format!("{service}/"))
+            .map(|(_, t)| t)
+            .filter(move |t| t.service == service)
+    }
+
     /// Per node: what the tasks placed there hold (see
     /// [`Task::holds_resources`]), and how many such tasks there are.
     pub fn allocations(&self) -> BTreeMap<String, (Resources, u32)> {

@@ -5,9 +5,10 @@
 //! Only the commands that come by the thousand are told task by task: the
 //! agents' reports and the reconciler's decisions; a node's status and
 //! availability touch no task (nothing published shows them). A service's
-//! spec is told by the service's name (`Touch::Services`): a publication
-//! after it is made whole, but a watch resumed on another server needs
-//! only that service (`Touches::services_after`). Any other command may
+//! spec is told by the service's name (`Touch::Services`): what follows it
+//! makes that service again from its own tasks (a range of the task map,
+//! `State::tasks_of`), and a watch resumed on another server needs only
+//! that service (`Touches::services_after`). Any other command may
 //! change more (a node's overlay, a secret a task reads) and is told as
 //! `Touch::All`: what follows it is made whole, as before there were
 //! touches. A command told task by task changes nothing but those tasks
@@ -37,6 +38,28 @@ pub enum Touch {
     /// change: a watch resumed from another server needs no more.
     Services(Vec<String>, Vec<Touched>),
     All,
+}
+
+/// What some entries touched: services by name, whose specs changed, and
+/// tasks one by one.
+#[derive(Debug, Default)]
+pub struct Since<'a> {
+    pub services: BTreeSet<&'a str>,
+    pub tasks: Vec<&'a Touched>,
+}
+
+impl Since<'_> {
+    /// The tasks of the services named, as they are in `state`: a spec's
+    /// command moves none of them (removing a service stops its tasks
+    /// where they are), so where they are now is where they were.
+    pub fn of_services(&self, state: &State) -> Vec<Touched> {
+        let was = |t: &berth_proto::model::Task| Touched {
+            id: t.id.clone(),
+            service: t.service.clone(),
+            node: t.node.clone(),
+        };
+        self.services.iter().flat_map(|name| state.tasks_of(name).map(was)).collect()
+    }
 }
 
 /// The services whose endpoints some entries may have changed: per
@@ -112,20 +135,25 @@ impl Touches {
         }
     }
 
-    /// The tasks touched by entries after `index`, up to the newest; None
-    /// when they are not all known, or when one entry touched more.
-    pub fn after(&self, index: u64) -> Option<Vec<&Touched>> {
+    /// What entries after `index` touched, up to the newest; None when it
+    /// is not all known, or when one entry touched more than services and
+    /// tasks.
+    pub fn after(&self, index: u64) -> Option<Since<'_>> {
         if self.since? > index {
             return None;
         }
-        let mut tasks = Vec::new();
+        let mut since = Since::default();
         for (_, touch) in self.log.iter().filter(|(i, _)| *i > index) {
             match touch {
-                Touch::Tasks(t) => tasks.extend(t),
-                Touch::Services(..) | Touch::All => return None,
+                Touch::Tasks(t) => since.tasks.extend(t),
+                Touch::Services(names, t) => {
+                    since.services.extend(names.iter().map(String::as_str));
+                    since.tasks.extend(t);
+                }
+                Touch::All => return None,
             }
         }
-        Some(tasks)
+        Some(since)
     }
 
     /// The services entries after `index` may have changed the endpoints
@@ -199,7 +227,7 @@ mod tests {
         t.push(4, 5, tasks(&["a"]));
         t.push(5, 6, tasks(&["b", "c"]));
         assert!(t.after(3).is_none(), "entry 4 was applied before (a snapshot)");
-        let ids = |v: Option<Vec<&Touched>>| v.map(|v| v.iter().map(|t| t.id.clone()).collect::<Vec<_>>());
+        let ids = |v: Option<Since>| v.map(|v| v.tasks.iter().map(|t| t.id.clone()).collect::<Vec<_>>());
         assert_eq!(ids(t.after(4)), Some(vec!["a".into(), "b".into(), "c".into()]));
         assert_eq!(ids(t.after(5)), Some(vec!["b".into(), "c".into()]));
         assert_eq!(ids(t.after(6)), Some(vec![]));
@@ -216,7 +244,7 @@ mod tests {
         t.push(0, 1, tasks(&refs));
         t.push(1, 2, tasks(&refs));
         assert!(t.after(0).is_none(), "entry 1 was dropped");
-        assert_eq!(t.after(1).map(|v| v.len()), Some(refs.len()));
+        assert_eq!(t.after(1).map(|v| v.tasks.len()), Some(refs.len()));
     }
 
     #[test]
@@ -258,7 +286,9 @@ mod tests {
         let services = t.services_after(0).unwrap();
         let ids = |v: &[&str]| Some(v.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>());
         assert_eq!(services, ServicesTouched::from([("db".into(), None), ("s".into(), ids(&["s.1.1", "s.2.1"]))]));
-        assert!(t.after(0).is_none(), "a publication after a spec changed is made whole");
+        let since = t.after(0).unwrap();
+        assert_eq!(since.services, BTreeSet::from(["db"]), "a spec's service by name");
+        assert_eq!(since.tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["s.1.1", "s.2.1"]);
         assert_eq!(t.services_after(1).unwrap().len(), 2);
         t.push(2, 3, Touch::All);
         assert!(t.services_after(1).is_none(), "entry 3 may have changed nodes");

@@ -29,9 +29,9 @@
 //! servers' `/metrics` and `cluster status`, and from what the simulated
 //! nodes received.
 
-use std::collections::hash_map::DefaultHasher;
+mod watched;
+
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,7 +41,7 @@ use base64::Engine as _;
 use berth_proto::client::{Peer, Servers, Settings, Tls};
 use berth_proto::pb::agent::agent_client::AgentClient;
 use berth_proto::pb::agent::{
-    AssignedTasks, HeartbeatRequest, NodeCapacity, RegisterRequest, ReportTasksRequest, TaskReport, WatchTasksRequest,
+    HeartbeatRequest, NodeCapacity, RegisterRequest, ReportTasksRequest, TaskReport, WatchTasksRequest,
 };
 use berth_proto::pb::cluster::cluster_client::ClusterClient;
 use berth_proto::pb::cluster::{
@@ -52,8 +52,9 @@ use berth_proto::pki::Role;
 use berth_tests::{client, keys, spec, wait_for, Cluster};
 use clap::Parser;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use prost::Message as _;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
+use watched::{Received, WatchCodec};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -286,8 +287,8 @@ async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Co
             replica_deltas: !args.whole_services,
             resume: if args.no_resume { 0 } else { revision },
         };
-        let mut stream = match agent(&servers).watch_tasks(request).await {
-            Ok(s) => s.into_inner(),
+        let mut stream = match watch_tasks(&servers, request).await {
+            Ok(s) => s,
             Err(_) => {
                 c.watch_errors.fetch_add(1, Ordering::Relaxed);
                 servers.failed().await;
@@ -312,7 +313,7 @@ async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Co
                         c.watch_errors.fetch_add(1, Ordering::Relaxed);
                         break;
                     };
-                    revision = m.revision;
+                    revision = m.message.revision;
                     let gone = received(&m, &mut held, &mut last_hash, &c, &slot);
                     slot.held.store(held.len() as u64, Ordering::Relaxed);
                     if !gone.is_empty() {
@@ -358,15 +359,27 @@ async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Co
     }
 }
 
+/// Opens the node's watch, read as `watched` reads it.
+async fn watch_tasks(
+    servers: &Servers,
+    request: WatchTasksRequest,
+) -> Result<tonic::Streaming<Received>, tonic::Status> {
+    let mut grpc =
+        tonic::client::Grpc::new(servers.channel()).max_decoding_message_size(berth_proto::client::MAX_MESSAGE);
+    grpc.ready().await.map_err(|e| tonic::Status::unknown(format!("not ready: {e}")))?;
+    let path = PathAndQuery::from_static("/berth.agent.v1.Agent/WatchTasks");
+    Ok(grpc.server_streaming(tonic::Request::new(request), path, WatchCodec).await?.into_inner())
+}
+
 /// Takes a message in: counts it, notes new tasks; returns those gone.
 fn received(
-    m: &AssignedTasks,
+    r: &Received,
     held: &mut HashMap<String, Held>,
     last_hash: &mut u64,
     c: &Counters,
     slot: &Slot,
 ) -> Vec<String> {
-    let bytes = m.encoded_len() as u64;
+    let (m, bytes) = (&r.message, r.bytes);
     c.watch_messages.fetch_add(1, Ordering::Relaxed);
     c.watch_bytes.fetch_add(bytes, Ordering::Relaxed);
     if m.tasks_whole {
@@ -378,10 +391,7 @@ fn received(
         let removed = m.removed_tasks.len() + m.removed_peers.len() + m.removed_services.len();
         !m.tasks.is_empty() || !m.peers.is_empty() || !m.services.is_empty() || removed > 0
     } else {
-        let mut h = DefaultHasher::new();
-        m.encode_to_vec().hash(&mut h);
-        let hash = h.finish();
-        std::mem::replace(last_hash, hash) != hash
+        std::mem::replace(last_hash, r.hash) != r.hash
     };
     if news {
         c.change_messages.fetch_add(1, Ordering::Relaxed);
