@@ -85,6 +85,8 @@ struct Args {
     /// tests may use, DESIGN.md)
     #[arg(long, default_value = "198.18.0.0/15")]
     cluster_cidr: String,
+    /// Each node's subnet: /25 holds 125 tasks a node and 1024 nodes in
+    /// the /15; 5000 nodes need /28 (13 tasks a node)
     #[arg(long, default_value = "25")]
     node_subnet_prefix: u8,
     /// Extra berth-server flag (repeatable), e.g. --server-arg=--snapshot-logs=2000
@@ -126,6 +128,8 @@ struct Slot {
 #[derive(Debug, Default)]
 struct Counters {
     registered: AtomicU64,
+    /// Nodes whose registration was refused.
+    refused: AtomicU64,
     heartbeats: AtomicU64,
     heartbeat_errors: AtomicU64,
     /// Heartbeat round trips, in microseconds.
@@ -178,9 +182,11 @@ async fn admit_all(slots: &[Arc<Slot>], addrs: &[String], token: &str, args: &Ar
             while let Some((i, admitted)) = rx.recv().await {
                 let (addrs, args, c, slot) = (addrs.to_vec(), args.clone(), c.clone(), slots[i].clone());
                 tokio::spawn(async move {
-                    let run = async { node(i, admitted?, addrs, args, c, slot).await };
+                    let run = async { node(i, admitted?, addrs, args, c.clone(), slot).await };
                     if let Err(e) = run.await {
-                        eprintln!("node {i}: {e:#}");
+                        if count(&c.refused) <= 1 {
+                            eprintln!("node {i}: {e:#}");
+                        }
                     }
                 });
             }
@@ -216,7 +222,12 @@ async fn node(
     loop {
         match agent(&s).register(request.clone()).await {
             Ok(_) => break,
-            Err(e) if e.code() == tonic::Code::InvalidArgument => bail!("node {i}: registration refused: {e}"),
+            // Refused, or no subnet left for it (the cluster network is
+            // full: 1024 nodes of /25 in a /15): it would never be ready.
+            Err(e) if matches!(e.code(), tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted) => {
+                c.refused.fetch_add(1, Ordering::Relaxed);
+                bail!("registration refused: {}", e.message())
+            }
             Err(_) => s.failed().await,
         }
     }
@@ -548,10 +559,17 @@ async fn main() -> Result<()> {
     admit_all(&slots, &addrs, &token, &args, &c).await;
     let n = args.nodes as u64;
     wait_for(Duration::from_secs(600), "every node ready", async || {
+        if count(&c.refused) > 0 {
+            return Some(());
+        }
         let f = figures(&mut cluster).await?;
         (f.nodes.get("ready").copied() == Some(n)).then_some(())
     })
     .await?;
+    if count(&c.refused) > 0 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        bail!("{} of {n} nodes were refused registration (the first said why, above)", count(&c.refused));
+    }
     let join_s = started.elapsed().as_secs_f64();
     println!("join: {n} nodes ready in {join_s:.1} s ({:.0} nodes/s)", n as f64 / join_s);
 
