@@ -10,13 +10,22 @@
 //! by each watch, it was most of a server's work at a thousand nodes: the
 //! same filtering of a thousand-replica service and the same address
 //! formatting, once per node.
+//!
+//! Copied into each message, the common part still cost a deep copy of
+//! every endpoint's strings per node, and prost's walk of them to size
+//! and encode it: with the allocator, most of what a server spent placing
+//! 100,000 tasks on 1000 nodes. An agent that asks (`shared`) is sent it
+//! encoded once, as bytes (`AssignedTasks.shared`) that every message
+//! holds by reference and the agent merges; an agent of the release
+//! before is sent it copied, as before.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use berth_proto::model::Removed;
 use berth_proto::pb::agent::{AssignedTasks, WatchTasksRequest};
+use berth_proto::prost::bytes::Bytes;
 use berth_proto::prost::Message as _;
 use tokio::sync::watch::Receiver;
 use tokio::sync::Notify;
@@ -46,12 +55,41 @@ pub struct Watches {
 #[derive(Debug, Default)]
 struct Wire {
     revision: u64,
-    whole: Option<Arc<AssignedTasks>>,
+    whole: Option<Arc<Common>>,
     /// By (revision sent, partial services); None: the log does not reach back.
-    deltas: HashMap<(u64, bool), Option<Arc<AssignedTasks>>>,
+    deltas: HashMap<(u64, bool), Option<Arc<Common>>>,
     /// The same for streams resumed from another server's revision (made
     /// from the touched tasks); None: they are not known.
-    resumed: HashMap<(u64, bool), Option<Arc<AssignedTasks>>>,
+    resumed: HashMap<(u64, bool), Option<Arc<Common>>>,
+}
+
+/// A common part (peers, services and their removals), and the same
+/// encoded, made when a watch that merges it first asks.
+#[derive(Debug)]
+struct Common {
+    message: AssignedTasks,
+    encoded: OnceLock<Bytes>,
+}
+
+impl Common {
+    fn new(message: AssignedTasks) -> Arc<Self> {
+        Arc::new(Self { message, encoded: OnceLock::new() })
+    }
+
+    fn encoded(&self) -> Bytes {
+        let m = &self.message;
+        let encode = || {
+            let shared = AssignedTasks {
+                peers: m.peers.clone(),
+                services: m.services.clone(),
+                removed_peers: m.removed_peers.clone(),
+                removed_services: m.removed_services.clone(),
+                ..AssignedTasks::default()
+            };
+            Bytes::from(shared.encode_to_vec())
+        };
+        self.encoded.get_or_init(encode).clone()
+    }
 }
 
 impl Watches {
@@ -63,7 +101,7 @@ impl Watches {
     /// deltas with partial services (`replica_deltas`), resumed from the
     /// revision the agent holds (`resume`).
     pub fn stream(&self, node: Arc<Node>, asked: WatchTasksRequest) -> ReceiverStream<Result<AssignedTasks, Status>> {
-        let WatchTasksRequest { node_id, deltas, replica_deltas, resume } = asked;
+        let WatchTasksRequest { node_id, deltas, replica_deltas, resume, shared } = asked;
         let resume = Some(resume).filter(|r| deltas && *r > 0);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let (watches, mut published) = (self.clone(), self.published.clone());
@@ -87,11 +125,13 @@ impl Watches {
                             let applied = node.applied.read().ok()?;
                             applied.touches.services_after(from)
                         };
-                        Some(watches.resumed(&p, &node_id, from, touched, replica_deltas))
+                        Some(watches.resumed(&p, &node_id, from, touched, replica_deltas, shared))
                     }
                     (Some((rev, share)), _) if !keepalive && !p.moved(&node_id, *rev, share) => None,
-                    (Some((rev, share)), _) if deltas => Some(watches.delta(&p, &node_id, *rev, share, replica_deltas)),
-                    _ => Some(watches.whole(&p, &node_id)),
+                    (Some((rev, share)), _) if deltas => {
+                        Some(watches.delta(&p, &node_id, *rev, share, replica_deltas, shared))
+                    }
+                    _ => Some(watches.whole(&p, &node_id, shared)),
                 };
                 if let Some(message) = message {
                     node.stats.watch_messages.inc();
@@ -127,21 +167,29 @@ impl Watches {
     }
 
     /// `node`'s whole list at `p`.
-    fn whole(&self, p: &Published, node: &str) -> AssignedTasks {
+    fn whole(&self, p: &Published, node: &str, shared: bool) -> AssignedTasks {
         let (own, _) = p.own(node, &Share::default());
         let own = AssignedTasks { revision: p.revision, ..own.into() };
-        let make = || Arc::new(AssignedTasks::from(p.whole()));
+        let make = || Common::new(AssignedTasks::from(p.whole()));
         let common = self.memo(p, |wire| match wire {
             Some(wire) => wire.whole.get_or_insert_with(make).clone(),
             None => make(),
         });
-        joined(own, &common, node)
+        joined(own, &common, node, shared)
     }
 
     /// What changed for `node` at `p` since it was sent revision `sent`
     /// with share `before`; its whole list when the log does not reach back.
-    fn delta(&self, p: &Published, node: &str, sent: u64, before: &Share, partial: bool) -> AssignedTasks {
-        let make = || p.common(sent, partial).map(|(c, r)| Arc::new(AssignedTasks::delta(c, r, p.revision)));
+    fn delta(
+        &self,
+        p: &Published,
+        node: &str,
+        sent: u64,
+        before: &Share,
+        partial: bool,
+        shared: bool,
+    ) -> AssignedTasks {
+        let make = || p.common(sent, partial).map(|(c, r)| Common::new(AssignedTasks::delta(c, r, p.revision)));
         let common = self.memo(p, |wire| match wire {
             Some(wire) => wire.deltas.entry((sent, partial)).or_insert_with(make).clone(),
             None => make(),
@@ -149,9 +197,9 @@ impl Watches {
         match common {
             Some(common) => {
                 let (own, gone) = p.own(node, before);
-                joined(AssignedTasks::delta(own, gone, p.revision), &common, node)
+                joined(AssignedTasks::delta(own, gone, p.revision), &common, node, shared)
             }
-            None => self.whole(p, node),
+            None => self.whole(p, node, shared),
         }
     }
 
@@ -167,11 +215,12 @@ impl Watches {
         from: u64,
         touched: impl FnOnce() -> Option<ServicesTouched>,
         partial: bool,
+        shared: bool,
     ) -> AssignedTasks {
         let make = || {
             let touched = touched()?;
             let (changed, removed) = p.touched_common(&touched, partial);
-            Some(Arc::new(AssignedTasks::delta(changed, removed, p.revision)))
+            Some(Common::new(AssignedTasks::delta(changed, removed, p.revision)))
         };
         let common = self.memo(p, |wire| match wire {
             Some(wire) => wire.resumed.entry((from, partial)).or_insert_with(make).clone(),
@@ -181,7 +230,7 @@ impl Watches {
             Some(common) => {
                 let (own, _) = p.own(node, &Share::default());
                 let gone = Removed { tasks_whole: true, ..Removed::default() };
-                joined(AssignedTasks::delta(own, gone, p.revision), &common, node)
+                joined(AssignedTasks::delta(own, gone, p.revision), &common, node, shared)
             }
             None => {
                 tracing::debug!(
@@ -190,7 +239,7 @@ impl Watches {
                     revision = p.revision,
                     "watch not resumed: what changed since is not known"
                 );
-                self.whole(p, node)
+                self.whole(p, node, shared)
             }
         }
     }
@@ -208,8 +257,13 @@ impl Watches {
     }
 }
 
-/// `node`'s message: its own part, and the common part less its own peer.
-fn joined(own: AssignedTasks, common: &AssignedTasks, node: &str) -> AssignedTasks {
+/// `node`'s message: its own part, and the common part less its own peer;
+/// for an agent that merges it, the common part as encoded once.
+fn joined(own: AssignedTasks, common: &Common, node: &str, shared: bool) -> AssignedTasks {
+    if shared {
+        return AssignedTasks { shared: common.encoded(), ..own };
+    }
+    let common = &common.message;
     AssignedTasks {
         peers: common.peers.iter().filter(|p| p.node_id != node).cloned().collect(),
         removed_peers: common.removed_peers.iter().filter(|p| *p != node).cloned().collect(),
@@ -274,15 +328,36 @@ mod tests {
     /// publication after a newer one was asked about.
     #[test]
     fn messages_joined_from_shared_parts_are_each_nodes_own() {
+        joined_messages_are_each_nodes_own(false);
+    }
+
+    /// The same for agents that merge the common part, sent encoded once.
+    #[test]
+    fn messages_with_the_shared_part_encoded_once_merge_into_each_nodes_own() {
+        joined_messages_are_each_nodes_own(true);
+    }
+
+    fn joined_messages_are_each_nodes_own(shared: bool) {
+        // As the agent reads it: the shared part merged, its own peer left out.
+        let read = |mut m: AssignedTasks, node: &str| {
+            assert_eq!(m.services.is_empty() && m.peers.is_empty(), shared, "sent as bytes, or copied in");
+            m.merge_shared(node).unwrap();
+            m
+        };
         let mut state = state();
         let (_tx, rx) = tokio::sync::watch::channel(Arc::new(Published::default()));
         let watches = Watches::new((rx, Arc::default()));
         let p1 = Published::next(&Published::default(), &state, 1, None);
         for node in NODES {
-            let message = watches.whole(&p1, node);
+            let message = read(watches.whole(&p1, node, shared), node);
             assert_eq!(message, alone(&p1, node, None, false), "{node}");
             assert!(message.peers.iter().all(|p| p.node_id != node), "{node} is not its own peer");
             assert_eq!((message.peers.len(), message.services.len()), (2, 2));
+        }
+        if shared {
+            // One encoding, held by every node's message.
+            let bytes = |node| watches.whole(&p1, node, true).shared;
+            assert_eq!(bytes("n1").as_ptr(), bytes("n3").as_ptr());
         }
         // A task placed, one failed, one stopped, a node's endpoint moved.
         place(&mut state, "web", 31, 0);
@@ -293,7 +368,7 @@ mod tests {
         for partial in [true, false] {
             for node in NODES {
                 let share = p1.share(node);
-                let message = watches.delta(&p2, node, 1, &share, partial);
+                let message = read(watches.delta(&p2, node, 1, &share, partial, shared), node);
                 assert_eq!(message, alone(&p2, node, Some((1, &share)), partial), "{node}, partial {partial}");
                 assert!(message.delta);
                 let moved_peer = (node != "n2") as usize;
@@ -301,11 +376,11 @@ mod tests {
             }
         }
         // n1's new task is its own; the others see only its endpoint.
-        assert_eq!(watches.delta(&p2, "n1", 1, &p1.share("n1"), true).tasks.len(), 1);
-        assert!(watches.delta(&p2, "n3", 1, &p1.share("n3"), true).tasks.is_empty());
+        assert_eq!(watches.delta(&p2, "n1", 1, &p1.share("n1"), true, shared).tasks.len(), 1);
+        assert!(watches.delta(&p2, "n3", 1, &p1.share("n3"), true, shared).tasks.is_empty());
         // A watch behind the newest publication still gets its own message.
         for node in NODES {
-            assert_eq!(watches.whole(&p1, node), alone(&p1, node, None, false));
+            assert_eq!(read(watches.whole(&p1, node, shared), node), alone(&p1, node, None, false));
         }
         // One the log no longer reaches back to gets its whole list.
         let mut p = p2;
@@ -313,7 +388,7 @@ mod tests {
             state.tasks.get_mut("web.5.1").unwrap().state = [TaskState::Running, TaskState::Failed][i as usize % 2];
             p = Published::next(&p, &state, i + 3, None);
         }
-        let behind = watches.delta(&p, "n1", 1, &p1.share("n1"), true);
+        let behind = read(watches.delta(&p, "n1", 1, &p1.share("n1"), true, shared), "n1");
         assert_eq!(behind, alone(&p, "n1", None, true));
         assert!(!behind.delta);
     }
@@ -353,7 +428,7 @@ mod tests {
         state.tasks.get_mut("db.5.1").unwrap().address = Some([198, 19, 9, 9].into());
         let p5 = Published::next(&p2, &state, 5, None);
         for partial in [true, false] {
-            let mut message = watches.resumed(&p5, "n1", 3, || Some(touched.clone()), partial);
+            let mut message = watches.resumed(&p5, "n1", 3, || Some(touched.clone()), partial, false);
             let (changed, removed) = p5.resumed("n1", &touched, partial);
             assert_eq!(message, AssignedTasks::delta(changed, removed, 5), "partial {partial}");
             assert!(message.delta && message.tasks_whole);
@@ -371,7 +446,7 @@ mod tests {
         }
         // Touches not known that far back (or a command that touched all): the whole list.
         let p6 = Published::next(&p5, &state, 6, None);
-        let whole = watches.resumed(&p6, "n1", 3, || None, true);
+        let whole = watches.resumed(&p6, "n1", 3, || None, true, false);
         assert!(!whole.delta && !whole.tasks_whole);
         assert_eq!(whole, alone(&p6, "n1", None, true));
     }

@@ -37,7 +37,8 @@ pub async fn watch(mut servers: Servers, node_id: String, deadline: Duration, tx
     while !tx.is_closed() {
         let server = servers.current().to_owned();
         let resume = held.filter(|_| tx.borrow().is_some()).unwrap_or(0);
-        let request = WatchTasksRequest { node_id: node_id.clone(), deltas: true, replica_deltas: true, resume };
+        let request =
+            WatchTasksRequest { node_id: node_id.clone(), deltas: true, replica_deltas: true, resume, shared: true };
         match agent(&servers).watch_tasks(request).await {
             Ok(stream) => {
                 let mut stream = stream.into_inner();
@@ -62,6 +63,10 @@ pub async fn watch(mut servers: Servers, node_id: String, deadline: Duration, tx
                             break;
                         }
                     };
+                    if let Err(e) = message.merge_shared(&node_id) {
+                        warn!(%server, "task watch: a message's shared part does not decode ({e}); trying another server");
+                        break;
+                    }
                     let (delta, revision, removed) = (message.delta, message.revision, message.take_removed());
                     let changed = match Assignment::try_from(message) {
                         Ok(changed) => changed,

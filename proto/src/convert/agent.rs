@@ -216,6 +216,7 @@ impl From<Assignment> for pb::AssignedTasks {
             removed_peers: vec![],
             removed_services: vec![],
             tasks_whole: false,
+            shared: Default::default(),
         }
     }
 }
@@ -239,6 +240,19 @@ impl pb::AssignedTasks {
             }
         }
         message
+    }
+
+    /// Merges the message's shared part (`shared`) into it, leaving out
+    /// `node`'s own peer, which the shared part lists with every other.
+    pub fn merge_shared(&mut self, node: &str) -> Result<(), prost::DecodeError> {
+        let shared = std::mem::take(&mut self.shared);
+        if shared.is_empty() {
+            return Ok(());
+        }
+        prost::Message::merge(self, shared)?;
+        self.peers.retain(|p| p.node_id != node);
+        self.removed_peers.retain(|p| p != node);
+        Ok(())
     }
 
     /// Takes out the delta's removed lists (empty in a whole list),
@@ -570,6 +584,30 @@ mod tests {
         assert!(agent.services[1].ports.is_empty(), "the part's ports replace the service's");
         assert_eq!(agent.services[0].name, "db", "a service it never had is taken as it comes, in order");
         assert_eq!(agent.services.len(), 2);
+    }
+
+    /// A message with its shared part as bytes reads as the one with it
+    /// copied in, less the node's own peer (the shared part lists it).
+    #[test]
+    fn a_shared_part_merges_in_without_the_nodes_own_peer() {
+        let whole = wire();
+        let mut own = pb::AssignedTasks { peers: vec![], services: vec![], ..whole.clone() };
+        let me = pb::Peer { node_id: "n1".into(), ..whole.peers[0].clone() };
+        let shared = pb::AssignedTasks {
+            peers: vec![me, whole.peers[0].clone()],
+            services: whole.services.clone(),
+            removed_peers: vec!["n1".into(), "n3".into()],
+            ..Default::default()
+        };
+        own.shared = prost::Message::encode_to_vec(&shared).into();
+        own.merge_shared("n1").unwrap();
+        assert_eq!(own, pb::AssignedTasks { removed_peers: vec!["n3".into()], ..whole.clone() });
+        // Nothing shared: unchanged; garbage: an error, not a panic.
+        let mut plain = whole.clone();
+        plain.merge_shared("n1").unwrap();
+        assert_eq!(plain, whole);
+        let mut garbage = pb::AssignedTasks { shared: vec![0x0a, 0xff].into(), ..Default::default() };
+        assert!(garbage.merge_shared("n1").is_err());
     }
 
     #[test]

@@ -106,6 +106,10 @@ struct Args {
     /// before resumption does when its server goes
     #[arg(long)]
     no_resume: bool,
+    /// Take the part every node is sent alike copied into each message, as
+    /// an agent of the release before the shared part does
+    #[arg(long)]
+    not_shared: bool,
     /// Services being created at once (1: one after the other, as one
     /// script does; more, as several users or a stack deploy do)
     #[arg(long, default_value = "1")]
@@ -297,6 +301,7 @@ async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Co
             deltas: !args.whole_lists,
             replica_deltas: !args.whole_services,
             resume: if args.no_resume { 0 } else { revision },
+            shared: !args.not_shared,
         };
         let mut stream = match watch_tasks(&servers, request).await {
             Ok(s) => s,

@@ -38,6 +38,9 @@ pub struct Watched {
     pub removed_services: Vec<String>,
     #[prost(bool, tag = "13")]
     pub tasks_whole: bool,
+    /// The part every node is sent alike, merged in as it is read.
+    #[prost(bytes = "bytes", tag = "14")]
+    pub shared: prost::bytes::Bytes,
 }
 
 /// An `AssignedTask`'s id alone.
@@ -86,7 +89,10 @@ impl Decoder for WatchDecoder {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Received>, Status> {
         let len = buf.remaining();
         let raw = buf.copy_to_bytes(len);
-        let message = Watched::decode(raw.clone()).map_err(|e| Status::internal(format!("watch message: {e}")))?;
+        let bad = |e: prost::DecodeError| Status::internal(format!("watch message: {e}"));
+        let mut message = Watched::decode(raw.clone()).map_err(bad)?;
+        let shared = std::mem::take(&mut message.shared);
+        message.merge(shared).map_err(bad)?;
         let hash = match message.delta {
             true => 0,
             false => {
