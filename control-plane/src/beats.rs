@@ -33,7 +33,8 @@ pub struct BeatView {
 
 impl BeatView {
     /// The view of `state` (at `at`): `prev`'s, with the tasks `touched`
-    /// since made again, or every task walked when that is not known.
+    /// since (and those of the services a spec's command named) made
+    /// again, or every task walked when that is not known.
     pub fn next(prev: &BeatView, state: &State, at: Option<LogId>, touched: Option<&Since>) -> Self {
         let exclusive = match touched {
             Some(since) => {

@@ -130,15 +130,20 @@ pub struct Published {
 
 impl Published {
     /// The publication of `state` at `revision`, reusing what did not
-    /// change since `prev`. With `touched` (the tasks the commands since
-    /// `prev` may have changed, `state::Touches`), only their services and
-    /// nodes are made again; without, everything is.
+    /// change since `prev`. With `touched` (what the commands since `prev`
+    /// may have changed, `state::Touches`), only the touched tasks'
+    /// services and nodes are made again, and the services named by a
+    /// spec's command whole from their own tasks (`State::tasks_of`), with
+    /// those tasks' nodes; without, everything is.
     pub fn next(prev: &Published, state: &State, revision: u64, touched: Option<&Since>) -> Published {
         let (services, peers, shares) = match touched {
             Some(since) => {
                 let of_services = since.of_services(state);
                 let tasks: Vec<&Touched> = since.tasks.iter().copied().chain(&of_services).collect();
-                let mut services = services_touched(prev, state, &tasks);
+                // The services named are made whole below: their tasks patch none.
+                let patched: Vec<&Touched> =
+                    tasks.iter().copied().filter(|t| !since.services.contains(t.service.as_str())).collect();
+                let mut services = services_touched(prev, state, &patched);
                 for name in &since.services {
                     match endpoints_of(state, name) {
                         Some(now) => drop(services.insert((*name).to_owned(), keep(prev.services.get(*name), now))),
@@ -411,13 +416,9 @@ fn services_touched(prev: &Published, state: &State, touched: &[&Touched]) -> BT
     services
 }
 
-/// Whether any task of the service runs, as `endpoints` says it: its tasks
-/// are named after it (`SERVICE.SLOT.GENERATION`), so most answers take a
-/// look at those alone; a "no" is made sure of over every task.
+/// Whether any task of the service runs, as `endpoints` says it.
 fn started(state: &State, service: &str) -> bool {
-    let of_it = |t: &Task| t.service == service && runs(t);
-    state.tasks.range(format!("{service}.")..format!("{service}/")).any(|(_, t)| of_it(t))
-        || state.tasks.values().any(of_it)
+    state.tasks_of(service).any(runs)
 }
 
 /// Wanted running and running: what makes a service `started`.

@@ -49,9 +49,11 @@ pub struct Since<'a> {
 }
 
 impl Since<'_> {
-    /// The tasks of the services named, as they are in `state`: a spec's
+    /// The tasks of the services named, as they are in `state`. A spec's
     /// command moves none of them (removing a service stops its tasks
-    /// where they are), so where they are now is where they were.
+    /// where they are), so where they are now is where the spec's command
+    /// left them; a task that other entries moved is also in `tasks`, with
+    /// its node from before them.
     pub fn of_services(&self, state: &State) -> Vec<Touched> {
         let was = |t: &berth_proto::model::Task| Touched {
             id: t.id.clone(),
@@ -143,7 +145,9 @@ impl Touches {
             return None;
         }
         let mut since = Since::default();
-        for (_, touch) in self.log.iter().filter(|(i, _)| *i > index) {
+        // The log is in index order: skip to the first entry after `index`.
+        let first = self.log.partition_point(|(i, _)| *i <= index);
+        for (_, touch) in self.log.range(first..) {
             match touch {
                 Touch::Tasks(t) => since.tasks.extend(t),
                 Touch::Services(names, t) => {

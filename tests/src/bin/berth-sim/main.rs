@@ -325,10 +325,13 @@ async fn watch(mut servers: Servers, node_id: String, args: Arc<Args>, c: Arc<Co
             }
             tokio::select! {
                 message = tokio::time::timeout(Duration::from_secs(15), stream.message()) => {
-                    let Ok(Ok(Some(m))) = message else {
+                    let Ok(Ok(Some(mut m))) = message else {
                         c.watch_errors.fetch_add(1, Ordering::Relaxed);
                         break;
                     };
+                    // As an agent merges the shared part: its own peer left out.
+                    m.message.peers.retain(|p| p.node_id != node_id);
+                    m.message.removed_peers.retain(|p| *p != node_id);
                     revision = m.message.revision;
                     let gone = received(&m, &mut held, &mut last_hash, &c, &slot);
                     slot.held.store(held.len() as u64, Ordering::Relaxed);

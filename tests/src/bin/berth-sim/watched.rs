@@ -23,7 +23,7 @@ pub struct Watched {
     #[prost(message, repeated, tag = "1")]
     pub tasks: Vec<TaskId>,
     #[prost(message, repeated, tag = "4")]
-    pub peers: Vec<Skipped>,
+    pub peers: Vec<PeerId>,
     #[prost(message, repeated, tag = "5")]
     pub services: Vec<Skipped>,
     #[prost(uint64, tag = "8")]
@@ -48,6 +48,13 @@ pub struct Watched {
 pub struct TaskId {
     #[prost(string, tag = "1")]
     pub id: String,
+}
+
+/// A `Peer`'s node id alone (the shared part lists the node's own).
+#[derive(Clone, PartialEq, Message)]
+pub struct PeerId {
+    #[prost(string, tag = "1")]
+    pub node_id: String,
 }
 
 /// A message whose fields are all skipped: only that it came is kept.
