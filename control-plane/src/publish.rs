@@ -142,7 +142,7 @@ impl Published {
                 let tasks: Vec<&Touched> = since.tasks.iter().copied().chain(&of_services).collect();
                 // The services named are made whole below: their tasks patch none.
                 let patched: Vec<&Touched> =
-                    tasks.iter().copied().filter(|t| !since.services.contains(t.service.as_str())).collect();
+                    since.tasks.iter().copied().filter(|t| !since.services.contains(t.service.as_str())).collect();
                 let mut services = services_touched(prev, state, &patched);
                 for name in &since.services {
                     match endpoints_of(state, name) {
