@@ -264,9 +264,12 @@ impl Elections {
     /// beat, or a quiet one (promised in the heartbeat, see `quiet`) ended
     /// early when an entry is appended. False once Raft stops.
     async fn beat(&self, still: &mut (Option<u64>, Instant)) -> bool {
-        let mut metrics = self.raft.metrics();
+        // Watched while quiet: the log's end and this server's role. Not
+        // openraft's metrics, sent on every turn of its loop (each tick too).
+        let (mut appended, mut server) = (self.log.appended(), self.raft.server_metrics());
         let rest = {
-            let m = metrics.borrow_and_update();
+            let m = self.raft.metrics();
+            let m = m.borrow();
             if m.last_log_index != still.0 {
                 *still = (m.last_log_index, Instant::now());
             }
@@ -286,16 +289,30 @@ impl Elections {
             return true;
         };
         let until = Instant::now() + gap;
+        // Appended past what the metrics said (they may lag the store).
+        let past = |a: &Option<u64>| a.is_some_and(|a| Some(a) > still.0);
+        if past(&appended.borrow()) {
+            self.quiet.promise(None);
+            return true;
+        }
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return true,
-                changed = metrics.changed() => {
+                changed = appended.changed() => {
                     if changed.is_err() {
                         return false;
                     }
-                    let m = metrics.borrow_and_update();
-                    if m.last_log_index != still.0 || m.state != ServerState::Leader {
+                    if past(&appended.borrow_and_update()) {
                         // Written to: the ordinary beat from now on.
+                        self.quiet.promise(None);
+                        return true;
+                    }
+                }
+                changed = server.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                    if server.borrow_and_update().state != ServerState::Leader {
                         self.quiet.promise(None);
                         return true;
                     }

@@ -1,8 +1,11 @@
 //! Work the leader does on its own: turning agents' heartbeats into node
 //! status changes, and running the reconciler so that tasks follow
 //! services. A pass runs when the applied log moves (a service changed, an
-//! agent reported), or every `PERIOD` for liveness, with at least `GAP`
-//! between passes so a burst of commits makes one pass, not many. Every
+//! agent reported), when a silent node is heard again, or when liveness
+//! or a rollout says a look is due (`Liveness::next_look`; at rest that is
+//! once in a few seconds, where a look every 200 ms was a tenth of an idle
+//! leader's wakes), with at least `GAP` between passes so a burst of
+//! commits makes one pass, not many. Every
 //! server runs the loop; it acts only while its server leads, and each
 //! pass sees the state after the previous pass's commit (the reconciler's
 //! decisions are checked again on apply anyway).
@@ -24,7 +27,8 @@ use crate::node::Node;
 use crate::reconciler::reconcile;
 use crate::state::{expand, now_ms, Command, Response, RolloutChange, State, TaskChange, READS_NEW_TASKS};
 
-/// How often the leader looks at liveness (and tasks) without news.
+/// How long the leader waits after a reconcile that changed nothing, and
+/// a stopped Raft's callers before they look again.
 pub const PERIOD: Duration = Duration::from_millis(200);
 /// The least time between two passes.
 const GAP: Duration = Duration::from_millis(10);
@@ -50,22 +54,31 @@ pub async fn run(node: Arc<Node>, levels: Levels) {
     let mut led_term = None;
     // How many silent nodes liveness held ready at the last look (see `liveness`).
     let mut was_held = 0;
+    // When liveness may next change without news (the first look at once).
+    let mut next_look = Some(std::time::Instant::now());
     let cluster_level = Arc::new(AtomicU32::new(0));
     tokio::spawn(follow_level(node.clone(), levels, cluster_level.clone()));
     loop {
         if !rest.is_zero() {
             tokio::time::sleep(rest).await;
         }
-        node.applied_after(seen, PERIOD).await;
+        let patience = patience(next_look, wake_at, node.node_down_after);
+        tokio::select! {
+            _ = node.applied_after(seen, patience) => {}
+            () = node.revived.notified() => {}
+        }
         seen = node.last_applied();
         let Some((transitions, held)) = node.with_liveness(|l| match node.applied.read() {
             Ok(applied) => {
+                let now = std::time::Instant::now();
                 l.retain(&applied.state.nodes);
-                l.transitions(&applied.state.nodes, std::time::Instant::now())
+                next_look = l.next_look(&applied.state.nodes, now);
+                l.transitions(&applied.state.nodes, now)
             }
             Err(_) => (Vec::new(), 0),
         }) else {
             at_rest = None;
+            next_look = Some(std::time::Instant::now());
             // A follower has nothing to do here until it leads.
             node.until_leading().await;
             continue;
@@ -118,7 +131,7 @@ pub async fn run(node: Arc<Node>, levels: Levels) {
         let now = now_ms();
         let due = wake_at.is_some_and(|at| now >= at);
         // At rest and nothing applied since: no pass, and no pause after
-        // none (at rest the loop wakes once a `PERIOD`, for liveness).
+        // none (at rest the loop wakes only for liveness, see `patience`).
         if at_rest.is_some() && seen == at_rest && !due {
             rest = Duration::ZERO;
             continue;
@@ -187,6 +200,15 @@ pub async fn run(node: Arc<Node>, levels: Levels) {
             Err(e) => warn!("reconciling: {e}"),
         }
     }
+}
+
+/// How long the loop waits for news (an entry applied, a silent node
+/// heard again): until liveness's next look or a rollout's wake time,
+/// and at most `longest`.
+fn patience(next_look: Option<std::time::Instant>, wake_at: Option<u64>, longest: Duration) -> Duration {
+    let look = next_look.map(|at| at.saturating_duration_since(std::time::Instant::now()));
+    let wake = wake_at.map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+    look.into_iter().chain(wake).fold(longest, Duration::min)
 }
 
 /// Keeps `level` at what every member reads (`api::levels`), while this

@@ -40,13 +40,17 @@ impl Liveness {
         Self { timeout, since: now, last_seen: HashMap::new() }
     }
 
-    pub fn heartbeat(&mut self, node: &str, now: Instant) {
+    /// Records a heartbeat; answers whether the node was alive before it
+    /// (if not, the next look may bring it back: see `next_look`).
+    pub fn heartbeat(&mut self, node: &str, now: Instant) -> bool {
+        let was_alive = self.alive(node, now);
         match self.last_seen.get_mut(node) {
             Some(seen) => *seen = now,
             None => {
                 self.last_seen.insert(node.to_owned(), now);
             }
         }
+        was_alive
     }
 
     /// Whether the node has been heard from within the timeout.
@@ -76,6 +80,22 @@ impl Liveness {
             })
             .collect();
         (commands, if crowd && settled { silent } else { 0 })
+    }
+
+    /// When a look may next find a change that no heartbeat brings: the
+    /// first moment a ready node heard from falls silent, or the end of
+    /// this leader's first timeout. Between those, only a silent node
+    /// heard again (`heartbeat` says so) or a change of the nodes
+    /// themselves can make `transitions` answer differently, so the
+    /// leader waits for those instead of looking on a timer.
+    pub fn next_look(&self, nodes: &BTreeMap<String, Node>, now: Instant) -> Option<Instant> {
+        let settled = self.since + self.timeout;
+        let silent_at = nodes
+            .values()
+            .filter(|n| n.status == NodeStatus::Ready)
+            .filter_map(|n| self.last_seen.get(&n.id))
+            .map(|seen| *seen + self.timeout);
+        silent_at.chain(Some(settled)).filter(|at| *at > now).min()
     }
 
     /// Forgets nodes that left the cluster.
@@ -139,6 +159,28 @@ mod tests {
         all.remove("b");
         live.retain(&all);
         assert!(!live.alive("b", s(10)));
+    }
+
+    #[test]
+    fn the_next_look_is_when_a_ready_node_falls_silent_or_the_leader_settles() {
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut live = Liveness::new(Duration::from_secs(5), t0);
+        let all = nodes(&[("a", NodeStatus::Ready), ("b", NodeStatus::Ready), ("c", NodeStatus::Down)]);
+        assert_eq!(live.next_look(&all, s(1)), Some(s(5)), "unheard nodes go down when the leader settles");
+        assert!(!live.heartbeat("a", s(2)), "a node first heard was not alive");
+        assert!(live.heartbeat("a", s(3)));
+        assert!(!live.heartbeat("c", s(4)), "a down node heard again: the next look brings it back");
+        assert_eq!(live.next_look(&all, s(4)), Some(s(5)));
+        // Settled: a falls silent at 8; c is down, and only a heartbeat changes it.
+        assert_eq!(live.next_look(&all, s(6)), Some(s(8)));
+        let b_down_c_back = [("b".into(), NodeStatus::Down), ("c".into(), NodeStatus::Ready)];
+        assert_eq!(ids(live.transitions(&all, s(7))), b_down_c_back);
+        assert_eq!(ids(live.transitions(&all, s(8)))[0], ("a".into(), NodeStatus::Down));
+        // Every ready node silent already: nothing is due without news.
+        assert_eq!(live.next_look(&all, s(9)), None);
+        assert!(!live.heartbeat("b", s(10)));
+        assert_eq!(live.next_look(&all, s(10)), Some(s(15)));
     }
 
     #[test]

@@ -166,6 +166,9 @@ pub struct Node {
     /// Agents' heartbeats, while this server leads: the term it was made
     /// for, and the tracker (see `liveness`).
     pub liveness: std::sync::Mutex<Option<(u64, Liveness)>>,
+    /// A node the tracker held silent was heard again: the leader looks
+    /// at once (it otherwise waits for `Liveness::next_look`).
+    pub revived: tokio::sync::Notify,
     pub node_down_after: Duration,
     /// The network this server sets if it is the first leader.
     pub network: NetworkConfig,
@@ -205,6 +208,7 @@ impl Node {
             batcher,
             join_lock: tokio::sync::Mutex::new(()),
             liveness: std::sync::Mutex::new(None),
+            revived: tokio::sync::Notify::new(),
             node_down_after: Duration::from_secs(4),
             network: NetworkConfig::DEFAULT,
             quiet: crate::quiet::Quiet::default(),
@@ -434,12 +438,11 @@ impl Node {
             return Step::Done(Err(OpError::NotFound(format!("node {node} is not registered; register again"))));
         }
         let now = std::time::Instant::now();
-        let beat = |l: &mut Liveness| {
-            let was_alive = l.alive(node, now);
-            l.heartbeat(node, now);
-            was_alive
-        };
-        match self.with_liveness(beat) {
+        let was_alive = self.with_liveness(|l| l.heartbeat(node, now));
+        if was_alive == Some(false) {
+            self.revived.notify_one();
+        }
+        match was_alive {
             Some(was_alive) if lease => Step::Done(Ok(self.lease(node, was_alive && ready))),
             Some(_) => Step::Done(Ok(LeaderReply::Done)),
             None => Step::NotLeader,

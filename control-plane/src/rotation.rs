@@ -7,7 +7,7 @@
 //! has confirmed.
 //!
 //! ```text
-//! each PERIOD:
+//! at most each PERIOD, and only on news while no rotation is under way:
 //!   roots in the state ──▶ the renewal (a change means: renew now)
 //!   my root ≠ holders["server/<id>"] ──▶ Holds
 //!   leader, rotating, nobody pending ──▶ FinishRotation
@@ -29,9 +29,13 @@ use tracing::{info, warn};
 use crate::node::{LeaderOp, Node};
 use crate::state::Command;
 
-/// How often the state is looked at (roots change rarely; a second is soon
-/// enough, and waking on every commit would cost the write path).
+/// The most often the state is looked at (roots change rarely; a second
+/// is soon enough, and a look on every commit would cost the write path).
 const PERIOD: Duration = Duration::from_secs(1);
+/// Between rotations nothing changes but what is applied: the loop waits
+/// for an applied entry, or this long (a look every second woke each idle
+/// server for nothing).
+const AT_REST: Duration = Duration::from_secs(60);
 
 /// Starts both tasks; aborting the handle stops them.
 pub fn spawn(node: Arc<Node>, tls: Tls, creds: Credentials, dir: PathBuf) -> JoinHandle<()> {
@@ -65,29 +69,43 @@ async fn watch(node: Arc<Node>, tls: Tls, roots: tokio::sync::watch::Sender<Stri
     let me = format!("server/{}", node.id);
     loop {
         tokio::time::sleep(PERIOD).await;
-        let Some(trust) = node.applied.read().ok().and_then(|a| a.state.trust.clone()) else { continue };
-        let digest = roots_digest(&trust.roots_pem());
-        roots.send_if_modified(|heard| std::mem::replace(heard, digest.clone()) != digest);
-
-        if let Some(mine) = tls.identity().map(|i| i.issuer) {
-            if trust.holders.get(&me) != Some(&mine) {
-                if let Err(e) = node.write(Command::Holds { holder: me.clone(), root: mine }).await {
-                    warn!("recording which root this server's certificate is from: {e}");
-                }
-            }
+        // Taken before the look: whatever is applied during it brings another.
+        let before = node.last_applied();
+        if !look(&node, &tls, &roots, &me).await {
+            node.applied_after(before, AT_REST).await;
         }
+    }
+}
 
-        let leads = node.metrics().current_leader == Some(node.id);
-        if leads && trust.rotating() {
-            let servers = node.server_ids();
-            let done = node.applied.read().map(|a| a.state.rotation_pending(&servers).is_empty()).unwrap_or(false);
-            if done {
-                let root = trust.ca.digest();
-                match node.write(Command::FinishRotation { root: root.clone() }).await {
-                    Ok(_) => info!(%root, "CA rotation finished: every node holds the new root's certificate"),
-                    Err(e) => warn!("finishing the CA rotation: {e}"),
-                }
+/// One look; true while something is under way that the applied state
+/// alone does not announce (a rotation, in which this server's own
+/// certificate changes, or a write that failed and must be tried again).
+async fn look(node: &Node, tls: &Tls, roots: &tokio::sync::watch::Sender<String>, me: &str) -> bool {
+    let Some(trust) = node.applied.read().ok().and_then(|a| a.state.trust.clone()) else { return false };
+    let digest = roots_digest(&trust.roots_pem());
+    roots.send_if_modified(|heard| std::mem::replace(heard, digest.clone()) != digest);
+    let mut busy = trust.rotating();
+
+    if let Some(mine) = tls.identity().map(|i| i.issuer) {
+        if trust.holders.get(me) != Some(&mine) {
+            if let Err(e) = node.write(Command::Holds { holder: me.to_owned(), root: mine }).await {
+                warn!("recording which root this server's certificate is from: {e}");
+                busy = true;
             }
         }
     }
+
+    let leads = node.metrics().current_leader == Some(node.id);
+    if leads && trust.rotating() {
+        let servers = node.server_ids();
+        let done = node.applied.read().map(|a| a.state.rotation_pending(&servers).is_empty()).unwrap_or(false);
+        if done {
+            let root = trust.ca.digest();
+            match node.write(Command::FinishRotation { root: root.clone() }).await {
+                Ok(_) => info!(%root, "CA rotation finished: every node holds the new root's certificate"),
+                Err(e) => warn!("finishing the CA rotation: {e}"),
+            }
+        }
+    }
+    busy
 }

@@ -3,12 +3,13 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogId, RaftLogReader, StorageError, StorageIOError, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::seal::Sealer;
 use super::{flush, read_err, write_err, Entry, LogId, NodeId, TypeConfig};
@@ -26,11 +27,22 @@ pub struct LogStore {
     /// Entries are sealed; the vote and positions are not secret.
     sealer: Sealer,
     flusher: Option<mpsc::UnboundedSender<LogFlushed<TypeConfig>>>,
+    /// The index of the last entry appended, shared by every handle.
+    appended: Arc<watch::Sender<Option<u64>>>,
 }
 
 impl LogStore {
     pub(super) fn open(db: sled::Db, sealer: Sealer) -> Result<Self, sled::Error> {
-        Ok(Self { log: db.open_tree("log")?, meta: db.open_tree("meta")?, db, sealer, flusher: None })
+        let (log, meta) = (db.open_tree("log")?, db.open_tree("meta")?);
+        let appended = Arc::new(watch::channel(None).0);
+        Ok(Self { log, meta, db, sealer, flusher: None, appended })
+    }
+
+    /// Moves when an entry is appended (not when it is flushed): how a
+    /// quiet leader learns it is written to without waking on openraft's
+    /// metrics, which it sends on every turn of its loop, ticks included.
+    pub fn appended(&self) -> watch::Receiver<Option<u64>> {
+        self.appended.subscribe()
     }
 
     fn decode_entry(&self, key: &[u8], value: &[u8]) -> Result<Entry, StorageError<NodeId>> {
@@ -187,11 +199,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut last = None;
         for e in entries {
             let json = serde_json::to_vec(&e).map_err(write_err)?;
-            batch.insert(&index_key(e.get_log_id().index), self.sealer.seal(&json));
+            let index = e.get_log_id().index;
+            batch.insert(&index_key(index), self.sealer.seal(&json));
+            last = Some(index);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
+        if last.is_some() {
+            self.appended.send_replace(last);
+        }
         if let Err(mpsc::error::SendError(cb)) = self.flusher().send(callback) {
             cb.log_io_completed(Err(io::Error::other("log flusher stopped")));
         }

@@ -48,7 +48,8 @@ struct Fake {
     status: Status,
     started: Option<Instant>,
     ran_for: Duration,
-    ended: Option<oneshot::Sender<()>>,
+    /// Told when this run ends (`end_of`).
+    ended: Vec<oneshot::Sender<()>>,
     check: Option<Check>,
     sick: bool,
     exclusive: bool,
@@ -71,7 +72,7 @@ impl Inner {
         if let Some(c) = self.containers.get_mut(name) {
             c.status = status;
             c.ran_for = c.started.map_or(Duration::ZERO, |s| s.elapsed());
-            if let Some(ended) = c.ended.take() {
+            for ended in c.ended.drain(..) {
                 let _ = ended.send(());
             }
         }
@@ -90,7 +91,7 @@ impl FakeContainers {
             status: started,
             started: Some(Instant::now()),
             ran_for: Duration::ZERO,
-            ended: None,
+            ended: Vec::new(),
             check: None,
             sick: false,
             exclusive: false,
@@ -103,6 +104,11 @@ impl FakeContainers {
         if let Some(c) = lock(&self.inner).containers.get_mut(task) {
             c.sick = sick;
         }
+    }
+
+    /// Whether its run's end is awaited (`end_of`).
+    pub fn watched(&self, task: &str) -> bool {
+        lock(&self.inner).containers.get(task).is_some_and(|c| c.ended.iter().any(|e| !e.is_closed()))
     }
 
     /// Its shim dies without a record.
@@ -156,7 +162,7 @@ impl Containers for FakeContainers {
             status: Status::Created,
             started: None,
             ran_for: Duration::ZERO,
-            ended: None,
+            ended: Vec::new(),
             check: config.health_check(),
             sick: false,
             exclusive: config.overrides.options.exclusive(),
@@ -184,27 +190,36 @@ impl Containers for FakeContainers {
         Ok(())
     }
 
-    async fn start(&self, name: &str, _launch: crate::runtime::Launch) -> Result<Ended, RuntimeError> {
+    async fn start(&self, name: &str, _launch: crate::runtime::Launch) -> Result<(), RuntimeError> {
         let mut inner = lock(&self.inner);
         let c = inner.containers.get_mut(name).ok_or_else(|| RuntimeError::NotFound(name.into()))?;
         if matches!(c.status, Status::Running(_)) {
             return Err(RuntimeError::Running(name.into()));
         }
-        let (tx, rx) = oneshot::channel();
         inner.starts += 1;
         let started_at_ms = inner.starts;
         let c = inner.containers.get_mut(name).ok_or_else(|| RuntimeError::NotFound(name.into()))?;
         c.status = Status::Running(Started { shim_pid: 1, shim_start: 1, pid: 2, started_at_ms });
         c.started = Some(Instant::now());
-        c.ended = Some(tx);
         let crashes = c.image.contains("crash:");
         inner.log("start", name);
         if crashes {
             inner.end(name, exit(1));
         }
-        Ok(Box::pin(async move {
+        Ok(())
+    }
+
+    fn end_of(&self, name: &str, running: &Started) -> Result<Option<Ended>, RuntimeError> {
+        let mut inner = lock(&self.inner);
+        let c = inner.containers.get_mut(name).ok_or_else(|| RuntimeError::NotFound(name.into()))?;
+        if c.status != Status::Running(*running) {
+            return Ok(None);
+        }
+        let (tx, rx) = oneshot::channel();
+        c.ended.push(tx);
+        Ok(Some(Box::pin(async move {
             let _ = rx.await;
-        }))
+        })))
     }
 
     async fn stop(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {

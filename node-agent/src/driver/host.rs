@@ -24,7 +24,7 @@ use crate::network::overlay::{self, Keys, Overlay};
 use crate::network::plan::NetStep;
 use crate::network::{self as net, IpRoute, NodeNet};
 use crate::runtime::userns::IdRanges;
-use crate::runtime::{record, Container, ContainerConfig, Launch, Runtime, RuntimeError, Status};
+use crate::runtime::{pidfd, record, Container, ContainerConfig, Launch, Runtime, RuntimeError, Started, Status};
 use crate::stats::AgentStats;
 use crate::tasks::health::{self, Outcome};
 use crate::tasks::step::Observed;
@@ -68,10 +68,16 @@ impl Containers for Runtime {
         blocking(move || runtime.renew_lease(&name, deadline_ns)).await
     }
 
-    async fn start(&self, name: &str, launch: Launch) -> Result<Ended, RuntimeError> {
-        let mut shim = Runtime::start(self, name, &launch).await?;
+    /// The shim, this process's child, is reaped by tokio once it exits.
+    async fn start(&self, name: &str, launch: Launch) -> Result<(), RuntimeError> {
+        let shim = Runtime::start(self, name, &launch).await?;
         info!(task = name, pid = shim.pid, "task started");
-        Ok(Box::pin(async move { shim.exited().await }))
+        Ok(())
+    }
+
+    fn end_of(&self, name: &str, running: &Started) -> Result<Option<Ended>, RuntimeError> {
+        let io = |e: io::Error| RuntimeError::Other { name: name.into(), message: format!("watching its shim: {e}") };
+        Ok(pidfd::shim_end(running).map_err(io)?.map(|end| Box::pin(end) as Ended))
     }
 
     /// With the task's own grace when its spec gives one.

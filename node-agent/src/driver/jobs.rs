@@ -2,10 +2,11 @@
 //! node has, starts each job it returns on its own (a pass never waits for
 //! one, so a task in its stop grace or a slow pull holds back no other),
 //! and hands the reports to the reporter; runs the health probes it says
-//! are due, each on its own too. A job's end, a container's end, a probe's
-//! end, a new assignment, a taken report and the tick each wake it.
+//! are due, each on its own too. A job's end, a container's end (watched
+//! by its pidfd, see `watch_ends`), a probe's end, a new assignment, a
+//! taken report and the tick each wake it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use super::{Leases, Worker};
 use crate::dns;
 use crate::image::ImageRef;
 use crate::runtime::{
-    record, ContainerConfig, Launch, Limits, LogPolicy, NetworkMode, RuntimeError, Status, UserNamespace,
+    record, ContainerConfig, Launch, Limits, LogPolicy, NetworkMode, RuntimeError, Started, Status, UserNamespace,
 };
 use crate::tasks::books::Books;
 use crate::tasks::fence::fence;
@@ -44,6 +45,8 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
     let (mut jobs, mut probes) = (Running::<Job>::default(), Running::<ProbeJob>::default());
     // Each leased container's deadline as last written (see `renew`).
     let mut renewed: HashMap<String, u64> = HashMap::new();
+    // The runs whose end wakes the loop (see `watch_ends`).
+    let mut watched: HashSet<(String, Started)> = HashSet::new();
     loop {
         let mut assignment = assignments.borrow_and_update().clone().unwrap_or_default();
         for (job, outcome) in jobs.finished("the agent's work on it") {
@@ -65,6 +68,7 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
             Err(e) => warn!("listing containers: {e}"),
             Ok(observed) => {
                 worker.settings.stats.containers_now(observed.iter().map(|o| o.status.state()));
+                watch_ends(&worker.containers, &observed, &mut watched, &wake);
                 let leases = lease.borrow().clone();
                 fence(&mut assignment, names(&leases, &observed, worker.settings.fence_grace).as_ref());
                 renew(&worker, &leases, &observed, &mut renewed).await;
@@ -72,8 +76,7 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
                 let pass = step(&assignment, &observed, &namespaces, &mut books, now());
                 for job in pass.jobs {
                     let (todo, worker, lease) = (job.clone(), worker.clone(), lease.clone());
-                    let ended = wake.clone();
-                    jobs.spawn(job, &wake, async move { run_job(&worker, todo, &ended, &lease).await });
+                    jobs.spawn(job, &wake, async move { run_job(&worker, todo, &lease).await });
                 }
                 for probe in pass.probes {
                     let address = assignment.tasks.get(&probe.task).and_then(|t| t.address);
@@ -104,6 +107,44 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
             },
             _ = wake.notified() => {}
             _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Makes the end of every running container wake the loop, once for each
+/// run: those this agent started and those it found running after a
+/// restart alike, so that a look at rest finds nothing new and can wait
+/// (`Settings::rest`). A run that cannot be watched is seen to end at a
+/// look.
+fn watch_ends<C: Containers>(
+    containers: &C,
+    observed: &[Observed],
+    watched: &mut HashSet<(String, Started)>,
+    wake: &Arc<Notify>,
+) {
+    let running: HashSet<(&str, &Started)> = observed
+        .iter()
+        .filter_map(|o| match &o.status {
+            Status::Running(s) => Some((o.task.as_str(), s)),
+            _ => None,
+        })
+        .collect();
+    watched.retain(|(task, s)| running.contains(&(task.as_str(), s)));
+    for (task, started) in running {
+        if !watched.insert((task.to_owned(), *started)) {
+            continue;
+        }
+        match containers.end_of(task, started) {
+            Ok(Some(end)) => {
+                let wake = wake.clone();
+                tokio::spawn(async move {
+                    end.await;
+                    wake.notify_one();
+                });
+            }
+            // Over since the list: look again now.
+            Ok(None) => wake.notify_one(),
+            Err(e) => warn!(task, "{e}; its end is seen at a look"),
         }
     }
 }
@@ -185,11 +226,10 @@ impl<T> Running<T> {
     }
 }
 
-/// Carries out one job; `wake` is told when a container it started ends.
+/// Carries out one job.
 async fn run_job<C: Containers, I: Images, N: Network>(
     worker: &Arc<Worker<C, I, N>>,
     job: Job,
-    wake: &Arc<Notify>,
     lease: &watch::Receiver<Leases>,
 ) -> Result<(), String> {
     let stats = &worker.settings.stats;
@@ -204,15 +244,15 @@ async fn run_job<C: Containers, I: Images, N: Network>(
         outcome
     };
     match job {
-        Job::Start(task) => timed(start(worker, &task, false, (wake, lease)).await),
+        Job::Start(task) => timed(start(worker, &task, false, lease).await),
         Job::Restart(task) => {
             stats.restarts.inc();
-            timed(start(worker, &task, true, (wake, lease)).await)
+            timed(start(worker, &task, true, lease).await)
         }
         Job::Replace(task) => {
             stats.restarts.inc();
             worker.containers.stop(&task.id, worker.settings.stop_grace).await.map_err(|e| e.to_string())?;
-            timed(start(worker, &task, true, (wake, lease)).await)
+            timed(start(worker, &task, true, lease).await)
         }
         Job::Stop(task) => {
             let _ = worker.containers.stop(&task, worker.settings.stop_grace).await;
@@ -236,10 +276,10 @@ async fn start<C: Containers, I: Images, N: Network>(
     worker: &Arc<Worker<C, I, N>>,
     task: &AssignedTask,
     again: bool,
-    (wake, lease): (&Arc<Notify>, &watch::Receiver<Leases>),
+    lease: &watch::Receiver<Leases>,
 ) -> Result<(), String> {
     if again && worker.containers.renew(&task.id).await.is_ok() {
-        return launch(worker, task, (wake, lease)).await;
+        return launch(worker, task, lease).await;
     }
     match worker.containers.remove(&task.id).await {
         Ok(()) | Err(RuntimeError::NotFound(_)) => {}
@@ -265,7 +305,7 @@ async fn start<C: Containers, I: Images, N: Network>(
     };
     let config = container_config(task, &reference, image, (network, userns), &worker.settings);
     worker.containers.create(config).await.map_err(|e| e.to_string())?;
-    launch(worker, task, (wake, lease)).await
+    launch(worker, task, lease).await
 }
 
 /// Starts a created container; one with an exclusive volume only while
@@ -274,7 +314,7 @@ async fn start<C: Containers, I: Images, N: Network>(
 async fn launch<C: Containers, I: Images, N: Network>(
     worker: &Arc<Worker<C, I, N>>,
     task: &AssignedTask,
-    (wake, lease): (&Arc<Notify>, &watch::Receiver<Leases>),
+    lease: &watch::Receiver<Leases>,
 ) -> Result<(), String> {
     let lease_ns = match task.spec.overrides.options.exclusive() {
         false => None,
@@ -286,13 +326,7 @@ async fn launch<C: Containers, I: Images, N: Network>(
         }
     };
     let launch = Launch { files: values(task)?, lease_ns };
-    let ended = worker.containers.start(&task.id, launch).await.map_err(|e| e.to_string())?;
-    let wake = wake.clone();
-    tokio::spawn(async move {
-        ended.await;
-        wake.notify_one();
-    });
-    Ok(())
+    worker.containers.start(&task.id, launch).await.map_err(|e| e.to_string())
 }
 
 /// The values of the secrets and configs a task names, in order (see

@@ -48,11 +48,12 @@ pub struct Settings {
     /// (`Step::waiting`), and a failed
     /// network step is tried again.
     pub tick: Duration,
-    /// How often it looks when nothing is under way: a container started
-    /// before an agent restart, whose end nothing else tells, is seen to
-    /// end within this. The worker's own starts, probes, new assignments
-    /// and reports wake it at once whatever the pause; at rest, a look
-    /// every 200 ms was a third of an idle agent's CPU.
+    /// How often it looks when nothing is under way. Every running
+    /// container's end wakes it (its shim's pidfd, whoever started it), as
+    /// do its own jobs, probes, new assignments and reports, so a look at
+    /// rest only catches what those missed; at rest, a look every 200 ms
+    /// was a third of an idle agent's CPU, and one a second most of its
+    /// wakes.
     pub rest: Duration,
     /// How long the task watch waits for a server's next message (they
     /// come every 5 s at least) before it takes the server for frozen.
@@ -115,7 +116,7 @@ impl Default for Settings {
         Self {
             stop_grace: Duration::from_secs(10),
             tick: Duration::from_millis(200),
-            rest: Duration::from_secs(1),
+            rest: Duration::from_secs(10),
             watch_deadline: Duration::from_secs(15),
             cgroup_parent: "berth".into(),
             dns_domain: None,

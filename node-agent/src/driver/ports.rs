@@ -15,11 +15,11 @@ use berth_proto::model::{NodeVolume, Probe, Pull};
 use crate::image::{Image, ImageRef, PullError};
 use crate::network::plan::NetStep;
 use crate::runtime::userns::IdMap;
-use crate::runtime::{ContainerConfig, Launch, RuntimeError};
+use crate::runtime::{ContainerConfig, Launch, RuntimeError, Started};
 use crate::tasks::health::Outcome;
 use crate::tasks::step::Observed;
 
-/// Ends when a started container's shim does (just after its exit record).
+/// Ends when a running container's shim does (just after its exit record).
 pub type Ended = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The node's task containers. Calls never block the caller's thread.
@@ -30,7 +30,11 @@ pub trait Containers: Send + Sync + 'static {
     fn create(&self, config: ContainerConfig) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Starts it with the values of the secrets and configs it names and
     /// its lease's end (see `Runtime::start`), and returns once it runs.
-    fn start(&self, name: &str, launch: Launch) -> impl Future<Output = Result<Ended, RuntimeError>> + Send;
+    fn start(&self, name: &str, launch: Launch) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Ends when its run that `running` describes does (its shim, just
+    /// after the exit record), whoever started it; None when that run is
+    /// over already. Does not block.
+    fn end_of(&self, name: &str, running: &Started) -> Result<Option<Ended>, RuntimeError>;
     /// Moves a running leased container's deadline (ns, host monotonic clock).
     fn renew_lease(&self, name: &str, deadline_ns: u64) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// SIGTERM, then SIGKILL after `grace`; returns once it has exited.

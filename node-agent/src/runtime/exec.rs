@@ -21,7 +21,7 @@
 //! the spec's `linux` section with namespaces and cgroups only).
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -198,11 +198,7 @@ fn wait(pid: Pid, timeout: Duration) -> Result<i32, (i32, String)> {
 /// Whether `pid` ends within `timeout`, by polling its pidfd (Linux 5.3).
 #[allow(unsafe_code)]
 fn exited_within(pid: Pid, timeout: Duration) -> std::io::Result<bool> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0).ok_or_else(std::io::Error::last_os_error)?;
-    // SAFETY: the fd was just returned to us and is owned here alone.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = super::pidfd::open(pid.as_raw())?;
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());

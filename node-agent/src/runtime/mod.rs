@@ -17,6 +17,7 @@ pub mod exec;
 pub mod files;
 pub mod idmap;
 pub mod mounts;
+pub mod pidfd;
 pub mod record;
 pub mod rootfs;
 pub mod seccomp;

@@ -195,7 +195,7 @@ pub enum NetworkMode {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Started {
     pub shim_pid: i32,
     /// The shim's start time in clock ticks since boot (/proc/PID/stat field

@@ -37,10 +37,15 @@ impl Drop for Node {
 
 /// A worker watching `clusters` (in that order), with `containers` as the node has them.
 fn node(clusters: &[&FakeCluster], containers: FakeContainers) -> Node {
+    resting(clusters, containers, Duration::from_millis(50))
+}
+
+/// The same, looking every `rest` when nothing is under way.
+fn resting(clusters: &[&FakeCluster], containers: FakeContainers, rest: Duration) -> Node {
     let settings = Settings {
         stop_grace: GRACE,
         tick: Duration::from_millis(50),
-        rest: Duration::from_millis(50),
+        rest,
         watch_deadline: Duration::from_secs(1),
         cgroup_parent: "berth-test".into(),
         dns_domain: Some("berth.local".into()),
@@ -217,6 +222,23 @@ async fn an_agent_restart_stops_nothing_before_the_cluster_speaks() {
         "only what the cluster no longer wants is touched"
     );
     assert!(matches!(n.containers.status("a.1.1"), Some(Status::Running(_))));
+}
+
+#[tokio::test]
+async fn a_container_that_ends_wakes_the_worker_found_running_or_started() {
+    let cluster = FakeCluster::start(assigned(vec![task("a.1.1", "reg:5000/web:1", "always", "")])).await;
+    let containers = FakeContainers::default();
+    containers.running("a.1.1", "reg:5000/web:1");
+    // No look at rest within the test: only the container's end can wake it.
+    let n = resting(&[&cluster], containers, Duration::from_secs(3600));
+    eventually("a.1.1 running", || is(&cluster, "a.1.1", "running").then_some(())).await;
+    // Found running (started before the agent): its shim dies.
+    n.containers.lost("a.1.1");
+    eventually("a.1.1 started again", || n.containers.times("start", "a.1.1").first().copied()).await;
+    // Started by this agent: the same.
+    eventually("its run watched", || n.containers.watched("a.1.1").then_some(())).await;
+    n.containers.lost("a.1.1");
+    eventually("a.1.1 started twice", || (n.containers.times("start", "a.1.1").len() == 2).then_some(())).await;
 }
 
 #[tokio::test]
