@@ -270,8 +270,10 @@ impl Elections {
         let rest = {
             let m = self.raft.metrics();
             let m = m.borrow();
-            if m.last_log_index != still.0 {
-                *still = (m.last_log_index, Instant::now());
+            // The log's end: the store's, which openraft's metrics may lag.
+            let end = m.last_log_index.max(*appended.borrow_and_update());
+            if end != still.0 {
+                *still = (end, Instant::now());
             }
             let config = m.membership_config.membership();
             let others = config.voter_ids().filter(|id| *id != self.id);
@@ -289,12 +291,7 @@ impl Elections {
             return true;
         };
         let until = Instant::now() + gap;
-        // Appended past what the metrics said (they may lag the store).
         let past = |a: &Option<u64>| a.is_some_and(|a| Some(a) > still.0);
-        if past(&appended.borrow()) {
-            self.quiet.promise(None);
-            return true;
-        }
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return true,

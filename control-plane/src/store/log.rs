@@ -38,9 +38,10 @@ impl LogStore {
         Ok(Self { log, meta, db, sealer, flusher: None, appended })
     }
 
-    /// Moves when an entry is appended (not when it is flushed): how a
-    /// quiet leader learns it is written to without waking on openraft's
-    /// metrics, which it sends on every turn of its loop, ticks included.
+    /// The log's last index as this process last changed it (appended,
+    /// truncated, started over; not when flushed): how a quiet leader
+    /// learns it is written to without waking on openraft's metrics,
+    /// which it sends on every turn of its loop, ticks included.
     pub fn appended(&self) -> watch::Receiver<Option<u64>> {
         self.appended.subscribe()
     }
@@ -76,6 +77,7 @@ impl LogStore {
             batch.remove(kv.map_err(read_err)?.0);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
+        self.appended.send_replace(Some(last.index));
         flush(&self.db).await.map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
@@ -222,6 +224,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.remove(kv.map_err(read_err)?.0);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
+        self.appended.send_replace(log_id.index.checked_sub(1));
         flush(&self.db).await.map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }

@@ -155,7 +155,7 @@ impl<C: Containers, I: Images, N: Network> Worker<C, I, N> {
             }
             tokio::join!(
                 netloop::run(self.clone(), assigned.clone()),
-                volloop::run(self.clone(), assigned.clone(), volumes.0, volumes.1),
+                volloop::run(self.clone(), (assigned.clone(), reports_tx.subscribe()), volumes.0, volumes.1),
                 jobs::run(self.clone(), assigned, reports_tx, taken_rx, lease)
             );
         };

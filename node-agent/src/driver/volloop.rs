@@ -1,8 +1,9 @@
 //! The volume loop: keeps the cluster's list of this node's named volumes
 //! true, since placement follows it. The task watch says what the cluster
-//! knows; on each new assignment and every `TICK` the loop lists the
-//! volumes on disk and, when the two differ, tells the cluster the whole
-//! list. The same list is not told again within `RETRY` (a server that
+//! knows; on each new assignment, each change of the tasks' reports (a
+//! container made with a volume makes it) and every `TICK` the loop
+//! lists the volumes on disk and, when the two differ, tells the cluster
+//! the whole list. The same list is not told again within `RETRY` (a server that
 //! refuses it, as one of a cluster not yet all on this release does, is
 //! not pressed), so the loop settles once the watch agrees.
 
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::client::Servers;
-use berth_proto::model::{Assignment, NodeVolume};
+use berth_proto::model::{Assignment, NodeVolume, TaskReport};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::warn;
@@ -19,14 +20,15 @@ use tracing::warn;
 use super::ports::{Containers, Images, Network};
 use super::{cluster, Worker};
 
-/// How often the volumes on disk are looked at without news.
-const TICK: Duration = Duration::from_secs(1);
+/// How often the volumes on disk are looked at without news (for one
+/// made or removed by hand: the agent's own work brings news).
+const TICK: Duration = Duration::from_secs(10);
 /// How long before the same list is told again while the watch disagrees.
 const RETRY: Duration = Duration::from_secs(5);
 
 pub(super) async fn run<C: Containers, I: Images, N: Network>(
     worker: Arc<Worker<C, I, N>>,
-    mut assignments: watch::Receiver<Option<Assignment>>,
+    (mut assignments, mut reports): (watch::Receiver<Option<Assignment>>, watch::Receiver<Vec<TaskReport>>),
     mut servers: Servers,
     node_id: String,
 ) {
@@ -46,6 +48,7 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
         }
         tokio::select! {
             changed = assignments.changed() => if changed.is_err() { return },
+            changed = reports.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(TICK) => {}
         }
     }
