@@ -124,6 +124,8 @@ pub async fn run(node: Arc<Node>, levels: Levels) {
         if !transitions.is_empty() {
             if let Err(e) = node.write_as_leader(transitions).await {
                 warn!("recording node status changes: {e}");
+                // Again soon: a node back up is alive to the tracker now, and beats no news.
+                next_look = Some(std::time::Instant::now() + PERIOD);
             }
         }
         let level = cluster_level.load(Ordering::Relaxed);

@@ -89,13 +89,20 @@ pub async fn watch(mut servers: Servers, node_id: String, deadline: Duration, tx
                     servers.succeeded();
                     let before = tx.borrow().as_ref().map(|a| (a.refused.clone(), a.skipped.clone()));
                     if delta {
-                        tx.send_modify(|a| {
-                            if let Some(a) = a {
-                                a.apply(changed, removed);
-                            }
+                        // A keepalive changes nothing: the loops that follow the
+                        // assignment (tasks, network, volumes) are not woken for it.
+                        tx.send_if_modified(|a| {
+                            let Some(a) = a else { return false };
+                            let news = changed.news_for(a) || !removed.is_empty();
+                            a.apply(changed, removed);
+                            news
                         });
                     } else {
-                        tx.send_replace(Some(changed));
+                        tx.send_if_modified(|a| {
+                            let news = a.as_ref() != Some(&changed);
+                            *a = Some(changed);
+                            news
+                        });
                         whole = true;
                     }
                     if let Some(now) = tx.borrow().as_ref() {

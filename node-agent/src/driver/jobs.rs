@@ -49,6 +49,9 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
     let mut watched: HashSet<(String, Started)> = HashSet::new();
     loop {
         let mut assignment = assignments.borrow_and_update().clone().unwrap_or_default();
+        // Before the fence takes out those the lease does not name: a lease
+        // that comes later wakes nothing, the tick finds it.
+        let exclusive = assignment.tasks.values().any(|t| t.spec.overrides.options.exclusive());
         for (job, outcome) in jobs.finished("the agent's work on it") {
             if let Err(why) = &outcome {
                 warn!(task = job.task(), "{why}");
@@ -87,7 +90,8 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
                     });
                 }
                 // A leased container's deadline is renewed on these looks.
-                if jobs.is_empty() && probes.is_empty() && !pass.waiting && !observed.iter().any(|o| o.exclusive) {
+                let leased = exclusive || observed.iter().any(|o| o.exclusive);
+                if jobs.is_empty() && probes.is_empty() && !pass.waiting && !leased {
                     pause = worker.settings.rest;
                 }
                 if let Some(at) = pass.wake_at {

@@ -2,7 +2,8 @@
 //! work never holds back a peer, the routing mesh or DNS. Each pass asks
 //! the pure plan (`network::plan::next`) for the next step, carries it out
 //! on the blocking pool and records it, until nothing is left; a step that
-//! fails is tried again on the tick.
+//! fails is tried again on the tick, and the overlay's upkeep runs every
+//! `UPKEEP`.
 
 use std::sync::Arc;
 
@@ -13,6 +14,10 @@ use tracing::warn;
 use super::ports::{Containers, Images, Network};
 use super::Worker;
 use crate::network::plan::{self, Applied, NetStep};
+
+/// How often the overlay's new sockets are looked for without news (a
+/// server's keepalive, which no longer wakes the loop, came this often).
+const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(super) async fn run<C: Containers, I: Images, N: Network>(
     worker: Arc<Worker<C, I, N>>,
@@ -41,11 +46,13 @@ pub(super) async fn run<C: Containers, I: Images, N: Network>(
                 })
                 .await;
         }
-        // Without a failure the plan is done: nothing to do before news.
+        // Without a failure the plan is done: nothing to do before news,
+        // but the overlay's upkeep (its sockets made at each handshake).
         let pending = !failed.is_empty();
         tokio::select! {
             changed = assignments.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(worker.settings.tick), if pending => {}
+            _ = tokio::time::sleep(UPKEEP), if features.overlay => {}
         }
     }
 }

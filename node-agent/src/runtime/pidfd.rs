@@ -53,10 +53,12 @@ mod tests {
         let mut child = std::process::Command::new("sleep").arg("0.3").spawn().unwrap();
         let pid = child.id() as i32;
         let started = Started { shim_pid: pid, shim_start: record::process_start(pid).unwrap(), pid, started_at_ms: 0 };
-        let ended = shim_end(&started).unwrap().expect("it runs");
+        let mut ended = Box::pin(shim_end(&started).unwrap().expect("it runs"));
         let reused = Started { shim_start: started.shim_start + 1, ..started };
         assert!(shim_end(&reused).unwrap().is_none(), "another process under the same pid is not it");
+        assert!(tokio::time::timeout(Duration::from_millis(50), &mut ended).await.is_err(), "it still runs");
         tokio::time::timeout(Duration::from_secs(10), ended).await.expect("its end is seen");
+        assert!(shim_end(&started).unwrap().is_none(), "ended, not yet reaped: a zombie is over");
         child.wait().unwrap();
         assert!(shim_end(&started).unwrap().is_none(), "reaped: gone");
     }

@@ -586,6 +586,28 @@ mod tests {
         assert_eq!(agent.services.len(), 2);
     }
 
+    /// A keepalive (an empty delta with the same network and volumes)
+    /// has no news; a task, a removal, a peer or a network change has.
+    #[test]
+    fn only_a_delta_that_changes_something_is_news() {
+        let current = Assignment::try_from(wire()).unwrap();
+        let empty = || pb::AssignedTasks { tasks: vec![], peers: vec![], services: vec![], delta: true, ..wire() };
+        let read = |mut m: pb::AssignedTasks| {
+            let removed = m.take_removed();
+            (Assignment::try_from(m).unwrap(), removed)
+        };
+        let (keepalive, removed) = read(empty());
+        assert!(!keepalive.news_for(&current) && removed.is_empty(), "{keepalive:?}");
+        let (task, _) = read(pb::AssignedTasks { tasks: wire().tasks, ..empty() });
+        assert!(task.news_for(&current));
+        let (peer, _) = read(pb::AssignedTasks { peers: wire().peers, ..empty() });
+        assert!(peer.news_for(&current));
+        let (_, gone) = read(pb::AssignedTasks { removed_tasks: vec!["web.1.2".into()], ..empty() });
+        assert!(!gone.is_empty());
+        let (network, _) = read(pb::AssignedTasks { subnet: "198.19.9.0/24".into(), ..empty() });
+        assert!(network.news_for(&current));
+    }
+
     /// A message with its shared part as bytes reads as the one with it
     /// copied in, less the node's own peer (the shared part lists it).
     #[test]

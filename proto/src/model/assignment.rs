@@ -63,7 +63,30 @@ pub struct Removed {
     pub tasks_whole: bool,
 }
 
+impl Removed {
+    pub fn is_empty(&self) -> bool {
+        !self.tasks_whole
+            && self.tasks.is_empty()
+            && self.peers.is_empty()
+            && self.services.is_empty()
+            && self.replicas.is_empty()
+    }
+}
+
 impl Assignment {
+    /// Whether this delta (as `Assignment::try_from` read it) would change
+    /// `current`, with nothing removed: a server's keepalive (an empty
+    /// delta) does not. Cheap, so as not to compare whole assignments.
+    pub fn news_for(&self, current: &Assignment) -> bool {
+        !(self.tasks.is_empty()
+            && self.refused.is_empty()
+            && self.peers.is_empty()
+            && self.services.is_empty()
+            && self.skipped == current.skipped
+            && self.network == current.network
+            && self.volumes == current.volumes)
+    }
+
     /// Applies a delta: `changed` holds what is new or changed (as
     /// `Assignment::try_from` read it), `removed` what is gone. Peers and
     /// services stay in the order the full form has (by node id, by name),

@@ -229,7 +229,8 @@ async fn a_container_that_ends_wakes_the_worker_found_running_or_started() {
     let cluster = FakeCluster::start(assigned(vec![task("a.1.1", "reg:5000/web:1", "always", "")])).await;
     let containers = FakeContainers::default();
     containers.running("a.1.1", "reg:5000/web:1");
-    // No look at rest within the test: only the container's end can wake it.
+    // No look at rest within the test, and the fake cluster's repeated list
+    // changes nothing: only the container's end can wake it.
     let n = resting(&[&cluster], containers, Duration::from_secs(3600));
     eventually("a.1.1 running", || is(&cluster, "a.1.1", "running").then_some(())).await;
     // Found running (started before the agent): its shim dies.
