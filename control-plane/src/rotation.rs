@@ -84,7 +84,8 @@ async fn look(node: &Node, tls: &Tls, roots: &tokio::sync::watch::Sender<String>
     let Some(trust) = node.applied.read().ok().and_then(|a| a.state.trust.clone()) else { return false };
     let digest = roots_digest(&trust.roots_pem());
     roots.send_if_modified(|heard| std::mem::replace(heard, digest.clone()) != digest);
-    let mut busy = trust.rotating();
+    let rotating = trust.rotating();
+    let mut busy = rotating;
 
     if let Some(mine) = tls.identity().map(|i| i.issuer) {
         if trust.holders.get(me) != Some(&mine) {
@@ -96,7 +97,7 @@ async fn look(node: &Node, tls: &Tls, roots: &tokio::sync::watch::Sender<String>
     }
 
     let leads = node.metrics().current_leader == Some(node.id);
-    if leads && trust.rotating() {
+    if leads && rotating {
         let servers = node.server_ids();
         let done = node.applied.read().map(|a| a.state.rotation_pending(&servers).is_empty()).unwrap_or(false);
         if done {
