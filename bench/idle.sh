@@ -9,7 +9,8 @@
 #   bench/idle.sh [SECONDS]    (default 60)
 #
 # Uses the cluster that is up, or brings one up (and down again after),
-# and lets it settle for 20 s first. Ends with one line:
+# and lets it settle for 20 s first. BERTH_LOCAL_BIN=DIR brings it up
+# with the binaries in DIR (another build's target/berth, to compare). Ends with one line:
 #   idle: cpu_pct=X rss_mb=Y pss_mb=Z (servers and agents) monitors_cpu_pct=.. monitors_pss_mb=..
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -18,7 +18,9 @@ cd "$(dirname "$0")/.."
 . deploy/lib/setup.sh
 
 DIR=${BERTH_LOCAL_DIR:-/tmp/berth-local}
-BIN=$PWD/target/berth
+# BERTH_LOCAL_BIN: binaries built elsewhere (an older build, to compare
+# against: bench/idle.sh); unset, `up` builds them into target/berth.
+BIN=${BERTH_LOCAL_BIN:-$PWD/target/berth}
 BRIDGE=berthlocal
 GATEWAY=198.18.0.254
 size() { cat "$DIR/size" 2>/dev/null || echo 3; }
@@ -70,8 +72,10 @@ up() {
   ip link show "$BRIDGE" > /dev/null 2>&1 && { echo "$BRIDGE exists: run '$0 down' first" >&2; exit 1; }
   ensure_packages kill:procps curl:curl docker-registry:docker-registry busybox:busybox-static \
     ip:iproute2 iptables:iptables nsenter:util-linux conntrack:conntrack dig:bind9-dnsutils tini-static:tini
-  ensure_rust
-  build_release > /dev/null
+  if [ -z "${BERTH_LOCAL_BIN:-}" ]; then
+    ensure_rust
+    build_release > /dev/null
+  fi
   mkdir -p "$DIR"
   echo "$n" > "$DIR/size"
   network "$n"

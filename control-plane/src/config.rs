@@ -100,6 +100,12 @@ pub struct Args {
     /// agents' 1 s heartbeat a dead node is seen within 5 s).
     #[arg(long, env = "BERTH_NODE_DOWN_AFTER_MS")]
     pub node_down_after_ms: Option<u64>,
+    /// The most heartbeats a second all nodes together are asked for
+    /// (default 1000): past that many nodes, each is asked to beat less
+    /// often than its own period, and has four of those periods to be
+    /// heard before it is down.
+    #[arg(long, env = "BERTH_MAX_HEARTBEATS_PER_SECOND")]
+    pub max_heartbeats_per_second: Option<u32>,
     /// Containers' addresses come from this network, one subnet per node
     /// (default 10.42.0.0/16). Set once, by the cluster's first leader;
     /// later values are ignored with a warning.
@@ -149,6 +155,7 @@ pub struct Config {
     pub max_streams_per_connection: u32,
     pub max_watches_per_caller: usize,
     pub node_down_after: Duration,
+    pub max_heartbeats_per_second: u32,
     pub network: NetworkConfig,
     pub registries: berth_proto::registries::Registries,
     pub metrics_listen: Option<SocketAddr>,
@@ -198,6 +205,10 @@ impl Args {
                 .unwrap_or(berth_proto::client::MAX_STREAMS),
             max_watches_per_caller: self.max_watches_per_caller.or(file.max_watches_per_caller).unwrap_or(32),
             node_down_after: ms(self.node_down_after_ms, file.node_down_after_ms, 4_000),
+            max_heartbeats_per_second: self
+                .max_heartbeats_per_second
+                .or(file.max_heartbeats_per_second)
+                .unwrap_or(1_000),
             network: network(
                 self.cluster_cidr.or(file.cluster_cidr),
                 self.node_subnet_prefix.or(file.node_subnet_prefix),
@@ -211,6 +222,9 @@ impl Args {
         }
         if cfg.node_down_after.is_zero() {
             bail!("--node-down-after-ms must be more than 0");
+        }
+        if cfg.max_heartbeats_per_second == 0 {
+            bail!("--max-heartbeats-per-second must be more than 0");
         }
         if cfg.bootstrap && cfg.join.is_some() {
             bail!("--bootstrap and --join exclude each other: bootstrap the first server, join the others");

@@ -62,7 +62,7 @@ pub async fn run(node: Arc<Node>, levels: Levels) {
         if !rest.is_zero() {
             tokio::time::sleep(rest).await;
         }
-        let patience = patience(next_look, wake_at, node.node_down_after);
+        let patience = patience(next_look, wake_at, node.pace.down);
         tokio::select! {
             _ = node.applied_after(seen, patience) => {}
             () = node.revived.notified() => {}

@@ -26,6 +26,7 @@ pub mod leader;
 pub mod liveness;
 pub mod network;
 pub mod node;
+pub mod pace;
 pub mod publish;
 pub mod quiet;
 pub mod reconciler;

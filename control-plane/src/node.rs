@@ -28,6 +28,7 @@ use crate::batcher::Batcher;
 use crate::beats::{BeatCache, BeatView};
 use crate::liveness::Liveness;
 use crate::network::{decode, encode, Peers};
+use crate::pace::Pace;
 use crate::state::{query, Command, Proposal, Query, QueryReply, Response};
 use crate::stats::Stats;
 use crate::store::{Applied, LogId, NodeId, Raft};
@@ -115,10 +116,14 @@ pub enum LeaderReply {
     Admitted(Joined),
     Done,
     /// A node's lease: for `ms` after it sent its heartbeat it may run the
-    /// `exclusive` tasks (0: no lease). See [`Node::lease`].
+    /// `exclusive` tasks (0: no lease). See [`Node::lease`]. And the period
+    /// the node is asked to beat at (0: its own; see `pace`), which a
+    /// leader of the release before does not send.
     Lease {
         ms: u64,
         exclusive: Vec<String>,
+        #[serde(default)]
+        beat_ms: u64,
     },
 }
 
@@ -169,7 +174,8 @@ pub struct Node {
     /// A node the tracker held silent was heard again: the leader looks
     /// at once (it otherwise waits for `Liveness::next_look`).
     pub revived: tokio::sync::Notify,
-    pub node_down_after: Duration,
+    /// How often nodes beat, and the node-down timeout (`pace`).
+    pub pace: Pace,
     /// The network this server sets if it is the first leader.
     pub network: NetworkConfig,
     /// What `/metrics` shows of this server's work.
@@ -209,7 +215,7 @@ impl Node {
             join_lock: tokio::sync::Mutex::new(()),
             liveness: std::sync::Mutex::new(None),
             revived: tokio::sync::Notify::new(),
-            node_down_after: Duration::from_secs(4),
+            pace: Pace::default(),
             network: NetworkConfig::DEFAULT,
             quiet: crate::quiet::Quiet::default(),
         }
@@ -228,7 +234,12 @@ impl Node {
         }
         let mut slot = self.liveness.lock().ok()?;
         if slot.as_ref().is_none_or(|(t, _)| *t != term) {
-            *slot = Some((term, Liveness::new(self.node_down_after, std::time::Instant::now())));
+            // The longest silence a node may have been told: the period
+            // the cluster's size asks for (a node with a lease is asked
+            // for the ordinary one, whose timeout is never longer).
+            let nodes = self.applied.read().map(|a| a.state.nodes.len()).unwrap_or(0);
+            let settle = self.pace.timeout(self.pace.beat(nodes));
+            *slot = Some((term, Liveness::new(settle, std::time::Instant::now())));
         }
         slot.as_mut().map(|(_, l)| f(l))
     }
@@ -428,28 +439,36 @@ impl Node {
     }
 
     fn heartbeat(&self, node: &str, lease: bool) -> Step {
-        let Some((known, ready)) = self.applied.read().ok().map(|a| {
+        let Some((known, ready, nodes)) = self.applied.read().ok().map(|a| {
             let n = a.state.nodes.get(node);
-            (n.is_some(), n.is_some_and(|n| n.status != berth_proto::model::NodeStatus::Down))
+            (n.is_some(), n.is_some_and(|n| n.status != berth_proto::model::NodeStatus::Down), a.state.nodes.len())
         }) else {
             return Step::Done(Err(OpError::Internal("state lock poisoned".into())));
         };
         if !known {
             return Step::Done(Err(OpError::NotFound(format!("node {node} is not registered; register again"))));
         }
+        let view = self.beat_view();
+        let exclusive = view.exclusive.get(node).filter(|e| !e.is_empty());
+        // A node with a lease keeps the ordinary beat (see `pace`).
+        let beat = if exclusive.is_some() { Duration::ZERO } else { self.pace.beat(nodes) };
         let now = std::time::Instant::now();
-        let was_alive = self.with_liveness(|l| l.heartbeat(node, now));
+        let was_alive = self.with_liveness(|l| l.heartbeat(node, now, self.pace.timeout(beat)));
         if was_alive == Some(false) {
             self.revived.notify_one();
         }
         match was_alive {
-            Some(was_alive) if lease => Step::Done(Ok(self.lease(node, was_alive && ready))),
+            Some(was_alive) if lease => {
+                let (ms, exclusive) = self.lease(exclusive, was_alive && ready);
+                Step::Done(Ok(LeaderReply::Lease { ms, exclusive, beat_ms: beat.as_millis() as u64 }))
+            }
             Some(_) => Step::Done(Ok(LeaderReply::Done)),
             None => Step::NotLeader,
         }
     }
 
-    /// The lease a node's heartbeat earns: 7/10 of the node-down timeout,
+    /// The lease a node's heartbeat earns (its length, and the node's
+    /// `exclusive` tasks it covers): 7/10 of the node-down timeout,
     /// and only from a leader a quorum acknowledged within an eighth of it
     /// (and only with a timeout of 2 s or more: below that the margins
     /// below do not hold, and exclusive tasks wait).
@@ -471,19 +490,17 @@ impl Node {
     /// timeout (first heard this term, or maybe being marked down now) and
     /// for one the state has as down (its tasks move): it earns none until
     /// it is heard again.
-    fn lease(&self, node: &str, heard: bool) -> LeaderReply {
-        let down = self.node_down_after.as_millis() as u64;
-        let view = self.beat_view();
-        let exclusive = view.exclusive.get(node).filter(|e| !e.is_empty());
+    fn lease(&self, exclusive: Option<&Vec<String>>, heard: bool) -> (u64, Vec<String>) {
+        let down = self.pace.down.as_millis() as u64;
         if exclusive.is_some() {
             // The bound above needs the ordinary beat's quorum acks.
-            self.quiet.hold(self.node_down_after);
+            self.quiet.hold(self.pace.down);
         }
         let acked = self.raft.metrics().borrow().millis_since_quorum_ack;
         if !heard || down < MIN_LEASED_DOWN_MS || acked.is_none_or(|ms| ms > down / 8) {
-            return LeaderReply::Lease { ms: 0, exclusive: vec![] };
+            return (0, vec![]);
         }
-        LeaderReply::Lease { ms: down * 7 / 10, exclusive: exclusive.cloned().unwrap_or_default() }
+        (down * 7 / 10, exclusive.cloned().unwrap_or_default())
     }
 
     /// What heartbeats need of the state now (see `beats`).

@@ -146,7 +146,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let elections = crate::elect::Elections::new(id, raft.clone(), log_reader, raft_peers, timing, quiet.clone());
     let mut node =
         Node::new(id, raft.clone(), applied.clone(), applied_index, peers, cfg.request_timeout, stats.clone());
-    node.node_down_after = cfg.node_down_after;
+    node.pace = crate::pace::Pace { down: cfg.node_down_after, max_per_second: cfg.max_heartbeats_per_second };
     node.quiet = quiet.clone();
     let down_ms = cfg.node_down_after.as_millis() as u64;
     if down_ms < crate::node::MIN_LEASED_DOWN_MS || cfg.heartbeat.as_millis() as u64 * 3 / 2 > down_ms / 8 {
@@ -166,7 +166,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         Some(addr) => {
             let listener =
                 TcpListener::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?;
-            let registry = Arc::new(stats.registry(raft.clone(), applied, quiet.clone()));
+            let registry = Arc::new(stats.registry(raft.clone(), applied, quiet.clone(), node.pace));
             info!(%addr, "serving metrics at http://{addr}/metrics");
             Some(tokio::spawn(berth_proto::metrics::serve(listener, registry)))
         }

@@ -19,6 +19,7 @@ use berth_proto::metrics::{counts, gauge, gauges, seconds};
 use berth_proto::model::{NodeStatus, TaskState};
 use openraft::ServerState;
 
+use crate::pace::Pace;
 use crate::quiet::Quiet;
 use crate::state::State;
 use crate::store::Applied;
@@ -89,7 +90,7 @@ impl Default for Stats {
 
 impl Stats {
     /// A registry with these figures and those read at scrape time from `raft` and `applied`.
-    pub fn registry(&self, raft: Raft, applied: Arc<RwLock<Applied>>, quiet: Quiet) -> Registry {
+    pub fn registry(&self, raft: Raft, applied: Arc<RwLock<Applied>>, quiet: Quiet, pace: Pace) -> Registry {
         let mut r = Registry::with_prefix("berth");
         let s = self.clone();
         r.register("raft_proposals", "Raft entries of commands this server proposed as leader", s.proposals);
@@ -125,7 +126,7 @@ impl Stats {
             "From a task waiting for a node to its placement committed",
             s.placement_seconds,
         );
-        r.register_collector(Box::new(Collected { raft, applied, quiet }));
+        r.register_collector(Box::new(Collected { raft, applied, quiet, pace }));
         r
     }
 }
@@ -135,6 +136,7 @@ struct Collected {
     raft: Raft,
     applied: Arc<RwLock<Applied>>,
     quiet: Quiet,
+    pace: Pace,
 }
 
 impl std::fmt::Debug for Collected {
@@ -186,7 +188,14 @@ impl Collector for Collected {
         }
         let Ok(a) = self.applied.read() else { return Ok(()) };
         let t = Tally::of(&a.state);
+        let beat = self.pace.beat(a.state.nodes.len());
         drop(a);
+        gauge(
+            &mut e,
+            "heartbeat_period_ms",
+            "The period nodes without a lease are asked to heartbeat at: 0 for their own (see pace)",
+            beat.as_millis() as i64,
+        )?;
         gauge(&mut e, "services", "Services in the cluster", t.services as i64)?;
         let tasks = t.tasks.iter().map(|(s, n)| (s.as_str(), *n as i64));
         gauges(&mut e, "tasks", "Tasks in the cluster by state", "state", tasks)?;

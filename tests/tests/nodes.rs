@@ -2,7 +2,8 @@
 //! berth-agent processes on loopback, each with its own data dir. Nodes
 //! register, stay ready on heartbeats, go down when their agent dies, come
 //! back as the same node, act on new tasks while the server they watch is
-//! frozen, and are drained, activated and removed through berthctl.
+//! frozen, and are drained, activated and removed through berthctl; a
+//! cluster past its heartbeat rate asks them to beat less often.
 
 use std::time::Duration;
 
@@ -216,6 +217,53 @@ fn per_node(tasks: &[(String, String, String, String)]) -> std::collections::BTr
         *out.entry(t.1.clone()).or_default() += 1;
     }
     out
+}
+
+/// A cluster past `--max-heartbeats-per-second` nodes asks each for a
+/// longer period (here two nodes at one beat a second: 2 s), through the
+/// leader or a follower alike, and gives a node four of those periods
+/// (8 s, not the 2 s node-down timeout) before it is down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_past_its_heartbeat_rate_asks_for_longer_periods_and_waits_longer() -> Result<()> {
+    let cluster = Cluster::start(3, &["--node-down-after-ms", "2000", "--max-heartbeats-per-second", "1"]).await?;
+    let servers = cluster.addrs();
+    let mut a = JoinedAgent::start(&servers, "alpha", &[])?;
+    let b = JoinedAgent::start(&servers[1..], "beta", &[])?;
+    let asked = |agent: &JoinedAgent| {
+        let log = agent.dir.path().join("agent.log");
+        async move || {
+            let log = std::fs::read_to_string(&log).ok()?;
+            log.contains("the cluster asks for heartbeats every 2000 ms").then_some(())
+        }
+    };
+    for (agent, what) in [(&a, "alpha asked to beat every 2 s"), (&b, "beta asked to beat every 2 s")] {
+        wait_for(Duration::from_secs(60), what, asked(agent)).await.map_err(|e| {
+            let log = std::fs::read_to_string(agent.dir.path().join("agent.log")).unwrap_or_default();
+            anyhow::anyhow!("{e}: {log}\n{}", cluster.logs())
+        })?;
+    }
+    for name in ["alpha", "beta"] {
+        wait_for(Duration::from_secs(30), "both ready", async || {
+            (status_of(&servers, name).map(|s| s.0) == Some("ready".into())).then_some(())
+        })
+        .await?;
+    }
+    // Its last beat was at most 2 s before the kill: it has until 6 s after.
+    a.process.kill9();
+    let killed = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = status_of(&servers, "alpha");
+    ensure!(
+        killed.elapsed() >= Duration::from_secs(3) && status.as_ref().map(|s| s.0.as_str()) == Some("ready"),
+        "alpha was down 3 s after its agent died, within its four periods: {status:?}"
+    );
+    wait_for(Duration::from_secs(30), "alpha down", async || {
+        (status_of(&servers, "alpha").map(|s| s.0) == Some("down".into())).then_some(())
+    })
+    .await?;
+    eprintln!("alpha down {:?} after its agent died", killed.elapsed());
+    ensure!(status_of(&servers, "beta").map(|s| s.0) == Some("ready".into()), "beta stayed ready on 2 s beats");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]

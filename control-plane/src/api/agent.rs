@@ -153,10 +153,10 @@ impl Agent for AgentApi {
         auth::node(&self.node, &req, &req.get_ref().node_id)?;
         self.node.stats.heartbeats.inc();
         let HeartbeatRequest { node_id, root } = req.into_inner();
-        let (lease_ms, exclusive) =
+        let (lease_ms, exclusive, beat_ms) =
             match self.node.run(LeaderOp::Heartbeat { node: node_id.clone(), lease: true }).await? {
-                LeaderReply::Lease { ms, exclusive } => (ms, exclusive),
-                _ => (0, vec![]),
+                LeaderReply::Lease { ms, exclusive, beat_ms } => (ms, exclusive, beat_ms),
+                _ => (0, vec![], 0),
             };
         // The roots this server's state trusts: a node holding others renews.
         // During a rotation, which root the node's certificate is from (as
@@ -174,7 +174,7 @@ impl Agent for AgentApi {
             }
         }
         let roots_digest = view.roots_digest.clone();
-        Ok(Response::new(HeartbeatReply { roots_digest, lease_ms, exclusive }))
+        Ok(Response::new(HeartbeatReply { roots_digest, lease_ms, exclusive, beat_ms }))
     }
 
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<JoinReply>, Status> {

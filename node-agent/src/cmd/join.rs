@@ -280,14 +280,16 @@ async fn stay(
             let work = worker.clone().run(id.clone(), servers.clone(), lease.clone());
             running = Some((id.clone(), tokio::spawn(work)));
         }
-        let mut tick = tokio::time::interval(period);
+        // The period: ours, or the longer one a large cluster asks for.
+        let mut every = period;
+        let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             // A beat late by two periods is as good as lost: another server, then.
             // Which root our certificate is from: a CA rotation waits for it.
             let root = tls.identity().map(|i| i.issuer).unwrap_or_default();
             let mut beat = tonic::Request::new(HeartbeatRequest { node_id: id.clone(), root });
-            beat.set_timeout((period * 2).clamp(Duration::from_millis(500), CALL_TIMEOUT));
+            beat.set_timeout((every * 2).clamp(Duration::from_millis(500), CALL_TIMEOUT));
             // A lease counts from before the beat left: the leader heard it later.
             let sent = berth_monitor::lease::now_ns();
             let beat = AgentClient::new(servers.channel()).heartbeat(beat).await;
@@ -312,6 +314,12 @@ async fn stay(
                     // The cluster's roots: the renewal acts when they are not ours.
                     let digest = reply.roots_digest;
                     roots.send_if_modified(|heard| std::mem::replace(heard, digest.clone()) != digest);
+                    let asked = beat_period(period, reply.beat_ms);
+                    if asked != every {
+                        info!("the cluster asks for heartbeats every {} ms", asked.as_millis());
+                        every = asked;
+                        tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                    }
                 }
                 Err(s) if s.code() == tonic::Code::NotFound => {
                     warn!("the cluster no longer knows this node; registering again");
@@ -321,6 +329,16 @@ async fn stay(
             }
         }
     }
+}
+
+/// The longest period between heartbeats a server may ask for: past it,
+/// the node keeps to this (a lease or a failover is never that patient).
+const MAX_BEAT: Duration = Duration::from_secs(60);
+
+/// How often to beat: `own`, or the longer period `asked_ms` of the
+/// leader (0: none asked), at most `MAX_BEAT`.
+fn beat_period(own: Duration, asked_ms: u64) -> Duration {
+    own.max(Duration::from_millis(asked_ms).min(MAX_BEAT))
 }
 
 async fn failed(servers: &mut Servers, status: &tonic::Status) {
@@ -417,5 +435,14 @@ mod tests {
         assert_eq!(at(Some("127.0.0.1:9"), "alpha:7600").unwrap(), "127.0.0.1:9");
         assert!(at(None, "alpha").unwrap_err().contains("--advertise \"alpha\""));
         assert!(at(Some("alpha:1"), "alpha:7600").unwrap_err().contains("--listen"));
+    }
+
+    #[test]
+    fn a_node_beats_at_its_own_period_or_the_longer_one_asked_never_past_a_minute() {
+        let s = Duration::from_secs;
+        assert_eq!(beat_period(s(1), 0), s(1), "nothing asked");
+        assert_eq!(beat_period(s(1), 500), s(1), "never faster than its own");
+        assert_eq!(beat_period(s(1), 5_000), s(5));
+        assert_eq!(beat_period(s(1), u64::MAX), MAX_BEAT);
     }
 }

@@ -254,7 +254,9 @@ async fn heartbeats(
     c: Arc<Counters>,
     slot: Arc<Slot>,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_millis(every_ms));
+    let own = Duration::from_millis(every_ms);
+    let mut every = own;
+    let mut tick = tokio::time::interval(every);
     // Spread the nodes' beats over the period, as agents started at different times would.
     tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % every_ms)).await;
     loop {
@@ -265,7 +267,13 @@ async fn heartbeats(
         let started = Instant::now();
         let beat = HeartbeatRequest { node_id: node_id.clone(), root: root.clone() };
         match agent(&servers).heartbeat(beat).await {
-            Ok(_) => {
+            Ok(reply) => {
+                // The period a large cluster asks for, as the agent keeps it.
+                let asked = own.max(Duration::from_millis(reply.get_ref().beat_ms));
+                if asked != every {
+                    every = asked;
+                    tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                }
                 c.heartbeats.fetch_add(1, Ordering::Relaxed);
                 let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
                 c.heartbeat_us.lock().unwrap_or_else(|p| p.into_inner()).push(us);
