@@ -14,6 +14,8 @@
 # here); servers 2-3 and every agent join with the join tokens it prints.
 # State lives in $BERTH_LOCAL_DIR (default /tmp/berth-local).
 set -euo pipefail
+# A relative BERTH_LOCAL_BIN is the caller's, before the cd below.
+[ -z "${BERTH_LOCAL_BIN:-}" ] || BERTH_LOCAL_BIN=$(realpath -m "$BERTH_LOCAL_BIN")
 cd "$(dirname "$0")/.."
 . deploy/lib/setup.sh
 

@@ -97,13 +97,15 @@ pub struct Args {
     #[arg(long, env = "BERTH_MAX_WATCHES_PER_CALLER")]
     pub max_watches_per_caller: Option<usize>,
     /// A node not heard from for this long is down (default 4000; with the
-    /// agents' 1 s heartbeat a dead node is seen within 5 s).
+    /// agents' 1 s heartbeat a dead node is seen within 5 s, in clusters of
+    /// up to --max-heartbeats-per-second nodes). Same on every server.
     #[arg(long, env = "BERTH_NODE_DOWN_AFTER_MS")]
     pub node_down_after_ms: Option<u64>,
     /// The most heartbeats a second all nodes together are asked for
-    /// (default 1000): past that many nodes, each is asked to beat less
-    /// often than its own period, and has four of those periods to be
-    /// heard before it is down.
+    /// (default 1000; agents beating at 1 s or slower): past that many
+    /// nodes, each is asked to beat less often than its own period, and
+    /// has four of those periods to be heard before it is down. Same on
+    /// every server.
     #[arg(long, env = "BERTH_MAX_HEARTBEATS_PER_SECOND")]
     pub max_heartbeats_per_second: Option<u32>,
     /// Containers' addresses come from this network, one subnet per node

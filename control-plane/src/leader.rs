@@ -15,7 +15,7 @@
 //! there are, passes take at most about a quarter of the leader's time and
 //! of the state lock, and writes keep their pace while it reconciles.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,8 +56,7 @@ pub async fn run(node: Arc<Node>, levels: Levels) {
     let mut was_held = 0;
     // When liveness may next change without news (the first look at once).
     let mut next_look = Some(std::time::Instant::now());
-    let cluster_level = Arc::new(AtomicU32::new(0));
-    tokio::spawn(follow_level(node.clone(), levels, cluster_level.clone()));
+    tokio::spawn(follow_level(Arc::downgrade(&node), levels));
     loop {
         if !rest.is_zero() {
             tokio::time::sleep(rest).await;
@@ -128,7 +127,7 @@ pub async fn run(node: Arc<Node>, levels: Levels) {
                 next_look = Some(std::time::Instant::now() + PERIOD);
             }
         }
-        let level = cluster_level.load(Ordering::Relaxed);
+        let level = node.cluster_level.load(Ordering::Relaxed);
         let started = std::time::Instant::now();
         let now = now_ms();
         let due = wake_at.is_some_and(|at| now >= at);
@@ -217,11 +216,12 @@ fn patience(next_look: Option<std::time::Instant>, wake_at: Option<u64>, longest
 /// server leads, apart from the passes: asking a member that does not
 /// answer takes seconds, and a pass must not wait for it (until known, 0:
 /// the leader writes as the oldest release does). Ends with the loop.
-async fn follow_level(node: Arc<Node>, levels: Levels, level: Arc<AtomicU32>) {
-    while Arc::strong_count(&level) > 1 {
+async fn follow_level(node: std::sync::Weak<Node>, levels: Levels) {
+    while let Some(node) = node.upgrade() {
         if node.metrics().current_leader == Some(node.id) {
-            level.store(levels.cluster(&node).await.0, Ordering::Relaxed);
+            node.cluster_level.store(levels.cluster(&node).await.0, Ordering::Relaxed);
         }
+        drop(node);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -176,6 +176,9 @@ pub struct Node {
     pub revived: tokio::sync::Notify,
     /// How often nodes beat, and the node-down timeout (`pace`).
     pub pace: Pace,
+    /// The lowest `state::READS` of the members, as this server last
+    /// learned it while leading (`leader::follow_level`; 0 before).
+    pub cluster_level: std::sync::atomic::AtomicU32,
     /// The network this server sets if it is the first leader.
     pub network: NetworkConfig,
     /// What `/metrics` shows of this server's work.
@@ -216,6 +219,7 @@ impl Node {
             liveness: std::sync::Mutex::new(None),
             revived: tokio::sync::Notify::new(),
             pace: Pace::default(),
+            cluster_level: std::sync::atomic::AtomicU32::new(0),
             network: NetworkConfig::DEFAULT,
             quiet: crate::quiet::Quiet::default(),
         }
@@ -450,8 +454,8 @@ impl Node {
         }
         let view = self.beat_view();
         let exclusive = view.exclusive.get(node).filter(|e| !e.is_empty());
-        // A node with a lease keeps the ordinary beat (see `pace`).
-        let beat = if exclusive.is_some() { Duration::ZERO } else { self.pace.beat(nodes) };
+        let paces = self.cluster_level.load(std::sync::atomic::Ordering::Relaxed) >= crate::state::READS_PACED_BEATS;
+        let beat = self.pace.asked(nodes, exclusive.is_some(), paces);
         let now = std::time::Instant::now();
         let was_alive = self.with_liveness(|l| l.heartbeat(node, now, self.pace.timeout(beat)));
         if was_alive == Some(false) {
@@ -486,8 +490,8 @@ impl Node {
     /// The tasks named are the leader's own view, so a node that comes back
     /// from a partition never restarts a task that has moved meanwhile.
     ///
-    /// `heard` is false for a node this leader has not heard within the
-    /// timeout (first heard this term, or maybe being marked down now) and
+    /// `heard` is false for a node this leader has not heard before its
+    /// deadline (first heard this term, or maybe being marked down now) and
     /// for one the state has as down (its tasks move): it earns none until
     /// it is heard again.
     fn lease(&self, exclusive: Option<&Vec<String>>, heard: bool) -> (u64, Vec<String>) {

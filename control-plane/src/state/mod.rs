@@ -33,9 +33,14 @@ pub use trust::{Access, JoinRole, Rotation, Trust, User};
 
 /// The newest commands this release applies, as a level that only goes up:
 /// 1 reads `ScaleService`, 2 mounts (volumes, binds), secrets and configs, 3 stacks' `STACK_SERVICE`
-/// names and `depends_on`, 4 `TaskChange::New`. A command of a level is written only while every
-/// member reads it (`api::levels`), so one release apart interoperate.
-pub const READS: u32 = 4;
+/// names and `depends_on`, 4 `TaskChange::New`, 5 paced heartbeats (no command: a leader of
+/// the release before would call nodes asked for a longer period down, see `pace`). A command
+/// of a level is written only while every member reads it (`api::levels`), so one release
+/// apart interoperate.
+pub const READS: u32 = 5;
+
+/// The level from which the leader asks nodes for longer heartbeat periods (`pace`).
+pub const READS_PACED_BEATS: u32 = 5;
 
 /// The level from which the reconciler writes new tasks as `TaskChange::New`.
 pub const READS_NEW_TASKS: u32 = 4;

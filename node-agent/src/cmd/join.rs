@@ -2,7 +2,8 @@
 //! stay in it. A node without a certificate trades the join token for one
 //! (its key pair is made here and never leaves `DATA_DIR/tls/`); the
 //! certificate names the node's id, so a restart is the same node and
-//! needs no token. The node registers, then sends a heartbeat every period to any live server,
+//! needs no token. The node registers, then sends a heartbeat every period (or the longer
+//! one a large cluster asks for) to any live server,
 //! moving to the next with backoff when one fails, while the worker
 //! (`berth_node_agent::driver`) runs what the cluster places here, and the
 //! node API (`tasks::logs`) answers servers on `--listen`. The certificate
@@ -67,7 +68,7 @@ pub struct JoinArgs {
     /// Memory to offer (e.g. 8Gi); all of this host's by default.
     #[arg(long)]
     pub memory: Option<String>,
-    /// Time between heartbeats.
+    /// Time between heartbeats (a large cluster may ask for longer).
     #[arg(long, default_value_t = 1000)]
     pub heartbeat_ms: u64,
     /// UDP port of the node's WireGuard overlay on its advertise address
