@@ -193,7 +193,7 @@ impl Collector for Collected {
         gauge(
             &mut e,
             "heartbeat_period_ms",
-            "The period nodes without a lease are asked to heartbeat at: 0 for their own (see pace)",
+            "The period nodes without a lease are asked to heartbeat at once every server paces: 0 for their own (see pace)",
             beat.as_millis() as i64,
         )?;
         gauge(&mut e, "services", "Services in the cluster", t.services as i64)?;

@@ -312,10 +312,10 @@ async fn stay(
                 Ok(reply) => {
                     servers.succeeded();
                     let reply = reply.into_inner();
+                    let asked = reply.period(period);
                     // The cluster's roots: the renewal acts when they are not ours.
                     let digest = reply.roots_digest;
                     roots.send_if_modified(|heard| std::mem::replace(heard, digest.clone()) != digest);
-                    let asked = beat_period(period, reply.beat_ms);
                     if asked != every {
                         info!("the cluster asks for heartbeats every {} ms", asked.as_millis());
                         every = asked;
@@ -330,16 +330,6 @@ async fn stay(
             }
         }
     }
-}
-
-/// The longest period between heartbeats a server may ask for: past it,
-/// the node keeps to this (a lease or a failover is never that patient).
-const MAX_BEAT: Duration = Duration::from_secs(60);
-
-/// How often to beat: `own`, or the longer period `asked_ms` of the
-/// leader (0: none asked), at most `MAX_BEAT`.
-fn beat_period(own: Duration, asked_ms: u64) -> Duration {
-    own.max(Duration::from_millis(asked_ms).min(MAX_BEAT))
 }
 
 async fn failed(servers: &mut Servers, status: &tonic::Status) {
@@ -436,14 +426,5 @@ mod tests {
         assert_eq!(at(Some("127.0.0.1:9"), "alpha:7600").unwrap(), "127.0.0.1:9");
         assert!(at(None, "alpha").unwrap_err().contains("--advertise \"alpha\""));
         assert!(at(Some("alpha:1"), "alpha:7600").unwrap_err().contains("--listen"));
-    }
-
-    #[test]
-    fn a_node_beats_at_its_own_period_or_the_longer_one_asked_never_past_a_minute() {
-        let s = Duration::from_secs;
-        assert_eq!(beat_period(s(1), 0), s(1), "nothing asked");
-        assert_eq!(beat_period(s(1), 500), s(1), "never faster than its own");
-        assert_eq!(beat_period(s(1), 5_000), s(5));
-        assert_eq!(beat_period(s(1), u64::MAX), MAX_BEAT);
     }
 }

@@ -93,7 +93,7 @@ pub async fn watch(mut servers: Servers, node_id: String, deadline: Duration, tx
                         // assignment (tasks, network, volumes) are not woken for it.
                         tx.send_if_modified(|a| {
                             let Some(a) = a else { return false };
-                            let news = changed.news_for(a) || !removed.is_empty();
+                            let news = changed.news_for(&removed, a);
                             a.apply(changed, removed);
                             news
                         });

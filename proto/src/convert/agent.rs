@@ -371,9 +371,32 @@ impl From<TaskReport> for pb::TaskReport {
     }
 }
 
+impl pb::HeartbeatReply {
+    /// The longest period between heartbeats a server may ask for: past
+    /// it, the node keeps to this (a lease or a failover is never that
+    /// patient).
+    pub const MAX_BEAT: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// How often to beat: `own`, or the longer period the leader asks
+    /// (`beat_ms`, 0: none asked), at most `MAX_BEAT`.
+    pub fn period(&self, own: std::time::Duration) -> std::time::Duration {
+        own.max(std::time::Duration::from_millis(self.beat_ms).min(Self::MAX_BEAT))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_beats_at_its_own_period_or_the_longer_one_asked_never_past_a_minute() {
+        let s = std::time::Duration::from_secs;
+        let asked = |beat_ms| pb::HeartbeatReply { beat_ms, ..Default::default() };
+        assert_eq!(asked(0).period(s(1)), s(1), "nothing asked");
+        assert_eq!(asked(500).period(s(1)), s(1), "never faster than its own");
+        assert_eq!(asked(5_000).period(s(1)), s(5));
+        assert_eq!(asked(u64::MAX).period(s(1)), pb::HeartbeatReply::MAX_BEAT);
+    }
     use crate::model::{Health, Probe};
 
     const KEY: &str = "qnvDeyTcnW2qQyOLzmmH+X5TI8tSrZwNzGnE4ujCz1o=";
@@ -596,16 +619,15 @@ mod tests {
             let removed = m.take_removed();
             (Assignment::try_from(m).unwrap(), removed)
         };
-        let (keepalive, removed) = read(empty());
-        assert!(!keepalive.news_for(&current) && removed.is_empty(), "{keepalive:?}");
-        let (task, _) = read(pb::AssignedTasks { tasks: wire().tasks, ..empty() });
-        assert!(task.news_for(&current));
-        let (peer, _) = read(pb::AssignedTasks { peers: wire().peers, ..empty() });
-        assert!(peer.news_for(&current));
-        let (_, gone) = read(pb::AssignedTasks { removed_tasks: vec!["web.1.2".into()], ..empty() });
-        assert!(!gone.is_empty());
-        let (network, _) = read(pb::AssignedTasks { subnet: "198.19.9.0/24".into(), ..empty() });
-        assert!(network.news_for(&current));
+        let news = |m| {
+            let (changed, removed) = read(m);
+            changed.news_for(&removed, &current)
+        };
+        assert!(!news(empty()), "a keepalive");
+        assert!(news(pb::AssignedTasks { tasks: wire().tasks, ..empty() }));
+        assert!(news(pb::AssignedTasks { peers: wire().peers, ..empty() }));
+        assert!(news(pb::AssignedTasks { removed_tasks: vec!["web.1.2".into()], ..empty() }));
+        assert!(news(pb::AssignedTasks { subnet: "198.19.9.0/24".into(), ..empty() }));
     }
 
     /// A message with its shared part as bytes reads as the one with it

@@ -74,11 +74,12 @@ impl Removed {
 }
 
 impl Assignment {
-    /// Whether this delta (as `Assignment::try_from` read it) would change
-    /// `current`, with nothing removed: a server's keepalive (an empty
+    /// Whether this delta (as `Assignment::try_from` read it) with
+    /// `removed` would change `current`: a server's keepalive (an empty
     /// delta) does not. Cheap, so as not to compare whole assignments.
-    pub fn news_for(&self, current: &Assignment) -> bool {
-        !(self.tasks.is_empty()
+    pub fn news_for(&self, removed: &Removed, current: &Assignment) -> bool {
+        !(removed.is_empty()
+            && self.tasks.is_empty()
             && self.refused.is_empty()
             && self.peers.is_empty()
             && self.services.is_empty()

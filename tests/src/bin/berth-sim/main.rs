@@ -268,9 +268,8 @@ async fn heartbeats(
         let beat = HeartbeatRequest { node_id: node_id.clone(), root: root.clone() };
         match agent(&servers).heartbeat(beat).await {
             Ok(reply) => {
-                // The period a large cluster asks for, as the agent keeps it
-                // (at most a minute).
-                let asked = own.max(Duration::from_millis(reply.get_ref().beat_ms).min(Duration::from_secs(60)));
+                // The period a large cluster asks for, as the agent keeps it.
+                let asked = reply.get_ref().period(own);
                 if asked != every {
                     every = asked;
                     tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
